@@ -1,0 +1,343 @@
+"""Named numpy arrays <-> bytes, in the safetensors layout.
+
+A payload is::
+
+    [8 bytes]  N, the header length, unsigned little-endian
+    [N bytes]  UTF-8 JSON object, right-padded with spaces so 8 + N is a multiple of 8:
+               {"<name>": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]},
+                ...,
+                "__metadata__": {"<key>": "<value>", ...}}     (optional, str -> str)
+    [rest]     the data section: every array's raw bytes, little-endian, C order,
+               back to back in header order; offsets are relative to its start.
+
+Supported dtypes: F64 F32 F16 I64 I32 I16 I8 U64 U32 U16 U8 BOOL. Files written
+from these bytes load with the ``safetensors`` package, and its output decodes here.
+
+:func:`decode` trusts nothing: any malformed input raises :class:`CodecError`
+(a ``ValueError``) naming what is wrong, and the arrays it returns are views into
+the given buffer, not copies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import reprlib
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .errors import CodecError
+
+__all__ = ["HEADER_LIMIT", "encode_frames", "encode", "payload_size", "decode"]
+
+HEADER_LIMIT = 100 * 1024 * 1024
+"""Largest JSON header, in bytes, that :func:`decode` accepts (and :func:`encode` writes)."""
+
+_METADATA_KEY = "__metadata__"
+_ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
+_LENGTH = struct.Struct("<Q")
+_MAX_NDIM = 64  # numpy's limit
+_MAX_INTP = int(np.iinfo(np.intp).max)
+
+_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_CODES = {(dt.kind, dt.itemsize): code for code, dt in _DTYPES.items()}
+_SUPPORTED = ", ".join(_DTYPES)
+
+# Messages quote untrusted values; keep them short whatever the header holds.
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlist = _repr.maxdict = 8
+
+
+class _Tensor(NamedTuple):
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+# ----------------------------------------------------------------- encoding
+
+
+def encode_frames(
+    arrays: Mapping[str, Any] | Sequence[Any], metadata: Mapping[str, str] | None = None
+) -> list[memoryview | bytes]:
+    """Encode arrays as a list of frames: the header, then one zero-copy view per array."""
+    header: dict[str, Any] = {}
+    frames: list[memoryview | bytes] = []
+    offset = 0
+    for name, array in _named_arrays(arrays):
+        end = offset + array.nbytes
+        header[name] = {
+            "dtype": _CODES[array.dtype.kind, array.dtype.itemsize],
+            "shape": list(array.shape),
+            "data_offsets": [offset, end],
+        }
+        frames.append(_raw_bytes(array))
+        offset = end
+    if metadata is not None:
+        checked = _checked_metadata(metadata, "metadata")
+        if checked:
+            header[_METADATA_KEY] = checked
+    return [_header_frame(header), *frames]
+
+
+def encode(
+    arrays: Mapping[str, Any] | Sequence[Any], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """Encode arrays into one immutable ``bytes`` object (see :func:`encode_frames`)."""
+    # bytes.join sums the frame sizes, allocates once and memcpy's each buffer:
+    # a single copy, and the result is bytes (safetensors.numpy.load rejects bytearray).
+    return b"".join(encode_frames(arrays, metadata))
+
+
+def payload_size(frames: Iterable[memoryview | bytes]) -> int:
+    """Total number of bytes in frames."""
+    return sum(memoryview(frame).nbytes for frame in frames)
+
+
+def _named_arrays(arrays: Mapping[str, Any] | Sequence[Any]) -> list[tuple[str, np.ndarray]]:
+    if isinstance(arrays, Mapping):
+        items = list(arrays.items())
+    elif isinstance(arrays, Sequence) and not isinstance(arrays, (str, bytes, bytearray)):
+        items = [(str(index), value) for index, value in enumerate(arrays)]
+    else:
+        raise CodecError(
+            "arrays must be a mapping of name -> array or a list/tuple of arrays, "
+            f"got {type(arrays).__name__}"
+        )
+    return [(_checked_name(name), _wire_array(name, value)) for name, value in items]
+
+
+def _checked_name(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise CodecError(f"array names must be non-empty str, got {_repr.repr(name)}")
+    if name == _METADATA_KEY:
+        raise CodecError(f"{_METADATA_KEY!r} is reserved and cannot name an array")
+    return name
+
+
+def _wire_array(name: str, value: Any) -> np.ndarray:
+    """The array as little-endian and C-contiguous, copied only if it is not already."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"array {name!r} is not convertible to a numpy array: {exc}") from exc
+    if (array.dtype.kind, array.dtype.itemsize) not in _CODES or array.dtype.fields:
+        raise CodecError(
+            f"array {name!r} has unsupported dtype {array.dtype}; supported: {_SUPPORTED}"
+        )
+    # np.ascontiguousarray would turn 0-d arrays into 1-d ones; asarray(order="C") does not.
+    return np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+
+
+def _raw_bytes(array: np.ndarray) -> memoryview:
+    # memoryview(array).cast("B") fails on some 0-d and empty shapes; a flat uint8
+    # view of a contiguous array is always possible and still shares its memory.
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
+def _header_frame(header: dict[str, Any]) -> bytes:
+    try:
+        text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CodecError(f"names and metadata must be valid Unicode text: {exc}") from exc
+    size = len(text) + (-len(text) % 8)
+    if size > HEADER_LIMIT:
+        raise CodecError(f"header is {size} bytes, more than HEADER_LIMIT ({HEADER_LIMIT})")
+    return _LENGTH.pack(size) + text.ljust(size, b" ")
+
+
+# ----------------------------------------------------------------- decoding
+
+
+def decode(buffer: bytes | bytearray | memoryview) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Decode a payload into (arrays viewing ``buffer`` without copying, metadata)."""
+    view = _byte_view(buffer)
+    header_end = _LENGTH.size + _header_length(view)
+    header = _parse_header(view[_LENGTH.size : header_end])
+    metadata = _checked_metadata(header.pop(_METADATA_KEY, {}), _METADATA_KEY)
+    data = view[header_end:]
+    tensors = [_tensor(name, entry, len(data)) for name, entry in header.items()]
+    _check_coverage(tensors, len(data))
+    arrays = {
+        t.name: np.frombuffer(data, t.dtype, math.prod(t.shape), t.begin).reshape(t.shape)
+        for t in tensors
+    }
+    return arrays, metadata
+
+
+def _byte_view(buffer: Any) -> memoryview:
+    try:
+        view = memoryview(buffer)
+    except TypeError as exc:
+        raise CodecError(
+            f"expected bytes, bytearray or memoryview, got {type(buffer).__name__}"
+        ) from exc
+    if not view.c_contiguous:
+        raise CodecError("buffer must be contiguous")
+    if view.ndim == 1 and view.format == "B":
+        return view
+    try:
+        return view.cast("B")
+    except (TypeError, ValueError) as exc:  # e.g. zeros in a multi-dimensional shape
+        raise CodecError(f"buffer cannot be read as plain bytes: {exc}") from exc
+
+
+def _header_length(view: memoryview) -> int:
+    if len(view) < _LENGTH.size:
+        raise CodecError(
+            f"payload is {len(view)} bytes, shorter than the 8-byte header length prefix"
+        )
+    (length,) = _LENGTH.unpack(view[: _LENGTH.size])
+    if length > HEADER_LIMIT:
+        raise CodecError(f"header length {length} exceeds HEADER_LIMIT ({HEADER_LIMIT})")
+    if length > len(view) - _LENGTH.size:
+        raise CodecError(
+            f"header length {length} exceeds the {len(view) - _LENGTH.size} bytes that follow"
+        )
+    return length
+
+
+def _parse_header(raw: memoryview) -> dict[str, Any]:
+    try:
+        text = str(raw, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise CodecError(f"header is not valid UTF-8: {exc}") from exc
+    try:
+        header = json.loads(text, object_pairs_hook=_unique_keys)
+    except CodecError:
+        raise
+    except RecursionError as exc:
+        raise CodecError("header JSON is nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, and ints over Python's digit limit
+        raise CodecError(f"header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise CodecError(f"header must be a JSON object, got {type(header).__name__}")
+    return header
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise CodecError(f"header has duplicate key {_repr.repr(key)}; keys must be unique")
+        result[key] = value
+    return result
+
+
+def _checked_metadata(metadata: Any, what: str) -> dict[str, str]:
+    if not isinstance(metadata, Mapping):
+        raise CodecError(f"{what} must be a mapping of str -> str, got {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise CodecError(
+                f"{what} must map str -> str, got {_repr.repr(key)}: {_repr.repr(value)}"
+            )
+    return dict(metadata)
+
+
+def _tensor(name: str, entry: Any, data_size: int) -> _Tensor:
+    label = f"tensor {_repr.repr(name)}"
+    if not name:
+        raise CodecError("tensor names must be non-empty")
+    if not isinstance(entry, dict):
+        raise CodecError(f"{label}: entry must be a JSON object, got {type(entry).__name__}")
+    if entry.keys() != _ENTRY_KEYS:
+        missing = sorted(_ENTRY_KEYS - entry.keys())
+        unexpected = sorted(entry.keys() - _ENTRY_KEYS)
+        raise CodecError(
+            f"{label}: entry must have exactly the keys dtype, shape, data_offsets; "
+            f"missing {missing}, unexpected {_repr.repr(unexpected)}"
+        )
+    dtype = _entry_dtype(label, entry["dtype"])
+    shape = _entry_shape(label, entry["shape"], dtype.itemsize)
+    begin, end = _entry_offsets(label, entry["data_offsets"], data_size)
+    expected = math.prod(shape) * dtype.itemsize
+    if end - begin != expected:
+        raise CodecError(
+            f"{label}: data_offsets span {end - begin} bytes, but shape {list(shape)} "
+            f"of {entry['dtype']} needs {expected}"
+        )
+    return _Tensor(name, dtype, shape, begin, end)
+
+
+def _entry_dtype(label: str, code: Any) -> np.dtype:
+    if not isinstance(code, str) or code not in _DTYPES:
+        raise CodecError(f"{label}: unknown dtype {_repr.repr(code)}; supported: {_SUPPORTED}")
+    return _DTYPES[code]
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # bool is an int subclass, and JSON true is no size
+
+
+def _entry_shape(label: str, shape: Any, itemsize: int) -> tuple[int, ...]:
+    valid = (
+        isinstance(shape, list)
+        and len(shape) <= _MAX_NDIM
+        and all(_is_int(dim) and 0 <= dim <= _MAX_INTP for dim in shape)
+    )
+    if not valid:
+        raise CodecError(
+            f"{label}: shape must be a list of at most {_MAX_NDIM} integers "
+            f"in [0, {_MAX_INTP}], got {_repr.repr(shape)}"
+        )
+    # numpy refuses even empty arrays whose non-zero dims multiply past intp.
+    if math.prod(dim for dim in shape if dim) * itemsize > _MAX_INTP:
+        raise CodecError(f"{label}: shape {_repr.repr(shape)} is too large for an array")
+    return tuple(shape)
+
+
+def _entry_offsets(label: str, offsets: Any, data_size: int) -> tuple[int, int]:
+    valid = (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(map(_is_int, offsets))
+        and 0 <= offsets[0] <= offsets[1] <= data_size
+    )
+    if not valid:
+        raise CodecError(
+            f"{label}: data_offsets must be two integers [begin, end] with "
+            f"0 <= begin <= end <= {data_size} (the data section size), got {_repr.repr(offsets)}"
+        )
+    return offsets[0], offsets[1]
+
+
+def _check_coverage(tensors: list[_Tensor], data_size: int) -> None:
+    """Tensors must tile the data section exactly: no overlap, no hole, nothing after."""
+    position = 0
+    for tensor in sorted(tensors, key=lambda t: (t.begin, t.end)):
+        if tensor.begin < position:
+            raise CodecError(
+                f"tensor {_repr.repr(tensor.name)} at bytes [{tensor.begin}, {tensor.end}) "
+                f"overlaps the previous tensor, which ends at {position}"
+            )
+        if tensor.begin > position:
+            raise CodecError(
+                f"hole in the data section: bytes [{position}, {tensor.begin}) belong to no "
+                f"tensor (next is {_repr.repr(tensor.name)})"
+            )
+        position = tensor.end
+    if position != data_size:
+        raise CodecError(
+            f"data section is {data_size} bytes but the tensors cover only {position}; "
+            "expected no trailing bytes"
+        )

@@ -1,0 +1,84 @@
+"""The exceptions fedsync raises.
+
+Every exception derives from :class:`FedSyncError` *and* from the builtin that
+matches its meaning (``ValueError``, ``OSError``, ``LookupError``, ...), so
+callers can catch either, as with ``requests``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FedSyncError",
+    "CodecError",
+    "PayloadRejected",
+    "SpecsMismatch",
+    "RemoteError",
+    "RemoteUnavailable",
+    "RemoteTimeout",
+    "RemoteBusy",
+    "TrainingFailed",
+    "RoundFailed",
+    "AdapterNotFound",
+    "PluginError",
+]
+
+
+class FedSyncError(Exception):
+    """Base class of every error fedsync raises."""
+
+
+class CodecError(FedSyncError, ValueError):
+    """Bytes that are not a valid fedsync payload (truncated, oversized, garbage)."""
+
+
+class PayloadRejected(FedSyncError, ValueError):
+    """A well-formed payload that does not fit the FedData receiving it."""
+
+
+class SpecsMismatch(FedSyncError, ValueError):
+    """Coordinator and device hold FedData of different specs (architectures)."""
+
+
+class RemoteError(FedSyncError, OSError):
+    """Talking to a remote device failed. ``url`` names the device."""
+
+    def __init__(self, url: str, message: str) -> None:
+        super().__init__(f"{url}: {message}")
+        self.url = url
+        self.reason = message
+
+
+class RemoteUnavailable(RemoteError, ConnectionError):
+    """The device could not be reached (refused, reset, unknown host)."""
+
+
+class RemoteTimeout(RemoteError, TimeoutError):
+    """The device did not answer within the configured timeout."""
+
+
+class RemoteBusy(RemoteError):
+    """The device is still working on an earlier repetition."""
+
+
+class TrainingFailed(RemoteError):
+    """The device's own ``receive``/``serialize`` raised; the message is the device's."""
+
+
+class RoundFailed(FedSyncError, RuntimeError):
+    """A round could not be merged; ``failures`` maps each device URL to why.
+
+    When this is raised the coordinator's FedData is exactly as before the round.
+    """
+
+    def __init__(self, message: str, failures: dict[str, str] | None = None) -> None:
+        self.failures = dict(failures or {})
+        detail = "".join(f"\n  {url}: {why}" for url, why in self.failures.items())
+        super().__init__(message + detail)
+
+
+class AdapterNotFound(FedSyncError, LookupError):
+    """No installed adapter handles a specs token."""
+
+
+class PluginError(FedSyncError, RuntimeError):
+    """A plugin misbehaved (duplicate token, bad registration)."""
