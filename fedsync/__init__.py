@@ -1,0 +1,26 @@
+"""fedsync: synchronized federated learning across remote devices.
+
+A device serves a :class:`FedData` with :func:`serve`; the coordinator runs
+rounds with :class:`Federated` over :class:`Remote` devices.
+"""
+
+from ._version import __version__
+from .arrays import FedArrays
+from .client import Federated, Remote, RoundResult
+from .errors import FedSyncError
+from .protocol import FIRST, FedData
+from .server import serve
+from .strategies import FedAvg
+
+__all__ = [
+    "__version__",
+    "FedData",
+    "FIRST",
+    "FedArrays",
+    "FedAvg",
+    "Federated",
+    "Remote",
+    "RoundResult",
+    "serve",
+    "FedSyncError",
+]

@@ -1,0 +1,204 @@
+"""FedArrays: a FedData over named numpy arrays, trained on devices, merged by FedAvg.
+
+This is the common base of framework adapters: a subclass only says how to get
+and set its model's arrays (:meth:`FedArrays.get_arrays`,
+:meth:`FedArrays.set_arrays`) and what its architecture is
+(:meth:`FedArrays.architecture`); payloads, validation, sample counts, metrics
+and merging are done here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, MutableSequence, Union
+
+import numpy as np
+
+from . import codec
+from .errors import PayloadRejected
+from .protocol import FedData
+from .strategies import FedAvg, Strategy
+
+__all__ = ["FedArrays", "fingerprint", "TrainResult"]
+
+SAMPLES_KEY = "fedsync.samples"
+METRICS_KEY = "fedsync.metrics"
+SPECS_KEY = "fedsync.specs"
+
+TrainResult = Union[int, "tuple[int, Mapping[str, float]]"]
+"""What ``train(model)`` returns: the number of samples, optionally with metrics."""
+
+
+def fingerprint(architecture: Any) -> str:
+    """``sha256:<16 hex>`` of a JSON-able architecture description."""
+    text = json.dumps(architecture, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _parse_train_result(value: Any) -> tuple[int, dict[str, float]]:
+    metrics: Any = {}
+    if isinstance(value, tuple) and len(value) == 2:
+        value, metrics = value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0 or not isinstance(metrics, Mapping):
+        raise TypeError(
+            "train(model) must return the number of samples it trained on, e.g. `return x.shape[0]`, "
+            f"or that number with a dict of metrics, e.g. `return len(x), {{'loss': 0.12}}`; got {value!r}"
+        )
+    try:
+        clean = {str(k): float(v) for k, v in metrics.items()}
+    except (TypeError, ValueError):
+        raise TypeError(f"train(model)'s metrics must map names to numbers, got {metrics!r}") from None
+    return int(value), clean
+
+
+class FedArrays(FedData):
+    """A FedData whose state is a list or dict of numpy arrays.
+
+    Args:
+        arrays: the model's arrays. They are updated **in place**, so references
+            you hold stay valid.
+        train: ``train(model) -> samples`` or ``-> (samples, metrics)``, called on
+            a device after the coordinator's arrays were loaded; ``model`` is the
+            ``arrays`` you passed (adapters pass their framework model). ``None``
+            on the coordinator.
+        strategy: how results merge; sample-weighted :class:`FedAvg` by default.
+
+    After a merge, ``last_merge`` holds the total samples, the sample-weighted
+    mean of each metric, and the per-device values.
+    """
+
+    token = "arrays"
+
+    def __init__(
+        self,
+        arrays: Union[MutableMapping[str, np.ndarray], MutableSequence[np.ndarray]],
+        train: Callable[[Any], TrainResult] | None = None,
+        *,
+        strategy: Strategy | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(arrays, Mapping):
+            items = list(arrays.items())
+        elif isinstance(arrays, (list, tuple)):
+            items = list(enumerate(arrays))
+        else:
+            raise TypeError(f"FedArrays takes a list or dict of numpy arrays, got {type(arrays).__name__}")
+        for name, a in items:
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"array {name!r} is a {type(a).__name__}, not a numpy array; wrap it with np.asarray")
+        self.model: Any = arrays
+        self.train = train
+        self.strategy = strategy or FedAvg()
+        self.samples = 0
+        self.metrics: dict[str, float] = {}
+        self.last_merge: dict[str, Any] | None = None
+
+    # -- the framework-specific part: adapters override these three ----------------
+
+    def get_arrays(self) -> dict[str, np.ndarray]:
+        """The current arrays by name (views are fine: they are only read)."""
+        if isinstance(self.model, Mapping):
+            return dict(self.model)
+        return {str(i): a for i, a in enumerate(self.model)}
+
+    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Load arrays already checked to match names, shapes and dtypes."""
+        if isinstance(self.model, Mapping):
+            for name, a in arrays.items():
+                np.copyto(self.model[name], a)
+        else:
+            for i, target in enumerate(self.model):
+                np.copyto(target, arrays[str(i)])
+
+    def architecture(self) -> Any:
+        """A JSON-able description hashed into the specs; by default the weights' layout."""
+        return self.summary(0)["weights"]
+
+    # -- the protocol ----------------------------------------------------------------
+
+    def summary(self, repetition: int) -> dict[str, Any]:
+        return {
+            "weights": [
+                {"name": name, "shape": list(a.shape), "dtype": a.dtype.name} for name, a in self.get_arrays().items()
+            ]
+        }
+
+    def specs(self, repetition: int) -> str:
+        return f"{self.token}:{fingerprint(self.architecture())}"
+
+    def serialize(self, repetition: int) -> bytes:
+        metadata = {
+            SAMPLES_KEY: str(self.samples),
+            METRICS_KEY: json.dumps(self.metrics),
+            SPECS_KEY: self.specs(repetition),
+        }
+        return codec.encode(self.get_arrays(), metadata)
+
+    def check(self, encoding: Any, repetition: int) -> None:
+        self._decode(encoding)
+
+    def receive(self, encoding: Any, repetition: int) -> None:
+        arrays, _, _ = self._decode(encoding)
+        self.set_arrays(arrays)
+        if self.train is not None:
+            self.samples, self.metrics = _parse_train_result(self.train(self.model))
+
+    def merge(self, encodings: Iterable[Any], repetition: int) -> None:
+        devices: list[dict[str, Any]] = []
+
+        def results() -> Iterator[tuple[dict[str, np.ndarray], int]]:
+            for encoding in encodings:
+                arrays, samples, metrics = self._decode(encoding)
+                devices.append({"samples": samples, "metrics": metrics})
+                yield arrays, samples
+
+        merged = self.strategy.aggregate(self.get_arrays(), results())
+        self.set_arrays(merged)
+        self.last_merge = _summarize(devices)
+
+    # -- validation -----------------------------------------------------------------
+
+    def _decode(self, encoding: Any) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
+        """Decode a payload and check it fits this model; raises ValueError before any change."""
+        if isinstance(encoding, str):
+            raise PayloadRejected(f"{type(self).__name__} expects a binary payload, got text")
+        arrays, metadata = codec.decode(encoding)
+        expected = self.get_arrays()
+        if arrays.keys() != expected.keys():
+            missing = sorted(expected.keys() - arrays.keys())
+            extra = sorted(arrays.keys() - expected.keys())
+            raise PayloadRejected(f"payload arrays do not match the model: missing {missing}, unexpected {extra}")
+        for name, a in arrays.items():
+            want = expected[name]
+            if a.shape != want.shape or a.dtype != want.dtype:
+                raise PayloadRejected(
+                    f"array {name!r}: expected {want.shape} {want.dtype.name}, payload has {a.shape} {a.dtype.name}"
+                )
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise PayloadRejected(f"array {name!r} contains NaN or infinity")
+        try:
+            samples = int(metadata.get(SAMPLES_KEY, "0"))
+            metrics = json.loads(metadata.get(METRICS_KEY, "{}"))
+            if samples < 0 or not isinstance(metrics, dict):
+                raise ValueError
+            metrics = {str(k): float(v) for k, v in metrics.items()}
+        except (ValueError, TypeError):
+            raise PayloadRejected(
+                f"payload metadata is malformed: samples {metadata.get(SAMPLES_KEY)!r}, "
+                f"metrics {metadata.get(METRICS_KEY)!r}; expected a non-negative integer and a JSON object of numbers"
+            ) from None
+        return arrays, samples, metrics
+
+
+def _summarize(devices: list[dict[str, Any]]) -> dict[str, Any]:
+    """Total samples and the sample-weighted mean of every metric."""
+    total = sum(d["samples"] for d in devices)
+    names = {name for d in devices for name in d["metrics"]}
+    means = {}
+    for name in sorted(names):
+        pairs = [(d["metrics"][name], d["samples"]) for d in devices if name in d["metrics"]]
+        weight = sum(s for _, s in pairs)
+        means[name] = sum(v * s for v, s in pairs) / weight if weight else math.fsum(v for v, _ in pairs) / len(pairs)
+    return {"samples": total, "metrics": means, "devices": devices}

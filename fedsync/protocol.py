@@ -1,0 +1,87 @@
+"""The FedData protocol: what a federated object exchanges and how it merges.
+
+A :class:`FedData` is declared identically on every device and on the
+coordinator. Each round the coordinator ``serialize``\\ s its state, every
+device ``receive``\\ s it (for a model: load the weights and train) and
+``serialize``\\ s its own state back, and the coordinator ``merge``\\ s what
+came back. ``FedData`` says *what* is exchanged and *how* it merges;
+:class:`fedsync.Federated` says *when* and *with whom*.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Union
+
+if TYPE_CHECKING:
+    from .server import DeviceApp
+
+__all__ = ["FedData", "FIRST", "Encoding"]
+
+FIRST = 1
+"""The repetition number of the first round. Repetitions only grow."""
+
+Encoding = Union[str, bytes, bytearray, memoryview]
+"""What ``serialize`` returns and ``receive``/``merge`` are handed.
+
+A ``str`` travels as UTF-8 ``text/plain`` and arrives as ``str``; anything
+bytes-like travels as ``application/octet-stream`` and arrives as a
+bytes-like object.
+"""
+
+
+class FedData:
+    """Base class of everything that can be exchanged in a federated round.
+
+    Subclasses implement four methods (the seed's contract):
+
+    - ``specs(repetition) -> str``: a short string that must be equal on the
+      coordinator and on every device (e.g. a hash of a model's architecture).
+    - ``serialize(repetition) -> str | bytes``: the state to send.
+    - ``receive(encoding, repetition)``: on a device, act on the coordinator's
+      state (for models: load the weights, then train locally).
+    - ``merge(encodings, repetition)``: on the coordinator, combine the devices'
+      states. ``encodings`` is an iterable yielding payloads in arrival order;
+      if the round fails it raises mid-way, so accumulate aside and assign
+      only at the end, leaving ``self`` unchanged on failure.
+
+    Optional:
+
+    - ``check(encoding, repetition)``: raise ``ValueError`` if a payload is
+      malformed, *before* anything is changed. A device answers 400 and the
+      coordinator drops that device's reply instead of merging it.
+    - ``summary(repetition) -> dict``: a JSON-able description shown in the
+      device's ``/info`` so that mismatches can be explained.
+    """
+
+    def __init__(self) -> None:
+        pass
+
+    def specs(self, repetition: int) -> str:
+        """A string that must match between coordinator and devices."""
+        raise NotImplementedError(f"{type(self).__name__} must implement specs(repetition) -> str")
+
+    def serialize(self, repetition: int) -> Encoding:
+        """The state to send, as ``str`` or bytes."""
+        raise NotImplementedError(f"{type(self).__name__} must implement serialize(repetition)")
+
+    def receive(self, encoding: Any, repetition: int) -> None:
+        """Device side: act on the coordinator's state (e.g. load weights and train)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement receive(encoding, repetition)")
+
+    def merge(self, encodings: Iterable[Any], repetition: int) -> None:
+        """Coordinator side: combine the devices' states."""
+        raise NotImplementedError(f"{type(self).__name__} must implement merge(encodings, repetition)")
+
+    def check(self, encoding: Any, repetition: int) -> None:
+        """Raise ``ValueError`` if ``encoding`` is malformed; the default accepts everything."""
+
+    def summary(self, repetition: int) -> dict[str, Any] | None:
+        """A JSON-able description for ``/info``; ``None`` when there is nothing to say."""
+        return None
+
+    def app(self, *, token: str | None = None, max_content_length: int | None = None) -> "DeviceApp":
+        """A WSGI application serving this FedData (see :func:`fedsync.serve`)."""
+        # Imported here: the protocol layer must not depend on the server at import time.
+        from .server import DeviceApp
+
+        return DeviceApp(self, token=token, max_content_length=max_content_length)

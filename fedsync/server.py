@@ -1,0 +1,375 @@
+"""The device side: a werkzeug WSGI app serving one or more FedData over HTTP.
+
+Routes (protocol v1, see ``docs/protocol.md``), under each FedData's base
+(``""`` for a single FedData, ``/<name>`` for each entry of a dict):
+
+- ``GET  {base}/info``                 handshake
+- ``POST {base}/{rep}/submit``         hand the device a payload for repetition ``rep``
+- ``GET  {base}/{rep}/result?wait=S``  long-poll for the device's payload
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+from ._version import PROTOCOL_VERSION, __version__
+from .protocol import Encoding, FedData
+
+__all__ = ["DeviceApp", "RunningServer", "serve", "SPECS_HEADER", "DEFAULT_MAX_CONTENT_LENGTH"]
+
+logger = logging.getLogger("fedsync.server")
+
+SPECS_HEADER = "X-Fedsync-Specs"
+REPETITION_HEADER = "X-Fedsync-Repetition"
+DEFAULT_MAX_CONTENT_LENGTH = 2 * 1024**3
+MAX_WAIT = 60.0
+"""The longest a single result long-poll is held open, in seconds."""
+
+
+class ApiError(HTTPException):
+    """An HTTP error answered as JSON ``{"error": code, "message": text}``."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.code = status
+        self.error = error
+        self.message = message
+
+    def get_response(self, environ: Any = None, scope: Any = None) -> Response:
+        return _json({"error": self.error, "message": self.message}, self.code)
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj), status=status, mimetype="application/json")
+
+
+def _body(encoding: Encoding) -> tuple[Any, str]:
+    """The response body and mimetype of an encoding, without copying bytes."""
+    if isinstance(encoding, str):
+        return encoding.encode("utf-8"), "text/plain"
+    if isinstance(encoding, (bytes, bytearray, memoryview)):
+        return encoding, "application/octet-stream"
+    raise TypeError(
+        f"serialize() must return str or bytes, got {type(encoding).__name__}; "
+        "e.g. return str(self.value) or codec.encode(arrays)"
+    )
+
+
+@dataclass
+class Job:
+    """One repetition a device is working on, or has finished."""
+
+    repetition: int
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Encoding | None = None
+    error: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    seconds: float | None = None
+
+
+class Device:
+    """The device-side state of one FedData: its last repetition and current job."""
+
+    def __init__(self, fed: FedData) -> None:
+        if not isinstance(fed, FedData):
+            raise TypeError(
+                f"serve() takes a FedData or a dict of them, got {type(fed).__name__}; "
+                "e.g. serve(FedKeras(model, train)) or serve({'model': fed})"
+            )
+        self.fed = fed
+        self.lock = threading.Lock()
+        self.last_repetition = 0
+        self.rounds_served = 0
+        self.job: Job | None = None
+
+    @property
+    def state(self) -> str:
+        job = self.job
+        if job is None:
+            return "idle"
+        if not job.done.is_set():
+            return "training"
+        return "failed" if job.error is not None else "idle"
+
+    def info(self) -> dict[str, Any]:
+        next_rep = self.last_repetition + 1
+        job = self.job
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "fedsync": __version__,
+            "type": type(self.fed).__name__,
+            "specs": self.fed.specs(next_rep),
+            "repetition": self.last_repetition,
+            "state": self.state,
+            "rounds_served": self.rounds_served,
+            "last_error": job.error if job is not None else None,
+            "last_seconds": job.seconds if job is not None else None,
+            "summary": self.fed.summary(next_rep),
+        }
+
+    def ensure_can_accept(self, repetition: int) -> None:
+        """Raise 409 when ``repetition`` is stale or an earlier one is still running."""
+        if repetition <= self.last_repetition:
+            raise ApiError(
+                409,
+                "stale_repetition",
+                f"repetition {repetition} is not above this device's last repetition "
+                f"{self.last_repetition}; submit repetition {self.last_repetition + 1} or later",
+            )
+        job = self.job
+        if job is not None and not job.done.is_set():
+            raise ApiError(
+                409,
+                "busy",
+                f"still working on repetition {job.repetition}; "
+                "try again when its result has been collected",
+            )
+
+    def start(self, encoding: Any, repetition: int) -> Job:
+        """Accept a checked payload and work on it in a background thread."""
+        with self.lock:
+            self.ensure_can_accept(repetition)
+            job = Job(repetition)
+            self.job = job
+            self.last_repetition = repetition
+        threading.Thread(
+            target=self._work, args=(job, encoding), name=f"fedsync-job-{repetition}", daemon=True
+        ).start()
+        return job
+
+    def _work(self, job: Job, encoding: Any) -> None:
+        try:
+            self.fed.receive(encoding, job.repetition)
+            result = self.fed.serialize(job.repetition)
+            _body(result)  # fail here, with the device's message, rather than while answering
+            job.result = result
+            self.rounds_served += 1
+        except Exception as exc:  # any failure of user code is reported to the coordinator
+            logger.exception("repetition %d failed", job.repetition)
+            job.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            job.seconds = time.monotonic() - job.started
+            job.done.set()
+
+
+class DeviceApp:
+    """The WSGI application of a device, serving one FedData or a dict of named ones."""
+
+    def __init__(
+        self,
+        data: FedData | Mapping[str, FedData],
+        *,
+        token: str | None = None,
+        max_content_length: int | None = None,
+    ) -> None:
+        if isinstance(data, Mapping):
+            if not data:
+                raise ValueError("serve() got an empty dict; give at least one {name: FedData}")
+            for name in data:
+                if not isinstance(name, str) or not name or "/" in name or name.isdigit():
+                    raise ValueError(
+                        f"FedData name {name!r} cannot be a URL base; use a non-numeric word "
+                        "without '/', e.g. 'model'"
+                    )
+            self.devices = {f"/{name}": Device(fed) for name, fed in data.items()}
+        else:
+            self.devices = {"": Device(data)}
+        self.token = token
+        self.max_content_length = max_content_length or DEFAULT_MAX_CONTENT_LENGTH
+        rules = []
+        for base in self.devices:
+            defaults = {"base": base}
+            rules += [
+                Rule(f"{base}/info", endpoint="info", methods=["GET"], defaults=defaults),
+                Rule(f"{base}/<int:rep>/submit", endpoint="submit", methods=["POST"], defaults=defaults),
+                Rule(f"{base}/<int:rep>/result", endpoint="result", methods=["GET"], defaults=defaults),
+            ]
+        if len(self.devices) > 1 or "" not in self.devices:
+            rules.append(Rule("/info", endpoint="index", methods=["GET"]))
+        self.url_map = Map(rules)
+
+    # -- routes ------------------------------------------------------------------
+
+    def on_index(self, request: Request) -> Response:
+        return _json({"protocol": PROTOCOL_VERSION, "fedsync": __version__, "bases": [b[1:] for b in self.devices]})
+
+    def on_info(self, request: Request, base: str) -> Response:
+        return _json(self.devices[base].info())
+
+    def on_submit(self, request: Request, base: str, rep: int) -> Response:
+        device = self.devices[base]
+        length = request.content_length
+        if length is None:
+            raise ApiError(411, "length_required", "send the payload with a Content-Length header")
+        if length > self.max_content_length:
+            raise ApiError(
+                413,
+                "too_large",
+                f"payload of {length} bytes exceeds this device's limit of {self.max_content_length}; "
+                "start the device with a larger max_content_length",
+            )
+        device.ensure_can_accept(rep)
+        specs = request.headers.get(SPECS_HEADER)
+        if specs is None:
+            raise ApiError(400, "missing_specs", f"send the FedData's specs in the {SPECS_HEADER} header")
+        expected = device.fed.specs(rep)
+        if specs != expected:
+            raise ApiError(
+                409,
+                "specs_mismatch",
+                f"payload specs {specs!r} do not match this device's {expected!r}; "
+                "declare the same FedData (same architecture) on coordinator and device",
+            )
+        encoding = _read_payload(request, length)
+        try:
+            device.fed.check(encoding, rep)
+        except ValueError as exc:
+            raise ApiError(400, "malformed_payload", f"payload rejected: {exc}") from None
+        job = device.start(encoding, rep)
+        return _json({"repetition": job.repetition, "state": "training"}, 202)
+
+    def on_result(self, request: Request, base: str, rep: int) -> Response:
+        device = self.devices[base]
+        job = device.job
+        if job is None or job.repetition != rep:
+            known = "none" if job is None else str(job.repetition)
+            raise ApiError(404, "unknown_repetition", f"no work for repetition {rep} here (current: {known})")
+        try:
+            wait = float(request.args.get("wait", "0"))
+        except ValueError:
+            raise ApiError(400, "bad_wait", "wait must be a number of seconds, e.g. ?wait=10") from None
+        if not 0 <= wait < float("inf"):
+            raise ApiError(400, "bad_wait", "wait must be a number of seconds >= 0, e.g. ?wait=10")
+        if not job.done.wait(min(wait, MAX_WAIT)):
+            return _json({"repetition": rep, "state": "training"}, 202)
+        if job.error is not None:
+            raise ApiError(500, "training_failed", job.error)
+        body, mimetype = _body(job.result)
+        response = Response(body, status=200, mimetype=mimetype)
+        response.headers[SPECS_HEADER] = device.fed.specs(rep)
+        response.headers[REPETITION_HEADER] = str(rep)
+        return response
+
+    # -- WSGI ----------------------------------------------------------------------
+
+    def _authorized(self, request: Request) -> bool:
+        return self.token is None or request.headers.get("Authorization") == f"Bearer {self.token}"
+
+    def dispatch(self, request: Request) -> Response:
+        adapter = self.url_map.bind_to_environ(request.environ)
+        try:
+            endpoint, values = adapter.match()
+            if not self._authorized(request):
+                raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>' with the device's token")
+            return getattr(self, f"on_{endpoint}")(request, **values)
+        except ApiError as exc:
+            return exc.get_response()
+        except HTTPException as exc:
+            return _json({"error": exc.name.lower().replace(" ", "_"), "message": exc.description}, exc.code or 500)
+
+    def wsgi_app(self, environ: Any, start_response: Any) -> Iterable[bytes]:
+        request = Request(environ)
+        return self.dispatch(request)(environ, start_response)
+
+    def __call__(self, environ: Any, start_response: Any) -> Iterable[bytes]:
+        return self.wsgi_app(environ, start_response)
+
+
+def _read_payload(request: Request, length: int) -> Any:
+    """Read exactly ``length`` bytes into one buffer; decode UTF-8 for text/plain."""
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    stream = request.stream
+    got = 0
+    while got < length:
+        n = stream.readinto(view[got:])
+        if not n:
+            raise ApiError(400, "truncated", f"payload ended after {got} of {length} bytes")
+        got += n
+    if request.mimetype == "text/plain":
+        try:
+            return buffer.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ApiError(400, "malformed_payload", f"text/plain payload is not UTF-8: {exc}") from None
+    return buffer
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Sends werkzeug's per-request lines to the ``fedsync.server`` logger at DEBUG."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        logger.debug("%s %s %s", self.command, self.path, code)
+
+
+class RunningServer:
+    """A device server running in a background thread; a context manager."""
+
+    def __init__(self, server: BaseWSGIServer, app: DeviceApp) -> None:
+        self.server = server
+        self.app = app
+        self.host = server.server_address[0]
+        self.port = server.server_port
+        self.url = f"http://{self.host}:{self.port}"
+        self._thread = threading.Thread(target=server.serve_forever, name="fedsync-serve", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Block until the server stops (or ``timeout`` seconds pass)."""
+        self._thread.join(timeout)
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "RunningServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve(
+    data: FedData | Mapping[str, FedData],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    block: bool = True,
+    token: str | None = None,
+    max_content_length: int | None = None,
+) -> RunningServer | None:
+    """Serve a FedData (or a dict ``{name: FedData}``) over HTTP.
+
+    Args:
+        data: what this device holds; a dict mounts each FedData under ``/<name>/``.
+        host: interface to listen on; the default only accepts local connections.
+        port: TCP port; ``0`` picks a free one (read it back from ``.url``).
+        block: ``True`` serves until interrupted (Ctrl-C) and returns ``None``;
+            ``False`` serves in a background thread and returns a
+            :class:`RunningServer` with ``.url`` and ``.close()``.
+        token: if set, requests must carry ``Authorization: Bearer <token>``.
+        max_content_length: the largest payload accepted, in bytes (default 2 GiB).
+    """
+    app = DeviceApp(data, token=token, max_content_length=max_content_length)
+    server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
+    if not block:
+        return RunningServer(server, app)
+    logger.info("fedsync device serving on http://%s:%d", host, server.server_port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return None

@@ -1,0 +1,70 @@
+"""How the devices' arrays are combined into the coordinator's.
+
+A strategy gets the coordinator's current arrays (for shapes and dtypes, or
+for server-side optimizers) and an iterable of ``(arrays, samples)`` pairs in
+arrival order. It must not modify ``current``: it returns new arrays, which the
+caller assigns only once the whole round has arrived.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+
+__all__ = ["Strategy", "FedAvg"]
+
+Arrays = Mapping[str, np.ndarray]
+
+
+class Strategy:
+    """Base class: ``aggregate(current, results) -> dict of new arrays``."""
+
+    def aggregate(self, current: Arrays, results: Iterable[tuple[Arrays, int]]) -> dict[str, np.ndarray]:
+        """Combine ``results`` (``(arrays, samples)`` in arrival order) into new arrays."""
+        raise NotImplementedError
+
+
+def _accumulator_dtype(dtype: np.dtype) -> np.dtype:
+    # float16/float32 sum in float32 (one model copy, as the design's memory goal asks);
+    # integers and booleans are averaged in float64 and rounded back.
+    if dtype.kind == "f":
+        return np.result_type(dtype, np.float32)
+    return np.dtype(np.float64)
+
+
+class FedAvg(Strategy):
+    """Sample-weighted average (McMahan et al., 2017), folded in as results arrive.
+
+    Each device's arrays weigh by the number of samples it trained on, so the
+    coordinator holds one accumulator per array whatever the number of devices.
+    Integer arrays (e.g. torch's ``num_batches_tracked``) are averaged the same
+    way and rounded to the nearest integer; boolean arrays take the weighted
+    majority. Devices reporting 0 samples do not count.
+    """
+
+    def aggregate(self, current: Arrays, results: Iterable[tuple[Arrays, int]]) -> dict[str, np.ndarray]:
+        sums = {name: np.zeros(a.shape, _accumulator_dtype(a.dtype)) for name, a in current.items()}
+        total = 0
+        for arrays, samples in results:
+            if samples <= 0:
+                continue
+            total += samples
+            for name, acc in sums.items():
+                acc += np.multiply(arrays[name], samples, dtype=acc.dtype)
+        if total == 0:
+            raise ValueError(
+                "no device reported any training samples, so there is nothing to weigh; "
+                "train(model) must return the number of samples it trained on, e.g. `return x.shape[0]`"
+            )
+        merged = {}
+        for name, acc in sums.items():
+            acc /= total
+            dtype = current[name].dtype
+            if dtype.kind == "b":
+                merged[name] = acc >= 0.5
+            elif dtype.kind in "iu":
+                merged[name] = np.rint(acc).astype(dtype)
+            else:
+                merged[name] = acc.astype(dtype, copy=False)
+        return merged

@@ -1,0 +1,79 @@
+"""FedData factories that test device processes serve (see ``run_device.py``)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from fedsync import FedArrays
+from tests.seed_fedfloat import FedFloat
+
+
+def fedfloat(value: float) -> FedFloat:
+    return FedFloat(value)
+
+
+def constant(value: float, samples: int) -> FedArrays:
+    """A model whose training sets every weight to ``value`` and reports ``samples``."""
+    weights = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
+
+    def train(model):
+        for a in model.values():
+            a[...] = value
+        return samples, {"loss": value}
+
+    return FedArrays(weights, train)
+
+
+def linear_regression_data(seed: int, n: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Shared ground truth, device-specific inputs: y = X @ w_true + b_true + noise."""
+    rng = np.random.default_rng(seed)
+    w_true = np.array([[2.0], [-1.0], [0.5]])
+    x = rng.normal(shift, 1.0, size=(n, 3))
+    y = x @ w_true + 0.3 + rng.normal(0, 0.1, size=(n, 1))
+    return x, y
+
+
+def linreg(seed: int, n: int, shift: float = 0.0, epochs: int = 20, lr: float = 0.05) -> FedArrays:
+    """Linear regression trained by full-batch gradient descent on this device's data."""
+    x, y = linear_regression_data(seed, n, shift)
+    weights = {"w": np.zeros((3, 1)), "b": np.zeros(1)}
+
+    def train(model):
+        for _ in range(epochs):
+            err = x @ model["w"] + model["b"] - y
+            model["w"] -= lr * x.T @ err / len(x)
+            model["b"] -= lr * err.mean(axis=0)
+        return x.shape[0], {"mse": float(((x @ model["w"] + model["b"] - y) ** 2).mean())}
+
+    return FedArrays(weights, train)
+
+
+def flaky(fail_on: int = 1) -> FedArrays:
+    """Training raises on its ``fail_on``-th call and works otherwise."""
+    calls = {"n": 0}
+
+    def train(model):
+        calls["n"] += 1
+        if calls["n"] == fail_on:
+            raise RuntimeError("disk full on device")
+        model["w"][...] = 5.0
+        return 7
+
+    return FedArrays({"w": np.zeros(4, np.float32)}, train)
+
+
+def slow(seconds: float) -> FedArrays:
+    """Training that takes ``seconds``."""
+
+    def train(model):
+        time.sleep(seconds)
+        return 1
+
+    return FedArrays({"w": np.zeros(4, np.float32)}, train)
+
+
+def pid() -> FedFloat:
+    return FedFloat(float(os.getpid()))

@@ -1,0 +1,28 @@
+"""Serve a FedData from ``tests/devices.py`` in this process: a real device for tests.
+
+Usage: ``python -m tests.run_device FACTORY [JSON-ARGS]``; prints ``READY <url>`` once serving.
+"""
+
+import json
+import os
+import sys
+
+import fedsync
+from tests import devices
+
+
+def main() -> None:
+    factory = getattr(devices, sys.argv[1])
+    args = json.loads(sys.argv[2]) if len(sys.argv) > 2 else []
+    data = factory(*args)
+    port = int(os.environ.get("FEDSYNC_TEST_PORT", "0"))
+    server = fedsync.serve(data, host="127.0.0.1", port=port, block=False)
+    print(f"READY {server.url}", flush=True)
+    try:
+        server.join()
+    except KeyboardInterrupt:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()

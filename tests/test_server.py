@@ -1,0 +1,178 @@
+"""The device's protocol: every bad request gets the right status and changes nothing."""
+
+import threading
+
+import numpy as np
+import pytest
+import requests
+from werkzeug.test import Client
+
+import fedsync
+from fedsync import FedArrays, codec
+from fedsync.server import SPECS_HEADER
+from tests.seed_fedfloat import FedFloat
+
+
+def make_device(**kwargs):
+    done = threading.Event()
+    release = threading.Event()
+
+    def train(model):
+        model["w"] += 1.0
+        done.set()
+        assert release.wait(10), "test never released training"
+        return 3
+
+    data = FedArrays({"w": np.zeros((2, 3), np.float32)}, train)
+    data.release = release
+    data.done = done
+    return data, Client(data.app(**kwargs))
+
+
+def submit(client, data, rep=1, body=None, specs=None, **kwargs):
+    body = data.serialize(rep) if body is None else body
+    headers = {SPECS_HEADER: data.specs(rep) if specs is None else specs}
+    return client.post(f"/{rep}/submit", data=body, headers=headers, content_type="application/octet-stream", **kwargs)
+
+
+def assert_untouched(client, data):
+    info = client.get("/info").json
+    assert info["repetition"] == 0 and info["state"] == "idle"
+    assert np.all(data.model["w"] == 0.0)
+
+
+def test_info_is_the_handshake():
+    data, client = make_device()
+    info = client.get("/info").json
+    assert info["protocol"] == 1
+    assert info["fedsync"] == fedsync.__version__
+    assert info["specs"] == data.specs(1)
+    assert info["repetition"] == 0 and info["state"] == "idle"
+    assert info["summary"] == {"weights": [{"name": "w", "shape": [2, 3], "dtype": "float32"}]}
+
+
+def test_submit_trains_in_background_and_result_long_polls():
+    data, client = make_device()
+    response = submit(client, data)
+    assert response.status_code == 202
+    assert data.done.wait(10)
+    assert client.get("/info").json["state"] == "training"  # /info answers while training
+    assert client.get("/1/result?wait=0").status_code == 202
+    data.release.set()
+    result = client.get("/1/result?wait=10")
+    assert result.status_code == 200
+    assert result.headers[SPECS_HEADER] == data.specs(1)
+    arrays, metadata = codec.decode(result.data)
+    assert np.all(arrays["w"] == 1.0) and metadata["fedsync.samples"] == "3"
+
+
+@pytest.mark.parametrize(
+    "case, status, error",
+    [
+        ("garbage", 400, "malformed_payload"),
+        ("truncated", 400, "malformed_payload"),
+        ("wrong_shape", 400, "malformed_payload"),
+        ("nan", 400, "malformed_payload"),
+        ("text_for_arrays", 400, "malformed_payload"),
+        ("missing_specs", 400, "missing_specs"),
+        ("wrong_specs", 409, "specs_mismatch"),
+        ("stale_repetition", 409, "stale_repetition"),
+        ("too_large", 413, "too_large"),
+    ],
+)
+def test_rejected_submission_changes_nothing(case, status, error):
+    data, client = make_device(max_content_length=10_000)
+    good = data.serialize(1)
+    other = FedArrays({"w": np.zeros((3, 2), np.float32)})
+    nan = FedArrays({"w": np.full((2, 3), np.nan, np.float32)})
+    if case == "garbage":
+        response = submit(client, data, body=b"\x00garbage" * 10)
+    elif case == "truncated":
+        response = submit(client, data, body=bytes(good)[:-5])
+    elif case == "wrong_shape":
+        response = submit(client, data, body=other.serialize(1))
+    elif case == "nan":
+        response = submit(client, data, body=nan.serialize(1))
+    elif case == "text_for_arrays":
+        response = client.post("/1/submit", data="1.5", headers={SPECS_HEADER: data.specs(1)}, content_type="text/plain")
+    elif case == "missing_specs":
+        response = client.post("/1/submit", data=good, content_type="application/octet-stream")
+    elif case == "wrong_specs":
+        response = submit(client, data, specs="arrays:sha256:0000000000000000")
+    elif case == "stale_repetition":
+        response = submit(client, data, rep=0)
+    elif case == "too_large":
+        response = submit(client, data, body=b"x" * 10_001)
+    assert response.status_code == status
+    assert response.json["error"] == error
+    assert response.json["message"]
+    assert_untouched(client, data)
+
+
+def test_busy_device_refuses_and_keeps_its_work():
+    data, client = make_device()
+    assert submit(client, data, rep=1).status_code == 202
+    assert data.done.wait(10)
+    busy = submit(client, data, rep=2)
+    assert busy.status_code == 409 and busy.json["error"] == "busy"
+    assert "repetition 1" in busy.json["message"]
+    data.release.set()
+    assert client.get("/1/result?wait=10").status_code == 200
+    assert client.get("/info").json["repetition"] == 1
+
+
+def test_result_errors():
+    data, client = make_device()
+    assert client.get("/1/result").json["error"] == "unknown_repetition"
+    assert client.get("/1/result").status_code == 404
+    submit(client, data)
+    assert client.get("/2/result").status_code == 404
+    bad_wait = client.get("/1/result?wait=soon")
+    assert bad_wait.status_code == 400 and "wait" in bad_wait.json["message"]
+    assert client.get("/one/result").status_code == 404
+    data.release.set()
+
+
+def test_unknown_routes_and_methods_answer_json():
+    _, client = make_device()
+    missing = client.get("/nothing")
+    assert missing.status_code == 404 and missing.json["error"] == "not_found"
+    wrong = client.get("/1/submit")
+    assert wrong.status_code == 405 and wrong.json["message"]
+
+
+def test_token_is_required_when_set():
+    data, client = make_device(token="s3cret")
+    assert client.get("/info").status_code == 401
+    assert client.get("/info").json["error"] == "unauthorized"
+    assert client.get("/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert submit(client, data).status_code == 401
+    assert np.all(data.model["w"] == 0.0)
+
+
+def test_text_payload_must_be_utf8():
+    client = Client(FedFloat(1.5).app())
+    response = client.post("/2/submit", data=b"\xff\xfe", headers={SPECS_HEADER: "Float"}, content_type="text/plain")
+    assert response.status_code == 400 and "UTF-8" in response.json["message"]
+    assert client.get("/info").json["repetition"] == 0
+
+
+def test_several_fed_data_under_named_bases():
+    app = FedFloat(1.0).app()
+    assert app.devices.keys() == {""}
+    server = fedsync.serve({"model": FedArrays([np.zeros(2)]), "threshold": FedFloat(0.5)}, port=0, block=False)
+    with server:
+        assert requests.get(f"{server.url}/threshold/info", timeout=5).json()["specs"] == "Float"
+        assert requests.get(f"{server.url}/model/info", timeout=5).json()["type"] == "FedArrays"
+        assert requests.get(f"{server.url}/info", timeout=5).json()["bases"] == ["model", "threshold"]
+
+
+def test_garbage_over_real_http_is_rejected():
+    data = FedArrays({"w": np.zeros(3, np.float32)})
+    with fedsync.serve(data, port=0, block=False) as server:
+        response = requests.post(
+            f"{server.url}/1/submit", data=b"\x10" * 64, headers={SPECS_HEADER: data.specs(1)}, timeout=5
+        )
+        assert response.status_code == 400
+        assert response.json()["error"] == "malformed_payload"
+        assert requests.get(f"{server.url}/info", timeout=5).json()["repetition"] == 0
