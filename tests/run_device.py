@@ -1,18 +1,21 @@
-"""Serve a FedData from ``tests/devices.py`` in this process: a real device for tests.
+"""Serve a FedData made by a factory function in this process: a real device for tests.
 
-Usage: ``python -m tests.run_device FACTORY [JSON-ARGS]``; prints ``READY <url>`` once serving.
+Usage: ``python -m tests.run_device FACTORY [JSON-ARGS]``, where FACTORY is a
+function of ``tests/devices.py`` or ``module:function``; prints ``READY <url>``
+once serving.
 """
 
+import importlib
 import json
 import os
 import sys
 
 import fedsync
-from tests import devices
 
 
 def main() -> None:
-    factory = getattr(devices, sys.argv[1])
+    module, _, name = sys.argv[1].rpartition(":")
+    factory = getattr(importlib.import_module(module or "tests.devices"), name)
     args = json.loads(sys.argv[2]) if len(sys.argv) > 2 else []
     data = factory(*args)
     port = int(os.environ.get("FEDSYNC_TEST_PORT", "0"))
