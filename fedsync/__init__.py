@@ -8,6 +8,7 @@ from ._version import __version__
 from .arrays import FedArrays
 from .client import Federated, Remote, RoundResult
 from .errors import FedSyncError
+from .hookspecs import hookimpl
 from .protocol import FIRST, FedData
 from .server import serve
 from .strategies import FedAvg
@@ -23,4 +24,5 @@ __all__ = [
     "RoundResult",
     "serve",
     "FedSyncError",
+    "hookimpl",
 ]

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import codec
 from .errors import PayloadRejected
+from .hookspecs import hookimpl
 from .protocol import FedData
 from .strategies import FedAvg, Strategy
 
@@ -202,3 +203,9 @@ def _summarize(devices: list[dict[str, Any]]) -> dict[str, Any]:
         weight = sum(s for _, s in pairs)
         means[name] = sum(v * s for v, s in pairs) / weight if weight else math.fsum(v for v, _ in pairs) / len(pairs)
     return {"samples": total, "metrics": means, "devices": devices}
+
+
+@hookimpl
+def register_adapters(register: Callable[[str, type], None]) -> None:
+    """The core's own adapter registers through the same hook as third parties."""
+    register(FedArrays.token, FedArrays)

@@ -1,7 +1,7 @@
 """The seed's import path: ``from fedsync.data import FedData, FIRST, FedKeras``.
 
-Framework adapters (``FedKeras``, ``FedTorch``) are resolved on first access,
-so importing this module never imports a framework.
+Framework adapters (``FedKeras``, ``FedTorch``) resolve through the plugin
+registry on first access, so importing this module never imports a framework.
 """
 
 from __future__ import annotations
@@ -13,15 +13,20 @@ from .protocol import FIRST, FedData
 
 __all__ = ["FedData", "FIRST", "FedArrays", "FedKeras", "FedTorch"]
 
-_ADAPTERS = {"FedKeras": ("fedsync_keras", "keras"), "FedTorch": ("fedsync_torch", "torch")}
+_ADAPTER_TOKENS = {"FedKeras": "keras", "FedTorch": "torch"}
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _ADAPTERS:
+    token = _ADAPTER_TOKENS.get(name)
+    if token is None:
         raise AttributeError(f"module 'fedsync.data' has no attribute {name!r}")
-    module, extra = _ADAPTERS[name]
-    try:
-        imported = __import__(module)
-        return getattr(imported, name)
-    except ImportError as exc:
-        raise ImportError(f"{name} needs the {extra} extra: pip install 'fedsync[{extra}]' ({exc})") from exc
+    from . import plugins  # the registry loads plugins on first use, not at import
+
+    install = f"pip install 'fedsync[{token}]'"
+    adapter = next((a for a in plugins.describe() if a["token"] == token), None)
+    if adapter is None:
+        raise ImportError(f"{name} is not installed: no plugin registers the {token!r} adapter. To fix: {install}")
+    if not adapter["importable"]:
+        missing = ", ".join(adapter["cls"].requires)
+        raise ImportError(f"{name} needs {missing}, which is not installed. To fix: {install}")
+    return adapter["cls"]

@@ -36,9 +36,15 @@ class DeviceProcess:
         os.kill(self.process.pid, signal.SIGCONT)
 
 
-def start_device(factory: str, *args: object, port: int = 0, timeout: float = 60.0) -> DeviceProcess:
-    """Start ``python -m tests.run_device factory args`` and wait for its URL."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), FEDSYNC_TEST_PORT=str(port))
+def start_device(
+    factory: str, *args: object, port: int = 0, timeout: float = 60.0, path: tuple[str, ...] = ()
+) -> DeviceProcess:
+    """Start ``python -m tests.run_device factory args`` and wait for its URL.
+
+    ``path`` adds folders to the device's ``PYTHONPATH`` (e.g. an installed plugin).
+    """
+    pythonpath = os.pathsep.join([*path, str(ROOT)])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=pythonpath, FEDSYNC_TEST_PORT=str(port))
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.run_device", factory, json.dumps(list(args))],
         stdout=subprocess.PIPE,
@@ -65,8 +71,8 @@ def devices():
     """Start device processes with ``devices(factory, *args)``; all are killed afterwards."""
     started: list[DeviceProcess] = []
 
-    def start(factory: str, *args: object, port: int = 0) -> DeviceProcess:
-        device = start_device(factory, *args, port=port)
+    def start(factory: str, *args: object, port: int = 0, path: tuple[str, ...] = ()) -> DeviceProcess:
+        device = start_device(factory, *args, port=port, path=path)
         started.append(device)
         return device
 

@@ -77,3 +77,10 @@ def slow(seconds: float) -> FedArrays:
 
 def pid() -> FedFloat:
     return FedFloat(float(os.getpid()))
+
+
+def by_specs(specs: str, *args):
+    """Whatever adapter the plugin registry resolves for ``specs``, built with ``args``."""
+    from fedsync.plugins import adapter_for
+
+    return adapter_for(specs)(*args)

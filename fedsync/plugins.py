@@ -1,0 +1,207 @@
+"""The adapter registry: plugins found through entry points, adapters found by specs.
+
+Plugins are modules named by entry points in the ``fedsync`` group (plus the
+built-in ones, which register through the same hook). They load lazily, once,
+on the first call to :func:`adapters`, :func:`adapter_for` or :func:`describe`,
+never at ``import fedsync``. ``FEDSYNC_LOAD_PLUGINS`` limits which entry points
+load (comma-separated names; empty: none), and ``FEDSYNC_TRACE_PLUGINS=1``
+prints every hook call to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import re
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import AdapterNotFound, PluginError
+from .protocol import FedData
+
+__all__ = ["Adapter", "adapters", "adapter_for", "describe", "plugin_manager", "reset", "ENTRY_POINT_GROUP"]
+
+logger = logging.getLogger("fedsync.plugins")
+
+ENTRY_POINT_GROUP = "fedsync"
+DEFAULT_PLUGINS = ("fedsync.arrays",)
+"""Built-in plugin modules: the core dogfoods its own hook."""
+
+EXTRAS = {"torch": "torch", "keras": "keras"}
+"""Tokens whose adapters ship as extras of the fedsync distribution."""
+
+_TOKEN = re.compile(r"^[a-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One registered adapter and where it came from."""
+
+    token: str
+    cls: type
+    plugin: str
+    package: str | None
+    version: str | None
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """Modules the adapter's framework needs (its class's ``requires``)."""
+        return tuple(getattr(self.cls, "requires", ()))
+
+    @property
+    def importable(self) -> bool:
+        """Whether the framework is installed, checked without importing it."""
+        return all(_installed(module) for module in self.requires)
+
+
+def _installed(module: str) -> bool:
+    if module in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.manager: pluggy.PluginManager | None = None
+        self.adapters: dict[str, Adapter] = {}
+        self.sources: dict[str, tuple[str | None, str | None]] = {}
+
+    def load(self) -> pluggy.PluginManager:
+        with self.lock:
+            if self.manager is None:
+                manager = pluggy.PluginManager("fedsync")
+                manager.add_hookspecs(hookspecs)
+                if os.environ.get("FEDSYNC_TRACE_PLUGINS"):
+                    manager.trace.root.setwriter(lambda text: sys.stderr.write(text))
+                    manager.enable_tracing()
+                for name in DEFAULT_PLUGINS:
+                    manager.register(importlib.import_module(name), name=name)
+                    self.sources[name] = ("fedsync", _version("fedsync"))
+                self._load_entry_points(manager)
+                self.adapters = self._collect(manager)
+                self.manager = manager
+            return self.manager
+
+    def _load_entry_points(self, manager: pluggy.PluginManager) -> None:
+        allowed = os.environ.get("FEDSYNC_LOAD_PLUGINS")
+        names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if names is not None and entry_point.name not in names:
+                continue
+            if manager.has_plugin(entry_point.name):
+                continue  # the same distribution seen twice on sys.path
+            try:
+                plugin = entry_point.load()
+            except Exception as exc:  # one broken plugin must not break the others
+                logger.warning("fedsync plugin %r (%s) failed to load: %s", entry_point.name, entry_point.value, exc)
+                continue
+            manager.register(plugin, name=entry_point.name)
+            dist = entry_point.dist
+            self.sources[entry_point.name] = (dist.name if dist else None, dist.version if dist else None)
+
+    def _collect(self, manager: pluggy.PluginManager) -> dict[str, Adapter]:
+        found: dict[str, Adapter] = {}
+        for impl in manager.hook.register_adapters.get_hookimpls():
+            plugin = impl.plugin_name
+
+            def register(token: str, cls: type, _plugin: str = plugin) -> None:
+                if not isinstance(token, str) or not _TOKEN.match(token):
+                    raise PluginError(
+                        f"plugin {_plugin!r}: register_adapters(register) called register({token!r}, ...); "
+                        "a token is a lowercase word like 'torch' ([a-z0-9_.-]+)"
+                    )
+                if not (isinstance(cls, type) and issubclass(cls, FedData)):
+                    raise PluginError(
+                        f"plugin {_plugin!r}: register({token!r}, {cls!r}) needs a FedData subclass, "
+                        "e.g. register('jax', FedJax)"
+                    )
+                if token in found:
+                    raise PluginError(
+                        f"adapter token {token!r} is registered by both plugin {found[token].plugin!r} "
+                        f"and plugin {_plugin!r}; uninstall one, or limit loading with FEDSYNC_LOAD_PLUGINS"
+                    )
+                package, version = self.sources.get(_plugin, (None, None))
+                found[token] = Adapter(token, cls, _plugin, package, version)
+
+            arguments = {"register": register}
+            impl.function(**{name: arguments[name] for name in impl.argnames})
+        return found
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+_registry = _Registry()
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    """The loaded plugin manager (loads plugins on first call)."""
+    return _registry.load()
+
+
+def adapters() -> dict[str, type]:
+    """Every registered adapter class by token, e.g. ``{"arrays": FedArrays, "torch": FedTorch}``."""
+    _registry.load()
+    return {token: adapter.cls for token, adapter in _registry.adapters.items()}
+
+
+def describe() -> list[dict[str, Any]]:
+    """Every adapter: token, cls, plugin, package, version, importable (framework installed), extra."""
+    _registry.load()
+    return [
+        {
+            "token": a.token,
+            "cls": a.cls,
+            "plugin": a.plugin,
+            "package": a.package,
+            "version": a.version,
+            "importable": a.importable,
+            "extra": EXTRAS.get(a.token),
+        }
+        for a in sorted(_registry.adapters.values(), key=lambda a: a.token)
+    ]
+
+
+def adapter_for(specs: str) -> type:
+    """The adapter class for a specs string such as ``"torch:sha256:9f2c..."``.
+
+    Raises:
+        AdapterNotFound: no installed plugin registers the token (a ``LookupError``).
+    """
+    _registry.load()
+    token = specs.split(":", 1)[0]
+    adapter = _registry.adapters.get(token)
+    if adapter is None:
+        installed = ", ".join(sorted(_registry.adapters)) or "none"
+        if token in EXTRAS:
+            hint = f"pip install 'fedsync[{EXTRAS[token]}]'"
+        else:
+            hint = f"install the package that provides the {token!r} adapter (it registers through the 'fedsync' entry-point group)"
+        raise AdapterNotFound(f"no adapter for specs {specs!r} (token {token!r}); installed: {installed}. To fix: {hint}")
+    return adapter.cls
+
+
+def reset() -> None:
+    """Forget loaded plugins, so the next call loads them again (for tests)."""
+    with _registry.lock:
+        _registry.manager = None
+        _registry.adapters = {}
+        _registry.sources = {}
+
+

@@ -1,0 +1,172 @@
+"""The adapter registry: entry points, specs tokens, laziness, third-party packages."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import fedsync
+from fedsync import FedArrays, Federated, plugins
+from fedsync.errors import AdapterNotFound, FedSyncError, PluginError
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "tests" / "plugins" / "fedsync-sample"
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+def make_distribution(folder: Path, name: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+    """A real (unzipped) distribution on ``folder``: its own dist-info and entry points."""
+    dist_info = folder / f"{name.replace('-', '_')}-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    lines = "".join(f"{key} = {value}\n" for key, value in entry_points.items())
+    (dist_info / "entry_points.txt").write_text(f"[fedsync]\n{lines}")
+    for module, source in modules.items():
+        (folder / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+ADAPTER_SOURCE = """
+    import fedsync
+
+    class Fed{cls}(fedsync.FedData):
+        def specs(self, repetition):
+            return "{token}:v1"
+
+    @fedsync.hookimpl
+    def register_adapters(register):
+        register("{token}", Fed{cls})
+"""
+
+
+def test_builtin_adapter_registers_through_the_hook():
+    registered = plugins.adapters()
+    assert registered["arrays"] is FedArrays
+    assert plugins.adapter_for(FedArrays([]).specs(1)) is FedArrays
+    (arrays,) = [a for a in plugins.describe() if a["token"] == "arrays"]
+    assert arrays["plugin"] == "fedsync.arrays" and arrays["package"] == "fedsync"
+
+
+def test_unknown_token_lists_installed_adapters_and_how_to_install():
+    with pytest.raises(AdapterNotFound) as caught:
+        plugins.adapter_for("jax:sha256:0123")
+    assert isinstance(caught.value, LookupError) and isinstance(caught.value, FedSyncError)
+    assert "'jax'" in str(caught.value) and "arrays" in str(caught.value)
+
+
+def test_disabled_framework_adapter_says_which_extra_to_install(monkeypatch):
+    monkeypatch.setenv("FEDSYNC_LOAD_PLUGINS", "")
+    assert set(plugins.adapters()) == {"arrays"}
+    with pytest.raises(AdapterNotFound, match=r"pip install 'fedsync\[torch\]'"):
+        plugins.adapter_for("torch:sha256:0123")
+
+
+def test_entry_points_are_discovered_and_can_be_restricted(tmp_path, monkeypatch):
+    make_distribution(tmp_path, "fedsync-alpha", {"alpha": "alpha_plugin"}, {"alpha_plugin": ADAPTER_SOURCE.format(cls="Alpha", token="alpha")})
+    make_distribution(tmp_path, "fedsync-beta", {"beta": "beta_plugin"}, {"beta_plugin": ADAPTER_SOURCE.format(cls="Beta", token="beta")})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = plugins.adapters()
+    assert {"alpha", "beta"} <= found.keys()
+    assert plugins.adapter_for("alpha:v1").__name__ == "FedAlpha"
+    (alpha,) = [a for a in plugins.describe() if a["token"] == "alpha"]
+    assert (alpha["plugin"], alpha["package"], alpha["version"]) == ("alpha", "fedsync-alpha", "1.0")
+
+    plugins.reset()
+    monkeypatch.setenv("FEDSYNC_LOAD_PLUGINS", "beta")
+    assert set(plugins.adapters()) == {"arrays", "beta"}
+
+
+def test_duplicate_token_names_both_plugins(tmp_path, monkeypatch):
+    make_distribution(tmp_path, "fedsync-one", {"one": "one_plugin"}, {"one_plugin": ADAPTER_SOURCE.format(cls="One", token="same")})
+    make_distribution(tmp_path, "fedsync-two", {"two": "two_plugin"}, {"two_plugin": ADAPTER_SOURCE.format(cls="Two", token="same")})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError) as caught:
+        plugins.adapters()
+    assert "'same'" in str(caught.value) and "'one'" in str(caught.value) and "'two'" in str(caught.value)
+
+
+def test_bad_registration_is_explained(tmp_path, monkeypatch):
+    source = """
+        import fedsync
+
+        @fedsync.hookimpl
+        def register_adapters(register):
+            register("Not A Token", object)
+    """
+    make_distribution(tmp_path, "fedsync-bad", {"bad": "bad_plugin"}, {"bad_plugin": source})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="plugin 'bad'.*lowercase word"):
+        plugins.adapters()
+
+
+def test_broken_plugin_does_not_break_the_registry(tmp_path, monkeypatch, caplog):
+    make_distribution(tmp_path, "fedsync-broken", {"broken": "broken_plugin"}, {"broken_plugin": "raise ImportError('no jax here')"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "arrays" in plugins.adapters()
+    assert "no jax here" in caplog.text
+
+
+def test_plugins_load_lazily_and_import_no_framework():
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import numpy as np
+        import requests
+        import fedsync
+        from fedsync import plugins
+        from fedsync.data import FedData, FIRST
+        loaded_at_import = plugins._registry.manager is not None
+        tokens = sorted(plugins.adapters())
+        with fedsync.serve(fedsync.FedArrays([np.zeros(3)]), port=0, block=False) as server:
+            info = requests.get(server.url + "/info", timeout=5).json()
+        heavy = sorted(m for m in ("torch", "tensorflow", "keras", "jax") if m in sys.modules)
+        print(json.dumps({"loaded_at_import": loaded_at_import, "tokens": tokens, "heavy": heavy, "specs": info["specs"]}))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.splitlines()[-1])
+    assert report["loaded_at_import"] is False
+    assert "arrays" in report["tokens"]
+    assert report["heavy"] == []
+    assert report["specs"].startswith("arrays:sha256:")
+
+
+@pytest.fixture(scope="module")
+def sample_install(tmp_path_factory):
+    """``pip install`` the sample third-party adapter package into its own folder."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), str(SAMPLE)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    return target
+
+
+def test_third_party_adapter_distribution_runs_a_round(sample_install, devices, monkeypatch):
+    assert list(sample_install.glob("fedsync_sample-0.3.0.dist-info"))
+    monkeypatch.syspath_prepend(str(sample_install))
+    adapter = plugins.adapter_for("sample:max-v1")
+    (described,) = [a for a in plugins.describe() if a["token"] == "sample"]
+    assert (described["package"], described["version"]) == ("fedsync-sample", "0.3.0")
+
+    low = devices("by_specs", "sample:max-v1", 3.0, path=(str(sample_install),))
+    high = devices("by_specs", "sample:max-v1", 11.5, path=(str(sample_install),))
+    info = fedsync.Remote(low.url).info()
+    assert info["specs"] == "sample:max-v1" and info["type"] == "FedMax"
+
+    data = plugins.adapter_for(info["specs"])(1.0)
+    assert type(data) is adapter
+    with Federated(data=data, remotes=[low.url, high.url]) as alg:
+        alg.round()
+    assert data.value == 11.5
