@@ -6,6 +6,7 @@ rounds with :class:`Federated` over :class:`Remote` devices.
 
 from ._version import __version__
 from .arrays import FedArrays
+from .bundle import FedBundle
 from .client import Federated, Remote, RoundResult
 from .errors import FedSyncError
 from .hookspecs import hookimpl
@@ -18,6 +19,7 @@ __all__ = [
     "FedData",
     "FIRST",
     "FedArrays",
+    "FedBundle",
     "FedAvg",
     "Federated",
     "Remote",

@@ -158,6 +158,10 @@ class FedArrays(FedData):
         merged = self.strategy.aggregate(self.get_arrays(), results())
         self.set_arrays(merged)
         self.last_merge = _summarize(devices)
+        # The merged arrays stand for every sample behind them: a checkpoint restored
+        # with merge([saved]) then weighs correctly.
+        self.samples = self.last_merge["samples"]
+        self.metrics = self.last_merge["metrics"]
 
     # -- validation -----------------------------------------------------------------
 

@@ -32,7 +32,7 @@ __all__ = ["Adapter", "adapters", "adapter_for", "describe", "plugin_manager", "
 logger = logging.getLogger("fedsync.plugins")
 
 ENTRY_POINT_GROUP = "fedsync"
-DEFAULT_PLUGINS = ("fedsync.arrays",)
+DEFAULT_PLUGINS = ("fedsync.arrays", "fedsync.bundle")
 """Built-in plugin modules: the core dogfoods its own hook."""
 
 EXTRAS = {"torch": "torch", "keras": "keras"}

@@ -84,3 +84,15 @@ def by_specs(specs: str, *args):
     from fedsync.plugins import adapter_for
 
     return adapter_for(specs)(*args)
+
+
+def mixed(value: float, samples: int, threshold: float) -> dict:
+    """Two FedData of different types, served under named bases by one process."""
+    return {"weights": constant(value, samples), "threshold": FedFloat(threshold)}
+
+
+def bundle(value: float, samples: int, threshold: float):
+    """The same two parts travelling in one payload and one round."""
+    from fedsync import FedBundle
+
+    return FedBundle({"weights": constant(value, samples), "threshold": FedFloat(threshold)})

@@ -64,7 +64,7 @@ def test_unknown_token_lists_installed_adapters_and_how_to_install():
 
 def test_disabled_framework_adapter_says_which_extra_to_install(monkeypatch):
     monkeypatch.setenv("FEDSYNC_LOAD_PLUGINS", "")
-    assert set(plugins.adapters()) == {"arrays"}
+    assert set(plugins.adapters()) == {"arrays", "bundle"}
     with pytest.raises(AdapterNotFound, match=r"pip install 'fedsync\[torch\]'"):
         plugins.adapter_for("torch:sha256:0123")
 
@@ -81,7 +81,7 @@ def test_entry_points_are_discovered_and_can_be_restricted(tmp_path, monkeypatch
 
     plugins.reset()
     monkeypatch.setenv("FEDSYNC_LOAD_PLUGINS", "beta")
-    assert set(plugins.adapters()) == {"arrays", "beta"}
+    assert set(plugins.adapters()) == {"arrays", "bundle", "beta"}
 
 
 def test_duplicate_token_names_both_plugins(tmp_path, monkeypatch):

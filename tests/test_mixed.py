@@ -1,0 +1,61 @@
+"""Several FedData types in one deployment: named bases, and bundles in one round."""
+
+import numpy as np
+import pytest
+import requests
+
+from fedsync import FedArrays, FedBundle, Federated, Remote, plugins
+from fedsync.errors import PayloadRejected
+from tests.seed_fedfloat import FedFloat
+
+
+def weights():
+    return FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)})
+
+
+def test_one_device_process_serves_two_types_under_named_bases(devices):
+    a = devices("mixed", 1.0, 30, 0.2)
+    b = devices("mixed", 4.0, 10, 0.6)
+    model, threshold = weights(), FedFloat(0.0)
+    with Federated(data=model, remotes=[Remote(a.url + "/weights"), Remote(b.url + "/weights")]) as models, \
+         Federated(data=threshold, remotes=[Remote(a.url + "/threshold"), Remote(b.url + "/threshold")]) as thresholds:
+        models.round()
+        thresholds.round()
+    assert np.all(model.model["w"] == 1.75)
+    assert threshold.value == pytest.approx(0.4)
+    assert requests.get(a.url + "/info", timeout=5).json()["bases"] == ["weights", "threshold"]
+
+
+def test_bundle_carries_a_model_and_a_custom_fed_data_in_one_round(devices):
+    a = devices("bundle", 1.0, 30, 0.2)
+    b = devices("bundle", 4.0, 10, 0.6)
+    data = FedBundle({"weights": weights(), "threshold": FedFloat(0.0)})
+    info = Remote(a.url).info()
+    assert info["specs"] == data.specs(1) and plugins.adapter_for(info["specs"]) is FedBundle
+    assert info["summary"]["parts"]["threshold"]["specs"] == "Float"
+    with Federated(data=data, remotes=[a.url, b.url]) as alg:
+        alg.round()
+        assert np.all(data["weights"].model["w"] == 1.75)
+        assert data["threshold"].value == pytest.approx(0.4)  # FIRST: devices keep their own
+        alg.round()
+    assert data["threshold"].value == pytest.approx(0.4)
+
+
+def test_bundle_rejects_a_payload_whose_part_differs_and_changes_nothing():
+    ours = FedBundle({"weights": weights(), "threshold": FedFloat(0.5)})
+    other = FedBundle({"weights": FedArrays({"w": np.ones((3, 3), np.float32), "b": np.ones(2, np.float32)}), "threshold": FedFloat(0.5)})
+    with pytest.raises(PayloadRejected, match="part 'weights'"):
+        ours.receive(other.serialize(2), 2)
+    assert np.all(ours["weights"].model["w"] == 0.0)
+    with pytest.raises(ValueError):
+        ours.check(b"not a bundle", 2)
+
+
+def test_bundle_part_must_be_the_registered_adapter_for_its_token():
+    class Impostor(FedFloat):
+        def specs(self, repetition):
+            return "arrays:sha256:0000000000000000"
+
+    bundle = FedBundle({"x": Impostor(1.0)})
+    with pytest.raises(PayloadRejected, match="registered to FedArrays"):
+        bundle.check(bundle.serialize(1), 1)
