@@ -1,0 +1,162 @@
+"""FedTorch: a ``torch.nn.Module``'s state dict as federated arrays.
+
+torch is imported inside the methods that need it, never at module level, so
+that loading fedsync's plugins does not import torch.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import numpy as np
+
+from fedsync.arrays import FedArrays, TrainResult
+from fedsync.errors import PayloadRejected
+
+if TYPE_CHECKING:
+    import torch
+
+    from fedsync.strategies import Strategy
+
+__all__ = ["FedTorch"]
+
+# torch dtypes whose tensors have a numpy twin the codec can carry as they are.
+_NATIVE = frozenset(
+    {"float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8", "bool"}
+)
+# Dtypes numpy lacks, carried as float32: exact, and FedAvg averages them as the
+# floats they are (a uint16 view of bfloat16 bits would average bit patterns).
+_UPCAST = frozenset({"bfloat16"})
+
+# Default reprs of functions and objects carry memory addresses, which differ
+# between processes; the specs must not.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _dtype_name(tensor: "torch.Tensor") -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+class FedTorch(FedArrays):
+    """A torch model trained on devices and merged by sample-weighted FedAvg.
+
+    The exchanged arrays are the model's ``state_dict()``: parameters and
+    persistent buffers, by their state-dict names. Loading them copies into the
+    model's existing tensors, on the model's own device and in its own dtype,
+    so the parameter objects stay the same and an optimizer created before
+    keeps working.
+
+    Args:
+        model: the ``torch.nn.Module``; declare the same architecture on the
+            coordinator and on every device.
+        train: ``train(model) -> samples`` or ``-> (samples, metrics)``, called on
+            a device after the coordinator's weights were loaded into ``model``;
+            e.g. a few local epochs ending in ``return len(dataset)``. ``None`` on
+            the coordinator.
+        strategy: how results merge; sample-weighted :class:`fedsync.FedAvg` by
+            default.
+
+    How dtypes merge (with the default FedAvg):
+
+    - floating tensors are averaged weighted by each device's sample count;
+    - integer buffers, e.g. BatchNorm's ``num_batches_tracked`` (int64), are
+      averaged the same way and **rounded to the nearest integer**; boolean
+      buffers take the weighted majority;
+    - ``bfloat16`` tensors, which numpy cannot represent, travel and merge as
+      float32 (exact) and are cast back into bfloat16 when loaded; the specs
+      still record ``bfloat16``, so a bfloat16 and a float32 model do not match.
+      Other dtypes (complex, float8, quantized) raise a ``TypeError`` naming
+      the tensor; convert the model with ``model.float()``.
+
+    The specs hash :meth:`architecture`: each submodule's type name and
+    ``extra_repr()``, and every state-dict entry's name, shape and dtype.
+    """
+
+    token = "torch"
+
+    def __init__(
+        self,
+        model: "torch.nn.Module",
+        train: Callable[["torch.nn.Module"], TrainResult] | None = None,
+        *,
+        strategy: Strategy | None = None,
+    ) -> None:
+        import torch
+
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(
+                f"FedTorch takes a torch.nn.Module, got {type(model).__name__}; "
+                "e.g. FedTorch(torch.nn.Linear(3, 1), train)"
+            )
+        # The base validates and stores numpy arrays; a model has none of its own,
+        # so hand it nothing and keep the module as the model train() is given.
+        super().__init__({}, train, strategy=strategy)
+        self.model = model
+
+    def _state(self) -> dict[str, "torch.Tensor"]:
+        import torch
+
+        state = self.model.state_dict()
+        for name, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"state dict entry {name!r} is a {type(value).__name__}, not a tensor "
+                    "(from a module's get_extra_state?); FedTorch exchanges tensors only"
+                )
+            dtype = _dtype_name(value)
+            if dtype not in _NATIVE and dtype not in _UPCAST:
+                raise TypeError(
+                    f"tensor {name!r} has dtype {dtype}, which FedTorch cannot exchange; "
+                    f"supported: {', '.join(sorted(_NATIVE | _UPCAST))}. Convert the model, "
+                    "e.g. model.float()"
+                )
+        return state
+
+    def get_arrays(self) -> dict[str, np.ndarray]:
+        """The state dict as CPU numpy arrays (views of CPU tensors, not copies)."""
+        arrays = {}
+        for name, tensor in self._state().items():
+            tensor = tensor.detach()
+            if _dtype_name(tensor) in _UPCAST:
+                tensor = tensor.float()
+            arrays[name] = tensor.cpu().numpy()
+        return arrays
+
+    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Copy ``arrays`` into the model's tensors in place, keeping their device and dtype.
+
+        Every name and shape is checked before anything is copied, so a
+        payload that does not fit raises :class:`fedsync.errors.PayloadRejected`
+        (a ``ValueError``) and leaves the model unchanged.
+        """
+        import torch
+
+        state = self._state()
+        if arrays.keys() != state.keys():
+            missing = sorted(state.keys() - arrays.keys())
+            extra = sorted(arrays.keys() - state.keys())
+            raise PayloadRejected(f"arrays do not match the model's state dict: missing {missing}, unexpected {extra}")
+        for name, tensor in state.items():
+            shape = tuple(np.shape(arrays[name]))
+            if shape != tuple(tensor.shape):
+                raise PayloadRejected(f"tensor {name!r}: expected shape {tuple(tensor.shape)}, got {shape}")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                array = np.asarray(arrays[name])
+                if not array.flags.writeable:
+                    # torch warns about read-only numpy memory even though copy_ only reads it.
+                    array = array.copy()
+                tensor.copy_(torch.from_numpy(array))
+
+    def architecture(self) -> dict[str, Any]:
+        """The JSON-able description hashed into the specs: module types and configs, weights."""
+        modules = [
+            {"name": name, "type": type(module).__name__, "config": _ADDRESS.sub("", module.extra_repr())}
+            for name, module in self.model.named_modules()
+        ]
+        weights = [
+            {"name": name, "shape": list(tensor.shape), "dtype": _dtype_name(tensor)}
+            for name, tensor in self._state().items()
+        ]
+        return {"modules": modules, "weights": weights}
