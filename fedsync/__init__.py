@@ -7,8 +7,9 @@ rounds with :class:`Federated` over :class:`Remote` devices.
 from ._version import __version__
 from .arrays import FedArrays
 from .bundle import FedBundle
-from .client import Federated, Remote, RoundResult
+from .client import EarlyStopping, Federated, Remote
 from .errors import FedSyncError
+from .history import EvaluationResult, History, RoundResult
 from .hookspecs import hookimpl
 from .protocol import FIRST, FedData
 from .server import serve
@@ -24,6 +25,9 @@ __all__ = [
     "Federated",
     "Remote",
     "RoundResult",
+    "EvaluationResult",
+    "History",
+    "EarlyStopping",
     "serve",
     "FedSyncError",
     "hookimpl",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, MutableSequence, Union
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from . import codec
 from .errors import PayloadRejected
 from .hookspecs import hookimpl
+from .metrics import parse_counted, weighted_means
 from .protocol import FedData
 from .strategies import FedAvg, Strategy
 
@@ -38,22 +38,6 @@ def fingerprint(architecture: Any) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _parse_train_result(value: Any) -> tuple[int, dict[str, float]]:
-    metrics: Any = {}
-    if isinstance(value, tuple) and len(value) == 2:
-        value, metrics = value
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0 or not isinstance(metrics, Mapping):
-        raise TypeError(
-            "train(model) must return the number of samples it trained on, e.g. `return x.shape[0]`, "
-            f"or that number with a dict of metrics, e.g. `return len(x), {{'loss': 0.12}}`; got {value!r}"
-        )
-    try:
-        clean = {str(k): float(v) for k, v in metrics.items()}
-    except (TypeError, ValueError):
-        raise TypeError(f"train(model)'s metrics must map names to numbers, got {metrics!r}") from None
-    return int(value), clean
-
-
 class FedArrays(FedData):
     """A FedData whose state is a list or dict of numpy arrays.
 
@@ -64,6 +48,9 @@ class FedArrays(FedData):
             a device after the coordinator's arrays were loaded; ``model`` is the
             ``arrays`` you passed (adapters pass their framework model). ``None``
             on the coordinator.
+        evaluate: ``evaluate(model) -> samples`` or ``-> (samples, metrics)``,
+            measuring the coordinator's arrays on this device's data for
+            ``Federated.evaluate``; the device's own arrays are restored after.
         strategy: how results merge; sample-weighted :class:`FedAvg` by default.
 
     After a merge, ``last_merge`` holds the total samples, the sample-weighted
@@ -77,6 +64,7 @@ class FedArrays(FedData):
         arrays: Union[MutableMapping[str, np.ndarray], MutableSequence[np.ndarray]],
         train: Callable[[Any], TrainResult] | None = None,
         *,
+        evaluate: Callable[[Any], TrainResult] | None = None,
         strategy: Strategy | None = None,
     ) -> None:
         super().__init__()
@@ -91,6 +79,7 @@ class FedArrays(FedData):
                 raise TypeError(f"array {name!r} is a {type(a).__name__}, not a numpy array; wrap it with np.asarray")
         self.model: Any = arrays
         self.train = train
+        self.evaluate_fn = evaluate
         self.strategy = strategy or FedAvg()
         self.samples = 0
         self.metrics: dict[str, float] = {}
@@ -144,7 +133,21 @@ class FedArrays(FedData):
         arrays, _, _ = self._decode(encoding)
         self.set_arrays(arrays)
         if self.train is not None:
-            self.samples, self.metrics = _parse_train_result(self.train(self.model))
+            self.samples, self.metrics = parse_counted(self.train(self.model))
+
+    def evaluate(self, encoding: Any, repetition: int) -> tuple[int, dict[str, float]]:
+        if self.evaluate_fn is None:
+            raise NotImplementedError(
+                f"this device's {type(self).__name__} has no evaluate callback; "
+                "pass evaluate=fn, e.g. FedArrays(arrays, train, evaluate=lambda model: (len(x), {'accuracy': ...}))"
+            )
+        arrays, _, _ = self._decode(encoding)
+        own = {name: np.array(a, copy=True) for name, a in self.get_arrays().items()}
+        self.set_arrays(arrays)
+        try:
+            return parse_counted(self.evaluate_fn(self.model), "evaluate(model)")
+        finally:
+            self.set_arrays(own)
 
     def merge(self, encodings: Iterable[Any], repetition: int) -> None:
         devices: list[dict[str, Any]] = []
@@ -157,7 +160,11 @@ class FedArrays(FedData):
 
         merged = self.strategy.aggregate(self.get_arrays(), results())
         self.set_arrays(merged)
-        self.last_merge = _summarize(devices)
+        self.last_merge = {
+            "samples": sum(d["samples"] for d in devices),
+            "metrics": weighted_means(devices),
+            "devices": devices,
+        }
         # The merged arrays stand for every sample behind them: a checkpoint restored
         # with merge([saved]) then weighs correctly.
         self.samples = self.last_merge["samples"]
@@ -195,18 +202,6 @@ class FedArrays(FedData):
                 f"metrics {metadata.get(METRICS_KEY)!r}; expected a non-negative integer and a JSON object of numbers"
             ) from None
         return arrays, samples, metrics
-
-
-def _summarize(devices: list[dict[str, Any]]) -> dict[str, Any]:
-    """Total samples and the sample-weighted mean of every metric."""
-    total = sum(d["samples"] for d in devices)
-    names = {name for d in devices for name in d["metrics"]}
-    means = {}
-    for name in sorted(names):
-        pairs = [(d["metrics"][name], d["samples"]) for d in devices if name in d["metrics"]]
-        weight = sum(s for _, s in pairs)
-        means[name] = sum(v * s for v, s in pairs) / weight if weight else math.fsum(v for v, _ in pairs) / len(pairs)
-    return {"samples": total, "metrics": means, "devices": devices}
 
 
 @hookimpl

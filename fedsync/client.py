@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import queue
+import random
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import requests
 from requests.adapters import HTTPAdapter
+from tqdm.auto import tqdm
 from urllib3.util.retry import Retry
 
+from . import checkpoint as checkpoint_io
+
 from .errors import (
-    FedSyncError,
     PayloadRejected,
     RemoteBusy,
     RemoteError,
@@ -24,10 +30,12 @@ from .errors import (
     SpecsMismatch,
     TrainingFailed,
 )
+from .history import EvaluationResult, History, RoundResult
+from .metrics import weighted_means
 from .protocol import Encoding, FedData
 from .server import REPETITION_HEADER, SPECS_HEADER
 
-__all__ = ["Remote", "Federated", "RoundResult"]
+__all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping"]
 
 logger = logging.getLogger("fedsync")
 
@@ -79,11 +87,7 @@ class Remote:
 
     def submit(self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None) -> None:
         """Hand the device ``payload`` for ``repetition``; returns once it accepted (202)."""
-        if isinstance(payload, str):
-            body: Any = payload.encode("utf-8")
-            mimetype = "text/plain; charset=utf-8"
-        else:
-            body, mimetype = payload, "application/octet-stream"
+        body, mimetype = _body(payload)
         self._request(
             "POST",
             f"/{repetition}/submit",
@@ -114,6 +118,25 @@ class Remote:
             except UnicodeDecodeError:
                 raise RemoteError(self.url, "sent a text/plain result that is not UTF-8") from None
         return body
+
+    def evaluate(self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Ask the device to evaluate ``payload`` on its data: ``{"samples": n, "metrics": {...}}``."""
+        body, mimetype = _body(payload)
+        response = self._request(
+            "POST",
+            f"/{repetition}/evaluate",
+            data=body,
+            headers={SPECS_HEADER: specs, "Content-Type": mimetype},
+            timeout=timeout or self.timeout,
+        )
+        try:
+            answer = response.json()
+            samples, metrics = int(answer["samples"]), {str(k): float(v) for k, v in answer["metrics"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise RemoteError(self.url, f"evaluation answered no samples and metrics: {response.text[:200]!r}") from None
+        if samples < 0:
+            raise RemoteError(self.url, f"evaluation reported {samples} samples")
+        return {"samples": samples, "metrics": metrics}
 
     def close(self) -> None:
         """Release the session's connections."""
@@ -180,34 +203,45 @@ class Remote:
         return buffer
 
 
+def _body(payload: Encoding) -> tuple[Any, str]:
+    if isinstance(payload, str):
+        return payload.encode("utf-8"), "text/plain; charset=utf-8"
+    return payload, "application/octet-stream"
+
+
+def _size(payload: Encoding) -> int:
+    if isinstance(payload, str):
+        return len(payload.encode("utf-8"))
+    return memoryview(payload).nbytes
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc)
     return text if len(text) < 300 else text[:300] + "..."
 
 
-@dataclass
-class RoundResult:
-    """What one round did: its repetition, who answered, who failed and why."""
-
-    repetition: int
-    answered: list[str] = field(default_factory=list)
-    failures: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-_DONE = object()
-
-
 class Federated:
     """Runs synchronized federated rounds of ``data`` across ``remotes``.
 
+    ``FedData`` says *what* is exchanged and how it merges; ``Federated`` says
+    *when* and *with whom*: sampling, quorum, deadlines, evaluation, history
+    and checkpoints.
+
     Args:
-        data: the coordinator's FedData; ``round()`` merges the devices' results into it.
+        data: the coordinator's FedData; each round merges the devices' results into it.
         remotes: the devices, as :class:`Remote` objects or URLs.
-        timeout: the most seconds a round waits for devices, from submission to the
-            last result. A device that has not answered by then is reported by URL.
-        min_results: how many devices must answer for the round to merge
-            (default: all of them).
+        fraction: the share of remotes sampled each round (at least one, and at
+            least ``min_results``).
+        min_results: how many sampled devices must answer for a round to merge
+            (default: all sampled). Below it the round raises
+            :class:`~fedsync.errors.RoundFailed` and ``data`` is unchanged.
+        timeout: the most seconds a round waits for devices, from submission to
+            the last result; a device not done by then is reported by URL and its
+            late result dropped.
+        seed: makes the sampling reproducible.
+        checkpoint: a folder; after every merged round the state, history and
+            repetition are written there atomically, and a new ``Federated`` with
+            the same folder resumes from them.
         poll: the longest single long-poll, in seconds; it bounds how quickly an
             abandoned round releases its threads.
     """
@@ -217,8 +251,11 @@ class Federated:
         data: FedData,
         remotes: Sequence[Remote | str],
         *,
-        timeout: float = 600.0,
+        fraction: float = 1.0,
         min_results: int | None = None,
+        timeout: float = 600.0,
+        seed: int | None = None,
+        checkpoint: str | os.PathLike | None = None,
         poll: float = 10.0,
     ) -> None:
         if not isinstance(data, FedData):
@@ -228,17 +265,38 @@ class Federated:
             raise ValueError("Federated needs at least one remote, e.g. remotes=[Remote('http://127.0.0.1:8000')]")
         urls = [r.url for r in self.remotes]
         if len(set(urls)) != len(urls):
-            raise ValueError(f"the same device is listed twice: {sorted(u for u in urls if urls.count(u) > 1)}")
+            raise ValueError(f"the same device is listed twice: {sorted({u for u in urls if urls.count(u) > 1})}")
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         if min_results is not None and not 1 <= min_results <= len(self.remotes):
-            raise ValueError(f"min_results must be between 1 and {len(self.remotes)}, got {min_results}")
+            raise ValueError(f"min_results must be between 1 and the number of remotes ({len(self.remotes)}), got {min_results}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.data = data
-        self.timeout = float(timeout)
+        self.fraction = float(fraction)
         self.min_results = min_results
+        self.timeout = float(timeout)
         self.poll = float(poll)
         self.repetition = 0
+        self.history = History()
+        self._rng = random.Random(seed)
         self._known: set[str] = set()
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if self.checkpoint is not None:
+            restored = checkpoint_io.load(self.checkpoint, data)
+            if restored is not None:
+                self.repetition, self.history = restored
+                logger.info("resumed from %s after repetition %d (%d rounds done)", self.checkpoint, self.repetition, len(self.history))
 
-    # -- the round -----------------------------------------------------------------
+    # -- rounds --------------------------------------------------------------------
+
+    def sample(self) -> list[Remote]:
+        """The remotes taking part in the next round (reproducible with ``seed``)."""
+        count = max(1, math.ceil(self.fraction * len(self.remotes)), self.min_results or 1)
+        if count >= len(self.remotes):
+            return list(self.remotes)
+        chosen = set(self._rng.sample(range(len(self.remotes)), count))
+        return [r for i, r in enumerate(self.remotes) if i in chosen]
 
     def round(self) -> RoundResult:
         """Run one synchronized round: send, train on devices, collect, merge.
@@ -247,13 +305,87 @@ class Federated:
             SpecsMismatch: a device holds a different FedData (nothing was sent).
             RoundFailed: too few devices answered; the FedData is unchanged.
         """
+        result = self._train_round()
+        self._record(result)
+        return result
+
+    def evaluate(self) -> EvaluationResult:
+        """Evaluate the current global state on the sampled devices, without training.
+
+        Devices need an ``evaluate`` callback; metrics are averaged by sample count.
+        """
+        started = time.monotonic()
+        failures: dict[str, str] = {}
+        remotes = self._handshake(self.sample(), failures)
+        rep = max(self.repetition, 1)
+        specs, payload = self.data.specs(rep), self.data.serialize(rep)
+        answers = _concurrently(
+            {r.url: (lambda r=r: r.evaluate(rep, payload, specs, timeout=self.timeout)) for r in remotes}
+        )
+        result = EvaluationResult(repetition=rep, failures=failures)
+        for url, answer in answers.items():
+            if isinstance(answer, BaseException):
+                result.failures[url] = _reason(answer)
+            else:
+                result.devices[url] = answer
+        records = list(result.devices.values())
+        result.samples = sum(r["samples"] for r in records)
+        result.metrics = weighted_means(records)
+        result.seconds = time.monotonic() - started
+        if not records:
+            raise RoundFailed(f"evaluation after repetition {rep}: no device answered", result.failures)
+        logger.info("evaluation after round %d: %s", rep, _format_metrics(result.metrics))
+        return result
+
+    def fit(
+        self,
+        rounds: int,
+        *,
+        evaluate_every: int = 0,
+        callbacks: Sequence[Callable[["Federated", RoundResult], Any]] = (),
+        progress: bool | None = None,
+    ) -> History:
+        """Run until ``rounds`` rounds have merged (counting those restored from a checkpoint).
+
+        Args:
+            rounds: the total number of rounds of the run.
+            evaluate_every: run :meth:`evaluate` after every n-th round (0: never).
+            callbacks: ``callback(alg, result)`` after each round; returning ``True``
+                stops early (see :class:`EarlyStopping`).
+            progress: show a progress bar; default: when stderr is a terminal.
+
+        Returns:
+            The :class:`History` of every round, also kept as ``alg.history``.
+        """
+        if progress is None:
+            progress = sys.stderr.isatty()
+        with tqdm(total=rounds, initial=min(len(self.history), rounds), disable=not progress, unit="round", desc="fedsync") as bar:
+            while len(self.history) < rounds:
+                result = self._train_round()
+                if evaluate_every and (len(self.history) + 1) % evaluate_every == 0:
+                    result.evaluation = self.evaluate()
+                self._record(result)
+                bar.update(1)
+                shown = result.evaluation.metrics if result.evaluation else result.metrics
+                bar.set_postfix({k: f"{v:.4g}" for k, v in list(shown.items())[:3]}, refresh=False)
+                stop = [callback(self, result) for callback in callbacks]
+                if any(s is True for s in stop):
+                    logger.info("stopped early after round %d", result.repetition)
+                    break
+        return self.history
+
+    # -- the round's parts -------------------------------------------------------------
+
+    def _train_round(self) -> RoundResult:
         started = time.monotonic()
         deadline = started + self.timeout
         failures: dict[str, str] = {}
-        remotes = self._handshake(failures)
+        sampled = self.sample()
+        needed = min(self.min_results or len(sampled), len(sampled))
+        remotes = self._handshake(sampled, failures)
         rep = self.repetition + 1
-        self.repetition = rep
-        needed = self.min_results if self.min_results is not None else len(self.remotes)
+        self.repetition = rep  # devices that accepted rep refuse it again, whatever happens next
+        result = RoundResult(repetition=rep, failures=failures)
         if len(remotes) < needed:
             raise RoundFailed(f"round {rep}: only {len(remotes)} of {needed} required devices are reachable", failures)
         specs = self.data.specs(rep)
@@ -267,41 +399,47 @@ class Federated:
                 name=f"fedsync-{remote.url}",
                 daemon=True,
             ).start()
-        result = RoundResult(repetition=rep, failures=failures)
         try:
-            self.data.merge(self._collect(rep, remotes, needed, deadline, arrivals, result), rep)
+            self.data.merge(self._collect(rep, remotes, needed, deadline, arrivals, result, _size(payload)), rep)
         finally:
             cancel.set()
+        report = getattr(self.data, "last_merge", None)
+        if isinstance(report, dict) and len(report.get("devices", ())) == len(result.answered):
+            result.samples = report.get("samples")
+            result.metrics = dict(report.get("metrics", {}))
+            result.devices = dict(zip(result.answered, report["devices"]))
         result.seconds = time.monotonic() - started
-        logger.info("round %d merged %d device(s) in %.2fs", rep, len(result.answered), result.seconds)
         return result
 
-    def _handshake(self, failures: dict[str, str]) -> list[Remote]:
+    def _record(self, result: RoundResult) -> None:
+        self.history.append(result)
+        if self.checkpoint is not None:
+            checkpoint_io.save(self.checkpoint, self.data, result.repetition, self.history)
+        logger.info(
+            "round %d: %d device(s), %d failed, %s samples, %s, %.2fs",
+            result.repetition, len(result.answered), len(result.failures), result.samples,
+            _format_metrics(result.metrics), result.seconds,
+        )
+
+    def _handshake(self, remotes: list[Remote], failures: dict[str, str]) -> list[Remote]:
         """Ask devices not yet known for ``/info``; check specs before anything is sent."""
-        unknown = [r for r in self.remotes if r.url not in self._known]
-        infos: dict[str, Any] = {}
-        threads = [threading.Thread(target=_call_into, args=(r.info, infos, r.url), daemon=True) for r in unknown]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        unknown = [r for r in remotes if r.url not in self._known]
+        infos = _concurrently({r.url: r.info for r in unknown})
         next_rep = self.repetition + 1
+        for info in infos.values():
+            if not isinstance(info, BaseException):
+                next_rep = max(next_rep, int(info.get("repetition", 0)) + 1)
         for remote in unknown:
             info = infos[remote.url]
             if isinstance(info, BaseException):
                 failures[remote.url] = _reason(info)
-                continue
-            next_rep = max(next_rep, int(info.get("repetition", 0)) + 1)
-        for remote in unknown:
-            info = infos[remote.url]
-            if isinstance(info, BaseException):
                 continue
             expected = self.data.specs(next_rep)
             if info["specs"] != expected:
                 raise SpecsMismatch(_mismatch_message(remote.url, expected, info, self.data.summary(next_rep)))
             self._known.add(remote.url)
         self.repetition = next_rep - 1
-        return [r for r in self.remotes if r.url in self._known]
+        return [r for r in remotes if r.url in self._known]
 
     def _work(self, remote: Remote, rep: int, specs: str, payload: Encoding, deadline: float, cancel: threading.Event, arrivals: queue.Queue) -> None:
         """One device's part of a round, run in its own thread; ends in ``arrivals``."""
@@ -319,29 +457,33 @@ class Federated:
             try:
                 self.data.check(reply, rep)
             except ValueError as exc:
-                raise PayloadRejected(f"{remote.url}: reply rejected: {exc}") from None
+                raise PayloadRejected(f"reply rejected: {exc}") from None
             arrivals.put((remote, reply))
         except Exception as exc:
             arrivals.put((remote, exc))
 
-    def _collect(self, rep: int, remotes: list[Remote], needed: int, deadline: float, arrivals: queue.Queue, result: RoundResult) -> Iterator[Encoding]:
+    def _collect(self, rep: int, remotes: list[Remote], needed: int, deadline: float, arrivals: queue.Queue, result: RoundResult, sent: int) -> Iterator[Encoding]:
         """Yield replies in arrival order; raise RoundFailed once the quorum is out of reach."""
         pending = {r.url for r in remotes}
         while pending:
             try:
                 remote, reply = arrivals.get(timeout=max(0.0, deadline - time.monotonic()) + 2.0)
             except queue.Empty:
-                for url in pending:
-                    result.failures[url] = f"no result within the round's timeout of {self.timeout:g}s"
+                for url in sorted(pending):
+                    result.failures[url] = f"RemoteTimeout: no result within the round's timeout of {self.timeout:g}s"
                 break
             pending.discard(remote.url)
             if isinstance(reply, BaseException):
                 result.failures[remote.url] = _reason(reply)
-                self._known.discard(remote.url)
+                if not isinstance(reply, RemoteBusy):
+                    self._known.discard(remote.url)  # re-handshake: it may have restarted
                 if len(result.answered) + len(pending) < needed:
+                    self._gather_reasons(pending, arrivals, result, deadline)
                     break
                 continue
             result.answered.append(remote.url)
+            result.bytes_sent += sent
+            result.bytes_received += _size(reply)
             yield reply
         if len(result.answered) < needed:
             raise RoundFailed(
@@ -349,6 +491,23 @@ class Federated:
                 "the coordinator's data is unchanged",
                 result.failures,
             )
+
+    @staticmethod
+    def _gather_reasons(pending: set[str], arrivals: queue.Queue, result: RoundResult, deadline: float, grace: float = 2.0) -> None:
+        """The round has failed: wait briefly so the error can say why the others failed too."""
+        until = min(deadline, time.monotonic() + grace)
+        while pending:
+            try:
+                remote, reply = arrivals.get(timeout=max(0.0, until - time.monotonic()))
+            except queue.Empty:
+                break
+            pending.discard(remote.url)
+            if isinstance(reply, BaseException):
+                result.failures[remote.url] = _reason(reply)
+            else:
+                result.failures[remote.url] = "answered, but the round had already failed"
+        for url in sorted(pending):
+            result.failures[url] = "still working when the round failed"
 
     # -- lifetime --------------------------------------------------------------------
 
@@ -364,18 +523,61 @@ class Federated:
         self.close()
 
 
-def _call_into(fn: Any, out: dict[str, Any], key: str) -> None:
-    try:
-        out[key] = fn()
-    except Exception as exc:
-        out[key] = exc
+class EarlyStopping:
+    """A ``fit`` callback that stops when a metric has not improved for ``patience`` rounds.
+
+    Args:
+        metric: the metric's name, e.g. ``"accuracy"``.
+        patience: rounds without improvement before stopping.
+        mode: ``"max"`` (higher is better) or ``"min"``.
+        evaluation: read the metric from federated evaluation (else from training).
+    """
+
+    def __init__(self, metric: str, patience: int = 3, mode: str = "max", evaluation: bool = True) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.metric, self.patience, self.mode, self.evaluation = metric, patience, mode, evaluation
+        self.best: float | None = None
+        self.waited = 0
+
+    def __call__(self, alg: Federated, result: RoundResult) -> bool:
+        source = result.evaluation.metrics if (self.evaluation and result.evaluation) else None if self.evaluation else result.metrics
+        if source is None or self.metric not in source:
+            return False
+        value = source[self.metric]
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if better:
+            self.best, self.waited = value, 0
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+
+def _concurrently(calls: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run each call in its own thread; its result or its exception, by key."""
+    out: dict[str, Any] = {}
+
+    def run(key: str, fn: Callable[[], Any]) -> None:
+        try:
+            out[key] = fn()
+        except Exception as exc:
+            out[key] = exc
+
+    threads = [threading.Thread(target=run, args=item, daemon=True) for item in calls.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no metrics"
 
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, RemoteError):
         return f"{type(exc).__name__}: {exc.reason}"
-    if isinstance(exc, FedSyncError):
-        return f"{type(exc).__name__}: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -51,6 +51,9 @@ class FedData:
       coordinator drops that device's reply instead of merging it.
     - ``summary(repetition) -> dict``: a JSON-able description shown in the
       device's ``/info`` so that mismatches can be explained.
+    - ``evaluate(encoding, repetition) -> (samples, metrics)``: on a device,
+      measure the coordinator's state on local data without training and
+      without changing the device's own state (``Federated.evaluate``).
     """
 
     def __init__(self) -> None:
@@ -74,6 +77,10 @@ class FedData:
 
     def check(self, encoding: Any, repetition: int) -> None:
         """Raise ``ValueError`` if ``encoding`` is malformed; the default accepts everything."""
+
+    def evaluate(self, encoding: Any, repetition: int) -> tuple[int, dict[str, float]]:
+        """Device side: ``(samples, metrics)`` of the coordinator's state on local data; changes nothing."""
+        raise NotImplementedError(f"{type(self).__name__} does not support federated evaluation")
 
     def summary(self, repetition: int) -> dict[str, Any] | None:
         """A JSON-able description for ``/info``; ``None`` when there is nothing to say."""

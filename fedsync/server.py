@@ -91,6 +91,7 @@ class Device:
         self.last_repetition = 0
         self.rounds_served = 0
         self.job: Job | None = None
+        self.working = threading.Lock()  # held by a training job or an evaluation
 
     @property
     def state(self) -> str:
@@ -139,6 +140,8 @@ class Device:
         """Accept a checked payload and work on it in a background thread."""
         with self.lock:
             self.ensure_can_accept(repetition)
+            if not self.working.acquire(blocking=False):
+                raise ApiError(409, "busy", "evaluating the global model; try again in a moment")
             job = Job(repetition)
             self.job = job
             self.last_repetition = repetition
@@ -159,7 +162,22 @@ class Device:
             job.error = f"{type(exc).__name__}: {exc}"
         finally:
             job.seconds = time.monotonic() - job.started
+            self.working.release()
             job.done.set()
+
+    def evaluate(self, encoding: Any, repetition: int) -> tuple[int, dict[str, float]]:
+        """Run the FedData's evaluation now, unless the device is working."""
+        if not self.working.acquire(blocking=False):
+            raise ApiError(409, "busy", "training or evaluating already; try again when it is done")
+        try:
+            return self.fed.evaluate(encoding, repetition)
+        except NotImplementedError as exc:
+            raise ApiError(501, "not_supported", str(exc)) from None
+        except Exception as exc:  # user code: report its message, keep serving
+            logger.exception("evaluation failed")
+            raise ApiError(500, "evaluation_failed", f"{type(exc).__name__}: {exc}") from None
+        finally:
+            self.working.release()
 
 
 class DeviceApp:
@@ -193,6 +211,7 @@ class DeviceApp:
                 Rule(f"{base}/info", endpoint="info", methods=["GET"], defaults=defaults),
                 Rule(f"{base}/<int:rep>/submit", endpoint="submit", methods=["POST"], defaults=defaults),
                 Rule(f"{base}/<int:rep>/result", endpoint="result", methods=["GET"], defaults=defaults),
+                Rule(f"{base}/<int:rep>/evaluate", endpoint="evaluate", methods=["POST"], defaults=defaults),
             ]
         if len(self.devices) > 1 or "" not in self.devices:
             rules.append(Rule("/info", endpoint="index", methods=["GET"]))
@@ -208,6 +227,19 @@ class DeviceApp:
 
     def on_submit(self, request: Request, base: str, rep: int) -> Response:
         device = self.devices[base]
+        device.ensure_can_accept(rep)
+        encoding = self._checked_payload(request, device, rep)
+        job = device.start(encoding, rep)
+        return _json({"repetition": job.repetition, "state": "training"}, 202)
+
+    def on_evaluate(self, request: Request, base: str, rep: int) -> Response:
+        device = self.devices[base]
+        encoding = self._checked_payload(request, device, rep)
+        samples, metrics = device.evaluate(encoding, rep)
+        return _json({"repetition": rep, "samples": samples, "metrics": metrics})
+
+    def _checked_payload(self, request: Request, device: Device, rep: int) -> Any:
+        """Length, specs and the FedData's own check; the payload, or an ApiError."""
         length = request.content_length
         if length is None:
             raise ApiError(411, "length_required", "send the payload with a Content-Length header")
@@ -218,7 +250,6 @@ class DeviceApp:
                 f"payload of {length} bytes exceeds this device's limit of {self.max_content_length}; "
                 "start the device with a larger max_content_length",
             )
-        device.ensure_can_accept(rep)
         specs = request.headers.get(SPECS_HEADER)
         if specs is None:
             raise ApiError(400, "missing_specs", f"send the FedData's specs in the {SPECS_HEADER} header")
@@ -235,8 +266,7 @@ class DeviceApp:
             device.fed.check(encoding, rep)
         except ValueError as exc:
             raise ApiError(400, "malformed_payload", f"payload rejected: {exc}") from None
-        job = device.start(encoding, rep)
-        return _json({"repetition": job.repetition, "state": "training"}, 202)
+        return encoding
 
     def on_result(self, request: Request, base: str, rep: int) -> Response:
         device = self.devices[base]

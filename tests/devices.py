@@ -96,3 +96,28 @@ def bundle(value: float, samples: int, threshold: float):
     from fedsync import FedBundle
 
     return FedBundle({"weights": constant(value, samples), "threshold": FedFloat(threshold)})
+
+
+def evaluating(value: float, samples: int, eval_samples: int, accuracy: float) -> FedArrays:
+    """A constant-training model whose evaluation reports the global model's mean weight."""
+    data = constant(value, samples)
+
+    def evaluate(model):
+        return eval_samples, {"accuracy": accuracy, "mean_w": float(model["w"].mean())}
+
+    data.evaluate_fn = evaluate
+    return data
+
+
+def slow_first(seconds: float, value: float = 1.0) -> FedArrays:
+    """Training takes ``seconds`` the first time only; sets every weight to ``value``."""
+    calls = {"n": 0}
+
+    def train(model):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            time.sleep(seconds)
+        model["w"][...] = value
+        return 1
+
+    return FedArrays({"w": np.zeros(4, np.float32)}, train)
