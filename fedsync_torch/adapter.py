@@ -54,6 +54,9 @@ class FedTorch(FedArrays):
             a device after the coordinator's weights were loaded into ``model``;
             e.g. a few local epochs ending in ``return len(dataset)``. ``None`` on
             the coordinator.
+        evaluate: ``evaluate(model) -> samples`` or ``-> (samples, metrics)``,
+            measuring the coordinator's weights on this device's data for
+            ``Federated.evaluate()``; the device's own weights are restored after.
         strategy: how results merge; sample-weighted :class:`fedsync.FedAvg` by
             default.
 
@@ -75,11 +78,14 @@ class FedTorch(FedArrays):
 
     token = "torch"
 
+    requires = ("torch",)  # lets `fedsync plugins` check the framework without importing it
+
     def __init__(
         self,
         model: "torch.nn.Module",
         train: Callable[["torch.nn.Module"], TrainResult] | None = None,
         *,
+        evaluate: Callable[["torch.nn.Module"], TrainResult] | None = None,
         strategy: Strategy | None = None,
     ) -> None:
         import torch
@@ -91,7 +97,7 @@ class FedTorch(FedArrays):
             )
         # The base validates and stores numpy arrays; a model has none of its own,
         # so hand it nothing and keep the module as the model train() is given.
-        super().__init__({}, train, strategy=strategy)
+        super().__init__({}, train, evaluate=evaluate, strategy=strategy)
         self.model = model
 
     def _state(self) -> dict[str, "torch.Tensor"]:
