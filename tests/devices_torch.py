@@ -89,3 +89,17 @@ def untrained(hidden: int) -> FedTorch:
     """An MLP of width ``hidden`` whose training does nothing."""
     torch.set_num_threads(1)
     return FedTorch(mlp(hidden), lambda model: 1)
+
+
+def digits_and_threshold(name: str, threshold: float) -> dict:
+    """A torch model and a custom FedData of another type, served side by side."""
+    from tests.seed_fedfloat import FedFloat
+
+    return {"digits": digits(name, epochs=1), "threshold": FedFloat(threshold)}
+
+
+def digits_bundle(name: str, threshold: float):
+    """The same two, bundled into one payload and one round."""
+    from fedsync import FedBundle
+
+    return FedBundle(digits_and_threshold(name, threshold))

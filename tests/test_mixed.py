@@ -59,3 +59,41 @@ def test_bundle_part_must_be_the_registered_adapter_for_its_token():
     bundle = FedBundle({"x": Impostor(1.0)})
     with pytest.raises(PayloadRejected, match="registered to FedArrays"):
         bundle.check(bundle.serialize(1), 1)
+
+
+def test_torch_model_and_custom_fed_data_in_one_deployment(devices):
+    torch = pytest.importorskip("torch")
+    from fedsync_torch import FedTorch
+    from tests.devices_torch import mlp
+
+    torch.set_num_threads(1)
+    a = devices("tests.devices_torch:digits_and_threshold", "a", 0.2)
+    b = devices("tests.devices_torch:digits_and_threshold", "b", 0.6)
+    model, threshold = FedTorch(mlp(), None), FedFloat(0.0)
+    info = Remote(a.url + "/digits").info()
+    assert plugins.adapter_for(info["specs"]) is FedTorch
+    with Federated(data=model, remotes=[a.url + "/digits", b.url + "/digits"]) as models, \
+         Federated(data=threshold, remotes=[a.url + "/threshold", b.url + "/threshold"]) as thresholds:
+        trained = models.round()
+        thresholds.round()
+    assert trained.samples == 1347  # 75% of load_digits' 1797 across both devices
+    assert threshold.value == pytest.approx(0.4)
+
+
+def test_bundle_of_torch_model_and_custom_fed_data_resolves_parts_through_the_registry(devices):
+    torch = pytest.importorskip("torch")
+    from fedsync_torch import FedTorch
+    from tests.devices_torch import mlp
+
+    torch.set_num_threads(1)
+    a = devices("tests.devices_torch:digits_bundle", "a", 0.2)
+    b = devices("tests.devices_torch:digits_bundle", "b", 0.6)
+    data = FedBundle({"digits": FedTorch(mlp(), None), "threshold": FedFloat(0.0)})
+    parts = Remote(a.url).info()["summary"]["parts"]
+    assert plugins.adapter_for(parts["digits"]["specs"]) is FedTorch
+    before = data["digits"].get_arrays()["0.weight"].copy()
+    with Federated(data=data, remotes=[a.url, b.url]) as alg:
+        alg.round()
+    assert not np.array_equal(data["digits"].get_arrays()["0.weight"], before)
+    assert data["digits"].last_merge["samples"] == 1347
+    assert data["threshold"].value == pytest.approx(0.4)
