@@ -118,13 +118,14 @@ class FedArrays(FedData):
     def specs(self, repetition: int) -> str:
         return f"{self.token}:{fingerprint(self.architecture())}"
 
-    def serialize(self, repetition: int) -> bytes:
+    def serialize(self, repetition: int) -> codec.Payload:
         metadata = {
             SAMPLES_KEY: str(self.samples),
             METRICS_KEY: json.dumps(self.metrics),
             SPECS_KEY: self.specs(repetition),
         }
-        return codec.encode(self.get_arrays(), metadata)
+        # Views of the arrays, not a copy: they go to the socket as they are.
+        return codec.encode_payload(self.get_arrays(), metadata)
 
     def check(self, encoding: Any, repetition: int) -> None:
         self._decode(encoding)

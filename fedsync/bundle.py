@@ -28,6 +28,8 @@ PARTS_KEY = "fedsync.parts"
 def _as_bytes(encoding: Any) -> tuple[Any, bool]:
     if isinstance(encoding, str):
         return encoding.encode("utf-8"), True
+    if isinstance(encoding, codec.Payload):
+        return bytes(encoding), False
     return encoding, False
 
 

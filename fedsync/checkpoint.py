@@ -37,7 +37,7 @@ def save(folder: Path, data: FedData, repetition: int, history: History) -> None
     if isinstance(payload, str):
         state, raw = "state.txt", payload.encode("utf-8")
     else:
-        state, raw = "state.safetensors", payload
+        state, raw = "state.safetensors", bytes(payload)
     round_folder = f"round-{repetition:06d}"
     write_atomically(folder / round_folder / state, raw)
     history.save(folder / round_folder / "history.json")

@@ -30,6 +30,7 @@ from .errors import (
     SpecsMismatch,
     TrainingFailed,
 )
+from .codec import Payload
 from .history import EvaluationResult, History, RoundResult
 from .metrics import weighted_means
 from .protocol import Encoding, FedData
@@ -181,26 +182,19 @@ class Remote:
             raise PayloadRejected(f"{self.url}: device rejected the payload ({status} {code}): {message}")
         raise RemoteError(self.url, f"HTTP {status} {code}: {message}")
 
-    def _read_body(self, response: requests.Response) -> bytearray:
-        """Read the body into one preallocated buffer (``.content`` would copy it again)."""
+    def _read_body(self, response: requests.Response) -> bytes:
+        """Read the whole body in one call (``.content`` would copy it chunk by chunk)."""
         try:
             length = int(response.headers["Content-Length"])
         except (KeyError, ValueError):
-            return bytearray(response.content)
-        buffer = bytearray(length)
-        view = memoryview(buffer)
-        got = 0
+            return response.content
         try:
-            while got < length:
-                n = response.raw.readinto(view[got:])
-                if not n:
-                    break
-                got += n
+            body = response.raw.read(length)
         except Exception as exc:  # urllib3 raises several types for a connection lost mid-body
             raise RemoteUnavailable(self.url, f"connection lost while reading the result ({_short(exc)})") from None
-        if got != length:
-            raise RemoteUnavailable(self.url, f"result ended after {got} of {length} bytes")
-        return buffer
+        if len(body) != length:
+            raise RemoteUnavailable(self.url, f"result ended after {len(body)} of {length} bytes")
+        return body
 
 
 def _body(payload: Encoding) -> tuple[Any, str]:
@@ -212,6 +206,8 @@ def _body(payload: Encoding) -> tuple[Any, str]:
 def _size(payload: Encoding) -> int:
     if isinstance(payload, str):
         return len(payload.encode("utf-8"))
+    if isinstance(payload, Payload):
+        return len(payload)
     return memoryview(payload).nbytes
 
 

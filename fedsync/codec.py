@@ -24,14 +24,14 @@ import json
 import math
 import reprlib
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .errors import CodecError
 
-__all__ = ["HEADER_LIMIT", "encode_frames", "encode", "payload_size", "decode"]
+__all__ = ["HEADER_LIMIT", "Payload", "encode_payload", "encode_frames", "encode", "payload_size", "decode"]
 
 HEADER_LIMIT = 100 * 1024 * 1024
 """Largest JSON header, in bytes, that :func:`decode` accepts (and :func:`encode` writes)."""
@@ -108,6 +108,37 @@ def encode(
     return b"".join(encode_frames(arrays, metadata))
 
 
+class Payload:
+    """A payload as a sequence of buffers, sent as one body without joining them.
+
+    ``len(payload)`` is the total size, so ``requests`` sends it with a
+    Content-Length and writes each buffer to the socket as it is: the arrays
+    reach the wire without a copy. ``bytes(payload)`` joins it when a single
+    buffer is needed.
+    """
+
+    def __init__(self, frames: list[memoryview | bytes]) -> None:
+        self.frames = frames
+        self.nbytes = payload_size(frames)
+
+    def __iter__(self) -> Iterator[memoryview | bytes]:
+        return iter(self.frames)
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.frames)
+
+    def __repr__(self) -> str:
+        return f"Payload({len(self.frames)} frames, {self.nbytes} bytes)"
+
+
+def encode_payload(arrays: Mapping[str, Any] | Sequence[Any], metadata: Mapping[str, str] | None = None) -> Payload:
+    """Encode arrays as a :class:`Payload` that views them (no copy for contiguous little-endian arrays)."""
+    return Payload(encode_frames(arrays, metadata))
+
+
 def payload_size(frames: Iterable[memoryview | bytes]) -> int:
     """Total number of bytes in frames."""
     return sum(memoryview(frame).nbytes for frame in frames)
@@ -170,6 +201,8 @@ def _header_frame(header: dict[str, Any]) -> bytes:
 
 def decode(buffer: bytes | bytearray | memoryview) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Decode a payload into (arrays viewing ``buffer`` without copying, metadata)."""
+    if isinstance(buffer, Payload):
+        buffer = bytes(buffer)
     view = _byte_view(buffer)
     header_end = _LENGTH.size + _header_length(view)
     header = _parse_header(view[_LENGTH.size : header_end])

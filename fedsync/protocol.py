@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, Union
 
+from .codec import Payload
+
 if TYPE_CHECKING:
     from .server import DeviceApp
 
@@ -20,12 +22,12 @@ __all__ = ["FedData", "FIRST", "Encoding"]
 FIRST = 1
 """The repetition number of the first round. Repetitions only grow."""
 
-Encoding = Union[str, bytes, bytearray, memoryview]
+Encoding = Union[str, bytes, bytearray, memoryview, Payload]
 """What ``serialize`` returns and ``receive``/``merge`` are handed.
 
 A ``str`` travels as UTF-8 ``text/plain`` and arrives as ``str``; anything
-bytes-like travels as ``application/octet-stream`` and arrives as a
-bytes-like object.
+bytes-like, or a :class:`fedsync.codec.Payload` of buffers, travels as
+``application/octet-stream`` and arrives as a bytes-like object.
 """
 
 

@@ -23,6 +23,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from ._version import PROTOCOL_VERSION, __version__
+from .codec import Payload
 from .protocol import Encoding, FedData
 
 __all__ = ["DeviceApp", "RunningServer", "serve", "SPECS_HEADER", "DEFAULT_MAX_CONTENT_LENGTH"]
@@ -59,6 +60,9 @@ def _body(encoding: Encoding) -> tuple[Any, str]:
         return encoding.encode("utf-8"), "text/plain"
     if isinstance(encoding, (bytes, bytearray, memoryview)):
         return encoding, "application/octet-stream"
+    if isinstance(encoding, Payload):
+        # werkzeug's server writes bytes only: one join, on the device.
+        return bytes(encoding), "application/octet-stream"
     raise TypeError(
         f"serialize() must return str or bytes, got {type(encoding).__name__}; "
         "e.g. return str(self.value) or codec.encode(arrays)"
@@ -319,7 +323,10 @@ def _read_payload(request: Request, length: int) -> Any:
     """Read exactly ``length`` bytes into one buffer; decode UTF-8 for text/plain."""
     buffer = bytearray(length)
     view = memoryview(buffer)
-    stream = request.stream
+    # Content-Length is known and checked, so read the server's input directly: it fills
+    # our buffer from the socket, where werkzeug's LimitedStream would add a copy.
+    raw = request.environ["wsgi.input"]
+    stream = raw if hasattr(raw, "readinto") else request.stream
     got = 0
     while got < length:
         n = stream.readinto(view[got:])

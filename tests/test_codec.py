@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 from safetensors import safe_open
 from safetensors.numpy import load, load_file, save
 
+from fedsync import codec
 from fedsync.codec import HEADER_LIMIT, decode, encode, encode_frames, payload_size
 from fedsync.errors import CodecError
 
@@ -565,3 +566,14 @@ plausible_entries = st.fixed_dictionaries(
 @FUZZ
 def test_structurally_random_headers_decode_or_raise_codec_error(header, data):
     decode_or_codec_error(raw(header, data))
+
+
+def test_payload_views_the_arrays_and_joins_to_the_encoding():
+    weights = np.arange(12, dtype=np.float32).reshape(3, 4)
+    payload = codec.encode_payload({"w": weights}, {"k": "v"})
+    assert len(payload) == len(codec.encode({"w": weights}, {"k": "v"}))
+    assert bytes(payload) == codec.encode({"w": weights}, {"k": "v"})
+    assert any(np.shares_memory(np.frombuffer(frame, np.uint8), weights) for frame in payload if isinstance(frame, memoryview))
+    arrays, metadata = codec.decode(payload)
+    np.testing.assert_array_equal(arrays["w"], weights)
+    assert metadata == {"k": "v"}

@@ -30,7 +30,7 @@ def make_device(**kwargs):
 
 
 def submit(client, data, rep=1, body=None, specs=None, **kwargs):
-    body = data.serialize(rep) if body is None else body
+    body = bytes(data.serialize(rep) if body is None else body)
     headers = {SPECS_HEADER: data.specs(rep) if specs is None else specs}
     return client.post(f"/{rep}/submit", data=body, headers=headers, content_type="application/octet-stream", **kwargs)
 
@@ -82,7 +82,7 @@ def test_submit_trains_in_background_and_result_long_polls():
 )
 def test_rejected_submission_changes_nothing(case, status, error):
     data, client = make_device(max_content_length=10_000)
-    good = data.serialize(1)
+    good = bytes(data.serialize(1))
     other = FedArrays({"w": np.zeros((3, 2), np.float32)})
     nan = FedArrays({"w": np.full((2, 3), np.nan, np.float32)})
     if case == "garbage":
