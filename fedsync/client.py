@@ -97,6 +97,28 @@ class Remote:
             timeout=timeout or self.timeout,
         )
 
+    def ready(self, repetition: int, wait: float, *, timeout: float | None = None) -> bool:
+        """Long-poll up to ``wait`` seconds for the result without downloading it.
+
+        ``True`` once the result is ready, ``False`` if the device is still working;
+        raises the device's own error if its training failed.
+        """
+        read_timeout = timeout if timeout is not None else wait + self.timeout
+        response = self._request(
+            "HEAD",
+            f"/{repetition}/result",
+            params={"wait": f"{wait:.3f}"},
+            timeout=(self.timeout, read_timeout),
+            check=False,
+        )
+        response.close()
+        if response.status_code == 200:
+            return True
+        if response.status_code == 202:
+            return False
+        # A HEAD answer has no body: ask again with GET, which carries the device's message.
+        return self.result(repetition, 0.0) is not None
+
     def result(self, repetition: int, wait: float, *, timeout: float | None = None) -> Encoding | None:
         """Long-poll up to ``wait`` seconds; the device's payload, or ``None`` if still working."""
         read_timeout = timeout if timeout is not None else wait + self.timeout
@@ -115,7 +137,7 @@ class Remote:
             body = self._read_body(response)
         if response.headers.get("Content-Type", "").startswith("text/plain"):
             try:
-                return bytes(body).decode("utf-8")
+                return body.decode("utf-8")
             except UnicodeDecodeError:
                 raise RemoteError(self.url, "sent a text/plain result that is not UTF-8") from None
         return body
@@ -151,7 +173,7 @@ class Remote:
 
     # -- plumbing ----------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def _request(self, method: str, path: str, check: bool = True, **kwargs: Any) -> requests.Response:
         try:
             response = self.session.request(method, self.url + path, **kwargs)
         except requests.exceptions.Timeout as exc:
@@ -160,7 +182,7 @@ class Remote:
             raise RemoteUnavailable(self.url, f"cannot connect: is the device running? ({_short(exc)})") from None
         except requests.exceptions.RequestException as exc:
             raise RemoteError(self.url, _short(exc)) from None
-        if response.status_code >= 400:
+        if check and response.status_code >= 400:
             with response:
                 self._raise_for(response)
         return response
@@ -240,6 +262,9 @@ class Federated:
             the same folder resumes from them.
         poll: the longest single long-poll, in seconds; it bounds how quickly an
             abandoned round releases its threads.
+        downloads: how many replies may be downloaded and waiting to be merged at
+            once. Each costs one model copy of coordinator memory; 1 keeps the
+            coordinator near three copies (model, running sum, one reply).
     """
 
     def __init__(
@@ -253,6 +278,7 @@ class Federated:
         seed: int | None = None,
         checkpoint: str | os.PathLike | None = None,
         poll: float = 10.0,
+        downloads: int = 1,
     ) -> None:
         if not isinstance(data, FedData):
             raise TypeError(f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), remotes=[...])")
@@ -273,6 +299,9 @@ class Federated:
         self.min_results = min_results
         self.timeout = float(timeout)
         self.poll = float(poll)
+        if downloads < 1:
+            raise ValueError(f"downloads must be at least 1, got {downloads!r}")
+        self.downloads = int(downloads)
         self.repetition = 0
         self.history = History()
         self._rng = random.Random(seed)
@@ -388,15 +417,16 @@ class Federated:
         payload = self.data.serialize(rep)
         arrivals: queue.Queue = queue.Queue()
         cancel = threading.Event()
+        slots = threading.Semaphore(self.downloads)
         for remote in remotes:
             threading.Thread(
                 target=self._work,
-                args=(remote, rep, specs, payload, deadline, cancel, arrivals),
+                args=(remote, rep, specs, payload, deadline, cancel, slots, arrivals),
                 name=f"fedsync-{remote.url}",
                 daemon=True,
             ).start()
         try:
-            self.data.merge(self._collect(rep, remotes, needed, deadline, arrivals, result, _size(payload)), rep)
+            self.data.merge(self._collect(rep, remotes, needed, deadline, arrivals, slots, result, _size(payload)), rep)
         finally:
             cancel.set()
         report = getattr(self.data, "last_merge", None)
@@ -437,28 +467,44 @@ class Federated:
         self.repetition = next_rep - 1
         return [r for r in remotes if r.url in self._known]
 
-    def _work(self, remote: Remote, rep: int, specs: str, payload: Encoding, deadline: float, cancel: threading.Event, arrivals: queue.Queue) -> None:
-        """One device's part of a round, run in its own thread; ends in ``arrivals``."""
+    def _work(self, remote: Remote, rep: int, specs: str, payload: Encoding, deadline: float, cancel: threading.Event, slots: threading.Semaphore, arrivals: queue.Queue) -> None:
+        """One device's part of a round, run in its own thread; ends in ``arrivals``.
+
+        A reply is downloaded only while holding one of the round's download
+        ``slots``, which the merge frees after folding it in: the coordinator
+        holds a bounded number of replies whatever the number of devices.
+        """
+        def remaining() -> float:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RemoteTimeout(remote.url, f"no result for repetition {rep} within the round's timeout of {self.timeout:g}s")
+            return left
+
         try:
-            remote.submit(rep, payload, specs, timeout=max(0.1, min(remote.timeout, deadline - time.monotonic())))
-            reply = None
-            while reply is None:
-                remaining = deadline - time.monotonic()
-                if cancel.is_set():
-                    return
-                if remaining <= 0:
-                    raise RemoteTimeout(remote.url, f"no result for repetition {rep} within the round's timeout of {self.timeout:g}s")
-                wait = min(self.poll, remaining)
-                reply = remote.result(rep, wait, timeout=min(wait + remote.timeout, remaining + 1.0))
+            remote.submit(rep, payload, specs, timeout=max(0.1, min(remote.timeout, remaining())))
+            while not cancel.is_set():
+                wait = min(self.poll, remaining())
+                if remote.ready(rep, wait, timeout=min(wait + remote.timeout, remaining() + 1.0)):
+                    break
+            if cancel.is_set() or not slots.acquire(timeout=remaining()) or cancel.is_set():
+                return
+        except Exception as exc:
+            arrivals.put((remote, exc))
+            return
+        try:
+            reply = remote.result(rep, 0.0, timeout=remaining() + 1.0)
+            if reply is None:
+                raise RemoteError(remote.url, f"announced the result of repetition {rep} but did not send it")
             try:
                 self.data.check(reply, rep)
             except ValueError as exc:
                 raise PayloadRejected(f"reply rejected: {exc}") from None
             arrivals.put((remote, reply))
         except Exception as exc:
+            slots.release()
             arrivals.put((remote, exc))
 
-    def _collect(self, rep: int, remotes: list[Remote], needed: int, deadline: float, arrivals: queue.Queue, result: RoundResult, sent: int) -> Iterator[Encoding]:
+    def _collect(self, rep: int, remotes: list[Remote], needed: int, deadline: float, arrivals: queue.Queue, slots: threading.Semaphore, result: RoundResult, sent: int) -> Iterator[Encoding]:
         """Yield replies in arrival order; raise RoundFailed once the quorum is out of reach."""
         pending = {r.url for r in remotes}
         while pending:
@@ -480,7 +526,11 @@ class Federated:
             result.answered.append(remote.url)
             result.bytes_sent += sent
             result.bytes_received += _size(reply)
-            yield reply
+            try:
+                yield reply
+            finally:
+                del reply
+                slots.release()  # folded in: the next reply may download
         if len(result.answered) < needed:
             raise RoundFailed(
                 f"round {rep} failed: {len(result.answered)} of {needed} required devices answered; "

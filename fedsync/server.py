@@ -288,6 +288,9 @@ class DeviceApp:
             return _json({"repetition": rep, "state": "training"}, 202)
         if job.error is not None:
             raise ApiError(500, "training_failed", job.error)
+        if request.method == "HEAD":
+            # A readiness check: do not build the body just to throw it away.
+            return Response(status=200, headers={REPETITION_HEADER: str(rep)})
         body, mimetype = _body(job.result)
         response = Response(body, status=200, mimetype=mimetype)
         response.headers[SPECS_HEADER] = device.fed.specs(rep)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fedsync import FedArrays, Federated, Remote
+from tests.seed_fedfloat import FedFloat
 from fedsync.errors import FedSyncError, RemoteError, RoundFailed, SpecsMismatch, TrainingFailed
 from tests.devices import linear_regression_data
 
@@ -136,3 +137,34 @@ def test_minimum_results_merge_without_a_dead_device(devices):
     assert result.answered == [alive.url]
     assert "RemoteUnavailable" in result.failures[dead.url]
     assert np.all(data.model["w"] == 2.0)
+
+
+def test_coordinator_holds_at_most_downloads_replies_at_once(devices):
+    downloaded = []
+    lock = threading.Lock()
+
+    class CountingRemote(Remote):
+        def result(self, repetition, wait, *, timeout=None):
+            reply = super().result(repetition, wait, timeout=timeout)
+            with lock:
+                downloaded.append(self.url)
+            return reply
+
+    class SlowMerge(FedFloat):
+        held = []
+
+        def merge(self, encodings, repetition):
+            values = []
+            for consumed, encoding in enumerate(encodings):
+                time.sleep(0.2)  # a slow fold: replies must not pile up meanwhile
+                with lock:
+                    self.held.append(len(downloaded) - consumed)
+                values.append(float(encoding))
+            self.value = sum(values) / len(values)
+
+    urls = [devices("fedfloat", float(v)).url for v in range(4)]
+    data = SlowMerge(0.0)
+    with Federated(data=data, remotes=[CountingRemote(u) for u in urls], downloads=1) as alg:
+        alg.round()
+    assert data.value == 1.5
+    assert len(SlowMerge.held) == 4 and max(SlowMerge.held) == 1
