@@ -1,0 +1,251 @@
+"""FedKeras: a Keras 3 model (any backend) as federated arrays.
+
+Keras is imported inside the methods only, so that loading the plugin (or
+``fedsync.data``) never imports keras or its backend.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import numpy as np
+
+from fedsync.arrays import FedArrays, TrainResult
+from fedsync.errors import PayloadRejected
+from fedsync.strategies import Strategy
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = ["FedKeras"]
+
+# Keras names what the user did not name from a per-process counter ("dense_3",
+# "variable_2"), so these parts of a name say how many objects were created
+# before, not what the model is.
+_COUNTER = re.compile(r"_\d+$")
+_AUTO_VARIABLE = re.compile(r"variable(_\d+)?")
+# Default reprs of objects in a config carry memory addresses, which differ
+# between processes; the specs must not.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+class FedKeras(FedArrays):
+    """A Keras 3 model whose weights are trained on devices and merged by FedAvg.
+
+    Args:
+        model: a built Keras model (declare its input with ``keras.Input`` or call
+            ``model.build(input_shape)``), declared identically on every device
+            and on the coordinator. Its weights, trainable and not (e.g.
+            BatchNormalization's moving statistics), are exchanged.
+        train: on a device, ``train(model) -> samples`` or
+            ``-> (samples, metrics)``: typically ``model.fit(x, y, ...)`` followed
+            by ``return x.shape[0]``. ``None`` on the coordinator.
+        evaluate: ``evaluate(model) -> samples`` or ``-> (samples, metrics)``,
+            measuring the coordinator's weights on this device's data for
+            ``Federated.evaluate()``; the device's own weights are restored after.
+        strategy: how results merge; sample-weighted FedAvg by default.
+
+    Example::
+
+        def train(model):
+            model.fit(x, y, epochs=2, verbose=0)
+            return x.shape[0]
+
+        fedsync.serve(FedKeras(model, train), port=8000)        # a device
+        alg = Federated(data=FedKeras(model, None), remotes=[...])  # the coordinator
+
+    Weights are named by their position in the model, not by Keras's layer
+    names, so the same declaration gets the same names (and specs) in every
+    process: ``"0:Dense/kernel"`` is the kernel of the model's first layer.
+    """
+
+    token = "keras"
+
+    requires = ("keras",)  # lets the registry check the framework without importing it
+
+    def __init__(
+        self,
+        model: "keras.Model",
+        train: Callable[[Any], TrainResult] | None = None,
+        *,
+        evaluate: Callable[[Any], TrainResult] | None = None,
+        strategy: Strategy | None = None,
+    ) -> None:
+        import keras
+
+        if not isinstance(model, keras.layers.Layer):
+            raise TypeError(
+                f"FedKeras takes a Keras model, got {type(model).__name__}; "
+                "e.g. FedKeras(keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)]), train)"
+            )
+        if train is not None and not callable(train):
+            raise TypeError(f"train must be a function train(model) -> samples, or None on the coordinator; got {train!r}")
+        if evaluate is not None and not callable(evaluate):
+            raise TypeError(f"evaluate must be a function evaluate(model) -> samples or (samples, metrics), got {evaluate!r}")
+        if not model.weights:
+            raise ValueError(
+                f"the Keras model {model.name!r} has no weights yet, so there is nothing to exchange; "
+                "declare its input (keras.Sequential([keras.Input(shape), ...])) or call model.build(input_shape) "
+                "before wrapping it, the same way on every device and on the coordinator"
+            )
+        # The base validates and stores numpy arrays; a Keras model keeps its own
+        # variables, so hand the base nothing and keep the model for train(model).
+        super().__init__({}, train, evaluate=evaluate, strategy=strategy)
+        self.model = model
+
+    # -- the three framework-specific methods ---------------------------------------
+
+    def get_arrays(self) -> dict[str, np.ndarray]:
+        """The model's weights as numpy arrays, by position-based names."""
+        import keras
+
+        return {name: np.asarray(keras.ops.convert_to_numpy(v)) for name, v in self._variables()}
+
+    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Assign ``arrays`` to the model's weights, each keeping its dtype.
+
+        Names and shapes are checked before anything is assigned, so arrays that
+        do not fit raise :class:`fedsync.errors.PayloadRejected` (a ``ValueError``)
+        and leave the model unchanged.
+        """
+        variables = self._variables()
+        names = {name for name, _ in variables}
+        if arrays.keys() != names:
+            missing, extra = sorted(names - arrays.keys()), sorted(arrays.keys() - names)
+            raise PayloadRejected(f"arrays do not match the model's weights: missing {missing}, unexpected {extra}")
+        for name, v in variables:
+            if tuple(np.shape(arrays[name])) != tuple(v.shape):
+                raise PayloadRejected(f"weight {name!r}: expected shape {tuple(v.shape)}, got {tuple(np.shape(arrays[name]))}")
+        for name, v in variables:
+            array = np.asarray(arrays[name])
+            if array.dtype.name != _dtype_name(v.dtype):
+                array = array.astype(_dtype_name(v.dtype))
+            v.assign(array)
+
+    def architecture(self) -> dict[str, Any]:
+        """Layer classes and configs with process-specific names normalized, plus the weights' layout."""
+        return {
+            "model": type(self.model).__name__,
+            "config": _normalized_config(self.model),
+            "weights": [
+                {"name": name, "shape": [int(d) for d in v.shape], "dtype": _dtype_name(v.dtype)}
+                for name, v in self._variables()
+            ],
+        }
+
+    # -- naming ---------------------------------------------------------------------
+
+    def _variables(self) -> list[tuple[str, Any]]:
+        """``(name, variable)`` for every weight, in a stable order, each variable once."""
+        named: list[tuple[str, Any]] = []
+        used: set[str] = set()
+        seen: set[int] = set()
+
+        def add(name: str, variable: Any) -> None:
+            seen.add(id(variable))
+            unique, n = name, 1
+            while unique in used:
+                unique, n = f"{name}#{n}", n + 1
+            used.add(unique)
+            named.append((unique, variable))
+
+        def walk(layer: Any, prefix: str) -> None:
+            for i, sub in enumerate(_sublayers(layer)):
+                here = f"{prefix}{i}:{type(sub).__name__}"
+                if _sublayers(sub):
+                    walk(sub, here + "/")
+                for v in sub.weights:
+                    if id(v) not in seen:
+                        add(f"{here}/{_relative_path(v, sub)}", v)
+
+        walk(self.model, "")
+        for v in self.model.weights:  # the model's own weights (subclassed models' add_weight)
+            if id(v) not in seen:
+                add(_relative_path(v, self.model), v)
+        return named
+
+
+def _sublayers(layer: Any) -> list[Any]:
+    """The public ``.layers`` of a model (nested models included); ``[]`` for a plain layer."""
+    layers = getattr(layer, "layers", None)
+    return list(layers) if isinstance(layers, (list, tuple)) else []
+
+
+def _relative_path(variable: Any, layer: Any) -> str:
+    """The variable's path below ``layer`` with Keras's automatic counters removed.
+
+    ``sequential_1/dense_3/kernel`` relative to the layer ``dense_3`` is
+    ``kernel``; a custom layer's sublayer ``my_layer/dense_7/bias`` becomes
+    ``dense/bias``; an unnamed ``add_weight`` (``variable_2``) becomes ``variable``.
+    Sublayer names lose a trailing ``_<digits>`` even when a user chose it, as it
+    cannot be told apart from a counter; clashes get ``#1``, ``#2`` suffixes.
+    """
+    parts = str(getattr(variable, "path", variable.name)).split("/")
+    if layer.name in parts[:-1]:
+        parts = parts[parts.index(layer.name) + 1 :]
+    else:
+        parts = parts[-1:]
+    *sublayers, name = parts
+    if _AUTO_VARIABLE.fullmatch(name):
+        name = "variable"
+    return "/".join([_COUNTER.sub("", p) for p in sublayers] + [name])
+
+
+def _normalized_config(model: Any) -> Any:
+    """The model's config with layer names replaced by their order of appearance.
+
+    Layer names appear as ``"name"`` and in functional models' wiring
+    (``keras_history``, ``input_layers``): replacing each distinct name by
+    ``"#<k>"`` keeps the wiring and drops the process-specific counter.
+    ``trainable`` is dropped too: freezing layers while training does not change
+    what is exchanged.
+    """
+    names = {layer.name for layer in _all_layers(model)}
+    config = _config(model)
+    if not (isinstance(config, dict) and "layers" in config):
+        # Subclassed models (and single layers) describe little of themselves; their layers do.
+        config = {
+            "config": config,
+            "layers": [{"class_name": type(layer).__name__, "config": _config(layer)} for layer in _sublayers(model)],
+        }
+    canonical: dict[str, str] = {}
+
+    def normalize(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): normalize(v) for k, v in value.items() if k != "trainable"}
+        if isinstance(value, (list, tuple)):
+            return [normalize(v) for v in value]
+        if isinstance(value, str) and value in names:
+            return canonical.setdefault(value, f"#{len(canonical)}")
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        return _ADDRESS.sub("", repr(value))
+
+    return normalize(config)
+
+
+def _config(layer: Any) -> Any:
+    """``layer.get_config()``, or ``None`` for layers that cannot describe themselves."""
+    try:
+        return layer.get_config()
+    except Exception:  # custom layers raise anything here; their weights' layout is still hashed
+        return None
+
+
+def _all_layers(model: Any) -> list[Any]:
+    """Every layer in the model, nested ones and input layers included."""
+    flatten = getattr(model, "_flatten_layers", None)
+    if callable(flatten):
+        try:
+            return list(flatten(include_self=True, recursive=True))
+        except TypeError:
+            pass
+    found = [model]
+    for layer in _sublayers(model):
+        found.extend(_all_layers(layer))
+    return found
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(getattr(dtype, "name", dtype))
