@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, M
 
 import numpy as np
 
-from . import codec
+from . import codec, compression
 from .errors import PayloadRejected
 from .hookspecs import hookimpl
 from .metrics import parse_counted, weighted_means
@@ -52,6 +52,10 @@ class FedArrays(FedData):
             measuring the coordinator's arrays on this device's data for
             ``Federated.evaluate``; the device's own arrays are restored after.
         strategy: how results merge; sample-weighted :class:`FedAvg` by default.
+        wire_dtype: send floating arrays as ``"float16"``, ``"bfloat16"`` (half
+            the bytes) or ``"int8"`` (a quarter), both ways; merging stays at full
+            precision. Declare the same on coordinator and devices: it is part of
+            the specs. Error bounds: :mod:`fedsync.compression`.
 
     After a merge, ``last_merge`` holds the total samples, the sample-weighted
     mean of each metric, and the per-device values.
@@ -66,6 +70,7 @@ class FedArrays(FedData):
         *,
         evaluate: Callable[[Any], TrainResult] | None = None,
         strategy: Strategy | None = None,
+        wire_dtype: str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(arrays, Mapping):
@@ -81,6 +86,7 @@ class FedArrays(FedData):
         self.train = train
         self.evaluate_fn = evaluate
         self.strategy = strategy or FedAvg()
+        self.wire_dtype = compression.check_wire_dtype(wire_dtype)
         self.samples = 0
         self.metrics: dict[str, float] = {}
         self.last_merge: dict[str, Any] | None = None
@@ -116,7 +122,10 @@ class FedArrays(FedData):
         }
 
     def specs(self, repetition: int) -> str:
-        return f"{self.token}:{fingerprint(self.architecture())}"
+        architecture = self.architecture()
+        if self.wire_dtype is not None:
+            architecture = {"architecture": architecture, "wire_dtype": self.wire_dtype}
+        return f"{self.token}:{fingerprint(architecture)}"
 
     def serialize(self, repetition: int) -> codec.Payload:
         metadata = {
@@ -124,8 +133,11 @@ class FedArrays(FedData):
             METRICS_KEY: json.dumps(self.metrics),
             SPECS_KEY: self.specs(repetition),
         }
+        arrays = self.get_arrays()
+        if self.wire_dtype is not None:
+            arrays, metadata[compression.WIRE_KEY] = compression.pack(arrays, self.wire_dtype)
         # Views of the arrays, not a copy: they go to the socket as they are.
-        return codec.encode_payload(self.get_arrays(), metadata)
+        return codec.encode_payload(arrays, metadata)
 
     def check(self, encoding: Any, repetition: int) -> None:
         self._decode(encoding)
@@ -179,6 +191,10 @@ class FedArrays(FedData):
             raise PayloadRejected(f"{type(self).__name__} expects a binary payload, got text")
         arrays, metadata = codec.decode(encoding)
         expected = self.get_arrays()
+        if compression.WIRE_KEY in metadata:
+            arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], self.wire_dtype, expected)
+        elif self.wire_dtype is not None and any(a.dtype.kind == "f" for a in arrays.values()):
+            raise PayloadRejected(f"payload is not packed as wire_dtype {self.wire_dtype!r}, as this FedData expects")
         if arrays.keys() != expected.keys():
             missing = sorted(expected.keys() - arrays.keys())
             extra = sorted(arrays.keys() - expected.keys())
