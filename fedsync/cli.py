@@ -1,0 +1,621 @@
+"""The ``fedsync`` command (also ``python -m fedsync``).
+
+Subcommands:
+
+- ``fedsync demo``              federated learning across device processes on this machine
+- ``fedsync serve MODULE:ATTR`` serve a FedData (or a dict of them) from your file or module
+- ``fedsync info URL``          show a device's handshake
+- ``fedsync plugins``           list the installed adapters
+
+Exit codes: 0 success, 1 the command failed (unreachable device, failed
+round, port in use), 2 bad usage (unknown option, module or attribute),
+130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Mapping, Sequence
+
+from ._version import __version__
+
+__all__ = ["main", "build_parser", "load_target", "UsageError", "CommandError"]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """A command failed; the message is printed as one line, without a traceback."""
+
+    code = EXIT_FAILED
+
+
+class UsageError(CommandError):
+    """The command was asked for something that cannot be (unknown module or attribute)."""
+
+    code = EXIT_USAGE
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks and shows each option's default, when it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+# ----------------------------------------------------------------------- demo
+
+
+DEMO_HELP = """\
+Run federated learning across real device processes on this machine.
+
+Starts DEVICES device processes serving on 127.0.0.1 over real HTTP, splits
+scikit-learn's handwritten digits across them non-IID (each device gets
+Dirichlet(ALPHA) proportions of each label: small ALPHA, few labels per
+device), and runs ROUNDS federated rounds. After each round the coordinator
+evaluates the merged model on a held-out test set. At the end it compares the
+federated model with the same model trained centrally on all the data, and
+with each device training alone on its own data.
+
+Writes to OUTPUT: history.json (one row per round), model.safetensors (the
+final model) and accuracy.png (with matplotlib: pip install 'fedsync[plot]').
+Needs scikit-learn (pip install 'fedsync[demo]'). Ctrl-C stops every device.
+
+examples:
+  fedsync demo
+  fedsync demo --devices 8 --alpha 0.1 --rounds 30
+  fedsync demo --adapter numpy --output /tmp/run1
+"""
+
+
+def _add_demo(commands: Any) -> None:
+    parser = commands.add_parser(
+        "demo", help="federated learning on digits across device processes on this machine",
+        description=DEMO_HELP, formatter_class=_Formatter,
+    )  # fmt: skip
+    parser.add_argument("--devices", type=int, default=4, metavar="N", help="number of device processes")
+    parser.add_argument("--rounds", type=int, default=20, metavar="N", help="number of federated rounds")
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, metavar="ALPHA",
+        help="Dirichlet concentration of the label split: 0.1 very skewed, 100 nearly even",
+    )  # fmt: skip
+    parser.add_argument(
+        "--adapter", choices=["auto", "torch", "keras", "numpy"], default="auto",
+        help="model framework; auto picks torch, else keras, else numpy (needs nothing more)",
+    )  # fmt: skip
+    parser.add_argument("--strategy", default="fedavg", metavar="NAME", help="how the coordinator merges the devices' models")
+    parser.add_argument("--local-epochs", type=int, default=1, metavar="N", help="epochs each device trains per round")
+    parser.add_argument("--output", default="fedsync-demo", metavar="DIR", help="folder for history.json, model.safetensors, accuracy.png")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the data split and the model's initial weights")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, DemoError, run
+
+    config = DemoConfig(
+        devices=args.devices,
+        rounds=args.rounds,
+        alpha=args.alpha,
+        adapter=args.adapter,
+        strategy=args.strategy,
+        output=Path(args.output),
+        seed=args.seed,
+        local_epochs=args.local_epochs,
+        progress=not args.no_progress,
+    )
+    try:
+        with _sigterm_as_exit():
+            run(config)
+    except DemoError as exc:
+        raise CommandError(str(exc)) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted: every device process has been stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+class _sigterm_as_exit:
+    """Turn SIGTERM into SystemExit, so ``finally`` blocks (stopping devices) run."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+
+    @staticmethod
+    def _handle(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+# ---------------------------------------------------------------------- serve
+
+
+SERVE_HELP = """\
+Serve a FedData, or a dict {name: FedData}, defined in your own code.
+
+TARGET is MODULE:ATTR. MODULE is a file path (device.py, examples/device.py)
+or a dotted module importable from the current directory (mypkg.device);
+ATTR is the variable holding the FedData. A dict serves each FedData under
+/<name>/. Prints 'serving <url>' on stdout once it accepts connections, and
+serves until Ctrl-C.
+
+examples:
+  fedsync serve device.py:data
+  fedsync serve mypkg.device:model --host 0.0.0.0 --port 8001 --token s3cret
+  fedsync serve device.py:data --port 0             # any free port
+  fedsync serve device.py:data --certfile cert.pem --keyfile key.pem   # HTTPS
+
+The token can also come from the FEDSYNC_TOKEN environment variable, which
+keeps it out of your shell history and the process list.
+"""
+
+
+def _add_serve(commands: Any) -> None:
+    parser = commands.add_parser(
+        "serve", help="serve a FedData from your file or module as a device",
+        description=SERVE_HELP, formatter_class=_Formatter,
+    )  # fmt: skip
+    parser.add_argument("target", metavar="MODULE:ATTR", help="where the FedData is, e.g. device.py:data or mypkg.device:data")
+    parser.add_argument("--host", default="127.0.0.1", metavar="HOST", help="interface to listen on; 0.0.0.0 accepts other machines")
+    parser.add_argument("--port", type=int, default=8000, metavar="PORT", help="TCP port; 0 picks a free one")
+    parser.add_argument(
+        "--token", default=os.environ.get("FEDSYNC_TOKEN"), metavar="TOKEN",
+        help="require 'Authorization: Bearer TOKEN' on every request (default: $FEDSYNC_TOKEN)",
+    )  # fmt: skip
+    parser.add_argument("--certfile", metavar="PEM", help="TLS certificate (PEM) to serve HTTPS; needs --keyfile unless the key is in the same file")
+    parser.add_argument("--keyfile", metavar="PEM", help="TLS private key (PEM)")
+    parser.add_argument("--max-content-length", type=int, default=None, metavar="BYTES", help="largest payload accepted, in bytes (default 2 GiB)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    parser.set_defaults(run=_run_serve)
+
+
+def load_target(target: str, cwd: str | None = None) -> Any:
+    """The object ``MODULE:ATTR`` names; MODULE is a ``.py`` path or a dotted module.
+
+    Raises:
+        UsageError: malformed target, unknown module or unknown attribute.
+    """
+    module_name, sep, attr = target.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(
+            f"expected MODULE:ATTR, got {target!r}; e.g. device.py:data (a file) or mypkg.device:data (a module)"
+        )
+    cwd = cwd or os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)  # as `python -m` does, so the user's own modules import
+    module = _import(module_name, cwd)
+    value: Any = module
+    for part in attr.split("."):
+        if not hasattr(value, part):
+            candidates = _fed_data_names(module)
+            hint = (
+                f"it defines: {', '.join(candidates)}" if candidates else "it defines no FedData at module level"
+            )
+            raise UsageError(f"module {module_name!r} has no attribute {attr!r}; {hint}")
+        value = getattr(value, part)
+    return value
+
+
+def _import(module_name: str, cwd: str) -> ModuleType:
+    looks_like_path = module_name.endswith(".py") or os.sep in module_name or "/" in module_name
+    if looks_like_path:
+        path = Path(cwd, module_name).resolve()
+        if not path.is_file():
+            raise UsageError(f"no file {module_name!r} (looked for {path}); give the path of a .py file or a dotted module name")
+        directory = str(path.parent)
+        if directory not in sys.path:
+            sys.path.insert(0, directory)  # so the file can import its neighbours
+        # Registered under its own name, unless that would shadow a module already imported.
+        name = path.stem if path.stem.isidentifier() and path.stem not in sys.modules else "__fedsync_target__"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise UsageError(f"{module_name!r} cannot be imported as a Python module; give a .py file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # classes defined in it must find their module (dataclasses, pickling)
+        _run_user_code(module_name, lambda: spec.loader.exec_module(module))  # type: ignore[union-attr]
+        return module
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise UsageError(
+            f"no module named {module_name!r} importable from {cwd}; give a file path (device.py:data) "
+            "or run from the folder that contains the module"
+        )
+    return _run_user_code(module_name, lambda: importlib.import_module(module_name))
+
+
+def _run_user_code(module_name: str, load: Callable[[], Any]) -> Any:
+    try:
+        return load()
+    except Exception as exc:
+        # The user's own module raised: its traceback is what helps them, so show it.
+        traceback.print_exc()
+        raise CommandError(f"importing {module_name!r} raised {type(exc).__name__}: {exc} (traceback above)") from None
+
+
+def _fed_data_names(module: ModuleType) -> list[str]:
+    from .protocol import FedData
+
+    return sorted(
+        name for name, value in vars(module).items()
+        if not name.startswith("_") and (isinstance(value, FedData) or _is_fed_data_dict(value))
+    )  # fmt: skip
+
+
+def _is_fed_data_dict(value: Any) -> bool:
+    from .protocol import FedData
+
+    return isinstance(value, Mapping) and bool(value) and all(isinstance(v, FedData) for v in value.values())
+
+
+def _ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+    if certfile is None:
+        if keyfile is not None:
+            raise UsageError("--keyfile needs --certfile: give both to serve HTTPS")
+        return None
+    for path in (certfile, keyfile):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"TLS file not found: {path}; give PEM files with --certfile and --keyfile")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise UsageError(
+            f"cannot load the TLS certificate {certfile!r}"
+            + (f" and key {keyfile!r}" if keyfile else "")
+            + f": {exc}; give a PEM certificate and its matching private key"
+        ) from None
+    return context
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .protocol import FedData
+
+    data = load_target(args.target)
+    if not (isinstance(data, FedData) or _is_fed_data_dict(data)):
+        raise UsageError(
+            f"{args.target} is a {type(data).__name__}, not a FedData or a dict of them; "
+            "e.g. in device.py: data = fedsync.FedArrays(weights, train)"
+        )
+    context = _ssl_context(args.certfile, args.keyfile)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+    _check_can_listen(args.host, args.port)
+    try:
+        server = _start_server(data, args.host, args.port, args.token, args.max_content_length, context)
+    except OSError as exc:
+        raise CommandError(_bind_error(exc, args.host, args.port)) from None
+    except SystemExit:
+        # werkzeug's make_server prints why it cannot bind and calls sys.exit(1);
+        # reached only if the port was taken between the check above and now.
+        raise CommandError(f"cannot listen on {args.host}:{args.port} (see the message above); try --port 0") from None
+    url = server.url
+    print(f"serving {url}", flush=True)
+    if isinstance(data, Mapping):
+        for name in data:
+            print(f"  {name}: {url}/{name}/info", flush=True)
+    print("press Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        with _sigterm_as_exit():
+            server.join()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.close()
+    return 0
+
+
+def _start_server(data: Any, host: str, port: int, token: str | None, max_content_length: int | None, context: ssl.SSLContext | None) -> Any:
+    """A running device server, over TLS when ``context`` is given."""
+    from .server import serve
+
+    options: dict[str, Any] = {"block": False, "token": token, "max_content_length": max_content_length}
+    if context is None:
+        return serve(data, host, port, **options)
+    if "ssl_context" in inspect.signature(serve).parameters:
+        return serve(data, host, port, ssl_context=context, **options)
+    return _TlsServer(data, host, port, token, max_content_length, context)
+
+
+class _TlsServer:
+    """HTTPS for a fedsync.serve() without ``ssl_context``: the same app on werkzeug's TLS server."""
+
+    def __init__(self, data: Any, host: str, port: int, token: str | None, max_content_length: int | None, context: ssl.SSLContext) -> None:
+        from werkzeug.serving import make_server
+
+        from . import server
+
+        app = server.DeviceApp(data, token=token, max_content_length=max_content_length)
+        handler = getattr(server, "_QuietHandler", None)  # per-request lines at DEBUG, as serve() does
+        httpd = make_server(host, port, app, threaded=True, request_handler=handler, ssl_context=context)
+        self.running = server.RunningServer(httpd, app)
+        self.url = "https://" + self.running.url.split("://", 1)[1]
+
+    def join(self, timeout: float | None = None) -> None:
+        self.running.join(timeout)
+
+    def close(self) -> None:
+        self.running.close()
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Raise CommandError naming the port if ``host:port`` cannot be listened on.
+
+    werkzeug's server would print its own message and exit the process instead
+    of raising, so the CLI tries the address first, as werkzeug binds it
+    (``SO_REUSEADDR``, IPv6 for hosts containing ':').
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        address = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP)[0][4]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise CommandError(_bind_error(socket.gaierror(str(exc)), host, port)) from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CommandError(_bind_error(exc, host, port)) from None
+
+
+def _bind_error(exc: OSError, host: str, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is already in use (another device or program is listening there); "
+            f"choose another port, e.g. --port {port + 1}, or --port 0 for any free one"
+        )
+    if exc.errno == errno.EACCES:
+        return f"not allowed to listen on port {port}: ports below 1024 need privileges; use e.g. --port 8000"
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return f"cannot listen on host {host!r}: it is not an address of this machine; use 127.0.0.1 or 0.0.0.0"
+    return f"cannot listen on {host}:{port}: {exc}"
+
+
+# ----------------------------------------------------------------------- info
+
+
+INFO_HELP = """\
+Show a device's handshake: protocol and fedsync versions, specs, state, last
+repetition, rounds served and its model's weights.
+
+examples:
+  fedsync info http://127.0.0.1:8000
+  fedsync info 127.0.0.1:8000/model       # a FedData served under /model
+  fedsync info https://device.lan:8000 --cafile cert.pem --token s3cret --json
+"""
+
+
+def _add_info(commands: Any) -> None:
+    parser = commands.add_parser(
+        "info", help="show a device's handshake", description=INFO_HELP, formatter_class=_Formatter,
+    )  # fmt: skip
+    parser.add_argument("url", help="the device's URL (http:// is assumed when no scheme is given)")
+    parser.add_argument("--token", default=os.environ.get("FEDSYNC_TOKEN"), metavar="TOKEN", help="the device's token (default: $FEDSYNC_TOKEN)")
+    parser.add_argument("--cafile", metavar="PEM", help="trust this certificate (e.g. the device's self-signed --certfile) for https")
+    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="seconds to wait for an answer")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON handshake")
+    parser.set_defaults(run=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from .client import Remote
+    from .errors import RemoteError, RemoteTimeout, RemoteUnavailable
+
+    url = args.url if "://" in args.url else f"http://{args.url}"
+    url = url.rstrip("/")
+    if url.endswith("/info"):
+        url = url[: -len("/info")]
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    try:
+        remote = Remote(url, timeout=args.timeout, token=args.token, retries=0)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.cafile:
+        if not Path(args.cafile).is_file():
+            raise UsageError(f"--cafile {args.cafile!r} is not a file; give the PEM certificate the device serves with")
+        remote.session.verify = args.cafile
+    with remote:
+        try:
+            infos = _device_infos(remote)
+        except RemoteUnavailable:
+            raise CommandError(f"cannot connect to {url}: is a device serving there? (start one with: fedsync serve MODULE:ATTR)") from None
+        except RemoteTimeout:
+            raise CommandError(f"{url} did not answer within {args.timeout:g}s; is it a fedsync device? (try --timeout)") from None
+        except RemoteError as exc:
+            raise CommandError(str(exc)) from None
+    if args.json:
+        print(json.dumps(infos if len(infos) > 1 or "" not in infos else infos[""], indent=2))
+        return 0
+    for base, info in infos.items():
+        print(_format_info(f"{url}/{base}" if base else url, info))
+    return 0
+
+
+def _device_infos(remote: Any) -> dict[str, dict[str, Any]]:
+    """``{"": info}`` for a single FedData, ``{name: info}`` for a device serving several."""
+    from .client import Remote
+    from .errors import RemoteError
+
+    try:
+        return {"": remote.info()}
+    except RemoteError as exc:
+        if "no specs" not in str(exc):
+            raise
+    # A device with several FedData answers /info with an index of its bases.
+    index = remote.session.get(remote.url + "/info", timeout=remote.timeout).json()
+    bases = index.get("bases") if isinstance(index, dict) else None
+    if not bases:
+        raise RemoteError(remote.url, "/info answered no specs and no bases; is this a fedsync device?")
+    infos = {}
+    for base in bases:
+        with Remote(f"{remote.url}/{base}", timeout=remote.timeout, retries=0) as sub:
+            sub.session.headers.update(remote.session.headers)
+            sub.session.verify = remote.session.verify
+            infos[base] = sub.info()
+    return infos
+
+
+def _format_info(url: str, info: Mapping[str, Any]) -> str:
+    seconds = info.get("last_seconds")
+    rows = [
+        ("device", url),
+        ("state", info.get("state", "?")),
+        ("specs", info.get("specs", "?")),
+        ("type", info.get("type", "?")),
+        ("repetition", f"{info.get('repetition', '?')} (the last one it accepted; a coordinator continues above it)"),
+        ("rounds served", info.get("rounds_served", "?")),
+        ("last training", f"{seconds:.2f}s" if isinstance(seconds, (int, float)) else "-"),
+        ("protocol", f"{info.get('protocol', '?')} (fedsync {info.get('fedsync', '?')})"),
+    ]
+    if info.get("last_error"):
+        rows.append(("last error", info["last_error"]))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    weights = (info.get("summary") or {}).get("weights") if isinstance(info.get("summary"), dict) else None
+    if weights:
+        total = 0
+        for w in weights:
+            count = 1
+            for dim in w.get("shape", []):
+                count *= int(dim)
+            total += count
+        lines.append(f"{'weights':<{width}}  {len(weights)} arrays, {total:,} parameters")
+        name_width = max(len(str(w.get("name", ""))) for w in weights)
+        for w in weights:
+            shape = "(" + ", ".join(str(d) for d in w.get("shape", [])) + ")"
+            lines.append(f"{'':<{width}}    {str(w.get('name')):<{name_width}}  {shape:<14} {w.get('dtype', '')}")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------- plugins
+
+
+PLUGINS_HELP = """\
+List the FedData adapters fedsync knows: each one's specs token, class, the
+plugin and package that registered it, and whether its framework is
+installed (with the pip command to install it when it is not).
+
+Adapters come from the 'fedsync' entry-point group; FEDSYNC_LOAD_PLUGINS
+(comma-separated entry-point names) limits which load.
+"""
+
+
+def _add_plugins(commands: Any) -> None:
+    parser = commands.add_parser(
+        "plugins", help="list the installed adapters", description=PLUGINS_HELP, formatter_class=_Formatter,
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(run=_run_plugins)
+
+
+def _run_plugins(args: argparse.Namespace) -> int:
+    try:
+        from . import plugins
+    except ImportError as exc:
+        raise CommandError(f"this fedsync has no plugin registry (fedsync.plugins: {exc})") from None
+    from .errors import PluginError
+
+    try:
+        adapters = plugins.describe()
+    except PluginError as exc:
+        raise CommandError(str(exc)) from None
+    rows = [
+        {
+            "token": a["token"],
+            "class": f"{a['cls'].__module__}.{a['cls'].__qualname__}",
+            "plugin": a["plugin"],
+            "package": f"{a['package']} {a['version']}" if a.get("package") else "-",
+            "framework": "installed" if a["importable"] else (
+                f"missing: pip install 'fedsync[{a['extra']}]'" if a.get("extra") else "missing"
+            ),
+        }
+        for a in adapters
+    ]  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no adapters registered")
+        return 0
+    headers = {"token": "token", "class": "class", "plugin": "plugin", "package": "package", "framework": "framework"}
+    widths = {k: max(len(headers[k]), *(len(str(r[k])) for r in rows)) for k in headers}
+    print("  ".join(f"{headers[k]:<{widths[k]}}" for k in headers).rstrip())
+    for row in rows:
+        print("  ".join(f"{str(row[k]):<{widths[k]}}" for k in headers).rstrip())
+    return 0
+
+
+# ----------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fedsync`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="fedsync",
+        description=(
+            "Synchronized federated learning across remote devices.\n\n"
+            "A device serves its private data's model over HTTP (fedsync serve); a\n"
+            "coordinator sends the model to every device, each trains locally, and\n"
+            "the coordinator merges the results. Start with: fedsync demo"
+        ),
+        epilog="Run 'fedsync COMMAND --help' for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fedsync {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+    _add_demo(commands)
+    _add_serve(commands)
+    _add_info(commands)
+    _add_plugins(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fedsync`` command; returns its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.run(args)
+    except CommandError as exc:
+        print(f"fedsync {args.command}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

@@ -1,0 +1,258 @@
+"""The `fedsync` command: help, serving a user's FedData, reading a device's handshake, listing plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from fedsync.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DEVICE_FILE = """\
+import numpy as np
+import fedsync
+
+def train(model):
+    model["w"] += 1.0
+    return 3
+
+data = fedsync.FedArrays({"w": np.zeros((2, 3), np.float32)}, train)
+both = {"model": data, "threshold": fedsync.FedArrays({"t": np.zeros(1)}, train)}
+not_fed = 42
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A folder holding the user's device.py, as the current directory; sys.path restored afterwards."""
+    (tmp_path / "device.py").write_text(DEVICE_FILE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    return tmp_path
+
+
+def fedsync_command(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "fedsync", *args], cwd=cwd, env=env, text=True, **kwargs)
+
+
+def read_line(stream, timeout: float = 30.0) -> str:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, f"no output within {timeout}s"
+    return stream.readline()
+
+
+@pytest.fixture
+def serve(workdir):
+    """Start `fedsync serve ARGS` in a subprocess; returns (process, url). Stopped afterwards."""
+    started = []
+
+    def start(*args: str) -> tuple[subprocess.Popen, str]:
+        process = fedsync_command("serve", *args, "--port", "0", cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started.append(process)
+        line = read_line(process.stdout)
+        assert line.startswith("serving "), (line, process.stderr.read() if process.poll() is not None else "")
+        return process, line.split()[1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- help -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["demo", "serve", "info", "plugins"])
+def test_every_command_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: fedsync {command}")
+    assert "examples:" in text or command in ("plugins",)
+    assert "default" in text or command == "plugins"
+
+
+def test_python_dash_m_fedsync_lists_the_commands(tmp_path):
+    process = fedsync_command("--help", cwd=tmp_path, stdout=subprocess.PIPE)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    for command in ("demo", "serve", "info", "plugins"):
+        assert f"    {command} " in out
+
+
+def test_console_script_is_installed(tmp_path):
+    script = shutil.which("fedsync")
+    if script is None:
+        pytest.skip("the fedsync console script is not installed (pip install -e .)")
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("fedsync ")
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "commands:" in capsys.readouterr().err
+
+
+# -- serve ------------------------------------------------------------------------
+
+
+def test_serve_a_fed_data_from_a_file_and_stop_it(serve):
+    process, url = serve("device.py:data")
+    info = requests.get(f"{url}/info", timeout=10).json()
+    assert info["specs"].startswith("arrays:") and info["state"] == "idle"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
+
+
+def test_serve_a_dict_under_named_bases_with_a_token(serve):
+    _, url = serve("device:both", "--token", "s3cret")  # a dotted module name, importable from the cwd
+    assert requests.get(f"{url}/model/info", timeout=10).status_code == 401
+    headers = {"Authorization": "Bearer s3cret"}
+    assert requests.get(f"{url}/threshold/info", headers=headers, timeout=10).json()["summary"]["weights"][0]["name"] == "t"
+
+
+def test_serve_over_tls(serve, workdir):
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    _, url = serve("device.py:data", "--certfile", str(cert), "--keyfile", str(key))
+    assert url.startswith("https://127.0.0.1:")
+    assert requests.get(f"{url}/info", verify=str(cert), timeout=10).json()["specs"].startswith("arrays:")
+
+
+def test_unknown_module_names_it_and_says_what_to_do(workdir, capsys):
+    assert main(["serve", "no_such_module:data"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "no module named 'no_such_module'" in err and "device.py:data" in err
+
+    assert main(["serve", "missing/device.py:data"]) == 2
+    assert "no file 'missing/device.py'" in capsys.readouterr().err
+
+
+def test_unknown_attribute_lists_what_the_module_defines(workdir, capsys):
+    assert main(["serve", "device.py:model"]) == 2
+    err = capsys.readouterr().err
+    assert "module 'device.py' has no attribute 'model'; it defines: both, data" in err
+
+
+def test_attribute_that_is_not_fed_data(workdir, capsys):
+    assert main(["serve", "device.py:not_fed"]) == 2
+    assert "device.py:not_fed is a int, not a FedData or a dict of them" in capsys.readouterr().err
+    assert main(["serve", "device.py"]) == 2
+    assert "expected MODULE:ATTR" in capsys.readouterr().err
+
+
+def test_module_that_raises_shows_its_traceback(workdir, capsys):
+    (workdir / "broken.py").write_text("import numpy\nraise RuntimeError('no GPU here')\n")
+    assert main(["serve", "broken.py:data"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "broken.py" in err
+    assert err.strip().splitlines()[-1] == (
+        "fedsync serve: error: importing 'broken.py' raised RuntimeError: no GPU here (traceback above)"
+    )
+
+
+def test_port_in_use_names_the_port(workdir, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "device.py:data", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is already in use" in err
+    assert "--port 0" in err and "Traceback" not in err
+
+
+def test_bad_tls_files(workdir, capsys):
+    assert main(["serve", "device.py:data", "--certfile", "nope.pem"]) == 2
+    assert "TLS file not found: nope.pem" in capsys.readouterr().err
+    (workdir / "junk.pem").write_text("not a certificate")
+    assert main(["serve", "device.py:data", "--certfile", "junk.pem"]) == 2
+    assert "cannot load the TLS certificate 'junk.pem'" in capsys.readouterr().err
+
+
+# -- info -------------------------------------------------------------------------
+
+
+def test_info_shows_a_live_devices_handshake(devices, capsys):
+    device = devices("constant", 1.0, 5)
+    assert main(["info", device.url]) == 0
+    out = capsys.readouterr().out
+    assert f"device         {device.url}" in out
+    assert "state          idle" in out
+    assert "specs          arrays:sha256:" in out
+    assert "2 arrays, 8 parameters" in out
+    assert main(["info", device.url.removeprefix("http://"), "--json"]) == 0  # http:// is assumed
+    assert json.loads(capsys.readouterr().out)["repetition"] == 0
+
+
+def test_info_on_a_device_serving_several_fed_data(serve, capsys):
+    _, url = serve("device.py:both")
+    assert main(["info", url]) == 0
+    out = capsys.readouterr().out
+    assert f"device         {url}/model" in out and f"device         {url}/threshold" in out
+
+
+def test_info_on_an_unreachable_url_is_one_line(capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["info", url]) == 1
+    err = capsys.readouterr().err
+    assert err == f"fedsync info: error: cannot connect to {url}: is a device serving there? (start one with: fedsync serve MODULE:ATTR)\n"
+
+
+def test_info_with_a_wrong_token(serve, capsys):
+    _, url = serve("device.py:data", "--token", "right")
+    assert main(["info", url, "--token", "wrong"]) == 1
+    assert "401 unauthorized" in capsys.readouterr().err
+
+
+# -- plugins ----------------------------------------------------------------------
+
+
+def test_plugins_lists_the_adapters(capsys):
+    pytest.importorskip("fedsync.plugins")
+    assert main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["token", "class", "plugin", "package", "framework"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert "fedsync.arrays.FedArrays" in rows["arrays"]
+    assert main(["plugins", "--json"]) == 0
+    listed = {row["token"]: row for row in json.loads(capsys.readouterr().out)}
+    assert listed["arrays"]["framework"] == "installed"
+    for token in ("torch", "keras"):
+        if token in listed:
+            assert listed[token]["framework"] == "installed" or f"fedsync[{token}]" in listed[token]["framework"]
+
+
+def test_plugins_help_text_mentions_the_environment_switch(capsys):
+    with pytest.raises(SystemExit):
+        main(["plugins", "--help"])
+    assert "FEDSYNC_LOAD_PLUGINS" in capsys.readouterr().out

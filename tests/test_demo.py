@@ -1,0 +1,191 @@
+"""`fedsync demo` as a newcomer runs it: a real command, real device processes, files on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsync import codec
+from fedsync.demo.data import dirichlet_split, load_split
+from fedsync.demo.models import available
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE_LINE = re.compile(r"device (\d+)\s+(http://\S+)\s+pid (\d+)")
+
+pytest.importorskip("sklearn", reason="the demo's data set comes with scikit-learn (pip install 'fedsync[demo]')")
+
+
+def run_demo(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "fedsync", "demo", "--output", str(tmp_path / "out"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env,
+    )  # fmt: skip
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie awaiting its parent does not count)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "\nState:\tZ" not in status
+
+
+def demo_devices(coordinator: int) -> list[int]:
+    """Live processes started as devices by the coordinator with pid ``coordinator`` (a /proc scan)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"fedsync.demo" in argv and b"--parent" in argv and argv[argv.index(b"--parent") + 1] == str(coordinator).encode():
+            if alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def check_demo_output(result: subprocess.CompletedProcess, out: Path, devices: int, rounds: int) -> list[int]:
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"federated test accuracy: 0\.\d{3}", result.stdout)
+    assert "central (all training data pooled)" in result.stdout
+    assert "each device alone (mean)" in result.stdout
+    assert "point of federated learning" in result.stdout
+    history = json.loads((out / "history.json").read_text())
+    assert [row["round"] for row in history["rounds"]] == list(range(1, rounds + 1))
+    assert all(row["devices"] == devices for row in history["rounds"])
+    assert all(0.0 <= row["test_accuracy"] <= 1.0 for row in history["rounds"])
+    assert len(history["comparison"]["alone"]) == devices
+
+    raw = (out / "model.safetensors").read_bytes()
+    arrays, metadata = codec.decode(raw)
+    assert metadata["fedsync.rounds"] == str(rounds)
+    assert float(metadata["fedsync.test_accuracy"]) == pytest.approx(history["comparison"]["federated"], abs=1e-6)
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    loaded = safetensors_numpy.load(raw)
+    assert loaded.keys() == arrays.keys()
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(loaded[name], array)
+
+    pids = [int(m.group(3)) for m in DEVICE_LINE.finditer(result.stdout)]
+    assert len(pids) == devices
+    assert not [pid for pid in pids if alive(pid)], "device processes outlived the demo"
+    return pids
+
+
+def test_numpy_demo_end_to_end(tmp_path):
+    result = run_demo(tmp_path, "--rounds", "3", "--devices", "2", "--adapter", "numpy", "--no-progress")
+    check_demo_output(result, tmp_path / "out", devices=2, rounds=3)
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert history["adapter"] == "numpy"
+    assert history["comparison"]["federated"] > 0.6  # softmax regression learns digits within 3 rounds
+    assert "round  devices  samples  train loss  test acc  seconds" in result.stdout
+    if (tmp_path / "out" / "accuracy.png").exists():
+        assert (tmp_path / "out" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert "pip install 'fedsync[plot]'" in result.stdout
+
+
+@pytest.mark.parametrize("adapter", ["torch", pytest.param("keras", marks=pytest.mark.slow)])
+def test_framework_demo_end_to_end(tmp_path, adapter):
+    why = available()[adapter]
+    if why is not None:
+        pytest.skip(why)
+    result = run_demo(tmp_path, "--rounds", "3", "--devices", "2", "--adapter", adapter)
+    check_demo_output(result, tmp_path / "out", devices=2, rounds=3)
+    assert json.loads((tmp_path / "out" / "history.json").read_text())["adapter"] == adapter
+
+
+def test_ctrl_c_stops_every_device(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "fedsync", "demo", "--adapter", "numpy", "--devices", "3", "--rounds", "1000000",
+         "--output", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    try:
+        lines = []
+        for line in demo.stdout:
+            lines.append(line)
+            if re.match(r"\s+2\s+3\s", line):  # the second round is done
+                break
+        pids = [int(m.group(3)) for m in DEVICE_LINE.finditer("".join(lines))]
+        assert len(pids) == 3 and all(alive(pid) for pid in pids)
+        demo.send_signal(signal.SIGINT)
+        _, stderr = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 130
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if alive(pid)]
+    assert demo_devices(demo.pid) == []
+
+
+def test_devices_exit_when_the_coordinator_is_killed_outright(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "fedsync", "demo", "--adapter", "numpy", "--devices", "2", "--rounds", "1000000",
+         "--output", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    try:
+        for line in demo.stdout:
+            if line.startswith("round"):
+                break
+        assert len(demo_devices(demo.pid)) == 2
+        demo.kill()  # SIGKILL: no finally block runs in the coordinator
+        demo.wait(timeout=10)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    deadline = time.monotonic() + 10
+    while demo_devices(demo.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert demo_devices(demo.pid) == []
+
+
+def test_bad_options_fail_with_one_line(tmp_path):
+    result = run_demo(tmp_path, "--devices", "0", "--adapter", "numpy")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "fedsync demo: error: --devices must be at least 1, got 0"
+    result = run_demo(tmp_path, "--strategy", "nope", "--adapter", "numpy")
+    assert result.returncode == 1 and "unknown strategy 'nope'; choose one of: fedavg" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dirichlet_split_is_seeded_and_skewed_by_alpha():
+    labels = np.repeat(np.arange(10), 100)
+    first = dirichlet_split(labels, 4, 0.5, seed=3)
+    again = dirichlet_split(labels, 4, 0.5, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert sorted(np.concatenate(first).tolist()) == list(range(1000))  # a partition: every sample once
+
+    def skew(alpha):
+        parts = dirichlet_split(labels, 4, alpha, seed=0)
+        return np.mean([np.bincount(labels[p], minlength=10).max() / len(p) for p in parts])
+
+    assert skew(0.1) > skew(100.0)
+
+
+def test_split_holds_out_a_stratified_test_set():
+    split = load_split(devices=3, alpha=0.5, seed=0)
+    assert len(split.shards) == 3
+    assert np.bincount(split.y_test).min() >= 40  # every digit is tested
+    assert len(split.y_test) + sum(len(s.y) for s in split.shards) == 1797
+    assert split.x_test.dtype == np.float32 and split.x_test.max() <= 1.0
