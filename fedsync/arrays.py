@@ -108,6 +108,10 @@ class FedArrays(FedData):
             for i, target in enumerate(self.model):
                 np.copyto(target, arrays[str(i)])
 
+    def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Each array's shape and dtype as exchanged; adapters whose ``get_arrays`` copies override it."""
+        return {name: (a.shape, a.dtype) for name, a in self.get_arrays().items()}
+
     def architecture(self) -> Any:
         """A JSON-able description hashed into the specs; by default the weights' layout."""
         return self.summary(0)["weights"]
@@ -117,7 +121,8 @@ class FedArrays(FedData):
     def summary(self, repetition: int) -> dict[str, Any]:
         return {
             "weights": [
-                {"name": name, "shape": list(a.shape), "dtype": a.dtype.name} for name, a in self.get_arrays().items()
+                {"name": name, "shape": list(shape), "dtype": np.dtype(dtype).name}
+                for name, (shape, dtype) in self.layout().items()
             ]
         }
 
@@ -190,9 +195,10 @@ class FedArrays(FedData):
         if isinstance(encoding, str):
             raise PayloadRejected(f"{type(self).__name__} expects a binary payload, got text")
         arrays, metadata = codec.decode(encoding)
-        expected = self.get_arrays()
+        expected = self.layout()
         if compression.WIRE_KEY in metadata:
-            arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], self.wire_dtype, expected)
+            dtypes = {name: np.dtype(dtype) for name, (_, dtype) in expected.items()}
+            arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], self.wire_dtype, dtypes)
         elif self.wire_dtype is not None and any(a.dtype.kind == "f" for a in arrays.values()):
             raise PayloadRejected(f"payload is not packed as wire_dtype {self.wire_dtype!r}, as this FedData expects")
         if arrays.keys() != expected.keys():
@@ -200,10 +206,10 @@ class FedArrays(FedData):
             extra = sorted(arrays.keys() - expected.keys())
             raise PayloadRejected(f"payload arrays do not match the model: missing {missing}, unexpected {extra}")
         for name, a in arrays.items():
-            want = expected[name]
-            if a.shape != want.shape or a.dtype != want.dtype:
+            shape, dtype = expected[name]
+            if a.shape != tuple(shape) or a.dtype != dtype:
                 raise PayloadRejected(
-                    f"array {name!r}: expected {want.shape} {want.dtype.name}, payload has {a.shape} {a.dtype.name}"
+                    f"array {name!r}: expected {tuple(shape)} {np.dtype(dtype).name}, payload has {a.shape} {a.dtype.name}"
                 )
             if a.dtype.kind == "f" and not np.isfinite(a).all():
                 raise PayloadRejected(f"array {name!r} contains NaN or infinity")

@@ -72,9 +72,9 @@ def pack(arrays: Mapping[str, np.ndarray], wire_dtype: str) -> tuple[dict[str, n
 
 
 def unpack(
-    arrays: Mapping[str, np.ndarray], wire: str, wire_dtype: str | None, expected: Mapping[str, np.ndarray]
+    arrays: Mapping[str, np.ndarray], wire: str, wire_dtype: str | None, expected: Mapping[str, np.dtype]
 ) -> dict[str, np.ndarray]:
-    """The arrays in ``expected``'s dtypes; raises PayloadRejected for a format not agreed on."""
+    """The arrays in the ``expected`` dtypes (by name); raises PayloadRejected for a format not agreed on."""
     try:
         how = json.loads(wire)
         assert isinstance(how, dict) and all(isinstance(v, dict) for v in how.values())
@@ -84,7 +84,7 @@ def unpack(
     for name, spec in how.items():
         if name not in arrays or name not in expected:
             raise PayloadRejected(f"payload packs unknown array {name!r}")
-        kind, a, target = spec.get("as"), arrays[name], expected[name].dtype
+        kind, a, target = spec.get("as"), arrays[name], np.dtype(expected[name])
         if target.kind != "f":
             raise PayloadRejected(f"array {name!r} is {target.name} here; only floating arrays are packed")
         if kind != wire_dtype:

@@ -102,6 +102,10 @@ class FedKeras(FedArrays):
 
         return {name: np.asarray(keras.ops.convert_to_numpy(v)) for name, v in self._variables()}
 
+    def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shapes and dtypes read off the variables, without converting their values."""
+        return {name: (tuple(v.shape), np.dtype(v.dtype)) for name, v in self._variables()}
+
     def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Assign ``arrays`` to the model's weights, each keeping its dtype.
 

@@ -129,6 +129,13 @@ class FedTorch(FedArrays):
             arrays[name] = tensor.cpu().numpy()
         return arrays
 
+    def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shapes and dtypes as exchanged, read off the tensors without copying them to the host."""
+        return {
+            name: (tuple(t.shape), np.dtype("float32" if _dtype_name(t) in _UPCAST else _dtype_name(t)))
+            for name, t in self._state().items()
+        }
+
     def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Copy ``arrays`` into the model's tensors in place, keeping their device and dtype.
 

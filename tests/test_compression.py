@@ -14,7 +14,7 @@ WIDE = np.concatenate([RNG.normal(0, 1, 5000), RNG.normal(0, 1e3, 500), RNG.unif
 
 def round_trip(array, wire_dtype):
     packed, how = pack({"t": array}, wire_dtype)
-    return unpack(packed, how, wire_dtype, {"t": array})["t"], packed["t"]
+    return unpack(packed, how, wire_dtype, {"t": array.dtype})["t"], packed["t"]
 
 
 def test_float16_error_bound():

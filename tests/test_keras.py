@@ -223,3 +223,11 @@ def test_plugin_registers_keras_without_importing_it():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_layout_matches_the_arrays_without_converting_them():
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.BatchNormalization()])
+    fed = FedKeras(model)
+    assert fed.layout() == {name: (a.shape, a.dtype) for name, a in fed.get_arrays().items()}

@@ -225,3 +225,9 @@ def test_loading_the_plugin_does_not_import_torch():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", "import json; " + code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) is False
+
+
+def test_layout_matches_the_arrays_without_copying_them():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 2).to(torch.bfloat16))
+    fed = FedTorch(model)
+    assert fed.layout() == {name: (a.shape, a.dtype) for name, a in fed.get_arrays().items()}
