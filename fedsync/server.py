@@ -25,6 +25,7 @@ from werkzeug.wrappers import Request, Response
 from ._version import PROTOCOL_VERSION, __version__
 from .codec import Payload
 from .protocol import Encoding, FedData
+from .status import render_index, render_status
 
 __all__ = ["DeviceApp", "RunningServer", "serve", "SPECS_HEADER", "DEFAULT_MAX_CONTENT_LENGTH"]
 
@@ -119,6 +120,7 @@ class Device:
             "rounds_served": self.rounds_served,
             "last_error": job.error if job is not None else None,
             "last_seconds": job.seconds if job is not None else None,
+            "samples": _samples(self.fed),
             "summary": self.fed.summary(next_rep),
         }
 
@@ -184,6 +186,11 @@ class Device:
             self.working.release()
 
 
+def _samples(fed: FedData) -> int | None:
+    samples = getattr(fed, "samples", None)
+    return samples if isinstance(samples, int) and not isinstance(samples, bool) else None
+
+
 class DeviceApp:
     """The WSGI application of a device, serving one FedData or a dict of named ones."""
 
@@ -212,19 +219,29 @@ class DeviceApp:
         for base in self.devices:
             defaults = {"base": base}
             rules += [
+                Rule(f"{base}/", endpoint="status", methods=["GET"], defaults=defaults),
                 Rule(f"{base}/info", endpoint="info", methods=["GET"], defaults=defaults),
                 Rule(f"{base}/<int:rep>/submit", endpoint="submit", methods=["POST"], defaults=defaults),
                 Rule(f"{base}/<int:rep>/result", endpoint="result", methods=["GET"], defaults=defaults),
                 Rule(f"{base}/<int:rep>/evaluate", endpoint="evaluate", methods=["POST"], defaults=defaults),
             ]
-        if len(self.devices) > 1 or "" not in self.devices:
+        if "" not in self.devices:
             rules.append(Rule("/info", endpoint="index", methods=["GET"]))
+            rules.append(Rule("/", endpoint="index_page", methods=["GET"]))
         self.url_map = Map(rules)
 
     # -- routes ------------------------------------------------------------------
 
     def on_index(self, request: Request) -> Response:
         return _json({"protocol": PROTOCOL_VERSION, "fedsync": __version__, "bases": [b[1:] for b in self.devices]})
+
+    def on_index_page(self, request: Request) -> Response:
+        return Response(render_index([b[1:] for b in self.devices]), mimetype="text/html")
+
+    def on_status(self, request: Request, base: str) -> Response:
+        device = self.devices[base]
+        title = f"{type(device.fed).__name__}{' at ' + base if base else ''}"
+        return Response(render_status(device.info(), title), mimetype="text/html")
 
     def on_info(self, request: Request, base: str) -> Response:
         return _json(self.devices[base].info())
