@@ -517,7 +517,7 @@ def _format_info(url: str, info: Mapping[str, Any]) -> str:
         lines.append(f"{'weights':<{width}}  {len(weights)} arrays, {total:,} parameters")
         name_width = max(len(str(w.get("name", ""))) for w in weights)
         for w in weights:
-            shape = "(" + ", ".join(str(d) for d in w.get("shape", [])) + ")"
+            shape = str(tuple(w.get("shape", [])))
             lines.append(f"{'':<{width}}    {str(w.get('name')):<{name_width}}  {shape:<14} {w.get('dtype', '')}")
     return "\n".join(lines)
 

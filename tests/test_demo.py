@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from fedsync import codec
-from fedsync.demo.data import dirichlet_split, load_split
+from fedsync.demo.data import DemoError, dirichlet_split, load_split
+from fedsync.demo.fleet import Fleet
 from fedsync.demo.models import available
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,6 +159,15 @@ def test_devices_exit_when_the_coordinator_is_killed_outright(tmp_path):
     while demo_devices(demo.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert demo_devices(demo.pid) == []
+
+
+def test_a_device_that_cannot_start_is_reported_with_its_log(tmp_path):
+    split = load_split(devices=2, alpha=0.5, seed=0)
+    with Fleet(tmp_path) as fleet:
+        fleet.start(split.shards, "bogus", epochs=1, seed=0)
+        with pytest.raises(DemoError, match=r"exited with code 1 before serving; its log:\n[\s\S]*unknown adapter 'bogus'"):
+            fleet.wait_ready(timeout=60)
+    assert all(device.process.poll() is not None for device in fleet.devices)
 
 
 def test_bad_options_fail_with_one_line(tmp_path):

@@ -21,8 +21,10 @@ from .models import choose_backend
 
 def _exit_when_parent_goes() -> None:
     # The coordinator holds the other end of our stdin; EOF means it is gone.
+    # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader
+    # holds its lock and aborts the interpreter's shutdown.
     try:
-        while sys.stdin.buffer.read(4096):
+        while os.read(0, 4096):
             pass
     finally:
         os._exit(0)
