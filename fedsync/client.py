@@ -47,6 +47,14 @@ class Remote:
     Every call has a timeout; connection errors are retried with backoff
     (``retries`` times), other errors are not. Use it as a context manager, or
     call :meth:`close`, to release its connections.
+
+    Args:
+        url: the device's base URL, e.g. ``"http://127.0.0.1:8000"`` (or with a
+            named base: ``"http://host:8000/model"``).
+        timeout: seconds for connecting and for each answer.
+        token: sent as ``Authorization: Bearer <token>`` (see ``serve(token=...)``).
+        retries: connection attempts retried with backoff.
+        verify: TLS verification for ``https://``: ``True``, ``False`` or a CA bundle path.
     """
 
     def __init__(
@@ -56,6 +64,7 @@ class Remote:
         timeout: float = 30.0,
         token: str | None = None,
         retries: int = 3,
+        verify: bool | str = True,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"Remote URL must start with http:// or https://, got {url!r}; e.g. Remote('http://127.0.0.1:8000')")
@@ -69,6 +78,9 @@ class Remote:
         self.session.mount("https://", HTTPAdapter(max_retries=retry))
         if token is not None:
             self.session.headers["Authorization"] = f"Bearer {token}"
+        # Passed with every request: requests lets REQUESTS_CA_BUNDLE override a
+        # session's verify, which would silently ignore the CA bundle given here.
+        self.verify = verify
 
     def __repr__(self) -> str:
         return f"Remote({self.url!r})"
@@ -175,7 +187,7 @@ class Remote:
 
     def _request(self, method: str, path: str, check: bool = True, **kwargs: Any) -> requests.Response:
         try:
-            response = self.session.request(method, self.url + path, **kwargs)
+            response = self.session.request(method, self.url + path, verify=self.verify, **kwargs)
         except requests.exceptions.Timeout as exc:
             raise RemoteTimeout(self.url, f"no answer within the timeout ({_short(exc)})") from None
         except requests.exceptions.ConnectionError as exc:

@@ -376,7 +376,7 @@ class RunningServer:
         self.app = app
         self.host = server.server_address[0]
         self.port = server.server_port
-        self.url = f"http://{self.host}:{self.port}"
+        self.url = f"{'https' if server.ssl_context else 'http'}://{self.host}:{self.port}"
         self._thread = threading.Thread(target=server.serve_forever, name="fedsync-serve", daemon=True)
         self._thread.start()
 
@@ -405,6 +405,7 @@ def serve(
     block: bool = True,
     token: str | None = None,
     max_content_length: int | None = None,
+    ssl_context: Any = None,
 ) -> RunningServer | None:
     """Serve a FedData (or a dict ``{name: FedData}``) over HTTP.
 
@@ -417,12 +418,13 @@ def serve(
             :class:`RunningServer` with ``.url`` and ``.close()``.
         token: if set, requests must carry ``Authorization: Bearer <token>``.
         max_content_length: the largest payload accepted, in bytes (default 2 GiB).
+        ssl_context: serve HTTPS: an ``ssl.SSLContext`` or a ``(certfile, keyfile)`` pair.
     """
     app = DeviceApp(data, token=token, max_content_length=max_content_length)
-    server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
+    server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler, ssl_context=ssl_context)
     if not block:
         return RunningServer(server, app)
-    logger.info("fedsync device serving on http://%s:%d", host, server.server_port)
+    logger.info("fedsync device serving on %s://%s:%d", "https" if ssl_context else "http", host, server.server_port)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,5 +1,6 @@
 """The device's protocol: every bad request gets the right status and changes nothing."""
 
+import subprocess
 import threading
 
 import numpy as np
@@ -176,3 +177,19 @@ def test_garbage_over_real_http_is_rejected():
         assert response.status_code == 400
         assert response.json()["error"] == "malformed_payload"
         assert requests.get(f"{server.url}/info", timeout=5).json()["repetition"] == 0
+
+
+def test_tls_and_token_end_to_end(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    with fedsync.serve(FedFloat(3.0), port=0, block=False, token="s3cret", ssl_context=(str(cert), str(key))) as server:
+        assert server.url.startswith("https://")
+        with pytest.raises(fedsync.errors.RemoteError, match="unauthorized"):
+            fedsync.Remote(server.url, verify=str(cert)).info()
+        with fedsync.Federated(data=FedFloat(0.0), remotes=[fedsync.Remote(server.url, token="s3cret", verify=str(cert))]) as alg:
+            alg.round()
+        assert alg.data.value == 3.0
