@@ -18,12 +18,10 @@ import argparse
 import errno
 import importlib
 import importlib.util
-import inspect
 import json
 import logging
 import os
 import signal
-import socket
 import ssl
 import sys
 import traceback
@@ -299,6 +297,7 @@ def _ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | 
 
 def _run_serve(args: argparse.Namespace) -> int:
     from .protocol import FedData
+    from .server import serve
 
     data = load_target(args.target)
     if not (isinstance(data, FedData) or _is_fed_data_dict(data)):
@@ -314,15 +313,13 @@ def _run_serve(args: argparse.Namespace) -> int:
     )
     if not args.verbose:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
-    _check_can_listen(args.host, args.port)
     try:
-        server = _start_server(data, args.host, args.port, args.token, args.max_content_length, context)
+        server = serve(
+            data, args.host, args.port, block=False, token=args.token,
+            max_content_length=args.max_content_length, ssl_context=context,
+        )
     except OSError as exc:
         raise CommandError(_bind_error(exc, args.host, args.port)) from None
-    except SystemExit:
-        # werkzeug's make_server prints why it cannot bind and calls sys.exit(1);
-        # reached only if the port was taken between the check above and now.
-        raise CommandError(f"cannot listen on {args.host}:{args.port} (see the message above); try --port 0") from None
     url = server.url
     print(f"serving {url}", flush=True)
     if isinstance(data, Mapping):
@@ -339,59 +336,6 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_server(data: Any, host: str, port: int, token: str | None, max_content_length: int | None, context: ssl.SSLContext | None) -> Any:
-    """A running device server, over TLS when ``context`` is given."""
-    from .server import serve
-
-    options: dict[str, Any] = {"block": False, "token": token, "max_content_length": max_content_length}
-    if context is None:
-        return serve(data, host, port, **options)
-    if "ssl_context" in inspect.signature(serve).parameters:
-        return serve(data, host, port, ssl_context=context, **options)
-    return _TlsServer(data, host, port, token, max_content_length, context)
-
-
-class _TlsServer:
-    """HTTPS for a fedsync.serve() without ``ssl_context``: the same app on werkzeug's TLS server."""
-
-    def __init__(self, data: Any, host: str, port: int, token: str | None, max_content_length: int | None, context: ssl.SSLContext) -> None:
-        from werkzeug.serving import make_server
-
-        from . import server
-
-        app = server.DeviceApp(data, token=token, max_content_length=max_content_length)
-        handler = getattr(server, "_QuietHandler", None)  # per-request lines at DEBUG, as serve() does
-        httpd = make_server(host, port, app, threaded=True, request_handler=handler, ssl_context=context)
-        self.running = server.RunningServer(httpd, app)
-        self.url = "https://" + self.running.url.split("://", 1)[1]
-
-    def join(self, timeout: float | None = None) -> None:
-        self.running.join(timeout)
-
-    def close(self) -> None:
-        self.running.close()
-
-
-def _check_can_listen(host: str, port: int) -> None:
-    """Raise CommandError naming the port if ``host:port`` cannot be listened on.
-
-    werkzeug's server would print its own message and exit the process instead
-    of raising, so the CLI tries the address first, as werkzeug binds it
-    (``SO_REUSEADDR``, IPv6 for hosts containing ':').
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        address = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP)[0][4]
-    except (socket.gaierror, UnicodeError) as exc:
-        raise CommandError(_bind_error(socket.gaierror(str(exc)), host, port)) from None
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise CommandError(_bind_error(exc, host, port)) from None
-
-
 def _bind_error(exc: OSError, host: str, port: int) -> str:
     if exc.errno == errno.EADDRINUSE:
         return (
@@ -400,9 +344,9 @@ def _bind_error(exc: OSError, host: str, port: int) -> str:
         )
     if exc.errno == errno.EACCES:
         return f"not allowed to listen on port {port}: ports below 1024 need privileges; use e.g. --port 8000"
-    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+    if exc.errno == errno.EADDRNOTAVAIL:
         return f"cannot listen on host {host!r}: it is not an address of this machine; use 127.0.0.1 or 0.0.0.0"
-    return f"cannot listen on {host}:{port}: {exc}"
+    return exc.strerror or str(exc)
 
 
 # ----------------------------------------------------------------------- info

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -375,7 +376,7 @@ class RunningServer:
         self.server = server
         self.app = app
         self.host = server.server_address[0]
-        self.port = server.server_port
+        self.port = server.socket.getsockname()[1]
         self.url = f"{'https' if server.ssl_context else 'http'}://{self.host}:{self.port}"
         self._thread = threading.Thread(target=server.serve_forever, name="fedsync-serve", daemon=True)
         self._thread.start()
@@ -395,6 +396,30 @@ class RunningServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket, or an OSError naming the address.
+
+    werkzeug's make_server prints and calls sys.exit(1) when it cannot bind,
+    which would end a library user's program: bind here and hand it the socket.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except socket.gaierror as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: unknown host ({exc.strerror}); use an address of this machine, e.g. 127.0.0.1") from None
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}; try another port, or port=0 for any free one") from None
+    except (UnicodeError, OverflowError) as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc}") from None
+    return sock
 
 
 def serve(
@@ -421,10 +446,16 @@ def serve(
         ssl_context: serve HTTPS: an ``ssl.SSLContext`` or a ``(certfile, keyfile)`` pair.
     """
     app = DeviceApp(data, token=token, max_content_length=max_content_length)
-    server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler, ssl_context=ssl_context)
+    sock = _listen(host, port)
+    try:
+        server = make_server(
+            host, port, app, threaded=True, request_handler=_QuietHandler, ssl_context=ssl_context, fd=sock.fileno()
+        )
+    finally:
+        sock.close()  # werkzeug works on its own duplicate
     if not block:
         return RunningServer(server, app)
-    logger.info("fedsync device serving on %s://%s:%d", "https" if ssl_context else "http", host, server.server_port)
+    logger.info("fedsync device serving on %s://%s:%d", "https" if ssl_context else "http", host, server.socket.getsockname()[1])
     try:
         server.serve_forever()
     except KeyboardInterrupt:

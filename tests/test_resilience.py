@@ -1,6 +1,5 @@
 """Rounds that survive real devices: sampling, quorum, deadlines, devices coming and going."""
 
-import threading
 import time
 
 import numpy as np

@@ -1,5 +1,6 @@
 """The device's protocol: every bad request gets the right status and changes nothing."""
 
+import errno
 import subprocess
 import threading
 
@@ -193,3 +194,10 @@ def test_tls_and_token_end_to_end(tmp_path):
         with fedsync.Federated(data=FedFloat(0.0), remotes=[fedsync.Remote(server.url, token="s3cret", verify=str(cert))]) as alg:
             alg.round()
         assert alg.data.value == 3.0
+
+
+def test_port_in_use_raises_instead_of_exiting():
+    with fedsync.serve(FedFloat(1.0), port=0, block=False) as first:
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{first.port}.*port=0") as caught:
+            fedsync.serve(FedFloat(1.0), port=first.port, block=False)
+    assert caught.value.errno == errno.EADDRINUSE
