@@ -115,14 +115,7 @@ class Remote:
         ``True`` once the result is ready, ``False`` if the device is still working;
         raises the device's own error if its training failed.
         """
-        read_timeout = timeout if timeout is not None else wait + self.timeout
-        response = self._request(
-            "HEAD",
-            f"/{repetition}/result",
-            params={"wait": f"{wait:.3f}"},
-            timeout=(self.timeout, read_timeout),
-            check=False,
-        )
+        response = self._poll("HEAD", repetition, wait, timeout, check=False)
         response.close()
         if response.status_code == 200:
             return True
@@ -133,14 +126,7 @@ class Remote:
 
     def result(self, repetition: int, wait: float, *, timeout: float | None = None) -> Encoding | None:
         """Long-poll up to ``wait`` seconds; the device's payload, or ``None`` if still working."""
-        read_timeout = timeout if timeout is not None else wait + self.timeout
-        response = self._request(
-            "GET",
-            f"/{repetition}/result",
-            params={"wait": f"{wait:.3f}"},
-            timeout=(self.timeout, read_timeout),
-            stream=True,
-        )
+        response = self._poll("GET", repetition, wait, timeout, stream=True)
         with response:
             if response.status_code == 202:
                 return None
@@ -184,6 +170,13 @@ class Remote:
         self.close()
 
     # -- plumbing ----------------------------------------------------------------
+
+    def _poll(self, method: str, repetition: int, wait: float, timeout: float | None, **kwargs: Any) -> requests.Response:
+        """A long-poll of ``{rep}/result``: the read timeout covers the wait."""
+        read_timeout = timeout if timeout is not None else wait + self.timeout
+        return self._request(
+            method, f"/{repetition}/result", params={"wait": f"{wait:.3f}"}, timeout=(self.timeout, read_timeout), **kwargs
+        )
 
     def _request(self, method: str, path: str, check: bool = True, **kwargs: Any) -> requests.Response:
         try:
