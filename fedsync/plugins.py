@@ -101,7 +101,13 @@ class _Registry:
             if names is not None and entry_point.name not in names:
                 continue
             if manager.has_plugin(entry_point.name):
-                continue  # the same distribution seen twice on sys.path
+                first = self.sources.get(entry_point.name, (None, None))[0]
+                if entry_point.dist is not None and entry_point.dist.name != first:
+                    logger.warning(
+                        "fedsync plugin %r of %s is shadowed by the one of %s, found first on sys.path",
+                        entry_point.name, entry_point.dist.name, first,
+                    )
+                continue  # first on sys.path wins, as for imports
             try:
                 plugin = entry_point.load()
             except Exception as exc:  # one broken plugin must not break the others

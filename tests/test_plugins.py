@@ -170,3 +170,42 @@ def test_third_party_adapter_distribution_runs_a_round(sample_install, devices, 
     with Federated(data=data, remotes=[low.url, high.url]) as alg:
         alg.round()
     assert data.value == 11.5
+
+
+def test_seed_import_path_resolves_adapters_through_the_registry(monkeypatch):
+    import fedsync.data
+
+    torch_adapter = plugins.adapters().get("torch")
+    if torch_adapter is not None and all(a["importable"] for a in plugins.describe() if a["token"] == "torch"):
+        assert fedsync.data.FedTorch is torch_adapter
+    plugins.reset()
+    monkeypatch.setenv("FEDSYNC_LOAD_PLUGINS", "")
+    with pytest.raises(ImportError, match=r"FedTorch is not installed.*pip install 'fedsync\[torch\]'"):
+        fedsync.data.FedTorch
+    with pytest.raises(ImportError, match=r"pip install 'fedsync\[keras\]'"):
+        fedsync.data.FedKeras
+    with pytest.raises(AttributeError):
+        fedsync.data.FedJax
+
+
+def test_missing_framework_names_the_extra(tmp_path, monkeypatch, caplog):
+    source = """
+        import fedsync
+
+        class FedGhost(fedsync.FedData):
+            requires = ("a_framework_that_is_not_installed",)
+
+        @fedsync.hookimpl
+        def register_adapters(register):
+            register("keras", FedGhost)
+    """
+    make_distribution(tmp_path, "fedsync-ghost", {"keras": "ghost_plugin"}, {"ghost_plugin": source})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("FEDSYNC_LOAD_PLUGINS", "keras")
+    import fedsync.data
+
+    described = [a for a in plugins.describe() if a["token"] == "keras"]
+    assert len(described) == 1 and described[0]["importable"] is False
+    assert "is shadowed by the one of fedsync-ghost" in caplog.text
+    with pytest.raises(ImportError, match=r"FedKeras needs a_framework_that_is_not_installed.*pip install 'fedsync\[keras\]'"):
+        fedsync.data.FedKeras
