@@ -393,7 +393,11 @@ class Federated:
             while len(self.history) < rounds:
                 result = self._train_round()
                 if evaluate_every and (len(self.history) + 1) % evaluate_every == 0:
-                    result.evaluation = self.evaluate()
+                    try:
+                        result.evaluation = self.evaluate()
+                    except RoundFailed as exc:  # the merged round is kept all the same
+                        logger.warning("evaluation after round %d failed: %s", result.repetition, exc)
+                        result.evaluation = EvaluationResult(repetition=result.repetition, failures=exc.failures)
                 self._record(result)
                 bar.update(1)
                 shown = result.evaluation.metrics if result.evaluation else result.metrics

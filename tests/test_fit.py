@@ -136,3 +136,13 @@ def test_coordinator_killed_mid_run_resumes_to_the_same_model(devices, tmp_path)
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=1e-15)
     history = History.load(next((tmp_path / "killed").glob("round-*")) / "history.json")
     assert len(history) == rounds
+
+
+def test_failed_evaluation_does_not_lose_the_merged_round(devices, tmp_path):
+    device = devices("constant", 2.0, 5)  # no evaluate callback
+    with Federated(data=weights(), remotes=[device.url], checkpoint=tmp_path / "run") as alg:
+        history = alg.fit(2, evaluate_every=1, progress=False)
+    assert len(history) == 2 and np.all(alg.data.model["w"] == 2.0)
+    assert "not_supported" in history[0].evaluation.failures[device.url]
+    assert history[0].evaluation.metrics == {}
+    assert len(History.load(next((tmp_path / "run").glob("round-*")) / "history.json")) == 2
