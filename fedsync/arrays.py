@@ -145,7 +145,7 @@ class FedArrays(FedData):
         return codec.encode_payload(arrays, metadata)
 
     def check(self, encoding: Any, repetition: int) -> None:
-        self._decode(encoding)
+        self._decode(encoding, finite=True)
 
     def receive(self, encoding: Any, repetition: int) -> None:
         arrays, _, _ = self._decode(encoding)
@@ -190,8 +190,13 @@ class FedArrays(FedData):
 
     # -- validation -----------------------------------------------------------------
 
-    def _decode(self, encoding: Any) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
-        """Decode a payload and check it fits this model; raises ValueError before any change."""
+    def _decode(self, encoding: Any, *, finite: bool = False) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
+        """Decode a payload and check it fits this model; raises ValueError before any change.
+
+        ``finite`` also scans every value for NaN and infinity. Only ``check`` does:
+        fedsync's device and coordinator call it before ``receive``/``merge``, and a
+        second scan costs a pass over the whole model.
+        """
         if isinstance(encoding, str):
             raise PayloadRejected(f"{type(self).__name__} expects a binary payload, got text")
         arrays, metadata = codec.decode(encoding)
@@ -211,7 +216,7 @@ class FedArrays(FedData):
                 raise PayloadRejected(
                     f"array {name!r}: expected {tuple(shape)} {np.dtype(dtype).name}, payload has {a.shape} {a.dtype.name}"
                 )
-            if a.dtype.kind == "f" and not np.isfinite(a).all():
+            if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
                 raise PayloadRejected(f"array {name!r} contains NaN or infinity")
         try:
             samples = int(metadata.get(SAMPLES_KEY, "0"))

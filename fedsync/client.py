@@ -78,8 +78,12 @@ class Remote:
         self.session.mount("https://", HTTPAdapter(max_retries=retry))
         if token is not None:
             self.session.headers["Authorization"] = f"Bearer {token}"
-        # Passed with every request: requests lets REQUESTS_CA_BUNDLE override a
-        # session's verify, which would silently ignore the CA bundle given here.
+        # Proxies and the CA bundle from the environment are resolved once here:
+        # requests would look them up again on every request (about 0.7 ms each).
+        self.session.proxies.update(requests.utils.get_environ_proxies(self.url))
+        if verify is True:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self.session.trust_env = False
         self.verify = verify
 
     def __repr__(self) -> str:
@@ -243,6 +247,10 @@ def _short(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
+DOWNLOAD_BUDGET = 64 * 1024 * 1024
+"""Bytes of replies the coordinator may hold at once when ``downloads`` is not given."""
+
+
 class Federated:
     """Runs synchronized federated rounds of ``data`` across ``remotes``.
 
@@ -268,8 +276,10 @@ class Federated:
         poll: the longest single long-poll, in seconds; it bounds how quickly an
             abandoned round releases its threads.
         downloads: how many replies may be downloaded and waiting to be merged at
-            once. Each costs one model copy of coordinator memory; 1 keeps the
-            coordinator near three copies (model, running sum, one reply).
+            once; each costs the memory of one reply. By default as many as fit in
+            64 MiB (at least one): a large model downloads one reply at a time, so
+            the coordinator stays near three copies (model, running sum, one
+            reply), while many small devices are not served one by one.
     """
 
     def __init__(
@@ -283,7 +293,7 @@ class Federated:
         seed: int | None = None,
         checkpoint: str | os.PathLike | None = None,
         poll: float = 10.0,
-        downloads: int = 1,
+        downloads: int | None = None,
     ) -> None:
         if not isinstance(data, FedData):
             raise TypeError(f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), remotes=[...])")
@@ -304,9 +314,9 @@ class Federated:
         self.min_results = min_results
         self.timeout = float(timeout)
         self.poll = float(poll)
-        if downloads < 1:
+        if downloads is not None and downloads < 1:
             raise ValueError(f"downloads must be at least 1, got {downloads!r}")
-        self.downloads = int(downloads)
+        self.downloads = downloads
         self.repetition = 0
         self.history = History()
         self._rng = random.Random(seed)
@@ -426,7 +436,7 @@ class Federated:
         payload = self.data.serialize(rep)
         arrivals: queue.Queue = queue.Queue()
         cancel = threading.Event()
-        slots = threading.Semaphore(self.downloads)
+        slots = threading.Semaphore(self.downloads or max(1, DOWNLOAD_BUDGET // max(1, _size(payload))))
         for remote in remotes:
             threading.Thread(
                 target=self._work,

@@ -33,6 +33,21 @@ def _accumulator_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64)
 
 
+_CHUNK = 1 << 18
+
+
+def _add_scaled(acc: np.ndarray, array: np.ndarray, weight: int, scratch: dict[np.dtype, np.ndarray]) -> None:
+    """``acc += array * weight``, through a small reused buffer rather than a model-sized temporary."""
+    flat_acc, flat = acc.reshape(-1), np.asarray(array).reshape(-1)
+    buffer = scratch.get(acc.dtype)
+    if buffer is None:
+        buffer = scratch[acc.dtype] = np.empty(_CHUNK, acc.dtype)
+    for start in range(0, flat.size, _CHUNK):
+        part = buffer[: min(_CHUNK, flat.size - start)]
+        np.multiply(flat[start : start + _CHUNK], weight, out=part, casting="unsafe")
+        flat_acc[start : start + _CHUNK] += part
+
+
 class FedAvg(Strategy):
     """Sample-weighted average (McMahan et al., 2017), folded in as results arrive.
 
@@ -45,13 +60,14 @@ class FedAvg(Strategy):
 
     def aggregate(self, current: Arrays, results: Iterable[tuple[Arrays, int]]) -> dict[str, np.ndarray]:
         sums = {name: np.zeros(a.shape, _accumulator_dtype(a.dtype)) for name, a in current.items()}
+        scratch: dict[np.dtype, np.ndarray] = {}
         total = 0
         for arrays, samples in results:
             if samples <= 0:
                 continue
             total += samples
             for name, acc in sums.items():
-                acc += np.multiply(arrays[name], samples, dtype=acc.dtype)
+                _add_scaled(acc, arrays[name], samples, scratch)
         if total == 0:
             raise ValueError(
                 "no device reported any training samples, so there is nothing to weigh; "
