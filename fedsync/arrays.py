@@ -171,10 +171,15 @@ class FedArrays(FedData):
         devices: list[dict[str, Any]] = []
 
         def results() -> Iterator[tuple[dict[str, np.ndarray], int]]:
-            for encoding in encodings:
+            # No reference to a reply may survive into the request for the next one:
+            # the coordinator downloads the next reply only once this one is released.
+            replies = iter(encodings)
+            while (encoding := next(replies, None)) is not None:
                 arrays, samples, metrics = self._decode(encoding)
+                del encoding
                 devices.append({"samples": samples, "metrics": metrics})
                 yield arrays, samples
+                del arrays
 
         merged = self.strategy.aggregate(self.get_arrays(), results())
         self.set_arrays(merged)

@@ -3,7 +3,9 @@
 A strategy gets the coordinator's current arrays (for shapes and dtypes, or
 for server-side optimizers) and an iterable of ``(arrays, samples)`` pairs in
 arrival order. It must not modify ``current``: it returns new arrays, which the
-caller assigns only once the whole round has arrived.
+caller assigns only once the whole round has arrived. A streaming strategy
+drops each pair before asking for the next, so the coordinator need hold only
+one reply at a time.
 """
 
 from __future__ import annotations
@@ -62,12 +64,15 @@ class FedAvg(Strategy):
         sums = {name: np.zeros(a.shape, _accumulator_dtype(a.dtype)) for name, a in current.items()}
         scratch: dict[np.dtype, np.ndarray] = {}
         total = 0
-        for arrays, samples in results:
-            if samples <= 0:
-                continue
-            total += samples
-            for name, acc in sums.items():
-                _add_scaled(acc, arrays[name], samples, scratch)
+        replies = iter(results)
+        while (result := next(replies, None)) is not None:
+            arrays, samples = result
+            del result  # hold no reply while asking for the next: it may not download before
+            if samples > 0:
+                total += samples
+                for name, acc in sums.items():
+                    _add_scaled(acc, arrays[name], samples, scratch)
+            del arrays
         if total == 0:
             raise ValueError(
                 "no device reported any training samples, so there is nothing to weigh; "
