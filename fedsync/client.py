@@ -213,15 +213,27 @@ class Remote:
             raise PayloadRejected(f"{self.url}: device rejected the payload ({status} {code}): {message}")
         raise RemoteError(self.url, f"HTTP {status} {code}: {message}")
 
-    def _read_body(self, response: requests.Response) -> bytes:
-        """Read the whole body in one call (``.content`` would copy it chunk by chunk)."""
+    def _read_body(self, response: requests.Response) -> bytes | bytearray:
+        """Read the whole body into one buffer, copying it once from the socket."""
         try:
             length = int(response.headers["Content-Length"])
         except (KeyError, ValueError):
             return response.content
+        # urllib3's own read() and readinto() pass the bytes through a temporary (a
+        # second reply-sized buffer); the http.client response underneath fills ours.
+        source = getattr(response.raw, "_fp", None)
         try:
-            body = response.raw.read(length)
-        except Exception as exc:  # urllib3 raises several types for a connection lost mid-body
+            if not hasattr(source, "readinto"):
+                body: bytes | bytearray = response.raw.read(length)
+            else:
+                body = bytearray(length)
+                view, got = memoryview(body), 0
+                while got < length and (n := source.readinto(view[got:])):
+                    got += n
+                del view
+                if got != length:
+                    body = body[:got]
+        except Exception as exc:  # urllib3 and http.client raise several types for a lost connection
             raise RemoteUnavailable(self.url, f"connection lost while reading the result ({_short(exc)})") from None
         if len(body) != length:
             raise RemoteUnavailable(self.url, f"result ended after {len(body)} of {length} bytes")
