@@ -62,6 +62,7 @@ class FedArrays(FedData):
     """
 
     token = "arrays"
+    accepts_views = True  # codec.decode reads any buffer
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ class FedBundle(FedData):
     """
 
     token = "bundle"
+    accepts_views = True  # codec.decode reads any buffer
 
     def __init__(self, parts: Mapping[str, FedData]) -> None:
         super().__init__()

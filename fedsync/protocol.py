@@ -58,6 +58,15 @@ class FedData:
       without changing the device's own state (``Federated.evaluate``).
     """
 
+    accepts_views: bool = False
+    """``True`` if binary payloads may arrive as a ``memoryview`` rather than bytes.
+
+    fedsync then reads them into buffers that cost fewer page faults (numpy's
+    allocator) instead of a fresh ``bytes``; array FedData set it, since
+    ``codec.decode`` takes any buffer. Leave it ``False`` if your code calls
+    bytes methods or ``json.loads`` on binary payloads.
+    """
+
     def __init__(self) -> None:
         pass
 

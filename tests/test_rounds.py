@@ -144,8 +144,8 @@ def test_coordinator_holds_at_most_downloads_replies_at_once(devices):
     lock = threading.Lock()
 
     class CountingRemote(Remote):
-        def result(self, repetition, wait, *, timeout=None):
-            reply = super().result(repetition, wait, timeout=timeout)
+        def result(self, repetition, wait, **kwargs):
+            reply = super().result(repetition, wait, **kwargs)
             with lock:
                 downloaded.append(self.url)
             return reply
@@ -168,3 +168,29 @@ def test_coordinator_holds_at_most_downloads_replies_at_once(devices):
         alg.round()
     assert data.value == 1.5
     assert len(SlowMerge.held) == 4 and max(SlowMerge.held) == 1
+
+
+def test_array_replies_arrive_as_views_and_other_replies_as_bytes(devices):
+    seen = {}
+
+    class Recording(FedArrays):
+        def merge(self, encodings, repetition):
+            encodings = list(encodings)
+            seen["types"] = {type(e) for e in encodings}
+            super().merge(encodings, repetition)
+
+    class BinaryFloat(FedFloat):
+        def merge(self, encodings, repetition):
+            encodings = list(encodings)
+            seen["float"] = {type(e) for e in encodings}
+            super().merge(encodings, repetition)
+
+    device = devices("constant", 1.0, 3)
+    with Federated(data=Recording(coordinator_weights()), remotes=[device.url]) as alg:
+        alg.round()
+    assert seen["types"] == {memoryview}  # FedArrays.accepts_views
+    assert FedFloat.accepts_views is False
+    text = devices("fedfloat", 2.0)
+    with Federated(data=BinaryFloat(0.0), remotes=[text.url]) as alg:
+        alg.round()
+    assert seen["float"] == {str}
