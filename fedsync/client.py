@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import requests
 from requests.adapters import HTTPAdapter
 from tqdm.auto import tqdm
@@ -31,7 +30,7 @@ from .errors import (
     SpecsMismatch,
     TrainingFailed,
 )
-from .codec import Payload
+from .codec import Payload, read_exactly
 from .history import EvaluationResult, History, RoundResult
 from .metrics import weighted_means
 from .protocol import Encoding, FedData
@@ -235,11 +234,7 @@ class Remote:
         source = getattr(response.raw, "_fp", None)
         try:
             if as_view and hasattr(source, "readinto"):
-                body: Any = memoryview(np.empty(length, np.uint8))
-                got = 0
-                while got < length and (n := source.readinto(body[got:])):
-                    got += n
-                body = body[:got]
+                body: Any = read_exactly(source.readinto, length, as_view=True)
             else:
                 body = response.raw.read(length)
         except Exception as exc:  # urllib3 and http.client raise several types for a lost connection

@@ -25,13 +25,13 @@ import math
 import reprlib
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from .errors import CodecError
 
-__all__ = ["HEADER_LIMIT", "Payload", "encode_payload", "encode_frames", "encode", "payload_size", "decode"]
+__all__ = ["HEADER_LIMIT", "Payload", "encode_payload", "encode_frames", "encode", "payload_size", "read_exactly", "decode"]
 
 HEADER_LIMIT = 100 * 1024 * 1024
 """Largest JSON header, in bytes, that :func:`decode` accepts (and :func:`encode` writes)."""
@@ -137,6 +137,20 @@ class Payload:
 def encode_payload(arrays: Mapping[str, Any] | Sequence[Any], metadata: Mapping[str, str] | None = None) -> Payload:
     """Encode arrays as a :class:`Payload` that views them (no copy for contiguous little-endian arrays)."""
     return Payload(encode_frames(arrays, metadata))
+
+
+def read_exactly(readinto: Callable[[memoryview], int | None], length: int, *, as_view: bool = False) -> bytearray | memoryview:
+    """Fill a fresh buffer of ``length`` bytes from ``readinto``; shorter if the source ends early.
+
+    ``as_view`` allocates with numpy (huge pages where the system allows: far
+    fewer page faults than a zero-filled bytearray) and returns a memoryview.
+    """
+    buffer: bytearray | memoryview = memoryview(np.empty(length, np.uint8)) if as_view else bytearray(length)
+    view = memoryview(buffer)
+    got = 0
+    while got < length and (n := readinto(view[got:])):
+        got += n
+    return buffer if got == length else buffer[:got]
 
 
 def payload_size(frames: Iterable[memoryview | bytes]) -> int:

@@ -18,14 +18,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
-import numpy as np
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from ._version import PROTOCOL_VERSION, __version__
-from .codec import Payload
+from .codec import Payload, read_exactly
 from .protocol import Encoding, FedData
 from .status import render_index, render_status
 
@@ -357,26 +356,16 @@ class DeviceApp:
 def _read_payload(request: Request, length: int, as_view: bool = False) -> Any:
     """Read exactly ``length`` bytes into one buffer; decode UTF-8 for text/plain.
 
-    ``as_view``: the buffer comes from numpy's allocator (huge pages where the
-    system allows: far fewer page faults than a zero-filled bytearray) and is
-    handed over as a memoryview.
+    ``as_view``: a binary payload comes as a memoryview of numpy-allocated
+    memory (see :func:`fedsync.codec.read_exactly`).
     """
-    if as_view and request.mimetype != "text/plain":
-        view = memoryview(np.empty(length, np.uint8))
-        buffer: Any = view
-    else:
-        buffer = bytearray(length)
-        view = memoryview(buffer)
     # Content-Length is known and checked, so read the server's input directly: it fills
     # our buffer from the socket, where werkzeug's LimitedStream would add a copy.
     raw = request.environ["wsgi.input"]
     stream = raw if hasattr(raw, "readinto") else request.stream
-    got = 0
-    while got < length:
-        n = stream.readinto(view[got:])
-        if not n:
-            raise ApiError(400, "truncated", f"payload ended after {got} of {length} bytes")
-        got += n
+    buffer = read_exactly(stream.readinto, length, as_view=as_view and request.mimetype != "text/plain")
+    if len(buffer) != length:
+        raise ApiError(400, "truncated", f"payload ended after {len(buffer)} of {length} bytes")
     if request.mimetype == "text/plain":
         try:
             return buffer.decode("utf-8")
