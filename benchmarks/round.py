@@ -583,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-timeout", type=float, default=900.0, help="a peer is killed after this many seconds")
     parser.add_argument("--guard-gib", type=float, default=2.0, help="kill a peer when MemAvailable falls under this")
     parser.add_argument("--quick", action="store_true", help="smoke check: 1M params, 2 devices, 8 many-devices, no Flower")
-    parser.add_argument("--output", default=None, help="Markdown file (default benchmarks/RESULTS.md; with --quick, none)")
+    parser.add_argument("--output", default=None, help="Markdown file (default: benchmarks/RESULTS.md for the full matrix; none for a subset or --quick)")
     parser.add_argument("--logs", default="", help="keep every process's stderr in this folder (default: a temporary one)")
     parser.add_argument("--ref", default="", help="benchmark fedsync as committed at this git ref (e.g. HEAD) instead of the working tree")
     parser.add_argument("--profile", default="", help="cProfile file for the fedsync coordinator's first measured round at --profile-at")
@@ -604,7 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     if opts.profile:
         opts.profile = str(Path(opts.profile).resolve())
     many_counts = [int(x) for x in opts.many.split(",") if x]
-    output = opts.output if opts.output is not None else ("" if opts.quick else str(HERE / "RESULTS.md"))
+    # Only the full matrix replaces RESULTS.md: one cell, or a subset of peers, would clobber it.
+    full_matrix = not opts.quick and all(getattr(opts, name) == parser.get_default(name) for name in ("params", "devices", "many", "many_bases", "peers"))
+    output = opts.output if opts.output is not None else (str(HERE / "RESULTS.md") if full_matrix else "")
     command = "python benchmarks/round.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
     if "flower" in peers and not FLOWER_PYTHON.exists():
