@@ -16,17 +16,20 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, M
 import numpy as np
 
 from . import codec, compression
-from .errors import PayloadRejected
+from .errors import PayloadRejected, RemoteError
 from .hookspecs import hookimpl
 from .metrics import parse_counted, weighted_means
 from .protocol import FedData
-from .strategies import FedAvg, Strategy
+from .replies import ReplyStream
+from .strategies import Accumulator, FedAvg, Strategy
 
 __all__ = ["FedArrays", "fingerprint", "TrainResult"]
 
 SAMPLES_KEY = "fedsync.samples"
 METRICS_KEY = "fedsync.metrics"
 SPECS_KEY = "fedsync.specs"
+
+_PIECE = 1 << 20  # bytes of a reply read and folded at a time
 
 TrainResult = Union[int, "tuple[int, Mapping[str, float]]"]
 """What ``train(model)`` returns: the number of samples, optionally with metrics."""
@@ -63,6 +66,7 @@ class FedArrays(FedData):
 
     token = "arrays"
     accepts_views = True  # codec.decode reads any buffer
+    accepts_streams = True  # merge folds replies as they download (fedsync.replies)
 
     def __init__(
         self,
@@ -169,21 +173,16 @@ class FedArrays(FedData):
             self.set_arrays(own)
 
     def merge(self, encodings: Iterable[Any], repetition: int) -> None:
-        devices: list[dict[str, Any]] = []
-
-        def results() -> Iterator[tuple[dict[str, np.ndarray], int]]:
-            # No reference to a reply may survive into the request for the next one:
-            # the coordinator downloads the next reply only once this one is released.
-            replies = iter(encodings)
-            while (encoding := next(replies, None)) is not None:
-                arrays, samples, metrics = self._decode(encoding)
-                del encoding
-                devices.append({"samples": samples, "metrics": metrics})
-                yield arrays, samples
-                del arrays
-
-        merged = self.strategy.aggregate(self.get_arrays(), results())
+        accumulator = self.strategy.accumulator(self.get_arrays())
+        if accumulator is None:
+            merged, kept = self._aggregate_whole(encodings)
+        else:
+            accumulator, kept = self._fold(encodings, accumulator)
+            merged = accumulator.result(sum(samples for samples, _ in kept))
+            del accumulator
         self.set_arrays(merged)
+        del merged
+        devices = [{"samples": samples, "metrics": metrics} for samples, metrics in kept]
         self.last_merge = {
             "samples": sum(d["samples"] for d in devices),
             "metrics": weighted_means(devices),
@@ -193,6 +192,104 @@ class FedArrays(FedData):
         # with merge([saved]) then weighs correctly.
         self.samples = self.last_merge["samples"]
         self.metrics = self.last_merge["metrics"]
+
+    def _fold(self, encodings: Iterable[Any], accumulator: Accumulator) -> tuple[Accumulator, list[tuple[int, dict[str, float]]]]:
+        """Fold every reply into ``accumulator`` as it streams in; drop the bad ones.
+
+        A stream found bad after part of it was folded spoils the sum: it is
+        started over from the replies kept so far, read again from their
+        devices (:meth:`ReplyStream.reopen`).
+        """
+        kept: list[tuple[Any, int, dict[str, float]]] = []
+        for encoding in encodings:
+            try:
+                samples, metrics = self._fold_one(encoding, accumulator)
+                kept.append((encoding, samples, metrics))
+            except _Rejected as exc:
+                if not isinstance(encoding, ReplyStream):
+                    raise PayloadRejected(exc.reason) from None
+                encoding.reject(exc.reason)
+                if exc.spoiled:
+                    del accumulator
+                    accumulator, kept = self._fold_again(kept)
+            del encoding
+        return accumulator, [(samples, metrics) for _, samples, metrics in kept]
+
+    def _fold_again(self, kept: list[tuple[Any, int, dict[str, float]]]) -> tuple[Accumulator, list[tuple[Any, int, dict[str, float]]]]:
+        """A fresh sum of the ``kept`` replies; any that fails now is dropped too (bounded: ``kept`` shrinks)."""
+        while True:
+            accumulator = self.strategy.accumulator(self.get_arrays())
+            assert accumulator is not None
+            for index, (encoding, _, _) in enumerate(kept):
+                try:
+                    source = encoding.reopen() if isinstance(encoding, ReplyStream) else encoding
+                    samples, metrics = self._fold_one(source, accumulator)
+                    kept[index] = (encoding, samples, metrics)
+                except (_Rejected, RemoteError) as exc:
+                    reason = exc.reason if isinstance(exc, _Rejected) else f"{type(exc).__name__}: {exc.reason}"
+                    encoding.reject(f"when read again: {reason}")
+                    kept = kept[:index] + kept[index + 1 :]
+                    break
+            else:
+                return accumulator, kept
+
+    def _fold_one(self, encoding: Any, accumulator: Accumulator) -> tuple[int, dict[str, float]]:
+        """Check one reply and fold it in; :class:`_Rejected` says if the sum was touched."""
+        if not isinstance(encoding, ReplyStream):
+            try:
+                arrays, samples, metrics = self._decode(encoding, finite=True)
+            except ValueError as exc:
+                raise _Rejected(str(exc), spoiled=False) from None
+            return _add_whole(accumulator, arrays, samples), metrics
+        folded = False
+        try:
+            header = codec.read_header(encoding.readinto, encoding.length)
+            if compression.WIRE_KEY in header.metadata:  # packed arrays unpack whole
+                arrays, samples, metrics = self._checked(header.arrays(encoding.read_all()), header.metadata, finite=True)
+                return _add_whole(accumulator, arrays, samples), metrics
+            expected = self.layout()
+            self._check_layout({t.name: (t.shape, t.dtype) for t in header.tensors}, expected)
+            samples, metrics = self._counted(header.metadata)
+            buffer = memoryview(np.empty(_PIECE, np.uint8))
+            for name, first, values in codec.read_pieces(encoding.readinto, header, buffer):
+                if values.dtype.kind == "f" and not np.isfinite(values).all():
+                    raise PayloadRejected(f"array {name!r} contains NaN or infinity")
+                if samples > 0:
+                    folded = True
+                    accumulator.add(name, first, values, samples)
+            return samples, metrics
+        except (ValueError, RemoteError) as exc:
+            reason = f"{type(exc).__name__}: {exc.reason}" if isinstance(exc, RemoteError) else str(exc)
+            raise _Rejected(reason, spoiled=folded) from None
+        finally:
+            encoding.close()
+
+    def _aggregate_whole(self, encodings: Iterable[Any]) -> tuple[dict[str, np.ndarray], list[tuple[int, dict[str, float]]]]:
+        """For strategies that need whole replies: read each, check it, hand it over."""
+        kept: list[tuple[int, dict[str, float]]] = []
+
+        def results() -> Iterator[tuple[dict[str, np.ndarray], int]]:
+            # No reference to a reply may survive into the request for the next one:
+            # the coordinator downloads the next reply only once this one is released.
+            replies = iter(encodings)
+            while (encoding := next(replies, None)) is not None:
+                try:
+                    body = encoding.read_all() if isinstance(encoding, ReplyStream) else encoding
+                    arrays, samples, metrics = self._decode(body, finite=True)
+                except (ValueError, RemoteError) as exc:
+                    if not isinstance(encoding, ReplyStream):
+                        raise
+                    encoding.reject(f"{type(exc).__name__}: {exc.reason}" if isinstance(exc, RemoteError) else str(exc))
+                    continue
+                finally:
+                    if isinstance(encoding, ReplyStream):
+                        encoding.close()
+                del encoding, body
+                kept.append((samples, metrics))
+                yield arrays, samples
+                del arrays
+
+        return self.strategy.aggregate(self.get_arrays(), results()), kept
 
     # -- validation -----------------------------------------------------------------
 
@@ -205,37 +302,68 @@ class FedArrays(FedData):
         """
         if isinstance(encoding, str):
             raise PayloadRejected(f"{type(self).__name__} expects a binary payload, got text")
-        arrays, metadata = codec.decode(encoding)
+        return self._checked(*codec.decode(encoding), finite=finite)
+
+    def _checked(self, arrays: dict[str, np.ndarray], metadata: Mapping[str, str], *, finite: bool) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
+        """Decoded arrays unpacked from their wire format and checked against this model."""
         expected = self.layout()
         if compression.WIRE_KEY in metadata:
             dtypes = {name: np.dtype(dtype) for name, (_, dtype) in expected.items()}
             arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], self.wire_dtype, dtypes)
-        elif self.wire_dtype is not None and any(a.dtype.kind == "f" for a in arrays.values()):
+        self._check_layout({name: (a.shape, a.dtype) for name, a in arrays.items()}, expected, packed=compression.WIRE_KEY in metadata)
+        if finite:
+            for name, a in arrays.items():
+                if a.dtype.kind == "f" and not np.isfinite(a).all():
+                    raise PayloadRejected(f"array {name!r} contains NaN or infinity")
+        samples, metrics = self._counted(metadata)
+        return arrays, samples, metrics
+
+    def _check_layout(self, found: Mapping[str, tuple[tuple[int, ...], np.dtype]], expected: Mapping[str, tuple[tuple[int, ...], np.dtype]], packed: bool = False) -> None:
+        """Names, shapes and dtypes of a payload's arrays against this model's."""
+        if not packed and self.wire_dtype is not None and any(np.dtype(dtype).kind == "f" for _, dtype in found.values()):
             raise PayloadRejected(f"payload is not packed as wire_dtype {self.wire_dtype!r}, as this FedData expects")
-        if arrays.keys() != expected.keys():
-            missing = sorted(expected.keys() - arrays.keys())
-            extra = sorted(arrays.keys() - expected.keys())
+        if found.keys() != expected.keys():
+            missing = sorted(expected.keys() - found.keys())
+            extra = sorted(found.keys() - expected.keys())
             raise PayloadRejected(f"payload arrays do not match the model: missing {missing}, unexpected {extra}")
-        for name, a in arrays.items():
-            shape, dtype = expected[name]
-            if a.shape != tuple(shape) or a.dtype != dtype:
+        for name, (shape, dtype) in found.items():
+            want_shape, want_dtype = expected[name]
+            if tuple(shape) != tuple(want_shape) or np.dtype(dtype) != want_dtype:
                 raise PayloadRejected(
-                    f"array {name!r}: expected {tuple(shape)} {np.dtype(dtype).name}, payload has {a.shape} {a.dtype.name}"
+                    f"array {name!r}: expected {tuple(want_shape)} {np.dtype(want_dtype).name}, "
+                    f"payload has {tuple(shape)} {np.dtype(dtype).name}"
                 )
-            if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
-                raise PayloadRejected(f"array {name!r} contains NaN or infinity")
+
+    @staticmethod
+    def _counted(metadata: Mapping[str, str]) -> tuple[int, dict[str, float]]:
+        """The sample count and metrics a payload's metadata carries."""
         try:
             samples = int(metadata.get(SAMPLES_KEY, "0"))
             metrics = json.loads(metadata.get(METRICS_KEY, "{}"))
             if samples < 0 or not isinstance(metrics, dict):
                 raise ValueError
-            metrics = {str(k): float(v) for k, v in metrics.items()}
+            return samples, {str(k): float(v) for k, v in metrics.items()}
         except (ValueError, TypeError):
             raise PayloadRejected(
                 f"payload metadata is malformed: samples {metadata.get(SAMPLES_KEY)!r}, "
                 f"metrics {metadata.get(METRICS_KEY)!r}; expected a non-negative integer and a JSON object of numbers"
             ) from None
-        return arrays, samples, metrics
+
+
+def _add_whole(accumulator: Accumulator, arrays: Mapping[str, np.ndarray], samples: int) -> int:
+    """Fold whole, checked arrays in; returns ``samples``."""
+    if samples > 0:
+        for name, a in arrays.items():
+            accumulator.add(name, 0, a.reshape(-1), samples)
+    return samples
+
+
+class _Rejected(Exception):
+    """A reply refused during a merge; ``spoiled``: part of it was already folded into the sum."""
+
+    def __init__(self, reason: str, spoiled: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.spoiled = reason, spoiled
 
 
 @hookimpl

@@ -34,6 +34,7 @@ from .codec import Payload, read_exactly
 from .history import EvaluationResult, History, RoundResult
 from .metrics import weighted_means
 from .protocol import Encoding, FedData
+from .replies import ReplyStream
 from .server import REPETITION_HEADER, SPECS_HEADER
 
 __all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping"]
@@ -149,6 +150,28 @@ class Remote:
                 raise RemoteError(self.url, "sent a text/plain result that is not UTF-8") from None
         return body
 
+    def open_result(self, repetition: int, *, timeout: float | None = None, deadline: float | None = None) -> ReplyStream:
+        """The finished result as a :class:`~fedsync.replies.ReplyStream`, its body not read yet.
+
+        ``deadline`` (a ``time.monotonic()`` value) bounds the whole read.
+        """
+        def open_body() -> tuple[requests.Response, int]:
+            response = self._poll("GET", repetition, 0.0, timeout, stream=True)
+            try:
+                if response.status_code == 202:
+                    raise RemoteError(self.url, f"announced the result of repetition {repetition} but did not send it")
+                if response.headers.get(REPETITION_HEADER) not in (None, str(repetition)):
+                    raise RemoteError(self.url, f"answered repetition {response.headers.get(REPETITION_HEADER)} instead of {repetition}")
+                try:
+                    return response, int(response.headers["Content-Length"])
+                except (KeyError, ValueError):
+                    raise RemoteError(self.url, "sent its result without a Content-Length") from None
+            except BaseException:
+                response.close()
+                raise
+
+        return ReplyStream(self.url, open_body, deadline if deadline is not None else math.inf)
+
     def evaluate(self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None) -> dict[str, Any]:
         """Ask the device to evaluate ``payload`` on its data: ``{"samples": n, "metrics": {...}}``."""
         body, mimetype = _body(payload)
@@ -253,7 +276,7 @@ def _body(payload: Encoding) -> tuple[Any, str]:
 def _size(payload: Encoding) -> int:
     if isinstance(payload, str):
         return len(payload.encode("utf-8"))
-    if isinstance(payload, Payload):
+    if isinstance(payload, (Payload, ReplyStream)):
         return len(payload)
     return memoryview(payload).nbytes
 
@@ -264,7 +287,10 @@ def _short(exc: BaseException) -> str:
 
 
 DOWNLOAD_BUDGET = 64 * 1024 * 1024
-"""Bytes of replies the coordinator may hold at once when ``downloads`` is not given."""
+"""Bytes of whole replies the coordinator may hold at once when ``downloads`` is not given."""
+
+STREAMS = 4
+"""Replies open at once for FedData that read them as streams, when ``downloads`` is not given."""
 
 
 class Federated:
@@ -291,11 +317,12 @@ class Federated:
             the same folder resumes from them.
         poll: the longest single long-poll, in seconds; it bounds how quickly an
             abandoned round releases its threads.
-        downloads: how many replies may be downloaded and waiting to be merged at
-            once; each costs the memory of one reply. By default as many as fit in
-            64 MiB (at least one): a large model downloads one reply at a time, so
-            the coordinator stays near three copies (model, running sum, one
-            reply), while many small devices are not served one by one.
+        downloads: how many replies may be open at once, waiting to be merged.
+            A FedData that reads replies as streams (``accepts_streams``:
+            FedArrays and the adapters) folds each into its running sum while it
+            downloads, so an open reply costs only socket buffers: default
+            ``STREAMS`` (4). Other FedData get whole replies, each costing its
+            size: by default as many as fit in 64 MiB (at least one).
     """
 
     def __init__(
@@ -452,7 +479,7 @@ class Federated:
         payload = self.data.serialize(rep)
         arrivals: queue.Queue = queue.Queue()
         cancel = threading.Event()
-        slots = threading.Semaphore(self.downloads or max(1, DOWNLOAD_BUDGET // max(1, _size(payload))))
+        slots = threading.Semaphore(self.downloads or self._default_downloads(payload))
         for remote in remotes:
             threading.Thread(
                 target=self._work,
@@ -464,6 +491,7 @@ class Federated:
             self.data.merge(self._collect(rep, remotes, needed, deadline, arrivals, slots, result, _size(payload)), rep)
         finally:
             cancel.set()
+            _close_waiting(arrivals)
         report = getattr(self.data, "last_merge", None)
         if isinstance(report, dict) and len(report.get("devices", ())) == len(result.answered):
             result.samples = report.get("samples")
@@ -527,6 +555,9 @@ class Federated:
             arrivals.put((remote, exc))
             return
         try:
+            if self.data.accepts_streams:  # the merge reads, checks and folds it
+                arrivals.put((remote, remote.open_result(rep, timeout=remaining() + 1.0, deadline=deadline)))
+                return
             reply = remote.result(rep, 0.0, timeout=remaining() + 1.0, as_view=self.data.accepts_views)
             if reply is None:
                 raise RemoteError(remote.url, f"announced the result of repetition {rep} but did not send it")
@@ -540,8 +571,22 @@ class Federated:
             arrivals.put((remote, exc))
 
     def _collect(self, rep: int, remotes: list[Remote], needed: int, deadline: float, arrivals: queue.Queue, slots: threading.Semaphore, result: RoundResult, sent: int) -> Iterator[Encoding]:
-        """Yield replies in arrival order; raise RoundFailed once the quorum is out of reach."""
+        """Yield replies in arrival order; raise RoundFailed once the quorum is out of reach.
+
+        Streamed replies the merge rejected (:meth:`ReplyStream.reject`) move from
+        ``answered`` to ``failures`` when the merge asks for the next one.
+        """
         pending = {r.url for r in remotes}
+        streams: list[ReplyStream] = []
+
+        def settle() -> bool:
+            """Count rejected streams as failures; ``False`` once the quorum is out of reach."""
+            for stream in [s for s in streams if s.rejected is not None]:
+                streams.remove(stream)
+                result.answered.remove(stream.url)
+                result.failures[stream.url] = f"PayloadRejected: reply rejected: {stream.rejected}"
+            return len(result.answered) + len(pending) >= needed
+
         while pending:
             try:
                 remote, reply = arrivals.get(timeout=max(0.0, deadline - time.monotonic()) + 2.0)
@@ -561,17 +606,30 @@ class Federated:
             result.answered.append(remote.url)
             result.bytes_sent += sent
             result.bytes_received += _size(reply)
+            if isinstance(reply, ReplyStream):
+                streams.append(reply)
             try:
                 yield reply
             finally:
+                if isinstance(reply, ReplyStream):
+                    reply.close()
                 del reply
                 slots.release()  # folded in: the next reply may download
+            if not settle():
+                self._gather_reasons(pending, arrivals, result, deadline)
+                break
+        settle()
         if len(result.answered) < needed:
             raise RoundFailed(
                 f"round {rep} failed: {len(result.answered)} of {needed} required devices answered; "
                 "the coordinator's data is unchanged",
                 result.failures,
             )
+
+    def _default_downloads(self, payload: Encoding) -> int:
+        if self.data.accepts_streams:
+            return STREAMS
+        return max(1, DOWNLOAD_BUDGET // max(1, _size(payload)))
 
     @staticmethod
     def _gather_reasons(pending: set[str], arrivals: queue.Queue, result: RoundResult, deadline: float, grace: float = 2.0) -> None:
@@ -650,6 +708,17 @@ def _concurrently(calls: dict[str, Callable[[], Any]]) -> dict[str, Any]:
     for t in threads:
         t.join()
     return out
+
+
+def _close_waiting(arrivals: queue.Queue) -> None:
+    """Close replies opened for a round that no longer wants them."""
+    while True:
+        try:
+            _, reply = arrivals.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(reply, ReplyStream):
+            reply.close()
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:

@@ -31,7 +31,10 @@ import numpy as np
 
 from .errors import CodecError
 
-__all__ = ["HEADER_LIMIT", "Payload", "encode_payload", "encode_frames", "encode", "payload_size", "read_exactly", "decode"]
+__all__ = [
+    "HEADER_LIMIT", "Payload", "encode_payload", "encode_frames", "encode", "payload_size", "read_exactly",
+    "decode", "Header", "read_header", "read_pieces",
+]
 
 HEADER_LIMIT = 100 * 1024 * 1024
 """Largest JSON header, in bytes, that :func:`decode` accepts (and :func:`encode` writes)."""
@@ -139,13 +142,20 @@ def encode_payload(arrays: Mapping[str, Any] | Sequence[Any], metadata: Mapping[
     return Payload(encode_frames(arrays, metadata))
 
 
-def read_exactly(readinto: Callable[[memoryview], int | None], length: int, *, as_view: bool = False) -> bytearray | memoryview:
+def read_exactly(
+    readinto: Callable[[memoryview], int | None], length: int, *, as_view: bool = False, into: np.ndarray | None = None
+) -> bytearray | memoryview:
     """Fill a fresh buffer of ``length`` bytes from ``readinto``; shorter if the source ends early.
 
     ``as_view`` allocates with numpy (huge pages where the system allows: far
-    fewer page faults than a zero-filled bytearray) and returns a memoryview.
+    fewer page faults than a zero-filled bytearray) and returns a memoryview;
+    ``into`` (a uint8 array of ``length`` bytes) is filled instead of a new one.
     """
-    buffer: bytearray | memoryview = memoryview(np.empty(length, np.uint8)) if as_view else bytearray(length)
+    if into is not None:
+        as_view = True
+    else:
+        into = np.empty(length, np.uint8) if as_view else None
+    buffer: bytearray | memoryview = memoryview(into) if as_view else bytearray(length)
     view = memoryview(buffer)
     got = 0
     while got < length and (n := readinto(view[got:])):
@@ -218,16 +228,10 @@ def decode(buffer: bytes | bytearray | memoryview) -> tuple[dict[str, np.ndarray
     if isinstance(buffer, Payload):
         buffer = bytes(buffer)
     view = _byte_view(buffer)
-    header_end = _LENGTH.size + _header_length(view)
-    header = _parse_header(view[_LENGTH.size : header_end])
-    metadata = _checked_metadata(header.pop(_METADATA_KEY, {}), _METADATA_KEY)
+    header_end = _LENGTH.size + _header_length(view[: _LENGTH.size], len(view))
     data = view[header_end:]
-    tensors = [_tensor(name, entry, len(data)) for name, entry in header.items()]
-    _check_coverage(tensors, len(data))
-    arrays = {
-        t.name: np.frombuffer(data, t.dtype, math.prod(t.shape), t.begin).reshape(t.shape)
-        for t in tensors
-    }
+    tensors, metadata = _layout(view[_LENGTH.size : header_end], len(data))
+    arrays = _views(tensors, data)
     return arrays, metadata
 
 
@@ -248,17 +252,88 @@ def _byte_view(buffer: Any) -> memoryview:
         raise CodecError(f"buffer cannot be read as plain bytes: {exc}") from exc
 
 
-def _header_length(view: memoryview) -> int:
-    if len(view) < _LENGTH.size:
+class Header(NamedTuple):
+    """A payload's header read off a stream: where each tensor's bytes lie, and the metadata."""
+
+    tensors: list[_Tensor]
+    """In data-section order; they tile it exactly."""
+    metadata: dict[str, str]
+
+    def arrays(self, data: memoryview) -> dict[str, np.ndarray]:
+        """The arrays viewing a buffer that holds the whole data section."""
+        return _views(self.tensors, data)
+
+
+def read_header(readinto: Callable[[memoryview], int | None], length: int) -> Header:
+    """Read and check the header of a ``length``-byte payload from a stream.
+
+    The stream is then at the start of the data section: read it with
+    :func:`read_pieces`. Malformed headers raise :class:`CodecError`, as in
+    :func:`decode`, before any data is read.
+    """
+    prefix = memoryview(bytearray(_LENGTH.size))
+    if length >= _LENGTH.size:  # else _header_length says the payload is too short
+        _read_into(readinto, prefix)
+    header_length = _header_length(prefix, length)
+    raw = _read_into(readinto, memoryview(bytearray(header_length)))
+    tensors, metadata = _layout(raw, length - _LENGTH.size - header_length)
+    return Header(tensors, metadata)
+
+
+def read_pieces(
+    readinto: Callable[[memoryview], int | None], header: Header, buffer: memoryview
+) -> Iterator[tuple[str, int, np.ndarray]]:
+    """Read the data section into ``buffer`` a piece at a time.
+
+    Yields ``(name, first_element, values)``: ``values`` is a flat array of the
+    tensor's elements ``[first_element, first_element + len(values))``. It views
+    ``buffer``, which the next piece overwrites: use it before asking for more.
+    ``buffer`` needs room for at least one element (8 bytes).
+    """
+    for tensor in header.tensors:
+        itemsize = tensor.dtype.itemsize
+        per_piece = len(buffer) // itemsize
+        if per_piece < 1:
+            raise ValueError(f"buffer of {len(buffer)} bytes cannot hold one {tensor.dtype} element")
+        count = (tensor.end - tensor.begin) // itemsize
+        for first in range(0, count, per_piece):
+            piece = _read_into(readinto, buffer[: min(per_piece, count - first) * itemsize])
+            yield tensor.name, first, np.frombuffer(piece, tensor.dtype)
+
+
+def _views(tensors: list[_Tensor], data: memoryview) -> dict[str, np.ndarray]:
+    return {t.name: np.frombuffer(data, t.dtype, math.prod(t.shape), t.begin).reshape(t.shape) for t in tensors}
+
+
+def _read_into(readinto: Callable[[memoryview], int | None], view: memoryview) -> memoryview:
+    got = 0
+    while got < len(view):
+        n = readinto(view[got:])
+        if not n:
+            raise CodecError(f"payload ended {len(view) - got} bytes early")
+        got += n
+    return view
+
+
+def _layout(raw_header: memoryview, data_size: int) -> tuple[list[_Tensor], dict[str, str]]:
+    """The checked tensors (in data order) and metadata of a header's JSON."""
+    header = _parse_header(raw_header)
+    metadata = _checked_metadata(header.pop(_METADATA_KEY, {}), _METADATA_KEY)
+    tensors = [_tensor(name, entry, data_size) for name, entry in header.items()]
+    return _check_coverage(tensors, data_size), metadata
+
+
+def _header_length(prefix: memoryview, payload_size: int) -> int:
+    if payload_size < _LENGTH.size or len(prefix) < _LENGTH.size:
         raise CodecError(
-            f"payload is {len(view)} bytes, shorter than the 8-byte header length prefix"
+            f"payload is {payload_size} bytes, shorter than the 8-byte header length prefix"
         )
-    (length,) = _LENGTH.unpack(view[: _LENGTH.size])
+    (length,) = _LENGTH.unpack(prefix[: _LENGTH.size])
     if length > HEADER_LIMIT:
         raise CodecError(f"header length {length} exceeds HEADER_LIMIT ({HEADER_LIMIT})")
-    if length > len(view) - _LENGTH.size:
+    if length > payload_size - _LENGTH.size:
         raise CodecError(
-            f"header length {length} exceeds the {len(view) - _LENGTH.size} bytes that follow"
+            f"header length {length} exceeds the {payload_size - _LENGTH.size} bytes that follow"
         )
     return length
 
@@ -368,10 +443,14 @@ def _entry_offsets(label: str, offsets: Any, data_size: int) -> tuple[int, int]:
     return offsets[0], offsets[1]
 
 
-def _check_coverage(tensors: list[_Tensor], data_size: int) -> None:
-    """Tensors must tile the data section exactly: no overlap, no hole, nothing after."""
+def _check_coverage(tensors: list[_Tensor], data_size: int) -> list[_Tensor]:
+    """Tensors must tile the data section exactly: no overlap, no hole, nothing after.
+
+    Returns them in data order.
+    """
     position = 0
-    for tensor in sorted(tensors, key=lambda t: (t.begin, t.end)):
+    ordered = sorted(tensors, key=lambda t: (t.begin, t.end))
+    for tensor in ordered:
         if tensor.begin < position:
             raise CodecError(
                 f"tensor {_repr.repr(tensor.name)} at bytes [{tensor.begin}, {tensor.end}) "
@@ -388,3 +467,4 @@ def _check_coverage(tensors: list[_Tensor], data_size: int) -> None:
             f"data section is {data_size} bytes but the tensors cover only {position}; "
             "expected no trailing bytes"
         )
+    return ordered

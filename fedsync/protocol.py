@@ -67,6 +67,17 @@ class FedData:
     bytes methods or ``json.loads`` on binary payloads.
     """
 
+    accepts_streams: bool = False
+    """``True`` if ``merge`` takes replies as :class:`fedsync.replies.ReplyStream` objects.
+
+    The coordinator then hands the merge each reply unread, without calling
+    ``check`` first: the merge reads it (``readinto``), checks it as it goes,
+    and reports a bad one with ``reject(reason)`` instead of raising, so the
+    round continues without that device. FedArrays does, folding each reply
+    into its running sum while it downloads: the coordinator never holds a
+    whole reply.
+    """
+
     def __init__(self) -> None:
         pass
 

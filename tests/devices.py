@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from fedsync import FedArrays
+from fedsync import FedArrays, codec
 from tests.seed_fedfloat import FedFloat
 
 
@@ -121,3 +121,44 @@ def slow_first(seconds: float, value: float = 1.0) -> FedArrays:
         return 1
 
     return FedArrays({"w": np.zeros(4, np.float32)}, train)
+
+
+BIG = 1 << 21  # float32 elements: 8 MiB, several of the coordinator's 1 MiB read pieces
+
+
+def big_model() -> dict[str, np.ndarray]:
+    """A large first array, then a small last one: a reply's end arrives well after its start."""
+    return {"big": np.zeros(BIG, np.float32), "last": np.zeros(3, np.float32)}
+
+
+def big_constant(value: float, samples: int, delay: float = 0.0, spoil: str = "") -> FedArrays:
+    """Training sets every weight to ``value`` after ``delay`` seconds.
+
+    ``spoil="nan"`` makes the reply's very last value NaN; ``spoil="cut"`` makes the
+    device's answer stop after the big array, as if it died while sending.
+    """
+
+    def train(model):
+        time.sleep(delay)
+        for a in model.values():
+            a[...] = value
+        if spoil == "nan":
+            model["last"][-1] = np.nan
+        return samples
+
+    class CutShort(FedArrays):
+        def serialize(self, repetition):
+            payload = super().serialize(repetition)
+            if spoil == "cut" and self.samples == samples:
+                return _CutPayload(payload.frames)
+            return payload
+
+    return CutShort(big_model(), train)
+
+
+class _CutPayload(codec.Payload):
+    """Announces its whole length, then fails after the header and the first array."""
+
+    def __iter__(self):
+        yield from self.frames[:2]
+        raise ConnectionAbortedError("device died while sending (test)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 
@@ -577,3 +578,68 @@ def test_payload_views_the_arrays_and_joins_to_the_encoding():
     arrays, metadata = codec.decode(payload)
     np.testing.assert_array_equal(arrays["w"], weights)
     assert metadata == {"k": "v"}
+
+
+# ------------------------------------------------------------ reading from a stream
+
+
+def stream_decode(payload: bytes, piece_bytes: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """What read_header + read_pieces yield, assembled back into arrays."""
+    source = io.BytesIO(payload)
+    header = codec.read_header(source.readinto, len(payload))
+    arrays = {t.name: np.empty(int(np.prod(t.shape)), t.dtype) for t in header.tensors}
+    for name, first, values in codec.read_pieces(source.readinto, header, memoryview(bytearray(piece_bytes))):
+        arrays[name][first : first + len(values)] = values
+    shapes = {t.name: t.shape for t in header.tensors}
+    return {name: a.reshape(shapes[name]) for name, a in arrays.items()}, header.metadata
+
+
+@given(
+    st.lists(
+        hnp.arrays(
+            dtype=st.sampled_from([np.dtype(t) for t in SUPPORTED.values()]),
+            shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+        ),
+        max_size=4,
+    ),
+    st.sampled_from([8, 9, 24, 1 << 10]),
+)
+@FUZZ
+def test_a_stream_read_piece_by_piece_decodes_as_the_whole_buffer(arrays, piece_bytes):
+    # Odd-sized uint8/bool arrays put later float64 arrays at unaligned offsets.
+    payload = encode(arrays, {"k": "v"})
+    whole, metadata = decode(payload)
+    pieces, stream_metadata = stream_decode(payload, piece_bytes)
+    assert stream_metadata == metadata == {"k": "v"}
+    assert list(pieces) == list(whole)
+    for name in whole:
+        assert_same_array(whole[name], pieces[name])
+
+
+def test_a_stream_is_read_in_pieces_no_larger_than_the_buffer():
+    payload = encode({"a": np.arange(10, dtype=np.float64), "b": np.arange(3, dtype=np.uint8)})
+    source = io.BytesIO(payload)
+    header = codec.read_header(source.readinto, len(payload))
+    pieces = [(name, first, len(values)) for name, first, values in codec.read_pieces(source.readinto, header, memoryview(bytearray(32)))]
+    assert pieces == [("a", 0, 4), ("a", 4, 4), ("a", 8, 2), ("b", 0, 3)]
+
+
+@pytest.mark.parametrize("payload, fragment", MALFORMED)
+def test_a_malformed_stream_header_raises_before_any_data_is_read(payload, fragment):
+    if isinstance(payload, str) or "cannot be read as plain bytes" in fragment or "contiguous" in fragment:
+        pytest.skip("a stream is bytes by construction")
+    source = io.BytesIO(payload)
+    with pytest.raises(CodecError) as caught:
+        header = codec.read_header(source.readinto, len(payload))
+        for _ in codec.read_pieces(source.readinto, header, memoryview(bytearray(64))):
+            pass
+    assert fragment in str(caught.value)
+
+
+def test_a_stream_that_ends_early_raises():
+    payload = encode({"a": np.arange(100, dtype=np.float32)})
+    source = io.BytesIO(payload[:-10])
+    header = codec.read_header(source.readinto, len(payload))
+    with pytest.raises(CodecError, match="ended 10 bytes early"):
+        for _ in codec.read_pieces(source.readinto, header, memoryview(bytearray(64))):
+            pass

@@ -8,6 +8,7 @@ import pytest
 
 from fedsync import FedArrays, Federated, Remote
 from tests.seed_fedfloat import FedFloat
+from fedsync.replies import ReplyStream
 from fedsync.errors import FedSyncError, RemoteError, RoundFailed, SpecsMismatch, TrainingFailed
 from tests.devices import linear_regression_data
 
@@ -170,14 +171,17 @@ def test_coordinator_holds_at_most_downloads_replies_at_once(devices):
     assert len(SlowMerge.held) == 4 and max(SlowMerge.held) == 1
 
 
-def test_array_replies_arrive_as_views_and_other_replies_as_bytes(devices):
+def test_array_replies_arrive_as_streams_and_other_replies_as_text(devices):
     seen = {}
 
     class Recording(FedArrays):
         def merge(self, encodings, repetition):
-            encodings = list(encodings)
-            seen["types"] = {type(e) for e in encodings}
-            super().merge(encodings, repetition)
+            def recorded():
+                for encoding in encodings:  # each stream is read before the next is asked for
+                    seen.setdefault("types", set()).add(type(encoding))
+                    yield encoding
+
+            super().merge(recorded(), repetition)
 
     class BinaryFloat(FedFloat):
         def merge(self, encodings, repetition):
@@ -186,9 +190,11 @@ def test_array_replies_arrive_as_views_and_other_replies_as_bytes(devices):
             super().merge(encodings, repetition)
 
     device = devices("constant", 1.0, 3)
-    with Federated(data=Recording(coordinator_weights()), remotes=[device.url]) as alg:
+    data = Recording(coordinator_weights())
+    with Federated(data=data, remotes=[device.url]) as alg:
         alg.round()
-    assert seen["types"] == {memoryview}  # FedArrays.accepts_views
+    assert seen["types"] == {ReplyStream}  # FedArrays.accepts_streams
+    assert np.all(data.model["w"] == 1.0)
     assert FedFloat.accepts_views is False
     text = devices("fedfloat", 2.0)
     with Federated(data=BinaryFloat(0.0), remotes=[text.url]) as alg:

@@ -1,0 +1,104 @@
+"""A device's reply as the coordinator's merge reads it: a stream, not a buffer.
+
+A FedData with ``accepts_streams = True`` (FedArrays and the adapters) is
+handed :class:`ReplyStream` objects by ``Federated``: it reads each reply
+piece by piece and folds it into its running sum, so the coordinator never
+holds a whole reply. A reply found bad while reading (malformed, NaN, the
+connection lost) is reported with :meth:`ReplyStream.reject`; the round goes on
+without that device. Every device keeps its result until its next
+submission, so a reply can be read again with :meth:`ReplyStream.reopen`
+(what a merge does if it must start its sum over).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import RemoteError, RemoteTimeout, RemoteUnavailable
+
+__all__ = ["ReplyStream"]
+
+Opener = Callable[[], "tuple[Any, int]"]
+"""Requests the result again: ``(response, content_length)``."""
+
+
+class ReplyStream:
+    """One device's reply body, unread: ``length`` bytes to take with :meth:`readinto`.
+
+    Attributes:
+        url: the device that sent it.
+        length: the body's size in bytes (its Content-Length).
+        rejected: ``None``, or why the merge refused the reply.
+    """
+
+    def __init__(self, url: str, open_result: Opener, deadline: float) -> None:
+        self.url = url
+        self.rejected: str | None = None
+        self._open = open_result
+        self._deadline = deadline
+        self._response, self.length = open_result()
+        self._read = 0
+
+    def __repr__(self) -> str:
+        return f"ReplyStream({self.url!r}, {self.length} bytes{', rejected' if self.rejected else ''})"
+
+    def __len__(self) -> int:
+        return self.length
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill up to ``len(view)`` bytes; 0 once all ``length`` bytes were read.
+
+        Raises :class:`~fedsync.errors.RemoteUnavailable` if the connection ends
+        early and :class:`~fedsync.errors.RemoteTimeout` past the round's deadline.
+        """
+        if self._response is None:
+            raise RemoteError(self.url, "this reply was closed before it was read; read each reply before asking for the next")
+        wanted = min(len(view), self.length - self._read)
+        if wanted <= 0:
+            return 0
+        if time.monotonic() > self._deadline:
+            raise RemoteTimeout(self.url, "the result was still arriving at the round's deadline")
+        raw = self._response.raw
+        source = getattr(raw, "_fp", None)  # http.client's response: fills our buffer directly
+        try:
+            n = (source or raw).readinto(view[:wanted])
+        except TimeoutError as exc:
+            raise RemoteTimeout(self.url, f"the result stopped arriving ({exc})") from None
+        except Exception as exc:  # urllib3 and http.client raise several types for a lost connection
+            raise RemoteUnavailable(self.url, f"connection lost while reading the result ({type(exc).__name__}: {exc})") from None
+        if not n:
+            raise RemoteUnavailable(self.url, f"result ended after {self._read} of {self.length} bytes")
+        self._read += n
+        return n
+
+    def read_all(self) -> memoryview:
+        """The rest of the reply in one numpy-allocated buffer (for merges that need it whole)."""
+        buffer = memoryview(np.empty(self.length - self._read, np.uint8))
+        got = 0
+        while got < len(buffer):
+            got += self.readinto(buffer[got:])
+        return buffer
+
+    def reject(self, reason: str) -> None:
+        """Refuse this reply: the round drops the device, naming ``reason``."""
+        self.rejected = reason
+        self.close()
+
+    def reopen(self) -> "ReplyStream":
+        """Ask the device for the same result again and read it from the start."""
+        self.close()
+        self._response, length = self._open()
+        if length != self.length:
+            self._response.close()
+            raise RemoteError(self.url, f"sent {length} bytes for a result it sent as {self.length} before")
+        self._read = 0
+        return self
+
+    def close(self) -> None:
+        """Release the connection (an unread rest is discarded)."""
+        if self._response is not None:
+            self._response.close()
+            self._response = None
