@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
+import numpy as np
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
@@ -110,6 +112,22 @@ class Device:
         self.rounds_served = 0
         self.job: Job | None = None
         self.working = threading.Lock()  # held by a training job or an evaluation
+        self._spare: np.ndarray | None = None  # the last payload's buffer, for the next one
+        self._spare_lock = threading.Lock()
+
+    def payload_buffer(self, length: int) -> np.ndarray | None:
+        """The last training payload's buffer again, if it fits and nothing holds it any more.
+
+        A fresh model-sized buffer costs tens of milliseconds of page faults every
+        round (benchmarks/README.md). Only a buffer no one references is reused:
+        a FedData that kept a view of its payload keeps it intact.
+        """
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        # 2: the local name and getrefcount's own argument.
+        if spare is not None and spare.nbytes == length and sys.getrefcount(spare) == 2:
+            return spare
+        return None
 
     @property
     def state(self) -> str:
@@ -181,6 +199,12 @@ class Device:
             job.error = f"{type(exc).__name__}: {exc}"
         finally:
             job.seconds = time.monotonic() - job.started
+            spare = encoding.obj if isinstance(encoding, memoryview) and isinstance(encoding.obj, np.ndarray) else None
+            del encoding
+            if spare is not None:
+                with self._spare_lock:
+                    self._spare = spare
+            del spare
             self.working.release()
             job.done.set()
 
@@ -262,7 +286,7 @@ class DeviceApp:
     def on_submit(self, request: Request, base: str, rep: int) -> Response:
         device = self.devices[base]
         device.ensure_can_accept(rep)
-        encoding = self._checked_payload(request, device, rep)
+        encoding = self._checked_payload(request, device, rep, for_training=True)
         job = device.start(encoding, rep)
         return _json({"repetition": job.repetition, "state": "training"}, 202)
 
@@ -272,7 +296,7 @@ class DeviceApp:
         samples, metrics = device.evaluate(encoding, rep)
         return _json({"repetition": rep, "samples": samples, "metrics": metrics})
 
-    def _checked_payload(self, request: Request, device: Device, rep: int) -> Any:
+    def _checked_payload(self, request: Request, device: Device, rep: int, for_training: bool = False) -> Any:
         """Length, specs and the FedData's own check; the payload, or an ApiError."""
         length = request.content_length
         if length is None:
@@ -295,7 +319,9 @@ class DeviceApp:
                 f"payload specs {specs!r} do not match this device's {expected!r}; "
                 "declare the same FedData (same architecture) on coordinator and device",
             )
-        encoding = _read_payload(request, length, as_view=device.fed.accepts_views)
+        reuse = device.payload_buffer(length) if device.fed.accepts_views and for_training else None
+        encoding = _read_payload(request, length, as_view=device.fed.accepts_views, into=reuse)
+        del reuse
         try:
             device.fed.check(encoding, rep)
         except ValueError as exc:
@@ -353,17 +379,18 @@ class DeviceApp:
         return self.wsgi_app(environ, start_response)
 
 
-def _read_payload(request: Request, length: int, as_view: bool = False) -> Any:
+def _read_payload(request: Request, length: int, as_view: bool = False, into: np.ndarray | None = None) -> Any:
     """Read exactly ``length`` bytes into one buffer; decode UTF-8 for text/plain.
 
     ``as_view``: a binary payload comes as a memoryview of numpy-allocated
-    memory (see :func:`fedsync.codec.read_exactly`).
+    memory (see :func:`fedsync.codec.read_exactly`), ``into`` if given.
     """
     # Content-Length is known and checked, so read the server's input directly: it fills
     # our buffer from the socket, where werkzeug's LimitedStream would add a copy.
     raw = request.environ["wsgi.input"]
     stream = raw if hasattr(raw, "readinto") else request.stream
-    buffer = read_exactly(stream.readinto, length, as_view=as_view and request.mimetype != "text/plain")
+    binary_view = as_view and request.mimetype != "text/plain"
+    buffer = read_exactly(stream.readinto, length, as_view=binary_view, into=into if binary_view else None)
     if len(buffer) != length:
         raise ApiError(400, "truncated", f"payload ended after {len(buffer)} of {length} bytes")
     if request.mimetype == "text/plain":
