@@ -150,16 +150,18 @@ class Remote:
                 raise RemoteError(self.url, "sent a text/plain result that is not UTF-8") from None
         return body
 
-    def open_result(self, repetition: int, *, timeout: float | None = None, deadline: float | None = None) -> ReplyStream:
-        """The finished result as a :class:`~fedsync.replies.ReplyStream`, its body not read yet.
+    def open_result(self, repetition: int, wait: float = 0.0, *, timeout: float | None = None, deadline: float | None = None) -> ReplyStream | None:
+        """Long-poll up to ``wait`` seconds; the result as a :class:`~fedsync.replies.ReplyStream`
+        whose body is not read yet, or ``None`` if the device is still working.
 
-        ``deadline`` (a ``time.monotonic()`` value) bounds the whole read.
+        ``deadline`` (a ``time.monotonic()`` value) bounds reading the body.
         """
-        def open_body() -> tuple[requests.Response, int]:
-            response = self._poll("GET", repetition, 0.0, timeout, stream=True)
+        def open_body(wait: float = 0.0) -> tuple[requests.Response, int] | None:
+            response = self._poll("GET", repetition, wait, timeout, stream=True)
             try:
                 if response.status_code == 202:
-                    raise RemoteError(self.url, f"announced the result of repetition {repetition} but did not send it")
+                    response.close()
+                    return None
                 if response.headers.get(REPETITION_HEADER) not in (None, str(repetition)):
                     raise RemoteError(self.url, f"answered repetition {response.headers.get(REPETITION_HEADER)} instead of {repetition}")
                 try:
@@ -170,7 +172,16 @@ class Remote:
                 response.close()
                 raise
 
-        return ReplyStream(self.url, open_body, deadline if deadline is not None else math.inf)
+        def open_again() -> tuple[requests.Response, int]:
+            opened = open_body()
+            if opened is None:
+                raise RemoteError(self.url, f"no longer has the result of repetition {repetition}")
+            return opened
+
+        opened = open_body(wait)
+        if opened is None:
+            return None
+        return ReplyStream(self.url, opened, open_again, deadline if deadline is not None else math.inf)
 
     def evaluate(self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None) -> dict[str, Any]:
         """Ask the device to evaluate ``payload`` on its data: ``{"samples": n, "metrics": {...}}``."""
@@ -322,7 +333,9 @@ class Federated:
             FedArrays and the adapters) folds each into its running sum while it
             downloads, so an open reply costs only socket buffers: default
             ``STREAMS`` (4). Other FedData get whole replies, each costing its
-            size: by default as many as fit in 64 MiB (at least one).
+            size: by default as many as fit in 64 MiB (at least one). Unset, and
+            when all replies together fit in 64 MiB, each reply is fetched by the
+            long-poll that finds it ready: one request fewer per device.
     """
 
     def __init__(
@@ -533,9 +546,12 @@ class Federated:
     def _work(self, remote: Remote, rep: int, specs: str, payload: Encoding, deadline: float, cancel: threading.Event, slots: threading.Semaphore, arrivals: queue.Queue) -> None:
         """One device's part of a round, run in its own thread; ends in ``arrivals``.
 
-        A reply is downloaded only while holding one of the round's download
-        ``slots``, which the merge frees after folding it in: the coordinator
-        holds a bounded number of replies whatever the number of devices.
+        A large reply is downloaded only while holding one of the round's
+        download ``slots``, which the merge frees after folding it in: the
+        coordinator holds a bounded number of replies whatever the number of
+        devices. When all the round's replies fit in ``DOWNLOAD_BUDGET`` and
+        ``downloads`` was not set, each comes with the long-poll that finds it
+        ready (``GET ?wait=``, not ``HEAD`` then ``GET``), saving a request per device.
         """
         def remaining() -> float:
             left = deadline - time.monotonic()
@@ -543,32 +559,46 @@ class Federated:
                 raise RemoteTimeout(remote.url, f"no result for repetition {rep} within the round's timeout of {self.timeout:g}s")
             return left
 
+        direct = self.downloads is None and _size(payload) * len(self.remotes) <= DOWNLOAD_BUDGET
+        reply: Any = None
         try:
             remote.submit(rep, payload, specs, timeout=max(0.1, min(remote.timeout, remaining())))
             while not cancel.is_set():
                 wait = min(self.poll, remaining())
-                if remote.ready(rep, wait, timeout=min(wait + remote.timeout, remaining() + 1.0)):
+                timeout = min(wait + remote.timeout, remaining() + 1.0)
+                if not direct:
+                    if remote.ready(rep, wait, timeout=timeout):
+                        break
+                elif (reply := self._fetch(remote, rep, wait, timeout, deadline)) is not None:
                     break
             if cancel.is_set() or not slots.acquire(timeout=remaining()) or cancel.is_set():
+                _close(reply)
                 return
         except Exception as exc:
+            _close(reply)
             arrivals.put((remote, exc))
             return
         try:
-            if self.data.accepts_streams:  # the merge reads, checks and folds it
-                arrivals.put((remote, remote.open_result(rep, timeout=remaining() + 1.0, deadline=deadline)))
-                return
-            reply = remote.result(rep, 0.0, timeout=remaining() + 1.0, as_view=self.data.accepts_views)
             if reply is None:
-                raise RemoteError(remote.url, f"announced the result of repetition {rep} but did not send it")
-            try:
-                self.data.check(reply, rep)
-            except ValueError as exc:
-                raise PayloadRejected(f"reply rejected: {exc}") from None
+                reply = self._fetch(remote, rep, 0.0, remaining() + 1.0, deadline)
+                if reply is None:
+                    raise RemoteError(remote.url, f"announced the result of repetition {rep} but did not send it")
+            if not self.data.accepts_streams:  # a stream is checked by the merge as it reads
+                try:
+                    self.data.check(reply, rep)
+                except ValueError as exc:
+                    raise PayloadRejected(f"reply rejected: {exc}") from None
             arrivals.put((remote, reply))
         except Exception as exc:
+            _close(reply)
             slots.release()
             arrivals.put((remote, exc))
+
+    def _fetch(self, remote: Remote, rep: int, wait: float, timeout: float, deadline: float) -> Encoding | ReplyStream | None:
+        """The result, opened as a stream or downloaded as this FedData takes it; ``None`` if not ready."""
+        if self.data.accepts_streams:
+            return remote.open_result(rep, wait, timeout=timeout, deadline=deadline)
+        return remote.result(rep, wait, timeout=timeout, as_view=self.data.accepts_views)
 
     def _collect(self, rep: int, remotes: list[Remote], needed: int, deadline: float, arrivals: queue.Queue, slots: threading.Semaphore, result: RoundResult, sent: int) -> Iterator[Encoding]:
         """Yield replies in arrival order; raise RoundFailed once the quorum is out of reach.
@@ -611,8 +641,7 @@ class Federated:
             try:
                 yield reply
             finally:
-                if isinstance(reply, ReplyStream):
-                    reply.close()
+                _close(reply)
                 del reply
                 slots.release()  # folded in: the next reply may download
             if not settle():
@@ -710,6 +739,11 @@ def _concurrently(calls: dict[str, Callable[[], Any]]) -> dict[str, Any]:
     return out
 
 
+def _close(reply: Any) -> None:
+    if isinstance(reply, ReplyStream):
+        reply.close()
+
+
 def _close_waiting(arrivals: queue.Queue) -> None:
     """Close replies opened for a round that no longer wants them."""
     while True:
@@ -717,8 +751,7 @@ def _close_waiting(arrivals: queue.Queue) -> None:
             _, reply = arrivals.get_nowait()
         except queue.Empty:
             return
-        if isinstance(reply, ReplyStream):
-            reply.close()
+        _close(reply)
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:

@@ -34,12 +34,12 @@ class ReplyStream:
         rejected: ``None``, or why the merge refused the reply.
     """
 
-    def __init__(self, url: str, open_result: Opener, deadline: float) -> None:
+    def __init__(self, url: str, opened: "tuple[Any, int]", open_again: Opener, deadline: float) -> None:
         self.url = url
         self.rejected: str | None = None
-        self._open = open_result
+        self._response, self.length = opened
+        self._open = open_again
         self._deadline = deadline
-        self._response, self.length = open_result()
         self._read = 0
 
     def __repr__(self) -> str:

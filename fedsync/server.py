@@ -402,7 +402,16 @@ def _read_payload(request: Request, length: int, as_view: bool = False, into: np
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """Sends werkzeug's per-request lines to the ``fedsync.server`` logger at DEBUG."""
+    """Sends werkzeug's per-request lines to the ``fedsync.server`` logger at DEBUG.
+
+    Also turns Nagle's algorithm off: werkzeug writes a response's headers and
+    its body separately, and the body would wait for the client's delayed ACK.
+    """
+
+    def setup(self) -> None:
+        super().setup()
+        if self.connection.family in (socket.AF_INET, socket.AF_INET6):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         logger.debug("%s %s %s", self.command, self.path, code)
