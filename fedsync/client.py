@@ -10,6 +10,7 @@ import random
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -35,6 +36,7 @@ from .history import EvaluationResult, History, RoundResult
 from .metrics import weighted_means
 from .protocol import Encoding, FedData
 from .replies import ReplyStream
+from .workers import Workers, concurrently
 from .server import REPETITION_HEADER, SPECS_HEADER
 
 __all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping"]
@@ -300,8 +302,47 @@ def _short(exc: BaseException) -> str:
 DOWNLOAD_BUDGET = 64 * 1024 * 1024
 """Bytes of whole replies the coordinator may hold at once when ``downloads`` is not given."""
 
+WORKERS = 64
+"""Default bound on the threads a round uses to talk to devices."""
+
+SHARED_POLL = 1.0
+"""Longest long-poll when more devices than workers take turns."""
+
 STREAMS = 4
 """Replies open at once for FedData that read them as streams, when ``downloads`` is not given."""
+
+
+@dataclass
+class _Round:
+    """What a round's per-device steps share."""
+
+    rep: int
+    specs: str
+    payload: Encoding
+    deadline: float
+    timeout: float
+    cancel: threading.Event
+    slots: threading.Semaphore
+    arrivals: queue.Queue
+    workers: Workers
+    wait: float
+    """The longest single long-poll."""
+    direct: bool
+    """Fetch replies with the long-poll (small rounds) rather than ``HEAD`` then ``GET``."""
+
+    def download_slot(self, remote: Remote) -> bool:
+        """Wait for a download slot; ``False`` if the round ended meanwhile."""
+        while not self.cancel.is_set():
+            if self.slots.acquire(timeout=min(0.5, self.remaining(remote))):
+                return not self.cancel.is_set()
+        return False
+
+    def remaining(self, remote: Remote) -> float:
+        """Seconds left in the round; raises :class:`RemoteTimeout` naming ``remote`` once none are."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise RemoteTimeout(remote.url, f"no result for repetition {self.rep} within the round's timeout of {self.timeout:g}s")
+        return left
 
 
 class Federated:
@@ -336,6 +377,10 @@ class Federated:
             size: by default as many as fit in 64 MiB (at least one). Unset, and
             when all replies together fit in 64 MiB, each reply is fetched by the
             long-poll that finds it ready: one request fewer per device.
+        workers: the most threads talking to devices at once (submissions,
+            long-polls, downloads). With more sampled devices than workers,
+            devices take turns: each long-poll then waits at most
+            ``SHARED_POLL`` seconds before the next device's turn.
     """
 
     def __init__(
@@ -350,6 +395,7 @@ class Federated:
         checkpoint: str | os.PathLike | None = None,
         poll: float = 10.0,
         downloads: int | None = None,
+        workers: int = WORKERS,
     ) -> None:
         if not isinstance(data, FedData):
             raise TypeError(f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), remotes=[...])")
@@ -373,6 +419,9 @@ class Federated:
         if downloads is not None and downloads < 1:
             raise ValueError(f"downloads must be at least 1, got {downloads!r}")
         self.downloads = downloads
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers!r}")
+        self.workers = int(workers)
         self.repetition = 0
         self.history = History()
         self._rng = random.Random(seed)
@@ -415,8 +464,8 @@ class Federated:
         remotes = self._handshake(self.sample(), failures)
         rep = max(self.repetition, 1)
         specs, payload = self.data.specs(rep), self.data.serialize(rep)
-        answers = _concurrently(
-            {r.url: (lambda r=r: r.evaluate(rep, payload, specs, timeout=self.timeout)) for r in remotes}
+        answers = concurrently(
+            {r.url: (lambda r=r: r.evaluate(rep, payload, specs, timeout=self.timeout)) for r in remotes}, self.workers
         )
         result = EvaluationResult(repetition=rep, failures=failures)
         for url, answer in answers.items():
@@ -493,17 +542,20 @@ class Federated:
         arrivals: queue.Queue = queue.Queue()
         cancel = threading.Event()
         slots = threading.Semaphore(self.downloads or self._default_downloads(payload))
+        workers = Workers(min(self.workers, len(remotes)), name=f"fedsync-round-{rep}")
+        state = _Round(
+            rep=rep, specs=specs, payload=payload, deadline=deadline, timeout=self.timeout,
+            cancel=cancel, slots=slots, arrivals=arrivals, workers=workers,
+            wait=self.poll if len(remotes) <= workers.size else min(self.poll, SHARED_POLL),
+            direct=self.downloads is None and _size(payload) * len(remotes) <= DOWNLOAD_BUDGET,
+        )
         for remote in remotes:
-            threading.Thread(
-                target=self._work,
-                args=(remote, rep, specs, payload, deadline, cancel, slots, arrivals),
-                name=f"fedsync-{remote.url}",
-                daemon=True,
-            ).start()
+            workers.submit(self._submit, state, remote)
         try:
             self.data.merge(self._collect(rep, remotes, needed, deadline, arrivals, slots, result, _size(payload)), rep)
         finally:
             cancel.set()
+            workers.close()
             _close_waiting(arrivals)
         report = getattr(self.data, "last_merge", None)
         if isinstance(report, dict) and len(report.get("devices", ())) == len(result.answered):
@@ -526,7 +578,7 @@ class Federated:
     def _handshake(self, remotes: list[Remote], failures: dict[str, str]) -> list[Remote]:
         """Ask devices not yet known for ``/info``; check specs before anything is sent."""
         unknown = [r for r in remotes if r.url not in self._known]
-        infos = _concurrently({r.url: r.info for r in unknown})
+        infos = concurrently({r.url: r.info for r in unknown}, self.workers)
         next_rep = self.repetition + 1
         for info in infos.values():
             if not isinstance(info, BaseException):
@@ -543,62 +595,72 @@ class Federated:
         self.repetition = next_rep - 1
         return [r for r in remotes if r.url in self._known]
 
-    def _work(self, remote: Remote, rep: int, specs: str, payload: Encoding, deadline: float, cancel: threading.Event, slots: threading.Semaphore, arrivals: queue.Queue) -> None:
-        """One device's part of a round, run in its own thread; ends in ``arrivals``.
+    # -- one device's part of a round: steps run by the round's workers ---------------
+    #
+    # _submit, then _poll until the result is ready, then _deliver it to ``arrivals``
+    # (where _collect hands it to the merge). Every step ends by queuing the next or by
+    # putting the device's reply or error in ``arrivals``, except when the round is over.
+    # A large reply is downloaded only under one of the round's download ``slots``,
+    # which the merge frees after folding it in: the coordinator holds a bounded number
+    # of replies whatever the number of devices. Small ones (``state.direct``) come
+    # with the long-poll that finds them ready: one request fewer per device.
 
-        A large reply is downloaded only while holding one of the round's
-        download ``slots``, which the merge frees after folding it in: the
-        coordinator holds a bounded number of replies whatever the number of
-        devices. When all the round's replies fit in ``DOWNLOAD_BUDGET`` and
-        ``downloads`` was not set, each comes with the long-poll that finds it
-        ready (``GET ?wait=``, not ``HEAD`` then ``GET``), saving a request per device.
-        """
-        def remaining() -> float:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RemoteTimeout(remote.url, f"no result for repetition {rep} within the round's timeout of {self.timeout:g}s")
-            return left
+    def _submit(self, state: "_Round", remote: Remote) -> None:
+        try:
+            remote.submit(state.rep, state.payload, state.specs, timeout=max(0.1, min(remote.timeout, state.remaining(remote))))
+        except Exception as exc:
+            state.arrivals.put((remote, exc))
+            return
+        state.workers.submit(self._poll, state, remote)  # behind the other submissions
 
-        direct = self.downloads is None and _size(payload) * len(self.remotes) <= DOWNLOAD_BUDGET
+    def _poll(self, state: "_Round", remote: Remote) -> None:
+        """One long-poll; queues the next one behind the other devices' unless the result is ready."""
         reply: Any = None
         try:
-            remote.submit(rep, payload, specs, timeout=max(0.1, min(remote.timeout, remaining())))
-            while not cancel.is_set():
-                wait = min(self.poll, remaining())
-                timeout = min(wait + remote.timeout, remaining() + 1.0)
-                if not direct:
-                    if remote.ready(rep, wait, timeout=timeout):
-                        break
-                elif (reply := self._fetch(remote, rep, wait, timeout, deadline)) is not None:
-                    break
-            if cancel.is_set() or not slots.acquire(timeout=remaining()) or cancel.is_set():
+            if state.cancel.is_set():
+                return
+            wait = min(state.wait, state.remaining(remote))
+            timeout = min(wait + remote.timeout, state.remaining(remote) + 1.0)
+            if state.direct:
+                reply = self._fetch(remote, state, wait, timeout)
+                ready = reply is not None
+            else:
+                ready = remote.ready(state.rep, wait, timeout=timeout)
+            if not ready:
+                state.workers.submit(self._poll, state, remote)
+                return
+            if not state.download_slot(remote):
                 _close(reply)
                 return
         except Exception as exc:
             _close(reply)
-            arrivals.put((remote, exc))
+            state.arrivals.put((remote, exc))
             return
+        self._deliver(state, remote, reply)
+
+    def _deliver(self, state: "_Round", remote: Remote, reply: Any) -> None:
+        """Holding a download slot: fetch the reply unless the poll did, check it, hand it over."""
         try:
             if reply is None:
-                reply = self._fetch(remote, rep, 0.0, remaining() + 1.0, deadline)
+                reply = self._fetch(remote, state, 0.0, state.remaining(remote) + 1.0)
                 if reply is None:
-                    raise RemoteError(remote.url, f"announced the result of repetition {rep} but did not send it")
+                    raise RemoteError(remote.url, f"announced the result of repetition {state.rep} but did not send it")
             if not self.data.accepts_streams:  # a stream is checked by the merge as it reads
                 try:
-                    self.data.check(reply, rep)
+                    self.data.check(reply, state.rep)
                 except ValueError as exc:
                     raise PayloadRejected(f"reply rejected: {exc}") from None
-            arrivals.put((remote, reply))
+            state.arrivals.put((remote, reply))
         except Exception as exc:
             _close(reply)
-            slots.release()
-            arrivals.put((remote, exc))
+            state.slots.release()
+            state.arrivals.put((remote, exc))
 
-    def _fetch(self, remote: Remote, rep: int, wait: float, timeout: float, deadline: float) -> Encoding | ReplyStream | None:
+    def _fetch(self, remote: Remote, state: "_Round", wait: float, timeout: float) -> Encoding | ReplyStream | None:
         """The result, opened as a stream or downloaded as this FedData takes it; ``None`` if not ready."""
         if self.data.accepts_streams:
-            return remote.open_result(rep, wait, timeout=timeout, deadline=deadline)
-        return remote.result(rep, wait, timeout=timeout, as_view=self.data.accepts_views)
+            return remote.open_result(state.rep, wait, timeout=timeout, deadline=state.deadline)
+        return remote.result(state.rep, wait, timeout=timeout, as_view=self.data.accepts_views)
 
     def _collect(self, rep: int, remotes: list[Remote], needed: int, deadline: float, arrivals: queue.Queue, slots: threading.Semaphore, result: RoundResult, sent: int) -> Iterator[Encoding]:
         """Yield replies in arrival order; raise RoundFailed once the quorum is out of reach.
@@ -719,24 +781,6 @@ class EarlyStopping:
             return False
         self.waited += 1
         return self.waited >= self.patience
-
-
-def _concurrently(calls: dict[str, Callable[[], Any]]) -> dict[str, Any]:
-    """Run each call in its own thread; its result or its exception, by key."""
-    out: dict[str, Any] = {}
-
-    def run(key: str, fn: Callable[[], Any]) -> None:
-        try:
-            out[key] = fn()
-        except Exception as exc:
-            out[key] = exc
-
-    threads = [threading.Thread(target=run, args=item, daemon=True) for item in calls.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
 
 
 def _close(reply: Any) -> None:

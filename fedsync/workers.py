@@ -1,0 +1,84 @@
+"""A bounded pool of daemon threads for the coordinator's requests to devices.
+
+Not :class:`concurrent.futures.ThreadPoolExecutor`: its threads are joined
+when the interpreter exits, so a script whose round failed would wait at exit
+for long-polls the round had abandoned. These threads are daemons; each of
+their requests has a timeout all the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Callable
+
+__all__ = ["Workers", "concurrently"]
+
+logger = logging.getLogger("fedsync")
+
+
+class Workers:
+    """At most ``size`` threads running submitted calls in submission order.
+
+    A call may submit further calls (a long-poll that found nothing queues the
+    next one behind the other devices'). :meth:`close` lets every thread end
+    after its current call; calls still queued are dropped.
+    """
+
+    def __init__(self, size: int, name: str = "fedsync") -> None:
+        if size < 1:
+            raise ValueError(f"a pool needs at least one thread, got {size}")
+        self.size = size
+        self._tasks: queue.Queue = queue.Queue()
+        self._closed = threading.Event()
+        for index in range(size):
+            threading.Thread(target=self._run, name=f"{name}-{index}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)``; its exceptions are its own to handle (they are only logged)."""
+        if not self._closed.is_set():
+            self._tasks.put((fn, args))
+
+    def close(self) -> None:
+        """Stop taking calls: each thread ends once its current call returns."""
+        self._closed.set()
+        for _ in range(self.size):
+            self._tasks.put(None)
+
+    def _run(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            if self._closed.is_set():
+                continue  # drain: only the None markers matter now
+            fn, args = task
+            try:
+                fn(*args)
+            except Exception:  # a call's own errors are reported by the call; this is a bug
+                logger.exception("unexpected error in %s", getattr(fn, "__name__", fn))
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def concurrently(calls: dict[str, Callable[[], Any]], limit: int) -> dict[str, Any]:
+    """Run the calls on at most ``limit`` threads; each one's result or exception, by key.
+
+    Returns when every call has returned: give each call its own timeout.
+    """
+    if not calls:
+        return {}
+    done: queue.Queue = queue.Queue()
+
+    def run(key: str, fn: Callable[[], Any]) -> None:
+        try:
+            done.put((key, fn()))
+        except Exception as exc:
+            done.put((key, exc))
+
+    with Workers(min(limit, len(calls))) as workers:
+        for key, fn in calls.items():
+            workers.submit(run, key, fn)
+        return dict(done.get() for _ in calls)

@@ -1,0 +1,96 @@
+"""The coordinator talks to devices through a bounded pool of threads."""
+
+import threading
+import time
+
+import pytest
+
+from fedsync import Federated, Remote
+from fedsync.workers import Workers, concurrently
+from tests.seed_fedfloat import FedFloat
+
+
+def test_no_more_calls_run_at_once_than_the_pool_has_threads():
+    running, most, lock, done = [0], [0], threading.Lock(), threading.Semaphore(0)
+
+    def call():
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        done.release()
+
+    with Workers(3) as workers:
+        for _ in range(12):
+            workers.submit(call)
+        assert all(done.acquire(timeout=10) for _ in range(12))
+    assert most[0] == 3
+
+
+def test_a_call_can_queue_the_next_behind_the_others():
+    order, finished = [], threading.Event()
+
+    def step(name, left):
+        order.append(name)
+        if left:
+            workers.submit(step, name, left - 1)
+        elif name == "b":
+            finished.set()
+
+    with Workers(1) as workers:
+        workers.submit(step, "a", 1)
+        workers.submit(step, "b", 1)
+        assert finished.wait(10)
+    assert order == ["a", "b", "a", "b"]
+
+
+def test_closing_drops_the_calls_still_queued():
+    ran, gate = [], threading.Event()
+    workers = Workers(1)
+    workers.submit(gate.wait, 10)
+    workers.submit(ran.append, "late")
+    workers.close()
+    gate.set()
+    time.sleep(0.2)
+    assert ran == []
+
+
+def test_concurrently_returns_each_result_or_exception_by_key():
+    def boom():
+        raise RuntimeError("no")
+
+    out = concurrently({"a": lambda: 1, "b": boom, "c": lambda: 3}, limit=2)
+    assert out["a"] == 1 and out["c"] == 3 and isinstance(out["b"], RuntimeError)
+
+
+def test_round_with_more_devices_than_workers_submits_to_all_before_fetching(devices):
+    events, lock = [], threading.Lock()
+    in_flight, most = [0], [0]
+
+    class Recording(Remote):
+        def _request(self, method, path, *args, **kwargs):
+            with lock:
+                events.append(path.rsplit("/", 1)[-1])
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+            try:
+                return super()._request(method, path, *args, **kwargs)
+            finally:
+                with lock:
+                    in_flight[0] -= 1
+
+    urls = [devices("fedfloat", float(v)).url for v in range(5)]
+    data = FedFloat(0.0)
+    with Federated(data=data, remotes=[Recording(u) for u in urls], workers=2) as alg:
+        result = alg.round()
+    assert len(result.answered) == 5 and data.value == pytest.approx(2.0)
+    round_events = [e for e in events if e != "info"]
+    assert round_events[:5] == ["submit"] * 5  # every device trains while others are polled
+    assert most[0] <= 2
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        Federated(data=FedFloat(0.0), remotes=["http://127.0.0.1:9"], workers=0)
