@@ -226,9 +226,9 @@ class FedArrays(FedData):
                     samples, metrics = self._fold_one(source, accumulator)
                     kept[index] = (encoding, samples, metrics)
                 except (_Rejected, RemoteError) as exc:
-                    reason = exc.reason if isinstance(exc, _Rejected) else f"{type(exc).__name__}: {exc.reason}"
-                    encoding.reject(f"when read again: {reason}")
+                    encoding.reject(f"when read again: {_why(exc)}")
                     kept = kept[:index] + kept[index + 1 :]
+                    del accumulator  # before the next one: never two sums at once
                     break
             else:
                 return accumulator, kept
@@ -259,8 +259,7 @@ class FedArrays(FedData):
                     accumulator.add(name, first, values, samples)
             return samples, metrics
         except (ValueError, RemoteError) as exc:
-            reason = f"{type(exc).__name__}: {exc.reason}" if isinstance(exc, RemoteError) else str(exc)
-            raise _Rejected(reason, spoiled=folded) from None
+            raise _Rejected(_why(exc), spoiled=folded) from None
         finally:
             encoding.close()
 
@@ -279,7 +278,7 @@ class FedArrays(FedData):
                 except (ValueError, RemoteError) as exc:
                     if not isinstance(encoding, ReplyStream):
                         raise
-                    encoding.reject(f"{type(exc).__name__}: {exc.reason}" if isinstance(exc, RemoteError) else str(exc))
+                    encoding.reject(_why(exc))
                     continue
                 finally:
                     if isinstance(encoding, ReplyStream):
@@ -356,6 +355,15 @@ def _add_whole(accumulator: Accumulator, arrays: Mapping[str, np.ndarray], sampl
         for name, a in arrays.items():
             accumulator.add(name, 0, a.reshape(-1), samples)
     return samples
+
+
+def _why(exc: Exception) -> str:
+    """Why a reply was refused: a transport error's type and reason, else the message."""
+    if isinstance(exc, _Rejected):
+        return exc.reason
+    if isinstance(exc, RemoteError):
+        return f"{type(exc).__name__}: {exc.reason}"
+    return str(exc)
 
 
 class _Rejected(Exception):

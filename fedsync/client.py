@@ -328,7 +328,7 @@ class _Round:
     wait: float
     """The longest single long-poll."""
     direct: bool
-    """Fetch replies with the long-poll (small rounds) rather than ``HEAD`` then ``GET``."""
+    """Fetch replies with the long-poll rather than ``HEAD`` then ``GET`` (see ``Federated._direct``)."""
 
     def download_slot(self, remote: Remote) -> bool:
         """Wait for a download slot; ``False`` if the round ended meanwhile."""
@@ -369,14 +369,15 @@ class Federated:
             the same folder resumes from them.
         poll: the longest single long-poll, in seconds; it bounds how quickly an
             abandoned round releases its threads.
-        downloads: how many replies may be open at once, waiting to be merged.
-            A FedData that reads replies as streams (``accepts_streams``:
+        downloads: how many replies may be handed over at once, waiting to be
+            merged. A FedData that reads replies as streams (``accepts_streams``:
             FedArrays and the adapters) folds each into its running sum while it
-            downloads, so an open reply costs only socket buffers: default
-            ``STREAMS`` (4). Other FedData get whole replies, each costing its
-            size: by default as many as fit in 64 MiB (at least one). Unset, and
-            when all replies together fit in 64 MiB, each reply is fetched by the
-            long-poll that finds it ready: one request fewer per device.
+            downloads, so a reply costs only socket buffers: default ``STREAMS``
+            (4). Other FedData get whole replies, each costing its size: by
+            default as many as fit in 64 MiB (at least one). Streams, and whole
+            replies when ``downloads`` is unset and they all fit in 64 MiB
+            together, come with the long-poll that finds them ready (one request
+            fewer per device) and wait unread for a slot.
         workers: the most threads talking to devices at once (submissions,
             long-polls, downloads). With more sampled devices than workers,
             devices take turns: each long-poll then waits at most
@@ -547,7 +548,7 @@ class Federated:
             rep=rep, specs=specs, payload=payload, deadline=deadline, timeout=self.timeout,
             cancel=cancel, slots=slots, arrivals=arrivals, workers=workers,
             wait=self.poll if len(remotes) <= workers.size else min(self.poll, SHARED_POLL),
-            direct=self.downloads is None and _size(payload) * len(remotes) <= DOWNLOAD_BUDGET,
+            direct=self._direct(payload, len(remotes)),
         )
         for remote in remotes:
             workers.submit(self._submit, state, remote)
@@ -600,10 +601,12 @@ class Federated:
     # _submit, then _poll until the result is ready, then _deliver it to ``arrivals``
     # (where _collect hands it to the merge). Every step ends by queuing the next or by
     # putting the device's reply or error in ``arrivals``, except when the round is over.
-    # A large reply is downloaded only under one of the round's download ``slots``,
-    # which the merge frees after folding it in: the coordinator holds a bounded number
-    # of replies whatever the number of devices. Small ones (``state.direct``) come
-    # with the long-poll that finds them ready: one request fewer per device.
+    # A reply is handed over only under one of the round's download ``slots``, which
+    # the merge frees after folding it in: the coordinator holds a bounded number of
+    # replies whatever the number of devices. With ``state.direct`` (streams, and small
+    # whole replies) the reply comes with the long-poll that finds it ready: one
+    # request fewer per device; otherwise ``HEAD`` finds it ready and ``GET`` fetches it
+    # once a slot is free.
 
     def _submit(self, state: "_Round", remote: Remote) -> None:
         try:
@@ -716,6 +719,17 @@ class Federated:
                 "the coordinator's data is unchanged",
                 result.failures,
             )
+
+    def _direct(self, payload: Encoding, devices: int) -> bool:
+        """Whether the long-poll that finds a reply ready should bring the reply too.
+
+        An unread stream costs only socket buffers, so streams always may; whole
+        replies only when all of them fit in ``DOWNLOAD_BUDGET`` and ``downloads``
+        was not set (they arrive before a download slot is free).
+        """
+        if self.data.accepts_streams:
+            return True
+        return self.downloads is None and _size(payload) * devices <= DOWNLOAD_BUDGET
 
     def _default_downloads(self, payload: Encoding) -> int:
         if self.data.accepts_streams:
