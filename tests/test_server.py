@@ -180,13 +180,18 @@ def test_garbage_over_real_http_is_rejected():
         assert requests.get(f"{server.url}/info", timeout=5).json()["repetition"] == 0
 
 
-def test_tls_and_token_end_to_end(tmp_path):
+def self_signed(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
          "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True, timeout=60,
     )
+    return cert, key
+
+
+def test_tls_and_token_end_to_end(tmp_path):
+    cert, key = self_signed(tmp_path)
     with fedsync.serve(FedFloat(3.0), port=0, block=False, token="s3cret", ssl_context=(str(cert), str(key))) as server:
         assert server.url.startswith("https://")
         with pytest.raises(fedsync.errors.RemoteError, match="unauthorized"):
@@ -194,6 +199,30 @@ def test_tls_and_token_end_to_end(tmp_path):
         with fedsync.Federated(data=FedFloat(0.0), remotes=[fedsync.Remote(server.url, token="s3cret", verify=str(cert))]) as alg:
             alg.round()
         assert alg.data.value == 3.0
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_array_replies_written_straight_to_the_socket_arrive_intact(tmp_path, tls):
+    # Several frames, each larger than a TLS record and a socket buffer.
+    shapes = {"a": (3, 700_001), "b": (5,), "c": (1_000_003,)}
+    rng = np.random.default_rng(7)
+    trained = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+
+    def train(model):
+        for name, a in model.items():
+            a[...] = trained[name]
+        return 1
+
+    device = FedArrays({name: np.zeros(shape, np.float32) for name, shape in shapes.items()}, train)
+    cert, key = self_signed(tmp_path) if tls else (None, None)
+    ssl_context = (str(cert), str(key)) if tls else None
+    with fedsync.serve(device, port=0, block=False, ssl_context=ssl_context) as server:
+        coordinator = FedArrays({name: np.zeros(shape, np.float32) for name, shape in shapes.items()})
+        remote = fedsync.Remote(server.url, verify=str(cert) if tls else True)
+        with fedsync.Federated(data=coordinator, remotes=[remote]) as alg:
+            alg.round()
+    for name in shapes:
+        np.testing.assert_array_equal(coordinator.model[name], trained[name])
 
 
 def test_port_in_use_raises_instead_of_exiting():
