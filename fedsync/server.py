@@ -1,4 +1,7 @@
-"""The device side: a werkzeug WSGI app serving one or more FedData over HTTP.
+"""The device side: a WSGI app (werkzeug routing) serving one or more FedData over HTTP.
+
+``serve`` runs it on :class:`fedsync.gateway.KeepAliveServer`, which keeps
+HTTP/1.1 connections open between a round's requests.
 
 Routes (protocol v1, see ``docs/protocol.md``), under each FedData's base
 (``""`` for a single FedData, ``/<name>`` for each entry of a dict):
@@ -22,11 +25,11 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from ._version import PROTOCOL_VERSION, __version__
 from .codec import Payload, read_exactly
+from .gateway import SOCKET_KEY, KeepAliveServer
 from .protocol import Encoding, FedData
 from .status import render_index, render_status
 
@@ -61,8 +64,8 @@ def _json(obj: Any, status: int = 200) -> Response:
 def _body(encoding: Encoding, sock: socket.socket | None = None) -> tuple[Any, str, int]:
     """The response body, its mimetype and its length, without copying the payload.
 
-    ``sock``: the connection's socket, which werkzeug's server puts in the
-    environ (``werkzeug.socket``); a :class:`Payload` is then written to it
+    ``sock``: the connection's socket, which fedsync's server puts in the
+    environ (``gateway.SOCKET_KEY``); a :class:`Payload` is then written to it
     directly (see :func:`_frames_to`).
     """
     if isinstance(encoding, str):
@@ -71,8 +74,8 @@ def _body(encoding: Encoding, sock: socket.socket | None = None) -> tuple[Any, s
     if isinstance(encoding, (bytes, bytearray, memoryview)):
         return encoding, "application/octet-stream", memoryview(encoding).nbytes
     if isinstance(encoding, Payload):
-        # werkzeug's server writes bytes only; small chunks cost less than joining
-        # the whole payload into one fresh model-sized buffer (page faults, measured).
+        # WSGI servers write bytes only; small chunks cost less than joining the whole
+        # payload into one fresh model-sized buffer (page faults, measured).
         body = _frames_to(sock, encoding) if sock is not None else _chunks(encoding)
         return body, "application/octet-stream", len(encoding)
     raise TypeError(
@@ -87,11 +90,11 @@ CHUNK = 1 << 20
 def _frames_to(sock: socket.socket, payload: Payload) -> Iterator[bytes]:
     """Write a payload's frames to the connection itself, without copying them.
 
-    werkzeug's server writes only ``bytes``, so :func:`_chunks` copies each
-    piece of a model into one (about 20% of a device's CPU per round, measured
-    with perf). Its first ``write``, even of ``b""``, sends the status line and
-    headers (Content-Length included) on the unbuffered connection; the frames
-    then follow on the same socket, in order.
+    WSGI servers write only ``bytes``, so :func:`_chunks` copies each piece
+    of a model into one (about 20% of a device's CPU per round, measured with
+    perf). fedsync's server (:mod:`fedsync.gateway`) sends the status line and
+    headers (Content-Length included) on the first ``write``, even of ``b""``,
+    on its unbuffered connection; the frames then follow on the same socket.
     """
     yield b""
     for frame in payload:
@@ -367,7 +370,7 @@ class DeviceApp:
         if request.method == "HEAD":
             # A readiness check: do not build the body just to throw it away.
             return Response(status=200, headers={REPETITION_HEADER: str(rep)})
-        body, mimetype, length = _body(job.result, request.environ.get("werkzeug.socket"))
+        body, mimetype, length = _body(job.result, request.environ.get(SOCKET_KEY))
         response = Response(body, status=200, mimetype=mimetype, direct_passthrough=True)
         response.content_length = length
         response.headers[SPECS_HEADER] = device.fed.specs(rep)
@@ -421,26 +424,10 @@ def _read_payload(request: Request, length: int, as_view: bool = False, into: np
     return buffer
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Sends werkzeug's per-request lines to the ``fedsync.server`` logger at DEBUG.
-
-    Also turns Nagle's algorithm off: werkzeug writes a response's headers and
-    its body separately, and the body would wait for the client's delayed ACK.
-    """
-
-    def setup(self) -> None:
-        super().setup()
-        if self.connection.family in (socket.AF_INET, socket.AF_INET6):
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        logger.debug("%s %s %s", self.command, self.path, code)
-
-
 class RunningServer:
     """A device server running in a background thread; a context manager."""
 
-    def __init__(self, server: BaseWSGIServer, app: DeviceApp) -> None:
+    def __init__(self, server: KeepAliveServer, app: DeviceApp) -> None:
         self.server = server
         self.app = app
         self.host = server.server_address[0]
@@ -469,8 +456,8 @@ class RunningServer:
 def _listen(host: str, port: int) -> socket.socket:
     """A listening socket, or an OSError naming the address.
 
-    werkzeug's make_server prints and calls sys.exit(1) when it cannot bind,
-    which would end a library user's program: bind here and hand it the socket.
+    Binding here gives the caller an error to catch with the address in it
+    (werkzeug's make_server, used before, printed and called sys.exit(1)).
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -516,11 +503,10 @@ def serve(
     app = DeviceApp(data, token=token, max_content_length=max_content_length)
     sock = _listen(host, port)
     try:
-        server = make_server(
-            host, port, app, threaded=True, request_handler=_QuietHandler, ssl_context=ssl_context, fd=sock.fileno()
-        )
-    finally:
-        sock.close()  # werkzeug works on its own duplicate
+        server = KeepAliveServer(sock, app, ssl_context=ssl_context)
+    except BaseException:
+        sock.close()
+        raise
     if not block:
         return RunningServer(server, app)
     logger.info("fedsync device serving on %s://%s:%d", "https" if ssl_context else "http", host, server.socket.getsockname()[1])

@@ -1,0 +1,79 @@
+"""fedsync's device server keeps HTTP/1.1 connections open, and closes them when it must."""
+
+import http.client
+import socket
+import time
+
+import numpy as np
+import pytest
+
+import fedsync
+from fedsync import FedArrays, gateway
+from fedsync.server import SPECS_HEADER
+from tests.seed_fedfloat import FedFloat
+
+
+def connect(server) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection(server.host, server.port, timeout=10)
+
+
+def get(connection, path, method="GET", body=None, headers=None):
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    return response, response.read()
+
+
+def test_requests_on_one_connection_reuse_it():
+    with fedsync.serve(FedFloat(1.0), port=0, block=False) as server:
+        connection = connect(server)
+        first, _ = get(connection, "/info")
+        local = connection.sock.getsockname()
+        second, body = get(connection, "/info")
+        head, _ = get(connection, "/info", method="HEAD")
+        third, _ = get(connection, "/info")
+        assert [r.status for r in (first, second, head, third)] == [200] * 4
+        assert connection.sock is not None and connection.sock.getsockname() == local
+        assert first.getheader("Connection") is None and b'"specs"' in body
+
+
+def test_a_body_left_unread_closes_the_connection_instead_of_being_taken_for_a_request():
+    data = FedArrays({"w": np.zeros(1000, np.float32)})
+    with fedsync.serve(data, port=0, block=False) as server:
+        connection = connect(server)
+        # The specs are refused before the body is read: its bytes are still on the wire.
+        body = b"GET /info HTTP/1.1\r\n\r\n" * 2000
+        refused, answer = get(connection, "/1/submit", "POST", body, {SPECS_HEADER: "arrays:sha256:0"})
+        assert refused.status == 409 and b"specs_mismatch" in answer
+        assert refused.getheader("Connection") == "close"
+        again, _ = get(connection, "/info")  # a new connection, not the body's bytes
+        assert again.status == 200
+
+
+def test_a_chunked_request_body_is_refused_with_411():
+    with fedsync.serve(FedFloat(1.0), port=0, block=False) as server:
+        connection = connect(server)
+        connection.request("POST", "/1/submit", body=iter([b"1.0"]), encode_chunked=True, headers={SPECS_HEADER: "x"})
+        response = connection.getresponse()
+        assert response.status == 411 and response.getheader("Connection") == "close"
+
+
+def test_a_closed_device_answers_nobody_even_on_an_open_connection():
+    server = fedsync.serve(FedFloat(1.0), port=0, block=False)
+    connection = connect(server)
+    assert get(connection, "/info")[0].status == 200
+    server.close()
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        get(connection, "/info")
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout(monkeypatch):
+    monkeypatch.setattr(gateway, "IDLE_TIMEOUT", 0.3)
+    with fedsync.serve(FedFloat(1.0), port=0, block=False) as server:
+        sock = socket.create_connection((server.host, server.port), timeout=10)
+        sock.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        assert sock.recv(65536) == b""  # the server hung up
+        assert time.monotonic() - started < 5
+        sock.close()
