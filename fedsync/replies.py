@@ -98,7 +98,13 @@ class ReplyStream:
         return self
 
     def close(self) -> None:
-        """Release the connection (an unread rest is discarded)."""
-        if self._response is not None:
-            self._response.close()
-            self._response = None
+        """Release the connection: back to the pool when the reply was read in full, else closed."""
+        response, self._response = self._response, None
+        if response is None:
+            return
+        source = getattr(response.raw, "_fp", None)
+        if self._read == self.length and (source is None or source.isclosed()):
+            # http.client saw the whole body, so the kept-alive connection is clean.
+            response.raw.release_conn()
+        else:
+            response.close()

@@ -77,3 +77,27 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(monkeypatch):
         assert sock.recv(65536) == b""  # the server hung up
         assert time.monotonic() - started < 5
         sock.close()
+
+
+def test_rounds_reuse_one_connection_per_device(monkeypatch):
+    accepted = []
+    original = gateway.KeepAliveServer.process_request
+
+    def counting(self, request, client_address):
+        accepted.append(client_address)
+        original(self, request, client_address)
+
+    monkeypatch.setattr(gateway.KeepAliveServer, "process_request", counting)
+
+    def train(model):
+        model["w"][...] = 2.0
+        return 1
+
+    device = FedArrays({"w": np.zeros(300_000, np.float32)}, train)  # streamed, 1.2 MB
+    with fedsync.serve(device, port=0, block=False) as server:
+        coordinator = FedArrays({"w": np.zeros(300_000, np.float32)})
+        with fedsync.Federated(data=coordinator, remotes=[server.url]) as alg:
+            for _ in range(3):
+                alg.round()
+    assert np.all(coordinator.model["w"] == 2.0)
+    assert len(accepted) == 1  # handshake, then 3 x (submit, long-poll with the reply)
