@@ -137,12 +137,10 @@ class Remote:
         ``as_view``: return a binary payload as a memoryview of a numpy-allocated
         buffer (see ``FedData.accepts_views``) rather than ``bytes``.
         """
-        response = self._poll("GET", repetition, wait, timeout, stream=True)
+        response = self._result_response(repetition, wait, timeout)
+        if response is None:
+            return None
         with response:
-            if response.status_code == 202:
-                return None
-            if response.headers.get(REPETITION_HEADER) not in (None, str(repetition)):
-                raise RemoteError(self.url, f"answered repetition {response.headers.get(REPETITION_HEADER)} instead of {repetition}")
             text = response.headers.get("Content-Type", "").startswith("text/plain")
             body = self._read_body(response, as_view=as_view and not text)
         if text:
@@ -159,20 +157,14 @@ class Remote:
         ``deadline`` (a ``time.monotonic()`` value) bounds reading the body.
         """
         def open_body(wait: float = 0.0) -> tuple[requests.Response, int] | None:
-            response = self._poll("GET", repetition, wait, timeout, stream=True)
+            response = self._result_response(repetition, wait, timeout)
+            if response is None:
+                return None
             try:
-                if response.status_code == 202:
-                    response.close()
-                    return None
-                if response.headers.get(REPETITION_HEADER) not in (None, str(repetition)):
-                    raise RemoteError(self.url, f"answered repetition {response.headers.get(REPETITION_HEADER)} instead of {repetition}")
-                try:
-                    return response, int(response.headers["Content-Length"])
-                except (KeyError, ValueError):
-                    raise RemoteError(self.url, "sent its result without a Content-Length") from None
-            except BaseException:
+                return response, int(response.headers["Content-Length"])
+            except (KeyError, ValueError):
                 response.close()
-                raise
+                raise RemoteError(self.url, "sent its result without a Content-Length") from None
 
         def open_again() -> tuple[requests.Response, int]:
             opened = open_body()
@@ -215,6 +207,18 @@ class Remote:
         self.close()
 
     # -- plumbing ----------------------------------------------------------------
+
+    def _result_response(self, repetition: int, wait: float, timeout: float | None) -> requests.Response | None:
+        """``GET {rep}/result?wait=``, its body unread; ``None`` while the device is still working."""
+        response = self._poll("GET", repetition, wait, timeout, stream=True)
+        if response.status_code == 202:
+            response.close()
+            return None
+        answered = response.headers.get(REPETITION_HEADER)
+        if answered not in (None, str(repetition)):
+            response.close()
+            raise RemoteError(self.url, f"answered repetition {answered} instead of {repetition}")
+        return response
 
     def _poll(self, method: str, repetition: int, wait: float, timeout: float | None, **kwargs: Any) -> requests.Response:
         """A long-poll of ``{rep}/result``: the read timeout covers the wait."""
