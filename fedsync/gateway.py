@@ -63,7 +63,9 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
             context.load_cert_chain(*ssl_context)
             ssl_context = context
         self.ssl_context = ssl_context
-        self.socket = ssl_context.wrap_socket(sock, server_side=True) if ssl_context is not None else sock
+        # The TLS handshake happens in each connection's own thread (_Handler.setup), not in
+        # the accepting one: a client that connects and never handshakes blocks nobody else.
+        self.socket = ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False) if ssl_context is not None else sock
         self.server_name, self.server_port = str(address[0]), int(address[1])
         self.app = app
         self._connections: set[socket.socket] = set()
@@ -101,6 +103,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: KeepAliveServer
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(IDLE_TIMEOUT)
+            self.request.do_handshake()  # a failure ends this connection only (handle_error)
         super().setup()
         if self.connection.family in (socket.AF_INET, socket.AF_INET6):
             # A response's headers and body are separate writes: without this the

@@ -101,3 +101,16 @@ def test_rounds_reuse_one_connection_per_device(monkeypatch):
                 alg.round()
     assert np.all(coordinator.model["w"] == 2.0)
     assert len(accepted) == 1  # handshake, then 3 x (submit, long-poll with the reply)
+
+
+def test_a_client_that_never_completes_tls_blocks_no_one_else(tmp_path):
+    from tests.test_server import self_signed
+
+    cert, key = self_signed(tmp_path)
+    with fedsync.serve(FedFloat(1.0), port=0, block=False, ssl_context=(str(cert), str(key))) as server:
+        silent = socket.create_connection((server.host, server.port), timeout=10)  # no handshake
+        try:
+            info = fedsync.Remote(server.url, verify=str(cert), timeout=5).info()
+        finally:
+            silent.close()
+    assert info["specs"] == FedFloat(1.0).specs(1)
