@@ -44,6 +44,10 @@ __all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", 
 logger = logging.getLogger("fedsync")
 
 
+MAX_REPLY = 2 * 1024**3
+"""Default largest whole result a :class:`Remote` downloads, in bytes (as a device's default limit)."""
+
+
 class Remote:
     """A device as seen from the coordinator: its URL and one HTTP session.
 
@@ -58,6 +62,8 @@ class Remote:
         token: sent as ``Authorization: Bearer <token>`` (see ``serve(token=...)``).
         retries: connection attempts retried with backoff.
         verify: TLS verification for ``https://``: ``True``, ``False`` or a CA bundle path.
+        max_reply: the largest result, in bytes, downloaded whole (FedData that read
+            replies as streams check their size against the model instead).
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class Remote:
         token: str | None = None,
         retries: int = 3,
         verify: bool | str = True,
+        max_reply: int = MAX_REPLY,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"Remote URL must start with http:// or https://, got {url!r}; e.g. Remote('http://127.0.0.1:8000')")
@@ -75,6 +82,7 @@ class Remote:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.url = url.rstrip("/")
         self.timeout = float(timeout)
+        self.max_reply = int(max_reply)
         self.session = requests.Session()
         retry = Retry(total=retries, connect=retries, read=0, status=0, other=0, backoff_factor=0.1)
         self.session.mount("http://", HTTPAdapter(max_retries=retry))
@@ -258,6 +266,18 @@ class Remote:
             raise PayloadRejected(f"{self.url}: device rejected the payload ({status} {code}): {message}")
         raise RemoteError(self.url, f"HTTP {status} {code}: {message}")
 
+    def _read_unsized(self, response: requests.Response) -> bytes:
+        """A body sent without a Content-Length, read until it ends or passes ``max_reply``."""
+        body = bytearray()
+        try:
+            for piece in response.iter_content(1 << 20):
+                body += piece
+                if len(body) > self.max_reply:
+                    raise RemoteError(self.url, f"sent a result of more than max_reply ({self.max_reply}) bytes; raise it with Remote(url, max_reply=...)")
+        except requests.exceptions.RequestException as exc:
+            raise RemoteUnavailable(self.url, f"connection lost while reading the result ({_short(exc)})") from None
+        return bytes(body)
+
     def _read_body(self, response: requests.Response, as_view: bool = False) -> Any:
         """Read the whole body into one buffer, copying it once from the socket.
 
@@ -268,7 +288,9 @@ class Remote:
         try:
             length = int(response.headers["Content-Length"])
         except (KeyError, ValueError):
-            return response.content
+            return self._read_unsized(response)
+        if length > self.max_reply:
+            raise RemoteError(self.url, f"announced a result of {length} bytes, over max_reply ({self.max_reply}); raise it with Remote(url, max_reply=...)")
         # urllib3's own read() and readinto() pass the body through a temporary of
         # its size; the http.client response underneath (_fp) fills our buffer.
         source = getattr(response.raw, "_fp", None)

@@ -2,6 +2,7 @@
 
 import http.client
 import socket
+import threading
 import time
 
 import numpy as np
@@ -114,3 +115,32 @@ def test_a_client_that_never_completes_tls_blocks_no_one_else(tmp_path):
         finally:
             silent.close()
     assert info["specs"] == FedFloat(1.0).specs(1)
+
+
+def test_a_whole_result_over_max_reply_is_refused_with_or_without_a_length():
+    class Big(FedFloat):
+        def serialize(self, repetition):
+            return "1" * 3_000_000
+
+    with fedsync.serve(Big(1.0), port=0, block=False) as server:
+        with fedsync.Federated(data=FedFloat(0.0), remotes=[fedsync.Remote(server.url, max_reply=1_000_000)]) as alg:
+            with pytest.raises(fedsync.errors.RoundFailed) as failed:
+                alg.round()
+        assert "announced a result of 3000000 bytes, over max_reply (1000000)" in failed.value.failures[server.url]
+        assert alg.data.value == 0.0
+
+    def unsized(environ, start_response):  # a result streamed without a Content-Length
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return (b"x" * 100_000 for _ in range(30))
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = gateway.KeepAliveServer(listener, unsized)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = fedsync.Remote(f"http://127.0.0.1:{listener.getsockname()[1]}", max_reply=1_000_000)
+        with pytest.raises(fedsync.errors.RemoteError, match=r"more than max_reply \(1000000\)"):
+            remote.result(1, 0.0)
+        assert len(fedsync.Remote(remote.url).result(1, 0.0)) == 3_000_000
+    finally:
+        server.shutdown()
+        server.server_close()
