@@ -15,8 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-import numpy as np
-
+from .codec import read_exactly
 from .errors import RemoteError, RemoteTimeout, RemoteUnavailable
 
 __all__ = ["ReplyStream"]
@@ -76,11 +75,8 @@ class ReplyStream:
 
     def read_all(self) -> memoryview:
         """The rest of the reply in one numpy-allocated buffer (for merges that need it whole)."""
-        buffer = memoryview(np.empty(self.length - self._read, np.uint8))
-        got = 0
-        while got < len(buffer):
-            got += self.readinto(buffer[got:])
-        return buffer
+        # readinto raises rather than end early, so the buffer comes back full.
+        return read_exactly(self.readinto, self.length - self._read, as_view=True)
 
     def reject(self, reason: str) -> None:
         """Refuse this reply: the round drops the device, naming ``reason``."""
