@@ -109,13 +109,17 @@ def test_framework_demo_end_to_end(tmp_path, adapter):
     assert json.loads((tmp_path / "out" / "history.json").read_text())["adapter"] == adapter
 
 
-def test_ctrl_c_stops_every_device(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "fedsync", "demo", "--adapter", "numpy", "--devices", "3", "--rounds", "1000000",
-         "--output", str(tmp_path / "out")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
+def start_endless_demo(tmp_path: Path, devices: int, stderr: int) -> subprocess.Popen:
+    """``fedsync demo`` with more rounds than a test waits for, its output read line by line."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedsync", "demo", "--adapter", "numpy", "--devices", str(devices),
+         "--rounds", "1000000", "--output", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )  # fmt: skip
+
+
+def test_ctrl_c_stops_every_device(tmp_path):
+    demo = start_endless_demo(tmp_path, devices=3, stderr=subprocess.PIPE)
     try:
         lines = []
         for line in demo.stdout:
@@ -139,12 +143,7 @@ def test_ctrl_c_stops_every_device(tmp_path):
 
 
 def test_devices_exit_when_the_coordinator_is_killed_outright(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "fedsync", "demo", "--adapter", "numpy", "--devices", "2", "--rounds", "1000000",
-         "--output", str(tmp_path / "out")],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path, env=env,
-    )  # fmt: skip
+    demo = start_endless_demo(tmp_path, devices=2, stderr=subprocess.DEVNULL)
     try:
         for line in demo.stdout:
             if line.startswith("round"):
