@@ -335,7 +335,7 @@ SHARED_POLL = 1.0
 """Longest long-poll when more devices than workers take turns."""
 
 STREAMS = 4
-"""Replies open at once for FedData that read them as streams, when ``downloads`` is not given."""
+"""Replies handed to the merge at once for FedData that read them as streams, when ``downloads`` is not given."""
 
 
 @dataclass
