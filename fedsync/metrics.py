@@ -1,33 +1,118 @@
-"""Sample-weighted aggregation of the metrics devices report."""
+"""Sample counts and metrics: checked as they arrive, averaged by sample count.
+
+Every number a peer reports (a device's sample count and metrics, in a reply's
+metadata or an evaluation's JSON answer) passes :func:`checked_samples` and
+:func:`checked_metrics` before any arithmetic touches it, so a hostile or
+broken device cannot overflow a sum or turn an average into NaN.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any, Mapping, Sequence
 
-__all__ = ["weighted_means", "parse_counted"]
+__all__ = [
+    "MAX_SAMPLES",
+    "MAX_METRICS",
+    "checked_samples",
+    "checked_metrics",
+    "weighted_means",
+    "parse_counted",
+]
+
+MAX_SAMPLES = 2**53
+"""The largest sample count a device may report.
+
+Every integer up to it is exact in float64, and a sum of 2**10 such counts
+still fits an int64: weights and totals never overflow.
+"""
+
+MAX_METRICS = 256
+"""The most metrics one report may carry."""
+
+MAX_METRIC_NAME = 200
+"""The longest metric name, in characters."""
+
+
+def checked_samples(value: Any, what: str = "samples") -> int:
+    """``value`` as a sample count: an integer in ``[0, MAX_SAMPLES]``.
+
+    Takes an ``int`` (not a ``bool``), a numpy integer, or a string of decimal
+    digits (as payload metadata carries it).
+
+    Raises:
+        ValueError: naming ``what``, the bad value and the accepted range.
+    """
+    count: int | None = None
+    if isinstance(value, str):
+        if 0 < len(value) <= 17 and value.isascii() and value.isdigit():
+            count = int(value)
+    elif not isinstance(value, bool) and (isinstance(value, int) or type(value).__name__.startswith(("int", "uint"))):
+        count = int(value)
+    if count is None or not 0 <= count <= MAX_SAMPLES:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise ValueError(f"{what} must be a whole number of samples in [0, 2**53], got {shown}")
+    return count
+
+
+def checked_metrics(value: Any, what: str = "metrics", *, strict: bool = True) -> dict[str, float]:
+    """``value`` as metrics: a mapping of names to finite floats.
+
+    ``strict`` (for what a peer sent) accepts only ``int`` and ``float`` values
+    (not ``bool``, not strings); otherwise anything ``float()`` takes, e.g. a
+    numpy or torch scalar that a local ``train`` callback returned.
+
+    Raises:
+        ValueError: naming ``what`` and the first bad entry.
+    """
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a mapping of names to numbers, got {type(value).__name__}")
+    if len(value) > MAX_METRICS:
+        raise ValueError(f"{what} has {len(value)} entries, more than MAX_METRICS ({MAX_METRICS})")
+    clean: dict[str, float] = {}
+    for name, number in value.items():
+        label = str(name)
+        if not label or len(label) > MAX_METRIC_NAME:
+            raise ValueError(f"{what}: metric names must have 1 to {MAX_METRIC_NAME} characters, got {label[:40]!r}")
+        if strict and (isinstance(number, bool) or not isinstance(number, (int, float))):
+            raise ValueError(f"{what}: metric {label!r} must be a number, got {type(number).__name__}")
+        try:
+            converted = float(number)
+        except (TypeError, ValueError, OverflowError):
+            converted = math.nan
+        if not math.isfinite(converted):
+            shown = repr(number) if len(repr(number)) <= 40 else repr(number)[:40] + "..."
+            raise ValueError(f"{what}: metric {label!r} must be a finite number, got {shown}")
+        clean[label] = converted
+    return clean
 
 
 def weighted_means(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Each metric's mean over ``records`` (``{"samples": n, "metrics": {...}}``), weighted by samples.
 
-    A metric only some devices report is averaged over those; if all of them
-    report 0 samples it is a plain mean.
+    A record with 0 samples contributes nothing, whatever its metrics. A metric
+    only some devices report is averaged over those; a metric reported only by
+    devices with 0 samples is left out. Values are expected checked
+    (:func:`checked_metrics`): finite, so the weighted sum (``math.fsum``) is exact
+    up to one rounding and cannot overflow for counts up to ``MAX_SAMPLES``.
     """
-    names = sorted({name for r in records for name in r["metrics"]})
+    names = sorted({name for r in records if r["samples"] > 0 for name in r["metrics"]})
     means = {}
     for name in names:
-        pairs = [(float(r["metrics"][name]), int(r["samples"])) for r in records if name in r["metrics"]]
+        pairs = [(float(r["metrics"][name]), int(r["samples"])) for r in records if r["samples"] > 0 and name in r["metrics"]]
         weight = sum(s for _, s in pairs)
-        if weight:
-            means[name] = math.fsum(v * s for v, s in pairs) / weight
-        else:
-            means[name] = math.fsum(v for v, _ in pairs) / len(pairs)
+        # Weights as fractions of the total keep each product within the values' range.
+        means[name] = math.fsum(v * (s / weight) for v, s in pairs)
     return means
 
 
 def parse_counted(value: Any, what: str = "train(model)") -> tuple[int, dict[str, float]]:
-    """``n`` or ``(n, metrics)`` as returned by a train or evaluate callback."""
+    """``n`` or ``(n, metrics)`` as returned by a train or evaluate callback.
+
+    Raises:
+        TypeError: ``value`` is not a sample count, optionally with a dict of metrics.
+        ValueError: the count is over ``MAX_SAMPLES`` or a metric is not a finite number.
+    """
     metrics: Any = {}
     if isinstance(value, tuple) and len(value) == 2:
         value, metrics = value
@@ -37,8 +122,9 @@ def parse_counted(value: Any, what: str = "train(model)") -> tuple[int, dict[str
             f"{what} must return the number of samples it used, e.g. `return x.shape[0]`, "
             f"or that number with a dict of metrics, e.g. `return len(x), {{'loss': 0.12}}`; got {value!r}"
         )
+    samples = checked_samples(value, f"{what}'s sample count")
     try:
-        clean = {str(k): float(v) for k, v in metrics.items()}
-    except (TypeError, ValueError):
-        raise TypeError(f"{what}'s metrics must map names to numbers, got {metrics!r}") from None
-    return int(value), clean
+        clean = checked_metrics(metrics, f"{what}'s metrics", strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; return only finite numbers as metrics") from None
+    return samples, clean
