@@ -17,10 +17,18 @@ from .codec import Payload
 if TYPE_CHECKING:
     from .server import DeviceApp
 
-__all__ = ["FedData", "FIRST", "Encoding"]
+__all__ = ["FedData", "FIRST", "MAX_REPETITION", "Encoding"]
 
 FIRST = 1
 """The repetition number of the first round. Repetitions only grow."""
+
+MAX_REPETITION = 2**53
+"""The largest repetition number a device, a coordinator or a checkpoint accepts.
+
+Exact in float64 (JSON readers in other languages), and far beyond any run:
+a round a second for 285 million years. Anything above it, or not an integer,
+is refused before use.
+"""
 
 Encoding = Union[str, bytes, bytearray, memoryview, Payload]
 """What ``serialize`` returns and ``receive``/``merge`` are handed.
