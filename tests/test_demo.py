@@ -99,7 +99,8 @@ def test_numpy_demo_end_to_end(tmp_path):
         assert "pip install 'fedsync[plot]'" in result.stdout
 
 
-@pytest.mark.parametrize("adapter", ["torch", pytest.param("keras", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter", ["torch", "keras"])
 def test_framework_demo_end_to_end(tmp_path, adapter):
     why = available()[adapter]
     if why is not None:

@@ -49,6 +49,7 @@ def final_accuracy(out):
     return float(re.findall(r"round 5: .*test accuracy ([\d.]+)", out)[-1])
 
 
+@pytest.mark.slow
 def test_torch_example():
     pytest.importorskip("torch")
     assert final_accuracy(run("examples/run.py", "torch_digits")) >= 0.85

@@ -77,6 +77,7 @@ def test_seed_readme_keras_example_learns_digits_from_non_iid_devices(devices):
     assert alg.data.last_merge["samples"] == len(shards["A"][0]) + len(shards["B"][0])
 
 
+@pytest.mark.slow
 def test_merge_weighs_every_weight_by_sample_count(constant_devices):
     data = FedKeras(small_model(), None)
     with Federated(data=data, remotes=[d.url for d in constant_devices]) as alg:
@@ -96,6 +97,7 @@ def test_merge_weighs_every_weight_by_sample_count(constant_devices):
     assert data.last_merge["samples"] == 40 and data.last_merge["metrics"] == {"loss": 1.75}
 
 
+@pytest.mark.slow
 def test_specs_depend_on_the_declaration_not_on_keras_layer_names(constant_devices):
     import keras
 
@@ -112,6 +114,7 @@ def test_specs_depend_on_the_declaration_not_on_keras_layer_names(constant_devic
     assert FedKeras(keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)]), None).specs(1) != specs
 
 
+@pytest.mark.slow
 def test_coordinator_with_another_width_gets_specs_mismatch_before_sending(constant_devices):
     device = constant_devices[0]
     repetition = Remote(device.url).info()["repetition"]
@@ -125,6 +128,7 @@ def test_coordinator_with_another_width_gets_specs_mismatch_before_sending(const
     assert Remote(device.url).info()["repetition"] == repetition  # nothing was sent
 
 
+@pytest.mark.slow
 def test_payload_with_wrong_shapes_is_rejected_and_leaves_the_model_unchanged(constant_devices):
     data = FedKeras(small_model(), lambda model: pytest.fail("must not train on a rejected payload"))
     before = data.get_arrays()
@@ -162,6 +166,7 @@ print(json.dumps({"backend": keras.backend.backend(), "specs": specs, "values": 
 """
 
 
+@pytest.mark.slow
 def test_torch_backend_coordinator_federates_with_tensorflow_devices(constant_devices):
     pytest.importorskip("torch")
     env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")

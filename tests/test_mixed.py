@@ -61,6 +61,7 @@ def test_bundle_part_must_be_the_registered_adapter_for_its_token():
         bundle.check(bundle.serialize(1), 1)
 
 
+@pytest.mark.slow
 def test_torch_model_and_custom_fed_data_in_one_deployment(devices):
     torch = pytest.importorskip("torch")
     from fedsync_torch import FedTorch
@@ -80,6 +81,7 @@ def test_torch_model_and_custom_fed_data_in_one_deployment(devices):
     assert threshold.value == pytest.approx(0.4)
 
 
+@pytest.mark.slow
 def test_bundle_of_torch_model_and_custom_fed_data_resolves_parts_through_the_registry(devices):
     torch = pytest.importorskip("torch")
     from fedsync_torch import FedTorch

@@ -44,6 +44,7 @@ def test_wheel_metadata_carries_entry_points_and_extras(dist):
     assert not any(n.startswith("tests/") for n in names)
 
 
+@pytest.mark.slow
 def test_wheel_installs_into_a_fresh_virtualenv_and_runs(dist, tmp_path):
     (wheel,) = dist.glob("*.whl")
     venv = tmp_path / "venv"
