@@ -119,7 +119,8 @@ class _Registry:
 
     def _collect(self, manager: pluggy.PluginManager) -> dict[str, Adapter]:
         found: dict[str, Adapter] = {}
-        for impl in manager.hook.register_adapters.get_hookimpls():
+        impls = manager.hook.register_adapters.get_hookimpls()
+        for impl in impls:
             plugin = impl.plugin_name
 
             def register(token: str, cls: type, _plugin: str = plugin) -> None:
@@ -141,8 +142,10 @@ class _Registry:
                 package, version = self.sources.get(_plugin, (None, None))
                 found[token] = Adapter(token, cls, _plugin, package, version)
 
-            arguments = {"register": register}
-            impl.function(**{name: arguments[name] for name in impl.argnames})
+            # Each plugin is called through pluggy's own hook caller (so FEDSYNC_TRACE_PLUGINS
+            # traces it), one plugin at a time, so a registration is credited to its plugin.
+            others = [other.plugin for other in impls if other.plugin_name != plugin]
+            manager.subset_hook_caller("register_adapters", remove_plugins=others)(register=register)
         return found
 
 

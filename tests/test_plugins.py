@@ -209,3 +209,17 @@ def test_missing_framework_names_the_extra(tmp_path, monkeypatch, caplog):
     assert "is shadowed by the one of fedsync-ghost" in caplog.text
     with pytest.raises(ImportError, match=r"FedKeras needs a_framework_that_is_not_installed.*pip install 'fedsync\[keras\]'"):
         fedsync.data.FedKeras
+
+
+def test_trace_switch_prints_every_plugins_hook_call(tmp_path):
+    """FEDSYNC_TRACE_PLUGINS=1 prints each register_adapters call, through pluggy's tracer."""
+    code = "from fedsync import plugins; print(sorted(plugins.adapters()))"
+    env = {"PATH": "", "FEDSYNC_LOAD_PLUGINS": "torch", "FEDSYNC_TRACE_PLUGINS": "1"}
+    traced = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert traced.returncode == 0, traced.stderr
+    assert traced.stdout.strip() == "['arrays', 'bundle', 'torch']"
+    # One call per plugin: the two built-in ones and the torch entry point.
+    assert traced.stderr.count("register_adapters [hook]") == 3
+    assert traced.stderr.count("finish register_adapters") == 3
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={"PATH": "", "FEDSYNC_LOAD_PLUGINS": "torch"}, cwd=ROOT)
+    assert "register_adapters" not in quiet.stderr
