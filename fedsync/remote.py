@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -281,6 +282,8 @@ class Remote:
         try:
             if not isinstance(answer, dict):
                 raise ValueError(f"expected a JSON object, got {type(answer).__name__}")
+            if not isinstance(answer.get("samples"), int):  # JSON carries a count as a number, not text
+                raise ValueError(f"samples must be a whole number, got {_shown(answer.get('samples'))}")
             samples = checked_samples(answer.get("samples"), "samples")
             metrics = checked_metrics(answer.get("metrics"), "metrics")
         except ValueError as exc:
@@ -347,6 +350,8 @@ class Remote:
         except requests.exceptions.Timeout as exc:
             raise RemoteTimeout(self.url, f"timed out: no answer within the timeout ({self._short(exc)})") from None
         except requests.exceptions.ConnectionError as exc:
+            if _timed_out(exc):  # a read timeout that exhausted the retries arrives as a ConnectionError
+                raise RemoteTimeout(self.url, f"timed out: no answer within the timeout ({self._short(exc)})") from None
             raise RemoteUnavailable(self.url, f"cannot connect: is the device running? ({self._short(exc)})") from None
         except requests.exceptions.RequestException as exc:
             raise RemoteError(self.url, self._short(exc)) from None
@@ -386,6 +391,13 @@ def _body(payload: Encoding) -> tuple[Any, str]:
     if isinstance(payload, str):
         return payload.encode("utf-8"), "text/plain; charset=utf-8"
     return payload, "application/octet-stream"
+
+
+def _timed_out(exc: BaseException) -> bool:
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):  # refused: a ConnectTimeoutError by inheritance only
+        return False
+    return isinstance(reason, (urllib3.exceptions.TimeoutError, TimeoutError))
 
 
 def _shown(value: Any) -> str:
