@@ -187,7 +187,8 @@ def test_drip_fed_reply_is_dropped_as_late_and_the_healthy_one_merges(devices, s
     started = time.monotonic()
     with Federated(data, [healthy.url, drip.url], min_results=1, timeout=5) as alg:
         result = alg.round()
-    assert time.monotonic() - started < 20  # was 46 s: every byte restarted the read timeout
+    # About timeout + 1 s; was 46 s: every byte restarted the read timeout. Generous for a loaded machine.
+    assert time.monotonic() - started < 12
     assert result.answered == [healthy.url]
     assert "late" in result.failures[drip.url]
     assert (np.all(data.model["w"] == 2.0)) if kind == "arrays" else data.value == 2.0
