@@ -13,7 +13,6 @@ import random
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -27,7 +26,9 @@ from .metrics import weighted_means
 from .protocol import MAX_REPETITION, Encoding, FedData
 from .remote import MAX_REPLY, Remote, size as _size
 from .replies import ReplyStream
-from .transfer import LATE, STALL, Deadline, round_grace
+from .callbacks import EarlyStopping
+from .rounds import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share
+from .transfer import STALL, Deadline, round_grace
 from .workers import Workers, concurrently
 
 __all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping", "MAX_REPLY"]
@@ -51,88 +52,6 @@ STREAMS = 4
 
 HANDSHAKE_SHARE = 0.5
 """The most of a round's remaining time the handshake may take."""
-
-
-def exact_share(fraction: Any, count: int) -> int:
-    """``ceil(fraction * count)`` computed exactly (``0.14 * 50`` is 7, not 8).
-
-    ``fraction`` is read from its decimal text, as written: a float ``0.14`` is 7/50.
-    """
-    share = Fraction(str(fraction)) * count
-    return -(-share.numerator // share.denominator)
-
-
-class _Budget:
-    """Bytes of whole replies held at once; a request over the total waits for all of it."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self._free = total
-        self._changed = threading.Condition()
-
-    def acquire(self, nbytes: int, cancel: threading.Event) -> int | None:
-        """Take ``nbytes`` (at most the total); ``None`` if the round ended meanwhile."""
-        nbytes = min(nbytes, self.total)
-        with self._changed:
-            while self._free < nbytes:
-                if cancel.is_set():
-                    return None
-                self._changed.wait(0.5)
-            self._free -= nbytes
-        return nbytes
-
-    def release(self, nbytes: int) -> None:
-        if nbytes:
-            with self._changed:
-                self._free += nbytes
-                self._changed.notify_all()
-
-
-@dataclass
-class _Round:
-    """What a round's per-device steps share."""
-
-    rep: int
-    specs: str
-    payload: Encoding
-    deadline: Deadline
-    timeout: float
-    cancel: threading.Event
-    slots: threading.Semaphore
-    budget: _Budget
-    arrivals: queue.Queue
-    """``(remote, reply or exception, budget bytes held)`` as each device's part ends."""
-    workers: Workers
-    wait: float
-    """The longest single long-poll."""
-    phase: dict[str, str] = field(default_factory=dict)
-    """Each device's step: ``queued``, ``sending``, ``training``, ``answered``: what a timeout means for it."""
-
-    def download_slot(self) -> bool:
-        """Wait for a download slot; ``False`` if the round ended meanwhile."""
-        while not self.cancel.is_set():
-            if self.slots.acquire(timeout=0.5):
-                if not self.cancel.is_set():
-                    return True
-                self.slots.release()
-        return False
-
-    def overdue(self, url: str, *, failed: bool = False) -> str:
-        """Why ``url`` has nothing to show when the round stops waiting for it, from the step it was at.
-
-        ``failed``: the round stopped because its quorum was out of reach, not at its deadline.
-        """
-        when = "the round failed" if failed else "the round's deadline passed"
-        step = self.phase.get(url, "queued")
-        if step == "queued":
-            return f"nothing was sent to it: {when} before its turn"
-        if step == "sending":
-            return f"RemoteTimeout: the payload was still being sent when {when}"
-        if step == "answered":
-            return f"RemoteTimeout: {LATE}" if not failed else "answered, but the round had already failed"
-        if failed:
-            return "still working when the round failed"
-        return f"RemoteTimeout: no result for repetition {self.rep} within the round's timeout of {self.timeout:g}s"
 
 
 class Federated:
@@ -618,86 +537,5 @@ class Federated:
         self.close()
 
 
-class EarlyStopping:
-    """A ``fit`` callback that stops when a metric has not improved for ``patience`` rounds.
-
-    Args:
-        metric: the metric's name, e.g. ``"accuracy"``.
-        patience: rounds without improvement before stopping.
-        mode: ``"max"`` (higher is better) or ``"min"``.
-        evaluation: read the metric from federated evaluation (else from training).
-    """
-
-    def __init__(self, metric: str, patience: int = 3, mode: str = "max", evaluation: bool = True) -> None:
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.metric, self.patience, self.mode, self.evaluation = metric, patience, mode, evaluation
-        self.best: float | None = None
-        self.waited = 0
-
-    def __call__(self, alg: Federated, result: RoundResult) -> bool:
-        source = result.evaluation.metrics if (self.evaluation and result.evaluation) else None if self.evaluation else result.metrics
-        if source is None or self.metric not in source:
-            return False
-        value = source[self.metric]
-        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
-        if better:
-            self.best, self.waited = value, 0
-            return False
-        self.waited += 1
-        return self.waited >= self.patience
-
-
-def _close(reply: Any) -> None:
-    if isinstance(reply, ReplyStream):
-        reply.close()
-
-
-def _close_waiting(arrivals: queue.Queue) -> None:
-    """Close replies opened for a round that no longer wants them."""
-    while True:
-        try:
-            _, reply, _ = arrivals.get_nowait()
-        except queue.Empty:
-            return
-        _close(reply)
-
-
 def _format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no metrics"
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, RemoteError):
-        return f"{type(exc).__name__}: {exc.reason}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _mismatch_message(url: str, expected: str, info: dict[str, Any], summary: dict[str, Any] | None) -> str:
-    message = f"{url} holds specs {_clipped(info['specs'])} but the coordinator's are {expected!r}"
-    diff = _first_difference(summary, info.get("summary"))
-    if diff:
-        message += f"; first difference: {diff}"
-    return message + ". Declare the same FedData (same architecture) on both sides; nothing was sent."
-
-
-def _clipped(value: Any, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _first_difference(ours: Any, theirs: Any) -> str | None:
-    """The first weight whose name, shape or dtype differs between two summaries (the device's may be anything)."""
-    try:
-        mine = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in ours["weights"]]
-        other = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in theirs["weights"]]
-        for a, b in zip(mine, other):
-            if a != b:
-                if a[0] != b[0]:
-                    return f"expected weight {a[0]!r}, device has {_clipped(b[0])}"
-                return f"{a[0]}: expected {a[1]} {a[2]}, device has {_clipped(b[1], 80)} {_clipped(b[2], 40) if not isinstance(b[2], str) or len(b[2]) > 40 else b[2]}"
-        if len(mine) != len(other):
-            return f"expected {len(mine)} weights, device has {len(other)}"
-    except Exception:  # a device's summary is free-form JSON: no diff rather than an error
-        return None
-    return None

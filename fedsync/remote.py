@@ -170,7 +170,8 @@ class Remote:
             headers={SPECS_HEADER: specs, "Content-Type": mimetype},
             timeout=timeout or self.timeout,
         )
-        response.close()  # its JSON says nothing the status did not
+        # Its JSON says nothing the status did not; read (bounded) so the connection is reused.
+        read_capped(response, MAX_JSON, Deadline.within(timeout or self.timeout), self.url, truncate=True)
 
     def ready(self, repetition: int, wait: float, *, timeout: float | None = None) -> bool:
         """Long-poll up to ``wait`` seconds for the result without downloading it.
@@ -202,8 +203,14 @@ class Remote:
         """
         if deadline is None:
             deadline = Deadline.within(wait + (timeout if timeout is not None else self.timeout))
-        stream = self.open_result(repetition, wait, timeout=timeout, deadline=deadline)
-        return None if stream is None else self.download(stream, as_view=as_view)
+        response = self._result_response(repetition, wait, timeout)
+        if response is None:
+            return None
+        if "Content-Length" not in response.headers:  # streamed without a length: read up to max_reply
+            body = read_capped(response, self.max_reply, deadline, self.url, limit="max_reply", advice="; raise it with Remote(url, max_reply=...)")
+            return self._decoded(body, str(response.headers.get("Content-Type", "")))
+        stream = self._stream(repetition, response, timeout, deadline)
+        return self.download(stream, as_view=as_view)
 
     def open_result(
         self, repetition: int, wait: float = 0.0, *, timeout: float | None = None, deadline: Deadline | float | None = None
@@ -217,27 +224,27 @@ class Remote:
         if not isinstance(deadline, Deadline):
             deadline = NEVER if deadline is None else Deadline(float(deadline))
 
-        def open_body(wait: float = 0.0, timeout: float | None = timeout) -> tuple[requests.Response, int] | None:
-            response = self._result_response(repetition, wait, timeout)
-            if response is None:
-                return None
+        response = self._result_response(repetition, wait, timeout)
+        return None if response is None else self._stream(repetition, response, timeout, deadline)
+
+    def _stream(self, repetition: int, response: requests.Response, timeout: float | None, deadline: Deadline) -> ReplyStream:
+        """A result's answer as a :class:`ReplyStream` (which can ask for it again)."""
+
+        def sized(response: requests.Response) -> tuple[requests.Response, int]:
             length = content_length(response.headers.get("Content-Length"))
             if length is None:
                 response.close()
-                raise RemoteError(self.url, "sent its result without a valid Content-Length; a fedsync device sends one")
+                raise RemoteError(self.url, "sent its result without a valid Content-Length (decimal digits); a fedsync device sends one")
             return response, length
 
         def open_again() -> tuple[requests.Response, int]:
-            opened = open_body(0.0, deadline.request_timeout(self.timeout))
-            if opened is None:
+            again = self._result_response(repetition, 0.0, deadline.request_timeout(self.timeout))
+            if again is None:
                 raise RemoteError(self.url, f"no longer has the result of repetition {repetition}")
-            return opened
+            return sized(again)
 
-        opened = open_body(wait)
-        if opened is None:
-            return None
-        stream = ReplyStream(self.url, opened, open_again, deadline)
-        stream.content_type = str(opened[0].headers.get("Content-Type", ""))
+        stream = ReplyStream(self.url, sized(response), open_again, deadline)
+        stream.content_type = str(response.headers.get("Content-Type", ""))
         return stream
 
     def download(self, stream: ReplyStream, *, as_view: bool = False) -> Encoding:
@@ -257,7 +264,11 @@ class Remote:
             body = read_exactly(stream.readinto, len(stream))
         finally:
             stream.close()
-        if with_text:
+        return self._decoded(body, stream.content_type)
+
+    def _decoded(self, body: bytes | bytearray, content_type: str) -> Encoding:
+        """``str`` for a ``text/plain`` result, else ``bytes``."""
+        if content_type.startswith("text/plain"):
             try:
                 return body.decode("utf-8")
             except UnicodeDecodeError:
@@ -306,8 +317,10 @@ class Remote:
         """A JSON answer of at most ``MAX_JSON`` bytes, read before ``deadline``."""
         kwargs.setdefault("timeout", deadline.request_timeout(self.timeout))
         response = self._request(method, path, stream=True, **kwargs)
-        with response:
-            body = read_capped(response, MAX_JSON, deadline, self.url)
+        if response.status_code != 200:
+            response.close()
+            raise RemoteError(self.url, f"{what} answered HTTP {response.status_code}; expected 200")
+        body = read_capped(response, MAX_JSON, deadline, self.url)
         try:
             return json.loads(body)
         except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
@@ -338,6 +351,7 @@ class Remote:
     def _request(self, method: str, path: str, check: bool = True, **kwargs: Any) -> requests.Response:
         # Bodies are read here, bounded, never by requests (which reads them whole).
         kwargs.setdefault("stream", True)
+        kwargs.setdefault("allow_redirects", False)  # a device has no business sending the token elsewhere
         try:
             response = self.session.request(method, self.url + path, verify=self.verify, **kwargs)
         except requests.exceptions.SSLError as exc:

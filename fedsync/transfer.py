@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import RemoteError, RemoteTimeout, RemoteUnavailable
 
-__all__ = ["Deadline", "LATE", "STALL", "read_some", "read_capped", "content_length", "round_grace"]
+__all__ = ["Deadline", "LATE", "STALL", "read_some", "read_capped", "release", "content_length", "round_grace"]
 
 STALL = 1.0
 """Seconds a reply may pause once its round's deadline has passed, before it is dropped as late."""
@@ -150,12 +150,24 @@ def _readinto1(source: Any, view: memoryview) -> int:
     return n
 
 
-def read_capped(response: Any, cap: int, deadline: Deadline, url: str, *, truncate: bool = False) -> bytes:
-    """The body of ``response``, at most ``cap`` bytes, read under ``deadline``.
+def release(response: Any) -> None:
+    """Done with ``response``: its connection back to the pool if the body was read to its end, else closed."""
+    raw = getattr(response, "raw", None)
+    source = getattr(raw, "_fp", None)
+    if source is not None and source.isclosed() and hasattr(raw, "release_conn"):
+        raw.release_conn()
+    else:
+        response.close()
 
-    A body announced or found longer than ``cap`` raises :class:`RemoteError`,
-    or with ``truncate`` is cut at ``cap`` bytes (the connection is then closed,
-    its rest unread).
+
+def read_capped(
+    response: Any, cap: int, deadline: Deadline, url: str, *, truncate: bool = False, limit: str = "the limit", advice: str = ""
+) -> bytes:
+    """The body of ``response``, at most ``cap`` bytes, read under ``deadline``; the response is then released.
+
+    A body announced or found longer than ``cap`` raises :class:`RemoteError`
+    (naming ``limit``, then ``advice``), or with ``truncate`` is cut at ``cap``
+    bytes (the connection is then closed, its rest unread).
 
     Raises:
         RemoteError: over ``cap`` bytes (without ``truncate``); RemoteTimeout,
@@ -169,7 +181,7 @@ def read_capped(response: Any, cap: int, deadline: Deadline, url: str, *, trunca
         raise RemoteError(url, f"answered with an invalid Content-Length {announced[:40]!r}; expected decimal digits")
     if length is not None and length > cap and not truncate:
         response.close()
-        raise RemoteError(url, f"answered {length} bytes, over the limit of {cap} bytes for this answer")
+        raise RemoteError(url, f"announced {length} bytes, more than {limit} ({cap}) bytes{advice}")
     buffer = bytearray(min(cap, length) if length is not None else min(cap, 1 << 16) + 1)
     got = 0
     try:
@@ -188,11 +200,10 @@ def read_capped(response: Any, cap: int, deadline: Deadline, url: str, *, trunca
     if got > cap:
         if not truncate:
             response.close()
-            raise RemoteError(url, f"answered more than {cap} bytes, the limit for this answer")
+            raise RemoteError(url, f"sent more than {limit} ({cap}) bytes{advice}")
         got = cap
     if length is not None and got < length and got < cap:
         response.close()
         raise RemoteUnavailable(url, f"the answer ended after {got} of {length} bytes")
-    if truncate and (length is None or length > got):
-        response.close()  # its rest is never read: the connection cannot be reused
+    release(response)  # closed if its rest was never read: the connection cannot be reused
     return bytes(buffer[:got])

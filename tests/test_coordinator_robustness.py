@@ -23,7 +23,7 @@ import pytest
 
 from fedsync import FedArrays, Federated, Remote
 from fedsync.client import exact_share
-from fedsync.errors import RemoteError, RemoteUnavailable, RoundFailed, SpecsMismatch
+from fedsync.errors import RemoteUnavailable, RoundFailed, SpecsMismatch
 from tests.conftest import ROOT, DeviceProcess
 
 MIB = 1024 * 1024
