@@ -299,6 +299,13 @@ class Federated:
             self.data.merge(self._collect(state, remotes, needed, result, _size(payload)), rep)
         except RoundFailed as exc:  # the merge found the round unusable: say who took part
             raise RoundFailed(f"round {rep}: {exc.args[0]}", {**exc.failures, **result.failures}) from None
+        except Exception as exc:
+            if state.merging is None:  # not while folding a reply: the merge's own error
+                raise
+            # A reply the merge could not take (a FedData without ``check``): name its device.
+            why = f"the merge raised {type(exc).__name__}: {str(exc)[:300]} on its reply"
+            failures = {**result.failures, state.merging: why}
+            raise RoundFailed(f"round {rep} failed: {why} ({state.merging}); the coordinator's data is unchanged", failures) from exc
         finally:
             state.cancel.set()
             workers.close()
@@ -485,9 +492,11 @@ class Federated:
             result.bytes_received += _size(reply)
             if isinstance(reply, ReplyStream):
                 streams.append(reply)
+            state.merging = remote.url
             try:
                 yield reply
             finally:
+                state.merging = None
                 _close(reply)
                 del reply
                 state.budget.release(held)

@@ -75,6 +75,8 @@ class _Round:
     workers: Workers
     wait: float
     """The longest single long-poll."""
+    merging: str | None = None
+    """The device whose reply the merge holds (handed over, not yet released)."""
     phase: dict[str, str] = field(default_factory=dict)
     """Each device's step: ``queued``, ``sending``, ``training``, ``answered``: what a timeout means for it."""
 

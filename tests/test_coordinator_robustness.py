@@ -154,6 +154,18 @@ def test_round_failed_by_the_merge_names_the_rounds_failures(devices):
     assert list(failed.value.failures) == [dead.url] and "cannot connect" in failed.value.failures[dead.url]
 
 
+def test_reply_the_merge_cannot_take_names_its_device(devices, spawn):
+    from tests.seed_fedfloat import FedFloat
+
+    healthy = devices("fedfloat", 2.0)
+    bad = spawn("hostile", "text", {"kind": "fedfloat", "text": "not a number"})
+    data = FedFloat(0.0)
+    with Federated(data, [healthy.url, bad.url], min_results=1, timeout=20) as alg, pytest.raises(RoundFailed) as failed:
+        alg.round()  # the seed's FedFloat has no check(): its merge meets the bad text
+    assert "ValueError" in failed.value.failures[bad.url] and healthy.url not in failed.value.failures
+    assert data.value == 0.0
+
+
 # -- kind 4: the round's deadline bounds every wait ---------------------------------
 
 
