@@ -1,4 +1,7 @@
-"""The coordinator side: :class:`Remote` devices and the :class:`Federated` round."""
+"""The coordinator side: the :class:`Federated` round over :class:`~fedsync.remote.Remote` devices.
+
+The HTTP transport lives in :mod:`fedsync.remote`; ``Remote`` is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -10,323 +13,33 @@ import random
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import requests
-from requests.adapters import HTTPAdapter
 from tqdm.auto import tqdm
-from urllib3.util.retry import Retry
 
 from . import checkpoint as checkpoint_io
-
-from .errors import (
-    PayloadRejected,
-    RemoteBusy,
-    RemoteError,
-    RemoteTimeout,
-    RemoteUnavailable,
-    RoundFailed,
-    SpecsMismatch,
-    TrainingFailed,
-)
-from .codec import Payload, read_exactly
+from .errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch
 from .history import EvaluationResult, History, RoundResult
 from .metrics import weighted_means
-from .protocol import Encoding, FedData
+from .protocol import MAX_REPETITION, Encoding, FedData
+from .remote import MAX_REPLY, Remote, size as _size
 from .replies import ReplyStream
+from .callbacks import EarlyStopping
+from .rounds import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share
+from .transfer import STALL, Deadline, round_grace
 from .workers import Workers, concurrently
-from .server import REPETITION_HEADER, SPECS_HEADER
 
-__all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping"]
+__all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping", "MAX_REPLY"]
 
 logger = logging.getLogger("fedsync")
 
-
-MAX_REPLY = 2 * 1024**3
-"""Default largest whole result a :class:`Remote` downloads, in bytes (as a device's default limit)."""
-
-
-class Remote:
-    """A device as seen from the coordinator: its URL and one HTTP session.
-
-    Every call has a timeout; connection errors are retried with backoff
-    (``retries`` times), other errors are not. Use it as a context manager, or
-    call :meth:`close`, to release its connections.
-
-    Args:
-        url: the device's base URL, e.g. ``"http://127.0.0.1:8000"`` (or with a
-            named base: ``"http://host:8000/model"``).
-        timeout: seconds for connecting and for each answer.
-        token: sent as ``Authorization: Bearer <token>`` (see ``serve(token=...)``).
-        retries: connection attempts retried with backoff.
-        verify: TLS verification for ``https://``: ``True``, ``False`` or a CA bundle path.
-        max_reply: the largest result, in bytes, downloaded whole (FedData that read
-            replies as streams check their size against the model instead).
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        timeout: float = 30.0,
-        token: str | None = None,
-        retries: int = 3,
-        verify: bool | str = True,
-        max_reply: int = MAX_REPLY,
-    ) -> None:
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"Remote URL must start with http:// or https://, got {url!r}; e.g. Remote('http://127.0.0.1:8000')")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self.url = url.rstrip("/")
-        self.timeout = float(timeout)
-        self.max_reply = int(max_reply)
-        self.session = requests.Session()
-        retry = Retry(total=retries, connect=retries, read=0, status=0, other=0, backoff_factor=0.1)
-        self.session.mount("http://", HTTPAdapter(max_retries=retry))
-        self.session.mount("https://", HTTPAdapter(max_retries=retry))
-        if token is not None:
-            self.session.headers["Authorization"] = f"Bearer {token}"
-        # Proxies and the CA bundle from the environment are resolved once here:
-        # requests would look them up again on every request (about 0.7 ms each).
-        self.session.proxies.update(requests.utils.get_environ_proxies(self.url))
-        if verify is True:
-            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        self.session.trust_env = False
-        self.verify = verify
-
-    def __repr__(self) -> str:
-        return f"Remote({self.url!r})"
-
-    # -- calls -----------------------------------------------------------------
-
-    def info(self) -> dict[str, Any]:
-        """The device's handshake: protocol, specs, last repetition, state, summary."""
-        response = self._request("GET", "/info", timeout=self.timeout)
-        try:
-            info = response.json()
-        except ValueError:
-            raise RemoteError(self.url, f"/info did not answer JSON: {response.text[:200]!r}") from None
-        if not isinstance(info, dict) or not isinstance(info.get("specs"), str):
-            raise RemoteError(self.url, "/info answered no specs; is this a fedsync device?")
-        return info
-
-    def submit(self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None) -> None:
-        """Hand the device ``payload`` for ``repetition``; returns once it accepted (202)."""
-        body, mimetype = _body(payload)
-        self._request(
-            "POST",
-            f"/{repetition}/submit",
-            data=body,
-            headers={SPECS_HEADER: specs, "Content-Type": mimetype},
-            timeout=timeout or self.timeout,
-        )
-
-    def ready(self, repetition: int, wait: float, *, timeout: float | None = None) -> bool:
-        """Long-poll up to ``wait`` seconds for the result without downloading it.
-
-        ``True`` once the result is ready, ``False`` if the device is still working;
-        raises the device's own error if its training failed.
-        """
-        response = self._poll("HEAD", repetition, wait, timeout, check=False)
-        response.close()
-        if response.status_code == 200:
-            return True
-        if response.status_code == 202:
-            return False
-        # A HEAD answer has no body: ask again with GET, which carries the device's message.
-        return self.result(repetition, 0.0) is not None
-
-    def result(self, repetition: int, wait: float, *, timeout: float | None = None, as_view: bool = False) -> Encoding | None:
-        """Long-poll up to ``wait`` seconds; the device's payload, or ``None`` if still working.
-
-        ``as_view``: return a binary payload as a memoryview of a numpy-allocated
-        buffer (see ``FedData.accepts_views``) rather than ``bytes``.
-        """
-        response = self._result_response(repetition, wait, timeout)
-        if response is None:
-            return None
-        with response:
-            text = response.headers.get("Content-Type", "").startswith("text/plain")
-            body = self._read_body(response, as_view=as_view and not text)
-        if text:
-            try:
-                return body.decode("utf-8")
-            except UnicodeDecodeError:
-                raise RemoteError(self.url, "sent a text/plain result that is not UTF-8") from None
-        return body
-
-    def open_result(self, repetition: int, wait: float = 0.0, *, timeout: float | None = None, deadline: float | None = None) -> ReplyStream | None:
-        """Long-poll up to ``wait`` seconds; the result as a :class:`~fedsync.replies.ReplyStream`
-        whose body is not read yet, or ``None`` if the device is still working.
-
-        ``deadline`` (a ``time.monotonic()`` value) bounds reading the body.
-        """
-        def open_body(wait: float = 0.0) -> tuple[requests.Response, int] | None:
-            response = self._result_response(repetition, wait, timeout)
-            if response is None:
-                return None
-            try:
-                return response, int(response.headers["Content-Length"])
-            except (KeyError, ValueError):
-                response.close()
-                raise RemoteError(self.url, "sent its result without a Content-Length") from None
-
-        def open_again() -> tuple[requests.Response, int]:
-            opened = open_body()
-            if opened is None:
-                raise RemoteError(self.url, f"no longer has the result of repetition {repetition}")
-            return opened
-
-        opened = open_body(wait)
-        if opened is None:
-            return None
-        return ReplyStream(self.url, opened, open_again, deadline if deadline is not None else math.inf)
-
-    def evaluate(self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None) -> dict[str, Any]:
-        """Ask the device to evaluate ``payload`` on its data: ``{"samples": n, "metrics": {...}}``."""
-        body, mimetype = _body(payload)
-        response = self._request(
-            "POST",
-            f"/{repetition}/evaluate",
-            data=body,
-            headers={SPECS_HEADER: specs, "Content-Type": mimetype},
-            timeout=timeout or self.timeout,
-        )
-        try:
-            answer = response.json()
-            samples, metrics = int(answer["samples"]), {str(k): float(v) for k, v in answer["metrics"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise RemoteError(self.url, f"evaluation answered no samples and metrics: {response.text[:200]!r}") from None
-        if samples < 0:
-            raise RemoteError(self.url, f"evaluation reported {samples} samples")
-        return {"samples": samples, "metrics": metrics}
-
-    def close(self) -> None:
-        """Release the session's connections."""
-        self.session.close()
-
-    def __enter__(self) -> "Remote":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- plumbing ----------------------------------------------------------------
-
-    def _result_response(self, repetition: int, wait: float, timeout: float | None) -> requests.Response | None:
-        """``GET {rep}/result?wait=``, its body unread; ``None`` while the device is still working."""
-        response = self._poll("GET", repetition, wait, timeout, stream=True)
-        if response.status_code == 202:
-            response.close()
-            return None
-        answered = response.headers.get(REPETITION_HEADER)
-        if answered not in (None, str(repetition)):
-            response.close()
-            raise RemoteError(self.url, f"answered repetition {answered} instead of {repetition}")
-        return response
-
-    def _poll(self, method: str, repetition: int, wait: float, timeout: float | None, **kwargs: Any) -> requests.Response:
-        """A long-poll of ``{rep}/result``: the read timeout covers the wait."""
-        read_timeout = timeout if timeout is not None else wait + self.timeout
-        return self._request(
-            method, f"/{repetition}/result", params={"wait": f"{wait:.3f}"}, timeout=(self.timeout, read_timeout), **kwargs
-        )
-
-    def _request(self, method: str, path: str, check: bool = True, **kwargs: Any) -> requests.Response:
-        try:
-            response = self.session.request(method, self.url + path, verify=self.verify, **kwargs)
-        except requests.exceptions.Timeout as exc:
-            raise RemoteTimeout(self.url, f"no answer within the timeout ({_short(exc)})") from None
-        except requests.exceptions.ConnectionError as exc:
-            raise RemoteUnavailable(self.url, f"cannot connect: is the device running? ({_short(exc)})") from None
-        except requests.exceptions.RequestException as exc:
-            raise RemoteError(self.url, _short(exc)) from None
-        if check and response.status_code >= 400:
-            with response:
-                self._raise_for(response)
-        return response
-
-    def _raise_for(self, response: requests.Response) -> None:
-        try:
-            detail = response.json()
-            code, message = str(detail["error"]), str(detail["message"])
-        except (ValueError, KeyError, TypeError):
-            code, message = "http_error", f"HTTP {response.status_code}: {response.text[:200]!r}"
-        status = response.status_code
-        if code == "specs_mismatch":
-            raise SpecsMismatch(f"{self.url}: {message}")
-        if code == "busy":
-            raise RemoteBusy(self.url, message)
-        if code == "training_failed":
-            raise TrainingFailed(self.url, f"training failed on the device: {message}")
-        if status in (400, 411, 413):
-            raise PayloadRejected(f"{self.url}: device rejected the payload ({status} {code}): {message}")
-        raise RemoteError(self.url, f"HTTP {status} {code}: {message}")
-
-    def _read_unsized(self, response: requests.Response) -> bytes:
-        """A body sent without a Content-Length, read until it ends or passes ``max_reply``."""
-        body = bytearray()
-        try:
-            for piece in response.iter_content(1 << 20):
-                body += piece
-                if len(body) > self.max_reply:
-                    raise RemoteError(self.url, f"sent a result of more than max_reply ({self.max_reply}) bytes; raise it with Remote(url, max_reply=...)")
-        except requests.exceptions.RequestException as exc:
-            raise RemoteUnavailable(self.url, f"connection lost while reading the result ({_short(exc)})") from None
-        return bytes(body)
-
-    def _read_body(self, response: requests.Response, as_view: bool = False) -> Any:
-        """Read the whole body into one buffer, copying it once from the socket.
-
-        ``as_view`` reads into numpy-allocated memory (huge pages where the system
-        allows) and returns a memoryview: a fresh bytes or bytearray of a model's
-        size costs tens of milliseconds of page faults (measured in benchmarks/).
-        """
-        try:
-            length = int(response.headers["Content-Length"])
-        except (KeyError, ValueError):
-            return self._read_unsized(response)
-        if length > self.max_reply:
-            raise RemoteError(self.url, f"announced a result of {length} bytes, over max_reply ({self.max_reply}); raise it with Remote(url, max_reply=...)")
-        # urllib3's own read() and readinto() pass the body through a temporary of
-        # its size; the http.client response underneath (_fp) fills our buffer.
-        source = getattr(response.raw, "_fp", None)
-        try:
-            if as_view and hasattr(source, "readinto"):
-                body: Any = read_exactly(source.readinto, length, as_view=True)
-            else:
-                body = response.raw.read(length)
-        except Exception as exc:  # urllib3 and http.client raise several types for a lost connection
-            raise RemoteUnavailable(self.url, f"connection lost while reading the result ({_short(exc)})") from None
-        if len(body) != length:
-            raise RemoteUnavailable(self.url, f"result ended after {len(body)} of {length} bytes")
-        return body
-
-
-def _body(payload: Encoding) -> tuple[Any, str]:
-    if isinstance(payload, str):
-        return payload.encode("utf-8"), "text/plain; charset=utf-8"
-    return payload, "application/octet-stream"
-
-
-def _size(payload: Encoding) -> int:
-    if isinstance(payload, str):
-        return len(payload.encode("utf-8"))
-    if isinstance(payload, (Payload, ReplyStream)):
-        return len(payload)
-    return memoryview(payload).nbytes
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) < 300 else text[:300] + "..."
-
-
 DOWNLOAD_BUDGET = 64 * 1024 * 1024
-"""Bytes of whole replies the coordinator may hold at once when ``downloads`` is not given."""
+"""Bytes of whole replies (FedData without ``accepts_streams``) the coordinator holds at once.
+
+Each reply counts its Content-Length; a reply larger than the budget downloads alone.
+"""
 
 WORKERS = 64
 """Default bound on the threads a round uses to talk to devices."""
@@ -337,38 +50,8 @@ SHARED_POLL = 1.0
 STREAMS = 4
 """Replies handed to the merge at once for FedData that read them as streams, when ``downloads`` is not given."""
 
-
-@dataclass
-class _Round:
-    """What a round's per-device steps share."""
-
-    rep: int
-    specs: str
-    payload: Encoding
-    deadline: float
-    timeout: float
-    cancel: threading.Event
-    slots: threading.Semaphore
-    arrivals: queue.Queue
-    workers: Workers
-    wait: float
-    """The longest single long-poll."""
-    direct: bool
-    """Fetch replies with the long-poll rather than ``HEAD`` then ``GET`` (see ``Federated._direct``)."""
-
-    def download_slot(self, remote: Remote) -> bool:
-        """Wait for a download slot; ``False`` if the round ended meanwhile."""
-        while not self.cancel.is_set():
-            if self.slots.acquire(timeout=min(0.5, self.remaining(remote))):
-                return not self.cancel.is_set()
-        return False
-
-    def remaining(self, remote: Remote) -> float:
-        """Seconds left in the round; raises :class:`RemoteTimeout` naming ``remote`` once none are."""
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise RemoteTimeout(remote.url, f"no result for repetition {self.rep} within the round's timeout of {self.timeout:g}s")
-        return left
+HANDSHAKE_SHARE = 0.5
+"""The most of a round's remaining time the handshake may take."""
 
 
 class Federated:
@@ -381,14 +64,14 @@ class Federated:
     Args:
         data: the coordinator's FedData; each round merges the devices' results into it.
         remotes: the devices, as :class:`Remote` objects or URLs.
-        fraction: the share of remotes sampled each round (at least one, and at
-            least ``min_results``).
+        fraction: the share of remotes sampled each round: ``ceil(fraction * len(remotes))``
+            computed exactly from the decimal text (at least one, and at least ``min_results``).
         min_results: how many sampled devices must answer for a round to merge
             (default: all sampled). Below it the round raises
             :class:`~fedsync.errors.RoundFailed` and ``data`` is unchanged.
-        timeout: the most seconds a round waits for devices, from submission to
+        timeout: the most seconds a round waits for devices, from the handshake to
             the last result; a device not done by then is reported by URL and its
-            late result dropped.
+            late result dropped (see :meth:`round` for the rule at the deadline).
         seed: makes the sampling reproducible.
         checkpoint: a folder; after every merged round the state, history and
             repetition are written there atomically, and a new ``Federated`` with
@@ -399,11 +82,11 @@ class Federated:
             merged. A FedData that reads replies as streams (``accepts_streams``:
             FedArrays and the adapters) folds each into its running sum while it
             downloads, so a reply costs only socket buffers: default ``STREAMS``
-            (4). Other FedData get whole replies, each costing its size: by
-            default as many as fit in 64 MiB (at least one). Streams, and whole
-            replies when ``downloads`` is unset and they all fit in 64 MiB
-            together, come with the long-poll that finds them ready (one request
-            fewer per device) and wait unread for a slot.
+            (4). Other FedData get whole replies, each costing its size: whatever
+            ``downloads`` says, the whole replies held at once total at most
+            ``DOWNLOAD_BUDGET`` (64 MiB) by their Content-Length, a larger reply
+            downloading alone. Every reply comes with the long-poll that finds it
+            ready and waits unread in its socket for a slot.
         workers: the most threads talking to devices at once (submissions,
             long-polls, downloads). With more sampled devices than workers,
             devices take turns: each long-poll then waits at most
@@ -432,22 +115,27 @@ class Federated:
         urls = [r.url for r in self.remotes]
         if len(set(urls)) != len(urls):
             raise ValueError(f"the same device is listed twice: {sorted({u for u in urls if urls.count(u) > 1})}")
-        if not 0 < fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-        if min_results is not None and not 1 <= min_results <= len(self.remotes):
-            raise ValueError(f"min_results must be between 1 and the number of remotes ({len(self.remotes)}), got {min_results}")
-        if not timeout > 0:
+        try:
+            share = Fraction(str(fraction)) if not isinstance(fraction, bool) else None
+        except (ValueError, ZeroDivisionError):
+            share = None
+        if share is None or not 0 < share <= 1:
+            raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
+        if min_results is not None and (isinstance(min_results, bool) or not isinstance(min_results, int) or not 1 <= min_results <= len(self.remotes)):
+            raise ValueError(f"min_results must be an integer between 1 and the number of remotes ({len(self.remotes)}), got {min_results!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.data = data
         self.fraction = float(fraction)
+        self._share = share
         self.min_results = min_results
         self.timeout = float(timeout)
         self.poll = float(poll)
-        if downloads is not None and downloads < 1:
-            raise ValueError(f"downloads must be at least 1, got {downloads!r}")
+        if downloads is not None and (isinstance(downloads, bool) or not isinstance(downloads, int) or downloads < 1):
+            raise ValueError(f"downloads must be at least 1 (an integer), got {downloads!r}")
         self.downloads = downloads
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers!r}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be at least 1 (an integer), got {workers!r}")
         self.workers = int(workers)
         self.repetition = 0
         self.history = History()
@@ -464,18 +152,35 @@ class Federated:
 
     def sample(self) -> list[Remote]:
         """The remotes taking part in the next round (reproducible with ``seed``)."""
-        count = max(1, math.ceil(self.fraction * len(self.remotes)), self.min_results or 1)
+        count = max(1, exact_share(self._share, len(self.remotes)), self.min_results or 1)
         if count >= len(self.remotes):
             return list(self.remotes)
         chosen = set(self._rng.sample(range(len(self.remotes)), count))
         return [r for i, r in enumerate(self.remotes) if i in chosen]
 
     def round(self) -> RoundResult:
-        """Run one synchronized round: send, train on devices, collect, merge.
+        """Run one synchronized round: handshake, send, train on devices, collect, merge.
+
+        A misbehaving device is that device's failure, recorded by URL in
+        ``RoundResult.failures``; the round merges if ``min_results`` devices
+        answered. That covers a device that does not answer its handshake within
+        half the round's remaining time (or its ``Remote.timeout``), answers
+        malformed values, holds different specs than the coordinator (nothing is
+        sent to it), or sends a bad reply.
+
+        The deadline (``timeout`` seconds after the round starts) bounds every
+        wait. A reply still arriving then is read on only while it keeps flowing
+        (each read returns within ``transfer.STALL`` seconds) and within a grace
+        period of ``min(10 s, 10% of timeout)``; so is a reply whose device
+        answered in time but which waited for the merge. One that stalls is
+        dropped and its device named late.
 
         Raises:
-            SpecsMismatch: a device holds a different FedData (nothing was sent).
-            RoundFailed: too few devices answered; the FedData is unchanged.
+            SpecsMismatch: no reachable sampled device holds the coordinator's
+                specs (a configuration error; nothing was sent).
+            RoundFailed: too few devices answered, or the merge found the round
+                unusable (every device reported 0 samples, a non-finite result);
+                ``failures`` names each device and why. The FedData is unchanged.
         """
         result = self._train_round()
         self._record(result)
@@ -485,18 +190,29 @@ class Federated:
         """Evaluate the current global state on the sampled devices, without training.
 
         Devices need an ``evaluate`` callback; metrics are averaged by sample count.
+        The whole evaluation, handshake included, takes at most ``timeout`` seconds.
+
+        Raises:
+            RoundFailed: no device answered with valid samples and metrics.
         """
         started = time.monotonic()
+        deadline = Deadline(started + self.timeout, expired=f"timed out: the evaluation's answer was still arriving after {self.timeout:g}s")
         failures: dict[str, str] = {}
-        remotes = self._handshake(self.sample(), failures)
+        remotes = self._handshake(self.sample(), failures, deadline)
         rep = max(self.repetition, 1)
         specs, payload = self.data.specs(rep), self.data.serialize(rep)
         answers = concurrently(
-            {r.url: (lambda r=r: r.evaluate(rep, payload, specs, timeout=self.timeout)) for r in remotes}, self.workers
+            {r.url: (lambda r=r: r.evaluate(rep, payload, specs, timeout=deadline.request_timeout(r.timeout), deadline=deadline)) for r in remotes},
+            self.workers,
+            wait=max(0.0, deadline.left()) + STALL,
         )
         result = EvaluationResult(repetition=rep, failures=failures)
         for url, answer in answers.items():
-            if isinstance(answer, BaseException):
+            if isinstance(answer, RemoteError):
+                result.failures[url] = _reason(answer)
+            elif isinstance(answer, TimeoutError):
+                result.failures[url] = f"RemoteTimeout: no evaluation answer within the timeout of {self.timeout:g}s"
+            elif isinstance(answer, BaseException):
                 result.failures[url] = _reason(answer)
             else:
                 result.devices[url] = answer
@@ -528,6 +244,9 @@ class Federated:
 
         Returns:
             The :class:`History` of every round, also kept as ``alg.history``.
+
+        Raises:
+            SpecsMismatch, RoundFailed: as :meth:`round`.
         """
         if progress is None:
             progress = sys.stderr.isatty()
@@ -554,11 +273,11 @@ class Federated:
 
     def _train_round(self) -> RoundResult:
         started = time.monotonic()
-        deadline = started + self.timeout
+        deadline = Deadline(started + self.timeout, round_grace(self.timeout))
         failures: dict[str, str] = {}
         sampled = self.sample()
         needed = min(self.min_results or len(sampled), len(sampled))
-        remotes = self._handshake(sampled, failures)
+        remotes = self._handshake(sampled, failures, deadline)
         rep = self.repetition + 1
         self.repetition = rep  # devices that accepted rep refuse it again, whatever happens next
         result = RoundResult(repetition=rep, failures=failures)
@@ -566,24 +285,31 @@ class Federated:
             raise RoundFailed(f"round {rep}: only {len(remotes)} of {needed} required devices are reachable", failures)
         specs = self.data.specs(rep)
         payload = self.data.serialize(rep)
-        arrivals: queue.Queue = queue.Queue()
-        cancel = threading.Event()
-        slots = threading.Semaphore(self.downloads or self._default_downloads(payload))
         workers = Workers(min(self.workers, len(remotes)), name=f"fedsync-round-{rep}")
+        streams = self.data.accepts_streams
         state = _Round(
             rep=rep, specs=specs, payload=payload, deadline=deadline, timeout=self.timeout,
-            cancel=cancel, slots=slots, arrivals=arrivals, workers=workers,
+            cancel=threading.Event(), slots=threading.Semaphore(self.downloads or (STREAMS if streams else self.workers)),
+            budget=_Budget(DOWNLOAD_BUDGET), arrivals=queue.Queue(), workers=workers,
             wait=self.poll if len(remotes) <= workers.size else min(self.poll, SHARED_POLL),
-            direct=self._direct(payload, len(remotes)),
         )
         for remote in remotes:
             workers.submit(self._submit, state, remote)
         try:
-            self.data.merge(self._collect(rep, remotes, needed, deadline, arrivals, slots, result, _size(payload)), rep)
+            self.data.merge(self._collect(state, remotes, needed, result, _size(payload)), rep)
+        except RoundFailed as exc:  # the merge found the round unusable: say who took part
+            raise RoundFailed(f"round {rep}: {exc.args[0]}", {**exc.failures, **result.failures}) from None
+        except Exception as exc:
+            if state.merging is None:  # not while folding a reply: the merge's own error
+                raise
+            # A reply the merge could not take (a FedData without ``check``): name its device.
+            why = f"the merge raised {type(exc).__name__}: {str(exc)[:300]} on its reply"
+            failures = {**result.failures, state.merging: why}
+            raise RoundFailed(f"round {rep} failed: {why} ({state.merging}); the coordinator's data is unchanged", failures) from exc
         finally:
-            cancel.set()
+            state.cancel.set()
             workers.close()
-            _close_waiting(arrivals)
+            _close_waiting(state.arrivals)
         report = getattr(self.data, "last_merge", None)
         if isinstance(report, dict) and len(report.get("devices", ())) == len(result.answered):
             result.samples = report.get("samples")
@@ -602,24 +328,51 @@ class Federated:
             _format_metrics(result.metrics), result.seconds,
         )
 
-    def _handshake(self, remotes: list[Remote], failures: dict[str, str]) -> list[Remote]:
-        """Ask devices not yet known for ``/info``; check specs before anything is sent."""
+    def _handshake(self, remotes: list[Remote], failures: dict[str, str], deadline: Deadline) -> list[Remote]:
+        """Ask devices not yet known for ``/info``; check specs before anything is sent.
+
+        Each handshake waits at most ``min(remote.timeout, HANDSHAKE_SHARE * time left)``;
+        a device that does not answer in time, answers badly or holds other specs is
+        that device's failure. Raises :class:`SpecsMismatch` when no reachable sampled
+        device matches.
+        """
         unknown = [r for r in remotes if r.url not in self._known]
-        infos = concurrently({r.url: r.info for r in unknown}, self.workers)
-        next_rep = self.repetition + 1
-        for info in infos.values():
-            if not isinstance(info, BaseException):
-                next_rep = max(next_rep, int(info.get("repetition", 0)) + 1)
+        left = max(0.0, deadline.left())
+        limits = {r.url: max(0.05, min(r.timeout, HANDSHAKE_SHARE * left)) for r in unknown}
+        infos = concurrently(
+            {r.url: (lambda r=r: r.info(deadline=Deadline.within(limits[r.url]))) for r in unknown},
+            self.workers,
+            wait=max(limits.values(), default=0.0) + 0.2,
+        )
+        answered: dict[str, dict[str, Any]] = {}
         for remote in unknown:
             info = infos[remote.url]
-            if isinstance(info, BaseException):
+            if isinstance(info, (RemoteTimeout, TimeoutError)):
+                failures[remote.url] = f"RemoteTimeout: did not answer the handshake within {limits[remote.url]:.3g}s"
+            elif isinstance(info, BaseException):
                 failures[remote.url] = _reason(info)
+            elif info.get("repetition", 0) >= MAX_REPETITION:
+                failures[remote.url] = f"RemoteError: reports repetition {info['repetition']}, the last allowed (2**53): it accepts no further round"
+            else:
+                answered[remote.url] = info
+        highest = max((int(i.get("repetition", 0)) for i in answered.values()), default=0)
+        expected = self.data.specs(max(self.repetition, highest) + 1)
+        mismatches: dict[str, str] = {}
+        for remote in unknown:
+            info = answered.get(remote.url)
+            if info is None:
                 continue
-            expected = self.data.specs(next_rep)
             if info["specs"] != expected:
-                raise SpecsMismatch(_mismatch_message(remote.url, expected, info, self.data.summary(next_rep)))
-            self._known.add(remote.url)
-        self.repetition = next_rep - 1
+                summary = self.data.summary(max(self.repetition, highest) + 1)
+                mismatches[remote.url] = remote.scrub(_mismatch_message(remote.url, expected, info, summary))
+            else:
+                self._known.add(remote.url)
+        if mismatches and not any(r.url in self._known for r in remotes):
+            raise SpecsMismatch("\n".join(mismatches.values()))
+        failures.update({url: f"SpecsMismatch: {message}" for url, message in mismatches.items()})
+        # Continue above every repetition a matching device already accepted.
+        matching = [int(answered[r.url].get("repetition", 0)) for r in unknown if r.url in self._known and r.url in answered]
+        self.repetition = max([self.repetition, *matching])
         return [r for r in remotes if r.url in self._known]
 
     # -- one device's part of a round: steps run by the round's workers ---------------
@@ -627,71 +380,79 @@ class Federated:
     # _submit, then _poll until the result is ready, then _deliver it to ``arrivals``
     # (where _collect hands it to the merge). Every step ends by queuing the next or by
     # putting the device's reply or error in ``arrivals``, except when the round is over.
-    # A reply is handed over only under one of the round's download ``slots``, which
-    # the merge frees after folding it in: the coordinator holds a bounded number of
-    # replies whatever the number of devices. With ``state.direct`` (streams, and small
-    # whole replies) the reply comes with the long-poll that finds it ready: one
-    # request fewer per device; otherwise ``HEAD`` finds it ready and ``GET`` fetches it
-    # once a slot is free.
+    # The long-poll that finds a reply ready brings its headers; its body waits unread
+    # in the socket until one of the round's download ``slots`` is free (the merge
+    # frees it after folding the reply in), and, for whole replies, until the round's
+    # byte ``budget`` has room for its Content-Length.
 
-    def _submit(self, state: "_Round", remote: Remote) -> None:
+    def _submit(self, state: _Round, remote: Remote) -> None:
+        state.phase[remote.url] = "sending"
         try:
-            remote.submit(state.rep, state.payload, state.specs, timeout=max(0.1, min(remote.timeout, state.remaining(remote))))
+            left = state.deadline.left()
+            if left <= 0:
+                raise RemoteTimeout(remote.url, "nothing was sent to it: the round's deadline passed before its turn")
+            wait = max(0.1, min(remote.timeout, left))
+            try:
+                remote.submit(state.rep, state.payload, state.specs, timeout=wait)
+            except RemoteTimeout:
+                raise RemoteTimeout(remote.url, f"did not accept the payload within {wait:.3g}s") from None
         except Exception as exc:
-            state.arrivals.put((remote, exc))
+            state.arrivals.put((remote, exc, 0))
             return
+        state.phase[remote.url] = "training"
         state.workers.submit(self._poll, state, remote)  # behind the other submissions
 
-    def _poll(self, state: "_Round", remote: Remote) -> None:
+    def _poll(self, state: _Round, remote: Remote) -> None:
         """One long-poll; queues the next one behind the other devices' unless the result is ready."""
-        reply: Any = None
+        reply: ReplyStream | None = None
         try:
             if state.cancel.is_set():
                 return
-            wait = min(state.wait, state.remaining(remote))
-            timeout = min(wait + remote.timeout, state.remaining(remote) + 1.0)
-            if state.direct:
-                reply = self._fetch(remote, state, wait, timeout)
-                ready = reply is not None
-            else:
-                ready = remote.ready(state.rep, wait, timeout=timeout)
-            if not ready:
+            left = state.deadline.left()
+            if left <= 0:
+                raise RemoteTimeout(remote.url, f"no result for repetition {state.rep} within the round's timeout of {state.timeout:g}s")
+            wait = min(state.wait, left)
+            timeout = min(wait + remote.timeout, left + STALL)
+            reply = remote.open_result(state.rep, wait, timeout=timeout, deadline=state.deadline)
+            if reply is None:
                 state.workers.submit(self._poll, state, remote)
                 return
-            if not state.download_slot(remote):
+            state.phase[remote.url] = "answered"
+            if not state.download_slot():
                 _close(reply)
                 return
         except Exception as exc:
             _close(reply)
-            state.arrivals.put((remote, exc))
+            state.arrivals.put((remote, exc, 0))
             return
         self._deliver(state, remote, reply)
 
-    def _deliver(self, state: "_Round", remote: Remote, reply: Any) -> None:
-        """Holding a download slot: fetch the reply unless the poll did, check it, hand it over."""
+    def _deliver(self, state: _Round, remote: Remote, stream: ReplyStream) -> None:
+        """Holding a download slot: hand a stream over, or download a whole reply within the budget and check it."""
+        held = 0
         try:
-            if reply is None:
-                reply = self._fetch(remote, state, 0.0, state.remaining(remote) + 1.0)
-                if reply is None:
-                    raise RemoteError(remote.url, f"announced the result of repetition {state.rep} but did not send it")
-            if not self.data.accepts_streams:  # a stream is checked by the merge as it reads
-                try:
-                    self.data.check(reply, state.rep)
-                except ValueError as exc:
-                    raise PayloadRejected(f"reply rejected: {exc}") from None
-            state.arrivals.put((remote, reply))
+            if self.data.accepts_streams:  # a stream is checked by the merge as it reads
+                state.arrivals.put((remote, stream, 0))
+                return
+            taken = state.budget.acquire(len(stream), state.cancel)
+            if taken is None:
+                _close(stream)
+                state.slots.release()
+                return
+            held = taken
+            reply = remote.download(stream, as_view=self.data.accepts_views)
+            try:
+                self.data.check(reply, state.rep)
+            except ValueError as exc:
+                raise PayloadRejected(f"reply rejected: {exc}") from None
+            state.arrivals.put((remote, reply, held))
         except Exception as exc:
-            _close(reply)
+            _close(stream)
+            state.budget.release(held)
             state.slots.release()
-            state.arrivals.put((remote, exc))
+            state.arrivals.put((remote, exc, 0))
 
-    def _fetch(self, remote: Remote, state: "_Round", wait: float, timeout: float) -> Encoding | ReplyStream | None:
-        """The result, opened as a stream or downloaded as this FedData takes it; ``None`` if not ready."""
-        if self.data.accepts_streams:
-            return remote.open_result(state.rep, wait, timeout=timeout, deadline=state.deadline)
-        return remote.result(state.rep, wait, timeout=timeout, as_view=self.data.accepts_views)
-
-    def _collect(self, rep: int, remotes: list[Remote], needed: int, deadline: float, arrivals: queue.Queue, slots: threading.Semaphore, result: RoundResult, sent: int) -> Iterator[Encoding]:
+    def _collect(self, state: _Round, remotes: list[Remote], needed: int, result: RoundResult, sent: int) -> Iterator[Encoding]:
         """Yield replies in arrival order; raise RoundFailed once the quorum is out of reach.
 
         Streamed replies the merge rejected (:meth:`ReplyStream.reject`) move from
@@ -699,6 +460,8 @@ class Federated:
         """
         pending = {r.url for r in remotes}
         streams: list[ReplyStream] = []
+        # Past the deadline, replies in their grace period may still arrive.
+        until = state.deadline.at + state.deadline.grace + STALL + 1.0
 
         def settle() -> bool:
             """Count rejected streams as failures; ``False`` once the quorum is out of reach."""
@@ -710,10 +473,10 @@ class Federated:
 
         while pending:
             try:
-                remote, reply = arrivals.get(timeout=max(0.0, deadline - time.monotonic()) + 2.0)
+                remote, reply, held = state.arrivals.get(timeout=max(0.0, until - time.monotonic()))
             except queue.Empty:
                 for url in sorted(pending):
-                    result.failures[url] = f"RemoteTimeout: no result within the round's timeout of {self.timeout:g}s"
+                    result.failures[url] = state.overdue(url)
                 break
             pending.discard(remote.url)
             if isinstance(reply, BaseException):
@@ -721,7 +484,7 @@ class Federated:
                 if not isinstance(reply, RemoteBusy):
                     self._known.discard(remote.url)  # re-handshake: it may have restarted
                 if len(result.answered) + len(pending) < needed:
-                    self._gather_reasons(pending, arrivals, result, deadline)
+                    self._gather_reasons(state, pending, result)
                     break
                 continue
             result.answered.append(remote.url)
@@ -729,55 +492,45 @@ class Federated:
             result.bytes_received += _size(reply)
             if isinstance(reply, ReplyStream):
                 streams.append(reply)
+            state.merging = remote.url
             try:
                 yield reply
             finally:
+                state.merging = None
                 _close(reply)
                 del reply
-                slots.release()  # folded in: the next reply may download
+                state.budget.release(held)
+                state.slots.release()  # folded in: the next reply may download
             if not settle():
-                self._gather_reasons(pending, arrivals, result, deadline)
+                self._gather_reasons(state, pending, result)
                 break
         settle()
         if len(result.answered) < needed:
             raise RoundFailed(
-                f"round {rep} failed: {len(result.answered)} of {needed} required devices answered; "
+                f"round {state.rep} failed: {len(result.answered)} of {needed} required devices answered; "
                 "the coordinator's data is unchanged",
                 result.failures,
             )
 
-    def _direct(self, payload: Encoding, devices: int) -> bool:
-        """Whether the long-poll that finds a reply ready should bring the reply too.
-
-        An unread stream costs only socket buffers, so streams always may; whole
-        replies only when all of them fit in ``DOWNLOAD_BUDGET`` and ``downloads``
-        was not set (they arrive before a download slot is free).
-        """
-        if self.data.accepts_streams:
-            return True
-        return self.downloads is None and _size(payload) * devices <= DOWNLOAD_BUDGET
-
-    def _default_downloads(self, payload: Encoding) -> int:
-        if self.data.accepts_streams:
-            return STREAMS
-        return max(1, DOWNLOAD_BUDGET // max(1, _size(payload)))
-
     @staticmethod
-    def _gather_reasons(pending: set[str], arrivals: queue.Queue, result: RoundResult, deadline: float, grace: float = 2.0) -> None:
-        """The round has failed: wait briefly so the error can say why the others failed too."""
-        until = min(deadline, time.monotonic() + grace)
+    def _gather_reasons(state: _Round, pending: set[str], result: RoundResult, grace: float = 2.0) -> None:
+        """The round has failed: wait briefly (never past its deadline) so the error can say why the others failed too."""
+        until = min(state.deadline.at, time.monotonic() + grace)
         while pending:
             try:
-                remote, reply = arrivals.get(timeout=max(0.0, until - time.monotonic()))
+                remote, reply, held = state.arrivals.get(timeout=max(0.0, until - time.monotonic()))
             except queue.Empty:
                 break
             pending.discard(remote.url)
             if isinstance(reply, BaseException):
                 result.failures[remote.url] = _reason(reply)
             else:
+                _close(reply)
+                state.budget.release(held)
+                state.slots.release()
                 result.failures[remote.url] = "answered, but the round had already failed"
         for url in sorted(pending):
-            result.failures[url] = "still working when the round failed"
+            result.failures[url] = state.overdue(url, failed=True)
 
     # -- lifetime --------------------------------------------------------------------
 
@@ -793,81 +546,5 @@ class Federated:
         self.close()
 
 
-class EarlyStopping:
-    """A ``fit`` callback that stops when a metric has not improved for ``patience`` rounds.
-
-    Args:
-        metric: the metric's name, e.g. ``"accuracy"``.
-        patience: rounds without improvement before stopping.
-        mode: ``"max"`` (higher is better) or ``"min"``.
-        evaluation: read the metric from federated evaluation (else from training).
-    """
-
-    def __init__(self, metric: str, patience: int = 3, mode: str = "max", evaluation: bool = True) -> None:
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.metric, self.patience, self.mode, self.evaluation = metric, patience, mode, evaluation
-        self.best: float | None = None
-        self.waited = 0
-
-    def __call__(self, alg: Federated, result: RoundResult) -> bool:
-        source = result.evaluation.metrics if (self.evaluation and result.evaluation) else None if self.evaluation else result.metrics
-        if source is None or self.metric not in source:
-            return False
-        value = source[self.metric]
-        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
-        if better:
-            self.best, self.waited = value, 0
-            return False
-        self.waited += 1
-        return self.waited >= self.patience
-
-
-def _close(reply: Any) -> None:
-    if isinstance(reply, ReplyStream):
-        reply.close()
-
-
-def _close_waiting(arrivals: queue.Queue) -> None:
-    """Close replies opened for a round that no longer wants them."""
-    while True:
-        try:
-            _, reply = arrivals.get_nowait()
-        except queue.Empty:
-            return
-        _close(reply)
-
-
 def _format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no metrics"
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, RemoteError):
-        return f"{type(exc).__name__}: {exc.reason}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _mismatch_message(url: str, expected: str, info: dict[str, Any], summary: dict[str, Any] | None) -> str:
-    message = f"{url} holds specs {info['specs']!r} but the coordinator's are {expected!r}"
-    diff = _first_difference(summary, info.get("summary"))
-    if diff:
-        message += f"; first difference: {diff}"
-    return message + ". Declare the same FedData (same architecture) on both sides; nothing was sent."
-
-
-def _first_difference(ours: Any, theirs: Any) -> str | None:
-    """The first weight whose name, shape or dtype differs between two summaries."""
-    try:
-        mine = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in ours["weights"]]
-        other = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in theirs["weights"]]
-    except (TypeError, KeyError):
-        return None
-    for a, b in zip(mine, other):
-        if a != b:
-            if a[0] != b[0]:
-                return f"expected weight {a[0]!r}, device has {b[0]!r}"
-            return f"{a[0]}: expected {a[1]} {a[2]}, device has {b[1]} {b[2]}"
-    if len(mine) != len(other):
-        return f"expected {len(mine)} weights, device has {len(other)}"
-    return None

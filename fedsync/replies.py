@@ -8,15 +8,19 @@ connection lost) is reported with :meth:`ReplyStream.reject`; the round goes on
 without that device. Every device keeps its result until its next
 submission, so a reply can be read again with :meth:`ReplyStream.reopen`
 (what a merge does if it must start its sum over).
+
+Every read waits at most as long as the round's :class:`~fedsync.transfer.Deadline`
+allows: a reply still flowing at the deadline is read within the grace period,
+one that stalls is dropped as late (see :mod:`fedsync.transfer`).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 from .codec import read_exactly
-from .errors import RemoteError, RemoteTimeout, RemoteUnavailable
+from .errors import RemoteError, RemoteUnavailable
+from .transfer import Deadline, read_some
 
 __all__ = ["ReplyStream"]
 
@@ -30,12 +34,14 @@ class ReplyStream:
     Attributes:
         url: the device that sent it.
         length: the body's size in bytes (its Content-Length).
+        content_type: the answer's Content-Type (``text/plain...`` for text payloads).
         rejected: ``None``, or why the merge refused the reply.
     """
 
-    def __init__(self, url: str, opened: "tuple[Any, int]", open_again: Opener, deadline: float) -> None:
+    def __init__(self, url: str, opened: "tuple[Any, int]", open_again: Opener, deadline: Deadline) -> None:
         self.url = url
         self.rejected: str | None = None
+        self.content_type = ""
         self._response, self.length = opened
         self._open = open_again
         self._deadline = deadline
@@ -51,23 +57,15 @@ class ReplyStream:
         """Fill up to ``len(view)`` bytes; 0 once all ``length`` bytes were read.
 
         Raises :class:`~fedsync.errors.RemoteUnavailable` if the connection ends
-        early and :class:`~fedsync.errors.RemoteTimeout` past the round's deadline.
+        early and :class:`~fedsync.errors.RemoteTimeout` when it stops arriving at
+        the round's deadline (or stalls in its grace period).
         """
         if self._response is None:
             raise RemoteError(self.url, "this reply was closed before it was read; read each reply before asking for the next")
         wanted = min(len(view), self.length - self._read)
         if wanted <= 0:
             return 0
-        if time.monotonic() > self._deadline:
-            raise RemoteTimeout(self.url, "the result was still arriving at the round's deadline")
-        raw = self._response.raw
-        source = getattr(raw, "_fp", None)  # http.client's response: fills our buffer directly
-        try:
-            n = (source or raw).readinto(view[:wanted])
-        except TimeoutError as exc:
-            raise RemoteTimeout(self.url, f"the result stopped arriving ({exc})") from None
-        except Exception as exc:  # urllib3 and http.client raise several types for a lost connection
-            raise RemoteUnavailable(self.url, f"connection lost while reading the result ({type(exc).__name__}: {exc})") from None
+        n = read_some(self._response, view[:wanted], self._deadline, self.url)
         if not n:
             raise RemoteUnavailable(self.url, f"result ended after {self._read} of {self.length} bytes")
         self._read += n

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any, Callable
 
 __all__ = ["Workers", "concurrently"]
@@ -63,10 +64,12 @@ class Workers:
         self.close()
 
 
-def concurrently(calls: dict[str, Callable[[], Any]], limit: int) -> dict[str, Any]:
+def concurrently(calls: dict[str, Callable[[], Any]], limit: int, wait: float | None = None) -> dict[str, Any]:
     """Run the calls on at most ``limit`` threads; each one's result or exception, by key.
 
-    Returns when every call has returned: give each call its own timeout.
+    Returns when every call has returned, or after ``wait`` seconds: a call still
+    running then is left to end on its own (give each call its own timeout) and
+    its key maps to a :class:`TimeoutError`.
     """
     if not calls:
         return {}
@@ -78,7 +81,17 @@ def concurrently(calls: dict[str, Callable[[], Any]], limit: int) -> dict[str, A
         except Exception as exc:
             done.put((key, exc))
 
+    results: dict[str, Any] = {}
+    end = None if wait is None else time.monotonic() + max(0.0, wait)
     with Workers(min(limit, len(calls))) as workers:
         for key, fn in calls.items():
             workers.submit(run, key, fn)
-        return dict(done.get() for _ in calls)
+        while len(results) < len(calls):
+            try:
+                key, value = done.get(timeout=None if end is None else max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                break
+            results[key] = value
+    for key in calls.keys() - results.keys():
+        results[key] = TimeoutError(f"still running after {wait}s")
+    return results

@@ -1,0 +1,158 @@
+"""A round's plumbing: what its per-device steps share, and how a device's failure reads.
+
+:class:`fedsync.client.Federated` runs the round; this module holds the state its
+worker threads share (download slots, the byte budget of whole replies, each
+device's step), exact counts from fractions, and the texts that name a device's
+failure.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from .errors import RemoteError
+from .protocol import Encoding
+from .replies import ReplyStream
+from .transfer import LATE, Deadline
+from .workers import Workers
+
+__all__ = ["exact_share"]
+
+
+def exact_share(fraction: Any, count: int) -> int:
+    """``ceil(fraction * count)`` computed exactly (``0.14 * 50`` is 7, not 8).
+
+    ``fraction`` is read from its decimal text, as written: a float ``0.14`` is 7/50.
+    """
+    share = Fraction(str(fraction)) * count
+    return -(-share.numerator // share.denominator)
+
+
+class _Budget:
+    """Bytes of whole replies held at once; a request over the total waits for all of it."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._free = total
+        self._changed = threading.Condition()
+
+    def acquire(self, nbytes: int, cancel: threading.Event) -> int | None:
+        """Take ``nbytes`` (at most the total); ``None`` if the round ended meanwhile."""
+        nbytes = min(nbytes, self.total)
+        with self._changed:
+            while self._free < nbytes:
+                if cancel.is_set():
+                    return None
+                self._changed.wait(0.5)
+            self._free -= nbytes
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        if nbytes:
+            with self._changed:
+                self._free += nbytes
+                self._changed.notify_all()
+
+
+@dataclass
+class _Round:
+    """What a round's per-device steps share."""
+
+    rep: int
+    specs: str
+    payload: Encoding
+    deadline: Deadline
+    timeout: float
+    cancel: threading.Event
+    slots: threading.Semaphore
+    budget: _Budget
+    arrivals: queue.Queue
+    """``(remote, reply or exception, budget bytes held)`` as each device's part ends."""
+    workers: Workers
+    wait: float
+    """The longest single long-poll."""
+    merging: str | None = None
+    """The device whose reply the merge holds (handed over, not yet released)."""
+    phase: dict[str, str] = field(default_factory=dict)
+    """Each device's step: ``queued``, ``sending``, ``training``, ``answered``: what a timeout means for it."""
+
+    def download_slot(self) -> bool:
+        """Wait for a download slot; ``False`` if the round ended meanwhile."""
+        while not self.cancel.is_set():
+            if self.slots.acquire(timeout=0.5):
+                if not self.cancel.is_set():
+                    return True
+                self.slots.release()
+        return False
+
+    def overdue(self, url: str, *, failed: bool = False) -> str:
+        """Why ``url`` has nothing to show when the round stops waiting for it, from the step it was at.
+
+        ``failed``: the round stopped because its quorum was out of reach, not at its deadline.
+        """
+        when = "the round failed" if failed else "the round's deadline passed"
+        step = self.phase.get(url, "queued")
+        if step == "queued":
+            return f"nothing was sent to it: {when} before its turn"
+        if step == "sending":
+            return f"RemoteTimeout: the payload was still being sent when {when}"
+        if step == "answered":
+            return f"RemoteTimeout: {LATE}" if not failed else "answered, but the round had already failed"
+        if failed:
+            return "still working when the round failed"
+        return f"RemoteTimeout: no result for repetition {self.rep} within the round's timeout of {self.timeout:g}s"
+
+
+def _close(reply: Any) -> None:
+    if isinstance(reply, ReplyStream):
+        reply.close()
+
+
+def _close_waiting(arrivals: queue.Queue) -> None:
+    """Close replies opened for a round that no longer wants them."""
+    while True:
+        try:
+            _, reply, _ = arrivals.get_nowait()
+        except queue.Empty:
+            return
+        _close(reply)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RemoteError):
+        return f"{type(exc).__name__}: {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _mismatch_message(url: str, expected: str, info: dict[str, Any], summary: dict[str, Any] | None) -> str:
+    message = f"{url} holds specs {_clipped(info['specs'])} but the coordinator's are {expected!r}"
+    diff = _first_difference(summary, info.get("summary"))
+    if diff:
+        message += f"; first difference: {diff}"
+    return message + ". Declare the same FedData (same architecture) on both sides; nothing was sent."
+
+
+def _clipped(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _first_difference(ours: Any, theirs: Any) -> str | None:
+    """The first weight whose name, shape or dtype differs between two summaries (the device's may be anything)."""
+    try:
+        mine = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in ours["weights"]]
+        other = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in theirs["weights"]]
+        for a, b in zip(mine, other):
+            if a != b:
+                if a[0] != b[0]:
+                    return f"expected weight {a[0]!r}, device has {_clipped(b[0])}"
+                return f"{a[0]}: expected {a[1]} {a[2]}, device has {_clipped(b[1], 80)} {_clipped(b[2], 40) if not isinstance(b[2], str) or len(b[2]) > 40 else b[2]}"
+        if len(mine) != len(other):
+            return f"expected {len(mine)} weights, device has {len(other)}"
+    except Exception:  # a device's summary is free-form JSON: no diff rather than an error
+        return None
+    return None
