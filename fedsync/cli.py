@@ -421,7 +421,9 @@ def _device_infos(remote: Any) -> dict[str, dict[str, Any]]:
         if "no specs" not in str(exc):
             raise
     # A device with several FedData answers /info with an index of its bases.
-    index = remote.session.get(remote.url + "/info", timeout=remote.timeout).json()
+    from .transfer import Deadline
+
+    index = remote._json("GET", "/info", Deadline.within(remote.timeout), what="/info")  # bounded in size and time
     bases = index.get("bases") if isinstance(index, dict) else None
     if not bases:
         raise RemoteError(remote.url, "/info answered no specs and no bases; is this a fedsync device?")

@@ -199,3 +199,12 @@ def test_split_holds_out_a_stratified_test_set():
     assert np.bincount(split.y_test).min() >= 40  # every digit is tested
     assert len(split.y_test) + sum(len(s.y) for s in split.shards) == 1797
     assert split.x_test.dtype == np.float32 and split.x_test.max() <= 1.0
+
+
+def test_stratified_split_counts_are_exact_for_decimal_fractions():
+    """0.575 of 100 samples is 57.5, which rounds (half to even) to 58; float arithmetic gives 57.49999."""
+    from fedsync.demo.data import stratified_split
+
+    labels = np.zeros(100, np.int64)
+    train, test = stratified_split(labels, 0.575, seed=0)
+    assert (len(train), len(test)) == (42, 58)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     train, test = [], []
     for c in np.unique(labels):
         indices = rng.permutation(np.flatnonzero(labels == c))
-        cut = int(round(len(indices) * fraction))
+        cut = round(Fraction(str(fraction)) * len(indices))  # exact: 0.575 * 100 is 57.49999... in floats
         test.append(indices[:cut])
         train.append(indices[cut:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
