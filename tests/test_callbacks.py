@@ -89,7 +89,7 @@ def test_csv_logger_refuses_to_overwrite_another_file(devices, tmp_path):
 def test_mlflow_metrics_read_back_with_mlflows_client(devices, tmp_path):
     mlflow = pytest.importorskip("mlflow")
     device = devices("evaluating", 2.0, 5, 10, 0.75)
-    uri = (tmp_path / "mlruns").as_uri()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with Federated(weights(), [device.url]) as alg, MLflow(experiment="fedsync-test", run_name="r1", tracking_uri=uri) as logger:
         alg.fit(2, evaluate_every=2, callbacks=[logger], progress=False)
         run_id = mlflow.last_active_run().info.run_id
