@@ -68,11 +68,11 @@ def test_csv_logger_writes_a_row_per_round_and_continues_on_resume(devices, tmp_
     with open(path, "a", newline="") as f:  # a row of a round the checkpoint does not hold
         f.write("3,3,9,9,9,9,9,9,9\n")
 
-    with Federated(weights(), [device.url], checkpoint=folder) as alg:  # resumed; evaluation from round 3
-        alg.fit(4, evaluate_every=3, callbacks=[CSVLogger(path)], progress=False)
+    with Federated(weights(), [device.url], checkpoint=folder) as alg:  # resumed; evaluation in round 4: a new column
+        alg.fit(4, evaluate_every=4, callbacks=[CSVLogger(path)], progress=False)
     rows = read_csv(path)
     assert [r["round"] for r in rows] == ["1", "2", "3", "4"]
-    assert [r["eval/accuracy"] for r in rows] == ["", "", "0.75", ""]
+    assert [r["eval/accuracy"] for r in rows] == ["", "", "", "0.75"]
     assert [r["train/loss"] for r in rows] == ["2"] * 4
     assert float(rows[3]["round/seconds"]) > 0
 

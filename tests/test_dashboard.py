@@ -4,6 +4,7 @@ checkpoint folder, malformed files, and the page in a real browser."""
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -105,13 +106,13 @@ def write(path, text):
     path.write_text(text)
 
 
-HOSTILE = "<img src=x onerror=alert(1)>"
+HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
 
 
 def hostile_folder(folder):
     """A checkpoint written by someone else: odd types, markup in reasons, a token in a URL."""
     rounds = [
-        {"repetition": 1, "answered": ["http://u:secret@10.0.0.1:8000"], "failures": {"http://10.0.0.2:8000": HOSTILE},
+        {"repetition": 1, "answered": ["http://u:secret@10.0.0.1:8000"], "failures": {"http://10.0.0.2:8000": HOSTILE + " via http://u:secret@proxy:3128"},
          "metrics": {"loss": 0.5, "bad": "NaN", "worse": [1]}, "devices": {"http://u:secret@10.0.0.1:8000": {"samples": 3}},
          "seconds": 1.5, "evaluation": "nonsense"},
         "not a round",
@@ -160,8 +161,9 @@ def test_fedsync_dashboard_command_serves_a_folder(devices, tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
     try:
-        line = process.stdout.readline()
-        assert line.startswith("dashboard http://127.0.0.1:"), line + process.stderr.read()
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        line = process.stdout.readline() if ready else ""
+        assert line.startswith("dashboard http://127.0.0.1:"), line
         run = get(line.split()[1].rstrip("/"), "/api/run")
         assert run["source"] == "folder" and run["rounds_done"] == 1 and run["rounds_planned"] == 1
     finally:
@@ -215,6 +217,6 @@ def test_dashboard_in_headless_chromium_escapes_what_it_shows(tmp_path):
     hostile_folder(tmp_path / "run")
     with serve_dashboard(tmp_path / "run") as dashboard:
         dom = chromium(dashboard.url + "/", tmp_path, "--dump-dom")
-    assert "&lt;img src=x onerror=alert(1)&gt;" in cell(dom, "http://10.0.0.2:8000", "last_failure")
-    assert "<img" not in dom and "secret" not in dom
+    assert "&lt;img src=x onerror=\"document.title='pwned'\"&gt;" in cell(dom, "http://10.0.0.2:8000", "last_failure")
+    assert "<img" not in dom and "secret" not in dom and "pwned</title>" not in dom
     assert re.search(r'data-metric="loss" data-points="training:2"', dom)
