@@ -26,10 +26,11 @@ def test_tensorboard_scalars_read_back_with_tensorboards_reader(devices, tmp_pat
     # TensorBoard's reader uses its own TensorFlow stub when this marker module exists (as
     # in TensorBoard's TF-free build), rather than importing TensorFlow for 5-10 s.
     monkeypatch.setitem(sys.modules, "tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    pytest.importorskip("tensorboardX")  # in the 'tensorboard' extra, and so in 'all'
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     device = devices("evaluating", 2.0, 5, 10, 0.75)
     with Federated(weights(), [device.url]) as alg, TensorBoard(tmp_path / "tb") as board:
         alg.fit(3, evaluate_every=2, callbacks=[board], progress=False)
-    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     events = event_accumulator.EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
 

@@ -220,3 +220,15 @@ def test_dashboard_in_headless_chromium_escapes_what_it_shows(tmp_path):
     assert "&lt;img src=x onerror=\"document.title='pwned'\"&gt;" in cell(dom, "http://10.0.0.2:8000", "last_failure")
     assert "<img" not in dom and "secret" not in dom and "pwned</title>" not in dom
     assert re.search(r'data-metric="loss" data-points="training:2"', dom)
+
+
+def test_the_docs_snippet_runs_and_prints_what_the_docs_say(tmp_path):
+    text = (ROOT / "docs" / "dashboard.md").read_text()
+    code = re.search(r"```python\n(import json.*?)```", text, re.S).group(1)
+    expected = re.search(r"prints .*?\n\n```\n(.*?)```", text, re.S).group(1).splitlines()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == expected[1:]
+    assert re.fullmatch(r"fedsync dashboard: http://127\.0\.0\.1:\d+/", done.stderr.strip())
+    assert sorted(p.name for p in (tmp_path / "runs" / "exp1").iterdir()) == ["checkpoint.json", "round-000003", "run.json"]
