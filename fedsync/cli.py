@@ -6,6 +6,7 @@ Subcommands:
 - ``fedsync serve MODULE:ATTR`` serve a FedData (or a dict of them) from your file or module
 - ``fedsync info URL``          show a device's handshake
 - ``fedsync plugins``           list the installed adapters
+- ``fedsync dashboard DIR``     a live page of a run, from its checkpoint folder
 
 Exit codes: 0 success, 1 the command failed (unreachable device, failed
 round, port in use), 2 bad usage (unknown option, module or attribute),
@@ -526,6 +527,60 @@ def _run_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ dashboard
+
+
+DASHBOARD_HELP = """\
+Serve a page that shows a run from its checkpoint folder: rounds done and to
+go, elapsed time and ETA, a chart of every metric against the round, the
+devices (sampled, answered, last failure) and the configuration.
+
+DIR is the folder given as Federated(..., checkpoint=DIR). The run may be
+finished, still running (the page follows it, re-reading the folder), or not
+started yet. Prints 'dashboard <url>' on stdout, then serves until Ctrl-C. The
+page loads nothing from the internet.
+
+examples:
+  fedsync dashboard runs/exp1
+  fedsync dashboard runs/exp1 --port 0       # any free port
+"""
+
+
+def _add_dashboard(commands: Any) -> None:
+    parser = commands.add_parser(
+        "dashboard", help="a live page of a run, from its checkpoint folder",
+        description=DASHBOARD_HELP, formatter_class=_Formatter,
+    )  # fmt: skip
+    parser.add_argument("folder", metavar="DIR", help="the run's checkpoint folder")
+    parser.add_argument("--host", default="127.0.0.1", metavar="HOST", help="interface to listen on")
+    parser.add_argument("--port", type=int, default=8600, metavar="PORT", help="TCP port; 0 picks a free one")
+    parser.set_defaults(run=_run_dashboard)
+
+
+def _run_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import serve_dashboard
+
+    folder = Path(args.folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file, not a checkpoint folder; pass the folder given as Federated(checkpoint=...)")
+    try:
+        server = serve_dashboard(folder, args.host, args.port)
+    except OSError as exc:
+        raise CommandError(_bind_error(exc, args.host, args.port)) from None
+    print(f"dashboard {server.url}/", flush=True)
+    if not (folder / "checkpoint.json").exists():
+        print(f"no checkpoint in {folder} yet: the page shows the run once its first round is written", file=sys.stderr, flush=True)
+    print("press Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        with _sigterm_as_exit():
+            server.join()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.close()
+    return 0
+
+
 # ----------------------------------------------------------------------- main
 
 
@@ -548,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_info(commands)
     _add_plugins(commands)
+    _add_dashboard(commands)
     return parser
 
 

@@ -91,6 +91,9 @@ class Federated:
             long-polls, downloads). With more sampled devices than workers,
             devices take turns: each long-poll then waits at most
             ``SHARED_POLL`` seconds before the next device's turn.
+        dashboard: a TCP port on 127.0.0.1 where a live page of this run is
+            served (``0``: any free port; ``alg.dashboard.url`` says which) until
+            :meth:`close`. See docs/dashboard.md.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class Federated:
         poll: float = 10.0,
         downloads: int | None = None,
         workers: int = WORKERS,
+        dashboard: int | None = None,
     ) -> None:
         if not isinstance(data, FedData):
             raise TypeError(f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), remotes=[...])")
@@ -147,6 +151,8 @@ class Federated:
             if restored is not None:
                 self.repetition, self.history = restored
                 logger.info("resumed from %s after repetition %d (%d rounds done)", self.checkpoint, self.repetition, len(self.history))
+        # The dashboard (fedsync.dashboard) is imported only when asked for.
+        self.dashboard = None if dashboard is None else _dashboard().start(self, dashboard)
 
     # -- rounds --------------------------------------------------------------------
 
@@ -250,6 +256,8 @@ class Federated:
         """
         if progress is None:
             progress = sys.stderr.isatty()
+        if self.dashboard is not None or self.checkpoint is not None:
+            _dashboard().fit_started(self, rounds)  # the plan, for the dashboard and checkpoint watchers
         with tqdm(total=rounds, initial=min(len(self.history), rounds), disable=not progress, unit="round", desc="fedsync") as bar:
             while len(self.history) < rounds:
                 result = self._train_round()
@@ -535,15 +543,23 @@ class Federated:
     # -- lifetime --------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close every remote's connections."""
+        """Close every remote's connections, and the dashboard."""
         for remote in self.remotes:
             remote.close()
+        if self.dashboard is not None:
+            self.dashboard.close()
 
     def __enter__(self) -> "Federated":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _dashboard() -> Any:
+    from . import dashboard
+
+    return dashboard
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:

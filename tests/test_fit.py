@@ -84,7 +84,7 @@ def test_checkpoint_resumes_in_process(devices, tmp_path):
     with resumed:
         resumed.fit(3, progress=False)
     assert [r.repetition for r in resumed.history] == [1, 2, 3]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.json", "round-000003"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.json", "round-000003", "run.json"]
 
 
 def test_checkpoint_of_another_model_is_refused(devices, tmp_path):
