@@ -297,8 +297,12 @@ def _ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | 
 
 def _run_serve(args: argparse.Namespace) -> int:
     from .protocol import FedData
-    from .server import serve
+    from .server import checked_token, serve
 
+    try:
+        token = checked_token(args.token)  # before importing the user's module: fail fast
+    except ValueError as exc:
+        raise UsageError(f"bad device token (from --token or $FEDSYNC_TOKEN): {exc}") from None
     data = load_target(args.target)
     if not (isinstance(data, FedData) or _is_fed_data_dict(data)):
         raise UsageError(
@@ -315,7 +319,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
     try:
         server = serve(
-            data, args.host, args.port, block=False, token=args.token,
+            data, args.host, args.port, block=False, token=token,
             max_content_length=args.max_content_length, ssl_context=context,
         )
     except OSError as exc:
