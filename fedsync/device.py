@@ -195,11 +195,15 @@ class Device:
         if self.downloads:
             raise _busy_downloading()
 
-    def receiving_slot(self) -> "_Slot":
-        """The right to read one payload now: a context manager, or ``409 busy`` at once."""
+    def take_receiving(self) -> threading.Lock:
+        """The right to read one payload now, as the acquired ``receiving`` lock; else ``409 busy`` at once.
+
+        The caller releases it once the payload and everything that references
+        it (an exception's traceback included) are gone.
+        """
         if not self.receiving.acquire(blocking=False):
             raise ApiError(409, "busy", "receiving another payload; try again when it is handed over")
-        return _Slot(self.receiving)
+        return self.receiving
 
     # -- writes to the model ------------------------------------------------------
 
@@ -293,21 +297,6 @@ class Device:
     def _download_done(self) -> None:
         with self.lock:
             self.downloads -= 1
-
-
-class _Slot:
-    """Releases a held lock once, on ``with`` exit."""
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._lock: threading.Lock | None = lock
-
-    def __enter__(self) -> "_Slot":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        lock, self._lock = self._lock, None
-        if lock is not None:
-            lock.release()
 
 
 class _Download:

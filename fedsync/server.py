@@ -158,11 +158,10 @@ class DeviceApp:
         device.ensure_can_accept(rep)
         length = self._checked_length(request)
         self._check_specs(request, device, rep)
-        with device.receiving_slot():  # one payload in memory at a time, the others 409 unread
-            device.ensure_can_accept(rep)  # again, now that no other body can arrive: read none in vain
-            encoding = self._checked_payload(request, device, rep, length, for_training=True)
-            job = device.start(encoding, rep)
-            del encoding
+        _hold(request, device.take_receiving())  # one payload in memory at a time, the others 409 unread
+        device.ensure_can_accept(rep)  # again, now that no other body can arrive: read none in vain
+        encoding = self._checked_payload(request, device, rep, length, for_training=True)
+        job = device.start(encoding, rep)
         return _json({"repetition": job.repetition, "state": "training"}, 202)
 
     def on_evaluate(self, request: Request, base: str, rep: int) -> Response:
@@ -171,11 +170,10 @@ class DeviceApp:
         device.ensure_can_evaluate()
         length = self._checked_length(request)
         self._check_specs(request, device, rep)
-        with device.receiving_slot():
-            device.ensure_can_evaluate()  # again, now that no other body can arrive
-            encoding = self._checked_payload(request, device, rep, length)
-            samples, metrics = device.evaluate(encoding, rep)
-            del encoding
+        _hold(request, device.take_receiving())
+        device.ensure_can_evaluate()  # again, now that no other body can arrive
+        encoding = self._checked_payload(request, device, rep, length)
+        samples, metrics = device.evaluate(encoding, rep)
         return _json({"repetition": rep, "samples": samples, "metrics": metrics})
 
     def _checked_length(self, request: Request) -> int:
@@ -255,6 +253,8 @@ class DeviceApp:
         return same and scheme.lower() == "bearer"
 
     def dispatch(self, request: Request) -> Response:
+        held: list[threading.Lock] = []
+        request.environ[_HELD] = held
         try:
             # Before routing: a prober without the token learns nothing of the bases served.
             if not self._authorized(request):
@@ -275,6 +275,10 @@ class DeviceApp:
         except HTTPException as exc:  # any other routing error: still the client's request at fault
             code = exc.code if exc.code is not None and 400 <= exc.code < 500 else 400
             return _json({"error": exc.name.lower().replace(" ", "_"), "message": exc.description}, code)
+        finally:
+            # Only now: an error's traceback, freed with it above, may reference the payload.
+            for lock in held:
+                lock.release()
 
     def wsgi_app(self, environ: Any, start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
@@ -282,6 +286,14 @@ class DeviceApp:
 
     def __call__(self, environ: Any, start_response: Any) -> Iterable[bytes]:
         return self.wsgi_app(environ, start_response)
+
+
+_HELD = "fedsync.held"
+"""Environ key of the locks a request holds until its answer is built (see ``dispatch``)."""
+
+
+def _hold(request: Request, lock: threading.Lock) -> None:
+    request.environ[_HELD].append(lock)
 
 
 def _method(raw: str) -> str:
