@@ -52,6 +52,7 @@ LINGER_SECONDS = 2.0
 """Seconds an unread request body is drained after its answer, so the client can read the answer."""
 
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_VERSION = re.compile(rb"HTTP/1\.[0-9]")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^`|~0-9A-Za-z-]+")  # a token without "_"
 _HOST = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::[0-9]{1,5})?")
 _ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -164,7 +165,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             if len(line) > MAX_REQUEST_LINE:
-                self.requestline, self.command, self.request_version = "", "", "HTTP/1.1"
+                method = line.split(b" ", 1)[0]
+                self.command = method.decode("latin-1") if _TOKEN.fullmatch(method) else ""  # HEAD: no body
+                self.requestline, self.request_version = "", "HTTP/1.1"
                 self.send_error(414, explain=f"the request line is over {MAX_REQUEST_LINE} bytes; fedsync's URLs are short")
                 return
             if not self.parse_request():
@@ -178,12 +181,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         words = self.raw_requestline.rstrip(b"\r\n").split()
         self.command, self.request_version = None, "HTTP/1.1"  # errors below are answered in HTTP/1.1
         self.requestline = self.raw_requestline.rstrip(b"\r\n").decode("latin-1")
+        if words and _TOKEN.fullmatch(words[0]):
+            self.command = words[0].decode("latin-1")  # an error answer to HEAD has no body
         if len(words) != 3:
             why = "HTTP/0.9 requests are not served" if len(words) == 2 else "malformed request line"
             self.send_error(400, explain=f"{why}; send 'METHOD /path HTTP/1.1', e.g. 'GET /info HTTP/1.1'")
             return False
         if not _TOKEN.fullmatch(words[0]):
             self.send_error(400, explain="the method is not an HTTP token; send GET, HEAD or POST")
+            return False
+        if not _VERSION.fullmatch(words[2]):  # the stdlib would answer HTTP/0.x without a status line
+            self.send_error(400, explain=f"HTTP version {words[2][:20].decode('latin-1')!r} is not served; send HTTP/1.1 (or HTTP/1.0)")
             return False
         # The stdlib parses the version and the headers; the budget bounds the headers' total size.
         rfile, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)
@@ -227,6 +235,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+        self._linger(None)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
@@ -239,7 +248,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if len(hosts) > 1 or (hosts and not _valid_host(hosts[0].strip(" \t"))):
             shown = ", ".join(repr(h[:80]) for h in hosts)
             self.send_error(400, explain=f"Host header {shown} is not one valid host[:port]; send e.g. 'Host: 127.0.0.1:8000'")
-            self._discard(_Body(self.rfile, length or 0))
             return
         body = _Body(self.rfile, length or 0, self._continue if self._expecting else None)
         response = _Response(self, body)
@@ -247,7 +255,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             environ = self._environ(body, length)
         except _BadTarget as exc:
             self.send_error(400, explain=str(exc))
-            self._discard(body)
             return
         try:
             result = self.server.app(environ, response.start)
@@ -270,7 +277,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if body.remaining or not response.keeps_connection:
             self.close_connection = True  # an unread body would be taken for the next request
-            self._discard(body)
+            if body.remaining and not self._expecting:  # (a client waiting for "100 Continue" sends nothing)
+                self._linger(body.remaining)
 
     def _continue(self) -> None:
         """Send the "100 Continue" a client that sent ``Expect: 100-continue`` waits for."""
@@ -301,22 +309,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return False
         return int(value)
 
-    def _discard(self, body: "_Body") -> None:
-        """Read and drop what is left of an unread body, for at most ``LINGER_SECONDS``.
+    def _linger(self, unread: int | None) -> None:
+        """Before closing: end our side, then read and drop what the client still sends.
 
         Closing a socket with unread bytes makes the kernel answer with a reset,
-        which can destroy the answer (e.g. ``409 busy``) before the client reads
-        it. Memory stays at one small buffer whatever the body's size.
+        which can destroy our answer (e.g. ``409 busy``) before the client reads
+        it. Reads ``unread`` bytes (``None``: until the client closes), for at most
+        ``LINGER_SECONDS``; memory stays at one small buffer.
         """
-        if not body.remaining or self._expecting:
-            return  # nothing sent, or a client still waiting for "100 Continue" sends nothing
-        deadline = time.monotonic() + LINGER_SECONDS
-        scratch = bytearray(1 << 16)
+        self.close_connection = True
         try:
-            while body.remaining and (left := deadline - time.monotonic()) > 0:
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        deadline = time.monotonic() + LINGER_SECONDS
+        scratch = memoryview(bytearray(1 << 16))
+        try:
+            while (unread is None or unread > 0) and (left := deadline - time.monotonic()) > 0:
                 self.connection.settimeout(left)
-                if not body.readinto(scratch):
+                n = self.rfile.readinto(scratch if unread is None else scratch[: min(unread, len(scratch))])
+                if not n:
                     break
+                if unread is not None:
+                    unread -= n
         except (OSError, ValueError):
             pass  # the client went away or stayed silent: close anyway
 

@@ -213,3 +213,8 @@ def blocked(path: str) -> FedArrays:
 
     return FedArrays({"w": np.zeros(4, np.float32)}, train)
 
+
+
+def two_models(value: float, samples: int) -> dict:
+    """Two array FedData under named bases: no text FedData a random body could satisfy."""
+    return {"weights": constant(value, samples), "extra": constant(value + 1.0, samples)}
