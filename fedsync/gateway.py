@@ -209,8 +209,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._expecting = True
         return True
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Answer ``code`` as JSON and close the connection (the stdlib answers HTML)."""
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None, error: str | None = None) -> None:
+        """Answer ``code`` as JSON ``{"error": error, "message": ...}`` and close the connection (the stdlib answers HTML)."""
         if code >= 500 and code != 500:
             code = 400  # 501 (method), 505 (HTTP version): the client's request is at fault
         if not str(self.request_version).startswith("HTTP/1."):
@@ -225,7 +225,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             text = explain
         else:
             text = f"{message} ({explain}); {advice}"
-        body = json.dumps({"error": _ERRORS.get(code, "bad_request"), "message": text}).encode("utf-8")
+        body = json.dumps({"error": error or _ERRORS.get(code, "bad_request"), "message": text}).encode("utf-8")
         self.log_error("code %d, message %s", code, text)
         self.close_connection = True
         self.send_response(code, reason)
@@ -247,14 +247,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         hosts = self.headers.get_all("Host") or []
         if len(hosts) > 1 or (hosts and not _valid_host(hosts[0].strip(" \t"))):
             shown = ", ".join(repr(h[:80]) for h in hosts)
-            self.send_error(400, explain=f"Host header {shown} is not one valid host[:port]; send e.g. 'Host: 127.0.0.1:8000'")
+            self.send_error(400, error="bad_host", explain=f"Host header {shown} is not one valid host[:port]; send e.g. 'Host: 127.0.0.1:8000'")
             return
         body = _Body(self.rfile, length or 0, self._continue if self._expecting else None)
         response = _Response(self, body)
         try:
             environ = self._environ(body, length)
         except _BadTarget as exc:
-            self.send_error(400, explain=str(exc))
+            self.send_error(400, explain=str(exc), error="bad_target")
             return
         try:
             result = self.server.app(environ, response.start)
@@ -296,13 +296,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return False
         values = self.headers.get_all("Content-Length") or []
         if len(values) > 1:
-            self.send_error(400, explain=f"{len(values)} Content-Length headers; send exactly one")
+            self.send_error(400, explain=f"{len(values)} Content-Length headers; send exactly one", error="bad_content_length")
             return False
         if not values:
             return None
         value = values[0].strip(" \t")
         if not (value.isascii() and value.isdigit()):
-            self.send_error(400, explain=f"Content-Length {value[:40]!r} is not a number of bytes; send one decimal integer, e.g. Content-Length: 1024")
+            self.send_error(400, explain=f"Content-Length {value[:40]!r} is not a number of bytes; send one decimal integer, e.g. Content-Length: 1024", error="bad_content_length")
             return False
         if len(value) > 19:
             self.send_error(413, explain=f"Content-Length of {len(value)} digits is beyond any body this device accepts")
