@@ -324,6 +324,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         raise CommandError(_bind_error(exc, args.host, args.port)) from None
+    except ValueError as exc:  # e.g. a negative --max-content-length
+        raise UsageError(str(exc)) from None
     url = server.url
     print(f"serving {url}", flush=True)
     if isinstance(data, Mapping):

@@ -106,7 +106,9 @@ class Device:
                 "e.g. serve(FedKeras(model, train)) or serve({'model': fed})"
             )
         self.fed = fed
-        self.lock = threading.Lock()
+        # Reentrant: a download dropped unfinished releases its count from __del__, which
+        # the garbage collector may run in a thread that already holds the lock.
+        self.lock = threading.RLock()
         self.last_repetition = 0
         self.rounds_served = 0
         self.job: Job | None = None

@@ -234,11 +234,10 @@ class DeviceApp:
         if request.method == "HEAD":
             # A readiness check: do not build the body just to throw it away.
             return Response(status=200, headers={REPETITION_HEADER: str(rep)})
+        headers = {SPECS_HEADER: device.fed.specs(rep), REPETITION_HEADER: str(rep)}  # before counting a download
         body, mimetype, length = device.open_download(job, request.environ.get(SOCKET_KEY))
-        response = Response(body, status=200, mimetype=mimetype, direct_passthrough=True)
+        response = Response(body, status=200, mimetype=mimetype, headers=headers, direct_passthrough=True)
         response.content_length = length
-        response.headers[SPECS_HEADER] = device.fed.specs(rep)
-        response.headers[REPETITION_HEADER] = str(rep)
         return response
 
     # -- WSGI ----------------------------------------------------------------------
