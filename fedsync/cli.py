@@ -298,8 +298,12 @@ def _ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | 
 
 def _run_serve(args: argparse.Namespace) -> int:
     from .protocol import FedData
-    from .server import serve
+    from .server import checked_token, serve
 
+    try:
+        token = checked_token(args.token)  # before importing the user's module: fail fast
+    except ValueError as exc:
+        raise UsageError(f"bad device token (from --token or $FEDSYNC_TOKEN): {exc}") from None
     data = load_target(args.target)
     if not (isinstance(data, FedData) or _is_fed_data_dict(data)):
         raise UsageError(
@@ -316,11 +320,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
     try:
         server = serve(
-            data, args.host, args.port, block=False, token=args.token,
+            data, args.host, args.port, block=False, token=token,
             max_content_length=args.max_content_length, ssl_context=context,
         )
     except OSError as exc:
         raise CommandError(_bind_error(exc, args.host, args.port)) from None
+    except ValueError as exc:  # e.g. a negative --max-content-length
+        raise UsageError(str(exc)) from None
     url = server.url
     print(f"serving {url}", flush=True)
     if isinstance(data, Mapping):

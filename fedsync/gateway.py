@@ -15,17 +15,21 @@ while a request is handled, after ``REQUEST_TIMEOUT`` seconds without progress
 
 from __future__ import annotations
 
+import http.client
 import http.server
+import json
 import logging
+import re
 import socket
 import socketserver
 import ssl
 import sys
 import threading
+import time
 import urllib.parse
 from typing import Any, Callable, Iterable
 
-__all__ = ["KeepAliveServer", "SOCKET_KEY", "IDLE_TIMEOUT", "REQUEST_TIMEOUT"]
+__all__ = ["KeepAliveServer", "SOCKET_KEY", "IDLE_TIMEOUT", "REQUEST_TIMEOUT", "MAX_REQUEST_LINE", "MAX_HEADER_BYTES"]
 
 logger = logging.getLogger("fedsync.server")
 
@@ -37,6 +41,37 @@ IDLE_TIMEOUT = 120.0
 
 REQUEST_TIMEOUT = 3600.0
 """Seconds a request's body or answer may make no progress before the connection is dropped."""
+
+MAX_REQUEST_LINE = 16 * 1024
+"""Bytes a request line may take (method, target, version); longer ones get ``414``."""
+
+MAX_HEADER_BYTES = 64 * 1024
+"""Bytes all of a request's header lines may take together (at most 100 lines); more get ``431``."""
+
+LINGER_SECONDS = 2.0
+"""Seconds an unread request body is drained after its answer, so the client can read the answer."""
+
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_VERSION = re.compile(rb"HTTP/1\.[0-9]")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^`|~0-9A-Za-z-]+")  # a token without "_"
+_HOST = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::[0-9]{1,5})?")
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+_ERRORS = {
+    400: "bad_request",
+    405: "method_not_allowed",
+    411: "length_required",
+    413: "too_large",
+    414: "uri_too_long",
+    431: "headers_too_large",
+    500: "internal_error",
+}
+_ADVICE = {
+    400: "send a well-formed HTTP/1.1 request, e.g. 'GET /info HTTP/1.1'",
+    411: "send the body with a Content-Length header",
+    414: f"keep the request line under {MAX_REQUEST_LINE} bytes",
+    431: f"send at most 100 header lines, {MAX_HEADER_BYTES} bytes in all",
+}
 
 WSGIApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
 
@@ -97,7 +132,13 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Runs the WSGI app for every request of a connection (PEP 3333)."""
+    """Runs the WSGI app for every request of a connection (PEP 3333).
+
+    Every request it cannot hand to the app (malformed request line or
+    headers, a body framed other than by one Content-Length) is answered here
+    as JSON ``{"error", "message"}`` with a 4xx status, and the connection is
+    closed: a client's bad HTTP never reaches the app, nor the log as an error.
+    """
 
     protocol_version = "HTTP/1.1"
     server: KeepAliveServer
@@ -114,42 +155,109 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         self.connection.settimeout(IDLE_TIMEOUT)  # waiting for the next request
+        self._expecting = False
         try:
-            super().handle_one_request()
+            line = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            if line in (b"\r\n", b"\n"):  # RFC 9112 2.2: ignore an empty line before a request
+                line = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            self.raw_requestline = line
+            if not line:
+                self.close_connection = True
+                return
+            if len(line) > MAX_REQUEST_LINE:
+                method = line.split(b" ", 1)[0]
+                self.command = method.decode("latin-1") if _TOKEN.fullmatch(method) else ""  # HEAD: no body
+                self.requestline, self.request_version = "", "HTTP/1.1"
+                self.send_error(414, explain=f"the request line is over {MAX_REQUEST_LINE} bytes; fedsync's URLs are short")
+                return
+            if not self.parse_request():
+                return  # answered already
+            self._run()
+            self.wfile.flush()
         except TimeoutError:
             self.close_connection = True
 
     def parse_request(self) -> bool:
-        if not super().parse_request():
+        words = self.raw_requestline.rstrip(b"\r\n").split()
+        self.command, self.request_version = None, "HTTP/1.1"  # errors below are answered in HTTP/1.1
+        self.requestline = self.raw_requestline.rstrip(b"\r\n").decode("latin-1")
+        if words and _TOKEN.fullmatch(words[0]):
+            self.command = words[0].decode("latin-1")  # an error answer to HEAD has no body
+        if len(words) != 3:
+            why = "HTTP/0.9 requests are not served" if len(words) == 2 else "malformed request line"
+            self.send_error(400, explain=f"{why}; send 'METHOD /path HTTP/1.1', e.g. 'GET /info HTTP/1.1'")
             return False
+        if not _TOKEN.fullmatch(words[0]):
+            self.send_error(400, explain="the method is not an HTTP token; send GET, HEAD or POST")
+            return False
+        if not _VERSION.fullmatch(words[2]):  # the stdlib would answer HTTP/0.x without a status line
+            self.send_error(400, explain=f"HTTP version {words[2][:20].decode('latin-1')!r} is not served; send HTTP/1.1 (or HTTP/1.0)")
+            return False
+        # The stdlib parses the version and the headers; the budget bounds the headers' total size.
+        rfile, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)
+        try:
+            if not super().parse_request():
+                return False
+        finally:
+            self.rfile = rfile
         self.connection.settimeout(REQUEST_TIMEOUT)  # a request arrived
         return True
 
-    def do_GET(self) -> None:
-        self._run()
+    def handle_expect_100(self) -> bool:
+        # "100 Continue" only once the app starts reading the body (_Body): a request
+        # refused unread (busy, too large, unauthorized) never asks the client for its body.
+        self._expecting = True
+        return True
 
-    do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = do_GET
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None, error: str | None = None) -> None:
+        """Answer ``code`` as JSON ``{"error": error, "message": ...}`` and close the connection (the stdlib answers HTML)."""
+        if code >= 500 and code != 500:
+            code = 400  # 501 (method), 505 (HTTP version): the client's request is at fault
+        if not str(self.request_version).startswith("HTTP/1."):
+            self.request_version = "HTTP/1.1"  # an answer with a status line, even to HTTP/0.9 or garbage
+        reason = self.responses.get(code, ("Error", ""))[0]
+        advice = _ADVICE.get(code, _ADVICE[400])
+        if code == 431:
+            text = f"request headers too large; {advice}"
+        elif explain is None:
+            text = f"{message or reason}; {advice}"
+        elif message is None:
+            text = explain
+        else:
+            text = f"{message} ({explain}); {advice}"
+        body = json.dumps({"error": error or _ERRORS.get(code, "bad_request"), "message": text}).encode("utf-8")
+        self.log_error("code %d, message %s", code, text)
+        self.close_connection = True
+        self.send_response(code, reason)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._linger(None)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
 
     def _run(self) -> None:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.send_error(411, "Length Required", "send the body with a Content-Length")
-            self.close_connection = True
+        length = self._content_length()
+        if length is False:
+            return  # answered
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1 or (hosts and not _valid_host(hosts[0].strip(" \t"))):
+            shown = ", ".join(repr(h[:80]) for h in hosts)
+            self.send_error(400, error="bad_host", explain=f"Host header {shown} is not one valid host[:port]; send e.g. 'Host: 127.0.0.1:8000'")
             return
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self.send_error(400, "Bad Request", "Content-Length must be a non-negative integer")
-            self.close_connection = True
-            return
-        body = _Body(self.rfile, length)
+        body = _Body(self.rfile, length or 0, self._continue if self._expecting else None)
         response = _Response(self, body)
         try:
-            result = self.server.app(self._environ(body), response.start)
+            environ = self._environ(body, length)
+        except _BadTarget as exc:
+            self.send_error(400, explain=str(exc), error="bad_target")
+            return
+        try:
+            result = self.server.app(environ, response.start)
             try:
                 for data in result:
                     response.write(data)
@@ -165,20 +273,85 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             logger.exception("error answering %s %s", self.command, self.path)
             self.close_connection = True
             if not response.headers_sent:
-                self.send_error(500, "Internal Server Error")
+                self.send_error(500, explain="the device failed answering this request; its log has the details")
             return
         if body.remaining or not response.keeps_connection:
             self.close_connection = True  # an unread body would be taken for the next request
+            if body.remaining and not self._expecting:  # (a client waiting for "100 Continue" sends nothing)
+                self._linger(body.remaining)
 
-    def _environ(self, body: "_Body") -> dict[str, Any]:
+    def _continue(self) -> None:
+        """Send the "100 Continue" a client that sent ``Expect: 100-continue`` waits for."""
+        self._expecting = False
+        self.wfile.write(f"{self.protocol_version} 100 Continue\r\n\r\n".encode("latin-1"))
+
+    def _content_length(self) -> int | None | bool:
+        """The body's length (``None``: no Content-Length), or ``False`` once an error was answered.
+
+        One Content-Length of ASCII digits frames a body, nothing else: a body
+        framed two ways is how requests are smuggled past proxies.
+        """
+        if self.headers.get_all("Transfer-Encoding"):
+            self.send_error(411, explain="send the body with a Content-Length header, without Transfer-Encoding (chunked bodies are not accepted)")
+            return False
+        values = self.headers.get_all("Content-Length") or []
+        if len(values) > 1:
+            self.send_error(400, explain=f"{len(values)} Content-Length headers; send exactly one", error="bad_content_length")
+            return False
+        if not values:
+            return None
+        value = values[0].strip(" \t")
+        if not (value.isascii() and value.isdigit()):
+            self.send_error(400, explain=f"Content-Length {value[:40]!r} is not a number of bytes; send one decimal integer, e.g. Content-Length: 1024", error="bad_content_length")
+            return False
+        if len(value) > 19:
+            self.send_error(413, explain=f"Content-Length of {len(value)} digits is beyond any body this device accepts")
+            return False
+        return int(value)
+
+    def _linger(self, unread: int | None) -> None:
+        """Before closing: end our side, then read and drop what the client still sends.
+
+        Closing a socket with unread bytes makes the kernel answer with a reset,
+        which can destroy our answer (e.g. ``409 busy``) before the client reads
+        it. Reads ``unread`` bytes (``None``: until the client closes), for at most
+        ``LINGER_SECONDS``; memory stays at one small buffer.
+        """
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        deadline = time.monotonic() + LINGER_SECONDS
+        scratch = memoryview(bytearray(1 << 16))
+        try:
+            while (unread is None or unread > 0) and (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                n = self.rfile.readinto(scratch if unread is None else scratch[: min(unread, len(scratch))])
+                if not n:
+                    break
+                if unread is not None:
+                    unread -= n
+        except (OSError, ValueError):
+            pass  # the client went away or stayed silent: close anyway
+
+    def _environ(self, body: "_Body", length: int | None) -> dict[str, Any]:
         path, _, query = self.path.partition("?")
-        if "://" in path:  # absolute-form request target
-            path = urllib.parse.urlsplit(path).path or "/"
+        if not path.startswith("/"):
+            if _ABSOLUTE.match(path):  # absolute-form target: http://host:port/path
+                authority_and_path = path.split("://", 1)[1]
+                slash = authority_and_path.find("/")
+                authority, path = (authority_and_path[:slash], authority_and_path[slash:]) if slash >= 0 else (authority_and_path, "/")
+                if not _valid_host(authority):
+                    raise _BadTarget(f"request target {self.path[:80]!r} has no valid host[:port]; send e.g. 'GET /info HTTP/1.1'")
+            elif path != "*":
+                raise _BadTarget(f"request target {self.path[:80]!r} is neither a path nor an absolute URL; send e.g. 'GET /info HTTP/1.1'")
         host, port = self.server.server_name, self.server.server_port
         environ: dict[str, Any] = {
             "REQUEST_METHOD": self.command,
             "SCRIPT_NAME": "",
-            "PATH_INFO": urllib.parse.unquote_to_bytes(path).decode("latin-1"),
+            # The target was decoded as latin-1, so its bytes come back exactly (PEP 3333).
+            "PATH_INFO": urllib.parse.unquote_to_bytes(path.encode("latin-1")).decode("latin-1"),
             "QUERY_STRING": query,
             "SERVER_NAME": host,
             "SERVER_PORT": str(port),
@@ -186,7 +359,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "REMOTE_ADDR": self.client_address[0],
             "REMOTE_PORT": str(self.client_address[1]),
             "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-            "CONTENT_LENGTH": self.headers.get("Content-Length", ""),
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "https" if self.server.ssl_context is not None else "http",
             "wsgi.input": body,
@@ -196,7 +368,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "wsgi.run_once": False,
             SOCKET_KEY: self.connection,
         }
+        if length is not None:
+            environ["CONTENT_LENGTH"] = str(length)
         for name, value in self.headers.items():
+            # Names with "_" would collide with their "-" spelling in the environ
+            # (X-Fedsync-Specs and X_Fedsync_Specs): dropped, as gunicorn and nginx do.
+            if not _HEADER_NAME.fullmatch(name):
+                continue
             key = "HTTP_" + name.upper().replace("-", "_")
             if key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
                 continue
@@ -204,26 +382,75 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return environ
 
 
-class _Body:
-    """``wsgi.input``: the request body, never read past its Content-Length."""
+def _valid_host(value: str) -> bool:
+    """``host[:port]`` as a Host header or an absolute URL carries it (RFC 9110 7.2).
 
-    def __init__(self, rfile: Any, length: int) -> None:
+    A name's labels are 1 to 63 characters (RFC 1123; ``_`` allowed, as
+    container names use it); an IPv6 address comes in brackets.
+    """
+    match = _HOST.fullmatch(value)
+    if match is None:
+        return False
+    name = match.group("name")
+    if name is not None:
+        labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+        if len(name) > 253 or not all(0 < len(label) <= 63 for label in labels):
+            return False
+    return True
+
+
+class _BadTarget(ValueError):
+    """A request target that is neither a path nor an absolute URL."""
+
+
+class _HeaderBudget:
+    """The connection's input while headers are parsed: at most ``budget`` bytes in all."""
+
+    def __init__(self, rfile: Any, budget: int) -> None:
+        self._rfile = rfile
+        self._budget = budget
+
+    def readline(self, limit: int = -1) -> bytes:
+        allowed = self._budget + 1 if limit is None or limit < 0 else min(limit, self._budget + 1)
+        line = self._rfile.readline(allowed)
+        self._budget -= len(line)
+        if self._budget < 0:
+            raise http.client.LineTooLong(f"headers (over {MAX_HEADER_BYTES} bytes in all)")
+        return line
+
+
+class _Body:
+    """``wsgi.input``: the request body, never read past its Content-Length.
+
+    ``on_first_read``: sends the "100 Continue" a client may wait for before its body.
+    """
+
+    def __init__(self, rfile: Any, length: int, on_first_read: Callable[[], None] | None = None) -> None:
         self._rfile = rfile
         self.remaining = length
+        self._on_first_read = on_first_read
+
+    def _starting(self) -> None:
+        if self._on_first_read is not None and self.remaining:
+            on_first_read, self._on_first_read = self._on_first_read, None
+            on_first_read()
 
     def read(self, size: int = -1) -> bytes:
+        self._starting()
         size = self.remaining if size is None or size < 0 else min(size, self.remaining)
         data = self._rfile.read(size) if size else b""
         self.remaining -= len(data)
         return data
 
     def readinto(self, buffer: Any) -> int:
+        self._starting()
         view = memoryview(buffer).cast("B")[: self.remaining]
         n = self._rfile.readinto(view) if len(view) else 0
         self.remaining -= n
         return n
 
     def readline(self, size: int = -1) -> bytes:
+        self._starting()
         size = self.remaining if size is None or size < 0 else min(size, self.remaining)
         data = self._rfile.readline(size) if size else b""
         self.remaining -= len(data)

@@ -13,27 +13,24 @@ Routes (protocol v1, see ``docs/protocol.md``), under each FedData's base
 
 from __future__ import annotations
 
-import json
+import hmac
 import logging
 import socket
-import sys
 import threading
-import time
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
-import numpy as np
-from werkzeug.exceptions import HTTPException
-from werkzeug.routing import Map, Rule
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from ._version import PROTOCOL_VERSION, __version__
-from .codec import Payload, read_exactly
+from .codec import read_exactly
+from .device import ApiError, Device, checked_repetition, json_response
 from .gateway import SOCKET_KEY, KeepAliveServer
-from .protocol import Encoding, FedData
+from .protocol import MAX_REPETITION, FedData
 from .status import render_index, render_status
 
-__all__ = ["DeviceApp", "RunningServer", "serve", "SPECS_HEADER", "DEFAULT_MAX_CONTENT_LENGTH"]
+__all__ = ["DeviceApp", "RunningServer", "serve", "checked_token", "SPECS_HEADER", "DEFAULT_MAX_CONTENT_LENGTH"]
 
 logger = logging.getLogger("fedsync.server")
 
@@ -43,216 +40,61 @@ DEFAULT_MAX_CONTENT_LENGTH = 2 * 1024**3
 MAX_WAIT = 60.0
 """The longest a single result long-poll is held open, in seconds."""
 
-
-class ApiError(HTTPException):
-    """An HTTP error answered as JSON ``{"error": code, "message": text}``."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.code = status
-        self.error = error
-        self.message = message
-
-    def get_response(self, environ: Any = None, scope: Any = None) -> Response:
-        return _json({"error": self.error, "message": self.message}, self.code)
+_json = json_response
 
 
-def _json(obj: Any, status: int = 200) -> Response:
-    return Response(json.dumps(obj), status=status, mimetype="application/json")
+def checked_token(token: str | None) -> str | None:
+    """A device token without its surrounding whitespace; ``None`` stays ``None`` (no token).
 
+    A token read from a file ends with a newline: it is stripped, as the
+    coordinator strips its own, so both compare the same characters.
 
-def _body(encoding: Encoding, sock: socket.socket | None = None) -> tuple[Any, str, int]:
-    """The response body, its mimetype and its length, without copying the payload.
-
-    ``sock``: the connection's socket, which fedsync's server puts in the
-    environ (``gateway.SOCKET_KEY``); a :class:`Payload` is then written to it
-    directly (see :func:`_frames_to`).
+    Raises:
+        ValueError: the token is not a string, is empty or whitespace only, or
+            contains control characters or non-ASCII characters (it must fit
+            in an HTTP header as it is).
     """
-    if isinstance(encoding, str):
-        data = encoding.encode("utf-8")
-        return data, "text/plain", len(data)
-    if isinstance(encoding, (bytes, bytearray, memoryview)):
-        return encoding, "application/octet-stream", memoryview(encoding).nbytes
-    if isinstance(encoding, Payload):
-        # WSGI servers write bytes only; small chunks cost less than joining the whole
-        # payload into one fresh model-sized buffer (page faults, measured).
-        body = _frames_to(sock, encoding) if sock is not None else _chunks(encoding)
-        return body, "application/octet-stream", len(encoding)
-    raise TypeError(
-        f"serialize() must return str or bytes, got {type(encoding).__name__}; "
-        "e.g. return str(self.value) or codec.encode(arrays)"
-    )
-
-
-CHUNK = 1 << 20
-
-
-def _frames_to(sock: socket.socket, payload: Payload) -> Iterator[bytes]:
-    """Write a payload's frames to the connection itself, without copying them.
-
-    WSGI servers write only ``bytes``, so :func:`_chunks` copies each piece
-    of a model into one (about 20% of a device's CPU per round, measured with
-    perf). fedsync's server (:mod:`fedsync.gateway`) sends the status line and
-    headers (Content-Length included) on the first ``write``, even of ``b""``,
-    on its unbuffered connection; the frames then follow on the same socket.
-    """
-    yield b""
-    for frame in payload:
-        sock.sendall(frame)
-
-
-def _chunks(payload: Payload) -> Iterator[bytes]:
-    for frame in payload:
-        view = memoryview(frame).cast("B")
-        for start in range(0, len(view), CHUNK):
-            yield bytes(view[start : start + CHUNK])
-
-
-@dataclass
-class Job:
-    """One repetition a device is working on, or has finished."""
-
-    repetition: int
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Encoding | None = None
-    error: str | None = None
-    started: float = field(default_factory=time.monotonic)
-    seconds: float | None = None
-
-
-class Device:
-    """The device-side state of one FedData: its last repetition and current job."""
-
-    def __init__(self, fed: FedData) -> None:
-        if not isinstance(fed, FedData):
-            raise TypeError(
-                f"serve() takes a FedData or a dict of them, got {type(fed).__name__}; "
-                "e.g. serve(FedKeras(model, train)) or serve({'model': fed})"
-            )
-        self.fed = fed
-        self.lock = threading.Lock()
-        self.last_repetition = 0
-        self.rounds_served = 0
-        self.job: Job | None = None
-        self.working = threading.Lock()  # held by a training job or an evaluation
-        self._spare: np.ndarray | None = None  # the last payload's buffer, for the next one
-        self._spare_lock = threading.Lock()
-
-    def payload_buffer(self, length: int) -> np.ndarray | None:
-        """The last training payload's buffer again, if it fits and nothing holds it any more.
-
-        A fresh model-sized buffer costs tens of milliseconds of page faults every
-        round (benchmarks/README.md). Only a buffer no one references is reused:
-        a FedData that kept a view of its payload keeps it intact.
-        """
-        with self._spare_lock:
-            spare, self._spare = self._spare, None
-        # 2: the local name and getrefcount's own argument.
-        if spare is not None and spare.nbytes == length and sys.getrefcount(spare) == 2:
-            return spare
+    if token is None:
         return None
-
-    @property
-    def state(self) -> str:
-        job = self.job
-        if job is None:
-            return "idle"
-        if not job.done.is_set():
-            return "training"
-        return "failed" if job.error is not None else "idle"
-
-    def info(self) -> dict[str, Any]:
-        next_rep = self.last_repetition + 1
-        job = self.job
-        return {
-            "protocol": PROTOCOL_VERSION,
-            "fedsync": __version__,
-            "type": type(self.fed).__name__,
-            "specs": self.fed.specs(next_rep),
-            "repetition": self.last_repetition,
-            "state": self.state,
-            "rounds_served": self.rounds_served,
-            "last_error": job.error if job is not None else None,
-            "last_seconds": job.seconds if job is not None else None,
-            "samples": _samples(self.fed),
-            "summary": self.fed.summary(next_rep),
-        }
-
-    def ensure_can_accept(self, repetition: int) -> None:
-        """Raise 409 when ``repetition`` is stale or an earlier one is still running."""
-        if repetition <= self.last_repetition:
-            raise ApiError(
-                409,
-                "stale_repetition",
-                f"repetition {repetition} is not above this device's last repetition "
-                f"{self.last_repetition}; submit repetition {self.last_repetition + 1} or later",
-            )
-        job = self.job
-        if job is not None and not job.done.is_set():
-            raise ApiError(
-                409,
-                "busy",
-                f"still working on repetition {job.repetition}; "
-                "try again when its result has been collected",
-            )
-
-    def start(self, encoding: Any, repetition: int) -> Job:
-        """Accept a checked payload and work on it in a background thread."""
-        with self.lock:
-            self.ensure_can_accept(repetition)
-            if not self.working.acquire(blocking=False):
-                raise ApiError(409, "busy", "evaluating the global model; try again in a moment")
-            job = Job(repetition)
-            self.job = job
-            self.last_repetition = repetition
-        threading.Thread(
-            target=self._work, args=(job, encoding), name=f"fedsync-job-{repetition}", daemon=True
-        ).start()
-        return job
-
-    def _work(self, job: Job, encoding: Any) -> None:
-        try:
-            self.fed.receive(encoding, job.repetition)
-            result = self.fed.serialize(job.repetition)
-            _body(result)  # fail here, with the device's message, rather than while answering
-            job.result = result
-            self.rounds_served += 1
-        except Exception as exc:  # any failure of user code is reported to the coordinator
-            logger.exception("repetition %d failed", job.repetition)
-            job.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            job.seconds = time.monotonic() - job.started
-            spare = encoding.obj if isinstance(encoding, memoryview) and isinstance(encoding.obj, np.ndarray) else None
-            del encoding
-            if spare is not None:
-                with self._spare_lock:
-                    self._spare = spare
-            del spare
-            self.working.release()
-            job.done.set()
-
-    def evaluate(self, encoding: Any, repetition: int) -> tuple[int, dict[str, float]]:
-        """Run the FedData's evaluation now, unless the device is working."""
-        if not self.working.acquire(blocking=False):
-            raise ApiError(409, "busy", "training or evaluating already; try again when it is done")
-        try:
-            return self.fed.evaluate(encoding, repetition)
-        except NotImplementedError as exc:
-            raise ApiError(501, "not_supported", str(exc)) from None
-        except Exception as exc:  # user code: report its message, keep serving
-            logger.exception("evaluation failed")
-            raise ApiError(500, "evaluation_failed", f"{type(exc).__name__}: {exc}") from None
-        finally:
-            self.working.release()
+    if not isinstance(token, str):
+        raise ValueError(f"token must be a string, got {type(token).__name__}; e.g. token=os.environ['FEDSYNC_TOKEN']")
+    stripped = token.strip()
+    if not stripped:
+        raise ValueError(
+            "token is empty: a device with an empty token would let anyone in; "
+            "give a secret (e.g. python -c 'import secrets; print(secrets.token_urlsafe())') or token=None for no token"
+        )
+    bad = sorted({repr(c) for c in stripped if not " " <= c <= "~"})
+    if bad:
+        raise ValueError(
+            f"token contains {', '.join(bad)}: use printable ASCII characters only "
+            "(e.g. from secrets.token_urlsafe()), so that it travels unchanged in an HTTP header"
+        )
+    return stripped
 
 
-def _samples(fed: FedData) -> int | None:
-    samples = getattr(fed, "samples", None)
-    return samples if isinstance(samples, int) and not isinstance(samples, bool) else None
+class _Repetition(BaseConverter):
+    """A repetition in a URL: ASCII digits only (``\\d`` would take other scripts' digits too)."""
+
+    regex = r"[0-9]+"
+
+    def to_python(self, value: str) -> int:
+        # Longer than MAX_REPETITION's 16 digits: above it, whatever its value. Avoids
+        # converting thousands of digits (ValueError past Python's int-string limit).
+        return int(value) if len(value) <= 17 else MAX_REPETITION + 1
+
+    def to_url(self, value: Any) -> str:
+        return str(int(value))
 
 
 class DeviceApp:
-    """The WSGI application of a device, serving one FedData or a dict of named ones."""
+    """The WSGI application of a device, serving one FedData or a dict of named ones.
+
+    Raises:
+        ValueError: an empty dict, a name that cannot be a URL base, or a bad
+            token (see :func:`checked_token`).
+        TypeError: ``data`` is not a FedData or a dict of them.
+    """
 
     def __init__(
         self,
@@ -261,6 +103,8 @@ class DeviceApp:
         token: str | None = None,
         max_content_length: int | None = None,
     ) -> None:
+        self.token = checked_token(token)
+        self._expected_auth = None if self.token is None else self.token.encode("ascii")
         if isinstance(data, Mapping):
             if not data:
                 raise ValueError("serve() got an empty dict; give at least one {name: FedData}")
@@ -273,7 +117,8 @@ class DeviceApp:
             self.devices = {f"/{name}": Device(fed) for name, fed in data.items()}
         else:
             self.devices = {"": Device(data)}
-        self.token = token
+        if max_content_length is not None and (not isinstance(max_content_length, int) or isinstance(max_content_length, bool) or max_content_length < 0):
+            raise ValueError(f"max_content_length must be a number of bytes >= 0 (0 or None: the default, 2 GiB), got {max_content_length!r}")
         self.max_content_length = max_content_length or DEFAULT_MAX_CONTENT_LENGTH
         rules = []
         for base in self.devices:
@@ -281,14 +126,15 @@ class DeviceApp:
             rules += [
                 Rule(f"{base}/", endpoint="status", methods=["GET"], defaults=defaults),
                 Rule(f"{base}/info", endpoint="info", methods=["GET"], defaults=defaults),
-                Rule(f"{base}/<int:rep>/submit", endpoint="submit", methods=["POST"], defaults=defaults),
-                Rule(f"{base}/<int:rep>/result", endpoint="result", methods=["GET"], defaults=defaults),
-                Rule(f"{base}/<int:rep>/evaluate", endpoint="evaluate", methods=["POST"], defaults=defaults),
+                Rule(f"{base}/<rep:rep>/submit", endpoint="submit", methods=["POST"], defaults=defaults),
+                Rule(f"{base}/<rep:rep>/result", endpoint="result", methods=["GET"], defaults=defaults),
+                Rule(f"{base}/<rep:rep>/evaluate", endpoint="evaluate", methods=["POST"], defaults=defaults),
             ]
         if "" not in self.devices:
             rules.append(Rule("/info", endpoint="index", methods=["GET"]))
             rules.append(Rule("/", endpoint="index_page", methods=["GET"]))
-        self.url_map = Map(rules)
+        # No redirects: a redirect's Location would be built from the client's Host header.
+        self.url_map = Map(rules, converters={"rep": _Repetition}, strict_slashes=False, merge_slashes=False)
 
     # -- routes ------------------------------------------------------------------
 
@@ -308,29 +154,47 @@ class DeviceApp:
 
     def on_submit(self, request: Request, base: str, rep: int) -> Response:
         device = self.devices[base]
+        checked_repetition(rep)
         device.ensure_can_accept(rep)
-        encoding = self._checked_payload(request, device, rep, for_training=True)
+        length = self._checked_length(request)
+        self._check_specs(request, device, rep)
+        _hold(request, device.take_receiving())  # one payload in memory at a time, the others 409 unread
+        device.ensure_can_accept(rep)  # again, now that no other body can arrive: read none in vain
+        encoding = self._checked_payload(request, device, rep, length, for_training=True)
         job = device.start(encoding, rep)
         return _json({"repetition": job.repetition, "state": "training"}, 202)
 
     def on_evaluate(self, request: Request, base: str, rep: int) -> Response:
         device = self.devices[base]
-        encoding = self._checked_payload(request, device, rep)
+        checked_repetition(rep)
+        device.ensure_can_evaluate()
+        length = self._checked_length(request)
+        self._check_specs(request, device, rep)
+        _hold(request, device.take_receiving())
+        device.ensure_can_evaluate()  # again, now that no other body can arrive
+        encoding = self._checked_payload(request, device, rep, length)
         samples, metrics = device.evaluate(encoding, rep)
         return _json({"repetition": rep, "samples": samples, "metrics": metrics})
 
-    def _checked_payload(self, request: Request, device: Device, rep: int, for_training: bool = False) -> Any:
-        """Length, specs and the FedData's own check; the payload, or an ApiError."""
-        length = request.content_length
-        if length is None:
+    def _checked_length(self, request: Request) -> int:
+        """The request's Content-Length, checked against the limit before any byte of the body is read."""
+        raw = request.headers.get("Content-Length")
+        if raw is None or not raw.strip():
             raise ApiError(411, "length_required", "send the payload with a Content-Length header")
-        if length > self.max_content_length:
+        raw = raw.strip()
+        if not (raw.isascii() and raw.isdigit()):
+            raise ApiError(400, "bad_content_length", f"Content-Length {raw[:40]!r} is not a number of bytes; send one decimal integer")
+        if len(raw) > 19 or int(raw) > self.max_content_length:
             raise ApiError(
                 413,
                 "too_large",
-                f"payload of {length} bytes exceeds this device's limit of {self.max_content_length}; "
+                f"payload of {raw[:40]} bytes exceeds this device's limit of {self.max_content_length}; "
                 "start the device with a larger max_content_length",
             )
+        return int(raw)
+
+    @staticmethod
+    def _check_specs(request: Request, device: Device, rep: int) -> None:
         specs = request.headers.get(SPECS_HEADER)
         if specs is None:
             raise ApiError(400, "missing_specs", f"send the FedData's specs in the {SPECS_HEADER} header")
@@ -339,9 +203,13 @@ class DeviceApp:
             raise ApiError(
                 409,
                 "specs_mismatch",
-                f"payload specs {specs!r} do not match this device's {expected!r}; "
+                f"payload specs {specs[:200]!r} do not match this device's {expected!r}; "
                 "declare the same FedData (same architecture) on coordinator and device",
             )
+
+    @staticmethod
+    def _checked_payload(request: Request, device: Device, rep: int, length: int, for_training: bool = False) -> Any:
+        """Read the body (``length`` bytes) and run the FedData's own check; the payload, or an ApiError."""
         reuse = device.payload_buffer(length) if device.fed.accepts_views and for_training else None
         encoding = _read_payload(request, length, as_view=device.fed.accepts_views, into=reuse)
         del reuse
@@ -353,16 +221,12 @@ class DeviceApp:
 
     def on_result(self, request: Request, base: str, rep: int) -> Response:
         device = self.devices[base]
+        checked_repetition(rep)
         job = device.job
         if job is None or job.repetition != rep:
             known = "none" if job is None else str(job.repetition)
             raise ApiError(404, "unknown_repetition", f"no work for repetition {rep} here (current: {known})")
-        try:
-            wait = float(request.args.get("wait", "0"))
-        except ValueError:
-            raise ApiError(400, "bad_wait", "wait must be a number of seconds, e.g. ?wait=10") from None
-        if not 0 <= wait < float("inf"):
-            raise ApiError(400, "bad_wait", "wait must be a number of seconds >= 0, e.g. ?wait=10")
+        wait = _wait(request.args.get("wait", "0"))
         if not job.done.wait(min(wait, MAX_WAIT)):
             return _json({"repetition": rep, "state": "training"}, 202)
         if job.error is not None:
@@ -370,29 +234,50 @@ class DeviceApp:
         if request.method == "HEAD":
             # A readiness check: do not build the body just to throw it away.
             return Response(status=200, headers={REPETITION_HEADER: str(rep)})
-        body, mimetype, length = _body(job.result, request.environ.get(SOCKET_KEY))
-        response = Response(body, status=200, mimetype=mimetype, direct_passthrough=True)
+        headers = {SPECS_HEADER: device.fed.specs(rep), REPETITION_HEADER: str(rep)}  # before counting a download
+        body, mimetype, length = device.open_download(job, request.environ.get(SOCKET_KEY))
+        response = Response(body, status=200, mimetype=mimetype, headers=headers, direct_passthrough=True)
         response.content_length = length
-        response.headers[SPECS_HEADER] = device.fed.specs(rep)
-        response.headers[REPETITION_HEADER] = str(rep)
         return response
 
     # -- WSGI ----------------------------------------------------------------------
 
     def _authorized(self, request: Request) -> bool:
-        return self.token is None or request.headers.get("Authorization") == f"Bearer {self.token}"
+        if self._expected_auth is None:
+            return True
+        scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+        given = credentials.strip().encode("utf-8", "surrogateescape")
+        # Always compare, so the time taken does not tell a wrong scheme from a wrong token.
+        same = hmac.compare_digest(given, self._expected_auth)
+        return same and scheme.lower() == "bearer"
 
     def dispatch(self, request: Request) -> Response:
-        adapter = self.url_map.bind_to_environ(request.environ)
+        held: list[threading.Lock] = []
+        request.environ[_HELD] = held
         try:
-            endpoint, values = adapter.match()
+            # Before routing: a prober without the token learns nothing of the bases served.
             if not self._authorized(request):
                 raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>' with the device's token")
+            # Routed on the path alone: the Host header plays no part (it is the client's to garble).
+            adapter = self.url_map.bind("device", url_scheme="http")
+            endpoint, values = adapter.match(request.path, _method(request.environ.get("REQUEST_METHOD", "")))
             return getattr(self, f"on_{endpoint}")(request, **values)
         except ApiError as exc:
             return exc.get_response()
-        except HTTPException as exc:
-            return _json({"error": exc.name.lower().replace(" ", "_"), "message": exc.description}, exc.code or 500)
+        except MethodNotAllowed as exc:
+            allowed = " or ".join(m for m in ("GET", "HEAD", "POST") if m in (exc.valid_methods or ()))
+            method = request.environ.get("REQUEST_METHOD", "")
+            return _json({"error": "method_not_allowed", "message": f"{method[:20]!r} is not allowed on {request.path[:200]!r}; use {allowed} (methods are case-sensitive)"}, 405)
+        except NotFound:
+            routes = ", ".join(f"{base}/info" for base in self.devices)
+            return _json({"error": "not_found", "message": f"no route {request.path[:200]!r} here; this device serves {routes} and {{base}}/{{rep}}/submit|result|evaluate"}, 404)
+        except HTTPException as exc:  # any other routing error: still the client's request at fault
+            code = exc.code if exc.code is not None and 400 <= exc.code < 500 else 400
+            return _json({"error": exc.name.lower().replace(" ", "_"), "message": exc.description}, code)
+        finally:
+            # Only now: an error's traceback, freed with it above, may reference the payload.
+            for lock in held:
+                lock.release()
 
     def wsgi_app(self, environ: Any, start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
@@ -402,7 +287,33 @@ class DeviceApp:
         return self.wsgi_app(environ, start_response)
 
 
-def _read_payload(request: Request, length: int, as_view: bool = False, into: np.ndarray | None = None) -> Any:
+_HELD = "fedsync.held"
+"""Environ key of the locks a request holds until its answer is built (see ``dispatch``)."""
+
+
+def _hold(request: Request, lock: threading.Lock) -> None:
+    request.environ[_HELD].append(lock)
+
+
+def _method(raw: str) -> str:
+    """The request's method as routed: methods are case-sensitive, werkzeug would uppercase ``get``."""
+    return raw if raw in ("GET", "HEAD", "POST") else "UNSUPPORTED"
+
+
+def _wait(raw: str) -> float:
+    """The ``wait`` query value in seconds, or a ``400 bad_wait`` ApiError."""
+    try:
+        if len(raw) > 40:
+            raise ValueError
+        wait = float(raw)
+    except ValueError:
+        raise ApiError(400, "bad_wait", "wait must be a number of seconds, e.g. ?wait=10") from None
+    if not 0 <= wait < float("inf"):
+        raise ApiError(400, "bad_wait", "wait must be a number of seconds >= 0, e.g. ?wait=10")
+    return wait
+
+
+def _read_payload(request: Request, length: int, as_view: bool = False, into: Any = None) -> Any:
     """Read exactly ``length`` bytes into one buffer; decode UTF-8 for text/plain.
 
     ``as_view``: a binary payload comes as a memoryview of numpy-allocated
@@ -496,9 +407,17 @@ def serve(
         block: ``True`` serves until interrupted (Ctrl-C) and returns ``None``;
             ``False`` serves in a background thread and returns a
             :class:`RunningServer` with ``.url`` and ``.close()``.
-        token: if set, requests must carry ``Authorization: Bearer <token>``.
+        token: if set, requests must carry ``Authorization: Bearer <token>``;
+            surrounding whitespace is stripped (a token read from a file ends
+            with a newline).
         max_content_length: the largest payload accepted, in bytes (default 2 GiB).
         ssl_context: serve HTTPS: an ``ssl.SSLContext`` or a ``(certfile, keyfile)`` pair.
+
+    Raises:
+        ValueError: an empty or whitespace-only token, or one with control or
+            non-ASCII characters (see :func:`checked_token`); a bad
+            ``max_content_length``; a bad dict of FedData.
+        OSError: the address cannot be listened on (it names the address).
     """
     app = DeviceApp(data, token=token, max_content_length=max_content_length)
     sock = _listen(host, port)

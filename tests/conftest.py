@@ -19,10 +19,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class DeviceProcess:
-    """A device process started by a test; ``url`` is where it serves."""
+    """A device process started by a test; ``url`` is where it serves.
+
+    ``log``: the file its stderr goes to, when the test asked for one.
+    """
 
     process: subprocess.Popen
     url: str
+    log: Path | None = None
+
+    def log_text(self) -> str:
+        """What the device wrote to stderr so far (``log`` must be set)."""
+        assert self.log is not None, "start the device with log=PATH to read its stderr"
+        return self.log.read_text(errors="replace")
+
+    def peak_rss(self) -> int:
+        """The process's peak resident memory so far (VmHWM), in bytes."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc/PID/status (Linux only)")
 
     def kill(self) -> None:
         self.process.kill()
@@ -37,21 +53,37 @@ class DeviceProcess:
 
 
 def start_device(
-    factory: str, *args: object, port: int = 0, timeout: float = 60.0, path: tuple[str, ...] = ()
+    factory: str,
+    *args: object,
+    port: int = 0,
+    timeout: float = 60.0,
+    path: tuple[str, ...] = (),
+    log: Path | None = None,
+    token: str | None = None,
 ) -> DeviceProcess:
     """Start ``python -m tests.run_device factory args`` and wait for its URL.
 
-    ``path`` adds folders to the device's ``PYTHONPATH`` (e.g. an installed plugin).
+    ``path`` adds folders to the device's ``PYTHONPATH`` (e.g. an installed plugin);
+    ``log`` is a file that receives the device's stderr; ``token`` the device's token.
     """
     pythonpath = os.pathsep.join([*path, str(ROOT)])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=pythonpath, FEDSYNC_TEST_PORT=str(port))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.run_device", factory, json.dumps(list(args))],
-        stdout=subprocess.PIPE,
-        cwd=ROOT,
-        env=env,
-        text=True,
-    )
+    env.pop("FEDSYNC_TEST_TOKEN", None)
+    if token is not None:
+        env["FEDSYNC_TEST_TOKEN"] = token
+    stderr = open(log, "w") if log is not None else None
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.run_device", factory, json.dumps(list(args))],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=ROOT,
+            env=env,
+            text=True,
+        )
+    finally:
+        if stderr is not None:
+            stderr.close()  # the child holds its own copy
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
@@ -61,7 +93,7 @@ def start_device(
         if not line:
             break
         if line.startswith("READY "):
-            return DeviceProcess(process, line.split()[1])
+            return DeviceProcess(process, line.split()[1], log)
     process.kill()
     raise RuntimeError(f"device {factory}{args} did not start within {timeout}s (exit code {process.poll()})")
 
@@ -71,8 +103,10 @@ def devices():
     """Start device processes with ``devices(factory, *args)``; all are killed afterwards."""
     started: list[DeviceProcess] = []
 
-    def start(factory: str, *args: object, port: int = 0, path: tuple[str, ...] = ()) -> DeviceProcess:
-        device = start_device(factory, *args, port=port, path=path)
+    def start(
+        factory: str, *args: object, port: int = 0, path: tuple[str, ...] = (), log: Path | None = None, token: str | None = None
+    ) -> DeviceProcess:
+        device = start_device(factory, *args, port=port, path=path, log=log, token=token)
         started.append(device)
         return device
 

@@ -162,3 +162,59 @@ class _CutPayload(codec.Payload):
     def __iter__(self):
         yield from self.frames[:2]
         raise ConnectionAbortedError("device died while sending (test)")
+
+
+def pattern(n: int, k: int) -> np.ndarray:
+    """The values training number ``k`` leaves in a ``patterned`` model: distinct per round, exact in float32."""
+    return ((np.arange(n) % 251) + 1000.0 * k).astype(np.float32)
+
+
+class _NonRestoring(FedArrays):
+    """An evaluate that loads the coordinator's arrays and leaves them: the model stays changed."""
+
+    def evaluate(self, encoding, repetition):
+        arrays, _ = codec.decode(encoding)
+        self.set_arrays(arrays)
+        return self.evaluate_fn(self.model)
+
+
+def patterned(n: int, restore: bool = True, hold: str = "") -> FedArrays:
+    """A model of ``n`` float32 values; its k-th training sets them to ``pattern(n, k)``.
+
+    ``restore=False``: evaluation writes the coordinator's values and leaves them.
+    ``hold``: a file path; each evaluation, once it wrote the model, waits (at most
+    30 s) until that file exists, so a test can act while it is in progress.
+    """
+    calls = {"n": 0}
+
+    def train(model):
+        calls["n"] += 1
+        model["w"][...] = pattern(n, calls["n"])
+        return 5
+
+    def evaluate(model):
+        deadline = time.monotonic() + 30
+        while hold and not os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return 2, {"first": float(model["w"][0])}
+
+    return (FedArrays if restore else _NonRestoring)({"w": np.zeros(n, np.float32)}, train, evaluate=evaluate)
+
+
+def blocked(path: str) -> FedArrays:
+    """Training waits (at most 60 s) until the file ``path`` exists: a device that stays busy."""
+
+    def train(model):
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        model["w"][...] = 1.0
+        return 1
+
+    return FedArrays({"w": np.zeros(4, np.float32)}, train)
+
+
+
+def two_models(value: float, samples: int) -> dict:
+    """Two array FedData under named bases: no text FedData a random body could satisfy."""
+    return {"weights": constant(value, samples), "extra": constant(value + 1.0, samples)}

@@ -2,11 +2,13 @@
 
 Usage: ``python -m tests.run_device FACTORY [JSON-ARGS]``, where FACTORY is a
 function of ``tests/devices.py`` or ``module:function``; prints ``READY <url>``
-once serving.
+once serving. ``FEDSYNC_TEST_TOKEN`` in the environment sets the device's token;
+warnings and errors (tracebacks included) go to stderr.
 """
 
 import importlib
 import json
+import logging
 import os
 import sys
 
@@ -19,7 +21,8 @@ def main() -> None:
     args = json.loads(sys.argv[2]) if len(sys.argv) > 2 else []
     data = factory(*args)
     port = int(os.environ.get("FEDSYNC_TEST_PORT", "0"))
-    server = fedsync.serve(data, host="127.0.0.1", port=port, block=False)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    server = fedsync.serve(data, host="127.0.0.1", port=port, block=False, token=os.environ.get("FEDSYNC_TEST_TOKEN"))
     print(f"READY {server.url}", flush=True)
     try:
         server.join()
