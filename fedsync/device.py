@@ -287,9 +287,9 @@ class Device:
             result, owned = job.result, job.owned
             if not owned:
                 self.downloads += 1
-        release = None if owned else self._download_done
+        release = None if owned else _once(self._download_done)
         try:
-            body, mimetype, length = _body(result, sock)
+            body, mimetype, length = _body(result, sock, release)
         except BaseException:
             if release is not None:
                 release()
@@ -342,6 +342,20 @@ class _Download:
         self.close()
 
 
+def _once(function: Callable[[], None]) -> Callable[[], None]:
+    """``function``, run at most once however often the result is called (from any thread)."""
+    lock = threading.Lock()
+    pending = [function]
+
+    def run() -> None:
+        with lock:
+            todo = pending.pop() if pending else None
+        if todo is not None:
+            todo()
+
+    return run
+
+
 def _owned_copy(result: Encoding) -> Encoding:
     """A copy of ``result`` that shares no memory with the model."""
     if isinstance(result, (str, bytes)):
@@ -359,7 +373,7 @@ def _owned_copy(result: Encoding) -> Encoding:
     return bytes(memoryview(result).cast("B"))
 
 
-def _body(encoding: Encoding, sock: socket.socket | None = None) -> tuple[Any, str, int]:
+def _body(encoding: Encoding, sock: socket.socket | None = None, before_last: Callable[[], None] | None = None) -> tuple[Any, str, int]:
     """The response body, its mimetype and its length, without copying the payload.
 
     ``sock``: the connection's socket, which fedsync's server puts in the
@@ -376,7 +390,7 @@ def _body(encoding: Encoding, sock: socket.socket | None = None) -> tuple[Any, s
     if isinstance(encoding, Payload):
         # WSGI servers write bytes only; small chunks cost less than joining the whole
         # payload into one fresh model-sized buffer (page faults, measured).
-        body = _frames_to(sock, encoding) if sock is not None else _chunks(encoding)
+        body = _frames_to(sock, encoding, before_last) if sock is not None else _chunks(encoding, before_last)
         return body, "application/octet-stream", len(encoding)
     raise TypeError(
         f"serialize() must return str or bytes, got {type(encoding).__name__}; "
@@ -384,7 +398,11 @@ def _body(encoding: Encoding, sock: socket.socket | None = None) -> tuple[Any, s
     )
 
 
-def _frames_to(sock: socket.socket, payload: Payload) -> Iterator[bytes]:
+TAIL = 1 << 16
+"""Bytes at the end of a reply sent from a copy, after the reply stops reading live memory."""
+
+
+def _frames_to(sock: socket.socket, payload: Payload, before_last: Callable[[], None] | None = None) -> Iterator[bytes]:
     """Write a payload's frames to the connection itself, without copying them.
 
     WSGI servers write only ``bytes``, so :func:`_chunks` copies each piece
@@ -392,17 +410,42 @@ def _frames_to(sock: socket.socket, payload: Payload) -> Iterator[bytes]:
     perf). fedsync's server (:mod:`fedsync.gateway`) sends the status line and
     headers (Content-Length included) on the first ``write``, even of ``b""``,
     on its unbuffered connection; the frames then follow on the same socket.
+
+    ``before_last`` runs once the live memory was read, before the last
+    ``TAIL`` bytes (sent from a copy) leave: a client that has the whole reply
+    and at once asks the device to write its model finds it released.
     """
     yield b""
+    cut = len(payload) - TAIL
+    offset = 0
+    tail: list[bytes] = []
     for frame in payload:
-        sock.sendall(frame)
+        view = memoryview(frame).cast("B")
+        head = max(0, min(len(view), cut - offset))
+        if head:
+            sock.sendall(view[:head])
+        if head < len(view):
+            tail.append(bytes(view[head:]))
+        offset += len(view)
+    if before_last is not None:
+        before_last()
+    for piece in tail:
+        sock.sendall(piece)
 
 
-def _chunks(payload: Payload) -> Iterator[bytes]:
+def _chunks(payload: Payload, before_last: Callable[[], None] | None = None) -> Iterator[bytes]:
+    """The payload as 1 MiB ``bytes`` copies; ``before_last`` runs before the last one is handed over."""
+    pending: bytes | None = None
     for frame in payload:
         view = memoryview(frame).cast("B")
         for start in range(0, len(view), CHUNK):
-            yield bytes(view[start : start + CHUNK])
+            if pending is not None:
+                yield pending
+            pending = bytes(view[start : start + CHUNK])
+    if before_last is not None:
+        before_last()
+    if pending is not None:
+        yield pending
 
 
 def _samples(fed: FedData) -> int | None:

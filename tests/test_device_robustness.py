@@ -121,8 +121,23 @@ def test_writes_are_refused_while_a_reply_downloads_from_live_memory(devices):
     np.testing.assert_array_equal(arrays["w"], pattern(BIG, 1))
     assert metadata["fedsync.samples"] == "5"
     assert state(url) == (1, "idle", 1)
-    # Once read, the model is writable again.
-    assert until_not_busy(lambda: post(url, "/2/submit", other, other_specs)).status_code == 202
+    # Once read, the model is writable again: at once, the device released it before its last bytes left.
+    assert post(url, "/2/submit", other, other_specs).status_code == 202
+
+
+@pytest.mark.parametrize("n", [1000, 1 << 20])
+def test_a_write_right_after_a_whole_download_is_never_busy(devices, n):
+    """A coordinator that read the whole reply and at once asks for an evaluation (a new
+    connection) must find the model writable: the device stops reading live memory
+    before the reply's last bytes leave it."""
+    device = devices("patterned", n)
+    payload, specs = arrays_payload(n, 0.0)
+    for rep in range(1, 21):
+        assert post(device.url, f"/{rep}/submit", payload, specs).status_code == 202
+        reply = requests.get(f"{device.url}/{rep}/result", params={"wait": "30"}, timeout=60)
+        assert reply.status_code == 200 and len(reply.content) == int(reply.headers["Content-Length"])
+        evaluate = post(device.url, f"/{rep}/evaluate", payload, specs)
+        assert evaluate.status_code == 200, (rep, evaluate.text)
 
 
 def test_a_client_leaving_mid_download_releases_the_model(devices):

@@ -29,9 +29,11 @@ def test_every_public_name_has_a_docstring():
 
 
 def test_protocol_doc_lists_every_error_code_the_server_raises():
-    source = (ROOT / "fedsync" / "server.py").read_text()
+    source = "".join((ROOT / "fedsync" / name).read_text() for name in ("server.py", "device.py", "gateway.py"))
     codes = set(re.findall(r'ApiError\(\s*\d+,\s*"([a-z_]+)"', source))
-    assert codes, "no error codes found in server.py"
+    codes |= set(re.findall(r'error="([a-z_]+)"', source))  # the gateway's own answers
+    codes |= set(re.findall(r'^\s+\d{3}: "([a-z_]+)",$', source, re.M))  # and its defaults by status
+    assert {"busy", "stale_repetition", "bad_repetition", "bad_host", "headers_too_large"} <= codes, codes
     text = (ROOT / "docs" / "protocol.md").read_text()
     undocumented = sorted(code for code in codes if f"`{code}`" not in text)
     assert undocumented == []
