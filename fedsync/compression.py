@@ -84,10 +84,11 @@ def unpack(
         if name not in arrays or name not in expected:
             raise PayloadRejected(f"payload packs unknown array {name[:60]!r}")
         kind, a, target = spec.get("as"), arrays[name], np.dtype(expected[name])
-        if not isinstance(kind, str) or set(spec) != _SPEC_KEYS.get(kind, {"as"}):
+        keys = _SPEC_KEYS.get(kind, {"as"}) if isinstance(kind, str) else {"as"}
+        if not isinstance(kind, str) or set(spec) != keys:
             raise PayloadRejected(
-                f"array {name!r}: wire metadata {_short(spec)} must have exactly the keys "
-                f"{sorted(_SPEC_KEYS.get(kind, {'as'}))}"
+                f"array {name!r}: wire metadata {_short(spec)} must have exactly the keys {sorted(keys)}, "
+                f"'as' naming one of {', '.join(WIRE_DTYPES)}"
             )
         if target.kind != "f":
             raise PayloadRejected(f"array {name!r} is {target.name} here; only floating arrays are packed")
@@ -104,7 +105,7 @@ def unpack(
             largest = float(np.finfo(target).max) / 127
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= largest:
                 raise PayloadRejected(f"array {name!r}: int8 scale must be a number in (0, {largest:g}], got {_short(scale)}")
-            out[name] = (a.astype(target) * target.type(scale)).astype(target, copy=False)
+            out[name] = _scaled(a, float(scale), target)
         else:
             raise PayloadRejected(f"array {name!r}: {kind!r} cannot be carried as {a.dtype.name}")
     return out
@@ -116,6 +117,14 @@ _SPEC_KEYS = {"float16": {"as"}, "bfloat16": {"as"}, "int8": {"as", "scale"}}
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _scaled(a: np.ndarray, scale: float, target: np.dtype) -> np.ndarray:
+    """``a * scale`` as ``target``, multiplied in float64: 127 * (max / 127) rounds back to max, not to inf."""
+    out = np.empty(a.shape, target)
+    with np.errstate(over="ignore"):  # only a -128 (never packed) can overflow: the NaN/inf scan refuses it
+        np.multiply(a, scale, out=out, dtype=np.float64, casting="unsafe")
+    return out
 
 
 def _to_bfloat16_bits(a: np.ndarray) -> np.ndarray:
