@@ -194,7 +194,7 @@ class FedArrays(FedData):
             merged = accumulator.result(sum(samples for samples, _ in kept))
             del accumulator
         for name, a in merged.items():
-            if np.asarray(a).dtype.kind == "f" and not np.isfinite(a).all():
+            if not _finite(np.asarray(a)):
                 raise RoundFailed(
                     f"merged array {name!r} holds NaN or infinity, so the model was left unchanged; "
                     f"check the strategy ({type(self.strategy).__name__}) and the devices' values"
@@ -393,6 +393,14 @@ class FedArrays(FedData):
             return samples, checked_metrics(metrics, f"payload metadata {METRICS_KEY!r}")
         except ValueError as exc:
             raise PayloadRejected(f"{exc}; expected e.g. {{{SAMPLES_KEY!r}: '60000', {METRICS_KEY!r}: '{{\"loss\": 0.12}}'}}") from None
+
+
+def _finite(a: np.ndarray) -> bool:
+    """No NaN or infinity in ``a``, scanned a chunk at a time (no model-sized temporary)."""
+    if a.dtype.kind != "f":
+        return True
+    flat = a.reshape(-1)
+    return all(np.isfinite(flat[i : i + _PIECE]).all() for i in range(0, flat.size, _PIECE))
 
 
 def _no_constant(name: str) -> None:
