@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, M
 import numpy as np
 
 from . import codec, compression
-from .errors import PayloadRejected, RemoteError
+from .errors import PayloadRejected, RemoteError, RoundFailed
 from .hookspecs import hookimpl
-from .metrics import parse_counted, weighted_means
+from .metrics import MAX_SAMPLES, checked_metrics, checked_samples, parse_counted, weighted_means
 from .protocol import FedData
 from .replies import ReplyStream
 from .strategies import Accumulator, FedAvg, Strategy
@@ -30,6 +30,12 @@ METRICS_KEY = "fedsync.metrics"
 SPECS_KEY = "fedsync.specs"
 
 _PIECE = 1 << 20  # bytes of a reply read and folded at a time
+_METADATA_ROOM = 1 << 20
+"""Bytes of payload header allowed for metadata on top of the tensors' entries.
+
+Enough for the largest metrics :func:`fedsync.metrics.checked_metrics` accepts
+(``MAX_METRICS`` names of ``MAX_METRIC_NAME`` characters, escaped twice).
+"""
 
 TrainResult = Union[int, "tuple[int, Mapping[str, float]]"]
 """What ``train(model)`` returns: the number of samples, optionally with metrics."""
@@ -173,6 +179,13 @@ class FedArrays(FedData):
             self.set_arrays(own)
 
     def merge(self, encodings: Iterable[Any], repetition: int) -> None:
+        """Fold the replies into new arrays and commit them only if the result is sound.
+
+        Raises:
+            RoundFailed: no reply reported any samples, or the merged arrays hold
+                NaN or infinity; this FedData is then unchanged.
+            PayloadRejected: a payload given as bytes (not a stream) is malformed.
+        """
         accumulator = self.strategy.accumulator(self.get_arrays())
         if accumulator is None:
             merged, kept = self._aggregate_whole(encodings)
@@ -180,6 +193,12 @@ class FedArrays(FedData):
             accumulator, kept = self._fold(encodings, accumulator)
             merged = accumulator.result(sum(samples for samples, _ in kept))
             del accumulator
+        for name, a in merged.items():
+            if not _finite(np.asarray(a)):
+                raise RoundFailed(
+                    f"merged array {name!r} holds NaN or infinity, so the model was left unchanged; "
+                    f"check the strategy ({type(self.strategy).__name__}) and the devices' values"
+                )
         self.set_arrays(merged)
         del merged
         devices = [{"samples": samples, "metrics": metrics} for samples, metrics in kept]
@@ -190,7 +209,8 @@ class FedArrays(FedData):
         }
         # The merged arrays stand for every sample behind them: a checkpoint restored
         # with merge([saved]) then weighs correctly.
-        self.samples = self.last_merge["samples"]
+        # Capped: the payload carries it, and peers accept at most MAX_SAMPLES.
+        self.samples = min(self.last_merge["samples"], MAX_SAMPLES)
         self.metrics = self.last_merge["metrics"]
 
     def _fold(self, encodings: Iterable[Any], accumulator: Accumulator) -> tuple[Accumulator, list[tuple[int, dict[str, float]]]]:
@@ -237,26 +257,28 @@ class FedArrays(FedData):
         """Check one reply and fold it in; :class:`_Rejected` says if the sum was touched."""
         if not isinstance(encoding, ReplyStream):
             try:
-                arrays, samples, metrics = self._decode(encoding, finite=True)
+                arrays, samples, metrics = self._decode(encoding, finite=None)
             except ValueError as exc:
                 raise _Rejected(str(exc), spoiled=False) from None
             return _add_whole(accumulator, arrays, samples), metrics
         folded = False
         try:
-            header = codec.read_header(encoding.readinto, encoding.length)
-            if compression.WIRE_KEY in header.metadata:  # packed arrays unpack whole
-                arrays, samples, metrics = self._checked(header.arrays(encoding.read_all()), header.metadata, finite=True)
-                return _add_whole(accumulator, arrays, samples), metrics
             expected = self.layout()
+            header = codec.read_header(encoding.readinto, encoding.length, limit=self._header_limit(expected))
+            if compression.WIRE_KEY in header.metadata:  # packed arrays unpack whole
+                arrays, samples, metrics = self._checked(header.arrays(encoding.read_all()), header.metadata, finite=None)
+                return _add_whole(accumulator, arrays, samples), metrics
             self._check_layout({t.name: (t.shape, t.dtype) for t in header.tensors}, expected)
             samples, metrics = self._counted(header.metadata)
+            if samples == 0:  # weighs nothing: its values are neither read nor folded
+                return samples, metrics
+            accumulator.start(samples)
             buffer = memoryview(np.empty(_PIECE, np.uint8))
             for name, first, values in codec.read_pieces(encoding.readinto, header, buffer):
                 if values.dtype.kind == "f" and not np.isfinite(values).all():
                     raise PayloadRejected(f"array {name!r} contains NaN or infinity")
-                if samples > 0:
-                    folded = True
-                    accumulator.add(name, first, values, samples)
+                folded = True
+                accumulator.add(name, first, values, samples)
             return samples, metrics
         except (ValueError, RemoteError) as exc:
             raise _Rejected(_why(exc), spoiled=folded) from None
@@ -274,7 +296,7 @@ class FedArrays(FedData):
             while (encoding := next(replies, None)) is not None:
                 try:
                     body = encoding.read_all() if isinstance(encoding, ReplyStream) else encoding
-                    arrays, samples, metrics = self._decode(body, finite=True)
+                    arrays, samples, metrics = self._decode(body, finite=None)
                 except (ValueError, RemoteError) as exc:
                     if not isinstance(encoding, ReplyStream):
                         raise
@@ -285,37 +307,58 @@ class FedArrays(FedData):
                         encoding.close()
                 del encoding, body
                 kept.append((samples, metrics))
-                yield arrays, samples
+                if samples > 0:  # a reply of 0 samples weighs nothing: strategies never see it
+                    yield arrays, samples
                 del arrays
 
         return self.strategy.aggregate(self.get_arrays(), results()), kept
 
     # -- validation -----------------------------------------------------------------
 
-    def _decode(self, encoding: Any, *, finite: bool = False) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
+    def _decode(self, encoding: Any, *, finite: bool | None = False) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
         """Decode a payload and check it fits this model; raises ValueError before any change.
 
         ``finite`` also scans every value for NaN and infinity. Only ``check`` does:
         fedsync's device and coordinator call it before ``receive``/``merge``, and a
-        second scan costs a pass over the whole model.
+        second scan costs a pass over the whole model. ``None`` (merges): only
+        if the payload has samples, since one without weighs nothing.
         """
         if isinstance(encoding, str):
             raise PayloadRejected(f"{type(self).__name__} expects a binary payload, got text")
-        return self._checked(*codec.decode(encoding), finite=finite)
-
-    def _checked(self, arrays: dict[str, np.ndarray], metadata: Mapping[str, str], *, finite: bool) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
-        """Decoded arrays unpacked from their wire format and checked against this model."""
         expected = self.layout()
+        return self._checked(*codec.decode(encoding, limit=self._header_limit(expected)), finite=finite, expected=expected)
+
+    def _checked(
+        self, arrays: dict[str, np.ndarray], metadata: Mapping[str, str], *, finite: bool | None,
+        expected: Mapping[str, tuple[tuple[int, ...], np.dtype]] | None = None,
+    ) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
+        """Decoded arrays unpacked from their wire format and checked against this model."""
+        expected = self.layout() if expected is None else expected
+        samples, metrics = self._counted(metadata)
         if compression.WIRE_KEY in metadata:
             dtypes = {name: np.dtype(dtype) for name, (_, dtype) in expected.items()}
             arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], self.wire_dtype, dtypes)
         self._check_layout({name: (a.shape, a.dtype) for name, a in arrays.items()}, expected, packed=compression.WIRE_KEY in metadata)
-        if finite:
+        if finite or (finite is None and samples > 0):
             for name, a in arrays.items():
                 if a.dtype.kind == "f" and not np.isfinite(a).all():
                     raise PayloadRejected(f"array {name!r} contains NaN or infinity")
-        samples, metrics = self._counted(metadata)
         return arrays, samples, metrics
+
+    def _header_limit(self, expected: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> int:
+        """The largest payload header, in bytes, a payload of this model can have.
+
+        Twice what the tensors' entries take (names, dtypes, shapes, offsets; and
+        again for the wire format's per-array metadata) plus room for metadata:
+        a peer cannot make this side parse a header much larger than the model's own.
+        """
+        tensors = 0
+        for name, (shape, _) in expected.items():
+            quoted = len(json.dumps(name))  # escaped as the header escapes it, or more
+            tensors += quoted + 112 + 21 * len(shape)
+            if self.wire_dtype is not None:
+                tensors += 2 * quoted + 64
+        return 2 * tensors + _METADATA_ROOM
 
     def _check_layout(self, found: Mapping[str, tuple[tuple[int, ...], np.dtype]], expected: Mapping[str, tuple[tuple[int, ...], np.dtype]], packed: bool = False) -> None:
         """Names, shapes and dtypes of a payload's arrays against this model's."""
@@ -335,23 +378,44 @@ class FedArrays(FedData):
 
     @staticmethod
     def _counted(metadata: Mapping[str, str]) -> tuple[int, dict[str, float]]:
-        """The sample count and metrics a payload's metadata carries."""
+        """The sample count and metrics a payload's metadata carries, checked before any use.
+
+        Raises:
+            PayloadRejected: samples not a whole number in ``[0, MAX_SAMPLES]``, or
+                metrics not a JSON object of at most ``MAX_METRICS`` finite numbers.
+        """
         try:
-            samples = int(metadata.get(SAMPLES_KEY, "0"))
-            metrics = json.loads(metadata.get(METRICS_KEY, "{}"))
-            if samples < 0 or not isinstance(metrics, dict):
-                raise ValueError
-            return samples, {str(k): float(v) for k, v in metrics.items()}
-        except (ValueError, TypeError):
-            raise PayloadRejected(
-                f"payload metadata is malformed: samples {metadata.get(SAMPLES_KEY)!r}, "
-                f"metrics {metadata.get(METRICS_KEY)!r}; expected a non-negative integer and a JSON object of numbers"
-            ) from None
+            samples = checked_samples(metadata.get(SAMPLES_KEY, "0"), f"payload metadata {SAMPLES_KEY!r}")
+            try:
+                metrics = json.loads(metadata.get(METRICS_KEY, "{}"), parse_constant=_no_constant)
+            except (ValueError, RecursionError):
+                raise ValueError(f"payload metadata {METRICS_KEY!r} is not JSON: {_short(metadata.get(METRICS_KEY))}") from None
+            return samples, checked_metrics(metrics, f"payload metadata {METRICS_KEY!r}")
+        except ValueError as exc:
+            raise PayloadRejected(f"{exc}; expected e.g. {{{SAMPLES_KEY!r}: '60000', {METRICS_KEY!r}: '{{\"loss\": 0.12}}'}}") from None
+
+
+def _finite(a: np.ndarray) -> bool:
+    """No NaN or infinity in ``a``, scanned a chunk at a time (no model-sized temporary)."""
+    if a.dtype.kind != "f":
+        return True
+    flat = a.reshape(-1)
+    return all(np.isfinite(flat[i : i + _PIECE]).all() for i in range(0, flat.size, _PIECE))
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def _add_whole(accumulator: Accumulator, arrays: Mapping[str, np.ndarray], samples: int) -> int:
     """Fold whole, checked arrays in; returns ``samples``."""
     if samples > 0:
+        accumulator.start(samples)
         for name, a in arrays.items():
             accumulator.add(name, 0, a.reshape(-1), samples)
     return samples

@@ -4,83 +4,202 @@ Layout of a checkpoint folder::
 
     round-000007/state.safetensors   (or state.txt) the FedData's serialize() output
     round-000007/history.json        the History up to that round
-    checkpoint.json                  {"repetition": 7, "specs": ..., "folder": "round-000007", "state": ...}
+    checkpoint.json                  {"repetition": 7, "specs": ..., "folder": "round-000007",
+                                      "state": "state.safetensors", "state_sha256": ..., "history_sha256": ...}
 
 A round's files are complete before ``checkpoint.json`` points at them (each
-written then renamed), and the previous round's folder is removed only after,
-so a crash at any moment leaves a consistent checkpoint: the old one or the new one.
+written then renamed), and older round folders are removed only after, so a
+crash at any moment leaves a consistent checkpoint: the old one or the new one.
+
+A checkpoint is read as untrusted input, like a device's reply: every field of
+``checkpoint.json`` is checked (the folder name must be ``round-NNNNNN`` of its
+repetition, the state file one of two names, so no path leaves the checkpoint
+folder), both files must match their sha256, and the history must be well
+formed and end at the same repetition. The checksums detect corruption and
+edits of the files, not a forger who rewrites ``checkpoint.json`` as well.
+Only folders named ``round-NNNNNN`` inside the checkpoint folder are ever deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from .errors import FedSyncError
 from .history import History, write_atomically
-from .protocol import FedData
+from .protocol import MAX_REPETITION, FedData
 
 __all__ = ["save", "load", "CheckpointError"]
 
 POINTER = "checkpoint.json"
+STATES = ("state.safetensors", "state.txt")
+HISTORY = "history.json"
+_KEYS = frozenset({"repetition", "specs", "folder", "state", "state_sha256", "history_sha256"})
+_ROUND = re.compile(r"round-[0-9]{6,16}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_POINTER_LIMIT = 1 << 16  # bytes: checkpoint.json holds a few short fields
 
 
 class CheckpointError(FedSyncError, ValueError):
-    """A checkpoint that does not fit the FedData it should restore."""
+    """A checkpoint that is damaged, edited, or does not fit the FedData it should restore."""
 
 
-def save(folder: Path, data: FedData, repetition: int, history: History) -> None:
-    """Write the checkpoint of ``data`` after ``repetition`` merged."""
+def save(folder: str | Path, data: FedData, repetition: int, history: History) -> None:
+    """Write the checkpoint of ``data`` after ``repetition`` merged.
+
+    Raises:
+        CheckpointError: ``repetition`` is not an integer in ``[0, MAX_REPETITION]``,
+            ``history`` does not end at ``repetition``, or ``data``'s own
+            ``check`` refuses its state (e.g. NaN or infinity in an array).
+            Nothing is written then.
+    """
+    folder = Path(folder)
+    if type(repetition) is not int or not 0 <= repetition <= MAX_REPETITION:
+        raise CheckpointError(f"repetition must be an integer in [0, {MAX_REPETITION}], got {repetition!r}")
+    if not len(history) or history[-1].repetition != repetition:
+        last = history[-1].repetition if len(history) else None
+        raise CheckpointError(f"the history must end with repetition {repetition}, but its last round is {last}")
     payload = data.serialize(repetition)
     if isinstance(payload, str):
-        state, raw = "state.txt", payload.encode("utf-8")
+        state, encoding, raw = STATES[1], payload, payload.encode("utf-8")
     else:
-        state, raw = "state.safetensors", bytes(payload)
-    round_folder = f"round-{repetition:06d}"
-    write_atomically(folder / round_folder / state, raw)
-    history.save(folder / round_folder / "history.json")
-    previous = _read_pointer(folder)
-    meta = {"repetition": repetition, "specs": data.specs(repetition), "folder": round_folder, "state": state}
-    write_atomically(folder / POINTER, json.dumps(meta).encode("utf-8"))
-    if previous is not None and previous.get("folder") not in (None, round_folder):
-        shutil.rmtree(folder / previous["folder"], ignore_errors=True)
-
-
-def load(folder: Path, data: FedData) -> tuple[int, History] | None:
-    """Restore ``data`` from ``folder``; ``(repetition, history)``, or ``None`` if there is none."""
-    meta = _read_pointer(folder)
-    if meta is None:
-        return None
-    try:
-        repetition = int(meta["repetition"])
-        round_folder = folder / meta["folder"]
-        raw = (round_folder / meta["state"]).read_bytes()
-        history = History.load(round_folder / "history.json")
-    except (KeyError, ValueError, TypeError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {folder} is damaged ({exc}); remove it to start over") from None
-    if meta["specs"] != data.specs(repetition):
-        raise CheckpointError(
-            f"checkpoint {folder} holds specs {meta['specs']!r} but this FedData's are {data.specs(repetition)!r}; "
-            "use another checkpoint folder or the same declaration"
-        )
-    encoding: Any = raw.decode("utf-8") if meta["state"].endswith(".txt") else raw
+        state = STATES[0]
+        raw = encoding = bytes(payload)
     try:
         data.check(encoding, repetition)
     except ValueError as exc:
-        raise CheckpointError(f"checkpoint {folder} is damaged: {exc}") from None
-    data.merge([encoding], repetition)  # the merge of one payload is that payload
+        raise CheckpointError(
+            f"refusing to checkpoint repetition {repetition} into {folder}: the state is not valid ({exc}); "
+            "nothing was written, and the previous checkpoint stays"
+        ) from None
+    round_folder = _round_name(repetition)
+    if (folder / round_folder).is_symlink():
+        raise CheckpointError(f"{folder / round_folder} is a symbolic link; checkpoints write only real folders")
+    text = history.to_json().encode("utf-8")
+    write_atomically(folder / round_folder / state, raw)
+    write_atomically(folder / round_folder / HISTORY, text)
+    meta = {
+        "repetition": repetition,
+        "specs": data.specs(repetition),
+        "folder": round_folder,
+        "state": state,
+        "state_sha256": hashlib.sha256(raw).hexdigest(),
+        "history_sha256": hashlib.sha256(text).hexdigest(),
+    }
+    write_atomically(folder / POINTER, json.dumps(meta).encode("utf-8"))
+    _remove_old_rounds(folder, keep=round_folder)
+
+
+def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
+    """Restore ``data`` from ``folder``; ``(repetition, history)``, or ``None`` if there is none.
+
+    Raises:
+        CheckpointError: naming the cause, for a malformed or edited
+            ``checkpoint.json``, a state or history file that does not match its
+            sha256, a malformed history, or a state of other specs. ``data``
+            is unchanged then.
+    """
+    folder = Path(folder)
+    meta = _read_pointer(folder)
+    if meta is None:
+        return None
+    repetition = meta["repetition"]
+    where = folder / meta["folder"]
+    raw = _read_checked(folder, where / meta["state"], meta["state_sha256"])
+    history_raw = _read_checked(folder, where / HISTORY, meta["history_sha256"])
+    try:
+        history = History.from_json(history_raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise _damaged(folder, f"{where / HISTORY} is malformed: {exc}") from None
+    if not len(history) or history[-1].repetition != repetition:
+        last = history[-1].repetition if len(history) else None
+        raise _damaged(folder, f"{POINTER} says repetition {repetition} but the history's last round is {last}")
+    expected = data.specs(repetition)
+    if meta["specs"] != expected:
+        raise CheckpointError(
+            f"checkpoint {folder} holds specs {meta['specs'][:200]!r} but this FedData's are {expected!r}; "
+            "use another checkpoint folder or the same declaration"
+        )
+    try:
+        encoding: Any = raw.decode("utf-8") if meta["state"] == STATES[1] else raw
+        data.check(encoding, repetition)
+        data.merge([encoding], repetition)  # the merge of one payload is that payload
+    except (ValueError, RuntimeError) as exc:  # RoundFailed is a RuntimeError
+        raise _damaged(folder, f"its state does not restore: {exc}") from None
     return repetition, history
 
 
+def _round_name(repetition: int) -> str:
+    return f"round-{repetition:06d}"
+
+
+def _damaged(folder: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {folder} is damaged or was edited: {why}; remove it to start over")
+
+
 def _read_pointer(folder: Path) -> dict[str, Any] | None:
+    """``checkpoint.json``, every field checked; ``None`` if there is none."""
+    path = folder / POINTER
     try:
-        meta = json.loads((folder / POINTER).read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            text = f.read(_POINTER_LIMIT + 1)
     except FileNotFoundError:
         return None
-    except ValueError as exc:
-        raise CheckpointError(f"{folder / POINTER} is not JSON ({exc}); remove the folder to start over") from None
+    except OSError as exc:
+        raise _damaged(folder, f"{POINTER} cannot be read ({exc})") from None
+    if len(text) > _POINTER_LIMIT:
+        raise _damaged(folder, f"{POINTER} is over {_POINTER_LIMIT} bytes")
+    try:
+        meta = json.loads(text.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise _damaged(folder, f"{POINTER} is not JSON ({exc})") from None
     if not isinstance(meta, dict):
-        raise CheckpointError(f"{folder / POINTER} is damaged; remove the folder to start over")
+        raise _damaged(folder, f"{POINTER} is not a JSON object")
+    if meta.keys() != _KEYS:
+        missing, unknown = sorted(_KEYS - meta.keys()), sorted(str(k)[:40] for k in meta.keys() - _KEYS)
+        raise _damaged(folder, f"{POINTER} lacks {missing} or has unknown keys {unknown}; expected exactly {sorted(_KEYS)}")
+    repetition = meta["repetition"]
+    if type(repetition) is not int or not 0 <= repetition <= MAX_REPETITION:
+        raise _damaged(folder, f"repetition must be an integer in [0, {MAX_REPETITION}], got {str(repetition)[:40]}")
+    if meta["folder"] != _round_name(repetition):
+        raise _damaged(
+            folder, f"folder {str(meta['folder'])[:80]!r} is not {_round_name(repetition)!r}, the folder of repetition {repetition}"
+        )
+    if meta["state"] not in STATES:
+        raise _damaged(folder, f"state {str(meta['state'])[:80]!r} is not one of {list(STATES)}")
+    if not isinstance(meta["specs"], str):
+        raise _damaged(folder, f"specs must be a string, got {type(meta['specs']).__name__}")
+    for key in ("state_sha256", "history_sha256"):
+        if not isinstance(meta[key], str) or not _SHA256.fullmatch(meta[key]):
+            raise _damaged(folder, f"{key} must be 64 lowercase hex digits, got {str(meta[key])[:80]!r}")
     return meta
+
+
+def _read_checked(folder: Path, path: Path, sha256: str) -> bytes:
+    """The bytes of ``path`` (a real file inside ``folder``), if they match ``sha256``."""
+    for part in (path.parent, path):
+        if part.is_symlink():
+            raise _damaged(folder, f"{part} is a symbolic link; a checkpoint holds only real files")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _damaged(folder, f"{path} cannot be read ({exc.strerror or exc})") from None
+    if not hmac.compare_digest(hashlib.sha256(raw).hexdigest(), sha256):
+        raise _damaged(folder, f"{path} does not match the sha256 in {POINTER}: it was changed or corrupted")
+    return raw
+
+
+def _remove_old_rounds(folder: Path, keep: str) -> None:
+    """Delete the folders of earlier rounds: only ``round-NNNNNN`` folders directly inside ``folder``."""
+    for child in folder.iterdir():
+        if child.name != keep and _ROUND.fullmatch(child.name) and not child.is_symlink() and child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a checkpoint holds")

@@ -32,12 +32,23 @@ import numpy as np
 from .errors import CodecError
 
 __all__ = [
-    "HEADER_LIMIT", "Payload", "encode_payload", "encode_frames", "encode", "payload_size", "read_exactly",
+    "HEADER_LIMIT", "MAX_TENSORS", "MAX_METADATA", "Payload", "encode_payload", "encode_frames", "encode", "payload_size", "read_exactly",
     "decode", "Header", "read_header", "read_pieces",
 ]
 
-HEADER_LIMIT = 100 * 1024 * 1024
-"""Largest JSON header, in bytes, that :func:`decode` accepts (and :func:`encode` writes)."""
+HEADER_LIMIT = 8 * 1024 * 1024
+"""Largest JSON header, in bytes, that :func:`encode` writes and, by default, :func:`decode` accepts.
+
+About 80,000 tensors' entries (~100 bytes each). Parsing JSON takes up to ~20
+times its size in memory, so this bounds what any header costs; readers that
+know the layout they expect pass a tighter ``limit`` (FedArrays does).
+"""
+
+MAX_TENSORS = 65536
+"""Most tensors a header may list."""
+
+MAX_METADATA = 1024
+"""Most ``__metadata__`` entries a header may carry."""
 
 _METADATA_KEY = "__metadata__"
 _ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
@@ -95,6 +106,8 @@ def encode_frames(
         }
         frames.append(_raw_bytes(array))
         offset = end
+    if len(header) > MAX_TENSORS:
+        raise CodecError(f"{len(header)} arrays are more than MAX_TENSORS ({MAX_TENSORS}) a payload may hold")
     if metadata is not None:
         checked = _checked_metadata(metadata, "metadata")
         if checked:
@@ -216,19 +229,23 @@ def _header_frame(header: dict[str, Any]) -> bytes:
         raise CodecError(f"names and metadata must be valid Unicode text: {exc}") from exc
     size = len(text) + (-len(text) % 8)
     if size > HEADER_LIMIT:
-        raise CodecError(f"header is {size} bytes, more than HEADER_LIMIT ({HEADER_LIMIT})")
+        raise CodecError(f"header is {size} bytes, more than HEADER_LIMIT ({HEADER_LIMIT}); raise fedsync.codec.HEADER_LIMIT for a model of that many tensors")
     return _LENGTH.pack(size) + text.ljust(size, b" ")
 
 
 # ----------------------------------------------------------------- decoding
 
 
-def decode(buffer: bytes | bytearray | memoryview) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Decode a payload into (arrays viewing ``buffer`` without copying, metadata)."""
+def decode(buffer: bytes | bytearray | memoryview, *, limit: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Decode a payload into (arrays viewing ``buffer`` without copying, metadata).
+
+    ``limit``: the largest header accepted, in bytes (default :data:`HEADER_LIMIT`).
+    Raises :class:`CodecError` for anything malformed or over a limit.
+    """
     if isinstance(buffer, Payload):
         buffer = bytes(buffer)
     view = _byte_view(buffer)
-    header_end = _LENGTH.size + _header_length(view[: _LENGTH.size], len(view))
+    header_end = _LENGTH.size + _header_length(view[: _LENGTH.size], len(view), limit)
     data = view[header_end:]
     tensors, metadata = _layout(view[_LENGTH.size : header_end], len(data))
     arrays = _views(tensors, data)
@@ -264,17 +281,18 @@ class Header(NamedTuple):
         return _views(self.tensors, data)
 
 
-def read_header(readinto: Callable[[memoryview], int | None], length: int) -> Header:
+def read_header(readinto: Callable[[memoryview], int | None], length: int, *, limit: int | None = None) -> Header:
     """Read and check the header of a ``length``-byte payload from a stream.
 
     The stream is then at the start of the data section: read it with
     :func:`read_pieces`. Malformed headers raise :class:`CodecError`, as in
-    :func:`decode`, before any data is read.
+    :func:`decode`, before any data is read; a header longer than ``limit``
+    bytes (default :data:`HEADER_LIMIT`) before anything past its 8-byte length.
     """
     prefix = memoryview(bytearray(_LENGTH.size))
     if length >= _LENGTH.size:  # else _header_length says the payload is too short
         _read_into(readinto, prefix)
-    header_length = _header_length(prefix, length)
+    header_length = _header_length(prefix, length, limit)
     raw = _read_into(readinto, memoryview(bytearray(header_length)))
     tensors, metadata = _layout(raw, length - _LENGTH.size - header_length)
     return Header(tensors, metadata)
@@ -319,18 +337,25 @@ def _layout(raw_header: memoryview, data_size: int) -> tuple[list[_Tensor], dict
     """The checked tensors (in data order) and metadata of a header's JSON."""
     header = _parse_header(raw_header)
     metadata = _checked_metadata(header.pop(_METADATA_KEY, {}), _METADATA_KEY)
+    if len(header) > MAX_TENSORS or len(metadata) > MAX_METADATA:
+        raise CodecError(
+            f"header lists {len(header)} tensors and {len(metadata)} metadata entries; "
+            f"at most MAX_TENSORS ({MAX_TENSORS}) and MAX_METADATA ({MAX_METADATA}) are accepted"
+        )
     tensors = [_tensor(name, entry, data_size) for name, entry in header.items()]
     return _check_coverage(tensors, data_size), metadata
 
 
-def _header_length(prefix: memoryview, payload_size: int) -> int:
+def _header_length(prefix: memoryview, payload_size: int, limit: int | None = None) -> int:
     if payload_size < _LENGTH.size or len(prefix) < _LENGTH.size:
         raise CodecError(
             f"payload is {payload_size} bytes, shorter than the 8-byte header length prefix"
         )
     (length,) = _LENGTH.unpack(prefix[: _LENGTH.size])
-    if length > HEADER_LIMIT:
-        raise CodecError(f"header length {length} exceeds HEADER_LIMIT ({HEADER_LIMIT})")
+    if limit is None and length > HEADER_LIMIT:
+        raise CodecError(f"header length {length} exceeds HEADER_LIMIT ({HEADER_LIMIT}); raise fedsync.codec.HEADER_LIMIT for a model of that many tensors")
+    if limit is not None and length > limit:
+        raise CodecError(f"header length {length} exceeds the {limit} bytes a payload of this model's layout can need")
     if length > payload_size - _LENGTH.size:
         raise CodecError(
             f"header length {length} exceeds the {payload_size - _LENGTH.size} bytes that follow"

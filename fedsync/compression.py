@@ -22,7 +22,6 @@ its specs.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -65,7 +64,7 @@ def pack(arrays: Mapping[str, np.ndarray], wire_dtype: str) -> tuple[dict[str, n
             how[name] = {"as": "bfloat16"}
         else:
             peak = float(np.abs(a).max()) if a.size else 0.0
-            scale = peak / 127.0 if peak > 0 else 1.0
+            scale = peak / 127.0 if peak / 127.0 > 0 else 1.0  # a subnormal peak's scale would underflow to 0
             packed[name] = np.rint(a / scale).astype(np.int8)
             how[name] = {"as": "int8", "scale": scale}
     return packed, json.dumps(how)
@@ -78,13 +77,19 @@ def unpack(
     try:
         how = json.loads(wire)
         assert isinstance(how, dict) and all(isinstance(v, dict) for v in how.values())
-    except (ValueError, AssertionError):
+    except (ValueError, AssertionError, RecursionError):
         raise PayloadRejected(f"payload metadata {WIRE_KEY!r} is not a JSON object of objects") from None
     out = dict(arrays)
     for name, spec in how.items():
         if name not in arrays or name not in expected:
-            raise PayloadRejected(f"payload packs unknown array {name!r}")
+            raise PayloadRejected(f"payload packs unknown array {name[:60]!r}")
         kind, a, target = spec.get("as"), arrays[name], np.dtype(expected[name])
+        keys = _SPEC_KEYS.get(kind, {"as"}) if isinstance(kind, str) else {"as"}
+        if not isinstance(kind, str) or set(spec) != keys:
+            raise PayloadRejected(
+                f"array {name!r}: wire metadata {_short(spec)} must have exactly the keys {sorted(keys)}, "
+                f"'as' naming one of {', '.join(WIRE_DTYPES)}"
+            )
         if target.kind != "f":
             raise PayloadRejected(f"array {name!r} is {target.name} here; only floating arrays are packed")
         if kind != wire_dtype:
@@ -95,11 +100,30 @@ def unpack(
             out[name] = _from_bfloat16_bits(a).astype(target, copy=False)
         elif kind == "int8" and a.dtype == np.int8:
             scale = spec.get("scale")
-            if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-                raise PayloadRejected(f"array {name!r}: int8 scale must be a positive number, got {scale!r}")
-            out[name] = (a.astype(target) * target.type(scale)).astype(target, copy=False)
+            # pack writes |int8| <= 127, so an honest scale is at most the dtype's max / 127 and
+            # unpacks finite; a -128 under the largest scale overflows, which the NaN/inf scan refuses.
+            largest = float(np.finfo(target).max) / 127
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= largest:
+                raise PayloadRejected(f"array {name!r}: int8 scale must be a number in (0, {largest:g}], got {_short(scale)}")
+            out[name] = _scaled(a, float(scale), target)
         else:
             raise PayloadRejected(f"array {name!r}: {kind!r} cannot be carried as {a.dtype.name}")
+    return out
+
+
+_SPEC_KEYS = {"float16": {"as"}, "bfloat16": {"as"}, "int8": {"as", "scale"}}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _scaled(a: np.ndarray, scale: float, target: np.dtype) -> np.ndarray:
+    """``a * scale`` as ``target``, multiplied in float64: 127 * (max / 127) rounds back to max, not to inf."""
+    out = np.empty(a.shape, target)
+    with np.errstate(over="ignore"):  # only a -128 (never packed) can overflow: the NaN/inf scan refuses it
+        np.multiply(a, scale, out=out, dtype=np.float64, casting="unsafe")
     return out
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
+
+from .metrics import MAX_SAMPLES, checked_metrics
+from .protocol import MAX_REPETITION
 
 __all__ = ["RoundResult", "EvaluationResult", "History", "write_atomically"]
 
@@ -39,12 +43,23 @@ class RoundResult:
     seconds: float = 0.0
 
     @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> "RoundResult":
-        """The inverse of ``dataclasses.asdict``."""
-        row = dict(row)
-        if row.get("evaluation") is not None:
-            row["evaluation"] = EvaluationResult(**row["evaluation"])
-        return cls(**row)
+    def from_dict(cls, row: Any) -> "RoundResult":
+        """The inverse of ``dataclasses.asdict``, checking every field.
+
+        Raises:
+            ValueError: a key that is not a field, or a value of the wrong type or
+                range (counts are non-negative integers, metrics and seconds finite).
+        """
+        values = _fields(cls, row, "round")
+        what = f"round {values['repetition']}"
+        _strings(values.get("answered", []), f"{what}: answered")
+        if values.get("samples") is not None:
+            _integer(values["samples"], f"{what}: samples", 2**63 - 1)
+        for key in ("bytes_sent", "bytes_received"):
+            _integer(values.get(key, 0), f"{what}: {key}", 2**63 - 1)
+        if values.get("evaluation") is not None:
+            values["evaluation"] = EvaluationResult(**_evaluation(values["evaluation"], what))
+        return cls(**values)
 
 
 class History:
@@ -78,7 +93,23 @@ class History:
 
     @classmethod
     def from_json(cls, text: str) -> "History":
-        return cls([RoundResult.from_dict(row) for row in json.loads(text)["rounds"]])
+        """The History that :meth:`to_json` wrote.
+
+        Raises:
+            ValueError: ``text`` is not that JSON, a round is malformed
+                (:meth:`RoundResult.from_dict`), or repetitions do not increase.
+        """
+        try:
+            document = json.loads(text, parse_constant=_no_constant)
+        except RecursionError:
+            raise ValueError("history JSON is nested too deeply") from None
+        if not isinstance(document, dict) or document.keys() != {"rounds"} or not isinstance(document["rounds"], list):
+            raise ValueError('history must be a JSON object {"rounds": [...]}')
+        rounds = [RoundResult.from_dict(row) for row in document["rounds"]]
+        for before, after in zip(rounds, rounds[1:]):
+            if after.repetition <= before.repetition:
+                raise ValueError(f"history's repetitions must increase, got {before.repetition} then {after.repetition}")
+        return cls(rounds)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON atomically (a crash leaves the old file or the new one)."""
@@ -90,6 +121,70 @@ class History:
 
     def __repr__(self) -> str:
         return f"History({len(self.rounds)} rounds)"
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"history holds {name}, not a finite number")
+
+
+def _fields(cls: type, row: Any, what: str) -> dict[str, Any]:
+    """``row``'s entries, which must be fields of ``cls``; repetition, failures, metrics, devices, seconds checked."""
+    if not isinstance(row, dict):
+        raise ValueError(f"each {what} must be a JSON object, got {type(row).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(str(k)[:40] for k in row.keys() - names)
+    if unknown or "repetition" not in row:
+        raise ValueError(f"{what} has unknown keys {unknown} or lacks 'repetition'; expected keys among {sorted(names)}")
+    values = dict(row)
+    label = f"{what} {_integer(values['repetition'], f'{what} repetition', MAX_REPETITION)}"
+    failures = values.get("failures", {})
+    if not isinstance(failures, dict) or not all(isinstance(v, str) for v in failures.values()):
+        raise ValueError(f"{label}: failures must map device URLs to reasons (strings)")
+    values["metrics"] = checked_metrics(values.get("metrics", {}), f"{label}: metrics")
+    values["devices"] = _devices(values.get("devices", {}), label)
+    seconds = values.get("seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{label}: seconds must be a finite non-negative number, got {str(seconds)[:40]}")
+    return values
+
+
+def _evaluation(row: Any, what: str) -> dict[str, Any]:
+    values = _fields(EvaluationResult, row, f"{what}: evaluation")
+    _integer(values.get("samples", 0), f"{what}: evaluation samples", 2**63 - 1)
+    return values
+
+
+def _devices(devices: Any, what: str) -> dict[str, dict[str, Any]]:
+    """Per-device records ``{"samples": n, "metrics": {...}}``; other entries must be plain JSON scalars."""
+    if not isinstance(devices, dict):
+        raise ValueError(f"{what}: devices must map device URLs to records")
+    clean = {}
+    for url, record in devices.items():
+        if not isinstance(record, dict):
+            raise ValueError(f"{what}: device {url[:80]!r}'s record must be a JSON object")
+        record = dict(record)
+        if "samples" in record:
+            _integer(record["samples"], f"{what}: device {url[:80]!r} samples", MAX_SAMPLES)
+        if "metrics" in record:
+            record["metrics"] = checked_metrics(record["metrics"], f"{what}: device {url[:80]!r} metrics")
+        for key, value in record.items():
+            if key not in ("samples", "metrics") and not (
+                value is None or isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value))
+            ):
+                raise ValueError(f"{what}: device {url[:80]!r} entry {key[:40]!r} must be a string or a number")
+        clean[url] = record
+    return clean
+
+
+def _integer(value: Any, what: str, largest: int) -> int:
+    if type(value) is not int or not 0 <= value <= largest:
+        raise ValueError(f"{what} must be an integer in [0, {largest}], got {str(value)[:40]}")
+    return value
+
+
+def _strings(value: Any, what: str) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{what} must be a list of device URLs (strings)")
 
 
 def write_atomically(path: Path, data: bytes | bytearray | memoryview) -> None:

@@ -14,6 +14,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from .errors import RoundFailed
+from .metrics import checked_samples
+
 __all__ = ["Strategy", "Accumulator", "WeightedSum", "FedAvg"]
 
 Arrays = Mapping[str, np.ndarray]
@@ -22,11 +25,15 @@ Arrays = Mapping[str, np.ndarray]
 class Accumulator:
     """A running fold of replies that takes them piece by piece, as they stream in.
 
-    ``add(name, first, values, samples)`` folds the flat ``values`` of array
-    ``name``, elements ``[first, first + len(values))``, from a reply that
-    trained on ``samples``; ``result(total)`` returns the merged arrays once
-    every reply was added (``total``: the sum of their samples).
+    For each reply: ``start(samples)``, then ``add(name, first, values, samples)``
+    for each piece: the flat ``values`` of array ``name``, elements
+    ``[first, first + len(values))``, each element once, pieces in any order.
+    ``result(total)`` returns the merged arrays once every reply was added
+    (``total``: the sum of their samples).
     """
+
+    def start(self, samples: int) -> None:
+        """A new reply, which trained on ``samples`` samples, begins; its pieces follow."""
 
     def add(self, name: str, first: int, values: np.ndarray, samples: int) -> None:
         raise NotImplementedError
@@ -53,58 +60,140 @@ class Strategy:
 
 
 def _accumulator_dtype(dtype: np.dtype) -> np.dtype:
-    # float16/float32 sum in float32 (one model copy, as the design's memory goal asks);
-    # integers and booleans are averaged in float64 and rounded back.
+    # float16/float32 average in float32 (one model copy, as the design's memory goal asks);
+    # integers and booleans sum exactly, in int64 while that cannot overflow.
     if dtype.kind == "f":
         return np.result_type(dtype, np.float32)
-    return np.dtype(np.float64)
+    return np.dtype(np.int64)
 
 
 _CHUNK = 1 << 18
+_INT64_LIMIT = 2**63  # an integer sum that may reach this moves to Python ints
 
 
 class WeightedSum(Accumulator):
-    """Sums ``values * samples`` per array; ``result(total)`` divides by ``total``.
+    """The sample-weighted mean of every array, folded reply by reply.
 
-    Integer arrays round to the nearest integer, boolean arrays take the
-    weighted majority. Memory: one accumulator per array plus a small scratch
-    buffer, whatever the number of replies.
+    Floating arrays keep a running weighted mean, ``mean += w * (x - mean)``
+    computed as ``mean * (1 - w) + x * w`` with ``w = samples / samples so far``:
+    every intermediate stays within the range of the values, so large values
+    or sample counts cannot overflow. Integer and boolean arrays keep the exact
+    sum of ``values * samples`` (int64, or Python integers once that could
+    overflow), so :meth:`result` is exact: integers are the mean rounded half
+    to even, booleans the weighted majority (a tie gives ``True``). Memory: one
+    accumulator per array plus a small scratch buffer, whatever the number of
+    replies.
     """
 
     def __init__(self, current: Arrays) -> None:
         self.layout = {name: (a.shape, a.dtype) for name, a in current.items()}
         self.sums = {name: np.zeros(a.size, _accumulator_dtype(a.dtype)) for name, a in current.items()}
+        self.total = 0
+        """Samples of the replies started so far."""
+        self._samples = 0
+        self._weight = 0.0
+        # For integer arrays: a bound of |sum| from finished replies, and this reply's largest |value|.
+        self._settled = {name: 0 for name, (_, dtype) in self.layout.items() if dtype.kind != "f"}
+        self._peaks = dict.fromkeys(self._settled, 0)
         self._scratch: dict[np.dtype, np.ndarray] = {}
 
+    def start(self, samples: int) -> None:
+        """Begin a reply of ``samples`` samples (checked: an integer in ``[0, MAX_SAMPLES]``)."""
+        samples = checked_samples(samples, "a reply's sample count")
+        for name, peak in self._peaks.items():
+            self._settled[name] += self._samples * peak
+            self._peaks[name] = 0
+        self._samples = samples
+        self.total += samples
+        self._weight = samples / self.total if self.total else 0.0
+
     def add(self, name: str, first: int, values: np.ndarray, samples: int) -> None:
-        """``sums[name][first:first + n] += values * samples``, through a reused scratch buffer."""
-        acc = self.sums[name]
-        buffer = self._scratch.get(acc.dtype)
-        if buffer is None:
-            buffer = self._scratch[acc.dtype] = np.empty(_CHUNK, acc.dtype)
+        """Fold elements ``[first, first + len(values))`` of the reply begun with :meth:`start`."""
+        if samples != self._samples:
+            raise ValueError(f"add() got {samples} samples for a reply started with {self._samples}; call start(samples) first")
         flat = values.reshape(-1)
+        if samples == 0 or flat.size == 0:
+            return
+        if self.layout[name][1].kind == "f":
+            self._add_floats(self.sums[name], first, flat)
+        else:
+            self._add_integers(name, first, flat)
+
+    def _buffer(self, dtype: np.dtype) -> np.ndarray:
+        buffer = self._scratch.get(dtype)
+        if buffer is None:
+            buffer = self._scratch[dtype] = np.empty(_CHUNK, dtype)
+        return buffer
+
+    def _add_floats(self, acc: np.ndarray, first: int, flat: np.ndarray) -> None:
+        """``mean = mean * (1 - w) + values * w``, a chunk at a time through the scratch buffer."""
+        target = acc[first : first + flat.size]
+        if self._weight == 1.0:  # the first reply that counts: the mean is its values
+            np.copyto(target, flat, casting="same_kind")
+            return
+        buffer = self._buffer(acc.dtype)
+        keep = 1.0 - self._weight
         for start in range(0, flat.size, _CHUNK):
             part = buffer[: min(_CHUNK, flat.size - start)]
-            np.multiply(flat[start : start + _CHUNK], samples, out=part, casting="unsafe")
-            acc[first + start : first + start + part.size] += part
+            np.multiply(flat[start : start + _CHUNK], self._weight, out=part, casting="same_kind")
+            mean = target[start : start + part.size]
+            mean *= keep
+            mean += part
+
+    def _add_integers(self, name: str, first: int, flat: np.ndarray) -> None:
+        """``sum += values * samples`` exactly."""
+        if flat.dtype.kind == "b":
+            flat = flat.view(np.uint8)
+        peak = max(int(flat.max()), -int(flat.min()))
+        self._peaks[name] = max(self._peaks[name], peak)
+        acc = self.sums[name]
+        if acc.dtype != object and self._settled[name] + self._samples * self._peaks[name] >= _INT64_LIMIT:
+            acc = self.sums[name] = acc.astype(object)  # exact past int64; integer arrays in models are small
+        target = acc[first : first + flat.size]
+        if acc.dtype == object:
+            target += flat.astype(object) * self._samples
+            return
+        buffer = self._buffer(acc.dtype)
+        for start in range(0, flat.size, _CHUNK):
+            part = buffer[: min(_CHUNK, flat.size - start)]
+            # |value| * samples < 2**63 (the bound above), and uint64 values below 2**63 cast exactly.
+            np.multiply(flat[start : start + _CHUNK], self._samples, out=part, dtype=np.int64, casting="unsafe")
+            target[start : start + part.size] += part
 
     def result(self, total: int) -> dict[str, np.ndarray]:
-        if total <= 0:
-            raise ValueError(
+        """The merged arrays, in the current arrays' dtypes and shapes.
+
+        Raises:
+            RoundFailed: no reply had any samples, so there is nothing to weigh.
+        """
+        if self.total <= 0 or total <= 0:
+            raise RoundFailed(
                 "no device reported any training samples, so there is nothing to weigh; "
                 "train(model) must return the number of samples it trained on, e.g. `return x.shape[0]`"
             )
+        if total != self.total:
+            raise ValueError(f"result({total}) does not match the {self.total} samples of the replies started")
         merged = {}
         for name, acc in self.sums.items():
-            acc /= total
             shape, dtype = self.layout[name]
-            if dtype.kind == "b":
-                merged[name] = (acc >= 0.5).reshape(shape)
-            elif dtype.kind in "iu":
-                merged[name] = np.rint(acc).astype(dtype).reshape(shape)
-            else:
+            if dtype.kind == "f":
                 merged[name] = acc.astype(dtype, copy=False).reshape(shape)
+            elif dtype.kind == "b":
+                merged[name] = (acc >= total - acc).reshape(shape)  # 2 * sum >= total, without overflow
+            else:
+                merged[name] = _rounded_mean(acc, total).astype(dtype).reshape(shape)
         return merged
+
+
+def _rounded_mean(sums: np.ndarray, total: int) -> np.ndarray:
+    """``sums / total`` rounded half to even, exactly (``total`` > 0)."""
+    if sums.dtype != object and total >= _INT64_LIMIT:
+        sums = sums.astype(object)
+    divisor = total if sums.dtype == object else np.int64(total)
+    quotient, remainder = sums // divisor, sums % divisor  # floor division: 0 <= remainder < total
+    rest = divisor - remainder
+    up = (remainder > rest) | ((remainder == rest) & (quotient % 2 == 1))
+    return quotient + up.astype(np.int64 if sums.dtype != object else object)
 
 
 class FedAvg(Strategy):
@@ -112,9 +201,16 @@ class FedAvg(Strategy):
 
     Each device's arrays weigh by the number of samples it trained on, so the
     coordinator holds one accumulator per array whatever the number of devices.
-    Integer arrays (e.g. torch's ``num_batches_tracked``) are averaged the same
-    way and rounded to the nearest integer; boolean arrays take the weighted
-    majority. Devices reporting 0 samples do not count.
+    Floating arrays are averaged at float32 precision or better, without
+    overflow whatever the values and sample counts. Integer arrays (e.g. torch's
+    ``num_batches_tracked``) take the exact weighted mean **rounded half to
+    even** (2.5 -> 2, 3.5 -> 4), exact for every integer dtype and sample count;
+    boolean arrays take the weighted majority, and a tie gives ``True``.
+    Devices reporting 0 samples do not count, whatever their values.
+
+    Raises:
+        RoundFailed: from :meth:`aggregate` and ``result`` when no device
+            reported any samples.
     """
 
     def accumulator(self, current: Arrays) -> WeightedSum:
@@ -122,14 +218,13 @@ class FedAvg(Strategy):
 
     def aggregate(self, current: Arrays, results: Iterable[tuple[Arrays, int]]) -> dict[str, np.ndarray]:
         accumulator = self.accumulator(current)
-        total = 0
         replies = iter(results)
         while (result := next(replies, None)) is not None:
             arrays, samples = result
             del result  # hold no reply while asking for the next: it may not download before
-            if samples > 0:
-                total += samples
+            accumulator.start(samples)
+            if accumulator._samples > 0:
                 for name in accumulator.sums:
                     accumulator.add(name, 0, np.asarray(arrays[name]), samples)
             del arrays
-        return accumulator.result(total)
+        return accumulator.result(accumulator.total)

@@ -63,9 +63,10 @@ class FedTorch(FedArrays):
     How dtypes merge (with the default FedAvg):
 
     - floating tensors are averaged weighted by each device's sample count;
-    - integer buffers, e.g. BatchNorm's ``num_batches_tracked`` (int64), are
-      averaged the same way and **rounded to the nearest integer**; boolean
-      buffers take the weighted majority;
+    - integer buffers, e.g. BatchNorm's ``num_batches_tracked`` (int64), take
+      the exact weighted mean **rounded half to even** (devices that agree keep
+      their value, even above 2**53); boolean buffers take the weighted
+      majority, a tie giving ``True``;
     - ``bfloat16`` tensors, which numpy cannot represent, travel and merge as
       float32 (exact) and are cast back into bfloat16 when loaded; the specs
       still record ``bfloat16``, so a bfloat16 and a float32 model do not match.

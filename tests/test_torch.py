@@ -80,6 +80,15 @@ def test_merge_weighs_floats_by_samples_and_rounds_integer_buffers(devices):
     assert data.last_merge["samples"] == 40
 
 
+def test_devices_agreeing_on_an_int64_buffer_above_2_to_the_53_merge_to_it_exactly(devices):
+    big = 2**62 + 3  # float64 cannot hold it; a float average wrapped it to -922337203685477632
+    remotes = start_together(devices, *[("tests.devices_torch:constant", 1.0, 60000, big)] * 2)
+    model = with_batchnorm()
+    with Federated(data=FedTorch(model, None), remotes=[d.url for d in remotes], timeout=60) as alg:
+        alg.round()
+    assert model.state_dict()["1.num_batches_tracked"].item() == big
+
+
 # -- specs -------------------------------------------------------------------------
 
 
