@@ -80,7 +80,7 @@ def test_a_resume_and_the_next_round_delete_only_earlier_round_folders(run, devi
         result = alg.round()
     assert result.repetition > 3 and np.all(alg.data.model["w"] == 2.0)
     names = sorted(p.name for p in run.iterdir())
-    assert names == sorted(["checkpoint.json", f"round-{result.repetition:06d}", "notes", "round-3", "round-000002.bak", "round-0000019x"])
+    assert names == sorted(["checkpoint.json", "run.json", f"round-{result.repetition:06d}", "notes", "round-3", "round-000002.bak", "round-0000019x"])
     assert (outside / "keep.txt").read_text() == "mine"
 
 

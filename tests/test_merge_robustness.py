@@ -25,6 +25,7 @@ from fedsync.arrays import METRICS_KEY, SAMPLES_KEY
 from fedsync.errors import CodecError, PayloadRejected, RoundFailed
 from fedsync.metrics import MAX_METRIC_NAME, MAX_METRICS, MAX_SAMPLES
 from fedsync.replies import ReplyStream
+from fedsync.transfer import Deadline
 from fedsync.strategies import FedAvg, Strategy, WeightedSum
 from tests.devices_merge import weights
 
@@ -60,7 +61,7 @@ class Response:
 
 def stream(body: bytes) -> tuple[ReplyStream, Response]:
     response = Response(body)
-    return ReplyStream("http://device", (response, len(body)), lambda: (Response(body), len(body)), time.monotonic() + 60), response
+    return ReplyStream("http://device", (response, len(body)), lambda: (Response(body), len(body)), Deadline.within(60)), response
 
 
 # -- kind 9: integer and boolean arrays merge exactly ------------------------------
