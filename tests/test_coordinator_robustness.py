@@ -169,6 +169,7 @@ def test_reply_the_merge_cannot_take_names_its_device(devices, spawn):
 # -- kind 4: the round's deadline bounds every wait ---------------------------------
 
 
+@pytest.mark.slow
 def test_frozen_known_device_is_named_and_the_healthy_one_merges(devices):
     healthy = devices("constant", 2.0, 10)
     frozen = devices("constant", 9.0, 10)
@@ -188,7 +189,7 @@ def test_frozen_known_device_is_named_and_the_healthy_one_merges(devices):
     assert np.all(data.model["w"] == 2.0)
 
 
-@pytest.mark.parametrize("kind", ["arrays", "fedfloat"])
+@pytest.mark.parametrize("kind", ["arrays", pytest.param("fedfloat", marks=pytest.mark.slow)])
 def test_drip_fed_reply_is_dropped_as_late_and_the_healthy_one_merges(devices, spawn, kind):
     healthy = devices("constant", 2.0, 10) if kind == "arrays" else devices("fedfloat", 2.0)
     # Its reply, sent a byte every 2 s, needs far longer than the round's 5 s (9 bytes of text at least).

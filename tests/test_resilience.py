@@ -70,6 +70,7 @@ def test_frozen_device_misses_the_deadline_and_the_quorum_still_merges(devices):
     assert np.all(data.model["w"] == 3.0)
 
 
+@pytest.mark.slow
 def test_late_result_is_dropped_and_the_late_device_rejoins(devices):
     fast = devices("slow_first", 0.0, 2.0)
     late = devices("slow_first", 4.0, 8.0)

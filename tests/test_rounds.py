@@ -90,6 +90,7 @@ def test_frozen_device_is_named_at_the_deadline(devices):
     assert np.all(data.model["w"] == 1.0)
 
 
+@pytest.mark.slow
 def test_device_frozen_mid_training_is_named_at_the_deadline(devices):
     frozen = devices("slow", 2.0)
     data = FedArrays({"w": np.ones(4, np.float32)})
