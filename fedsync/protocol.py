@@ -17,7 +17,13 @@ from .codec import Payload
 if TYPE_CHECKING:
     from .server import DeviceApp
 
-__all__ = ["FedData", "FIRST", "MAX_REPETITION", "Encoding"]
+__all__ = ["FedData", "FIRST", "MAX_REPETITION", "Encoding", "SPECS_HEADER", "REPETITION_HEADER"]
+
+SPECS_HEADER = "X-Fedsync-Specs"
+"""HTTP header carrying the specs of a payload (submissions, evaluations, results)."""
+
+REPETITION_HEADER = "X-Fedsync-Repetition"
+"""HTTP header carrying the repetition a result belongs to."""
 
 FIRST = 1
 """The repetition number of the first round. Repetitions only grow."""

@@ -32,9 +32,9 @@ from .errors import (
     TrainingFailed,
 )
 from .metrics import checked_metrics, checked_samples
-from .protocol import MAX_REPETITION, Encoding
+from .protocol import MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, Encoding
 from .replies import ReplyStream
-from .server import REPETITION_HEADER, SPECS_HEADER
+from .tokens import checked_token
 from .transfer import NEVER, Deadline, content_length, read_capped
 
 __all__ = ["Remote", "MAX_REPLY", "MAX_JSON", "MAX_ERROR_BODY", "MAX_SPECS"]
@@ -52,24 +52,6 @@ MAX_SPECS = 4096
 """The longest specs string, in characters, a device may report."""
 
 _BEARER = re.compile(r"(?i)(bearer)(\s+)\S+")
-
-
-def _checked_token(token: str | None) -> str | None:
-    """The token without surrounding whitespace (as read from a file); refuses empty or unprintable ones."""
-    if token is None:
-        return None
-    if not isinstance(token, str):
-        raise TypeError(f"token must be a str, got {type(token).__name__}")
-    token = token.strip()
-    if not token:
-        raise ValueError("token is empty or only whitespace; pass the device's token, e.g. Remote(url, token=os.environ['FEDSYNC_TOKEN'])")
-    bad = [i for i, c in enumerate(token) if not c.isascii() or not c.isprintable()]
-    if bad:
-        raise ValueError(
-            f"token has a control or non-ASCII character at position {bad[0]} (the token is not shown); "
-            "an HTTP header carries printable ASCII only: check how the token was read"
-        )
-    return token
 
 
 class Remote:
@@ -112,7 +94,7 @@ class Remote:
         self.url = url.rstrip("/")
         self.timeout = float(timeout)
         self.max_reply = int(max_reply)
-        self._token = _checked_token(token)
+        self._token = checked_token(token)
         self.session = requests.Session()
         retry = Retry(total=retries, connect=retries, read=0, status=0, other=0, backoff_factor=0.1)
         self.session.mount("http://", HTTPAdapter(max_retries=retry))

@@ -27,50 +27,19 @@ from ._version import PROTOCOL_VERSION, __version__
 from .codec import read_exactly
 from .device import ApiError, Device, checked_repetition, json_response
 from .gateway import SOCKET_KEY, KeepAliveServer
-from .protocol import MAX_REPETITION, FedData
+from .protocol import MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
 from .status import render_index, render_status
+from .tokens import checked_token
 
 __all__ = ["DeviceApp", "RunningServer", "serve", "checked_token", "SPECS_HEADER", "DEFAULT_MAX_CONTENT_LENGTH"]
 
 logger = logging.getLogger("fedsync.server")
 
-SPECS_HEADER = "X-Fedsync-Specs"
-REPETITION_HEADER = "X-Fedsync-Repetition"
 DEFAULT_MAX_CONTENT_LENGTH = 2 * 1024**3
 MAX_WAIT = 60.0
 """The longest a single result long-poll is held open, in seconds."""
 
 _json = json_response
-
-
-def checked_token(token: str | None) -> str | None:
-    """A device token without its surrounding whitespace; ``None`` stays ``None`` (no token).
-
-    A token read from a file ends with a newline: it is stripped, as the
-    coordinator strips its own, so both compare the same characters.
-
-    Raises:
-        ValueError: the token is not a string, is empty or whitespace only, or
-            contains control characters or non-ASCII characters (it must fit
-            in an HTTP header as it is).
-    """
-    if token is None:
-        return None
-    if not isinstance(token, str):
-        raise ValueError(f"token must be a string, got {type(token).__name__}; e.g. token=os.environ['FEDSYNC_TOKEN']")
-    stripped = token.strip()
-    if not stripped:
-        raise ValueError(
-            "token is empty: a device with an empty token would let anyone in; "
-            "give a secret (e.g. python -c 'import secrets; print(secrets.token_urlsafe())') or token=None for no token"
-        )
-    bad = sorted({repr(c) for c in stripped if not " " <= c <= "~"})
-    if bad:
-        raise ValueError(
-            f"token contains {', '.join(bad)}: use printable ASCII characters only "
-            "(e.g. from secrets.token_urlsafe()), so that it travels unchanged in an HTTP header"
-        )
-    return stripped
 
 
 class _Repetition(BaseConverter):
