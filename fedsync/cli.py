@@ -170,6 +170,7 @@ examples:
   fedsync serve mypkg.device:model --host 0.0.0.0 --port 8001 --token s3cret
   fedsync serve device.py:data --port 0             # any free port
   fedsync serve device.py:data --certfile cert.pem --keyfile key.pem   # HTTPS
+  fedsync serve device.py:data --certfile cert.pem --keyfile key.pem --client-ca ca.pem   # mutual TLS
 
 The token can also come from the FEDSYNC_TOKEN environment variable, which
 keeps it out of your shell history and the process list.
@@ -190,6 +191,7 @@ def _add_serve(commands: Any) -> None:
     )  # fmt: skip
     parser.add_argument("--certfile", metavar="PEM", help="TLS certificate (PEM) to serve HTTPS; needs --keyfile unless the key is in the same file")
     parser.add_argument("--keyfile", metavar="PEM", help="TLS private key (PEM)")
+    parser.add_argument("--client-ca", metavar="PEM", help="mutual TLS: accept only coordinators whose certificate this CA signed (see fedsync certs)")
     parser.add_argument("--max-content-length", type=int, default=None, metavar="BYTES", help="largest payload accepted, in bytes (default 2 GiB)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     parser.set_defaults(run=_run_serve)
@@ -311,6 +313,8 @@ def _run_serve(args: argparse.Namespace) -> int:
             "e.g. in device.py: data = fedsync.FedArrays(weights, train)"
         )
     context = _ssl_context(args.certfile, args.keyfile)
+    if args.client_ca is not None and not Path(args.client_ca).is_file():
+        raise UsageError(f"client CA file not found: {args.client_ca}; make one with: fedsync certs init DIR")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -321,7 +325,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         server = serve(
             data, args.host, args.port, block=False, token=token,
-            max_content_length=args.max_content_length, ssl_context=context,
+            max_content_length=args.max_content_length, ssl_context=context, client_ca=args.client_ca,
         )
     except OSError as exc:
         raise CommandError(_bind_error(exc, args.host, args.port)) from None
@@ -610,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(commands)
     _add_plugins(commands)
     _add_dashboard(commands)
+    from .cli_certs import add_certs_command
+
+    add_certs_command(commands, UsageError)
     return parser
 
 

@@ -69,12 +69,16 @@ class Remote:
             surrounding whitespace is stripped (a token read from a file).
         retries: connection attempts retried with backoff.
         verify: TLS verification for ``https://``: ``True``, ``False`` or a CA bundle path.
+        cert: mutual TLS: this coordinator's client certificate, as a ``(certfile, keyfile)``
+            pair of PEM files (or one file holding both), for devices started with
+            ``serve(..., client_ca=...)``. ``fedsync certs coordinator`` makes one.
         max_reply: the largest result, in bytes, downloaded whole (FedData that read
             replies as streams check their size against the model instead).
 
     Raises:
         ValueError: a URL that is not http(s), a timeout that is not positive, or an
             empty token or one with control or non-ASCII characters (not shown).
+        FileNotFoundError: a ``cert`` file that does not exist.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class Remote:
         token: str | None = None,
         retries: int = 3,
         verify: bool | str = True,
+        cert: str | tuple[str, str] | None = None,
         max_reply: int = MAX_REPLY,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
@@ -108,6 +113,11 @@ class Remote:
             verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self.session.trust_env = False
         self.verify = verify
+        if cert is not None:
+            for path in (cert,) if isinstance(cert, (str, os.PathLike)) else cert:
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"client certificate file {os.fspath(path)!r} not found; make one with `fedsync certs coordinator DIR`")
+            self.session.cert = cert if isinstance(cert, str) else tuple(os.fspath(p) for p in cert)
 
     def __repr__(self) -> str:
         return f"Remote({self.url!r})"
@@ -338,6 +348,14 @@ class Remote:
             response = self.session.request(method, self.url + path, verify=self.verify, **kwargs)
         except requests.exceptions.SSLError as exc:
             detail = self._short(exc)
+            _raise_if_refused_certificate(self.url, detail)
+            if "EOF" in detail or "reset" in detail.lower():  # a device refusing a client certificate may just hang up
+                hint = (
+                    "on this coordinator's certificate (is it signed by the CA the device was given as client_ca?)"
+                    if self.session.cert
+                    else "(if it requires a client certificate, pass cert=(certfile, keyfile) signed by its CA)"
+                )
+                raise RemoteUnavailable(self.url, f"TLS handshake refused: the device closed the connection {hint}: {detail}") from None
             if "CERTIFICATE_VERIFY_FAILED" in detail or "certificate verify failed" in detail.lower():
                 raise RemoteUnavailable(self.url, f"TLS certificate not trusted (pass verify=CA_BUNDLE, the device's certificate or its CA): {detail}") from None
             raise RemoteUnavailable(self.url, f"TLS handshake failed: {detail}") from None
@@ -346,6 +364,7 @@ class Remote:
         except requests.exceptions.Timeout as exc:
             raise RemoteTimeout(self.url, f"timed out: no answer within the timeout ({self._short(exc)})") from None
         except requests.exceptions.ConnectionError as exc:
+            _raise_if_refused_certificate(self.url, self._short(exc))
             if _timed_out(exc):  # a read timeout that exhausted the retries arrives as a ConnectionError
                 raise RemoteTimeout(self.url, f"timed out: no answer within the timeout ({self._short(exc)})") from None
             raise RemoteUnavailable(self.url, f"cannot connect: is the device running? ({self._short(exc)})") from None
@@ -408,3 +427,12 @@ def size(payload: Encoding) -> int:
     if isinstance(payload, (Payload, ReplyStream)):
         return len(payload)
     return memoryview(payload).nbytes
+
+
+def _raise_if_refused_certificate(url: str, detail: str) -> None:
+    """A device requiring client certificates (mutual TLS) refused ours, or got none: say which."""
+    lowered = detail.lower()
+    if "certificate required" in lowered or "certificate_required" in lowered:
+        raise RemoteUnavailable(url, f"TLS handshake refused: the device requires a client certificate (pass cert=(certfile, keyfile) signed by its CA): {detail}")
+    if any(alert in lowered for alert in ("unknown ca", "unknown_ca", "bad certificate", "bad_certificate", "certificate unknown", "certificate_unknown")):
+        raise RemoteUnavailable(url, f"TLS handshake refused: the device does not trust this coordinator's certificate (is it signed by the CA the device was given as client_ca?): {detail}")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import socket
+import ssl
 import threading
 from typing import Any, Iterable, Mapping
 
@@ -366,6 +368,7 @@ def serve(
     token: str | None = None,
     max_content_length: int | None = None,
     ssl_context: Any = None,
+    client_ca: str | os.PathLike | None = None,
 ) -> RunningServer | None:
     """Serve a FedData (or a dict ``{name: FedData}``) over HTTP.
 
@@ -381,14 +384,20 @@ def serve(
             with a newline).
         max_content_length: the largest payload accepted, in bytes (default 2 GiB).
         ssl_context: serve HTTPS: an ``ssl.SSLContext`` or a ``(certfile, keyfile)`` pair.
+        client_ca: mutual TLS: a CA certificate file (PEM); only coordinators presenting
+            a certificate signed by it complete the TLS handshake (``Remote(url,
+            cert=(certfile, keyfile))``); others are refused before any HTTP is read.
+            Needs ``ssl_context``. ``fedsync certs`` makes the CA and certificates.
 
     Raises:
         ValueError: an empty or whitespace-only token, or one with control or
             non-ASCII characters (see :func:`checked_token`); a bad
             ``max_content_length``; a bad dict of FedData.
-        OSError: the address cannot be listened on (it names the address).
+        OSError: the address cannot be listened on (it names the address), or
+            ``client_ca`` cannot be read as a CA certificate.
     """
     app = DeviceApp(data, token=token, max_content_length=max_content_length)
+    ssl_context = _tls_context(ssl_context, client_ca)
     sock = _listen(host, port)
     try:
         server = KeepAliveServer(sock, app, ssl_context=ssl_context)
@@ -405,3 +414,21 @@ def serve(
     finally:
         server.server_close()
     return None
+
+
+def _tls_context(ssl_context: Any, client_ca: str | os.PathLike | None) -> Any:
+    """``ssl_context`` as an :class:`ssl.SSLContext` that, with ``client_ca``, requires client certificates."""
+    if client_ca is None:
+        return ssl_context
+    if ssl_context is None:
+        raise ValueError("client_ca needs TLS: pass ssl_context=(certfile, keyfile) too (fedsync serve --certfile/--keyfile)")
+    if isinstance(ssl_context, tuple):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*ssl_context)
+        ssl_context = context
+    try:
+        ssl_context.load_verify_locations(cafile=os.fspath(client_ca))
+    except (ssl.SSLError, OSError) as exc:
+        raise OSError(f"cannot load the client CA {os.fspath(client_ca)!r} ({exc}); give the PEM file made by `fedsync certs init`") from None
+    ssl_context.verify_mode = ssl.CERT_REQUIRED
+    return ssl_context

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from fedsync import certs
 from fedsync.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
+
+certs._crypto()  # import cryptography now: `workdir` swaps sys.modules, which its native modules do not survive
 
 DEVICE_FILE = """\
 import numpy as np
@@ -133,18 +136,13 @@ def test_serve_a_dict_under_named_bases_with_a_token(serve):
 
 
 def test_serve_over_tls(serve, workdir):
-    cert, key = workdir / "cert.pem", workdir / "key.pem"
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    # Certificates from `fedsync certs` (the cryptography package), not the openssl binary.
+    assert main(["certs", "init", str(workdir / "pki")]) == 0
+    assert main(["certs", "device", str(workdir / "pki"), "--host", "127.0.0.1"]) == 0
+    cert, key = workdir / "pki" / "device-127.0.0.1.pem", workdir / "pki" / "device-127.0.0.1-key.pem"
     _, url = serve("device.py:data", "--certfile", str(cert), "--keyfile", str(key))
     assert url.startswith("https://127.0.0.1:")
-    assert requests.get(f"{url}/info", verify=str(cert), timeout=10).json()["specs"].startswith("arrays:")
+    assert requests.get(f"{url}/info", verify=str(workdir / "pki" / "ca.pem"), timeout=10).json()["specs"].startswith("arrays:")
 
 
 def test_unknown_module_names_it_and_says_what_to_do(workdir, capsys):
