@@ -105,9 +105,11 @@ class FedBundle(FedData):
         arrays, metadata = codec.decode(encoding)
         try:
             kinds = json.loads(metadata[PARTS_KEY])
-            assert isinstance(kinds, dict) and all(isinstance(k, dict) for k in kinds.values())
-        except (KeyError, ValueError, AssertionError):
-            raise PayloadRejected(f"bundle payload has no valid {PARTS_KEY!r} metadata") from None
+        except (KeyError, ValueError, RecursionError):
+            kinds = None
+        # A real check, not an assert: `python -O` removes asserts.
+        if not isinstance(kinds, dict) or not all(isinstance(k, dict) for k in kinds.values()):
+            raise PayloadRejected(f"bundle payload has no valid {PARTS_KEY!r} metadata")
         if arrays.keys() != self.parts.keys() or kinds.keys() != self.parts.keys():
             raise PayloadRejected(f"bundle parts {sorted(arrays)} do not match this bundle's {sorted(self.parts)}")
         expected = self._part_specs(repetition)

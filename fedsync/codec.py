@@ -312,7 +312,7 @@ def read_pieces(
         itemsize = tensor.dtype.itemsize
         per_piece = len(buffer) // itemsize
         if per_piece < 1:
-            raise ValueError(f"buffer of {len(buffer)} bytes cannot hold one {tensor.dtype} element")
+            raise CodecError(f"buffer of {len(buffer)} bytes cannot hold one {tensor.dtype} element; give read_pieces a buffer of at least 8 bytes")
         count = (tensor.end - tensor.begin) // itemsize
         for first in range(0, count, per_piece):
             piece = _read_into(readinto, buffer[: min(per_piece, count - first) * itemsize])

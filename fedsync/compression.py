@@ -10,9 +10,13 @@ wire_dtype        bytes   error after a round trip
 ================  ======  =====================================================
 ``"float16"``     2       ``|e| <= 2**-11 * |x|`` for ``6.1e-5 <= |x| <= 65504``;
                           ``|e| <= 2**-25`` below; larger values are refused
-``"bfloat16"``    2       ``|e| <= 2**-8 * |x|`` (float32's range, normal numbers)
+``"bfloat16"``    2       ``|e| <= 2**-8 * |x|`` (float32's range, normal numbers;
+                          float32's largest saturate at bfloat16's 3.39e38)
 ``"int8"``        1       ``|e| <= max(|t|) / 254`` (linear, one scale per tensor)
 ================  ======  =====================================================
+
+NaN and infinity are never packed (``pack`` raises): int8 has no way to carry
+them, and a payload holding them would be refused by its receiver anyway.
 
 Each payload says how every array was packed (metadata ``fedsync.wire``), and
 the receiver accepts only the format its own FedData declares, which is part of
@@ -43,7 +47,13 @@ def check_wire_dtype(wire_dtype: str | None) -> str | None:
 
 
 def pack(arrays: Mapping[str, np.ndarray], wire_dtype: str) -> tuple[dict[str, np.ndarray], str]:
-    """Floating arrays converted to ``wire_dtype``; the rest as they are; and the metadata value."""
+    """Floating arrays converted to ``wire_dtype``; the rest as they are; and the metadata value.
+
+    Raises:
+        ValueError: a floating array holds NaN or infinity (int8 would turn them
+            into 0, hiding them from the receiver's check), or, for float16, a
+            value beyond float16's range.
+    """
     packed: dict[str, np.ndarray] = {}
     how: dict[str, dict[str, Any]] = {}
     for name, a in arrays.items():
@@ -51,6 +61,8 @@ def pack(arrays: Mapping[str, np.ndarray], wire_dtype: str) -> tuple[dict[str, n
         if not compressible:
             packed[name] = a
             continue
+        if not np.isfinite(a).all():
+            raise ValueError(f"array {name!r} contains NaN or infinity, which a payload never carries; check the training that produced it")
         if wire_dtype == "float16":
             peak = float(np.abs(a).max()) if a.size else 0.0
             if peak > _FLOAT16_MAX:
@@ -76,9 +88,11 @@ def unpack(
     """The arrays in the ``expected`` dtypes (by name); raises PayloadRejected for a format not agreed on."""
     try:
         how = json.loads(wire)
-        assert isinstance(how, dict) and all(isinstance(v, dict) for v in how.values())
-    except (ValueError, AssertionError, RecursionError):
-        raise PayloadRejected(f"payload metadata {WIRE_KEY!r} is not a JSON object of objects") from None
+    except (ValueError, RecursionError):
+        how = None
+    # A real check, not an assert: `python -O` removes asserts.
+    if not isinstance(how, dict) or not all(isinstance(v, dict) for v in how.values()):
+        raise PayloadRejected(f"payload metadata {WIRE_KEY!r} is not a JSON object of objects")
     out = dict(arrays)
     for name, spec in how.items():
         if name not in arrays or name not in expected:
@@ -131,7 +145,11 @@ def _to_bfloat16_bits(a: np.ndarray) -> np.ndarray:
     """float -> the upper 16 bits of float32, rounded to nearest even (as torch does)."""
     bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
     rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-    return (rounded >> np.uint32(16)).astype(np.uint16)
+    out = (rounded >> np.uint32(16)).astype(np.uint16)
+    # Finite values above bfloat16's largest round up to infinity: keep them at the largest.
+    overflowed = (out & np.uint16(0x7FFF)) == np.uint16(0x7F80)
+    out[overflowed] = (out[overflowed] & np.uint16(0x8000)) | np.uint16(0x7F7F)
+    return out
 
 
 def _from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:

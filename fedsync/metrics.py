@@ -113,14 +113,15 @@ def parse_counted(value: Any, what: str = "train(model)") -> tuple[int, dict[str
         TypeError: ``value`` is not a sample count, optionally with a dict of metrics.
         ValueError: the count is over ``MAX_SAMPLES`` or a metric is not a finite number.
     """
-    metrics: Any = {}
+    returned, metrics = value, {}
     if isinstance(value, tuple) and len(value) == 2:
         value, metrics = value
     is_count = isinstance(value, int) or type(value).__name__.startswith(("int", "uint"))
     if isinstance(value, bool) or not is_count or int(value) < 0 or not isinstance(metrics, Mapping):
+        shown = repr(returned) if len(repr(returned)) <= 80 else repr(returned)[:80] + "..."
         raise TypeError(
             f"{what} must return the number of samples it used, e.g. `return x.shape[0]`, "
-            f"or that number with a dict of metrics, e.g. `return len(x), {{'loss': 0.12}}`; got {value!r}"
+            f"or that number with a dict of metrics, e.g. `return len(x), {{'loss': 0.12}}`; it returned {shown}"
         )
     samples = checked_samples(value, f"{what}'s sample count")
     try:

@@ -643,3 +643,11 @@ def test_a_stream_that_ends_early_raises():
     with pytest.raises(CodecError, match="ended 10 bytes early"):
         for _ in codec.read_pieces(source.readinto, header, memoryview(bytearray(64))):
             pass
+
+
+def test_read_pieces_with_a_buffer_smaller_than_one_element_raises_codec_error():
+    payload = codec.encode({"w": np.zeros(4, np.float64)})
+    source = io.BytesIO(payload)
+    header = codec.read_header(source.readinto, len(payload))
+    with pytest.raises(CodecError, match="cannot hold one float64 element"):
+        list(codec.read_pieces(source.readinto, header, memoryview(bytearray(4))))

@@ -129,3 +129,39 @@ def test_accuracy_holds_within_one_point_on_digits():
     assert full > 0.85
     for wire_dtype in ("float16", "bfloat16", "int8"):
         assert abs(federated_accuracy(wire_dtype) - full) <= 0.01, wire_dtype
+
+
+NAN_ALL_MANTISSA = np.array([0x7FFFFFFF], np.uint32).view(np.float32)[0]
+FLOAT32_MAX = np.finfo(np.float32).max
+
+
+@pytest.mark.parametrize("wire_dtype", ["float16", "bfloat16", "int8"])
+@pytest.mark.parametrize("special", [np.nan, NAN_ALL_MANTISSA, np.inf, -np.inf], ids=["nan", "nan-all-mantissa", "inf", "-inf"])
+def test_nan_and_infinity_are_never_packed(wire_dtype, special):
+    # int8 turned NaN into 0 and bfloat16 turned this NaN into -0.0: the receiver's finite check never saw them.
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        pack({"t": np.array([1.0, special], np.float32)}, wire_dtype)
+
+
+@pytest.mark.parametrize("wire_dtype, largest", [("bfloat16", 3.3895313892515355e38), ("int8", float(FLOAT32_MAX))])
+def test_float32_largest_values_stay_finite(wire_dtype, largest):
+    t = np.array([FLOAT32_MAX, -FLOAT32_MAX, 0.0], np.float32)
+    back, _ = round_trip(t, wire_dtype)
+    assert np.all(np.isfinite(back))
+    assert back.tolist() == [largest, -largest, 0.0]
+    assert np.all(np.abs(back - t) <= 2**-8 * np.abs(t))
+
+
+def test_float16_largest_value_round_trips_exactly():
+    t = np.array([65504.0, -65504.0, 6.103515625e-05], np.float32)
+    back, _ = round_trip(t, "float16")
+    assert back.tolist() == t.tolist()
+
+
+def test_a_nan_sent_as_bfloat16_bits_is_refused_by_the_receiver():
+    data = FedArrays({"t": np.zeros(2, np.float32)}, wire_dtype="bfloat16")
+    packed, how = pack({"t": np.ones(2, np.float32)}, "bfloat16")
+    packed["t"][1] = 0x7FFF  # NaN with every mantissa bit set, as a hostile peer could send it
+    payload = codec.encode(packed, {"fedsync.samples": "1", "fedsync.wire": how, "fedsync.specs": data.specs(1)})
+    with pytest.raises(PayloadRejected, match="NaN or infinity"):
+        data.check(payload, 1)

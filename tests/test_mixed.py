@@ -99,3 +99,30 @@ def test_bundle_of_torch_model_and_custom_fed_data_resolves_parts_through_the_re
     assert not np.array_equal(data["digits"].get_arrays()["0.weight"], before)
     assert data["digits"].last_merge["samples"] == 1347
     assert data["threshold"].value == pytest.approx(0.4)
+
+
+def test_bundle_with_malformed_parts_metadata_is_refused_even_under_python_dash_o():
+    """The check is real code, not an assert that `python -O` would remove."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import numpy as np
+from fedsync import FedArrays, FedBundle, codec
+from fedsync.bundle import PARTS_KEY
+from fedsync.errors import PayloadRejected
+from tests.seed_fedfloat import FedFloat
+bundle = FedBundle({"weights": FedArrays({"w": np.zeros(2, np.float32)}), "threshold": FedFloat(0.5)})
+arrays, metadata = codec.decode(bytes(bundle.serialize(1)))
+for parts in ['["weights", "threshold"]', '{"weights": 1, "threshold": 2}', "not json", "[" * 100000]:
+    metadata[PARTS_KEY] = parts
+    try:
+        bundle.check(codec.encode(arrays, metadata), 1)
+        print("accepted", parts[:20])
+    except PayloadRejected as exc:
+        print("refused:", str(exc)[:40])
+"""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
+    assert done.stdout.splitlines() == ["refused: bundle payload has no valid 'fedsync.par"] * 4, (done.stdout, done.stderr[-2000:])
