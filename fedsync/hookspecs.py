@@ -18,7 +18,10 @@ if TYPE_CHECKING:
 __all__ = ["hookspec", "hookimpl", "register_adapters"]
 
 hookspec = pluggy.HookspecMarker("fedsync")
+"""Marks the hook specifications below (fedsync's own use)."""
+
 hookimpl = pluggy.HookimplMarker("fedsync")
+"""Marks a plugin's hook implementation: ``@fedsync.hookimpl def register_adapters(register): ...``."""
 
 
 @hookspec
