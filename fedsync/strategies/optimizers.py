@@ -95,6 +95,16 @@ class _ServerOptimizer(FedAvg):
                     state[key] = np.full(shape, self._initial(slot), _accumulator_dtype(dtype))
                 else:
                     state[key] = self._state[key]
+        with np.errstate(over="ignore", invalid="ignore"):  # found and reported by the check below
+            self._apply(current, acc, state, floats, fresh)
+        for name in floats:
+            shape, dtype = acc.layout[name]
+            merged[name] = acc.sums[name].astype(dtype, copy=False).reshape(shape)
+        self._state = state
+        return merged
+
+    def _apply(self, current: Arrays, acc: WeightedSum, state: dict[str, np.ndarray], floats: list[str], fresh: bool) -> None:
+        """Check the step is finite everywhere, then write the new model into ``acc.sums`` and the new ``state``."""
         for write in (False, True):  # check everything first: a failed step changes nothing
             for name in floats:
                 x = np.asarray(current[name]).reshape(-1)
@@ -113,11 +123,6 @@ class _ServerOptimizer(FedAvg):
                     for target, value in zip(slots, new_slots):
                         target[first:end] = value
                     mean[first:end] = new_x
-        for name in floats:
-            shape, dtype = acc.layout[name]
-            merged[name] = acc.sums[name].astype(dtype, copy=False).reshape(shape)
-        self._state = state
-        return merged
 
     # -- state for checkpoints -------------------------------------------------------------
 

@@ -57,6 +57,12 @@ def integer_median(rows: np.ndarray) -> np.ndarray:
     return middle.astype(rows.dtype)
 
 
+def _mean(rows: np.ndarray) -> np.ndarray:
+    """The mean of each column in float64, taken about the first row: equal rows give that row exactly."""
+    rows = rows.astype(np.float64, copy=False)
+    return rows[0] + (rows - rows[0]).mean(axis=0)
+
+
 class _EveryReply(Strategy):
     """A strategy over every reply at once: store them, then combine a chunk of coordinates at a time."""
 
@@ -180,7 +186,7 @@ class FedTrimmedAvg(_EveryReply):
         k = self.cut(n)
         if k:
             rows = np.partition(rows, (k, n - k - 1), axis=0)[k : n - k]
-        return rows.mean(axis=0, dtype=np.float64)
+        return _mean(rows)
 
 
 def _distances(store: ReplyStore) -> np.ndarray:
@@ -232,7 +238,7 @@ class _KrumFamily(_EveryReply):
             for first, end in store.chunks(name):
                 if dtype.kind == "f":
                     rows = store.rows(name, first, end, picked)
-                    out[first:end] = rows[0] if len(picked) == 1 else rows.mean(axis=0, dtype=np.float64)
+                    out[first:end] = rows[0] if len(picked) == 1 else _mean(rows)
                 else:
                     rows = store.rows(name, first, end)
                     out[first:end] = integer_median(rows)
@@ -353,7 +359,7 @@ class Bulyan(_KrumFamily):
                     rows = store.rows(name, first, end, selected).astype(np.float64)
                     median = np.median(rows, axis=0)
                     closest = np.argsort(np.abs(rows - median), axis=0, kind="stable")[:beta]
-                    out[first:end] = np.take_along_axis(rows, closest, axis=0).mean(axis=0)
+                    out[first:end] = _mean(np.take_along_axis(rows, closest, axis=0))
                 else:
                     rows = store.rows(name, first, end)
                     out[first:end] = integer_median(rows)
