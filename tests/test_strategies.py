@@ -540,3 +540,15 @@ def test_one_byzantine_device_ruins_fedavg_but_not_the_robust_strategies(devices
         if name != "FedAvg":
             assert distance < 0.2, (name, distance)
             assert steps == 10, (name, steps)
+
+
+def test_the_docs_snippet_runs_and_prints_what_the_docs_say(tmp_path):
+    import re
+
+    text = (ROOT / "docs" / "strategies.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    expected = re.search(r"\nprints\n\n```\n(.*?)```", text, re.S).group(1).splitlines()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == expected
