@@ -11,7 +11,7 @@ the next (as a download would be), and a thread samples the process's resident
 memory (``VmRSS``) every 20 ms. Two runs: ``spill`` (``spill_bytes`` set to
 ``--spill-mib``) and ``ram`` (a budget above the sum of the replies: every reply
 kept in memory, as Flower keeps its results). Not a timed test: the figures are
-printed, and benchmarks/RESULTS.md records a run.
+printed, and docs/strategies.md records a run.
 """
 
 from __future__ import annotations
