@@ -487,6 +487,7 @@ def rounds_done(folder):
         return 0
 
 
+@pytest.mark.slow  # three coordinator processes: the in-process resume test above covers the fast tier
 def test_a_fedadam_coordinator_killed_mid_run_resumes_to_the_same_model(devices, tmp_path):
     urls = [devices("linreg", seed, n, shift).url for seed, n, shift in [(0, 40, -1.0), (1, 120, 0.0)]]
     rounds = 8
