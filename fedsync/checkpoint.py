@@ -4,12 +4,21 @@ Layout of a checkpoint folder::
 
     round-000007/state.safetensors   (or state.txt) the FedData's serialize() output
     round-000007/history.json        the History up to that round
+    round-000007/strategy.safetensors  the merge strategy's own state (a server optimizer's
+                                      moments), only when it has any
     checkpoint.json                  {"repetition": 7, "specs": ..., "folder": "round-000007",
-                                      "state": "state.safetensors", "state_sha256": ..., "history_sha256": ...}
+                                      "state": "state.safetensors", "state_sha256": ..., "history_sha256": ...,
+                                      "strategy_sha256": ... (only with a strategy file)}
 
 A round's files are complete before ``checkpoint.json`` points at them (each
 written then renamed), and older round folders are removed only after, so a
 crash at any moment leaves a consistent checkpoint: the old one or the new one.
+
+The strategy file holds the arrays of ``strategy.state()`` and, in its metadata,
+the strategy's class name. Restoring puts the saved model back as it was (the
+merge of that one payload under FedAvg, whatever the run's strategy: a server
+optimizer must not step, nor Krum refuse a single reply), then the strategy's
+state, checked by ``strategy.check_state`` before anything changes.
 
 A checkpoint is read as untrusted input, like a device's reply: every field of
 ``checkpoint.json`` is checked (the folder name must be ``round-NNNNNN`` of its
@@ -30,16 +39,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from . import codec
 from .errors import FedSyncError
 from .history import History, write_atomically
 from .protocol import MAX_REPETITION, FedData
+from .strategies import FedAvg, Strategy
 
 __all__ = ["save", "load", "CheckpointError"]
 
 POINTER = "checkpoint.json"
 STATES = ("state.safetensors", "state.txt")
 HISTORY = "history.json"
+STRATEGY = "strategy.safetensors"
+STRATEGY_KEY = "fedsync.strategy"
 _KEYS = frozenset({"repetition", "specs", "folder", "state", "state_sha256", "history_sha256"})
+_OPTIONAL = frozenset({"strategy_sha256"})
 _ROUND = re.compile(r"round-[0-9]{6,16}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _POINTER_LIMIT = 1 << 16  # bytes: checkpoint.json holds a few short fields
@@ -81,6 +95,7 @@ def save(folder: str | Path, data: FedData, repetition: int, history: History) -
     if (folder / round_folder).is_symlink():
         raise CheckpointError(f"{folder / round_folder} is a symbolic link; checkpoints write only real folders")
     text = history.to_json().encode("utf-8")
+    strategy = _strategy_bytes(data)
     write_atomically(folder / round_folder / state, raw)
     write_atomically(folder / round_folder / HISTORY, text)
     meta = {
@@ -91,6 +106,9 @@ def save(folder: str | Path, data: FedData, repetition: int, history: History) -
         "state_sha256": hashlib.sha256(raw).hexdigest(),
         "history_sha256": hashlib.sha256(text).hexdigest(),
     }
+    if strategy is not None:
+        write_atomically(folder / round_folder / STRATEGY, strategy)
+        meta["strategy_sha256"] = hashlib.sha256(strategy).hexdigest()
     write_atomically(folder / POINTER, json.dumps(meta).encode("utf-8"))
     _remove_old_rounds(folder, keep=round_folder)
 
@@ -125,13 +143,66 @@ def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
             f"checkpoint {folder} holds specs {meta['specs'][:200]!r} but this FedData's are {expected!r}; "
             "use another checkpoint folder or the same declaration"
         )
+    strategy_state = _strategy_state(folder, where, meta, data)
     try:
         encoding: Any = raw.decode("utf-8") if meta["state"] == STATES[1] else raw
         data.check(encoding, repetition)
-        data.merge([encoding], repetition)  # the merge of one payload is that payload
+        _restore(data, encoding, repetition)
     except (ValueError, RuntimeError) as exc:  # RoundFailed is a RuntimeError
         raise _damaged(folder, f"its state does not restore: {exc}") from None
+    if strategy_state is not None:
+        data.strategy.load_state(strategy_state, data.layout())  # type: ignore[attr-defined]
     return repetition, history
+
+
+def _strategy_of(data: FedData) -> Strategy | None:
+    strategy = getattr(data, "strategy", None)
+    return strategy if isinstance(strategy, Strategy) else None
+
+
+def _strategy_bytes(data: FedData) -> bytes | None:
+    """The strategy's state as a safetensors file, or ``None`` when it keeps none."""
+    strategy = _strategy_of(data)
+    state = strategy.state() if strategy is not None else {}
+    if not state:
+        return None
+    return bytes(codec.encode_payload(state, {STRATEGY_KEY: type(strategy).__name__}))
+
+
+def _strategy_state(folder: Path, where: Path, meta: dict[str, Any], data: FedData) -> dict[str, Any] | None:
+    """The saved strategy state, checked against ``data``'s strategy and layout; ``None`` if none was saved."""
+    if "strategy_sha256" not in meta:
+        return None  # a strategy with state then starts afresh, as in a new run
+    raw = _read_checked(folder, where / STRATEGY, meta["strategy_sha256"])
+    strategy = _strategy_of(data)
+    try:
+        arrays, metadata = codec.decode(raw, limit=len(raw))
+        saved = metadata.get(STRATEGY_KEY)
+        if strategy is None or saved != type(strategy).__name__:
+            mine = type(strategy).__name__ if strategy is not None else f"a {type(data).__name__} without a strategy"
+            raise CheckpointError(
+                f"checkpoint {folder} holds the state of strategy {str(saved)[:80]!r} but this coordinator merges with {mine}; "
+                "use the same strategy, or another checkpoint folder"
+            )
+        strategy.check_state(arrays, data.layout())  # type: ignore[attr-defined]
+    except CheckpointError:
+        raise
+    except ValueError as exc:
+        raise _damaged(folder, f"its strategy state does not fit: {exc}") from None
+    return arrays
+
+
+def _restore(data: FedData, encoding: Any, repetition: int) -> None:
+    """Put the saved state back: the merge of one payload, under FedAvg, is that payload."""
+    strategy = _strategy_of(data)
+    if strategy is None:
+        data.merge([encoding], repetition)
+        return
+    data.strategy = FedAvg()  # type: ignore[attr-defined]
+    try:
+        data.merge([encoding], repetition)
+    finally:
+        data.strategy = strategy  # type: ignore[attr-defined]
 
 
 def _round_name(repetition: int) -> str:
@@ -160,9 +231,9 @@ def _read_pointer(folder: Path) -> dict[str, Any] | None:
         raise _damaged(folder, f"{POINTER} is not JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise _damaged(folder, f"{POINTER} is not a JSON object")
-    if meta.keys() != _KEYS:
-        missing, unknown = sorted(_KEYS - meta.keys()), sorted(str(k)[:40] for k in meta.keys() - _KEYS)
-        raise _damaged(folder, f"{POINTER} lacks {missing} or has unknown keys {unknown}; expected exactly {sorted(_KEYS)}")
+    if not _KEYS <= meta.keys() <= _KEYS | _OPTIONAL:
+        missing, unknown = sorted(_KEYS - meta.keys()), sorted(str(k)[:40] for k in meta.keys() - _KEYS - _OPTIONAL)
+        raise _damaged(folder, f"{POINTER} lacks {missing} or has unknown keys {unknown}; expected exactly {sorted(_KEYS)}, and {sorted(_OPTIONAL)} with a strategy state")
     repetition = meta["repetition"]
     if type(repetition) is not int or not 0 <= repetition <= MAX_REPETITION:
         raise _damaged(folder, f"repetition must be an integer in [0, {MAX_REPETITION}], got {str(repetition)[:40]}")
@@ -174,7 +245,7 @@ def _read_pointer(folder: Path) -> dict[str, Any] | None:
         raise _damaged(folder, f"state {str(meta['state'])[:80]!r} is not one of {list(STATES)}")
     if not isinstance(meta["specs"], str):
         raise _damaged(folder, f"specs must be a string, got {type(meta['specs']).__name__}")
-    for key in ("state_sha256", "history_sha256"):
+    for key in ("state_sha256", "history_sha256", *(_OPTIONAL & meta.keys())):
         if not isinstance(meta[key], str) or not _SHA256.fullmatch(meta[key]):
             raise _damaged(folder, f"{key} must be 64 lowercase hex digits, got {str(meta[key])[:80]!r}")
     return meta

@@ -175,7 +175,7 @@ def test_bad_options_fail_with_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == "fedsync demo: error: --devices must be at least 1, got 0"
     result = run_demo(tmp_path, "--strategy", "nope", "--adapter", "numpy")
-    assert result.returncode == 1 and "unknown strategy 'nope'; choose one of: fedavg" in result.stderr
+    assert result.returncode == 1 and "unknown strategy 'nope'; choose one of: bulyan, fedadagrad, fedadam, fedavg," in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -1,4 +1,4 @@
-"""How the devices' arrays are combined into the coordinator's.
+"""The strategy protocol, and FedAvg: the sample-weighted mean folded in as replies stream.
 
 A strategy gets the coordinator's current arrays (for shapes and dtypes, or
 for server-side optimizers) and an iterable of ``(arrays, samples)`` pairs in
@@ -14,10 +14,10 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .errors import RoundFailed
-from .metrics import checked_samples
+from ..errors import RoundFailed
+from ..metrics import checked_samples
 
-__all__ = ["Strategy", "Accumulator", "WeightedSum", "FedAvg"]
+__all__ = ["Strategy", "Accumulator", "WeightedSum", "FedAvg", "fold_whole"]
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -57,6 +57,27 @@ class Strategy:
     def accumulator(self, current: Arrays) -> Accumulator | None:
         """A fresh :class:`Accumulator` over ``current``'s layout, or ``None`` to get whole replies."""
         return None
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The strategy's own state between rounds (a server optimizer's moments), by name; empty if none.
+
+        A coordinator's checkpoint saves it next to the model (:mod:`fedsync.checkpoint`).
+        The arrays are the strategy's own: read them, do not change them.
+        """
+        return {}
+
+    def check_state(self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+        """Check ``state`` (e.g. read from a checkpoint) fits this strategy and a model of ``layout``.
+
+        Raises:
+            ValueError: naming the first entry that does not fit; nothing changes.
+        """
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state between rounds, but got {sorted(state)[:5]}")
+
+    def load_state(self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+        """Replace the strategy's state with ``state``, checked first with :meth:`check_state`."""
+        self.check_state(state, layout)
 
 
 def _accumulator_dtype(dtype: np.dtype) -> np.dtype:
@@ -217,14 +238,18 @@ class FedAvg(Strategy):
         return WeightedSum(current)
 
     def aggregate(self, current: Arrays, results: Iterable[tuple[Arrays, int]]) -> dict[str, np.ndarray]:
-        accumulator = self.accumulator(current)
-        replies = iter(results)
-        while (result := next(replies, None)) is not None:
-            arrays, samples = result
-            del result  # hold no reply while asking for the next: it may not download before
-            accumulator.start(samples)
-            if accumulator._samples > 0:
-                for name in accumulator.sums:
-                    accumulator.add(name, 0, np.asarray(arrays[name]), samples)
-            del arrays
-        return accumulator.result(accumulator.total)
+        return fold_whole(self.accumulator(current), results)
+
+
+def fold_whole(accumulator: WeightedSum, results: Iterable[tuple[Arrays, int]]) -> dict[str, np.ndarray]:
+    """Fold whole replies into ``accumulator`` one at a time and return its result."""
+    replies = iter(results)
+    while (result := next(replies, None)) is not None:
+        arrays, samples = result
+        del result  # hold no reply while asking for the next: it may not download before
+        accumulator.start(samples)
+        if accumulator._samples > 0:
+            for name in accumulator.sums:
+                accumulator.add(name, 0, np.asarray(arrays[name]), samples)
+        del arrays
+    return accumulator.result(accumulator.total)

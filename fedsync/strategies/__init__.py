@@ -1,0 +1,26 @@
+"""How the devices' arrays are combined into the coordinator's: FedAvg and the strategies Flower users know.
+
+A strategy gets the coordinator's current arrays (for shapes and dtypes, or for
+server-side optimizers) and the replies in arrival order. It never modifies the
+current arrays: it returns new ones, which the caller assigns only once the whole
+round has arrived.
+
+- Streaming (fold each reply into a running mean as it downloads): :class:`FedAvg`
+  (default), :class:`FedAvgM`, :class:`FedAdam`, :class:`FedYogi`, :class:`FedAdagrad`.
+- Every reply (kept in RAM, spilled to disk past ``spill_bytes``): :class:`FedMedian`,
+  :class:`FedTrimmedAvg`, :class:`Krum`, :class:`MultiKrum`, :class:`Bulyan`.
+
+Integer and boolean arrays: FedAvg's exact weighted mean (rounded half to even;
+booleans the weighted majority) in streaming strategies, the exact median in
+robust ones. docs/strategies.md compares them all.
+"""
+
+from .base import Accumulator, FedAvg, Strategy, WeightedSum
+from .optimizers import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from .robust import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+
+__all__ = [
+    "Strategy", "Accumulator", "WeightedSum", "FedAvg",
+    "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad",
+    "FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan",
+]
