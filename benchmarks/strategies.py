@@ -17,9 +17,10 @@ Strategies are found by name in ``fedsync.strategies`` at run time and built
 with their defaults (the paper's or Flower's); a name that is missing, or
 cannot be built without arguments, is reported as skipped. After every round the
 coordinator measures the merged model on its test set (``evaluate_fn``). For each
-strategy and alpha this reports the first round reaching ``--target`` test
-accuracy (90%), the accuracy after the last round, and the best; the plot
-(accuracy against round, one panel per alpha) goes to ``--plot``.
+strategy and alpha, over ``--seeds`` (each its own split and initial weights),
+this reports the first round reaching ``--target`` test accuracy (90%) and the
+accuracy after the last round; the plot (mean accuracy against round, one panel
+per alpha) goes to ``--plot``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import sys
 import tempfile
 import time
@@ -125,43 +127,52 @@ def first_reaching(accuracies: list[float | None], target: float) -> int | None:
 
 
 def plot(results: dict, alphas: list[float], target: float, path: Path) -> None:
+    """Mean test accuracy over the seeds against the round, one panel per alpha."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(alphas), figsize=(6 * len(alphas), 4.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(alphas), figsize=(6.5 * len(alphas), 4.5), sharey=True, squeeze=False)
     for ax, alpha in zip(axes[0], alphas):
-        for name, run in results[str(alpha)]["runs"].items():
-            rounds = np.arange(1, len(run["accuracy"]) + 1)
-            values = np.array([np.nan if a is None else a for a in run["accuracy"]])
-            ax.plot(rounds, values, marker=".", label=name)
+        cell = results[str(alpha)]
+        for name, runs in cell["runs"].items():
+            curves = np.array([[np.nan if a is None else a for a in run["accuracy"]] for run in runs])
+            ax.plot(np.arange(1, curves.shape[1] + 1), np.nanmean(curves, axis=0), marker=".", label=name, linestyle="-" if name.startswith("Fed") else "--")
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
-        ax.axhline(results[str(alpha)]["central"], color="black", linestyle="--", linewidth=1, label="central (pooled)")
-        ax.set_title(f"Dirichlet alpha = {alpha}")
+        ax.axhline(float(np.mean(cell["central"])), color="black", linestyle="--", linewidth=1, label="central (pooled)")
+        ax.set_title(f"Dirichlet alpha = {alpha}, {len(cell['central'])} seeds (mean)")
         ax.set_xlabel("round")
+        ax.set_ylim(0.3, 1.0)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (coordinator's held-out digits)")
     axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def table(results: dict, alphas: list[float], target: float, rounds: int) -> str:
+    """Per strategy and alpha: rounds to the target per seed, their median; final accuracy's mean and range."""
     lines = [
-        f"| strategy | alpha | rounds to {target:.0%} | accuracy after {rounds} rounds | best | seconds |",
+        f"| strategy | alpha | rounds to {target:.0%}, per seed | median | accuracy after {rounds} rounds: mean (min-max) | seconds per run |",
         "|---|---|---|---|---|---|",
     ]
     for alpha in alphas:
-        for name, run in results[str(alpha)]["runs"].items():
-            reached = first_reaching(run["accuracy"], target)
-            values = [a for a in run["accuracy"] if a is not None]
-            final = run["accuracy"][-1]
+        cell = results[str(alpha)]
+        for name, runs in cell["runs"].items():
+            reached = [first_reaching(run["accuracy"], target) for run in runs]
+            # A seed that never reaches the target counts as more than ``rounds`` for the median.
+            median = float(np.median([r if r is not None else math.inf for r in reached]))
+            finals = [run["accuracy"][-1] for run in runs]
+            shown = [f for f in finals if f is not None]
             lines.append(
-                f"| {name} | {alpha} | {reached if reached else f'not in {rounds}'} | "
-                f"{'failed' if final is None else f'{final:.3f}'} | {max(values, default=float('nan')):.3f} | {run['seconds']:.1f} |"
+                f"| {name} | {alpha} | {' / '.join(str(r) if r else '-' for r in reached)} | "
+                f"{f'{median:g}' if math.isfinite(median) else f'> {rounds}'} | "
+                f"{np.mean(shown):.3f} ({min(shown):.3f}-{max(shown):.3f}){' (a run failed)' if len(shown) < len(finals) else ''} | "
+                f"{np.mean([run['seconds'] for run in runs]):.1f} |"
             )
-        lines.append(f"| central (pooled data, {rounds} epochs) | {alpha} | | {results[str(alpha)]['central']:.3f} | | |")
+        central = cell["central"]
+        lines.append(f"| central (pooled data, {rounds} epochs) | {alpha} | | | {np.mean(central):.3f} ({min(central):.3f}-{max(central):.3f}) | |")
     return "\n".join(lines)
 
 
@@ -171,7 +182,7 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--target", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="each seed draws its own split and initial weights")
     parser.add_argument("--strategies", default=",".join(NAMES), help="comma-separated names in fedsync.strategies")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per round")
     parser.add_argument("--plot", type=Path, default=HERE / "strategies.png")
@@ -186,24 +197,26 @@ def main() -> int:
     results: dict = {}
     started = time.monotonic()
     for alpha in args.alphas:
-        split = load_split(args.devices, alpha, args.seed)
-        sizes = [len(s.y) for s in split.shards]
-        labels = [dominant_labels(s.label_counts()) for s in split.shards]
-        print(f"alpha {alpha}: {args.devices} devices, samples {sizes}, labels making up 90% of each {labels}", flush=True)
-        results[str(alpha)] = {"central": central_baseline(split, args.rounds, args.seed), "runs": {}, "samples": sizes, "labels": labels}
-        with tempfile.TemporaryDirectory(prefix="fedsync-strategies-") as workdir, Fleet(Path(workdir)) as fleet:
-            fleet.start(split.shards, "numpy", 1, args.seed)
-            urls = fleet.wait_ready()
-            for name, make in found.items():
-                run = run_strategy(make, urls, split, args.rounds, args.seed, args.timeout)
-                results[str(alpha)]["runs"][name] = run
-                final = run["accuracy"][-1]
-                print(
-                    f"  {name:14s} rounds to {args.target:.0%}: {first_reaching(run['accuracy'], args.target)}, "
-                    f"final {final if final is None else round(final, 3)}, {run['seconds']:.1f}s"
-                    + (f" (a round failed: {run['error']})" if run["error"] else ""),
-                    flush=True,
-                )
+        cell = results[str(alpha)] = {"central": [], "runs": {name: [] for name in found}, "samples": [], "labels": []}
+        for seed in args.seeds:
+            split = load_split(args.devices, alpha, seed)
+            cell["samples"].append([len(s.y) for s in split.shards])
+            cell["labels"].append([dominant_labels(s.label_counts()) for s in split.shards])
+            print(f"alpha {alpha}, seed {seed}: samples {cell['samples'][-1]}, labels making up 90% of each {cell['labels'][-1]}", flush=True)
+            cell["central"].append(central_baseline(split, args.rounds, seed))
+            with tempfile.TemporaryDirectory(prefix="fedsync-strategies-") as workdir, Fleet(Path(workdir)) as fleet:
+                fleet.start(split.shards, "numpy", 1, seed)
+                urls = fleet.wait_ready()
+                for name, make in found.items():
+                    run = run_strategy(make, urls, split, args.rounds, seed, args.timeout)
+                    cell["runs"][name].append(run)
+                    final = run["accuracy"][-1]
+                    print(
+                        f"  {name:14s} rounds to {args.target:.0%}: {first_reaching(run['accuracy'], args.target)}, "
+                        f"final {final if final is None else round(final, 3)}, {run['seconds']:.1f}s"
+                        + (f" (a round failed: {run['error']})" if run["error"] else ""),
+                        flush=True,
+                    )
     elapsed = time.monotonic() - started
     print()
     print(table(results, args.alphas, args.target, args.rounds))
