@@ -21,7 +21,7 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsync import FedArrays, FedAvg, Federated, Remote
+from fedsync import FedArrays, FedAvg, Federated
 from fedsync.config import CONFIG_HEADER, MAX_CONFIG_BYTES, checked_config, decode_config, encode_config, round_config, takes_extra
 from fedsync.server import SPECS_HEADER
 from tests.devices_config import ConfiguredFloat, mirrored
