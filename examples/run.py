@@ -3,6 +3,7 @@
     python examples/run.py custom_fedfloat
     python examples/run.py torch_digits
     python examples/run.py keras_digits
+    python examples/run.py torch_fedprox
 
 Each example folder has a device.py (what every device serves) and a coordinator.py;
 on real machines, run `fedsync serve device.py:ATTR --port 8000` on each device and
@@ -22,6 +23,7 @@ EXAMPLES = {
     "custom_fedfloat": ("data", [{"DEVICE_VALUE": "1.0"}, {"DEVICE_VALUE": "3.0"}]),
     "torch_digits": ("model", [{"DEVICE": "0"}, {"DEVICE": "1"}]),
     "keras_digits": ("model", [{"DEVICE": "0"}, {"DEVICE": "1"}]),
+    "torch_fedprox": ("model", [{"DEVICE": "0"}, {"DEVICE": "1"}]),
 }
 
 

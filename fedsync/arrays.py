@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, M
 
 import numpy as np
 
-from . import codec, compression
+from . import codec, compression, proximal
+from .config import Config, takes_extra
 from .errors import PayloadRejected, RemoteError, RoundFailed
 from .hookspecs import hookimpl
 from .metrics import MAX_SAMPLES, checked_metrics, checked_samples, parse_counted, weighted_means
@@ -55,11 +56,14 @@ class FedArrays(FedData):
             you hold stay valid.
         train: ``train(model) -> samples`` or ``-> (samples, metrics)``, called on
             a device after the coordinator's arrays were loaded; ``model`` is the
-            ``arrays`` you passed (adapters pass their framework model). ``None``
-            on the coordinator.
+            ``arrays`` you passed (adapters pass their framework model). A
+            ``train(model, config)`` also gets the round's configuration
+            (``Federated(config=...)``, a dict; ``{}`` when none was sent).
+            ``None`` on the coordinator.
         evaluate: ``evaluate(model) -> samples`` or ``-> (samples, metrics)``,
             measuring the coordinator's arrays on this device's data for
             ``Federated.evaluate``; the device's own arrays are restored after.
+            ``evaluate(model, config)`` gets the configuration too.
         strategy: how results merge; sample-weighted :class:`FedAvg` by default.
         wire_dtype: send floating arrays as ``"float16"``, ``"bfloat16"`` (half
             the bytes) or ``"int8"`` (a quarter), both ways; merging stays at full
@@ -68,11 +72,16 @@ class FedArrays(FedData):
 
     After a merge, ``last_merge`` holds the total samples, the sample-weighted
     mean of each metric, and the per-device values.
+
+    On a device, ``global_arrays`` holds a copy of the floating arrays received
+    this round, for FedProx's :meth:`proximal_term` (set ``keep_global = False``
+    to save that model copy on a device that does not use it).
     """
 
     token = "arrays"
     accepts_views = True  # codec.decode reads any buffer
     accepts_streams = True  # merge folds replies as they download (fedsync.replies)
+    keep_global = True  # receive keeps a copy of the global weights, for proximal_term
 
     def __init__(
         self,
@@ -101,6 +110,7 @@ class FedArrays(FedData):
         self.samples = 0
         self.metrics: dict[str, float] = {}
         self.last_merge: dict[str, Any] | None = None
+        self.global_arrays: dict[str, np.ndarray] | None = None
 
     # -- the framework-specific part: adapters override these three ----------------
 
@@ -158,13 +168,28 @@ class FedArrays(FedData):
     def check(self, encoding: Any, repetition: int) -> None:
         self._decode(encoding, finite=True)
 
-    def receive(self, encoding: Any, repetition: int) -> None:
+    def receive(self, encoding: Any, repetition: int, config: Config | None = None) -> None:
         arrays, _, _ = self._decode(encoding)
         self.set_arrays(arrays)
+        self.global_arrays = None  # before copying: never two snapshots at once
+        self.global_arrays = proximal.snapshot(arrays) if self.keep_global else None
         if self.train is not None:
-            self.samples, self.metrics = parse_counted(self.train(self.model))
+            self.samples, self.metrics = parse_counted(_call(self.train, self.model, config))
 
-    def evaluate(self, encoding: Any, repetition: int) -> tuple[int, dict[str, float]]:
+    def proximal_term(self, mu: float) -> Any:
+        """FedProx's ``mu/2 * ||w - w_global||^2`` (Li et al. 2020) over the floating arrays.
+
+        ``w_global``: the arrays received this round. FedArrays returns a float
+        (for logging; its gradient is ``mu * (w - fed.global_arrays[name])``); the
+        torch and Keras adapters return a differentiable tensor to add to the loss.
+
+        Raises:
+            ValueError: ``mu`` is not a finite number >= 0.
+            RuntimeError: called before any round's weights were received.
+        """
+        return proximal.numpy_term(self.get_arrays(), self.global_arrays, mu)
+
+    def evaluate(self, encoding: Any, repetition: int, config: Config | None = None) -> tuple[int, dict[str, float]]:
         if self.evaluate_fn is None:
             raise NotImplementedError(
                 f"this device's {type(self).__name__} has no evaluate callback; "
@@ -174,7 +199,7 @@ class FedArrays(FedData):
         own = {name: np.array(a, copy=True) for name, a in self.get_arrays().items()}
         self.set_arrays(arrays)
         try:
-            return parse_counted(self.evaluate_fn(self.model), "evaluate(model)")
+            return parse_counted(_call(self.evaluate_fn, self.model, config), "evaluate(model)")
         finally:
             self.set_arrays(own)
 
@@ -393,6 +418,11 @@ class FedArrays(FedData):
             return samples, checked_metrics(metrics, f"payload metadata {METRICS_KEY!r}")
         except ValueError as exc:
             raise PayloadRejected(f"{exc}; expected e.g. {{{SAMPLES_KEY!r}: '60000', {METRICS_KEY!r}: '{{\"loss\": 0.12}}'}}") from None
+
+
+def _call(function: Callable[..., Any], model: Any, config: Config | None) -> Any:
+    """``function(model, config)`` if it takes a second argument, else ``function(model)``."""
+    return function(model, config or {}) if takes_extra(function, 1) else function(model)
 
 
 def _finite(a: np.ndarray) -> bool:

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator, Sequence
 from tqdm.auto import tqdm
 
 from . import checkpoint as checkpoint_io
+from . import server_eval
+from .config import Config, ConfigSource, round_config
 from .errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch
 from .history import EvaluationResult, History, RoundResult
 from .metrics import weighted_means
@@ -94,6 +96,12 @@ class Federated:
         dashboard: a TCP port on 127.0.0.1 where a live page of this run is
             served (``0``: any free port; ``alg.dashboard.url`` says which) until
             :meth:`close`. See docs/dashboard.md.
+        config: the configuration sent to the devices each round (Flower's
+            ``on_fit_config_fn``): a dict, or ``config(server_round) -> dict``;
+            ``train(model, config)`` gets it. See docs/fedprox-and-config.md.
+        evaluate_fn: ``evaluate_fn(model, server_round) -> metrics``, run on the
+            coordinator after every ``evaluate_fn_every``-th round; recorded in
+            ``RoundResult.server_evaluation`` (see :mod:`fedsync.server_eval`).
     """
 
     def __init__(
@@ -110,6 +118,9 @@ class Federated:
         downloads: int | None = None,
         workers: int = WORKERS,
         dashboard: int | None = None,
+        config: ConfigSource = None,
+        evaluate_fn: server_eval.EvaluateFn | None = None,
+        evaluate_fn_every: int = 1,
     ) -> None:
         if not isinstance(data, FedData):
             raise TypeError(f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), remotes=[...])")
@@ -141,6 +152,13 @@ class Federated:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be at least 1 (an integer), got {workers!r}")
         self.workers = int(workers)
+        if config is not None and not callable(config):
+            round_config(config, 1)  # a bad dict fails here, not at the first round
+        if evaluate_fn is not None and not callable(evaluate_fn):
+            raise TypeError(f"evaluate_fn must be a function evaluate_fn(model, server_round) -> metrics, got {type(evaluate_fn).__name__}")
+        self.config = config
+        self.evaluate_fn = evaluate_fn
+        self.evaluate_fn_every = server_eval.checked_every(evaluate_fn_every)
         self.repetition = 0
         self.history = History()
         self._rng = random.Random(seed)
@@ -189,6 +207,7 @@ class Federated:
                 ``failures`` names each device and why. The FedData is unchanged.
         """
         result = self._train_round()
+        self._evaluate_on_server(result)
         self._record(result)
         return result
 
@@ -206,9 +225,10 @@ class Federated:
         failures: dict[str, str] = {}
         remotes = self._handshake(self.sample(), failures, deadline)
         rep = max(self.repetition, 1)
+        config = self._round_config(rep)
         specs, payload = self.data.specs(rep), self.data.serialize(rep)
         answers = concurrently(
-            {r.url: (lambda r=r: r.evaluate(rep, payload, specs, timeout=deadline.request_timeout(r.timeout), deadline=deadline)) for r in remotes},
+            {r.url: (lambda r=r: r.evaluate(rep, payload, specs, timeout=deadline.request_timeout(r.timeout), deadline=deadline, config=config)) for r in remotes},
             self.workers,
             wait=max(0.0, deadline.left()) + STALL,
         )
@@ -267,6 +287,7 @@ class Federated:
                     except RoundFailed as exc:  # the merged round is kept all the same
                         logger.warning("evaluation after round %d failed: %s", result.repetition, exc)
                         result.evaluation = EvaluationResult(repetition=result.repetition, failures=exc.failures)
+                self._evaluate_on_server(result)
                 self._record(result)
                 bar.update(1)
                 shown = result.evaluation.metrics if result.evaluation else result.metrics
@@ -287,6 +308,7 @@ class Federated:
         needed = min(self.min_results or len(sampled), len(sampled))
         remotes = self._handshake(sampled, failures, deadline)
         rep = self.repetition + 1
+        config = self._round_config(rep)  # a bad config raises here, before anything is sent
         self.repetition = rep  # devices that accepted rep refuse it again, whatever happens next
         result = RoundResult(repetition=rep, failures=failures)
         if len(remotes) < needed:
@@ -302,7 +324,7 @@ class Federated:
             wait=self.poll if len(remotes) <= workers.size else min(self.poll, SHARED_POLL),
         )
         for remote in remotes:
-            workers.submit(self._submit, state, remote)
+            workers.submit(self._submit, state, remote, config)
         try:
             self.data.merge(self._collect(state, remotes, needed, result, _size(payload)), rep)
         except RoundFailed as exc:  # the merge found the round unusable: say who took part
@@ -325,6 +347,15 @@ class Federated:
             result.devices = dict(zip(result.answered, report["devices"]))
         result.seconds = time.monotonic() - started
         return result
+
+    def _round_config(self, rep: int) -> Config:
+        """The configuration sent with repetition ``rep`` (:func:`fedsync.config.round_config`)."""
+        return round_config(self.config, rep, getattr(self.data, "strategy", None))
+
+    def _evaluate_on_server(self, result: RoundResult) -> None:
+        """``evaluate_fn`` on the merged model after every ``evaluate_fn_every``-th round (counting restored ones)."""
+        if self.evaluate_fn is not None and (len(self.history) + 1) % self.evaluate_fn_every == 0:
+            result.server_evaluation = server_eval.evaluate_on_server(self.evaluate_fn, self.data, result.repetition)
 
     def _record(self, result: RoundResult) -> None:
         self.history.append(result)
@@ -393,7 +424,7 @@ class Federated:
     # frees it after folding the reply in), and, for whole replies, until the round's
     # byte ``budget`` has room for its Content-Length.
 
-    def _submit(self, state: _Round, remote: Remote) -> None:
+    def _submit(self, state: _Round, remote: Remote, config: Config) -> None:
         state.phase[remote.url] = "sending"
         try:
             left = state.deadline.left()
@@ -401,7 +432,7 @@ class Federated:
                 raise RemoteTimeout(remote.url, "nothing was sent to it: the round's deadline passed before its turn")
             wait = max(0.1, min(remote.timeout, left))
             try:
-                remote.submit(state.rep, state.payload, state.specs, timeout=wait)
+                remote.submit(state.rep, state.payload, state.specs, timeout=wait, config=config)
             except RemoteTimeout:
                 raise RemoteTimeout(remote.url, f"did not accept the payload within {wait:.3g}s") from None
         except Exception as exc:

@@ -119,6 +119,7 @@ def _round(row: Any) -> dict[str, Any] | None:
         }
     else:
         evaluation = None
+    server = row.get("server_evaluation")  # Federated(evaluate_fn=...)'s metrics
     return {
         "repetition": _count(row.get("repetition")),
         "seconds": _num(row.get("seconds")),
@@ -127,6 +128,7 @@ def _round(row: Any) -> dict[str, Any] | None:
         "failures": _failures(row.get("failures")),
         "metrics": _metrics(row.get("metrics")),
         "evaluation": evaluation,
+        "server": _metrics(server.get("metrics")) if isinstance(server, Mapping) else None,
         "device_samples": {
             public_url(url): _count(d.get("samples")) for url, d in devices.items() if isinstance(d, Mapping)
         },
@@ -202,17 +204,23 @@ def history_view(s: Snapshot) -> dict[str, Any]:
     """``/api/history``: per round, for the charts."""
     training: dict[str, None] = {}
     evaluation: dict[str, None] = {}
+    server: dict[str, None] = {}
     rows = []
     for number, r in enumerate(s.rounds, 1):
         training.update(dict.fromkeys(r["metrics"]))
         if r["evaluation"] is not None:
             evaluation.update(dict.fromkeys(r["evaluation"]["metrics"]))
+        server.update(dict.fromkeys(r["server"] or {}))
         rows.append({
             "round": number, "repetition": r["repetition"], "seconds": r["seconds"], "samples": r["samples"],
             "answered": len(r["answered"]), "failed": len(r["failures"]), "metrics": r["metrics"],
             "evaluation": r["evaluation"]["metrics"] if r["evaluation"] is not None else None,
+            "server": r["server"],
         })  # fmt: skip
-    return {"rounds": rows, "metrics": {"training": list(training), "evaluation": list(evaluation)}}
+    names = {"training": list(training), "evaluation": list(evaluation)}
+    if server:  # only runs with evaluate_fn: readers of the two series above see no change
+        names["server"] = list(server)
+    return {"rounds": rows, "metrics": names}
 
 
 def devices_view(s: Snapshot) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from werkzeug.wrappers import Response
 
 from ._version import PROTOCOL_VERSION, __version__
 from .codec import Payload
+from .config import Config, takes_extra
 from .protocol import MAX_REPETITION, Encoding, FedData
 
 __all__ = ["ApiError", "Device", "Job", "json_response", "checked_repetition"]
@@ -117,6 +118,10 @@ class Device:
         self.receiving = threading.Lock()  # held while one payload is read and handed over
         self._spare: np.ndarray | None = None  # the last payload's buffer, for the next one
         self._spare_lock = threading.Lock()
+        # receive/evaluate get the round's config only if they take a third argument:
+        # the seed's receive(encoding, repetition) keeps working as written.
+        self._receive_config = takes_extra(fed.receive, 2)
+        self._evaluate_config = takes_extra(fed.evaluate, 2)
 
     def payload_buffer(self, length: int) -> np.ndarray | None:
         """The last training payload's buffer again, if it fits and nothing holds it any more.
@@ -209,8 +214,8 @@ class Device:
 
     # -- writes to the model ------------------------------------------------------
 
-    def start(self, encoding: Any, repetition: int) -> Job:
-        """Accept a checked payload and work on it in a background thread."""
+    def start(self, encoding: Any, repetition: int, config: Config | None = None) -> Job:
+        """Accept a checked payload (and checked config) and work on it in a background thread."""
         with self.lock:
             self._ensure_can_accept(repetition)
             if not self.working.acquire(blocking=False):
@@ -219,13 +224,16 @@ class Device:
             self.job = job
             self.last_repetition = repetition
         threading.Thread(
-            target=self._work, args=(job, encoding), name=f"fedsync-job-{repetition}", daemon=True
+            target=self._work, args=(job, encoding, config or {}), name=f"fedsync-job-{repetition}", daemon=True
         ).start()
         return job
 
-    def _work(self, job: Job, encoding: Any) -> None:
+    def _work(self, job: Job, encoding: Any, config: Config) -> None:
         try:
-            self.fed.receive(encoding, job.repetition)
+            if self._receive_config:
+                self.fed.receive(encoding, job.repetition, config)
+            else:
+                self.fed.receive(encoding, job.repetition)
             result = self.fed.serialize(job.repetition)
             _body(result)  # fail here, with the device's message, rather than while answering
             job.result = result
@@ -245,7 +253,7 @@ class Device:
             self.working.release()
             job.done.set()
 
-    def evaluate(self, encoding: Any, repetition: int) -> tuple[int, dict[str, float]]:
+    def evaluate(self, encoding: Any, repetition: int, config: Config | None = None) -> tuple[int, dict[str, float]]:
         """Run the FedData's evaluation now, unless the model is being written or read."""
         with self.lock:
             job = self.job
@@ -264,6 +272,8 @@ class Device:
                 self.working.release()
                 raise
         try:
+            if self._evaluate_config:
+                return self.fed.evaluate(encoding, repetition, config or {})
             return self.fed.evaluate(encoding, repetition)
         except NotImplementedError as exc:
             raise ApiError(501, "not_supported", str(exc)) from None

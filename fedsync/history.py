@@ -12,7 +12,10 @@ from typing import Any, Iterator
 from .metrics import MAX_SAMPLES, checked_metrics
 from .protocol import MAX_REPETITION
 
-__all__ = ["RoundResult", "EvaluationResult", "History", "write_atomically"]
+__all__ = ["RoundResult", "EvaluationResult", "ServerEvaluation", "History", "write_atomically"]
+
+MAX_ERROR = 2000
+"""The longest error text a server evaluation records, in characters."""
 
 
 @dataclass
@@ -25,6 +28,39 @@ class EvaluationResult:
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+@dataclass
+class ServerEvaluation:
+    """Server-side evaluation: the merged model measured on the coordinator's own data.
+
+    ``metrics``: what ``Federated(evaluate_fn=...)`` returned, checked finite;
+    ``error``: ``"ExceptionType: message"`` if it raised or returned something
+    unusable (the round stays merged and recorded); ``seconds``: its wall time.
+    """
+
+    repetition: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, row: Any, what: str) -> "ServerEvaluation":
+        """The inverse of ``dataclasses.asdict``, checking every field; ``ValueError`` names the bad one."""
+        if not isinstance(row, dict):
+            raise ValueError(f"{what}: server_evaluation must be a JSON object or null, got {type(row).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(str(k)[:40] for k in row.keys() - names)
+        if unknown or "repetition" not in row:
+            raise ValueError(f"{what}: server_evaluation has unknown keys {unknown} or lacks 'repetition'; expected keys among {sorted(names)}")
+        values = dict(row)
+        _integer(values["repetition"], f"{what}: server_evaluation repetition", MAX_REPETITION)
+        values["metrics"] = checked_metrics(values.get("metrics", {}), f"{what}: server_evaluation metrics")
+        error = values.get("error")
+        if error is not None and (not isinstance(error, str) or len(error) > MAX_ERROR):
+            raise ValueError(f"{what}: server_evaluation error must be null or a string of at most {MAX_ERROR} characters")
+        _seconds(values.get("seconds", 0.0), f"{what}: server_evaluation")
+        return cls(**values)
 
 
 @dataclass
@@ -41,6 +77,8 @@ class RoundResult:
     bytes_sent: int = 0
     bytes_received: int = 0
     seconds: float = 0.0
+    server_evaluation: ServerEvaluation | None = None
+    """``Federated(evaluate_fn=...)``'s result after this round, distinct from federated ``evaluation``."""
 
     @classmethod
     def from_dict(cls, row: Any) -> "RoundResult":
@@ -59,6 +97,8 @@ class RoundResult:
             _integer(values.get(key, 0), f"{what}: {key}", 2**63 - 1)
         if values.get("evaluation") is not None:
             values["evaluation"] = EvaluationResult(**_evaluation(values["evaluation"], what))
+        if values.get("server_evaluation") is not None:
+            values["server_evaluation"] = ServerEvaluation.from_dict(values["server_evaluation"], what)
         return cls(**values)
 
 
@@ -80,11 +120,15 @@ class History:
     def __getitem__(self, index: int) -> RoundResult:
         return self.rounds[index]
 
-    def metric(self, name: str, evaluation: bool = False) -> list[float | None]:
-        """One metric per round (train metrics, or evaluation metrics), ``None`` where absent."""
+    def metric(self, name: str, evaluation: bool = False, *, server: bool = False) -> list[float | None]:
+        """One metric per round, ``None`` where absent: training metrics, federated
+        ``evaluation`` metrics, or ``server`` evaluation metrics (``evaluate_fn``)."""
         values = []
         for r in self.rounds:
-            source = (r.evaluation.metrics if r.evaluation else {}) if evaluation else r.metrics
+            if server:
+                source = r.server_evaluation.metrics if r.server_evaluation else {}
+            else:
+                source = (r.evaluation.metrics if r.evaluation else {}) if evaluation else r.metrics
             values.append(source.get(name))
         return values
 
@@ -142,10 +186,13 @@ def _fields(cls: type, row: Any, what: str) -> dict[str, Any]:
         raise ValueError(f"{label}: failures must map device URLs to reasons (strings)")
     values["metrics"] = checked_metrics(values.get("metrics", {}), f"{label}: metrics")
     values["devices"] = _devices(values.get("devices", {}), label)
-    seconds = values.get("seconds", 0.0)
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{label}: seconds must be a finite non-negative number, got {str(seconds)[:40]}")
+    _seconds(values.get("seconds", 0.0), label)
     return values
+
+
+def _seconds(seconds: Any, what: str) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{what}: seconds must be a finite non-negative number, got {str(seconds)[:40]}")
 
 
 def _evaluation(row: Any, what: str) -> dict[str, Any]:

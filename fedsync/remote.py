@@ -14,7 +14,7 @@ import json
 import math
 import os
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import requests
 import urllib3.exceptions
@@ -22,6 +22,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from .codec import Payload, read_exactly
+from .config import CONFIG_HEADER, encode_config
 from .errors import (
     PayloadRejected,
     RemoteBusy,
@@ -152,14 +153,20 @@ class Remote:
             raise RemoteError(self.url, f"/info answered repetition {shown}; expected an integer in [0, 2**53]")
         return info
 
-    def submit(self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None) -> None:
-        """Hand the device ``payload`` for ``repetition``; returns once it accepted (202)."""
+    def submit(
+        self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None, config: Mapping[str, Any] | None = None
+    ) -> None:
+        """Hand the device ``payload`` for ``repetition``; returns once it accepted (202).
+
+        ``config``: the round's configuration (:mod:`fedsync.config`), sent in the
+        ``X-Fedsync-Config`` header when not empty.
+        """
         body, mimetype = _body(payload)
         response = self._request(
             "POST",
             f"/{repetition}/submit",
             data=body,
-            headers={SPECS_HEADER: specs, "Content-Type": mimetype},
+            headers=_headers(specs, mimetype, config),
             timeout=timeout or self.timeout,
         )
         # Its JSON says nothing the status did not; read (bounded) so the connection is reused.
@@ -268,9 +275,12 @@ class Remote:
         return bytes(body)
 
     def evaluate(
-        self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None, deadline: Deadline | None = None
+        self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None, deadline: Deadline | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Ask the device to evaluate ``payload`` on its data: ``{"samples": n, "metrics": {...}}``.
+
+        ``config``: as for :meth:`submit`.
 
         Raises:
             RemoteError: the answer is not JSON with a sample count in ``[0, 2**53]``
@@ -280,7 +290,7 @@ class Remote:
         deadline = deadline or Deadline.within(timeout or self.timeout)
         answer = self._json(
             "POST", f"/{repetition}/evaluate", deadline, what="the evaluation",
-            data=body, headers={SPECS_HEADER: specs, "Content-Type": mimetype}, timeout=timeout or self.timeout,
+            data=body, headers=_headers(specs, mimetype, config), timeout=timeout or self.timeout,
         )
         try:
             if not isinstance(answer, dict):
@@ -406,6 +416,13 @@ def _body(payload: Encoding) -> tuple[Any, str]:
     if isinstance(payload, str):
         return payload.encode("utf-8"), "text/plain; charset=utf-8"
     return payload, "application/octet-stream"
+
+
+def _headers(specs: str, mimetype: str, config: Mapping[str, Any] | None) -> dict[str, str]:
+    headers = {SPECS_HEADER: specs, "Content-Type": mimetype}
+    if config:
+        headers[CONFIG_HEADER] = encode_config(config)
+    return headers
 
 
 def _timed_out(exc: BaseException) -> bool:

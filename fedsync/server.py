@@ -27,6 +27,7 @@ from werkzeug.wrappers import Request, Response
 
 from ._version import PROTOCOL_VERSION, __version__
 from .codec import read_exactly
+from .config import CONFIG_HEADER, Config, decode_config
 from .device import ApiError, Device, checked_repetition, json_response
 from .gateway import SOCKET_KEY, KeepAliveServer
 from .protocol import MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
@@ -129,10 +130,11 @@ class DeviceApp:
         device.ensure_can_accept(rep)
         length = self._checked_length(request)
         self._check_specs(request, device, rep)
+        config = _checked_config(request)
         _hold(request, device.take_receiving())  # one payload in memory at a time, the others 409 unread
         device.ensure_can_accept(rep)  # again, now that no other body can arrive: read none in vain
         encoding = self._checked_payload(request, device, rep, length, for_training=True)
-        job = device.start(encoding, rep)
+        job = device.start(encoding, rep, config)
         return _json({"repetition": job.repetition, "state": "training"}, 202)
 
     def on_evaluate(self, request: Request, base: str, rep: int) -> Response:
@@ -141,10 +143,11 @@ class DeviceApp:
         device.ensure_can_evaluate()
         length = self._checked_length(request)
         self._check_specs(request, device, rep)
+        config = _checked_config(request)
         _hold(request, device.take_receiving())
         device.ensure_can_evaluate()  # again, now that no other body can arrive
         encoding = self._checked_payload(request, device, rep, length)
-        samples, metrics = device.evaluate(encoding, rep)
+        samples, metrics = device.evaluate(encoding, rep, config)
         return _json({"repetition": rep, "samples": samples, "metrics": metrics})
 
     def _checked_length(self, request: Request) -> int:
@@ -269,6 +272,20 @@ def _hold(request: Request, lock: threading.Lock) -> None:
 def _method(raw: str) -> str:
     """The request's method as routed: methods are case-sensitive, werkzeug would uppercase ``get``."""
     return raw if raw in ("GET", "HEAD", "POST") else "UNSUPPORTED"
+
+
+def _checked_config(request: Request) -> Config:
+    """The ``X-Fedsync-Config`` header as a checked config (``{}`` without one), or a ``400 bad_config`` ApiError."""
+    raw = request.headers.get(CONFIG_HEADER)
+    if raw is None:
+        return {}
+    try:
+        return decode_config(raw)
+    except ValueError as exc:
+        raise ApiError(
+            400, "bad_config", f"{CONFIG_HEADER} rejected: {exc}; send a JSON object of at most 64 keys "
+            'mapped to strings, numbers or booleans, e.g. {"lr": 0.01, "epochs": 1}',
+        ) from None  # fmt: skip
 
 
 def _wait(raw: str) -> float:

@@ -13,6 +13,7 @@ import numpy as np
 
 from fedsync.arrays import FedArrays, TrainResult
 from fedsync.errors import PayloadRejected
+from fedsync.proximal import NO_GLOBAL, checked_mu
 from fedsync.strategies import Strategy
 
 if TYPE_CHECKING:
@@ -93,6 +94,49 @@ class FedKeras(FedArrays):
         # variables, so hand the base nothing and keep the model for train(model).
         super().__init__({}, train, evaluate=evaluate, strategy=strategy)
         self.model = model
+        self._global_tensors: tuple[Any, list[tuple[Any, Any]]] | None = None
+
+    def proximal_term(self, mu: float) -> Any:
+        """FedProx's ``mu/2 * ||w - w_global||^2`` as a backend scalar tensor to add to the loss.
+
+        Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
+        The sum runs over the model's trainable weights; ``w_global`` are the
+        weights received this round (a copy kept by ``receive``, converted to
+        backend tensors once per round). Built with ``keras.ops``, so it is
+        differentiable wherever the loss is: in a custom ``train_step``, or a
+        loop under the backend's gradient tape (TensorFlow: ``tf.GradientTape``)::
+
+            with tf.GradientTape() as tape:
+                loss = loss_fn(yb, model(xb, training=True)) + fed.proximal_term(config.get("mu", 0.0))
+
+        Raises:
+            ValueError: ``mu`` is not a finite number >= 0.
+            RuntimeError: no weights were received yet (called outside ``train``).
+        """
+        import keras
+
+        mu = checked_mu(mu)
+        pairs = self._global_pairs()
+        total = keras.ops.convert_to_tensor(0.0)
+        for variable, start in pairs:
+            total = total + keras.ops.sum(keras.ops.square(keras.ops.subtract(variable, start)))
+        return total * (0.5 * mu)
+
+    def _global_pairs(self) -> list[tuple[Any, Any]]:
+        """``(trainable variable, its global value as a tensor)``, converted once per round."""
+        import keras
+
+        snapshot = self.global_arrays
+        if snapshot is None:
+            raise RuntimeError(NO_GLOBAL)
+        cached = self._global_tensors
+        if cached is None or cached[0] is not snapshot:
+            pairs = []
+            for name, variable in self._variables():
+                if getattr(variable, "trainable", True) and name in snapshot:
+                    pairs.append((variable, keras.ops.convert_to_tensor(snapshot[name], dtype=_dtype_name(variable.dtype))))
+            cached = self._global_tensors = (snapshot, pairs)
+        return cached[1]
 
     # -- the three framework-specific methods ---------------------------------------
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from fedsync.arrays import FedArrays, TrainResult
 from fedsync.errors import PayloadRejected
+from fedsync.proximal import NO_GLOBAL, checked_mu
 
 if TYPE_CHECKING:
     import torch
@@ -100,6 +101,54 @@ class FedTorch(FedArrays):
         # so hand it nothing and keep the module as the model train() is given.
         super().__init__({}, train, evaluate=evaluate, strategy=strategy)
         self.model = model
+        self._global_tensors: tuple[Any, dict[str, "torch.Tensor"]] | None = None
+
+    def proximal_term(self, mu: float) -> "torch.Tensor":
+        """FedProx's ``mu/2 * ||w - w_global||^2`` as a scalar tensor to add to the loss.
+
+        Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
+        The sum runs over the model's parameters that require gradients;
+        ``w_global`` are the weights received this round (a copy kept by
+        ``receive``, moved to each parameter's device and dtype once per round),
+        so the term is differentiable with respect to the parameters and its
+        gradient is ``mu * (w - w_global)``::
+
+            def train(model, config):
+                for xb, yb in batches:
+                    loss = cross_entropy(model(xb), yb) + fed.proximal_term(config.get("mu", 0.0))
+                    ...
+
+        Raises:
+            ValueError: ``mu`` is not a finite number >= 0.
+            RuntimeError: no weights were received yet (called outside ``train``).
+        """
+        import torch
+
+        mu = checked_mu(mu)
+        starts = self._global_parameters()
+        terms = [((p - starts[name]) ** 2).sum() for name, p in self.model.named_parameters() if p.requires_grad]
+        if not terms:
+            return torch.zeros(())
+        return (0.5 * mu) * torch.stack(terms).sum()
+
+    def _global_parameters(self) -> dict[str, "torch.Tensor"]:
+        """This round's global weights as tensors beside the parameters, converted once per round."""
+        import torch
+
+        snapshot = self.global_arrays
+        if snapshot is None:
+            raise RuntimeError(NO_GLOBAL)
+        cached = self._global_tensors
+        if cached is None or cached[0] is not snapshot:
+            tensors = {}
+            for name, p in self.model.named_parameters():
+                if name in snapshot:
+                    tensors[name] = torch.from_numpy(snapshot[name]).to(device=p.device, dtype=p.dtype)
+            cached = self._global_tensors = (snapshot, tensors)
+        missing = [name for name, p in self.model.named_parameters() if p.requires_grad and name not in cached[1]]
+        if missing:
+            raise RuntimeError(f"parameters {missing[:5]} have no global weights this round (not floating, or not in the state dict)")
+        return cached[1]
 
     def _state(self) -> dict[str, "torch.Tensor"]:
         import torch

@@ -2,7 +2,7 @@
 // Polls the JSON endpoints and redraws. Data goes into the DOM through textContent
 // only: device URLs and failure reasons come from the network.
 const POLL_MS = 2000;
-const COLORS = {training: "#2563eb", evaluation: "#ea580c", seconds: "#475569"};
+const COLORS = {training: "#2563eb", evaluation: "#ea580c", server: "#16a34a", seconds: "#475569"};
 const charts = new Map();
 const $ = (id) => document.getElementById(id);
 
@@ -80,13 +80,16 @@ function showCharts(history) {
   const empty = container.querySelector(".empty");
   if (empty) empty.remove();
   const x = rounds.map((r) => r.round);
-  const names = Array.from(new Set(history.metrics.training.concat(history.metrics.evaluation)));
+  const server = history.metrics.server || [];  // present only when the run has an evaluate_fn
+  const names = Array.from(new Set(history.metrics.training.concat(history.metrics.evaluation, server)));
   for (const name of names) {
     const series = [];
     if (history.metrics.training.includes(name))
       series.push({label: "training", values: rounds.map((r) => (name in r.metrics ? r.metrics[name] : null))});
     if (history.metrics.evaluation.includes(name))
       series.push({label: "evaluation", values: rounds.map((r) => (r.evaluation && name in r.evaluation ? r.evaluation[name] : null))});
+    if (server.includes(name))
+      series.push({label: "server", values: rounds.map((r) => (r.server && name in r.server ? r.server[name] : null))});
     drawChart(container, name, x, series);
   }
   drawChart(container, "round seconds", x, [{label: "seconds", values: rounds.map((r) => r.seconds)}]);

@@ -1,0 +1,216 @@
+"""Per-round configuration, coordinator to devices (Flower's ``on_fit_config_fn``).
+
+``Federated(..., config=...)`` computes a small dict for each round: a learning
+rate schedule, local epochs, FedProx's ``mu``. It travels with the submission
+(and the evaluation) as compact JSON in the ``X-Fedsync-Config`` header
+(docs/protocol.md), is checked on the device before the body is read, and
+reaches ``train(model, config)`` when ``train`` takes a second argument.
+
+A configuration is a JSON object of at most :data:`MAX_CONFIG_KEYS` keys of 1 to
+:data:`MAX_CONFIG_KEY` characters, each mapped to a string, a boolean, an integer
+in ``[-2**53, 2**53]`` or a finite float, at most :data:`MAX_CONFIG_BYTES` bytes
+as sent. Nothing nested: what a device cannot read at a glance does not belong
+in a header.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import numbers
+from typing import Any, Callable, Mapping, Union
+
+__all__ = [
+    "CONFIG_HEADER",
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_KEYS",
+    "MAX_CONFIG_KEY",
+    "Config",
+    "ConfigSource",
+    "checked_config",
+    "encode_config",
+    "decode_config",
+    "round_config",
+    "takes_extra",
+]
+
+CONFIG_HEADER = "X-Fedsync-Config"
+"""HTTP header carrying a round's configuration (submissions and evaluations)."""
+
+MAX_CONFIG_BYTES = 8192
+"""The longest configuration, in bytes of its header value (compact ASCII JSON)."""
+
+MAX_CONFIG_KEYS = 64
+"""The most keys a configuration may hold."""
+
+MAX_CONFIG_KEY = 64
+"""The longest key, in characters."""
+
+_LARGEST_INT = 2**53  # exact in float64, so JSON readers in any language agree on it
+
+Scalar = Union[str, bool, int, float]
+Config = dict[str, Scalar]
+ConfigSource = Union[Mapping[str, Any], Callable[[int], Mapping[str, Any]], None]
+"""What ``Federated(config=...)`` takes: a dict, a function of the round number, or ``None``."""
+
+_EXAMPLE = '{"lr": 0.01, "epochs": 1, "mu": 0.1, "optimizer": "sgd", "shuffle": true}'
+
+
+def checked_config(value: Any, what: str = "config") -> Config:
+    """``value`` as a configuration: a mapping of short string keys to scalars.
+
+    Takes Python and numpy scalars (``np.float32(0.1)`` becomes ``0.1``); numbers
+    must be finite, integers within ``[-2**53, 2**53]``.
+
+    Raises:
+        ValueError: naming ``what``, the bad key and value, and what is accepted.
+        TypeError: ``value`` is not a mapping.
+    """
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a dict of names to str, bool, int or float values, got {type(value).__name__}; e.g. {_EXAMPLE}")
+    if len(value) > MAX_CONFIG_KEYS:
+        raise ValueError(f"{what} has {len(value)} keys, more than MAX_CONFIG_KEYS ({MAX_CONFIG_KEYS}); send fewer")
+    clean: Config = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_CONFIG_KEY or not key.isprintable():
+            raise ValueError(f"{what}: key {_shown(key)} must be a string of 1 to {MAX_CONFIG_KEY} printable characters")
+        clean[key] = _scalar(item, f"{what}[{key!r}]")
+    return clean
+
+
+def _scalar(item: Any, what: str) -> Scalar:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, bool) or (type(item).__module__ == "numpy" and type(item).__name__ in ("bool", "bool_")):
+        return bool(item)  # numpy's bool is no Python bool, nor a number
+    if isinstance(item, numbers.Integral):
+        number = int(item)
+        if not -_LARGEST_INT <= number <= _LARGEST_INT:
+            raise ValueError(f"{what} = {_shown(item)}: integers must lie in [-2**53, 2**53] (exact in every JSON reader)")
+        return number
+    if isinstance(item, numbers.Real):
+        number = float(item)
+        if not math.isfinite(number):
+            raise ValueError(f"{what} = {_shown(item)}: numbers must be finite")
+        return number
+    raise ValueError(f"{what} is a {type(item).__name__} ({_shown(item)}); values must be str, bool, int or float, e.g. {_EXAMPLE}")
+
+
+def encode_config(config: Mapping[str, Any]) -> str:
+    """The header value for ``config``: compact ASCII JSON, checked first.
+
+    Raises:
+        ValueError, TypeError: as :func:`checked_config`; or the JSON is over
+            :data:`MAX_CONFIG_BYTES` bytes.
+    """
+    text = json.dumps(checked_config(config), ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ValueError(f"config is {len(text)} bytes as JSON, over MAX_CONFIG_BYTES ({MAX_CONFIG_BYTES}); send shorter values")
+    return text
+
+
+def decode_config(text: str) -> Config:
+    """A peer's header value as a configuration; checked before anything uses it.
+
+    Raises:
+        ValueError: the value is over :data:`MAX_CONFIG_BYTES`, not ASCII, not a
+            JSON object, has a duplicate key, a nested or ``null`` value, a
+            non-finite number, or breaks a bound of :func:`checked_config`.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ValueError(f"the config is {len(text)} bytes, over the {MAX_CONFIG_BYTES} accepted")
+    if not text.isascii():
+        raise ValueError("the config must be ASCII JSON (escape other characters as \\uXXXX)")
+    try:
+        document = json.loads(text, object_pairs_hook=_unique, parse_constant=_no_constant, parse_int=_bounded_int)
+    except RecursionError:
+        raise ValueError("the config is nested too deeply; send a flat JSON object") from None
+    except _Refused as exc:
+        raise ValueError(f"the config {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"the config is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"the config must be a JSON object, got {type(document).__name__}; e.g. {_EXAMPLE}")
+    try:
+        return checked_config(document)
+    except TypeError as exc:  # cannot happen for a dict; kept one error type for peers
+        raise ValueError(str(exc)) from None
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _Refused(f"has a duplicate key {_shown(next(k for k in keys if keys.count(k) > 1))}")
+    for key, value in pairs:
+        if isinstance(value, (dict, list)) or value is None:
+            raise _Refused(f"key {_shown(key)} holds {type(value).__name__ if value is not None else 'null'}; values must be strings, numbers or booleans")
+    return dict(pairs)
+
+
+class _Refused(ValueError):
+    """A well-formed JSON value the config does not accept."""
+
+
+def _no_constant(name: str) -> None:
+    raise _Refused(f"holds {name}, not a finite number")
+
+
+def _bounded_int(digits: str) -> int:
+    # Bounded before converting: a peer's thousands of digits cost nothing.
+    if len(digits.lstrip("-")) > 16:
+        raise _Refused(f"holds the integer {digits[:20]}..., outside [-2**53, 2**53]")
+    return int(digits)
+
+
+def round_config(source: ConfigSource, repetition: int, strategy: Any = None) -> Config:
+    """The configuration of round ``repetition``: the strategy's keys, overridden by the user's.
+
+    ``source`` is ``Federated(config=...)``: ``None``, a mapping, or
+    ``source(repetition) -> mapping``. ``strategy`` may offer
+    ``configure(server_round: int) -> mapping`` (keys a strategy needs on the
+    devices, e.g. FedProx's ``mu``); the user's keys win over the strategy's.
+
+    Raises:
+        ValueError, TypeError: a bad key or value, naming it and who returned it
+            (see :func:`checked_config`), or a configuration over the header's size.
+    """
+    merged: Config = {}
+    configure = getattr(strategy, "configure", None)
+    if callable(configure):
+        extra = configure(repetition)
+        if extra is not None:
+            merged.update(checked_config(extra, f"{type(strategy).__name__}.configure({repetition})"))
+    if source is not None:
+        if callable(source):
+            what = f"config({repetition})"
+            value = source(repetition)
+        else:
+            what, value = "config", source
+        merged.update(checked_config(value, f"the round's {what}"))
+    if merged:
+        encode_config(merged)  # fail here, naming the size, not on every device
+    return merged
+
+
+def takes_extra(function: Callable[..., Any], given: int, name: str = "config") -> bool:
+    """Whether ``function`` takes a positional argument after its first ``given`` ones.
+
+    True when that parameter has no default, is called ``name``, or is ``*args``:
+    so ``train(model, config)`` gets the configuration, while ``train(model)``
+    and ``train(model, epochs=3)`` are called as before.
+    """
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # builtins and some C callables: no signature to read
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) > given:
+        extra = positional[given]
+        return extra.default is inspect.Parameter.empty or extra.name == name
+    return any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
