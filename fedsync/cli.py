@@ -102,7 +102,7 @@ def _add_demo(commands: Any) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--adapter", choices=["auto", "torch", "keras", "numpy"], default="auto",
-        help="model framework; auto picks torch, else keras, else numpy (needs nothing more)",
+        help="model framework; auto picks the fastest installed: numpy (needs nothing more), else torch, else keras",
     )  # fmt: skip
     parser.add_argument("--strategy", default="fedavg", metavar="NAME", help="how the coordinator merges the devices' models")
     parser.add_argument("--local-epochs", type=int, default=1, metavar="N", help="epochs each device trains per round")
@@ -135,6 +135,23 @@ def _run_demo(args: argparse.Namespace) -> int:
         print("\ninterrupted: every device process has been stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _say_how_to_stop() -> None:
+    """'press Ctrl-C to stop' on stderr, only where Ctrl-C reaches us: the terminal's foreground group.
+
+    Devices started by a script in their own session (examples/run.py, the demo)
+    are stopped by that script, so they keep quiet.
+    """
+    try:
+        if os.tcgetpgrp(sys.stderr.fileno()) != os.getpgrp():
+            return
+    except (OSError, ValueError):  # stderr is not a terminal: no key to press
+        return
+    except AttributeError:  # no process groups (Windows)
+        if not sys.stderr.isatty():
+            return
+    print("press Ctrl-C to stop", file=sys.stderr, flush=True)
 
 
 class _sigterm_as_exit:
@@ -335,7 +352,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     if isinstance(data, Mapping):
         for name in data:
             print(f"  {name}: {url}/{name}/info", flush=True)
-    print("press Ctrl-C to stop", file=sys.stderr, flush=True)
+    _say_how_to_stop()
     try:
         with _sigterm_as_exit():
             server.join()
@@ -579,7 +596,7 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     print(f"dashboard {server.url}/", flush=True)
     if not (folder / "checkpoint.json").exists():
         print(f"no checkpoint in {folder} yet: the page shows the run once its first round is written", file=sys.stderr, flush=True)
-    print("press Ctrl-C to stop", file=sys.stderr, flush=True)
+    _say_how_to_stop()
     try:
         with _sigterm_as_exit():
             server.join()
