@@ -28,7 +28,7 @@ from .codec import read_exactly
 from .device import ApiError, Device, checked_repetition, json_response
 from .gateway import SOCKET_KEY, KeepAliveServer
 from .protocol import MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
-from .status import render_index, render_status
+from .status import render_index, render_locked, render_status
 from .tokens import checked_token
 
 __all__ = ["DeviceApp", "RunningServer", "serve", "checked_token", "SPECS_HEADER", "DEFAULT_MAX_CONTENT_LENGTH"]
@@ -230,6 +230,9 @@ class DeviceApp:
         try:
             # Before routing: a prober without the token learns nothing of the bases served.
             if not self._authorized(request):
+                if _browser_navigation(request):
+                    # The same page for every path: it asks for the token and shows nothing before.
+                    return Response(render_locked(), status=401, mimetype="text/html", headers={"Cache-Control": "no-store"})
                 raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>' with the device's token")
             # Routed on the path alone: the Host header plays no part (it is the client's to garble).
             adapter = self.url_map.bind("device", url_scheme="http")
@@ -266,6 +269,11 @@ _HELD = "fedsync.held"
 
 def _hold(request: Request, lock: threading.Lock) -> None:
     request.environ[_HELD].append(lock)
+
+
+def _browser_navigation(request: Request) -> bool:
+    """A browser asking for a page (its Accept names text/html); API clients and fetch() send ``*/*`` or JSON."""
+    return request.method in ("GET", "HEAD") and "text/html" in request.headers.get("Accept", "")
 
 
 def _method(raw: str) -> str:
