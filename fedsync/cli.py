@@ -24,7 +24,6 @@ import importlib.util
 import json
 import logging
 import os
-import signal
 import ssl
 import sys
 import traceback
@@ -32,6 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Mapping, Sequence
 
+from ._process import say_how_to_stop, sigterm_as_exit, stdout_to_devnull
 from ._version import __version__
 
 __all__ = ["main", "build_parser", "load_target", "UsageError", "CommandError"]
@@ -39,7 +39,7 @@ __all__ = ["main", "build_parser", "load_target", "UsageError", "CommandError"]
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
 
 
 class CommandError(Exception):
@@ -127,7 +127,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     try:
-        with _sigterm_as_exit():
+        with sigterm_as_exit():
             run(config)
     except DemoError as exc:
         raise CommandError(str(exc)) from None
@@ -135,42 +135,6 @@ def _run_demo(args: argparse.Namespace) -> int:
         print("\ninterrupted: every device process has been stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
-
-
-def _say_how_to_stop() -> None:
-    """'press Ctrl-C to stop' on stderr, only where Ctrl-C reaches us: the terminal's foreground group.
-
-    Devices started by a script in their own session (examples/run.py, the demo)
-    are stopped by that script, so they keep quiet.
-    """
-    try:
-        if os.tcgetpgrp(sys.stderr.fileno()) != os.getpgrp():
-            return
-    except (OSError, ValueError):  # stderr is not a terminal: no key to press
-        return
-    except AttributeError:  # no process groups (Windows)
-        if not sys.stderr.isatty():
-            return
-    print("press Ctrl-C to stop", file=sys.stderr, flush=True)
-
-
-class _sigterm_as_exit:
-    """Turn SIGTERM into SystemExit, so ``finally`` blocks (stopping devices) run."""
-
-    def __enter__(self) -> None:
-        self.previous = None
-        try:
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
-
-    @staticmethod
-    def _handle(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
 
 
 # ---------------------------------------------------------------------- serve
@@ -352,9 +316,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     if isinstance(data, Mapping):
         for name in data:
             print(f"  {name}: {url}/{name}/info", flush=True)
-    _say_how_to_stop()
+    say_how_to_stop()
     try:
-        with _sigterm_as_exit():
+        with sigterm_as_exit():
             server.join()
     except (KeyboardInterrupt, SystemExit):
         pass
@@ -596,9 +560,9 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     print(f"dashboard {server.url}/", flush=True)
     if not (folder / "checkpoint.json").exists():
         print(f"no checkpoint in {folder} yet: the page shows the run once its first round is written", file=sys.stderr, flush=True)
-    _say_how_to_stop()
+    say_how_to_stop()
     try:
-        with _sigterm_as_exit():
+        with sigterm_as_exit():
             server.join()
     except (KeyboardInterrupt, SystemExit):
         pass
@@ -654,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except BrokenPipeError:
-        _stdout_to_devnull()
+        stdout_to_devnull()
         return EXIT_BROKEN_PIPE
     except CommandError as exc:
         print(f"fedsync {args.command}: error: {exc}", file=sys.stderr)
@@ -667,18 +631,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             # created: 0.4 s and 1 s of a device's stop on SIGTERM. Frozen objects are
             # skipped; atexit handlers and finalizers still run.
             gc.freeze()
-
-
-def _stdout_to_devnull() -> None:
-    """After a broken pipe, as Python's documentation recommends (``signal`` module, "Note on SIGPIPE").
-
-    Python flushes stdout once more at exit, which would fail again and print
-    an error; pointing stdout at /dev/null lets it exit quietly. SIGPIPE is
-    not reset to its default instead: it would kill a device whose *client*
-    hangs up.
-    """
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # stdout is not a file (e.g. captured in a test)
-        pass
