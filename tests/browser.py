@@ -111,9 +111,15 @@ class Browser:
     def wait_until(self, expression: str, timeout: float | None = None) -> None:
         """Poll a JavaScript condition until it is true (at most ``timeout`` seconds)."""
         deadline = time.monotonic() + (timeout or self.timeout)
-        while not self.evaluate(f"Boolean({expression})"):
+        while True:
+            try:  # while a new page loads, its elements may not exist yet: keep polling
+                if self.evaluate(f"Boolean({expression})"):
+                    return
+                why = "still false"
+            except BrowserError as exc:
+                why = f"still raising ({str(exc)[:300]})"
             if time.monotonic() > deadline:
-                raise BrowserError(f"{expression!r} still false after {timeout or self.timeout:g}s")
+                raise BrowserError(f"{expression!r} {why} after {timeout or self.timeout:g}s")
             time.sleep(0.1)
 
     def type(self, selector: str, text: str) -> None:
