@@ -30,7 +30,8 @@ EXAMPLES = {
 def start_device(folder: Path, attr: str, extra_env: dict, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2", **extra_env)
     command = [sys.executable, "-m", "fedsync", "serve", str(folder / f"device.py:{attr}"), "--port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True)
+    # In its own session: Ctrl-C reaches only this script, which stops the devices itself.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))

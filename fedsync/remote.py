@@ -55,6 +55,15 @@ MAX_SPECS = 4096
 _BEARER = re.compile(r"(?i)(bearer)(\s+)\S+")
 
 
+def _environment_token() -> str | None:
+    """``$FEDSYNC_TOKEN`` checked like a given token, or ``None`` when it is not set."""
+    token = os.environ.get("FEDSYNC_TOKEN")
+    try:
+        return checked_token(token)
+    except ValueError as exc:
+        raise ValueError(f"bad token in $FEDSYNC_TOKEN: {exc}; fix or unset the variable, or pass Remote(url, token=...)") from None
+
+
 class Remote:
     """A device as seen from the coordinator: its URL and one HTTP session.
 
@@ -67,7 +76,9 @@ class Remote:
             named base: ``"http://host:8000/model"``).
         timeout: seconds for connecting and for each answer.
         token: sent as ``Authorization: Bearer <token>`` (see ``serve(token=...)``);
-            surrounding whitespace is stripped (a token read from a file).
+            surrounding whitespace is stripped (a token read from a file). ``None``
+            (the default) takes ``$FEDSYNC_TOKEN`` if it is set, as ``fedsync serve``
+            and ``fedsync info`` do, so one exported variable serves both sides.
         retries: connection attempts retried with backoff.
         verify: TLS verification for ``https://``: ``True``, ``False`` or a CA bundle path.
         cert: mutual TLS: this coordinator's client certificate, as a ``(certfile, keyfile)``
@@ -78,7 +89,8 @@ class Remote:
 
     Raises:
         ValueError: a URL that is not http(s), a timeout that is not positive, or an
-            empty token or one with control or non-ASCII characters (not shown).
+            empty token or one with control or non-ASCII characters (not shown),
+            given or from ``$FEDSYNC_TOKEN``.
         FileNotFoundError: a ``cert`` file that does not exist.
     """
 
@@ -100,7 +112,7 @@ class Remote:
         self.url = url.rstrip("/")
         self.timeout = float(timeout)
         self.max_reply = int(max_reply)
-        self._token = checked_token(token)
+        self._token = checked_token(token) if token is not None else _environment_token()
         self.session = requests.Session()
         retry = Retry(total=retries, connect=retries, read=0, status=0, other=0, backoff_factor=0.1)
         self.session.mount("http://", HTTPAdapter(max_retries=retry))

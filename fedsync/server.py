@@ -31,7 +31,7 @@ from .config import CONFIG_HEADER, Config, decode_config
 from .device import ApiError, Device, checked_repetition, json_response
 from .gateway import SOCKET_KEY, KeepAliveServer
 from .protocol import MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
-from .status import render_index, render_status
+from .status import render_index, render_locked, render_status
 from .tokens import checked_token
 
 __all__ = ["DeviceApp", "RunningServer", "serve", "checked_token", "SPECS_HEADER", "DEFAULT_MAX_CONTENT_LENGTH"]
@@ -41,6 +41,10 @@ logger = logging.getLogger("fedsync.server")
 DEFAULT_MAX_CONTENT_LENGTH = 2 * 1024**3
 MAX_WAIT = 60.0
 """The longest a single result long-poll is held open, in seconds."""
+
+STOP_POLL = 0.05
+"""How often, in seconds, the accepting loop checks for a stop request: a device stops (and frees
+its port) this soon after ``close()`` or SIGTERM (socketserver's default, 0.5 s, made stopping slow)."""
 
 _json = json_response
 
@@ -231,6 +235,9 @@ class DeviceApp:
         try:
             # Before routing: a prober without the token learns nothing of the bases served.
             if not self._authorized(request):
+                if _browser_navigation(request):
+                    # The same page for every path: it asks for the token and shows nothing before.
+                    return Response(render_locked(), status=401, mimetype="text/html", headers={"Cache-Control": "no-store"})
                 raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>' with the device's token")
             # Routed on the path alone: the Host header plays no part (it is the client's to garble).
             adapter = self.url_map.bind("device", url_scheme="http")
@@ -267,6 +274,11 @@ _HELD = "fedsync.held"
 
 def _hold(request: Request, lock: threading.Lock) -> None:
     request.environ[_HELD].append(lock)
+
+
+def _browser_navigation(request: Request) -> bool:
+    """A browser asking for a page (its Accept names text/html); API clients and fetch() send ``*/*`` or JSON."""
+    return request.method in ("GET", "HEAD") and "text/html" in request.headers.get("Accept", "")
 
 
 def _method(raw: str) -> str:
@@ -332,7 +344,7 @@ class RunningServer:
         self.host = server.server_address[0]
         self.port = server.socket.getsockname()[1]
         self.url = f"{'https' if server.ssl_context else 'http'}://{self.host}:{self.port}"
-        self._thread = threading.Thread(target=server.serve_forever, name="fedsync-serve", daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": STOP_POLL}, name="fedsync-serve", daemon=True)
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> None:
@@ -425,7 +437,7 @@ def serve(
         return RunningServer(server, app)
     logger.info("fedsync device serving on %s://%s:%d", "https" if ssl_context else "http", host, server.socket.getsockname()[1])
     try:
-        server.serve_forever()
+        server.serve_forever(poll_interval=STOP_POLL)
     except KeyboardInterrupt:
         pass
     finally:

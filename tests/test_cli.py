@@ -128,6 +128,54 @@ def test_serve_a_fed_data_from_a_file_and_stop_it(serve):
     assert process.wait(timeout=10) == 0
 
 
+SLOW_DEVICE_FILE = """\
+import time
+import numpy as np
+import fedsync
+
+def train(model):
+    time.sleep(120)  # still training when the device is told to stop
+    return 1
+
+data = fedsync.FedArrays({"w": np.zeros(3, np.float32)}, train)
+"""
+
+
+def port_open(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.socket() as probe:
+        probe.settimeout(5)
+        return probe.connect_ex((host, int(port))) == 0
+
+
+def test_sigterm_stops_a_device_mid_round_and_frees_its_port(serve, workdir):
+    """`kill PID` (as examples/run.py, systemd or docker stop do) ends a device that is training and holding a connection."""
+    (workdir / "slow_device.py").write_text(SLOW_DEVICE_FILE)
+    process, url = serve("slow_device.py:data")
+    session = requests.Session()  # a coordinator's kept-open connection
+    info = session.get(f"{url}/info", timeout=10).json()
+    body = fedsync_codec_payload(info)
+    answer = session.post(f"{url}/1/submit", data=body, headers={"X-Fedsync-Specs": info["specs"], "Content-Type": "application/octet-stream"}, timeout=10)
+    assert answer.status_code == 202, answer.text
+    assert session.get(f"{url}/info", timeout=10).json()["state"] == "training"
+    process.send_signal(signal.SIGTERM)
+    # Bounds that only catch a device that never stops (it takes well under a second).
+    assert process.wait(timeout=30) == 0
+    assert not port_open(url)
+    assert "Traceback" not in process.stderr.read()
+    session.close()
+
+
+def fedsync_codec_payload(info: dict) -> bytes:
+    """The payload a coordinator would send for the device's declared weights (zeros)."""
+    import numpy as np
+
+    from fedsync import codec
+
+    arrays = {w["name"]: np.zeros(w["shape"], w["dtype"]) for w in info["summary"]["weights"]}
+    return codec.encode(arrays)
+
+
 def test_serve_a_dict_under_named_bases_with_a_token(serve):
     _, url = serve("device:both", "--token", "s3cret")  # a dotted module name, importable from the cwd
     assert requests.get(f"{url}/model/info", timeout=10).status_code == 401
@@ -230,6 +278,38 @@ def test_info_with_a_wrong_token(serve, capsys):
     _, url = serve("device.py:data", "--token", "right")
     assert main(["info", url, "--token", "wrong"]) == 1
     assert "401 unauthorized" in capsys.readouterr().err
+
+
+MANY_WEIGHTS_FILE = """\
+import numpy as np
+import fedsync
+
+data = fedsync.FedArrays({f"layer{i:04d}.weight": np.zeros(2, np.float32) for i in range(3000)})
+"""
+
+
+def test_info_piped_to_head_stops_quietly(serve, workdir):
+    """`fedsync info URL | head -1`: head exits after one line while info still writes (~170 kB, more than a pipe holds)."""
+    (workdir / "many.py").write_text(MANY_WEIGHTS_FILE)
+    _, url = serve("many.py:data")
+    script = f'"{sys.executable}" -m fedsync info {url} | head -1; echo "exit code ${{PIPESTATUS[0]}}" >&2'
+    done = subprocess.run(["bash", "-c", script], cwd=workdir, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=60)
+    assert done.stdout == f"device         {url}\n"
+    assert done.stderr == "exit code 141\n"  # as `yes | head -1` would: no traceback, no 'Exception ignored'
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["plugins"], ["plugins", "--json"], ["info", "--help"]])
+def test_every_command_writing_into_a_closed_pipe_stops_quietly(args, tmp_path):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte: every write fails with EPIPE
+    try:
+        process = fedsync_command(*args, cwd=tmp_path, stdout=write_end, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    _, err = process.communicate(timeout=60)
+    assert err == ""  # no traceback, no 'Exception ignored ... BrokenPipeError'
+    # 141 as `yes | head -1`; argparse's help writer swallows the error itself and exits 0.
+    assert process.returncode == (0 if "--help" in args or "--version" in args else 141)
 
 
 # -- plugins ----------------------------------------------------------------------

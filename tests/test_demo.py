@@ -17,7 +17,9 @@ import pytest
 from fedsync import codec
 from fedsync.demo.data import DemoError, dirichlet_split, load_split
 from fedsync.demo.fleet import Fleet
-from fedsync.demo.models import available
+from fedsync.demo.models import BACKENDS, available, backend_class
+from fedsync.demo.report import plot_figure
+from tests import readme
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE_LINE = re.compile(r"device (\d+)\s+(http://\S+)\s+pid (\d+)")
@@ -86,17 +88,46 @@ def check_demo_output(result: subprocess.CompletedProcess, out: Path, devices: i
     return pids
 
 
-def test_numpy_demo_end_to_end(tmp_path):
-    result = run_demo(tmp_path, "--rounds", "3", "--devices", "2", "--adapter", "numpy", "--no-progress")
-    check_demo_output(result, tmp_path / "out", devices=2, rounds=3)
-    history = json.loads((tmp_path / "out" / "history.json").read_text())
-    assert history["adapter"] == "numpy"
-    assert history["comparison"]["federated"] > 0.6  # softmax regression learns digits within 3 rounds
+def loading_snippets() -> dict[str, str]:
+    """The README's snippets loading the demo's model, by the adapter named in their first line."""
+    text = readme.section(readme.README, "### Loading the demo's model")
+    snippets = {}
+    for code in readme.blocks(text, "python"):
+        adapter = code.split()[1].lower()  # "# numpy (...)", "# torch ...", "# Keras ..."
+        snippets[adapter] = code
+    assert snippets.keys() == {"numpy", "torch", "keras"}
+    return snippets
+
+
+def check_loading_snippet(adapter: str, cwd: Path) -> None:
+    """Run the README's snippet where the demo wrote fedsync-demo/: the loaded model classifies digits."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-c", loading_snippets()[adapter]], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    accuracy = float(re.fullmatch(r"accuracy on all 1797 digits: (0\.\d{3})\n", done.stdout).group(1))
+    assert accuracy > 0.6  # the trained weights, loaded: untrained ones score about 0.1
+
+
+@pytest.mark.parametrize(
+    "options, devices, rounds",
+    [pytest.param("", 4, 20, id="as-written", marks=pytest.mark.slow), pytest.param(" --devices 2 --rounds 3", 2, 3, id="shorter")],
+)
+def test_the_readme_demo_command_then_loading_its_model(tmp_path, options, devices, rounds):
+    """`fedsync demo` as the README's first command runs it (without the install), then the README's numpy snippet.
+
+    As written it takes about 5 s on a loaded machine; the fast tier runs it with fewer rounds and devices.
+    """
+    demo = readme.commands(readme.section(readme.README, "## Two commands"))[0].partition(" && ")[2]
+    result = readme.shell(demo + options, cwd=tmp_path)
+    out = tmp_path / "fedsync-demo"
+    check_demo_output(result, out, devices=devices, rounds=rounds)
+    history = json.loads((out / "history.json").read_text())
+    assert history["adapter"] == "numpy"  # --adapter auto: the fastest to start
+    assert "adapter: numpy, picked by --adapter auto as the fastest installed" in result.stdout
+    assert history["comparison"]["federated"] > (0.8 if rounds == 20 else 0.6)
     assert "round  devices  samples  train loss  test acc  seconds" in result.stdout
-    if (tmp_path / "out" / "accuracy.png").exists():
-        assert (tmp_path / "out" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    else:
-        assert "pip install 'fedsync[plot]'" in result.stdout
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # matplotlib is in the [demo] extra
+    check_loading_snippet("numpy", tmp_path)
 
 
 @pytest.mark.slow
@@ -108,6 +139,30 @@ def test_framework_demo_end_to_end(tmp_path, adapter):
     result = run_demo(tmp_path, "--rounds", "3", "--devices", "2", "--adapter", adapter)
     check_demo_output(result, tmp_path / "out", devices=2, rounds=3)
     assert json.loads((tmp_path / "out" / "history.json").read_text())["adapter"] == adapter
+    (tmp_path / "out").rename(tmp_path / "fedsync-demo")
+    check_loading_snippet(adapter, tmp_path)
+
+
+def test_auto_picks_the_fastest_backend_which_is_always_installed():
+    assert list(BACKENDS) == ["numpy", "torch", "keras"]  # measured start-up cost, see BACKENDS
+    assert backend_class("auto") is BACKENDS["numpy"]
+
+
+def test_the_plot_labels_the_first_and_the_last_round():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    for last in (3, 11, 23):
+        rows = [{"round": r, "test_accuracy": 0.5, "test_loss": 1.0, "train_accuracy": 0.5, "train_loss": 1.0} for r in range(1, last + 1)]
+        figure = plot_figure(plt, rows, central=0.9, alone=[0.4, 0.6], title="t")
+        try:
+            figure.canvas.draw()
+            for axis in figure.axes:
+                labels = [int(label.get_text()) for label in axis.get_xticklabels() if label.get_text()]
+                assert labels[0] == 1 and labels[-1] == last, labels
+                assert 3 <= len(labels) <= 10 or last < 3
+                lo, hi = axis.get_xlim()
+                assert lo < 1 and last < hi  # every labelled round is on the axis
+        finally:
+            plt.close(figure)
 
 
 def start_endless_demo(tmp_path: Path, devices: int, stderr: int) -> subprocess.Popen:

@@ -2,11 +2,16 @@
 
 import ast
 import inspect
+import os
 import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import fedsync
 from fedsync import hookspecs
+from tests import readme
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,3 +74,38 @@ def test_protocol_doc_lists_every_error_code_the_server_raises():
     text = (ROOT / "docs" / "protocol.md").read_text()
     undocumented = sorted(code for code in codes if f"`{code}`" not in text)
     assert undocumented == []
+
+
+# -- the README as a newcomer follows it ----------------------------------------------
+
+
+def pyproject_extras():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def test_the_two_commands_are_what_ci_runs_and_install_what_they_use():
+    demo, tests = readme.commands(readme.section(readme.README, "## Two commands"))
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    # CI's pip is quiet (-q); otherwise the README's command is exactly what CI runs.
+    assert tests == ci.replace("pip install -q ", "pip install "), "the README's test command must be .ci/run's"
+    install, _, run = demo.partition(" && ")
+    assert (install, run) == ('python -m pip install -e ".[demo]"', "fedsync demo")  # run by tests/test_demo.py
+    extras = " ".join(pyproject_extras()["demo"])
+    assert "scikit-learn" in extras and "matplotlib" in extras, "the demo needs its data set and draws a plot"
+
+
+def test_custom_data_snippets_print_what_the_readme_shows(tmp_path):
+    text = readme.section(readme.README, "## Custom data")
+    code = "\n".join(readme.blocks(text, "python"))  # the class, then the scripts using it
+    shown = "".join(readme.blocks(text, "text"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == shown
+    assert "(examples/custom_fedfloat/)" in text
+
+
+def test_the_fast_tier_command_in_the_readme_is_the_marker_pytest_knows():
+    text = readme.section(readme.README, "## Two commands")
+    assert '`python -m pytest -m "not slow"`' in text
+    assert 'pytest -m \\"not slow\\"` is the fast tier' in (ROOT / "pyproject.toml").read_text()

@@ -11,6 +11,7 @@ from werkzeug.test import Client
 
 import fedsync
 from fedsync import FedArrays, Federated
+from tests.browser import Browser
 from tests.seed_fedfloat import FedFloat
 
 
@@ -78,3 +79,79 @@ def test_status_page_in_headless_chromium(tmp_path):
     assert re.search(r'<td id="samples">7</td>', dom)
     assert re.search(r'<span class="state idle">idle</span>', dom)
     assert (tmp_path / "status.png").stat().st_size > 1000
+
+
+# -- a device with a token -------------------------------------------------------------
+
+TOKEN = "s3cret-Token"
+BROWSER_ACCEPT = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def token_device():
+    return fedsync.server.DeviceApp({"model": FedArrays({"w": np.zeros(3, np.float32)}), "hidden_base": FedFloat(0.5)}, token=TOKEN)
+
+
+def test_a_browser_without_the_token_gets_one_page_that_reveals_nothing():
+    client = Client(token_device())
+    paths = ["/", "/model/", "/hidden_base/", "/no_such_base/", "/model", "/model/info", "/info", "/hidden_base/1/result"]
+    pages = [client.get(path, headers=BROWSER_ACCEPT) for path in paths]
+    assert {page.status_code for page in pages} == {401}
+    assert len({page.data for page in pages}) == 1, "the page must not depend on the path: it would tell which bases exist"
+    text = pages[0].text
+    assert pages[0].mimetype == "text/html" and 'type="password"' in text
+    for secret in ("hidden_base", "model", "FedFloat", "FedArrays", "arrays:", "repetition\":", TOKEN):
+        assert secret not in text
+    assert not re.search(r"""(src|href)=["']?https?://""", text)
+    # JSON clients, and anything but a page navigation, still get the same 401 JSON before routing.
+    for path in ("/model/info", "/hidden_base/info", "/no_such/info", "/"):
+        answer = client.get(path)
+        assert (answer.status_code, answer.json["error"]) == (401, "unauthorized")
+    assert client.post("/model/1/submit", headers=BROWSER_ACCEPT).json["error"] == "unauthorized"
+    # With the token, the device's values as before.
+    assert "FedArrays at /model" in client.get("/model/", headers={**BROWSER_ACCEPT, "Authorization": f"Bearer {TOKEN}"}).text
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"),
+    reason="chromium is not installed (apt-get install chromium-headless-shell) - status page not checked in a browser",
+)
+def test_typing_the_token_into_the_page_in_headless_chromium(tmp_path):
+    data = FedArrays({"w": np.zeros(3, np.float32)}, lambda model: 7)
+    served = {"model": data, "hidden_base": FedFloat(0.5)}
+    with fedsync.serve(served, port=0, block=False, token=TOKEN) as server, Browser(tmp_path / "profile") as browser:
+        with Federated(data=FedArrays({"w": np.zeros(3, np.float32)}), remotes=[fedsync.Remote(server.url + "/model", token=TOKEN)]) as alg:
+            alg.round()
+            alg.round()
+        page = server.url + "/model/"
+        browser.open(page)
+        entries = browser.evaluate("history.length")
+        html = browser.evaluate("document.documentElement.outerHTML")
+        assert "requires a token" in html
+        for secret in ("hidden_base", "arrays:", "FedArrays", TOKEN):
+            assert secret not in html, f"{secret!r} shown before the token"
+        assert browser.evaluate("document.getElementById('device').hidden") is True
+
+        browser.type("#token", "wrong-token")
+        browser.press_enter()
+        browser.wait_until("document.getElementById('message').textContent.includes('refused')")
+        assert browser.evaluate("document.getElementById('device').hidden") is True
+
+        browser.type("#token", TOKEN)
+        browser.press_enter()
+        browser.wait_until("!document.getElementById('device').hidden")
+        assert browser.evaluate("document.getElementById('repetition').textContent") == "2"
+        assert browser.evaluate("document.getElementById('samples').textContent") == "7"
+        assert browser.evaluate("document.querySelector('#state span').textContent") == "idle"
+        assert browser.evaluate("document.getElementById('unlock').hidden") is True
+        # The token is in no URL: not the page's, not the history's, not any request's.
+        assert browser.evaluate("location.href") == page
+        assert browser.evaluate("history.length") == entries  # no form submission, no new URL
+        urls = browser.evaluate("performance.getEntries().map(e => e.name)")
+        assert urls and not [u for u in urls if TOKEN in u]
+
+        # The root lists the bases once the token is known in this tab; a link keeps it.
+        browser.open(server.url + "/")
+        browser.wait_until("!document.getElementById('index').hidden")
+        assert browser.evaluate("[...document.querySelectorAll('#bases a')].map(a => a.textContent)") == ["model", "hidden_base"]
+        browser.evaluate("document.querySelector('#bases a').click()")
+        browser.wait_until("location.pathname === '/model/' && !document.getElementById('device').hidden")

