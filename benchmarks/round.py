@@ -570,6 +570,17 @@ def markdown(info, command, started_load, ended_load, body) -> str:
 # ----------------------------------------------------------------- main
 
 
+def write_keeping_later_sections(path: Path, text: str) -> None:
+    """Replace this benchmark's part of ``path`` (up to the next top-level ``# `` heading), keeping
+    the sections other benchmarks (e.g. strategies.py) wrote after it."""
+    rest = ""
+    if path.exists():
+        old = path.read_text()
+        later = old.find("\n# ", 1)
+        rest = old[later:] if later >= 0 else ""
+    path.write_text(text.rstrip("\n") + "\n" + rest)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--params", default="1M,10M,50M", help="model sizes, e.g. 1M,10M,50M")
@@ -641,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     body = tables(results, sizes, counts, peers) + "\n\n" + many_table(many) + "\n\n" + targets(results, many)
     print("\n" + body, flush=True)
     if output:
-        Path(output).write_text(markdown(info, command, started_load, loadavg(), body))
+        write_keeping_later_sections(Path(output), markdown(info, command, started_load, loadavg(), body))
         print(f"\nwritten to {output}")
     return 0 if all(o.status in ("ok", "skipped") for o in [*results.values(), *many]) else 1
 
