@@ -9,7 +9,7 @@ from .arrays import FedArrays
 from .bundle import FedBundle
 from .client import EarlyStopping, Federated, Remote
 from .errors import FedSyncError
-from .history import EvaluationResult, History, RoundResult
+from .history import EvaluationResult, History, RoundResult, ServerEvaluation
 from .hookspecs import hookimpl
 from .protocol import FIRST, FedData
 from .server import serve
@@ -26,6 +26,7 @@ __all__ = [
     "Remote",
     "RoundResult",
     "EvaluationResult",
+    "ServerEvaluation",
     "History",
     "EarlyStopping",
     "serve",

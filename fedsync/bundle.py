@@ -84,10 +84,17 @@ class FedBundle(FedData):
             except ValueError as exc:
                 raise PayloadRejected(f"part {name!r}: {exc}") from None
 
-    def receive(self, encoding: Any, repetition: int) -> None:
+    def receive(self, encoding: Any, repetition: int, config: dict[str, Any] | None = None) -> None:
+        """Hand each part its own payload, and the round's ``config`` to parts that take one."""
+        from .config import takes_extra
+
         self.check(encoding, repetition)
         for name, part_encoding in self._split(encoding, repetition).items():
-            self.parts[name].receive(part_encoding, repetition)
+            part = self.parts[name]
+            if takes_extra(part.receive, 2):
+                part.receive(part_encoding, repetition, config or {})
+            else:
+                part.receive(part_encoding, repetition)
 
     def merge(self, encodings: Iterable[Any], repetition: int) -> None:
         # Every reply must arrive (and the round succeed) before any part changes.

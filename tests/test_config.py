@@ -270,3 +270,25 @@ def test_round_config_reaches_train_on_torch_and_keras_devices(devices, factory)
     assert result.devices[device.url]["metrics"] == mirrored(config)
     kernel = [a for name, a in data.get_arrays().items() if a.ndim == 2][0]
     np.testing.assert_array_equal(kernel, np.full((1, 2) if framework.__name__ == "torch" else (2, 1), 0.75, np.float32))
+
+
+def test_a_bundle_hands_the_round_config_to_the_parts_that_take_one():
+    import numpy as np
+
+    from fedsync import FedArrays, FedBundle
+
+    seen = {}
+
+    def train(model, config):
+        seen["arrays"] = dict(config)
+        return 1
+
+    class Threshold(FedFloat):
+        def receive(self, encoding, repetition, config):
+            seen["threshold"] = dict(config)
+            super().receive(encoding, repetition)
+
+    device = FedBundle({"w": FedArrays({"w": np.zeros(2, np.float32)}, train), "t": Threshold(0.5), "plain": FedFloat(0.1)})
+    coordinator = FedBundle({"w": FedArrays({"w": np.ones(2, np.float32)}), "t": Threshold(0.7), "plain": FedFloat(0.2)})
+    device.receive(coordinator.serialize(2), 2, {"lr": 0.5})
+    assert seen == {"arrays": {"lr": 0.5}, "threshold": {"lr": 0.5}}
