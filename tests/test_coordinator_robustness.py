@@ -299,6 +299,28 @@ def test_token_read_from_a_file_works_and_never_leaks(spawn, tmp_path):
     assert echo.url in str(failed.value) and token not in str(failed.value)
 
 
+@pytest.mark.parametrize("where", ["info", "header", "array"])
+def test_a_token_a_device_echoes_in_any_value_never_leaks(spawn, tmp_path, where):
+    # The device knows the token it was sent and quotes it bare (no "Bearer"): as its
+    # /info repetition, its X-Fedsync-Repetition header, an array name of its reply.
+    token = "s3cret-token-value-43"
+    device = spawn("device", {"token": token})
+    echo = spawn("hostile", "echo_token", {"where": where})
+    remotes = [Remote(u, token=token, timeout=10, retries=0) for u in (device.url, echo.url)]
+    with Federated(weights(), remotes, min_results=1, timeout=20, checkpoint=tmp_path / "run") as alg:
+        result = alg.round()
+    assert result.answered == [device.url] and "[token]" in result.failures[echo.url], result.failures
+    saved = "".join(p.read_text(errors="replace") for p in (tmp_path / "run").rglob("*.json"))
+    assert saved and token not in saved and token not in json.dumps(result.failures)
+    with Federated(weights(), [Remote(echo.url, token=token, retries=0)], timeout=20) as alone, pytest.raises(RoundFailed) as failed:
+        alone.round()
+    assert echo.url in str(failed.value) and token not in str(failed.value) and token not in str(failed.value.failures)
+    if where == "info":  # an evaluation's handshake quotes it too
+        with Federated(weights(), [Remote(echo.url, token=token, retries=0)], timeout=20) as alone, pytest.raises(RoundFailed) as failed:
+            alone.evaluate()
+        assert "[token]" in str(failed.value) and token not in str(failed.value)
+
+
 # -- kind 10: counts derived from fractions are exact ----------------------------------
 
 
