@@ -77,6 +77,9 @@ class HostileDevice:
         if s == "echo" and path.endswith("/submit"):
             message = json.dumps({"error": "http_error", "message": f"refused: {headers.get('Authorization')!s}"})
             return Answer(500, {"Content-Type": "application/json"}, message.encode())
+        if s == "info_body" and path == "/info":  # /info answers exactly this text ("__TOKEN__": the token sent)
+            token = headers.get("Authorization", "").partition(" ")[2]
+            return Answer(200, {"Content-Type": "application/json"}, o["body"].replace("__TOKEN__", token).encode())
         if s == "echo_token":  # the token it was sent, bare, in a value the coordinator quotes
             token = headers.get("Authorization", "").partition(" ")[2]
             if o["where"] == "info" and path == "/info":

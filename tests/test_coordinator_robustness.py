@@ -321,6 +321,34 @@ def test_a_token_a_device_echoes_in_any_value_never_leaks(spawn, tmp_path, where
         assert "[token]" in str(failed.value) and token not in str(failed.value)
 
 
+_INFO = '"protocol": 1, "fedsync": "0.1.0", "specs": "arrays:sha256:1", "repetition": 0, "state": "idle"'
+
+
+@pytest.mark.parametrize(
+    "body, shown",
+    [
+        ('{' + _INFO + ', "summary": {"weights": [{"name": "w", "shape": ["abc"], "dtype": "f"}]}}', "1 arrays, ? parameters"),
+        ('{' + _INFO + ', "summary": {"weights": [{"name": "w", "shape": [Infinity]}]}}', "1 arrays, ? parameters"),
+        ('{' + _INFO + ', "summary": {"weights": [{"name": "w", "shape": [' + ", ".join(["9" * 4000] * 4) + "]}]}}", "1 arrays, ? parameters"),
+        ('{' + _INFO + ', "summary": {"weights": ["a", 7]}}', "2 arrays, ? parameters"),
+        ('{"protocol": 1, "specs": "a:b", "repetition": 0, "state": "\\u001b[2J\\u001b]0;title\\u0007"}', "state          \\x1b[2J\\x1b]0;title\\x07"),
+        ('{"protocol": 1, "specs": "a:b", "repetition": "__TOKEN__"}', "repetition '[token]'"),
+        ('{"protocol": 1, "bases": [' + ", ".join(f'"b{i}"' for i in range(10000)) + "]}", "10000 bases, not a list of at most 256 names"),
+        ('{"protocol": 1, "bases": ["model", 1, null]}', "3 bases, not a list of at most 256 names"),
+    ],
+    ids=["shape-text", "shape-infinity", "shape-huge", "weights-not-objects", "terminal-escapes", "token-echoed", "10000-bases", "bases-not-names"],
+)
+def test_fedsync_info_shows_any_info_a_device_answers_without_a_traceback_or_its_token(spawn, capsys, body, shown):
+    from fedsync.cli import main
+
+    token = "s3cret-token-value-44"
+    device = spawn("hostile", "info_body", {"body": body})
+    code = main(["info", device.url, "--token", token, "--timeout", "10"])
+    out, err = capsys.readouterr()
+    assert shown in out + err and token not in out + err
+    assert code == (1 if err else 0) and "\x1b" not in out + err, (out, err)
+
+
 # -- kind 10: counts derived from fractions are exact ----------------------------------
 
 
