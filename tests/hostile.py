@@ -80,6 +80,8 @@ class HostileDevice:
         if s == "info_body" and path == "/info":  # /info answers exactly this text ("__TOKEN__": the token sent)
             token = headers.get("Authorization", "").partition(" ")[2]
             return Answer(200, {"Content-Type": "application/json"}, o["body"].replace("__TOKEN__", token).encode())
+        if s == "many_headers" and path == "/info":  # more header lines than any HTTP client reads
+            return Answer(200, {f"X-Header-{i}": "v" for i in range(150)}, b"{}")
         if s == "echo_token":  # the token it was sent, bare, in a value the coordinator quotes
             token = headers.get("Authorization", "").partition(" ")[2]
             if o["where"] == "info" and path == "/info":

@@ -23,7 +23,7 @@ import pytest
 
 from fedsync import FedArrays, Federated, Remote
 from fedsync.client import exact_share
-from fedsync.errors import RemoteUnavailable, RoundFailed, SpecsMismatch
+from fedsync.errors import RemoteError, RemoteUnavailable, RoundFailed, SpecsMismatch
 from tests.conftest import ROOT, DeviceProcess
 
 MIB = 1024 * 1024
@@ -246,6 +246,10 @@ def test_errors_say_which_kind_of_connection_failure(devices, spawn, tmp_path):
     plain.kill()
     with pytest.raises(RemoteUnavailable, match="cannot connect"):
         Remote(plain.url, retries=0).info()
+    garbled = spawn("hostile", "many_headers", {})  # it connected and answered: not "cannot connect"
+    with pytest.raises(RemoteError, match="answered malformed HTTP") as malformed:
+        Remote(garbled.url, retries=0).info()
+    assert not isinstance(malformed.value, RemoteUnavailable) and "cannot connect" not in str(malformed.value)
 
 
 # -- kind 5: memory stays bounded whatever a device sends ------------------------------
