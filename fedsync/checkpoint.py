@@ -31,11 +31,14 @@ Only folders named ``round-NNNNNN`` inside the checkpoint folder are ever delete
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
+import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,8 @@ _OPTIONAL = frozenset({"strategy_sha256"})
 _ROUND = re.compile(r"round-[0-9]{6,16}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _POINTER_LIMIT = 1 << 16  # bytes: checkpoint.json holds a few short fields
+HISTORY_LIMIT = 1 << 30
+"""The largest ``history.json`` a checkpoint loads, in bytes (a row per round and device)."""
 
 
 class CheckpointError(FedSyncError, ValueError):
@@ -129,7 +134,7 @@ def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
     repetition = meta["repetition"]
     where = folder / meta["folder"]
     raw = _read_checked(folder, where / meta["state"], meta["state_sha256"])
-    history_raw = _read_checked(folder, where / HISTORY, meta["history_sha256"])
+    history_raw = _read_checked(folder, where / HISTORY, meta["history_sha256"], limit=HISTORY_LIMIT)
     try:
         history = History.from_json(history_raw.decode("utf-8"))
     except ValueError as exc:  # UnicodeDecodeError too
@@ -217,16 +222,14 @@ def _read_pointer(folder: Path) -> dict[str, Any] | None:
     """``checkpoint.json``, every field checked; ``None`` if there is none."""
     path = folder / POINTER
     try:
-        with open(path, "rb") as f:
+        with _open_regular(folder, path) as f:
             text = f.read(_POINTER_LIMIT + 1)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise _damaged(folder, f"{POINTER} cannot be read ({exc})") from None
     if len(text) > _POINTER_LIMIT:
         raise _damaged(folder, f"{POINTER} is over {_POINTER_LIMIT} bytes")
     try:
-        meta = json.loads(text.decode("utf-8"), parse_constant=_no_constant)
+        meta = json.loads(text.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
         raise _damaged(folder, f"{POINTER} is not JSON ({exc})") from None
     if not isinstance(meta, dict):
@@ -251,18 +254,67 @@ def _read_pointer(folder: Path) -> dict[str, Any] | None:
     return meta
 
 
-def _read_checked(folder: Path, path: Path, sha256: str) -> bytes:
-    """The bytes of ``path`` (a real file inside ``folder``), if they match ``sha256``."""
-    for part in (path.parent, path):
-        if part.is_symlink():
-            raise _damaged(folder, f"{part} is a symbolic link; a checkpoint holds only real files")
+def _read_checked(folder: Path, path: Path, sha256: str, limit: int | None = None) -> bytes:
+    """The bytes of ``path`` (a real file inside ``folder``), if they match ``sha256``.
+
+    The file is hashed a piece at a time before it is read whole: a file that grew
+    (corrupted, appended to) is refused without holding it in memory. ``limit``:
+    the most bytes it may have, checked before reading any.
+    """
+    if path.parent.is_symlink():
+        raise _damaged(folder, f"{path.parent} is a symbolic link; a checkpoint holds only real files")
     try:
-        raw = path.read_bytes()
+        with _open_regular(folder, path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if limit is not None and size > limit:
+                raise _damaged(folder, f"{path} is {size} bytes, over the {limit} a checkpoint's history may take")
+            digest = hashlib.sha256()
+            while piece := f.read(_HASH_PIECE):
+                digest.update(piece)
+            if not hmac.compare_digest(digest.hexdigest(), sha256):
+                raise _damaged(folder, f"{path} does not match the sha256 in {POINTER}: it was changed or corrupted")
+            f.seek(0)
+            raw = f.read()
+    except FileNotFoundError as exc:
+        raise _damaged(folder, f"{path} cannot be read ({exc.strerror or exc})") from None
     except OSError as exc:
         raise _damaged(folder, f"{path} cannot be read ({exc.strerror or exc})") from None
-    if not hmac.compare_digest(hashlib.sha256(raw).hexdigest(), sha256):
+    if not hmac.compare_digest(hashlib.sha256(raw).hexdigest(), sha256):  # changed between the two reads
         raise _damaged(folder, f"{path} does not match the sha256 in {POINTER}: it was changed or corrupted")
     return raw
+
+
+_HASH_PIECE = 1 << 20
+
+
+def _open_regular(folder: Path, path: Path) -> Any:
+    """``path`` opened for reading if it is a regular file, not a symbolic link (never a FIFO,
+    which would block, or a device); raises FileNotFoundError if it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        if path.is_symlink():  # a dangling link
+            raise _damaged(folder, f"{path} is a symbolic link; a checkpoint holds only real files") from None
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _damaged(folder, f"{path} is a symbolic link; a checkpoint holds only real files") from None
+        raise _damaged(folder, f"{path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _damaged(folder, f"{path} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; a key given twice is refused (parsers disagree on which wins)."""
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a key appears twice: {sorted({k for k in keys if keys.count(k) > 1})[0][:40]!r}")
+    return dict(pairs)
 
 
 def _remove_old_rounds(folder: Path, keep: str) -> None:

@@ -396,7 +396,7 @@ def _run_info(args: argparse.Namespace) -> int:
         except RemoteTimeout:
             raise CommandError(f"{url} did not answer within {args.timeout:g}s; is it a fedsync device? (try --timeout)") from None
         except RemoteError as exc:
-            raise CommandError(str(exc)) from None
+            raise CommandError(remote.scrub(str(exc))) from None  # a device may echo the token it was sent
     if args.json:
         print(json.dumps(infos if len(infos) > 1 or "" not in infos else infos[""], indent=2))
         return 0
@@ -418,49 +418,81 @@ def _device_infos(remote: Any) -> dict[str, dict[str, Any]]:
     # A device with several FedData answers /info with an index of its bases.
     from .transfer import Deadline
 
-    index = remote._json("GET", "/info", Deadline.within(remote.timeout), what="/info")  # bounded in size and time
+    deadline = Deadline.within(remote.timeout)  # the index and every base's handshake together
+    index = remote._json("GET", "/info", deadline, what="/info")  # bounded in size and time
     bases = index.get("bases") if isinstance(index, dict) else None
-    if not bases:
+    if not bases or not isinstance(bases, list):
         raise RemoteError(remote.url, "/info answered no specs and no bases; is this a fedsync device?")
+    # A device's bases are the names of its dict of FedData (see serve): a few words, never paths.
+    if len(bases) > MAX_BASES or not all(isinstance(b, str) and 0 < len(b) <= 200 and "/" not in b and b.isprintable() for b in bases):
+        raise RemoteError(remote.url, f"/info answered {len(bases)} bases, not a list of at most {MAX_BASES} names; is this a fedsync device?")
     infos = {}
     for base in bases:
         with Remote(f"{remote.url}/{base}", timeout=remote.timeout, retries=0) as sub:
             sub.session.headers.update(remote.session.headers)
             sub.session.verify = remote.session.verify
-            infos[base] = sub.info()
+            infos[base] = sub.info(deadline=deadline)
     return infos
+
+
+MAX_BASES = 256
+"""The most named bases ``fedsync info`` asks a device about."""
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """A device's value as one printable line: control characters escaped (no terminal
+    escape sequences from a device), clipped to ``limit`` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _parameters(weights: list[Any]) -> str:
+    """The number of parameters a device's summary lists, or ``?`` when its shapes are not lists of sizes."""
+    total = 0
+    for w in weights:
+        shape = w.get("shape") if isinstance(w, dict) else None
+        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**63 for d in shape) or len(shape) > 64:
+            return "?"
+        count = 1
+        for dim in shape:
+            count *= dim
+        total += count
+    return f"{total:,}" if total < 2**63 else "?"
 
 
 def _format_info(url: str, info: Mapping[str, Any]) -> str:
     seconds = info.get("last_seconds")
+    # Every value but the URL is the device's: shown as printable, clipped text, whatever its type.
     rows = [
         ("device", url),
-        ("state", info.get("state", "?")),
-        ("specs", info.get("specs", "?")),
-        ("type", info.get("type", "?")),
-        ("repetition", f"{info.get('repetition', '?')} (the last one it accepted; a coordinator continues above it)"),
-        ("rounds served", info.get("rounds_served", "?")),
-        ("last training", f"{seconds:.2f}s" if isinstance(seconds, (int, float)) else "-"),
-        ("protocol", f"{info.get('protocol', '?')} (fedsync {info.get('fedsync', '?')})"),
+        ("state", _shown(info.get("state", "?"))),
+        ("specs", _shown(info.get("specs", "?"))),
+        ("type", _shown(info.get("type", "?"))),
+        ("repetition", f"{_shown(info.get('repetition', '?'))} (the last one it accepted; a coordinator continues above it)"),
+        ("rounds served", _shown(info.get("rounds_served", "?"))),
+        ("last training", f"{seconds:.2f}s" if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else "-"),
+        ("protocol", f"{_shown(info.get('protocol', '?'), 20)} (fedsync {_shown(info.get('fedsync', '?'), 40)})"),
     ]
     if info.get("last_error"):
-        rows.append(("last error", info["last_error"]))
+        rows.append(("last error", _shown(info["last_error"], 2000)))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     weights = (info.get("summary") or {}).get("weights") if isinstance(info.get("summary"), dict) else None
-    if weights:
-        total = 0
-        for w in weights:
-            count = 1
-            for dim in w.get("shape", []):
-                count *= int(dim)
-            total += count
-        lines.append(f"{'weights':<{width}}  {len(weights)} arrays, {total:,} parameters")
-        name_width = max(len(str(w.get("name", ""))) for w in weights)
-        for w in weights:
-            shape = str(tuple(w.get("shape", [])))
-            lines.append(f"{'':<{width}}    {str(w.get('name')):<{name_width}}  {shape:<14} {w.get('dtype', '')}")
+    if weights and isinstance(weights, list):
+        lines.append(f"{'weights':<{width}}  {len(weights)} arrays, {_parameters(weights)} parameters")
+        listed = [w if isinstance(w, dict) else {"name": w} for w in weights[:MAX_WEIGHTS_SHOWN]]
+        name_width = max(len(_shown(w.get("name", ""), 80)) for w in listed)
+        for w in listed:
+            shape = _shown(tuple(w["shape"]) if isinstance(w.get("shape"), list) else w.get("shape", ""), 80)
+            lines.append(f"{'':<{width}}    {_shown(w.get('name'), 80):<{name_width}}  {shape:<14} {_shown(w.get('dtype', ''), 40)}")
+        if len(weights) > MAX_WEIGHTS_SHOWN:
+            lines.append(f"{'':<{width}}    ... and {len(weights) - MAX_WEIGHTS_SHOWN} more (see --json)")
     return "\n".join(lines)
+
+
+MAX_WEIGHTS_SHOWN = 1000
+"""The most weights ``fedsync info`` lists one per line."""
 
 
 # -------------------------------------------------------------------- plugins

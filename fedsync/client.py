@@ -29,7 +29,7 @@ from .protocol import MAX_REPETITION, Encoding, FedData
 from .remote import MAX_REPLY, Remote, size as _size
 from .replies import ReplyStream
 from .callbacks import EarlyStopping
-from .rounds import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share
+from .rounds import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share, scrub_failures, scrubbed
 from .transfer import STALL, Deadline, round_grace
 from .workers import Workers, concurrently
 
@@ -246,6 +246,7 @@ class Federated:
         result.samples = sum(r["samples"] for r in records)
         result.metrics = weighted_means(records)
         result.seconds = time.monotonic() - started
+        scrub_failures(result.failures, self.remotes)
         if not records:
             raise RoundFailed(f"evaluation after repetition {rep}: no device answered", result.failures)
         logger.info("evaluation after round %d: %s", rep, _format_metrics(result.metrics))
@@ -301,6 +302,16 @@ class Federated:
     # -- the round's parts -------------------------------------------------------------
 
     def _train_round(self) -> RoundResult:
+        # A device may echo its token in any value it sends (an array name, a header):
+        # no failure text, error, history or checkpoint may carry it.
+        try:
+            result = self._run_round()
+        except RoundFailed as exc:
+            raise scrubbed(exc, self.remotes)
+        scrub_failures(result.failures, self.remotes)
+        return result
+
+    def _run_round(self) -> RoundResult:
         started = time.monotonic()
         deadline = Deadline(started + self.timeout, round_grace(self.timeout))
         failures: dict[str, str] = {}

@@ -101,8 +101,16 @@ def weighted_means(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     for name in names:
         pairs = [(float(r["metrics"][name]), int(r["samples"])) for r in records if r["samples"] > 0 and name in r["metrics"]]
         weight = sum(s for _, s in pairs)
-        # Weights as fractions of the total keep each product within the values' range.
-        means[name] = math.fsum(v * (s / weight) for v, s in pairs)
+        # Weights as fractions of the total keep each product within the values' range, but
+        # the rounded fractions may add up to a little over 1: values near float's maximum
+        # then overflow fsum, so they are halved first. The exact mean lies between the
+        # smallest and largest value, so it is clamped there (an overflow to inf included).
+        try:
+            mean = math.fsum(v * (s / weight) for v, s in pairs)
+        except OverflowError:
+            mean = 2.0 * math.fsum((v / 2.0) * (s / weight) for v, s in pairs)
+        values = [v for v, _ in pairs]
+        means[name] = min(max(mean, min(values)), max(values))
     return means
 
 

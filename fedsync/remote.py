@@ -10,6 +10,7 @@ text carries the token.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import os
@@ -389,6 +390,8 @@ class Remote:
             _raise_if_refused_certificate(self.url, self._short(exc))
             if _timed_out(exc):  # a read timeout that exhausted the retries arrives as a ConnectionError
                 raise RemoteTimeout(self.url, f"timed out: no answer within the timeout ({self._short(exc)})") from None
+            if _malformed(exc):  # it connected and answered, but not HTTP a client can read
+                raise RemoteError(self.url, f"answered malformed HTTP ({self._short(exc)})") from None
             raise RemoteUnavailable(self.url, f"cannot connect: is the device running? ({self._short(exc)})") from None
         except requests.exceptions.RequestException as exc:
             raise RemoteError(self.url, self._short(exc)) from None
@@ -442,6 +445,17 @@ def _timed_out(exc: BaseException) -> bool:
     if isinstance(reason, urllib3.exceptions.NewConnectionError):  # refused: a ConnectTimeoutError by inheritance only
         return False
     return isinstance(reason, (urllib3.exceptions.TimeoutError, TimeoutError))
+
+
+def _malformed(exc: BaseException) -> bool:
+    """A connection error that is a malformed answer (a status line or headers http.client refused)."""
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # MaxRetryError wraps the ProtocolError
+    if not isinstance(reason, urllib3.exceptions.ProtocolError) or len(reason.args) < 2:
+        return False
+    cause = reason.args[1]
+    # RemoteDisconnected and IncompleteRead are a device that went away, not bad HTTP.
+    return isinstance(cause, http.client.HTTPException) and not isinstance(cause, (ConnectionError, http.client.IncompleteRead))
 
 
 def _shown(value: Any) -> str:

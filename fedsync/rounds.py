@@ -12,15 +12,15 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Iterable
 
-from .errors import RemoteError
+from .errors import RemoteError, RoundFailed
 from .protocol import Encoding
 from .replies import ReplyStream
 from .transfer import LATE, Deadline
 from .workers import Workers
 
-__all__ = ["exact_share"]
+__all__ = ["exact_share", "scrub_failures", "scrubbed"]
 
 
 def exact_share(fraction: Any, count: int) -> int:
@@ -30,6 +30,29 @@ def exact_share(fraction: Any, count: int) -> int:
     """
     share = Fraction(str(fraction)) * count
     return -(-share.numerator // share.denominator)
+
+
+def scrub_failures(failures: dict[str, str], remotes: Iterable[Any]) -> dict[str, str]:
+    """``failures`` with every remote's token removed from each text (in place; returned too).
+
+    A hostile device can echo the token it was sent in any value it answers
+    (an array or metric name, a header, a JSON field), which the texts quote.
+    """
+    for url, text in failures.items():
+        for remote in remotes:
+            text = remote.scrub(text)
+        failures[url] = text
+    return failures
+
+
+def scrubbed(exc: RoundFailed, remotes: Iterable[Any]) -> RoundFailed:
+    """``exc`` with its message and failures scrubbed of every remote's token (see :func:`scrub_failures`)."""
+    scrub_failures(exc.failures, remotes)
+    text = str(exc.args[0]) if exc.args else ""
+    for remote in remotes:
+        text = remote.scrub(text)
+    exc.args = (text, *exc.args[1:])
+    return exc
 
 
 class _Budget:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 from werkzeug.test import Client
 
-from fedsync import FedArrays
+from fedsync import FedArrays, codec
 from tests.seed_fedfloat import FedFloat
 
 PIECE = 1 << 20
@@ -77,6 +77,24 @@ class HostileDevice:
         if s == "echo" and path.endswith("/submit"):
             message = json.dumps({"error": "http_error", "message": f"refused: {headers.get('Authorization')!s}"})
             return Answer(500, {"Content-Type": "application/json"}, message.encode())
+        if s == "info_body" and path == "/info":  # /info answers exactly this text ("__TOKEN__": the token sent)
+            token = headers.get("Authorization", "").partition(" ")[2]
+            return Answer(200, {"Content-Type": "application/json"}, o["body"].replace("__TOKEN__", token).encode())
+        if s == "many_headers" and path == "/info":  # more header lines than any HTTP client reads
+            return Answer(200, {f"X-Header-{i}": "v" for i in range(150)}, b"{}")
+        if s == "echo_token":  # the token it was sent, bare, in a value the coordinator quotes
+            token = headers.get("Authorization", "").partition(" ")[2]
+            if o["where"] == "info" and path == "/info":
+                real = json.loads(self.real(method, target, headers, body).body)
+                return Answer(200, {"Content-Type": "application/json"}, json.dumps({**real, "repetition": token}).encode())
+            if path.endswith("/result") and method == "GET":
+                real = self.real(method, target, headers, body)
+                if real.status == 200 and o["where"] == "header":
+                    return Answer(200, {**real.headers, "X-Fedsync-Repetition": token}, real.body)
+                if real.status == 200 and o["where"] == "array":
+                    arrays = {token: np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
+                    return Answer(200, real.headers, codec.encode(arrays, {"fedsync.samples": "3"}))
+                return real
         if s == "huge_text" and path.endswith("/result") and method == "GET":
             real = self.real(method, target, headers, body)
             if real.status != 200:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import resource
 import shutil
 from pathlib import Path
 
@@ -200,6 +202,44 @@ def test_a_symlinked_round_folder_is_refused(run, device, tmp_path):
     with pytest.raises(CheckpointError, match="symbolic link"):
         resume(run, device)
     assert elsewhere.is_dir()
+
+
+def test_a_symlinked_pointer_is_refused(run, device, tmp_path):
+    elsewhere = tmp_path / "elsewhere.json"
+    (run / "checkpoint.json").rename(elsewhere)
+    (run / "checkpoint.json").symlink_to(elsewhere)
+    with pytest.raises(CheckpointError, match="symbolic link"):
+        resume(run, device)
+
+
+@pytest.mark.parametrize("replace", ["directory", "fifo"])
+def test_a_state_or_pointer_that_is_not_a_regular_file_is_refused_without_blocking(run, device, replace):
+    # A FIFO would block the read for ever (nothing waits past its deadline).
+    for name in ("round-000003/state.safetensors", "checkpoint.json"):
+        copy = run.parent / f"{replace}-{name.replace('/', '-')}"
+        shutil.copytree(run, copy, symlinks=True)
+        (copy / name).unlink()
+        os.mkdir(copy / name) if replace == "directory" else os.mkfifo(copy / name)
+        with pytest.raises(CheckpointError, match="not a regular file"):
+            resume(copy, device)
+
+
+def test_a_duplicated_pointer_key_is_refused(run, device):
+    text = (run / "checkpoint.json").read_text()
+    edit(run, text=text[:-1] + ', "repetition": 3}')  # the same value again: still ambiguous JSON
+    with pytest.raises(CheckpointError, match="appears twice"):
+        resume(run, device)
+
+
+@pytest.mark.parametrize("grown, cause", [(1 << 24, "does not match the sha256"), (1 << 40, "over the 1073741824")])
+def test_a_grown_history_is_refused_without_reading_it_whole(run, device, grown, cause):
+    history = run / "round-000003" / "history.json"
+    with open(history, "ab") as f:
+        f.truncate(history.stat().st_size + grown)  # sparse: a terabyte is refused by its size alone
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match=cause):
+        resume(run, device)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < (8 << 20) // 1024  # KiB: not read whole
 
 
 def test_a_state_with_nan_is_never_checkpointed(run, tmp_path):

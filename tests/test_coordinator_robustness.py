@@ -23,7 +23,7 @@ import pytest
 
 from fedsync import FedArrays, Federated, Remote
 from fedsync.client import exact_share
-from fedsync.errors import RemoteUnavailable, RoundFailed, SpecsMismatch
+from fedsync.errors import RemoteError, RemoteUnavailable, RoundFailed, SpecsMismatch
 from tests.conftest import ROOT, DeviceProcess
 
 MIB = 1024 * 1024
@@ -246,6 +246,10 @@ def test_errors_say_which_kind_of_connection_failure(devices, spawn, tmp_path):
     plain.kill()
     with pytest.raises(RemoteUnavailable, match="cannot connect"):
         Remote(plain.url, retries=0).info()
+    garbled = spawn("hostile", "many_headers", {})  # it connected and answered: not "cannot connect"
+    with pytest.raises(RemoteError, match="answered malformed HTTP") as malformed:
+        Remote(garbled.url, retries=0).info()
+    assert not isinstance(malformed.value, RemoteUnavailable) and "cannot connect" not in str(malformed.value)
 
 
 # -- kind 5: memory stays bounded whatever a device sends ------------------------------
@@ -297,6 +301,56 @@ def test_token_read_from_a_file_works_and_never_leaks(spawn, tmp_path):
     with Federated(weights(), [Remote(echo.url, token=token + "\n")], timeout=20) as alone, pytest.raises(RoundFailed) as failed:
         alone.round()
     assert echo.url in str(failed.value) and token not in str(failed.value)
+
+
+@pytest.mark.parametrize("where", ["info", "header", "array"])
+def test_a_token_a_device_echoes_in_any_value_never_leaks(spawn, tmp_path, where):
+    # The device knows the token it was sent and quotes it bare (no "Bearer"): as its
+    # /info repetition, its X-Fedsync-Repetition header, an array name of its reply.
+    token = "s3cret-token-value-43"
+    device = spawn("device", {"token": token})
+    echo = spawn("hostile", "echo_token", {"where": where})
+    remotes = [Remote(u, token=token, timeout=10, retries=0) for u in (device.url, echo.url)]
+    with Federated(weights(), remotes, min_results=1, timeout=20, checkpoint=tmp_path / "run") as alg:
+        result = alg.round()
+    assert result.answered == [device.url] and "[token]" in result.failures[echo.url], result.failures
+    saved = "".join(p.read_text(errors="replace") for p in (tmp_path / "run").rglob("*.json"))
+    assert saved and token not in saved and token not in json.dumps(result.failures)
+    with Federated(weights(), [Remote(echo.url, token=token, retries=0)], timeout=20) as alone, pytest.raises(RoundFailed) as failed:
+        alone.round()
+    assert echo.url in str(failed.value) and token not in str(failed.value) and token not in str(failed.value.failures)
+    if where == "info":  # an evaluation's handshake quotes it too
+        with Federated(weights(), [Remote(echo.url, token=token, retries=0)], timeout=20) as alone, pytest.raises(RoundFailed) as failed:
+            alone.evaluate()
+        assert "[token]" in str(failed.value) and token not in str(failed.value)
+
+
+_INFO = '"protocol": 1, "fedsync": "0.1.0", "specs": "arrays:sha256:1", "repetition": 0, "state": "idle"'
+
+
+@pytest.mark.parametrize(
+    "body, shown",
+    [
+        ('{' + _INFO + ', "summary": {"weights": [{"name": "w", "shape": ["abc"], "dtype": "f"}]}}', "1 arrays, ? parameters"),
+        ('{' + _INFO + ', "summary": {"weights": [{"name": "w", "shape": [Infinity]}]}}', "1 arrays, ? parameters"),
+        ('{' + _INFO + ', "summary": {"weights": [{"name": "w", "shape": [' + ", ".join(["9" * 4000] * 4) + "]}]}}", "1 arrays, ? parameters"),
+        ('{' + _INFO + ', "summary": {"weights": ["a", 7]}}', "2 arrays, ? parameters"),
+        ('{"protocol": 1, "specs": "a:b", "repetition": 0, "state": "\\u001b[2J\\u001b]0;title\\u0007"}', "state          \\x1b[2J\\x1b]0;title\\x07"),
+        ('{"protocol": 1, "specs": "a:b", "repetition": "__TOKEN__"}', "repetition '[token]'"),
+        ('{"protocol": 1, "bases": [' + ", ".join(f'"b{i}"' for i in range(10000)) + "]}", "10000 bases, not a list of at most 256 names"),
+        ('{"protocol": 1, "bases": ["model", 1, null]}', "3 bases, not a list of at most 256 names"),
+    ],
+    ids=["shape-text", "shape-infinity", "shape-huge", "weights-not-objects", "terminal-escapes", "token-echoed", "10000-bases", "bases-not-names"],
+)
+def test_fedsync_info_shows_any_info_a_device_answers_without_a_traceback_or_its_token(spawn, capsys, body, shown):
+    from fedsync.cli import main
+
+    token = "s3cret-token-value-44"
+    device = spawn("hostile", "info_body", {"body": body})
+    code = main(["info", device.url, "--token", token, "--timeout", "10"])
+    out, err = capsys.readouterr()
+    assert shown in out + err and token not in out + err
+    assert code == (1 if err else 0) and "\x1b" not in out + err, (out, err)
 
 
 # -- kind 10: counts derived from fractions are exact ----------------------------------

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from fedsync import FedArrays, Federated, codec, compression
 from fedsync.arrays import METRICS_KEY, SAMPLES_KEY
 from fedsync.errors import CodecError, PayloadRejected, RoundFailed
-from fedsync.metrics import MAX_METRIC_NAME, MAX_METRICS, MAX_SAMPLES
+from fedsync.metrics import MAX_METRIC_NAME, MAX_METRICS, MAX_SAMPLES, weighted_means
 from fedsync.replies import ReplyStream
 from fedsync.transfer import Deadline
 from fedsync.strategies import FedAvg, Strategy, WeightedSum
@@ -223,6 +223,20 @@ def test_metrics_that_are_not_finite_numbers_are_rejected(metrics):
     with pytest.raises(PayloadRejected, match="fedsync.metrics"):
         data.merge([reply(weights(), 5, metrics)], 1)
     assert data.last_merge is None
+
+
+def test_metrics_near_the_float_maximum_average_without_overflow():
+    # Issue #10 kind 2, another instance: each weight samples / total is rounded, and these
+    # add up to a little over 1, so fsum overflowed (OverflowError escaped round() after
+    # the model was already changed, and Federated.evaluate).
+    largest = float(np.finfo(np.float64).max)
+    data = FedArrays(weights())
+    counts = (8585386974194681, 1996546932452009, 8134197760409633)
+    data.merge([reply(weights(), n, json.dumps({"loss": largest})) for n in counts], 1)
+    assert data.last_merge["metrics"] == {"loss": largest}
+    records = [{"samples": n, "metrics": {"m": v}} for n, v in [(860, largest), (62, largest), (914, largest), (1, -largest)]]
+    mean = weighted_means(records)["m"]
+    assert np.isfinite(mean) and 0 < mean <= largest
 
 
 def test_zero_sample_replies_weigh_nothing_whatever_their_values_and_metrics():
