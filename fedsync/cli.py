@@ -364,7 +364,9 @@ def _add_info(commands: Any) -> None:
     )  # fmt: skip
     parser.add_argument("url", help="the device's URL (http:// is assumed when no scheme is given)")
     parser.add_argument("--token", default=os.environ.get("FEDSYNC_TOKEN"), metavar="TOKEN", help="the device's token (default: $FEDSYNC_TOKEN)")
-    parser.add_argument("--cafile", metavar="PEM", help="trust this certificate (e.g. the device's self-signed --certfile) for https")
+    parser.add_argument("--cafile", metavar="PEM", help="trust this certificate (e.g. the device's self-signed --certfile, or the CA of fedsync certs) for https")
+    parser.add_argument("--cert", metavar="PEM", help="mutual TLS: this coordinator's certificate (fedsync certs coordinator)")
+    parser.add_argument("--key", metavar="PEM", help="mutual TLS: the certificate's private key")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="seconds to wait for an answer")
     parser.add_argument("--json", action="store_true", help="print the raw JSON handshake")
     parser.set_defaults(run=_run_info)
@@ -380,18 +382,20 @@ def _run_info(args: argparse.Namespace) -> int:
         url = url[: -len("/info")]
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    if args.cafile and not Path(args.cafile).is_file():
+        raise UsageError(f"--cafile {args.cafile!r} is not a file; give the PEM certificate the device serves with, or its CA")
+    cert = (args.cert, args.key) if args.key else args.cert
     try:
-        remote = Remote(url, timeout=args.timeout, token=args.token, retries=0)
-    except ValueError as exc:
+        # verify goes to Remote itself: it passes verify= on every request, which would override the session's.
+        remote = Remote(url, timeout=args.timeout, token=args.token, retries=0, verify=args.cafile or True, cert=cert)
+    except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
-    if args.cafile:
-        if not Path(args.cafile).is_file():
-            raise UsageError(f"--cafile {args.cafile!r} is not a file; give the PEM certificate the device serves with")
-        remote.session.verify = args.cafile
     with remote:
         try:
             infos = _device_infos(remote)
-        except RemoteUnavailable:
+        except RemoteUnavailable as exc:
+            if not exc.reason.startswith("cannot connect"):  # TLS and HTTP failures say what they are
+                raise CommandError(remote.scrub(str(exc))) from None
             raise CommandError(f"cannot connect to {url}: is a device serving there? (start one with: fedsync serve MODULE:ATTR)") from None
         except RemoteTimeout:
             raise CommandError(f"{url} did not answer within {args.timeout:g}s; is it a fedsync device? (try --timeout)") from None
@@ -428,9 +432,9 @@ def _device_infos(remote: Any) -> dict[str, dict[str, Any]]:
         raise RemoteError(remote.url, f"/info answered {len(bases)} bases, not a list of at most {MAX_BASES} names; is this a fedsync device?")
     infos = {}
     for base in bases:
-        with Remote(f"{remote.url}/{base}", timeout=remote.timeout, retries=0) as sub:
+        with Remote(f"{remote.url}/{base}", timeout=remote.timeout, retries=0, verify=remote.verify) as sub:
             sub.session.headers.update(remote.session.headers)
-            sub.session.verify = remote.session.verify
+            sub.session.cert = remote.session.cert
             infos[base] = sub.info(deadline=deadline)
     return infos
 

@@ -101,3 +101,15 @@ def test_client_ca_needs_tls_and_a_readable_file(workdir, pki, capsys):
     assert "client CA file not found" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="fedsync certs coordinator"):
         Remote("https://127.0.0.1:1", cert=(str(workdir / "no.pem"), str(workdir / "no-key.pem")))
+
+
+def test_fedsync_info_trusts_cafile_and_presents_a_client_certificate(serve, pki, capsys):
+    url = mtls_device(serve, pki)
+    cert = ["--cert", str(pki / "coordinator-coordinator.pem"), "--key", str(pki / "coordinator-coordinator-key.pem")]
+    assert main(["info", url, "--cafile", str(pki / "ca.pem"), *cert]) == 0
+    assert f"device         {url}" in capsys.readouterr().out
+    # Without --cafile the device's certificate is not trusted, and the error says so (not "cannot connect").
+    assert main(["info", url, *cert]) == 1
+    assert "TLS certificate not trusted" in capsys.readouterr().err
+    assert main(["info", url, "--cafile", str(pki / "ca.pem")]) == 1
+    assert "client certificate" in capsys.readouterr().err
