@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ._cli_common import UsageError
+
 __all__ = ["add_certs_command", "CERTS_HELP"]
 
 CERTS_HELP = """\
@@ -25,8 +27,8 @@ Keep DIR/ca-key.pem off the devices: only the machine that issues certificates n
 """
 
 
-def add_certs_command(commands: Any, usage_error: type[Exception]) -> None:
-    """Add ``fedsync certs`` to the ``fedsync`` parser; failures raise ``usage_error`` (one line, no traceback)."""
+def add_certs_command(commands: Any) -> None:
+    """Add ``fedsync certs`` to the ``fedsync`` parser; failures are one-line usage errors."""
     parser = commands.add_parser(
         "certs", help="make a CA and certificates for mutual TLS",
         description=CERTS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -59,7 +61,7 @@ def add_certs_command(commands: Any, usage_error: type[Exception]) -> None:
                 print(f"coordinator certificate: {cert}\ncoordinator key: {key}")
                 print(f"connect with: Remote(url, verify='{args.folder.rstrip('/')}/ca.pem', cert=('{cert}', '{key}'))")
         except (ValueError, OSError, ImportError) as exc:
-            raise usage_error(str(exc)) from None
+            raise UsageError(str(exc)) from None
         return 0
 
     parser.set_defaults(run=run)

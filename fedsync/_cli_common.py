@@ -1,0 +1,34 @@
+"""What every ``fedsync`` subcommand shares: exit codes, its errors, the help formatter."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_BROKEN_PIPE", "CommandError", "UsageError", "Formatter"]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
+
+
+class CommandError(Exception):
+    """A command failed; the message is printed as one line, without a traceback."""
+
+    code = EXIT_FAILED
+
+
+class UsageError(CommandError):
+    """The command was asked for something that cannot be (unknown module or attribute)."""
+
+    code = EXIT_USAGE
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks and shows each option's default, when it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
