@@ -36,6 +36,8 @@ import requests
 from requests.structures import CaseInsensitiveDict
 from werkzeug.test import EnvironBuilder
 
+from .config import Config
+from .device import ApiError, Device, Job
 from .errors import RemoteError, RemoteTimeout
 from .hookspecs import hookimpl
 from .protocol import FedData
@@ -176,7 +178,6 @@ class LocalRemote(Remote):
             return self._app
 
     def _build(self) -> Any:
-        from .device import ApiError, Device, Job  # noqa: F401  (Job: the pooled start below)
         from .server import DeviceApp
 
         source = self._source
@@ -191,7 +192,7 @@ class LocalRemote(Remote):
                 raise RemoteError(self.url, f"device_fn returned {type(fed).__name__}, expected a FedData")
         app = DeviceApp(fed, max_content_length=self.max_content_length)
         pool = self._pool or default_pool()
-        app.devices = {base: _pooled(device, pool) for base, device in app.devices.items()}
+        app.devices = {base: _PooledDevice(device.fed, pool) for base, device in app.devices.items()}
         return app
 
     def release(self) -> None:
@@ -290,28 +291,31 @@ def _seconds(timeout: Any, default: float) -> float:
     return float(timeout) if isinstance(timeout, (int, float)) else default
 
 
-def _pooled(device: Any, pool: TrainingPool) -> Any:
-    """``device`` with its training jobs run on ``pool`` rather than on a thread of their own."""
-    from .device import ApiError, Job
+class _PooledDevice(Device):
+    """A :class:`~fedsync.device.Device` whose training jobs run on a shared pool, not on a thread each."""
 
-    def start(encoding: Any, repetition: int, config: Any = None) -> Job:
-        with device.lock:
-            device._ensure_can_accept(repetition)
-            if not device.working.acquire(blocking=False):
+    def __init__(self, fed: FedData, pool: TrainingPool) -> None:
+        super().__init__(fed)
+        self.pool = pool
+
+    def start(self, encoding: Any, repetition: int, config: Config | None = None) -> Job:
+        # Device.start, with the pool for the thread. A subclass, not a method patched on the
+        # instance: that closure would be a reference cycle, freed only by the cyclic
+        # collector, and a dropped device's data with it.
+        with self.lock:
+            self._ensure_can_accept(repetition)
+            if not self.working.acquire(blocking=False):
                 raise ApiError(409, "busy", "evaluating the global model; try again in a moment")
             job = Job(repetition)
-            device.job = job
-            device.last_repetition = repetition
+            self.job = job
+            self.last_repetition = repetition
         try:
-            pool.executor.submit(device._work, job, encoding, config or {})
+            self.pool.executor.submit(self._work, job, encoding, config or {})
         except RuntimeError:  # the pool was closed: this device's failure
             job.error = "RuntimeError: the simulation's training pool is closed"
-            device.working.release()
+            self.working.release()
             job.done.set()
         return job
-
-    device.start = start
-    return device
 
 
 @hookimpl
