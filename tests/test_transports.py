@@ -1,6 +1,7 @@
 """Transports as plugins: the registry by URL scheme, third-party transports, mixed remotes, local:// == HTTP."""
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,41 @@ def test_a_payload_refused_over_http_is_refused_in_process_with_the_same_error(d
         failures.append(caught.value.failures[url].replace(url, "DEVICE"))
     assert "PayloadRejected" in failures[0] and "never negative" in failures[0]
     assert failures[0] == failures[1]
+
+
+def test_a_device_past_the_deadline_is_late_in_process_as_over_http(devices):
+    from tests.devices import slow
+
+    fast = devices("slow", 0.0).url
+    late = devices("slow", 3.0).url
+    failures = []
+    for remotes in ([fast, late], [LocalRemote("local://fast", device=slow(0.0)), LocalRemote("local://late", device=slow(3.0))]):
+        with Federated(FedArrays({"w": np.zeros(4, np.float32)}), remotes, min_results=1, timeout=1.5, poll=0.5) as alg:
+            result = alg.round()
+        late_url = remotes[1] if isinstance(remotes[1], str) else remotes[1].url
+        assert len(result.answered) == 1
+        failures.append(result.failures[late_url].replace(late_url, "DEVICE"))
+    assert failures[0].startswith("RemoteTimeout")
+    assert failures[0] == failures[1]
+
+
+def test_the_protocol_layer_never_names_the_server_and_fed_app_still_works():
+    import ast
+
+    import fedsync.protocol
+
+    tree = ast.parse(Path(fedsync.protocol.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(module and "server" in module for module in imported), imported
+    app = Picky(1.0).app()
+    assert type(app).__name__ == "DeviceApp" and app.devices[""].fed.value == 1.0
+
+
+def test_local_evaluation_answers_through_the_devices_app():
+    def evaluate(model):
+        return 7, {"loss": float(model["w"].sum())}
+
+    fed = FedArrays({"w": np.ones(3)}, None, evaluate=evaluate)
+    with Federated(FedArrays({"w": np.full(3, 2.0)}), [LocalRemote("local://ev", device=fed)], timeout=30) as alg:
+        result = alg.evaluate()
+    assert result.samples == 7 and result.metrics == {"loss": 6.0}
