@@ -84,7 +84,7 @@ class TrainingPool:
     """
 
     def __init__(self, workers: int | None = None) -> None:
-        workers = os.cpu_count() or 1 if workers is None else workers
+        workers = (os.cpu_count() or 1) if workers is None else workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be at least 1 (an integer), got {workers!r}")
         self.workers = workers

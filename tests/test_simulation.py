@@ -91,3 +91,27 @@ def test_a_thousand_devices_keep_only_the_sampled_ones_in_memory():
     # 8 rounds x 10 sampled devices x 2 MiB = 160 MiB if devices were kept; 10 at a time is 20 MiB,
     # plus the allocator's per-thread arenas (about 15 MiB measured).
     assert grown < 64 * 1024, f"RSS grew by {grown / 1024:.0f} MiB over 8 rounds of 10 sampled devices of 2 MiB each"
+
+
+def test_the_pool_size_is_what_was_asked_and_bounds_concurrent_training():
+    import threading
+    import time
+
+    from fedsync.local import TrainingPool
+
+    assert TrainingPool(3).workers == 3
+    with pytest.raises(ValueError, match="workers"):
+        TrainingPool(0)
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def train(model):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return 1
+
+    run_simulation(lambda i: FedArrays({"w": np.zeros(2)}, train), 8, 1, data=FedArrays({"w": np.zeros(2)}), workers=2, progress=False)
+    assert most[0] == 2
