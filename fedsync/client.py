@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 from tqdm.auto import tqdm
 
 from . import checkpoint as checkpoint_io
+from . import plugins
 from . import server_eval
 from .config import Config, ConfigSource, round_config
 from .errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch
@@ -65,7 +66,9 @@ class Federated:
 
     Args:
         data: the coordinator's FedData; each round merges the devices' results into it.
-        remotes: the devices, as :class:`Remote` objects or URLs.
+        remotes: the devices, as remote objects (:class:`Remote`, or any transport's:
+            see ``register_transports`` in docs/plugins.md) or URLs, each built by the
+            transport registered for its scheme (``http://``, ``https://``, ``local://``).
         fraction: the share of remotes sampled each round: ``ceil(fraction * len(remotes))``
             computed exactly from the decimal text (at least one, and at least ``min_results``).
         min_results: how many sampled devices must answer for a round to merge
@@ -124,7 +127,8 @@ class Federated:
     ) -> None:
         if not isinstance(data, FedData):
             raise TypeError(f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), remotes=[...])")
-        self.remotes = [r if isinstance(r, Remote) else Remote(r) for r in remotes]
+        # A URL string is built by the transport registered for its scheme (fedsync.plugins).
+        self.remotes = [plugins.remote(r) if isinstance(r, str) else r for r in remotes]
         if not self.remotes:
             raise ValueError("Federated needs at least one remote, e.g. remotes=[Remote('http://127.0.0.1:8000')]")
         urls = [r.url for r in self.remotes]

@@ -8,14 +8,14 @@ arguments, so specs can grow without breaking plugins.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
 if TYPE_CHECKING:
     from .protocol import FedData
 
-__all__ = ["hookspec", "hookimpl", "register_adapters"]
+__all__ = ["hookspec", "hookimpl", "register_adapters", "register_transports"]
 
 hookspec = pluggy.HookspecMarker("fedsync")
 """Marks the hook specifications below (fedsync's own use)."""
@@ -44,4 +44,65 @@ def register_adapters(register: Callable[[str, "type[FedData]"], None]) -> None:
         @fedsync.hookimpl
         def register_adapters(register):
             register("jax", FedJax)
+    """
+
+
+@hookspec
+def register_transports(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register transports by URL scheme: how the coordinator reaches a device.
+
+    Call ``register(scheme, factory)`` once per scheme. ``scheme`` is a
+    lowercase URL scheme (``[a-z][a-z0-9+.-]*``, e.g. ``"http"``,
+    ``"local"``); ``factory(url, **options) -> remote`` builds the remote of one
+    device from its URL (``options``: what the caller passed, e.g. ``timeout``).
+    ``Federated(data, ["http://...", "local://a"])`` builds each remote given as
+    a string through :func:`fedsync.plugins.transport_for`. Registering a scheme
+    another plugin already registered is an error naming both plugins. fedsync's
+    own ``http``/``https`` (:mod:`fedsync.remote`) and ``local``
+    (:mod:`fedsync.local`) register through this hook.
+
+    **The remote contract.** The round (:class:`fedsync.Federated`) talks to a
+    remote only through the members below; the answers must be checked by
+    the remote before they are returned (a bad one raises, naming the device).
+    Errors are :class:`fedsync.errors.RemoteError` subclasses, built as
+    ``RemoteError(url, reason)``; any error is that device's failure, never the
+    round's. :class:`fedsync.remote.Remote` is the reference implementation.
+
+    - ``url: str``: the device's identity, unique in a run (failures and
+      history are keyed by it). ``timeout: float``: seconds for one answer.
+    - ``info(*, deadline) -> dict``: the handshake, answered before
+      ``deadline`` (a :class:`fedsync.transfer.Deadline`): at least ``specs``
+      (a str of 1 to 4096 characters) and ``repetition`` (the last one the
+      device accepted, an int in ``[0, 2**53]``). Raises ``RemoteTimeout`` late,
+      ``RemoteError`` for a malformed answer.
+    - ``submit(repetition, payload, specs, *, timeout, config) -> None``: hand
+      the device the coordinator's payload (``str``, bytes-like or
+      :class:`fedsync.codec.Payload`; ``config`` a dict of the round's
+      configuration, or ``None``); returns once the device accepted it (its
+      training continues), within ``timeout`` seconds. Raises
+      ``SpecsMismatch``, ``PayloadRejected`` (the device's ``check`` refused it),
+      ``RemoteBusy``, ``RemoteTimeout``, ``RemoteUnavailable``.
+    - ``open_result(repetition, wait, *, timeout, deadline) -> ReplyStream | None``:
+      wait up to ``wait`` seconds for the result (``timeout`` bounds the whole
+      call); ``None`` while the device is still training, else a
+      :class:`fedsync.replies.ReplyStream` whose body is read later, each read
+      before ``deadline``. Raises ``TrainingFailed`` (the device's training
+      raised), ``RemoteError`` for a wrong repetition or length.
+    - ``download(stream, *, as_view=False) -> str | bytes | memoryview``: read an
+      opened result whole (``str`` for ``text/plain``); refuses one over the
+      remote's ``max_reply`` bytes before reading it, and closes the stream.
+    - ``evaluate(repetition, payload, specs, *, timeout, deadline, config) -> dict``:
+      ``{"samples": int, "metrics": {name: finite float}}`` measured on the
+      device's data, before ``deadline``.
+    - ``scrub(text) -> str``: ``text`` without any credential of this remote
+      (applied to every failure message and history entry).
+    - ``close() -> None``: release connections (or in-process state).
+
+    Keep this cheap: import heavy libraries (ray, grpc) inside the factory.
+
+    Example::
+
+        @fedsync.hookimpl
+        def register_transports(register):
+            register("grpc", lambda url, **options: GrpcRemote(url, **options))
     """

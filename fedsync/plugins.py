@@ -1,8 +1,9 @@
-"""The adapter registry: plugins found through entry points, adapters found by specs.
+"""The plugin registry: adapters found by specs token, transports found by URL scheme.
 
 Plugins are modules named by entry points in the ``fedsync`` group (plus the
 built-in ones, which register through the same hook). They load lazily, once,
-on the first call to :func:`adapters`, :func:`adapter_for` or :func:`describe`,
+on the first call to :func:`adapters`, :func:`adapter_for`, :func:`describe`,
+:func:`transports` or :func:`transport_for`,
 never at ``import fedsync``. ``FEDSYNC_LOAD_PLUGINS`` limits which entry points
 load (comma-separated names; empty: none), and ``FEDSYNC_TRACE_PLUGINS=1``
 prints every hook call to stderr.
@@ -19,7 +20,7 @@ import re
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pluggy
 
@@ -27,18 +28,31 @@ from . import hookspecs
 from .errors import AdapterNotFound, PluginError
 from .protocol import FedData
 
-__all__ = ["Adapter", "adapters", "adapter_for", "describe", "plugin_manager", "reset", "ENTRY_POINT_GROUP"]
+__all__ = [
+    "Adapter", "Transport", "adapters", "adapter_for", "describe", "plugin_manager", "remote", "reset", "transports", "transport_for",
+    "ENTRY_POINT_GROUP",
+]
 
 logger = logging.getLogger("fedsync.plugins")
 
 ENTRY_POINT_GROUP = "fedsync"
-DEFAULT_PLUGINS = ("fedsync.arrays", "fedsync.bundle")
+DEFAULT_PLUGINS = ("fedsync.arrays", "fedsync.bundle", "fedsync.remote", "fedsync.local")
 """Built-in plugin modules: the core dogfoods its own hook."""
 
 EXTRAS = {"torch": "torch", "keras": "keras"}
 """Tokens whose adapters ship as extras of the fedsync distribution."""
 
 _TOKEN = re.compile(r"^[a-z0-9_.-]+$")
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
+
+
+@dataclass(frozen=True)
+class Transport:
+    """One registered transport: ``factory(url, **options) -> remote`` for URLs of ``scheme``."""
+
+    scheme: str
+    factory: Callable[..., Any]
+    plugin: str
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,7 @@ class _Registry:
         self.manager: pluggy.PluginManager | None = None
         self.adapters: dict[str, Adapter] = {}
         self.sources: dict[str, tuple[str | None, str | None]] = {}
+        self.transports: dict[str, Transport] = {}
 
     def load(self) -> pluggy.PluginManager:
         with self.lock:
@@ -91,6 +106,7 @@ class _Registry:
                     self.sources[name] = ("fedsync", _version("fedsync"))
                 self._load_entry_points(manager)
                 self.adapters = self._collect(manager)
+                self.transports = self._collect_transports(manager)
                 self.manager = manager
             return self.manager
 
@@ -146,6 +162,35 @@ class _Registry:
             # traces it), one plugin at a time, so a registration is credited to its plugin.
             others = [other.plugin for other in impls if other.plugin_name != plugin]
             manager.subset_hook_caller("register_adapters", remove_plugins=others)(register=register)
+        return found
+
+
+    def _collect_transports(self, manager: pluggy.PluginManager) -> dict[str, Transport]:
+        found: dict[str, Transport] = {}
+        impls = manager.hook.register_transports.get_hookimpls()
+        for impl in impls:
+            plugin = impl.plugin_name
+
+            def register(scheme: str, factory: Callable[..., Any], _plugin: str = plugin) -> None:
+                if not isinstance(scheme, str) or not _SCHEME.match(scheme):
+                    raise PluginError(
+                        f"plugin {_plugin!r}: register_transports(register) called register({scheme!r}, ...); "
+                        "a scheme is a lowercase URL scheme like 'grpc' ([a-z][a-z0-9+.-]*)"
+                    )
+                if not callable(factory):
+                    raise PluginError(
+                        f"plugin {_plugin!r}: register({scheme!r}, {factory!r}) needs a factory(url, **options) -> remote, "
+                        "e.g. register('grpc', GrpcRemote)"
+                    )
+                if scheme in found:
+                    raise PluginError(
+                        f"transport scheme {scheme!r} is registered by both plugin {found[scheme].plugin!r} "
+                        f"and plugin {_plugin!r}; uninstall one, or limit loading with FEDSYNC_LOAD_PLUGINS"
+                    )
+                found[scheme] = Transport(scheme, factory, _plugin)
+
+            others = [other.plugin for other in impls if other.plugin_name != plugin]
+            manager.subset_hook_caller("register_transports", remove_plugins=others)(register=register)
         return found
 
 
@@ -206,11 +251,42 @@ def adapter_for(specs: str) -> type:
     return adapter.cls
 
 
+def transports() -> dict[str, Callable[..., Any]]:
+    """Every registered transport factory by URL scheme, e.g. ``{"http": Remote, "local": LocalRemote}``."""
+    _registry.load()
+    return {scheme: transport.factory for scheme, transport in _registry.transports.items()}
+
+
+def transport_for(url: str) -> Callable[..., Any]:
+    """The factory ``factory(url, **options) -> remote`` for ``url``'s scheme.
+
+    Raises:
+        ValueError: ``url`` has no ``scheme://`` or no installed plugin registers
+            its scheme (the message lists the registered schemes).
+    """
+    _registry.load()
+    scheme, separator, _ = url.partition("://") if isinstance(url, str) else ("", "", "")
+    transport = _registry.transports.get(scheme.lower()) if separator else None
+    if transport is None:
+        known = ", ".join(f"{s}://" for s in sorted(_registry.transports)) or "none"
+        raise ValueError(
+            f"no transport for remote {str(url)[:200]!r}: expected a URL starting with one of {known}; "
+            "e.g. 'http://127.0.0.1:8000', or install the package registering that scheme"
+        )
+    return transport.factory
+
+
+def remote(url: str, **options: Any) -> Any:
+    """The remote for ``url``, built by its scheme's transport: ``transport_for(url)(url, **options)``."""
+    return transport_for(url)(url, **options)
+
+
 def reset() -> None:
     """Forget loaded plugins, so the next call loads them again (for tests)."""
     with _registry.lock:
         _registry.manager = None
         _registry.adapters = {}
         _registry.sources = {}
+        _registry.transports = {}
 
 

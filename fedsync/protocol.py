@@ -10,12 +10,9 @@ came back. ``FedData`` says *what* is exchanged and *how* it merges;
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Union
+from typing import Any, Callable, Iterable, Union
 
 from .codec import Payload
-
-if TYPE_CHECKING:
-    from .server import DeviceApp
 
 __all__ = ["FedData", "FIRST", "MAX_REPETITION", "Encoding", "SPECS_HEADER", "REPETITION_HEADER"]
 
@@ -122,9 +119,14 @@ class FedData:
         """A JSON-able description for ``/info``; ``None`` when there is nothing to say."""
         return None
 
-    def app(self, *, token: str | None = None, max_content_length: int | None = None) -> "DeviceApp":
-        """A WSGI application serving this FedData (see :func:`fedsync.serve`)."""
-        # Imported here: the protocol layer must not depend on the server at import time.
-        from .server import DeviceApp
+    def app(self, *, token: str | None = None, max_content_length: int | None = None) -> Any:
+        """A WSGI application serving this FedData: ``fedsync.server.DeviceApp(fed, ...)`` (see :func:`fedsync.serve`)."""
+        # The protocol layer never names the server (no import cycle): fedsync.server
+        # installs its DeviceApp here when it is imported, which `import fedsync` does.
+        if _app_factory is None:
+            raise RuntimeError("fed.app() needs fedsync.server: `import fedsync.server` first, or use fedsync.server.DeviceApp(fed)")
+        return _app_factory(self, token=token, max_content_length=max_content_length)
 
-        return DeviceApp(self, token=token, max_content_length=max_content_length)
+
+_app_factory: Callable[..., Any] | None = None
+"""What :meth:`FedData.app` builds; set by :mod:`fedsync.server` at its import."""

@@ -33,6 +33,7 @@ from .errors import (
     SpecsMismatch,
     TrainingFailed,
 )
+from .hookspecs import hookimpl
 from .metrics import checked_metrics, checked_samples
 from .protocol import MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, Encoding
 from .replies import ReplyStream
@@ -479,3 +480,10 @@ def _raise_if_refused_certificate(url: str, detail: str) -> None:
         raise RemoteUnavailable(url, f"TLS handshake refused: the device requires a client certificate (pass cert=(certfile, keyfile) signed by its CA): {detail}")
     if any(alert in lowered for alert in ("unknown ca", "unknown_ca", "bad certificate", "bad_certificate", "certificate unknown", "certificate_unknown")):
         raise RemoteUnavailable(url, f"TLS handshake refused: the device does not trust this coordinator's certificate (is it signed by the CA the device was given as client_ca?): {detail}")
+
+
+@hookimpl
+def register_transports(register: Any) -> None:
+    """``http`` and ``https``: fedsync's own transport registers like a third party's."""
+    register("http", Remote)
+    register("https", Remote)

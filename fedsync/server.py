@@ -26,6 +26,7 @@ from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from ._version import PROTOCOL_VERSION, __version__
+from . import protocol as _protocol
 from .codec import read_exactly
 from .config import CONFIG_HEADER, Config, decode_config
 from .device import ApiError, Device, checked_repetition, json_response
@@ -362,6 +363,10 @@ class RunningServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# FedData.app() builds a DeviceApp without protocol.py importing this module (no cycle).
+_protocol._app_factory = DeviceApp
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -1,0 +1,109 @@
+"""Simulating many devices in one process, on the production path: :func:`run_simulation`.
+
+The devices are ``local://`` remotes (:mod:`fedsync.local`): the same
+``Federated`` round, FedData, strategies, codec and checks as with real
+devices; only the transport changes. See docs/simulation.md.
+
+Memory: a device's FedData exists only while the device is sampled. It is built
+by ``device_fn(device_id)`` when the round first talks to it and dropped after
+the round; between rounds a device costs one small :class:`~fedsync.local.LocalRemote`
+(its URL and ``device_fn``), so 10,000 devices cost a few megabytes plus the
+sampled ones. A device keeps no state across rounds (as Flower's ``client_fn``
+clients): keep what must persist in the data ``device_fn`` reads.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+from .client import Federated
+from .config import ConfigSource
+from .history import History, RoundResult
+from .local import LocalRemote, TrainingPool
+from .protocol import FedData
+
+__all__ = ["run_simulation", "local_remotes"]
+
+
+def local_remotes(device_fn: Callable[[int], FedData], num_devices: int, *, pool: TrainingPool | None = None, timeout: float = 30.0) -> list[LocalRemote]:
+    """``local://device-{i}`` remotes for ``i`` in ``range(num_devices)``, each built by ``device_fn(i)`` when used.
+
+    Raises:
+        ValueError: ``num_devices`` is not a positive integer.
+        TypeError: ``device_fn`` is not callable.
+    """
+    if not callable(device_fn):
+        raise TypeError(f"device_fn must be a function device_fn(device_id) -> FedData, got {type(device_fn).__name__}")
+    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
+        raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+    return [
+        LocalRemote(f"local://device-{i}", device=functools.partial(device_fn, i), pool=pool, timeout=timeout)
+        for i in range(num_devices)
+    ]
+
+
+def run_simulation(
+    device_fn: Callable[[int], FedData],
+    num_devices: int,
+    rounds: int,
+    *,
+    data: FedData,
+    strategy: Any = None,
+    fraction: float = 1.0,
+    min_results: int | None = None,
+    timeout: float = 600.0,
+    workers: int | None = None,
+    seed: int | None = None,
+    progress: bool | None = None,
+    config: ConfigSource = None,
+    evaluate_fn: Any = None,
+    callbacks: Sequence[Callable[[Federated, RoundResult], Any]] = (),
+) -> History:
+    """Run ``rounds`` federated rounds over ``num_devices`` simulated devices in this process.
+
+    Args:
+        device_fn: ``device_fn(device_id) -> FedData`` for ``device_id`` in
+            ``range(num_devices)``: the device's FedData over its data partition,
+            built when the device is sampled and dropped after the round. One that
+            raises, or returns no FedData, is that device's failure that round.
+        num_devices: how many devices exist.
+        rounds: rounds to run.
+        data: the coordinator's FedData (same specs as the devices'); it holds the
+            merged model at the end.
+        strategy: if given, set as ``data.strategy`` (FedArrays and the adapters).
+        fraction, min_results, timeout, seed, config, evaluate_fn: as for
+            :class:`fedsync.Federated` (``timeout``: seconds per round).
+        workers: threads training at once (default: the CPU count). Threads, not
+            processes: numpy's BLAS and torch release the GIL while computing.
+        progress: a progress bar as with ``fit()`` (default: when stderr is a terminal).
+        callbacks: as for :meth:`fedsync.Federated.fit`.
+
+    Returns:
+        The :class:`History` of the run, as ``fit()`` returns it.
+
+    Raises:
+        SpecsMismatch, RoundFailed: as :meth:`fedsync.Federated.round`.
+        ValueError, TypeError: a bad argument (before anything runs).
+    """
+    if strategy is not None:
+        if not hasattr(data, "strategy"):
+            raise TypeError(f"strategy= needs a FedData with a strategy (FedArrays or an adapter), got {type(data).__name__}")
+        data.strategy = strategy
+    pool = TrainingPool(workers)
+    remotes = local_remotes(device_fn, num_devices, pool=pool, timeout=timeout)
+
+    def release(alg: Federated, result: RoundResult) -> None:
+        for remote in remotes:
+            remote.release()  # a device's state exists only while it is sampled
+
+    alg = Federated(
+        data, remotes, fraction=fraction, min_results=min_results, timeout=timeout, seed=seed,
+        workers=min(64, max(pool.workers, 1) * 4), config=config, evaluate_fn=evaluate_fn,
+    )
+    try:
+        return alg.fit(rounds, callbacks=[release, *callbacks], progress=progress)
+    finally:
+        for remote in remotes:
+            remote.release()
+        pool.close()
