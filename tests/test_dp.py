@@ -167,3 +167,18 @@ def test_local_dp_clips_on_the_device(devices):
     np.testing.assert_allclose(fed.model["w"], 1 / 3, rtol=1e-6)
     assert update_norm(fed.model, model()) == pytest.approx(1.0, rel=1e-6)
     assert fed.model["steps"] == 0  # the device's counter went back as received
+
+
+def test_the_privacy_doc_example_prints_what_it_shows():
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "privacy.md").read_text().split("## Example", 1)[1]
+    code, shown = re.findall(r"```(?:python)?\n(.*?)```", text, re.S)[:2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True).stdout
+    assert out == shown
