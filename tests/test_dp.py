@@ -182,3 +182,27 @@ def test_the_privacy_doc_example_prints_what_it_shows():
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True).stdout
     assert out == shown
+
+
+def test_adaptive_clipping_norm_and_optimizer_state_survive_a_checkpoint(tmp_path):
+    from fedsync import checkpoint
+
+    def strategy():
+        return strategies.DPAdaptiveClipping(strategies.FedAdam(), noise_multiplier=0.0, num_sampled_clients=2,
+                                             initial_clipping_norm=1.0, clipped_count_stddev=0.0)
+
+    fed = FedArrays(model(), strategy=strategy())
+    current = fed.get_arrays()
+    fed.set_arrays(fed.strategy.aggregate(current, [(reply(current, np.full(9, s)), 1) for s in (0.1, 0.2)]))
+    fed.samples = 2  # as merge() records
+    assert fed.strategy.clipping_norm != 1.0  # both under C: it shrank
+    checkpoint.save(tmp_path, fed, 1, History([RoundResult(repetition=1, privacy=round_privacy([], 1.0, Fraction(1), 1e-5))]))
+    again = FedArrays(model(), strategy=strategy())
+    repetition, history = checkpoint.load(tmp_path, again)
+    assert repetition == 1 and history[0].privacy["rounds"] == 1
+    assert again.strategy.clipping_norm == fed.strategy.clipping_norm
+    saved, restored = fed.strategy.state(), again.strategy.state()
+    assert saved.keys() == restored.keys() and "m/w" in saved
+    for key in saved:
+        np.testing.assert_array_equal(saved[key], restored[key])
+    np.testing.assert_array_equal(again.model["w"], fed.model["w"])
