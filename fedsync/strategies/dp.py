@@ -42,6 +42,7 @@ keeps; noise is drawn :data:`~fedsync.privacy.CHUNK` elements at a time.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Iterable, Mapping
 
@@ -76,6 +77,7 @@ class DPFixedClipping(Strategy):
 
     Raises:
         ValueError: a parameter out of range, or a strategy that needs every reply.
+        ModuleNotFoundError: dp-accounting (the ``dp`` extra) is not installed.
         RoundFailed: from :meth:`aggregate` when no device replied with samples.
     """
 
@@ -101,6 +103,8 @@ class DPFixedClipping(Strategy):
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
             raise ValueError(f"delta must be a number in (0, 1), e.g. 1e-5 (below 1/number of devices), got {delta!r}")
         self.delta = float(delta)
+        if importlib.util.find_spec("dp_accounting") is None:  # fail here, not after the first round merged
+            raise ModuleNotFoundError("central DP reports the privacy spent (ε) with Google's dp-accounting: pip install 'fedsync[dp]'")
         self.rng = np.random.default_rng(seed)
         self.last_round: dict[str, float] | None = None
 
