@@ -22,6 +22,7 @@ subtracted out).
 
 from __future__ import annotations
 
+import logging
 import math
 from fractions import Fraction
 from typing import Any, Iterable, Mapping
@@ -252,4 +253,9 @@ def coordinator_privacy(fed: Any) -> dict[str, Any] | None:
         return None
     n = len(fed.remotes)
     count = min(n, max(1, exact_share(fed._share, n), fed.min_results or 1))
+    if count != strategy.num_sampled_clients:
+        logging.getLogger("fedsync").warning(
+            "%s(num_sampled_clients=%d) but the coordinator samples %d of %d devices a round: the mean is divided by %d",
+            type(strategy).__name__, strategy.num_sampled_clients, count, n, strategy.num_sampled_clients,
+        )
     return round_privacy([r.privacy for r in fed.history], strategy.noise_multiplier, Fraction(count, n), strategy.delta)
