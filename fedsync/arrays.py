@@ -76,12 +76,17 @@ class FedArrays(FedData):
     On a device, ``global_arrays`` holds a copy of the floating arrays received
     this round, for FedProx's :meth:`proximal_term` (set ``keep_global = False``
     to save that model copy on a device that does not use it).
+
+    ``local_dp`` (set it on a device: ``fed.local_dp = LocalDP(...)``) clips and
+    noises the update after ``train``, before the reply leaves the device
+    (:class:`fedsync.privacy.LocalDP`); integer and boolean arrays then go back as received.
     """
 
     token = "arrays"
     accepts_views = True  # codec.decode reads any buffer
     accepts_streams = True  # merge folds replies as they download (fedsync.replies)
     keep_global = True  # receive keeps a copy of the global weights, for proximal_term
+    local_dp: Any = None  # a fedsync.privacy.LocalDP: clip and noise the update on the device (docs/privacy.md)
 
     def __init__(
         self,
@@ -172,9 +177,11 @@ class FedArrays(FedData):
         arrays, _, _ = self._decode(encoding)
         self.set_arrays(arrays)
         self.global_arrays = None  # before copying: never two snapshots at once
-        self.global_arrays = proximal.snapshot(arrays) if self.keep_global else None
+        self.global_arrays = proximal.snapshot(arrays) if self.keep_global or self.local_dp is not None else None
         if self.train is not None:
             self.samples, self.metrics = parse_counted(_call(self.train, self.model, config))
+        if self.local_dp is not None:  # before the reply can leave: serialize sends these arrays
+            self.set_arrays({**arrays, **self.local_dp.apply(self.get_arrays(), self.global_arrays)})
 
     def proximal_term(self, mu: float) -> Any:
         """FedProx's ``mu/2 * ||w - w_global||^2`` (Li et al. 2020) over the floating arrays.

@@ -25,6 +25,7 @@ from . import server_eval
 from .config import Config, ConfigSource, round_config
 from .errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch
 from .history import EvaluationResult, History, RoundResult
+from .privacy import coordinator_privacy
 from .metrics import weighted_means
 from .protocol import MAX_REPETITION, Encoding, FedData
 from .remote import MAX_REPLY, Remote, size as _size
@@ -373,6 +374,7 @@ class Federated:
             result.server_evaluation = server_eval.evaluate_on_server(self.evaluate_fn, self.data, result.repetition)
 
     def _record(self, result: RoundResult) -> None:
+        result.privacy = coordinator_privacy(self)  # ε so far, under central DP (fedsync.privacy)
         self.history.append(result)
         if self.checkpoint is not None:
             checkpoint_io.save(self.checkpoint, self.data, result.repetition, self.history)

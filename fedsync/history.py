@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .metrics import MAX_SAMPLES, checked_metrics
+from .privacy import checked_privacy
 from .protocol import MAX_REPETITION
 
 __all__ = ["RoundResult", "EvaluationResult", "ServerEvaluation", "History", "write_atomically"]
@@ -79,6 +80,9 @@ class RoundResult:
     seconds: float = 0.0
     server_evaluation: ServerEvaluation | None = None
     """``Federated(evaluate_fn=...)``'s result after this round, distinct from federated ``evaluation``."""
+    privacy: dict[str, Any] | None = None
+    """Under central DP (:mod:`fedsync.strategies.dp`), the privacy spent by every DP round so far:
+    ``{"epsilon", "delta", "noise_multiplier", "sampling_rate", "rounds"}`` (:func:`fedsync.privacy.round_privacy`)."""
 
     @classmethod
     def from_dict(cls, row: Any) -> "RoundResult":
@@ -99,6 +103,8 @@ class RoundResult:
             values["evaluation"] = EvaluationResult(**_evaluation(values["evaluation"], what))
         if values.get("server_evaluation") is not None:
             values["server_evaluation"] = ServerEvaluation.from_dict(values["server_evaluation"], what)
+        if values.get("privacy") is not None:
+            values["privacy"] = checked_privacy(values["privacy"], what)
         return cls(**values)
 
 

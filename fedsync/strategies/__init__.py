@@ -9,6 +9,8 @@ round has arrived.
   (default), :class:`FedAvgM`, :class:`FedAdam`, :class:`FedYogi`, :class:`FedAdagrad`.
 - Every reply (kept in RAM, spilled to disk past ``spill_bytes``): :class:`FedMedian`,
   :class:`FedTrimmedAvg`, :class:`Krum`, :class:`MultiKrum`, :class:`Bulyan`.
+- Central differential privacy around FedAvg or a server optimizer (whole replies,
+  one at a time): :class:`DPFixedClipping`, :class:`DPAdaptiveClipping` (docs/privacy.md).
 
 Integer and boolean arrays: FedAvg's exact weighted mean (rounded half to even;
 booleans the weighted majority) in streaming strategies, the exact median in
@@ -16,6 +18,7 @@ robust ones. docs/strategies.md compares them all.
 """
 
 from .base import Accumulator, FedAvg, Strategy, WeightedSum
+from .dp import DPAdaptiveClipping, DPFixedClipping
 from .optimizers import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from .robust import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
@@ -23,4 +26,5 @@ __all__ = [
     "Strategy", "Accumulator", "WeightedSum", "FedAvg",
     "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad",
     "FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan",
+    "DPFixedClipping", "DPAdaptiveClipping",
 ]
