@@ -43,7 +43,9 @@ def strategy_names() -> dict[str, type]:
     """Merge strategies by lowercase class name (``fedavg`` -> ``FedAvg``)."""
     found = {}
     for value in vars(strategies).values():
-        if isinstance(value, type) and issubclass(value, strategies.Strategy) and value is not strategies.Strategy:
+        # The DP wrappers need a clipping norm and noise the demo cannot guess (docs/privacy.md).
+        if isinstance(value, type) and issubclass(value, strategies.Strategy) and value is not strategies.Strategy \
+                and not issubclass(value, strategies.DPFixedClipping):
             found[value.__name__.lower()] = value
     return found
 
