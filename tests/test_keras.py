@@ -181,6 +181,7 @@ def test_torch_backend_coordinator_federates_with_tensorflow_devices(constant_de
     assert report["values"] == [1.75]
 
 
+@pytest.mark.slow
 def test_weight_names_are_positions_in_nested_and_functional_models():
     import keras
 

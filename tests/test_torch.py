@@ -80,6 +80,7 @@ def test_merge_weighs_floats_by_samples_and_rounds_integer_buffers(devices):
     assert data.last_merge["samples"] == 40
 
 
+@pytest.mark.slow
 def test_devices_agreeing_on_an_int64_buffer_above_2_to_the_53_merge_to_it_exactly(devices):
     big = 2**62 + 3  # float64 cannot hold it; a float average wrapped it to -922337203685477632
     remotes = start_together(devices, *[("tests.devices_torch:constant", 1.0, 60000, big)] * 2)
@@ -92,6 +93,7 @@ def test_devices_agreeing_on_an_int64_buffer_above_2_to_the_53_merge_to_it_exact
 # -- specs -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_specs_are_the_same_for_the_same_declaration_in_any_process():
     specs = FedTorch(mlp(64), None).specs(FIRST)
     assert specs.startswith("torch:sha256:")
