@@ -1,6 +1,9 @@
 """The device's protocol: every bad request gets the right status and changes nothing."""
 
 import errno
+import http.client
+import json
+import socket
 import subprocess
 import threading
 
@@ -72,7 +75,7 @@ def test_submit_trains_in_background_and_result_long_polls():
     "case, status, error",
     [
         ("garbage", 400, "malformed_payload"),
-        ("truncated", 400, "malformed_payload"),
+        ("short_payload", 400, "malformed_payload"),
         ("wrong_shape", 400, "malformed_payload"),
         ("nan", 400, "malformed_payload"),
         ("text_for_arrays", 400, "malformed_payload"),
@@ -89,7 +92,7 @@ def test_rejected_submission_changes_nothing(case, status, error):
     nan = FedArrays({"w": np.full((2, 3), np.nan, np.float32)})
     if case == "garbage":
         response = submit(client, data, body=b"\x00garbage" * 10)
-    elif case == "truncated":
+    elif case == "short_payload":  # Content-Length matches the short body: the codec rejects it
         response = submit(client, data, body=bytes(good)[:-5])
     elif case == "wrong_shape":
         response = submit(client, data, body=other.serialize(1))
@@ -109,6 +112,24 @@ def test_rejected_submission_changes_nothing(case, status, error):
     assert response.json["error"] == error
     assert response.json["message"]
     assert_untouched(client, data)
+
+
+def test_a_body_shorter_than_its_content_length_is_truncated(devices):
+    """Content-Length 100, 50 bytes, then the client stops sending: 400 truncated, nothing changed."""
+    device = devices("constant", 1.0, 3)
+    specs = requests.get(f"{device.url}/info", timeout=10).json()["specs"]
+    host, port = device.url.removeprefix("http://").rsplit(":", 1)
+    head = f"POST /1/submit HTTP/1.1\r\nHost: x\r\n{SPECS_HEADER}: {specs}\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(head.encode() + b"z" * 50)
+        sock.shutdown(socket.SHUT_WR)
+        response = http.client.HTTPResponse(sock, method="POST")
+        response.begin()
+        answer = json.loads(response.read())
+    assert response.status == 400 and answer["error"] == "truncated", answer
+    assert "after 50 of 100 bytes" in answer["message"]
+    info = requests.get(f"{device.url}/info", timeout=10).json()
+    assert (info["repetition"], info["state"], info["rounds_served"]) == (0, "idle", 0)
 
 
 def test_busy_device_refuses_and_keeps_its_work():
@@ -140,7 +161,8 @@ def test_unknown_routes_and_methods_answer_json():
     missing = client.get("/nothing")
     assert missing.status_code == 404 and missing.json["error"] == "not_found"
     wrong = client.get("/1/submit")
-    assert wrong.status_code == 405 and wrong.json["message"]
+    assert wrong.status_code == 405 and wrong.json["error"] == "method_not_allowed"
+    assert "'GET' is not allowed on '/1/submit'; use POST" in wrong.json["message"]
 
 
 def test_token_is_required_when_set():
