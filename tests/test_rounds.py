@@ -184,7 +184,7 @@ def test_array_replies_arrive_as_streams_and_other_replies_as_text(devices):
 
             super().merge(recorded(), repetition)
 
-    class BinaryFloat(FedFloat):
+    class TextFloat(FedFloat):
         def merge(self, encodings, repetition):
             encodings = list(encodings)
             seen["float"] = {type(e) for e in encodings}
@@ -196,8 +196,7 @@ def test_array_replies_arrive_as_streams_and_other_replies_as_text(devices):
         alg.round()
     assert seen["types"] == {ReplyStream}  # FedArrays.accepts_streams
     assert np.all(data.model["w"] == 1.0)
-    assert FedFloat.accepts_views is False
     text = devices("fedfloat", 2.0)
-    with Federated(data=BinaryFloat(0.0), remotes=[text.url]) as alg:
+    with Federated(data=TextFloat(0.0), remotes=[text.url]) as alg:
         alg.round()
     assert seen["float"] == {str}
