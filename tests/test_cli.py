@@ -262,9 +262,9 @@ def test_info_shows_a_live_devices_handshake(devices, capsys):
     device = devices("constant", 1.0, 5)
     assert main(["info", device.url]) == 0
     out = capsys.readouterr().out
-    assert f"device         {device.url}" in out
-    assert "state          idle" in out
-    assert "specs          arrays:sha256:" in out
+    fields = dict(line.split(None, 1) for line in out.splitlines() if line.strip())  # key, then its value
+    assert fields["device"] == device.url and fields["state"] == "idle"
+    assert fields["specs"].startswith("arrays:sha256:")
     assert "2 arrays, 8 parameters" in out
     assert main(["info", device.url.removeprefix("http://"), "--json"]) == 0  # http:// is assumed
     assert json.loads(capsys.readouterr().out)["repetition"] == 0
@@ -274,7 +274,8 @@ def test_info_on_a_device_serving_several_fed_data(serve, capsys):
     _, url = serve("device.py:both")
     assert main(["info", url]) == 0
     out = capsys.readouterr().out
-    assert f"device         {url}/model" in out and f"device         {url}/threshold" in out
+    pairs = [line.split(None, 1) for line in out.splitlines() if line.strip()]
+    assert [value for key, value in pairs if key == "device"] == [f"{url}/model", f"{url}/threshold"]
 
 
 def test_info_on_an_unreachable_url_is_one_line(capsys):
