@@ -20,6 +20,7 @@ __all__ = [
     "RoundFailed",
     "AdapterNotFound",
     "PluginError",
+    "CheckpointError",
 ]
 
 
@@ -82,3 +83,10 @@ class AdapterNotFound(FedSyncError, LookupError):
 
 class PluginError(FedSyncError, RuntimeError):
     """A plugin misbehaved (duplicate token, bad registration)."""
+
+
+class CheckpointError(FedSyncError, ValueError):
+    """A checkpoint that is damaged, edited, or does not fit the FedData it should restore.
+
+    Also importable as ``fedsync.checkpoint.CheckpointError``, where it was first defined.
+    """

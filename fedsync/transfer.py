@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import RemoteError, RemoteTimeout, RemoteUnavailable
 
-__all__ = ["Deadline", "LATE", "STALL", "read_some", "read_capped", "release", "content_length", "round_grace"]
+__all__ = ["Deadline", "LATE", "STALL", "read_some", "read_capped", "release", "content_length", "round_grace", "NEVER"]
 
 STALL = 1.0
 """Seconds a reply may pause once its round's deadline has passed, before it is dropped as late."""
