@@ -17,7 +17,7 @@ import numpy as np
 
 from . import codec, compression, proximal
 from .config import Config, takes_extra
-from .errors import PayloadRejected, RemoteError, RoundFailed
+from .errors import PayloadRejected, RemoteError, RoundFailed, failure_reason
 from .hookspecs import hookimpl
 from .metrics import MAX_SAMPLES, checked_metrics, checked_samples, parse_counted, weighted_means
 from .protocol import FedData
@@ -93,6 +93,11 @@ class FedArrays(FedData):
         wire_dtype: str | None = None,
     ) -> None:
         super().__init__()
+        # Here, not in each adapter: every array adapter passes its keywords through.
+        if train is not None and not callable(train):
+            raise TypeError(f"train must be a function train(model) -> samples, or None on the coordinator; got {train!r}")
+        if evaluate is not None and not callable(evaluate):
+            raise TypeError(f"evaluate must be a function evaluate(model) -> samples or (samples, metrics), got {evaluate!r}")
         if isinstance(arrays, Mapping):
             items = list(arrays.items())
         elif isinstance(arrays, (list, tuple)):
@@ -456,8 +461,8 @@ def _why(exc: Exception) -> str:
     if isinstance(exc, _Rejected):
         return exc.reason
     if isinstance(exc, RemoteError):
-        return f"{type(exc).__name__}: {exc.reason}"
-    return str(exc)
+        return failure_reason(exc)
+    return str(exc)  # a codec's or a check's message: its type adds nothing
 
 
 class _Rejected(Exception):

@@ -21,6 +21,7 @@ __all__ = [
     "AdapterNotFound",
     "PluginError",
     "CheckpointError",
+    "failure_reason",
 ]
 
 
@@ -90,3 +91,14 @@ class CheckpointError(FedSyncError, ValueError):
 
     Also importable as ``fedsync.checkpoint.CheckpointError``, where it was first defined.
     """
+
+
+def failure_reason(exc: BaseException) -> str:
+    """How a round names one device's failure: the error's type, then its reason.
+
+    A :class:`RemoteError` gives its reason without the URL, which the failure
+    map already has as its key: ``"RemoteTimeout: did not answer ... within 2s"``.
+    """
+    if isinstance(exc, RemoteError):
+        return f"{type(exc).__name__}: {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"

@@ -17,13 +17,16 @@ from .codec import Payload
 if TYPE_CHECKING:
     from .server import DeviceApp
 
-__all__ = ["FedData", "FIRST", "MAX_REPETITION", "Encoding", "SPECS_HEADER", "REPETITION_HEADER"]
+__all__ = ["FedData", "FIRST", "MAX_REPETITION", "Encoding", "SPECS_HEADER", "REPETITION_HEADER", "MAX_PAYLOAD"]
 
 SPECS_HEADER = "X-Fedsync-Specs"
 """HTTP header carrying the specs of a payload (submissions, evaluations, results)."""
 
 REPETITION_HEADER = "X-Fedsync-Repetition"
 """HTTP header carrying the repetition a result belongs to."""
+
+MAX_PAYLOAD = 2 * 1024**3
+"""The default largest payload, in bytes: what a device accepts and a coordinator downloads (2 GiB)."""
 
 FIRST = 1
 """The repetition number of the first round. Repetitions only grow."""

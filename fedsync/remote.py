@@ -34,14 +34,14 @@ from .errors import (
     TrainingFailed,
 )
 from .metrics import checked_metrics, checked_samples
-from .protocol import MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, Encoding
+from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, Encoding
 from .replies import ReplyStream
 from .tokens import checked_token
 from .transfer import NEVER, Deadline, content_length, read_capped
 
 __all__ = ["Remote", "MAX_REPLY", "MAX_JSON", "MAX_ERROR_BODY", "MAX_SPECS"]
 
-MAX_REPLY = 2 * 1024**3
+MAX_REPLY = MAX_PAYLOAD
 """Default largest whole result a :class:`Remote` downloads, in bytes (as a device's default limit)."""
 
 MAX_JSON = 1024**2

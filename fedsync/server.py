@@ -30,7 +30,7 @@ from .codec import read_exactly
 from .config import CONFIG_HEADER, Config, decode_config
 from .device import ApiError, Device, checked_repetition, json_response
 from .gateway import SOCKET_KEY, KeepAliveServer
-from .protocol import MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
+from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
 from .status import render_index, render_locked, render_status
 from .tokens import checked_token
 
@@ -38,7 +38,8 @@ __all__ = ["DeviceApp", "RunningServer", "serve", "checked_token", "SPECS_HEADER
 
 logger = logging.getLogger("fedsync.server")
 
-DEFAULT_MAX_CONTENT_LENGTH = 2 * 1024**3
+DEFAULT_MAX_CONTENT_LENGTH = MAX_PAYLOAD
+"""The largest payload a device accepts unless ``max_content_length`` says otherwise, in bytes."""
 MAX_WAIT = 60.0
 """The longest a single result long-poll is held open, in seconds."""
 
