@@ -4,6 +4,8 @@
 worker threads share (download slots, the byte budget of whole replies, each
 device's step), exact counts from fractions, and the texts that name a device's
 failure.
+
+Internal: the plumbing of :class:`fedsync.Federated`; its names may change without notice.
 """
 
 from __future__ import annotations

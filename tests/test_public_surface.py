@@ -84,3 +84,15 @@ def test_checkpoint_error_lives_with_the_other_errors():
     assert fedsync.checkpoint.CheckpointError is fedsync.errors.CheckpointError  # the old import path still works
     assert issubclass(fedsync.errors.CheckpointError, fedsync.errors.FedSyncError)
     assert issubclass(fedsync.errors.CheckpointError, ValueError)
+
+
+INTERNAL = ("gateway", "workers", "status", "rounds", "transfer", "device")
+
+
+@pytest.mark.parametrize("name", INTERNAL)
+def test_internal_modules_say_so_and_export_nothing_at_the_top(name):
+    module = importlib.import_module(f"fedsync.{name}")
+    assert "Internal:" in module.__doc__, f"fedsync.{name}'s docstring must say whether it is public"
+    top = importlib.import_module("fedsync")
+    leaked = [public for public in top.__all__ if getattr(getattr(top, public), "__module__", "") == module.__name__]
+    assert not leaked, f"fedsync.__all__ exports {leaked} from internal fedsync.{name}"
