@@ -156,6 +156,30 @@ def test_result_errors():
     data.release.set()
 
 
+@pytest.mark.parametrize("wait", ["-1", "inf", "-inf", "nan", "1e999", "soon", "", "1" * 41])
+def test_a_wait_that_is_not_a_finite_number_of_seconds_is_refused(wait):
+    data, client = make_device()
+    assert submit(client, data).status_code == 202
+    answer = client.get(f"/1/result?wait={wait}")
+    assert answer.status_code == 400 and answer.json["error"] == "bad_wait", (wait, answer.json)
+    assert "?wait=10" in answer.json["message"]
+    data.release.set()
+    assert client.get("/1/result?wait=10").status_code == 200  # the job itself is untouched
+
+
+def test_a_long_wait_is_capped_at_max_wait(monkeypatch):
+    monkeypatch.setattr(fedsync.server, "MAX_WAIT", 0.2)
+    data, client = make_device()
+    assert submit(client, data).status_code == 202
+    answers = []
+    poll = threading.Thread(target=lambda: answers.append(client.get("/1/result?wait=61")), daemon=True)
+    poll.start()
+    poll.join(30)  # without the cap, the device would hold this poll for 61 s
+    data.release.set()
+    assert not poll.is_alive(), "a wait of 61 s was not capped at MAX_WAIT"
+    assert answers[0].status_code == 202 and answers[0].json == {"repetition": 1, "state": "training"}
+
+
 def test_unknown_routes_and_methods_answer_json():
     _, client = make_device()
     missing = client.get("/nothing")
