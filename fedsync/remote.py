@@ -37,7 +37,7 @@ from .metrics import checked_metrics, checked_samples
 from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, Encoding
 from .replies import ReplyStream
 from .tokens import checked_token
-from .transfer import NEVER, Deadline, content_length, read_capped
+from .transfer import Deadline, content_length, read_capped
 
 __all__ = ["Remote", "MAX_REPLY", "MAX_JSON", "MAX_ERROR_BODY", "MAX_SPECS"]
 
@@ -248,7 +248,8 @@ class Remote:
         whose body is not read yet, or ``None`` if the device is still working.
 
         ``deadline`` (a :class:`~fedsync.transfer.Deadline`, or a ``time.monotonic()``
-        value) bounds reading the body.
+        value) bounds reading the body (default: ``wait`` plus ``timeout`` seconds, as
+        for :meth:`result`).
 
         Raises:
             TrainingFailed: the device's training raised; the message is the device's.
@@ -257,7 +258,10 @@ class Remote:
             RemoteError: no valid ``Content-Length``, or another error answer.
         """
         if not isinstance(deadline, Deadline):
-            deadline = NEVER if deadline is None else Deadline(float(deadline))
+            # Not NEVER: an unbounded deadline would let a stalled device hold the reader for ever
+            # (and an infinite socket timeout is refused: OverflowError).
+            default = Deadline.within(wait + (timeout if timeout is not None else self.timeout))
+            deadline = default if deadline is None else Deadline(float(deadline))
 
         response = self._result_response(repetition, wait, timeout)
         return None if response is None else self._stream(repetition, response, timeout, deadline)
