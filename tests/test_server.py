@@ -72,20 +72,20 @@ def test_submit_trains_in_background_and_result_long_polls():
 
 
 @pytest.mark.parametrize(
-    "case, status, error",
+    "case, status, error, fragment",
     [
-        ("garbage", 400, "malformed_payload"),
-        ("short_payload", 400, "malformed_payload"),
-        ("wrong_shape", 400, "malformed_payload"),
-        ("nan", 400, "malformed_payload"),
-        ("text_for_arrays", 400, "malformed_payload"),
-        ("missing_specs", 400, "missing_specs"),
-        ("wrong_specs", 409, "specs_mismatch"),
-        ("stale_repetition", 409, "stale_repetition"),
-        ("too_large", 413, "too_large"),
+        ("garbage", 400, "malformed_payload", "header length 7306915995885594368 exceeds"),
+        ("short_payload", 400, "malformed_payload", "<= 19 (the data section size), got [0, 24]"),
+        ("wrong_shape", 400, "malformed_payload", "expected (2, 3) float32, payload has (3, 2) float32"),
+        ("nan", 400, "malformed_payload", "array 'w' contains NaN or infinity"),
+        ("text_for_arrays", 400, "malformed_payload", "expects a binary payload, got text"),
+        ("missing_specs", 400, "missing_specs", "X-Fedsync-Specs header"),
+        ("wrong_specs", 409, "specs_mismatch", "'arrays:sha256:0000000000000000' do not match"),
+        ("stale_repetition", 409, "stale_repetition", "submit repetition 1 or later"),
+        ("too_large", 413, "too_large", "10001 bytes exceeds this device's limit of 10000"),
     ],
 )
-def test_rejected_submission_changes_nothing(case, status, error):
+def test_rejected_submission_changes_nothing(case, status, error, fragment):
     data, client = make_device(max_content_length=10_000)
     good = bytes(data.serialize(1))
     other = FedArrays({"w": np.zeros((3, 2), np.float32)})
@@ -110,7 +110,7 @@ def test_rejected_submission_changes_nothing(case, status, error):
         response = submit(client, data, body=b"x" * 10_001)
     assert response.status_code == status
     assert response.json["error"] == error
-    assert response.json["message"]
+    assert fragment in response.json["message"], response.json["message"]
     assert_untouched(client, data)
 
 
