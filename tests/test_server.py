@@ -180,6 +180,49 @@ def test_a_long_wait_is_capped_at_max_wait(monkeypatch):
     assert answers[0].status_code == 202 and answers[0].json == {"repetition": 1, "state": "training"}
 
 
+def evaluate(client, data, rep=1, body=None):
+    body = bytes(data.serialize(rep) if body is None else body)
+    return client.post(f"/{rep}/evaluate", data=body, headers={SPECS_HEADER: data.specs(rep)}, content_type="application/octet-stream")
+
+
+def test_evaluate_while_training_is_busy_and_changes_nothing():
+    data, client = make_device()
+    data.evaluate_fn = lambda model: (1, {"seen": float(model["w"].sum())})
+    assert submit(client, data).status_code == 202
+    assert data.done.wait(10)  # training holds the model
+    busy = evaluate(client, data)
+    assert busy.status_code == 409 and busy.json["error"] == "busy", busy.json
+    assert "training repetition 1" in busy.json["message"]
+    data.release.set()
+    assert client.get("/1/result?wait=10").status_code == 200
+    assert np.all(data.model["w"] == 1.0)  # what training left, untouched by the refused evaluation
+
+
+def test_an_evaluate_callback_that_raises_answers_500_and_restores_the_model():
+    data, client = make_device()
+
+    def broken(model):
+        raise RuntimeError("the test set is missing")
+
+    data.evaluate_fn = broken
+    sent = FedArrays({"w": np.full((2, 3), 7.0, np.float32)})
+    answer = evaluate(client, data, body=sent.serialize(1))
+    assert answer.status_code == 500 and answer.json["error"] == "evaluation_failed", answer.json
+    assert answer.json["message"] == "RuntimeError: the test set is missing"
+    assert_untouched(client, data)  # its own zeros back, not the 7s it was asked to measure
+
+
+def test_a_rejected_evaluate_payload_changes_nothing():
+    data, client = make_device()
+    seen = []
+    data.evaluate_fn = lambda model: seen.append(1) or 1
+    nan = FedArrays({"w": np.full((2, 3), np.nan, np.float32)})
+    answer = evaluate(client, data, body=nan.serialize(1))
+    assert answer.status_code == 400 and answer.json["error"] == "malformed_payload", answer.json
+    assert "contains NaN or infinity" in answer.json["message"]
+    assert seen == [] and np.all(data.model["w"] == 0.0)
+
+
 def test_unknown_routes_and_methods_answer_json():
     _, client = make_device()
     missing = client.get("/nothing")
