@@ -319,3 +319,19 @@ def test_port_in_use_raises_instead_of_exiting():
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{first.port}.*port=0") as caught:
             fedsync.serve(FedFloat(1.0), port=first.port, block=False)
     assert caught.value.errno == errno.EADDRINUSE
+
+
+def test_a_readiness_check_on_failed_training_reports_the_devices_own_error():
+    """HEAD /result answers 500 without a body: Remote.ready asks again with GET for the device's message."""
+    from fedsync import Remote
+    from fedsync.errors import TrainingFailed
+
+    def train(model):
+        raise RuntimeError("out of data on this device")
+
+    data = FedArrays({"w": np.zeros(2, np.float32)}, train)
+    with fedsync.serve(data, port=0, block=False) as server, Remote(server.url) as remote:
+        remote.submit(1, bytes(data.serialize(1)), data.specs(1))
+        with pytest.raises(TrainingFailed, match="out of data on this device") as caught:
+            remote.ready(1, 10)
+    assert caught.value.url == server.url
