@@ -554,7 +554,7 @@ class Federated:
             finally:
                 state.merging = None
                 _close(reply)
-                del reply
+                del reply  # before its bytes go back to the budget: a kept reference would outlive the count
                 state.budget.release(held)
                 state.slots.release()  # folded in: the next reply may download
             if not settle():

@@ -191,7 +191,7 @@ class DeviceApp:
         """Read the body (``length`` bytes) and run the FedData's own check; the payload, or an ApiError."""
         reuse = device.payload_buffer(length) if device.fed.accepts_views and for_training else None
         encoding = _read_payload(request, length, as_view=device.fed.accepts_views, into=reuse)
-        del reuse
+        del reuse  # the spare buffer is the device's to reuse next round only if nothing else refers to it
         try:
             device.fed.check(encoding, rep)
         except ValueError as exc:
