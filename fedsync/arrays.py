@@ -17,7 +17,7 @@ import numpy as np
 
 from . import codec, compression, proximal
 from .config import Config, takes_extra
-from .errors import PayloadRejected, RemoteError, RoundFailed
+from .errors import PayloadRejected, RemoteError, RoundFailed, failure_reason
 from .hookspecs import hookimpl
 from .metrics import MAX_SAMPLES, checked_metrics, checked_samples, parse_counted, weighted_means
 from .protocol import FedData
@@ -70,6 +70,14 @@ class FedArrays(FedData):
             precision. Declare the same on coordinator and devices: it is part of
             the specs. Error bounds: :mod:`fedsync.compression`.
 
+    Every array adapter (``FedTorch``, ``FedKeras``) takes these same keywords
+    and passes them here.
+
+    Raises:
+        TypeError: ``arrays`` is not a list or dict of numpy arrays, or ``train``
+            or ``evaluate`` is not callable.
+        ValueError: an unknown ``wire_dtype``.
+
     After a merge, ``last_merge`` holds the total samples, the sample-weighted
     mean of each metric, and the per-device values.
 
@@ -98,6 +106,11 @@ class FedArrays(FedData):
         wire_dtype: str | None = None,
     ) -> None:
         super().__init__()
+        # Here, not in each adapter: every array adapter passes its keywords through.
+        if train is not None and not callable(train):
+            raise TypeError(f"train must be a function train(model) -> samples, or None on the coordinator; got {train!r}")
+        if evaluate is not None and not callable(evaluate):
+            raise TypeError(f"evaluate must be a function evaluate(model) -> samples or (samples, metrics), got {evaluate!r}")
         if isinstance(arrays, Mapping):
             items = list(arrays.items())
         elif isinstance(arrays, (list, tuple)):
@@ -145,6 +158,7 @@ class FedArrays(FedData):
     # -- the protocol ----------------------------------------------------------------
 
     def summary(self, repetition: int) -> dict[str, Any]:
+        """``{"weights": [{"name", "shape", "dtype"}, ...]}``, each array as exchanged, in order."""
         return {
             "weights": [
                 {"name": name, "shape": list(shape), "dtype": np.dtype(dtype).name}
@@ -153,12 +167,20 @@ class FedArrays(FedData):
         }
 
     def specs(self, repetition: int) -> str:
+        """``<token>:sha256:<16 hex>`` of :meth:`architecture` (and ``wire_dtype`` when set)."""
         architecture = self.architecture()
         if self.wire_dtype is not None:
             architecture = {"architecture": architecture, "wire_dtype": self.wire_dtype}
         return f"{self.token}:{fingerprint(architecture)}"
 
     def serialize(self, repetition: int) -> codec.Payload:
+        """The arrays (packed as ``wire_dtype`` if set) with samples, metrics and specs as metadata.
+
+        Views of the live arrays, not a copy.
+
+        Raises:
+            CodecError: an array of a dtype the codec cannot carry (e.g. complex).
+        """
         metadata = {
             SAMPLES_KEY: str(self.samples),
             METRICS_KEY: json.dumps(self.metrics),
@@ -171,9 +193,25 @@ class FedArrays(FedData):
         return codec.encode_payload(arrays, metadata)
 
     def check(self, encoding: Any, repetition: int) -> None:
+        """Check a payload before anything changes: well-formed, this model's layout, all finite.
+
+        The only step that scans for NaN and infinity (``receive`` trusts it).
+
+        Raises:
+            CodecError: not a valid payload.
+            PayloadRejected: text, other names, shapes or dtypes, not packed as
+                ``wire_dtype``, or NaN or infinity in an array.
+        """
         self._decode(encoding, finite=True)
 
     def receive(self, encoding: Any, repetition: int, config: Config | None = None) -> None:
+        """Load the coordinator's arrays **in place**, then run ``train`` (on a device).
+
+        Raises:
+            CodecError: not a valid payload.
+            PayloadRejected: the payload does not fit this model; nothing changed.
+            ValueError: ``train`` returned no valid ``samples`` or ``(samples, metrics)``.
+        """
         arrays, _, _ = self._decode(encoding)
         self.set_arrays(arrays)
         self.global_arrays = None  # before copying: never two snapshots at once
@@ -197,6 +235,16 @@ class FedArrays(FedData):
         return proximal.numpy_term(self.get_arrays(), self.global_arrays, mu)
 
     def evaluate(self, encoding: Any, repetition: int, config: Config | None = None) -> tuple[int, dict[str, float]]:
+        """Measure the payload's arrays with ``evaluate``; this FedData's own arrays are restored after.
+
+        Returns ``(samples, metrics)``. The arrays are restored even if the callback raises.
+
+        Raises:
+            NotImplementedError: no ``evaluate`` callback was given.
+            CodecError: not a valid payload.
+            PayloadRejected: the payload does not fit this model; nothing changed.
+            ValueError: the callback returned no valid ``samples`` or ``(samples, metrics)``.
+        """
         if self.evaluate_fn is None:
             raise NotImplementedError(
                 f"this device's {type(self).__name__} has no evaluate callback; "
@@ -463,8 +511,8 @@ def _why(exc: Exception) -> str:
     if isinstance(exc, _Rejected):
         return exc.reason
     if isinstance(exc, RemoteError):
-        return f"{type(exc).__name__}: {exc.reason}"
-    return str(exc)
+        return failure_reason(exc)
+    return str(exc)  # a codec's or a check's message: its type adds nothing
 
 
 class _Rejected(Exception):

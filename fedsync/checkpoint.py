@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from . import codec
-from .errors import FedSyncError
+from .errors import CheckpointError
 from .history import History, write_atomically
 from .protocol import MAX_REPETITION, FedData
 from .strategies import FedAvg, Strategy
@@ -62,10 +62,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _POINTER_LIMIT = 1 << 16  # bytes: checkpoint.json holds a few short fields
 HISTORY_LIMIT = 1 << 30
 """The largest ``history.json`` a checkpoint loads, in bytes (a row per round and device)."""
-
-
-class CheckpointError(FedSyncError, ValueError):
-    """A checkpoint that is damaged, edited, or does not fit the FedData it should restore."""
 
 
 def save(folder: str | Path, data: FedData, repetition: int, history: History) -> None:

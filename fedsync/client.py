@@ -222,8 +222,14 @@ class Federated:
         Devices need an ``evaluate`` callback; metrics are averaged by sample count.
         The whole evaluation, handshake included, takes at most ``timeout`` seconds.
 
+        A device that fails (unreachable, busy, another specs, no evaluate
+        callback, a callback that raised, an invalid answer) is named in the
+        result's ``failures``; the metrics come from the devices that answered.
+
         Raises:
-            RoundFailed: no device answered with valid samples and metrics.
+            RoundFailed: no device answered with valid samples and metrics;
+                ``failures`` names each device's reason (``SpecsMismatch: ...``,
+                ``RemoteTimeout: ...``, ...).
         """
         started = time.monotonic()
         deadline = Deadline(started + self.timeout, expired=f"timed out: the evaluation's answer was still arriving after {self.timeout:g}s")
@@ -554,7 +560,7 @@ class Federated:
             finally:
                 state.merging = None
                 _close(reply)
-                del reply
+                del reply  # before its bytes go back to the budget: a kept reference would outlive the count
                 state.budget.release(held)
                 state.slots.release()  # folded in: the next reply may download
             if not settle():

@@ -13,6 +13,8 @@ rules keep every reply an exact snapshot of what repetition ``r`` produced
 
 One lock (``Device.lock``) orders these decisions; nothing waits on another
 request's progress while holding it.
+
+Internal: the device side of :func:`fedsync.serve`; its names may change without notice.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ __all__ = [
     "RoundFailed",
     "AdapterNotFound",
     "PluginError",
+    "CheckpointError",
+    "failure_reason",
 ]
 
 
@@ -82,3 +84,21 @@ class AdapterNotFound(FedSyncError, LookupError):
 
 class PluginError(FedSyncError, RuntimeError):
     """A plugin misbehaved (duplicate token, bad registration)."""
+
+
+class CheckpointError(FedSyncError, ValueError):
+    """A checkpoint that is damaged, edited, or does not fit the FedData it should restore.
+
+    Also importable as ``fedsync.checkpoint.CheckpointError``, where it was first defined.
+    """
+
+
+def failure_reason(exc: BaseException) -> str:
+    """How a round names one device's failure: the error's type, then its reason.
+
+    A :class:`RemoteError` gives its reason without the URL, which the failure
+    map already has as its key: ``"RemoteTimeout: did not answer ... within 2s"``.
+    """
+    if isinstance(exc, RemoteError):
+        return f"{type(exc).__name__}: {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"

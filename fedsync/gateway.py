@@ -11,6 +11,10 @@ client wants it and every request body was read in full; otherwise it closes.
 Between requests an idle connection is closed after ``IDLE_TIMEOUT`` seconds;
 while a request is handled, after ``REQUEST_TIMEOUT`` seconds without progress
 (long: a reply may wait, unread, until the coordinator's merge takes it).
+
+Internal: :func:`fedsync.serve` is the public way to run a device; this module's names may
+change without notice (fedsync's public surface is ``fedsync.__all__``). Not renamed ``_gateway``
+only to keep imports stable.
 """
 
 from __future__ import annotations

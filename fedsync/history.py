@@ -13,7 +13,7 @@ from .metrics import MAX_SAMPLES, checked_metrics
 from .privacy import checked_privacy
 from .protocol import MAX_REPETITION
 
-__all__ = ["RoundResult", "EvaluationResult", "ServerEvaluation", "History", "write_atomically"]
+__all__ = ["RoundResult", "EvaluationResult", "ServerEvaluation", "History", "write_atomically", "MAX_ERROR"]
 
 MAX_ERROR = 2000
 """The longest error text a server evaluation records, in characters."""

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["LocalDP", "update_norm", "clip_factor", "epsilon", "round_privacy", "checked_privacy", "checked_positive", "PRIVACY_KEYS"]
+__all__ = ["LocalDP", "update_norm", "clip_factor", "epsilon", "round_privacy", "checked_privacy", "checked_positive", "PRIVACY_KEYS", "CHUNK", "coordinator_privacy"]
 
 CHUNK = 1 << 18  # elements handled at a time: bounded scratch memory
 PRIVACY_KEYS = ("epsilon", "delta", "noise_multiplier", "sampling_rate", "rounds")

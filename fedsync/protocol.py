@@ -14,13 +14,16 @@ from typing import Any, Callable, Iterable, Union
 
 from .codec import Payload
 
-__all__ = ["FedData", "FIRST", "MAX_REPETITION", "Encoding", "SPECS_HEADER", "REPETITION_HEADER"]
+__all__ = ["FedData", "FIRST", "MAX_REPETITION", "Encoding", "SPECS_HEADER", "REPETITION_HEADER", "MAX_PAYLOAD"]
 
 SPECS_HEADER = "X-Fedsync-Specs"
 """HTTP header carrying the specs of a payload (submissions, evaluations, results)."""
 
 REPETITION_HEADER = "X-Fedsync-Repetition"
 """HTTP header carrying the repetition a result belongs to."""
+
+MAX_PAYLOAD = 2 * 1024**3
+"""The default largest payload, in bytes: what a device accepts and a coordinator downloads (2 GiB)."""
 
 FIRST = 1
 """The repetition number of the first round. Repetitions only grow."""
@@ -89,29 +92,32 @@ class FedData:
     whole reply.
     """
 
-    def __init__(self) -> None:
-        pass
-
     def specs(self, repetition: int) -> str:
         """A string that must match between coordinator and devices."""
         raise NotImplementedError(f"{type(self).__name__} must implement specs(repetition) -> str")
 
     def serialize(self, repetition: int) -> Encoding:
-        """The state to send, as ``str`` or bytes."""
+        """The state to send: ``str`` (sent as UTF-8 ``text/plain``), ``bytes``, a
+        ``bytearray``/``memoryview``, or a :class:`fedsync.codec.Payload` (frames sent
+        without a copy); see :data:`Encoding`."""
         raise NotImplementedError(f"{type(self).__name__} must implement serialize(repetition)")
 
-    def receive(self, encoding: Any, repetition: int) -> None:
+    def receive(self, encoding: Encoding, repetition: int) -> None:
         """Device side: act on the coordinator's state (e.g. load weights and train)."""
         raise NotImplementedError(f"{type(self).__name__} must implement receive(encoding, repetition)")
 
     def merge(self, encodings: Iterable[Any], repetition: int) -> None:
-        """Coordinator side: combine the devices' states."""
+        """Coordinator side: combine the devices' states.
+
+        Each item is an :data:`Encoding` (``str``, or ``bytes``/``memoryview`` when
+        ``accepts_views``), or a :class:`fedsync.replies.ReplyStream` when ``accepts_streams``.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement merge(encodings, repetition)")
 
-    def check(self, encoding: Any, repetition: int) -> None:
+    def check(self, encoding: Encoding, repetition: int) -> None:
         """Raise ``ValueError`` if ``encoding`` is malformed; the default accepts everything."""
 
-    def evaluate(self, encoding: Any, repetition: int) -> tuple[int, dict[str, float]]:
+    def evaluate(self, encoding: Encoding, repetition: int) -> tuple[int, dict[str, float]]:
         """Device side: ``(samples, metrics)`` of the coordinator's state on local data; changes nothing."""
         raise NotImplementedError(f"{type(self).__name__} does not support federated evaluation")
 

@@ -35,14 +35,14 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .metrics import checked_metrics, checked_samples
-from .protocol import MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, Encoding
+from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, Encoding
 from .replies import ReplyStream
 from .tokens import checked_token
-from .transfer import NEVER, Deadline, content_length, read_capped
+from .transfer import Deadline, content_length, read_capped
 
-__all__ = ["Remote", "MAX_REPLY", "MAX_JSON", "MAX_ERROR_BODY", "MAX_SPECS"]
+__all__ = ["Remote", "MAX_REPLY", "MAX_JSON", "MAX_ERROR_BODY", "MAX_SPECS", "size"]
 
-MAX_REPLY = 2 * 1024**3
+MAX_REPLY = MAX_PAYLOAD
 """Default largest whole result a :class:`Remote` downloads, in bytes (as a device's default limit)."""
 
 MAX_JSON = 1024**2
@@ -151,8 +151,9 @@ class Remote:
         ``deadline`` bounds the whole call (default: ``timeout`` seconds).
 
         Raises:
-            RemoteError: no answer in time, or an answer that is not a fedsync
-                handshake: no specs string (of at most ``MAX_SPECS`` characters), or a
+            RemoteUnavailable: the device cannot be reached (refused, reset, TLS refused).
+            RemoteTimeout: no answer within the timeout.
+            RemoteError: an answer that is not a fedsync handshake: no specs string (of at most ``MAX_SPECS`` characters), or a
                 ``repetition`` that is not an integer in ``[0, MAX_REPETITION]``.
         """
         deadline = deadline or Deadline.within(self.timeout)
@@ -174,6 +175,14 @@ class Remote:
 
         ``config``: the round's configuration (:mod:`fedsync.config`), sent in the
         ``X-Fedsync-Config`` header when not empty.
+
+        Raises:
+            SpecsMismatch: the device holds other specs (409 ``specs_mismatch``).
+            RemoteBusy: the device is still working or serving (409 ``busy``).
+            PayloadRejected: the device refused the payload (400, 411 or 413).
+            RemoteUnavailable: the device cannot be reached (refused, reset, TLS refused).
+            RemoteTimeout: no answer within the timeout.
+            RemoteError: any other refusal, e.g. 409 ``stale_repetition``.
         """
         body, mimetype = _body(payload)
         response = self._request(
@@ -189,8 +198,13 @@ class Remote:
     def ready(self, repetition: int, wait: float, *, timeout: float | None = None) -> bool:
         """Long-poll up to ``wait`` seconds for the result without downloading it.
 
-        ``True`` once the result is ready, ``False`` if the device is still working;
-        raises the device's own error if its training failed.
+        ``True`` once the result is ready, ``False`` if the device is still working.
+
+        Raises:
+            TrainingFailed: the device's training raised; the message is the device's.
+            RemoteUnavailable: the device cannot be reached (refused, reset, TLS refused).
+            RemoteTimeout: no answer within the timeout.
+            RemoteError: any other error answer (e.g. 404 ``unknown_repetition``).
         """
         response = self._poll("HEAD", repetition, wait, timeout, check=False)
         response.close()
@@ -211,8 +225,11 @@ class Remote:
         bounds reading the body (default: ``wait`` plus ``timeout`` seconds).
 
         Raises:
+            TrainingFailed: the device's training raised; the message is the device's.
+            RemoteUnavailable: the device cannot be reached (refused, reset, TLS refused).
+            RemoteTimeout: no answer within the timeout.
             RemoteError: the result is over ``max_reply`` bytes, not UTF-8 text
-                where it says so, or did not arrive in time.
+                where it says so, did not arrive in time, or another error answer.
         """
         if deadline is None:
             deadline = Deadline.within(wait + (timeout if timeout is not None else self.timeout))
@@ -232,10 +249,20 @@ class Remote:
         whose body is not read yet, or ``None`` if the device is still working.
 
         ``deadline`` (a :class:`~fedsync.transfer.Deadline`, or a ``time.monotonic()``
-        value) bounds reading the body.
+        value) bounds reading the body (default: ``wait`` plus ``timeout`` seconds, as
+        for :meth:`result`).
+
+        Raises:
+            TrainingFailed: the device's training raised; the message is the device's.
+            RemoteUnavailable: the device cannot be reached (refused, reset, TLS refused).
+            RemoteTimeout: no answer within the timeout.
+            RemoteError: no valid ``Content-Length``, or another error answer.
         """
         if not isinstance(deadline, Deadline):
-            deadline = NEVER if deadline is None else Deadline(float(deadline))
+            # Not NEVER: an unbounded deadline would let a stalled device hold the reader for ever
+            # (and an infinite socket timeout is refused: OverflowError).
+            default = Deadline.within(wait + (timeout if timeout is not None else self.timeout))
+            deadline = default if deadline is None else Deadline(float(deadline))
 
         response = self._result_response(repetition, wait, timeout)
         return None if response is None else self._stream(repetition, response, timeout, deadline)
@@ -297,8 +324,15 @@ class Remote:
         ``config``: as for :meth:`submit`.
 
         Raises:
-            RemoteError: the answer is not JSON with a sample count in ``[0, 2**53]``
-                and finite metrics, or did not arrive before ``deadline``.
+            SpecsMismatch: the device holds other specs (409 ``specs_mismatch``).
+            RemoteBusy: the device is training or serving (409 ``busy``).
+            PayloadRejected: the device refused the payload (400, 411 or 413).
+            RemoteUnavailable: the device cannot be reached (refused, reset, TLS refused).
+            RemoteTimeout: no answer within the timeout.
+            RemoteError: the device has no evaluate callback (501 ``not_supported``), its
+                callback raised (500 ``evaluation_failed``), or the answer is not JSON with
+                a sample count in ``[0, 2**53]`` and finite metrics, or did not arrive
+                before ``deadline``.
         """
         body, mimetype = _body(payload)
         deadline = deadline or Deadline.within(timeout or self.timeout)

@@ -12,6 +12,9 @@ submission, so a reply can be read again with :meth:`ReplyStream.reopen`
 Every read waits at most as long as the round's :class:`~fedsync.transfer.Deadline`
 allows: a reply still flowing at the deadline is read within the grace period,
 one that stalls is dropped as late (see :mod:`fedsync.transfer`).
+
+Public on purpose: a FedData with ``accepts_streams = True`` is handed :class:`ReplyStream`
+objects, so their methods are part of the FedData contract.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 worker threads share (download slots, the byte budget of whole replies, each
 device's step), exact counts from fractions, and the texts that name a device's
 failure.
+
+Internal: the plumbing of :class:`fedsync.Federated`; its names may change without notice.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Iterable
 
-from .errors import RemoteError, RoundFailed
+from .errors import RoundFailed, failure_reason
 from .protocol import Encoding
 from .replies import ReplyStream
 from .transfer import LATE, Deadline
@@ -145,10 +147,7 @@ def _close_waiting(arrivals: queue.Queue) -> None:
         _close(reply)
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, RemoteError):
-        return f"{type(exc).__name__}: {exc.reason}"
-    return f"{type(exc).__name__}: {exc}"
+_reason = failure_reason
 
 
 def _mismatch_message(url: str, expected: str, info: dict[str, Any], summary: dict[str, Any] | None) -> str:

@@ -31,7 +31,7 @@ from .codec import read_exactly
 from .config import CONFIG_HEADER, Config, decode_config
 from .device import ApiError, Device, checked_repetition, json_response
 from .gateway import SOCKET_KEY, KeepAliveServer
-from .protocol import MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
+from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
 from .status import render_index, render_locked, render_status
 from .tokens import checked_token
 
@@ -39,7 +39,8 @@ __all__ = ["DeviceApp", "RunningServer", "serve", "checked_token", "SPECS_HEADER
 
 logger = logging.getLogger("fedsync.server")
 
-DEFAULT_MAX_CONTENT_LENGTH = 2 * 1024**3
+DEFAULT_MAX_CONTENT_LENGTH = MAX_PAYLOAD
+"""The largest payload a device accepts unless ``max_content_length`` says otherwise, in bytes."""
 MAX_WAIT = 60.0
 """The longest a single result long-poll is held open, in seconds."""
 
@@ -191,7 +192,7 @@ class DeviceApp:
         """Read the body (``length`` bytes) and run the FedData's own check; the payload, or an ApiError."""
         reuse = device.payload_buffer(length) if device.fed.accepts_views and for_training else None
         encoding = _read_payload(request, length, as_view=device.fed.accepts_views, into=reuse)
-        del reuse
+        del reuse  # the spare buffer is the device's to reuse next round only if nothing else refers to it
         try:
             device.fed.check(encoding, rep)
         except ValueError as exc:

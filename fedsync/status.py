@@ -5,6 +5,9 @@ with a token answers a browser that has none with :func:`render_locked`: the
 same page for every path, showing nothing of the device, that asks for the
 token and then reads the JSON handshake with an ``Authorization`` header. The
 token stays in the tab's ``sessionStorage``, never in a URL.
+
+Internal: served by every device; its names may change without notice (fedsync's public
+surface is ``fedsync.__all__``). Not renamed ``_status`` only to keep imports stable.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ may wait until the deadline; after it, a reply whose device answered in time
 is still read while it keeps flowing (each read returns within ``stall``
 seconds) and within the grace period (``grace`` seconds past the deadline).
 A reply that stops flowing then is dropped and its device named late.
+
+Internal: the coordinator's reads; its names may change without notice.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from .errors import RemoteError, RemoteTimeout, RemoteUnavailable
 
-__all__ = ["Deadline", "LATE", "STALL", "read_some", "read_capped", "release", "content_length", "round_grace"]
+__all__ = ["Deadline", "LATE", "STALL", "read_some", "read_capped", "release", "content_length", "round_grace", "NEVER"]
 
 STALL = 1.0
 """Seconds a reply may pause once its round's deadline has passed, before it is dropped as late."""

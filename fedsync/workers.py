@@ -4,6 +4,9 @@ Not :class:`concurrent.futures.ThreadPoolExecutor`: its threads are joined
 when the interpreter exits, so a script whose round failed would wait at exit
 for long-polls the round had abandoned. These threads are daemons; each of
 their requests has a timeout all the same.
+
+Internal: the coordinator's plumbing; its names may change without notice (fedsync's public
+surface is ``fedsync.__all__``). Not renamed ``_workers`` only to keep imports stable.
 """
 
 from __future__ import annotations

@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
+from fedsync.adapter_support import check_fit, without_addresses
 from fedsync.arrays import FedArrays, TrainResult
-from fedsync.errors import PayloadRejected
 from fedsync.proximal import NO_GLOBAL, checked_mu
-from fedsync.strategies import Strategy
 
 if TYPE_CHECKING:
     import keras
@@ -26,9 +25,6 @@ __all__ = ["FedKeras"]
 # before, not what the model is.
 _COUNTER = re.compile(r"_\d+$")
 _AUTO_VARIABLE = re.compile(r"variable(_\d+)?")
-# Default reprs of objects in a config carry memory addresses, which differ
-# between processes; the specs must not.
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 class FedKeras(FedArrays):
@@ -42,10 +38,18 @@ class FedKeras(FedArrays):
         train: on a device, ``train(model) -> samples`` or
             ``-> (samples, metrics)``: typically ``model.fit(x, y, ...)`` followed
             by ``return x.shape[0]``. ``None`` on the coordinator.
-        evaluate: ``evaluate(model) -> samples`` or ``-> (samples, metrics)``,
-            measuring the coordinator's weights on this device's data for
-            ``Federated.evaluate()``; the device's own weights are restored after.
-        strategy: how results merge; sample-weighted FedAvg by default.
+        **options: the keywords of :class:`fedsync.FedArrays`, the same for every
+            array adapter and checked there: ``evaluate`` (``evaluate(model) ->
+            samples`` or ``-> (samples, metrics)``, measuring the coordinator's
+            weights on this device's data for ``Federated.evaluate()``; the
+            device's own weights are restored after), ``strategy`` (sample-weighted
+            FedAvg by default), ``wire_dtype`` (``"float16"``, ``"bfloat16"`` or
+            ``"int8"`` on the wire, both ways).
+
+    Raises:
+        TypeError: ``model`` is not a Keras model, ``train`` or ``evaluate`` is
+            not callable, or an unknown keyword.
+        ValueError: the model has no weights yet, or an unknown ``wire_dtype``.
 
     Example::
 
@@ -69,9 +73,7 @@ class FedKeras(FedArrays):
         self,
         model: "keras.Model",
         train: Callable[[Any], TrainResult] | None = None,
-        *,
-        evaluate: Callable[[Any], TrainResult] | None = None,
-        strategy: Strategy | None = None,
+        **options: Any,
     ) -> None:
         import keras
 
@@ -80,10 +82,6 @@ class FedKeras(FedArrays):
                 f"FedKeras takes a Keras model, got {type(model).__name__}; "
                 "e.g. FedKeras(keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)]), train)"
             )
-        if train is not None and not callable(train):
-            raise TypeError(f"train must be a function train(model) -> samples, or None on the coordinator; got {train!r}")
-        if evaluate is not None and not callable(evaluate):
-            raise TypeError(f"evaluate must be a function evaluate(model) -> samples or (samples, metrics), got {evaluate!r}")
         if not model.weights:
             raise ValueError(
                 f"the Keras model {model.name!r} has no weights yet, so there is nothing to exchange; "
@@ -92,7 +90,7 @@ class FedKeras(FedArrays):
             )
         # The base validates and stores numpy arrays; a Keras model keeps its own
         # variables, so hand the base nothing and keep the model for train(model).
-        super().__init__({}, train, evaluate=evaluate, strategy=strategy)
+        super().__init__({}, train, **options)
         self.model = model
         self._global_tensors: tuple[Any, list[tuple[Any, Any]]] | None = None
 
@@ -158,13 +156,7 @@ class FedKeras(FedArrays):
         and leave the model unchanged.
         """
         variables = self._variables()
-        names = {name for name, _ in variables}
-        if arrays.keys() != names:
-            missing, extra = sorted(names - arrays.keys()), sorted(arrays.keys() - names)
-            raise PayloadRejected(f"arrays do not match the model's weights: missing {missing}, unexpected {extra}")
-        for name, v in variables:
-            if tuple(np.shape(arrays[name])) != tuple(v.shape):
-                raise PayloadRejected(f"weight {name!r}: expected shape {tuple(v.shape)}, got {tuple(np.shape(arrays[name]))}")
+        check_fit(arrays, {name: tuple(v.shape) for name, v in variables}, "weight")
         for name, v in variables:
             array = np.asarray(arrays[name])
             if array.dtype.name != _dtype_name(v.dtype):
@@ -268,7 +260,7 @@ def _normalized_config(model: Any) -> Any:
             return canonical.setdefault(value, f"#{len(canonical)}")
         if isinstance(value, (str, int, float, bool)) or value is None:
             return value
-        return _ADDRESS.sub("", repr(value))
+        return without_addresses(repr(value))
 
     return normalize(config)
 

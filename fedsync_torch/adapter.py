@@ -6,19 +6,16 @@ that loading fedsync's plugins does not import torch.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
+from fedsync.adapter_support import check_fit, without_addresses
 from fedsync.arrays import FedArrays, TrainResult
-from fedsync.errors import PayloadRejected
 from fedsync.proximal import NO_GLOBAL, checked_mu
 
 if TYPE_CHECKING:
     import torch
-
-    from fedsync.strategies import Strategy
 
 __all__ = ["FedTorch"]
 
@@ -29,10 +26,6 @@ _NATIVE = frozenset(
 # Dtypes numpy lacks, carried as float32: exact, and FedAvg averages them as the
 # floats they are (a uint16 view of bfloat16 bits would average bit patterns).
 _UPCAST = frozenset({"bfloat16"})
-
-# Default reprs of functions and objects carry memory addresses, which differ
-# between processes; the specs must not.
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def _dtype_name(tensor: "torch.Tensor") -> str:
@@ -55,11 +48,18 @@ class FedTorch(FedArrays):
             a device after the coordinator's weights were loaded into ``model``;
             e.g. a few local epochs ending in ``return len(dataset)``. ``None`` on
             the coordinator.
-        evaluate: ``evaluate(model) -> samples`` or ``-> (samples, metrics)``,
-            measuring the coordinator's weights on this device's data for
-            ``Federated.evaluate()``; the device's own weights are restored after.
-        strategy: how results merge; sample-weighted :class:`fedsync.FedAvg` by
-            default.
+        **options: the keywords of :class:`fedsync.FedArrays`, the same for every
+            array adapter and checked there: ``evaluate`` (``evaluate(model) ->
+            samples`` or ``-> (samples, metrics)``, measuring the coordinator's
+            weights on this device's data for ``Federated.evaluate()``; the
+            device's own weights are restored after), ``strategy`` (sample-weighted
+            :class:`fedsync.FedAvg` by default), ``wire_dtype`` (``"float16"``,
+            ``"bfloat16"`` or ``"int8"`` on the wire, both ways).
+
+    Raises:
+        TypeError: ``model`` is not a ``torch.nn.Module``, ``train`` or
+            ``evaluate`` is not callable, or an unknown keyword.
+        ValueError: an unknown ``wire_dtype``.
 
     How dtypes merge (with the default FedAvg):
 
@@ -86,9 +86,7 @@ class FedTorch(FedArrays):
         self,
         model: "torch.nn.Module",
         train: Callable[["torch.nn.Module"], TrainResult] | None = None,
-        *,
-        evaluate: Callable[["torch.nn.Module"], TrainResult] | None = None,
-        strategy: Strategy | None = None,
+        **options: Any,
     ) -> None:
         import torch
 
@@ -99,7 +97,7 @@ class FedTorch(FedArrays):
             )
         # The base validates and stores numpy arrays; a model has none of its own,
         # so hand it nothing and keep the module as the model train() is given.
-        super().__init__({}, train, evaluate=evaluate, strategy=strategy)
+        super().__init__({}, train, **options)
         self.model = model
         self._global_tensors: tuple[Any, dict[str, "torch.Tensor"]] | None = None
 
@@ -196,14 +194,7 @@ class FedTorch(FedArrays):
         import torch
 
         state = self._state()
-        if arrays.keys() != state.keys():
-            missing = sorted(state.keys() - arrays.keys())
-            extra = sorted(arrays.keys() - state.keys())
-            raise PayloadRejected(f"arrays do not match the model's state dict: missing {missing}, unexpected {extra}")
-        for name, tensor in state.items():
-            shape = tuple(np.shape(arrays[name]))
-            if shape != tuple(tensor.shape):
-                raise PayloadRejected(f"tensor {name!r}: expected shape {tuple(tensor.shape)}, got {shape}")
+        check_fit(arrays, {name: tuple(tensor.shape) for name, tensor in state.items()}, "tensor")
         with torch.no_grad():
             for name, tensor in state.items():
                 array = np.asarray(arrays[name])
@@ -215,7 +206,7 @@ class FedTorch(FedArrays):
     def architecture(self) -> dict[str, Any]:
         """The JSON-able description hashed into the specs: module types and configs, weights."""
         modules = [
-            {"name": name, "type": type(module).__name__, "config": _ADDRESS.sub("", module.extra_repr())}
+            {"name": name, "type": type(module).__name__, "config": without_addresses(module.extra_repr())}
             for name, module in self.model.named_modules()
         ]
         weights = [

@@ -164,6 +164,38 @@ class _CutPayload(codec.Payload):
         raise ConnectionAbortedError("device died while sending (test)")
 
 
+def cut_when_read_again(value: float, samples: int) -> FedArrays:
+    """Like ``big_constant``; its result's first download is whole, a second one stops after the first array."""
+
+    def train(model):
+        for a in model.values():
+            a[...] = value
+        return samples
+
+    class Fickle(FedArrays):
+        def serialize(self, repetition):
+            payload = super().serialize(repetition)
+            return _CutOnSecondRead(payload.frames) if self.samples == samples else payload
+
+    return Fickle(big_model(), train)
+
+
+class _CutOnSecondRead(codec.Payload):
+    """Whole the first time it is sent; then announces its whole length and fails after the first array."""
+
+    def __init__(self, frames):
+        super().__init__(frames)
+        self.sent = 0
+
+    def __iter__(self):
+        self.sent += 1
+        if self.sent == 1:
+            yield from self.frames
+            return
+        yield from self.frames[:2]
+        raise ConnectionAbortedError("device died while sending the result again (test)")
+
+
 def pattern(n: int, k: int) -> np.ndarray:
     """The values training number ``k`` leaves in a ``patterned`` model: distinct per round, exact in float32."""
     return ((np.arange(n) % 251) + 1000.0 * k).astype(np.float32)

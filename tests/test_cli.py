@@ -93,7 +93,16 @@ def test_every_command_explains_itself(command, capsys):
     text = capsys.readouterr().out
     assert text.startswith(f"usage: fedsync {command}")
     assert "examples:" in text or command in ("plugins",)
-    assert "default" in text or command == "plugins"
+    # Each command's options show their real defaults (argparse prints them from the parser).
+    defaults = {
+        "demo": ["number of device processes (default: 4)", "(default: fedavg)"],
+        "serve": ["--port PORT", "(default: 8000)", "(default: 127.0.0.1)"],
+        "info": ["seconds to wait for an answer (default: 5.0)"],
+        "plugins": ["--json"],
+    }
+    flat = " ".join(text.split())
+    for fragment in defaults[command]:
+        assert fragment in flat, (command, fragment, text)
 
 
 def test_python_dash_m_fedsync_lists_the_commands(tmp_path):
@@ -105,9 +114,10 @@ def test_python_dash_m_fedsync_lists_the_commands(tmp_path):
 
 
 def test_console_script_is_installed(tmp_path):
-    script = shutil.which("fedsync")
-    if script is None:
-        pytest.skip("the fedsync console script is not installed (pip install -e .)")
+    # Next to this interpreter, not on PATH: PATH may hold another install, or none without an activated venv.
+    folder = Path(sys.executable).parent
+    script = next((folder / name for name in ("fedsync", "fedsync.exe") if (folder / name).exists()), None)
+    assert script is not None, f"no fedsync console script next to {sys.executable}: pip install -e '.[all,test]'"
     result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("fedsync ")
 
@@ -252,9 +262,9 @@ def test_info_shows_a_live_devices_handshake(devices, capsys):
     device = devices("constant", 1.0, 5)
     assert main(["info", device.url]) == 0
     out = capsys.readouterr().out
-    assert f"device         {device.url}" in out
-    assert "state          idle" in out
-    assert "specs          arrays:sha256:" in out
+    fields = dict(line.split(None, 1) for line in out.splitlines() if line.strip())  # key, then its value
+    assert fields["device"] == device.url and fields["state"] == "idle"
+    assert fields["specs"].startswith("arrays:sha256:")
     assert "2 arrays, 8 parameters" in out
     assert main(["info", device.url.removeprefix("http://"), "--json"]) == 0  # http:// is assumed
     assert json.loads(capsys.readouterr().out)["repetition"] == 0
@@ -264,7 +274,8 @@ def test_info_on_a_device_serving_several_fed_data(serve, capsys):
     _, url = serve("device.py:both")
     assert main(["info", url]) == 0
     out = capsys.readouterr().out
-    assert f"device         {url}/model" in out and f"device         {url}/threshold" in out
+    pairs = [line.split(None, 1) for line in out.splitlines() if line.strip()]
+    assert [value for key, value in pairs if key == "device"] == [f"{url}/model", f"{url}/threshold"]
 
 
 def test_info_on_an_unreachable_url_is_one_line(capsys):
@@ -316,7 +327,6 @@ def test_every_command_writing_into_a_closed_pipe_stops_quietly(args, tmp_path):
 
 
 def test_plugins_lists_the_adapters(capsys):
-    pytest.importorskip("fedsync.plugins")
     assert main(["plugins"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["token", "class", "plugin", "package", "framework"]
@@ -325,9 +335,8 @@ def test_plugins_lists_the_adapters(capsys):
     assert main(["plugins", "--json"]) == 0
     listed = {row["token"]: row for row in json.loads(capsys.readouterr().out)}
     assert listed["arrays"]["framework"] == "installed"
-    for token in ("torch", "keras"):
-        if token in listed:
-            assert listed[token]["framework"] == "installed" or f"fedsync[{token}]" in listed[token]["framework"]
+    for token in ("torch", "keras"):  # registered by fedsync's own entry points, whether or not the framework is
+        assert listed[token]["framework"] == "installed" or f"fedsync[{token}]" in listed[token]["framework"]
 
 
 def test_plugins_help_text_mentions_the_environment_switch(capsys):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from fedsync import EarlyStopping, FedArrays, Federated, History, codec
 from fedsync.checkpoint import CheckpointError
@@ -55,7 +56,12 @@ def test_fit_records_history_with_metrics_and_evaluation(devices, tmp_path):
     assert first.repetition == 1 and sorted(first.answered) == sorted([a.url, b.url])
     assert first.samples == 40 and first.metrics == {"loss": pytest.approx(1.75)}
     assert first.devices[a.url]["samples"] == 30
-    assert first.bytes_sent > 0 and first.bytes_received > 0 and first.seconds > 0
+    assert first.bytes_sent == 2 * len(weights().serialize(1))  # the same payload to each device
+    # Each device replies alike every round (same layout, same-length metadata): its last reply's
+    # Content-Length, read from the device itself, is what the coordinator counted per reply.
+    replies = [len(requests.get(f"{d.url}/4/result", timeout=10).content) for d in (a, b)]
+    assert [r.bytes_received for r in history] == [sum(replies)] * 4
+    assert first.seconds > 0
     assert [r.evaluation is not None for r in history] == [False, True, False, True]
     assert history.metric("accuracy", evaluation=True) == [None, pytest.approx(0.8), None, pytest.approx(0.8)]
 

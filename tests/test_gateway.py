@@ -1,6 +1,7 @@
 """fedsync's device server keeps HTTP/1.1 connections open, and closes them when it must."""
 
 import http.client
+import json
 import socket
 import threading
 import time
@@ -56,6 +57,8 @@ def test_a_chunked_request_body_is_refused_with_411():
         connection.request("POST", "/1/submit", body=iter([b"1.0"]), encode_chunked=True, headers={SPECS_HEADER: "x"})
         response = connection.getresponse()
         assert response.status == 411 and response.getheader("Connection") == "close"
+        assert response.getheader("Content-Type").startswith("application/json")  # every error is JSON (protocol.md)
+        assert json.loads(response.read())["error"] == "length_required"
 
 
 def test_a_closed_device_answers_nobody_even_on_an_open_connection():

@@ -68,7 +68,8 @@ def test_killed_device_is_named_within_timeout(devices):
     with alg, pytest.raises(RoundFailed) as caught:
         alg.round()
     assert time.monotonic() - started < 20
-    assert doomed.url in caught.value.failures
+    # Named because it went away, not because the round waited out its timeout.
+    assert caught.value.failures[doomed.url].startswith("RemoteUnavailable: "), caught.value.failures
     assert alive.url not in caught.value.failures
     assert np.all(data.model["w"] == 1.0)
 
@@ -85,7 +86,7 @@ def test_frozen_device_is_named_at_the_deadline(devices):
     elapsed = time.monotonic() - started
     assert elapsed < 4 + 3
     assert list(caught.value.failures) == [frozen.url]
-    assert "Timeout" in caught.value.failures[frozen.url]
+    assert caught.value.failures[frozen.url] == "RemoteTimeout: did not answer the handshake within 2s"
     assert frozen.url in str(caught.value)
     assert np.all(data.model["w"] == 1.0)
 
@@ -100,7 +101,8 @@ def test_device_frozen_mid_training_is_named_at_the_deadline(devices):
         with pytest.raises(RoundFailed) as caught:
             alg.round()
     assert time.monotonic() - started < 5 + 3
-    assert frozen.url in caught.value.failures
+    # The long-poll's read timeout is cut to the round's deadline: a timeout, not a lost connection.
+    assert caught.value.failures[frozen.url].startswith("RemoteTimeout: timed out"), caught.value.failures
     assert np.all(data.model["w"] == 1.0)
 
 
@@ -184,7 +186,7 @@ def test_array_replies_arrive_as_streams_and_other_replies_as_text(devices):
 
             super().merge(recorded(), repetition)
 
-    class BinaryFloat(FedFloat):
+    class TextFloat(FedFloat):
         def merge(self, encodings, repetition):
             encodings = list(encodings)
             seen["float"] = {type(e) for e in encodings}
@@ -196,8 +198,7 @@ def test_array_replies_arrive_as_streams_and_other_replies_as_text(devices):
         alg.round()
     assert seen["types"] == {ReplyStream}  # FedArrays.accepts_streams
     assert np.all(data.model["w"] == 1.0)
-    assert FedFloat.accepts_views is False
     text = devices("fedfloat", 2.0)
-    with Federated(data=BinaryFloat(0.0), remotes=[text.url]) as alg:
+    with Federated(data=TextFloat(0.0), remotes=[text.url]) as alg:
         alg.round()
     assert seen["float"] == {str}

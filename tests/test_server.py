@@ -1,6 +1,9 @@
 """The device's protocol: every bad request gets the right status and changes nothing."""
 
 import errno
+import http.client
+import json
+import socket
 import subprocess
 import threading
 
@@ -69,27 +72,27 @@ def test_submit_trains_in_background_and_result_long_polls():
 
 
 @pytest.mark.parametrize(
-    "case, status, error",
+    "case, status, error, fragment",
     [
-        ("garbage", 400, "malformed_payload"),
-        ("truncated", 400, "malformed_payload"),
-        ("wrong_shape", 400, "malformed_payload"),
-        ("nan", 400, "malformed_payload"),
-        ("text_for_arrays", 400, "malformed_payload"),
-        ("missing_specs", 400, "missing_specs"),
-        ("wrong_specs", 409, "specs_mismatch"),
-        ("stale_repetition", 409, "stale_repetition"),
-        ("too_large", 413, "too_large"),
+        ("garbage", 400, "malformed_payload", "header length 7306915995885594368 exceeds"),
+        ("short_payload", 400, "malformed_payload", "<= 19 (the data section size), got [0, 24]"),
+        ("wrong_shape", 400, "malformed_payload", "expected (2, 3) float32, payload has (3, 2) float32"),
+        ("nan", 400, "malformed_payload", "array 'w' contains NaN or infinity"),
+        ("text_for_arrays", 400, "malformed_payload", "expects a binary payload, got text"),
+        ("missing_specs", 400, "missing_specs", "X-Fedsync-Specs header"),
+        ("wrong_specs", 409, "specs_mismatch", "'arrays:sha256:0000000000000000' do not match"),
+        ("stale_repetition", 409, "stale_repetition", "submit repetition 1 or later"),
+        ("too_large", 413, "too_large", "10001 bytes exceeds this device's limit of 10000"),
     ],
 )
-def test_rejected_submission_changes_nothing(case, status, error):
+def test_rejected_submission_changes_nothing(case, status, error, fragment):
     data, client = make_device(max_content_length=10_000)
     good = bytes(data.serialize(1))
     other = FedArrays({"w": np.zeros((3, 2), np.float32)})
     nan = FedArrays({"w": np.full((2, 3), np.nan, np.float32)})
     if case == "garbage":
         response = submit(client, data, body=b"\x00garbage" * 10)
-    elif case == "truncated":
+    elif case == "short_payload":  # Content-Length matches the short body: the codec rejects it
         response = submit(client, data, body=bytes(good)[:-5])
     elif case == "wrong_shape":
         response = submit(client, data, body=other.serialize(1))
@@ -107,8 +110,26 @@ def test_rejected_submission_changes_nothing(case, status, error):
         response = submit(client, data, body=b"x" * 10_001)
     assert response.status_code == status
     assert response.json["error"] == error
-    assert response.json["message"]
+    assert fragment in response.json["message"], response.json["message"]
     assert_untouched(client, data)
+
+
+def test_a_body_shorter_than_its_content_length_is_truncated(devices):
+    """Content-Length 100, 50 bytes, then the client stops sending: 400 truncated, nothing changed."""
+    device = devices("constant", 1.0, 3)
+    specs = requests.get(f"{device.url}/info", timeout=10).json()["specs"]
+    host, port = device.url.removeprefix("http://").rsplit(":", 1)
+    head = f"POST /1/submit HTTP/1.1\r\nHost: x\r\n{SPECS_HEADER}: {specs}\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(head.encode() + b"z" * 50)
+        sock.shutdown(socket.SHUT_WR)
+        response = http.client.HTTPResponse(sock, method="POST")
+        response.begin()
+        answer = json.loads(response.read())
+    assert response.status == 400 and answer["error"] == "truncated", answer
+    assert "after 50 of 100 bytes" in answer["message"]
+    info = requests.get(f"{device.url}/info", timeout=10).json()
+    assert (info["repetition"], info["state"], info["rounds_served"]) == (0, "idle", 0)
 
 
 def test_busy_device_refuses_and_keeps_its_work():
@@ -135,12 +156,80 @@ def test_result_errors():
     data.release.set()
 
 
+@pytest.mark.parametrize("wait", ["-1", "inf", "-inf", "nan", "1e999", "soon", "", "1" * 41])
+def test_a_wait_that_is_not_a_finite_number_of_seconds_is_refused(wait):
+    data, client = make_device()
+    assert submit(client, data).status_code == 202
+    answer = client.get(f"/1/result?wait={wait}")
+    assert answer.status_code == 400 and answer.json["error"] == "bad_wait", (wait, answer.json)
+    assert "?wait=10" in answer.json["message"]
+    data.release.set()
+    assert client.get("/1/result?wait=10").status_code == 200  # the job itself is untouched
+
+
+def test_a_long_wait_is_capped_at_max_wait(monkeypatch):
+    monkeypatch.setattr(fedsync.server, "MAX_WAIT", 0.2)
+    data, client = make_device()
+    assert submit(client, data).status_code == 202
+    answers = []
+    poll = threading.Thread(target=lambda: answers.append(client.get("/1/result?wait=61")), daemon=True)
+    poll.start()
+    poll.join(30)  # without the cap, the device would hold this poll for 61 s
+    data.release.set()
+    assert not poll.is_alive(), "a wait of 61 s was not capped at MAX_WAIT"
+    assert answers[0].status_code == 202 and answers[0].json == {"repetition": 1, "state": "training"}
+
+
+def evaluate(client, data, rep=1, body=None):
+    body = bytes(data.serialize(rep) if body is None else body)
+    return client.post(f"/{rep}/evaluate", data=body, headers={SPECS_HEADER: data.specs(rep)}, content_type="application/octet-stream")
+
+
+def test_evaluate_while_training_is_busy_and_changes_nothing():
+    data, client = make_device()
+    data.evaluate_fn = lambda model: (1, {"seen": float(model["w"].sum())})
+    assert submit(client, data).status_code == 202
+    assert data.done.wait(10)  # training holds the model
+    busy = evaluate(client, data)
+    assert busy.status_code == 409 and busy.json["error"] == "busy", busy.json
+    assert "training repetition 1" in busy.json["message"]
+    data.release.set()
+    assert client.get("/1/result?wait=10").status_code == 200
+    assert np.all(data.model["w"] == 1.0)  # what training left, untouched by the refused evaluation
+
+
+def test_an_evaluate_callback_that_raises_answers_500_and_restores_the_model():
+    data, client = make_device()
+
+    def broken(model):
+        raise RuntimeError("the test set is missing")
+
+    data.evaluate_fn = broken
+    sent = FedArrays({"w": np.full((2, 3), 7.0, np.float32)})
+    answer = evaluate(client, data, body=sent.serialize(1))
+    assert answer.status_code == 500 and answer.json["error"] == "evaluation_failed", answer.json
+    assert answer.json["message"] == "RuntimeError: the test set is missing"
+    assert_untouched(client, data)  # its own zeros back, not the 7s it was asked to measure
+
+
+def test_a_rejected_evaluate_payload_changes_nothing():
+    data, client = make_device()
+    seen = []
+    data.evaluate_fn = lambda model: seen.append(1) or 1
+    nan = FedArrays({"w": np.full((2, 3), np.nan, np.float32)})
+    answer = evaluate(client, data, body=nan.serialize(1))
+    assert answer.status_code == 400 and answer.json["error"] == "malformed_payload", answer.json
+    assert "contains NaN or infinity" in answer.json["message"]
+    assert seen == [] and np.all(data.model["w"] == 0.0)
+
+
 def test_unknown_routes_and_methods_answer_json():
     _, client = make_device()
     missing = client.get("/nothing")
     assert missing.status_code == 404 and missing.json["error"] == "not_found"
     wrong = client.get("/1/submit")
-    assert wrong.status_code == 405 and wrong.json["message"]
+    assert wrong.status_code == 405 and wrong.json["error"] == "method_not_allowed"
+    assert "'GET' is not allowed on '/1/submit'; use POST" in wrong.json["message"]
 
 
 def test_token_is_required_when_set():
@@ -230,3 +319,19 @@ def test_port_in_use_raises_instead_of_exiting():
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{first.port}.*port=0") as caught:
             fedsync.serve(FedFloat(1.0), port=first.port, block=False)
     assert caught.value.errno == errno.EADDRINUSE
+
+
+def test_a_readiness_check_on_failed_training_reports_the_devices_own_error():
+    """HEAD /result answers 500 without a body: Remote.ready asks again with GET for the device's message."""
+    from fedsync import Remote
+    from fedsync.errors import TrainingFailed
+
+    def train(model):
+        raise RuntimeError("out of data on this device")
+
+    data = FedArrays({"w": np.zeros(2, np.float32)}, train)
+    with fedsync.serve(data, port=0, block=False) as server, Remote(server.url) as remote:
+        remote.submit(1, bytes(data.serialize(1)), data.specs(1))
+        with pytest.raises(TrainingFailed, match="out of data on this device") as caught:
+            remote.ready(1, 10)
+    assert caught.value.url == server.url

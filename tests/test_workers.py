@@ -1,7 +1,6 @@
 """The coordinator talks to devices through a bounded pool of threads."""
 
 import threading
-import time
 
 import pytest
 
@@ -12,12 +11,13 @@ from tests.seed_fedfloat import FedFloat
 
 def test_no_more_calls_run_at_once_than_the_pool_has_threads():
     running, most, lock, done = [0], [0], threading.Lock(), threading.Semaphore(0)
+    together = threading.Barrier(3, timeout=10)  # three calls must overlap: no timing luck involved
 
     def call():
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
-        time.sleep(0.02)
+        together.wait()
         with lock:
             running[0] -= 1
         done.release()
@@ -48,12 +48,15 @@ def test_a_call_can_queue_the_next_behind_the_others():
 
 def test_closing_drops_the_calls_still_queued():
     ran, gate = [], threading.Event()
-    workers = Workers(1)
+    workers = Workers(1, name="closing-test")
     workers.submit(gate.wait, 10)
     workers.submit(ran.append, "late")
     workers.close()
     gate.set()
-    time.sleep(0.2)
+    # Wait for the pool's thread to end: it has then run, or dropped, everything it was given.
+    for thread in [t for t in threading.enumerate() if t.name.startswith("closing-test-")]:
+        thread.join(10)
+        assert not thread.is_alive()
     assert ran == []
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import codec
 
-__all__ = ["Shard", "Split", "load_split", "load_digits", "stratified_split", "dirichlet_split", "save_shard", "load_shard", "DemoError"]
+__all__ = ["Shard", "Split", "load_split", "load_digits", "stratified_split", "dirichlet_split", "save_shard", "load_shard", "DemoError", "CLASSES", "FEATURES"]
 
 CLASSES = 10
 FEATURES = 64

@@ -18,6 +18,8 @@ from ..server import serve
 from .data import load_shard
 from .models import choose_backend
 
+__all__ = ["main"]
+
 
 def _exit_when_parent_goes() -> None:
     # The coordinator holds the other end of our stdin; EOF means it is gone.

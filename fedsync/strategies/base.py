@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import RoundFailed
 from ..metrics import checked_samples
 
-__all__ = ["Strategy", "Accumulator", "WeightedSum", "FedAvg", "fold_whole"]
+__all__ = ["Strategy", "Accumulator", "WeightedSum", "FedAvg", "fold_whole", "Arrays"]
 
 Arrays = Mapping[str, np.ndarray]
 

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 
 import numpy as np
 
-__all__ = ["ReplyStore", "default_spill_bytes", "SPILL_SHARE"]
+__all__ = ["ReplyStore", "default_spill_bytes", "SPILL_SHARE", "checked_spill_bytes"]
 
 SPILL_SHARE = 4
 """The default RAM budget is 1/SPILL_SHARE of the memory available when the merge begins."""
