@@ -51,7 +51,7 @@ def test_the_keywords_listed_here_are_fedarrays_own():
     assert {name for name, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY} == KEYWORDS.keys()
 
 
-@pytest.mark.parametrize("name", sorted(ADAPTERS))
+@pytest.mark.parametrize("name", ["torch", pytest.param("keras", marks=pytest.mark.slow)])  # importing TensorFlow takes seconds
 def test_each_fedarrays_keyword_reaches_the_adapter(name):
     build = ADAPTERS[name]()
     for keyword, (value, attribute) in KEYWORDS.items():
@@ -66,7 +66,7 @@ def test_each_fedarrays_keyword_reaches_the_adapter(name):
         build(evaluate="accuracy")
 
 
-@pytest.mark.parametrize("name", sorted(ADAPTERS))
+@pytest.mark.parametrize("name", ["torch", pytest.param("keras", marks=pytest.mark.slow)])  # importing TensorFlow takes seconds
 def test_a_compressed_round_trip_through_an_adapter(name):
     build = ADAPTERS[name]()
     coordinator, plain = build(0, wire_dtype="bfloat16"), build(0)
