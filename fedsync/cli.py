@@ -295,6 +295,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     if isinstance(data, Mapping):
         for name in data:
             print(f"  {name}: {url}/{name}/info", flush=True)
+    return _serve_until_stopped(server)
+
+
+def _serve_until_stopped(server: Any) -> int:
+    """Serve until Ctrl-C or SIGTERM, then close ``server``; the exit code 0."""
     say_how_to_stop()
     try:
         with sigterm_as_exit():
@@ -420,15 +425,7 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     print(f"dashboard {server.url}/", flush=True)
     if not (folder / "checkpoint.json").exists():
         print(f"no checkpoint in {folder} yet: the page shows the run once its first round is written", file=sys.stderr, flush=True)
-    say_how_to_stop()
-    try:
-        with sigterm_as_exit():
-            server.join()
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    finally:
-        server.close()
-    return 0
+    return _serve_until_stopped(server)
 
 
 # ----------------------------------------------------------------------- main

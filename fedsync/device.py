@@ -225,10 +225,13 @@ class Device:
             job = Job(repetition)
             self.job = job
             self.last_repetition = repetition
-        threading.Thread(
-            target=self._work, args=(job, encoding, config or {}), name=f"fedsync-job-{repetition}", daemon=True
-        ).start()
+        self._launch(job, encoding, config or {})
         return job
+
+    def _launch(self, job: Job, encoding: Any, config: Config) -> None:
+        """Run :meth:`_work` for ``job`` in the background: on a thread of its own here
+        (a simulation's devices share a pool: :mod:`fedsync.local`)."""
+        threading.Thread(target=self._work, args=(job, encoding, config), name=f"fedsync-job-{job.repetition}", daemon=True).start()
 
     def _work(self, job: Job, encoding: Any, config: Config) -> None:
         try:

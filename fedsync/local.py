@@ -37,7 +37,7 @@ from requests.structures import CaseInsensitiveDict
 from werkzeug.test import EnvironBuilder
 
 from .config import Config
-from .device import ApiError, Device, Job
+from .device import Device, Job
 from .errors import RemoteError, RemoteTimeout
 from .hookspecs import hookimpl
 from .protocol import FedData
@@ -298,24 +298,15 @@ class _PooledDevice(Device):
         super().__init__(fed)
         self.pool = pool
 
-    def start(self, encoding: Any, repetition: int, config: Config | None = None) -> Job:
-        # Device.start, with the pool for the thread. A subclass, not a method patched on the
-        # instance: that closure would be a reference cycle, freed only by the cyclic
-        # collector, and a dropped device's data with it.
-        with self.lock:
-            self._ensure_can_accept(repetition)
-            if not self.working.acquire(blocking=False):
-                raise ApiError(409, "busy", "evaluating the global model; try again in a moment")
-            job = Job(repetition)
-            self.job = job
-            self.last_repetition = repetition
+    def _launch(self, job: Job, encoding: Any, config: Config) -> None:
+        # An override, not a method patched on the instance: that closure would be a reference
+        # cycle, freed only by the cyclic collector, and a dropped device's data with it.
         try:
-            self.pool.executor.submit(self._work, job, encoding, config or {})
+            self.pool.executor.submit(self._work, job, encoding, config)
         except RuntimeError:  # the pool was closed: this device's failure
             job.error = "RuntimeError: the simulation's training pool is closed"
             self.working.release()
             job.done.set()
-        return job
 
 
 @hookimpl
