@@ -81,9 +81,10 @@ class FedArrays(FedData):
     After a merge, ``last_merge`` holds the total samples, the sample-weighted
     mean of each metric, and the per-device values.
 
-    On a device, ``global_arrays`` holds a copy of the floating arrays received
-    this round, for FedProx's :meth:`proximal_term` (set ``keep_global = False``
-    to save that model copy on a device that does not use it).
+    On a device, :meth:`global_weights` gives a copy of the floating arrays received
+    this round, for FedProx's :meth:`proximal_term`: made on its first call in a
+    round (during ``train``), so a device that never asks pays no model copy; set
+    ``keep_global = True`` to make it up front, in ``receive``.
 
     ``local_dp`` (set it on a device: ``fed.local_dp = LocalDP(...)``) clips and
     noises the update after ``train``, before the reply leaves the device
@@ -93,7 +94,7 @@ class FedArrays(FedData):
     token = "arrays"
     accepts_views = True  # codec.decode reads any buffer
     accepts_streams = True  # merge folds replies as they download (fedsync.replies)
-    keep_global = True  # receive keeps a copy of the global weights, for proximal_term
+    keep_global = False  # True: receive copies the global weights up front; else proximal_term's first call does
     local_dp: Any = None  # a fedsync.privacy.LocalDP: clip and noise the update on the device (docs/privacy.md)
 
     def __init__(
@@ -129,6 +130,7 @@ class FedArrays(FedData):
         self.metrics: dict[str, float] = {}
         self.last_merge: dict[str, Any] | None = None
         self.global_arrays: dict[str, np.ndarray] | None = None
+        self._received: dict[str, np.ndarray] | None = None  # this round's decoded payload, while train runs
 
     # -- the framework-specific part: adapters override these three ----------------
 
@@ -215,11 +217,27 @@ class FedArrays(FedData):
         arrays, _, _ = self._decode(encoding)
         self.set_arrays(arrays)
         self.global_arrays = None  # before copying: never two snapshots at once
-        self.global_arrays = proximal.snapshot(arrays) if self.keep_global or self.local_dp is not None else None
-        if self.train is not None:
-            self.samples, self.metrics = parse_counted(_call(self.train, self.model, config))
-        if self.local_dp is not None:  # before the reply can leave: serialize sends these arrays
-            self.set_arrays({**arrays, **self.local_dp.apply(self.get_arrays(), self.global_arrays)})
+        # Views of the payload, valid while train runs; copied only if proximal_term (or
+        # local DP) asks, and dropped after: the device reuses the payload's buffer next round.
+        self._received = arrays
+        try:
+            if self.keep_global:
+                self.global_weights()
+            if self.train is not None:
+                self.samples, self.metrics = parse_counted(_call(self.train, self.model, config))
+            if self.local_dp is not None:  # before the reply can leave: serialize sends these arrays
+                self.set_arrays({**arrays, **self.local_dp.apply(self.get_arrays(), self.global_weights())})
+        finally:
+            self._received = None
+
+    def global_weights(self) -> dict[str, np.ndarray] | None:
+        """The floating arrays received this round, as owned copies; ``None`` before any round.
+
+        The copy is made on the first call of a round (inside ``train``), then kept.
+        """
+        if self.global_arrays is None and self._received is not None:
+            self.global_arrays = proximal.snapshot(self._received)
+        return self.global_arrays
 
     def proximal_term(self, mu: float) -> Any:
         """FedProx's ``mu/2 * ||w - w_global||^2`` (Li et al. 2020) over the floating arrays.
@@ -232,7 +250,7 @@ class FedArrays(FedData):
             ValueError: ``mu`` is not a finite number >= 0.
             RuntimeError: called before any round's weights were received.
         """
-        return proximal.numpy_term(self.get_arrays(), self.global_arrays, mu)
+        return proximal.numpy_term(self.get_arrays(), self.global_weights(), mu)
 
     def evaluate(self, encoding: Any, repetition: int, config: Config | None = None) -> tuple[int, dict[str, float]]:
         """Measure the payload's arrays with ``evaluate``; this FedData's own arrays are restored after.

@@ -124,7 +124,7 @@ class FedKeras(FedArrays):
         """``(trainable variable, its global value as a tensor)``, converted once per round."""
         import keras
 
-        snapshot = self.global_arrays
+        snapshot = self.global_weights()
         if snapshot is None:
             raise RuntimeError(NO_GLOBAL)
         cached = self._global_tensors

@@ -133,7 +133,7 @@ class FedTorch(FedArrays):
         """This round's global weights as tensors beside the parameters, converted once per round."""
         import torch
 
-        snapshot = self.global_arrays
+        snapshot = self.global_weights()
         if snapshot is None:
             raise RuntimeError(NO_GLOBAL)
         cached = self._global_tensors

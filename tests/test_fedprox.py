@@ -165,3 +165,15 @@ def test_the_fedprox_example_runs():
     assert done.returncode == 0, done.stdout + done.stderr
     last = [line for line in done.stdout.splitlines() if line.startswith("round 10:")]
     assert last and float(last[-1].split("test accuracy ")[1].split()[0]) >= 0.8, done.stdout
+
+
+def test_a_device_that_never_asks_for_the_global_weights_pays_no_copy():
+    fed = FedArrays({"w": np.zeros(4, np.float32)}, lambda model: 1)
+    fed.receive(payload_of(FedArrays({"w": np.ones(4, np.float32)})), 1)
+    assert fed.global_arrays is None  # no model copy on a device that does not use FedProx
+    with pytest.raises(RuntimeError, match="inside train"):
+        fed.proximal_term(0.1)  # after train the payload is gone: the term is for train to call
+    eager = FedArrays({"w": np.zeros(4, np.float32)}, lambda model: 1)
+    eager.keep_global = True
+    eager.receive(payload_of(FedArrays({"w": np.ones(4, np.float32)})), 1)
+    assert eager.global_weights()["w"].tolist() == [1.0] * 4
