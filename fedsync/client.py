@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import queue
 import random
@@ -136,7 +137,7 @@ class Federated:
         if len(set(urls)) != len(urls):
             raise ValueError(f"the same device is listed twice: {sorted({u for u in urls if urls.count(u) > 1})}")
         try:
-            share = Fraction(str(fraction)) if not isinstance(fraction, bool) else None
+            share = Fraction(str(fraction)) if isinstance(fraction, numbers.Real) and not isinstance(fraction, bool) else None
         except (ValueError, ZeroDivisionError):
             share = None
         if share is None or not 0 < share <= 1:

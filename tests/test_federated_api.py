@@ -26,6 +26,7 @@ URLS = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
         ({"fraction": 1.5}, "fraction must be"),
         ({"fraction": math.nan}, "fraction must be"),
         ({"fraction": True}, "fraction must be"),
+        ({"fraction": "0.5"}, "fraction must be"),
         ({"min_results": 0}, "min_results must be"),
         ({"min_results": 3}, "min_results must be"),
         ({"min_results": 1.0}, "min_results must be"),
@@ -47,7 +48,7 @@ def test_federated_needs_a_fed_data():
         Federated({"w": np.zeros(2)}, URLS)
 
 
-@pytest.mark.parametrize("fraction, devices, sampled", [(0.14, 50, 7), (0.5, 3, 2), (0.01, 7, 1), (1.0, 7, 7)])
+@pytest.mark.parametrize("fraction, devices, sampled", [(0.14, 50, 7), (0.5, 3, 2), (0.01, 7, 1), (1.0, 7, 7), (np.float32(0.5), 4, 2)])
 def test_sampling_takes_the_exact_ceiling_and_at_least_min_results(fraction, devices, sampled):
     urls = [f"http://127.0.0.1:{port}" for port in range(1, devices + 1)]
     with Federated(weights(), urls, fraction=fraction, seed=0) as alg:
