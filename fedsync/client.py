@@ -32,7 +32,7 @@ from .protocol import MAX_REPETITION, Encoding, FedData
 from .remote import MAX_REPLY, Remote, size as _size
 from .replies import ReplyStream
 from .callbacks import EarlyStopping
-from .rounds import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share, scrub_failures, scrubbed
+from .rounds import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share, format_metrics, gather_reasons, scrub_failures, scrubbed
 from .transfer import STALL, Deadline, round_grace
 from .workers import Workers, concurrently
 
@@ -261,7 +261,7 @@ class Federated:
         scrub_failures(result.failures, self.remotes)
         if not records:
             raise RoundFailed(f"evaluation after repetition {rep}: no device answered", result.failures)
-        logger.info("evaluation after round %d: %s", rep, _format_metrics(result.metrics))
+        logger.info("evaluation after round %d: %s", rep, format_metrics(result.metrics))
         return result
 
     def fit(
@@ -388,7 +388,7 @@ class Federated:
         logger.info(
             "round %d: %d device(s), %d failed, %s samples, %s, %.2fs",
             result.repetition, len(result.answered), len(result.failures), result.samples,
-            _format_metrics(result.metrics), result.seconds,
+            format_metrics(result.metrics), result.seconds,
         )
 
     def _handshake(self, remotes: list[Remote], failures: dict[str, str], deadline: Deadline) -> list[Remote]:
@@ -547,7 +547,7 @@ class Federated:
                 if not isinstance(reply, RemoteBusy):
                     self._known.discard(remote.url)  # re-handshake: it may have restarted
                 if len(result.answered) + len(pending) < needed:
-                    self._gather_reasons(state, pending, result)
+                    gather_reasons(state, pending, result)
                     break
                 continue
             result.answered.append(remote.url)
@@ -565,7 +565,7 @@ class Federated:
                 state.budget.release(held)
                 state.slots.release()  # folded in: the next reply may download
             if not settle():
-                self._gather_reasons(state, pending, result)
+                gather_reasons(state, pending, result)
                 break
         settle()
         if len(result.answered) < needed:
@@ -574,26 +574,6 @@ class Federated:
                 "the coordinator's data is unchanged",
                 result.failures,
             )
-
-    @staticmethod
-    def _gather_reasons(state: _Round, pending: set[str], result: RoundResult, grace: float = 2.0) -> None:
-        """The round has failed: wait briefly (never past its deadline) so the error can say why the others failed too."""
-        until = min(state.deadline.at, time.monotonic() + grace)
-        while pending:
-            try:
-                remote, reply, held = state.arrivals.get(timeout=max(0.0, until - time.monotonic()))
-            except queue.Empty:
-                break
-            pending.discard(remote.url)
-            if isinstance(reply, BaseException):
-                result.failures[remote.url] = _reason(reply)
-            else:
-                _close(reply)
-                state.budget.release(held)
-                state.slots.release()
-                result.failures[remote.url] = "answered, but the round had already failed"
-        for url in sorted(pending):
-            result.failures[url] = state.overdue(url, failed=True)
 
     # -- lifetime --------------------------------------------------------------------
 
@@ -615,7 +595,3 @@ def _dashboard() -> Any:
     from . import dashboard
 
     return dashboard
-
-
-def _format_metrics(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no metrics"

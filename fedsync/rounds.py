@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Iterable
 
 from .errors import RoundFailed, failure_reason
+from .history import RoundResult
 from .protocol import Encoding
 from .replies import ReplyStream
 from .transfer import LATE, Deadline
 from .workers import Workers
 
-__all__ = ["exact_share", "scrub_failures", "scrubbed"]
+__all__ = ["exact_share", "scrub_failures", "scrubbed", "gather_reasons", "format_metrics"]
 
 
 def exact_share(fraction: Any, count: int) -> int:
@@ -178,3 +180,28 @@ def _first_difference(ours: Any, theirs: Any) -> str | None:
     except Exception:  # a device's summary is free-form JSON: no diff rather than an error
         return None
     return None
+
+
+def gather_reasons(state: _Round, pending: set[str], result: RoundResult, grace: float = 2.0) -> None:
+    """The round has failed: wait briefly (never past its deadline) so the error can say why the others failed too."""
+    until = min(state.deadline.at, time.monotonic() + grace)
+    while pending:
+        try:
+            remote, reply, held = state.arrivals.get(timeout=max(0.0, until - time.monotonic()))
+        except queue.Empty:
+            break
+        pending.discard(remote.url)
+        if isinstance(reply, BaseException):
+            result.failures[remote.url] = _reason(reply)
+        else:
+            _close(reply)
+            state.budget.release(held)
+            state.slots.release()
+            result.failures[remote.url] = "answered, but the round had already failed"
+    for url in sorted(pending):
+        result.failures[url] = state.overdue(url, failed=True)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """Metrics as one short line for the log."""
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no metrics"
