@@ -1,5 +1,6 @@
 """Rounds that survive real devices: sampling, quorum, deadlines, devices coming and going."""
 
+import re
 import time
 
 import numpy as np
@@ -66,7 +67,10 @@ def test_frozen_device_misses_the_deadline_and_the_quorum_still_merges(devices):
         elapsed = time.monotonic() - started
     assert elapsed < 3 + 3  # the timeout plus a small bounded margin
     assert result.answered == [alive.url]
-    assert result.failures[frozen.url] == "RemoteTimeout: did not accept the payload within 3s"
+    # The reason names the wait it had: the round's time left when its turn came, at most the 3 s timeout.
+    reason = re.fullmatch(r"RemoteTimeout: did not accept the payload within ([0-9.]+)s", result.failures[frozen.url])
+    assert reason is not None, result.failures[frozen.url]
+    assert 2 <= float(reason.group(1)) <= 3
     assert np.all(data.model["w"] == 3.0)
 
 
