@@ -111,6 +111,11 @@ def devices():
         return device
 
     yield start
+    stop_all(started)
+
+
+def stop_all(started: "list[DeviceProcess]") -> None:
+    """Kill every device process a test started (a frozen one is resumed first, so it can die)."""
     for device in started:
         if device.process.poll() is None:
             device.cont()

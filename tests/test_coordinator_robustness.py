@@ -24,7 +24,7 @@ import pytest
 from fedsync import FedArrays, Federated, Remote
 from fedsync.client import exact_share
 from fedsync.errors import RemoteError, RemoteUnavailable, RoundFailed, SpecsMismatch
-from tests.conftest import ROOT, DeviceProcess
+from tests.conftest import ROOT, DeviceProcess, stop_all
 
 MIB = 1024 * 1024
 
@@ -55,11 +55,7 @@ def spawn():
         return device
 
     yield start
-    for device in started:
-        if device.process.poll() is None:
-            device.cont()
-            device.process.kill()
-        device.process.wait(timeout=10)
+    stop_all(started)
 
 
 def coordinator(options: dict) -> dict:
