@@ -48,13 +48,7 @@ class ServerEvaluation:
     @classmethod
     def from_dict(cls, row: Any, what: str) -> "ServerEvaluation":
         """The inverse of ``dataclasses.asdict``, checking every field; ``ValueError`` names the bad one."""
-        if not isinstance(row, dict):
-            raise ValueError(f"{what}: server_evaluation must be a JSON object or null, got {type(row).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(str(k)[:40] for k in row.keys() - names)
-        if unknown or "repetition" not in row:
-            raise ValueError(f"{what}: server_evaluation has unknown keys {unknown} or lacks 'repetition'; expected keys among {sorted(names)}")
-        values = dict(row)
+        values = _known_keys(cls, row, f"{what}: server_evaluation", "must be a JSON object or null")
         _integer(values["repetition"], f"{what}: server_evaluation repetition", MAX_REPETITION)
         values["metrics"] = checked_metrics(values.get("metrics", {}), f"{what}: server_evaluation metrics")
         error = values.get("error")
@@ -179,13 +173,7 @@ def _no_constant(name: str) -> None:
 
 def _fields(cls: type, row: Any, what: str) -> dict[str, Any]:
     """``row``'s entries, which must be fields of ``cls``; repetition, failures, metrics, devices, seconds checked."""
-    if not isinstance(row, dict):
-        raise ValueError(f"each {what} must be a JSON object, got {type(row).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(str(k)[:40] for k in row.keys() - names)
-    if unknown or "repetition" not in row:
-        raise ValueError(f"{what} has unknown keys {unknown} or lacks 'repetition'; expected keys among {sorted(names)}")
-    values = dict(row)
+    values = _known_keys(cls, row, what, "must be a JSON object", prefix="each ")
     label = f"{what} {_integer(values['repetition'], f'{what} repetition', MAX_REPETITION)}"
     failures = values.get("failures", {})
     if not isinstance(failures, dict) or not all(isinstance(v, str) for v in failures.values()):
@@ -194,6 +182,17 @@ def _fields(cls: type, row: Any, what: str) -> dict[str, Any]:
     values["devices"] = _devices(values.get("devices", {}), label)
     _seconds(values.get("seconds", 0.0), label)
     return values
+
+
+def _known_keys(cls: type, row: Any, what: str, kind: str, prefix: str = "") -> dict[str, Any]:
+    """A copy of ``row``, a JSON object whose keys are fields of ``cls``, ``repetition`` among them."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{prefix}{what} {kind}, got {type(row).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(str(k)[:40] for k in row.keys() - names)
+    if unknown or "repetition" not in row:
+        raise ValueError(f"{what} has unknown keys {unknown} or lacks 'repetition'; expected keys among {sorted(names)}")
+    return dict(row)
 
 
 def _seconds(seconds: Any, what: str) -> None:
