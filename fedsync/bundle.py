@@ -16,6 +16,7 @@ import numpy as np
 
 from . import codec
 from .arrays import fingerprint
+from .checkpoint import Snapshot
 from .errors import PayloadRejected
 from .hookspecs import hookimpl
 from .protocol import FedData
@@ -97,10 +98,29 @@ class FedBundle(FedData):
                 part.receive(part_encoding, repetition)
 
     def merge(self, encodings: Iterable[Any], repetition: int) -> None:
+        """Merge each part's share of the replies; all parts change, or none.
+
+        Holds every reply until the last one arrives, and one copy of each part's
+        state while merging (:class:`fedsync.checkpoint.Snapshot`).
+
+        Raises:
+            PayloadRejected: a reply is not a valid bundle payload; nothing changed.
+            RoundFailed: a part's merge failed; every part is as it was.
+        """
         # Every reply must arrive (and the round succeed) before any part changes.
         splits = [self._split(encoding, repetition) for encoding in encodings]
-        for name, part in self.parts.items():
-            part.merge([split[name] for split in splits], repetition)
+        # A part whose merge fails (no samples, NaN in the result) leaves itself unchanged;
+        # the parts merged before it are put back, so the bundle changes all or nothing.
+        merged: list[Snapshot] = []
+        try:
+            for name, part in self.parts.items():
+                snapshot = Snapshot(part, repetition)
+                part.merge([split[name] for split in splits], repetition)
+                merged.append(snapshot)
+        except BaseException:
+            for snapshot in reversed(merged):
+                snapshot.restore()
+            raise
 
     def _part_specs(self, repetition: int) -> dict[str, str]:
         return {name: part.specs(repetition) for name, part in self.parts.items()}

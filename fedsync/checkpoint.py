@@ -42,6 +42,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import codec
 from .errors import CheckpointError
 from .history import History, write_atomically
@@ -191,6 +193,33 @@ def _strategy_state(folder: Path, where: Path, meta: dict[str, Any], data: FedDa
     except ValueError as exc:
         raise _damaged(folder, f"its strategy state does not fit: {exc}") from None
     return arrays
+
+
+class Snapshot:
+    """A FedData's coordinator state held in memory, to put back if a later step fails.
+
+    What a checkpoint saves, without the disk: the FedData's ``serialize(repetition)``
+    (copied, so later writes to the model do not reach it) and its strategy's state.
+    Costs one copy of the model. :class:`fedsync.bundle.FedBundle` uses it so that a
+    part's failed merge leaves the parts merged before it unchanged too.
+    """
+
+    def __init__(self, data: FedData, repetition: int) -> None:
+        self.data, self.repetition = data, repetition
+        encoding = data.serialize(repetition)
+        self.encoding = encoding if isinstance(encoding, str) else bytes(encoding)
+        strategy = _strategy_of(data)
+        self.strategy_state = {k: np.array(v, copy=True) for k, v in strategy.state().items()} if strategy else {}
+        self.attributes = {k: getattr(data, k) for k in ("samples", "metrics", "last_merge") if hasattr(data, k)}
+
+    def restore(self) -> None:
+        """Put the state back (the merge of the saved payload under FedAvg, as a checkpoint restores)."""
+        _restore(self.data, self.encoding, self.repetition)
+        strategy = _strategy_of(self.data)
+        if strategy is not None and self.strategy_state:
+            strategy.load_state(self.strategy_state, self.data.layout())  # type: ignore[attr-defined]
+        for name, value in self.attributes.items():
+            setattr(self.data, name, value)
 
 
 def _restore(data: FedData, encoding: Any, repetition: int) -> None:

@@ -131,3 +131,38 @@ for parts in ['["weights", "threshold"]', '{"weights": 1, "threshold": 2}', "not
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
     assert done.stdout.splitlines() == ["refused: bundle payload has no valid 'fedsync.par"] * 4, (done.stdout, done.stderr[-2000:])
+
+
+def _bundle_reply(w, weight_samples, x_samples):
+    """A device's bundle reply: its arrays and sample counts per part."""
+    model = FedArrays({"w": np.full((3, 2), w, np.float32), "b": np.zeros(2, np.float32)})
+    other = FedArrays({"x": np.full(4, w, np.float64)})
+    model.samples, other.samples = weight_samples, x_samples
+    return FedBundle({"weights": model, "x": other}).serialize(2)
+
+
+@pytest.mark.parametrize("strategy", ["FedAvg", "FedAdam"])
+def test_bundle_whose_later_part_fails_to_merge_changes_no_part(strategy):
+    from fedsync import strategies
+    from fedsync.errors import RoundFailed
+
+    model = weights()
+    model.strategy = getattr(strategies, strategy)()
+    data = FedBundle({"weights": model, "x": FedArrays({"x": np.zeros(4, np.float64)})})
+    data.merge([_bundle_reply(1.0, 5, 3)], 2)  # a first round gives FedAdam moments to keep
+    before_w = model.model["w"].copy()
+    before_state = {k: v.copy() for k, v in model.strategy.state().items()}
+    before_samples, before_x = model.samples, data["x"].model["x"].copy()
+    # 'weights' merges fine; 'x' reports no samples on any device, so its merge fails
+    with pytest.raises(RoundFailed, match="samples"):
+        data.merge([_bundle_reply(3.0, 5, 0), _bundle_reply(5.0, 7, 0)], 3)
+    assert np.array_equal(model.model["w"], before_w)
+    assert model.samples == before_samples
+    assert np.array_equal(data["x"].model["x"], before_x)
+    state = model.strategy.state()
+    assert state.keys() == before_state.keys() and (strategy == "FedAvg") == (not state)
+    for k, v in before_state.items():
+        assert np.array_equal(state[k], v), k
+    # the bundle still merges normally afterwards
+    data.merge([_bundle_reply(3.0, 5, 1)], 4)
+    assert not np.array_equal(model.model["w"], before_w)
