@@ -80,6 +80,19 @@ _ADVICE = {
 WSGIApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
 
 
+MAX_CONNECTIONS = 128
+"""Connections a device keeps open at once, by default (a thread each)."""
+
+_TOO_MANY_BODY = json.dumps({
+    "error": "too_many_connections",
+    "message": "this device has too many connections open; close idle ones, or retry later",
+}).encode()
+_TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    b"Retry-After: 1\r\nContent-Length: " + str(len(_TOO_MANY_BODY)).encode() + b"\r\n\r\n" + _TOO_MANY_BODY
+)
+
+
 class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     """Serves ``app`` on an already listening socket, one daemon thread per connection.
 
@@ -87,12 +100,21 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         sock: a bound, listening TCP socket; the server owns it from now on.
         app: the WSGI application.
         ssl_context: an :class:`ssl.SSLContext`, or a ``(certfile, keyfile)`` pair, for HTTPS.
+        max_connections: connections open at once (each has a thread); one more is
+            answered ``503 too_many_connections`` (plain HTTP) or closed (TLS) at once,
+            so threads and memory stay bounded whatever peers open.
+
+    Raises:
+        ValueError: ``max_connections`` is not a positive integer.
     """
 
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, sock: socket.socket, app: WSGIApp, ssl_context: Any = None) -> None:
+    def __init__(self, sock: socket.socket, app: WSGIApp, ssl_context: Any = None, max_connections: int = MAX_CONNECTIONS) -> None:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            raise ValueError(f"max_connections must be a positive integer, got {max_connections!r}")
+        self.max_connections = max_connections
         self.address_family = sock.family
         address = sock.getsockname()
         super().__init__(address[:2], _Handler, bind_and_activate=False)
@@ -109,6 +131,20 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.app = app
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Refuse a connection beyond ``max_connections`` (called on the accepting thread)."""
+        with self._lock:
+            if len(self._connections) < self.max_connections:
+                return True
+        logger.warning("refused a connection from %s: %d connections are open (max_connections)", client_address, self.max_connections)
+        if self.ssl_context is None:  # over TLS nothing can be said before a handshake: just close
+            try:
+                request.setblocking(False)  # never wait on the accepting thread
+                request.send(_TOO_MANY)
+            except OSError:
+                pass
+        return False  # socketserver then closes it
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._lock:

@@ -30,7 +30,7 @@ from . import protocol as _protocol
 from .codec import read_exactly
 from .config import CONFIG_HEADER, Config, decode_config
 from .device import ApiError, Device, checked_repetition, json_response
-from .gateway import SOCKET_KEY, KeepAliveServer
+from .gateway import MAX_CONNECTIONS, SOCKET_KEY, KeepAliveServer
 from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
 from .status import render_index, render_locked, render_status
 from .tokens import checked_token
@@ -404,6 +404,7 @@ def serve(
     max_content_length: int | None = None,
     ssl_context: Any = None,
     client_ca: str | os.PathLike | None = None,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> RunningServer | None:
     """Serve a FedData (or a dict ``{name: FedData}``) over HTTP.
 
@@ -423,19 +424,23 @@ def serve(
             a certificate signed by it complete the TLS handshake (``Remote(url,
             cert=(certfile, keyfile))``); others are refused before any HTTP is read.
             Needs ``ssl_context``. ``fedsync certs`` makes the CA and certificates.
+        max_connections: connections open at once (a thread each, default 128); one
+            more is answered ``503 too_many_connections`` and closed.
 
     Raises:
         ValueError: an empty or whitespace-only token, or one with control or
             non-ASCII characters (see :func:`checked_token`); a bad
-            ``max_content_length``; a bad dict of FedData.
+            ``max_content_length`` or ``max_connections``; a bad dict of FedData.
         OSError: the address cannot be listened on (it names the address), or
             ``client_ca`` cannot be read as a CA certificate.
     """
     app = DeviceApp(data, token=token, max_content_length=max_content_length)
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+        raise ValueError(f"max_connections must be a positive integer, got {max_connections!r}")
     ssl_context = _tls_context(ssl_context, client_ca)
     sock = _listen(host, port)
     try:
-        server = KeepAliveServer(sock, app, ssl_context=ssl_context)
+        server = KeepAliveServer(sock, app, ssl_context=ssl_context, max_connections=max_connections)
     except BaseException:
         sock.close()
         raise

@@ -147,3 +147,34 @@ def test_a_whole_result_over_max_reply_is_refused_with_or_without_a_length():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_connections_beyond_max_connections_are_refused_with_503_and_the_device_keeps_serving():
+    with fedsync.serve(FedFloat(1.0), port=0, block=False, max_connections=3) as server:
+        held = [connect(server) for _ in range(3)]
+        for connection in held:  # three open connections, each with its thread
+            assert get(connection, "/info")[0].status == 200
+        extra = connect(server)
+        refused, body = get(extra, "/info")
+        assert refused.status == 503 and refused.getheader("Connection") == "close"
+        assert json.loads(body)["error"] == "too_many_connections"
+        held.pop().close()  # one closes: a new connection gets through again
+        deadline = time.monotonic() + 10
+        while True:
+            again = connect(server)
+            try:
+                status = get(again, "/info")[0].status
+            finally:
+                again.close()
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # the server notices the close on its connection's thread
+        assert status == 200
+        for connection in held:
+            connection.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "8"])
+def test_max_connections_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="max_connections must be a positive integer"):
+        fedsync.serve(FedFloat(1.0), port=0, block=False, max_connections=bad)
