@@ -235,6 +235,14 @@ def test_bad_options_fail_with_one_line(tmp_path):
     result = run_demo(tmp_path, "--strategy", "nope", "--adapter", "numpy")
     assert result.returncode == 1 and "unknown strategy 'nope'; choose one of: bulyan, fedadagrad, fedadam, fedavg," in result.stderr
     assert "Traceback" not in result.stderr
+    # Krum with its default f=0 needs 2f+3 = 3 results: refused before any device starts
+    result = run_demo(tmp_path, "--strategy", "krum", "--devices", "2", "--adapter", "numpy")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "fedsync demo: error: --strategy krum cannot run on 2 devices: Krum with num_malicious_clients=0 "
+        "(n >= 2f + 3) needs at least 3 results, got 2; pass more --devices, or another --strategy"
+    )
+    assert not (tmp_path / "history.json").exists()
 
 
 def test_dirichlet_split_is_seeded_and_skewed_by_alpha():

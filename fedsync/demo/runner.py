@@ -111,6 +111,11 @@ def run(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
     """
     _check(config)
     strategy = _strategy(config.strategy)
+    try:  # a robust strategy that needs more devices than the demo starts fails every round: say so now
+        getattr(strategy, "check_count", lambda n: None)(config.devices)
+    except RoundFailed as exc:
+        needs = str(exc).split(";")[0]
+        raise DemoError(f"--strategy {config.strategy} cannot run on {config.devices} devices: {needs}; pass more --devices, or another --strategy") from None
     backend_cls = backend_class(config.adapter)
     split = load_split(config.devices, config.alpha, config.seed)
     output = Path(config.output)

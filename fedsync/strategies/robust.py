@@ -89,11 +89,18 @@ class _EveryReply(Strategy):
                     "no device reported any training samples, so there is nothing to merge; "
                     "train(model) must return the number of samples it trained on, e.g. `return x.shape[0]`"
                 )
-            self._check_count(len(store))
+            self.check_count(len(store))
             return self._combine(store)
 
-    def _check_count(self, n: int) -> None:
-        """Raise RoundFailed when ``n`` replies are too few for this strategy."""
+    def check_count(self, n: int) -> None:
+        """Check that ``n`` results are enough for this strategy's parameters.
+
+        Called on every merge; call it before a run to fail early (the demo does).
+
+        Raises:
+            RoundFailed: ``n`` is too few (e.g. Krum with ``f`` Byzantine devices
+                needs ``2f + 3``), naming the parameter.
+        """
 
     def _too_few(self, n: int, needed: int, parameter: str) -> RoundFailed:
         return RoundFailed(
@@ -222,7 +229,7 @@ class _KrumFamily(_EveryReply):
         super().__init__(spill_bytes)
         self.num_malicious_clients = _count("num_malicious_clients", num_malicious_clients, 0)
 
-    def _check_count(self, n: int) -> None:
+    def check_count(self, n: int) -> None:
         f = self.num_malicious_clients
         if n < 2 * f + 3:
             raise self._too_few(n, 2 * f + 3, f"num_malicious_clients={f} (n >= 2f + 3)")
@@ -297,8 +304,8 @@ class MultiKrum(_KrumFamily):
         super().__init__(num_malicious_clients, spill_bytes)
         self.num_clients_to_keep = None if num_clients_to_keep is None else _count("num_clients_to_keep", num_clients_to_keep, 1)
 
-    def _check_count(self, n: int) -> None:
-        super()._check_count(n)
+    def check_count(self, n: int) -> None:
+        super().check_count(n)
         if self.num_clients_to_keep is not None and self.num_clients_to_keep > n:
             raise self._too_few(n, self.num_clients_to_keep, f"num_clients_to_keep={self.num_clients_to_keep}")
 
@@ -334,7 +341,7 @@ class Bulyan(_KrumFamily):
     def __init__(self, *, num_malicious_clients: int = 0, spill_bytes: int | None = None) -> None:
         super().__init__(num_malicious_clients, spill_bytes)
 
-    def _check_count(self, n: int) -> None:
+    def check_count(self, n: int) -> None:
         f = self.num_malicious_clients
         if n < 4 * f + 3:
             raise self._too_few(n, 4 * f + 3, f"num_malicious_clients={f} (n >= 4f + 3)")
