@@ -1,0 +1,21 @@
+"""Device functions for the Ray tests: module-level, so Ray actors import them by path (``tests.devices_ray:shard``)."""
+
+from __future__ import annotations
+
+from fedsync import FedArrays
+from tests.devices import linreg
+
+SHARDS = [(1, 40, 0.0), (2, 60, 1.0), (3, 50, -1.0), (4, 30, 0.5)]
+"""(seed, samples, shift) of each device's linear-regression data: a non-IID split."""
+
+
+def shard(device_id: int) -> FedArrays:
+    """Device ``device_id``'s FedArrays over its shard of ``SHARDS``."""
+    return linreg(*SHARDS[device_id])
+
+
+def shard_but_3_is_missing(device_id: int) -> FedArrays:
+    """As :func:`shard`, but device 3's data is gone: its ``device_fn`` raises."""
+    if device_id == 3:
+        raise OSError("partition 3 is missing")
+    return shard(device_id)
