@@ -19,3 +19,11 @@ def shard_but_3_is_missing(device_id: int) -> FedArrays:
     if device_id == 3:
         raise OSError("partition 3 is missing")
     return shard(device_id)
+
+
+def sleepy(device_id: int) -> FedArrays:
+    """A device whose data takes 30 s to load: its first request outlives any short timeout."""
+    import time
+
+    time.sleep(30)
+    return shard(device_id)
