@@ -178,9 +178,11 @@ def _actor(name: str) -> Any:
 
 
 def forget_actors() -> None:
-    """Forget looked-up actor handles (after their actors were stopped)."""
+    """Forget looked-up actor handles and the shared payload (after the actors were stopped, or Ray was)."""
     with _actors_lock:
         _actors.clear()
+    with _Shared.lock:
+        _Shared.source = _Shared.reference = None
 
 
 class _Shared:
