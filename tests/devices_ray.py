@@ -27,3 +27,14 @@ def sleepy(device_id: int) -> FedArrays:
 
     time.sleep(30)
     return shard(device_id)
+
+
+def big(device_id: int) -> FedArrays:
+    """A 4 MB model (past Ray's inline limit: it crosses through the object store) that adds ``device_id + 1``."""
+    import numpy as np
+
+    def train(model):
+        model["w"] += device_id + 1
+        return 1
+
+    return FedArrays({"w": np.zeros(500_000)}, train)

@@ -147,3 +147,11 @@ def test_an_actor_that_does_not_answer_in_time_is_that_devices_timeout(ray_sessi
         plugins.remote("ray://gone/device-0")
     with pytest.raises(ValueError, match="ray://ACTOR/device-ID"):
         plugins.remote("ray://gone/17")
+
+
+@pytest.mark.slow
+def test_a_model_past_rays_inline_limit_crosses_the_object_store(ray_session):
+    data = FedArrays({"w": np.zeros(500_000)})  # 4 MB: Ray passes it through the object store, not inline
+    history = run_simulation("tests.devices_ray:big", 4, 2, data=data, backend="ray", timeout=60, progress=False)
+    assert not any(result.failures for result in history)
+    np.testing.assert_array_equal(data.get_arrays()["w"], 5.0)  # each round adds the mean of 1, 2, 3, 4
