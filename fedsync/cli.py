@@ -5,7 +5,7 @@ Subcommands:
 - ``fedsync demo``              federated learning across device processes on this machine
 - ``fedsync serve MODULE:ATTR`` serve a FedData (or a dict of them) from your file or module
 - ``fedsync info URL``          show a device's handshake
-- ``fedsync plugins``           list the installed adapters
+- ``fedsync plugins``           list the installed adapters and transports
 - ``fedsync dashboard DIR``     a live page of a run, from its checkpoint folder
 - ``fedsync certs KIND DIR``    a CA and certificates for mutual TLS (cli_certs.py)
 
@@ -330,18 +330,21 @@ def _bind_error(exc: OSError, host: str, port: int) -> str:
 PLUGINS_HELP = """\
 List the FedData adapters fedsync knows: each one's specs token, class, the
 plugin and package that registered it, and whether its framework is
-installed (with the pip command to install it when it is not).
+installed (with the pip command to install it when it is not). Then the
+transports: each URL scheme a remote may use (http, local, ray, ...), its
+class, and the plugin and package that registered it.
 
-Adapters come from the 'fedsync' entry-point group; FEDSYNC_LOAD_PLUGINS
-(comma-separated entry-point names) limits which load.
+Adapters and transports come from the 'fedsync' entry-point group;
+FEDSYNC_LOAD_PLUGINS (comma-separated entry-point names) limits which load.
+--json prints {"adapters": [...], "transports": [...]}.
 """
 
 
 def _add_plugins(commands: Any) -> None:
     parser = commands.add_parser(
-        "plugins", help="list the installed adapters", description=PLUGINS_HELP, formatter_class=_Formatter,
+        "plugins", help="list the installed adapters and transports", description=PLUGINS_HELP, formatter_class=_Formatter,
     )  # fmt: skip
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(run=_run_plugins)
 
 
@@ -353,7 +356,7 @@ def _run_plugins(args: argparse.Namespace) -> int:
     from .errors import PluginError
 
     try:
-        adapters = plugins.describe()
+        adapters, transports = plugins.describe(), plugins.describe_transports()
     except PluginError as exc:
         raise CommandError(str(exc)) from None
     rows = [
@@ -368,18 +371,33 @@ def _run_plugins(args: argparse.Namespace) -> int:
         }
         for a in adapters
     ]  # fmt: skip
+    schemes = [
+        {
+            "scheme": t["scheme"],
+            "class": f"{getattr(t['factory'], '__module__', '?')}.{getattr(t['factory'], '__qualname__', repr(t['factory']))}",
+            "plugin": t["plugin"],
+            "package": f"{t['package']} {t['version']}" if t.get("package") else "-",
+        }
+        for t in transports
+    ]  # fmt: skip
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"adapters": rows, "transports": schemes}, indent=2))
         return 0
-    if not rows:
-        print("no adapters registered")
-        return 0
-    headers = {"token": "token", "class": "class", "plugin": "plugin", "package": "package", "framework": "framework"}
-    widths = {k: max(len(headers[k]), *(len(str(r[k])) for r in rows)) for k in headers}
-    print("  ".join(f"{headers[k]:<{widths[k]}}" for k in headers).rstrip())
-    for row in rows:
-        print("  ".join(f"{str(row[k]):<{widths[k]}}" for k in headers).rstrip())
+    _table(rows, "no adapters registered")
+    print()
+    _table(schemes, "no transports registered")
     return 0
+
+
+def _table(rows: list[dict[str, Any]], empty: str) -> None:
+    if not rows:
+        print(empty)
+        return
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    print("  ".join(f"{k:<{widths[k]}}" for k in keys).rstrip())
+    for row in rows:
+        print("  ".join(f"{str(row[k]):<{widths[k]}}" for k in keys).rstrip())
 
 
 # ------------------------------------------------------------------ dashboard

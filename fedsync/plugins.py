@@ -29,7 +29,7 @@ from .errors import AdapterNotFound, PluginError
 from .protocol import FedData
 
 __all__ = [
-    "Adapter", "Transport", "adapters", "adapter_for", "describe", "plugin_manager", "remote", "reset", "transports", "transport_for",
+    "Adapter", "Transport", "adapters", "adapter_for", "describe", "describe_transports", "plugin_manager", "remote", "reset", "transports", "transport_for",
     "ENTRY_POINT_GROUP",
 ]
 
@@ -255,6 +255,16 @@ def transports() -> dict[str, Callable[..., Any]]:
     """Every registered transport factory by URL scheme, e.g. ``{"http": Remote, "local": LocalRemote}``."""
     _registry.load()
     return {scheme: transport.factory for scheme, transport in _registry.transports.items()}
+
+
+def describe_transports() -> list[dict[str, Any]]:
+    """Every transport: scheme, factory, plugin, package, version (sorted by scheme)."""
+    _registry.load()
+    return [
+        {"scheme": t.scheme, "factory": t.factory, "plugin": t.plugin,
+         "package": _registry.sources.get(t.plugin, (None, None))[0], "version": _registry.sources.get(t.plugin, (None, None))[1]}
+        for t in sorted(_registry.transports.values(), key=lambda t: t.scheme)
+    ]  # fmt: skip
 
 
 def transport_for(url: str) -> Callable[..., Any]:

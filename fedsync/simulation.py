@@ -15,7 +15,7 @@ clients): keep what must persist in the data ``device_fn`` reads.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .client import Federated
 from .config import ConfigSource
@@ -59,6 +59,9 @@ def run_simulation(
     config: ConfigSource = None,
     evaluate_fn: Any = None,
     callbacks: Sequence[Callable[[Federated, RoundResult], Any]] = (),
+    backend: str = "local",
+    ray_address: str | None = None,
+    backend_config: Mapping[str, Any] | None = None,
 ) -> History:
     """Run ``rounds`` federated rounds over ``num_devices`` simulated devices in this process.
 
@@ -78,32 +81,59 @@ def run_simulation(
             processes: numpy's BLAS and torch release the GIL while computing.
         progress: a progress bar as with ``fit()`` (default: when stderr is a terminal).
         callbacks: as for :meth:`fedsync.Federated.fit`.
+        backend: ``"local"`` (threads in this process) or ``"ray"``: devices in a
+            bounded pool of Ray actors (:class:`fedsync_ray.RayDevices`, ``pip install
+            'fedsync[ray]'``), each device named ``ray://sim-XXXX-K/device-ID``;
+            ``device_fn`` must then be a module-level function or its import path
+            ``"module:function"`` (the actors import it: no pickle).
+        ray_address: ``backend="ray"``: an existing cluster's address; ``None``
+            starts a local Ray (127.0.0.1, usage stats off) and stops it at the end,
+            unless this process is already connected to one.
+        backend_config: ``backend="ray"``: ``{"num_cpus": 1, "num_gpus": 0}`` per
+            device actor, as Flower's; ``"actors"``: how many (default: as many as
+            the cluster's CPUs hold). ``workers`` is for the local backend only.
 
     Returns:
         The :class:`History` of the run, as ``fit()`` returns it.
 
     Raises:
         SpecsMismatch, RoundFailed: as :meth:`fedsync.Federated.round`.
-        ValueError, TypeError: a bad argument (before anything runs).
+        ValueError, TypeError: a bad argument (before anything runs), e.g. a
+            lambda as ``device_fn`` with ``backend="ray"``.
+        ImportError: ``backend="ray"`` without Ray installed.
     """
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    if backend == "local" and (ray_address is not None or backend_config is not None):
+        raise ValueError("ray_address and backend_config are for backend='ray'; pass backend='ray' or drop them")
+    if backend == "ray" and workers is not None:
+        raise ValueError("workers is for backend='local'; with backend='ray', backend_config={'num_cpus': ..., 'actors': ...} sets how many devices train at once")
     if strategy is not None:
         if not hasattr(data, "strategy"):
             raise TypeError(f"strategy= needs a FedData with a strategy (FedArrays or an adapter), got {type(data).__name__}")
         data.strategy = strategy
-    pool = TrainingPool(workers)
-    remotes = local_remotes(device_fn, num_devices, pool=pool, timeout=timeout)
+    if backend == "ray":
+        from fedsync_ray import RayDevices  # this distribution's Ray plugin; it imports ray itself
+
+        on_ray = RayDevices(device_fn, num_devices, timeout=timeout, ray_address=ray_address, backend_config=backend_config)
+        remotes, slots, release_all, close = on_ray.remotes, len(on_ray.actors), on_ray.release, on_ray.close
+    else:
+        pool = TrainingPool(workers)
+        remotes, slots, close = local_remotes(device_fn, num_devices, pool=pool, timeout=timeout), pool.workers, pool.close
+
+        def release_all() -> None:
+            for remote in remotes:
+                remote.release()  # a device's state exists only while it is sampled
 
     def release(alg: Federated, result: RoundResult) -> None:
-        for remote in remotes:
-            remote.release()  # a device's state exists only while it is sampled
+        release_all()
 
     alg = Federated(
         data, remotes, fraction=fraction, min_results=min_results, timeout=timeout, seed=seed,
-        workers=min(64, max(pool.workers, 1) * 4), config=config, evaluate_fn=evaluate_fn,
+        workers=min(64, max(slots, 1) * 4), config=config, evaluate_fn=evaluate_fn,
     )
     try:
         return alg.fit(rounds, callbacks=[release, *callbacks], progress=progress)
     finally:
-        for remote in remotes:
-            remote.release()
-        pool.close()
+        release_all()
+        close()

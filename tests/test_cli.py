@@ -330,10 +330,15 @@ def test_plugins_lists_the_adapters(capsys):
     assert main(["plugins"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["token", "class", "plugin", "package", "framework"]
-    rows = {line.split()[0]: line for line in lines[1:]}
+    rows = {line.split()[0]: line for line in lines[1:lines.index("")]}
     assert "fedsync.arrays.FedArrays" in rows["arrays"]
+    transports = lines[lines.index("") + 1:]
+    assert transports[0].split() == ["scheme", "class", "plugin", "package"]
+    assert {line.split()[0]: line.split()[1] for line in transports[1:]}["local"] == "fedsync.local.LocalRemote"
     assert main(["plugins", "--json"]) == 0
-    listed = {row["token"]: row for row in json.loads(capsys.readouterr().out)}
+    answer = json.loads(capsys.readouterr().out)
+    assert {"scheme": "http", "class": "fedsync.remote.Remote", "plugin": "fedsync.remote"}.items() <= answer["transports"][0].items()
+    listed = {row["token"]: row for row in answer["adapters"]}
     assert listed["arrays"]["framework"] == "installed"
     for token in ("torch", "keras"):  # registered by fedsync's own entry points, whether or not the framework is
         assert listed[token]["framework"] == "installed" or f"fedsync[{token}]" in listed[token]["framework"]

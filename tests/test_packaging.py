@@ -35,13 +35,13 @@ def test_wheel_metadata_carries_entry_points_and_extras(dist):
         info = next(n for n in names if n.endswith(".dist-info/METADATA"))
         metadata = archive.read(info).decode()
         entry_points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
-    assert "[fedsync]\nkeras = fedsync_keras\ntorch = fedsync_torch" in entry_points
+    assert "[fedsync]\nkeras = fedsync_keras\nray = fedsync_ray\ntorch = fedsync_torch" in entry_points
     assert "[console_scripts]\nfedsync = fedsync.cli:main" in entry_points
-    for extra in ("keras", "torch", "all", "demo", "plot", "test", "tensorboard", "mlflow", "tls"):
+    for extra in ("keras", "torch", "all", "demo", "plot", "test", "tensorboard", "mlflow", "tls", "ray"):
         assert f"Provides-Extra: {extra}" in metadata
     assert "Requires-Dist: torch>=2.1; extra == \"torch\"" in metadata
     # PEP 561: type checkers use fedsync's annotations.
-    assert {"fedsync/py.typed", "fedsync_torch/py.typed", "fedsync_keras/py.typed"} <= set(names)
+    assert {"fedsync/py.typed", "fedsync_torch/py.typed", "fedsync_keras/py.typed", "fedsync_ray/py.typed"} <= set(names)
     assert any(n.startswith("fedsync_torch/") for n in names) and any(n.startswith("fedsync_keras/") for n in names)
     assert not any(n.startswith("tests/") for n in names)
     assert {"fedsync/dashboard_static/uPlot.iife.min.js", "fedsync/dashboard_static/dashboard.js"} <= set(names)

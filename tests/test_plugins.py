@@ -128,7 +128,7 @@ def test_plugins_load_lazily_and_import_no_framework():
         tokens = sorted(plugins.adapters())
         with fedsync.serve(fedsync.FedArrays([np.zeros(3)]), port=0, block=False) as server:
             info = requests.get(server.url + "/info", timeout=5).json()
-        heavy = sorted(m for m in ("torch", "tensorflow", "keras", "jax") if m in sys.modules)
+        heavy = sorted(m for m in ("torch", "tensorflow", "keras", "jax", "ray") if m in sys.modules)
         print(json.dumps({"loaded_at_import": loaded_at_import, "tokens": tokens, "heavy": heavy, "specs": info["specs"]}))
         """
     )

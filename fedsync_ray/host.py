@@ -1,0 +1,117 @@
+"""The actor side: a :class:`DeviceHost` runs in a Ray actor and serves the devices given to it.
+
+Each device is a :class:`fedsync.local.LocalRemote` inside the actor: built by
+``device_fn(device_id)`` on its first request, answering through its own
+:class:`fedsync.server.DeviceApp` (the application ``serve`` runs), so every
+check a device makes over HTTP it makes here. Training runs on the actor's
+:class:`fedsync.local.TrainingPool`, sized by the actor's CPUs.
+
+What crosses the process boundary is plain: the request as str/int/dict of
+str plus the body as a numpy ``uint8`` buffer (Ray's object store, read
+zero-copy), and the answer as ``(status, headers, body, error)`` with the body
+again a ``uint8`` buffer. ``device_fn`` arrives as an import path.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from typing import Any, List, Tuple
+
+from .paths import resolve
+
+__all__ = ["DeviceHost", "Answer"]
+
+Answer = Tuple[int, List[Tuple[str, str]], Any, str]
+"""``(status, headers, body, error)``: what :meth:`DeviceHost.request` returns; ``error`` is non-empty (and ``status`` 0) when the device could not be built; ``body`` is a numpy ``uint8`` array."""
+
+
+class DeviceHost:
+    """Devices ``0 .. num_devices-1`` of one simulation, inside one Ray actor (or in-process, for tests).
+
+    Args:
+        device_fn: ``"module:qualname"`` of ``device_fn(device_id) -> FedData``,
+            imported in the actor.
+        num_devices: device ids accepted are ``range(num_devices)``.
+        workers: threads training at once in this actor.
+        max_content_length: a device's largest accepted payload (as ``serve``), or ``None``.
+    """
+
+    def __init__(self, device_fn: str, num_devices: int, workers: int, max_content_length: int | None = None) -> None:
+        from fedsync.local import TrainingPool
+
+        self.device_fn = device_fn
+        self.num_devices = int(num_devices)
+        self.pool = TrainingPool(int(workers))
+        self.max_content_length = max_content_length
+        self.devices: dict[int, Any] = {}
+        self.lock = threading.Lock()
+        self._function: Any = None
+
+    def pid(self) -> int:
+        """This actor's process id (answers once the actor is up)."""
+        return os.getpid()
+
+    def request(self, device: int, method: str, path: str, headers: dict[str, str], query: str, body: Any) -> Answer:
+        """Answer one request to ``device`` through its WSGI application.
+
+        ``body`` is bytes-like (a read-only numpy view out of the object store).
+        Returns ``(status, headers, body, "")``, or ``(0, [], empty, reason)`` when the
+        device cannot be built (``device_fn`` failed to import or raised).
+        """
+        import numpy as np
+        from werkzeug.test import EnvironBuilder
+
+        from fedsync.errors import RemoteError
+        from fedsync.local import _call
+
+        empty = np.zeros(0, np.uint8)
+        try:
+            app = self._device(device).app()
+        except RemoteError as exc:
+            return 0, [], empty, exc.reason
+        data = memoryview(body).cast("B") if body is not None else b""
+        builder = EnvironBuilder(
+            path=path, method=method, headers=headers, query_string=query,
+            input_stream=io.BytesIO(data), content_length=len(data),
+        )  # fmt: skip
+        environ = builder.get_environ()
+        builder.close()
+        status, answer_headers, content = _call(app, environ)
+        return status, [(str(k), str(v)) for k, v in answer_headers], np.frombuffer(content, np.uint8), ""
+
+    def release(self) -> int:
+        """Drop every device's state (they are built again when next used); the number dropped."""
+        with self.lock:
+            devices, self.devices = self.devices, {}
+        for remote in devices.values():
+            remote.release()
+        return len(devices)
+
+    def _device(self, device: int) -> Any:
+        from fedsync.errors import RemoteError
+        from fedsync.local import LocalRemote
+
+        with self.lock:
+            remote = self.devices.get(device)
+            if remote is not None:
+                return remote
+            if isinstance(device, bool) or not isinstance(device, int) or not 0 <= device < self.num_devices:
+                raise RemoteError(f"device-{device}", f"no device {device!r} here; this actor serves device ids 0 to {self.num_devices - 1}")
+            if self._function is None:
+                try:
+                    self._function = resolve(self.device_fn)
+                except Exception as exc:  # the actor's environment: every device's failure, with the reason
+                    raise RemoteError(
+                        f"device-{device}",
+                        f"the Ray actor cannot import device_fn {self.device_fn!r} ({type(exc).__name__}: {str(exc)[:300]}); "
+                        "install its package on the workers or ship it with runtime_env",
+                    ) from None
+            function = self._function
+            remote = LocalRemote(
+                f"local://device-{device}", device=lambda: function(device), pool=self.pool,
+                max_content_length=self.max_content_length,
+            )  # fmt: skip
+            self.devices[device] = remote
+            return remote

@@ -1,0 +1,215 @@
+"""The coordinator side: :class:`RayRemote`, a device reached as ``ray://ACTOR/device-ID``.
+
+It is the HTTP :class:`fedsync.remote.Remote` with ``_request`` answered by a
+Ray actor (:class:`fedsync_ray.host.DeviceHost`) instead of a socket, as
+:class:`fedsync.local.LocalRemote` answers it in-process: the same codec, the
+same checks of every answer, the same errors. Each call is bounded by its
+timeout (``ray.get(..., timeout=...)``); an actor that died or does not answer
+in time is this device's failure (``RemoteUnavailable``, ``RemoteTimeout``).
+
+Payloads cross as numpy ``uint8`` buffers: a round's payload is put in Ray's
+object store once and shared by every device it is submitted to, and results
+come back as buffers read zero-copy from the store.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import weakref
+from typing import Any, Mapping
+from urllib.parse import urlencode
+
+import requests
+from requests.structures import CaseInsensitiveDict
+
+from fedsync.errors import RemoteError, RemoteTimeout, RemoteUnavailable
+from fedsync.local import _Body, _bytes, _seconds
+from fedsync.remote import MAX_REPLY, Remote
+
+__all__ = ["RayRemote", "NAMESPACE", "url_parts"]
+
+NAMESPACE = "fedsync"
+"""The Ray namespace of fedsync's device actors (``ray://ACTOR/...`` names an actor in it)."""
+
+_URL = re.compile(r"^ray://([A-Za-z0-9][A-Za-z0-9_.-]{0,127})/device-([0-9]{1,9})$")
+_MAX_HEADERS = 100
+_MAX_HEADER = 8192
+
+
+def url_parts(url: str) -> tuple[str, int]:
+    """``(actor name, device id)`` of ``"ray://ACTOR/device-ID"``.
+
+    Raises:
+        ValueError: ``url`` is not of that form.
+    """
+    found = _URL.match(url.rstrip("/")) if isinstance(url, str) else None
+    if found is None:
+        raise ValueError(
+            f"a Ray device URL is ray://ACTOR/device-ID (ACTOR a fedsync device actor, ID an integer), got {str(url)[:200]!r}; "
+            "e.g. 'ray://sim-0/device-17', as RayDevices(...).urls lists them"
+        )
+    return found.group(1), int(found.group(2))
+
+
+class RayRemote(Remote):
+    """A simulated device in a Ray actor, reached as ``ray://ACTOR/device-ID``.
+
+    Args:
+        url: ``"ray://ACTOR/device-ID"``: device ``ID`` of the fedsync device actor
+            named ``ACTOR`` in Ray namespace ``"fedsync"`` (started by
+            :class:`fedsync_ray.RayDevices`).
+        timeout: seconds for each answer (as for :class:`fedsync.remote.Remote`).
+        max_reply: the largest result, in bytes, downloaded whole.
+        actor: the actor's handle; default: looked up by name in the connected Ray.
+
+    Raises:
+        ValueError: a malformed URL, a bad timeout, Ray not connected, or no such actor.
+        ImportError: ray is not installed (``pip install 'fedsync[ray]'``).
+    """
+
+    def __init__(self, url: str, *, timeout: float = 30.0, max_reply: int = MAX_REPLY, actor: Any = None) -> None:
+        # Remote.__init__ is not called: it builds an HTTP session, which has no use here.
+        self.actor_name, self.device = url_parts(url)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.url = url.rstrip("/")
+        self.timeout = float(timeout)
+        self.max_reply = int(max_reply)
+        self._token = None
+        self.session = None
+        self.verify = True
+        self.actor = actor if actor is not None else _actor(self.actor_name)
+
+    def __repr__(self) -> str:
+        return f"RayRemote({self.url!r})"
+
+    def close(self) -> None:
+        """Nothing to release here: the device's state belongs to its actor (:meth:`RayDevices.release`)."""
+
+    def _request(self, method: str, path: str, check: bool = True, **kwargs: Any) -> requests.Response:
+        """Answer a request through the device's actor, as an unread ``requests.Response``."""
+        import ray
+
+        params: Mapping[str, str] = kwargs.get("params") or {}
+        data = kwargs.get("data")
+        body = _shared(data) if data is not None else None
+        wait = _seconds(kwargs.get("timeout"), self.timeout)
+        headers = {str(k): str(v) for k, v in (kwargs.get("headers") or {}).items()}
+        try:
+            reference = self.actor.request.remote(self.device, method, path, headers, urlencode(params), body)
+        except ray.exceptions.RayError as exc:
+            raise RemoteUnavailable(self.url, f"its Ray actor {self.actor_name!r} cannot take requests: {_first_line(exc)}") from None
+        try:
+            answer = ray.get(reference, timeout=wait)
+        except ray.exceptions.GetTimeoutError:
+            try:
+                ray.cancel(reference)  # best effort: the actor may already be running it
+            except Exception:  # noqa: BLE001 - the timeout is what this device's failure says
+                pass
+            raise RemoteTimeout(self.url, f"timed out: no answer from its Ray actor within {wait:.3g}s") from None
+        except ray.exceptions.RayActorError as exc:
+            raise RemoteUnavailable(self.url, f"its Ray actor {self.actor_name!r} died or is unreachable: {_first_line(exc)}") from None
+        except ray.exceptions.RayError as exc:
+            raise RemoteError(self.url, f"its Ray actor {self.actor_name!r} failed the request: {_first_line(exc)}") from None
+        status, answer_headers, content = self._checked(answer)
+        response = requests.Response()
+        response.status_code = status
+        response.headers = CaseInsensitiveDict(answer_headers)
+        response.headers.setdefault("Content-Length", str(len(content)))
+        response.raw = _Body(content)
+        response.url = self.url + path
+        if check and status >= 400:
+            with response:
+                self._raise_for(response)
+        return response
+
+    def _checked(self, answer: Any) -> tuple[int, list[tuple[str, str]], memoryview]:
+        """The actor's answer, every part checked: it came from another process."""
+        import numpy as np
+
+        if not isinstance(answer, tuple) or len(answer) != 4:
+            raise RemoteError(self.url, f"its Ray actor answered a {type(answer).__name__}; expected (status, headers, body, error)")
+        status, headers, body, error = answer
+        if isinstance(error, str) and error:
+            raise RemoteError(self.url, self.scrub(error[:2000]))
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise RemoteError(self.url, f"its Ray actor answered status {str(status)[:40]!r}; expected an HTTP status in [100, 599]")
+        if (
+            not isinstance(headers, list) or len(headers) > _MAX_HEADERS
+            or not all(isinstance(h, tuple) and len(h) == 2 and all(isinstance(p, str) and len(p) <= _MAX_HEADER for p in h) for h in headers)
+        ):  # fmt: skip
+            raise RemoteError(self.url, f"its Ray actor answered malformed headers; expected at most {_MAX_HEADERS} (str, str) pairs")
+        if not isinstance(body, np.ndarray) or body.dtype != np.uint8 or body.ndim != 1:
+            raise RemoteError(self.url, f"its Ray actor answered a body of type {type(body).__name__}; expected a 1-d numpy uint8 array")
+        return status, headers, memoryview(body)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+_actors: dict[str, Any] = {}
+_actors_lock = threading.Lock()
+
+
+def _actor(name: str) -> Any:
+    """The handle of the device actor ``name`` (looked up once per name: 10,000 URLs share a few actors)."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("ray:// remotes need Ray: pip install 'fedsync[ray]'") from None
+    if not ray.is_initialized():
+        raise ValueError(
+            f"ray://{name}/... needs a connected Ray: call ray.init(address=...) first, "
+            "or start the devices with fedsync_ray.RayDevices(...), which connects"
+        )
+    with _actors_lock:
+        actor = _actors.get(name)
+        if actor is None:
+            try:
+                actor = ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:
+                raise ValueError(
+                    f"no fedsync device actor named {name!r} in Ray namespace {NAMESPACE!r}; start it with "
+                    "fedsync_ray.RayDevices(device_fn, num_devices, name=...) and use its .urls"
+                ) from None
+            _actors[name] = actor
+        return actor
+
+
+def forget_actors() -> None:
+    """Forget looked-up actor handles and the shared payload (after the actors were stopped, or Ray was)."""
+    with _actors_lock:
+        _actors.clear()
+    with _Shared.lock:
+        _Shared.source = _Shared.reference = None
+
+
+class _Shared:
+    """The last payload put in the object store, so every device of a round reads one copy."""
+
+    lock = threading.Lock()
+    source: Any = None  # a weak reference to the payload object
+    reference: Any = None
+
+
+def _shared(data: Any) -> Any:
+    """The request body as an object-store reference to a numpy ``uint8`` buffer, shared while ``data`` is the same object."""
+    import numpy as np
+    import ray
+
+    with _Shared.lock:
+        if _Shared.source is not None and _Shared.source() is data:
+            return _Shared.reference
+    body = _bytes(data)
+    reference = ray.put(np.frombuffer(body, np.uint8))
+    try:
+        source = weakref.ref(data)
+    except TypeError:  # bytes cannot be weakly referenced: not shared
+        return reference
+    with _Shared.lock:
+        _Shared.source, _Shared.reference = source, reference
+    return reference

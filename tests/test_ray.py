@@ -1,0 +1,157 @@
+"""The Ray transport: devices in Ray actors on the production path, failures per device, the same model as local and HTTP."""
+
+import importlib.metadata
+import os
+
+import numpy as np
+import pytest
+
+from fedsync import FedArrays, Federated, plugins
+from fedsync.cli import main
+from fedsync.errors import RemoteTimeout
+from fedsync.local import LocalRemote
+from fedsync.simulation import run_simulation
+from tests.devices_ray import SHARDS, shard
+from tests.test_plugins import make_distribution
+
+
+def model() -> FedArrays:
+    return FedArrays({"w": np.zeros((3, 1)), "b": np.zeros(1)})
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for the module (start-up costs seconds): 2 CPUs, 127.0.0.1, no usage stats."""
+    ray = pytest.importorskip("ray")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(
+        num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", namespace="fedsync", log_to_driver=False,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+    )  # fmt: skip
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_entry_point(tmp_path, monkeypatch):
+    """The ``ray = fedsync_ray`` entry point as an installed fedsync declares it.
+
+    An editable install built before the entry point existed lacks it until reinstalled;
+    test_packaging checks that the wheel carries it.
+    """
+    if not any(e.name == "ray" for e in importlib.metadata.entry_points(group="fedsync")):
+        make_distribution(tmp_path, "fedsync-ray-entry", {"ray": "fedsync_ray"}, {})
+        monkeypatch.syspath_prepend(str(tmp_path))
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+# -- no Ray needed: refusals happen before anything starts -------------------------------
+
+
+def test_a_lambda_or_closure_device_fn_is_refused_for_ray_with_what_to_do():
+    def nested(i):
+        return shard(i)
+
+    for device_fn in (lambda i: shard(i), nested):
+        with pytest.raises(ValueError, match="import path.*define it with `def` at the top level of a module") as caught:
+            run_simulation(device_fn, 4, 1, data=model(), backend="ray")
+        assert "'mypackage.devices:device_fn'" in str(caught.value)
+    with pytest.raises(ValueError, match="does not resolve here"):
+        run_simulation("tests.devices_ray:no_such_function", 4, 1, data=model(), backend="ray")
+    with pytest.raises(ValueError, match="backend_config takes the keys"):
+        run_simulation(shard, 4, 1, data=model(), backend="ray", backend_config={"cpus": 1})
+    with pytest.raises(ValueError, match="workers is for backend='local'"):
+        run_simulation(shard, 4, 1, data=model(), backend="ray", workers=2)
+    with pytest.raises(ValueError, match="for backend='ray'"):
+        run_simulation(shard, 4, 1, data=model(), backend_config={"num_cpus": 1})
+
+
+def test_fedsync_plugins_lists_the_ray_transport_and_its_plugin(ray_entry_point, capsys):
+    assert main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    transports = {line.split()[0]: line.split() for line in lines[lines.index("") + 2:]}
+    assert transports["ray"][1:3] == ["fedsync_ray.remote.RayRemote", "ray"]
+    assert transports["local"][1:3] == ["fedsync.local.LocalRemote", "fedsync.local"]
+
+
+# -- on a local Ray ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_simulation_on_ray_merges_what_the_local_one_merges(ray_session):
+    models, histories = [], []
+    for backend, device_fn in (("local", shard), ("ray", "tests.devices_ray:shard")):
+        data = model()
+        histories.append(run_simulation(device_fn, len(SHARDS), 3, data=data, fraction=0.5, seed=5, backend=backend, timeout=60, progress=False))
+        models.append(data.get_arrays())
+    local, on_ray = histories
+    assert all(url.startswith("ray://sim-") for result in on_ray for url in result.answered)
+    assert [len(r.answered) for r in on_ray] == [2, 2, 2] and not any(r.failures for r in on_ray)
+    # The same seeded sample: device ids agree round by round.
+    assert [sorted(u.rsplit("/", 1)[1] for u in r.answered) for r in on_ray] == [sorted(u.rsplit("//", 1)[1] for u in r.answered) for r in local]
+    assert not np.allclose(models[0]["w"], 0.0)
+    for name in ("w", "b"):
+        np.testing.assert_allclose(models[1][name], models[0][name], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_the_same_model_over_local_ray_and_http_devices(ray_session, ray_entry_point, devices):
+    from fedsync_ray import RayDevices
+
+    http = [devices("linreg", *spec).url for spec in SHARDS]
+    local = [LocalRemote(f"local://shard-{i}", device=shard(i)) for i in range(len(SHARDS))]
+    with RayDevices(shard, len(SHARDS), name="equivalence") as on_ray:
+        models = []
+        for remotes in (http, local, on_ray.urls):  # ray:// URLs as strings: built through the registered transport
+            with Federated(model(), remotes, timeout=60, seed=0) as alg:
+                alg.fit(3)
+                models.append(alg.data.get_arrays())
+            assert not any(result.failures for result in alg.history)
+    assert on_ray.urls[:2] == ["ray://equivalence-0/device-0", "ray://equivalence-1/device-1"]
+    assert not np.allclose(models[0]["w"], 0.0)
+    for other in models[1:]:
+        for name in ("w", "b"):
+            np.testing.assert_allclose(other[name], models[0][name], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_a_killed_actor_and_a_raising_device_fn_fail_only_their_own_devices(ray_session):
+    from fedsync_ray import RayDevices
+
+    with RayDevices("tests.devices_ray:shard_but_3_is_missing", 4, name="failing", backend_config={"num_cpus": 1, "actors": 2}) as on_ray:
+        with Federated(model(), on_ray.remotes, timeout=60, min_results=1) as alg:
+            first = alg.round()
+            ray_session.kill(on_ray.actors[0])  # devices 0 and 2 lived there
+            second = alg.round()
+    urls = on_ray.urls
+    assert sorted(first.answered) == sorted(urls[i] for i in (0, 1, 2))
+    assert set(first.failures) == {urls[3]}
+    assert "device_fn raised OSError: partition 3 is missing" in first.failures[urls[3]]
+    assert second.answered == [urls[1]]
+    assert set(second.failures) == {urls[0], urls[2], urls[3]}
+    for i in (0, 2):
+        assert "its Ray actor 'failing-0' died or is unreachable" in second.failures[urls[i]]
+
+
+@pytest.mark.slow
+def test_an_actor_that_does_not_answer_in_time_is_that_devices_timeout(ray_session, ray_entry_point):
+    from fedsync_ray import RayDevices
+
+    with RayDevices("tests.devices_ray:sleepy", 1, name="sleepy", timeout=1.0) as on_ray:
+        remote = plugins.remote(on_ray.urls[0], timeout=1.0)  # found by name, as a user's ray:// string is
+        with pytest.raises(RemoteTimeout, match="ray://sleepy-0/device-0: timed out: no answer from its Ray actor within 1s"):
+            remote.info()
+    with pytest.raises(ValueError, match="no fedsync device actor named 'gone'"):
+        plugins.remote("ray://gone/device-0")
+    with pytest.raises(ValueError, match="ray://ACTOR/device-ID"):
+        plugins.remote("ray://gone/17")
+
+
+@pytest.mark.slow
+def test_a_model_past_rays_inline_limit_crosses_the_object_store(ray_session):
+    data = FedArrays({"w": np.zeros(500_000)})  # 4 MB: Ray passes it through the object store, not inline
+    history = run_simulation("tests.devices_ray:big", 4, 2, data=data, backend="ray", timeout=60, progress=False)
+    assert not any(result.failures for result in history)
+    np.testing.assert_array_equal(data.get_arrays()["w"], 5.0)  # each round adds the mean of 1, 2, 3, 4
