@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import uuid
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from fedsync.remote import MAX_REPLY
 
@@ -34,15 +35,21 @@ def connect(address: str | None = None) -> bool:
     Raises:
         ImportError: ray is not installed.
     """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is None:
+        # Ray replaces _node_ip_address="127.0.0.1" by the machine's address (its
+        # resolve_ip_for_localhost) unless clusters are off, read when ray is imported:
+        # a local simulation then listens on loopback only.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
         raise ImportError("the ray backend needs Ray: pip install 'fedsync[ray]'") from None
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", namespace=NAMESPACE, logging_level="warning", log_to_driver=False)
+        with _loopback(ray):
+            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", namespace=NAMESPACE, logging_level="warning", log_to_driver=False)
     else:
         ray.init(address=address, namespace=NAMESPACE, logging_level="warning", log_to_driver=False)
     return True
@@ -190,3 +197,23 @@ class RayDevices:
 def _fitting(cpus: float, per_actor: float, num_devices: int) -> int:
     """How many actors of ``per_actor`` CPUs the cluster's ``cpus`` hold, at least one, at most one per device."""
     return max(1, min(num_devices, int(cpus // per_actor)))
+
+
+@contextlib.contextmanager
+def _loopback(ray: Any) -> Iterator[None]:
+    """Keep a local Ray on 127.0.0.1 even when ray was imported before our environment variable.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, into ray_constants.ENABLE_RAY_CLUSTER,
+    when it is imported; with clusters on it replaces 127.0.0.1 by the machine's address.
+    Only the address chosen by ``ray.init`` depends on it, so it is switched off for that call.
+    """
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if constants is None or not hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        yield  # another Ray version: the environment variable is all we can do
+        return
+    before = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = before

@@ -2,6 +2,9 @@
 
 import importlib.metadata
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +25,9 @@ def model() -> FedArrays:
 @pytest.fixture(scope="module")
 def ray_session():
     """One local Ray for the module (start-up costs seconds): 2 CPUs, 127.0.0.1, no usage stats."""
-    ray = pytest.importorskip("ray")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read at import: keeps _node_ip_address on loopback
+    ray = pytest.importorskip("ray")
     ray.init(
         num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", namespace="fedsync", log_to_driver=False,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
@@ -77,6 +81,33 @@ def test_fedsync_plugins_lists_the_ray_transport_and_its_plugin(ray_entry_point,
 
 
 # -- on a local Ray ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_test_ray_listens_on_loopback_only(ray_session):
+    assert ray_session.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    assert ray_session.util.get_node_ip_address() == "127.0.0.1"
+
+
+@pytest.mark.slow
+def test_a_local_ray_started_by_run_simulation_listens_on_loopback_only(tmp_path):
+    """run_simulation(backend="ray") with no Ray running starts one on 127.0.0.1 (in a fresh interpreter)."""
+    script = (
+        "import numpy as np, ray\n"
+        "from fedsync import FedArrays\n"
+        "from fedsync.simulation import run_simulation\n"
+        "seen = []\n"
+        "def where(alg, result):\n"
+        "    seen.append(ray.get_runtime_context().gcs_address)\n"
+        "run_simulation('tests.devices_ray:shard', 2, 1, data=FedArrays({'w': np.zeros((3, 1)), 'b': np.zeros(1)}),\n"
+        "               backend='ray', backend_config={'num_cpus': 1, 'actors': 1}, timeout=60, progress=False, callbacks=[where])\n"
+        "print(seen[0])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # fedsync_ray must set it itself
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1].startswith("127.0.0.1:"), done.stdout
 
 
 @pytest.mark.slow
