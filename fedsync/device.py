@@ -422,7 +422,7 @@ def _frames_to(sock: socket.socket, payload: Payload, before_last: Callable[[], 
 
     WSGI servers write only ``bytes``, so :func:`_chunks` copies each piece
     of a model into one (about 20% of a device's CPU per round, measured with
-    perf). fedsync's server (:mod:`fedsync.gateway`) sends the status line and
+    perf). fedsync's server (:mod:`fedsync._gateway`) sends the status line and
     headers (Content-Length included) on the first ``write``, even of ``b""``,
     on its unbuffered connection; the frames then follow on the same socket.
 

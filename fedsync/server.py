@@ -1,6 +1,6 @@
 """The device side: a WSGI app (werkzeug routing) serving one or more FedData over HTTP.
 
-``serve`` runs it on :class:`fedsync.gateway.KeepAliveServer`, which keeps
+``serve`` runs it on :class:`fedsync._gateway.KeepAliveServer`, which keeps
 HTTP/1.1 connections open between a round's requests.
 
 Routes (protocol v1, see ``docs/protocol.md``), under each FedData's base
@@ -30,7 +30,7 @@ from . import protocol as _protocol
 from .codec import read_exactly
 from .config import CONFIG_HEADER, Config, decode_config
 from .device import ApiError, Device, checked_repetition, json_response
-from .gateway import SOCKET_KEY, KeepAliveServer
+from ._gateway import SOCKET_KEY, KeepAliveServer
 from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
 from .status import render_index, render_locked, render_status
 from .tokens import checked_token

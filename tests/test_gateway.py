@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fedsync
-from fedsync import FedArrays, gateway
+from fedsync import FedArrays, _gateway as gateway
 from fedsync.server import SPECS_HEADER
 from tests.seed_fedfloat import FedFloat
 
