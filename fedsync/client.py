@@ -34,7 +34,7 @@ from .replies import ReplyStream
 from .callbacks import EarlyStopping
 from .rounds import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share, format_metrics, gather_reasons, scrub_failures, scrubbed
 from .transfer import STALL, Deadline, round_grace
-from .workers import Workers, concurrently
+from ._workers import Workers, concurrently
 
 __all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping", "MAX_REPLY"]
 

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from fedsync import Federated, Remote
-from fedsync.workers import Workers, concurrently
+from fedsync._workers import Workers, concurrently
 from tests.seed_fedfloat import FedFloat
 
 
