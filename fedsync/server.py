@@ -32,7 +32,7 @@ from .config import CONFIG_HEADER, Config, decode_config
 from .device import ApiError, Device, checked_repetition, json_response
 from ._gateway import SOCKET_KEY, KeepAliveServer
 from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
-from .status import render_index, render_locked, render_status
+from ._status import render_index, render_locked, render_status
 from .tokens import checked_token
 
 __all__ = ["DeviceApp", "RunningServer", "serve", "checked_token", "SPECS_HEADER", "DEFAULT_MAX_CONTENT_LENGTH"]
