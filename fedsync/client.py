@@ -32,7 +32,7 @@ from .protocol import MAX_REPETITION, Encoding, FedData
 from .remote import MAX_REPLY, Remote, size as _size
 from .replies import ReplyStream
 from .callbacks import EarlyStopping
-from .rounds import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share, format_metrics, gather_reasons, scrub_failures, scrubbed
+from ._rounds import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share, format_metrics, gather_reasons, scrub_failures, scrubbed
 from .transfer import STALL, Deadline, round_grace
 from ._workers import Workers, concurrently
 
