@@ -29,7 +29,7 @@ from ._version import PROTOCOL_VERSION, __version__
 from . import protocol as _protocol
 from .codec import read_exactly
 from .config import CONFIG_HEADER, Config, decode_config
-from .device import ApiError, Device, checked_repetition, json_response
+from ._device import ApiError, Device, checked_repetition, json_response
 from ._gateway import SOCKET_KEY, KeepAliveServer
 from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
 from ._status import render_index, render_locked, render_status
