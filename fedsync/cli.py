@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     _add_demo(commands)
     _add_serve(commands)
-    from .cli_info import add_info_command
+    from ._cli_info import add_info_command
 
     add_info_command(commands)
     _add_plugins(commands)
