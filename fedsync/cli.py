@@ -7,7 +7,7 @@ Subcommands:
 - ``fedsync info URL``          show a device's handshake
 - ``fedsync plugins``           list the installed adapters
 - ``fedsync dashboard DIR``     a live page of a run, from its checkpoint folder
-- ``fedsync certs KIND DIR``    a CA and certificates for mutual TLS (cli_certs.py)
+- ``fedsync certs KIND DIR``    a CA and certificates for mutual TLS (_cli_certs.py)
 
 Exit codes: 0 success, 1 the command failed (unreachable device, failed
 round, port in use), 2 bad usage (unknown option, module or attribute),
@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_info_command(commands)
     _add_plugins(commands)
     _add_dashboard(commands)
-    from .cli_certs import add_certs_command
+    from ._cli_certs import add_certs_command
 
     add_certs_command(commands)
     return parser
