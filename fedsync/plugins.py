@@ -29,7 +29,7 @@ from .errors import AdapterNotFound, PluginError
 from .protocol import FedData
 
 __all__ = [
-    "Adapter", "Transport", "adapters", "adapter_for", "describe", "plugin_manager", "remote", "reset", "transports", "transport_for",
+    "Adapter", "Transport", "adapters", "loaded", "adapter_for", "describe", "plugin_manager", "remote", "reset", "transports", "transport_for",
     "ENTRY_POINT_GROUP",
 ]
 
@@ -202,6 +202,11 @@ def _version(distribution: str) -> str | None:
 
 
 _registry = _Registry()
+
+
+def loaded() -> bool:
+    """Whether the plugins are loaded yet (they load lazily, on the first lookup; never at import)."""
+    return _registry.manager is not None
 
 
 def plugin_manager() -> pluggy.PluginManager:
