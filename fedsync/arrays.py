@@ -18,7 +18,7 @@ import numpy as np
 from . import codec, compression, proximal
 from .config import Config, takes_extra
 from .errors import PayloadRejected, RemoteError, RoundFailed, failure_reason
-from .hookspecs import hookimpl
+from .hookspecs import RegisterAdapter, hookimpl
 from .metrics import MAX_SAMPLES, checked_metrics, checked_samples, parse_counted, weighted_means
 from .protocol import FedData
 from .replies import ReplyStream
@@ -542,6 +542,6 @@ class _Rejected(Exception):
 
 
 @hookimpl
-def register_adapters(register: Callable[[str, type], None]) -> None:
+def register_adapters(register: RegisterAdapter) -> None:
     """The core's own adapter registers through the same hook as third parties."""
     register(FedArrays.token, FedArrays)

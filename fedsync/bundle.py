@@ -17,7 +17,7 @@ import numpy as np
 from . import codec
 from .arrays import fingerprint
 from .errors import PayloadRejected
-from .hookspecs import hookimpl
+from .hookspecs import RegisterAdapter, hookimpl
 from .protocol import FedData
 
 __all__ = ["FedBundle"]
@@ -144,6 +144,6 @@ class FedBundle(FedData):
 
 
 @hookimpl
-def register_adapters(register: Any) -> None:
+def register_adapters(register: RegisterAdapter) -> None:
     """Bundles register through the same hook as every adapter."""
     register(FedBundle.token, FedBundle)

@@ -39,7 +39,7 @@ from werkzeug.test import EnvironBuilder
 from .config import Config
 from ._device import Device, Job
 from .errors import RemoteError, RemoteTimeout
-from .hookspecs import hookimpl
+from .hookspecs import RegisterTransport, hookimpl
 from .protocol import FedData
 from .remote import MAX_REPLY, Remote
 
@@ -310,6 +310,6 @@ class _PooledDevice(Device):
 
 
 @hookimpl
-def register_transports(register: Any) -> None:
+def register_transports(register: RegisterTransport) -> None:
     """``local``: devices in this process (:class:`LocalRemote`)."""
     register("local", LocalRemote)

@@ -33,7 +33,7 @@ from .errors import (
     SpecsMismatch,
     TrainingFailed,
 )
-from .hookspecs import hookimpl
+from .hookspecs import RegisterTransport, hookimpl
 from .metrics import checked_metrics, checked_samples
 from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, Encoding
 from .replies import ReplyStream
@@ -517,7 +517,7 @@ def _raise_if_refused_certificate(url: str, detail: str) -> None:
 
 
 @hookimpl
-def register_transports(register: Any) -> None:
+def register_transports(register: RegisterTransport) -> None:
     """``http`` and ``https``: fedsync's own transport registers like a third party's."""
     register("http", Remote)
     register("https", Remote)
