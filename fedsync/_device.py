@@ -36,6 +36,7 @@ from ._version import PROTOCOL_VERSION, __version__
 from .codec import Payload
 from .config import Config, takes_extra
 from .protocol import MAX_REPETITION, Encoding, FedData
+from .shapes import DeviceInfo
 
 __all__ = ["ApiError", "Device", "Job", "json_response", "checked_repetition"]
 
@@ -148,7 +149,7 @@ class Device:
             return "training"
         return "failed" if job.error is not None else "idle"
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> DeviceInfo:
         next_rep = self.last_repetition + 1
         job = self.job
         return {

@@ -38,6 +38,7 @@ from .metrics import checked_metrics, checked_samples
 from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, Encoding
 from .replies import ReplyStream
 from .tokens import checked_token
+from .shapes import DeviceInfo, EvaluationAnswer
 from .transfer import Deadline, content_length, read_capped
 
 __all__ = ["Remote", "MAX_REPLY", "MAX_JSON", "MAX_ERROR_BODY", "MAX_SPECS", "size"]
@@ -145,7 +146,7 @@ class Remote:
 
     # -- calls -----------------------------------------------------------------
 
-    def info(self, *, deadline: Deadline | None = None) -> dict[str, Any]:
+    def info(self, *, deadline: Deadline | None = None) -> DeviceInfo:
         """The device's handshake: protocol, specs, last repetition, state, summary.
 
         ``deadline`` bounds the whole call (default: ``timeout`` seconds).
@@ -318,7 +319,7 @@ class Remote:
     def evaluate(
         self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None, deadline: Deadline | None = None,
         config: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> EvaluationAnswer:
         """Ask the device to evaluate ``payload`` on its data: ``{"samples": n, "metrics": {...}}``.
 
         ``config``: as for :meth:`submit`.
