@@ -445,7 +445,7 @@ def serve(
     try:
         server.serve_forever(poll_interval=STOP_POLL)
     except KeyboardInterrupt:
-        pass
+        logger.info("fedsync device stopped (Ctrl-C); port %d released", server.socket.getsockname()[1])
     finally:
         server.server_close()
     return None
