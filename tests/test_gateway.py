@@ -12,6 +12,7 @@ import pytest
 import fedsync
 from fedsync import FedArrays, _gateway as gateway
 from fedsync.server import SPECS_HEADER
+from tests.conftest import tls_files
 from tests.seed_fedfloat import FedFloat
 
 
@@ -112,13 +113,11 @@ def test_rounds_reuse_one_connection_per_device():
 
 
 def test_a_client_that_never_completes_tls_blocks_no_one_else(tmp_path):
-    from tests.test_server import self_signed
-
-    cert, key = self_signed(tmp_path)
-    with fedsync.serve(FedFloat(1.0), port=0, block=False, ssl_context=(str(cert), str(key))) as server:
+    cert, key, ca = tls_files(tmp_path)
+    with fedsync.serve(FedFloat(1.0), port=0, block=False, ssl_context=(cert, key)) as server:
         silent = socket.create_connection((server.host, server.port), timeout=10)  # no handshake
         try:
-            info = fedsync.Remote(server.url, verify=str(cert), timeout=5).info()
+            info = fedsync.Remote(server.url, verify=ca, timeout=5).info()
         finally:
             silent.close()
     assert info["specs"] == FedFloat(1.0).specs(1)
