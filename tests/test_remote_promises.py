@@ -3,11 +3,12 @@
 import socket
 import threading
 
+import numpy as np
 import pytest
 
 import fedsync
 from fedsync import Federated, Remote
-from fedsync.errors import RemoteUnavailable
+from fedsync.errors import RemoteError, RemoteUnavailable
 from tests import hostile
 from tests.conftest import tls_files
 from tests.seed_fedfloat import FedFloat
@@ -98,3 +99,44 @@ def test_a_text_result_that_is_not_utf8_is_that_devices_failure():
     assert result.answered == [healthy.url] and data.value == 2.0
     assert list(result.failures) == [bad_url]
     assert "sent a text/plain result that is not UTF-8" in result.failures[bad_url]
+
+
+def weights() -> fedsync.FedArrays:
+    return fedsync.FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)})
+
+
+def constant(value: float) -> fedsync.FedArrays:
+    def train(model):
+        for a in model.values():
+            a[...] = value
+        return 10
+
+    return fedsync.FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}, train)
+
+
+def test_a_reply_for_another_repetition_is_that_devices_failure():
+    healthy = fedsync.serve(constant(2.0), port=0, block=False)
+    bad = hostile.serve("header", {"headers": {"X-Fedsync-Repetition": "2"}})  # well-formed, but not this round's
+    bad_url = f"http://127.0.0.1:{bad.server_address[1]}"
+    try:
+        data = weights()
+        with Federated(data, [healthy.url, bad_url], min_results=1, timeout=20) as alg:
+            result = alg.round()
+    finally:
+        healthy.close()
+        bad.shutdown()
+        bad.server_close()
+    assert result.answered == [healthy.url] and list(result.failures) == [bad_url]
+    assert "answered repetition '2' instead of 1" in result.failures[bad_url]
+    assert np.all(data.model["w"] == 2.0)
+
+
+def test_a_negative_sample_count_from_an_evaluation_is_that_devices_failure():
+    bad = hostile.serve("eval", {"answer": '{"samples": -1, "metrics": {"accuracy": 0.5}}'})
+    url = f"http://127.0.0.1:{bad.server_address[1]}"
+    try:
+        with pytest.raises(RemoteError, match=r"evaluation answered no valid samples and metrics: samples .*-1"):
+            Remote(url).evaluate(1, weights().serialize(1), weights().specs(1))
+    finally:
+        bad.shutdown()
+        bad.server_close()
