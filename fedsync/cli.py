@@ -346,10 +346,7 @@ def _add_plugins(commands: Any) -> None:
 
 
 def _run_plugins(args: argparse.Namespace) -> int:
-    try:
-        from . import plugins
-    except ImportError as exc:
-        raise CommandError(f"this fedsync has no plugin registry (fedsync.plugins: {exc})") from None
+    from . import plugins
     from .errors import PluginError
 
     try:
