@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +69,7 @@ def test_serve_block_true_returns_on_ctrl_c_saying_so_and_frees_the_port(tmp_pat
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # the fast tier's budget is tight; the CLI's SIGTERM stop runs there (test_cli)
 def test_fedsync_serve_exits_0_on_ctrl_c_without_a_traceback(tmp_path):
     (tmp_path / "device.py").write_text("from tests.seed_fedfloat import FedFloat\ndata = FedFloat(1.0)\n")
     process, url = start([sys.executable, "-m", "fedsync", "serve", "device.py:data", "--port", "0"], tmp_path)
