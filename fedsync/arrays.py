@@ -18,9 +18,10 @@ import numpy as np
 from . import codec, compression, proximal
 from .config import Config, takes_extra
 from .errors import PayloadRejected, RemoteError, RoundFailed, failure_reason
-from .hookspecs import hookimpl
+from .hookspecs import RegisterAdapter, hookimpl
 from .metrics import MAX_SAMPLES, checked_metrics, checked_samples, parse_counted, weighted_means
 from .protocol import FedData
+from .shapes import MergeReport
 from .replies import ReplyStream
 from .strategies import Accumulator, FedAvg, Strategy
 
@@ -128,7 +129,7 @@ class FedArrays(FedData):
         self.wire_dtype = compression.check_wire_dtype(wire_dtype)
         self.samples = 0
         self.metrics: dict[str, float] = {}
-        self.last_merge: dict[str, Any] | None = None
+        self.last_merge: MergeReport | None = None
         self.global_arrays: dict[str, np.ndarray] | None = None
         self._received: dict[str, np.ndarray] | None = None  # this round's decoded payload, while train runs
 
@@ -542,6 +543,6 @@ class _Rejected(Exception):
 
 
 @hookimpl
-def register_adapters(register: Callable[[str, type], None]) -> None:
+def register_adapters(register: RegisterAdapter) -> None:
     """The core's own adapter registers through the same hook as third parties."""
     register(FedArrays.token, FedArrays)

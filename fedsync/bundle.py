@@ -18,7 +18,7 @@ from . import codec
 from .arrays import fingerprint
 from .checkpoint import Snapshot
 from .errors import PayloadRejected
-from .hookspecs import hookimpl
+from .hookspecs import RegisterAdapter, hookimpl
 from .protocol import FedData
 
 __all__ = ["FedBundle"]
@@ -164,6 +164,6 @@ class FedBundle(FedData):
 
 
 @hookimpl
-def register_adapters(register: Any) -> None:
+def register_adapters(register: RegisterAdapter) -> None:
     """Bundles register through the same hook as every adapter."""
     register(FedBundle.token, FedBundle)

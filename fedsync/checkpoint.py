@@ -50,7 +50,7 @@ from .history import History, write_atomically
 from .protocol import MAX_REPETITION, FedData
 from .strategies import FedAvg, Strategy
 
-__all__ = ["save", "load", "CheckpointError"]
+__all__ = ["save", "load", "CheckpointError", "Snapshot"]
 
 POINTER = "checkpoint.json"
 STATES = ("state.safetensors", "state.txt")

@@ -7,7 +7,7 @@ Subcommands:
 - ``fedsync info URL``          show a device's handshake
 - ``fedsync plugins``           list the installed adapters and transports
 - ``fedsync dashboard DIR``     a live page of a run, from its checkpoint folder
-- ``fedsync certs KIND DIR``    a CA and certificates for mutual TLS (cli_certs.py)
+- ``fedsync certs KIND DIR``    a CA and certificates for mutual TLS (_cli_certs.py)
 
 Exit codes: 0 success, 1 the command failed (unreachable device, failed
 round, port in use), 2 bad usage (unknown option, module or attribute),
@@ -349,10 +349,7 @@ def _add_plugins(commands: Any) -> None:
 
 
 def _run_plugins(args: argparse.Namespace) -> int:
-    try:
-        from . import plugins
-    except ImportError as exc:
-        raise CommandError(f"this fedsync has no plugin registry (fedsync.plugins: {exc})") from None
+    from . import plugins
     from .errors import PluginError
 
     try:
@@ -466,12 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     _add_demo(commands)
     _add_serve(commands)
-    from .cli_info import add_info_command
+    from ._cli_info import add_info_command
 
     add_info_command(commands)
     _add_plugins(commands)
     _add_dashboard(commands)
-    from .cli_certs import add_certs_command
+    from ._cli_certs import add_certs_command
 
     add_certs_command(commands)
     return parser

@@ -33,9 +33,9 @@ from .remote import MAX_REPLY, Remote, size as _size
 from .replies import ReplyStream
 from .secagg import coordinator as secure_rounds
 from .callbacks import EarlyStopping
-from .rounds import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share, format_metrics, gather_reasons, scrub_failures, scrubbed
+from ._rounds import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share, format_metrics, gather_reasons, scrub_failures, scrubbed
 from .transfer import STALL, Deadline, round_grace
-from .workers import Workers, concurrently
+from ._workers import Workers, concurrently
 
 __all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping", "MAX_REPLY"]
 

@@ -33,7 +33,7 @@ from .errors import CodecError
 
 __all__ = [
     "HEADER_LIMIT", "MAX_TENSORS", "MAX_METADATA", "Payload", "encode_payload", "encode_frames", "encode", "payload_size", "read_exactly",
-    "decode", "Header", "read_header", "read_pieces",
+    "decode", "Header", "Tensor", "read_header", "read_pieces",
 ]
 
 HEADER_LIMIT = 8 * 1024 * 1024
@@ -79,12 +79,16 @@ _repr.maxstring = _repr.maxother = 60
 _repr.maxlist = _repr.maxdict = 8
 
 
-class _Tensor(NamedTuple):
+class Tensor(NamedTuple):
+    """One array's entry in a payload's header: where its bytes are in the data section."""
+
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
     begin: int
+    """Offset of its first byte in the data section (after the 8 + N header bytes)."""
     end: int
+    """Offset one past its last byte in the data section; ``end - begin`` is its size in bytes."""
 
 
 # ----------------------------------------------------------------- encoding
@@ -272,7 +276,7 @@ def _byte_view(buffer: Any) -> memoryview:
 class Header(NamedTuple):
     """A payload's header read off a stream: where each tensor's bytes lie, and the metadata."""
 
-    tensors: list[_Tensor]
+    tensors: list[Tensor]
     """In data-section order; they tile it exactly."""
     metadata: dict[str, str]
 
@@ -319,7 +323,7 @@ def read_pieces(
             yield tensor.name, first, np.frombuffer(piece, tensor.dtype)
 
 
-def _views(tensors: list[_Tensor], data: memoryview) -> dict[str, np.ndarray]:
+def _views(tensors: list[Tensor], data: memoryview) -> dict[str, np.ndarray]:
     return {t.name: np.frombuffer(data, t.dtype, math.prod(t.shape), t.begin).reshape(t.shape) for t in tensors}
 
 
@@ -333,7 +337,7 @@ def _read_into(readinto: Callable[[memoryview], int | None], view: memoryview) -
     return view
 
 
-def _layout(raw_header: memoryview, data_size: int) -> tuple[list[_Tensor], dict[str, str]]:
+def _layout(raw_header: memoryview, data_size: int) -> tuple[list[Tensor], dict[str, str]]:
     """The checked tensors (in data order) and metadata of a header's JSON."""
     header = _parse_header(raw_header)
     metadata = _checked_metadata(header.pop(_METADATA_KEY, {}), _METADATA_KEY)
@@ -401,7 +405,7 @@ def _checked_metadata(metadata: Any, what: str) -> dict[str, str]:
     return dict(metadata)
 
 
-def _tensor(name: str, entry: Any, data_size: int) -> _Tensor:
+def _tensor(name: str, entry: Any, data_size: int) -> Tensor:
     label = f"tensor {_repr.repr(name)}"
     if not name:
         raise CodecError("tensor names must be non-empty")
@@ -423,7 +427,7 @@ def _tensor(name: str, entry: Any, data_size: int) -> _Tensor:
             f"{label}: data_offsets span {end - begin} bytes, but shape {list(shape)} "
             f"of {entry['dtype']} needs {expected}"
         )
-    return _Tensor(name, dtype, shape, begin, end)
+    return Tensor(name, dtype, shape, begin, end)
 
 
 def _entry_dtype(label: str, code: Any) -> np.dtype:
@@ -468,7 +472,7 @@ def _entry_offsets(label: str, offsets: Any, data_size: int) -> tuple[int, int]:
     return offsets[0], offsets[1]
 
 
-def _check_coverage(tensors: list[_Tensor], data_size: int) -> list[_Tensor]:
+def _check_coverage(tensors: list[Tensor], data_size: int) -> list[Tensor]:
     """Tensors must tile the data section exactly: no overlap, no hole, nothing after.
 
     Returns them in data order.

@@ -474,7 +474,7 @@ class Dashboard:
     """
 
     def __init__(self, run: LiveRun | FolderRun, host: str = "127.0.0.1", port: int = 0) -> None:
-        from .gateway import KeepAliveServer
+        from ._gateway import KeepAliveServer
 
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"the dashboard's port must be an integer in 0..65535 (0: any free port), got {port!r}")

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 from .metrics import MAX_SAMPLES, checked_metrics
 from .privacy import checked_privacy
 from .protocol import MAX_REPETITION
+from .shapes import DeviceReport
 
 __all__ = ["RoundResult", "EvaluationResult", "ServerEvaluation", "History", "write_atomically", "MAX_ERROR"]
 
@@ -21,29 +22,35 @@ MAX_ERROR = 2000
 
 @dataclass
 class EvaluationResult:
-    """Federated evaluation: sample-weighted metrics, and each device's own."""
+    """Federated evaluation (:meth:`fedsync.Federated.evaluate`): sample-weighted metrics, and each device's own."""
 
     repetition: int
+    """The repetition whose global model was evaluated (the last merged one)."""
     samples: int = 0
+    """Examples evaluated, summed over the devices that answered."""
     metrics: dict[str, float] = field(default_factory=dict)
-    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each metric's mean over the answering devices, weighted by their sample counts (unitless, as returned)."""
+    devices: dict[str, DeviceReport] = field(default_factory=dict)
+    """Each answering device's own ``{"samples": int, "metrics": {...}}``, by URL."""
     failures: dict[str, str] = field(default_factory=dict)
+    """Why each device that did not answer failed (one line of text), by URL; tokens scrubbed."""
     seconds: float = 0.0
+    """Wall time of the whole evaluation, in seconds."""
 
 
 @dataclass
 class ServerEvaluation:
-    """Server-side evaluation: the merged model measured on the coordinator's own data.
-
-    ``metrics``: what ``Federated(evaluate_fn=...)`` returned, checked finite;
-    ``error``: ``"ExceptionType: message"`` if it raised or returned something
-    unusable (the round stays merged and recorded); ``seconds``: its wall time.
-    """
+    """Server-side evaluation: the merged model measured on the coordinator's own data."""
 
     repetition: int
+    """The repetition whose merged model was evaluated."""
     metrics: dict[str, float] = field(default_factory=dict)
+    """What ``Federated(evaluate_fn=...)`` returned, checked finite (unitless, as returned)."""
     error: str | None = None
+    """``"ExceptionType: message"`` if ``evaluate_fn`` raised or returned something unusable
+    (the round stays merged and recorded), else ``None``."""
     seconds: float = 0.0
+    """Wall time of ``evaluate_fn``, in seconds."""
 
     @classmethod
     def from_dict(cls, row: Any, what: str) -> "ServerEvaluation":
@@ -63,15 +70,25 @@ class RoundResult:
     """One round: who took part, who failed and why, samples, metrics, bytes and time."""
 
     repetition: int
+    """The round's repetition number (1 for a run's first round; a resumed run continues the count)."""
     answered: list[str] = field(default_factory=list)
+    """URLs of the devices whose replies were merged, in merge order."""
     failures: dict[str, str] = field(default_factory=dict)
+    """Why each sampled device's reply was not merged (one line of text), by URL; tokens scrubbed."""
     samples: int | None = None
+    """Training examples behind the merged replies, summed; ``None`` for a FedData that reports none."""
     metrics: dict[str, float] = field(default_factory=dict)
-    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Training metrics, each the sample-weighted mean over the merged devices (unitless, as ``train`` returned)."""
+    devices: dict[str, DeviceReport] = field(default_factory=dict)
+    """Each merged device's own ``{"samples": int, "metrics": {...}}``, by URL."""
     evaluation: EvaluationResult | None = None
+    """Federated evaluation after this round (``fit(evaluate_every=...)``), else ``None``."""
     bytes_sent: int = 0
+    """Payload bytes the coordinator sent to devices (HTTP bodies, not headers)."""
     bytes_received: int = 0
+    """Reply bytes the coordinator received from devices (HTTP bodies, not headers)."""
     seconds: float = 0.0
+    """Wall time of the round, from sampling to the merged model, in seconds."""
     server_evaluation: ServerEvaluation | None = None
     """``Federated(evaluate_fn=...)``'s result after this round, distinct from federated ``evaluation``."""
     privacy: dict[str, Any] | None = None
@@ -133,6 +150,7 @@ class History:
         return values
 
     def to_json(self) -> str:
+        """The rounds as JSON text, ``{"rounds": [row, ...]}``, one row per :class:`RoundResult` (its fields)."""
         return json.dumps({"rounds": [asdict(r) for r in self.rounds]}, indent=1)
 
     @classmethod

@@ -15,7 +15,13 @@ import pluggy
 if TYPE_CHECKING:
     from .protocol import FedData
 
-__all__ = ["hookspec", "hookimpl", "register_adapters", "register_transports"]
+__all__ = ["hookspec", "hookimpl", "register_adapters", "register_transports", "RegisterAdapter", "RegisterTransport"]
+
+RegisterAdapter = Callable[[str, "type[FedData]"], None]
+"""The ``register`` callback :func:`register_adapters` is given: ``register(token, FedDataSubclass)``."""
+
+RegisterTransport = Callable[[str, Callable[..., Any]], None]
+"""The ``register`` callback :func:`register_transports` is given: ``register(scheme, factory)``."""
 
 hookspec = pluggy.HookspecMarker("fedsync")
 """Marks the hook specifications below (fedsync's own use)."""
@@ -25,7 +31,7 @@ hookimpl = pluggy.HookimplMarker("fedsync")
 
 
 @hookspec
-def register_adapters(register: Callable[[str, "type[FedData]"], None]) -> None:
+def register_adapters(register: RegisterAdapter) -> None:
     """Register FedData adapters by their specs token.
 
     Call ``register(token, cls)`` once per adapter. ``token`` is the part of the
@@ -48,7 +54,7 @@ def register_adapters(register: Callable[[str, "type[FedData]"], None]) -> None:
 
 
 @hookspec
-def register_transports(register: Callable[[str, Callable[..., Any]], None]) -> None:
+def register_transports(register: RegisterTransport) -> None:
     """Register transports by URL scheme: how the coordinator reaches a device.
 
     Call ``register(scheme, factory)`` once per scheme. ``scheme`` is a

@@ -37,9 +37,9 @@ from requests.structures import CaseInsensitiveDict
 from werkzeug.test import EnvironBuilder
 
 from .config import Config
-from .device import Device, Job
+from ._device import Device, Job
 from .errors import RemoteError, RemoteTimeout
-from .hookspecs import hookimpl
+from .hookspecs import RegisterTransport, hookimpl
 from .protocol import FedData
 from .remote import MAX_REPLY, Remote
 
@@ -292,7 +292,7 @@ def _seconds(timeout: Any, default: float) -> float:
 
 
 class _PooledDevice(Device):
-    """A :class:`~fedsync.device.Device` whose training jobs run on a shared pool, not on a thread each."""
+    """A :class:`~fedsync._device.Device` whose training jobs run on a shared pool, not on a thread each."""
 
     def __init__(self, fed: FedData, pool: TrainingPool) -> None:
         super().__init__(fed)
@@ -310,6 +310,6 @@ class _PooledDevice(Device):
 
 
 @hookimpl
-def register_transports(register: Any) -> None:
+def register_transports(register: RegisterTransport) -> None:
     """``local``: devices in this process (:class:`LocalRemote`)."""
     register("local", LocalRemote)

@@ -29,7 +29,7 @@ from .errors import AdapterNotFound, PluginError
 from .protocol import FedData
 
 __all__ = [
-    "Adapter", "Transport", "adapters", "adapter_for", "describe", "describe_transports", "plugin_manager", "remote", "reset", "transports", "transport_for",
+    "Adapter", "Transport", "adapters", "loaded", "adapter_for", "describe", "describe_transports", "plugin_manager", "remote", "reset", "transports", "transport_for",
     "ENTRY_POINT_GROUP",
 ]
 
@@ -60,7 +60,7 @@ class Adapter:
     """One registered adapter and where it came from."""
 
     token: str
-    cls: type
+    cls: type[FedData]
     plugin: str
     package: str | None
     version: str | None
@@ -139,7 +139,7 @@ class _Registry:
         for impl in impls:
             plugin = impl.plugin_name
 
-            def register(token: str, cls: type, _plugin: str = plugin) -> None:
+            def register(token: str, cls: type[FedData], _plugin: str = plugin) -> None:
                 if not isinstance(token, str) or not _TOKEN.match(token):
                     raise PluginError(
                         f"plugin {_plugin!r}: register_adapters(register) called register({token!r}, ...); "
@@ -204,12 +204,17 @@ def _version(distribution: str) -> str | None:
 _registry = _Registry()
 
 
+def loaded() -> bool:
+    """Whether the plugins are loaded yet (they load lazily, on the first lookup; never at import)."""
+    return _registry.manager is not None
+
+
 def plugin_manager() -> pluggy.PluginManager:
     """The loaded plugin manager (loads plugins on first call)."""
     return _registry.load()
 
 
-def adapters() -> dict[str, type]:
+def adapters() -> dict[str, type[FedData]]:
     """Every registered adapter class by token, e.g. ``{"arrays": FedArrays, "torch": FedTorch}``."""
     _registry.load()
     return {token: adapter.cls for token, adapter in _registry.adapters.items()}
@@ -232,7 +237,7 @@ def describe() -> list[dict[str, Any]]:
     ]
 
 
-def adapter_for(specs: str) -> type:
+def adapter_for(specs: str) -> type[FedData]:
     """The adapter class for a specs string such as ``"torch:sha256:9f2c..."``.
 
     Raises:

@@ -33,11 +33,12 @@ from .errors import (
     SpecsMismatch,
     TrainingFailed,
 )
-from .hookspecs import hookimpl
+from .hookspecs import RegisterTransport, hookimpl
 from .metrics import checked_metrics, checked_samples
 from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, Encoding
 from .replies import ReplyStream
 from .tokens import checked_token
+from .shapes import DeviceInfo, EvaluationAnswer
 from .transfer import Deadline, content_length, read_capped
 
 __all__ = ["Remote", "MAX_REPLY", "MAX_JSON", "MAX_ERROR_BODY", "MAX_SPECS", "size"]
@@ -145,7 +146,7 @@ class Remote:
 
     # -- calls -----------------------------------------------------------------
 
-    def info(self, *, deadline: Deadline | None = None) -> dict[str, Any]:
+    def info(self, *, deadline: Deadline | None = None) -> DeviceInfo:
         """The device's handshake: protocol, specs, last repetition, state, summary.
 
         ``deadline`` bounds the whole call (default: ``timeout`` seconds).
@@ -318,7 +319,7 @@ class Remote:
     def evaluate(
         self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None, deadline: Deadline | None = None,
         config: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> EvaluationAnswer:
         """Ask the device to evaluate ``payload`` on its data: ``{"samples": n, "metrics": {...}}``.
 
         ``config``: as for :meth:`submit`.
@@ -517,7 +518,7 @@ def _raise_if_refused_certificate(url: str, detail: str) -> None:
 
 
 @hookimpl
-def register_transports(register: Any) -> None:
+def register_transports(register: RegisterTransport) -> None:
     """``http`` and ``https``: fedsync's own transport registers like a third party's."""
     register("http", Remote)
     register("https", Remote)

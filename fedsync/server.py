@@ -1,6 +1,6 @@
 """The device side: a WSGI app (werkzeug routing) serving one or more FedData over HTTP.
 
-``serve`` runs it on :class:`fedsync.gateway.KeepAliveServer`, which keeps
+``serve`` runs it on :class:`fedsync._gateway.KeepAliveServer`, which keeps
 HTTP/1.1 connections open between a round's requests.
 
 Routes (protocol v1, see ``docs/protocol.md``), under each FedData's base
@@ -29,11 +29,11 @@ from ._version import PROTOCOL_VERSION, __version__
 from . import protocol as _protocol
 from .codec import read_exactly
 from .config import CONFIG_HEADER, Config, decode_config
-from .device import ApiError, Device, checked_repetition, json_response
-from .gateway import MAX_CONNECTIONS, SOCKET_KEY, KeepAliveServer
+from ._device import ApiError, Device, checked_repetition, json_response
+from ._gateway import MAX_CONNECTIONS, SOCKET_KEY, KeepAliveServer
 from .secagg.device import MAX_BODY as SECAGG_MAX_BODY, answer as secagg_answer, session_for_submit
 from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
-from .status import render_index, render_locked, render_status
+from ._status import render_index, render_locked, render_status
 from .tokens import checked_token
 
 __all__ = ["DeviceApp", "RunningServer", "serve", "checked_token", "SPECS_HEADER", "DEFAULT_MAX_CONTENT_LENGTH"]
@@ -471,7 +471,7 @@ def serve(
     try:
         server.serve_forever(poll_interval=STOP_POLL)
     except KeyboardInterrupt:
-        pass
+        logger.info("fedsync device stopped (Ctrl-C); port %d released", server.socket.getsockname()[1])
     finally:
         server.server_close()
     return None

@@ -13,7 +13,8 @@ is still read while it keeps flowing (each read returns within ``stall``
 seconds) and within the grace period (``grace`` seconds past the deadline).
 A reply that stops flowing then is dropped and its device named late.
 
-Internal: the coordinator's reads; its names may change without notice.
+Public on purpose (docs/modules.md): the transport contract (:mod:`fedsync.hookspecs`) hands every
+remote a :class:`Deadline`, and a third-party transport honours it with these reads.
 """
 
 from __future__ import annotations

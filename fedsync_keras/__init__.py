@@ -7,9 +7,7 @@ wrapped.
 
 from __future__ import annotations
 
-from typing import Callable
-
-from fedsync.hookspecs import hookimpl
+from fedsync.hookspecs import RegisterAdapter, hookimpl
 
 from .adapter import FedKeras
 
@@ -17,6 +15,6 @@ __all__ = ["FedKeras", "register_adapters"]
 
 
 @hookimpl
-def register_adapters(register: Callable[[str, type], None]) -> None:
+def register_adapters(register: RegisterAdapter) -> None:
     """Register :class:`FedKeras` under the specs token ``keras``."""
     register("keras", FedKeras)

@@ -7,9 +7,7 @@ import torch; constructing a :class:`FedTorch` does.
 
 from __future__ import annotations
 
-from typing import Callable
-
-from fedsync.hookspecs import hookimpl
+from fedsync.hookspecs import RegisterAdapter, hookimpl
 
 from .adapter import FedTorch
 
@@ -17,6 +15,6 @@ __all__ = ["FedTorch", "register_adapters"]
 
 
 @hookimpl
-def register_adapters(register: Callable[[str, type], None]) -> None:
+def register_adapters(register: RegisterAdapter) -> None:
     """Register :class:`FedTorch` under the specs token ``"torch"``."""
     register("torch", FedTorch)

@@ -141,3 +141,17 @@ def pytest_runtest_makereport(item, call):
     if missing:
         report.outcome = "failed"
         report.longrepr = f"FEDSYNC_REQUIRE_EXTRAS=1: skipped for a missing required package ({', '.join(missing)}): {reason}"
+
+
+def tls_files(folder: Path) -> tuple[str, str, str]:
+    """``(certfile, keyfile, cafile)``: a device certificate for 127.0.0.1 and the CA that signed it.
+
+    Every TLS test gets its certificates here, from :mod:`fedsync.certs` (the
+    ``cryptography`` package, a test dependency): no ``openssl`` binary to skip without.
+    """
+    from fedsync import certs
+
+    pki = folder / "pki"
+    ca = certs.init_ca(pki)
+    cert, key = certs.issue_device(pki, ["127.0.0.1"])
+    return str(cert), str(key), str(ca)

@@ -103,7 +103,8 @@ class HostileDevice:
             return Answer(200, {**real.headers, "Content-Length": str(size)}, write=lambda sock: send_text(sock, size))
         if s == "text" and path.endswith("/result") and method == "GET":
             real = self.real(method, target, headers, body)
-            return Answer(200, {**real.headers, "Content-Type": "text/plain; charset=utf-8"}, o["text"].encode()) if real.status == 200 else real
+            text = bytes.fromhex(o["hex"]) if "hex" in o else o["text"].encode()  # "hex": bytes that need not be UTF-8
+            return Answer(200, {**real.headers, "Content-Type": "text/plain; charset=utf-8"}, text) if real.status == 200 else real
         if s == "header" and path.endswith("/result") and method == "GET":
             real = self.real(method, target, headers, body)
             if real.status == 200:

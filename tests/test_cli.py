@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from fedsync import certs
 from fedsync.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
-certs._crypto()  # import cryptography now: `workdir` swaps sys.modules, which its native modules do not survive
+# Import what fedsync.certs uses now: `workdir` swaps sys.modules, which cryptography's native modules do not survive.
+import cryptography.hazmat.primitives.asymmetric.ec  # noqa: E402,F401
+import cryptography.hazmat.primitives.serialization  # noqa: E402,F401
+import cryptography.x509.oid  # noqa: E402,F401
 
 DEVICE_FILE = """\
 import numpy as np

@@ -7,7 +7,6 @@ process's peak RSS (``ru_maxrss``) only grows.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
@@ -16,7 +15,6 @@ import subprocess
 import sys
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ import pytest
 from fedsync import FedArrays, Federated, Remote
 from fedsync.client import exact_share
 from fedsync.errors import RemoteError, RemoteUnavailable, RoundFailed, SpecsMismatch
-from tests.conftest import ROOT, DeviceProcess, stop_all
+from tests.conftest import ROOT, DeviceProcess, stop_all, tls_files
 
 MIB = 1024 * 1024
 
@@ -203,39 +201,14 @@ def test_drip_fed_reply_is_dropped_as_late_and_the_healthy_one_merges(devices, s
     assert (np.all(data.model["w"] == 2.0)) if kind == "arrays" else data.value == 2.0
 
 
-def _self_signed(folder: Path) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    import ipaddress
-
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    certfile, keyfile = folder / "cert.pem", folder / "key.pem"
-    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return str(certfile), str(keyfile)
-
-
 def test_errors_say_which_kind_of_connection_failure(devices, spawn, tmp_path):
-    certfile, keyfile = _self_signed(tmp_path)
+    certfile, keyfile, cafile = tls_files(tmp_path)
     secure = spawn("device", {"certfile": certfile, "keyfile": keyfile})
     assert secure.url.startswith("https://")
     with pytest.raises(RemoteUnavailable) as untrusted:
         Remote(secure.url, retries=0).info()
     assert "TLS certificate not trusted (pass verify=CA_BUNDLE" in str(untrusted.value) and "cannot connect" not in str(untrusted.value)
-    assert Remote(secure.url, verify=certfile).info()["specs"] == weights().specs(1)
+    assert Remote(secure.url, verify=cafile).info()["specs"] == weights().specs(1)
     plain = devices("constant", 1.0, 1)
     with pytest.raises(RemoteUnavailable, match="TLS handshake failed"):
         Remote(plain.url.replace("http://", "https://"), retries=0).info()

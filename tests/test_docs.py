@@ -1,6 +1,7 @@
 """Documentation that the code relies on exists and stays in step with it."""
 
 import ast
+import dataclasses
 import inspect
 import os
 import re
@@ -66,7 +67,7 @@ def test_an_inherited_docstring_does_not_count():
 
 
 def test_protocol_doc_lists_every_error_code_the_server_raises():
-    source = "".join((ROOT / "fedsync" / name).read_text() for name in ("server.py", "device.py", "gateway.py", "secagg/device.py"))
+    source = "".join((ROOT / "fedsync" / name).read_text() for name in ("server.py", "_device.py", "_gateway.py", "secagg/device.py"))
     codes = set(re.findall(r'ApiError\(\s*\d+,\s*"([a-z_]+)"', source))
     codes |= set(re.findall(r'error="([a-z_]+)"', source))  # the gateway's own answers
     codes |= set(re.findall(r'^\s+\d{3}: "([a-z_]+)",$', source, re.M))  # and its defaults by status
@@ -109,3 +110,20 @@ def test_the_fast_tier_command_in_the_readme_is_the_marker_pytest_knows():
     text = readme.section(readme.README, "## Two commands")
     assert '`python -m pytest -m "not slow"`' in text
     assert 'pytest -m \\"not slow\\"` is the fast tier' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_every_history_field_has_its_own_docstring():
+    """RoundResult, EvaluationResult and ServerEvaluation: each field is followed by a docstring (its meaning and unit)."""
+    tree = ast.parse((ROOT / "fedsync" / "history.py").read_text())
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    undocumented = []
+    for name in ("RoundResult", "EvaluationResult", "ServerEvaluation"):
+        body = classes[name].body
+        seen = [field for field in body if isinstance(field, ast.AnnAssign)]
+        assert [f.target.id for f in seen] == [f.name for f in dataclasses.fields(getattr(fedsync, name))]
+        for field, after in zip(body, body[1:] + [None]):
+            if isinstance(field, ast.AnnAssign):
+                documented = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and str(after.value.value).strip()
+                if not documented:
+                    undocumented.append(f"{name}.{field.target.id}")
+    assert undocumented == []

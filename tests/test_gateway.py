@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import fedsync
-from fedsync import FedArrays, gateway
+from fedsync import FedArrays, _gateway as gateway
 from fedsync.server import SPECS_HEADER
+from tests.conftest import tls_files
 from tests.seed_fedfloat import FedFloat
 
 
@@ -83,38 +84,40 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(monkeypatch):
         sock.close()
 
 
-def test_rounds_reuse_one_connection_per_device(monkeypatch):
-    accepted = []
-    original = gateway.KeepAliveServer.process_request
-
-    def counting(self, request, client_address):
-        accepted.append(client_address)
-        original(self, request, client_address)
-
-    monkeypatch.setattr(gateway.KeepAliveServer, "process_request", counting)
+def test_rounds_reuse_one_connection_per_device():
+    ports = []
 
     def train(model):
         model["w"][...] = 2.0
         return 1
 
     device = FedArrays({"w": np.zeros(300_000, np.float32)}, train)  # streamed, 1.2 MB
-    with fedsync.serve(device, port=0, block=False) as server:
+    app = device.app()
+
+    def recording(environ, start_response):  # which client connection each request came on
+        ports.append(environ["REMOTE_PORT"])
+        return app(environ, start_response)
+
+    server = gateway.KeepAliveServer(socket.create_server(("127.0.0.1", 0)), recording)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
         coordinator = FedArrays({"w": np.zeros(300_000, np.float32)})
-        with fedsync.Federated(data=coordinator, remotes=[server.url]) as alg:
+        with fedsync.Federated(data=coordinator, remotes=[f"http://127.0.0.1:{server.server_port}"]) as alg:
             for _ in range(3):
                 alg.round()
+    finally:
+        server.shutdown()
+        server.server_close()
     assert np.all(coordinator.model["w"] == 2.0)
-    assert len(accepted) == 1  # handshake, then 3 x (submit, long-poll with the reply)
+    assert len(ports) >= 7 and len(set(ports)) == 1  # handshake, then 3 x (submit, long-poll with the reply)
 
 
 def test_a_client_that_never_completes_tls_blocks_no_one_else(tmp_path):
-    from tests.test_server import self_signed
-
-    cert, key = self_signed(tmp_path)
-    with fedsync.serve(FedFloat(1.0), port=0, block=False, ssl_context=(str(cert), str(key))) as server:
+    cert, key, ca = tls_files(tmp_path)
+    with fedsync.serve(FedFloat(1.0), port=0, block=False, ssl_context=(cert, key)) as server:
         silent = socket.create_connection((server.host, server.port), timeout=10)  # no handshake
         try:
-            info = fedsync.Remote(server.url, verify=str(cert), timeout=5).info()
+            info = fedsync.Remote(server.url, verify=ca, timeout=5).info()
         finally:
             silent.close()
     assert info["specs"] == FedFloat(1.0).specs(1)

@@ -124,18 +124,20 @@ def test_plugins_load_lazily_and_import_no_framework():
         import fedsync
         from fedsync import plugins
         from fedsync.data import FedData, FIRST
-        loaded_at_import = plugins._registry.manager is not None
+        loaded_at_import = plugins.loaded()
         tokens = sorted(plugins.adapters())
+        loaded_after_lookup = plugins.loaded()
         with fedsync.serve(fedsync.FedArrays([np.zeros(3)]), port=0, block=False) as server:
             info = requests.get(server.url + "/info", timeout=5).json()
         heavy = sorted(m for m in ("torch", "tensorflow", "keras", "jax", "ray") if m in sys.modules)
-        print(json.dumps({"loaded_at_import": loaded_at_import, "tokens": tokens, "heavy": heavy, "specs": info["specs"]}))
+        print(json.dumps({"loaded_at_import": loaded_at_import, "loaded_after_lookup": loaded_after_lookup, "tokens": tokens, "heavy": heavy, "specs": info["specs"]}))
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.splitlines()[-1])
     assert report["loaded_at_import"] is False
+    assert report["loaded_after_lookup"] is True
     assert "arrays" in report["tokens"]
     assert report["heavy"] == []
     assert report["specs"].startswith("arrays:sha256:")

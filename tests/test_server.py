@@ -4,7 +4,6 @@ import errno
 import http.client
 import json
 import socket
-import subprocess
 import threading
 
 import numpy as np
@@ -15,6 +14,7 @@ from werkzeug.test import Client
 import fedsync
 from fedsync import FedArrays, codec
 from fedsync.server import SPECS_HEADER
+from tests.conftest import tls_files
 from tests.seed_fedfloat import FedFloat
 
 
@@ -269,23 +269,13 @@ def test_garbage_over_real_http_is_rejected():
         assert requests.get(f"{server.url}/info", timeout=5).json()["repetition"] == 0
 
 
-def self_signed(tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
-
-
 def test_tls_and_token_end_to_end(tmp_path):
-    cert, key = self_signed(tmp_path)
-    with fedsync.serve(FedFloat(3.0), port=0, block=False, token="s3cret", ssl_context=(str(cert), str(key))) as server:
+    cert, key, ca = tls_files(tmp_path)
+    with fedsync.serve(FedFloat(3.0), port=0, block=False, token="s3cret", ssl_context=(cert, key)) as server:
         assert server.url.startswith("https://")
         with pytest.raises(fedsync.errors.RemoteError, match="unauthorized"):
-            fedsync.Remote(server.url, verify=str(cert)).info()
-        with fedsync.Federated(data=FedFloat(0.0), remotes=[fedsync.Remote(server.url, token="s3cret", verify=str(cert))]) as alg:
+            fedsync.Remote(server.url, verify=ca).info()
+        with fedsync.Federated(data=FedFloat(0.0), remotes=[fedsync.Remote(server.url, token="s3cret", verify=ca)]) as alg:
             alg.round()
         assert alg.data.value == 3.0
 
@@ -303,11 +293,11 @@ def test_array_replies_written_straight_to_the_socket_arrive_intact(tmp_path, tl
         return 1
 
     device = FedArrays({name: np.zeros(shape, np.float32) for name, shape in shapes.items()}, train)
-    cert, key = self_signed(tmp_path) if tls else (None, None)
-    ssl_context = (str(cert), str(key)) if tls else None
+    cert, key, ca = tls_files(tmp_path) if tls else (None, None, None)
+    ssl_context = (cert, key) if tls else None
     with fedsync.serve(device, port=0, block=False, ssl_context=ssl_context) as server:
         coordinator = FedArrays({name: np.zeros(shape, np.float32) for name, shape in shapes.items()})
-        remote = fedsync.Remote(server.url, verify=str(cert) if tls else True)
+        remote = fedsync.Remote(server.url, verify=ca if tls else True)
         with fedsync.Federated(data=coordinator, remotes=[remote]) as alg:
             alg.round()
     for name in shapes:

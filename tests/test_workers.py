@@ -4,8 +4,10 @@ import threading
 
 import pytest
 
-from fedsync import Federated, Remote
-from fedsync.workers import Workers, concurrently
+from werkzeug.serving import make_server
+
+from fedsync import Federated
+from fedsync._workers import Workers, concurrently
 from tests.seed_fedfloat import FedFloat
 
 
@@ -68,30 +70,56 @@ def test_concurrently_returns_each_result_or_exception_by_key():
     assert out["a"] == 1 and out["c"] == 3 and isinstance(out["b"], RuntimeError)
 
 
-def test_round_with_more_devices_than_workers_submits_to_all_before_fetching(devices):
-    events, lock = [], threading.Lock()
-    in_flight, most = [0], [0]
+class Recording:
+    """WSGI middleware in front of a device: the order of the requests it gets, and the most at once."""
 
-    class Recording(Remote):
-        def _request(self, method, path, *args, **kwargs):
-            with lock:
-                events.append(path.rsplit("/", 1)[-1])
-                in_flight[0] += 1
-                most[0] = max(most[0], in_flight[0])
-            try:
-                return super()._request(method, path, *args, **kwargs)
-            finally:
-                with lock:
-                    in_flight[0] -= 1
+    def __init__(self, app, log):
+        self.app, self.log = app, log
 
-    urls = [devices("fedfloat", float(v)).url for v in range(5)]
-    data = FedFloat(0.0)
-    with Federated(data=data, remotes=[Recording(u) for u in urls], workers=2) as alg:
-        result = alg.round()
+    def __call__(self, environ, start_response):
+        log = self.log
+        with log["lock"]:
+            log["events"].append(environ["PATH_INFO"].rsplit("/", 1)[-1])
+            log["in_flight"] += 1
+            log["most"] = max(log["most"], log["in_flight"])
+            if log["events"].count("submit") == log["devices"]:
+                log["all_submitted"].set()
+            first_two_polls = log["events"][-1] == "result" and log["events"].count("result") <= 2
+        try:
+            if first_two_polls:
+                log["overlap"].wait()  # the two threads both hold a request: the most is 2, by force
+            return list(self.app(environ, start_response))  # the whole answer, while counted
+        finally:
+            with log["lock"]:
+                log["in_flight"] -= 1
+
+
+def test_round_with_more_devices_than_workers_submits_to_all_before_fetching():
+    log = {"lock": threading.Lock(), "events": [], "in_flight": 0, "most": 0, "devices": 5, "all_submitted": threading.Event(),
+           "overlap": threading.Barrier(2, timeout=10)}
+
+    class Waiting(FedFloat):
+        def receive(self, encoding, repetition):
+            # Training lasts until every device has its payload: the long-polls then overlap
+            # for real, so a pool that let more than 2 requests run at once would show it.
+            assert log["all_submitted"].wait(10)
+            super().receive(encoding, repetition)
+
+    servers = [make_server("127.0.0.1", 0, Recording(Waiting(float(v)).app(), log), threaded=True) for v in range(5)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        data = FedFloat(0.0)
+        with Federated(data=data, remotes=[f"http://127.0.0.1:{s.server_port}" for s in servers], workers=2) as alg:
+            result = alg.round()
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
     assert len(result.answered) == 5 and data.value == pytest.approx(2.0)
-    round_events = [e for e in events if e != "info"]
+    round_events = [e for e in log["events"] if e != "info"]
     assert round_events[:5] == ["submit"] * 5  # every device trains while others are polled
-    assert most[0] <= 2
+    assert log["most"] == 2  # the pool's two threads were both busy, never more
 
 
 def test_workers_must_be_positive():

@@ -101,7 +101,7 @@ class NumpyBackend(Backend):
         return loss, float((p.argmax(axis=1) == y).mean())
 
 
-def _adapter(module: str, name: str) -> type | None:
+def _adapter(module: str, name: str) -> type[FedArrays] | None:
     """The adapter class if its package defines it (it never imports the framework)."""
     try:
         return getattr(importlib.import_module(module), name, None)

@@ -39,7 +39,7 @@ class DemoConfig:
     round_timeout: float = 120.0
 
 
-def strategy_names() -> dict[str, type]:
+def strategy_names() -> dict[str, type[strategies.Strategy]]:
     """Merge strategies by lowercase class name (``fedavg`` -> ``FedAvg``)."""
     found = {}
     for value in vars(strategies).values():

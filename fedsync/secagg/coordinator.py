@@ -28,7 +28,7 @@ from ..errors import RemoteTimeout, RoundFailed, failure_reason
 from ..metrics import MAX_SAMPLES
 from ..replies import ReplyStream
 from ..transfer import STALL, Deadline
-from ..workers import concurrently
+from .._workers import concurrently
 from . import keys as _keys
 from .device import MASKED_KEY, MASKED_NAME
 from .settings import MAX_DEVICES, SecAgg

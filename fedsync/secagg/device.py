@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..codec import Payload, encode_payload
-from ..device import ApiError
+from .._device import ApiError
 from . import keys as _keys
 from .settings import MAX_DEVICES, checked_bound
 
@@ -172,7 +172,7 @@ class Session:
 
 
 def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
-    """Run one phase for ``device`` (a :class:`fedsync.device.Device`) and return its JSON answer.
+    """Run one phase for ``device`` (a :class:`fedsync._device.Device`) and return its JSON answer.
 
     Raises:
         ApiError: 400 malformed body, 409 out of order or busy, 501 not an array FedData

@@ -36,6 +36,7 @@ from ._version import PROTOCOL_VERSION, __version__
 from .codec import Payload
 from .config import Config, takes_extra
 from .protocol import MAX_REPETITION, Encoding, FedData
+from .shapes import DeviceInfo
 
 __all__ = ["ApiError", "Device", "Job", "json_response", "checked_repetition"]
 
@@ -152,7 +153,7 @@ class Device:
             return "training"
         return "failed" if job.error is not None else "idle"
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> DeviceInfo:
         next_rep = self.last_repetition + 1
         job = self.job
         return {
@@ -433,7 +434,7 @@ def _frames_to(sock: socket.socket, payload: Payload, before_last: Callable[[], 
 
     WSGI servers write only ``bytes``, so :func:`_chunks` copies each piece
     of a model into one (about 20% of a device's CPU per round, measured with
-    perf). fedsync's server (:mod:`fedsync.gateway`) sends the status line and
+    perf). fedsync's server (:mod:`fedsync._gateway`) sends the status line and
     headers (Content-Length included) on the first ``write``, even of ``b""``,
     on its unbuffered connection; the frames then follow on the same socket.
 

@@ -22,7 +22,7 @@ from .history import RoundResult
 from .protocol import Encoding
 from .replies import ReplyStream
 from .transfer import LATE, Deadline
-from .workers import Workers
+from ._workers import Workers
 
 __all__ = ["exact_share", "scrub_failures", "scrubbed", "gather_reasons", "format_metrics"]
 
