@@ -229,6 +229,6 @@ def test_the_docs_snippet_runs_and_prints_what_the_docs_say(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == expected[1:]
+    assert done.stdout.splitlines() == expected  # the stderr line is named in the sentence before the block
     assert re.fullmatch(r"fedsync dashboard: http://127\.0\.0\.1:\d+/", done.stderr.strip())
     assert sorted(p.name for p in (tmp_path / "runs" / "exp1").iterdir()) == ["checkpoint.json", "round-000003", "run.json"]
