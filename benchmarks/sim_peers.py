@@ -144,7 +144,8 @@ def flower_peer(args) -> None:
             replies = list(replies)
             answered.append(sum(1 for reply in replies if not reply.has_error()))
             errors = [reply.error for reply in replies if reply.has_error()]
-            print("replies", len(replies), errors[:1], file=sys.stderr)
+            if errors:
+                print(f"round {server_round}: {len(errors)} of {len(replies)} replies failed: {errors[0]}", file=sys.stderr)
             merged = super().aggregate_train(server_round, replies)
             ends.append(time.time())
             return merged
@@ -163,7 +164,10 @@ def flower_peer(args) -> None:
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy = TimedFedAvg(fraction_train=args.fraction, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=wl.devices)
+        # min_train_nodes: Flower computes the fraction over the nodes connected when round 1
+        # starts, often 1 of N in simulation; it samples N * fraction every round only with this.
+        sampled = max(1, int(wl.devices * args.fraction))
+        strategy = TimedFedAvg(fraction_train=args.fraction, fraction_evaluate=0.0, min_train_nodes=sampled, min_available_nodes=wl.devices)
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord([a.copy() for a in wl.init]), num_rounds=args.rounds)
         final["arrays"] = result.arrays.to_numpy_ndarrays()
 
