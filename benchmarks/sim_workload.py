@@ -28,7 +28,7 @@ import numpy as np
 SHARD = 32
 BATCH = 16
 HIDDEN = 32
-LR = 0.1
+LR = 0.5
 ALPHA = 0.5
 NAMES = ["W1", "b1", "W2", "b2"]
 
@@ -120,7 +120,7 @@ def train_torch(model: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return float(np.mean(losses))
 
 
