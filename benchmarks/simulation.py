@@ -52,7 +52,7 @@ FLOWER_PYTHON = HERE / ".venv-flower" / "bin" / "python"
 ALL_PEERS = ["local", "processes", "ray", "flower"]
 FRACTIONS = {100: 1.0, 1000: 0.1, 10000: 0.01}
 MB = 1 << 20
-SECTION = "# Simulation"
+SECTION = "# Simulation"  # one section per framework: "# Simulation (numpy)"
 
 
 # ----------------------------------------------------------------- measuring a process tree
@@ -239,7 +239,7 @@ def target(results: dict) -> str:
 
 def markdown(command: str, results: dict, sizes: list[int], peers: list[str], args, profile: list[str], load: tuple[str, str]) -> str:
     lines = [
-        SECTION,
+        f"{SECTION} ({args.framework})",
         "",
         "Written by `benchmarks/simulation.py` (see its docstring and benchmarks/README.md). "
         f"Command: `{command}`",
@@ -258,9 +258,9 @@ def markdown(command: str, results: dict, sizes: list[int], peers: list[str], ar
 
 
 def write_section(path: Path, text: str) -> None:
-    """Replace the ``# Simulation`` section of ``path`` (up to the next top-level heading), keeping the others."""
+    """Replace ``text``'s section of ``path`` (its first line, up to the next top-level heading), keeping the others."""
     old = path.read_text() if path.exists() else ""
-    start = old.find("\n" + SECTION + "\n")
+    start = old.find("\n" + text.splitlines()[0] + "\n")
     if start < 0:
         path.write_text(old.rstrip("\n") + "\n\n" + text)
         return
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="also profile fedsync's local peer at N=1,000 (a separate run)")
     parser.add_argument("--peer-timeout", type=float, default=1800.0, help="a peer is killed after this many seconds")
-    parser.add_argument("--output", default=str(HERE / "RESULTS.md"), help="Markdown file whose '# Simulation' section is replaced ('' for none)")
+    parser.add_argument("--output", default=str(HERE / "RESULTS.md"), help="Markdown file whose '# Simulation (FRAMEWORK)' section is replaced ('' for none)")
     parser.add_argument("--logs", default="", help="keep every peer's stderr in this folder (default: a temporary one)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]

@@ -154,7 +154,7 @@ class _Process:
         """Tell the worker to drop a device's state (if it is alive; best effort, bounded)."""
         if self.dead is None:
             try:
-                self._send(frame_head({"op": "release", "device": device_id}, 0), b"", time.monotonic() + 5.0)
+                self._send(frame_head({"op": "release", "device": device_id}, 0), b"", time.monotonic() + 1.0)
             except OSError:
                 pass  # a worker gone or stuck holds no state worth freeing
 
