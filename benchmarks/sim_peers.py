@@ -75,10 +75,14 @@ def fedsync_peer(args) -> None:
         ends.append(time.time())
         answered.append(len(result.answered))
 
-    kwargs = {"worker_kind": args.kind} if args.kind != "ray" else {"backend": "ray"}
+    if args.kind == "ray":
+        kwargs = {"backend": "ray", "backend_config": {"num_cpus": 1, "num_gpus": 0}}
+    else:
+        kwargs = {"worker_kind": args.kind, "workers": args.workers}
     profiler = _profile_threads() if args.profile else None
     run_simulation(
-        device_fn, wl.devices, args.rounds, data=data, fraction=args.fraction, seed=args.seed, workers=args.workers,
+        # By name: worker processes and Ray actors import it (this file runs as __main__).
+        "sim_peers:device_fn", wl.devices, args.rounds, data=data, fraction=args.fraction, seed=args.seed,
         config=config, callbacks=[ended], progress=False, timeout=900, **kwargs,
     )
     if profiler is not None:

@@ -131,7 +131,7 @@ def ray_backend_missing() -> str | None:
 
 def run_peer(peer: str, data: Path, n: int, args, profile: str = "") -> dict:
     """One simulation of ``peer`` on the prepared ``data``; its measurements (or ``{"skipped": why}``)."""
-    if peer == "ray" and (why := ray_backend_missing()):
+    if peer == "ray" and not args.ray_tree and (why := ray_backend_missing()):
         return {"skipped": why}
     if peer == "flower" and not FLOWER_PYTHON.exists():
         return {"skipped": f"no Flower venv at {FLOWER_PYTHON}: run bash benchmarks/setup_flower.sh"}
@@ -143,7 +143,9 @@ def run_peer(peer: str, data: Path, n: int, args, profile: str = "") -> dict:
         argv += ["--profile", profile]
     env = {
         **os.environ, "SIM_DATA": str(data), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-        "RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0", "PYTHONPATH": str(ROOT), "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        "RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        # Worker processes and Ray actors import sim_peers:device_fn; fedsync from this tree (or --ray-ref's).
+        "PYTHONPATH": os.pathsep.join([args.ray_tree if peer == "ray" and args.ray_tree else str(ROOT), str(HERE)]),
     }  # fmt: skip
     log = Path(args.logs) / f"{peer}-{n}-{args.framework}.log"
     spawned = time.time()
@@ -286,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also profile fedsync's local peer at N=1,000 (a separate run)")
     parser.add_argument("--peer-timeout", type=float, default=1800.0, help="a peer is killed after this many seconds")
     parser.add_argument("--output", default=str(HERE / "RESULTS.md"), help="Markdown file whose '# Simulation (FRAMEWORK)' section is replaced ('' for none)")
+    parser.add_argument("--ray-ref", default="", help="run the ray peer on fedsync as committed at this git ref (e.g. a branch with backend='ray')")
     parser.add_argument("--logs", default="", help="keep every peer's stderr in this folder (default: a temporary one)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -295,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fedsync-sim-"))
     args.logs = args.logs or str(work)
     Path(args.logs).mkdir(parents=True, exist_ok=True)
+    args.ray_tree = ""
+    if args.ray_ref:
+        args.ray_tree = str(work / "ray-tree")
+        Path(args.ray_tree).mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.ray_ref], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", args.ray_tree], input=archive, check=True)
     command = "python benchmarks/simulation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     load_start = loadavg()
     results: dict = {}

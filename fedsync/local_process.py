@@ -54,9 +54,10 @@ def device_fn_location(device_fn: Any) -> tuple[str | None, str | None, str]:
     block does not run again).
 
     Raises:
-        TypeError: a lambda, a nested function, a partial or any callable that
-            cannot be found again by its name.
-        ValueError: a string that is not ``"module:function"``.
+        ValueError: a lambda, a nested function, a partial or any callable that
+            cannot be found again by its name (as the Ray backend), or a string
+            that is not ``"module:function"``.
+        TypeError: ``device_fn`` is not callable.
     """
     if isinstance(device_fn, str):
         module, sep, name = device_fn.partition(":")
@@ -71,7 +72,7 @@ def device_fn_location(device_fn: Any) -> tuple[str | None, str | None, str]:
         raise TypeError(f"device_fn must be a function device_fn(device_id) -> FedData, got {type(device_fn).__name__}")
     module, name = getattr(device_fn, "__module__", None), getattr(device_fn, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(name, str) or "<" in name:
-        raise TypeError(
+        raise ValueError(
             f"worker_kind='processes' imports device_fn by name in each worker process, and {device_fn!r} has no name "
             f"a process can import (a lambda, a nested function or a partial); {how}"
         )
@@ -79,11 +80,11 @@ def device_fn_location(device_fn: Any) -> tuple[str | None, str | None, str]:
     for part in name.split("."):
         target = getattr(target, part, None)
     if target is not device_fn:
-        raise TypeError(f"device_fn {module}:{name} does not lead back to the function given (was it replaced or decorated?); {how}")
+        raise ValueError(f"device_fn {module}:{name} does not lead back to the function given (was it replaced or decorated?); {how}")
     if module == "__main__":
         path = getattr(sys.modules["__main__"], "__file__", None)
         if not isinstance(path, str):
-            raise TypeError(f"device_fn was defined in an interactive session, which a worker process cannot import; {how}")
+            raise ValueError(f"device_fn was defined in an interactive session, which a worker process cannot import; {how}")
         return None, os.path.abspath(path), name
     return module, None, name
 
@@ -297,7 +298,8 @@ class ProcessPool:
         start_timeout: seconds to wait for the workers to import ``device_fn``.
 
     Raises:
-        TypeError, ValueError: ``device_fn`` cannot be found by name, or a bad ``workers``.
+        ValueError: ``device_fn`` cannot be found by name, or a bad ``workers``.
+        TypeError: ``device_fn`` is not callable.
         ImportError: a worker could not import ``device_fn`` (its message says why).
         TimeoutError: the workers were not ready within ``start_timeout``.
     """
