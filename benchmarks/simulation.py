@@ -177,6 +177,32 @@ def run_peer(peer: str, data: Path, n: int, args, profile: str = "") -> dict:
 # ----------------------------------------------------------------- report
 
 
+def sampling_spread(data: Path, n: int, rounds: int, seeds: int = 10) -> tuple[float, float]:
+    """Mean and standard deviation of the final accuracy over ``seeds`` other samplings of 100 devices a round.
+
+    Computed in this process with the same workload and plain FedAvg (numpy): how far two
+    peers that sample different devices (fedsync and Flower do) may fairly differ.
+    """
+    import numpy as np
+
+    wl = sim_workload.Workload(data)
+    sampled = max(1, int(n * FRACTIONS.get(n, min(1.0, 100 / n))))
+    finals = []
+    for seed in range(1, seeds + 1):
+        rng = np.random.default_rng([seed, 7])
+        model = [a.copy() for a in wl.init]
+        for _ in range(rounds):
+            trained = []
+            for device in rng.choice(n, sampled, replace=False):
+                copy = [a.copy() for a in model]
+                sim_workload.train_numpy(copy, *wl.shard(int(device)))
+                trained.append(copy)
+            model = [np.mean([t[k] for t in trained], axis=0) for k in range(len(model))]
+        finals.append(sim_workload.accuracy(model, wl.x_test, wl.y_test))
+    return float(np.mean(finals)), float(np.std(finals))
+
+
+
 def profile_lines(path: str, top: int = 15) -> list[str]:
     """The ``top`` functions by own time, as pstats prints them."""
     import io
@@ -239,7 +265,7 @@ def target(results: dict) -> str:
     )
 
 
-def markdown(command: str, results: dict, sizes: list[int], peers: list[str], args, profile: list[str], load: tuple[str, str]) -> str:
+def markdown(command: str, results: dict, sizes: list[int], peers: list[str], args, profile: list[str], load: tuple[str, str], spread: dict) -> str:
     lines = [
         f"{SECTION} ({args.framework})",
         "",
@@ -253,6 +279,11 @@ def markdown(command: str, results: dict, sizes: list[int], peers: list[str], ar
         *table(results, sizes, peers),
         "",
         target(results),
+        "- Accuracy: at N=100 every peer trains the same 100 devices each round and must end with the same model. "
+        "At N ≥ 1,000 fedsync's peers share one sampling (same seed) and Flower samples other devices; "
+        "the final accuracy over 10 other samplings (numpy FedAvg in-process) is "
+        + (", ".join(f"N={n:,}: {mean:.3f} ± {sd:.3f}" for n, (mean, sd) in spread.items()) or "not computed")
+        + ": a difference within about two of those standard deviations is sampling noise.",
     ]
     if profile:
         lines += ["", "Profile of fedsync's local peer at N=1,000 (cProfile of every thread, a separate run; top functions by own time):", "", "```", *profile, "```"]
@@ -308,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = loadavg()
     results: dict = {}
     profile: list[str] = []
+    spread: dict = {}
     for n in sizes:
         data = work / f"data-{n}"
         sim_workload.prepare(data, n, seed=args.seed)
@@ -316,11 +348,13 @@ def main(argv: list[str] | None = None) -> int:
             results[(n, peer)] = r = run_peer(peer, data, n, args)
             shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "rounds"}
             print(f"  {shown}", file=sys.stderr, flush=True)
+        if FRACTIONS.get(n, 1.0) < 1.0:
+            spread[n] = sampling_spread(data, n, args.rounds)
         if args.profile and n == 1000:
             path = str(work / "local-1000.prof")
             run_peer("local", data, n, args, profile=path)
             profile = profile_lines(path)
-    text = markdown(command, results, sizes, peers, args, profile, (load_start, loadavg()))
+    text = markdown(command, results, sizes, peers, args, profile, (load_start, loadavg()), spread)
     print(text)
     if args.output:
         write_section(Path(args.output), text)

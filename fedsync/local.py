@@ -12,7 +12,8 @@ same code and raises the same errors as over HTTP. Nothing is pickled.
 What differs from HTTP: no sockets, no token, and training runs on a shared,
 bounded :class:`TrainingPool` of threads instead of one thread per device
 (numpy's BLAS and torch release the GIL while they compute; a pure-Python
-``train`` serialises on the GIL, and processes would be the remedy: not done).
+``train`` serialises on the GIL: :mod:`fedsync.local_process` runs devices in worker
+processes instead).
 
 Devices are found by name: :func:`register_device` (``local://NAME``
 strings, e.g. mixed with ``http://`` ones in ``Federated``), or passed to
