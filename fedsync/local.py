@@ -12,7 +12,8 @@ same code and raises the same errors as over HTTP. Nothing is pickled.
 What differs from HTTP: no sockets, no token, and training runs on a shared,
 bounded :class:`TrainingPool` of threads instead of one thread per device
 (numpy's BLAS and torch release the GIL while they compute; a pure-Python
-``train`` serialises on the GIL, and processes would be the remedy: not done).
+``train`` serialises on the GIL: :mod:`fedsync.local_process` runs devices in worker
+processes instead).
 
 Devices are found by name: :func:`register_device` (``local://NAME``
 strings, e.g. mixed with ``http://`` ones in ``Federated``), or passed to
@@ -212,25 +213,13 @@ class LocalRemote(Remote):
         params: Mapping[str, str] = kwargs.get("params") or {}
         data = kwargs.get("data")
         body = _bytes(data) if data is not None else b""
-        builder = EnvironBuilder(
-            path=path, method=method, headers=dict(kwargs.get("headers") or {}),
-            query_string=urlencode(params), input_stream=io.BytesIO(body), content_length=len(body),
+        headers = {str(k): str(v) for k, v in (kwargs.get("headers") or {}).items()}
+        status, answer_headers, content = self._exchange(
+            method, path, urlencode(params), headers, body, _seconds(kwargs.get("timeout"), self.timeout)
         )
-        environ = builder.get_environ()
-        builder.close()
-        app = self.app()
-        if method == "POST" and path.endswith("/evaluate"):
-            # Evaluation runs in the request (as on a device): bound it by the timeout, off this thread.
-            future = (self._pool or default_pool()).executor.submit(_call, app, environ)
-            try:
-                status, headers, content = future.result(timeout=_seconds(kwargs.get("timeout"), self.timeout))
-            except concurrent.futures.TimeoutError:
-                raise RemoteTimeout(self.url, "timed out: no answer within the timeout") from None
-        else:
-            status, headers, content = _call(app, environ)
         response = requests.Response()
         response.status_code = status
-        response.headers = CaseInsensitiveDict(headers)
+        response.headers = CaseInsensitiveDict(answer_headers)
         response.headers.setdefault("Content-Length", str(len(content)))  # as a server's chunked body reads
         response.raw = _Body(content)
         response.url = self.url + path
@@ -238,6 +227,39 @@ class LocalRemote(Remote):
             with response:
                 self._raise_for(response)
         return response
+
+    def _exchange(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes, timeout: float
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One request answered by the device's application: status, headers, whole body.
+
+        Where the device runs is this method's business (a worker process in
+        :mod:`fedsync.local_process`).
+
+        Raises:
+            RemoteError: the device could not be built.
+            RemoteTimeout: an evaluation gave no answer within ``timeout`` seconds.
+        """
+        environ = _environ(method, path, query, headers, body)
+        app = self.app()
+        if method == "POST" and path.endswith("/evaluate"):
+            # Evaluation runs in the request (as on a device): bound it by the timeout, off this thread.
+            future = (self._pool or default_pool()).executor.submit(_call, app, environ)
+            try:
+                return future.result(timeout=timeout)
+            except concurrent.futures.TimeoutError:
+                raise RemoteTimeout(self.url, "timed out: no answer within the timeout") from None
+        return _call(app, environ)
+
+
+def _environ(method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """The WSGI environ of one request, as a server would build it from the wire."""
+    builder = EnvironBuilder(
+        path=path, method=method, headers=dict(headers), query_string=query, input_stream=io.BytesIO(body), content_length=len(body),
+    )
+    environ = builder.get_environ()
+    builder.close()
+    return environ
 
 
 def _call(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:

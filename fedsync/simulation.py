@@ -21,6 +21,8 @@ from .client import Federated
 from .config import ConfigSource
 from .history import History, RoundResult
 from .local import LocalRemote, TrainingPool
+from .local_process import ProcessPool, device_fn_location, process_remotes
+from .local_worker import load_device_fn
 from .protocol import FedData
 
 __all__ = ["run_simulation", "local_remotes"]
@@ -44,7 +46,7 @@ def local_remotes(device_fn: Callable[[int], FedData], num_devices: int, *, pool
 
 
 def run_simulation(
-    device_fn: Callable[[int], FedData],
+    device_fn: Callable[[int], FedData] | str,
     num_devices: int,
     rounds: int,
     *,
@@ -54,6 +56,7 @@ def run_simulation(
     min_results: int | None = None,
     timeout: float = 600.0,
     workers: int | None = None,
+    worker_kind: str = "threads",
     seed: int | None = None,
     progress: bool | None = None,
     config: ConfigSource = None,
@@ -77,8 +80,13 @@ def run_simulation(
         strategy: if given, set as ``data.strategy`` (FedArrays and the adapters).
         fraction, min_results, timeout, seed, config, evaluate_fn: as for
             :class:`fedsync.Federated` (``timeout``: seconds per round).
-        workers: threads training at once (default: the CPU count). Threads, not
-            processes: numpy's BLAS and torch release the GIL while computing.
+        workers: devices training at once (default: the CPU count).
+        worker_kind: ``"threads"`` (the default: numpy's BLAS and torch release
+            the GIL while computing) or ``"processes"``, for a training that
+            holds the GIL (pure Python): ``workers`` processes, each importing
+            ``device_fn`` by name, so it must be a module-level function or its
+            name ``"module:function"`` (:mod:`fedsync.local_process`). A worker
+            that dies is its devices' failure that round; it is replaced.
         progress: a progress bar as with ``fit()`` (default: when stderr is a terminal).
         callbacks: as for :meth:`fedsync.Federated.fit`.
         backend: ``"local"`` (threads in this process) or ``"ray"``: devices in a
@@ -99,15 +107,20 @@ def run_simulation(
     Raises:
         SpecsMismatch, RoundFailed: as :meth:`fedsync.Federated.round`.
         ValueError, TypeError: a bad argument (before anything runs), e.g. a
-            lambda as ``device_fn`` with ``backend="ray"``.
-        ImportError: ``backend="ray"`` without Ray installed.
+            lambda as ``device_fn`` with ``backend="ray"`` or ``worker_kind="processes"``.
+        ImportError: ``backend="ray"`` without Ray installed, or
+            ``worker_kind="processes"`` and a worker could not import ``device_fn``.
     """
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    if worker_kind not in ("threads", "processes"):
+        raise ValueError(f"worker_kind must be 'threads' or 'processes', got {worker_kind!r}")
     if backend == "local" and (ray_address is not None or backend_config is not None):
         raise ValueError("ray_address and backend_config are for backend='ray'; pass backend='ray' or drop them")
     if backend == "ray" and workers is not None:
         raise ValueError("workers is for backend='local'; with backend='ray', backend_config={'num_cpus': ..., 'actors': ...} sets how many devices train at once")
+    if backend == "ray" and worker_kind != "threads":
+        raise ValueError("worker_kind is for backend='local'; Ray actors are processes already")
     if strategy is not None:
         if not hasattr(data, "strategy"):
             raise TypeError(f"strategy= needs a FedData with a strategy (FedArrays or an adapter), got {type(data).__name__}")
@@ -118,8 +131,19 @@ def run_simulation(
         on_ray = RayDevices(device_fn, num_devices, timeout=timeout, ray_address=ray_address, backend_config=backend_config)
         remotes, slots, release_all, close = on_ray.remotes, len(on_ray.actors), on_ray.release, on_ray.close
     else:
-        pool = TrainingPool(workers)
-        remotes, slots, close = local_remotes(device_fn, num_devices, pool=pool, timeout=timeout), pool.workers, pool.close
+        pool: TrainingPool | ProcessPool
+        if worker_kind == "processes":
+            if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
+                raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+            pool = ProcessPool(device_fn, workers)
+            remotes = process_remotes(pool, num_devices, timeout=timeout)
+        else:
+            if isinstance(device_fn, str):
+                module, _, name = device_fn_location(device_fn)
+                device_fn = load_device_fn(name, module)
+            pool = TrainingPool(workers)
+            remotes = local_remotes(device_fn, num_devices, pool=pool, timeout=timeout)
+        slots, close = pool.workers, pool.close
 
         def release_all() -> None:
             for remote in remotes:
@@ -128,11 +152,11 @@ def run_simulation(
     def release(alg: Federated, result: RoundResult) -> None:
         release_all()
 
-    alg = Federated(
-        data, remotes, fraction=fraction, min_results=min_results, timeout=timeout, seed=seed,
-        workers=min(64, max(slots, 1) * 4), config=config, evaluate_fn=evaluate_fn,
-    )
     try:
+        alg = Federated(
+            data, remotes, fraction=fraction, min_results=min_results, timeout=timeout, seed=seed,
+            workers=min(64, max(slots, 1) * 4), config=config, evaluate_fn=evaluate_fn,
+        )
         return alg.fit(rounds, callbacks=[release, *callbacks], progress=progress)
     finally:
         release_all()
