@@ -4,7 +4,7 @@ A frame is ``!IQ`` (the header's length, the body's length), the header as
 UTF-8 JSON (an object) and the body. Both lengths are checked against the
 reader's limits before anything is allocated, so a broken or hostile peer
 costs at most those limits. Used between a simulation's coordinator and its
-worker processes (:mod:`fedsync.local_process`, :mod:`fedsync.local_worker`).
+worker processes (:mod:`fedsync._local_process`, :mod:`fedsync._local_worker`).
 
 Internal: its names may change without notice.
 """

@@ -12,7 +12,7 @@ same code and raises the same errors as over HTTP. Nothing is pickled.
 What differs from HTTP: no sockets, no token, and training runs on a shared,
 bounded :class:`TrainingPool` of threads instead of one thread per device
 (numpy's BLAS and torch release the GIL while they compute; a pure-Python
-``train`` serialises on the GIL: :mod:`fedsync.local_process` runs devices in worker
+``train`` serialises on the GIL: :mod:`fedsync._local_process` runs devices in worker
 processes instead).
 
 Devices are found by name: :func:`register_device` (``local://NAME``
@@ -234,7 +234,7 @@ class LocalRemote(Remote):
         """One request answered by the device's application: status, headers, whole body.
 
         Where the device runs is this method's business (a worker process in
-        :mod:`fedsync.local_process`).
+        :mod:`fedsync._local_process`).
 
         Raises:
             RemoteError: the device could not be built.

@@ -21,8 +21,8 @@ from .client import Federated
 from .config import ConfigSource
 from .history import History, RoundResult
 from .local import LocalRemote, TrainingPool
-from .local_process import ProcessPool, device_fn_location, process_remotes
-from .local_worker import load_device_fn
+from ._local_process import ProcessPool, device_fn_location, process_remotes
+from ._local_worker import load_device_fn
 from .protocol import FedData
 
 __all__ = ["run_simulation", "local_remotes"]
@@ -85,7 +85,7 @@ def run_simulation(
             the GIL while computing) or ``"processes"``, for a training that
             holds the GIL (pure Python): ``workers`` processes, each importing
             ``device_fn`` by name, so it must be a module-level function or its
-            name ``"module:function"`` (:mod:`fedsync.local_process`). A worker
+            name ``"module:function"`` (:mod:`fedsync._local_process`). A worker
             that dies is its devices' failure that round; it is replaced.
         progress: a progress bar as with ``fit()`` (default: when stderr is a terminal).
         callbacks: as for :meth:`fedsync.Federated.fit`.

@@ -10,7 +10,7 @@ import pytest
 from fedsync import FedArrays, Federated
 from fedsync._frames import FrameError, frame_head, read_frame
 from fedsync.errors import RemoteError
-from fedsync.local_process import ProcessPool, _checked_answer, process_remotes
+from fedsync._local_process import ProcessPool, _checked_answer, process_remotes
 from fedsync.simulation import run_simulation
 from tests.devices_sim import TRACE, killed_on_3, linreg_device, pure_python
 

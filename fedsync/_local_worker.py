@@ -1,6 +1,6 @@
-"""A simulation's worker process: ``python -m fedsync.local_worker --module M --name F``.
+"""A simulation's worker process: ``python -m fedsync._local_worker --module M --name F``.
 
-Started by :class:`fedsync.local_process.ProcessPool`, never by hand. It
+Started by :class:`fedsync._local_process.ProcessPool`, never by hand. It
 imports ``device_fn`` by name (``M:F``, or ``--path FILE`` for a script run
 as ``__main__``), then answers requests read as frames (:mod:`fedsync._frames`)
 on its stdin, writing the answers as frames on its stdout:
@@ -132,7 +132,7 @@ class _Worker:
 
 def main(argv: list[str] | None = None) -> None:
     """The worker's entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m fedsync.local_worker", description="A fedsync simulation worker (started by run_simulation).")
+    parser = argparse.ArgumentParser(prog="python -m fedsync._local_worker", description="A fedsync simulation worker (started by run_simulation).")
     parser.add_argument("--name", required=True, help="device_fn's qualified name")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--module", help="the module defining device_fn")

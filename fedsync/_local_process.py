@@ -3,7 +3,7 @@
 For ``run_simulation(..., worker_kind="processes")``: a training in pure
 Python holds the GIL, so threads take turns; processes train side by side.
 A :class:`ProcessPool` runs ``workers`` processes (``python -m
-fedsync.local_worker``), each importing ``device_fn`` *by name* (a
+fedsync._local_worker``), each importing ``device_fn`` *by name* (a
 module-level function: ``"module:function"``) and holding the devices sampled
 onto it. A :class:`ProcessRemote` is a :class:`~fedsync.local.LocalRemote`
 whose requests go, as raw bytes in length-prefixed frames over a pipe
@@ -313,7 +313,7 @@ class ProcessPool:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be at least 1 (an integer), got {workers!r}")
         self.workers = workers
-        self.argv = [sys.executable, "-m", "fedsync.local_worker", "--name", name]
+        self.argv = [sys.executable, "-m", "fedsync._local_worker", "--name", name]
         self.argv += ["--module", module] if module is not None else ["--path", path or ""]
         if max_content_length is not None:
             self.argv += ["--max-content-length", str(int(max_content_length))]
