@@ -13,8 +13,7 @@ while a request is handled, after ``REQUEST_TIMEOUT`` seconds without progress
 (long: a reply may wait, unread, until the coordinator's merge takes it).
 
 Internal: :func:`fedsync.serve` is the public way to run a device; this module's names may
-change without notice (fedsync's public surface is ``fedsync.__all__``). Not renamed ``_gateway``
-only to keep imports stable.
+change without notice (fedsync's public surface is ``fedsync.__all__``).
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, Iterable
 
-__all__ = ["KeepAliveServer", "SOCKET_KEY", "IDLE_TIMEOUT", "REQUEST_TIMEOUT", "MAX_REQUEST_LINE", "MAX_HEADER_BYTES"]
+__all__ = ["KeepAliveServer", "SOCKET_KEY", "IDLE_TIMEOUT", "REQUEST_TIMEOUT", "MAX_REQUEST_LINE", "MAX_HEADER_BYTES", "MAX_CONNECTIONS"]
 
 logger = logging.getLogger("fedsync.server")
 

@@ -32,61 +32,17 @@ import threading
 import time
 from typing import Any, Callable
 
+from . import device_functions
 from ._frames import MAX_HEADER, FrameError, frame_head, read_frame
 from .errors import RemoteError, RemoteTimeout
 from .local import LocalRemote
 from .remote import MAX_REPLY
 from .server import DEFAULT_MAX_CONTENT_LENGTH
 
-__all__ = ["ProcessPool", "ProcessRemote", "device_fn_location", "process_remotes"]
+__all__ = ["ProcessPool", "ProcessRemote", "process_remotes"]
 
 MAX_ANSWER_HEADERS = 100
 """The most HTTP headers an answer may carry (a device sends about five)."""
-
-
-def device_fn_location(device_fn: Any) -> tuple[str | None, str | None, str]:
-    """Where a worker process finds ``device_fn``: ``(module, script path, qualified name)``.
-
-    ``device_fn`` is a module-level function, or its name as
-    ``"module:function"``. A function of the script run as ``__main__`` is
-    found by the script's path (the worker runs the script under another name,
-    as multiprocessing's spawn does, so its ``if __name__ == "__main__":``
-    block does not run again).
-
-    Raises:
-        ValueError: a lambda, a nested function, a partial or any callable that
-            cannot be found again by its name (as the Ray backend), or a string
-            that is not ``"module:function"``.
-        TypeError: ``device_fn`` is not callable.
-    """
-    if isinstance(device_fn, str):
-        module, sep, name = device_fn.partition(":")
-        if not sep or not all(part.isidentifier() for part in [*module.split("."), *name.split(".")]):
-            raise ValueError(f"device_fn given by name is 'module:function', got {device_fn!r}; e.g. 'mydevices:device_fn'")
-        return module, None, name
-    how = (
-        "define it with def at the top level of a module (e.g. mydevices.py: def device_fn(device_id): ...) "
-        "and pass it, or its name: device_fn='mydevices:device_fn'"
-    )
-    if not callable(device_fn):
-        raise TypeError(f"device_fn must be a function device_fn(device_id) -> FedData, got {type(device_fn).__name__}")
-    module, name = getattr(device_fn, "__module__", None), getattr(device_fn, "__qualname__", None)
-    if not isinstance(module, str) or not isinstance(name, str) or "<" in name:
-        raise ValueError(
-            f"worker_kind='processes' imports device_fn by name in each worker process, and {device_fn!r} has no name "
-            f"a process can import (a lambda, a nested function or a partial); {how}"
-        )
-    target: Any = sys.modules.get(module)
-    for part in name.split("."):
-        target = getattr(target, part, None)
-    if target is not device_fn:
-        raise ValueError(f"device_fn {module}:{name} does not lead back to the function given (was it replaced or decorated?); {how}")
-    if module == "__main__":
-        path = getattr(sys.modules["__main__"], "__file__", None)
-        if not isinstance(path, str):
-            raise ValueError(f"device_fn was defined in an interactive session, which a worker process cannot import; {how}")
-        return None, os.path.abspath(path), name
-    return module, None, name
 
 
 class _Pending:
@@ -291,7 +247,7 @@ class ProcessPool:
 
     Args:
         device_fn: a module-level function ``device_fn(device_id) -> FedData``, or
-            its name ``"module:function"`` (see :func:`device_fn_location`).
+            its name ``"module:function"`` (see :func:`fedsync.device_functions.locate`).
         workers: worker processes (default: the CPU count). Each trains one device
             at a time, with ``OMP_NUM_THREADS=1`` unless the environment sets it.
         max_content_length: a device's largest accepted payload, in bytes (as ``serve``).
@@ -308,7 +264,7 @@ class ProcessPool:
         self, device_fn: Callable[[int], Any] | str, workers: int | None = None, *,
         max_content_length: int | None = None, start_timeout: float = 120.0,
     ) -> None:  # fmt: skip
-        module, path, name = device_fn_location(device_fn)
+        module, path, name = device_functions.locate(device_fn)
         workers = (os.cpu_count() or 1) if workers is None else workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be at least 1 (an integer), got {workers!r}")

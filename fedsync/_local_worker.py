@@ -24,49 +24,21 @@ import argparse
 import concurrent.futures
 import functools
 import os
-import runpy
 import signal
 import sys
 import threading
 from typing import Any, BinaryIO, Callable
 
+from . import device_functions
 from ._frames import FrameError, read_frame, write_frame
 from .errors import RemoteError, RemoteTimeout
 from .local import LocalRemote, TrainingPool
 from .server import DEFAULT_MAX_CONTENT_LENGTH
 
-__all__ = ["main", "load_device_fn"]
+__all__ = ["main"]
 
 REQUEST_THREADS = 64
 """Requests answered at once (long-polls wait here while devices train); above the coordinator's 64 workers."""
-
-
-def load_device_fn(name: str, module: str | None = None, path: str | None = None) -> Callable[[int], Any]:
-    """The function ``name`` (a qualified name) of ``module``, or of the script at ``path``.
-
-    Raises:
-        ImportError: the module cannot be imported.
-        AttributeError: no such function in it.
-        TypeError: the name is not a function.
-    """
-    namespace: Any
-    if path is not None:
-        # As multiprocessing's spawn does for __main__: run the script under another name,
-        # so its `if __name__ == "__main__":` block does not run again here.
-        namespace = runpy.run_path(path, run_name="__fedsync_worker__")
-        first, _, rest = name.partition(".")
-        target = namespace[first]
-        for part in rest.split(".") if rest else ():
-            target = getattr(target, part)
-    else:
-        import importlib
-
-        target = importlib.import_module(module or "")
-        for part in name.split("."):
-            target = getattr(target, part)
-    if not callable(target):
-        raise TypeError(f"{module or path}:{name} is a {type(target).__name__}, not a function device_fn(device_id) -> FedData")
-    return target  # type: ignore[no-any-return]
 
 
 class _Worker:
@@ -148,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     os.close(devnull)
     os.dup2(2, 1)
     try:
-        device_fn = load_device_fn(args.name, args.module, args.path)
+        device_fn = device_functions.load(args.name, args.module, args.path)
     except Exception as exc:  # the coordinator raises it: a programming error, not a device's failure
         write_frame(out, {"ready": False, "error": f"{type(exc).__name__}: {str(exc)[:1000]}"})
         os._exit(1)

@@ -7,7 +7,7 @@ token and then reads the JSON handshake with an ``Authorization`` header. The
 token stays in the tab's ``sessionStorage``, never in a URL.
 
 Internal: served by every device; its names may change without notice (fedsync's public
-surface is ``fedsync.__all__``). Not renamed ``_status`` only to keep imports stable.
+surface is ``fedsync.__all__``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ for long-polls the round had abandoned. These threads are daemons; each of
 their requests has a timeout all the same.
 
 Internal: the coordinator's plumbing; its names may change without notice (fedsync's public
-surface is ``fedsync.__all__``). Not renamed ``_workers`` only to keep imports stable.
+surface is ``fedsync.__all__``).
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from .client import Federated
 from .config import ConfigSource
 from .history import History, RoundResult
 from .local import LocalRemote, TrainingPool
-from ._local_process import ProcessPool, device_fn_location, process_remotes
-from ._local_worker import load_device_fn
+from . import device_functions
+from ._local_process import ProcessPool, process_remotes
 from .protocol import FedData
 
 __all__ = ["run_simulation", "local_remotes"]
@@ -139,8 +139,8 @@ def run_simulation(
             remotes = process_remotes(pool, num_devices, timeout=timeout)
         else:
             if isinstance(device_fn, str):
-                module, _, name = device_fn_location(device_fn)
-                device_fn = load_device_fn(name, module)
+                module, _, name = device_functions.locate(device_fn)
+                device_fn = device_functions.load(name, module)
             pool = TrainingPool(workers)
             remotes = local_remotes(device_fn, num_devices, pool=pool, timeout=timeout)
         slots, close = pool.workers, pool.close

@@ -1,14 +1,17 @@
-"""``device_fn`` as an import path (``"module:qualname"``): how a device function reaches a Ray actor without pickle."""
+"""``device_fn`` as an import path (``"module:qualname"``): how a device function reaches a Ray actor without pickle.
+
+The finding and loading are :mod:`fedsync.device_functions`' (shared with the local
+process workers); Ray adds that the script run as ``__main__`` cannot be imported on
+the cluster's other machines.
+"""
 
 from __future__ import annotations
 
-import importlib
-import re
 from typing import Any, Callable
 
-__all__ = ["device_fn_path", "resolve"]
+from fedsync import device_functions
 
-_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+__all__ = ["device_fn_path", "resolve"]
 
 _ADVICE = (
     "the ray backend ships device_fn to its actors as an import path, not as pickled code: define it "
@@ -29,43 +32,23 @@ def device_fn_path(device_fn: Callable[[int], Any] | str) -> str:
             malformed or does not resolve to a callable.
         TypeError: ``device_fn`` is neither a function nor a string.
     """
-    if isinstance(device_fn, str):
-        if not _PATH.match(device_fn):
-            raise ValueError(f"device_fn path {device_fn[:200]!r} is not 'module:function'; {_ADVICE}")
-        try:
-            found = resolve(device_fn)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"device_fn path {device_fn!r} does not resolve here ({type(exc).__name__}: {exc}); {_ADVICE}") from None
-        if not callable(found):
-            raise ValueError(f"device_fn path {device_fn!r} names a {type(found).__name__}, not a function; {_ADVICE}")
-        return device_fn
-    if not callable(device_fn):
-        raise TypeError(f"device_fn must be a function device_fn(device_id) -> FedData or its import path, got {type(device_fn).__name__}")
-    module = getattr(device_fn, "__module__", None)
-    qualname = getattr(device_fn, "__qualname__", None)
-    if not isinstance(module, str) or not isinstance(qualname, str) or "<lambda>" in qualname or "<locals>" in qualname:
-        raise ValueError(f"device_fn {device_fn!r} is a lambda or a nested function (a closure); {_ADVICE}")
-    if module == "__main__":
-        raise ValueError(f"device_fn {qualname} is defined in the script being run (__main__); {_ADVICE}")
+    module, _, qualname = device_functions.locate(device_fn, script=False, how=_ADVICE)
     path = f"{module}:{qualname}"
-    try:
-        same = resolve(path) is device_fn
-    except (ImportError, AttributeError):
-        same = False
-    if not same:
-        raise ValueError(f"device_fn {device_fn!r} is not reachable as {path!r} (a decorated or replaced function?); {_ADVICE}")
+    if isinstance(device_fn, str):
+        try:
+            resolve(path)
+        except (ImportError, AttributeError, TypeError) as exc:
+            raise ValueError(f"device_fn path {device_fn!r} does not resolve here ({type(exc).__name__}: {exc}); {_ADVICE}") from None
     return path
 
 
-def resolve(path: str) -> Any:
-    """Import ``"module:qualname"`` and return the object it names.
+def resolve(path: str) -> Callable[[int], Any]:
+    """Import ``"module:qualname"`` and return the function it names.
 
     Raises:
         ImportError: the module cannot be imported.
         AttributeError: the module has no such attribute.
+        TypeError: it names something that is not callable.
     """
     module, _, qualname = path.partition(":")
-    found: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        found = getattr(found, part)
-    return found
+    return device_functions.load(qualname, module)

@@ -60,7 +60,7 @@ def test_a_killed_worker_is_its_devices_failure_and_is_replaced():
 
 def test_device_fn_must_be_importable_by_name():
     data = FedArrays({"w": np.zeros(3)})
-    with pytest.raises(ValueError, match="has no name a process can import"):
+    with pytest.raises(ValueError, match="has no name another process can import"):
         run_simulation(lambda i: data, 2, 1, data=data, worker_kind="processes", progress=False)
     with pytest.raises(ImportError, match="no_such_module"):
         run_simulation("tests.no_such_module:device_fn", 2, 1, data=data, workers=1, worker_kind="processes", progress=False)
