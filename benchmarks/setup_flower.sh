@@ -9,5 +9,5 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet "flwr==1.42.0" numpy
+"$venv/bin/python" -m pip install --quiet "flwr[simulation]==1.42.0" numpy
 FLWR_TELEMETRY_ENABLED=0 "$venv/bin/python" -c "import flwr, numpy; print('flwr', flwr.__version__, 'numpy', numpy.__version__, 'in', '$venv')"
