@@ -31,6 +31,7 @@ from .metrics import weighted_means
 from .protocol import MAX_REPETITION, Encoding, FedData
 from .remote import MAX_REPLY, Remote, size as _size
 from .replies import ReplyStream
+from .secagg import coordinator as secure_rounds
 from .callbacks import EarlyStopping
 from .rounds import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share, format_metrics, gather_reasons, scrub_failures, scrubbed
 from .transfer import STALL, Deadline, round_grace
@@ -107,6 +108,8 @@ class Federated:
         evaluate_fn: ``evaluate_fn(model, server_round) -> metrics``, run on the
             coordinator after every ``evaluate_fn_every``-th round; recorded in
             ``RoundResult.server_evaluation`` (see :mod:`fedsync.server_eval`).
+        secure_aggregation: a :class:`fedsync.secagg.SecAgg`: the coordinator learns only the
+            sum of the updates (docs/privacy.md); needs an array FedData and a FedAvg-style strategy.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class Federated:
         config: ConfigSource = None,
         evaluate_fn: server_eval.EvaluateFn | None = None,
         evaluate_fn_every: int = 1,
+        secure_aggregation: Any = None,
     ) -> None:
         if not isinstance(data, FedData):
             raise TypeError(f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), remotes=[...])")
@@ -163,6 +167,7 @@ class Federated:
         if evaluate_fn is not None and not callable(evaluate_fn):
             raise TypeError(f"evaluate_fn must be a function evaluate_fn(model, server_round) -> metrics, got {type(evaluate_fn).__name__}")
         self.config = config
+        self.secure_aggregation = secure_rounds.checked(secure_aggregation, data)
         self.evaluate_fn = evaluate_fn
         self.evaluate_fn_every = server_eval.checked_every(evaluate_fn_every)
         self.repetition = 0
@@ -338,6 +343,8 @@ class Federated:
             raise RoundFailed(f"round {rep}: only {len(remotes)} of {needed} required devices are reachable", failures)
         specs = self.data.specs(rep)
         payload = self.data.serialize(rep)
+        secure = None if self.secure_aggregation is None else secure_rounds.start(self.secure_aggregation, self, remotes, rep, deadline, result)
+        remotes = remotes if secure is None else secure.remotes  # those that completed the key phases
         workers = Workers(min(self.workers, len(remotes)), name=f"fedsync-round-{rep}")
         streams = self.data.accepts_streams
         state = _Round(
@@ -349,7 +356,7 @@ class Federated:
         for remote in remotes:
             workers.submit(self._submit, state, remote, config)
         try:
-            self.data.merge(self._collect(state, remotes, needed, result, _size(payload)), rep)
+            (self.data.merge if secure is None else secure.merge)(self._collect(state, remotes, needed, result, _size(payload)), rep)
         except RoundFailed as exc:  # the merge found the round unusable: say who took part
             raise RoundFailed(f"round {rep}: {exc.args[0]}", {**exc.failures, **result.failures}) from None
         except Exception as exc:

@@ -90,6 +90,8 @@ class Job:
     error: str | None = None
     started: float = field(default_factory=time.monotonic)
     seconds: float | None = None
+    secagg: Any = None
+    """The :class:`fedsync.secagg.device.Session` that masks this job's result, if the round runs secure aggregation."""
 
 
 class Device:
@@ -115,6 +117,8 @@ class Device:
         self.last_repetition = 0
         self.rounds_served = 0
         self.job: Job | None = None
+        self.secagg: Any = None  # the current secure-aggregation session (fedsync.secagg.device)
+        self.secagg_required = False  # serve(secure_aggregation="required"): refuse plain rounds
         self.downloads = 0
         self.working = threading.Lock()  # held by a training job or an evaluation
         self.receiving = threading.Lock()  # held while one payload is read and handed over
@@ -218,11 +222,14 @@ class Device:
 
     def start(self, encoding: Any, repetition: int, config: Config | None = None) -> Job:
         """Accept a checked payload (and checked config) and work on it in a background thread."""
+        from .secagg.device import session_for_submit
+
         with self.lock:
             self._ensure_can_accept(repetition)
+            secagg = session_for_submit(self, repetition, self.secagg_required)
             if not self.working.acquire(blocking=False):
                 raise ApiError(409, "busy", "evaluating the global model; try again in a moment")
-            job = Job(repetition)
+            job = Job(repetition, secagg=secagg)
             self.job = job
             self.last_repetition = repetition
         self._launch(job, encoding, config or {})
@@ -239,7 +246,11 @@ class Device:
                 self.fed.receive(encoding, job.repetition, config)
             else:
                 self.fed.receive(encoding, job.repetition)
-            result = self.fed.serialize(job.repetition)
+            if job.secagg is not None:  # secure aggregation: the reply is masked (fedsync.secagg.device)
+                with job.secagg.lock:
+                    result = job.secagg.mask(self.fed, encoding, job.repetition)
+            else:
+                result = self.fed.serialize(job.repetition)
             _body(result)  # fail here, with the device's message, rather than while answering
             job.result = result
             job.owned = isinstance(result, (str, bytes))

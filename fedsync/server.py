@@ -31,6 +31,7 @@ from .codec import read_exactly
 from .config import CONFIG_HEADER, Config, decode_config
 from .device import ApiError, Device, checked_repetition, json_response
 from .gateway import MAX_CONNECTIONS, SOCKET_KEY, KeepAliveServer
+from .secagg.device import MAX_BODY as SECAGG_MAX_BODY, answer as secagg_answer, session_for_submit
 from .protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
 from .status import render_index, render_locked, render_status
 from .tokens import checked_token
@@ -80,8 +81,11 @@ class DeviceApp:
         *,
         token: str | None = None,
         max_content_length: int | None = None,
+        secure_aggregation: str | None = None,
     ) -> None:
         self.token = checked_token(token)
+        if secure_aggregation not in (None, "required"):
+            raise ValueError(f"secure_aggregation must be None or 'required', got {secure_aggregation!r}")
         self._expected_auth = None if self.token is None else self.token.encode("ascii")
         if isinstance(data, Mapping):
             if not data:
@@ -95,6 +99,8 @@ class DeviceApp:
             self.devices = {f"/{name}": Device(fed) for name, fed in data.items()}
         else:
             self.devices = {"": Device(data)}
+        for device in self.devices.values():
+            device.secagg_required = secure_aggregation == "required"
         if max_content_length is not None and (not isinstance(max_content_length, int) or isinstance(max_content_length, bool) or max_content_length < 0):
             raise ValueError(f"max_content_length must be a number of bytes >= 0 (0 or None: the default, 2 GiB), got {max_content_length!r}")
         self.max_content_length = max_content_length or DEFAULT_MAX_CONTENT_LENGTH
@@ -107,6 +113,7 @@ class DeviceApp:
                 Rule(f"{base}/<rep:rep>/submit", endpoint="submit", methods=["POST"], defaults=defaults),
                 Rule(f"{base}/<rep:rep>/result", endpoint="result", methods=["GET"], defaults=defaults),
                 Rule(f"{base}/<rep:rep>/evaluate", endpoint="evaluate", methods=["POST"], defaults=defaults),
+                Rule(f"{base}/<rep:rep>/secagg/<any(keys,shares,inbox,unmask):phase>", endpoint="secagg", methods=["POST"], defaults=defaults),
             ]
         if "" not in self.devices:
             rules.append(Rule("/info", endpoint="index", methods=["GET"]))
@@ -134,6 +141,7 @@ class DeviceApp:
         device = self.devices[base]
         checked_repetition(rep)
         device.ensure_can_accept(rep)
+        session_for_submit(device, rep, device.secagg_required)  # refused before any body is read
         length = self._checked_length(request)
         self._check_specs(request, device, rep)
         config = _checked_config(request)
@@ -156,7 +164,15 @@ class DeviceApp:
         samples, metrics = device.evaluate(encoding, rep, config)
         return _json({"repetition": rep, "samples": samples, "metrics": metrics})
 
-    def _checked_length(self, request: Request) -> int:
+    def on_secagg(self, request: Request, base: str, rep: int, phase: str) -> Response:
+        """A secure-aggregation phase (fedsync.secagg.device): a bounded JSON body in, JSON out."""
+        checked_repetition(rep)
+        length = self._checked_length(request, limit=SECAGG_MAX_BODY)
+        _hold(request, self.devices[base].take_receiving())
+        body = _read_payload(request, length)
+        return _json(secagg_answer(self.devices[base], rep, phase, bytes(body)))
+
+    def _checked_length(self, request: Request, limit: int | None = None) -> int:
         """The request's Content-Length, checked against the limit before any byte of the body is read."""
         raw = request.headers.get("Content-Length")
         if raw is None or not raw.strip():
@@ -164,11 +180,12 @@ class DeviceApp:
         raw = raw.strip()
         if not (raw.isascii() and raw.isdigit()):
             raise ApiError(400, "bad_content_length", f"Content-Length {raw[:40]!r} is not a number of bytes; send one decimal integer")
-        if len(raw) > 19 or int(raw) > self.max_content_length:
+        limit = self.max_content_length if limit is None else limit
+        if len(raw) > 19 or int(raw) > limit:
             raise ApiError(
                 413,
                 "too_large",
-                f"payload of {raw[:40]} bytes exceeds this device's limit of {self.max_content_length}; "
+                f"payload of {raw[:40]} bytes exceeds this device's limit of {limit}; "
                 "start the device with a larger max_content_length",
             )
         return int(raw)
@@ -405,6 +422,7 @@ def serve(
     ssl_context: Any = None,
     client_ca: str | os.PathLike | None = None,
     max_connections: int = MAX_CONNECTIONS,
+    secure_aggregation: str | None = None,
 ) -> RunningServer | None:
     """Serve a FedData (or a dict ``{name: FedData}``) over HTTP.
 
@@ -426,6 +444,9 @@ def serve(
             Needs ``ssl_context``. ``fedsync certs`` makes the CA and certificates.
         max_connections: connections open at once (a thread each, default 128); one
             more is answered ``503 too_many_connections`` and closed.
+        secure_aggregation: ``"required"``: take part only in rounds that ran secure
+            aggregation's key phases (``Federated(secure_aggregation=SecAgg())``); a plain
+            submission is refused (409). Default: answer both kinds (docs/privacy.md).
 
     Raises:
         ValueError: an empty or whitespace-only token, or one with control or
@@ -434,7 +455,7 @@ def serve(
         OSError: the address cannot be listened on (it names the address), or
             ``client_ca`` cannot be read as a CA certificate.
     """
-    app = DeviceApp(data, token=token, max_content_length=max_content_length)
+    app = DeviceApp(data, token=token, max_content_length=max_content_length, secure_aggregation=secure_aggregation)
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
         raise ValueError(f"max_connections must be a positive integer, got {max_connections!r}")
     ssl_context = _tls_context(ssl_context, client_ca)

@@ -1,0 +1,302 @@
+"""The device's side of secure aggregation: one :class:`Session` per repetition, answering the phases.
+
+Bonawitz et al. 2017 (CCS), section 4, rounds 0-4, as routes under a FedData's base
+(docs/protocol.md, "Secure aggregation"):
+
+- ``POST {base}/{rep}/secagg/keys``: fresh key pairs ``c`` and ``s`` and self-mask seed
+  ``b``; answers the public keys and SHA-256(b);
+- ``POST {base}/{rep}/secagg/shares``: every participant's public keys; answers, for
+  each peer, Shamir shares of ``b`` and ``s_sk`` encrypted to it;
+- ``POST {base}/{rep}/secagg/inbox``: the devices still taking part and the shares
+  they sent this device; after it, ``submit`` trains and the result is *masked*;
+- ``POST {base}/{rep}/secagg/unmask``: the survivors and the dropped; answers shares
+  of ``b`` for survivors and of ``s_sk`` for the dropped, never both for one device.
+
+Every body is checked before use (sizes, types, counts); a refusal is a 4xx JSON
+error and changes nothing. Phases run strictly in order, once each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..codec import Payload, encode_payload
+from ..device import ApiError
+from . import keys as _keys
+from .settings import MAX_DEVICES, checked_bound
+
+__all__ = ["Session", "answer", "session_for_submit", "MASKED_NAME", "MASKED_KEY", "MAX_BODY"]
+
+MAX_BODY = 1 << 20
+"""The largest phase request body, in bytes (n = MAX_DEVICES fits with room)."""
+MASKED_NAME = "secagg"
+"""The one tensor of a masked reply: uint64, shape ``[L + 1]``."""
+MASKED_KEY = "fedsync.secagg"
+"""Metadata key of a masked reply; its value is ``"v1"``."""
+PHASES = ("keys", "shares", "inbox", "unmask")
+
+
+class Session:
+    """One repetition's secrets and progress on a device (one at a time per FedData)."""
+
+    def __init__(self, rep: int, me: int, devices: int, threshold: int, clip: float, scale: int, max_samples: int) -> None:
+        self.rep, self.me, self.devices, self.threshold = rep, me, devices, threshold
+        self.clip, self.scale, self.max_samples = clip, scale, max_samples
+        self.c = _keys.KeyPair()
+        self.s = _keys.KeyPair()
+        self.b = os.urandom(_keys.KEY_BYTES)
+        self.stage = "keys"
+        self.public: dict[int, tuple[bytes, bytes]] = {}  # U1: id -> (c_pk, s_pk)
+        self.held: dict[int, tuple[bytes, bytes]] = {}  # id -> (share of its b, share of its s_sk), ours included
+        self.participants: list[int] = []  # U2
+        self.revealed: dict[int, str] = {}  # id -> "b" or "s"
+        self.lock = threading.Lock()
+
+    # -- phases -------------------------------------------------------------------
+
+    def keys_answer(self) -> dict[str, Any]:
+        return {"c": _keys.b64(self.c.public), "s": _keys.b64(self.s.public), "commitment": _keys.b64(_keys.commitment(self.b))}
+
+    def shares(self, body: Any) -> dict[str, Any]:
+        table = _field(body, "keys", dict)
+        if not self.threshold <= len(table) <= self.devices:
+            raise _bad(f"keys lists {len(table)} devices; expected {self.threshold} (the threshold) to {self.devices}")
+        public: dict[int, tuple[bytes, bytes]] = {}
+        for name, entry in table.items():
+            peer = _device_id(name, self.devices, "keys")
+            if not isinstance(entry, dict) or set(entry) != {"c", "s"}:
+                raise _bad(f"keys[{name!r}] must be an object {{\"c\": base64, \"s\": base64}}")
+            public[peer] = (_unb64(entry["c"], _keys.KEY_BYTES, f"keys[{name!r}].c"), _unb64(entry["s"], _keys.KEY_BYTES, f"keys[{name!r}].s"))
+        if public.get(self.me) != (self.c.public, self.s.public):
+            raise ApiError(400, "secagg_bad_keys", f"keys must list this device ({self.me}) with the public keys it answered in the keys phase")
+        b_shares = _split(self.b, self.threshold, self.devices)
+        s_shares = _split(self.s.secret(), self.threshold, self.devices)
+        out: dict[str, str] = {}
+        for peer, (c_public, _) in sorted(public.items()):
+            if peer == self.me:
+                continue
+            try:
+                key = _keys.agree(self.c, c_public, "share", self.rep)
+            except ValueError:
+                raise ApiError(400, "secagg_bad_keys", f"device {peer}'s public key c is not a usable X25519 key") from None
+            blob = _keys.encrypt_share(key, self.rep, self.me, peer, b_shares[peer] + s_shares[peer])
+            out[str(peer)] = _keys.b64(blob)
+        self.public = public
+        self.held = {self.me: (b_shares[self.me], s_shares[self.me])}
+        self.stage = "shares"
+        return {"shares": out}
+
+    def inbox(self, body: Any) -> dict[str, Any]:
+        participants = _id_list(body, "participants", self.devices)
+        if not set(participants) <= set(self.public) or self.me not in participants:
+            raise _bad(f"participants must include this device ({self.me}) and only devices of the shares phase {sorted(self.public)}")
+        if len(participants) < self.threshold:
+            raise ApiError(409, "secagg_too_few", f"{len(participants)} participants are fewer than the threshold {self.threshold}; this round cannot complete")
+        sent = _field(body, "shares", dict)
+        expected = {str(p) for p in participants if p != self.me}
+        if set(sent) != expected:
+            raise _bad(f"shares must hold exactly one ciphertext from each other participant {sorted(expected, key=int)}")
+        held = dict(self.held)
+        for name, text in sent.items():
+            peer = int(name)
+            blob = _unb64(text, _keys.CIPHERTEXT_BYTES, f"shares[{name!r}]")
+            key = _keys.agree(self.c, self.public[peer][0], "share", self.rep)
+            try:
+                plain = _keys.decrypt_share(key, self.rep, peer, self.me, blob)
+            except ValueError as exc:
+                raise ApiError(400, "secagg_bad_share", str(exc)) from None
+            held[peer] = (plain[:32], plain[32:])
+        self.held, self.participants, self.stage = held, participants, "ready"
+        return {"participants": len(participants)}
+
+    def unmask(self, body: Any) -> dict[str, Any]:
+        if self.stage != "masked":
+            raise ApiError(409, "secagg_out_of_order", f"unmask comes after this device's masked result for repetition {self.rep}; it is at the {self.stage} phase")
+        survivors = _id_list(body, "survivors", self.devices)
+        dropped = _id_list(body, "dropped", self.devices, empty=True)
+        if set(survivors) & set(dropped) or set(survivors) | set(dropped) != set(self.participants):
+            raise _bad(f"survivors and dropped must split the participants {self.participants} between them")
+        if self.me not in survivors:
+            raise _bad(f"survivors must include this device ({self.me}): it sent its masked result")
+        if len(survivors) < self.threshold:
+            raise ApiError(409, "secagg_too_few", f"{len(survivors)} survivors are fewer than the threshold {self.threshold}: revealing shares now could unmask one device")
+        # The rule that keeps one device's update hidden: never both secrets of the same peer.
+        both = [p for p in survivors if self.revealed.get(p) == "s"] + [p for p in dropped if self.revealed.get(p) == "b"]
+        if both:
+            raise ApiError(
+                409, "secagg_both_shares",
+                f"device(s) {sorted(both)} were already named the other way in this repetition; a device never reveals shares "
+                "of both b and s_sk of one peer (that would unmask its update)",
+            )  # fmt: skip
+        for p in survivors:
+            self.revealed[p] = "b"
+        for p in dropped:
+            self.revealed[p] = "s"
+        return {"b": {str(p): _keys.b64(self.held[p][0]) for p in survivors}, "s": {str(p): _keys.b64(self.held[p][1]) for p in dropped}}
+
+    # -- the masked result ----------------------------------------------------------
+
+    def mask(self, fed: Any, encoding: Any, rep: int) -> Payload:
+        """The masked reply of a trained FedArrays: ``input_vector + sum ±PRG(s_uv) + PRG(b)`` (uint64).
+
+        Raises:
+            ValueError: more samples than ``max_samples``, or a non-finite update.
+        """
+        from . import masking
+
+        samples = fed.samples
+        if isinstance(samples, bool) or not isinstance(samples, int) or not 0 <= samples <= self.max_samples:
+            raise ValueError(f"train reported {samples!r} samples; secure aggregation takes 0 to max_samples ({self.max_samples}): raise SecAgg(max_samples=...) on the coordinator")
+        received, _, _ = fed._decode(encoding)
+        layout = fed.layout()
+        trained = {name: np.asarray(a) for name, a in fed.get_arrays().items()}
+        if list(trained) != list(layout):
+            raise ValueError("the model's arrays changed names during training")
+        vector = masking.input_vector(trained, received, samples, self.clip, self.scale)
+        masks: list[tuple[bytes, int]] = [(_keys.derive(self.b, "self", rep), 1)]
+        for peer in self.participants:
+            if peer != self.me:
+                masks.append((_keys.agree(self.s, self.public[peer][1], "mask", rep), 1 if self.me < peer else -1))
+        masking.apply_masks(vector, masks)
+        self.stage = "masked"  # under self.lock: Device._work takes it
+        return encode_payload({MASKED_NAME: vector}, {MASKED_KEY: "v1"})
+
+
+# -- the routes' entry points (called by fedsync.server) ------------------------------
+
+
+def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
+    """Run one phase for ``device`` (a :class:`fedsync.device.Device`) and return its JSON answer.
+
+    Raises:
+        ApiError: 400 malformed body, 409 out of order or busy, 501 not an array FedData
+            or the ``secagg`` extra missing. Nothing changes on a refusal.
+    """
+    from ..arrays import FedArrays
+
+    if not isinstance(device.fed, FedArrays):
+        raise ApiError(501, "not_supported", f"secure aggregation needs an array FedData (FedArrays, FedTorch, FedKeras); this device serves {type(device.fed).__name__}")
+    try:
+        import cryptography  # noqa: F401
+        import Crypto  # noqa: F401
+    except ImportError:
+        raise ApiError(501, "not_supported", "this device cannot do secure aggregation: pip install 'fedsync[secagg]' on it") from None
+    request = _parsed(body)
+    with device.lock:
+        job = device.job
+        if job is not None and not job.done.is_set() and phase != "unmask":
+            raise ApiError(409, "busy", f"training repetition {job.repetition}; try again when it is done")
+        session = device.secagg
+        if phase == "keys":
+            if rep <= device.last_repetition or (session is not None and rep <= session.rep):
+                last = max(device.last_repetition, session.rep if session is not None else 0)
+                raise ApiError(409, "stale_repetition", f"repetition {rep} is not above this device's last repetition {last}; start keys at {last + 1} or later")
+            device.secagg = _new_session(rep, request)
+            return device.secagg.keys_answer()
+        if session is None or session.rep != rep:
+            raise ApiError(409, "secagg_out_of_order", f"no keys phase for repetition {rep} here; run {rep}/secagg/keys first")
+    with session.lock:  # the phases' crypto runs outside the device's lock
+        wanted = {"shares": "keys", "inbox": "shares"}.get(phase)
+        if wanted is not None and session.stage != wanted:
+            raise ApiError(409, "secagg_out_of_order", f"{phase} follows the {wanted} phase; this device is at the {session.stage} phase of repetition {rep}")
+        return getattr(session, phase)(request)
+
+
+def session_for_submit(device: Any, rep: int, required: bool) -> Session | None:
+    """The session that must mask ``rep``'s result, ``None`` for a plain round; ApiError if the submission must be refused."""
+    session = device.secagg
+    if session is not None and session.rep == rep:
+        if session.stage != "ready":
+            raise ApiError(409, "secagg_out_of_order", f"repetition {rep} began secure aggregation but is at its {session.stage} phase; submit follows the inbox phase")
+        return session
+    if required:
+        raise ApiError(
+            409, "secure_aggregation_required",
+            f"this device takes part only in securely aggregated rounds; repetition {rep} did not run its keys, shares and inbox "
+            "phases: use Federated(..., secure_aggregation=SecAgg())",
+        )  # fmt: skip
+    return None
+
+
+# -- checks ------------------------------------------------------------------------------
+
+
+def _new_session(rep: int, body: Any) -> Session:
+    if not isinstance(body, dict) or set(body) != {"devices", "id", "threshold", "clip", "scale", "max_samples"}:
+        raise _bad('keys takes {"devices": n, "id": i, "threshold": t, "clip": c, "scale": s, "max_samples": m}')
+    devices = _int(body["devices"], 2, MAX_DEVICES, "devices")
+    me = _int(body["id"], 1, devices, "id")
+    threshold = _int(body["threshold"], 2, devices, "threshold")
+    clip = body["clip"]
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < math.inf:
+        raise _bad(f"clip must be a positive finite number, got {_shown(clip)}")
+    scale = _int(body["scale"], 1, 2**52, "scale")
+    max_samples = _int(body["max_samples"], 1, 2**53, "max_samples")
+    try:
+        checked_bound(float(clip), scale, max_samples, devices)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    return Session(rep, me, devices, threshold, float(clip), scale, max_samples)
+
+
+def _parsed(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise _bad(f"the body is not JSON: {_shown(body[:60])}") from None
+
+
+def _field(body: Any, name: str, kind: type) -> Any:
+    if not isinstance(body, dict) or not isinstance(body.get(name), kind):
+        raise _bad(f"the body must be a JSON object with {name!r} a{'n object' if kind is dict else ' list'}")
+    return body[name]
+
+
+def _id_list(body: Any, name: str, devices: int, empty: bool = False) -> list[int]:
+    values = _field(body, name, list)
+    if len(values) > devices or (not values and not empty):
+        raise _bad(f"{name} lists {len(values)} devices; expected 1 to {devices}")
+    ids = [_int(v, 1, devices, f"{name} entry") for v in values]
+    if len(set(ids)) != len(ids):
+        raise _bad(f"{name} lists a device twice")
+    return sorted(ids)
+
+
+def _device_id(name: str, devices: int, what: str) -> int:
+    if not (isinstance(name, str) and name.isascii() and name.isdigit() and len(name) <= 5 and 1 <= int(name) <= devices and str(int(name)) == name):
+        raise _bad(f"{what} keys must be device ids 1 to {devices} as decimal strings, got {_shown(name)}")
+    return int(name)
+
+
+def _int(value: Any, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(f"{what} must be an integer from {low} to {high}, got {_shown(value)}")
+    return value
+
+
+def _unb64(text: Any, size: int, what: str) -> bytes:
+    try:
+        return _keys.unb64(text, size, what)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+
+
+def _split(secret: bytes, threshold: int, devices: int) -> dict[int, bytes]:
+    from . import shamir
+
+    return shamir.split(secret, threshold, devices)
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "secagg_malformed", message)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."

@@ -1,0 +1,75 @@
+"""The coordinator's switch for secure aggregation: :class:`SecAgg` and its bounds."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..metrics import MAX_SAMPLES
+
+__all__ = ["SecAgg", "MAX_DEVICES", "RING"]
+
+MAX_DEVICES = 1024
+"""The most devices in one secure-aggregation round: the phases' JSON grows with n, the coordinator's relay with n**2."""
+RING = 2**64
+INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class SecAgg:
+    """Secure aggregation (Bonawitz et al. 2017): the coordinator learns only the sum of the updates.
+
+    Pass it as ``Federated(data, remotes, secure_aggregation=SecAgg(...))``; see
+    docs/privacy.md for what it hides and costs, docs/protocol.md for the phases.
+
+    Args:
+        threshold: ``t``, the shares needed to rebuild a device's secret, and so the
+            fewest devices that must stay to the end (and the most a coalition of
+            curious devices with the coordinator may number, minus one, without learning
+            an update). Default: a majority of the devices that answered the keys phase,
+            at least 2.
+        clip: each update element (trained minus global weight) is clipped to
+            ``[-clip, clip]`` before quantization.
+        scale: fixed-point scale: an update element is sent as ``rint(x * scale)``, so the
+            merged weights are within ``0.5 / scale`` of FedAvg's (clipping aside).
+        max_samples: the largest sample count a device may report; with ``clip`` and
+            ``scale`` it bounds the sum, which must fit in 63 bits (checked each round).
+
+    Raises:
+        ValueError: a value out of range.
+    """
+
+    threshold: int | None = None
+    clip: float = 1.0
+    scale: int = 2**20
+    max_samples: int = 2**20
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or not 2 <= self.threshold <= MAX_DEVICES):
+            raise ValueError(f"threshold must be an integer from 2 to {MAX_DEVICES} (or None: a majority), got {self.threshold!r}")
+        if isinstance(self.clip, bool) or not isinstance(self.clip, (int, float)) or not 0 < self.clip < math.inf:
+            raise ValueError(f"clip must be a positive finite number (the largest |update element|), got {self.clip!r}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or not 1 <= self.scale <= 2**52:
+            raise ValueError(f"scale must be an integer from 1 to 2**52, e.g. 2**20, got {self.scale!r}")
+        if isinstance(self.max_samples, bool) or not isinstance(self.max_samples, int) or not 1 <= self.max_samples <= MAX_SAMPLES:
+            raise ValueError(f"max_samples must be an integer from 1 to {MAX_SAMPLES}, got {self.max_samples!r}")
+        self.bound(2)
+
+    def threshold_for(self, devices: int) -> int:
+        """``t`` for a round whose keys phase ``devices`` devices answered."""
+        return self.threshold if self.threshold is not None else max(2, devices // 2 + 1)
+
+    def bound(self, devices: int) -> int:
+        """The largest ``|sum of n_k * q_k|`` for ``devices`` devices; ValueError if it passes 2**63 - 1."""
+        return checked_bound(self.clip, self.scale, self.max_samples, devices)
+
+
+def checked_bound(clip: float, scale: int, max_samples: int, devices: int) -> int:
+    """``(ceil(clip * scale) + 1) * max_samples * devices``, which must stay below 2**63 (so the sum never wraps)."""
+    bound = (math.ceil(clip * scale) + 1) * max_samples * devices
+    if bound > INT64_MAX:
+        raise ValueError(
+            f"secure aggregation could overflow: clip * scale * max_samples * devices = {bound} is past 2**63 - 1; "
+            "lower clip, scale or max_samples (e.g. SecAgg(scale=2**16))"
+        )
+    return bound
