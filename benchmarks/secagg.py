@@ -195,6 +195,9 @@ def tables(results: dict, sizes: list[int], counts: list[int], peers: list[str])
     settings = sorted({(c.peer, c.devices, c.threshold, c.shares) for c in results.values() if c.status == "ok" and c.threshold is not None})
     if settings:
         lines += ["", "Thresholds and shares as run: " + "; ".join(f"{peer} N={n}: t={t}, shares={s:g}" if isinstance(s, (int, float)) else f"{peer} N={n}: t={t}" for peer, n, t, s in settings) + "."]
+    dtypes = sorted({(c.peer, ",".join(c.dtypes)) for c in results.values() if c.status == "ok" and c.dtypes})
+    if dtypes:
+        lines += ["", "The global model's dtype after a round (what the next round sends down): " + "; ".join(f"{peer}: {d}" for peer, d in dtypes) + "."]
     return "\n".join(lines)
 
 
