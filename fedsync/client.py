@@ -108,8 +108,7 @@ class Federated:
         evaluate_fn: ``evaluate_fn(model, server_round) -> metrics``, run on the
             coordinator after every ``evaluate_fn_every``-th round; recorded in
             ``RoundResult.server_evaluation`` (see :mod:`fedsync.server_eval`).
-        secure_aggregation: a :class:`fedsync.secagg.SecAgg`: the coordinator learns only the
-            sum of the updates (docs/privacy.md); needs an array FedData and a FedAvg-style strategy.
+        secure_aggregation: a :class:`fedsync.secagg.SecAgg`: the coordinator learns only the sum of the updates (docs/privacy.md).
     """
 
     def __init__(
@@ -343,8 +342,7 @@ class Federated:
             raise RoundFailed(f"round {rep}: only {len(remotes)} of {needed} required devices are reachable", failures)
         specs = self.data.specs(rep)
         payload = self.data.serialize(rep)
-        secure = None if self.secure_aggregation is None else secure_rounds.start(self.secure_aggregation, self, remotes, rep, deadline, result)
-        remotes = remotes if secure is None else secure.remotes  # those that completed the key phases
+        secure, remotes = secure_rounds.start(self.secure_aggregation, self, remotes, rep, deadline, result)  # its key phases, if on
         workers = Workers(min(self.workers, len(remotes)), name=f"fedsync-round-{rep}")
         streams = self.data.accepts_streams
         state = _Round(

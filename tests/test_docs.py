@@ -66,7 +66,7 @@ def test_an_inherited_docstring_does_not_count():
 
 
 def test_protocol_doc_lists_every_error_code_the_server_raises():
-    source = "".join((ROOT / "fedsync" / name).read_text() for name in ("server.py", "device.py", "gateway.py"))
+    source = "".join((ROOT / "fedsync" / name).read_text() for name in ("server.py", "device.py", "gateway.py", "secagg/device.py"))
     codes = set(re.findall(r'ApiError\(\s*\d+,\s*"([a-z_]+)"', source))
     codes |= set(re.findall(r'error="([a-z_]+)"', source))  # the gateway's own answers
     codes |= set(re.findall(r'^\s+\d{3}: "([a-z_]+)",$', source, re.M))  # and its defaults by status

@@ -314,12 +314,14 @@ class _Spoiled(Exception):
         self.reason, self.spoiled = reason, spoiled
 
 
-def start(settings: SecAgg, alg: Any, remotes: list[Any], rep: int, deadline: Deadline, result: Any) -> SecureRound:
-    """Run the keys, shares and inbox phases; the returned round's ``remotes`` are the devices to submit to.
+def start(settings: SecAgg | None, alg: Any, remotes: list[Any], rep: int, deadline: Deadline, result: Any) -> tuple[SecureRound | None, list[Any]]:
+    """Run the keys, shares and inbox phases: the round, and the devices to submit to (``(None, remotes)`` when off).
 
     Raises:
         RoundFailed: fewer than the threshold completed a phase, or the overflow bound fails.
     """
+    if settings is None:
+        return None, remotes
     secure = SecureRound(settings, alg.data, rep, deadline, result, alg.workers)
     secure.setup(remotes)
-    return secure
+    return secure, secure.remotes

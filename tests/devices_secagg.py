@@ -1,0 +1,69 @@
+"""FedData factories for the secure-aggregation tests (tests/test_secagg.py), served by ``run_device.py``."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+
+from fedsync import FedArrays
+
+SHAPES = {"w": (40, 25), "b": (25,)}
+
+
+def update(seed: int) -> dict[str, np.ndarray]:
+    """The update a ``noisy(seed, ...)`` device adds to the global weights every round (float32)."""
+    rng = np.random.default_rng(seed)
+    return {name: rng.normal(0.0, 0.05, shape).astype(np.float32) for name, shape in SHAPES.items()}
+
+
+def model() -> dict[str, np.ndarray]:
+    return {name: np.zeros(shape, np.float32) for name, shape in SHAPES.items()}
+
+
+def noisy(seed: int, samples: int) -> FedArrays:
+    """Training adds ``update(seed)`` to the received weights and reports ``samples``."""
+    step = update(seed)
+
+    def train(weights):
+        for name, a in weights.items():
+            a += step[name]
+        return samples, {"secret_metric": float(seed)}
+
+    return FedArrays(model(), train)
+
+
+def constant(value: float, samples: int) -> FedArrays:
+    """Training sets every weight to ``value``: an update that is the same in every element."""
+
+    def train(weights):
+        for a in weights.values():
+            a[...] = value
+        return samples
+
+    return FedArrays(model(), train)
+
+
+def killed(seed: int, samples: int) -> FedArrays:
+    """Takes part in the key phases, then dies by SIGKILL as training starts (after its shares went out)."""
+
+    def train(weights):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return FedArrays(model(), train)
+
+
+def liar(seed: int, samples: int) -> FedArrays:
+    """An honest trainer whose unmask answers carry false shares (every byte flipped)."""
+    from fedsync.secagg import device as secagg_device
+
+    honest = secagg_device.Session.unmask
+
+    def unmask(self, body):
+        answer = honest(self, body)
+        flip = lambda text: secagg_device._keys.b64(bytes(x ^ 0xFF for x in secagg_device._keys.unb64(text, 32, "share")))
+        return {kind: {peer: flip(text) for peer, text in shares.items()} for kind, shares in answer.items()}
+
+    secagg_device.Session.unmask = unmask
+    return noisy(seed, samples)
