@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", default="8", help="device counts, e.g. 8")
     parser.add_argument("--peers", default=",".join(ALL_PEERS), help=f"subset of {','.join(ALL_PEERS)}")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds after the warm-up")
-    parser.add_argument("--budget", type=float, default=120.0, help="a peer starts no new round after this many seconds")
+    parser.add_argument("--budget", type=float, default=120.0, help="a peer starts no new round this many seconds after its warm-up round")
     parser.add_argument("--peer-timeout", type=float, default=900.0, help="a peer is killed after this many seconds")
     parser.add_argument("--guard-gib", type=float, default=2.0, help="kill a peer when MemAvailable falls under this")
     parser.add_argument("--quick", action="store_true", help="smoke check: 1M params, 2 devices, fedsync only, 1 measured round")
