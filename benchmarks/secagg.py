@@ -194,11 +194,17 @@ def tables(results: dict, sizes: list[int], counts: list[int], peers: list[str])
             lines.append(f"| {bench.human_count(p)} | {n} | {ratio(fss, fs)} | {ratio(flf, fl)} | {ratio(fls, fl)} | {ratio(fss, flf)} | {ratio(fss, fls)} |")
     settings = sorted({(c.peer, c.devices, c.threshold, c.shares) for c in results.values() if c.status == "ok" and c.threshold is not None})
     if settings:
-        lines += ["", "Thresholds and shares as run: " + "; ".join(f"{peer} N={n}: t={t}, shares={s:g}" if isinstance(s, (int, float)) else f"{peer} N={n}: t={t}" for peer, n, t, s in settings) + "."]
+        lines += ["", "Secure aggregation as run: " + "; ".join(f"{peer} N={n}: threshold {t}, {graph(peer, n, s)}" for peer, n, t, s in settings) + "."]
     dtypes = sorted({(c.peer, ",".join(c.dtypes)) for c in results.values() if c.status == "ok" and c.dtypes})
     if dtypes:
         lines += ["", "The global model's dtype after a round (what the next round sends down): " + "; ".join(f"{peer}: {d}" for peer, d in dtypes) + "."]
     return "\n".join(lines)
+
+
+def graph(peer: str, devices: int, shares: float | None) -> str:
+    if peer == "fedsync-secagg":
+        return f"full graph (each device shares with the other {devices - 1})"
+    return f"num_shares={shares!r}" + (" (full graph)" if shares == 1.0 or shares == devices else "")
 
 
 def markdown(info: dict, command: str, started_load: str, ended_load: str, uptime: str, body: str) -> str:
