@@ -67,7 +67,8 @@ class Cell:
     times: list[float] = field(default_factory=list)
     median: float | None = None
     moved: list[int] = field(default_factory=list)
-    cpu_coordinator: float | None = None
+    cpu_coordinator: float | None = None  # CPU seconds per measured round
+    cpu_devices: float | None = None  # fedsync: all device processes together, per measured round
     threshold: int | None = None
     shares: float | None = None
     dtypes: list[str] | None = None  # the global model's dtypes after a round (what the next round sends)
@@ -121,7 +122,12 @@ def run_cell(peer: str, params: int, devices: int, opts, logdir: Path) -> Cell:
                 secure = ["--secure"] if peer == "fedsync-secagg" else []
                 coordinator = group.start(f"{tag}-coordinator", [sys.executable, str(SECAGG_PEERS_PY), "fedsync-coordinator", *common, *secure, "--urls", *urls])
             group.expect(coordinator, deadline, "baseline")
-            counted = group.expect(coordinator, deadline, "moved")
+            devices_cpu = None
+            while "moved" not in (counted := group.expect(coordinator, deadline, "round", "moved")):
+                if counted["round"] == 1 and not peer.startswith("flower"):  # the warm-up is over
+                    devices_cpu = group.cpu_seconds(exclude=coordinator)
+            if devices_cpu is not None and len(counted["moved"]) > 1:
+                cell.cpu_devices = (group.cpu_seconds(exclude=coordinator) - devices_cpu) / (len(counted["moved"]) - 1)
             done = group.expect(coordinator, deadline, "done")
             cell.moved, cell.threshold, cell.shares, cell.dtypes = counted["moved"], counted["threshold"], counted["shares"], counted["dtypes"]
             cell.times, cell.median, cell.cpu_coordinator = done["times"], done["median"], done["cpu"]
@@ -164,7 +170,9 @@ def cell_text(c: Cell | None) -> str:
 def ratio(a: Cell | None, b: Cell | None) -> str:
     if a is None or b is None or a.status != "ok" or b.status != "ok" or not b.median or not b.bytes_per_round:
         return "—"
-    return f"{a.median / b.median:.1f}× time, {a.bytes_per_round / b.bytes_per_round:.2f}× bytes"
+    times = a.median / b.median
+    timing = f"{times:.1f}×" if times >= 1 else f"{times:.2f}×"
+    return f"{timing} time, {a.bytes_per_round / b.bytes_per_round:.2f}× bytes"
 
 
 def tables(results: dict, sizes: list[int], counts: list[int], peers: list[str]) -> str:
@@ -222,8 +230,8 @@ def markdown(info: dict, command: str, started_load: str, ended_load: str, uptim
         "",
         "fedsync runs N device processes and a coordinator process over HTTP; Flower runs in its "
         "simulation engine (one process, ClientApps in Ray actors), so each system's own SecAgg ÷ plain "
-        "ratio is the comparable figure. Bytes: fedsync's coordinator socket bytes from `/proc/self/io` "
-        "(HTTP included); Flower's, the protobuf size of every message its ServerApp sends and receives. "
+        "ratio is the comparable figure. Bytes: what fedsync's coordinator passed through its sockets' send and "
+        "receive calls (HTTP included); Flower's, the protobuf size of every message its ServerApp sends and receives. "
         "A † marks a cell where only the warm-up round fitted in the budget.",
         "",
     ]
@@ -317,7 +325,8 @@ def progress(c: Cell, seconds: float) -> str:
         return f"{head} {c.status}: {c.note}"
     rounds = " ".join(f"{t:.3f}" for t in c.times)
     moved = " ".join(f"{m / bench.MB:.1f}" for m in c.moved)
-    return f"{head} median {bench.fmt_seconds(c.median)}  rounds [{rounds}] s  MB/round [{moved}]  coordinator cpu/round {c.cpu_coordinator:.2f}s  ({seconds:.0f}s)"
+    devices = f" + devices {c.cpu_devices:.2f}s" if c.cpu_devices is not None else ""
+    return f"{head} median {bench.fmt_seconds(c.median)}  rounds [{rounds}] s  MB/round [{moved}]  cpu/round: coordinator {c.cpu_coordinator:.2f}s{devices}  ({seconds:.0f}s)"
 
 
 if __name__ == "__main__":
