@@ -36,7 +36,7 @@ from peers import SAMPLES, Rounds, emit, model, report_done, report_start
 
 def record(rounds: Rounds, seconds: float) -> None:
     """Record a round; the budget counts from the end of the warm-up, which includes Flower's Ray
-    start (35-60 s here), so that a slow first round does not leave no time for a measured one."""
+    start (30-70 s here), so that a slow first round does not leave no time for a measured one."""
     rounds.record(seconds)
     if len(rounds.times) == 1:
         rounds.started = time.monotonic()
