@@ -24,7 +24,7 @@ from .protocol import FedData
 from .replies import ReplyStream
 from .strategies import Accumulator, FedAvg, Strategy
 
-__all__ = ["FedArrays", "fingerprint", "TrainResult"]
+__all__ = ["FedArrays", "fingerprint", "TrainResult", "SAMPLES_KEY", "METRICS_KEY", "SPECS_KEY"]
 
 SAMPLES_KEY = "fedsync.samples"
 METRICS_KEY = "fedsync.metrics"

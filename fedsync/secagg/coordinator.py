@@ -78,6 +78,7 @@ class SecureRound:
         self.threshold = 0
         self.public: dict[int, dict[str, bytes]] = {}  # U1: id -> c, s, commitment
         self.participants: list[int] = []  # U2
+        self.merging = False  # in the merge, Federated names the round and its failures itself
 
     # -- setup: keys, shares, inbox -------------------------------------------------
 
@@ -146,6 +147,7 @@ class SecureRound:
             RoundFailed: fewer than ``t`` survivors or unmask answers, a seed that no ``t``
                 shares rebuild, or a sum whose masks did not cancel; the data is unchanged.
         """
+        self.merging = True
         layout = self.data.layout()
         from .masking import length_of
 
@@ -305,6 +307,8 @@ class SecureRound:
         return ", ".join(self.by_id[u].url for u in ids) or "none"
 
     def _fail(self, why: str) -> None:
+        if self.merging:  # Federated's round adds "round N" and every failure to what the merge raises
+            raise RoundFailed(f"secure aggregation failed: {why}; the coordinator's data is unchanged")
         raise RoundFailed(f"round {self.rep} failed: {why}; the coordinator's data is unchanged", dict(self.result.failures))
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..metrics import MAX_SAMPLES
 
-__all__ = ["SecAgg", "MAX_DEVICES", "RING"]
+__all__ = ["SecAgg", "MAX_DEVICES", "RING", "checked_bound"]
 
 MAX_DEVICES = 1024
 """The most devices in one secure-aggregation round: the phases' JSON grows with n, the coordinator's relay with n**2."""
@@ -26,8 +26,8 @@ class SecAgg:
         threshold: ``t``, the shares needed to rebuild a device's secret, and so the
             fewest devices that must stay to the end (and the most a coalition of
             curious devices with the coordinator may number, minus one, without learning
-            an update). Default: a majority of the devices that answered the keys phase,
-            at least 2.
+            an update). Default: a majority of the round's devices (those sampled
+            that passed the handshake), at least 2.
         clip: each update element (trained minus global weight) is clipped to
             ``[-clip, clip]`` before quantization.
         scale: fixed-point scale: an update element is sent as ``rint(x * scale)``, so the
