@@ -283,11 +283,17 @@ def _call(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]]
 class _Body:
     """A response body read from memory: what ``transfer.read_some`` reads when there is no socket."""
 
-    def __init__(self, content: bytes) -> None:
-        self._stream: io.BytesIO | None = io.BytesIO(content)
+    def __init__(self, content: Any) -> None:
+        # A view, not io.BytesIO (which copies a memoryview): a Ray reply stays in the object store.
+        self._view: memoryview | None = memoryview(content).cast("B")
+        self._at = 0
 
-    def read(self, n: int = -1, **_: Any) -> bytes:
-        return b"" if self._stream is None else self._stream.read(n)
+    def read(self, n: int | None = -1, **_: Any) -> bytes:
+        if self._view is None:
+            return b""
+        end = len(self._view) if n is None or n < 0 else min(len(self._view), self._at + n)
+        piece, self._at = bytes(self._view[self._at : end]), end
+        return piece
 
     def stream(self, chunk: int = 65536, **_: Any) -> Any:
         while piece := self.read(chunk):
@@ -297,7 +303,7 @@ class _Body:
         self.close()
 
     def close(self) -> None:
-        self._stream = None
+        self._view = None
 
 
 def _bytes(data: Any) -> bytes:

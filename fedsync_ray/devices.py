@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 import uuid
 from typing import Any, Callable, Iterator, Mapping
 
@@ -164,9 +165,10 @@ class RayDevices:
         import ray
 
         pending = [actor.release.remote() for actor in self.actors]
+        until = time.monotonic() + STARTUP  # one deadline for all: hung actors must not add up
         for reference in pending:
             try:
-                ray.get(reference, timeout=STARTUP)
+                ray.get(reference, timeout=max(0.0, until - time.monotonic()))
             except ray.exceptions.RayError:  # a dead actor holds nothing; its devices fail on their own
                 pass
 

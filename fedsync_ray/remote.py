@@ -132,7 +132,9 @@ class RayRemote(Remote):
         if not isinstance(answer, tuple) or len(answer) != 4:
             raise RemoteError(self.url, f"its Ray actor answered a {type(answer).__name__}; expected (status, headers, body, error)")
         status, headers, body, error = answer
-        if isinstance(error, str) and error:
+        if not isinstance(error, str):
+            raise RemoteError(self.url, f"its Ray actor answered an error of type {type(error).__name__}; expected a str ('' when none)")
+        if error:
             raise RemoteError(self.url, self.scrub(error[:2000]))
         if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
             raise RemoteError(self.url, f"its Ray actor answered status {str(status)[:40]!r}; expected an HTTP status in [100, 599]")
@@ -143,6 +145,10 @@ class RayRemote(Remote):
             raise RemoteError(self.url, f"its Ray actor answered malformed headers; expected at most {_MAX_HEADERS} (str, str) pairs")
         if not isinstance(body, np.ndarray) or body.dtype != np.uint8 or body.ndim != 1:
             raise RemoteError(self.url, f"its Ray actor answered a body of type {type(body).__name__}; expected a 1-d numpy uint8 array")
+        # Over HTTP the socket frames the body by its Content-Length; here the body is whole, so the two must agree.
+        lengths = [value for name, value in headers if name.lower() == "content-length"]
+        if len(lengths) > 1 or (lengths and lengths[0] != str(body.size)):
+            raise RemoteError(self.url, f"its Ray actor answered Content-Length {[v[:40] for v in lengths[:2]]} for a body of {body.size} bytes; they must agree")
         return status, headers, memoryview(body)
 
 

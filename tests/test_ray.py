@@ -186,3 +186,49 @@ def test_a_model_past_rays_inline_limit_crosses_the_object_store(ray_session):
     history = run_simulation("tests.devices_ray:big", 4, 2, data=data, backend="ray", timeout=60, progress=False)
     assert not any(result.failures for result in history)
     np.testing.assert_array_equal(data.get_arrays()["w"], 5.0)  # each round adds the mean of 1, 2, 3, 4
+
+
+BODY = np.frombuffer(b"{}", np.uint8)
+BROKEN_ANSWERS = [
+    ("not a tuple", r"expected \(status, headers, body, error\)"),
+    ((200, [], BODY), r"expected \(status, headers, body, error\)"),
+    ((200, [], BODY, None), "an error of type NoneType"),
+    ((0, [], BODY, "device_fn failed"), "device_fn failed"),
+    ((True, [], BODY, ""), "status"),
+    ((200, [("a", 1)], BODY, ""), "malformed headers"),
+    ((200, [("X", "y")] * 101, BODY, ""), "malformed headers"),
+    ((200, [], b"{}", ""), "1-d numpy uint8"),
+    ((200, [], BODY.astype(np.int64), ""), "1-d numpy uint8"),
+    ((200, [("Content-Length", "1")], BODY, ""), "must agree"),  # says 1 byte, sends 2
+    ((200, [("Content-Length", "2"), ("content-length", "2")], BODY, ""), "must agree"),
+]
+
+
+@pytest.mark.parametrize("answer, reason", BROKEN_ANSWERS, ids=range(len(BROKEN_ANSWERS)))
+def test_a_broken_actor_answer_is_this_devices_error(answer, reason):
+    """Whatever a (broken or other-version) actor answers is checked before use: a RemoteError naming the device."""
+    from fedsync.errors import RemoteError
+    from fedsync_ray import RayRemote
+
+    remote = RayRemote("ray://sim-x/device-3", actor=object())
+    with pytest.raises(RemoteError, match=reason) as raised:
+        remote._checked(answer)
+    assert "ray://sim-x/device-3" in str(raised.value)
+    assert remote._checked((200, [("Content-Length", "2")], BODY, ""))[0] == 200  # and a good one passes
+
+
+def test_a_reply_read_from_memory_is_not_copied_whole():
+    """A Ray result is read out of the object store a piece at a time, never copied whole into the heap."""
+    import tracemalloc
+
+    from fedsync.local import _Body
+
+    content = np.zeros(32 << 20, np.uint8)
+    tracemalloc.start()
+    try:
+        body = _Body(memoryview(content))
+        pieces = sum(len(body.read(1 << 20)) for _ in range(40))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert pieces == content.size and peak < 4 << 20, peak

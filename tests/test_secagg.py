@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import threading
 import time
 
 import numpy as np
@@ -137,11 +139,11 @@ def post(url: str, rep: int, phase: str, body) -> requests.Response:
     return requests.post(f"{url}/{rep}/secagg/{phase}", data=data, headers={"Content-Type": "application/json"}, timeout=10)
 
 
-def keys_body(me: int, devices: int = 3, threshold: int = 2) -> dict:
+def keys_body(me: int, devices: int = 3, threshold: int = 3) -> dict:
     return {"devices": devices, "id": me, "threshold": threshold, "clip": 1.0, "scale": 2**20, "max_samples": 1000}
 
 
-def run_phases(urls: list[str], rep: int, threshold: int = 2) -> None:
+def run_phases(urls: list[str], rep: int, threshold: int = 3) -> None:
     """The coordinator's keys, shares and inbox phases, by hand."""
     answers = {i + 1: post(u, rep, "keys", keys_body(i + 1, len(urls), threshold)).json() for i, u in enumerate(urls)}
     table = {str(i): {"c": a["c"], "s": a["s"]} for i, a in answers.items()}
@@ -161,16 +163,16 @@ def submit_and_wait(url: str, rep: int, coordinator: FedArrays) -> None:
 
 
 def test_a_device_never_reveals_both_shares_of_one_peer(served):
-    urls = [served(noisy(seed, 5)) for seed in (1, 2, 3)]
+    urls = [served(noisy(seed, 5)) for seed in (1, 2, 3, 4)]
     run_phases(urls, 1)
     coordinator = FedArrays(model())
     for url in urls:
         submit_and_wait(url, 1, coordinator)
-    first = post(urls[0], 1, "unmask", {"survivors": [1, 2, 3], "dropped": []})
-    assert first.status_code == 200 and sorted(first.json()["b"]) == ["1", "2", "3"]
-    again = post(urls[0], 1, "unmask", {"survivors": [1, 2], "dropped": [3]})  # now s_sk of 3 too: refused
+    first = post(urls[0], 1, "unmask", {"survivors": [1, 2, 3, 4], "dropped": []})
+    assert first.status_code == 200 and sorted(first.json()["b"]) == ["1", "2", "3", "4"]
+    again = post(urls[0], 1, "unmask", {"survivors": [1, 2, 3], "dropped": [4]})  # now s_sk of 4 too: refused
     assert again.status_code == 409 and again.json()["error"] == "secagg_both_shares"
-    alone = post(urls[1], 1, "unmask", {"survivors": [2], "dropped": [1, 3]})  # below t: refused
+    alone = post(urls[1], 1, "unmask", {"survivors": [1, 2], "dropped": [3, 4]})  # below t: refused
     assert alone.status_code == 409 and alone.json()["error"] == "secagg_too_few"
 
 
@@ -178,6 +180,8 @@ HOSTILE_KEYS = [
     b"not json", b"[" * 100000, {"devices": 3}, {**keys_body(1), "id": 4}, {**keys_body(1), "threshold": 1}, {**keys_body(1), "threshold": 9},
     {**keys_body(1), "clip": -1}, {**keys_body(1), "clip": "1"}, {**keys_body(1), "devices": True},
     {**keys_body(1), "scale": 2**40, "max_samples": 2**30}, {**keys_body(1), "devices": 10**9}, {**keys_body(1), "extra": 1},
+    # A coordinator's choices that would let it unmask one device: t <= n/2, or a sum of fewer than 3 devices.
+    {**keys_body(1), "threshold": 2}, {**keys_body(1, devices=6), "threshold": 3}, keys_body(1, devices=2, threshold=2),
 ]
 
 
@@ -190,37 +194,43 @@ def test_hostile_keys_bodies_are_refused_and_change_nothing(served, body):
     assert post(url, 1, "keys", keys_body(1)).status_code == 200  # and a good one still works
 
 
+LOW_ORDER = base64.b64encode(bytes(32)).decode()  # the X25519 point 0: every secret agreed with it is 0
+
+
 def test_hostile_later_phases_are_refused_and_change_nothing(served):
-    urls = [served(noisy(seed, 5)) for seed in (1, 2)]
+    urls = [served(noisy(seed, 5)) for seed in (1, 2, 3)]
     rep = 1
-    a1, a2 = (post(u, rep, "keys", keys_body(i, 2, 2)).json() for i, u in enumerate(urls, 1))
-    table = {"1": {"c": a1["c"], "s": a1["s"]}, "2": {"c": a2["c"], "s": a2["s"]}}
+    a1, a2, a3 = (post(u, rep, "keys", keys_body(i, 3, 3)).json() for i, u in enumerate(urls, 1))
+    table = {str(i): {"c": a["c"], "s": a["s"]} for i, a in enumerate((a1, a2, a3), 1)}
     bad_shares = [
-        {"keys": {"1": table["1"]}},  # fewer than t
+        {"keys": {"1": table["1"], "2": table["2"]}},  # fewer than t
         {"keys": {**table, "1": {"c": a2["c"], "s": a1["s"]}}},  # our own keys swapped
         {"keys": {**table, "2": {"c": "%%%", "s": a2["s"]}}},  # not base64
         {"keys": {**table, "02": table["2"]}},  # not a canonical id
         {"keys": {**table, "2": {"c": a2["c"], "s": a2["s"], "x": 1}}},
+        {"keys": {**table, "3": table["2"]}},  # another device's keys replayed
+        {"keys": {**table, "3": {"c": a1["c"], "s": a3["s"]}}},  # our own c key given to a peer
+        {"keys": {**table, "3": {"c": a3["c"], "s": LOW_ORDER}}},  # an s key no secret can be agreed with
+        {"keys": {**table, "3": {"c": LOW_ORDER, "s": a3["s"]}}},
     ]
     for body in bad_shares:
         response = post(urls[0], rep, "shares", body)
         assert response.status_code == 400, (body, response.text)
-    assert post(urls[0], rep, "inbox", {"participants": [1, 2], "shares": {}}).status_code == 409  # before shares
-    s1, s2 = (post(u, rep, "shares", {"keys": table}).json()["shares"] for u in urls)
+    assert post(urls[0], rep, "inbox", {"participants": [1, 2, 3], "shares": {}}).status_code == 409  # before shares
+    s1, s2, s3 = (post(u, rep, "shares", {"keys": table}).json()["shares"] for u in urls)
     # A share altered in transit (or meant for another device) does not decrypt: refused, nothing kept.
-    import base64
-
     tampered = base64.b64encode(bytes([base64.b64decode(s2["1"])[0] ^ 1]) + base64.b64decode(s2["1"])[1:]).decode()
-    response = post(urls[0], rep, "inbox", {"participants": [1, 2], "shares": {"2": tampered}})
+    response = post(urls[0], rep, "inbox", {"participants": [1, 2, 3], "shares": {"2": tampered, "3": s3["1"]}})
     assert response.status_code == 400 and response.json()["error"] == "secagg_bad_share"
-    assert post(urls[0], rep, "inbox", {"participants": [1, 2, 3], "shares": {"2": s2["1"]}}).status_code == 400
-    assert post(urls[0], rep, "inbox", {"participants": [2], "shares": {}}).status_code == 400  # not us
+    assert post(urls[0], rep, "inbox", {"participants": [1, 2, 3, 4], "shares": {"2": s2["1"], "3": s3["1"]}}).status_code == 400
+    assert post(urls[0], rep, "inbox", {"participants": [2, 3], "shares": {}}).status_code == 400  # not us
+    assert post(urls[0], rep, "inbox", {"participants": [1, 2], "shares": {"2": s2["1"]}}).status_code == 409  # below t
     # Submitting before the inbox is refused: the device has shared its secrets, so it only answers masked.
     coordinator = FedArrays(model())
     with pytest.raises(fedsync.errors.RemoteError, match="secagg_out_of_order"):
         Remote(urls[0]).submit(rep, coordinator.serialize(rep), coordinator.specs(rep))
-    assert post(urls[0], rep, "inbox", {"participants": [1, 2], "shares": {"2": s2["1"]}}).status_code == 200
-    assert post(urls[0], rep, "unmask", {"survivors": [1, 2], "dropped": []}).status_code == 409  # before its masked result
+    assert post(urls[0], rep, "inbox", {"participants": [1, 2, 3], "shares": {"2": s2["1"], "3": s3["1"]}}).status_code == 200
+    assert post(urls[0], rep, "unmask", {"survivors": [1, 2, 3], "dropped": []}).status_code == 409  # before its masked result
     too_big = requests.post(f"{urls[0]}/{rep}/secagg/unmask", data=b" " * (2 << 20), timeout=10)
     assert too_big.status_code == 413
     assert requests.post(f"{urls[0]}/{rep}/secagg/steal", data=b"{}", timeout=10).status_code == 404
@@ -228,12 +238,12 @@ def test_hostile_later_phases_are_refused_and_change_nothing(served):
 
 def test_a_device_can_require_secure_aggregation(served):
     url = served(noisy(1, 5), secure_aggregation="required")
-    other = served(noisy(2, 15))
+    others = [served(noisy(2, 15)), served(noisy(3, 10))]
     data = FedArrays(model())
     with pytest.raises(RoundFailed, match="secure_aggregation_required"):
-        Federated(data, [url, other], timeout=20).round()
-    with Federated(data, [url, other], timeout=20, secure_aggregation=SecAgg()) as alg:
-        assert alg.round().samples == 20
+        Federated(data, [url, *others], timeout=20).round()
+    with Federated(data, [url, *others], timeout=20, secure_aggregation=SecAgg()) as alg:
+        assert alg.round().samples == 30
 
 
 def test_secure_rounds_run_in_process_over_local_transport():
@@ -271,3 +281,74 @@ def test_checked_reconstruction_names_a_false_share():
     assert found == secret and false == [2]
     with pytest.raises(shamir.Unrecoverable):
         shamir.recover({i: shares[i] for i in (1, 2, 3)}, 3, lambda s: s == secret)
+
+
+# -- hostile devices against the coordinator, and the coordinator's own choices ---------------------
+
+
+@pytest.fixture
+def hostile():
+    """Start an in-process device over real HTTP whose secure-aggregation answers ``rewrite(phase, answer)`` alters."""
+    from werkzeug.serving import make_server
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Request, Response
+
+    servers = []
+
+    def start(fed, rewrite):
+        inner = fed.app()
+
+        @Request.application
+        def app(request):
+            answer = Client(inner).open(request.full_path.rstrip("?"), method=request.method, headers=list(request.headers), data=request.get_data())
+            phase = request.path.rsplit("/", 1)[-1] if "/secagg/" in request.path else None
+            if phase is None or answer.status_code != 200:
+                return Response(answer.get_data(), answer.status_code, [(k, v) for k, v in answer.headers if k.lower() != "content-length"])
+            return Response(json.dumps(rewrite(phase, answer.get_json())), 200, mimetype="application/json")
+
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+COPIED = base64.b64encode(b"\x09" + bytes(31)).decode()  # the X25519 base point: a valid key two copycats answer alike
+
+
+def test_devices_answering_a_repeated_public_key_fail_alone(served, hostile):
+    """Two devices answer the keys phase with the same key: they fail, the honest three complete the round."""
+    honest = [served(noisy(seed, 10 * seed)) for seed in (1, 2, 3)]
+    copy = lambda phase, answer: {**answer, "c": COPIED} if phase == "keys" else answer  # noqa: E731
+    copycats = [hostile(noisy(seed, 10), copy) for seed in (4, 5)]
+    data = FedArrays(model())
+    with Federated(data, [*honest, *copycats], timeout=20, min_results=3, secure_aggregation=SecAgg(scale=2**16)) as alg:
+        result = alg.round()
+    assert sorted(result.failures) == sorted(copycats) and all("not fresh" in why for why in result.failures.values()), result.failures
+    assert result.samples == 60
+    assert_within_quantization(data.model, fedavg([(update(s), 10 * s) for s in (1, 2, 3)]), 2**16)
+
+
+def test_a_threshold_that_is_not_a_majority_is_refused_before_any_device_is_asked():
+    from fedsync.local import register_device, unregister_device
+
+    with pytest.raises(ValueError, match="threshold must be an integer from 3"):
+        SecAgg(threshold=2)
+    names = [f"secagg-minority-{i}" for i in range(6)]
+    urls = [register_device(name, noisy(seed, 10)) for seed, name in enumerate(names, 1)]
+    try:
+        data = FedArrays(model())
+        before = {k: v.copy() for k, v in data.model.items()}
+        with Federated(data, urls, timeout=20, secure_aggregation=SecAgg(threshold=3)) as alg:
+            with pytest.raises(RoundFailed, match="threshold 3 is not a majority of the 6 reachable devices"):
+                alg.round()
+        assert all(np.array_equal(before[k], data.model[k]) for k in before)
+        with Federated(data, urls, timeout=20, secure_aggregation=SecAgg()) as alg:  # t = 4: the same devices take it
+            assert alg.round().samples == 60
+    finally:
+        for name in names:
+            unregister_device(name)

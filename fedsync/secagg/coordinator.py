@@ -31,7 +31,7 @@ from ..transfer import STALL, Deadline
 from .._workers import concurrently
 from . import keys as _keys
 from .device import MASKED_KEY, MASKED_NAME
-from .settings import MAX_DEVICES, SecAgg
+from .settings import MAX_DEVICES, MIN_THRESHOLD, SecAgg, threshold_range
 
 __all__ = ["SecureRound", "start", "checked"]
 
@@ -91,6 +91,11 @@ class SecureRound:
         self.by_id = {i + 1: r for i, r in enumerate(remotes)}
         if count < self.threshold:
             self._fail(f"{count} device(s) reachable, fewer than the secure-aggregation threshold {self.threshold}")
+        if self.threshold < threshold_range(count)[0]:  # the devices would refuse it: say why once, here
+            self._fail(
+                f"threshold {self.threshold} is not a majority of the {count} reachable devices (devices take t > n/2 and t >= {MIN_THRESHOLD}, "
+                "so no two disjoint groups of t can unmask one device); use SecAgg() (a majority) or a larger threshold"
+            )
         try:
             bound = self.settings.bound(count)
         except ValueError as exc:
@@ -100,6 +105,7 @@ class SecureRound:
         answers = self._phase("keys", {u: {"devices": count, "id": u, "threshold": self.threshold, "clip": s.clip, "scale": s.scale, "max_samples": s.max_samples} for u in self.by_id})
         for u, answer in answers.items():
             self._keep(u, answer, self._keys_answer)
+        self._drop_repeated_keys()
         self._enough("the keys phase")
         table = {str(u): {"c": _keys.b64(p["c"]), "s": _keys.b64(p["s"])} for u, p in sorted(self.public.items())}
         answers = self._phase("shares", {u: {"keys": table} for u in self.public})
@@ -128,6 +134,24 @@ class SecureRound:
                 raise ValueError(f"public key {k} is not a usable X25519 key") from None
         self.public[u] = entry
         return True
+
+    def _drop_repeated_keys(self) -> None:
+        """Fail every device whose public key another device (or its other key) also answered.
+
+        Keys are fresh per repetition, so a repeat is a replay or a copy; honest devices
+        refuse a table that holds one (it would let one device decrypt another's shares).
+        """
+        holders: dict[bytes, list[int]] = {}
+        for u, entry in self.public.items():
+            for key in {entry["c"], entry["s"]}:
+                holders.setdefault(key, []).append(u)
+            if entry["c"] == entry["s"]:
+                holders[entry["c"]].append(u)
+        for u in sorted({u for ids in holders.values() if len(ids) > 1 for u in ids}):
+            others = sorted({v for ids in holders.values() if u in ids and len(ids) > 1 for v in ids} - {u})
+            also = f"device(s) {self._named(others)} answered it too" if others else "it answered it as both c and s"
+            self.result.failures[self.by_id[u].url] = f"RemoteError: the secure-aggregation keys phase answered a public key that is not fresh: {also}"
+            del self.public[u]
 
     def _shares_answer(self, u: int, answer: Any) -> dict[int, str]:
         shares = answer.get("shares") if isinstance(answer, dict) else None

@@ -29,7 +29,7 @@ import numpy as np
 from ..codec import Payload, encode_payload
 from .._device import ApiError
 from . import keys as _keys
-from .settings import MAX_DEVICES, checked_bound
+from .settings import MAX_DEVICES, MIN_THRESHOLD, checked_bound, threshold_range
 
 __all__ = ["Session", "answer", "session_for_submit", "MASKED_NAME", "MASKED_KEY", "MAX_BODY"]
 
@@ -75,6 +75,15 @@ class Session:
             public[peer] = (_unb64(entry["c"], _keys.KEY_BYTES, f"keys[{name!r}].c"), _unb64(entry["s"], _keys.KEY_BYTES, f"keys[{name!r}].s"))
         if public.get(self.me) != (self.c.public, self.s.public):
             raise ApiError(400, "secagg_bad_keys", f"keys must list this device ({self.me}) with the public keys it answered in the keys phase")
+        every = [key for pair in public.values() for key in pair]
+        if len(set(every)) != len(every):  # fresh keys never repeat (Bonawitz et al. 2017, round 1): a repeat is a replay or a forgery
+            raise ApiError(400, "secagg_bad_keys", "keys lists one public key twice (for two devices, or as both c and s); every device's keys are fresh and distinct")
+        for peer, (_, s_public) in public.items():  # checked now: masking uses them only after training
+            if peer != self.me:
+                try:
+                    _keys.agree(self.s, s_public, "mask", self.rep)
+                except ValueError:
+                    raise ApiError(400, "secagg_bad_keys", f"device {peer}'s public key s is not a usable X25519 key") from None
         b_shares = _split(self.b, self.threshold, self.devices)
         s_shares = _split(self.s.secret(), self.threshold, self.devices)
         out: dict[str, str] = {}
@@ -230,9 +239,10 @@ def session_for_submit(device: Any, rep: int, required: bool) -> Session | None:
 def _new_session(rep: int, body: Any) -> Session:
     if not isinstance(body, dict) or set(body) != {"devices", "id", "threshold", "clip", "scale", "max_samples"}:
         raise _bad('keys takes {"devices": n, "id": i, "threshold": t, "clip": c, "scale": s, "max_samples": m}')
-    devices = _int(body["devices"], 2, MAX_DEVICES, "devices")
+    devices = _int(body["devices"], MIN_THRESHOLD, MAX_DEVICES, "devices")
     me = _int(body["id"], 1, devices, "id")
-    threshold = _int(body["threshold"], 2, devices, "threshold")
+    # Refused here, not trusted to the coordinator: a t of n/2 or less would let it unmask one device.
+    threshold = _int(body["threshold"], *threshold_range(devices), f"threshold (a majority of the {devices} devices, at least {MIN_THRESHOLD})")
     clip = body["clip"]
     if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < math.inf:
         raise _bad(f"clip must be a positive finite number, got {_shown(clip)}")

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 from ..metrics import MAX_SAMPLES
 
-__all__ = ["SecAgg", "MAX_DEVICES", "RING", "checked_bound"]
+__all__ = ["SecAgg", "MAX_DEVICES", "MIN_THRESHOLD", "RING", "checked_bound", "threshold_range"]
 
 MAX_DEVICES = 1024
 """The most devices in one secure-aggregation round: the phases' JSON grows with n, the coordinator's relay with n**2."""
+MIN_THRESHOLD = 3
+"""The smallest ``t``: every unmasked sum covers at least 3 devices (a sum of two is either one to the other)."""
 RING = 2**64
 INT64_MAX = 2**63 - 1
 
@@ -27,7 +29,10 @@ class SecAgg:
             fewest devices that must stay to the end (and the most a coalition of
             curious devices with the coordinator may number, minus one, without learning
             an update). Default: a majority of the round's devices (those sampled
-            that passed the handshake), at least 2.
+            that passed the handshake), at least 3. Devices refuse a ``t`` that is not
+            a majority of the round or below 3 (:func:`threshold_range`): with
+            ``t <= n / 2`` a coordinator could ask two disjoint groups of ``t`` for
+            both secrets of one device and unmask it.
         clip: each update element (trained minus global weight) is clipped to
             ``[-clip, clip]`` before quantization.
         scale: fixed-point scale: an update element is sent as ``rint(x * scale)``, so the
@@ -45,8 +50,8 @@ class SecAgg:
     max_samples: int = 2**20
 
     def __post_init__(self) -> None:
-        if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or not 2 <= self.threshold <= MAX_DEVICES):
-            raise ValueError(f"threshold must be an integer from 2 to {MAX_DEVICES} (or None: a majority), got {self.threshold!r}")
+        if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or not MIN_THRESHOLD <= self.threshold <= MAX_DEVICES):
+            raise ValueError(f"threshold must be an integer from {MIN_THRESHOLD} to {MAX_DEVICES} (or None: a majority), got {self.threshold!r}")
         if isinstance(self.clip, bool) or not isinstance(self.clip, (int, float)) or not 0 < self.clip < math.inf:
             raise ValueError(f"clip must be a positive finite number (the largest |update element|), got {self.clip!r}")
         if isinstance(self.scale, bool) or not isinstance(self.scale, int) or not 1 <= self.scale <= 2**52:
@@ -57,11 +62,22 @@ class SecAgg:
 
     def threshold_for(self, devices: int) -> int:
         """``t`` for a round whose keys phase ``devices`` devices answered."""
-        return self.threshold if self.threshold is not None else max(2, devices // 2 + 1)
+        return self.threshold if self.threshold is not None else threshold_range(devices)[0]
 
     def bound(self, devices: int) -> int:
         """The largest ``|sum of n_k * q_k|`` for ``devices`` devices; ValueError if it passes 2**63 - 1."""
         return checked_bound(self.clip, self.scale, self.max_samples, devices)
+
+
+def threshold_range(devices: int) -> tuple[int, int]:
+    """The ``t`` a device accepts in a round of ``devices`` devices: a majority, at least :data:`MIN_THRESHOLD`, at most ``devices``.
+
+    A majority, because two disjoint groups of ``t`` devices would otherwise exist: a
+    coordinator could tell one group that device ``u`` survived (shares of ``b_u``) and the
+    other that it dropped (shares of ``s_u``), each device revealing one secret only, and
+    unmask ``u`` (Bonawitz et al. 2017, section 4: honest devices must outnumber ``n - t``).
+    """
+    return max(MIN_THRESHOLD, devices // 2 + 1), devices
 
 
 def checked_bound(clip: float, scale: int, max_samples: int, devices: int) -> int:
