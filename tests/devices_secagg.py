@@ -67,3 +67,14 @@ def liar(seed: int, samples: int) -> FedArrays:
 
     secagg_device.Session.unmask = unmask
     return noisy(seed, samples)
+
+
+def hung(seed: int, samples: int) -> FedArrays:
+    """Takes part in the key phases, then trains for longer than any test round lasts (alive, never answering)."""
+    import time
+
+    def train(weights):
+        time.sleep(300)
+        return samples
+
+    return FedArrays(model(), train)

@@ -88,6 +88,19 @@ def test_devices_killed_after_the_share_phase_leave_the_survivors_exact_sum(devi
 
 
 @pytest.mark.slow
+def test_a_device_still_training_at_the_deadline_leaves_the_unmask_phase_its_grace(devices):
+    """Collection ends at the round's deadline (one device never answers); the survivors still unmask."""
+    started = [devices(D + "noisy", seed, 10 * seed) for seed in (1, 2, 3)] + [devices(D + "hung", 9, 5)]
+    data = FedArrays(model())
+    scale = 2**16
+    with Federated(data, [d.url for d in started], timeout=20, min_results=3, secure_aggregation=SecAgg(scale=scale)) as alg:
+        result = alg.round()  # timeout 20 s: the unmask phase gets round_grace(20) = 2 s past the deadline
+    assert list(result.failures) == [started[3].url] and "RemoteTimeout" in result.failures[started[3].url]
+    assert result.samples == 60
+    assert_within_quantization(data.model, fedavg([(update(s), 10 * s) for s in (1, 2, 3)]), scale)
+
+
+@pytest.mark.slow
 def test_fewer_survivors_than_the_threshold_fail_the_round_and_change_nothing(devices):
     started = _five(devices, 3)
     data = FedArrays(model())

@@ -27,7 +27,7 @@ from .. import codec
 from ..errors import RemoteTimeout, RoundFailed, failure_reason
 from ..metrics import MAX_SAMPLES
 from ..replies import ReplyStream
-from ..transfer import STALL, Deadline
+from ..transfer import STALL, Deadline, round_grace
 from .._workers import concurrently
 from . import keys as _keys
 from .device import MASKED_KEY, MASKED_NAME
@@ -79,6 +79,7 @@ class SecureRound:
         self.public: dict[int, dict[str, bytes]] = {}  # U1: id -> c, s, commitment
         self.participants: list[int] = []  # U2
         self.merging = False  # in the merge, Federated names the round and its failures itself
+        self.grace = 0.0  # seconds the unmask phase gets past a deadline reached while collecting (set by start)
 
     # -- setup: keys, shares, inbox -------------------------------------------------
 
@@ -195,6 +196,9 @@ class SecureRound:
         dropped = [u for u in self.participants if u not in survivors]
         if len(survivors) < self.threshold:
             self._fail(f"only {len(survivors)} masked result(s) arrived, fewer than the threshold {self.threshold}; dropped: {self._named(dropped)}")
+        # Collection may end at the round's deadline (a device that never answered): the
+        # survivors still get the round's grace period to reveal their shares.
+        self.deadline = Deadline.within(max(self.deadline.left(), self.grace))
         answers = self._phase("unmask", {u: {"survivors": survivors, "dropped": dropped} for u in survivors})
         revealed = {u: a for u, a in ((u, self._keep(u, a, lambda u, a: self._unmask_answer(a, survivors, dropped))) for u, a in answers.items()) if a is not None}
         if len(revealed) < self.threshold:
@@ -262,6 +266,11 @@ class SecureRound:
         masks: list[tuple[bytes, int]] = []
 
         def rebuild(owner: int, kind: str, check: Any) -> bytes:
+            if self.deadline.left() <= 0:  # CPU-bound, but a round never runs on past its time
+                self._fail(
+                    f"rebuilding the masks of {len(survivors)} survivor(s) and {len(dropped)} dropped device(s) took past the round's time; "
+                    "sample fewer devices a round (fraction) or give the round a longer timeout"
+                )
             shares = {r: answer[kind][owner] for r, answer in revealed.items()}
             try:
                 secret, false = shamir.recover(shares, self.threshold, check, seed=self.rep)
@@ -351,5 +360,6 @@ def start(settings: SecAgg | None, alg: Any, remotes: list[Any], rep: int, deadl
     if settings is None:
         return None, remotes
     secure = SecureRound(settings, alg.data, rep, deadline, result, alg.workers)
+    secure.grace = round_grace(alg.timeout)
     secure.setup(remotes)
     return secure, secure.remotes
