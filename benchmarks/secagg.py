@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=120.0, help="a peer starts no new round this many seconds after its warm-up round")
     parser.add_argument("--peer-timeout", type=float, default=900.0, help="a peer is killed after this many seconds")
     parser.add_argument("--guard-gib", type=float, default=2.0, help="kill a peer when MemAvailable falls under this")
-    parser.add_argument("--quick", action="store_true", help="smoke check: 1M params, 2 devices, fedsync only, 1 measured round")
+    parser.add_argument("--quick", action="store_true", help="smoke check: 1M params, 3 devices, fedsync only, 1 measured round")
     parser.add_argument("--output", default=None, help="Markdown file (default: benchmarks/RESULTS.md for the full set; none otherwise)")
     parser.add_argument("--json", default="", help="also write every cell (times, bytes per round, settings) to this JSON file")
     parser.add_argument("--logs", default="", help="keep every process's stderr in this folder (default: a temporary one)")
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     full = not opts.quick and all(getattr(opts, name) == parser.get_default(name) for name in ("params", "devices", "peers"))
     if opts.quick:
-        opts.params, opts.devices = "1M", "2"
+        opts.params, opts.devices = "1M", "3"  # secure aggregation needs at least 3 devices
         opts.peers = ",".join(p for p in opts.peers.split(",") if not p.startswith("flower"))
         opts.rounds, opts.budget = min(opts.rounds, 1), min(opts.budget, 20.0)
     sizes = [bench.parse_count(x) for x in opts.params.split(",") if x]

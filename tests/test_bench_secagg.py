@@ -54,8 +54,8 @@ def test_report_replaces_only_its_section(tmp_path, before, after):
 
 
 def test_quick_run_counts_the_bytes_each_protocol_moves(tmp_path):
-    """1M float32 parameters, 2 devices: plain FedAvg moves the model down and back (16 MB); secure
-    aggregation sends uint64 masked updates back (4 + 8 bytes a parameter a device: 24 MB), plus headers
+    """1M float32 parameters, 3 devices: plain FedAvg moves the model down and back (24 MB); secure
+    aggregation sends uint64 masked updates back (4 + 8 bytes a parameter a device: 36 MB), plus headers
     and the key phases' JSON. A counter that missed either direction, or the phases, would be off by MBs."""
     out = tmp_path / "cells.json"
     results = tmp_path / "RESULTS.md"
@@ -67,13 +67,13 @@ def test_quick_run_counts_the_bytes_each_protocol_moves(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     cells = {c["peer"]: c for c in json.loads(out.read_text())}
     assert set(cells) == {"fedsync", "fedsync-secagg"}
-    params, devices = 1_000_000, 2
+    params, devices = 1_000_000, 3
     plain, secure = cells["fedsync"], cells["fedsync-secagg"]
     assert plain["status"] == secure["status"] == "ok"
     assert 2 * devices * params * 4 < plain["bytes_per_round"] < 2 * devices * params * 4 + 100_000
     assert devices * params * (4 + 8) < secure["bytes_per_round"] < devices * params * (4 + 8) + 200_000
-    assert secure["threshold"] == 2 and plain["threshold"] is None
+    assert secure["threshold"] == 3 and plain["threshold"] is None
     assert plain["dtypes"] == secure["dtypes"] == ["float32"]
     assert len(secure["times"]) == 2 and all(t > 0 for t in secure["times"])  # a warm-up and a measured round
     text = results.read_text()
-    assert text.startswith("# Secure aggregation\n") and "| 1M | 2 | " in text and "1.50× bytes" in text
+    assert text.startswith("# Secure aggregation\n") and "| 1M | 3 | " in text and "1.50× bytes" in text
