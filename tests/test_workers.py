@@ -118,7 +118,11 @@ def test_round_with_more_devices_than_workers_submits_to_all_before_fetching():
             server.server_close()
     assert len(result.answered) == 5 and data.value == pytest.approx(2.0)
     round_events = [e for e in log["events"] if e != "info"]
-    assert round_events[:5] == ["submit"] * 5  # every device trains while others are polled
+    # Every device trains while others are polled: the pool runs the five submits first (FIFO), so
+    # while the last submit is on the wire at most the pool's other thread has started a long-poll
+    # (requests are logged as they reach the devices, so those two can arrive in either order).
+    last_submit = max(i for i, e in enumerate(round_events) if e == "submit")
+    assert round_events.count("submit") == 5 and round_events[: last_submit + 1].count("result") <= 1, round_events
     assert log["most"] == 2  # the pool's two threads were both busy, never more
 
 
