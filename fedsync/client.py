@@ -5,6 +5,7 @@ The HTTP transport lives in :mod:`fedsync.remote`; ``Remote`` is re-exported her
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import numbers
@@ -35,6 +36,9 @@ from .secagg import coordinator as secure_rounds
 from .callbacks import EarlyStopping
 from ._rounds import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share, format_metrics, gather_reasons, scrub_failures, scrubbed
 from .transfer import STALL, Deadline, round_grace
+
+def _dashboard_module() -> Any:  # imported lazily: the dashboard imports this module
+    return importlib.import_module("fedsync.dashboard")
 from ._workers import Workers, concurrently
 
 __all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping", "MAX_REPLY"]
@@ -180,7 +184,7 @@ class Federated:
                 self.repetition, self.history = restored
                 logger.info("resumed from %s after repetition %d (%d rounds done)", self.checkpoint, self.repetition, len(self.history))
         # The dashboard (fedsync.dashboard) is imported only when asked for.
-        self.dashboard = None if dashboard is None else _dashboard().start(self, dashboard)
+        self.dashboard = None if dashboard is None else _dashboard_module().start(self, dashboard)
 
     # -- rounds --------------------------------------------------------------------
 
@@ -294,7 +298,7 @@ class Federated:
         if progress is None:
             progress = sys.stderr.isatty()
         if self.dashboard is not None or self.checkpoint is not None:
-            _dashboard().fit_started(self, rounds)  # the plan, for the dashboard and checkpoint watchers
+            _dashboard_module().fit_started(self, rounds)  # the plan, for the dashboard and checkpoint watchers
         with tqdm(total=rounds, initial=min(len(self.history), rounds), disable=not progress, unit="round", desc="fedsync") as bar:
             while len(self.history) < rounds:
                 result = self._train_round()
@@ -595,9 +599,3 @@ class Federated:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _dashboard() -> Any:
-    from . import dashboard
-
-    return dashboard
