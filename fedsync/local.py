@@ -44,7 +44,10 @@ from .hookspecs import RegisterTransport, hookimpl
 from .protocol import FedData
 from .remote import MAX_REPLY, Remote
 
-__all__ = ["LocalRemote", "TrainingPool", "register_device", "unregister_device", "DeviceSource"]
+__all__ = [
+    "LocalRemote", "TrainingPool", "register_device", "unregister_device", "DeviceSource",
+    "app_response", "call_app", "MemoryBody", "request_bytes", "timeout_seconds",
+]
 
 DeviceSource = Union[FedData, Callable[[], FedData]]
 """A device: its FedData, or a function building it when the device is first used."""
@@ -212,17 +215,12 @@ class LocalRemote(Remote):
         """Answer a request with the device's WSGI application, as an unread ``requests.Response``."""
         params: Mapping[str, str] = kwargs.get("params") or {}
         data = kwargs.get("data")
-        body = _bytes(data) if data is not None else b""
+        body = request_bytes(data) if data is not None else b""
         headers = {str(k): str(v) for k, v in (kwargs.get("headers") or {}).items()}
         status, answer_headers, content = self._exchange(
-            method, path, urlencode(params), headers, body, _seconds(kwargs.get("timeout"), self.timeout)
+            method, path, urlencode(params), headers, body, timeout_seconds(kwargs.get("timeout"), self.timeout)
         )
-        response = requests.Response()
-        response.status_code = status
-        response.headers = CaseInsensitiveDict(answer_headers)
-        response.headers.setdefault("Content-Length", str(len(content)))  # as a server's chunked body reads
-        response.raw = _Body(content)
-        response.url = self.url + path
+        response = app_response(self.url + path, status, answer_headers, content)
         if check and status >= 400:
             with response:
                 self._raise_for(response)
@@ -244,12 +242,12 @@ class LocalRemote(Remote):
         app = self.app()
         if method == "POST" and path.endswith("/evaluate"):
             # Evaluation runs in the request (as on a device): bound it by the timeout, off this thread.
-            future = (self._pool or default_pool()).executor.submit(_call, app, environ)
+            future = (self._pool or default_pool()).executor.submit(call_app, app, environ)
             try:
                 return future.result(timeout=timeout)
             except concurrent.futures.TimeoutError:
                 raise RemoteTimeout(self.url, "timed out: no answer within the timeout") from None
-        return _call(app, environ)
+        return call_app(app, environ)
 
 
 def _environ(method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
@@ -262,7 +260,7 @@ def _environ(method: str, path: str, query: str, headers: Mapping[str, str], bod
     return environ
 
 
-def _call(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+def call_app(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
     """Run the WSGI application: its status, headers and whole body (the body is copied, as a socket would)."""
     started: dict[str, Any] = {}
 
@@ -280,7 +278,20 @@ def _call(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]]
     return int(started["status"].split(" ", 1)[0]), list(started["headers"]), content
 
 
-class _Body:
+def app_response(url: str, status: int, headers: list[tuple[str, str]], content: Any) -> requests.Response:
+    """An application's answer (status, headers, bytes-like body) as the unread ``requests.Response``
+    a :class:`~fedsync.remote.Remote` hands the round: for transports whose device answers in
+    memory or in another process (``local://``, the worker processes, ``ray://``)."""
+    response = requests.Response()
+    response.status_code = status
+    response.headers = CaseInsensitiveDict(headers)
+    response.headers.setdefault("Content-Length", str(len(memoryview(content).cast("B"))))  # as a server's chunked body reads
+    response.raw = MemoryBody(content)
+    response.url = url
+    return response
+
+
+class MemoryBody:
     """A response body read from memory: what ``transfer.read_some`` reads when there is no socket."""
 
     def __init__(self, content: Any) -> None:
@@ -306,14 +317,15 @@ class _Body:
         self._view = None
 
 
-def _bytes(data: Any) -> bytes:
+def request_bytes(data: Any) -> bytes:
     """A request body as bytes: a :class:`~fedsync.codec.Payload`'s frames joined, as they go over a socket."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     return b"".join(bytes(memoryview(frame).cast("B")) for frame in data)
 
 
-def _seconds(timeout: Any, default: float) -> float:
+def timeout_seconds(timeout: Any, default: float) -> float:
+    """Seconds from a ``requests``-style ``timeout`` (a number, or ``(connect, read)``), else ``default``."""
     if isinstance(timeout, tuple):
         timeout = timeout[-1]
     return float(timeout) if isinstance(timeout, (int, float)) else default

@@ -64,7 +64,7 @@ class DeviceHost:
         from werkzeug.test import EnvironBuilder
 
         from fedsync.errors import RemoteError
-        from fedsync.local import _call
+        from fedsync.local import call_app
 
         empty = np.zeros(0, np.uint8)
         try:
@@ -78,7 +78,7 @@ class DeviceHost:
         )  # fmt: skip
         environ = builder.get_environ()
         builder.close()
-        status, answer_headers, content = _call(app, environ)
+        status, answer_headers, content = call_app(app, environ)
         return status, [(str(k), str(v)) for k, v in answer_headers], np.frombuffer(content, np.uint8), ""
 
     def release(self) -> int:

@@ -22,10 +22,9 @@ from typing import Any, Mapping
 from urllib.parse import urlencode
 
 import requests
-from requests.structures import CaseInsensitiveDict
 
 from fedsync.errors import RemoteError, RemoteTimeout, RemoteUnavailable
-from fedsync.local import _Body, _bytes, _seconds
+from fedsync.local import app_response, request_bytes, timeout_seconds
 from fedsync.remote import MAX_REPLY, Remote
 
 __all__ = ["RayRemote", "NAMESPACE", "url_parts"]
@@ -95,7 +94,7 @@ class RayRemote(Remote):
         params: Mapping[str, str] = kwargs.get("params") or {}
         data = kwargs.get("data")
         body = _shared(data) if data is not None else None
-        wait = _seconds(kwargs.get("timeout"), self.timeout)
+        wait = timeout_seconds(kwargs.get("timeout"), self.timeout)
         headers = {str(k): str(v) for k, v in (kwargs.get("headers") or {}).items()}
         try:
             reference = self.actor.request.remote(self.device, method, path, headers, urlencode(params), body)
@@ -114,12 +113,7 @@ class RayRemote(Remote):
         except ray.exceptions.RayError as exc:
             raise RemoteError(self.url, f"its Ray actor {self.actor_name!r} failed the request: {_first_line(exc)}") from None
         status, answer_headers, content = self._checked(answer)
-        response = requests.Response()
-        response.status_code = status
-        response.headers = CaseInsensitiveDict(answer_headers)
-        response.headers.setdefault("Content-Length", str(len(content)))
-        response.raw = _Body(content)
-        response.url = self.url + path
+        response = app_response(self.url + path, status, answer_headers, content)
         if check and status >= 400:
             with response:
                 self._raise_for(response)
@@ -210,7 +204,7 @@ def _shared(data: Any) -> Any:
     with _Shared.lock:
         if _Shared.source is not None and _Shared.source() is data:
             return _Shared.reference
-    body = _bytes(data)
+    body = request_bytes(data)
     reference = ray.put(np.frombuffer(body, np.uint8))
     try:
         source = weakref.ref(data)

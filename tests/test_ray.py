@@ -221,12 +221,12 @@ def test_a_reply_read_from_memory_is_not_copied_whole():
     """A Ray result is read out of the object store a piece at a time, never copied whole into the heap."""
     import tracemalloc
 
-    from fedsync.local import _Body
+    from fedsync.local import MemoryBody
 
     content = np.zeros(32 << 20, np.uint8)
     tracemalloc.start()
     try:
-        body = _Body(memoryview(content))
+        body = MemoryBody(memoryview(content))
         pieces = sum(len(body.read(1 << 20)) for _ in range(40))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
