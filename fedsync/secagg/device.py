@@ -37,7 +37,7 @@ from .._device import ApiError
 from . import keys as _keys
 from .settings import MAX_DEVICES, MIN_THRESHOLD, checked_bound, threshold_range
 
-__all__ = ["Session", "answer", "session_for_submit", "MASKED_NAME", "MASKED_KEY", "MAX_BODY"]
+__all__ = ["Session", "answer", "session_for_submit", "MASKED_NAME", "MASKED_KEY", "MAX_BODY", "SIGNED_ENTRY"]
 
 MAX_BODY = 1 << 20
 """The largest phase request body, in bytes (n = MAX_DEVICES fits with room)."""

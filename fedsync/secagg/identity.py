@@ -36,7 +36,7 @@ import os
 import struct
 from typing import Any, Iterable
 
-__all__ = ["Identity", "Peer", "keys_message", "survivors_message", "encode_b64", "decode_b64", "MAX_CERTIFICATE", "MAX_SIGNATURE"]
+__all__ = ["Identity", "Peer", "keys_message", "survivors_message", "verifies", "peer_of_unverified", "encode_b64", "decode_b64", "MAX_CERTIFICATE", "MAX_SIGNATURE"]
 
 MAX_CERTIFICATE = 4096
 """The largest device certificate (DER bytes) relayed in the keys phase (``fedsync certs`` makes ~400)."""
