@@ -22,6 +22,7 @@ from fedsync.secagg import SecAgg  # noqa: E402
 from fedsync.secagg import coordinator as secagg_coordinator  # noqa: E402
 from fedsync.secagg import identity, keys  # noqa: E402
 from tests.conftest import start_device, stop_all, tls_files  # noqa: E402
+from tests.test_cli import workdir  # noqa: E402, F401  (fixture)
 from tests.devices_secagg import model, noisy  # noqa: E402
 
 D = "tests.devices_secagg:"
@@ -183,3 +184,79 @@ def test_different_survivor_lists_get_no_shares_and_fail_the_round(fleet, phases
     assert all("secagg_inconsistent" in str(a) and "signed the survivors" in str(a) for a in revealed.values()), revealed
     assert "answered the unmask phase, fewer than the threshold 3" in str(raised.value)
     assert unchanged(data)
+
+
+# -- in-process devices over real HTTPS: the signed phases' refusals, and serve()'s checks ---------------
+
+
+@pytest.fixture
+def signed_trio(tmp_path):
+    """Three in-process signed devices over mutual TLS, driven by hand; ``post(i, rep, phase, body)``."""
+    import fedsync
+    import requests
+
+    cert, key, ca = tls_files(tmp_path)
+    pki = tmp_path / "pki"
+    pairs = [(cert, key)] + [tuple(map(str, certs.issue_device(pki, ["127.0.0.1"], name=f"t{i}"))) for i in (2, 3)]
+    client = tuple(map(str, certs.issue_coordinator(pki)))
+    servers = [fedsync.serve(noisy(seed, 5), port=0, block=False, ssl_context=pair, client_ca=ca, peer_ca=ca) for seed, pair in zip((1, 2, 3), pairs)]
+
+    def post(i: int, rep: int, phase: str, body) -> requests.Response:
+        return requests.post(f"{servers[i - 1].url}/{rep}/secagg/{phase}", json=body, cert=client, verify=ca, timeout=10)
+
+    yield post, [s.url for s in servers], client, ca
+    for server in servers:
+        server.close()
+
+
+def test_signed_phases_refuse_what_the_paper_forbids_and_change_nothing(signed_trio):
+    post, urls, client, ca = signed_trio
+    rep = 1
+    answers = {i: post(i, rep, "keys", {"devices": 3, "id": i, "threshold": 3, "clip": 1.0, "scale": 2**16, "max_samples": 100}).json() for i in (1, 2, 3)}
+    table = {str(i): a for i, a in answers.items()}
+    assert post(1, rep, "shares", {"keys": {**table, "2": {"c": table["2"]["c"], "s": table["2"]["s"]}}}).json()["error"] == "secagg_unsigned_peer"
+    relabeled = {**table, "2": table["3"], "3": table["2"]}  # the coordinator swaps two devices' ids
+    assert post(1, rep, "shares", {"keys": relabeled}).json()["error"] in ("secagg_bad_signature", "secagg_bad_keys")
+    shares = {i: post(i, rep, "shares", {"keys": table}).json()["shares"] for i in (1, 2, 3)}
+    for i in (1, 2, 3):
+        inbox = {"participants": [1, 2, 3], "shares": {str(v): shares[v][str(i)] for v in (1, 2, 3) if v != i}}
+        assert post(i, rep, "inbox", inbox).status_code == 200
+    assert post(1, rep, "consistency", {"survivors": [1, 2, 3]}).json()["error"] == "secagg_out_of_order"  # before its masked result
+    coordinator = FedArrays(model())
+    for url in urls:
+        remote = Remote(url, cert=client, verify=ca)
+        remote.submit(rep, coordinator.serialize(rep), coordinator.specs(rep))
+        for _ in range(200):
+            if remote.ready(rep, 0.1):
+                break
+    signed = {i: post(i, rep, "consistency", {"survivors": [1, 2, 3]}).json()["signature"] for i in (1, 2, 3)}
+    assert post(1, rep, "consistency", {"survivors": [1, 2]}).json()["error"] in ("secagg_too_few", "secagg_inconsistent")
+    body = {"survivors": [1, 2, 3], "dropped": []}
+    assert post(1, rep, "unmask", body).json()["error"] == "secagg_malformed"  # no signatures at all
+    two = {"1": signed[1], "2": signed[2]}
+    assert post(1, rep, "unmask", {**body, "signatures": two}).json()["error"] == "secagg_inconsistent"  # fewer than t
+    forged = {**two, "3": signed[2]}  # device 2's signature passed off as device 3's
+    response = post(1, rep, "unmask", {**body, "signatures": forged})
+    assert response.json()["error"] == "secagg_bad_signature" and "device 3's consistency signature" in response.json()["message"]
+    answer = post(1, rep, "unmask", {**body, "signatures": {str(i): s for i, s in signed.items()}})
+    assert answer.status_code == 200 and sorted(answer.json()["b"]) == ["1", "2", "3"]  # nothing was spent by the refusals
+
+
+def test_serve_checks_the_signing_identity_up_front(tmp_path, workdir, capsys):
+    import fedsync
+    from fedsync.cli import main
+
+    cert, key, ca = tls_files(tmp_path)
+    with pytest.raises(ValueError, match=r"peer_ca needs ssl_context=\(certfile, keyfile\)"):
+        fedsync.serve(noisy(1, 5), port=0, block=False, peer_ca=ca)
+    other = tmp_path / "other"
+    other_ca = certs.init_ca(other)
+    with pytest.raises(ValueError, match="own certificate would be refused by its peers: .*does not verify against the peer CA"):
+        fedsync.serve(noisy(1, 5), port=0, block=False, ssl_context=(cert, key), peer_ca=str(other_ca))
+    coordinator_cert, coordinator_key = map(str, certs.issue_coordinator(tmp_path / "pki"))  # clientAuth: not a device
+    with pytest.raises(ValueError, match="subjectAltName|does not verify"):
+        fedsync.serve(noisy(1, 5), port=0, block=False, ssl_context=(coordinator_cert, coordinator_key), peer_ca=ca)
+    assert main(["serve", "device.py:data", "--port", "0", "--peer-ca", ca]) == 2
+    assert "--peer-ca needs --certfile and --keyfile" in capsys.readouterr().err
+    assert main(["serve", "device.py:data", "--port", "0", "--certfile", cert, "--keyfile", key, "--peer-ca", str(tmp_path / "missing.pem")]) == 2
+    assert "peer CA file not found" in capsys.readouterr().err
