@@ -260,3 +260,26 @@ def test_serve_checks_the_signing_identity_up_front(tmp_path, workdir, capsys):
     assert "--peer-ca needs --certfile and --keyfile" in capsys.readouterr().err
     assert main(["serve", "device.py:data", "--port", "0", "--certfile", cert, "--keyfile", key, "--peer-ca", str(tmp_path / "missing.pem")]) == 2
     assert "peer CA file not found" in capsys.readouterr().err
+
+
+def test_mangled_certificates_are_refused_naming_the_peer(signed_trio):
+    """Every byte of a peer's certificate is the coordinator's to change: each mangled one is a 400, never a 500."""
+    import base64
+
+    post, _, _, _ = signed_trio
+    rep = 1
+    answers = {i: post(i, rep, "keys", {"devices": 3, "id": i, "threshold": 3, "clip": 1.0, "scale": 2**16, "max_samples": 100}).json() for i in (1, 2, 3)}
+    der = base64.b64decode(answers[2]["certificate"])
+    rng = np.random.default_rng(0)
+    mangled = [der[:n] for n in (0, 1, 50, len(der) - 1)] + [b"\x00" * 64, der + b"\x00", b"x" * 5000]
+    for _ in range(25):
+        copy = bytearray(der)
+        copy[int(rng.integers(len(copy)))] ^= 1 << int(rng.integers(8))
+        mangled.append(bytes(copy))
+    for blob in mangled:
+        table = {str(i): a for i, a in answers.items()}
+        table["2"] = {**table["2"], "certificate": base64.b64encode(blob).decode()}
+        response = post(1, rep, "shares", {"keys": table})
+        assert response.status_code == 400, (blob[:20], response.text)
+        assert response.json()["error"] == "secagg_malformed" or "device 2" in response.json()["message"], response.text
+    assert post(1, rep, "shares", {"keys": {str(i): a for i, a in answers.items()}}).status_code == 200  # nothing was spent

@@ -146,7 +146,7 @@ class Identity:
             certificate = x509.load_der_x509_certificate(der)
         except ValueError as exc:
             raise ValueError(f"not a DER X.509 certificate ({exc})") from None
-        key = certificate.public_key()
+        key = _public_key(certificate)
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
             raise ValueError(f"certificate {_name_of(certificate)} holds a {type(key).__name__}; device keys are ECDSA P-256")
         subject = _first_name(certificate)
@@ -158,10 +158,7 @@ class Identity:
             verifier.verify(certificate, [])
         except verification.VerificationError as exc:
             raise ValueError(f"certificate {_name_of(certificate)} does not verify against the peer CA: {exc}") from None
-        try:
-            usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
-        except x509.ExtensionNotFound:
-            usage = None
+        usage = _extension(certificate, x509.KeyUsage)
         if usage is None or not usage.digital_signature:
             raise ValueError(f"certificate {_name_of(certificate)} does not allow digitalSignature (key usage); a device certificate signs its keys")
         return Peer(certificate)
@@ -193,7 +190,7 @@ def peer_of_unverified(der: bytes) -> Peer:
         certificate = x509.load_der_x509_certificate(der)
     except ValueError as exc:
         raise ValueError(f"not a DER X.509 certificate ({exc})") from None
-    key = certificate.public_key()
+    key = _public_key(certificate)
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise ValueError(f"the certificate holds a {type(key).__name__}; device keys are ECDSA P-256")
     return Peer(certificate)
@@ -221,10 +218,9 @@ def _first_name(certificate: Any) -> Any:
     from cryptography import x509
     from cryptography.x509 import verification
 
-    try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise ValueError(f"certificate {_name_of(certificate)} has no subjectAltName; device certificates name their host (`fedsync certs device --host`)") from None
+    names = _extension(certificate, x509.SubjectAlternativeName)
+    if names is None:
+        raise ValueError(f"certificate {_name_of(certificate)} has no subjectAltName; device certificates name their host (`fedsync certs device --host`)")
     for address in names.get_values_for_type(x509.IPAddress):
         if isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
             return verification.IPAddress(address)
@@ -238,14 +234,37 @@ def _name_of(certificate: Any) -> str:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    common = [a.value for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     try:
-        alt = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = [str(n) for n in alt.get_values_for_type(x509.IPAddress)] + list(alt.get_values_for_type(x509.DNSName))
-    except x509.ExtensionNotFound:
-        names = []
+        common = [str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    except Exception:  # a subject cryptography cannot decode: a hostile certificate's name is only shown
+        common = []
+    try:
+        alt = _extension(certificate, x509.SubjectAlternativeName)
+    except ValueError:
+        alt = None
+    names = [] if alt is None else [str(n) for n in alt.get_values_for_type(x509.IPAddress)] + list(alt.get_values_for_type(x509.DNSName))
     text = f"CN={common[0] if common else '?'}" + (f" ({', '.join(names[:3])})" if names else "")
-    return _shown(text, quote=False)
+    # Peer-chosen text in an error message: printable characters only, bounded.
+    return _shown("".join(c if c.isprintable() else "?" for c in text[:200]), quote=False)
+
+
+def _public_key(certificate: Any) -> Any:
+    try:
+        return certificate.public_key()
+    except Exception as exc:  # UnsupportedAlgorithm is not a ValueError
+        raise ValueError(f"its public key cannot be read ({type(exc).__name__})") from None
+
+
+def _extension(certificate: Any, kind: Any) -> Any:
+    """The value of ``certificate``'s extension ``kind``, ``None`` if absent; ValueError if its extensions do not parse."""
+    from cryptography import x509
+
+    try:
+        return certificate.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+    except Exception as exc:  # DuplicateExtension, UnsupportedGeneralNameType, ...: not ValueError subclasses
+        raise ValueError(f"its extensions do not parse ({type(exc).__name__})") from None
 
 
 def _shown(value: Any, quote: bool = True) -> str:
