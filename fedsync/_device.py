@@ -120,6 +120,7 @@ class Device:
         self.job: Job | None = None
         self.secagg: Any = None  # the current secure-aggregation session (fedsync.secagg.device)
         self.secagg_required = False  # serve(secure_aggregation="required"): refuse plain rounds
+        self.secagg_identity: Any = None  # serve(peer_ca=...): signs and checks secure aggregation's views
         self.downloads = 0
         self.working = threading.Lock()  # held by a training job or an evaluation
         self.receiving = threading.Lock()  # held while one payload is read and handed over

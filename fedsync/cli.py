@@ -130,6 +130,8 @@ examples:
   fedsync serve device.py:data --port 0             # any free port
   fedsync serve device.py:data --certfile cert.pem --keyfile key.pem   # HTTPS
   fedsync serve device.py:data --certfile cert.pem --keyfile key.pem --client-ca ca.pem   # mutual TLS
+  fedsync serve device.py:data --certfile cert.pem --keyfile key.pem --client-ca ca.pem \\
+      --peer-ca ca.pem --secure-aggregation required   # signed secure aggregation
 
 The token can also come from the FEDSYNC_TOKEN environment variable, which
 keeps it out of your shell history and the process list.
@@ -152,6 +154,11 @@ def _add_serve(commands: Any) -> None:
     parser.add_argument("--keyfile", metavar="PEM", help="TLS private key (PEM)")
     parser.add_argument("--client-ca", metavar="PEM", help="mutual TLS: accept only coordinators whose certificate this CA signed (see fedsync certs)")
     parser.add_argument("--max-content-length", type=int, default=None, metavar="BYTES", help="largest payload accepted, in bytes (default 2 GiB)")
+    parser.add_argument("--secure-aggregation", choices=["required"], default=None, help="take part only in securely aggregated rounds (docs/privacy.md)")
+    parser.add_argument(
+        "--peer-ca", metavar="PEM",
+        help="signed secure aggregation: sign this device's keys with --certfile's key and believe only peers whose device certificate this CA signed",
+    )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     parser.set_defaults(run=_run_serve)
 
@@ -274,6 +281,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     context = _ssl_context(args.certfile, args.keyfile)
     if args.client_ca is not None and not Path(args.client_ca).is_file():
         raise UsageError(f"client CA file not found: {args.client_ca}; make one with: fedsync certs init DIR")
+    if args.peer_ca is not None:
+        if not Path(args.peer_ca).is_file():
+            raise UsageError(f"peer CA file not found: {args.peer_ca}; make one with: fedsync certs init DIR")
+        if context is None:
+            raise UsageError("--peer-ca needs --certfile and --keyfile: the device signs its secure-aggregation keys with its certificate's key")
+        context = (args.certfile, args.keyfile or args.certfile)  # checked above; serve() also needs the files to sign with
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -285,6 +298,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         server = serve(
             data, args.host, args.port, block=False, token=token,
             max_content_length=args.max_content_length, ssl_context=context, client_ca=args.client_ca,
+            secure_aggregation=args.secure_aggregation, peer_ca=args.peer_ca,
         )
     except OSError as exc:
         raise CommandError(_bind_error(exc, args.host, args.port)) from None

@@ -290,7 +290,7 @@ def _url_map(bases: tuple[str, ...]) -> Map:
             Rule(f"{base}/<rep:rep>/submit", endpoint="submit", methods=["POST"], defaults=defaults),
             Rule(f"{base}/<rep:rep>/result", endpoint="result", methods=["GET"], defaults=defaults),
             Rule(f"{base}/<rep:rep>/evaluate", endpoint="evaluate", methods=["POST"], defaults=defaults),
-            Rule(f"{base}/<rep:rep>/secagg/<any(keys,shares,inbox,unmask):phase>", endpoint="secagg", methods=["POST"], defaults=defaults),
+            Rule(f"{base}/<rep:rep>/secagg/<any(keys,shares,inbox,consistency,unmask):phase>", endpoint="secagg", methods=["POST"], defaults=defaults),
         ]
     if "" not in bases:
         rules.append(Rule("/info", endpoint="index", methods=["GET"]))
@@ -435,6 +435,7 @@ def serve(
     client_ca: str | os.PathLike | None = None,
     max_connections: int = MAX_CONNECTIONS,
     secure_aggregation: str | None = None,
+    peer_ca: str | os.PathLike | None = None,
 ) -> RunningServer | None:
     """Serve a FedData (or a dict ``{name: FedData}``) over HTTP.
 
@@ -459,6 +460,15 @@ def serve(
         secure_aggregation: ``"required"``: take part only in rounds that ran secure
             aggregation's key phases (``Federated(secure_aggregation=SecAgg())``); a plain
             submission is refused (409). Default: answer both kinds (docs/privacy.md).
+        peer_ca: signed secure aggregation (against a coordinator that forges keys or
+            views): the CA (PEM) whose *device* certificates this device believes. The
+            device signs its keys and survivor list with the key of ``ssl_context``'s
+            certificate (ECDSA P-256), refuses peers whose keys are not signed by a
+            device certificate of this CA, and reveals shares only after ``t`` survivors
+            signed the same survivor list (:mod:`fedsync.secagg.identity`). Separate
+            from ``client_ca`` (who may drive this device): give a CA the coordinator's
+            operator cannot issue device certificates from, or the same file when one
+            CA does both. Needs ``ssl_context=(certfile, keyfile)``.
 
     Raises:
         ValueError: an empty or whitespace-only token, or one with control or
@@ -466,10 +476,14 @@ def serve(
             ``max_content_length`` or ``max_connections``; a bad dict of FedData.
         OSError: the address cannot be listened on (it names the address), or
             ``client_ca`` cannot be read as a CA certificate.
+        ValueError: ``peer_ca`` without ``ssl_context=(certfile, keyfile)``, or a device
+            certificate that is not ECDSA P-256 or does not verify against ``peer_ca``.
     """
     app = DeviceApp(data, token=token, max_content_length=max_content_length, secure_aggregation=secure_aggregation)
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
         raise ValueError(f"max_connections must be a positive integer, got {max_connections!r}")
+    if peer_ca is not None:
+        _sign_with(app, ssl_context, peer_ca)
     ssl_context = _tls_context(ssl_context, client_ca)
     sock = _listen(host, port)
     try:
@@ -487,6 +501,17 @@ def serve(
     finally:
         server.server_close()
     return None
+
+
+def _sign_with(app: DeviceApp, ssl_context: Any, peer_ca: str | os.PathLike) -> None:
+    """Give every FedData of ``app`` the identity that signs its secure-aggregation views (fedsync.secagg.identity)."""
+    if not (isinstance(ssl_context, tuple) and len(ssl_context) == 2):
+        raise ValueError("peer_ca needs ssl_context=(certfile, keyfile) (fedsync serve --certfile/--keyfile): the device signs with its certificate's key")
+    from .secagg.identity import Identity
+
+    identity = Identity(ssl_context[0], ssl_context[1], peer_ca)
+    for device in app.devices.values():
+        device.secagg_identity = identity
 
 
 def _tls_context(ssl_context: Any, client_ca: str | os.PathLike | None) -> Any:

@@ -60,15 +60,18 @@ def start_device(
     path: tuple[str, ...] = (),
     log: Path | None = None,
     token: str | None = None,
+    serve: dict | None = None,
 ) -> DeviceProcess:
     """Start ``python -m tests.run_device factory args`` and wait for its URL.
 
     ``path`` adds folders to the device's ``PYTHONPATH`` (e.g. an installed plugin);
-    ``log`` is a file that receives the device's stderr; ``token`` the device's token.
+    ``log`` is a file that receives the device's stderr; ``token`` the device's token;
+    ``serve`` more keyword arguments of :func:`fedsync.serve` (JSON: paths as strings).
     """
     pythonpath = os.pathsep.join([*path, str(ROOT)])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=pythonpath, FEDSYNC_TEST_PORT=str(port))
     env.pop("FEDSYNC_TEST_TOKEN", None)
+    env["FEDSYNC_TEST_SERVE"] = json.dumps(serve or {})
     if token is not None:
         env["FEDSYNC_TEST_TOKEN"] = token
     stderr = open(log, "w") if log is not None else None

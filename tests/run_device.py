@@ -2,7 +2,9 @@
 
 Usage: ``python -m tests.run_device FACTORY [JSON-ARGS]``, where FACTORY is a
 function of ``tests/devices.py`` or ``module:function``; prints ``READY <url>``
-once serving. ``FEDSYNC_TEST_TOKEN`` in the environment sets the device's token;
+once serving. ``FEDSYNC_TEST_TOKEN`` in the environment sets the device's token,
+``FEDSYNC_TEST_SERVE`` (a JSON object) more keyword arguments of ``serve`` (a list
+``ssl_context`` is the ``(certfile, keyfile)`` pair);
 warnings and errors (tracebacks included) go to stderr.
 """
 
@@ -22,7 +24,10 @@ def main() -> None:
     data = factory(*args)
     port = int(os.environ.get("FEDSYNC_TEST_PORT", "0"))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s", stream=sys.stderr)
-    server = fedsync.serve(data, host="127.0.0.1", port=port, block=False, token=os.environ.get("FEDSYNC_TEST_TOKEN"))
+    options = json.loads(os.environ.get("FEDSYNC_TEST_SERVE", "{}"))
+    if isinstance(options.get("ssl_context"), list):
+        options["ssl_context"] = tuple(options["ssl_context"])
+    server = fedsync.serve(data, host="127.0.0.1", port=port, block=False, token=os.environ.get("FEDSYNC_TEST_TOKEN"), **options)
     print(f"READY {server.url}", flush=True)
     try:
         server.join()

@@ -13,6 +13,10 @@ FedData's own merge (so its checks, its commit-at-end and server optimizers appl
 A device that reveals a false share is *detected* and its shares left out (the round
 still completes when ``t`` honest shares remain); it cannot break privacy either, since
 a seed is only used once it matches its commitment.
+
+Devices served with ``peer_ca`` sign their keys (relayed as they are) and, after the
+sum, their survivor list: when every participant signed, :meth:`SecureRound.merge` runs
+the consistency phase (the paper's round 3) and relays the signatures in ``unmask``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from ..replies import ReplyStream
 from ..transfer import STALL, Deadline, round_grace
 from .._workers import concurrently
 from . import keys as _keys
-from .device import MASKED_KEY, MASKED_NAME
+from .device import MASKED_KEY, MASKED_NAME, SIGNED_ENTRY
 from .settings import MAX_DEVICES, MIN_THRESHOLD, SecAgg, threshold_range
 
 __all__ = ["SecureRound", "start", "checked"]
@@ -108,7 +112,7 @@ class SecureRound:
             self._keep(u, answer, self._keys_answer)
         self._drop_repeated_keys()
         self._enough("the keys phase")
-        table = {str(u): {"c": _keys.b64(p["c"]), "s": _keys.b64(p["s"])} for u, p in sorted(self.public.items())}
+        table = {str(u): self._entry(p) for u, p in sorted(self.public.items())}
         answers = self._phase("shares", {u: {"keys": table} for u in self.public})
         sent: dict[int, dict[int, str]] = {}
         for u, answer in answers.items():
@@ -125,16 +129,37 @@ class SecureRound:
         self._enough("the inbox phase", ready)
 
     def _keys_answer(self, u: int, answer: Any) -> bool:
-        if not isinstance(answer, dict) or set(answer) != {"c", "s", "commitment"}:
-            raise ValueError('the keys phase must answer {"c": base64, "s": base64, "commitment": base64}')
-        entry = {k: _keys.unb64(answer[k], _keys.KEY_BYTES, k) for k in ("c", "s", "commitment")}
+        if not isinstance(answer, dict) or set(answer) not in ({"c", "s", "commitment"}, SIGNED_ENTRY):
+            raise ValueError('the keys phase must answer {"c": base64, "s": base64, "commitment": base64}, signed: with "signature" and "certificate" too')
+        entry: dict[str, Any] = {k: _keys.unb64(answer[k], _keys.KEY_BYTES, k) for k in ("c", "s", "commitment")}
         for k in ("c", "s"):
             try:
                 _keys.check_public(entry[k])
             except ValueError:
                 raise ValueError(f"public key {k} is not a usable X25519 key") from None
+        if "signature" in answer:
+            entry.update(self._signed(u, entry, answer))
         self.public[u] = entry
         return True
+
+    def _signed(self, u: int, entry: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+        """A signed keys answer, checked as far as the coordinator can (it has no device CA): its
+        signature must verify with its certificate's key, or every signed peer would refuse the table."""
+        from .identity import MAX_CERTIFICATE, MAX_SIGNATURE, decode_b64, keys_message, peer_of_unverified
+
+        signature = decode_b64(answer["signature"], MAX_SIGNATURE, "signature")
+        der = decode_b64(answer["certificate"], MAX_CERTIFICATE, "certificate")
+        peer = peer_of_unverified(der)
+        if not peer.verifies(signature, keys_message(self.rep, u, len(self.by_id), self.threshold, entry["c"], entry["s"], entry["commitment"])):
+            raise ValueError(f"the keys signature does not verify with its own certificate ({peer.name}); its peers would refuse it")
+        return {"signature": answer["signature"], "certificate": answer["certificate"], "peer": peer}
+
+    @staticmethod
+    def _entry(public: dict[str, Any]) -> dict[str, str]:
+        entry = {"c": _keys.b64(public["c"]), "s": _keys.b64(public["s"])}
+        if "signature" in public:  # relayed as signed: peers check it against their CA
+            entry.update(commitment=_keys.b64(public["commitment"]), signature=public["signature"], certificate=public["certificate"])
+        return entry
 
     def _drop_repeated_keys(self) -> None:
         """Fail every device whose public key another device (or its other key) also answered.
@@ -199,7 +224,11 @@ class SecureRound:
         # Collection may end at the round's deadline (a device that never answered): the
         # survivors still get the round's grace period to reveal their shares.
         self.deadline = Deadline.within(max(self.deadline.left(), self.grace))
-        answers = self._phase("unmask", {u: {"survivors": survivors, "dropped": dropped} for u in survivors})
+        bodies: dict[int, dict[str, Any]] = {u: {"survivors": survivors, "dropped": dropped} for u in survivors}
+        if all("signature" in self.public[u] for u in self.participants):  # signed devices reveal only after round 3
+            signatures = self._consistency(survivors)
+            bodies = {int(u): {**bodies[int(u)], "signatures": signatures} for u in signatures}
+        answers = self._phase("unmask", bodies)
         revealed = {u: a for u, a in ((u, self._keep(u, a, lambda u, a: self._unmask_answer(a, survivors, dropped))) for u, a in answers.items()) if a is not None}
         if len(revealed) < self.threshold:
             self._fail(f"only {len(revealed)} device(s) answered the unmask phase, fewer than the threshold {self.threshold}")
@@ -218,6 +247,24 @@ class SecureRound:
         self.data.merge([codec.encode(merged, metadata)], rep)
         self.result.samples = samples
         logger.info("round %d: securely aggregated %d device(s) (%d dropped), %d samples", rep, len(survivors), len(dropped), samples)
+
+    def _consistency(self, survivors: list[int]) -> dict[str, str]:
+        """Bonawitz et al. 2017, round 3: every survivor signs the survivor list; the valid signatures, by id."""
+        from .identity import MAX_SIGNATURE, decode_b64, survivors_message
+
+        message = lambda u: survivors_message(self.rep, self.public[u]["s"], survivors)  # noqa: E731
+
+        def check(u: int, answer: Any) -> str:
+            text = answer.get("signature") if isinstance(answer, dict) and set(answer) == {"signature"} else None
+            if not self.public[u]["peer"].verifies(decode_b64(text, MAX_SIGNATURE, "signature"), message(u)):
+                raise ValueError("its consistency signature does not verify over the survivor list")
+            return text
+
+        answers = self._phase("consistency", {u: {"survivors": survivors} for u in survivors})
+        signatures = {str(u): text for u, text in ((u, self._keep(u, a, check)) for u, a in sorted(answers.items())) if text is not None}
+        if len(signatures) < self.threshold:
+            self._fail(f"only {len(signatures)} survivor(s) signed the survivor list in the consistency phase, fewer than the threshold {self.threshold}")
+        return signatures
 
     def _fold(self, reply: ReplyStream, total: np.ndarray, size: int) -> None:
         folded = False

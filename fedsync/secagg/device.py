@@ -9,8 +9,14 @@ Bonawitz et al. 2017 (CCS), section 4, rounds 0-4, as routes under a FedData's b
   each peer, Shamir shares of ``b`` and ``s_sk`` encrypted to it;
 - ``POST {base}/{rep}/secagg/inbox``: the devices still taking part and the shares
   they sent this device; after it, ``submit`` trains and the result is *masked*;
-- ``POST {base}/{rep}/secagg/unmask``: the survivors and the dropped; answers shares
+- ``POST {base}/{rep}/secagg/consistency`` (signed rounds, round 3 ConsistencyCheck): the
+  survivors; answers this device's signature over them, one list per repetition;
+- ``POST {base}/{rep}/secagg/unmask``: the survivors and the dropped (and, signed, at least
+  ``t`` survivors' signatures over the list this device signed); answers shares
   of ``b`` for survivors and of ``s_sk`` for the dropped, never both for one device.
+
+A device served with ``peer_ca`` (:mod:`.identity`) signs its keys and survivor list and
+believes only certified, signed peers: the active-adversary variant.
 
 Every body is checked before use (sizes, types, counts); a refusal is a 4xx JSON
 error and changes nothing. Phases run strictly in order, once each.
@@ -31,7 +37,7 @@ from .._device import ApiError
 from . import keys as _keys
 from .settings import MAX_DEVICES, MIN_THRESHOLD, checked_bound, threshold_range
 
-__all__ = ["Session", "answer", "session_for_submit", "MASKED_NAME", "MASKED_KEY", "MAX_BODY"]
+__all__ = ["Session", "answer", "session_for_submit", "MASKED_NAME", "MASKED_KEY", "MAX_BODY", "SIGNED_ENTRY"]
 
 MAX_BODY = 1 << 20
 """The largest phase request body, in bytes (n = MAX_DEVICES fits with room)."""
@@ -39,13 +45,15 @@ MASKED_NAME = "secagg"
 """The one tensor of a masked reply: uint64, shape ``[L + 1]``."""
 MASKED_KEY = "fedsync.secagg"
 """Metadata key of a masked reply; its value is ``"v1"``."""
-PHASES = ("keys", "shares", "inbox", "unmask")
+PHASES = ("keys", "shares", "inbox", "consistency", "unmask")
+SIGNED_ENTRY = {"c", "s", "commitment", "signature", "certificate"}
+"""A signed peer's entry in the shares phase's key table."""
 
 
 class Session:
     """One repetition's secrets and progress on a device (one at a time per FedData)."""
 
-    def __init__(self, rep: int, me: int, devices: int, threshold: int, clip: float, scale: int, max_samples: int) -> None:
+    def __init__(self, rep: int, me: int, devices: int, threshold: int, clip: float, scale: int, max_samples: int, identity: Any = None) -> None:
         self.rep, self.me, self.devices, self.threshold = rep, me, devices, threshold
         self.clip, self.scale, self.max_samples = clip, scale, max_samples
         self.c = _keys.KeyPair()
@@ -56,25 +64,43 @@ class Session:
         self.held: dict[int, tuple[bytes, bytes]] = {}  # id -> (share of its b, share of its s_sk), ours included
         self.participants: list[int] = []  # U2
         self.revealed: dict[int, str] = {}  # id -> "b" or "s"
+        self.identity = identity  # fedsync.secagg.identity.Identity: sign, and believe only signed peers
+        self.peers: dict[int, Any] = {}  # id -> its verified identity.Peer (signed rounds)
+        self.signed: list[int] | None = None  # the one survivor list this device signed
         self.lock = threading.Lock()
 
     # -- phases -------------------------------------------------------------------
 
     def keys_answer(self) -> dict[str, Any]:
-        return {"c": _keys.b64(self.c.public), "s": _keys.b64(self.s.public), "commitment": _keys.b64(_keys.commitment(self.b))}
+        answer = {"c": _keys.b64(self.c.public), "s": _keys.b64(self.s.public), "commitment": _keys.b64(_keys.commitment(self.b))}
+        if self.identity is not None:
+            message = self._keys_message(self.me, self.c.public, self.s.public, _keys.commitment(self.b))
+            answer["signature"] = _keys.b64(self.identity.sign(message))
+            answer["certificate"] = _keys.b64(self.identity.certificate_der)
+        return answer
+
+    def _keys_message(self, peer: int, c_public: bytes, s_public: bytes, commitment: bytes) -> bytes:
+        from .identity import keys_message
+
+        # This device's own n and t: a peer told other ones signed other bytes, and is refused.
+        return keys_message(self.rep, peer, self.devices, self.threshold, c_public, s_public, commitment)
 
     def shares(self, body: Any) -> dict[str, Any]:
         table = _field(body, "keys", dict)
         if not self.threshold <= len(table) <= self.devices:
             raise _bad(f"keys lists {len(table)} devices; expected {self.threshold} (the threshold) to {self.devices}")
         public: dict[int, tuple[bytes, bytes]] = {}
+        signed: dict[int, dict[str, Any]] = {}
         for name, entry in table.items():
             peer = _device_id(name, self.devices, "keys")
-            if not isinstance(entry, dict) or set(entry) != {"c", "s"}:
-                raise _bad(f"keys[{name!r}] must be an object {{\"c\": base64, \"s\": base64}}")
+            if not isinstance(entry, dict) or set(entry) not in ({"c", "s"}, SIGNED_ENTRY):
+                raise _bad(f"keys[{name!r}] must be an object {{\"c\": base64, \"s\": base64}}, signed: with \"commitment\", \"signature\", \"certificate\" too")
             public[peer] = (_unb64(entry["c"], _keys.KEY_BYTES, f"keys[{name!r}].c"), _unb64(entry["s"], _keys.KEY_BYTES, f"keys[{name!r}].s"))
+            if set(entry) == SIGNED_ENTRY:
+                signed[peer] = entry
         if public.get(self.me) != (self.c.public, self.s.public):
             raise ApiError(400, "secagg_bad_keys", f"keys must list this device ({self.me}) with the public keys it answered in the keys phase")
+        peers = self._verified(public, signed) if self.identity is not None else {}
         every = [key for pair in public.values() for key in pair]
         if len(set(every)) != len(every):  # fresh keys never repeat (Bonawitz et al. 2017, round 1): a repeat is a replay or a forgery
             raise ApiError(400, "secagg_bad_keys", "keys lists one public key twice (for two devices, or as both c and s); every device's keys are fresh and distinct")
@@ -96,10 +122,48 @@ class Session:
                 raise ApiError(400, "secagg_bad_keys", f"device {peer}'s public key c is not a usable X25519 key") from None
             blob = _keys.encrypt_share(key, self.rep, self.me, peer, b_shares[peer] + s_shares[peer])
             out[str(peer)] = _keys.b64(blob)
-        self.public = public
+        self.public, self.peers = public, peers
         self.held = {self.me: (b_shares[self.me], s_shares[self.me])}
         self.stage = "shares"
         return {"shares": out}
+
+    def _verified(self, public: dict[int, tuple[bytes, bytes]], signed: dict[int, dict[str, Any]]) -> dict[int, Any]:
+        """Each peer's certificate checked against the peer CA and its keys signature (Bonawitz et al. 2017, round 1, active variant)."""
+        from .identity import MAX_CERTIFICATE, MAX_SIGNATURE, decode_b64
+
+        unsigned = sorted(set(public) - set(signed))
+        if unsigned:
+            raise ApiError(400, "secagg_unsigned_peer", f"device(s) {unsigned} sent unsigned keys; this device takes only keys signed with a device certificate of its peer CA (serve peer_ca on every device)")
+        peers: dict[int, Any] = {}
+        for peer, entry in sorted(signed.items()):
+            try:
+                commitment = _keys.unb64(entry["commitment"], _keys.KEY_BYTES, f"keys[{str(peer)!r}].commitment")
+                signature = decode_b64(entry["signature"], MAX_SIGNATURE, f"keys[{str(peer)!r}].signature")
+                der = decode_b64(entry["certificate"], MAX_CERTIFICATE, f"keys[{str(peer)!r}].certificate")
+            except ValueError as exc:
+                raise _bad(str(exc)) from None
+            if peer == self.me:
+                if commitment != _keys.commitment(self.b) or der != self.identity.certificate_der:
+                    raise ApiError(400, "secagg_bad_keys", f"keys must list this device ({self.me}) with the commitment and certificate it answered")
+                peers[peer] = self.identity.me
+                continue
+            try:
+                certified = self.identity.verify_peer(der)
+            except ValueError as exc:
+                raise ApiError(400, "secagg_bad_certificate", f"device {peer}'s certificate is refused: {exc}") from None
+            if not certified.verifies(signature, self._keys_message(peer, *public[peer], commitment)):
+                raise ApiError(
+                    400, "secagg_bad_signature",
+                    f"device {peer}'s keys signature ({certified.name}) does not verify over repetition {self.rep}, n = {self.devices}, "
+                    f"t = {self.threshold} and its keys: the keys were changed in transit, or the device was told another n or t",
+                )  # fmt: skip
+            peers[peer] = certified
+        holders: dict[bytes, int] = {}
+        for peer, certified in sorted(peers.items()):
+            other = holders.setdefault(certified.key_bytes(), peer)
+            if other != peer:  # one certified key is one device; a device signs one id per repetition
+                raise ApiError(400, "secagg_bad_certificate", f"devices {other} and {peer} present the same certified key ({certified.name}); one device cannot take two ids")
+        return peers
 
     def inbox(self, body: Any) -> dict[str, Any]:
         participants = _id_list(body, "participants", self.devices)
@@ -124,17 +188,69 @@ class Session:
         self.held, self.participants, self.stage = held, participants, "ready"
         return {"participants": len(participants)}
 
-    def unmask(self, body: Any) -> dict[str, Any]:
+    def _survivors(self, body: Any, phase: str) -> list[int]:
         if self.stage != "masked":
-            raise ApiError(409, "secagg_out_of_order", f"unmask comes after this device's masked result for repetition {self.rep}; it is at the {self.stage} phase")
+            raise ApiError(409, "secagg_out_of_order", f"{phase} comes after this device's masked result for repetition {self.rep}; it is at the {self.stage} phase")
         survivors = _id_list(body, "survivors", self.devices)
-        dropped = _id_list(body, "dropped", self.devices, empty=True)
-        if set(survivors) & set(dropped) or set(survivors) | set(dropped) != set(self.participants):
-            raise _bad(f"survivors and dropped must split the participants {self.participants} between them")
+        if not set(survivors) <= set(self.participants):
+            raise _bad(f"survivors must be participants {self.participants}")
         if self.me not in survivors:
             raise _bad(f"survivors must include this device ({self.me}): it sent its masked result")
         if len(survivors) < self.threshold:
             raise ApiError(409, "secagg_too_few", f"{len(survivors)} survivors are fewer than the threshold {self.threshold}: revealing shares now could unmask one device")
+        return survivors
+
+    def consistency(self, body: Any) -> dict[str, Any]:
+        """Sign the survivor list (Bonawitz et al. 2017, round 3): one list per repetition, never two."""
+        if self.identity is None:
+            raise ApiError(409, "secagg_unsigned", "this device does not sign (it was served without peer_ca); the consistency phase is for signed rounds")
+        survivors = self._survivors(body, "consistency")
+        if self.signed is not None and self.signed != survivors:
+            raise ApiError(
+                409, "secagg_inconsistent",
+                f"this device signed the survivors {self.signed} for repetition {self.rep} already; it signs one list per repetition, not {survivors}",
+            )  # fmt: skip
+        from .identity import survivors_message
+
+        self.signed = survivors
+        return {"signature": _keys.b64(self.identity.sign(survivors_message(self.rep, self.s.public, survivors)))}
+
+    def _check_signatures(self, body: Any, survivors: list[int]) -> None:
+        """At least ``t`` survivors signed the very list this device signed (round 3): else no share leaves."""
+        from .identity import MAX_SIGNATURE, decode_b64, survivors_message
+
+        if self.signed != survivors:
+            shown = "no list yet" if self.signed is None else f"{self.signed}"
+            raise ApiError(409, "secagg_inconsistent", f"unmask must name the survivors this device signed in the consistency phase ({shown}), got {survivors}")
+        relayed = _field(body, "signatures", dict)
+        if len(relayed) > len(survivors):
+            raise _bad(f"signatures holds {len(relayed)} entries; at most one per survivor ({len(survivors)})")
+        valid = []
+        for name, text in relayed.items():
+            peer = _device_id(name, self.devices, "signatures")
+            if peer not in survivors:
+                raise _bad(f"signatures names device {peer}, not a survivor {survivors}")
+            try:
+                signature = decode_b64(text, MAX_SIGNATURE, f"signatures[{name!r}]")
+            except ValueError as exc:
+                raise _bad(str(exc)) from None
+            if not self.peers[peer].verifies(signature, survivors_message(self.rep, self.public[peer][1], survivors)):
+                raise ApiError(400, "secagg_bad_signature", f"device {peer}'s consistency signature ({self.peers[peer].name}) does not verify over the survivors {survivors}")
+            valid.append(peer)
+        if len(valid) < self.threshold:
+            raise ApiError(
+                409, "secagg_inconsistent",
+                f"only {len(valid)} survivor(s) {sorted(valid)} signed the survivors {survivors}; this device reveals shares only when at least "
+                f"the threshold {self.threshold} did (else survivors may have been shown different lists)",
+            )  # fmt: skip
+
+    def unmask(self, body: Any) -> dict[str, Any]:
+        survivors = self._survivors(body, "unmask")
+        dropped = _id_list(body, "dropped", self.devices, empty=True)
+        if set(survivors) & set(dropped) or set(survivors) | set(dropped) != set(self.participants):
+            raise _bad(f"survivors and dropped must split the participants {self.participants} between them")
+        if self.identity is not None:
+            self._check_signatures(body, survivors)
         # The rule that keeps one device's update hidden: never both secrets of the same peer.
         both = [p for p in survivors if self.revealed.get(p) == "s"] + [p for p in dropped if self.revealed.get(p) == "b"]
         if both:
@@ -199,14 +315,14 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
     request = _parsed(body)
     with device.lock:
         job = device.job
-        if job is not None and not job.done.is_set() and phase != "unmask":
+        if job is not None and not job.done.is_set() and phase not in ("consistency", "unmask"):
             raise ApiError(409, "busy", f"training repetition {job.repetition}; try again when it is done")
         session = device.secagg
         if phase == "keys":
             if rep <= device.last_repetition or (session is not None and rep <= session.rep):
                 last = max(device.last_repetition, session.rep if session is not None else 0)
                 raise ApiError(409, "stale_repetition", f"repetition {rep} is not above this device's last repetition {last}; start keys at {last + 1} or later")
-            device.secagg = _new_session(rep, request)
+            device.secagg = _new_session(rep, request, getattr(device, "secagg_identity", None))
             return device.secagg.keys_answer()
         if session is None or session.rep != rep:
             raise ApiError(409, "secagg_out_of_order", f"no keys phase for repetition {rep} here; run {rep}/secagg/keys first")
@@ -236,7 +352,7 @@ def session_for_submit(device: Any, rep: int, required: bool) -> Session | None:
 # -- checks ------------------------------------------------------------------------------
 
 
-def _new_session(rep: int, body: Any) -> Session:
+def _new_session(rep: int, body: Any, identity: Any = None) -> Session:
     if not isinstance(body, dict) or set(body) != {"devices", "id", "threshold", "clip", "scale", "max_samples"}:
         raise _bad('keys takes {"devices": n, "id": i, "threshold": t, "clip": c, "scale": s, "max_samples": m}')
     devices = _int(body["devices"], MIN_THRESHOLD, MAX_DEVICES, "devices")
@@ -252,7 +368,7 @@ def _new_session(rep: int, body: Any) -> Session:
         checked_bound(float(clip), scale, max_samples, devices)
     except ValueError as exc:
         raise _bad(str(exc)) from None
-    return Session(rep, me, devices, threshold, float(clip), scale, max_samples)
+    return Session(rep, me, devices, threshold, float(clip), scale, max_samples, identity)
 
 
 def _parsed(body: bytes) -> Any:
