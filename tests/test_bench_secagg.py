@@ -53,6 +53,7 @@ def test_report_replaces_only_its_section(tmp_path, before, after):
     assert path.read_text() == after.format(new=new)
 
 
+@pytest.mark.slow  # a few seconds of real waiting: the full suite runs it (fast tier: 90 s budget)
 def test_quick_run_counts_the_bytes_each_protocol_moves(tmp_path):
     """1M float32 parameters, 3 devices: plain FedAvg moves the model down and back (24 MB); secure
     aggregation sends uint64 masked updates back (4 + 8 bytes a parameter a device: 36 MB), plus headers

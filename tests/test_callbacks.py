@@ -87,6 +87,7 @@ def test_csv_logger_refuses_to_overwrite_another_file(devices, tmp_path):
     assert path.read_text() == "name,score\nada,1\n"
 
 
+@pytest.mark.slow  # a few seconds of real waiting: the full suite runs it (fast tier: 90 s budget)
 def test_mlflow_metrics_read_back_with_mlflows_client(devices, tmp_path):
     mlflow = pytest.importorskip("mlflow")
     device = devices("evaluating", 2.0, 5, 10, 0.75)

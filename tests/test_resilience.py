@@ -55,6 +55,7 @@ def test_quorum_missed_lists_every_device_and_keeps_the_model(devices):
     assert len(alg.history) == 1
 
 
+@pytest.mark.slow  # a few seconds of real waiting: the full suite runs it (fast tier: 90 s budget)
 def test_frozen_device_misses_the_deadline_and_the_quorum_still_merges(devices):
     alive = devices("constant", 3.0, 5)
     frozen = devices("constant", 9.0, 5)

@@ -40,6 +40,7 @@ def test_processes_give_the_same_model_as_threads_for_the_same_seed():
     assert abs(models["processes"]["w"][0, 0] - 2.0) < 0.5  # trained, toward the ground truth
 
 
+@pytest.mark.slow  # a few seconds of real waiting: the full suite runs it (fast tier: 90 s budget)
 def test_a_killed_worker_is_its_devices_failure_and_is_replaced():
     with ProcessPool(killed_on_3, 2) as pool:
         remotes = process_remotes(pool, 6, timeout=60)

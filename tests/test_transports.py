@@ -126,6 +126,7 @@ def test_a_payload_refused_over_http_is_refused_in_process_with_the_same_error(d
     assert failures[0] == failures[1]
 
 
+@pytest.mark.slow  # a few seconds of real waiting: the full suite runs it (fast tier: 90 s budget)
 def test_a_device_past_the_deadline_is_late_in_process_as_over_http(devices):
     from tests.devices import slow
 
