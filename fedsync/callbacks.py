@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .history import RoundResult, write_atomically
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .client import Federated
@@ -29,25 +32,64 @@ __all__ = ["EarlyStopping", "TensorBoard", "CSVLogger", "MLflow", "round_scalars
 
 
 class EarlyStopping:
-    """A ``fit`` callback that stops when a metric has not improved for ``patience`` rounds.
+    """A ``fit`` callback that stops when a metric has not improved for ``patience`` measurements.
 
     Args:
         metric: the metric's name, e.g. ``"accuracy"``.
-        patience: rounds without improvement before stopping.
+        patience: measurements of the metric without a new best before stopping (rounds
+            where it was measured: with ``fit(evaluate_every=5)``, ``patience=3`` is 15 rounds).
         mode: ``"max"`` (higher is better) or ``"min"``.
-        evaluation: read the metric from federated evaluation (else from training).
+        evaluation: read the metric from federated evaluation (else from training);
+            ignored when ``source`` is given.
+        source: where to read the metric: ``"evaluation"`` (the devices' evaluation,
+            ``RoundResult.evaluation``), ``"server"`` (``Federated(evaluate_fn=...)`` on the
+            coordinator, ``RoundResult.server_evaluation``) or ``"train"`` (the training
+            metrics). Default: ``"evaluation"``, or ``"train"`` with ``evaluation=False``.
+
+    A round whose source was measured without the metric (a misspelt name, or every device
+    failed to evaluate) is logged once as a warning: such a callback could never stop the run.
+
+    Raises:
+        ValueError: a bad ``mode``, ``source`` or ``patience``.
     """
 
-    def __init__(self, metric: str, patience: int = 3, mode: str = "max", evaluation: bool = True) -> None:
+    SOURCES = ("evaluation", "server", "train")
+
+    def __init__(self, metric: str, patience: int = 3, mode: str = "max", evaluation: bool = True, *, source: str | None = None) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.metric, self.patience, self.mode, self.evaluation = metric, patience, mode, evaluation
+        if source is None:
+            source = "evaluation" if evaluation else "train"
+        if source not in self.SOURCES:
+            raise ValueError(f"source must be one of {', '.join(map(repr, self.SOURCES))}, got {source!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be a positive integer (measurements without improvement), got {patience!r}")
+        self.metric, self.patience, self.mode, self.source = metric, patience, mode, source
+        self.evaluation = source == "evaluation"
         self.best: float | None = None
         self.waited = 0
+        self._warned = False
+
+    def _measured(self, result: RoundResult) -> dict[str, float] | None:
+        """The metrics this round measured in ``source``, or ``None`` when it measured nothing there."""
+        if self.source == "train":
+            return result.metrics
+        measured = result.evaluation if self.source == "evaluation" else result.server_evaluation
+        return None if measured is None else measured.metrics
 
     def __call__(self, alg: "Federated", result: RoundResult) -> bool:
-        source = result.evaluation.metrics if (self.evaluation and result.evaluation) else None if self.evaluation else result.metrics
-        if source is None or self.metric not in source:
+        source = self._measured(result)
+        if source is None:
+            return False
+        if self.metric not in source:
+            if not self._warned:
+                self._warned = True
+                found = ", ".join(sorted(source)) or "none: did every device fail to evaluate?"
+                logger.warning(
+                    "EarlyStopping(%r) found no %r in round %d's %s metrics (found: %s); it cannot stop this run "
+                    "until that metric is measured. Check the name, or pass source='evaluation', 'server' or 'train'",
+                    self.metric, self.metric, result.repetition, self.source, found,
+                )
             return False
         value = source[self.metric]
         better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)

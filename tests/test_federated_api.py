@@ -107,3 +107,40 @@ def test_early_stopping_ignores_rounds_without_the_metric():
     assert [stop(None, r) for r in rounds_with([0.5, 0.4], evaluation=False)] == [False, False]
     with pytest.raises(ValueError, match="'max' or 'min'"):
         EarlyStopping("accuracy", mode="highest")
+
+
+def test_early_stopping_watches_the_servers_evaluate_fn_and_stops_a_real_fit():
+    """source='server': the metric of Federated(evaluate_fn=...), which Flower users evaluate with."""
+    import fedsync
+
+    def train(model):
+        model["w"] += 1.0
+        return 10
+
+    scores = iter([0.5, 0.6, 0.6, 0.55, 0.9, 0.9])
+    device = fedsync.serve(FedArrays({"w": np.zeros(2)}, train), port=0, block=False)
+    try:
+        with Federated(FedArrays({"w": np.zeros(2)}), [device.url], evaluate_fn=lambda model, server_round: {"acc": next(scores)}) as alg:
+            history = alg.fit(6, callbacks=[EarlyStopping("acc", patience=2, source="server")], progress=False)
+    finally:
+        device.close()
+    assert len(history) == 4  # best 0.6 at round 2, then 0.6 and 0.55: two without a new best
+    assert history.metric("acc", server=True) == [0.5, 0.6, 0.6, 0.55]
+
+
+def test_early_stopping_warns_once_when_its_metric_is_never_measured(caplog):
+    stop = EarlyStopping("accuracy", patience=1, source="evaluation")
+    rounds = [RoundResult(repetition=i, evaluation=EvaluationResult(repetition=i, metrics={"loss": 0.3})) for i in (1, 2)]
+    with caplog.at_level("WARNING", logger="fedsync.callbacks"):
+        assert [stop(None, r) for r in rounds] == [False, False]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fedsync.callbacks"]
+    assert warnings == [
+        "EarlyStopping('accuracy') found no 'accuracy' in round 1's evaluation metrics (found: loss); it cannot stop this run "
+        "until that metric is measured. Check the name, or pass source='evaluation', 'server' or 'train'"
+    ]
+
+
+@pytest.mark.parametrize("bad, match", [({"source": "devices"}, "source must be one of"), ({"patience": 0}, "patience must be a positive integer")])
+def test_early_stopping_refuses_a_bad_source_or_patience(bad, match):
+    with pytest.raises(ValueError, match=match):
+        EarlyStopping("accuracy", **bad)
