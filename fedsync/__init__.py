@@ -8,7 +8,7 @@ from ._version import __version__
 from .arrays import FedArrays
 from .bundle import FedBundle
 from .client import EarlyStopping, Federated, Remote
-from .errors import FedSyncError
+from .errors import FedSyncError, RoundFailed, SpecsMismatch
 from .history import EvaluationResult, History, RoundResult, ServerEvaluation
 from .hookspecs import hookimpl
 from .protocol import FIRST, FedData
@@ -31,5 +31,7 @@ __all__ = [
     "EarlyStopping",
     "serve",
     "FedSyncError",
+    "RoundFailed",
+    "SpecsMismatch",
     "hookimpl",
 ]

@@ -360,7 +360,7 @@ class Federated:
         try:
             (self.data.merge if secure is None else secure.merge)(self._collect(state, remotes, needed, result, _size(payload)), rep)
         except RoundFailed as exc:  # the merge found the round unusable: say who took part
-            message = exc.args[0] if str(exc.args[0]).startswith(f"round {rep} ") else f"round {rep}: {exc.args[0]}"
+            message = exc.message if exc.message.startswith(f"round {rep} ") else f"round {rep}: {exc.message}"
             raise RoundFailed(message, {**exc.failures, **result.failures}) from None
         except Exception as exc:
             if state.merging is None:  # not while folding a reply: the merge's own error

@@ -73,6 +73,7 @@ class RoundFailed(FedSyncError, RuntimeError):
     """
 
     def __init__(self, message: str, failures: dict[str, str] | None = None) -> None:
+        self.message = message  # without the failures' lines, which str() appends
         self.failures = dict(failures or {})
         detail = "".join(f"\n  {url}: {why}" for url, why in self.failures.items())
         super().__init__(message + detail)

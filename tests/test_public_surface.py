@@ -116,3 +116,12 @@ def test_internal_modules_export_nothing_at_the_top(name):
     top = importlib.import_module("fedsync")
     leaked = [public for public in top.__all__ if getattr(getattr(top, public), "__module__", "") == module.__name__]
     assert not leaked, f"fedsync.__all__ exports {leaked} from internal {name}"
+
+
+def test_the_errors_a_round_raises_are_importable_from_fedsync():
+    """The README names RoundFailed.failures and SpecsMismatch; users catch them without knowing fedsync.errors."""
+    import fedsync
+    from fedsync import errors
+
+    assert fedsync.RoundFailed is errors.RoundFailed and fedsync.SpecsMismatch is errors.SpecsMismatch
+    assert {"RoundFailed", "SpecsMismatch"} <= set(fedsync.__all__)

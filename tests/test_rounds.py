@@ -118,6 +118,7 @@ def test_training_error_reaches_coordinator_and_next_round_works(devices):
             alg.round()
         assert "RuntimeError: disk full on device" in caught.value.failures[device.url]
         assert str(caught.value).startswith("round 1 failed: 0 of 1 required devices answered;"), str(caught.value)
+        assert str(caught.value).count(device.url) == 1, str(caught.value)  # each failure listed once
         assert "TrainingFailed" in caught.value.failures[device.url]
         assert np.all(data.model["w"] == 0.0)
         assert Remote(device.url).info()["state"] == "failed"
