@@ -221,3 +221,14 @@ def test_local_dp_on_a_torch_model_clips_floats_and_returns_counters_as_received
     assert update_norm(sent, received) == pytest.approx(0.5, rel=1e-5)
     counters = [name for name, a in received.items() if a.dtype.kind != "f"]
     assert counters and all(sent[name] == received[name] for name in counters)
+
+
+def test_the_accountant_reports_epsilon_without_flooding_the_log(caplog):
+    """dp-accounting warns (through absl) for every RDP order it leaves out: q=0.1, σ=1 gives four a call."""
+    pytest.importorskip("dp_accounting")
+    from fedsync.privacy import epsilon
+
+    with caplog.at_level("DEBUG"):
+        value = epsilon(1.0, [(0.1, 50)], 1e-5)
+    assert 5.0 < value < 7.0
+    assert [r.getMessage()[:40] for r in caplog.records if r.name == "absl"] == []
