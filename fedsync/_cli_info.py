@@ -62,7 +62,7 @@ def _run_info(args: argparse.Namespace) -> int:
             infos = _device_infos(remote)
         except RemoteUnavailable as exc:
             if not exc.reason.startswith("cannot connect"):  # TLS and HTTP failures say what they are
-                raise CommandError(remote.scrub(str(exc))) from None
+                raise CommandError(_as_flags(remote.scrub(str(exc)))) from None
             raise CommandError(f"cannot connect to {url}: is a device serving there? (start one with: fedsync serve MODULE:ATTR)") from None
         except RemoteTimeout:
             raise CommandError(f"{url} did not answer within {args.timeout:g}s; is it a fedsync device? (try --timeout)") from None
@@ -164,3 +164,10 @@ def _format_info(url: str, info: Mapping[str, Any]) -> str:
 
 MAX_WEIGHTS_SHOWN = 1000
 """The most weights ``fedsync info`` lists one per line."""
+
+
+def _as_flags(message: str) -> str:
+    """A Remote's TLS hints, which name its Python arguments, in this command's flags."""
+    return message.replace("pass verify=CA_BUNDLE, the device's certificate or its CA", "pass --cafile with the device's certificate or its CA").replace(
+        "pass cert=(certfile, keyfile)", "pass --cert CERTFILE --key KEYFILE"
+    )

@@ -170,6 +170,25 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         logger.debug("connection from %s failed", client_address, exc_info=True)
 
 
+_PLAIN_HTTP_TO_TLS_BODY = json.dumps({
+    "error": "tls_required",
+    "message": "this device serves HTTPS, and this request came as plain HTTP: use an https:// URL",
+}).encode()
+_PLAIN_HTTP_TO_TLS = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: "
+    + str(len(_PLAIN_HTTP_TO_TLS_BODY)).encode() + b"\r\n\r\n" + _PLAIN_HTTP_TO_TLS_BODY
+)
+
+
+def _send_plain(tls: ssl.SSLSocket, data: bytes) -> None:
+    """Write ``data`` unencrypted on a TLS socket whose handshake failed (best effort, never blocking long)."""
+    try:
+        tls.settimeout(1.0)
+        socket.socket.sendall(tls, data)  # the plain socket's method: no TLS record around it
+    except OSError:
+        pass
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Runs the WSGI app for every request of a connection (PEP 3333).
 
@@ -185,7 +204,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def setup(self) -> None:
         if isinstance(self.request, ssl.SSLSocket):
             self.request.settimeout(IDLE_TIMEOUT)
-            self.request.do_handshake()  # a failure ends this connection only (handle_error)
+            try:
+                self.request.do_handshake()  # a failure ends this connection only (handle_error)
+            except ssl.SSLError as exc:
+                if exc.reason == "HTTP_REQUEST":  # plain HTTP sent to this TLS port: say so, as nginx does
+                    _send_plain(self.request, _PLAIN_HTTP_TO_TLS)
+                raise
         super().setup()
         if self.connection.family in (socket.AF_INET, socket.AF_INET6):
             # A response's headers and body are separate writes: without this the

@@ -454,6 +454,8 @@ class Remote:
             raise RemoteBusy(self.url, message)
         if code == "training_failed":
             raise TrainingFailed(self.url, f"training failed on the device: {message}")
+        if code == "tls_required":  # a plain-HTTP URL for a device that serves HTTPS
+            raise RemoteUnavailable(self.url, message)
         if status in (400, 411, 413):
             raise PayloadRejected(f"{self.url}: device rejected the payload ({status} {code}): {message}")
         raise RemoteError(self.url, f"HTTP {status} {code}: {message}")

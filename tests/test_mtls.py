@@ -8,6 +8,7 @@ import stat
 
 import numpy as np
 import pytest
+import requests
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -110,6 +111,28 @@ def test_fedsync_info_trusts_cafile_and_presents_a_client_certificate(serve, pki
     assert f"device         {url}" in capsys.readouterr().out
     # Without --cafile the device's certificate is not trusted, and the error says so (not "cannot connect").
     assert main(["info", url, *cert]) == 1
-    assert "TLS certificate not trusted" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "TLS certificate not trusted (pass --cafile with the device's certificate or its CA)" in err  # its own flags
     assert main(["info", url, "--cafile", str(pki / "ca.pem")]) == 1
-    assert "client certificate" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "client certificate, pass --cert CERTFILE --key KEYFILE signed by its CA" in err
+    assert main(["info", url.replace("https://", "http://"), "--cafile", str(pki / "ca.pem"), *cert]) == 1
+    assert "use an https:// URL" in capsys.readouterr().err
+
+
+def test_plain_http_to_a_tls_device_is_told_to_use_https(tmp_path):
+    """As nginx does: a plain-HTTP request on the TLS port gets a 400 saying so, not a dropped connection."""
+    import fedsync
+    from fedsync import Remote
+    from fedsync.errors import RemoteError
+    from tests.conftest import tls_files
+    from tests.seed_fedfloat import FedFloat
+
+    cert, key, ca = tls_files(tmp_path)
+    with fedsync.serve(FedFloat(1.0), port=0, block=False, ssl_context=(cert, key)) as server:
+        plain = server.url.replace("https://", "http://")
+        answer = requests.get(plain + "/info", timeout=10)
+        assert answer.status_code == 400 and answer.json()["error"] == "tls_required"
+        with pytest.raises(RemoteError, match="use an https:// URL"):
+            Remote(plain, retries=0).info()
+        assert Remote(server.url, verify=ca).info()["specs"] == "Float"  # and the device still serves HTTPS
