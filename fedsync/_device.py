@@ -155,14 +155,18 @@ class Device:
         return "failed" if job.error is not None else "idle"
 
     def info(self) -> DeviceInfo:
-        next_rep = self.last_repetition + 1
+        session = self.secagg
+        # The highest repetition this device refuses to start again: a secure round's keys phase
+        # counts (its setup may have failed before submit), so a restarted coordinator goes above it.
+        refused = max(self.last_repetition, session.rep if session is not None else 0)
+        next_rep = refused + 1
         job = self.job
         return {
             "protocol": PROTOCOL_VERSION,
             "fedsync": __version__,
             "type": type(self.fed).__name__,
             "specs": self.fed.specs(next_rep),
-            "repetition": self.last_repetition,
+            "repetition": refused,
             "state": self.state,
             "rounds_served": self.rounds_served,
             "last_error": job.error if job is not None else None,

@@ -457,8 +457,13 @@ class Remote:
         if code == "tls_required":  # a plain-HTTP URL for a device that serves HTTPS
             raise RemoteUnavailable(self.url, message)
         if status in (400, 411, 413):
-            raise PayloadRejected(f"{self.url}: device rejected the payload ({status} {code}): {message}")
-        raise RemoteError(self.url, f"HTTP {status} {code}: {message}")
+            error: Exception = PayloadRejected(f"{self.url}: device rejected the payload ({status} {code}): {message}")
+        else:
+            error = RemoteError(self.url, f"HTTP {status} {code}: {message}")
+        # The refusal's JSON object (at most MAX_ERROR_BODY bytes), for callers that read more than the
+        # message, e.g. secure aggregation's "senders" (fedsync.secagg.coordinator); unchecked: check before use.
+        error.detail = detail if code != "http_error" and isinstance(detail, dict) else None  # type: ignore[attr-defined]
+        raise error
 
     def _short(self, exc: BaseException) -> str:
         text = self.scrub(str(exc))

@@ -78,3 +78,34 @@ def hung(seed: int, samples: int) -> FedArrays:
         return samples
 
     return FedArrays(model(), train)
+
+
+def garbler(seed: int, samples: int) -> FedArrays:
+    """An honest trainer whose shares-phase answer carries ciphertexts no receiver can decrypt (one bit flipped in each)."""
+    from fedsync.secagg import device as secagg_device
+
+    honest = secagg_device.Session.shares
+
+    def shares(self, body):
+        answer = honest(self, body)
+        keys = secagg_device._keys
+        flip = lambda text: keys.b64(keys.unb64(text, keys.CIPHERTEXT_BYTES, "share")[:-1] + bytes([keys.unb64(text, keys.CIPHERTEXT_BYTES, "share")[-1] ^ 1]))  # noqa: E731
+        return {"shares": {peer: flip(text) for peer, text in answer["shares"].items()}}
+
+    secagg_device.Session.shares = shares
+    return noisy(seed, samples)
+
+
+def accuser(seed: int, samples: int, *accused: int) -> FedArrays:
+    """A device that refuses every inbox claiming the shares of the devices ``accused`` (ids) do not decrypt: a lie."""
+    from fedsync.secagg import device as secagg_device
+
+    def inbox(self, body, unsubmitted=None):
+        named = [p for p in accused if p in body.get("participants", [])]
+        if named:
+            raise secagg_device.BadShares(sorted(named), self.rep, self.me)
+        return honest(self, body, unsubmitted) if unsubmitted is not None else honest(self, body)
+
+    honest = secagg_device.Session.inbox
+    secagg_device.Session.inbox = inbox
+    return noisy(seed, samples)

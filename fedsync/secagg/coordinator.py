@@ -121,12 +121,62 @@ class SecureRound:
                 sent[u] = shares
         self.participants = sorted(sent)
         self._enough("the shares phase", self.participants)
-        inbox = {u: {"participants": self.participants, "shares": {str(v): sent[v][u] for v in self.participants if v != u}} for u in self.participants}
-        answers = self._phase("inbox", inbox)
-        ready = [u for u, answer in answers.items() if self._keep(u, answer, lambda u, a: True)]
+        ready = self._deliver(sent)
         # A participant that missed its inbox will not mask: it counts as dropped, and its s_sk is rebuilt.
         self.remotes = [self.by_id[u] for u in sorted(ready)]
         self._enough("the inbox phase", ready)
+
+    def _deliver(self, sent: dict[int, dict[int, str]]) -> list[int]:
+        """The inbox phase: the ids that kept their inbox. A sender whose shares some receiver
+        cannot decrypt is dropped (:mod:`.disputes` decides between accuser and accused) and the
+        inbox delivered again, with fewer participants, to those still in: bounded, each
+        delivery after the first follows the drop of at least one participant."""
+        from .disputes import resolve
+
+        pending, ready, disputes = list(self.participants), [], []
+        while pending:
+            inbox = {u: {"participants": self.participants, "shares": {str(v): sent[v][u] for v in self.participants if v != u}} for u in pending}
+            accusations: dict[int, list[int]] = {}
+            for u, answer in self._phase("inbox", inbox).items():
+                senders = self._accused(u, answer)
+                if senders:
+                    accusations[u] = senders
+                elif self._keep(u, answer, lambda u, a: True):
+                    ready.append(u)
+            if not accusations:
+                return ready
+            dropped, disputes = resolve(accusations, disputes)
+            for u in dropped:
+                self.result.failures[self.by_id[u].url] = self._blame(u, disputes)
+            self.participants = [u for u in self.participants if u not in dropped]
+            self._enough("the inbox phase (after dropping the devices whose shares did not decrypt, or their accusers)", self.participants)
+            # Everyone still in gets the smaller list: those that kept the first inbox take it as a subset of it.
+            pending, ready = [u for u in [*ready, *accusations] if u not in dropped], []
+        return ready
+
+    def _accused(self, u: int, answer: Any) -> list[int]:
+        """The senders a ``secagg_bad_share`` refusal names, checked; ``[]`` for any other answer."""
+        detail = getattr(answer, "detail", None) if isinstance(answer, BaseException) else None
+        if not isinstance(detail, dict) or detail.get("error") != "secagg_bad_share":
+            return []
+        senders = detail.get("senders")
+        others = set(self.participants) - {u}
+        if not isinstance(senders, list) or not senders or len(senders) > len(others) or not all(type(v) is int and v in others for v in senders) or len(set(senders)) != len(senders):
+            return []  # a refusal without a usable list: that device's own failure (recorded by _keep)
+        return sorted(senders)
+
+    def _blame(self, u: int, disputes: list[tuple[int, int]]) -> str:
+        accusers = sorted(a for a, s in disputes if s == u)
+        accused = sorted(s for a, s in disputes if a == u)
+        if len(accusers) >= len(accused):
+            return (
+                f"SecAggBadShare: device(s) {self._named(accusers)} could not decrypt the share(s) it sent them (AES-GCM fails); "
+                "it was dropped before training and the others' inbox delivered again without it"
+            )  # fmt: skip
+        return (
+            f"SecAggAccusation: it claimed the shares of {len(accused)} device(s) ({self._named(accused)}) do not decrypt, more disputes "
+            "than any device it accused; it was dropped before training and its accusations set aside"
+        )  # fmt: skip
 
     def _keys_answer(self, u: int, answer: Any) -> bool:
         if not isinstance(answer, dict) or set(answer) not in ({"c", "s", "commitment"}, SIGNED_ENTRY):

@@ -24,6 +24,7 @@ error and changes nothing. Phases run strictly in order, once each.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,7 +38,7 @@ from .._device import ApiError
 from . import keys as _keys
 from .settings import MAX_DEVICES, MIN_THRESHOLD, checked_bound, threshold_range
 
-__all__ = ["Session", "answer", "session_for_submit", "MASKED_NAME", "MASKED_KEY", "MAX_BODY", "SIGNED_ENTRY"]
+__all__ = ["Session", "BadShares", "answer", "session_for_submit", "MASKED_NAME", "MASKED_KEY", "MAX_BODY", "SIGNED_ENTRY"]
 
 MAX_BODY = 1 << 20
 """The largest phase request body, in bytes (n = MAX_DEVICES fits with room)."""
@@ -165,27 +166,45 @@ class Session:
                 raise ApiError(400, "secagg_bad_certificate", f"devices {other} and {peer} present the same certified key ({certified.name}); one device cannot take two ids")
         return peers
 
-    def inbox(self, body: Any) -> dict[str, Any]:
+    def inbox(self, body: Any, unsubmitted: Any = contextlib.nullcontext) -> dict[str, Any]:
+        """Keep the shares the participants sent this device; again, with fewer participants, until submit.
+
+        A second inbox (the coordinator dropped a sender some receiver could not decrypt) must
+        name a subset of the first's participants: a device masks with one set of peers, and
+        never takes a peer back. ``unsubmitted()`` is held while the result is committed and
+        raises if the repetition was submitted (nothing depends on the inbox before then).
+
+        Raises:
+            ApiError: 400 ``secagg_bad_share`` with ``senders``, the ids whose ciphertexts do
+                not decrypt (AES-GCM fails): nothing is kept, the senders are to blame.
+        """
         participants = _id_list(body, "participants", self.devices)
         if not set(participants) <= set(self.public) or self.me not in participants:
             raise _bad(f"participants must include this device ({self.me}) and only devices of the shares phase {sorted(self.public)}")
+        if self.stage == "ready" and not set(participants) <= set(self.participants):
+            raise ApiError(409, "secagg_inconsistent", f"a second inbox may only drop participants of the first {self.participants}, got {participants}")
         if len(participants) < self.threshold:
             raise ApiError(409, "secagg_too_few", f"{len(participants)} participants are fewer than the threshold {self.threshold}; this round cannot complete")
         sent = _field(body, "shares", dict)
         expected = {str(p) for p in participants if p != self.me}
         if set(sent) != expected:
             raise _bad(f"shares must hold exactly one ciphertext from each other participant {sorted(expected, key=int)}")
-        held = dict(self.held)
+        held = {self.me: self.held[self.me]}
+        failed: list[int] = []
         for name, text in sent.items():
             peer = int(name)
             blob = _unb64(text, _keys.CIPHERTEXT_BYTES, f"shares[{name!r}]")
             key = _keys.agree(self.c, self.public[peer][0], "share", self.rep)
             try:
                 plain = _keys.decrypt_share(key, self.rep, peer, self.me, blob)
-            except ValueError as exc:
-                raise ApiError(400, "secagg_bad_share", str(exc)) from None
+            except ValueError:
+                failed.append(peer)
+                continue
             held[peer] = (plain[:32], plain[32:])
-        self.held, self.participants, self.stage = held, participants, "ready"
+        if failed:  # every bad sender at once: the coordinator drops them and delivers again
+            raise BadShares(sorted(failed), self.rep, self.me)
+        with unsubmitted():
+            self.held, self.participants, self.stage = held, participants, "ready"
         return {"participants": len(participants)}
 
     def _survivors(self, body: Any, phase: str) -> list[int]:
@@ -293,6 +312,23 @@ class Session:
         return encode_payload({MASKED_NAME: vector}, {MASKED_KEY: "v1"})
 
 
+class BadShares(ApiError):
+    """400 ``secagg_bad_share``: the shares of ``senders`` do not decrypt; answered with ``"senders": [ids]``."""
+
+    def __init__(self, senders: list[int], rep: int, me: int) -> None:
+        super().__init__(
+            400, "secagg_bad_share",
+            f"the share(s) that device(s) {senders} sent device {me} for repetition {rep} do not decrypt (AES-GCM authentication "
+            "fails): those senders answered the shares phase with garbage, or the ciphertexts were altered; drop them and deliver the inbox again",
+        )  # fmt: skip
+        self.senders = senders
+
+    def get_response(self, environ: Any = None, scope: Any = None) -> Any:
+        from .._device import json_response
+
+        return json_response({"error": self.error, "message": self.message, "senders": self.senders}, self.code)
+
+
 # -- the routes' entry points (called by fedsync.server) ------------------------------
 
 
@@ -327,10 +363,21 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
         if session is None or session.rep != rep:
             raise ApiError(409, "secagg_out_of_order", f"no keys phase for repetition {rep} here; run {rep}/secagg/keys first")
     with session.lock:  # the phases' crypto runs outside the device's lock
-        wanted = {"shares": "keys", "inbox": "shares"}.get(phase)
-        if wanted is not None and session.stage != wanted:
-            raise ApiError(409, "secagg_out_of_order", f"{phase} follows the {wanted} phase; this device is at the {session.stage} phase of repetition {rep}")
+        wanted = {"shares": ("keys",), "inbox": ("shares", "ready")}.get(phase)
+        if wanted is not None and session.stage not in wanted:
+            raise ApiError(409, "secagg_out_of_order", f"{phase} follows the {wanted[0]} phase; this device is at the {session.stage} phase of repetition {rep}")
+        if phase == "inbox":
+            return session.inbox(request, lambda: _unsubmitted(device, rep))
         return getattr(session, phase)(request)
+
+
+@contextlib.contextmanager
+def _unsubmitted(device: Any, rep: int) -> Any:
+    """Hold the device's lock while an inbox is kept: refused once ``rep`` was submitted (``start`` sets it under this lock)."""
+    with device.lock:
+        if device.last_repetition >= rep:
+            raise ApiError(409, "secagg_out_of_order", f"repetition {rep} was submitted already: its masks depend on the inbox it had; no inbox now")
+        yield
 
 
 def session_for_submit(device: Any, rep: int, required: bool) -> Session | None:
