@@ -13,7 +13,10 @@ import runpy
 import sys
 from typing import Any, Callable
 
-__all__ = ["locate", "load"]
+__all__ = ["locate", "load", "WORKER_RUN_NAME"]
+
+WORKER_RUN_NAME = "__fedsync_worker__"
+"""``__name__`` of a script a worker process runs to find its ``device_fn`` (not ``"__main__"``)."""
 
 HOW = (
     "define it with def at the top level of a module (e.g. mydevices.py: def device_fn(device_id): ...) "
@@ -36,6 +39,7 @@ def locate(device_fn: Any, *, script: bool = True, how: str = HOW) -> tuple[str 
             cannot be found again by its name; a ``__main__`` function when
             ``script`` is false; a string that is not ``"module:function"``.
         TypeError: ``device_fn`` is neither callable nor a string.
+        RuntimeError: called from a script a worker process is loading (no ``__main__`` guard).
     """
     if isinstance(device_fn, str):
         module, sep, name = device_fn.partition(":")
@@ -45,6 +49,12 @@ def locate(device_fn: Any, *, script: bool = True, how: str = HOW) -> tuple[str 
     if not callable(device_fn):
         raise TypeError(f"device_fn must be a function device_fn(device_id) -> FedData or its name, got {type(device_fn).__name__}")
     module, name = getattr(device_fn, "__module__", None), getattr(device_fn, "__qualname__", None)
+    if module == WORKER_RUN_NAME:
+        raise RuntimeError(
+            "run_simulation ran again while a worker process loaded your script to find device_fn: "
+            "put the script's work under `if __name__ == \"__main__\":` (as with multiprocessing), "
+            "so that loading it only defines device_fn"
+        )
     if not isinstance(module, str) or not isinstance(name, str) or "<" in name:
         raise ValueError(
             f"device_fn {device_fn!r} has no name another process can import (a lambda, a nested function or a "
@@ -77,7 +87,7 @@ def load(name: str, module: str | None = None, path: str | None = None) -> Calla
     if path is not None:
         # As multiprocessing's spawn does for __main__: run the script under another name,
         # so its `if __name__ == "__main__":` block does not run again here.
-        namespace = runpy.run_path(path, run_name="__fedsync_worker__")
+        namespace = runpy.run_path(path, run_name=WORKER_RUN_NAME)
         first, _, rest = name.partition(".")
         target = namespace[first]
         for part in rest.split(".") if rest else ():

@@ -84,3 +84,26 @@ def test_frames_and_answers_from_a_worker_are_checked_before_use():
     with pytest.raises(RemoteError, match="headers"):
         _checked_answer("local://d", {"status": 200, "headers": [["a", 1]]}, b"")
     assert _checked_answer("local://d", {"status": 202, "headers": [["A", "b"]]}, b"x") == (202, [("A", "b")], b"x")
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
+    """The worker loads the script to find device_fn; a top-level run_simulation must say what to do."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from fedsync import FedArrays\n"
+        "from fedsync.simulation import run_simulation\n"
+        "def device_fn(i):\n"
+        "    return FedArrays({'w': np.zeros(2)}, lambda m: 1)\n"
+        "run_simulation(device_fn, 2, 1, data=FedArrays({'w': np.zeros(2)}), workers=1, worker_kind='processes', progress=False)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert 'put the script\'s work under `if __name__ == "__main__":`' in done.stderr, done.stderr[-2000:]
