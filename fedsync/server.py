@@ -485,6 +485,13 @@ def serve(
     if peer_ca is not None:
         _sign_with(app, ssl_context, peer_ca)
     ssl_context = _tls_context(ssl_context, client_ca)
+    if not _loopback(host) and (token is None or ssl_context is None):
+        missing = " and ".join(w for w, absent in (("a token", token is None), ("TLS", ssl_context is None)) if absent)
+        logger.warning(
+            "serving on %s without %s: anyone who reaches this address can %s (docs/security.md: bind to 127.0.0.1, "
+            "or pass token= and ssl_context=)", host, missing,
+            "submit payloads and read results" if token is None else "read the token and the weights on the network",
+        )
     sock = _listen(host, port)
     try:
         server = KeepAliveServer(sock, app, ssl_context=ssl_context, max_connections=max_connections)
@@ -530,3 +537,15 @@ def _tls_context(ssl_context: Any, client_ca: str | os.PathLike | None) -> Any:
         raise OSError(f"cannot load the client CA {os.fspath(client_ca)!r} ({exc}); give the PEM file made by `fedsync certs init`") from None
     ssl_context.verify_mode = ssl.CERT_REQUIRED
     return ssl_context
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
