@@ -4,6 +4,7 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +233,63 @@ def test_a_reply_read_from_memory_is_not_copied_whole():
     finally:
         tracemalloc.stop()
     assert pieces == content.size and peak < 4 << 20, peak
+
+
+@pytest.mark.slow
+def test_a_simulation_joins_an_existing_ray_cluster_by_address_and_leaves_it_running(tmp_path):
+    """`ray start --head` (bound to 127.0.0.1) stands for a cluster; run_simulation(ray_address=...) joins it."""
+    import shutil
+    import signal
+    import socket
+    import time
+
+    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+    assert ray_cli, "the ray command comes with the ray package"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's unix socket paths live under it (107 bytes at most)
+    log = open(tmp_path / "head.log", "wb")
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        deadline = time.monotonic() + 90
+        while not listening():
+            assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "head.log").read_text()[-3000:]
+            time.sleep(0.5)
+        script = (
+            "import numpy as np, ray\n"
+            "from fedsync import FedArrays\n"
+            "from fedsync.simulation import run_simulation\n"
+            f"h = run_simulation('tests.devices_ray:shard', 4, 2, data=FedArrays({{'w': np.zeros((3, 1)), 'b': np.zeros(1)}}), backend='ray',\n"
+            f"                   ray_address='127.0.0.1:{port}', backend_config={{'num_cpus': 1, 'actors': 2}}, timeout=60, progress=False)\n"
+            "print([len(r.answered) for r in h], ray.is_initialized())\n"
+        )
+        # `ray start` turns Ray's token authentication on; a driver joining must say so (the token: ~/.ray/auth_token)
+        driver_env = {**env, "RAY_AUTH_MODE": "token"}
+        done = subprocess.run([sys.executable, "-c", script], env=driver_env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip().splitlines()[-1] == "[4, 4] False"  # every device answered; the driver disconnected
+        assert head.poll() is None and listening()  # the cluster it joined is still running
+    finally:
+        for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):  # ray start --block stops what it started
+            try:
+                os.killpg(head.pid, sig)
+                head.wait(timeout=wait)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
