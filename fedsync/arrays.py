@@ -371,12 +371,14 @@ class FedArrays(FedData):
             samples, metrics = self._counted(header.metadata)
             if samples == 0:  # weighs nothing: its values are neither read nor folded
                 return samples, metrics
+            # From here the sum counts this reply's samples: a failure, even before its first
+            # piece is added, spoils it (the kept replies are summed again without this one).
+            folded = True
             accumulator.start(samples)
             buffer = memoryview(np.empty(_PIECE, np.uint8))
             for name, first, values in codec.read_pieces(encoding.readinto, header, buffer):
                 if values.dtype.kind == "f" and not np.isfinite(values).all():
                     raise PayloadRejected(f"array {name!r} contains NaN or infinity")
-                folded = True
                 accumulator.add(name, first, values, samples)
             return samples, metrics
         except (ValueError, RemoteError) as exc:

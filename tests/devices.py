@@ -134,7 +134,7 @@ def big_model() -> dict[str, np.ndarray]:
 def big_constant(value: float, samples: int, delay: float = 0.0, spoil: str = "") -> FedArrays:
     """Training sets every weight to ``value`` after ``delay`` seconds.
 
-    ``spoil="nan"`` makes the reply's very last value NaN; ``spoil="cut"`` makes the
+    ``spoil="nan"`` makes the reply's very last value NaN (``"nan-first"``: its first); ``spoil="cut"`` makes the
     device's answer stop after the big array, as if it died while sending.
     """
 
@@ -144,6 +144,8 @@ def big_constant(value: float, samples: int, delay: float = 0.0, spoil: str = ""
             a[...] = value
         if spoil == "nan":
             model["last"][-1] = np.nan
+        if spoil == "nan-first":  # the reply's very first value: refused before any of it is summed
+            model["big"][0] = np.nan
         return samples
 
     class CutShort(FedArrays):

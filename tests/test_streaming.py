@@ -16,9 +16,9 @@ from tests.devices import big_model
 
 @pytest.mark.parametrize(
     "spoil, reason",
-    [("nan", "array 'last' contains NaN or infinity"), ("cut", "RemoteUnavailable")],
+    [("nan", "array 'last' contains NaN or infinity"), ("nan-first", "array 'big' contains NaN or infinity"), ("cut", "RemoteUnavailable")],
 )
-def test_reply_found_bad_at_its_end_is_dropped_and_the_others_merge_exactly(devices, spoil, reason):
+def test_reply_found_bad_while_it_streams_is_dropped_and_the_others_merge_exactly(devices, spoil, reason):
     good = [devices("tests.devices:big_constant", 1.0, 10), devices("tests.devices:big_constant", 3.0, 30)]
     # Slower, so the good replies are folded first; 1000 samples: any of it left in the sum shows.
     bad = devices("tests.devices:big_constant", 100.0, 1000, 1.0, spoil)
