@@ -50,7 +50,9 @@ def connect(address: str | None = None) -> bool:
         return False
     if address is None:
         with _loopback(ray):
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", namespace=NAMESPACE, logging_level="warning", log_to_driver=False)
+            # address="local": always a new Ray of our own; with None, Ray joins whatever cluster
+            # /tmp/ray/ray_current_cluster names (a `ray start` on this machine, even a dead one).
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", namespace=NAMESPACE, logging_level="warning", log_to_driver=False)
     else:
         ray.init(address=address, namespace=NAMESPACE, logging_level="warning", log_to_driver=False)
     return True

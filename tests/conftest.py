@@ -128,7 +128,7 @@ def stop_all(started: "list[DeviceProcess]") -> None:
 
 # -- skips that must not hide a failure in CI ---------------------------------------------
 
-REQUIRED_EXTRAS = ("torch", "keras", "tensorflow", "sklearn", "safetensors", "tensorboardX", "tensorboard", "cryptography", "matplotlib", "dp_accounting", "mlflow", "ray", "fedsync")
+REQUIRED_EXTRAS = ("torch", "keras", "tensorflow", "sklearn", "safetensors", "tensorboardX", "tensorboard", "cryptography", "matplotlib", "dp_accounting", "mlflow", "ray", "Crypto", "fedsync")
 """What `pip install -e '.[all,test]'` installs (and fedsync itself): with FEDSYNC_REQUIRE_EXTRAS=1 (set by .ci/run)
 a test skipped because one of them is missing fails instead, so a broken install cannot pass CI as skips."""
 

@@ -109,3 +109,35 @@ def accuser(seed: int, samples: int, *accused: int) -> FedArrays:
     honest = secagg_device.Session.inbox
     secagg_device.Session.inbox = inbox
     return noisy(seed, samples)
+
+
+def killed_after_masking(seed: int, samples: int) -> FedArrays:
+    """Trains at once, masks its reply, and dies by SIGKILL 0.5 s later: its masked update is in the sum, its shares are gone."""
+    import threading
+
+    from fedsync.secagg import device as secagg_device
+
+    honest = secagg_device.Session.mask
+
+    def mask(self, fed, encoding, rep):
+        payload = honest(self, fed, encoding, rep)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        return payload
+
+    secagg_device.Session.mask = mask
+    return noisy(seed, samples)
+
+
+def slow_noisy(seed: int, samples: int) -> FedArrays:
+    """As ``noisy``, after 3 s of training: the devices killed after masking are dead by the unmask phase."""
+    import time
+
+    fed = noisy(seed, samples)
+    train = fed.train
+
+    def slow(weights):
+        time.sleep(3.0)
+        return train(weights)
+
+    fed.train = slow
+    return fed

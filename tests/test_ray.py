@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ def ray_session():
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read at import: keeps _node_ip_address on loopback
     ray = pytest.importorskip("ray")
     ray.init(
+        address="local",  # never a cluster named by /tmp/ray/ray_current_cluster
         num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", namespace="fedsync", log_to_driver=False,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
     )  # fmt: skip
@@ -106,7 +108,15 @@ def test_a_local_ray_started_by_run_simulation_listens_on_loopback_only(tmp_path
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # fedsync_ray must set it itself
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    # A stale `ray start` record naming a dead cluster must not be joined: a local Ray is started.
+    short = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's unix socket paths live under it (107 bytes at most)
+    (short / "ray").mkdir()
+    (short / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")
+    env["RAY_TMPDIR"] = str(short)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].startswith("127.0.0.1:"), done.stdout
 

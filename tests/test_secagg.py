@@ -101,6 +101,23 @@ def test_a_device_still_training_at_the_deadline_leaves_the_unmask_phase_its_gra
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("killed", [1, 2])
+def test_devices_killed_after_masking_are_in_the_sum_rebuilt_from_the_others_shares(devices, killed):
+    """Their masked updates arrived, then they died: their self masks are rebuilt from t survivors' shares."""
+    started = [devices(D + "slow_noisy", seed, 10 * seed) for seed in range(1, 6 - killed)]
+    started += [devices(D + "killed_after_masking", seed, 10 * seed) for seed in range(6 - killed, 6)]
+    data = FedArrays(model())
+    scale = 2**16
+    with Federated(data, [d.url for d in started], timeout=30, min_results=3, secure_aggregation=SecAgg(threshold=3, scale=scale)) as alg:
+        result = alg.round()
+    assert sorted(result.answered) == sorted(d.url for d in started)  # every masked update is in the sum
+    for d in started[5 - killed :]:
+        assert d.process.poll() is not None  # dead before the unmask phase, which they could not answer
+    assert result.samples == sum(10 * s for s in range(1, 6))
+    assert_within_quantization(data.model, fedavg([(update(s), 10 * s) for s in range(1, 6)]), scale)
+
+
+@pytest.mark.slow
 def test_fewer_survivors_than_the_threshold_fail_the_round_and_change_nothing(devices):
     started = _five(devices, 3)
     data = FedArrays(model())
