@@ -183,7 +183,8 @@ def test_frozen_known_device_is_named_and_the_healthy_one_merges(devices):
     assert np.all(data.model["w"] == 2.0)
 
 
-@pytest.mark.parametrize("kind", ["arrays", pytest.param("fedfloat", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 5.5 s of a reply dripping past the deadline: the full suite runs it
+@pytest.mark.parametrize("kind", ["arrays", "fedfloat"])
 def test_drip_fed_reply_is_dropped_as_late_and_the_healthy_one_merges(devices, spawn, kind):
     healthy = devices("constant", 2.0, 10) if kind == "arrays" else devices("fedfloat", 2.0)
     # Its reply, sent a byte every 2 s, needs far longer than the round's 5 s (9 bytes of text at least).
@@ -234,6 +235,7 @@ def test_huge_answer_is_that_devices_failure_and_costs_no_memory(devices, spawn,
     assert "error" not in outcome
 
 
+@pytest.mark.slow  # 2 s: the full suite runs it (fast tier budget)
 def test_whole_replies_download_within_the_byte_budget(spawn):
     size = 64 * MIB  # each over DOWNLOAD_BUDGET: they download one at a time
     hosts = [spawn("hostile", "huge_text", {"kind": "fedfloat", "size": size}) for _ in range(4)]

@@ -75,6 +75,7 @@ def test_killed_device_is_named_within_timeout(devices):
     assert np.all(data.model["w"] == 1.0)
 
 
+@pytest.mark.slow  # waits out a 4 s round: the full suite runs it (fast tier budget)
 def test_frozen_device_is_named_at_the_deadline(devices):
     alive = devices("slow", 0.0)
     frozen = devices("slow", 0.0)

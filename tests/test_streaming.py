@@ -16,7 +16,11 @@ from tests.devices import big_model
 
 @pytest.mark.parametrize(
     "spoil, reason",
-    [("nan", "array 'last' contains NaN or infinity"), ("nan-first", "array 'big' contains NaN or infinity"), ("cut", "RemoteUnavailable")],
+    [
+        ("nan", "array 'last' contains NaN or infinity"),
+        pytest.param("nan-first", "array 'big' contains NaN or infinity", marks=pytest.mark.slow),
+        pytest.param("cut", "RemoteUnavailable", marks=pytest.mark.slow),
+    ],
 )
 def test_reply_found_bad_while_it_streams_is_dropped_and_the_others_merge_exactly(devices, spoil, reason):
     good = [devices("tests.devices:big_constant", 1.0, 10), devices("tests.devices:big_constant", 3.0, 30)]
