@@ -112,9 +112,10 @@ class Device:
                 "e.g. serve(FedKeras(model, train)) or serve({'model': fed})"
             )
         self.fed = fed
-        # Reentrant: a download dropped unfinished releases its count from __del__, which
-        # the garbage collector may run in a thread that already holds the lock.
-        self.lock = threading.RLock()
+        # Guards the state below (repetition, job, downloads, the secagg session). Reentrant:
+        # a download dropped unfinished releases its count from __del__, which the garbage
+        # collector may run in a thread that already holds the lock.
+        self.state_lock = threading.RLock()
         self.last_repetition = 0
         self.rounds_served = 0
         self.job: Job | None = None
@@ -122,7 +123,7 @@ class Device:
         self.secagg_required = False  # serve(secure_aggregation="required"): refuse plain rounds
         self.secagg_identity: Any = None  # serve(peer_ca=...): signs and checks secure aggregation's views
         self.downloads = 0
-        self.working = threading.Lock()  # held by a training job or an evaluation
+        self.busy = threading.Lock()  # held by a training job or an evaluation
         self.receiving = threading.Lock()  # held while one payload is read and handed over
         self._spare: np.ndarray | None = None  # the last payload's buffer, for the next one
         self._spare_lock = threading.Lock()
@@ -179,7 +180,7 @@ class Device:
 
     def ensure_can_accept(self, repetition: int) -> None:
         """Raise 409 when ``repetition`` is stale, or the model is being written or read."""
-        with self.lock:
+        with self.state_lock:
             self._ensure_can_accept(repetition)
 
     def _ensure_can_accept(self, repetition: int) -> None:
@@ -202,14 +203,14 @@ class Device:
 
     def ensure_can_evaluate(self) -> None:
         """Raise 409 busy while training, evaluating or serving a result from live memory."""
-        with self.lock:
+        with self.state_lock:
             job = self.job
             if job is not None and not job.done.is_set():
                 raise ApiError(409, "busy", f"training repetition {job.repetition}; try again when it is done")
             self._ensure_writable()
 
     def _ensure_writable(self) -> None:
-        if self.working.locked():
+        if self.busy.locked():
             raise ApiError(409, "busy", "evaluating the global model; try again in a moment")
         if self.downloads:
             raise _busy_downloading()
@@ -230,10 +231,10 @@ class Device:
         """Accept a checked payload (and checked config) and work on it in a background thread."""
         from .secagg.device import session_for_submit
 
-        with self.lock:
+        with self.state_lock:
             self._ensure_can_accept(repetition)
             secagg = session_for_submit(self, repetition, self.secagg_required)
-            if not self.working.acquire(blocking=False):
+            if not self.busy.acquire(blocking=False):
                 raise ApiError(409, "busy", "evaluating the global model; try again in a moment")
             job = Job(repetition, secagg=secagg)
             self.job = job
@@ -272,18 +273,18 @@ class Device:
                 with self._spare_lock:
                     self._spare = spare
             del spare
-            self.working.release()
+            self.busy.release()
             job.done.set()
 
     def evaluate(self, encoding: Any, repetition: int, config: Config | None = None) -> tuple[int, dict[str, float]]:
         """Run the FedData's evaluation now, unless the model is being written or read."""
-        with self.lock:
+        with self.state_lock:
             job = self.job
             if job is not None and not job.done.is_set():
                 raise ApiError(409, "busy", f"training repetition {job.repetition}; try again when it is done")
             if self.downloads:
                 raise _busy_downloading()
-            if not self.working.acquire(blocking=False):
+            if not self.busy.acquire(blocking=False):
                 raise ApiError(409, "busy", "training or evaluating already; try again when it is done")
             try:
                 if job is not None and job.result is not None and not job.owned:
@@ -291,7 +292,7 @@ class Device:
                     # Under the lock, so no download can start reading live memory meanwhile.
                     job.result, job.owned = _owned_copy(job.result), True
             except BaseException:
-                self.working.release()
+                self.busy.release()
                 raise
         try:
             if self._evaluate_config:
@@ -303,7 +304,7 @@ class Device:
             logger.exception("evaluation failed")
             raise ApiError(500, "evaluation_failed", f"{type(exc).__name__}: {exc}") from None
         finally:
-            self.working.release()
+            self.busy.release()
 
     # -- reads of the result --------------------------------------------------------
 
@@ -312,7 +313,7 @@ class Device:
 
         Raises ``404 unknown_repetition`` if a newer submission replaced ``job``.
         """
-        with self.lock:
+        with self.state_lock:
             if self.job is not job:
                 current = self.job.repetition if self.job is not None else "none"
                 raise ApiError(404, "unknown_repetition", f"repetition {job.repetition} was replaced (current: {current})")
@@ -329,7 +330,7 @@ class Device:
         return _Download(body, release), mimetype, length
 
     def _download_done(self) -> None:
-        with self.lock:
+        with self.state_lock:
             self.downloads -= 1
 
 

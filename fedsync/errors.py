@@ -34,11 +34,25 @@ class CodecError(FedSyncError, ValueError):
 
 
 class PayloadRejected(FedSyncError, ValueError):
-    """A well-formed payload that does not fit the FedData receiving it."""
+    """A well-formed payload that does not fit the FedData receiving it.
+
+    ``url``: the device that refused it, when a :class:`fedsync.Remote` raised it (else ``None``).
+    """
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class SpecsMismatch(FedSyncError, ValueError):
-    """Coordinator and device hold FedData of different specs (architectures)."""
+    """Coordinator and device hold FedData of different specs (architectures).
+
+    ``url``: the device whose specs differ, when one device raised it (else ``None``).
+    """
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class RemoteError(FedSyncError, OSError):

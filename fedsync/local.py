@@ -345,7 +345,7 @@ class _PooledDevice(Device):
             self.pool.executor.submit(self._work, job, encoding, config)
         except RuntimeError:  # the pool was closed: this device's failure
             job.error = "RuntimeError: the simulation's training pool is closed"
-            self.working.release()
+            self.busy.release()
             job.done.set()
 
 

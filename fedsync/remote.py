@@ -449,7 +449,7 @@ class Remote:
             code, message = "http_error", f"HTTP {status} (its message could not be read: {exc.reason})"
         message = self.scrub(message)
         if code == "specs_mismatch":
-            raise SpecsMismatch(f"{self.url}: {message}")
+            raise SpecsMismatch(f"{self.url}: {message}", url=self.url)
         if code == "busy":
             raise RemoteBusy(self.url, message)
         if code == "training_failed":
@@ -457,7 +457,7 @@ class Remote:
         if code == "tls_required":  # a plain-HTTP URL for a device that serves HTTPS
             raise RemoteUnavailable(self.url, message)
         if status in (400, 411, 413):
-            error: Exception = PayloadRejected(f"{self.url}: device rejected the payload ({status} {code}): {message}")
+            error: Exception = PayloadRejected(f"{self.url}: device rejected the payload ({status} {code}): {message}", url=self.url)
         else:
             error = RemoteError(self.url, f"HTTP {status} {code}: {message}")
         # The refusal's JSON object (at most MAX_ERROR_BODY bytes), for callers that read more than the

@@ -140,3 +140,22 @@ def test_a_negative_sample_count_from_an_evaluation_is_that_devices_failure():
     finally:
         bad.shutdown()
         bad.server_close()
+
+
+def test_a_devices_refusal_names_the_device_in_url_as_remote_errors_do():
+    """SpecsMismatch and PayloadRejected raised by a Remote carry ``.url``, like RemoteError (review B4)."""
+    import numpy as np
+
+    import fedsync
+    from fedsync import FedArrays, Remote
+    from fedsync.errors import PayloadRejected, SpecsMismatch
+
+    data = FedArrays({"w": np.zeros(3)})
+    with fedsync.serve(data, port=0, block=False) as server, Remote(server.url, retries=0) as remote:
+        with pytest.raises(SpecsMismatch) as mismatch:
+            remote.submit(1, bytes(data.serialize(1)), "arrays:sha256:0000000000000000")
+        assert mismatch.value.url == server.url
+        with pytest.raises(PayloadRejected) as rejected:
+            remote.submit(2, b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ", data.specs(2))
+        assert rejected.value.url == server.url
+    assert PayloadRejected("local check").url is None

@@ -308,7 +308,7 @@ class Session:
             if peer != self.me:
                 masks.append((_keys.agree(self.s, self.public[peer][1], "mask", rep), 1 if self.me < peer else -1))
         masking.apply_masks(vector, masks)
-        self.stage = "masked"  # under self.lock: Device._work takes it
+        self.stage = "masked"  # under Device.state_lock: Device._work takes it
         return encode_payload({MASKED_NAME: vector}, {MASKED_KEY: "v1"})
 
 
@@ -349,7 +349,7 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
     except ImportError:
         raise ApiError(501, "not_supported", "this device cannot do secure aggregation: pip install 'fedsync[secagg]' on it") from None
     request = _parsed(body)
-    with device.lock:
+    with device.state_lock:
         job = device.job
         if job is not None and not job.done.is_set() and phase not in ("consistency", "unmask"):
             raise ApiError(409, "busy", f"training repetition {job.repetition}; try again when it is done")
@@ -374,7 +374,7 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
 @contextlib.contextmanager
 def _unsubmitted(device: Any, rep: int) -> Any:
     """Hold the device's lock while an inbox is kept: refused once ``rep`` was submitted (``start`` sets it under this lock)."""
-    with device.lock:
+    with device.state_lock:
         if device.last_repetition >= rep:
             raise ApiError(409, "secagg_out_of_order", f"repetition {rep} was submitted already: its masks depend on the inbox it had; no inbox now")
         yield
