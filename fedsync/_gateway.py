@@ -82,13 +82,17 @@ WSGIApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
 MAX_CONNECTIONS = 128
 """Connections a device keeps open at once, by default (a thread each)."""
 
-_TOO_MANY_BODY = json.dumps({
-    "error": "too_many_connections",
-    "message": "this device has too many connections open; close idle ones, or retry later",
-}).encode()
-_TOO_MANY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-    b"Retry-After: 1\r\nContent-Length: " + str(len(_TOO_MANY_BODY)).encode() + b"\r\n\r\n" + _TOO_MANY_BODY
+
+def _canned(status: str, error: str, message: str, extra: str = "") -> bytes:
+    """A whole JSON error answer, written by the server itself where no handler runs."""
+    body = json.dumps({"error": error, "message": message}).encode()
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+    return head.encode("ascii") + body
+
+
+_TOO_MANY = _canned(
+    "503 Service Unavailable", "too_many_connections",
+    "this device has too many connections open; close idle ones, or retry later", "Retry-After: 1\r\n",
 )
 
 
@@ -170,13 +174,8 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         logger.debug("connection from %s failed", client_address, exc_info=True)
 
 
-_PLAIN_HTTP_TO_TLS_BODY = json.dumps({
-    "error": "tls_required",
-    "message": "this device serves HTTPS, and this request came as plain HTTP: use an https:// URL",
-}).encode()
-_PLAIN_HTTP_TO_TLS = (
-    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: "
-    + str(len(_PLAIN_HTTP_TO_TLS_BODY)).encode() + b"\r\n\r\n" + _PLAIN_HTTP_TO_TLS_BODY
+_PLAIN_HTTP_TO_TLS = _canned(
+    "400 Bad Request", "tls_required", "this device serves HTTPS, and this request came as plain HTTP: use an https:// URL"
 )
 
 
