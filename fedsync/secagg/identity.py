@@ -139,16 +139,9 @@ class Identity:
                 by the verifier (chain, validity, constraints, key usage, ``serverAuth``).
         """
         from cryptography import x509
-        from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509 import verification
 
-        try:
-            certificate = x509.load_der_x509_certificate(der)
-        except ValueError as exc:
-            raise ValueError(f"not a DER X.509 certificate ({exc})") from None
-        key = _public_key(certificate)
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-            raise ValueError(f"certificate {_name_of(certificate)} holds a {type(key).__name__}; device keys are ECDSA P-256")
+        certificate = _p256_certificate(der)
         subject = _first_name(certificate)
         try:
             # The verifier checks the name against the certificate's own first subjectAltName:
@@ -183,6 +176,15 @@ def peer_of_unverified(der: bytes) -> Peer:
     Raises:
         ValueError: not a DER certificate with an ECDSA P-256 key.
     """
+    return Peer(_p256_certificate(der))
+
+
+def _p256_certificate(der: bytes) -> Any:
+    """The certificate in ``der``, checked to hold an ECDSA P-256 key (what device certificates hold).
+
+    Raises:
+        ValueError: not a DER X.509 certificate, or another kind of key.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -192,8 +194,8 @@ def peer_of_unverified(der: bytes) -> Peer:
         raise ValueError(f"not a DER X.509 certificate ({exc})") from None
     key = _public_key(certificate)
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise ValueError(f"the certificate holds a {type(key).__name__}; device keys are ECDSA P-256")
-    return Peer(certificate)
+        raise ValueError(f"certificate {_name_of(certificate)} holds a {type(key).__name__}; device keys are ECDSA P-256")
+    return certificate
 
 
 def encode_b64(raw: bytes) -> str:
