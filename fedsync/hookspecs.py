@@ -104,6 +104,12 @@ def register_transports(register: RegisterTransport) -> None:
       (applied to every failure message and history entry).
     - ``close() -> None``: release connections (or in-process state).
 
+    Secure aggregation (:mod:`fedsync.secagg`) sends its extra phases through the
+    reference implementation's JSON request (``Remote._json``, built on ``_request``):
+    a transport that subclasses :class:`fedsync.remote.Remote` and overrides only
+    ``_request`` (as ``local://``, the worker processes and ``ray://`` do) carries them;
+    any other transport fails each device's secure round with an error naming it.
+
     Keep this cheap: import heavy libraries (ray, grpc) inside the factory.
 
     Example::
