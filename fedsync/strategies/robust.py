@@ -109,16 +109,26 @@ class _EveryReply(Strategy):
         )
 
     def _combine(self, store: ReplyStore) -> dict[str, np.ndarray]:
-        """Coordinate-wise: ``_reduce`` on floating arrays, the exact median on the others."""
+        """Coordinate-wise: ``_reduce`` on the floating arrays of the replies ``_picked``,
+        the exact median of every reply on the others."""
+        picked = self._picked(store)
         merged = {}
         for name, (shape, dtype) in store.layout.items():
             out = np.empty(shape, dtype).reshape(-1)
             for first, end in store.chunks(name):
-                rows = store.rows(name, first, end)
-                out[first:end] = self._reduce(rows) if dtype.kind == "f" else integer_median(rows)
+                if dtype.kind == "f":
+                    rows = store.rows(name, first, end, picked)
+                    out[first:end] = self._reduce(rows)
+                else:
+                    rows = store.rows(name, first, end)
+                    out[first:end] = integer_median(rows)
                 del rows
             merged[name] = out.reshape(shape)
         return merged
+
+    def _picked(self, store: ReplyStore) -> list[int] | None:
+        """The replies whose floating arrays ``_reduce`` combines (indices into ``store``); ``None``: all."""
+        return None
 
     def _reduce(self, rows: np.ndarray) -> np.ndarray:
         """The result for one chunk of floating coordinates, ``rows``: ``(replies, chunk)``."""
@@ -237,21 +247,8 @@ class _KrumFamily(_EveryReply):
     def _picked(self, store: ReplyStore) -> list[int]:
         raise NotImplementedError
 
-    def _combine(self, store: ReplyStore) -> dict[str, np.ndarray]:
-        picked = self._picked(store)
-        merged = {}
-        for name, (shape, dtype) in store.layout.items():
-            out = np.empty(shape, dtype).reshape(-1)
-            for first, end in store.chunks(name):
-                if dtype.kind == "f":
-                    rows = store.rows(name, first, end, picked)
-                    out[first:end] = rows[0] if len(picked) == 1 else _mean(rows)
-                else:
-                    rows = store.rows(name, first, end)
-                    out[first:end] = integer_median(rows)
-                del rows
-            merged[name] = out.reshape(shape)
-        return merged
+    def _reduce(self, rows: np.ndarray) -> np.ndarray:
+        return rows[0] if len(rows) == 1 else _mean(rows)
 
 
 _KRUM = """(Blanchard, El Mhamdi, Guerraoui and Stainer 2017, "Machine Learning with Adversaries:
@@ -355,21 +352,10 @@ class Bulyan(_KrumFamily):
             selected.append(remaining.pop(int(np.argmin(scores))))
         return selected
 
-    def _combine(self, store: ReplyStore) -> dict[str, np.ndarray]:
-        selected = self._picked(store)
-        beta = len(selected) - 2 * self.num_malicious_clients
-        merged = {}
-        for name, (shape, dtype) in store.layout.items():
-            out = np.empty(shape, dtype).reshape(-1)
-            for first, end in store.chunks(name):
-                if dtype.kind == "f":
-                    rows = store.rows(name, first, end, selected).astype(np.float64)
-                    median = np.median(rows, axis=0)
-                    closest = np.argsort(np.abs(rows - median), axis=0, kind="stable")[:beta]
-                    out[first:end] = _mean(np.take_along_axis(rows, closest, axis=0))
-                else:
-                    rows = store.rows(name, first, end)
-                    out[first:end] = integer_median(rows)
-                del rows
-            merged[name] = out.reshape(shape)
-        return merged
+    def _reduce(self, rows: np.ndarray) -> np.ndarray:
+        # rows: the theta selected replies; beta = theta - 2f of them closest to the median
+        beta = len(rows) - 2 * self.num_malicious_clients
+        rows = rows.astype(np.float64)
+        median = np.median(rows, axis=0)
+        closest = np.argsort(np.abs(rows - median), axis=0, kind="stable")[:beta]
+        return _mean(np.take_along_axis(rows, closest, axis=0))
