@@ -84,19 +84,24 @@ def test_requests_ca_bundle_is_honoured_for_https(tmp_path, monkeypatch):
         assert Remote(server.url, retries=0).info()["specs"] == "Float"
 
 
-def test_a_text_result_that_is_not_utf8_is_that_devices_failure():
-    healthy = fedsync.serve(FedFloat(2.0), port=0, block=False)
-    bad = hostile.serve("text", {"kind": "fedfloat", "hex": "ff fe 31 2e 30"})
+def round_beside_a_hostile_device(healthy_fed, data, kind: str, params: dict):
+    """One round over a real device serving ``healthy_fed`` and a hostile one: (result, healthy url, hostile url)."""
+    healthy = fedsync.serve(healthy_fed, port=0, block=False)
+    bad = hostile.serve(kind, params)
     bad_url = f"http://127.0.0.1:{bad.server_address[1]}"
     try:
-        data = FedFloat(0.0)
         with Federated(data, [healthy.url, bad_url], min_results=1, timeout=20) as alg:
-            result = alg.round()
+            return alg.round(), healthy.url, bad_url
     finally:
         healthy.close()
         bad.shutdown()
         bad.server_close()
-    assert result.answered == [healthy.url] and data.value == 2.0
+
+
+def test_a_text_result_that_is_not_utf8_is_that_devices_failure():
+    data = FedFloat(0.0)
+    result, healthy_url, bad_url = round_beside_a_hostile_device(FedFloat(2.0), data, "text", {"kind": "fedfloat", "hex": "ff fe 31 2e 30"})
+    assert result.answered == [healthy_url] and data.value == 2.0
     assert list(result.failures) == [bad_url]
     assert "sent a text/plain result that is not UTF-8" in result.failures[bad_url]
 
@@ -115,18 +120,10 @@ def constant(value: float) -> fedsync.FedArrays:
 
 
 def test_a_reply_for_another_repetition_is_that_devices_failure():
-    healthy = fedsync.serve(constant(2.0), port=0, block=False)
-    bad = hostile.serve("header", {"headers": {"X-Fedsync-Repetition": "2"}})  # well-formed, but not this round's
-    bad_url = f"http://127.0.0.1:{bad.server_address[1]}"
-    try:
-        data = weights()
-        with Federated(data, [healthy.url, bad_url], min_results=1, timeout=20) as alg:
-            result = alg.round()
-    finally:
-        healthy.close()
-        bad.shutdown()
-        bad.server_close()
-    assert result.answered == [healthy.url] and list(result.failures) == [bad_url]
+    data = weights()
+    # well-formed, but not this round's repetition
+    result, healthy_url, bad_url = round_beside_a_hostile_device(constant(2.0), data, "header", {"headers": {"X-Fedsync-Repetition": "2"}})
+    assert result.answered == [healthy_url] and list(result.failures) == [bad_url]
     assert "answered repetition '2' instead of 1" in result.failures[bad_url]
     assert np.all(data.model["w"] == 2.0)
 
