@@ -158,3 +158,12 @@ def tls_files(folder: Path) -> tuple[str, str, str]:
     ca = certs.init_ca(pki)
     cert, key = certs.issue_device(pki, ["127.0.0.1"])
     return str(cert), str(key), str(ca)
+
+
+def rounds_done(folder):
+    """Rounds in the checkpoint's history (0 while there is none yet): how far a coordinator process got."""
+    try:
+        pointer = json.loads((folder / "checkpoint.json").read_text())
+        return len(json.loads((folder / pointer["folder"] / "history.json").read_text())["rounds"])
+    except (FileNotFoundError, ValueError):
+        return 0

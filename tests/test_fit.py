@@ -15,6 +15,7 @@ from fedsync import EarlyStopping, FedArrays, Federated, History, codec
 from fedsync.checkpoint import CheckpointError
 from fedsync.errors import RoundFailed
 from tests.seed_fedfloat import FedFloat
+from tests.conftest import rounds_done
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,15 +106,6 @@ def test_checkpoint_of_another_model_is_refused(devices, tmp_path):
 def run_coordinator(checkpoint, rounds, out, urls):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "tests.run_coordinator", str(checkpoint), str(rounds), str(out), *urls], cwd=ROOT, env=env)
-
-
-def rounds_done(folder):
-    """Rounds in the checkpoint's history (0 while there is none yet)."""
-    try:
-        pointer = json.loads((folder / "checkpoint.json").read_text())
-        return len(json.loads((folder / pointer["folder"] / "history.json").read_text())["rounds"])
-    except (FileNotFoundError, ValueError):
-        return 0
 
 
 def test_coordinator_killed_mid_run_resumes_to_the_same_model(devices, tmp_path):

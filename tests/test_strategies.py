@@ -27,6 +27,7 @@ from fedsync.strategies import (
 )
 from fedsync.strategies.robust import integer_median
 from fedsync.strategies.store import ReplyStore, default_spill_bytes
+from tests.conftest import rounds_done
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -477,14 +478,6 @@ def start_coordinator(checkpoint, rounds, out, strategy, urls):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     args = [sys.executable, "-m", "tests.devices_strategies", str(checkpoint), str(rounds), str(out), strategy, *urls]
     return subprocess.Popen(args, cwd=ROOT, env=env)
-
-
-def rounds_done(folder):
-    try:
-        pointer = json.loads((folder / "checkpoint.json").read_text())
-        return len(json.loads((folder / pointer["folder"] / "history.json").read_text())["rounds"])
-    except (FileNotFoundError, ValueError):
-        return 0
 
 
 @pytest.mark.slow  # three coordinator processes: the in-process resume test above covers the fast tier
