@@ -30,9 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fedsync.strategies import (  # noqa: E402
-    Bulyan, FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, FedYogi, Krum, MultiKrum,
-)
+from fedsync.strategies import Bulyan, FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, FedYogi, Krum, MultiKrum
 
 VENV_PYTHON = ROOT / "benchmarks" / ".venv-flower" / "bin" / "python"
 SHAPES = [(64, 32), (32,), (10, 3, 3)]

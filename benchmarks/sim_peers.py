@@ -59,7 +59,7 @@ def device_fn(device_id: int):
 
 def fedsync_peer(args) -> None:
     from fedsync import FedArrays
-    from fedsync.simulation import run_simulation
+    from fedsync.coordinator.simulation import run_simulation
 
     wl = workload()
     data = FedArrays({name: a.copy() for name, a in zip(NAMES, wl.init)})

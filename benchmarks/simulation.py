@@ -118,7 +118,7 @@ class TreeSampler:
 
 def ray_backend_missing() -> str | None:
     """Why fedsync's Ray peer cannot run here, or None."""
-    from fedsync.simulation import run_simulation
+    from fedsync.coordinator.simulation import run_simulation
 
     if "backend" not in inspect.signature(run_simulation).parameters:
         return "fedsync's run_simulation has no backend= (the Ray backend has not landed on this branch)"

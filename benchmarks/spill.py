@@ -29,8 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fedsync import FedArrays, codec  # noqa: E402
-from fedsync.arrays import SAMPLES_KEY  # noqa: E402
+from fedsync import FedArrays
+from fedsync.wire import codec  # noqa: E402
+from fedsync.data.arrays import SAMPLES_KEY  # noqa: E402
 from fedsync.strategies import FedMedian  # noqa: E402
 
 MIB = 1 << 20

@@ -5,14 +5,14 @@ rounds with :class:`Federated` over :class:`Remote` devices.
 """
 
 from ._version import __version__
-from .arrays import FedArrays
-from .bundle import FedBundle
-from .client import EarlyStopping, Federated, Remote
+from .data.arrays import FedArrays
+from .data.bundle import FedBundle
+from .coordinator.federated import EarlyStopping, Federated, Remote
 from .errors import FedSyncError, RoundFailed, SpecsMismatch
-from .history import EvaluationResult, History, RoundResult, ServerEvaluation
-from .hookspecs import hookimpl
+from .coordinator.history import EvaluationResult, History, RoundResult, ServerEvaluation
+from .plugins.hookspecs import hookimpl
 from .protocol import FIRST, FedData
-from .server import serve
+from .device.app import serve
 from .strategies import FedAvg
 
 __all__ = [

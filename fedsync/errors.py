@@ -104,7 +104,7 @@ class PluginError(FedSyncError, RuntimeError):
 class CheckpointError(FedSyncError, ValueError):
     """A checkpoint that is damaged, edited, or does not fit the FedData it should restore.
 
-    Also importable as ``fedsync.checkpoint.CheckpointError``, where it was first defined.
+    Also importable as ``fedsync.coordinator.checkpoint.CheckpointError``, where it was first defined.
     """
 
 

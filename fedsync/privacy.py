@@ -258,7 +258,7 @@ def coordinator_privacy(fed: Any) -> dict[str, Any] | None:
     number of devices without replacement, for which that is the usual
     approximation (as in McMahan et al. 2018), not a proof.
     """
-    from ._rounds import exact_share
+    from .coordinator._round import exact_share
     from .strategies.dp import DPFixedClipping
 
     strategy = getattr(fed.data, "strategy", None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Union
 
-from .codec import Payload
+from .wire.codec import Payload
 
 __all__ = ["FedData", "FIRST", "MAX_REPETITION", "Encoding", "SPECS_HEADER", "REPETITION_HEADER", "MAX_PAYLOAD"]
 
@@ -40,7 +40,7 @@ Encoding = Union[str, bytes, bytearray, memoryview, Payload]
 """What ``serialize`` returns and ``receive``/``merge`` are handed.
 
 A ``str`` travels as UTF-8 ``text/plain`` and arrives as ``str``; anything
-bytes-like, or a :class:`fedsync.codec.Payload` of buffers, travels as
+bytes-like, or a :class:`fedsync.wire.codec.Payload` of buffers, travels as
 ``application/octet-stream`` and arrives as a bytes-like object.
 """
 
@@ -82,7 +82,7 @@ class FedData:
     """
 
     accepts_streams: bool = False
-    """``True`` if ``merge`` takes replies as :class:`fedsync.replies.ReplyStream` objects.
+    """``True`` if ``merge`` takes replies as :class:`fedsync.wire.replies.ReplyStream` objects.
 
     The coordinator then hands the merge each reply unread, without calling
     ``check`` first: the merge reads it (``readinto``), checks it as it goes,
@@ -98,7 +98,7 @@ class FedData:
 
     def serialize(self, repetition: int) -> Encoding:
         """The state to send: ``str`` (sent as UTF-8 ``text/plain``), ``bytes``, a
-        ``bytearray``/``memoryview``, or a :class:`fedsync.codec.Payload` (frames sent
+        ``bytearray``/``memoryview``, or a :class:`fedsync.wire.codec.Payload` (frames sent
         without a copy); see :data:`Encoding`."""
         raise NotImplementedError(f"{type(self).__name__} must implement serialize(repetition)")
 
@@ -110,7 +110,7 @@ class FedData:
         """Coordinator side: combine the devices' states.
 
         Each item is an :data:`Encoding` (``str``, or ``bytes``/``memoryview`` when
-        ``accepts_views``), or a :class:`fedsync.replies.ReplyStream` when ``accepts_streams``.
+        ``accepts_views``), or a :class:`fedsync.wire.replies.ReplyStream` when ``accepts_streams``.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement merge(encodings, repetition)")
 
@@ -126,13 +126,13 @@ class FedData:
         return None
 
     def app(self, *, token: str | None = None, max_content_length: int | None = None) -> Any:
-        """A WSGI application serving this FedData: ``fedsync.server.DeviceApp(fed, ...)`` (see :func:`fedsync.serve`)."""
-        # The protocol layer never names the server (no import cycle): fedsync.server
+        """A WSGI application serving this FedData: ``fedsync.device.app.DeviceApp(fed, ...)`` (see :func:`fedsync.serve`)."""
+        # The protocol layer never names the server (no import cycle): fedsync.device.app
         # installs its DeviceApp here when it is imported, which `import fedsync` does.
         if _app_factory is None:
-            raise RuntimeError("fed.app() needs fedsync.server: `import fedsync.server` first, or use fedsync.server.DeviceApp(fed)")
+            raise RuntimeError("fed.app() needs fedsync.device.app: `import fedsync.device.app` first, or use fedsync.device.app.DeviceApp(fed)")
         return _app_factory(self, token=token, max_content_length=max_content_length)
 
 
 _app_factory: Callable[..., Any] | None = None
-"""What :meth:`FedData.app` builds; set by :mod:`fedsync.server` at its import."""
+"""What :meth:`FedData.app` builds; set by :mod:`fedsync.device.app` at its import."""

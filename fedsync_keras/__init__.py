@@ -7,7 +7,7 @@ wrapped.
 
 from __future__ import annotations
 
-from fedsync.hookspecs import RegisterAdapter, hookimpl
+from fedsync.plugins.hookspecs import RegisterAdapter, hookimpl
 
 from .adapter import FedKeras
 

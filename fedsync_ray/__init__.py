@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from fedsync.hookspecs import hookimpl
+from fedsync.plugins.hookspecs import hookimpl
 
 from .devices import BACKEND_CONFIG, RayDevices, connect
 from .paths import device_fn_path

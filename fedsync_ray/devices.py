@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterator, Mapping
 
-from fedsync.remote import MAX_REPLY
+from fedsync.transports.remote import MAX_REPLY
 
 from .paths import device_fn_path
 from .remote import NAMESPACE, RayRemote, forget_actors

@@ -1,10 +1,10 @@
 """The actor side: a :class:`DeviceHost` runs in a Ray actor and serves the devices given to it.
 
-Each device is a :class:`fedsync.local.LocalRemote` inside the actor: built by
+Each device is a :class:`fedsync.transports.local.LocalRemote` inside the actor: built by
 ``device_fn(device_id)`` on its first request, answering through its own
-:class:`fedsync.server.DeviceApp` (the application ``serve`` runs), so every
+:class:`fedsync.device.app.DeviceApp` (the application ``serve`` runs), so every
 check a device makes over HTTP it makes here. Training runs on the actor's
-:class:`fedsync.local.TrainingPool`, sized by the actor's CPUs.
+:class:`fedsync.transports.local.TrainingPool`, sized by the actor's CPUs.
 
 What crosses the process boundary is plain: the request as str/int/dict of
 str plus the body as a numpy ``uint8`` buffer (Ray's object store, read
@@ -39,7 +39,7 @@ class DeviceHost:
     """
 
     def __init__(self, device_fn: str, num_devices: int, workers: int, max_content_length: int | None = None) -> None:
-        from fedsync.local import TrainingPool
+        from fedsync.transports.local import TrainingPool
 
         self.device_fn = device_fn
         self.num_devices = int(num_devices)
@@ -64,7 +64,7 @@ class DeviceHost:
         from werkzeug.test import EnvironBuilder
 
         from fedsync.errors import RemoteError
-        from fedsync.local import call_app
+        from fedsync.transports.local import call_app
 
         empty = np.zeros(0, np.uint8)
         try:
@@ -91,7 +91,7 @@ class DeviceHost:
 
     def _device(self, device: int) -> Any:
         from fedsync.errors import RemoteError
-        from fedsync.local import LocalRemote
+        from fedsync.transports.local import LocalRemote
 
         with self.lock:
             remote = self.devices.get(device)

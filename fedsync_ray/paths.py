@@ -1,6 +1,6 @@
 """``device_fn`` as an import path (``"module:qualname"``): how a device function reaches a Ray actor without pickle.
 
-The finding and loading are :mod:`fedsync.device_functions`' (shared with the local
+The finding and loading are :mod:`fedsync.transports.device_functions`' (shared with the local
 process workers); Ray adds that the script run as ``__main__`` cannot be imported on
 the cluster's other machines.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from fedsync import device_functions
+from fedsync.transports import device_functions
 
 __all__ = ["device_fn_path", "resolve"]
 

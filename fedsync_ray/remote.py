@@ -1,8 +1,8 @@
 """The coordinator side: :class:`RayRemote`, a device reached as ``ray://ACTOR/device-ID``.
 
-It is the HTTP :class:`fedsync.remote.Remote` with ``_request`` answered by a
+It is the HTTP :class:`fedsync.transports.remote.Remote` with ``_request`` answered by a
 Ray actor (:class:`fedsync_ray.host.DeviceHost`) instead of a socket, as
-:class:`fedsync.local.LocalRemote` answers it in-process: the same codec, the
+:class:`fedsync.transports.local.LocalRemote` answers it in-process: the same codec, the
 same checks of every answer, the same errors. Each call is bounded by its
 timeout (``ray.get(..., timeout=...)``); an actor that died or does not answer
 in time is this device's failure (``RemoteUnavailable``, ``RemoteTimeout``).
@@ -24,8 +24,8 @@ from urllib.parse import urlencode
 import requests
 
 from fedsync.errors import RemoteError, RemoteTimeout, RemoteUnavailable
-from fedsync.local import app_response, request_bytes, timeout_seconds
-from fedsync.remote import MAX_REPLY, Remote
+from fedsync.transports.local import app_response, request_bytes, timeout_seconds
+from fedsync.transports.remote import MAX_REPLY, Remote
 
 __all__ = ["RayRemote", "NAMESPACE", "url_parts"]
 
@@ -59,7 +59,7 @@ class RayRemote(Remote):
         url: ``"ray://ACTOR/device-ID"``: device ``ID`` of the fedsync device actor
             named ``ACTOR`` in Ray namespace ``"fedsync"`` (started by
             :class:`fedsync_ray.RayDevices`).
-        timeout: seconds for each answer (as for :class:`fedsync.remote.Remote`).
+        timeout: seconds for each answer (as for :class:`fedsync.transports.remote.Remote`).
         max_reply: the largest result, in bytes, downloaded whole.
         actor: the actor's handle; default: looked up by name in the connected Ray.
 

@@ -7,7 +7,7 @@ import torch; constructing a :class:`FedTorch` does.
 
 from __future__ import annotations
 
-from fedsync.hookspecs import RegisterAdapter, hookimpl
+from fedsync.plugins.hookspecs import RegisterAdapter, hookimpl
 
 from .adapter import FedTorch
 

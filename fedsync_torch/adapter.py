@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from fedsync.adapter_support import check_fit, without_addresses
-from fedsync.arrays import FedArrays, TrainResult
-from fedsync.proximal import NO_GLOBAL, checked_mu
+from fedsync.data.adapters import check_fit, without_addresses
+from fedsync.data.arrays import FedArrays, TrainResult
+from fedsync.data.proximal import NO_GLOBAL, checked_mu
 
 if TYPE_CHECKING:
     import torch

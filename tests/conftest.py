@@ -62,7 +62,7 @@ def start_device(
     token: str | None = None,
     serve: dict | None = None,
 ) -> DeviceProcess:
-    """Start ``python -m tests.run_device factory args`` and wait for its URL.
+    """Start ``python -m tests.support.run_device factory args`` and wait for its URL.
 
     ``path`` adds folders to the device's ``PYTHONPATH`` (e.g. an installed plugin);
     ``log`` is a file that receives the device's stderr; ``token`` the device's token;
@@ -77,7 +77,7 @@ def start_device(
     stderr = open(log, "w") if log is not None else None
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.run_device", factory, json.dumps(list(args))],
+            [sys.executable, "-m", "tests.support.run_device", factory, json.dumps(list(args))],
             stdout=subprocess.PIPE,
             stderr=stderr,
             cwd=ROOT,
@@ -149,10 +149,10 @@ def pytest_runtest_makereport(item, call):
 def tls_files(folder: Path) -> tuple[str, str, str]:
     """``(certfile, keyfile, cafile)``: a device certificate for 127.0.0.1 and the CA that signed it.
 
-    Every TLS test gets its certificates here, from :mod:`fedsync.certs` (the
+    Every TLS test gets its certificates here, from :mod:`fedsync.wire.certs` (the
     ``cryptography`` package, a test dependency): no ``openssl`` binary to skip without.
     """
-    from fedsync import certs
+    from fedsync.wire import certs
 
     pki = folder / "pki"
     ca = certs.init_ca(pki)

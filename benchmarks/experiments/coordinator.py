@@ -8,7 +8,8 @@ HERE = __import__("pathlib").Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 import numpy as np
 import peers
-from fedsync import FedArrays, Federated, Remote, client as fclient, strategies
+from fedsync import FedArrays, Federated, Remote, strategies
+from fedsync.coordinator import federated as fclient
 from fedsync.errors import RemoteUnavailable
 
 ap = argparse.ArgumentParser()

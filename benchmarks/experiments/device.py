@@ -7,7 +7,9 @@ HERE = __import__("pathlib").Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 import numpy as np
 import peers
-from fedsync import server as fserver, codec, FedArrays
+from fedsync.device import app as fserver
+from fedsync.wire import codec
+from fedsync import FedArrays
 V = set(sys.argv.pop(1).split(",")) - {""}
 CHUNK = 1 << 20
 if "npbuf" in V:   # receive into numpy's (transparent-hugepage) allocation instead of bytearray

@@ -1,6 +1,6 @@
 """Lets a patch skip FedArrays' isfinite pass for payloads already checked (thread-local switch)."""
 import threading, numpy
-from fedsync import arrays as farrays
+from fedsync.data import arrays as farrays
 SKIP = threading.local()
 class _AllTrue:
     def all(self): return True

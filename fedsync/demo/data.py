@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import codec
+from ..wire import codec
 
 __all__ = ["Shard", "Split", "load_split", "load_digits", "stratified_split", "dirichlet_split", "save_shard", "load_shard", "DemoError", "CLASSES", "FEATURES"]
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..arrays import FedArrays
+from ..data.arrays import FedArrays
 from .data import CLASSES, FEATURES, DemoError
 
 __all__ = ["Backend", "BACKENDS", "backend_class", "choose_backend", "available"]

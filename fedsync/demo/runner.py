@@ -11,9 +11,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .. import codec, strategies
+from ..wire import codec
+from .. import strategies
 from .._version import __version__
-from ..client import Federated
+from ..coordinator.federated import Federated
 from ..errors import RoundFailed
 from .data import DemoError, Split, load_split
 from .fleet import Fleet

@@ -27,12 +27,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .. import codec
+from ..wire import codec
 from ..errors import RemoteTimeout, RoundFailed, failure_reason
-from ..metrics import MAX_SAMPLES
-from ..replies import ReplyStream
-from ..transfer import STALL, Deadline, round_grace
-from .._workers import concurrently
+from ..wire.metrics import MAX_SAMPLES
+from ..wire.replies import ReplyStream
+from ..wire.transfer import STALL, Deadline, round_grace
+from .._util.workers import concurrently
 from . import keys as _keys
 from .device import MASKED_KEY, MASKED_NAME, SIGNED_ENTRY
 from .settings import MAX_DEVICES, MIN_THRESHOLD, SecAgg, threshold_range
@@ -56,7 +56,7 @@ def checked(settings: Any, data: Any) -> SecAgg | None:
         return None
     if not isinstance(settings, SecAgg):
         raise TypeError(f"secure_aggregation must be a fedsync.secagg.SecAgg, e.g. SecAgg(threshold=3), got {type(settings).__name__}")
-    from ..arrays import FedArrays
+    from ..data.arrays import FedArrays
 
     if not isinstance(data, FedArrays):
         raise TypeError(f"secure aggregation sums array updates: data must be a FedArrays (or FedTorch, FedKeras), got {type(data).__name__}")
@@ -291,7 +291,7 @@ class SecureRound:
         except ValueError as exc:
             self._fail(str(exc))
         del total
-        from ..arrays import METRICS_KEY, SAMPLES_KEY, SPECS_KEY
+        from ..data.arrays import METRICS_KEY, SAMPLES_KEY, SPECS_KEY
 
         metadata = {SAMPLES_KEY: str(min(samples, MAX_SAMPLES)), METRICS_KEY: "{}", SPECS_KEY: self.data.specs(rep)}
         self.data.merge([codec.encode(merged, metadata)], rep)

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ..codec import Payload, encode_payload
-from .._device import ApiError
+from ..wire.codec import Payload, encode_payload
+from ..device._state import ApiError
 from . import keys as _keys
 from .settings import MAX_DEVICES, MIN_THRESHOLD, checked_bound, threshold_range
 
@@ -324,22 +324,22 @@ class BadShares(ApiError):
         self.senders = senders
 
     def get_response(self, environ: Any = None, scope: Any = None) -> Any:
-        from .._device import json_response
+        from ..device._state import json_response
 
         return json_response({"error": self.error, "message": self.message, "senders": self.senders}, self.code)
 
 
-# -- the routes' entry points (called by fedsync.server) ------------------------------
+# -- the routes' entry points (called by fedsync.device.app) ------------------------------
 
 
 def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
-    """Run one phase for ``device`` (a :class:`fedsync._device.Device`) and return its JSON answer.
+    """Run one phase for ``device`` (a :class:`fedsync.device._state.Device`) and return its JSON answer.
 
     Raises:
         ApiError: 400 malformed body, 409 out of order or busy, 501 not an array FedData
             or the ``secagg`` extra missing. Nothing changes on a refusal.
     """
-    from ..arrays import FedArrays
+    from ..data.arrays import FedArrays
 
     if not isinstance(device.fed, FedArrays):
         raise ApiError(501, "not_supported", f"secure aggregation needs an array FedData (FedArrays, FedTorch, FedKeras); this device serves {type(device.fed).__name__}")

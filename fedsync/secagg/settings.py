@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..metrics import MAX_SAMPLES
+from ..wire.metrics import MAX_SAMPLES
 
 __all__ = ["SecAgg", "MAX_DEVICES", "MIN_THRESHOLD", "RING", "checked_bound", "threshold_range"]
 

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ..errors import RoundFailed
-from ..metrics import checked_samples
+from ..wire.metrics import checked_samples
 
 __all__ = ["Strategy", "Accumulator", "WeightedSum", "FedAvg", "fold_whole", "Arrays"]
 
@@ -61,7 +61,7 @@ class Strategy:
     def state(self) -> dict[str, np.ndarray]:
         """The strategy's own state between rounds (a server optimizer's moments), by name; empty if none.
 
-        A coordinator's checkpoint saves it next to the model (:mod:`fedsync.checkpoint`).
+        A coordinator's checkpoint saves it next to the model (:mod:`fedsync.coordinator.checkpoint`).
         The arrays are the strategy's own: read them, do not change them.
         """
         return {}

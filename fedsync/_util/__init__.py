@@ -1,0 +1,1 @@
+"""Internal helpers every layer may use; imports nothing of fedsync but :mod:`fedsync.errors`."""

@@ -1,0 +1,207 @@
+"""A round's plumbing: what its per-device steps share, and how a device's failure reads.
+
+:class:`fedsync.coordinator.federated.Federated` runs the round; this module holds the state its
+worker threads share (download slots, the byte budget of whole replies, each
+device's step), exact counts from fractions, and the texts that name a device's
+failure.
+
+Internal: the plumbing of :class:`fedsync.Federated`; its names may change without notice.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Iterable
+
+from ..errors import RoundFailed, failure_reason
+from .history import RoundResult
+from ..protocol import Encoding
+from ..wire.replies import ReplyStream
+from ..wire.transfer import LATE, Deadline
+from .._util.workers import Workers
+
+__all__ = ["exact_share", "scrub_failures", "scrubbed", "gather_reasons", "format_metrics"]
+
+
+def exact_share(fraction: Any, count: int) -> int:
+    """``ceil(fraction * count)`` computed exactly (``0.14 * 50`` is 7, not 8).
+
+    ``fraction`` is read from its decimal text, as written: a float ``0.14`` is 7/50.
+    """
+    share = Fraction(str(fraction)) * count
+    return -(-share.numerator // share.denominator)
+
+
+def scrub_failures(failures: dict[str, str], remotes: Iterable[Any]) -> dict[str, str]:
+    """``failures`` with every remote's token removed from each text (in place; returned too).
+
+    A hostile device can echo the token it was sent in any value it answers
+    (an array or metric name, a header, a JSON field), which the texts quote.
+    """
+    for url, text in failures.items():
+        for remote in remotes:
+            text = remote.scrub(text)
+        failures[url] = text
+    return failures
+
+
+def scrubbed(exc: RoundFailed, remotes: Iterable[Any]) -> RoundFailed:
+    """``exc`` with its message and failures scrubbed of every remote's token (see :func:`scrub_failures`)."""
+    scrub_failures(exc.failures, remotes)
+    text = str(exc.args[0]) if exc.args else ""
+    for remote in remotes:
+        text = remote.scrub(text)
+    exc.args = (text, *exc.args[1:])
+    return exc
+
+
+class _Budget:
+    """Bytes of whole replies held at once; a request over the total waits for all of it."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._free = total
+        self._changed = threading.Condition()
+
+    def acquire(self, nbytes: int, cancel: threading.Event) -> int | None:
+        """Take ``nbytes`` (at most the total); ``None`` if the round ended meanwhile."""
+        nbytes = min(nbytes, self.total)
+        with self._changed:
+            while self._free < nbytes:
+                if cancel.is_set():
+                    return None
+                self._changed.wait(0.5)
+            self._free -= nbytes
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        if nbytes:
+            with self._changed:
+                self._free += nbytes
+                self._changed.notify_all()
+
+
+@dataclass
+class _Round:
+    """What a round's per-device steps share."""
+
+    rep: int
+    specs: str
+    payload: Encoding
+    deadline: Deadline
+    timeout: float
+    cancel: threading.Event
+    slots: threading.Semaphore
+    budget: _Budget
+    arrivals: queue.Queue
+    """``(remote, reply or exception, budget bytes held)`` as each device's part ends."""
+    workers: Workers
+    wait: float
+    """The longest single long-poll."""
+    merging: str | None = None
+    """The device whose reply the merge holds (handed over, not yet released)."""
+    phase: dict[str, str] = field(default_factory=dict)
+    """Each device's step: ``queued``, ``sending``, ``training``, ``answered``: what a timeout means for it."""
+
+    def download_slot(self) -> bool:
+        """Wait for a download slot; ``False`` if the round ended meanwhile."""
+        while not self.cancel.is_set():
+            if self.slots.acquire(timeout=0.5):
+                if not self.cancel.is_set():
+                    return True
+                self.slots.release()
+        return False
+
+    def overdue(self, url: str, *, failed: bool = False) -> str:
+        """Why ``url`` has nothing to show when the round stops waiting for it, from the step it was at.
+
+        ``failed``: the round stopped because its quorum was out of reach, not at its deadline.
+        """
+        when = "the round failed" if failed else "the round's deadline passed"
+        step = self.phase.get(url, "queued")
+        if step == "queued":
+            return f"nothing was sent to it: {when} before its turn"
+        if step == "sending":
+            return f"RemoteTimeout: the payload was still being sent when {when}"
+        if step == "answered":
+            return f"RemoteTimeout: {LATE}" if not failed else "answered, but the round had already failed"
+        if failed:
+            return "still working when the round failed"
+        return f"RemoteTimeout: no result for repetition {self.rep} within the round's timeout of {self.timeout:g}s"
+
+
+def _close(reply: Any) -> None:
+    if isinstance(reply, ReplyStream):
+        reply.close()
+
+
+def _close_waiting(arrivals: queue.Queue) -> None:
+    """Close replies opened for a round that no longer wants them."""
+    while True:
+        try:
+            _, reply, _ = arrivals.get_nowait()
+        except queue.Empty:
+            return
+        _close(reply)
+
+
+_reason = failure_reason
+
+
+def _mismatch_message(url: str, expected: str, info: dict[str, Any], summary: dict[str, Any] | None) -> str:
+    message = f"{url} holds specs {_clipped(info['specs'])} but the coordinator's are {expected!r}"
+    diff = _first_difference(summary, info.get("summary"))
+    if diff:
+        message += f"; first difference: {diff}"
+    return message + ". Declare the same FedData (same architecture) on both sides; nothing was sent."
+
+
+def _clipped(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _first_difference(ours: Any, theirs: Any) -> str | None:
+    """The first weight whose name, shape or dtype differs between two summaries (the device's may be anything)."""
+    try:
+        mine = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in ours["weights"]]
+        other = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in theirs["weights"]]
+        for a, b in zip(mine, other):
+            if a != b:
+                if a[0] != b[0]:
+                    return f"expected weight {a[0]!r}, device has {_clipped(b[0])}"
+                return f"{a[0]}: expected {a[1]} {a[2]}, device has {_clipped(b[1], 80)} {_clipped(b[2], 40) if not isinstance(b[2], str) or len(b[2]) > 40 else b[2]}"
+        if len(mine) != len(other):
+            return f"expected {len(mine)} weights, device has {len(other)}"
+    except Exception:  # a device's summary is free-form JSON: no diff rather than an error
+        return None
+    return None
+
+
+def gather_reasons(state: _Round, pending: set[str], result: RoundResult, grace: float = 2.0) -> None:
+    """The round has failed: wait briefly (never past its deadline) so the error can say why the others failed too."""
+    until = min(state.deadline.at, time.monotonic() + grace)
+    while pending:
+        try:
+            remote, reply, held = state.arrivals.get(timeout=max(0.0, until - time.monotonic()))
+        except queue.Empty:
+            break
+        pending.discard(remote.url)
+        if isinstance(reply, BaseException):
+            result.failures[remote.url] = _reason(reply)
+        else:
+            _close(reply)
+            state.budget.release(held)
+            state.slots.release()
+            result.failures[remote.url] = "answered, but the round had already failed"
+    for url in sorted(pending):
+        result.failures[url] = state.overdue(url, failed=True)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """Metrics as one short line for the log."""
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no metrics"

@@ -1,0 +1,353 @@
+"""A coordinator's checkpoint: its FedData's own payload, the history and the repetition.
+
+Layout of a checkpoint folder::
+
+    round-000007/state.safetensors   (or state.txt) the FedData's serialize() output
+    round-000007/history.json        the History up to that round
+    round-000007/strategy.safetensors  the merge strategy's own state (a server optimizer's
+                                      moments), only when it has any
+    checkpoint.json                  {"repetition": 7, "specs": ..., "folder": "round-000007",
+                                      "state": "state.safetensors", "state_sha256": ..., "history_sha256": ...,
+                                      "strategy_sha256": ... (only with a strategy file)}
+
+A round's files are complete before ``checkpoint.json`` points at them (each
+written then renamed), and older round folders are removed only after, so a
+crash at any moment leaves a consistent checkpoint: the old one or the new one.
+
+The strategy file holds the arrays of ``strategy.state()`` and, in its metadata,
+the strategy's class name. Restoring puts the saved model back as it was (the
+merge of that one payload under FedAvg, whatever the run's strategy: a server
+optimizer must not step, nor Krum refuse a single reply), then the strategy's
+state, checked by ``strategy.check_state`` before anything changes.
+
+A checkpoint is read as untrusted input, like a device's reply: every field of
+``checkpoint.json`` is checked (the folder name must be ``round-NNNNNN`` of its
+repetition, the state file one of two names, so no path leaves the checkpoint
+folder), both files must match their sha256, and the history must be well
+formed and end at the same repetition. The checksums detect corruption and
+edits of the files, not a forger who rewrites ``checkpoint.json`` as well.
+Only folders named ``round-NNNNNN`` inside the checkpoint folder are ever deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..wire import codec
+from ..errors import CheckpointError
+from .history import History, write_atomically
+from ..protocol import MAX_REPETITION, FedData
+from ..strategies import FedAvg, Strategy
+
+__all__ = ["save", "load", "CheckpointError", "Snapshot"]
+
+POINTER = "checkpoint.json"
+STATES = ("state.safetensors", "state.txt")
+HISTORY = "history.json"
+STRATEGY = "strategy.safetensors"
+STRATEGY_KEY = "fedsync.strategy"
+_KEYS = frozenset({"repetition", "specs", "folder", "state", "state_sha256", "history_sha256"})
+_OPTIONAL = frozenset({"strategy_sha256"})
+_ROUND = re.compile(r"round-[0-9]{6,16}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_POINTER_LIMIT = 1 << 16  # bytes: checkpoint.json holds a few short fields
+HISTORY_LIMIT = 1 << 30
+"""The largest ``history.json`` a checkpoint loads, in bytes (a row per round and device)."""
+
+
+def save(folder: str | Path, data: FedData, repetition: int, history: History) -> None:
+    """Write the checkpoint of ``data`` after ``repetition`` merged.
+
+    Raises:
+        CheckpointError: ``repetition`` is not an integer in ``[0, MAX_REPETITION]``,
+            ``history`` does not end at ``repetition``, or ``data``'s own
+            ``check`` refuses its state (e.g. NaN or infinity in an array).
+            Nothing is written then.
+    """
+    folder = Path(folder)
+    if type(repetition) is not int or not 0 <= repetition <= MAX_REPETITION:
+        raise CheckpointError(f"repetition must be an integer in [0, {MAX_REPETITION}], got {repetition!r}")
+    if not len(history) or history[-1].repetition != repetition:
+        last = history[-1].repetition if len(history) else None
+        raise CheckpointError(f"the history must end with repetition {repetition}, but its last round is {last}")
+    payload = data.serialize(repetition)
+    if isinstance(payload, str):
+        state, encoding, raw = STATES[1], payload, payload.encode("utf-8")
+    else:
+        state = STATES[0]
+        raw = encoding = bytes(payload)
+    try:
+        data.check(encoding, repetition)
+    except ValueError as exc:
+        raise CheckpointError(
+            f"refusing to checkpoint repetition {repetition} into {folder}: the state is not valid ({exc}); "
+            "nothing was written, and the previous checkpoint stays"
+        ) from None
+    round_folder = _round_name(repetition)
+    if (folder / round_folder).is_symlink():
+        raise CheckpointError(f"{folder / round_folder} is a symbolic link; checkpoints write only real folders")
+    text = history.to_json().encode("utf-8")
+    strategy = _strategy_bytes(data)
+    write_atomically(folder / round_folder / state, raw)
+    write_atomically(folder / round_folder / HISTORY, text)
+    meta = {
+        "repetition": repetition,
+        "specs": data.specs(repetition),
+        "folder": round_folder,
+        "state": state,
+        "state_sha256": hashlib.sha256(raw).hexdigest(),
+        "history_sha256": hashlib.sha256(text).hexdigest(),
+    }
+    if strategy is not None:
+        write_atomically(folder / round_folder / STRATEGY, strategy)
+        meta["strategy_sha256"] = hashlib.sha256(strategy).hexdigest()
+    write_atomically(folder / POINTER, json.dumps(meta).encode("utf-8"))
+    _remove_old_rounds(folder, keep=round_folder)
+
+
+def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
+    """Restore ``data`` from ``folder``; ``(repetition, history)``, or ``None`` if there is none.
+
+    Raises:
+        CheckpointError: naming the cause, for a malformed or edited
+            ``checkpoint.json``, a state or history file that does not match its
+            sha256, a malformed history, or a state of other specs. ``data``
+            is unchanged then.
+    """
+    folder = Path(folder)
+    meta = _read_pointer(folder)
+    if meta is None:
+        return None
+    repetition = meta["repetition"]
+    where = folder / meta["folder"]
+    raw = _read_checked(folder, where / meta["state"], meta["state_sha256"])
+    history_raw = _read_checked(folder, where / HISTORY, meta["history_sha256"], limit=HISTORY_LIMIT)
+    try:
+        history = History.from_json(history_raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise _damaged(folder, f"{where / HISTORY} is malformed: {exc}") from None
+    if not len(history) or history[-1].repetition != repetition:
+        last = history[-1].repetition if len(history) else None
+        raise _damaged(folder, f"{POINTER} says repetition {repetition} but the history's last round is {last}")
+    expected = data.specs(repetition)
+    if meta["specs"] != expected:
+        raise CheckpointError(
+            f"checkpoint {folder} holds specs {meta['specs'][:200]!r} but this FedData's are {expected!r}; "
+            "use another checkpoint folder or the same declaration"
+        )
+    strategy_state = _strategy_state(folder, where, meta, data)
+    try:
+        encoding: Any = raw.decode("utf-8") if meta["state"] == STATES[1] else raw
+        data.check(encoding, repetition)
+        _restore(data, encoding, repetition)
+    except (ValueError, RuntimeError) as exc:  # RoundFailed is a RuntimeError
+        raise _damaged(folder, f"its state does not restore: {exc}") from None
+    if strategy_state is not None:
+        data.strategy.load_state(strategy_state, data.layout())  # type: ignore[attr-defined]
+    return repetition, history
+
+
+def _strategy_of(data: FedData) -> Strategy | None:
+    strategy = getattr(data, "strategy", None)
+    return strategy if isinstance(strategy, Strategy) else None
+
+
+def _strategy_bytes(data: FedData) -> bytes | None:
+    """The strategy's state as a safetensors file, or ``None`` when it keeps none."""
+    strategy = _strategy_of(data)
+    state = strategy.state() if strategy is not None else {}
+    if not state:
+        return None
+    return bytes(codec.encode_payload(state, {STRATEGY_KEY: type(strategy).__name__}))
+
+
+def _strategy_state(folder: Path, where: Path, meta: dict[str, Any], data: FedData) -> dict[str, Any] | None:
+    """The saved strategy state, checked against ``data``'s strategy and layout; ``None`` if none was saved."""
+    if "strategy_sha256" not in meta:
+        return None  # a strategy with state then starts afresh, as in a new run
+    raw = _read_checked(folder, where / STRATEGY, meta["strategy_sha256"])
+    strategy = _strategy_of(data)
+    try:
+        arrays, metadata = codec.decode(raw, limit=len(raw))
+        saved = metadata.get(STRATEGY_KEY)
+        if strategy is None or saved != type(strategy).__name__:
+            mine = type(strategy).__name__ if strategy is not None else f"a {type(data).__name__} without a strategy"
+            raise CheckpointError(
+                f"checkpoint {folder} holds the state of strategy {str(saved)[:80]!r} but this coordinator merges with {mine}; "
+                "use the same strategy, or another checkpoint folder"
+            )
+        strategy.check_state(arrays, data.layout())  # type: ignore[attr-defined]
+    except CheckpointError:
+        raise
+    except ValueError as exc:
+        raise _damaged(folder, f"its strategy state does not fit: {exc}") from None
+    return arrays
+
+
+class Snapshot:
+    """A FedData's coordinator state held in memory, to put back if a later step fails.
+
+    What a checkpoint saves, without the disk: the FedData's ``serialize(repetition)``
+    (copied, so later writes to the model do not reach it) and its strategy's state.
+    Costs one copy of the model. :class:`fedsync.data.bundle.FedBundle` uses it so that a
+    part's failed merge leaves the parts merged before it unchanged too.
+    """
+
+    def __init__(self, data: FedData, repetition: int) -> None:
+        self.data, self.repetition = data, repetition
+        encoding = data.serialize(repetition)
+        self.encoding = encoding if isinstance(encoding, str) else bytes(encoding)
+        strategy = _strategy_of(data)
+        self.strategy_state = {k: np.array(v, copy=True) for k, v in strategy.state().items()} if strategy else {}
+        self.attributes = {k: getattr(data, k) for k in ("samples", "metrics", "last_merge") if hasattr(data, k)}
+
+    def restore(self) -> None:
+        """Put the state back (the merge of the saved payload under FedAvg, as a checkpoint restores)."""
+        _restore(self.data, self.encoding, self.repetition)
+        strategy = _strategy_of(self.data)
+        if strategy is not None and self.strategy_state:
+            strategy.load_state(self.strategy_state, self.data.layout())  # type: ignore[attr-defined]
+        for name, value in self.attributes.items():
+            setattr(self.data, name, value)
+
+
+def _restore(data: FedData, encoding: Any, repetition: int) -> None:
+    """Put the saved state back: the merge of one payload, under FedAvg, is that payload."""
+    strategy = _strategy_of(data)
+    if strategy is None:
+        data.merge([encoding], repetition)
+        return
+    data.strategy = FedAvg()  # type: ignore[attr-defined]
+    try:
+        data.merge([encoding], repetition)
+    finally:
+        data.strategy = strategy  # type: ignore[attr-defined]
+
+
+def _round_name(repetition: int) -> str:
+    return f"round-{repetition:06d}"
+
+
+def _damaged(folder: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {folder} is damaged or was edited: {why}; remove it to start over")
+
+
+def _read_pointer(folder: Path) -> dict[str, Any] | None:
+    """``checkpoint.json``, every field checked; ``None`` if there is none."""
+    path = folder / POINTER
+    try:
+        with _open_regular(folder, path) as f:
+            text = f.read(_POINTER_LIMIT + 1)
+    except FileNotFoundError:
+        return None
+    if len(text) > _POINTER_LIMIT:
+        raise _damaged(folder, f"{POINTER} is over {_POINTER_LIMIT} bytes")
+    try:
+        meta = json.loads(text.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as exc:
+        raise _damaged(folder, f"{POINTER} is not JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise _damaged(folder, f"{POINTER} is not a JSON object")
+    if not _KEYS <= meta.keys() <= _KEYS | _OPTIONAL:
+        missing, unknown = sorted(_KEYS - meta.keys()), sorted(str(k)[:40] for k in meta.keys() - _KEYS - _OPTIONAL)
+        raise _damaged(folder, f"{POINTER} lacks {missing} or has unknown keys {unknown}; expected exactly {sorted(_KEYS)}, and {sorted(_OPTIONAL)} with a strategy state")
+    repetition = meta["repetition"]
+    if type(repetition) is not int or not 0 <= repetition <= MAX_REPETITION:
+        raise _damaged(folder, f"repetition must be an integer in [0, {MAX_REPETITION}], got {str(repetition)[:40]}")
+    if meta["folder"] != _round_name(repetition):
+        raise _damaged(
+            folder, f"folder {str(meta['folder'])[:80]!r} is not {_round_name(repetition)!r}, the folder of repetition {repetition}"
+        )
+    if meta["state"] not in STATES:
+        raise _damaged(folder, f"state {str(meta['state'])[:80]!r} is not one of {list(STATES)}")
+    if not isinstance(meta["specs"], str):
+        raise _damaged(folder, f"specs must be a string, got {type(meta['specs']).__name__}")
+    for key in ("state_sha256", "history_sha256", *(_OPTIONAL & meta.keys())):
+        if not isinstance(meta[key], str) or not _SHA256.fullmatch(meta[key]):
+            raise _damaged(folder, f"{key} must be 64 lowercase hex digits, got {str(meta[key])[:80]!r}")
+    return meta
+
+
+def _read_checked(folder: Path, path: Path, sha256: str, limit: int | None = None) -> bytes:
+    """The bytes of ``path`` (a real file inside ``folder``), if they match ``sha256``.
+
+    The file is hashed a piece at a time before it is read whole: a file that grew
+    (corrupted, appended to) is refused without holding it in memory. ``limit``:
+    the most bytes it may have, checked before reading any.
+    """
+    if path.parent.is_symlink():
+        raise _damaged(folder, f"{path.parent} is a symbolic link; a checkpoint holds only real files")
+    try:
+        with _open_regular(folder, path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if limit is not None and size > limit:
+                raise _damaged(folder, f"{path} is {size} bytes, over the {limit} a checkpoint's history may take")
+            digest = hashlib.sha256()
+            while piece := f.read(_HASH_PIECE):
+                digest.update(piece)
+            if not hmac.compare_digest(digest.hexdigest(), sha256):
+                raise _damaged(folder, f"{path} does not match the sha256 in {POINTER}: it was changed or corrupted")
+            f.seek(0)
+            raw = f.read()
+    except FileNotFoundError as exc:
+        raise _damaged(folder, f"{path} cannot be read ({exc.strerror or exc})") from None
+    except OSError as exc:
+        raise _damaged(folder, f"{path} cannot be read ({exc.strerror or exc})") from None
+    if not hmac.compare_digest(hashlib.sha256(raw).hexdigest(), sha256):  # changed between the two reads
+        raise _damaged(folder, f"{path} does not match the sha256 in {POINTER}: it was changed or corrupted")
+    return raw
+
+
+_HASH_PIECE = 1 << 20
+
+
+def _open_regular(folder: Path, path: Path) -> Any:
+    """``path`` opened for reading if it is a regular file, not a symbolic link (never a FIFO,
+    which would block, or a device); raises FileNotFoundError if it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        if path.is_symlink():  # a dangling link
+            raise _damaged(folder, f"{path} is a symbolic link; a checkpoint holds only real files") from None
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _damaged(folder, f"{path} is a symbolic link; a checkpoint holds only real files") from None
+        raise _damaged(folder, f"{path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _damaged(folder, f"{path} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; a key given twice is refused (parsers disagree on which wins)."""
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a key appears twice: {sorted({k for k in keys if keys.count(k) > 1})[0][:40]!r}")
+    return dict(pairs)
+
+
+def _remove_old_rounds(folder: Path, keep: str) -> None:
+    """Delete the folders of earlier rounds: only ``round-NNNNNN`` folders directly inside ``folder``."""
+    for child in folder.iterdir():
+        if child.name != keep and _ROUND.fullmatch(child.name) and not child.is_symlink() and child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a checkpoint holds")

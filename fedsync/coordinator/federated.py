@@ -1,0 +1,601 @@
+"""The coordinator side: the :class:`Federated` round over :class:`~fedsync.transports.remote.Remote` devices.
+
+The HTTP transport lives in :mod:`fedsync.transports.remote`; ``Remote`` is re-exported here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import numbers
+import os
+import queue
+import random
+import sys
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from tqdm.auto import tqdm
+
+from . import checkpoint as checkpoint_io
+from .. import plugins
+from . import server_eval
+from ..wire.config import Config, ConfigSource, round_config
+from ..errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch
+from .history import EvaluationResult, History, RoundResult
+from ..privacy import coordinator_privacy
+from ..wire.metrics import weighted_means
+from ..protocol import MAX_REPETITION, Encoding, FedData
+from ..transports.remote import MAX_REPLY, Remote, size as _size
+from ..wire.replies import ReplyStream
+from ..secagg import coordinator as secure_rounds
+from .callbacks import EarlyStopping
+from ._round import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share, format_metrics, gather_reasons, scrub_failures, scrubbed
+from ..wire.transfer import STALL, Deadline, round_grace
+
+def _dashboard_module() -> Any:  # imported lazily: the dashboard imports this module
+    return importlib.import_module("fedsync.dashboard.app")
+from .._util.workers import Workers, concurrently
+
+__all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping", "MAX_REPLY"]
+
+logger = logging.getLogger("fedsync")
+
+DOWNLOAD_BUDGET = 64 * 1024 * 1024
+"""Bytes of whole replies (FedData without ``accepts_streams``) the coordinator holds at once.
+
+Each reply counts its Content-Length; a reply larger than the budget downloads alone.
+"""
+
+WORKERS = 64
+"""Default bound on the threads a round uses to talk to devices."""
+
+SHARED_POLL = 1.0
+"""Longest long-poll when more devices than workers take turns."""
+
+STREAMS = 4
+"""Replies handed to the merge at once for FedData that read them as streams, when ``downloads`` is not given."""
+
+HANDSHAKE_SHARE = 0.5
+"""The most of a round's remaining time the handshake may take."""
+
+
+class Federated:
+    """Runs synchronized federated rounds of ``data`` across ``remotes``.
+
+    ``FedData`` says *what* is exchanged and how it merges; ``Federated`` says
+    *when* and *with whom*: sampling, quorum, deadlines, evaluation, history
+    and checkpoints.
+
+    Args:
+        data: the coordinator's FedData; each round merges the devices' results into it.
+        remotes: the devices, as remote objects (:class:`Remote`, or any transport's:
+            see ``register_transports`` in docs/plugins.md) or URLs, each built by the
+            transport registered for its scheme (``http://``, ``https://``, ``local://``).
+        fraction: the share of remotes sampled each round: ``ceil(fraction * len(remotes))``
+            computed exactly from the decimal text (at least one, and at least ``min_results``).
+        min_results: how many sampled devices must answer for a round to merge
+            (default: all sampled). Below it the round raises
+            :class:`~fedsync.errors.RoundFailed` and ``data`` is unchanged.
+        timeout: the most seconds a round waits for devices, from the handshake to
+            the last result; a device not done by then is reported by URL and its
+            late result dropped (see :meth:`round` for the rule at the deadline).
+        seed: makes the sampling reproducible.
+        checkpoint: a folder; after every merged round the state, history and
+            repetition are written there atomically, and a new ``Federated`` with
+            the same folder resumes from them.
+        poll: the longest single long-poll, in seconds; it bounds how quickly an
+            abandoned round releases its threads.
+        downloads: how many replies may be handed over at once, waiting to be
+            merged. A FedData that reads replies as streams (``accepts_streams``:
+            FedArrays and the adapters) folds each into its running sum while it
+            downloads, so a reply costs only socket buffers: default ``STREAMS``
+            (4). Other FedData get whole replies, each costing its size: whatever
+            ``downloads`` says, the whole replies held at once total at most
+            ``DOWNLOAD_BUDGET`` (64 MiB) by their Content-Length, a larger reply
+            downloading alone. Every reply comes with the long-poll that finds it
+            ready and waits unread in its socket for a slot.
+        workers: the most threads talking to devices at once (submissions,
+            long-polls, downloads). With more sampled devices than workers,
+            devices take turns: each long-poll then waits at most
+            ``SHARED_POLL`` seconds before the next device's turn.
+        dashboard: a TCP port on 127.0.0.1 where a live page of this run is
+            served (``0``: any free port; ``alg.dashboard.url`` says which) until
+            :meth:`close`. See docs/dashboard.md.
+        config: the configuration sent to the devices each round (Flower's
+            ``on_fit_config_fn``): a dict, or ``config(server_round) -> dict``;
+            ``train(model, config)`` gets it. See docs/fedprox-and-config.md.
+        evaluate_fn: ``evaluate_fn(model, server_round) -> metrics``, run on the
+            coordinator after every ``evaluate_fn_every``-th round; recorded in
+            ``RoundResult.server_evaluation`` (see :mod:`fedsync.coordinator.server_eval`).
+        secure_aggregation: a :class:`fedsync.secagg.SecAgg`: the coordinator learns only the sum of the updates (docs/privacy.md).
+    """
+
+    def __init__(
+        self,
+        data: FedData,
+        remotes: Sequence[Remote | str],
+        *,
+        fraction: float = 1.0,
+        min_results: int | None = None,
+        timeout: float = 600.0,
+        seed: int | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        poll: float = 10.0,
+        downloads: int | None = None,
+        workers: int = WORKERS,
+        dashboard: int | None = None,
+        config: ConfigSource = None,
+        evaluate_fn: server_eval.EvaluateFn | None = None,
+        evaluate_fn_every: int = 1,
+        secure_aggregation: Any = None,
+    ) -> None:
+        if not isinstance(data, FedData):
+            raise TypeError(f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), remotes=[...])")
+        # A URL string is built by the transport registered for its scheme (fedsync.plugins).
+        self.remotes = [plugins.remote(r) if isinstance(r, str) else r for r in remotes]
+        if not self.remotes:
+            raise ValueError("Federated needs at least one remote, e.g. remotes=[Remote('http://127.0.0.1:8000')]")
+        urls = [r.url for r in self.remotes]
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"the same device is listed twice: {sorted({u for u in urls if urls.count(u) > 1})}")
+        try:
+            share = Fraction(str(fraction)) if isinstance(fraction, numbers.Real) and not isinstance(fraction, bool) else None
+        except (ValueError, ZeroDivisionError):
+            share = None
+        if share is None or not 0 < share <= 1:
+            raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
+        if min_results is not None and (isinstance(min_results, bool) or not isinstance(min_results, int) or not 1 <= min_results <= len(self.remotes)):
+            raise ValueError(f"min_results must be an integer between 1 and the number of remotes ({len(self.remotes)}), got {min_results!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.data = data
+        self.fraction = float(fraction)
+        self._share = share
+        self.min_results = min_results
+        self.timeout = float(timeout)
+        self.poll = float(poll)
+        if downloads is not None and (isinstance(downloads, bool) or not isinstance(downloads, int) or downloads < 1):
+            raise ValueError(f"downloads must be at least 1 (an integer), got {downloads!r}")
+        self.downloads = downloads
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be at least 1 (an integer), got {workers!r}")
+        self.workers = int(workers)
+        if config is not None and not callable(config):
+            round_config(config, 1)  # a bad dict fails here, not at the first round
+        if evaluate_fn is not None and not callable(evaluate_fn):
+            raise TypeError(f"evaluate_fn must be a function evaluate_fn(model, server_round) -> metrics, got {type(evaluate_fn).__name__}")
+        self.config = config
+        self.secure_aggregation = secure_rounds.checked(secure_aggregation, data)
+        self.evaluate_fn = evaluate_fn
+        self.evaluate_fn_every = server_eval.checked_every(evaluate_fn_every)
+        self.repetition = 0
+        self.history = History()
+        self._rng = random.Random(seed)
+        self._known: set[str] = set()
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if self.checkpoint is not None:
+            restored = checkpoint_io.load(self.checkpoint, data)
+            if restored is not None:
+                self.repetition, self.history = restored
+                logger.info("resumed from %s after repetition %d (%d rounds done)", self.checkpoint, self.repetition, len(self.history))
+        # The dashboard (fedsync.dashboard.app) is imported only when asked for.
+        self.dashboard = None if dashboard is None else _dashboard_module().start(self, dashboard)
+
+    # -- rounds --------------------------------------------------------------------
+
+    def sample(self) -> list[Remote]:
+        """The remotes taking part in the next round (reproducible with ``seed``)."""
+        count = max(1, exact_share(self._share, len(self.remotes)), self.min_results or 1)
+        if count >= len(self.remotes):
+            return list(self.remotes)
+        chosen = set(self._rng.sample(range(len(self.remotes)), count))
+        return [r for i, r in enumerate(self.remotes) if i in chosen]
+
+    def round(self) -> RoundResult:
+        """Run one synchronized round: handshake, send, train on devices, collect, merge.
+
+        A misbehaving device is that device's failure, recorded by URL in
+        ``RoundResult.failures``; the round merges if ``min_results`` devices
+        answered. That covers a device that does not answer its handshake within
+        half the round's remaining time (or its ``Remote.timeout``), answers
+        malformed values, holds different specs than the coordinator (nothing is
+        sent to it), or sends a bad reply.
+
+        The deadline (``timeout`` seconds after the round starts) bounds every
+        wait. A reply still arriving then is read on only while it keeps flowing
+        (each read returns within ``transfer.STALL`` seconds) and within a grace
+        period of ``min(10 s, 10% of timeout)``; so is a reply whose device
+        answered in time but which waited for the merge. One that stalls is
+        dropped and its device named late.
+
+        Raises:
+            SpecsMismatch: no reachable sampled device holds the coordinator's
+                specs (a configuration error; nothing was sent).
+            RoundFailed: too few devices answered, or the merge found the round
+                unusable (every device reported 0 samples, a non-finite result);
+                ``failures`` names each device and why. The FedData is unchanged.
+        """
+        result = self._train_round()
+        self._evaluate_on_server(result)
+        self._record(result)
+        return result
+
+    def evaluate(self) -> EvaluationResult:
+        """Evaluate the current global state on the sampled devices, without training.
+
+        Devices need an ``evaluate`` callback; metrics are averaged by sample count.
+        The whole evaluation, handshake included, takes at most ``timeout`` seconds.
+
+        A device that fails (unreachable, busy, another specs, no evaluate
+        callback, a callback that raised, an invalid answer) is named in the
+        result's ``failures``; the metrics come from the devices that answered.
+
+        Raises:
+            RoundFailed: no device answered with valid samples and metrics;
+                ``failures`` names each device's reason (``SpecsMismatch: ...``,
+                ``RemoteTimeout: ...``, ...).
+        """
+        started = time.monotonic()
+        deadline = Deadline(started + self.timeout, expired=f"timed out: the evaluation's answer was still arriving after {self.timeout:g}s")
+        failures: dict[str, str] = {}
+        remotes = self._handshake(self.sample(), failures, deadline)
+        rep = max(self.repetition, 1)
+        config = self._round_config(rep)
+        specs, payload = self.data.specs(rep), self.data.serialize(rep)
+        answers = concurrently(
+            {r.url: (lambda r=r: r.evaluate(rep, payload, specs, timeout=deadline.request_timeout(r.timeout), deadline=deadline, config=config)) for r in remotes},
+            self.workers,
+            wait=max(0.0, deadline.left()) + STALL,
+        )
+        result = EvaluationResult(repetition=rep, failures=failures)
+        for url, answer in answers.items():
+            if isinstance(answer, RemoteError):
+                result.failures[url] = _reason(answer)
+            elif isinstance(answer, TimeoutError):
+                result.failures[url] = f"RemoteTimeout: no evaluation answer within the timeout of {self.timeout:g}s"
+            elif isinstance(answer, BaseException):
+                result.failures[url] = _reason(answer)
+            else:
+                result.devices[url] = answer
+        records = list(result.devices.values())
+        result.samples = sum(r["samples"] for r in records)
+        result.metrics = weighted_means(records)
+        result.seconds = time.monotonic() - started
+        scrub_failures(result.failures, self.remotes)
+        if not records:
+            raise RoundFailed(f"evaluation after repetition {rep}: no device answered", result.failures)
+        logger.info("evaluation after round %d: %s", rep, format_metrics(result.metrics))
+        return result
+
+    def fit(
+        self,
+        rounds: int,
+        *,
+        evaluate_every: int = 0,
+        callbacks: Sequence[Callable[["Federated", RoundResult], Any]] = (),
+        progress: bool | None = None,
+    ) -> History:
+        """Run until ``rounds`` rounds have merged (counting those restored from a checkpoint).
+
+        Args:
+            rounds: the total number of rounds of the run.
+            evaluate_every: run :meth:`evaluate` after every n-th round (0: never).
+            callbacks: ``callback(alg, result)`` after each round; returning ``True``
+                stops early (see :class:`EarlyStopping`).
+            progress: show a progress bar; default: when stderr is a terminal.
+
+        Returns:
+            The :class:`History` of every round, also kept as ``alg.history``.
+
+        Raises:
+            SpecsMismatch, RoundFailed: as :meth:`round`.
+        """
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if self.dashboard is not None or self.checkpoint is not None:
+            _dashboard_module().fit_started(self, rounds)  # the plan, for the dashboard and checkpoint watchers
+        with tqdm(total=rounds, initial=min(len(self.history), rounds), disable=not progress, unit="round", desc="fedsync") as bar:
+            while len(self.history) < rounds:
+                result = self._train_round()
+                if evaluate_every and (len(self.history) + 1) % evaluate_every == 0:
+                    try:
+                        result.evaluation = self.evaluate()
+                    except RoundFailed as exc:  # the merged round is kept all the same
+                        logger.warning("evaluation after round %d failed: %s", result.repetition, exc)
+                        result.evaluation = EvaluationResult(repetition=result.repetition, failures=exc.failures)
+                self._evaluate_on_server(result)
+                self._record(result)
+                bar.update(1)
+                shown = result.evaluation.metrics if result.evaluation else result.metrics
+                bar.set_postfix({k: f"{v:.4g}" for k, v in list(shown.items())[:3]}, refresh=False)
+                stop = [callback(self, result) for callback in callbacks]
+                if any(s is True for s in stop):
+                    logger.info("stopped early after round %d", result.repetition)
+                    break
+        return self.history
+
+    # -- the round's parts -------------------------------------------------------------
+
+    def _train_round(self) -> RoundResult:
+        # A device may echo its token in any value it sends (an array name, a header):
+        # no failure text, error, history or checkpoint may carry it.
+        try:
+            result = self._run_round()
+        except RoundFailed as exc:
+            raise scrubbed(exc, self.remotes)
+        scrub_failures(result.failures, self.remotes)
+        return result
+
+    def _run_round(self) -> RoundResult:
+        started = time.monotonic()
+        deadline = Deadline(started + self.timeout, round_grace(self.timeout))
+        failures: dict[str, str] = {}
+        sampled = self.sample()
+        needed = min(self.min_results or len(sampled), len(sampled))
+        remotes = self._handshake(sampled, failures, deadline)
+        rep = self.repetition + 1
+        config = self._round_config(rep)  # a bad config raises here, before anything is sent
+        self.repetition = rep  # devices that accepted rep refuse it again, whatever happens next
+        result = RoundResult(repetition=rep, failures=failures)
+        if len(remotes) < needed:
+            raise RoundFailed(f"round {rep}: only {len(remotes)} of {needed} required devices are reachable", failures)
+        specs = self.data.specs(rep)
+        payload = self.data.serialize(rep)
+        secure, remotes = secure_rounds.start(self.secure_aggregation, self, remotes, rep, deadline, result)  # its key phases, if on
+        workers = Workers(min(self.workers, len(remotes)), name=f"fedsync-round-{rep}")
+        streams = self.data.accepts_streams
+        state = _Round(
+            rep=rep, specs=specs, payload=payload, deadline=deadline, timeout=self.timeout,
+            cancel=threading.Event(), slots=threading.Semaphore(self.downloads or (STREAMS if streams else self.workers)),
+            budget=_Budget(DOWNLOAD_BUDGET), arrivals=queue.Queue(), workers=workers,
+            wait=self.poll if len(remotes) <= workers.size else min(self.poll, SHARED_POLL),
+        )
+        for remote in remotes:
+            workers.submit(self._submit, state, remote, config)
+        try:
+            (self.data.merge if secure is None else secure.merge)(self._collect(state, remotes, needed, result, _size(payload)), rep)
+        except RoundFailed as exc:  # the merge found the round unusable: say who took part
+            message = exc.message if exc.message.startswith(f"round {rep} ") else f"round {rep}: {exc.message}"
+            raise RoundFailed(message, {**exc.failures, **result.failures}) from None
+        except Exception as exc:
+            if state.merging is None:  # not while folding a reply: the merge's own error
+                raise
+            # A reply the merge could not take (a FedData without ``check``): name its device.
+            why = f"the merge raised {type(exc).__name__}: {str(exc)[:300]} on its reply"
+            failures = {**result.failures, state.merging: why}
+            raise RoundFailed(f"round {rep} failed: {why} ({state.merging}); the coordinator's data is unchanged", failures) from exc
+        finally:
+            state.cancel.set()
+            workers.close()
+            _close_waiting(state.arrivals)
+        report = getattr(self.data, "last_merge", None)
+        if isinstance(report, dict) and len(report.get("devices", ())) == len(result.answered):
+            result.samples = report.get("samples")
+            result.metrics = dict(report.get("metrics", {}))
+            result.devices = dict(zip(result.answered, report["devices"]))
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _round_config(self, rep: int) -> Config:
+        """The configuration sent with repetition ``rep`` (:func:`fedsync.wire.config.round_config`)."""
+        return round_config(self.config, rep, getattr(self.data, "strategy", None))
+
+    def _evaluate_on_server(self, result: RoundResult) -> None:
+        """``evaluate_fn`` on the merged model after every ``evaluate_fn_every``-th round (counting restored ones)."""
+        if self.evaluate_fn is not None and (len(self.history) + 1) % self.evaluate_fn_every == 0:
+            result.server_evaluation = server_eval.evaluate_on_server(self.evaluate_fn, self.data, result.repetition)
+
+    def _record(self, result: RoundResult) -> None:
+        result.privacy = coordinator_privacy(self)  # ε so far, under central DP (fedsync.privacy)
+        self.history.append(result)
+        if self.checkpoint is not None:
+            checkpoint_io.save(self.checkpoint, self.data, result.repetition, self.history)
+        logger.info(
+            "round %d: %d device(s), %d failed, %s samples, %s, %.2fs",
+            result.repetition, len(result.answered), len(result.failures), result.samples,
+            format_metrics(result.metrics), result.seconds,
+        )
+
+    def _handshake(self, remotes: list[Remote], failures: dict[str, str], deadline: Deadline) -> list[Remote]:
+        """Ask devices not yet known for ``/info``; check specs before anything is sent.
+
+        Each handshake waits at most ``min(remote.timeout, HANDSHAKE_SHARE * time left)``;
+        a device that does not answer in time, answers badly or holds other specs is
+        that device's failure. Raises :class:`SpecsMismatch` when no reachable sampled
+        device matches.
+        """
+        unknown = [r for r in remotes if r.url not in self._known]
+        left = max(0.0, deadline.left())
+        limits = {r.url: max(0.05, min(r.timeout, HANDSHAKE_SHARE * left)) for r in unknown}
+        infos = concurrently(
+            {r.url: (lambda r=r: r.info(deadline=Deadline.within(limits[r.url]))) for r in unknown},
+            self.workers,
+            wait=max(limits.values(), default=0.0) + 0.2,
+        )
+        answered: dict[str, dict[str, Any]] = {}
+        for remote in unknown:
+            info = infos[remote.url]
+            if isinstance(info, (RemoteTimeout, TimeoutError)):
+                failures[remote.url] = f"RemoteTimeout: did not answer the handshake within {limits[remote.url]:.3g}s"
+            elif isinstance(info, BaseException):
+                failures[remote.url] = _reason(info)
+            elif info.get("repetition", 0) >= MAX_REPETITION:
+                failures[remote.url] = f"RemoteError: reports repetition {info['repetition']}, the last allowed (2**53): it accepts no further round"
+            else:
+                answered[remote.url] = info
+        highest = max((int(i.get("repetition", 0)) for i in answered.values()), default=0)
+        expected = self.data.specs(max(self.repetition, highest) + 1)
+        mismatches: dict[str, str] = {}
+        for remote in unknown:
+            info = answered.get(remote.url)
+            if info is None:
+                continue
+            if info["specs"] != expected:
+                summary = self.data.summary(max(self.repetition, highest) + 1)
+                mismatches[remote.url] = remote.scrub(_mismatch_message(remote.url, expected, info, summary))
+            else:
+                self._known.add(remote.url)
+        if mismatches and not any(r.url in self._known for r in remotes):
+            raise SpecsMismatch("\n".join(mismatches.values()))
+        failures.update({url: f"SpecsMismatch: {message}" for url, message in mismatches.items()})
+        # Continue above every repetition a matching device already accepted.
+        matching = [int(answered[r.url].get("repetition", 0)) for r in unknown if r.url in self._known and r.url in answered]
+        self.repetition = max([self.repetition, *matching])
+        return [r for r in remotes if r.url in self._known]
+
+    # -- one device's part of a round: steps run by the round's workers ---------------
+    #
+    # _submit, then _poll until the result is ready, then _deliver it to ``arrivals``
+    # (where _collect hands it to the merge). Every step ends by queuing the next or by
+    # putting the device's reply or error in ``arrivals``, except when the round is over.
+    # The long-poll that finds a reply ready brings its headers; its body waits unread
+    # in the socket until one of the round's download ``slots`` is free (the merge
+    # frees it after folding the reply in), and, for whole replies, until the round's
+    # byte ``budget`` has room for its Content-Length.
+
+    def _submit(self, state: _Round, remote: Remote, config: Config) -> None:
+        state.phase[remote.url] = "sending"
+        try:
+            left = state.deadline.left()
+            if left <= 0:
+                raise RemoteTimeout(remote.url, "nothing was sent to it: the round's deadline passed before its turn")
+            wait = max(0.1, min(remote.timeout, left))
+            try:
+                remote.submit(state.rep, state.payload, state.specs, timeout=wait, config=config)
+            except RemoteTimeout:
+                raise RemoteTimeout(remote.url, f"did not accept the payload within {wait:.3g}s") from None
+        except Exception as exc:
+            state.arrivals.put((remote, exc, 0))
+            return
+        state.phase[remote.url] = "training"
+        state.workers.submit(self._poll, state, remote)  # behind the other submissions
+
+    def _poll(self, state: _Round, remote: Remote) -> None:
+        """One long-poll; queues the next one behind the other devices' unless the result is ready."""
+        reply: ReplyStream | None = None
+        try:
+            if state.cancel.is_set():
+                return
+            left = state.deadline.left()
+            if left <= 0:
+                raise RemoteTimeout(remote.url, f"no result for repetition {state.rep} within the round's timeout of {state.timeout:g}s")
+            wait = min(state.wait, left)
+            timeout = min(wait + remote.timeout, left + STALL)
+            reply = remote.open_result(state.rep, wait, timeout=timeout, deadline=state.deadline)
+            if reply is None:
+                state.workers.submit(self._poll, state, remote)
+                return
+            state.phase[remote.url] = "answered"
+            if not state.download_slot():
+                _close(reply)
+                return
+        except Exception as exc:
+            _close(reply)
+            state.arrivals.put((remote, exc, 0))
+            return
+        self._deliver(state, remote, reply)
+
+    def _deliver(self, state: _Round, remote: Remote, stream: ReplyStream) -> None:
+        """Holding a download slot: hand a stream over, or download a whole reply within the budget and check it."""
+        held = 0
+        try:
+            if self.data.accepts_streams:  # a stream is checked by the merge as it reads
+                state.arrivals.put((remote, stream, 0))
+                return
+            taken = state.budget.acquire(len(stream), state.cancel)
+            if taken is None:
+                _close(stream)
+                state.slots.release()
+                return
+            held = taken
+            reply = remote.download(stream, as_view=self.data.accepts_views)
+            try:
+                self.data.check(reply, state.rep)
+            except ValueError as exc:
+                raise PayloadRejected(f"reply rejected: {exc}") from None
+            state.arrivals.put((remote, reply, held))
+        except Exception as exc:
+            _close(stream)
+            state.budget.release(held)
+            state.slots.release()
+            state.arrivals.put((remote, exc, 0))
+
+    def _collect(self, state: _Round, remotes: list[Remote], needed: int, result: RoundResult, sent: int) -> Iterator[Encoding]:
+        """Yield replies in arrival order; raise RoundFailed once the quorum is out of reach.
+
+        Streamed replies the merge rejected (:meth:`ReplyStream.reject`) move from
+        ``answered`` to ``failures`` when the merge asks for the next one.
+        """
+        pending = {r.url for r in remotes}
+        streams: list[ReplyStream] = []
+        # Past the deadline, replies in their grace period may still arrive.
+        until = state.deadline.at + state.deadline.grace + STALL + 1.0
+
+        def settle() -> bool:
+            """Count rejected streams as failures; ``False`` once the quorum is out of reach."""
+            for stream in [s for s in streams if s.rejected is not None]:
+                streams.remove(stream)
+                result.answered.remove(stream.url)
+                result.failures[stream.url] = f"PayloadRejected: reply rejected: {stream.rejected}"
+            return len(result.answered) + len(pending) >= needed
+
+        while pending:
+            try:
+                remote, reply, held = state.arrivals.get(timeout=max(0.0, until - time.monotonic()))
+            except queue.Empty:
+                for url in sorted(pending):
+                    result.failures[url] = state.overdue(url)
+                break
+            pending.discard(remote.url)
+            if isinstance(reply, BaseException):
+                result.failures[remote.url] = _reason(reply)
+                if not isinstance(reply, RemoteBusy):
+                    self._known.discard(remote.url)  # re-handshake: it may have restarted
+                if len(result.answered) + len(pending) < needed:
+                    gather_reasons(state, pending, result)
+                    break
+                continue
+            result.answered.append(remote.url)
+            result.bytes_sent += sent
+            result.bytes_received += _size(reply)
+            if isinstance(reply, ReplyStream):
+                streams.append(reply)
+            state.merging = remote.url
+            try:
+                yield reply
+            finally:
+                state.merging = None
+                _close(reply)
+                del reply  # before its bytes go back to the budget: a kept reference would outlive the count
+                state.budget.release(held)
+                state.slots.release()  # folded in: the next reply may download
+            if not settle():
+                gather_reasons(state, pending, result)
+                break
+        settle()
+        if len(result.answered) < needed:
+            raise RoundFailed(
+                f"round {state.rep} failed: {len(result.answered)} of {needed} required devices answered; "
+                "the coordinator's data is unchanged",
+                result.failures,
+            )
+
+    # -- lifetime --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every remote's connections, and the dashboard."""
+        for remote in self.remotes:
+            remote.close()
+        if self.dashboard is not None:
+            self.dashboard.close()
+
+    def __enter__(self) -> "Federated":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,268 @@
+"""What a federated run did, round by round, and its JSON form."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..wire.metrics import MAX_SAMPLES, checked_metrics
+from ..privacy import checked_privacy
+from ..protocol import MAX_REPETITION
+from ..wire.shapes import DeviceReport
+
+__all__ = ["RoundResult", "EvaluationResult", "ServerEvaluation", "History", "write_atomically", "MAX_ERROR"]
+
+MAX_ERROR = 2000
+"""The longest error text a server evaluation records, in characters."""
+
+
+@dataclass
+class EvaluationResult:
+    """Federated evaluation (:meth:`fedsync.Federated.evaluate`): sample-weighted metrics, and each device's own."""
+
+    repetition: int
+    """The repetition whose global model was evaluated (the last merged one)."""
+    samples: int = 0
+    """Examples evaluated, summed over the devices that answered."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Each metric's mean over the answering devices, weighted by their sample counts (unitless, as returned)."""
+    devices: dict[str, DeviceReport] = field(default_factory=dict)
+    """Each answering device's own ``{"samples": int, "metrics": {...}}``, by URL."""
+    failures: dict[str, str] = field(default_factory=dict)
+    """Why each device that did not answer failed (one line of text), by URL; tokens scrubbed."""
+    seconds: float = 0.0
+    """Wall time of the whole evaluation, in seconds."""
+
+
+@dataclass
+class ServerEvaluation:
+    """Server-side evaluation: the merged model measured on the coordinator's own data."""
+
+    repetition: int
+    """The repetition whose merged model was evaluated."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """What ``Federated(evaluate_fn=...)`` returned, checked finite (unitless, as returned)."""
+    error: str | None = None
+    """``"ExceptionType: message"`` if ``evaluate_fn`` raised or returned something unusable
+    (the round stays merged and recorded), else ``None``."""
+    seconds: float = 0.0
+    """Wall time of ``evaluate_fn``, in seconds."""
+
+    @classmethod
+    def from_dict(cls, row: Any, what: str) -> "ServerEvaluation":
+        """The inverse of ``dataclasses.asdict``, checking every field; ``ValueError`` names the bad one."""
+        values = _known_keys(cls, row, f"{what}: server_evaluation", "must be a JSON object or null")
+        _integer(values["repetition"], f"{what}: server_evaluation repetition", MAX_REPETITION)
+        values["metrics"] = checked_metrics(values.get("metrics", {}), f"{what}: server_evaluation metrics")
+        error = values.get("error")
+        if error is not None and (not isinstance(error, str) or len(error) > MAX_ERROR):
+            raise ValueError(f"{what}: server_evaluation error must be null or a string of at most {MAX_ERROR} characters")
+        _seconds(values.get("seconds", 0.0), f"{what}: server_evaluation")
+        return cls(**values)
+
+
+@dataclass
+class RoundResult:
+    """One round: who took part, who failed and why, samples, metrics, bytes and time."""
+
+    repetition: int
+    """The round's repetition number (1 for a run's first round; a resumed run continues the count)."""
+    answered: list[str] = field(default_factory=list)
+    """URLs of the devices whose replies were merged, in merge order."""
+    failures: dict[str, str] = field(default_factory=dict)
+    """Why each sampled device's reply was not merged (one line of text), by URL; tokens scrubbed."""
+    samples: int | None = None
+    """Training examples behind the merged replies, summed; ``None`` for a FedData that reports none."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Training metrics, each the sample-weighted mean over the merged devices (unitless, as ``train`` returned)."""
+    devices: dict[str, DeviceReport] = field(default_factory=dict)
+    """Each merged device's own ``{"samples": int, "metrics": {...}}``, by URL."""
+    evaluation: EvaluationResult | None = None
+    """Federated evaluation after this round (``fit(evaluate_every=...)``), else ``None``."""
+    bytes_sent: int = 0
+    """Payload bytes the coordinator sent to devices (HTTP bodies, not headers)."""
+    bytes_received: int = 0
+    """Reply bytes the coordinator received from devices (HTTP bodies, not headers)."""
+    seconds: float = 0.0
+    """Wall time of the round, from sampling to the merged model, in seconds."""
+    server_evaluation: ServerEvaluation | None = None
+    """``Federated(evaluate_fn=...)``'s result after this round, distinct from federated ``evaluation``."""
+    privacy: dict[str, Any] | None = None
+    """Under central DP (:mod:`fedsync.strategies.dp`), the privacy spent by every DP round so far:
+    ``{"epsilon", "delta", "noise_multiplier", "sampling_rate", "rounds"}`` (:func:`fedsync.privacy.round_privacy`)."""
+
+    @classmethod
+    def from_dict(cls, row: Any) -> "RoundResult":
+        """The inverse of ``dataclasses.asdict``, checking every field.
+
+        Raises:
+            ValueError: a key that is not a field, or a value of the wrong type or
+                range (counts are non-negative integers, metrics and seconds finite).
+        """
+        values = _fields(cls, row, "round")
+        what = f"round {values['repetition']}"
+        _strings(values.get("answered", []), f"{what}: answered")
+        if values.get("samples") is not None:
+            _integer(values["samples"], f"{what}: samples", 2**63 - 1)
+        for key in ("bytes_sent", "bytes_received"):
+            _integer(values.get(key, 0), f"{what}: {key}", 2**63 - 1)
+        if values.get("evaluation") is not None:
+            values["evaluation"] = EvaluationResult(**_evaluation(values["evaluation"], what))
+        if values.get("server_evaluation") is not None:
+            values["server_evaluation"] = ServerEvaluation.from_dict(values["server_evaluation"], what)
+        if values.get("privacy") is not None:
+            values["privacy"] = checked_privacy(values["privacy"], what)
+        return cls(**values)
+
+
+class History:
+    """The rounds of a run, in order; saves to and loads from JSON."""
+
+    def __init__(self, rounds: list[RoundResult] | None = None) -> None:
+        self.rounds: list[RoundResult] = list(rounds or [])
+
+    def append(self, result: RoundResult) -> None:
+        self.rounds.append(result)
+
+    def __len__(self) -> int:
+        return len(self.rounds)
+
+    def __iter__(self) -> Iterator[RoundResult]:
+        return iter(self.rounds)
+
+    def __getitem__(self, index: int) -> RoundResult:
+        return self.rounds[index]
+
+    def metric(self, name: str, evaluation: bool = False, *, server: bool = False) -> list[float | None]:
+        """One metric per round, ``None`` where absent: training metrics, federated
+        ``evaluation`` metrics, or ``server`` evaluation metrics (``evaluate_fn``)."""
+        values = []
+        for r in self.rounds:
+            if server:
+                source = r.server_evaluation.metrics if r.server_evaluation else {}
+            else:
+                source = (r.evaluation.metrics if r.evaluation else {}) if evaluation else r.metrics
+            values.append(source.get(name))
+        return values
+
+    def to_json(self) -> str:
+        """The rounds as JSON text, ``{"rounds": [row, ...]}``, one row per :class:`RoundResult` (its fields)."""
+        return json.dumps({"rounds": [asdict(r) for r in self.rounds]}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "History":
+        """The History that :meth:`to_json` wrote.
+
+        Raises:
+            ValueError: ``text`` is not that JSON, a round is malformed
+                (:meth:`RoundResult.from_dict`), or repetitions do not increase.
+        """
+        try:
+            document = json.loads(text, parse_constant=_no_constant)
+        except RecursionError:
+            raise ValueError("history JSON is nested too deeply") from None
+        if not isinstance(document, dict) or document.keys() != {"rounds"} or not isinstance(document["rounds"], list):
+            raise ValueError('history must be a JSON object {"rounds": [...]}')
+        rounds = [RoundResult.from_dict(row) for row in document["rounds"]]
+        for before, after in zip(rounds, rounds[1:]):
+            if after.repetition <= before.repetition:
+                raise ValueError(f"history's repetitions must increase, got {before.repetition} then {after.repetition}")
+        return cls(rounds)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write JSON atomically (a crash leaves the old file or the new one)."""
+        write_atomically(Path(path), self.to_json().encode("utf-8"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "History":
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    def __repr__(self) -> str:
+        return f"History({len(self.rounds)} rounds)"
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"history holds {name}, not a finite number")
+
+
+def _fields(cls: type, row: Any, what: str) -> dict[str, Any]:
+    """``row``'s entries, which must be fields of ``cls``; repetition, failures, metrics, devices, seconds checked."""
+    values = _known_keys(cls, row, what, "must be a JSON object", prefix="each ")
+    label = f"{what} {_integer(values['repetition'], f'{what} repetition', MAX_REPETITION)}"
+    failures = values.get("failures", {})
+    if not isinstance(failures, dict) or not all(isinstance(v, str) for v in failures.values()):
+        raise ValueError(f"{label}: failures must map device URLs to reasons (strings)")
+    values["metrics"] = checked_metrics(values.get("metrics", {}), f"{label}: metrics")
+    values["devices"] = _devices(values.get("devices", {}), label)
+    _seconds(values.get("seconds", 0.0), label)
+    return values
+
+
+def _known_keys(cls: type, row: Any, what: str, kind: str, prefix: str = "") -> dict[str, Any]:
+    """A copy of ``row``, a JSON object whose keys are fields of ``cls``, ``repetition`` among them."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{prefix}{what} {kind}, got {type(row).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(str(k)[:40] for k in row.keys() - names)
+    if unknown or "repetition" not in row:
+        raise ValueError(f"{what} has unknown keys {unknown} or lacks 'repetition'; expected keys among {sorted(names)}")
+    return dict(row)
+
+
+def _seconds(seconds: Any, what: str) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{what}: seconds must be a finite non-negative number, got {str(seconds)[:40]}")
+
+
+def _evaluation(row: Any, what: str) -> dict[str, Any]:
+    values = _fields(EvaluationResult, row, f"{what}: evaluation")
+    _integer(values.get("samples", 0), f"{what}: evaluation samples", 2**63 - 1)
+    return values
+
+
+def _devices(devices: Any, what: str) -> dict[str, dict[str, Any]]:
+    """Per-device records ``{"samples": n, "metrics": {...}}``; other entries must be plain JSON scalars."""
+    if not isinstance(devices, dict):
+        raise ValueError(f"{what}: devices must map device URLs to records")
+    clean = {}
+    for url, record in devices.items():
+        if not isinstance(record, dict):
+            raise ValueError(f"{what}: device {url[:80]!r}'s record must be a JSON object")
+        record = dict(record)
+        if "samples" in record:
+            _integer(record["samples"], f"{what}: device {url[:80]!r} samples", MAX_SAMPLES)
+        if "metrics" in record:
+            record["metrics"] = checked_metrics(record["metrics"], f"{what}: device {url[:80]!r} metrics")
+        for key, value in record.items():
+            if key not in ("samples", "metrics") and not (
+                value is None or isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value))
+            ):
+                raise ValueError(f"{what}: device {url[:80]!r} entry {key[:40]!r} must be a string or a number")
+        clean[url] = record
+    return clean
+
+
+def _integer(value: Any, what: str, largest: int) -> int:
+    if type(value) is not int or not 0 <= value <= largest:
+        raise ValueError(f"{what} must be an integer in [0, {largest}], got {str(value)[:40]}")
+    return value
+
+
+def _strings(value: Any, what: str) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{what} must be a list of device URLs (strings)")
+
+
+def write_atomically(path: Path, data: bytes | bytearray | memoryview) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,163 @@
+"""Simulating many devices in one process, on the production path: :func:`run_simulation`.
+
+The devices are ``local://`` remotes (:mod:`fedsync.transports.local`): the same
+``Federated`` round, FedData, strategies, codec and checks as with real
+devices; only the transport changes. See docs/simulation.md.
+
+Memory: a device's FedData exists only while the device is sampled. It is built
+by ``device_fn(device_id)`` when the round first talks to it and dropped after
+the round; between rounds a device costs one small :class:`~fedsync.transports.local.LocalRemote`
+(its URL and ``device_fn``), so 10,000 devices cost a few megabytes plus the
+sampled ones. A device keeps no state across rounds (as Flower's ``client_fn``
+clients): keep what must persist in the data ``device_fn`` reads.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, Sequence
+
+from .federated import Federated
+from ..wire.config import ConfigSource
+from .history import History, RoundResult
+from ..transports.local import LocalRemote, TrainingPool
+from ..transports import device_functions
+from ..transports.process.pool import ProcessPool, process_remotes
+from ..protocol import FedData
+
+__all__ = ["run_simulation", "local_remotes"]
+
+
+def local_remotes(device_fn: Callable[[int], FedData], num_devices: int, *, pool: TrainingPool | None = None, timeout: float = 30.0) -> list[LocalRemote]:
+    """``local://device-{i}`` remotes for ``i`` in ``range(num_devices)``, each built by ``device_fn(i)`` when used.
+
+    Raises:
+        ValueError: ``num_devices`` is not a positive integer.
+        TypeError: ``device_fn`` is not callable.
+    """
+    if not callable(device_fn):
+        raise TypeError(f"device_fn must be a function device_fn(device_id) -> FedData, got {type(device_fn).__name__}")
+    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
+        raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+    return [
+        LocalRemote(f"local://device-{i}", device=functools.partial(device_fn, i), pool=pool, timeout=timeout)
+        for i in range(num_devices)
+    ]
+
+
+def run_simulation(
+    device_fn: Callable[[int], FedData] | str,
+    num_devices: int,
+    rounds: int,
+    *,
+    data: FedData,
+    strategy: Any = None,
+    fraction: float = 1.0,
+    min_results: int | None = None,
+    timeout: float = 600.0,
+    workers: int | None = None,
+    worker_kind: str = "threads",
+    seed: int | None = None,
+    progress: bool | None = None,
+    config: ConfigSource = None,
+    evaluate_fn: Any = None,
+    callbacks: Sequence[Callable[[Federated, RoundResult], Any]] = (),
+    backend: str = "local",
+    ray_address: str | None = None,
+    backend_config: Mapping[str, Any] | None = None,
+) -> History:
+    """Run ``rounds`` federated rounds over ``num_devices`` simulated devices in this process.
+
+    Args:
+        device_fn: ``device_fn(device_id) -> FedData`` for ``device_id`` in
+            ``range(num_devices)``: the device's FedData over its data partition,
+            built when the device is sampled and dropped after the round. One that
+            raises, or returns no FedData, is that device's failure that round.
+        num_devices: how many devices exist.
+        rounds: rounds to run.
+        data: the coordinator's FedData (same specs as the devices'); it holds the
+            merged model at the end.
+        strategy: if given, set as ``data.strategy`` (FedArrays and the adapters).
+        fraction, min_results, timeout, seed, config, evaluate_fn: as for
+            :class:`fedsync.Federated` (``timeout``: seconds per round).
+        workers: devices training at once (default: the CPU count).
+        worker_kind: ``"threads"`` (the default: numpy's BLAS and torch release
+            the GIL while computing) or ``"processes"``, for a training that
+            holds the GIL (pure Python): ``workers`` processes, each importing
+            ``device_fn`` by name, so it must be a module-level function or its
+            name ``"module:function"`` (:mod:`fedsync.transports.process.pool`). A worker
+            that dies is its devices' failure that round; it is replaced.
+        progress: a progress bar as with ``fit()`` (default: when stderr is a terminal).
+        callbacks: as for :meth:`fedsync.Federated.fit`.
+        backend: ``"local"`` (threads in this process) or ``"ray"``: devices in a
+            bounded pool of Ray actors (:class:`fedsync_ray.RayDevices`, ``pip install
+            'fedsync[ray]'``), each device named ``ray://sim-XXXX-K/device-ID``;
+            ``device_fn`` must then be a module-level function or its import path
+            ``"module:function"`` (the actors import it: no pickle).
+        ray_address: ``backend="ray"``: an existing cluster's address; ``None``
+            starts a local Ray (127.0.0.1, usage stats off) and stops it at the end,
+            unless this process is already connected to one.
+        backend_config: ``backend="ray"``: ``{"num_cpus": 1, "num_gpus": 0}`` per
+            device actor, as Flower's; ``"actors"``: how many (default: as many as
+            the cluster's CPUs hold). ``workers`` is for the local backend only.
+
+    Returns:
+        The :class:`History` of the run, as ``fit()`` returns it.
+
+    Raises:
+        SpecsMismatch, RoundFailed: as :meth:`fedsync.Federated.round`.
+        ValueError, TypeError: a bad argument (before anything runs), e.g. a
+            lambda as ``device_fn`` with ``backend="ray"`` or ``worker_kind="processes"``.
+        ImportError: ``backend="ray"`` without Ray installed, or
+            ``worker_kind="processes"`` and a worker could not import ``device_fn``.
+    """
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    if worker_kind not in ("threads", "processes"):
+        raise ValueError(f"worker_kind must be 'threads' or 'processes', got {worker_kind!r}")
+    if backend == "local" and (ray_address is not None or backend_config is not None):
+        raise ValueError("ray_address and backend_config are for backend='ray'; pass backend='ray' or drop them")
+    if backend == "ray" and workers is not None:
+        raise ValueError("workers is for backend='local'; with backend='ray', backend_config={'num_cpus': ..., 'actors': ...} sets how many devices train at once")
+    if backend == "ray" and worker_kind != "threads":
+        raise ValueError("worker_kind is for backend='local'; Ray actors are processes already")
+    if strategy is not None:
+        if not hasattr(data, "strategy"):
+            raise TypeError(f"strategy= needs a FedData with a strategy (FedArrays or an adapter), got {type(data).__name__}")
+        data.strategy = strategy
+    if backend == "ray":
+        from fedsync_ray import RayDevices  # this distribution's Ray plugin; it imports ray itself
+
+        on_ray = RayDevices(device_fn, num_devices, timeout=timeout, ray_address=ray_address, backend_config=backend_config)
+        remotes, slots, release_all, close = on_ray.remotes, len(on_ray.actors), on_ray.release, on_ray.close
+    else:
+        pool: TrainingPool | ProcessPool
+        if worker_kind == "processes":
+            if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
+                raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+            pool = ProcessPool(device_fn, workers)
+            remotes = process_remotes(pool, num_devices, timeout=timeout)
+        else:
+            if isinstance(device_fn, str):
+                module, _, name = device_functions.locate(device_fn)
+                device_fn = device_functions.load(name, module)
+            pool = TrainingPool(workers)
+            remotes = local_remotes(device_fn, num_devices, pool=pool, timeout=timeout)
+        slots, close = pool.workers, pool.close
+
+        def release_all() -> None:
+            for remote in remotes:
+                remote.release()  # a device's state exists only while it is sampled
+
+    def release(alg: Federated, result: RoundResult) -> None:
+        release_all()
+
+    try:
+        alg = Federated(
+            data, remotes, fraction=fraction, min_results=min_results, timeout=timeout, seed=seed,
+            workers=min(64, max(slots, 1) * 4), config=config, evaluate_fn=evaluate_fn,
+        )
+        return alg.fit(rounds, callbacks=[release, *callbacks], progress=progress)
+    finally:
+        release_all()
+        close()

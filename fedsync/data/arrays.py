@@ -1,0 +1,551 @@
+"""FedArrays: a FedData over named numpy arrays, trained on devices, merged by FedAvg.
+
+This is the common base of framework adapters: a subclass only says how to get
+and set its model's arrays (:meth:`FedArrays.get_arrays`,
+:meth:`FedArrays.set_arrays`) and what its architecture is
+(:meth:`FedArrays.architecture`); payloads, validation, sample counts, metrics
+and merging are done here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, MutableSequence, Union
+
+import numpy as np
+
+from ..wire import codec, compression
+from . import proximal
+from ..wire.config import Config, takes_extra
+from ..errors import PayloadRejected, RemoteError, RoundFailed, failure_reason
+from ..plugins.hookspecs import RegisterAdapter, hookimpl
+from ..wire.metrics import MAX_SAMPLES, checked_metrics, checked_samples, parse_counted, weighted_means
+from ..protocol import FedData
+from ..wire.shapes import MergeReport
+from ..wire.replies import ReplyStream
+from ..strategies import Accumulator, FedAvg, Strategy
+
+__all__ = ["FedArrays", "fingerprint", "TrainResult", "SAMPLES_KEY", "METRICS_KEY", "SPECS_KEY"]
+
+SAMPLES_KEY = "fedsync.samples"
+METRICS_KEY = "fedsync.wire.metrics"
+SPECS_KEY = "fedsync.specs"
+
+_PIECE = 1 << 20  # bytes of a reply read and folded at a time
+_METADATA_ROOM = 1 << 20
+"""Bytes of payload header allowed for metadata on top of the tensors' entries.
+
+Enough for the largest metrics :func:`fedsync.wire.metrics.checked_metrics` accepts
+(``MAX_METRICS`` names of ``MAX_METRIC_NAME`` characters, escaped twice).
+"""
+
+TrainResult = Union[int, "tuple[int, Mapping[str, float]]"]
+"""What ``train(model)`` returns: the number of samples, optionally with metrics."""
+
+
+def fingerprint(architecture: Any) -> str:
+    """``sha256:<16 hex>`` of a JSON-able architecture description."""
+    text = json.dumps(architecture, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class FedArrays(FedData):
+    """A FedData whose state is a list or dict of numpy arrays.
+
+    Args:
+        arrays: the model's arrays. They are updated **in place**, so references
+            you hold stay valid.
+        train: ``train(model) -> samples`` or ``-> (samples, metrics)``, called on
+            a device after the coordinator's arrays were loaded; ``model`` is the
+            ``arrays`` you passed (adapters pass their framework model). A
+            ``train(model, config)`` also gets the round's configuration
+            (``Federated(config=...)``, a dict; ``{}`` when none was sent).
+            ``None`` on the coordinator.
+        evaluate: ``evaluate(model) -> samples`` or ``-> (samples, metrics)``,
+            measuring the coordinator's arrays on this device's data for
+            ``Federated.evaluate``; the device's own arrays are restored after.
+            ``evaluate(model, config)`` gets the configuration too.
+        strategy: how results merge; sample-weighted :class:`FedAvg` by default.
+        wire_dtype: send floating arrays as ``"float16"``, ``"bfloat16"`` (half
+            the bytes) or ``"int8"`` (a quarter), both ways; merging stays at full
+            precision. Declare the same on coordinator and devices: it is part of
+            the specs. Error bounds: :mod:`fedsync.wire.compression`.
+
+    Every array adapter (``FedTorch``, ``FedKeras``) takes these same keywords
+    and passes them here.
+
+    Raises:
+        TypeError: ``arrays`` is not a list or dict of numpy arrays, or ``train``
+            or ``evaluate`` is not callable.
+        ValueError: an unknown ``wire_dtype``.
+
+    After a merge, ``last_merge`` holds the total samples, the sample-weighted
+    mean of each metric, and the per-device values.
+
+    On a device, :meth:`global_weights` gives a copy of the floating arrays received
+    this round, for FedProx's :meth:`proximal_term`: made on its first call in a
+    round (during ``train``), so a device that never asks pays no model copy; set
+    ``keep_global = True`` to make it up front, in ``receive``.
+
+    ``local_dp`` (set it on a device: ``fed.local_dp = LocalDP(...)``) clips and
+    noises the update after ``train``, before the reply leaves the device
+    (:class:`fedsync.privacy.LocalDP`); integer and boolean arrays then go back as received.
+    """
+
+    token = "arrays"
+    accepts_views = True  # codec.decode reads any buffer
+    accepts_streams = True  # merge folds replies as they download (fedsync.wire.replies)
+    keep_global = False  # True: receive copies the global weights up front; else proximal_term's first call does
+    local_dp: Any = None  # a fedsync.privacy.LocalDP: clip and noise the update on the device (docs/privacy.md)
+
+    def __init__(
+        self,
+        arrays: Union[MutableMapping[str, np.ndarray], MutableSequence[np.ndarray]],
+        train: Callable[[Any], TrainResult] | None = None,
+        *,
+        evaluate: Callable[[Any], TrainResult] | None = None,
+        strategy: Strategy | None = None,
+        wire_dtype: str | None = None,
+    ) -> None:
+        super().__init__()
+        # Here, not in each adapter: every array adapter passes its keywords through.
+        if train is not None and not callable(train):
+            raise TypeError(f"train must be a function train(model) -> samples, or None on the coordinator; got {train!r}")
+        if evaluate is not None and not callable(evaluate):
+            raise TypeError(f"evaluate must be a function evaluate(model) -> samples or (samples, metrics), got {evaluate!r}")
+        if isinstance(arrays, Mapping):
+            items = list(arrays.items())
+        elif isinstance(arrays, (list, tuple)):
+            items = list(enumerate(arrays))
+        else:
+            raise TypeError(f"FedArrays takes a list or dict of numpy arrays, got {type(arrays).__name__}")
+        for name, a in items:
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"array {name!r} is a {type(a).__name__}, not a numpy array; wrap it with np.asarray")
+        self.model: Any = arrays
+        self.train = train
+        self.evaluate_fn = evaluate
+        self.strategy = strategy or FedAvg()
+        self.wire_dtype = compression.check_wire_dtype(wire_dtype)
+        self.samples = 0
+        self.metrics: dict[str, float] = {}
+        self.last_merge: MergeReport | None = None
+        self.global_arrays: dict[str, np.ndarray] | None = None
+        self._received: dict[str, np.ndarray] | None = None  # this round's decoded payload, while train runs
+
+    # -- the framework-specific part: adapters override these three ----------------
+
+    def get_arrays(self) -> dict[str, np.ndarray]:
+        """The current arrays by name (views are fine: they are only read)."""
+        if isinstance(self.model, Mapping):
+            return dict(self.model)
+        return {str(i): a for i, a in enumerate(self.model)}
+
+    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Load arrays already checked to match names, shapes and dtypes."""
+        if isinstance(self.model, Mapping):
+            for name, a in arrays.items():
+                np.copyto(self.model[name], a)
+        else:
+            for i, target in enumerate(self.model):
+                np.copyto(target, arrays[str(i)])
+
+    def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Each array's shape and dtype as exchanged; adapters whose ``get_arrays`` copies override it."""
+        return {name: (a.shape, a.dtype) for name, a in self.get_arrays().items()}
+
+    def architecture(self) -> Any:
+        """A JSON-able description hashed into the specs; by default the weights' layout."""
+        return self.summary(0)["weights"]
+
+    # -- the protocol ----------------------------------------------------------------
+
+    def summary(self, repetition: int) -> dict[str, Any]:
+        """``{"weights": [{"name", "shape", "dtype"}, ...]}``, each array as exchanged, in order."""
+        return {
+            "weights": [
+                {"name": name, "shape": list(shape), "dtype": np.dtype(dtype).name}
+                for name, (shape, dtype) in self.layout().items()
+            ]
+        }
+
+    def specs(self, repetition: int) -> str:
+        """``<token>:sha256:<16 hex>`` of :meth:`architecture` (and ``wire_dtype`` when set)."""
+        architecture = self.architecture()
+        if self.wire_dtype is not None:
+            architecture = {"architecture": architecture, "wire_dtype": self.wire_dtype}
+        return f"{self.token}:{fingerprint(architecture)}"
+
+    def serialize(self, repetition: int) -> codec.Payload:
+        """The arrays (packed as ``wire_dtype`` if set) with samples, metrics and specs as metadata.
+
+        Views of the live arrays, not a copy.
+
+        Raises:
+            CodecError: an array of a dtype the codec cannot carry (e.g. complex).
+        """
+        metadata = {
+            SAMPLES_KEY: str(self.samples),
+            METRICS_KEY: json.dumps(self.metrics),
+            SPECS_KEY: self.specs(repetition),
+        }
+        arrays = self.get_arrays()
+        if self.wire_dtype is not None:
+            arrays, metadata[compression.WIRE_KEY] = compression.pack(arrays, self.wire_dtype)
+        # Views of the arrays, not a copy: they go to the socket as they are.
+        return codec.encode_payload(arrays, metadata)
+
+    def check(self, encoding: Any, repetition: int) -> None:
+        """Check a payload before anything changes: well-formed, this model's layout, all finite.
+
+        The only step that scans for NaN and infinity (``receive`` trusts it).
+
+        Raises:
+            CodecError: not a valid payload.
+            PayloadRejected: text, other names, shapes or dtypes, not packed as
+                ``wire_dtype``, or NaN or infinity in an array.
+        """
+        self._decode(encoding, finite=True)
+
+    def receive(self, encoding: Any, repetition: int, config: Config | None = None) -> None:
+        """Load the coordinator's arrays **in place**, then run ``train`` (on a device).
+
+        Raises:
+            CodecError: not a valid payload.
+            PayloadRejected: the payload does not fit this model; nothing changed.
+            ValueError: ``train`` returned no valid ``samples`` or ``(samples, metrics)``.
+        """
+        arrays, _, _ = self._decode(encoding)
+        self.set_arrays(arrays)
+        self.global_arrays = None  # before copying: never two snapshots at once
+        # Views of the payload, valid while train runs; copied only if proximal_term (or
+        # local DP) asks, and dropped after: the device reuses the payload's buffer next round.
+        self._received = arrays
+        try:
+            if self.keep_global:
+                self.global_weights()
+            if self.train is not None:
+                self.samples, self.metrics = parse_counted(_call(self.train, self.model, config))
+            if self.local_dp is not None:  # before the reply can leave: serialize sends these arrays
+                self.set_arrays({**arrays, **self.local_dp.apply(self.get_arrays(), self.global_weights())})
+        finally:
+            self._received = None
+
+    def global_weights(self) -> dict[str, np.ndarray] | None:
+        """The floating arrays received this round, as owned copies; ``None`` before any round.
+
+        The copy is made on the first call of a round (inside ``train``), then kept.
+        """
+        if self.global_arrays is None and self._received is not None:
+            self.global_arrays = proximal.snapshot(self._received)
+        return self.global_arrays
+
+    def proximal_term(self, mu: float) -> Any:
+        """FedProx's ``mu/2 * ||w - w_global||^2`` (Li et al. 2020) over the floating arrays.
+
+        ``w_global``: the arrays received this round. FedArrays returns a float
+        (for logging; its gradient is ``mu * (w - fed.global_arrays[name])``); the
+        torch and Keras adapters return a differentiable tensor to add to the loss.
+
+        Raises:
+            ValueError: ``mu`` is not a finite number >= 0.
+            RuntimeError: called before any round's weights were received.
+        """
+        return proximal.numpy_term(self.get_arrays(), self.global_weights(), mu)
+
+    def evaluate(self, encoding: Any, repetition: int, config: Config | None = None) -> tuple[int, dict[str, float]]:
+        """Measure the payload's arrays with ``evaluate``; this FedData's own arrays are restored after.
+
+        Returns ``(samples, metrics)``. The arrays are restored even if the callback raises.
+
+        Raises:
+            NotImplementedError: no ``evaluate`` callback was given.
+            CodecError: not a valid payload.
+            PayloadRejected: the payload does not fit this model; nothing changed.
+            ValueError: the callback returned no valid ``samples`` or ``(samples, metrics)``.
+        """
+        if self.evaluate_fn is None:
+            raise NotImplementedError(
+                f"this device's {type(self).__name__} has no evaluate callback; "
+                "pass evaluate=fn, e.g. FedArrays(arrays, train, evaluate=lambda model: (len(x), {'accuracy': ...}))"
+            )
+        arrays, _, _ = self._decode(encoding)
+        own = {name: np.array(a, copy=True) for name, a in self.get_arrays().items()}
+        self.set_arrays(arrays)
+        try:
+            return parse_counted(_call(self.evaluate_fn, self.model, config), "evaluate(model)")
+        finally:
+            self.set_arrays(own)
+
+    def merge(self, encodings: Iterable[Any], repetition: int) -> None:
+        """Fold the replies into new arrays and commit them only if the result is sound.
+
+        Raises:
+            RoundFailed: no reply reported any samples, or the merged arrays hold
+                NaN or infinity; this FedData is then unchanged.
+            PayloadRejected: a payload given as bytes (not a stream) is malformed.
+        """
+        accumulator = self.strategy.accumulator(self.get_arrays())
+        if accumulator is None:
+            merged, kept = self._aggregate_whole(encodings)
+        else:
+            accumulator, kept = self._fold(encodings, accumulator)
+            merged = accumulator.result(sum(samples for samples, _ in kept))
+            del accumulator
+        for name, a in merged.items():
+            if not _finite(np.asarray(a)):
+                raise RoundFailed(
+                    f"merged array {name!r} holds NaN or infinity, so the model was left unchanged; "
+                    f"check the strategy ({type(self.strategy).__name__}) and the devices' values"
+                )
+        self.set_arrays(merged)
+        del merged
+        devices = [{"samples": samples, "metrics": metrics} for samples, metrics in kept]
+        self.last_merge = {
+            "samples": sum(d["samples"] for d in devices),
+            "metrics": weighted_means(devices),
+            "devices": devices,
+        }
+        # The merged arrays stand for every sample behind them: a checkpoint restored
+        # with merge([saved]) then weighs correctly.
+        # Capped: the payload carries it, and peers accept at most MAX_SAMPLES.
+        self.samples = min(self.last_merge["samples"], MAX_SAMPLES)
+        self.metrics = self.last_merge["metrics"]
+
+    def _fold(self, encodings: Iterable[Any], accumulator: Accumulator) -> tuple[Accumulator, list[tuple[int, dict[str, float]]]]:
+        """Fold every reply into ``accumulator`` as it streams in; drop the bad ones.
+
+        A stream found bad after part of it was folded spoils the sum: it is
+        started over from the replies kept so far, read again from their
+        devices (:meth:`ReplyStream.reopen`).
+        """
+        kept: list[tuple[Any, int, dict[str, float]]] = []
+        for encoding in encodings:
+            try:
+                samples, metrics = self._fold_one(encoding, accumulator)
+                kept.append((encoding, samples, metrics))
+            except _Rejected as exc:
+                if not isinstance(encoding, ReplyStream):
+                    raise PayloadRejected(exc.reason) from None
+                encoding.reject(exc.reason)
+                if exc.spoiled:
+                    del accumulator
+                    accumulator, kept = self._fold_again(kept)
+            del encoding
+        return accumulator, [(samples, metrics) for _, samples, metrics in kept]
+
+    def _fold_again(self, kept: list[tuple[Any, int, dict[str, float]]]) -> tuple[Accumulator, list[tuple[Any, int, dict[str, float]]]]:
+        """A fresh sum of the ``kept`` replies; any that fails now is dropped too (bounded: ``kept`` shrinks)."""
+        while True:
+            accumulator = self.strategy.accumulator(self.get_arrays())
+            assert accumulator is not None
+            for index, (encoding, _, _) in enumerate(kept):
+                try:
+                    source = encoding.reopen() if isinstance(encoding, ReplyStream) else encoding
+                    samples, metrics = self._fold_one(source, accumulator)
+                    kept[index] = (encoding, samples, metrics)
+                except (_Rejected, RemoteError) as exc:
+                    encoding.reject(f"when read again: {_why(exc)}")
+                    kept = kept[:index] + kept[index + 1 :]
+                    del accumulator  # before the next one: never two sums at once
+                    break
+            else:
+                return accumulator, kept
+
+    def _fold_one(self, encoding: Any, accumulator: Accumulator) -> tuple[int, dict[str, float]]:
+        """Check one reply and fold it in; :class:`_Rejected` says if the sum was touched."""
+        if not isinstance(encoding, ReplyStream):
+            try:
+                arrays, samples, metrics = self._decode(encoding, finite=None)
+            except ValueError as exc:
+                raise _Rejected(str(exc), spoiled=False) from None
+            return _add_whole(accumulator, arrays, samples), metrics
+        folded = False
+        try:
+            expected = self.layout()
+            header = codec.read_header(encoding.readinto, encoding.length, limit=self._header_limit(expected))
+            if compression.WIRE_KEY in header.metadata:  # packed arrays unpack whole
+                arrays, samples, metrics = self._checked(header.arrays(encoding.read_all()), header.metadata, finite=None)
+                return _add_whole(accumulator, arrays, samples), metrics
+            self._check_layout({t.name: (t.shape, t.dtype) for t in header.tensors}, expected)
+            samples, metrics = self._counted(header.metadata)
+            if samples == 0:  # weighs nothing: its values are neither read nor folded
+                return samples, metrics
+            # From here the sum counts this reply's samples: a failure, even before its first
+            # piece is added, spoils it (the kept replies are summed again without this one).
+            folded = True
+            accumulator.start(samples)
+            buffer = memoryview(np.empty(_PIECE, np.uint8))
+            for name, first, values in codec.read_pieces(encoding.readinto, header, buffer):
+                if values.dtype.kind == "f" and not np.isfinite(values).all():
+                    raise PayloadRejected(f"array {name!r} contains NaN or infinity")
+                accumulator.add(name, first, values, samples)
+            return samples, metrics
+        except (ValueError, RemoteError) as exc:
+            raise _Rejected(_why(exc), spoiled=folded) from None
+        finally:
+            encoding.close()
+
+    def _aggregate_whole(self, encodings: Iterable[Any]) -> tuple[dict[str, np.ndarray], list[tuple[int, dict[str, float]]]]:
+        """For strategies that need whole replies: read each, check it, hand it over."""
+        kept: list[tuple[int, dict[str, float]]] = []
+
+        def results() -> Iterator[tuple[dict[str, np.ndarray], int]]:
+            # No reference to a reply may survive into the request for the next one:
+            # the coordinator downloads the next reply only once this one is released.
+            replies = iter(encodings)
+            while (encoding := next(replies, None)) is not None:
+                try:
+                    body = encoding.read_all() if isinstance(encoding, ReplyStream) else encoding
+                    arrays, samples, metrics = self._decode(body, finite=None)
+                except (ValueError, RemoteError) as exc:
+                    if not isinstance(encoding, ReplyStream):
+                        raise
+                    encoding.reject(_why(exc))
+                    continue
+                finally:
+                    if isinstance(encoding, ReplyStream):
+                        encoding.close()
+                del encoding, body
+                kept.append((samples, metrics))
+                if samples > 0:  # a reply of 0 samples weighs nothing: strategies never see it
+                    yield arrays, samples
+                del arrays
+
+        return self.strategy.aggregate(self.get_arrays(), results()), kept
+
+    # -- validation -----------------------------------------------------------------
+
+    def _decode(self, encoding: Any, *, finite: bool | None = False) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
+        """Decode a payload and check it fits this model; raises ValueError before any change.
+
+        ``finite`` also scans every value for NaN and infinity. Only ``check`` does:
+        fedsync's device and coordinator call it before ``receive``/``merge``, and a
+        second scan costs a pass over the whole model. ``None`` (merges): only
+        if the payload has samples, since one without weighs nothing.
+        """
+        if isinstance(encoding, str):
+            raise PayloadRejected(f"{type(self).__name__} expects a binary payload, got text")
+        expected = self.layout()
+        return self._checked(*codec.decode(encoding, limit=self._header_limit(expected)), finite=finite, expected=expected)
+
+    def _checked(
+        self, arrays: dict[str, np.ndarray], metadata: Mapping[str, str], *, finite: bool | None,
+        expected: Mapping[str, tuple[tuple[int, ...], np.dtype]] | None = None,
+    ) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
+        """Decoded arrays unpacked from their wire format and checked against this model."""
+        expected = self.layout() if expected is None else expected
+        samples, metrics = self._counted(metadata)
+        if compression.WIRE_KEY in metadata:
+            dtypes = {name: np.dtype(dtype) for name, (_, dtype) in expected.items()}
+            arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], self.wire_dtype, dtypes)
+        self._check_layout({name: (a.shape, a.dtype) for name, a in arrays.items()}, expected, packed=compression.WIRE_KEY in metadata)
+        if finite or (finite is None and samples > 0):
+            for name, a in arrays.items():
+                if a.dtype.kind == "f" and not np.isfinite(a).all():
+                    raise PayloadRejected(f"array {name!r} contains NaN or infinity")
+        return arrays, samples, metrics
+
+    def _header_limit(self, expected: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> int:
+        """The largest payload header, in bytes, a payload of this model can have.
+
+        Twice what the tensors' entries take (names, dtypes, shapes, offsets; and
+        again for the wire format's per-array metadata) plus room for metadata:
+        a peer cannot make this side parse a header much larger than the model's own.
+        """
+        tensors = 0
+        for name, (shape, _) in expected.items():
+            quoted = len(json.dumps(name))  # escaped as the header escapes it, or more
+            tensors += quoted + 112 + 21 * len(shape)
+            if self.wire_dtype is not None:
+                tensors += 2 * quoted + 64
+        return 2 * tensors + _METADATA_ROOM
+
+    def _check_layout(self, found: Mapping[str, tuple[tuple[int, ...], np.dtype]], expected: Mapping[str, tuple[tuple[int, ...], np.dtype]], packed: bool = False) -> None:
+        """Names, shapes and dtypes of a payload's arrays against this model's."""
+        if not packed and self.wire_dtype is not None and any(np.dtype(dtype).kind == "f" for _, dtype in found.values()):
+            raise PayloadRejected(f"payload is not packed as wire_dtype {self.wire_dtype!r}, as this FedData expects")
+        if found.keys() != expected.keys():
+            missing = sorted(expected.keys() - found.keys())
+            extra = sorted(found.keys() - expected.keys())
+            raise PayloadRejected(f"payload arrays do not match the model: missing {missing}, unexpected {extra}")
+        for name, (shape, dtype) in found.items():
+            want_shape, want_dtype = expected[name]
+            if tuple(shape) != tuple(want_shape) or np.dtype(dtype) != want_dtype:
+                raise PayloadRejected(
+                    f"array {name!r}: expected {tuple(want_shape)} {np.dtype(want_dtype).name}, "
+                    f"payload has {tuple(shape)} {np.dtype(dtype).name}"
+                )
+
+    @staticmethod
+    def _counted(metadata: Mapping[str, str]) -> tuple[int, dict[str, float]]:
+        """The sample count and metrics a payload's metadata carries, checked before any use.
+
+        Raises:
+            PayloadRejected: samples not a whole number in ``[0, MAX_SAMPLES]``, or
+                metrics not a JSON object of at most ``MAX_METRICS`` finite numbers.
+        """
+        try:
+            samples = checked_samples(metadata.get(SAMPLES_KEY, "0"), f"payload metadata {SAMPLES_KEY!r}")
+            try:
+                metrics = json.loads(metadata.get(METRICS_KEY, "{}"), parse_constant=_no_constant)
+            except (ValueError, RecursionError):
+                raise ValueError(f"payload metadata {METRICS_KEY!r} is not JSON: {_short(metadata.get(METRICS_KEY))}") from None
+            return samples, checked_metrics(metrics, f"payload metadata {METRICS_KEY!r}")
+        except ValueError as exc:
+            raise PayloadRejected(f"{exc}; expected e.g. {{{SAMPLES_KEY!r}: '60000', {METRICS_KEY!r}: '{{\"loss\": 0.12}}'}}") from None
+
+
+def _call(function: Callable[..., Any], model: Any, config: Config | None) -> Any:
+    """``function(model, config)`` if it takes a second argument, else ``function(model)``."""
+    return function(model, config or {}) if takes_extra(function, 1) else function(model)
+
+
+def _finite(a: np.ndarray) -> bool:
+    """No NaN or infinity in ``a``, scanned a chunk at a time (no model-sized temporary)."""
+    if a.dtype.kind != "f":
+        return True
+    flat = a.reshape(-1)
+    return all(np.isfinite(flat[i : i + _PIECE]).all() for i in range(0, flat.size, _PIECE))
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _add_whole(accumulator: Accumulator, arrays: Mapping[str, np.ndarray], samples: int) -> int:
+    """Fold whole, checked arrays in; returns ``samples``."""
+    if samples > 0:
+        accumulator.start(samples)
+        for name, a in arrays.items():
+            accumulator.add(name, 0, a.reshape(-1), samples)
+    return samples
+
+
+def _why(exc: Exception) -> str:
+    """Why a reply was refused: a transport error's type and reason, else the message."""
+    if isinstance(exc, _Rejected):
+        return exc.reason
+    if isinstance(exc, RemoteError):
+        return failure_reason(exc)
+    return str(exc)  # a codec's or a check's message: its type adds nothing
+
+
+class _Rejected(Exception):
+    """A reply refused during a merge; ``spoiled``: part of it was already folded into the sum."""
+
+    def __init__(self, reason: str, spoiled: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.spoiled = reason, spoiled
+
+
+@hookimpl
+def register_adapters(register: RegisterAdapter) -> None:
+    """The core's own adapter registers through the same hook as third parties."""
+    register(FedArrays.token, FedArrays)

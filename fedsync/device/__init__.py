@@ -1,0 +1,4 @@
+"""The device: a FedData served as a WSGI app (:class:`~fedsync.device.app.DeviceApp`) and the server that runs it.
+
+The original README calls it a *server*. :func:`fedsync.serve` is the entry point.
+"""

@@ -1,0 +1,486 @@
+"""The device-side state of one FedData: its jobs, and the replies it serves as snapshots.
+
+A result is served from the memory ``serialize`` returned: for array FedData,
+views of the live model (no copy: a round's common case copies nothing). Two
+rules keep every reply an exact snapshot of what repetition ``r`` produced
+(``docs/protocol.md``, "Replies are snapshots"):
+
+- While a download of the current result reads live memory, nothing may write
+  the model: a submission or an evaluation is refused with ``409 busy``.
+- An evaluation (which writes the model) first swaps the held result for an
+  owned copy, if it still views live memory; a later download, or the same
+  reply read again, then serves exactly the trained bytes.
+
+One lock (``Device.lock``) orders these decisions; nothing waits on another
+request's progress while holding it.
+
+Internal: the device side of :func:`fedsync.serve`; its names may change without notice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
+
+from .._version import PROTOCOL_VERSION, __version__
+from ..wire.codec import Payload
+from ..wire.config import Config, takes_extra
+from ..protocol import MAX_REPETITION, Encoding, FedData
+from ..wire.shapes import DeviceInfo
+
+__all__ = ["ApiError", "Device", "Job", "json_response", "checked_repetition"]
+
+logger = logging.getLogger("fedsync.device.app")
+
+CHUNK = 1 << 20
+
+
+class ApiError(HTTPException):
+    """An HTTP error answered as JSON ``{"error": code, "message": text}``."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.code = status
+        self.error = error
+        self.message = message
+
+    def get_response(self, environ: Any = None, scope: Any = None) -> Response:
+        return json_response({"error": self.error, "message": self.message}, self.code)
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj), status=status, mimetype="application/json")
+
+
+def checked_repetition(rep: int) -> int:
+    """``rep`` if at most :data:`MAX_REPETITION`, else a ``400 bad_repetition`` ApiError."""
+    if rep > MAX_REPETITION:
+        raise ApiError(
+            400, "bad_repetition", f"repetition {rep} is above the largest accepted, 2**53 ({MAX_REPETITION}); "
+            "repetitions count rounds from 1",
+        )  # fmt: skip
+    return rep
+
+
+def _busy_downloading() -> ApiError:
+    return ApiError(409, "busy", "a result is being downloaded; try again when it is read")
+
+
+@dataclass
+class Job:
+    """One repetition a device is working on, or has finished.
+
+    ``owned``: ``result`` holds its own memory (immutable, or a copy), so
+    writing the model cannot change it; otherwise it views the live model.
+    """
+
+    repetition: int
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Encoding | None = None
+    owned: bool = False
+    error: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    seconds: float | None = None
+    secagg: Any = None
+    """The :class:`fedsync.secagg.device.Session` that masks this job's result, if the round runs secure aggregation."""
+
+
+class Device:
+    """The device-side state of one FedData: its last repetition and current job.
+
+    ``lock`` guards ``job``, ``last_repetition`` and ``downloads`` (downloads
+    in flight that read live model memory). ``working`` is held by whatever
+    writes the model (a training job or an evaluation); ``receiving`` by the
+    one request whose body is being read, so a device holds at most one
+    incoming payload per FedData, whatever peers send at once.
+    """
+
+    def __init__(self, fed: FedData) -> None:
+        if not isinstance(fed, FedData):
+            raise TypeError(
+                f"serve() takes a FedData or a dict of them, got {type(fed).__name__}; "
+                "e.g. serve(FedKeras(model, train)) or serve({'model': fed})"
+            )
+        self.fed = fed
+        # Guards the state below (repetition, job, downloads, the secagg session). Reentrant:
+        # a download dropped unfinished releases its count from __del__, which the garbage
+        # collector may run in a thread that already holds the lock.
+        self.state_lock = threading.RLock()
+        self.last_repetition = 0
+        self.rounds_served = 0
+        self.job: Job | None = None
+        self.secagg: Any = None  # the current secure-aggregation session (fedsync.secagg.device)
+        self.secagg_required = False  # serve(secure_aggregation="required"): refuse plain rounds
+        self.secagg_identity: Any = None  # serve(peer_ca=...): signs and checks secure aggregation's views
+        self.downloads = 0
+        self.busy = threading.Lock()  # held by a training job or an evaluation
+        self.receiving = threading.Lock()  # held while one payload is read and handed over
+        self._spare: np.ndarray | None = None  # the last payload's buffer, for the next one
+        self._spare_lock = threading.Lock()
+        # receive/evaluate get the round's config only if they take a third argument:
+        # the seed's receive(encoding, repetition) keeps working as written.
+        self._receive_config = takes_extra(fed.receive, 2)
+        self._evaluate_config = takes_extra(fed.evaluate, 2)
+
+    def payload_buffer(self, length: int) -> np.ndarray | None:
+        """The last training payload's buffer again, if it fits and nothing holds it any more.
+
+        A fresh model-sized buffer costs tens of milliseconds of page faults every
+        round (benchmarks/README.md). Only a buffer no one references is reused:
+        a FedData that kept a view of its payload keeps it intact.
+        """
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        # 2: the local name and getrefcount's own argument.
+        if spare is not None and spare.nbytes == length and sys.getrefcount(spare) == 2:
+            return spare
+        return None
+
+    @property
+    def state(self) -> str:
+        job = self.job
+        if job is None:
+            return "idle"
+        if not job.done.is_set():
+            return "training"
+        return "failed" if job.error is not None else "idle"
+
+    def info(self) -> DeviceInfo:
+        session = self.secagg
+        # The highest repetition this device refuses to start again: a secure round's keys phase
+        # counts (its setup may have failed before submit), so a restarted coordinator goes above it.
+        refused = max(self.last_repetition, session.rep if session is not None else 0)
+        next_rep = refused + 1
+        job = self.job
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "fedsync": __version__,
+            "type": type(self.fed).__name__,
+            "specs": self.fed.specs(next_rep),
+            "repetition": refused,
+            "state": self.state,
+            "rounds_served": self.rounds_served,
+            "last_error": job.error if job is not None else None,
+            "last_seconds": job.seconds if job is not None else None,
+            "samples": _samples(self.fed),
+            "summary": self.fed.summary(next_rep),
+        }
+
+    # -- decisions taken before any body is read ------------------------------------
+
+    def ensure_can_accept(self, repetition: int) -> None:
+        """Raise 409 when ``repetition`` is stale, or the model is being written or read."""
+        with self.state_lock:
+            self._ensure_can_accept(repetition)
+
+    def _ensure_can_accept(self, repetition: int) -> None:
+        if repetition <= self.last_repetition:
+            raise ApiError(
+                409,
+                "stale_repetition",
+                f"repetition {repetition} is not above this device's last repetition "
+                f"{self.last_repetition}; submit repetition {self.last_repetition + 1} or later",
+            )
+        job = self.job
+        if job is not None and not job.done.is_set():
+            raise ApiError(
+                409,
+                "busy",
+                f"still working on repetition {job.repetition}; "
+                "try again when its result has been collected",
+            )
+        self._ensure_writable()
+
+    def ensure_can_evaluate(self) -> None:
+        """Raise 409 busy while training, evaluating or serving a result from live memory."""
+        with self.state_lock:
+            job = self.job
+            if job is not None and not job.done.is_set():
+                raise ApiError(409, "busy", f"training repetition {job.repetition}; try again when it is done")
+            self._ensure_writable()
+
+    def _ensure_writable(self) -> None:
+        if self.busy.locked():
+            raise ApiError(409, "busy", "evaluating the global model; try again in a moment")
+        if self.downloads:
+            raise _busy_downloading()
+
+    def take_receiving(self) -> threading.Lock:
+        """The right to read one payload now, as the acquired ``receiving`` lock; else ``409 busy`` at once.
+
+        The caller releases it once the payload and everything that references
+        it (an exception's traceback included) are gone.
+        """
+        if not self.receiving.acquire(blocking=False):
+            raise ApiError(409, "busy", "receiving another payload; try again when it is handed over")
+        return self.receiving
+
+    # -- writes to the model ------------------------------------------------------
+
+    def start(self, encoding: Any, repetition: int, config: Config | None = None) -> Job:
+        """Accept a checked payload (and checked config) and work on it in a background thread."""
+        from ..secagg.device import session_for_submit
+
+        with self.state_lock:
+            self._ensure_can_accept(repetition)
+            secagg = session_for_submit(self, repetition, self.secagg_required)
+            if not self.busy.acquire(blocking=False):
+                raise ApiError(409, "busy", "evaluating the global model; try again in a moment")
+            job = Job(repetition, secagg=secagg)
+            self.job = job
+            self.last_repetition = repetition
+        self._launch(job, encoding, config or {})
+        return job
+
+    def _launch(self, job: Job, encoding: Any, config: Config) -> None:
+        """Run :meth:`_work` for ``job`` in the background: on a thread of its own here
+        (a simulation's devices share a pool: :mod:`fedsync.transports.local`)."""
+        threading.Thread(target=self._work, args=(job, encoding, config), name=f"fedsync-job-{job.repetition}", daemon=True).start()
+
+    def _work(self, job: Job, encoding: Any, config: Config) -> None:
+        try:
+            if self._receive_config:
+                self.fed.receive(encoding, job.repetition, config)
+            else:
+                self.fed.receive(encoding, job.repetition)
+            if job.secagg is not None:  # secure aggregation: the reply is masked (fedsync.secagg.device)
+                with job.secagg.lock:
+                    result = job.secagg.mask(self.fed, encoding, job.repetition)
+            else:
+                result = self.fed.serialize(job.repetition)
+            _body(result)  # fail here, with the device's message, rather than while answering
+            job.result = result
+            job.owned = isinstance(result, (str, bytes))
+            self.rounds_served += 1
+        except Exception as exc:  # any failure of user code is reported to the coordinator
+            logger.exception("repetition %d failed", job.repetition)
+            job.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            job.seconds = time.monotonic() - job.started
+            spare = encoding.obj if isinstance(encoding, memoryview) and isinstance(encoding.obj, np.ndarray) else None
+            del encoding
+            if spare is not None:
+                with self._spare_lock:
+                    self._spare = spare
+            del spare
+            self.busy.release()
+            job.done.set()
+
+    def evaluate(self, encoding: Any, repetition: int, config: Config | None = None) -> tuple[int, dict[str, float]]:
+        """Run the FedData's evaluation now, unless the model is being written or read."""
+        with self.state_lock:
+            job = self.job
+            if job is not None and not job.done.is_set():
+                raise ApiError(409, "busy", f"training repetition {job.repetition}; try again when it is done")
+            if self.downloads:
+                raise _busy_downloading()
+            if not self.busy.acquire(blocking=False):
+                raise ApiError(409, "busy", "training or evaluating already; try again when it is done")
+            try:
+                if job is not None and job.result is not None and not job.owned:
+                    # Copy-on-write: evaluate writes the model, which the result views.
+                    # Under the lock, so no download can start reading live memory meanwhile.
+                    job.result, job.owned = _owned_copy(job.result), True
+            except BaseException:
+                self.busy.release()
+                raise
+        try:
+            if self._evaluate_config:
+                return self.fed.evaluate(encoding, repetition, config or {})
+            return self.fed.evaluate(encoding, repetition)
+        except NotImplementedError as exc:
+            raise ApiError(501, "not_supported", str(exc)) from None
+        except Exception as exc:  # user code: report its message, keep serving
+            logger.exception("evaluation failed")
+            raise ApiError(500, "evaluation_failed", f"{type(exc).__name__}: {exc}") from None
+        finally:
+            self.busy.release()
+
+    # -- reads of the result --------------------------------------------------------
+
+    def open_download(self, job: Job, sock: socket.socket | None) -> tuple[Any, str, int]:
+        """The body of ``job``'s result, its mimetype and length; counted while it reads live memory.
+
+        Raises ``404 unknown_repetition`` if a newer submission replaced ``job``.
+        """
+        with self.state_lock:
+            if self.job is not job:
+                current = self.job.repetition if self.job is not None else "none"
+                raise ApiError(404, "unknown_repetition", f"repetition {job.repetition} was replaced (current: {current})")
+            result, owned = job.result, job.owned
+            if not owned:
+                self.downloads += 1
+        release = None if owned else _once(self._download_done)
+        try:
+            body, mimetype, length = _body(result, sock, release)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        return _Download(body, release), mimetype, length
+
+    def _download_done(self) -> None:
+        with self.state_lock:
+            self.downloads -= 1
+
+
+class _Download:
+    """A result's body as a WSGI iterable; ``release`` runs once when it ends, however it ends.
+
+    The server calls ``close`` after the last piece or when the client went
+    away (PEP 3333); ``__del__`` covers servers that forget.
+    """
+
+    def __init__(self, body: Any, release: Callable[[], None] | None) -> None:
+        self._body = body
+        self._pieces: Iterator[bytes] | None = None
+        self._release = release
+
+    def __iter__(self) -> "_Download":
+        return self
+
+    def __next__(self) -> bytes:
+        if self._pieces is None:
+            body = self._body
+            self._pieces = iter([body] if isinstance(body, (bytes, bytearray)) else body)
+        try:
+            return next(self._pieces)
+        except StopIteration:
+            self.close()  # the last byte left this process's model memory
+            raise
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        pieces, self._pieces = self._pieces, None
+        self._body = b""
+        try:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if release is not None:
+                release()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _once(function: Callable[[], None]) -> Callable[[], None]:
+    """``function``, run at most once however often the result is called (from any thread)."""
+    lock = threading.Lock()
+    pending = [function]
+
+    def run() -> None:
+        with lock:
+            todo = pending.pop() if pending else None
+        if todo is not None:
+            todo()
+
+    return run
+
+
+def _owned_copy(result: Encoding) -> Encoding:
+    """A copy of ``result`` that shares no memory with the model."""
+    if isinstance(result, (str, bytes)):
+        return result
+    if isinstance(result, Payload):
+        buffer = np.empty(len(result), np.uint8)
+        frames: list[memoryview | bytes] = []
+        offset = 0
+        for frame in result.frames:
+            view = memoryview(frame).cast("B")
+            buffer[offset : offset + len(view)] = np.frombuffer(view, np.uint8)
+            frames.append(memoryview(buffer)[offset : offset + len(view)])
+            offset += len(view)
+        return Payload(frames)
+    return bytes(memoryview(result).cast("B"))
+
+
+def _body(encoding: Encoding, sock: socket.socket | None = None, before_last: Callable[[], None] | None = None) -> tuple[Any, str, int]:
+    """The response body, its mimetype and its length, without copying the payload.
+
+    ``sock``: the connection's socket, which fedsync's server puts in the
+    environ (``gateway.SOCKET_KEY``); a :class:`Payload` is then written to it
+    directly (see :func:`_frames_to`).
+    """
+    if isinstance(encoding, str):
+        data = encoding.encode("utf-8")
+        return data, "text/plain", len(data)
+    if isinstance(encoding, bytes):
+        return encoding, "application/octet-stream", len(encoding)
+    if isinstance(encoding, (bytearray, memoryview)):
+        encoding = Payload([memoryview(encoding).cast("B")])
+    if isinstance(encoding, Payload):
+        # WSGI servers write bytes only; small chunks cost less than joining the whole
+        # payload into one fresh model-sized buffer (page faults, measured).
+        body = _frames_to(sock, encoding, before_last) if sock is not None else _chunks(encoding, before_last)
+        return body, "application/octet-stream", len(encoding)
+    raise TypeError(
+        f"serialize() must return str or bytes, got {type(encoding).__name__}; "
+        "e.g. return str(self.value) or codec.encode(arrays)"
+    )
+
+
+TAIL = 1 << 16
+"""Bytes at the end of a reply sent from a copy, after the reply stops reading live memory."""
+
+
+def _frames_to(sock: socket.socket, payload: Payload, before_last: Callable[[], None] | None = None) -> Iterator[bytes]:
+    """Write a payload's frames to the connection itself, without copying them.
+
+    WSGI servers write only ``bytes``, so :func:`_chunks` copies each piece
+    of a model into one (about 20% of a device's CPU per round, measured with
+    perf). fedsync's server (:mod:`fedsync.gateway.server`) sends the status line and
+    headers (Content-Length included) on the first ``write``, even of ``b""``,
+    on its unbuffered connection; the frames then follow on the same socket.
+
+    ``before_last`` runs once the live memory was read, before the last
+    ``TAIL`` bytes (sent from a copy) leave: a client that has the whole reply
+    and at once asks the device to write its model finds it released.
+    """
+    yield b""
+    cut = len(payload) - TAIL
+    offset = 0
+    tail: list[bytes] = []
+    for frame in payload:
+        view = memoryview(frame).cast("B")
+        head = max(0, min(len(view), cut - offset))
+        if head:
+            sock.sendall(view[:head])
+        if head < len(view):
+            tail.append(bytes(view[head:]))
+        offset += len(view)
+    if before_last is not None:
+        before_last()
+    for piece in tail:
+        sock.sendall(piece)
+
+
+def _chunks(payload: Payload, before_last: Callable[[], None] | None = None) -> Iterator[bytes]:
+    """The payload as 1 MiB ``bytes`` copies; ``before_last`` runs before the last one is handed over."""
+    pending: bytes | None = None
+    for frame in payload:
+        view = memoryview(frame).cast("B")
+        for start in range(0, len(view), CHUNK):
+            if pending is not None:
+                yield pending
+            pending = bytes(view[start : start + CHUNK])
+    if before_last is not None:
+        before_last()
+    if pending is not None:
+        yield pending
+
+
+def _samples(fed: FedData) -> int | None:
+    samples = getattr(fed, "samples", None)
+    return samples if isinstance(samples, int) and not isinstance(samples, bool) else None

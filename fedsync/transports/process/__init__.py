@@ -1,0 +1,1 @@
+"""Simulated devices in worker processes: ``run_simulation(worker_kind="processes")``, over pipes, no pickle."""

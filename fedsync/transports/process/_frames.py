@@ -1,0 +1,91 @@
+"""Length-prefixed frames over a pipe: a JSON header and raw bytes, no pickle.
+
+A frame is ``!IQ`` (the header's length, the body's length), the header as
+UTF-8 JSON (an object) and the body. Both lengths are checked against the
+reader's limits before anything is allocated, so a broken or hostile peer
+costs at most those limits. Used between a simulation's coordinator and its
+worker processes (:mod:`fedsync.transports.process.pool`, :mod:`fedsync.transports.process._worker`).
+
+Internal: its names may change without notice.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, BinaryIO
+
+__all__ = ["FrameError", "frame_head", "read_frame", "write_frame", "MAX_HEADER"]
+
+_PREFIX = struct.Struct("!IQ")
+MAX_HEADER = 16 << 20
+"""The longest header accepted, in bytes (a request's HTTP headers, specs included)."""
+
+
+class FrameError(ValueError):
+    """A frame that breaks the format or a limit: the pipe is unusable from here on."""
+
+
+def frame_head(header: dict[str, Any], body_length: int) -> bytes:
+    """A frame's bytes before its body: the prefix and the JSON header."""
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return _PREFIX.pack(len(encoded), body_length) + encoded
+
+
+def write_frame(stream: BinaryIO, header: dict[str, Any], body: bytes | bytearray | memoryview = b"") -> None:
+    """Write one frame and flush it (the caller holds the stream's write lock).
+
+    Raises:
+        OSError: the pipe is closed (the peer died).
+    """
+    stream.write(frame_head(header, len(body)))
+    if len(body):
+        stream.write(body)
+    stream.flush()
+
+
+def read_frame(stream: BinaryIO, max_body: int, max_header: int = MAX_HEADER) -> tuple[dict[str, Any], bytearray] | None:
+    """The next frame as ``(header, body)``; ``None`` at a clean end of stream (before a frame).
+
+    Raises:
+        FrameError: a length above ``max_header``/``max_body``, a stream that ends
+            inside a frame, or a header that is not a JSON object.
+        OSError: reading the pipe failed.
+    """
+    prefix = _read(stream, _PREFIX.size)
+    if not prefix:
+        return None
+    if len(prefix) < _PREFIX.size:
+        raise FrameError(f"the stream ended inside a frame's prefix ({len(prefix)} of {_PREFIX.size} bytes)")
+    header_length, body_length = _PREFIX.unpack(prefix)
+    if header_length > max_header:
+        raise FrameError(f"a frame header of {header_length} bytes is above the limit of {max_header}")
+    if body_length > max_body:
+        raise FrameError(f"a frame body of {body_length} bytes is above the limit of {max_body}")
+    raw = _read(stream, header_length)
+    body = _read(stream, body_length)
+    if len(raw) < header_length or len(body) < body_length:
+        raise FrameError("the stream ended inside a frame")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FrameError(f"a frame header is not JSON: {str(exc)[:200]}") from None
+    if not isinstance(header, dict):
+        raise FrameError(f"a frame header must be a JSON object, got {type(header).__name__}")
+    return header, body
+
+
+def _read(stream: BinaryIO, n: int) -> bytearray:
+    """Up to ``n`` bytes: fewer only at the end of the stream."""
+    buffer = bytearray(n)
+    view = memoryview(buffer)
+    got = 0
+    while got < n:
+        count = stream.readinto(view[got:])  # type: ignore[attr-defined]
+        if not count:
+            break
+        got += count
+    del view
+    if got < n:
+        del buffer[got:]
+    return buffer

@@ -1,0 +1,139 @@
+"""A simulation's worker process: ``python -m fedsync.transports.process._worker --module M --name F``.
+
+Started by :class:`fedsync.transports.process.pool.ProcessPool`, never by hand. It
+imports ``device_fn`` by name (``M:F``, or ``--path FILE`` for a script run
+as ``__main__``), then answers requests read as frames (:mod:`fedsync.transports.process._frames`)
+on its stdin, writing the answers as frames on its stdout:
+
+- ``{"id", "device", "method", "path", "query", "headers", "timeout"}`` + body:
+  the request is answered by that device's own WSGI application (a
+  :class:`~fedsync.transports.local.LocalRemote` built from ``device_fn(device)`` on first
+  use), exactly as in-process; the answer is ``{"id", "status", "headers"}`` +
+  body, or ``{"id", "error", "timeout"}`` when the device could not answer.
+- ``{"op": "release", "device"}``: drop that device's state.
+
+Devices train one at a time in this process (one core each; the pool runs
+several processes). Nothing is pickled. The user code's prints go to stderr:
+stdout carries frames only. SIGINT is ignored (the coordinator's Ctrl-C is the
+coordinator's); the worker exits when its stdin closes, whatever it is doing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import functools
+import os
+import signal
+import sys
+import threading
+from typing import Any, BinaryIO, Callable
+
+from .. import device_functions
+from ._frames import FrameError, read_frame, write_frame
+from ...errors import RemoteError, RemoteTimeout
+from ..local import LocalRemote, TrainingPool
+from ...device.app import DEFAULT_MAX_CONTENT_LENGTH
+
+__all__ = ["main"]
+
+REQUEST_THREADS = 64
+"""Requests answered at once (long-polls wait here while devices train); above the coordinator's 64 workers."""
+
+
+class _Worker:
+    """This process's devices and the pipe to the coordinator."""
+
+    def __init__(self, device_fn: Callable[[int], Any], out: BinaryIO, max_content_length: int | None) -> None:
+        self.device_fn = device_fn
+        self.out = out
+        self.write_lock = threading.Lock()
+        self.max_content_length = max_content_length
+        self.pool = TrainingPool(1)
+        self.devices: dict[int, LocalRemote] = {}
+        self.requests = concurrent.futures.ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="fedsync-worker")
+
+    def device(self, device_id: int) -> LocalRemote:
+        """The device's in-process remote; its FedData is built on its first request (not here, on the reader)."""
+        remote = self.devices.get(device_id)
+        if remote is None:
+            remote = LocalRemote(
+                f"local://device-{device_id}", device=functools.partial(self.device_fn, device_id), pool=self.pool,
+                timeout=3600, max_content_length=self.max_content_length,
+            )
+            self.devices[device_id] = remote
+        return remote
+
+    def handle(self, header: dict[str, Any], body: bytes) -> None:
+        """The answer to one request: the device's, or why it could not answer."""
+        request_id = header.get("id")
+        try:
+            remote = header["remote"]
+            status, headers, content = remote._exchange(
+                str(header["method"]), str(header["path"]), str(header.get("query", "")),
+                {str(k): str(v) for k, v in dict(header.get("headers") or {}).items()}, body, float(header["timeout"]),
+            )
+            reply: dict[str, Any] = {"id": request_id, "status": status, "headers": headers}
+        except RemoteTimeout as exc:
+            reply, content = {"id": request_id, "error": exc.reason, "timeout": True}, b""
+        except RemoteError as exc:
+            reply, content = {"id": request_id, "error": exc.reason}, b""
+        except Exception as exc:  # a bug here must not kill the other devices of this process
+            reply, content = {"id": request_id, "error": f"the worker process failed: {type(exc).__name__}: {str(exc)[:500]}"}, b""
+        del body
+        with self.write_lock:
+            write_frame(self.out, reply, content)
+
+    def serve(self, inp: BinaryIO) -> None:
+        """Answer frames until the coordinator closes the pipe."""
+        while True:
+            frame = read_frame(inp, max_body=(self.max_content_length or DEFAULT_MAX_CONTENT_LENGTH) + (1 << 16))
+            if frame is None:
+                return
+            header, body = frame
+            device_id = header.get("device")
+            if isinstance(device_id, bool) or not isinstance(device_id, int):
+                raise FrameError(f"a frame names device {device_id!r}, expected an integer")
+            if header.get("op") == "release":
+                # On the reader, in pipe order: a later request for this device builds it afresh.
+                self.devices.pop(device_id, None)
+                continue
+            header["remote"] = self.device(device_id)
+            self.requests.submit(self.handle, header, body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The worker's entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m fedsync.transports.process._worker", description="A fedsync simulation worker (started by run_simulation).")
+    parser.add_argument("--name", required=True, help="device_fn's qualified name")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--module", help="the module defining device_fn")
+    source.add_argument("--path", help="the script defining device_fn (when it ran as __main__)")
+    parser.add_argument("--max-content-length", type=int, default=None)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The frames get their own descriptors; fd 1 then points at stderr, so the user's prints cannot break a frame.
+    inp = os.fdopen(os.dup(0), "rb")
+    out = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    try:
+        device_fn = device_functions.load(args.name, args.module, args.path)
+    except Exception as exc:  # the coordinator raises it: a programming error, not a device's failure
+        write_frame(out, {"ready": False, "error": f"{type(exc).__name__}: {str(exc)[:1000]}"})
+        os._exit(1)
+    write_frame(out, {"ready": True, "pid": os.getpid()})
+    worker = _Worker(device_fn, out, args.max_content_length)
+    try:
+        worker.serve(inp)
+    except (FrameError, OSError) as exc:
+        print(f"fedsync worker {os.getpid()}: {exc}", file=sys.stderr, flush=True)
+    finally:
+        sys.stderr.flush()
+        os._exit(0)  # without waiting for trainings the coordinator no longer wants
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,406 @@
+"""Simulated devices in worker processes: :class:`ProcessPool` and :class:`ProcessRemote`.
+
+For ``run_simulation(..., worker_kind="processes")``: a training in pure
+Python holds the GIL, so threads take turns; processes train side by side.
+A :class:`ProcessPool` runs ``workers`` processes (``python -m
+fedsync.transports.process._worker``), each importing ``device_fn`` *by name* (a
+module-level function: ``"module:function"``) and holding the devices sampled
+onto it. A :class:`ProcessRemote` is a :class:`~fedsync.transports.local.LocalRemote`
+whose requests go, as raw bytes in length-prefixed frames over a pipe
+(:mod:`fedsync.transports.process._frames`), to the device's WSGI application in its worker: the
+same round, codec and checks as in-process and over HTTP. Nothing is pickled.
+
+- A device is placed on the least loaded worker when the round first talks
+  to it, and stays there until :meth:`ProcessRemote.release` (after each
+  round), which drops its state in the worker.
+- A worker that dies (killed, out of memory) fails the requests of its
+  devices, each named by its URL (that round's failures); its devices' state
+  is lost, and the pool starts a replacement for the devices placed next.
+- Every answer is checked (frame lengths, JSON, status, headers) before use,
+  and nothing waits past its timeout, writing to a worker included.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from .. import device_functions
+from ._frames import MAX_HEADER, FrameError, frame_head, read_frame
+from ...errors import RemoteError, RemoteTimeout
+from ..local import LocalRemote
+from ..remote import MAX_REPLY
+from ...device.app import DEFAULT_MAX_CONTENT_LENGTH
+
+__all__ = ["ProcessPool", "ProcessRemote", "process_remotes"]
+
+MAX_ANSWER_HEADERS = 100
+"""The most HTTP headers an answer may carry (a device sends about five)."""
+
+
+class _Pending:
+    """One request's answer, filled in by the worker's reader thread."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.header: dict[str, Any] = {}
+        self.body: bytes | bytearray = b""
+        self.lost: str | None = None
+
+
+class _Process:
+    """One worker process, the pipes to it, and the requests waiting for its answers."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], max_body: int) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.fd = self.proc.stdin.fileno()
+        os.set_blocking(self.fd, False)  # writes wait in poll(), bounded by the request's deadline
+        self.max_body = max_body
+        self.lock = threading.Lock()  # guards pending, dead
+        self.write_lock = threading.Lock()
+        self.pending: dict[int, _Pending] = {}
+        self.ids = itertools.count()
+        self.dead: str | None = None
+        self.ready = threading.Event()
+        self.start_error: str | None = None
+        self.load = 0  # devices placed here (the pool's lock guards it)
+        threading.Thread(target=self._read, name=f"fedsync-worker-{self.proc.pid}", daemon=True).start()
+
+    def call(self, url: str, header: dict[str, Any], body: bytes, timeout: float) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Send one request; the worker's answer, checked.
+
+        Raises:
+            RemoteError: the worker died, or answered what is not an answer.
+            RemoteTimeout: no answer within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        pending = _Pending()
+        with self.lock:
+            if self.dead is not None:
+                raise RemoteError(url, self.dead)
+            request_id = next(self.ids)
+            self.pending[request_id] = pending
+        try:
+            self._send(frame_head({**header, "id": request_id}, len(body)), body, deadline)
+        except TimeoutError:
+            with self.lock:
+                self.pending.pop(request_id, None)
+            raise RemoteTimeout(url, "timed out: its worker process took no request within the timeout") from None
+        except OSError:
+            pending.done.wait(max(0.0, min(1.0, deadline - time.monotonic())))  # the reader names the death
+            with self.lock:
+                self.pending.pop(request_id, None)
+            raise RemoteError(url, self.dead or "its worker process stopped reading requests") from None
+        if not pending.done.wait(max(0.0, deadline - time.monotonic())):
+            with self.lock:
+                self.pending.pop(request_id, None)  # an answer arriving later is read and dropped
+            raise RemoteTimeout(url, "timed out: no answer within the timeout")
+        if pending.lost is not None:
+            raise RemoteError(url, pending.lost)
+        return _checked_answer(url, pending.header, pending.body)
+
+    def release(self, device_id: int) -> None:
+        """Tell the worker to drop a device's state (if it is alive; best effort, bounded)."""
+        if self.dead is None:
+            try:
+                self._send(frame_head({"op": "release", "device": device_id}, 0), b"", time.monotonic() + 1.0)
+            except OSError:
+                pass  # a worker gone or stuck holds no state worth freeing
+
+    def _send(self, head: bytes, body: bytes, deadline: float) -> None:
+        if not self.write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise TimeoutError
+        try:
+            if self.dead is not None:
+                raise BrokenPipeError
+            sent = [0]
+            try:
+                for chunk in (head, body):
+                    _write_all(self.fd, chunk, deadline, sent)
+            except TimeoutError:
+                if sent[0]:  # half a frame is in the pipe: the stream cannot be resynchronized
+                    self.kill("it stopped reading requests (a request was left half written at its deadline)")
+                raise
+        finally:
+            self.write_lock.release()
+
+    def kill(self, reason: str) -> None:
+        """Kill the process; its requests fail with ``reason``."""
+        with self.lock:
+            if self.dead is None:
+                self.dead = f"its worker process (pid {self.proc.pid}) was stopped: {reason}; the device's state was lost"
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+
+    def _read(self) -> None:
+        """The reader thread: answers to their requests, until the pipe ends."""
+        stdout = self.proc.stdout
+        assert stdout is not None
+        broken: str | None = None
+        try:
+            while True:
+                frame = read_frame(stdout, max_body=self.max_body, max_header=MAX_HEADER)
+                if frame is None:
+                    break
+                header, body = frame
+                if "ready" in header:
+                    if header["ready"] is not True:
+                        self.start_error = str(header.get("error"))[:1000]
+                    self.ready.set()
+                    continue
+                request_id = header.get("id")
+                with self.lock:
+                    pending = self.pending.pop(request_id, None) if isinstance(request_id, int) else None
+                if pending is not None:
+                    pending.header, pending.body = header, body
+                    pending.done.set()
+                del frame, body
+        except (FrameError, OSError) as exc:
+            broken = f"sent a malformed frame ({str(exc)[:300]})"
+            self.proc.kill()
+        self._died(broken)
+
+    def _died(self, broken: str | None) -> None:
+        try:
+            code = self.proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:  # it closed its stdout but lives on: end it
+            self.proc.kill()
+            code = self.proc.wait()
+        how = broken or (f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else f"exited with code {code}")
+        with self.lock:
+            if self.dead is None:
+                self.dead = f"its worker process (pid {self.proc.pid}) {how}; the device's state was lost"
+            waiting, self.pending = list(self.pending.values()), {}
+        for pending in waiting:
+            pending.lost = self.dead
+            pending.done.set()
+        self.ready.set()
+
+    def close(self, wait: float) -> None:
+        """Close the pipe (the worker exits when it reads its end), then kill it if it has not within ``wait`` seconds."""
+        with self.write_lock:
+            try:
+                self.proc.stdin.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview, deadline: float, sent: list[int]) -> None:
+    """Write all of ``data`` to the non-blocking ``fd`` before ``deadline``, counting bytes in ``sent[0]``.
+
+    Raises:
+        TimeoutError: the deadline passed first.
+        OSError: the pipe is closed.
+    """
+    view = memoryview(data).cast("B")
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    while view:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        if not poller.poll(remaining * 1000):
+            continue
+        try:
+            count = os.write(fd, view[: 1 << 20])
+        except BlockingIOError:
+            continue
+        view = view[count:]
+        sent[0] += count
+
+
+def _checked_answer(url: str, header: dict[str, Any], body: bytes | bytearray) -> tuple[int, list[tuple[str, str]], bytes]:
+    """A worker's answer as ``(status, headers, body)``, every field checked; else RemoteError/RemoteTimeout."""
+    error = header.get("error")
+    if error is not None:
+        reason = str(error)[:2000]
+        if header.get("timeout") is True:
+            raise RemoteTimeout(url, reason)
+        raise RemoteError(url, reason)
+    status, headers = header.get("status"), header.get("headers")
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise RemoteError(url, f"its worker process answered status {str(status)[:40]!r}, expected an HTTP status 100-599")
+    if not isinstance(headers, list) or len(headers) > MAX_ANSWER_HEADERS or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair) for pair in headers
+    ):
+        raise RemoteError(url, f"its worker process answered malformed headers (expected at most {MAX_ANSWER_HEADERS} [name, value] pairs of strings)")
+    return status, [(name, value) for name, value in headers], bytes(body) if isinstance(body, bytearray) and len(body) < 4096 else body  # type: ignore[return-value]
+
+
+class ProcessPool:
+    """``workers`` worker processes building devices with ``device_fn`` (given by name), shared by many remotes.
+
+    Args:
+        device_fn: a module-level function ``device_fn(device_id) -> FedData``, or
+            its name ``"module:function"`` (see :func:`fedsync.transports.device_functions.locate`).
+        workers: worker processes (default: the CPU count). Each trains one device
+            at a time, with ``OMP_NUM_THREADS=1`` unless the environment sets it.
+        max_content_length: a device's largest accepted payload, in bytes (as ``serve``).
+        start_timeout: seconds to wait for the workers to import ``device_fn``.
+
+    Raises:
+        ValueError: ``device_fn`` cannot be found by name, or a bad ``workers``.
+        TypeError: ``device_fn`` is not callable.
+        ImportError: a worker could not import ``device_fn`` (its message says why).
+        TimeoutError: the workers were not ready within ``start_timeout``.
+    """
+
+    def __init__(
+        self, device_fn: Callable[[int], Any] | str, workers: int | None = None, *,
+        max_content_length: int | None = None, start_timeout: float = 120.0,
+    ) -> None:  # fmt: skip
+        module, path, name = device_functions.locate(device_fn)
+        workers = (os.cpu_count() or 1) if workers is None else workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be at least 1 (an integer), got {workers!r}")
+        self.workers = workers
+        self.argv = [sys.executable, "-m", "fedsync.transports.process._worker", "--name", name]
+        self.argv += ["--module", module] if module is not None else ["--path", path or ""]
+        if max_content_length is not None:
+            self.argv += ["--max-content-length", str(int(max_content_length))]
+        self.env = _worker_environment()
+        self.max_body = max(MAX_REPLY, max_content_length or DEFAULT_MAX_CONTENT_LENGTH) + (1 << 16)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._processes = [self._spawn() for _ in range(workers)]
+        deadline = time.monotonic() + start_timeout
+        for process in self._processes:
+            if not process.ready.wait(max(0.0, deadline - time.monotonic())):
+                self.close()
+                raise TimeoutError(f"the simulation's worker processes did not start within {start_timeout:g} s (importing {self.argv[-1]})")
+            why = process.start_error or process.dead
+            if why is not None:
+                self.close()
+                raise ImportError(f"a simulation worker process could not load device_fn {self.argv[-1]}:{name}: {why}")
+
+    def _spawn(self) -> _Process:
+        return _Process(self.argv, self.env, self.max_body)
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (a replaced worker's id changes)."""
+        with self._lock:
+            return [process.proc.pid for process in self._processes]
+
+    def place(self) -> _Process:
+        """The least loaded live worker, for one more device; a dead one is replaced first.
+
+        Raises:
+            RuntimeError: the pool is closed.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the simulation's worker processes are closed")
+            for i, process in enumerate(self._processes):
+                if process.dead is not None:
+                    self._processes[i] = self._spawn()  # not waited for: requests queue in its pipe meanwhile
+            process = min(self._processes, key=lambda p: p.load)
+            process.load += 1
+            return process
+
+    def unplace(self, process: _Process) -> None:
+        """One device fewer on ``process``."""
+        with self._lock:
+            process.load -= 1
+
+    def close(self, wait: float = 5.0) -> None:
+        """Stop every worker (killed if still busy after ``wait`` seconds)."""
+        with self._lock:
+            self._closed = True
+            processes = list(self._processes)
+        for process in processes:
+            process.close(wait)
+
+    def __enter__(self) -> "ProcessPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _worker_environment() -> dict[str, str]:
+    """This environment, with this process's import path, and one BLAS/OpenMP thread per worker unless set."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path if isinstance(p, str))
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, "1")  # the pool runs one worker per core
+    return env
+
+
+def _in_a_worker() -> Any:
+    raise RuntimeError("a ProcessRemote's device is built in its worker process, not here")
+
+
+class ProcessRemote(LocalRemote):
+    """A device built by ``device_fn(device_id)`` in one of a :class:`ProcessPool`'s workers (``local://NAME``).
+
+    Args:
+        url: ``"local://NAME"``.
+        device_id: the argument given to ``device_fn`` in the worker.
+        processes: the pool it runs on.
+        timeout, max_reply: as for :class:`~fedsync.transports.local.LocalRemote`.
+    """
+
+    def __init__(self, url: str, device_id: int, processes: ProcessPool, *, timeout: float = 30.0, max_reply: int = MAX_REPLY) -> None:
+        super().__init__(url, device=_in_a_worker, timeout=timeout, max_reply=max_reply)
+        self.device_id = device_id
+        self._processes = processes
+        self._process: _Process | None = None
+
+    def __repr__(self) -> str:
+        return f"ProcessRemote({self.url!r})"
+
+    @property
+    def materialized(self) -> bool:
+        """Whether the device is placed on a worker (its state may exist there)."""
+        return self._process is not None
+
+    def app(self) -> Any:
+        raise RuntimeError(f"{self.url} runs in a worker process; its application is not in this one")
+
+    def _exchange(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes, timeout: float
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        with self._lock:
+            if self._process is None:
+                try:
+                    self._process = self._processes.place()
+                except RuntimeError as exc:
+                    raise RemoteError(self.url, str(exc)) from None
+            process = self._process
+        request = {"device": self.device_id, "method": method, "path": path, "query": query, "headers": headers, "timeout": timeout}
+        return process.call(self.url, request, body, timeout)
+
+    def release(self) -> None:
+        """Drop the device's state in its worker (it is built again when next used)."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None:
+            self._processes.unplace(process)
+            process.release(self.device_id)
+
+
+def process_remotes(processes: ProcessPool, num_devices: int, *, timeout: float = 30.0) -> list[ProcessRemote]:
+    """``local://device-{i}`` remotes on ``processes`` for ``i`` in ``range(num_devices)``.
+
+    Raises:
+        ValueError: ``num_devices`` is not a positive integer.
+    """
+    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
+        raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+    return [ProcessRemote(f"local://device-{i}", i, processes, timeout=timeout) for i in range(num_devices)]

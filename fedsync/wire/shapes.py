@@ -1,0 +1,77 @@
+"""The shapes of the dicts fedsync hands out: a device's JSON answers and the history's per-device rows.
+
+Type checkers read these :class:`~typing.TypedDict` classes; at run time they
+are plain dicts (``isinstance`` does not apply), checked where they arrive
+(:class:`fedsync.Remote`, :class:`fedsync.History`). docs/protocol.md is the wire
+reference; these mirror it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+__all__ = ["DeviceInfo", "EvaluationAnswer", "DeviceReport", "MergeReport"]
+
+
+class _DeviceInfoChecked(TypedDict):
+    specs: str
+    """The device's FedData architecture text, 1 to 4096 characters (checked by :meth:`Remote.info`)."""
+    repetition: int
+    """The last repetition the device accepted, an integer in ``[0, 2**53]`` (checked); 0 before any."""
+
+
+class DeviceInfo(_DeviceInfoChecked, total=False):
+    """``GET /info``: a device's handshake, as :meth:`fedsync.Remote.info` returns it.
+
+    Only ``specs`` and ``repetition`` are checked by the coordinator; the other
+    keys are what a fedsync device sends, for display (``fedsync info``, the
+    status page), and may be absent or anything when a peer is not fedsync.
+    """
+
+    protocol: int
+    """The wire protocol's version (1)."""
+    fedsync: str
+    """The device's fedsync version (PEP 440)."""
+    type: str
+    """The FedData's class name, e.g. ``"FedTorch"``."""
+    state: str
+    """``"idle"``, ``"training"`` or ``"failed"`` (the last job raised)."""
+    rounds_served: int
+    """Training jobs finished since the device started."""
+    last_error: str | None
+    """The last job's ``"ExceptionType: message"``, or ``None``."""
+    last_seconds: float | None
+    """The last job's wall time in seconds, or ``None`` before any job."""
+    samples: int | None
+    """The FedData's ``samples`` (training examples on the device), or ``None`` if it has none."""
+    summary: Any
+    """The FedData's ``summary(repetition)``: any JSON value (for FedArrays, names, shapes, dtypes)."""
+
+
+class EvaluationAnswer(TypedDict):
+    """``POST /<rep>/evaluate``'s answer, as :meth:`fedsync.Remote.evaluate` returns it (both checked)."""
+
+    samples: int
+    """Examples the device evaluated on, an integer in ``[0, 2**53]``."""
+    metrics: dict[str, float]
+    """At most 256 finite metrics by name, e.g. ``{"loss": 0.31, "accuracy": 0.9}``."""
+
+
+class DeviceReport(TypedDict):
+    """One device's row in :attr:`RoundResult.devices` and :attr:`EvaluationResult.devices`."""
+
+    samples: int
+    """Examples behind the device's reply (training) or evaluation, an integer in ``[0, 2**53]``."""
+    metrics: dict[str, float]
+    """The device's own finite metrics by name (unitless, as its callback returned them)."""
+
+
+class MergeReport(TypedDict):
+    """``FedArrays.last_merge`` after a merge: what :class:`fedsync.Federated` records for the round."""
+
+    samples: int
+    """Total examples over the merged replies (not capped; ``FedArrays.samples`` is capped at 2**53)."""
+    metrics: dict[str, float]
+    """Sample-weighted means of the devices' metrics (:func:`fedsync.wire.metrics.weighted_means`)."""
+    devices: list[DeviceReport]
+    """One row per merged reply, in the order the replies were merged."""
