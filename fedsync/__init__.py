@@ -5,14 +5,14 @@ rounds with :class:`Federated` over :class:`Remote` devices.
 """
 
 from ._version import __version__
+from .coordinator.federated import EarlyStopping, Federated, Remote
+from .coordinator.history import EvaluationResult, History, RoundResult, ServerEvaluation
 from .data.arrays import FedArrays
 from .data.bundle import FedBundle
-from .coordinator.federated import EarlyStopping, Federated, Remote
+from .device.app import serve
 from .errors import FedSyncError, RoundFailed, SpecsMismatch
-from .coordinator.history import EvaluationResult, History, RoundResult, ServerEvaluation
 from .plugins.hookspecs import hookimpl
 from .protocol import FIRST, FedData
-from .device.app import serve
 from .strategies import FedAvg
 
 __all__ = [

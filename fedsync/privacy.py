@@ -24,12 +24,24 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
-__all__ = ["LocalDP", "update_norm", "clip_factor", "epsilon", "round_privacy", "checked_privacy", "checked_positive", "PRIVACY_KEYS", "CHUNK", "coordinator_privacy"]
+__all__ = [
+    "LocalDP",
+    "update_norm",
+    "clip_factor",
+    "epsilon",
+    "round_privacy",
+    "checked_privacy",
+    "checked_positive",
+    "PRIVACY_KEYS",
+    "CHUNK",
+    "coordinator_privacy",
+]
 
 CHUNK = 1 << 18  # elements handled at a time: bounded scratch memory
 PRIVACY_KEYS = ("epsilon", "delta", "noise_multiplier", "sampling_rate", "rounds")
@@ -38,7 +50,13 @@ PRIVACY_KEYS = ("epsilon", "delta", "noise_multiplier", "sampling_rate", "rounds
 
 def checked_positive(name: str, value: Any, *, zero: bool = False) -> float:
     """``value`` as a finite float > 0 (>= 0 with ``zero``), or a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
         raise ValueError(f"{name} must be a finite number {'>=' if zero else '>'} 0, got {value!r}")
     return float(value)
 
@@ -179,7 +197,9 @@ def _account(runs: Iterable[tuple[float, Fraction | float, int]], delta: float) 
         absl.setLevel(level)
 
 
-def _compose(accountant: Any, dp_accounting: Any, runs: Iterable[tuple[float, Fraction | float, int]], delta: float) -> float:
+def _compose(
+    accountant: Any, dp_accounting: Any, runs: Iterable[tuple[float, Fraction | float, int]], delta: float
+) -> float:
     for sigma, q, count in runs:
         q = float(q)
         if not 0 < q <= 1 or isinstance(count, bool) or not isinstance(count, int) or count < 0:
@@ -193,7 +213,9 @@ def _compose(accountant: Any, dp_accounting: Any, runs: Iterable[tuple[float, Fr
     return float(accountant.get_epsilon(delta))
 
 
-def round_privacy(previous: Iterable[Mapping[str, Any] | None], noise_multiplier: float, sampling_rate: Fraction, delta: float) -> dict[str, Any]:
+def round_privacy(
+    previous: Iterable[Mapping[str, Any] | None], noise_multiplier: float, sampling_rate: Fraction, delta: float
+) -> dict[str, Any]:
     """``RoundResult.privacy`` for a round that just merged under central DP.
 
     ``previous``: the earlier rounds' ``privacy`` entries (``None`` for rounds without
@@ -234,9 +256,17 @@ def checked_privacy(row: Any, what: str) -> dict[str, Any]:
         value = row[key]
         if none and value is None:
             return
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value > high or value < low or (low_open and value == low):
-            raise ValueError(f"{what}: privacy {key} must be a finite number in {'(' if low_open else '['}{low}, {high}], got {str(value)[:40]}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value > high
+            or value < low
+            or (low_open and value == low)
+        ):
+            raise ValueError(
+                f"{what}: privacy {key} must be a finite number in {'(' if low_open else '['}{low}, {high}], got {str(value)[:40]}"
+            )
 
     number("epsilon", 0.0, math.inf, none=True)
     number("delta", 0.0, 1.0, low_open=True)
@@ -269,6 +299,12 @@ def coordinator_privacy(fed: Any) -> dict[str, Any] | None:
     if count != strategy.num_sampled_clients:
         logging.getLogger("fedsync").warning(
             "%s(num_sampled_clients=%d) but the coordinator samples %d of %d devices a round: the mean is divided by %d",
-            type(strategy).__name__, strategy.num_sampled_clients, count, n, strategy.num_sampled_clients,
+            type(strategy).__name__,
+            strategy.num_sampled_clients,
+            count,
+            n,
+            strategy.num_sampled_clients,
         )
-    return round_privacy([r.privacy for r in fed.history], strategy.noise_multiplier, Fraction(count, n), strategy.delta)
+    return round_privacy(
+        [r.privacy for r in fed.history], strategy.noise_multiplier, Fraction(count, n), strategy.delta
+    )

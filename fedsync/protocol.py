@@ -10,7 +10,8 @@ came back. ``FedData`` says *what* is exchanged and *how* it merges;
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Union
+from collections.abc import Callable, Iterable
+from typing import Any, Union
 
 from .wire.codec import Payload
 
@@ -130,7 +131,9 @@ class FedData:
         # The protocol layer never names the server (no import cycle): fedsync.device.app
         # installs its DeviceApp here when it is imported, which `import fedsync` does.
         if _app_factory is None:
-            raise RuntimeError("fed.app() needs fedsync.device.app: `import fedsync.device.app` first, or use fedsync.device.app.DeviceApp(fed)")
+            raise RuntimeError(
+                "fed.app() needs fedsync.device.app: `import fedsync.device.app` first, or use fedsync.device.app.DeviceApp(fed)"
+            )
         return _app_factory(self, token=token, max_content_length=max_content_length)
 
 

@@ -7,7 +7,8 @@ Keras is imported inside the methods only, so that loading the plugin (or
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ class FedKeras(FedArrays):
 
     def __init__(
         self,
-        model: "keras.Model",
+        model: keras.Model,
         train: Callable[[Any], TrainResult] | None = None,
         **options: Any,
     ) -> None:
@@ -132,7 +133,9 @@ class FedKeras(FedArrays):
             pairs = []
             for name, variable in self._variables():
                 if getattr(variable, "trainable", True) and name in snapshot:
-                    pairs.append((variable, keras.ops.convert_to_tensor(snapshot[name], dtype=_dtype_name(variable.dtype))))
+                    pairs.append(
+                        (variable, keras.ops.convert_to_tensor(snapshot[name], dtype=_dtype_name(variable.dtype)))
+                    )
             cached = self._global_tensors = (snapshot, pairs)
         return cached[1]
 

@@ -14,7 +14,8 @@ path, never as pickled code.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fedsync.plugins.hookspecs import hookimpl
 

@@ -7,7 +7,8 @@ import math
 import os
 import time
 import uuid
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from fedsync.transports.remote import MAX_REPLY
 
@@ -52,7 +53,14 @@ def connect(address: str | None = None) -> bool:
         with _loopback(ray):
             # address="local": always a new Ray of our own; with None, Ray joins whatever cluster
             # /tmp/ray/ray_current_cluster names (a `ray start` on this machine, even a dead one).
-            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", namespace=NAMESPACE, logging_level="warning", log_to_driver=False)
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                namespace=NAMESPACE,
+                logging_level="warning",
+                log_to_driver=False,
+            )
     else:
         ray.init(address=address, namespace=NAMESPACE, logging_level="warning", log_to_driver=False)
     return True
@@ -63,7 +71,9 @@ def _checked_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
         return dict(BACKEND_CONFIG)
     if not isinstance(config, Mapping) or set(config) - set(BACKEND_CONFIG):
         unknown = sorted(set(config) - set(BACKEND_CONFIG)) if isinstance(config, Mapping) else config
-        raise ValueError(f"backend_config takes the keys {sorted(BACKEND_CONFIG)}, got {unknown!r}; e.g. {{'num_cpus': 1, 'num_gpus': 0}}")
+        raise ValueError(
+            f"backend_config takes the keys {sorted(BACKEND_CONFIG)}, got {unknown!r}; e.g. {{'num_cpus': 1, 'num_gpus': 0}}"
+        )
     merged = {**BACKEND_CONFIG, **config}
     for key in ("num_cpus", "num_gpus"):
         value = merged[key]
@@ -150,7 +160,12 @@ class RayDevices:
                     f"the cluster has {ray.cluster_resources()}: lower backend_config['actors'] or the resources per actor"
                 ) from None
             self.remotes = [
-                RayRemote(f"ray://{self.name}-{i % count}/device-{i}", timeout=timeout, max_reply=max_reply, actor=self.actors[i % count])
+                RayRemote(
+                    f"ray://{self.name}-{i % count}/device-{i}",
+                    timeout=timeout,
+                    max_reply=max_reply,
+                    actor=self.actors[i % count],
+                )
                 for i in range(num_devices)
             ]
         except BaseException:
@@ -191,7 +206,7 @@ class RayDevices:
             ray.shutdown()
             self.started = False
 
-    def __enter__(self) -> "RayDevices":
+    def __enter__(self) -> RayDevices:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import io
 import os
 import threading
-from typing import Any, List, Tuple
+from typing import Any
 
 from .paths import resolve
 
 __all__ = ["DeviceHost", "Answer"]
 
-Answer = Tuple[int, List[Tuple[str, str]], Any, str]
+Answer = tuple[int, list[tuple[str, str]], Any, str]
 """``(status, headers, body, error)``: what :meth:`DeviceHost.request` returns; ``error`` is non-empty (and ``status`` 0) when the device could not be built; ``body`` is a numpy ``uint8`` array."""
 
 
@@ -98,7 +98,10 @@ class DeviceHost:
             if remote is not None:
                 return remote
             if isinstance(device, bool) or not isinstance(device, int) or not 0 <= device < self.num_devices:
-                raise RemoteError(f"device-{device}", f"no device {device!r} here; this actor serves device ids 0 to {self.num_devices - 1}")
+                raise RemoteError(
+                    f"device-{device}",
+                    f"no device {device!r} here; this actor serves device ids 0 to {self.num_devices - 1}",
+                )
             if self._function is None:
                 try:
                     self._function = resolve(self.device_fn)

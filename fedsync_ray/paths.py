@@ -7,7 +7,8 @@ the cluster's other machines.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fedsync.transports import device_functions
 
@@ -38,7 +39,9 @@ def device_fn_path(device_fn: Callable[[int], Any] | str) -> str:
         try:
             resolve(path)
         except (ImportError, AttributeError, TypeError) as exc:
-            raise ValueError(f"device_fn path {device_fn!r} does not resolve here ({type(exc).__name__}: {exc}); {_ADVICE}") from None
+            raise ValueError(
+                f"device_fn path {device_fn!r} does not resolve here ({type(exc).__name__}: {exc}); {_ADVICE}"
+            ) from None
     return path
 
 

@@ -18,7 +18,8 @@ import math
 import re
 import threading
 import weakref
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlencode
 
 import requests
@@ -99,7 +100,9 @@ class RayRemote(Remote):
         try:
             reference = self.actor.request.remote(self.device, method, path, headers, urlencode(params), body)
         except ray.exceptions.RayError as exc:
-            raise RemoteUnavailable(self.url, f"its Ray actor {self.actor_name!r} cannot take requests: {_first_line(exc)}") from None
+            raise RemoteUnavailable(
+                self.url, f"its Ray actor {self.actor_name!r} cannot take requests: {_first_line(exc)}"
+            ) from None
         try:
             answer = ray.get(reference, timeout=wait)
         except ray.exceptions.GetTimeoutError:
@@ -109,9 +112,13 @@ class RayRemote(Remote):
                 pass
             raise RemoteTimeout(self.url, f"timed out: no answer from its Ray actor within {wait:.3g}s") from None
         except ray.exceptions.RayActorError as exc:
-            raise RemoteUnavailable(self.url, f"its Ray actor {self.actor_name!r} died or is unreachable: {_first_line(exc)}") from None
+            raise RemoteUnavailable(
+                self.url, f"its Ray actor {self.actor_name!r} died or is unreachable: {_first_line(exc)}"
+            ) from None
         except ray.exceptions.RayError as exc:
-            raise RemoteError(self.url, f"its Ray actor {self.actor_name!r} failed the request: {_first_line(exc)}") from None
+            raise RemoteError(
+                self.url, f"its Ray actor {self.actor_name!r} failed the request: {_first_line(exc)}"
+            ) from None
         status, answer_headers, content = self._checked(answer)
         response = app_response(self.url + path, status, answer_headers, content)
         if check and status >= 400:
@@ -124,25 +131,40 @@ class RayRemote(Remote):
         import numpy as np
 
         if not isinstance(answer, tuple) or len(answer) != 4:
-            raise RemoteError(self.url, f"its Ray actor answered a {type(answer).__name__}; expected (status, headers, body, error)")
+            raise RemoteError(
+                self.url, f"its Ray actor answered a {type(answer).__name__}; expected (status, headers, body, error)"
+            )
         status, headers, body, error = answer
         if not isinstance(error, str):
-            raise RemoteError(self.url, f"its Ray actor answered an error of type {type(error).__name__}; expected a str ('' when none)")
+            raise RemoteError(
+                self.url,
+                f"its Ray actor answered an error of type {type(error).__name__}; expected a str ('' when none)",
+            )
         if error:
             raise RemoteError(self.url, self.scrub(error[:2000]))
         if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-            raise RemoteError(self.url, f"its Ray actor answered status {str(status)[:40]!r}; expected an HTTP status in [100, 599]")
+            raise RemoteError(
+                self.url, f"its Ray actor answered status {str(status)[:40]!r}; expected an HTTP status in [100, 599]"
+            )
         if (
             not isinstance(headers, list) or len(headers) > _MAX_HEADERS
             or not all(isinstance(h, tuple) and len(h) == 2 and all(isinstance(p, str) and len(p) <= _MAX_HEADER for p in h) for h in headers)
         ):  # fmt: skip
-            raise RemoteError(self.url, f"its Ray actor answered malformed headers; expected at most {_MAX_HEADERS} (str, str) pairs")
+            raise RemoteError(
+                self.url, f"its Ray actor answered malformed headers; expected at most {_MAX_HEADERS} (str, str) pairs"
+            )
         if not isinstance(body, np.ndarray) or body.dtype != np.uint8 or body.ndim != 1:
-            raise RemoteError(self.url, f"its Ray actor answered a body of type {type(body).__name__}; expected a 1-d numpy uint8 array")
+            raise RemoteError(
+                self.url,
+                f"its Ray actor answered a body of type {type(body).__name__}; expected a 1-d numpy uint8 array",
+            )
         # Over HTTP the socket frames the body by its Content-Length; here the body is whole, so the two must agree.
         lengths = [value for name, value in headers if name.lower() == "content-length"]
         if len(lengths) > 1 or (lengths and lengths[0] != str(body.size)):
-            raise RemoteError(self.url, f"its Ray actor answered Content-Length {[v[:40] for v in lengths[:2]]} for a body of {body.size} bytes; they must agree")
+            raise RemoteError(
+                self.url,
+                f"its Ray actor answered Content-Length {[v[:40] for v in lengths[:2]]} for a body of {body.size} bytes; they must agree",
+            )
         return status, headers, memoryview(body)
 
 

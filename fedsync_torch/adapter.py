@@ -6,7 +6,8 @@ that loading fedsync's plugins does not import torch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ _NATIVE = frozenset(
 _UPCAST = frozenset({"bfloat16"})
 
 
-def _dtype_name(tensor: "torch.Tensor") -> str:
+def _dtype_name(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
 
@@ -84,8 +85,8 @@ class FedTorch(FedArrays):
 
     def __init__(
         self,
-        model: "torch.nn.Module",
-        train: Callable[["torch.nn.Module"], TrainResult] | None = None,
+        model: torch.nn.Module,
+        train: Callable[[torch.nn.Module], TrainResult] | None = None,
         **options: Any,
     ) -> None:
         import torch
@@ -99,9 +100,9 @@ class FedTorch(FedArrays):
         # so hand it nothing and keep the module as the model train() is given.
         super().__init__({}, train, **options)
         self.model = model
-        self._global_tensors: tuple[Any, dict[str, "torch.Tensor"]] | None = None
+        self._global_tensors: tuple[Any, dict[str, torch.Tensor]] | None = None
 
-    def proximal_term(self, mu: float) -> "torch.Tensor":
+    def proximal_term(self, mu: float) -> torch.Tensor:
         """FedProx's ``mu/2 * ||w - w_global||^2`` as a scalar tensor to add to the loss.
 
         Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
@@ -129,7 +130,7 @@ class FedTorch(FedArrays):
             return torch.zeros(())
         return (0.5 * mu) * torch.stack(terms).sum()
 
-    def _global_parameters(self) -> dict[str, "torch.Tensor"]:
+    def _global_parameters(self) -> dict[str, torch.Tensor]:
         """This round's global weights as tensors beside the parameters, converted once per round."""
         import torch
 
@@ -145,10 +146,12 @@ class FedTorch(FedArrays):
             cached = self._global_tensors = (snapshot, tensors)
         missing = [name for name, p in self.model.named_parameters() if p.requires_grad and name not in cached[1]]
         if missing:
-            raise RuntimeError(f"parameters {missing[:5]} have no global weights this round (not floating, or not in the state dict)")
+            raise RuntimeError(
+                f"parameters {missing[:5]} have no global weights this round (not floating, or not in the state dict)"
+            )
         return cached[1]
 
-    def _state(self) -> dict[str, "torch.Tensor"]:
+    def _state(self) -> dict[str, torch.Tensor]:
         import torch
 
         state = self.model.state_dict()

@@ -15,7 +15,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["Workers", "concurrently"]
 
@@ -60,7 +61,7 @@ class Workers:
             except Exception:  # a call's own errors are reported by the call; this is a bug
                 logger.exception("unexpected error in %s", getattr(fn, "__name__", fn))
 
-    def __enter__(self) -> "Workers":
+    def __enter__(self) -> Workers:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,14 +28,15 @@ import os
 import ssl
 import sys
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
+from .._version import __version__
 from ._common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, CommandError, UsageError
 from ._common import Formatter as _Formatter
 from ._process import say_how_to_stop, sigterm_as_exit, stdout_to_devnull
-from .._version import __version__
 
 __all__ = ["main", "build_parser", "load_target", "UsageError", "CommandError"]
 
@@ -79,11 +80,22 @@ def _add_demo(commands: Any) -> None:
         "--adapter", choices=["auto", "torch", "keras", "numpy"], default="auto",
         help="model framework; auto picks the fastest installed: numpy (needs nothing more), else torch, else keras",
     )  # fmt: skip
-    parser.add_argument("--strategy", default="fedavg", metavar="NAME", help="how the coordinator merges the devices' models")
+    parser.add_argument(
+        "--strategy", default="fedavg", metavar="NAME", help="how the coordinator merges the devices' models"
+    )
     parser.add_argument("--local-epochs", type=int, default=1, metavar="N", help="epochs each device trains per round")
-    parser.add_argument("--output", default="fedsync-demo", metavar="DIR", help="folder for history.json, model.safetensors, accuracy.png")
-    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the data split and the model's initial weights")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)")
+    parser.add_argument(
+        "--output",
+        default="fedsync-demo",
+        metavar="DIR",
+        help="folder for history.json, model.safetensors, accuracy.png",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the data split and the model's initial weights"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)"
+    )
     parser.set_defaults(run=_run_demo)
 
 
@@ -143,18 +155,41 @@ def _add_serve(commands: Any) -> None:
         "serve", help="serve a FedData from your file or module as a device",
         description=SERVE_HELP, formatter_class=_Formatter,
     )  # fmt: skip
-    parser.add_argument("target", metavar="MODULE:ATTR", help="where the FedData is, e.g. device.py:data or mypkg.device:data")
-    parser.add_argument("--host", default="127.0.0.1", metavar="HOST", help="interface to listen on; 0.0.0.0 accepts other machines")
+    parser.add_argument(
+        "target", metavar="MODULE:ATTR", help="where the FedData is, e.g. device.py:data or mypkg.device:data"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", metavar="HOST", help="interface to listen on; 0.0.0.0 accepts other machines"
+    )
     parser.add_argument("--port", type=int, default=8000, metavar="PORT", help="TCP port; 0 picks a free one")
     parser.add_argument(
         "--token", default=os.environ.get("FEDSYNC_TOKEN"), metavar="TOKEN",
         help="require 'Authorization: Bearer TOKEN' on every request (default: $FEDSYNC_TOKEN)",
     )  # fmt: skip
-    parser.add_argument("--certfile", metavar="PEM", help="TLS certificate (PEM) to serve HTTPS; needs --keyfile unless the key is in the same file")
+    parser.add_argument(
+        "--certfile",
+        metavar="PEM",
+        help="TLS certificate (PEM) to serve HTTPS; needs --keyfile unless the key is in the same file",
+    )
     parser.add_argument("--keyfile", metavar="PEM", help="TLS private key (PEM)")
-    parser.add_argument("--client-ca", metavar="PEM", help="mutual TLS: accept only coordinators whose certificate this CA signed (see fedsync certs)")
-    parser.add_argument("--max-content-length", type=int, default=None, metavar="BYTES", help="largest payload accepted, in bytes (default 2 GiB)")
-    parser.add_argument("--secure-aggregation", choices=["required"], default=None, help="take part only in securely aggregated rounds (docs/privacy.md)")
+    parser.add_argument(
+        "--client-ca",
+        metavar="PEM",
+        help="mutual TLS: accept only coordinators whose certificate this CA signed (see fedsync certs)",
+    )
+    parser.add_argument(
+        "--max-content-length",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="largest payload accepted, in bytes (default 2 GiB)",
+    )
+    parser.add_argument(
+        "--secure-aggregation",
+        choices=["required"],
+        default=None,
+        help="take part only in securely aggregated rounds (docs/privacy.md)",
+    )
     parser.add_argument(
         "--peer-ca", metavar="PEM",
         help="signed secure aggregation: sign this device's keys with --certfile's key and believe only peers whose device certificate this CA signed",
@@ -182,9 +217,7 @@ def load_target(target: str, cwd: str | None = None) -> Any:
     for part in attr.split("."):
         if not hasattr(value, part):
             candidates = _fed_data_names(module)
-            hint = (
-                f"it defines: {', '.join(candidates)}" if candidates else "it defines no FedData at module level"
-            )
+            hint = f"it defines: {', '.join(candidates)}" if candidates else "it defines no FedData at module level"
             raise UsageError(f"module {module_name!r} has no attribute {attr!r}; {hint}")
         value = getattr(value, part)
     return value
@@ -195,7 +228,9 @@ def _import(module_name: str, cwd: str) -> ModuleType:
     if looks_like_path:
         path = Path(cwd, module_name).resolve()
         if not path.is_file():
-            raise UsageError(f"no file {module_name!r} (looked for {path}); give the path of a .py file or a dotted module name")
+            raise UsageError(
+                f"no file {module_name!r} (looked for {path}); give the path of a .py file or a dotted module name"
+            )
         directory = str(path.parent)
         if directory not in sys.path:
             sys.path.insert(0, directory)  # so the file can import its neighbours
@@ -265,8 +300,8 @@ def _ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | 
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from ..protocol import FedData
     from ..device.app import checked_token, serve
+    from ..protocol import FedData
 
     try:
         token = checked_token(args.token)  # before importing the user's module: fail fast
@@ -285,8 +320,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         if not Path(args.peer_ca).is_file():
             raise UsageError(f"peer CA file not found: {args.peer_ca}; make one with: fedsync certs init DIR")
         if context is None:
-            raise UsageError("--peer-ca needs --certfile and --keyfile: the device signs its secure-aggregation keys with its certificate's key")
-        context = (args.certfile, args.keyfile or args.certfile)  # checked above; serve() also needs the files to sign with
+            raise UsageError(
+                "--peer-ca needs --certfile and --keyfile: the device signs its secure-aggregation keys with its certificate's key"
+            )
+        context = (
+            args.certfile,
+            args.keyfile or args.certfile,
+        )  # checked above; serve() also needs the files to sign with
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -296,9 +336,16 @@ def _run_serve(args: argparse.Namespace) -> int:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
     try:
         server = serve(
-            data, args.host, args.port, block=False, token=token,
-            max_content_length=args.max_content_length, ssl_context=context, client_ca=args.client_ca,
-            secure_aggregation=args.secure_aggregation, peer_ca=args.peer_ca,
+            data,
+            args.host,
+            args.port,
+            block=False,
+            token=token,
+            max_content_length=args.max_content_length,
+            ssl_context=context,
+            client_ca=args.client_ca,
+            secure_aggregation=args.secure_aggregation,
+            peer_ca=args.peer_ca,
         )
     except OSError as exc:
         raise CommandError(_bind_error(exc, args.host, args.port)) from None
@@ -446,14 +493,20 @@ def _run_dashboard(args: argparse.Namespace) -> int:
 
     folder = Path(args.folder)
     if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{folder} is a file, not a checkpoint folder; pass the folder given as Federated(checkpoint=...)")
+        raise UsageError(
+            f"{folder} is a file, not a checkpoint folder; pass the folder given as Federated(checkpoint=...)"
+        )
     try:
         server = serve_dashboard(folder, args.host, args.port)
     except OSError as exc:
         raise CommandError(_bind_error(exc, args.host, args.port)) from None
     print(f"dashboard {server.url}/", flush=True)
     if not (folder / "checkpoint.json").exists():
-        print(f"no checkpoint in {folder} yet: the page shows the run once its first round is written", file=sys.stderr, flush=True)
+        print(
+            f"no checkpoint in {folder} yet: the page shows the run once its first round is written",
+            file=sys.stderr,
+            flush=True,
+        )
     return _serve_until_stopped(server)
 
 

@@ -39,7 +39,13 @@ def add_certs_command(commands: Any) -> None:
     init.add_argument("--name", default="fedsync CA", help="the CA's common name")
     device = kinds.add_parser("device", help="a device's server certificate, signed by DIR's CA")
     device.add_argument("folder", metavar="DIR")
-    device.add_argument("--host", action="append", required=True, metavar="HOST", help="a DNS name or IP address coordinators use to reach the device (repeat for several)")
+    device.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        metavar="HOST",
+        help="a DNS name or IP address coordinators use to reach the device (repeat for several)",
+    )
     device.add_argument("--name", default=None, help="file name part (default: the first host)")
     coordinator = kinds.add_parser("coordinator", help="a coordinator's client certificate, signed by DIR's CA")
     coordinator.add_argument("folder", metavar="DIR")
@@ -55,7 +61,9 @@ def add_certs_command(commands: Any) -> None:
             elif args.kind == "device":
                 cert, key = certs.issue_device(args.folder, args.host, name=args.name)
                 print(f"device certificate: {cert}\ndevice key: {key}")
-                print(f"serve with: fedsync serve MODULE:ATTR --certfile {cert} --keyfile {key} --client-ca {args.folder.rstrip('/')}/ca.pem")
+                print(
+                    f"serve with: fedsync serve MODULE:ATTR --certfile {cert} --keyfile {key} --client-ca {args.folder.rstrip('/')}/ca.pem"
+                )
             else:
                 cert, key = certs.issue_coordinator(args.folder, name=args.name)
                 print(f"coordinator certificate: {cert}\ncoordinator key: {key}")

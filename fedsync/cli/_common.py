@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_BROKEN_PIPE", "CommandError", "UsageError", "Formatter"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+    "EXIT_BROKEN_PIPE",
+    "CommandError",
+    "UsageError",
+    "Formatter",
+]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ._common import CommandError, Formatter, UsageError
 
@@ -30,9 +31,20 @@ def add_info_command(commands: Any) -> None:
         "info", help="show a device's handshake", description=INFO_HELP, formatter_class=Formatter,
     )  # fmt: skip
     parser.add_argument("url", help="the device's URL (http:// is assumed when no scheme is given)")
-    parser.add_argument("--token", default=os.environ.get("FEDSYNC_TOKEN"), metavar="TOKEN", help="the device's token (default: $FEDSYNC_TOKEN)")
-    parser.add_argument("--cafile", metavar="PEM", help="trust this certificate (e.g. the device's self-signed --certfile, or the CA of fedsync certs) for https")
-    parser.add_argument("--cert", metavar="PEM", help="mutual TLS: this coordinator's certificate (fedsync certs coordinator)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("FEDSYNC_TOKEN"),
+        metavar="TOKEN",
+        help="the device's token (default: $FEDSYNC_TOKEN)",
+    )
+    parser.add_argument(
+        "--cafile",
+        metavar="PEM",
+        help="trust this certificate (e.g. the device's self-signed --certfile, or the CA of fedsync certs) for https",
+    )
+    parser.add_argument(
+        "--cert", metavar="PEM", help="mutual TLS: this coordinator's certificate (fedsync certs coordinator)"
+    )
     parser.add_argument("--key", metavar="PEM", help="mutual TLS: the certificate's private key")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="seconds to wait for an answer")
     parser.add_argument("--json", action="store_true", help="print the raw JSON handshake")
@@ -50,7 +62,9 @@ def _run_info(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     if args.cafile and not Path(args.cafile).is_file():
-        raise UsageError(f"--cafile {args.cafile!r} is not a file; give the PEM certificate the device serves with, or its CA")
+        raise UsageError(
+            f"--cafile {args.cafile!r} is not a file; give the PEM certificate the device serves with, or its CA"
+        )
     cert = (args.cert, args.key) if args.key else args.cert
     try:
         # verify goes to Remote itself: it passes verify= on every request, which would override the session's.
@@ -63,9 +77,13 @@ def _run_info(args: argparse.Namespace) -> int:
         except RemoteUnavailable as exc:
             if not exc.reason.startswith("cannot connect"):  # TLS and HTTP failures say what they are
                 raise CommandError(_as_flags(remote.scrub(str(exc)))) from None
-            raise CommandError(f"cannot connect to {url}: is a device serving there? (start one with: fedsync serve MODULE:ATTR)") from None
+            raise CommandError(
+                f"cannot connect to {url}: is a device serving there? (start one with: fedsync serve MODULE:ATTR)"
+            ) from None
         except RemoteTimeout:
-            raise CommandError(f"{url} did not answer within {args.timeout:g}s; is it a fedsync device? (try --timeout)") from None
+            raise CommandError(
+                f"{url} did not answer within {args.timeout:g}s; is it a fedsync device? (try --timeout)"
+            ) from None
         except RemoteError as exc:
             raise CommandError(remote.scrub(str(exc))) from None  # a device may echo the token it was sent
     if args.json:
@@ -95,8 +113,13 @@ def _device_infos(remote: Any) -> dict[str, dict[str, Any]]:
     if not bases or not isinstance(bases, list):
         raise RemoteError(remote.url, "/info answered no specs and no bases; is this a fedsync device?")
     # A device's bases are the names of its dict of FedData (see serve): a few words, never paths.
-    if len(bases) > MAX_BASES or not all(isinstance(b, str) and 0 < len(b) <= 200 and "/" not in b and b.isprintable() for b in bases):
-        raise RemoteError(remote.url, f"/info answered {len(bases)} bases, not a list of at most {MAX_BASES} names; is this a fedsync device?")
+    if len(bases) > MAX_BASES or not all(
+        isinstance(b, str) and 0 < len(b) <= 200 and "/" not in b and b.isprintable() for b in bases
+    ):
+        raise RemoteError(
+            remote.url,
+            f"/info answered {len(bases)} bases, not a list of at most {MAX_BASES} names; is this a fedsync device?",
+        )
     infos = {}
     for base in bases:
         with Remote(f"{remote.url}/{base}", timeout=remote.timeout, retries=0, verify=remote.verify) as sub:
@@ -140,9 +163,15 @@ def _format_info(url: str, info: Mapping[str, Any]) -> str:
         ("state", _shown(info.get("state", "?"))),
         ("specs", _shown(info.get("specs", "?"))),
         ("type", _shown(info.get("type", "?"))),
-        ("repetition", f"{_shown(info.get('repetition', '?'))} (the last one it accepted; a coordinator continues above it)"),
+        (
+            "repetition",
+            f"{_shown(info.get('repetition', '?'))} (the last one it accepted; a coordinator continues above it)",
+        ),
         ("rounds served", _shown(info.get("rounds_served", "?"))),
-        ("last training", f"{seconds:.2f}s" if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else "-"),
+        (
+            "last training",
+            f"{seconds:.2f}s" if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else "-",
+        ),
         ("protocol", f"{_shown(info.get('protocol', '?'), 20)} (fedsync {_shown(info.get('fedsync', '?'), 40)})"),
     ]
     if info.get("last_error"):
@@ -156,7 +185,9 @@ def _format_info(url: str, info: Mapping[str, Any]) -> str:
         name_width = max(len(_shown(w.get("name", ""), 80)) for w in listed)
         for w in listed:
             shape = _shown(tuple(w["shape"]) if isinstance(w.get("shape"), list) else w.get("shape", ""), 80)
-            lines.append(f"{'':<{width}}    {_shown(w.get('name'), 80):<{name_width}}  {shape:<14} {_shown(w.get('dtype', ''), 40)}")
+            lines.append(
+                f"{'':<{width}}    {_shown(w.get('name'), 80):<{name_width}}  {shape:<14} {_shown(w.get('dtype', ''), 40)}"
+            )
         if len(weights) > MAX_WEIGHTS_SHOWN:
             lines.append(f"{'':<{width}}    ... and {len(weights) - MAX_WEIGHTS_SHOWN} more (see --json)")
     return "\n".join(lines)
@@ -168,6 +199,7 @@ MAX_WEIGHTS_SHOWN = 1000
 
 def _as_flags(message: str) -> str:
     """A Remote's TLS hints, which name its Python arguments, in this command's flags."""
-    return message.replace("pass verify=CA_BUNDLE, the device's certificate or its CA", "pass --cafile with the device's certificate or its CA").replace(
-        "pass cert=(certfile, keyfile)", "pass --cert CERTFILE --key KEYFILE"
-    )
+    return message.replace(
+        "pass verify=CA_BUNDLE, the device's certificate or its CA",
+        "pass --cafile with the device's certificate or its CA",
+    ).replace("pass cert=(certfile, keyfile)", "pass --cert CERTFILE --key KEYFILE")

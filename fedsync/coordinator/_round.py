@@ -13,16 +13,17 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Iterable
+from typing import Any
 
+from .._util.workers import Workers
 from ..errors import RoundFailed, failure_reason
-from .history import RoundResult
 from ..protocol import Encoding
 from ..wire.replies import ReplyStream
 from ..wire.transfer import LATE, Deadline
-from .._util.workers import Workers
+from .history import RoundResult
 
 __all__ = ["exact_share", "scrub_failures", "scrubbed", "gather_reasons", "format_metrics"]
 

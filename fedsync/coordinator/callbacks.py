@@ -55,7 +55,9 @@ class EarlyStopping:
 
     SOURCES = ("evaluation", "server", "train")
 
-    def __init__(self, metric: str, patience: int = 3, mode: str = "max", evaluation: bool = True, *, source: str | None = None) -> None:
+    def __init__(
+        self, metric: str, patience: int = 3, mode: str = "max", evaluation: bool = True, *, source: str | None = None
+    ) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if source is None:
@@ -63,7 +65,9 @@ class EarlyStopping:
         if source not in self.SOURCES:
             raise ValueError(f"source must be one of {', '.join(map(repr, self.SOURCES))}, got {source!r}")
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be a positive integer (measurements without improvement), got {patience!r}")
+            raise ValueError(
+                f"patience must be a positive integer (measurements without improvement), got {patience!r}"
+            )
         self.metric, self.patience, self.mode, self.source = metric, patience, mode, source
         self.evaluation = source == "evaluation"
         self.best: float | None = None
@@ -77,7 +81,7 @@ class EarlyStopping:
         measured = result.evaluation if self.source == "evaluation" else result.server_evaluation
         return None if measured is None else measured.metrics
 
-    def __call__(self, alg: "Federated", result: RoundResult) -> bool:
+    def __call__(self, alg: Federated, result: RoundResult) -> bool:
         source = self._measured(result)
         if source is None:
             return False
@@ -88,7 +92,11 @@ class EarlyStopping:
                 logger.warning(
                     "EarlyStopping(%r) found no %r in round %d's %s metrics (found: %s); it cannot stop this run "
                     "until that metric is measured. Check the name, or pass source='evaluation', 'server' or 'train'",
-                    self.metric, self.metric, result.repetition, self.source, found,
+                    self.metric,
+                    self.metric,
+                    result.repetition,
+                    self.source,
+                    found,
                 )
             return False
         value = source[self.metric]
@@ -145,7 +153,7 @@ class TensorBoard:
         self.logdir = Path(logdir)
         self.writer = SummaryWriter(logdir=str(self.logdir))
 
-    def __call__(self, alg: "Federated", result: RoundResult) -> None:
+    def __call__(self, alg: Federated, result: RoundResult) -> None:
         step = len(alg.history)
         for tag, value in round_scalars(result).items():
             self.writer.add_scalar(tag, value, step)
@@ -155,7 +163,7 @@ class TensorBoard:
         """Flush and close the event file."""
         self.writer.close()
 
-    def __enter__(self) -> "TensorBoard":
+    def __enter__(self) -> TensorBoard:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -179,7 +187,7 @@ class CSVLogger:
         self._fields: list[str] | None = None
         self._rows: list[dict[str, str]] = []
 
-    def __call__(self, alg: "Federated", result: RoundResult) -> None:
+    def __call__(self, alg: Federated, result: RoundResult) -> None:
         number = len(alg.history)
         row = {"round": str(number), "repetition": str(result.repetition)}
         row.update({tag: _cell(value) for tag, value in round_scalars(result).items()})
@@ -209,7 +217,9 @@ class CSVLogger:
         if not fields:
             return ["round", "repetition"], []
         if fields[:2] != ["round", "repetition"]:
-            raise ValueError(f"{self.path} exists and is not a CSVLogger file (its first columns are {fields[:2]}); pass another path")
+            raise ValueError(
+                f"{self.path} exists and is not a CSVLogger file (its first columns are {fields[:2]}); pass another path"
+            )
         return fields, rows
 
     def _write_all(self) -> None:
@@ -244,7 +254,9 @@ class MLflow:
         tracking_uri: where MLflow stores runs (default: its own, ``./mlruns`` or ``$MLFLOW_TRACKING_URI``).
     """
 
-    def __init__(self, experiment: str | None = None, run_name: str | None = None, tracking_uri: str | None = None) -> None:
+    def __init__(
+        self, experiment: str | None = None, run_name: str | None = None, tracking_uri: str | None = None
+    ) -> None:
         try:
             import mlflow
         except ImportError:
@@ -257,7 +269,7 @@ class MLflow:
         self.run_name = run_name
         self._started = False
 
-    def __call__(self, alg: "Federated", result: RoundResult) -> None:
+    def __call__(self, alg: Federated, result: RoundResult) -> None:
         if self.mlflow.active_run() is None:
             self.mlflow.start_run(run_name=self.run_name)
             self._started = True
@@ -269,7 +281,7 @@ class MLflow:
             self.mlflow.end_run()
             self._started = False
 
-    def __enter__(self) -> "MLflow":
+    def __enter__(self) -> MLflow:
         return self
 
     def __exit__(self, *exc: object) -> None:

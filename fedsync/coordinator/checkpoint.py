@@ -44,11 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from ..wire import codec
 from ..errors import CheckpointError
-from .history import History, write_atomically
 from ..protocol import MAX_REPETITION, FedData
 from ..strategies import FedAvg, Strategy
+from ..wire import codec
+from .history import History, write_atomically
 
 __all__ = ["save", "load", "CheckpointError", "Snapshot"]
 
@@ -261,13 +261,17 @@ def _read_pointer(folder: Path) -> dict[str, Any] | None:
         raise _damaged(folder, f"{POINTER} is not a JSON object")
     if not _KEYS <= meta.keys() <= _KEYS | _OPTIONAL:
         missing, unknown = sorted(_KEYS - meta.keys()), sorted(str(k)[:40] for k in meta.keys() - _KEYS - _OPTIONAL)
-        raise _damaged(folder, f"{POINTER} lacks {missing} or has unknown keys {unknown}; expected exactly {sorted(_KEYS)}, and {sorted(_OPTIONAL)} with a strategy state")
+        raise _damaged(
+            folder,
+            f"{POINTER} lacks {missing} or has unknown keys {unknown}; expected exactly {sorted(_KEYS)}, and {sorted(_OPTIONAL)} with a strategy state",
+        )
     repetition = meta["repetition"]
     if type(repetition) is not int or not 0 <= repetition <= MAX_REPETITION:
         raise _damaged(folder, f"repetition must be an integer in [0, {MAX_REPETITION}], got {str(repetition)[:40]}")
     if meta["folder"] != _round_name(repetition):
         raise _damaged(
-            folder, f"folder {str(meta['folder'])[:80]!r} is not {_round_name(repetition)!r}, the folder of repetition {repetition}"
+            folder,
+            f"folder {str(meta['folder'])[:80]!r} is not {_round_name(repetition)!r}, the folder of repetition {repetition}",
         )
     if meta["state"] not in STATES:
         raise _damaged(folder, f"state {str(meta['state'])[:80]!r} is not one of {list(STATES)}")

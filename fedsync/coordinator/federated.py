@@ -15,30 +15,47 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import checkpoint as checkpoint_io
 from .. import plugins
-from . import server_eval
-from ..wire.config import Config, ConfigSource, round_config
 from ..errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch
-from .history import EvaluationResult, History, RoundResult
 from ..privacy import coordinator_privacy
-from ..wire.metrics import weighted_means
 from ..protocol import MAX_REPETITION, Encoding, FedData
-from ..transports.remote import MAX_REPLY, Remote, size as _size
-from ..wire.replies import ReplyStream
 from ..secagg import coordinator as secure_rounds
-from .callbacks import EarlyStopping
-from ._round import _Budget, _close, _close_waiting, _mismatch_message, _reason, _Round, exact_share, format_metrics, gather_reasons, scrub_failures, scrubbed
+from ..transports.remote import MAX_REPLY, Remote
+from ..transports.remote import size as _size
+from ..wire.config import Config, ConfigSource, round_config
+from ..wire.metrics import weighted_means
+from ..wire.replies import ReplyStream
 from ..wire.transfer import STALL, Deadline, round_grace
+from . import checkpoint as checkpoint_io
+from . import server_eval
+from ._round import (
+    _Budget,
+    _close,
+    _close_waiting,
+    _mismatch_message,
+    _reason,
+    _Round,
+    exact_share,
+    format_metrics,
+    gather_reasons,
+    scrub_failures,
+    scrubbed,
+)
+from .callbacks import EarlyStopping
+from .history import EvaluationResult, History, RoundResult
+
 
 def _dashboard_module() -> Any:  # imported lazily: the dashboard imports this module
     return importlib.import_module("fedsync.dashboard.app")
+
+
 from .._util.workers import Workers, concurrently
 
 __all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping", "MAX_REPLY"]
@@ -135,7 +152,9 @@ class Federated:
         secure_aggregation: Any = None,
     ) -> None:
         if not isinstance(data, FedData):
-            raise TypeError(f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), remotes=[...])")
+            raise TypeError(
+                f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), remotes=[...])"
+            )
         # A URL string is built by the transport registered for its scheme (fedsync.plugins).
         self.remotes = [plugins.remote(r) if isinstance(r, str) else r for r in remotes]
         if not self.remotes:
@@ -144,13 +163,23 @@ class Federated:
         if len(set(urls)) != len(urls):
             raise ValueError(f"the same device is listed twice: {sorted({u for u in urls if urls.count(u) > 1})}")
         try:
-            share = Fraction(str(fraction)) if isinstance(fraction, numbers.Real) and not isinstance(fraction, bool) else None
+            share = (
+                Fraction(str(fraction))
+                if isinstance(fraction, numbers.Real) and not isinstance(fraction, bool)
+                else None
+            )
         except (ValueError, ZeroDivisionError):
             share = None
         if share is None or not 0 < share <= 1:
             raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
-        if min_results is not None and (isinstance(min_results, bool) or not isinstance(min_results, int) or not 1 <= min_results <= len(self.remotes)):
-            raise ValueError(f"min_results must be an integer between 1 and the number of remotes ({len(self.remotes)}), got {min_results!r}")
+        if min_results is not None and (
+            isinstance(min_results, bool)
+            or not isinstance(min_results, int)
+            or not 1 <= min_results <= len(self.remotes)
+        ):
+            raise ValueError(
+                f"min_results must be an integer between 1 and the number of remotes ({len(self.remotes)}), got {min_results!r}"
+            )
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.data = data
@@ -168,7 +197,9 @@ class Federated:
         if config is not None and not callable(config):
             round_config(config, 1)  # a bad dict fails here, not at the first round
         if evaluate_fn is not None and not callable(evaluate_fn):
-            raise TypeError(f"evaluate_fn must be a function evaluate_fn(model, server_round) -> metrics, got {type(evaluate_fn).__name__}")
+            raise TypeError(
+                f"evaluate_fn must be a function evaluate_fn(model, server_round) -> metrics, got {type(evaluate_fn).__name__}"
+            )
         self.config = config
         self.secure_aggregation = secure_rounds.checked(secure_aggregation, data)
         self.evaluate_fn = evaluate_fn
@@ -182,7 +213,12 @@ class Federated:
             restored = checkpoint_io.load(self.checkpoint, data)
             if restored is not None:
                 self.repetition, self.history = restored
-                logger.info("resumed from %s after repetition %d (%d rounds done)", self.checkpoint, self.repetition, len(self.history))
+                logger.info(
+                    "resumed from %s after repetition %d (%d rounds done)",
+                    self.checkpoint,
+                    self.repetition,
+                    len(self.history),
+                )
         # The dashboard (fedsync.dashboard.app) is imported only when asked for.
         self.dashboard = None if dashboard is None else _dashboard_module().start(self, dashboard)
 
@@ -241,14 +277,29 @@ class Federated:
                 ``RemoteTimeout: ...``, ...).
         """
         started = time.monotonic()
-        deadline = Deadline(started + self.timeout, expired=f"timed out: the evaluation's answer was still arriving after {self.timeout:g}s")
+        deadline = Deadline(
+            started + self.timeout,
+            expired=f"timed out: the evaluation's answer was still arriving after {self.timeout:g}s",
+        )
         failures: dict[str, str] = {}
         remotes = self._handshake(self.sample(), failures, deadline)
         rep = max(self.repetition, 1)
         config = self._round_config(rep)
         specs, payload = self.data.specs(rep), self.data.serialize(rep)
         answers = concurrently(
-            {r.url: (lambda r=r: r.evaluate(rep, payload, specs, timeout=deadline.request_timeout(r.timeout), deadline=deadline, config=config)) for r in remotes},
+            {
+                r.url: (
+                    lambda r=r: r.evaluate(
+                        rep,
+                        payload,
+                        specs,
+                        timeout=deadline.request_timeout(r.timeout),
+                        deadline=deadline,
+                        config=config,
+                    )
+                )
+                for r in remotes
+            },
             self.workers,
             wait=max(0.0, deadline.left()) + STALL,
         )
@@ -277,7 +328,7 @@ class Federated:
         rounds: int,
         *,
         evaluate_every: int = 0,
-        callbacks: Sequence[Callable[["Federated", RoundResult], Any]] = (),
+        callbacks: Sequence[Callable[[Federated, RoundResult], Any]] = (),
         progress: bool | None = None,
     ) -> History:
         """Run until ``rounds`` rounds have merged (counting those restored from a checkpoint).
@@ -299,7 +350,9 @@ class Federated:
             progress = sys.stderr.isatty()
         if self.dashboard is not None or self.checkpoint is not None:
             _dashboard_module().fit_started(self, rounds)  # the plan, for the dashboard and checkpoint watchers
-        with tqdm(total=rounds, initial=min(len(self.history), rounds), disable=not progress, unit="round", desc="fedsync") as bar:
+        with tqdm(
+            total=rounds, initial=min(len(self.history), rounds), disable=not progress, unit="round", desc="fedsync"
+        ) as bar:
             while len(self.history) < rounds:
                 result = self._train_round()
                 if evaluate_every and (len(self.history) + 1) % evaluate_every == 0:
@@ -346,19 +399,30 @@ class Federated:
             raise RoundFailed(f"round {rep}: only {len(remotes)} of {needed} required devices are reachable", failures)
         specs = self.data.specs(rep)
         payload = self.data.serialize(rep)
-        secure, remotes = secure_rounds.start(self.secure_aggregation, self, remotes, rep, deadline, result)  # its key phases, if on
+        secure, remotes = secure_rounds.start(
+            self.secure_aggregation, self, remotes, rep, deadline, result
+        )  # its key phases, if on
         workers = Workers(min(self.workers, len(remotes)), name=f"fedsync-round-{rep}")
         streams = self.data.accepts_streams
         state = _Round(
-            rep=rep, specs=specs, payload=payload, deadline=deadline, timeout=self.timeout,
-            cancel=threading.Event(), slots=threading.Semaphore(self.downloads or (STREAMS if streams else self.workers)),
-            budget=_Budget(DOWNLOAD_BUDGET), arrivals=queue.Queue(), workers=workers,
+            rep=rep,
+            specs=specs,
+            payload=payload,
+            deadline=deadline,
+            timeout=self.timeout,
+            cancel=threading.Event(),
+            slots=threading.Semaphore(self.downloads or (STREAMS if streams else self.workers)),
+            budget=_Budget(DOWNLOAD_BUDGET),
+            arrivals=queue.Queue(),
+            workers=workers,
             wait=self.poll if len(remotes) <= workers.size else min(self.poll, SHARED_POLL),
         )
         for remote in remotes:
             workers.submit(self._submit, state, remote, config)
         try:
-            (self.data.merge if secure is None else secure.merge)(self._collect(state, remotes, needed, result, _size(payload)), rep)
+            (self.data.merge if secure is None else secure.merge)(
+                self._collect(state, remotes, needed, result, _size(payload)), rep
+            )
         except RoundFailed as exc:  # the merge found the round unusable: say who took part
             message = exc.message if exc.message.startswith(f"round {rep} ") else f"round {rep}: {exc.message}"
             raise RoundFailed(message, {**exc.failures, **result.failures}) from None
@@ -368,7 +432,9 @@ class Federated:
             # A reply the merge could not take (a FedData without ``check``): name its device.
             why = f"the merge raised {type(exc).__name__}: {str(exc)[:300]} on its reply"
             failures = {**result.failures, state.merging: why}
-            raise RoundFailed(f"round {rep} failed: {why} ({state.merging}); the coordinator's data is unchanged", failures) from exc
+            raise RoundFailed(
+                f"round {rep} failed: {why} ({state.merging}); the coordinator's data is unchanged", failures
+            ) from exc
         finally:
             state.cancel.set()
             workers.close()
@@ -397,8 +463,12 @@ class Federated:
             checkpoint_io.save(self.checkpoint, self.data, result.repetition, self.history)
         logger.info(
             "round %d: %d device(s), %d failed, %s samples, %s, %.2fs",
-            result.repetition, len(result.answered), len(result.failures), result.samples,
-            format_metrics(result.metrics), result.seconds,
+            result.repetition,
+            len(result.answered),
+            len(result.failures),
+            result.samples,
+            format_metrics(result.metrics),
+            result.seconds,
         )
 
     def _handshake(self, remotes: list[Remote], failures: dict[str, str], deadline: Deadline) -> list[Remote]:
@@ -425,7 +495,9 @@ class Federated:
             elif isinstance(info, BaseException):
                 failures[remote.url] = _reason(info)
             elif info.get("repetition", 0) >= MAX_REPETITION:
-                failures[remote.url] = f"RemoteError: reports repetition {info['repetition']}, the last allowed (2**53): it accepts no further round"
+                failures[remote.url] = (
+                    f"RemoteError: reports repetition {info['repetition']}, the last allowed (2**53): it accepts no further round"
+                )
             else:
                 answered[remote.url] = info
         highest = max((int(i.get("repetition", 0)) for i in answered.values()), default=0)
@@ -444,7 +516,9 @@ class Federated:
             raise SpecsMismatch("\n".join(mismatches.values()))
         failures.update({url: f"SpecsMismatch: {message}" for url, message in mismatches.items()})
         # Continue above every repetition a matching device already accepted.
-        matching = [int(answered[r.url].get("repetition", 0)) for r in unknown if r.url in self._known and r.url in answered]
+        matching = [
+            int(answered[r.url].get("repetition", 0)) for r in unknown if r.url in self._known and r.url in answered
+        ]
         self.repetition = max([self.repetition, *matching])
         return [r for r in remotes if r.url in self._known]
 
@@ -483,7 +557,9 @@ class Federated:
                 return
             left = state.deadline.left()
             if left <= 0:
-                raise RemoteTimeout(remote.url, f"no result for repetition {state.rep} within the round's timeout of {state.timeout:g}s")
+                raise RemoteTimeout(
+                    remote.url, f"no result for repetition {state.rep} within the round's timeout of {state.timeout:g}s"
+                )
             wait = min(state.wait, left)
             timeout = min(wait + remote.timeout, left + STALL)
             reply = remote.open_result(state.rep, wait, timeout=timeout, deadline=state.deadline)
@@ -525,7 +601,9 @@ class Federated:
             state.slots.release()
             state.arrivals.put((remote, exc, 0))
 
-    def _collect(self, state: _Round, remotes: list[Remote], needed: int, result: RoundResult, sent: int) -> Iterator[Encoding]:
+    def _collect(
+        self, state: _Round, remotes: list[Remote], needed: int, result: RoundResult, sent: int
+    ) -> Iterator[Encoding]:
         """Yield replies in arrival order; raise RoundFailed once the quorum is out of reach.
 
         Streamed replies the merge rejected (:meth:`ReplyStream.reject`) move from
@@ -594,7 +672,7 @@ class Federated:
         if self.dashboard is not None:
             self.dashboard.close()
 
-    def __enter__(self) -> "Federated":
+    def __enter__(self) -> Federated:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..wire.metrics import MAX_SAMPLES, checked_metrics
 from ..privacy import checked_privacy
 from ..protocol import MAX_REPETITION
+from ..wire.metrics import MAX_SAMPLES, checked_metrics
 from ..wire.shapes import DeviceReport
 
 __all__ = ["RoundResult", "EvaluationResult", "ServerEvaluation", "History", "write_atomically", "MAX_ERROR"]
@@ -53,14 +54,16 @@ class ServerEvaluation:
     """Wall time of ``evaluate_fn``, in seconds."""
 
     @classmethod
-    def from_dict(cls, row: Any, what: str) -> "ServerEvaluation":
+    def from_dict(cls, row: Any, what: str) -> ServerEvaluation:
         """The inverse of ``dataclasses.asdict``, checking every field; ``ValueError`` names the bad one."""
         values = _known_keys(cls, row, f"{what}: server_evaluation", "must be a JSON object or null")
         _integer(values["repetition"], f"{what}: server_evaluation repetition", MAX_REPETITION)
         values["metrics"] = checked_metrics(values.get("metrics", {}), f"{what}: server_evaluation metrics")
         error = values.get("error")
         if error is not None and (not isinstance(error, str) or len(error) > MAX_ERROR):
-            raise ValueError(f"{what}: server_evaluation error must be null or a string of at most {MAX_ERROR} characters")
+            raise ValueError(
+                f"{what}: server_evaluation error must be null or a string of at most {MAX_ERROR} characters"
+            )
         _seconds(values.get("seconds", 0.0), f"{what}: server_evaluation")
         return cls(**values)
 
@@ -96,7 +99,7 @@ class RoundResult:
     ``{"epsilon", "delta", "noise_multiplier", "sampling_rate", "rounds"}`` (:func:`fedsync.privacy.round_privacy`)."""
 
     @classmethod
-    def from_dict(cls, row: Any) -> "RoundResult":
+    def from_dict(cls, row: Any) -> RoundResult:
         """The inverse of ``dataclasses.asdict``, checking every field.
 
         Raises:
@@ -154,7 +157,7 @@ class History:
         return json.dumps({"rounds": [asdict(r) for r in self.rounds]}, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "History":
+    def from_json(cls, text: str) -> History:
         """The History that :meth:`to_json` wrote.
 
         Raises:
@@ -170,7 +173,9 @@ class History:
         rounds = [RoundResult.from_dict(row) for row in document["rounds"]]
         for before, after in zip(rounds, rounds[1:]):
             if after.repetition <= before.repetition:
-                raise ValueError(f"history's repetitions must increase, got {before.repetition} then {after.repetition}")
+                raise ValueError(
+                    f"history's repetitions must increase, got {before.repetition} then {after.repetition}"
+                )
         return cls(rounds)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -178,7 +183,7 @@ class History:
         write_atomically(Path(path), self.to_json().encode("utf-8"))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "History":
+    def load(cls, path: str | os.PathLike) -> History:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
     def __repr__(self) -> str:
@@ -209,7 +214,9 @@ def _known_keys(cls: type, row: Any, what: str, kind: str, prefix: str = "") -> 
     names = {f.name for f in fields(cls)}
     unknown = sorted(str(k)[:40] for k in row.keys() - names)
     if unknown or "repetition" not in row:
-        raise ValueError(f"{what} has unknown keys {unknown} or lacks 'repetition'; expected keys among {sorted(names)}")
+        raise ValueError(
+            f"{what} has unknown keys {unknown} or lacks 'repetition'; expected keys among {sorted(names)}"
+        )
     return dict(row)
 
 
@@ -239,7 +246,9 @@ def _devices(devices: Any, what: str) -> dict[str, dict[str, Any]]:
             record["metrics"] = checked_metrics(record["metrics"], f"{what}: device {url[:80]!r} metrics")
         for key, value in record.items():
             if key not in ("samples", "metrics") and not (
-                value is None or isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value))
+                value is None
+                or isinstance(value, (str, bool, int))
+                or (isinstance(value, float) and math.isfinite(value))
             ):
                 raise ValueError(f"{what}: device {url[:80]!r} entry {key[:40]!r} must be a string or a number")
         clean[url] = record

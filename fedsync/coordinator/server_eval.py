@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..data.arrays import FedArrays
-from .history import MAX_ERROR, ServerEvaluation
 from ..wire.metrics import checked_metrics
+from .history import MAX_ERROR, ServerEvaluation
 
 __all__ = ["EvaluateFn", "evaluate_on_server", "checked_every", "model_of"]
 
@@ -60,7 +61,11 @@ def evaluate_on_server(evaluate_fn: EvaluateFn, data: Any, repetition: int) -> S
         result.error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
     result.seconds = time.monotonic() - started
     if result.error is None:
-        logger.info("server evaluation after round %d: %s", repetition, ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()))
+        logger.info(
+            "server evaluation after round %d: %s",
+            repetition,
+            ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()),
+        )
     return result
 
 

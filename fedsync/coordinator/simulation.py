@@ -15,20 +15,23 @@ clients): keep what must persist in the data ``device_fn`` reads.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from .federated import Federated
-from ..wire.config import ConfigSource
-from .history import History, RoundResult
-from ..transports.local import LocalRemote, TrainingPool
-from ..transports import device_functions
-from ..transports.process.pool import ProcessPool, process_remotes
 from ..protocol import FedData
+from ..transports import device_functions
+from ..transports.local import LocalRemote, TrainingPool
+from ..transports.process.pool import ProcessPool, process_remotes
+from ..wire.config import ConfigSource
+from .federated import Federated
+from .history import History, RoundResult
 
 __all__ = ["run_simulation", "local_remotes"]
 
 
-def local_remotes(device_fn: Callable[[int], FedData], num_devices: int, *, pool: TrainingPool | None = None, timeout: float = 30.0) -> list[LocalRemote]:
+def local_remotes(
+    device_fn: Callable[[int], FedData], num_devices: int, *, pool: TrainingPool | None = None, timeout: float = 30.0
+) -> list[LocalRemote]:
     """``local://device-{i}`` remotes for ``i`` in ``range(num_devices)``, each built by ``device_fn(i)`` when used.
 
     Raises:
@@ -118,17 +121,23 @@ def run_simulation(
     if backend == "local" and (ray_address is not None or backend_config is not None):
         raise ValueError("ray_address and backend_config are for backend='ray'; pass backend='ray' or drop them")
     if backend == "ray" and workers is not None:
-        raise ValueError("workers is for backend='local'; with backend='ray', backend_config={'num_cpus': ..., 'actors': ...} sets how many devices train at once")
+        raise ValueError(
+            "workers is for backend='local'; with backend='ray', backend_config={'num_cpus': ..., 'actors': ...} sets how many devices train at once"
+        )
     if backend == "ray" and worker_kind != "threads":
         raise ValueError("worker_kind is for backend='local'; Ray actors are processes already")
     if strategy is not None:
         if not hasattr(data, "strategy"):
-            raise TypeError(f"strategy= needs a FedData with a strategy (FedArrays or an adapter), got {type(data).__name__}")
+            raise TypeError(
+                f"strategy= needs a FedData with a strategy (FedArrays or an adapter), got {type(data).__name__}"
+            )
         data.strategy = strategy
     if backend == "ray":
         from fedsync_ray import RayDevices  # this distribution's Ray plugin; it imports ray itself
 
-        on_ray = RayDevices(device_fn, num_devices, timeout=timeout, ray_address=ray_address, backend_config=backend_config)
+        on_ray = RayDevices(
+            device_fn, num_devices, timeout=timeout, ray_address=ray_address, backend_config=backend_config
+        )
         remotes, slots, release_all, close = on_ray.remotes, len(on_ray.actors), on_ray.release, on_ray.close
     else:
         pool: TrainingPool | ProcessPool
@@ -154,8 +163,15 @@ def run_simulation(
 
     try:
         alg = Federated(
-            data, remotes, fraction=fraction, min_results=min_results, timeout=timeout, seed=seed,
-            workers=min(64, max(slots, 1) * 4), config=config, evaluate_fn=evaluate_fn,
+            data,
+            remotes,
+            fraction=fraction,
+            min_results=min_results,
+            timeout=timeout,
+            seed=seed,
+            workers=min(64, max(slots, 1) * 4),
+            config=config,
+            evaluate_fn=evaluate_fn,
         )
         return alg.fit(rounds, callbacks=[release, *callbacks], progress=progress)
     finally:

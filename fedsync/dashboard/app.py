@@ -27,10 +27,11 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..coordinator.history import write_atomically
@@ -159,7 +160,9 @@ def configuration(alg: Any) -> dict[str, Any]:
         config["checkpoint"] = str(alg.checkpoint)
     strategy = getattr(alg, "strategy", None) or getattr(alg.data, "strategy", None)
     if strategy is not None:
-        params = {k: v for k, v in vars(strategy).items() if not k.startswith("_")} if hasattr(strategy, "__dict__") else {}
+        params = (
+            {k: v for k, v in vars(strategy).items() if not k.startswith("_")} if hasattr(strategy, "__dict__") else {}
+        )
         config["strategy"] = {"name": type(strategy).__name__, **_scalars(params)}
     return _scalars(config)
 
@@ -286,7 +289,7 @@ class LiveRun:
         results = list(history.rounds)  # appended by the coordinator's thread; a copy is consistent
         if history is not self._history or len(results) < len(self._converted):
             self._history, self._converted = history, []
-        for result in results[len(self._converted):]:
+        for result in results[len(self._converted) :]:
             self._converted.append(_round(asdict(result)) or {})
         return Snapshot(
             source=self.source, rounds=list(self._converted), repetition=self.alg.repetition, planned=self.planned,
@@ -405,7 +408,12 @@ def _asset(name: str) -> str:
 def render_page() -> str:
     """The page: static HTML with uPlot, the style and the script inlined (no data in it)."""
     page = _asset("dashboard.html")
-    for slot, name in (("UPLOT_CSS", "uPlot.min.css"), ("PAGE_CSS", "dashboard.css"), ("UPLOT_JS", "uPlot.iife.min.js"), ("PAGE_JS", "dashboard.js")):
+    for slot, name in (
+        ("UPLOT_CSS", "uPlot.min.css"),
+        ("PAGE_CSS", "dashboard.css"),
+        ("UPLOT_JS", "uPlot.iife.min.js"),
+        ("PAGE_JS", "dashboard.js"),
+    ):
         page = page.replace(f"/*{slot}*/", _asset(name).replace("</", "<\\/") if name.endswith(".js") else _asset(name))
     return page
 
@@ -448,7 +456,11 @@ class DashboardApp:
         if path in views:
             data = views[path](self.run.snapshot())
             return "200 OK", "application/json", json.dumps(data, allow_nan=False).encode("utf-8")
-        return "404 Not Found", "text/plain", b"not found: the dashboard serves /, /api/run, /api/history, /api/devices\n"
+        return (
+            "404 Not Found",
+            "text/plain",
+            b"not found: the dashboard serves /, /api/run, /api/history, /api/devices\n",
+        )
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -460,7 +472,10 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.listen(64)
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"the dashboard cannot listen on {host}:{port}: {exc.strerror}; use another port, or 0 for any free one") from None
+        raise OSError(
+            exc.errno,
+            f"the dashboard cannot listen on {host}:{port}: {exc.strerror}; use another port, or 0 for any free one",
+        ) from None
     return sock
 
 
@@ -488,7 +503,9 @@ class Dashboard:
             raise
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{sock.getsockname()[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="fedsync-dashboard", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="fedsync-dashboard", daemon=True
+        )
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> None:
@@ -503,7 +520,7 @@ class Dashboard:
         self.server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "Dashboard":
+    def __enter__(self) -> Dashboard:
         return self
 
     def __exit__(self, *exc: object) -> None:

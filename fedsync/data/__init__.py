@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .arrays import FedArrays
 from ..protocol import FIRST, FedData
+from .arrays import FedArrays
 
 __all__ = ["FedData", "FIRST", "FedArrays", "FedKeras", "FedTorch"]
 

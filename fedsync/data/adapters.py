@@ -8,7 +8,7 @@ writes arrays into a model.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping, MutableSequence, Union
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, MutableSequence
+from typing import Any, Union
 
 import numpy as np
 
-from ..wire import codec, compression
-from . import proximal
-from ..wire.config import Config, takes_extra
 from ..errors import PayloadRejected, RemoteError, RoundFailed, failure_reason
 from ..plugins.hookspecs import RegisterAdapter, hookimpl
-from ..wire.metrics import MAX_SAMPLES, checked_metrics, checked_samples, parse_counted, weighted_means
 from ..protocol import FedData
-from ..wire.shapes import MergeReport
-from ..wire.replies import ReplyStream
 from ..strategies import Accumulator, FedAvg, Strategy
+from ..wire import codec, compression
+from ..wire.config import Config, takes_extra
+from ..wire.metrics import MAX_SAMPLES, checked_metrics, checked_samples, parse_counted, weighted_means
+from ..wire.replies import ReplyStream
+from ..wire.shapes import MergeReport
+from . import proximal
 
 __all__ = ["FedArrays", "fingerprint", "TrainResult", "SAMPLES_KEY", "METRICS_KEY", "SPECS_KEY"]
 
@@ -101,7 +102,7 @@ class FedArrays(FedData):
 
     def __init__(
         self,
-        arrays: Union[MutableMapping[str, np.ndarray], MutableSequence[np.ndarray]],
+        arrays: MutableMapping[str, np.ndarray] | MutableSequence[np.ndarray],
         train: Callable[[Any], TrainResult] | None = None,
         *,
         evaluate: Callable[[Any], TrainResult] | None = None,
@@ -111,9 +112,13 @@ class FedArrays(FedData):
         super().__init__()
         # Here, not in each adapter: every array adapter passes its keywords through.
         if train is not None and not callable(train):
-            raise TypeError(f"train must be a function train(model) -> samples, or None on the coordinator; got {train!r}")
+            raise TypeError(
+                f"train must be a function train(model) -> samples, or None on the coordinator; got {train!r}"
+            )
         if evaluate is not None and not callable(evaluate):
-            raise TypeError(f"evaluate must be a function evaluate(model) -> samples or (samples, metrics), got {evaluate!r}")
+            raise TypeError(
+                f"evaluate must be a function evaluate(model) -> samples or (samples, metrics), got {evaluate!r}"
+            )
         if isinstance(arrays, Mapping):
             items = list(arrays.items())
         elif isinstance(arrays, (list, tuple)):
@@ -313,7 +318,9 @@ class FedArrays(FedData):
         self.samples = min(self.last_merge["samples"], MAX_SAMPLES)
         self.metrics = self.last_merge["metrics"]
 
-    def _fold(self, encodings: Iterable[Any], accumulator: Accumulator) -> tuple[Accumulator, list[tuple[int, dict[str, float]]]]:
+    def _fold(
+        self, encodings: Iterable[Any], accumulator: Accumulator
+    ) -> tuple[Accumulator, list[tuple[int, dict[str, float]]]]:
         """Fold every reply into ``accumulator`` as it streams in; drop the bad ones.
 
         A stream found bad after part of it was folded spoils the sum: it is
@@ -335,7 +342,9 @@ class FedArrays(FedData):
             del encoding
         return accumulator, [(samples, metrics) for _, samples, metrics in kept]
 
-    def _fold_again(self, kept: list[tuple[Any, int, dict[str, float]]]) -> tuple[Accumulator, list[tuple[Any, int, dict[str, float]]]]:
+    def _fold_again(
+        self, kept: list[tuple[Any, int, dict[str, float]]]
+    ) -> tuple[Accumulator, list[tuple[Any, int, dict[str, float]]]]:
         """A fresh sum of the ``kept`` replies; any that fails now is dropped too (bounded: ``kept`` shrinks)."""
         while True:
             accumulator = self.strategy.accumulator(self.get_arrays())
@@ -366,7 +375,9 @@ class FedArrays(FedData):
             expected = self.layout()
             header = codec.read_header(encoding.readinto, encoding.length, limit=self._header_limit(expected))
             if compression.WIRE_KEY in header.metadata:  # packed arrays unpack whole
-                arrays, samples, metrics = self._checked(header.arrays(encoding.read_all()), header.metadata, finite=None)
+                arrays, samples, metrics = self._checked(
+                    header.arrays(encoding.read_all()), header.metadata, finite=None
+                )
                 return _add_whole(accumulator, arrays, samples), metrics
             self._check_layout({t.name: (t.shape, t.dtype) for t in header.tensors}, expected)
             samples, metrics = self._counted(header.metadata)
@@ -387,7 +398,9 @@ class FedArrays(FedData):
         finally:
             encoding.close()
 
-    def _aggregate_whole(self, encodings: Iterable[Any]) -> tuple[dict[str, np.ndarray], list[tuple[int, dict[str, float]]]]:
+    def _aggregate_whole(
+        self, encodings: Iterable[Any]
+    ) -> tuple[dict[str, np.ndarray], list[tuple[int, dict[str, float]]]]:
         """For strategies that need whole replies: read each, check it, hand it over."""
         kept: list[tuple[int, dict[str, float]]] = []
 
@@ -417,7 +430,9 @@ class FedArrays(FedData):
 
     # -- validation -----------------------------------------------------------------
 
-    def _decode(self, encoding: Any, *, finite: bool | None = False) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
+    def _decode(
+        self, encoding: Any, *, finite: bool | None = False
+    ) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
         """Decode a payload and check it fits this model; raises ValueError before any change.
 
         ``finite`` also scans every value for NaN and infinity. Only ``check`` does:
@@ -428,10 +443,16 @@ class FedArrays(FedData):
         if isinstance(encoding, str):
             raise PayloadRejected(f"{type(self).__name__} expects a binary payload, got text")
         expected = self.layout()
-        return self._checked(*codec.decode(encoding, limit=self._header_limit(expected)), finite=finite, expected=expected)
+        return self._checked(
+            *codec.decode(encoding, limit=self._header_limit(expected)), finite=finite, expected=expected
+        )
 
     def _checked(
-        self, arrays: dict[str, np.ndarray], metadata: Mapping[str, str], *, finite: bool | None,
+        self,
+        arrays: dict[str, np.ndarray],
+        metadata: Mapping[str, str],
+        *,
+        finite: bool | None,
         expected: Mapping[str, tuple[tuple[int, ...], np.dtype]] | None = None,
     ) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
         """Decoded arrays unpacked from their wire format and checked against this model."""
@@ -440,7 +461,9 @@ class FedArrays(FedData):
         if compression.WIRE_KEY in metadata:
             dtypes = {name: np.dtype(dtype) for name, (_, dtype) in expected.items()}
             arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], self.wire_dtype, dtypes)
-        self._check_layout({name: (a.shape, a.dtype) for name, a in arrays.items()}, expected, packed=compression.WIRE_KEY in metadata)
+        self._check_layout(
+            {name: (a.shape, a.dtype) for name, a in arrays.items()}, expected, packed=compression.WIRE_KEY in metadata
+        )
         if finite or (finite is None and samples > 0):
             for name, a in arrays.items():
                 if a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -462,9 +485,18 @@ class FedArrays(FedData):
                 tensors += 2 * quoted + 64
         return 2 * tensors + _METADATA_ROOM
 
-    def _check_layout(self, found: Mapping[str, tuple[tuple[int, ...], np.dtype]], expected: Mapping[str, tuple[tuple[int, ...], np.dtype]], packed: bool = False) -> None:
+    def _check_layout(
+        self,
+        found: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+        expected: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+        packed: bool = False,
+    ) -> None:
         """Names, shapes and dtypes of a payload's arrays against this model's."""
-        if not packed and self.wire_dtype is not None and any(np.dtype(dtype).kind == "f" for _, dtype in found.values()):
+        if (
+            not packed
+            and self.wire_dtype is not None
+            and any(np.dtype(dtype).kind == "f" for _, dtype in found.values())
+        ):
             raise PayloadRejected(f"payload is not packed as wire_dtype {self.wire_dtype!r}, as this FedData expects")
         if found.keys() != expected.keys():
             missing = sorted(expected.keys() - found.keys())
@@ -491,10 +523,14 @@ class FedArrays(FedData):
             try:
                 metrics = json.loads(metadata.get(METRICS_KEY, "{}"), parse_constant=_no_constant)
             except (ValueError, RecursionError):
-                raise ValueError(f"payload metadata {METRICS_KEY!r} is not JSON: {_short(metadata.get(METRICS_KEY))}") from None
+                raise ValueError(
+                    f"payload metadata {METRICS_KEY!r} is not JSON: {_short(metadata.get(METRICS_KEY))}"
+                ) from None
             return samples, checked_metrics(metrics, f"payload metadata {METRICS_KEY!r}")
         except ValueError as exc:
-            raise PayloadRejected(f"{exc}; expected e.g. {{{SAMPLES_KEY!r}: '60000', {METRICS_KEY!r}: '{{\"loss\": 0.12}}'}}") from None
+            raise PayloadRejected(
+                f"{exc}; expected e.g. {{{SAMPLES_KEY!r}: '60000', {METRICS_KEY!r}: '{{\"loss\": 0.12}}'}}"
+            ) from None
 
 
 def _call(function: Callable[..., Any], model: Any, config: Config | None) -> Any:

@@ -10,16 +10,17 @@ decode as any array payload.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
-from ..wire import codec
-from .arrays import fingerprint
 from ..coordinator.checkpoint import Snapshot
 from ..errors import PayloadRejected
 from ..plugins.hookspecs import RegisterAdapter, hookimpl
 from ..protocol import FedData
+from ..wire import codec
+from .arrays import fingerprint
 
 __all__ = ["FedBundle"]
 
@@ -48,7 +49,9 @@ class FedBundle(FedData):
     def __init__(self, parts: Mapping[str, FedData]) -> None:
         super().__init__()
         if not isinstance(parts, Mapping) or not parts:
-            raise TypeError("FedBundle takes a non-empty dict of FedData, e.g. FedBundle({'model': fed, 'threshold': FedFloat(0.5)})")
+            raise TypeError(
+                "FedBundle takes a non-empty dict of FedData, e.g. FedBundle({'model': fed, 'threshold': FedFloat(0.5)})"
+            )
         for name, part in parts.items():
             if not isinstance(name, str) or not name:
                 raise TypeError(f"part names must be non-empty strings, got {name!r}")
@@ -65,7 +68,11 @@ class FedBundle(FedData):
     def summary(self, repetition: int) -> dict[str, Any]:
         return {
             "parts": {
-                name: {"type": type(part).__name__, "specs": part.specs(repetition), "summary": part.summary(repetition)}
+                name: {
+                    "type": type(part).__name__,
+                    "specs": part.specs(repetition),
+                    "summary": part.summary(repetition),
+                }
                 for name, part in self.parts.items()
             }
         }

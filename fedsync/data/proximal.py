@@ -12,7 +12,8 @@ to add to the loss (``FedTorch``, ``FedKeras``).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -40,9 +41,15 @@ def checked_mu(mu: Any) -> float:
     Raises:
         ValueError: ``mu`` is not a finite number >= 0 (a string from a config, a NaN).
     """
-    if isinstance(mu, bool) or not isinstance(mu, (int, float, np.integer, np.floating)) or not (math.isfinite(float(mu)) and mu >= 0):
+    if (
+        isinstance(mu, bool)
+        or not isinstance(mu, (int, float, np.integer, np.floating))
+        or not (math.isfinite(float(mu)) and mu >= 0)
+    ):
         shown = repr(mu) if len(repr(mu)) <= 40 else repr(mu)[:40] + "..."
-        raise ValueError(f"mu must be a finite number >= 0, got {shown}; e.g. fed.proximal_term(config.get('mu', 0.01))")
+        raise ValueError(
+            f"mu must be a finite number >= 0, got {shown}; e.g. fed.proximal_term(config.get('mu', 0.01))"
+        )
     return float(mu)
 
 

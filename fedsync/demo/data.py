@@ -11,7 +11,19 @@ import numpy as np
 
 from ..wire import codec
 
-__all__ = ["Shard", "Split", "load_split", "load_digits", "stratified_split", "dirichlet_split", "save_shard", "load_shard", "DemoError", "CLASSES", "FEATURES"]
+__all__ = [
+    "Shard",
+    "Split",
+    "load_split",
+    "load_digits",
+    "stratified_split",
+    "dirichlet_split",
+    "save_shard",
+    "load_shard",
+    "DemoError",
+    "CLASSES",
+    "FEATURES",
+]
 
 CLASSES = 10
 FEATURES = 64
@@ -87,7 +99,9 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def dirichlet_split(labels: np.ndarray, devices: int, alpha: float, seed: int, attempts: int = 1000) -> list[np.ndarray]:
+def dirichlet_split(
+    labels: np.ndarray, devices: int, alpha: float, seed: int, attempts: int = 1000
+) -> list[np.ndarray]:
     """Indices per device: each class is shared out by proportions drawn from Dirichlet(alpha).
 
     Small ``alpha`` gives each device a few dominant labels (non-IID); large

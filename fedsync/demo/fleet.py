@@ -140,7 +140,7 @@ class Fleet:
             device.log.close()
         return len(running)
 
-    def __enter__(self) -> "Fleet":
+    def __enter__(self) -> Fleet:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,9 @@ class Backend:
         """``model`` as FedData: a device's (with ``train``) or the coordinator's."""
         raise NotImplementedError
 
-    def fit(self, model: Any, x: np.ndarray, y: np.ndarray, epochs: int, rng: np.random.Generator) -> tuple[float, float]:
+    def fit(
+        self, model: Any, x: np.ndarray, y: np.ndarray, epochs: int, rng: np.random.Generator
+    ) -> tuple[float, float]:
         """Train in place; the last epoch's mean loss and accuracy."""
         raise NotImplementedError
 
@@ -81,7 +84,9 @@ class NumpyBackend(Backend):
     def fed(self, model: Any, train: Callable[[Any], Any] | None = None) -> FedArrays:
         return FedArrays(model, train)
 
-    def fit(self, model: Any, x: np.ndarray, y: np.ndarray, epochs: int, rng: np.random.Generator) -> tuple[float, float]:
+    def fit(
+        self, model: Any, x: np.ndarray, y: np.ndarray, epochs: int, rng: np.random.Generator
+    ) -> tuple[float, float]:
         w, b = model["w"], model["b"]
         for _ in range(epochs):
             losses, correct = [], 0
@@ -146,7 +151,9 @@ class TorchBackend(Backend):
 
         return FedTorch(model, train)
 
-    def fit(self, model: Any, x: np.ndarray, y: np.ndarray, epochs: int, rng: np.random.Generator) -> tuple[float, float]:
+    def fit(
+        self, model: Any, x: np.ndarray, y: np.ndarray, epochs: int, rng: np.random.Generator
+    ) -> tuple[float, float]:
         torch = self.torch
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         parameters = list(model.parameters())
@@ -223,7 +230,9 @@ class KerasBackend(Backend):
 
         return FedKeras(model, train)
 
-    def fit(self, model: Any, x: np.ndarray, y: np.ndarray, epochs: int, rng: np.random.Generator) -> tuple[float, float]:
+    def fit(
+        self, model: Any, x: np.ndarray, y: np.ndarray, epochs: int, rng: np.random.Generator
+    ) -> tuple[float, float]:
         history = model.fit(x, y, epochs=epochs, batch_size=BATCH, shuffle=True, verbose=0)
         return float(history.history["loss"][-1]), float(history.history["accuracy"][-1])
 

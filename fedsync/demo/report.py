@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-__all__ = ["ROUND_HEADER", "round_line", "comparison_lines", "write_history", "write_plot", "plot_figure", "round_ticks", "device_line"]
+__all__ = [
+    "ROUND_HEADER",
+    "round_line",
+    "comparison_lines",
+    "write_history",
+    "write_plot",
+    "plot_figure",
+    "round_ticks",
+    "device_line",
+]
 
 ROUND_HEADER = f"{'round':>5}  {'devices':>7}  {'samples':>7}  {'train loss':>10}  {'test acc':>8}  {'seconds':>7}"
 

@@ -11,11 +11,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ..wire import codec
 from .. import strategies
 from .._version import __version__
 from ..coordinator.federated import Federated
 from ..errors import RoundFailed
+from ..wire import codec
 from .data import DemoError, Split, load_split
 from .fleet import Fleet
 from .models import Backend, available, backend_class
@@ -45,8 +45,12 @@ def strategy_names() -> dict[str, type[strategies.Strategy]]:
     found = {}
     for value in vars(strategies).values():
         # The DP wrappers need a clipping norm and noise the demo cannot guess (docs/privacy.md).
-        if isinstance(value, type) and issubclass(value, strategies.Strategy) and value is not strategies.Strategy \
-                and not issubclass(value, strategies.DPFixedClipping):
+        if (
+            isinstance(value, type)
+            and issubclass(value, strategies.Strategy)
+            and value is not strategies.Strategy
+            and not issubclass(value, strategies.DPFixedClipping)
+        ):
             found[value.__name__.lower()] = value
     return found
 
@@ -58,7 +62,9 @@ def _strategy(name: str) -> strategies.Strategy:
     try:
         return known[name.lower()]()
     except TypeError as exc:
-        raise DemoError(f"strategy {name!r} needs arguments the demo cannot guess ({exc}); use --strategy fedavg") from None
+        raise DemoError(
+            f"strategy {name!r} needs arguments the demo cannot guess ({exc}); use --strategy fedavg"
+        ) from None
 
 
 def _check(config: DemoConfig) -> None:
@@ -116,7 +122,9 @@ def run(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
         getattr(strategy, "check_count", lambda n: None)(config.devices)
     except RoundFailed as exc:
         needs = str(exc).split(";")[0]
-        raise DemoError(f"--strategy {config.strategy} cannot run on {config.devices} devices: {needs}; pass more --devices, or another --strategy") from None
+        raise DemoError(
+            f"--strategy {config.strategy} cannot run on {config.devices} devices: {needs}; pass more --devices, or another --strategy"
+        ) from None
     backend_cls = backend_class(config.adapter)
     split = load_split(config.devices, config.alpha, config.seed)
     output = Path(config.output)
@@ -128,14 +136,23 @@ def run(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
         progress.close()
 
 
-def _run(config: DemoConfig, strategy: strategies.Strategy, backend_cls: type[Backend], split: Split, output: Path, progress: _Progress) -> dict[str, Any]:
+def _run(
+    config: DemoConfig,
+    strategy: strategies.Strategy,
+    backend_cls: type[Backend],
+    split: Split,
+    output: Path,
+    progress: _Progress,
+) -> dict[str, Any]:
     say = progress.say
     say(
         f"fedsync demo: {backend_cls.description}, {config.rounds} rounds of {config.strategy} across "
         f"{config.devices} device processes"
     )
     if config.adapter == "auto":
-        say(f"adapter: {backend_cls.name}, picked by --adapter auto as the fastest installed; {_others(backend_cls.name)}")
+        say(
+            f"adapter: {backend_cls.name}, picked by --adapter auto as the fastest installed; {_others(backend_cls.name)}"
+        )
     say(
         f"data: scikit-learn digits, {len(split.y_test)} held out for testing, the rest split non-IID "
         f"across devices by Dirichlet(alpha={config.alpha:g}) label proportions"
@@ -170,7 +187,9 @@ def _run(config: DemoConfig, strategy: strategies.Strategy, backend_cls: type[Ba
 
     epochs = config.rounds * config.local_epochs
     say()
-    say(f"training the baselines, the same model for {epochs} epochs: on all data pooled, then on each device's alone ...")
+    say(
+        f"training the baselines, the same model for {epochs} epochs: on all data pooled, then on each device's alone ..."
+    )
     progress.step("baseline: central")
     central = _train_alone(backend, split, split.pooled(), epochs, config.seed)
     alone = []
@@ -255,4 +274,3 @@ def _round_failed(exc: RoundFailed, fleet: Fleet) -> str:
         if device is not None:
             lines.append(f"  device {device.index}'s log:\n{device.log_tail()}")
     return "\n".join(lines)
-

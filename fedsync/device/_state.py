@@ -25,17 +25,18 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from .._version import PROTOCOL_VERSION, __version__
+from ..protocol import MAX_REPETITION, Encoding, FedData
 from ..wire.codec import Payload
 from ..wire.config import Config, takes_extra
-from ..protocol import MAX_REPETITION, Encoding, FedData
 from ..wire.shapes import DeviceInfo
 
 __all__ = ["ApiError", "Device", "Job", "json_response", "checked_repetition"]
@@ -196,8 +197,7 @@ class Device:
             raise ApiError(
                 409,
                 "busy",
-                f"still working on repetition {job.repetition}; "
-                "try again when its result has been collected",
+                f"still working on repetition {job.repetition}; try again when its result has been collected",
             )
         self._ensure_writable()
 
@@ -245,7 +245,9 @@ class Device:
     def _launch(self, job: Job, encoding: Any, config: Config) -> None:
         """Run :meth:`_work` for ``job`` in the background: on a thread of its own here
         (a simulation's devices share a pool: :mod:`fedsync.transports.local`)."""
-        threading.Thread(target=self._work, args=(job, encoding, config), name=f"fedsync-job-{job.repetition}", daemon=True).start()
+        threading.Thread(
+            target=self._work, args=(job, encoding, config), name=f"fedsync-job-{job.repetition}", daemon=True
+        ).start()
 
     def _work(self, job: Job, encoding: Any, config: Config) -> None:
         try:
@@ -316,7 +318,9 @@ class Device:
         with self.state_lock:
             if self.job is not job:
                 current = self.job.repetition if self.job is not None else "none"
-                raise ApiError(404, "unknown_repetition", f"repetition {job.repetition} was replaced (current: {current})")
+                raise ApiError(
+                    404, "unknown_repetition", f"repetition {job.repetition} was replaced (current: {current})"
+                )
             result, owned = job.result, job.owned
             if not owned:
                 self.downloads += 1
@@ -346,7 +350,7 @@ class _Download:
         self._pieces: Iterator[bytes] | None = None
         self._release = release
 
-    def __iter__(self) -> "_Download":
+    def __iter__(self) -> _Download:
         return self
 
     def __next__(self) -> bytes:
@@ -406,7 +410,9 @@ def _owned_copy(result: Encoding) -> Encoding:
     return bytes(memoryview(result).cast("B"))
 
 
-def _body(encoding: Encoding, sock: socket.socket | None = None, before_last: Callable[[], None] | None = None) -> tuple[Any, str, int]:
+def _body(
+    encoding: Encoding, sock: socket.socket | None = None, before_last: Callable[[], None] | None = None
+) -> tuple[Any, str, int]:
     """The response body, its mimetype and its length, without copying the payload.
 
     ``sock``: the connection's socket, which fedsync's server puts in the

@@ -20,22 +20,25 @@ import os
 import socket
 import ssl
 import threading
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from .._version import PROTOCOL_VERSION, __version__
 from .. import protocol as _protocol
+from .._version import PROTOCOL_VERSION, __version__
+from ..gateway.server import MAX_CONNECTIONS, SOCKET_KEY, KeepAliveServer
+from ..protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
+from ..secagg.device import MAX_BODY as SECAGG_MAX_BODY
+from ..secagg.device import answer as secagg_answer
+from ..secagg.device import session_for_submit
 from ..wire.codec import read_exactly
 from ..wire.config import CONFIG_HEADER, Config, decode_config
-from ._state import ApiError, Device, checked_repetition, json_response
-from ..gateway.server import MAX_CONNECTIONS, SOCKET_KEY, KeepAliveServer
-from ..secagg.device import MAX_BODY as SECAGG_MAX_BODY, answer as secagg_answer, session_for_submit
-from ..protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
-from ._status import render_index, render_locked, render_status
 from ..wire.tokens import checked_token
+from ._state import ApiError, Device, checked_repetition, json_response
+from ._status import render_index, render_locked, render_status
 
 __all__ = ["DeviceApp", "RunningServer", "serve", "checked_token", "SPECS_HEADER", "DEFAULT_MAX_CONTENT_LENGTH"]
 
@@ -94,16 +97,19 @@ class DeviceApp:
             for name in data:
                 if not isinstance(name, str) or not name or "/" in name or name.isdigit():
                     raise ValueError(
-                        f"FedData name {name!r} cannot be a URL base; use a non-numeric word "
-                        "without '/', e.g. 'model'"
+                        f"FedData name {name!r} cannot be a URL base; use a non-numeric word without '/', e.g. 'model'"
                     )
             self.devices = {f"/{name}": Device(fed) for name, fed in data.items()}
         else:
             self.devices = {"": Device(data)}
         for device in self.devices.values():
             device.secagg_required = secure_aggregation == "required"
-        if max_content_length is not None and (not isinstance(max_content_length, int) or isinstance(max_content_length, bool) or max_content_length < 0):
-            raise ValueError(f"max_content_length must be a number of bytes >= 0 (0 or None: the default, 2 GiB), got {max_content_length!r}")
+        if max_content_length is not None and (
+            not isinstance(max_content_length, int) or isinstance(max_content_length, bool) or max_content_length < 0
+        ):
+            raise ValueError(
+                f"max_content_length must be a number of bytes >= 0 (0 or None: the default, 2 GiB), got {max_content_length!r}"
+            )
         self.max_content_length = max_content_length or DEFAULT_MAX_CONTENT_LENGTH
         self.url_map = _url_map(tuple(self.devices))
 
@@ -165,7 +171,11 @@ class DeviceApp:
             raise ApiError(411, "length_required", "send the payload with a Content-Length header")
         raw = raw.strip()
         if not (raw.isascii() and raw.isdigit()):
-            raise ApiError(400, "bad_content_length", f"Content-Length {raw[:40]!r} is not a number of bytes; send one decimal integer")
+            raise ApiError(
+                400,
+                "bad_content_length",
+                f"Content-Length {raw[:40]!r} is not a number of bytes; send one decimal integer",
+            )
         limit = self.max_content_length if limit is None else limit
         if len(raw) > 19 or int(raw) > limit:
             raise ApiError(
@@ -242,7 +252,9 @@ class DeviceApp:
             if not self._authorized(request):
                 if _browser_navigation(request):
                     # The same page for every path: it asks for the token and shows nothing before.
-                    return Response(render_locked(), status=401, mimetype="text/html", headers={"Cache-Control": "no-store"})
+                    return Response(
+                        render_locked(), status=401, mimetype="text/html", headers={"Cache-Control": "no-store"}
+                    )
                 raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>' with the device's token")
             # Routed on the path alone: the Host header plays no part (it is the client's to garble).
             adapter = self.url_map.bind("device", url_scheme="http")
@@ -253,10 +265,22 @@ class DeviceApp:
         except MethodNotAllowed as exc:
             allowed = " or ".join(m for m in ("GET", "HEAD", "POST") if m in (exc.valid_methods or ()))
             method = request.environ.get("REQUEST_METHOD", "")
-            return _json({"error": "method_not_allowed", "message": f"{method[:20]!r} is not allowed on {request.path[:200]!r}; use {allowed} (methods are case-sensitive)"}, 405)
+            return _json(
+                {
+                    "error": "method_not_allowed",
+                    "message": f"{method[:20]!r} is not allowed on {request.path[:200]!r}; use {allowed} (methods are case-sensitive)",
+                },
+                405,
+            )
         except NotFound:
             routes = ", ".join(f"{base}/info" for base in self.devices)
-            return _json({"error": "not_found", "message": f"no route {request.path[:200]!r} here; this device serves {routes} and {{base}}/{{rep}}/submit|result|evaluate"}, 404)
+            return _json(
+                {
+                    "error": "not_found",
+                    "message": f"no route {request.path[:200]!r} here; this device serves {routes} and {{base}}/{{rep}}/submit|result|evaluate",
+                },
+                404,
+            )
         except HTTPException as exc:  # any other routing error: still the client's request at fault
             code = exc.code if exc.code is not None and 400 <= exc.code < 500 else 400
             return _json({"error": exc.name.lower().replace(" ", "_"), "message": exc.description}, code)
@@ -290,7 +314,12 @@ def _url_map(bases: tuple[str, ...]) -> Map:
             Rule(f"{base}/<rep:rep>/submit", endpoint="submit", methods=["POST"], defaults=defaults),
             Rule(f"{base}/<rep:rep>/result", endpoint="result", methods=["GET"], defaults=defaults),
             Rule(f"{base}/<rep:rep>/evaluate", endpoint="evaluate", methods=["POST"], defaults=defaults),
-            Rule(f"{base}/<rep:rep>/secagg/<any(keys,shares,inbox,consistency,unmask):phase>", endpoint="secagg", methods=["POST"], defaults=defaults),
+            Rule(
+                f"{base}/<rep:rep>/secagg/<any(keys,shares,inbox,consistency,unmask):phase>",
+                endpoint="secagg",
+                methods=["POST"],
+                defaults=defaults,
+            ),
         ]
     if "" not in bases:
         rules.append(Rule("/info", endpoint="index", methods=["GET"]))
@@ -375,7 +404,9 @@ class RunningServer:
         self.host = server.server_address[0]
         self.port = server.socket.getsockname()[1]
         self.url = f"{'https' if server.ssl_context else 'http'}://{self.host}:{self.port}"
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": STOP_POLL}, name="fedsync-serve", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": STOP_POLL}, name="fedsync-serve", daemon=True
+        )
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> None:
@@ -388,7 +419,7 @@ class RunningServer:
         self.server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "RunningServer":
+    def __enter__(self) -> RunningServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -413,10 +444,15 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except socket.gaierror as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: unknown host ({exc.strerror}); use an address of this machine, e.g. 127.0.0.1") from None
+        raise OSError(
+            exc.errno,
+            f"cannot listen on {host}:{port}: unknown host ({exc.strerror}); use an address of this machine, e.g. 127.0.0.1",
+        ) from None
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}; try another port, or port=0 for any free one") from None
+        raise OSError(
+            exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}; try another port, or port=0 for any free one"
+        ) from None
     except (UnicodeError, OverflowError) as exc:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port}: {exc}") from None
@@ -489,7 +525,9 @@ def serve(
         missing = " and ".join(w for w, absent in (("a token", token is None), ("TLS", ssl_context is None)) if absent)
         logger.warning(
             "serving on %s without %s: anyone who reaches this address can %s (docs/security.md: bind to 127.0.0.1, "
-            "or pass token= and ssl_context=)", host, missing,
+            "or pass token= and ssl_context=)",
+            host,
+            missing,
             "submit payloads and read results" if token is None else "read the token and the weights on the network",
         )
     sock = _listen(host, port)
@@ -500,7 +538,9 @@ def serve(
         raise
     if not block:
         return RunningServer(server, app)
-    logger.info("fedsync device serving on %s://%s:%d", "https" if ssl_context else "http", host, server.socket.getsockname()[1])
+    logger.info(
+        "fedsync device serving on %s://%s:%d", "https" if ssl_context else "http", host, server.socket.getsockname()[1]
+    )
     try:
         server.serve_forever(poll_interval=STOP_POLL)
     except KeyboardInterrupt:
@@ -513,7 +553,9 @@ def serve(
 def _sign_with(app: DeviceApp, ssl_context: Any, peer_ca: str | os.PathLike) -> None:
     """Give every FedData of ``app`` the identity that signs its secure-aggregation views (fedsync.secagg.identity)."""
     if not (isinstance(ssl_context, tuple) and len(ssl_context) == 2):
-        raise ValueError("peer_ca needs ssl_context=(certfile, keyfile) (fedsync serve --certfile/--keyfile): the device signs with its certificate's key")
+        raise ValueError(
+            "peer_ca needs ssl_context=(certfile, keyfile) (fedsync serve --certfile/--keyfile): the device signs with its certificate's key"
+        )
     from ..secagg.identity import Identity
 
     identity = Identity(ssl_context[0], ssl_context[1], peer_ca)
@@ -526,7 +568,9 @@ def _tls_context(ssl_context: Any, client_ca: str | os.PathLike | None) -> Any:
     if client_ca is None:
         return ssl_context
     if ssl_context is None:
-        raise ValueError("client_ca needs TLS: pass ssl_context=(certfile, keyfile) too (fedsync serve --certfile/--keyfile)")
+        raise ValueError(
+            "client_ca needs TLS: pass ssl_context=(certfile, keyfile) too (fedsync serve --certfile/--keyfile)"
+        )
     if isinstance(ssl_context, tuple):
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*ssl_context)
@@ -534,7 +578,9 @@ def _tls_context(ssl_context: Any, client_ca: str | os.PathLike | None) -> Any:
     try:
         ssl_context.load_verify_locations(cafile=os.fspath(client_ca))
     except (ssl.SSLError, OSError) as exc:
-        raise OSError(f"cannot load the client CA {os.fspath(client_ca)!r} ({exc}); give the PEM file made by `fedsync certs init`") from None
+        raise OSError(
+            f"cannot load the client CA {os.fspath(client_ca)!r} ({exc}); give the PEM file made by `fedsync certs init`"
+        ) from None
     ssl_context.verify_mode = ssl.CERT_REQUIRED
     return ssl_context
 

@@ -30,9 +30,18 @@ import sys
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-__all__ = ["KeepAliveServer", "SOCKET_KEY", "IDLE_TIMEOUT", "REQUEST_TIMEOUT", "MAX_REQUEST_LINE", "MAX_HEADER_BYTES", "MAX_CONNECTIONS"]
+__all__ = [
+    "KeepAliveServer",
+    "SOCKET_KEY",
+    "IDLE_TIMEOUT",
+    "REQUEST_TIMEOUT",
+    "MAX_REQUEST_LINE",
+    "MAX_HEADER_BYTES",
+    "MAX_CONNECTIONS",
+]
 
 logger = logging.getLogger("fedsync.device.app")
 
@@ -91,8 +100,10 @@ def _canned(status: str, error: str, message: str, extra: str = "") -> bytes:
 
 
 _TOO_MANY = _canned(
-    "503 Service Unavailable", "too_many_connections",
-    "this device has too many connections open; close idle ones, or retry later", "Retry-After: 1\r\n",
+    "503 Service Unavailable",
+    "too_many_connections",
+    "this device has too many connections open; close idle ones, or retry later",
+    "Retry-After: 1\r\n",
 )
 
 
@@ -114,7 +125,9 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, sock: socket.socket, app: WSGIApp, ssl_context: Any = None, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self, sock: socket.socket, app: WSGIApp, ssl_context: Any = None, max_connections: int = MAX_CONNECTIONS
+    ) -> None:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise ValueError(f"max_connections must be a positive integer, got {max_connections!r}")
         self.max_connections = max_connections
@@ -129,7 +142,11 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.ssl_context = ssl_context
         # The TLS handshake happens in each connection's own thread (_Handler.setup), not in
         # the accepting one: a client that connects and never handshakes blocks nobody else.
-        self.socket = ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False) if ssl_context is not None else sock
+        self.socket = (
+            ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            if ssl_context is not None
+            else sock
+        )
         self.server_name, self.server_port = str(address[0]), int(address[1])
         self.app = app
         self._connections: set[socket.socket] = set()
@@ -140,7 +157,11 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         with self._lock:
             if len(self._connections) < self.max_connections:
                 return True
-        logger.warning("refused a connection from %s: %d connections are open (max_connections)", client_address, self.max_connections)
+        logger.warning(
+            "refused a connection from %s: %d connections are open (max_connections)",
+            client_address,
+            self.max_connections,
+        )
         if self.ssl_context is None:  # over TLS nothing can be said before a handshake: just close
             try:
                 request.setblocking(False)  # never wait on the accepting thread
@@ -175,7 +196,9 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 _PLAIN_HTTP_TO_TLS = _canned(
-    "400 Bad Request", "tls_required", "this device serves HTTPS, and this request came as plain HTTP: use an https:// URL"
+    "400 Bad Request",
+    "tls_required",
+    "this device serves HTTPS, and this request came as plain HTTP: use an https:// URL",
 )
 
 
@@ -230,7 +253,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 method = line.split(b" ", 1)[0]
                 self.command = method.decode("latin-1") if _TOKEN.fullmatch(method) else ""  # HEAD: no body
                 self.requestline, self.request_version = "", "HTTP/1.1"
-                self.send_error(414, explain=f"the request line is over {MAX_REQUEST_LINE} bytes; fedsync's URLs are short")
+                self.send_error(
+                    414, explain=f"the request line is over {MAX_REQUEST_LINE} bytes; fedsync's URLs are short"
+                )
                 return
             if not self.parse_request():
                 return  # answered already
@@ -253,7 +278,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(400, explain="the method is not an HTTP token; send GET, HEAD or POST")
             return False
         if not _VERSION.fullmatch(words[2]):  # the stdlib would answer HTTP/0.x without a status line
-            self.send_error(400, explain=f"HTTP version {words[2][:20].decode('latin-1')!r} is not served; send HTTP/1.1 (or HTTP/1.0)")
+            self.send_error(
+                400,
+                explain=f"HTTP version {words[2][:20].decode('latin-1')!r} is not served; send HTTP/1.1 (or HTTP/1.0)",
+            )
             return False
         # The stdlib parses the version and the headers; the budget bounds the headers' total size.
         rfile, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)
@@ -271,7 +299,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._expecting = True
         return True
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None, error: str | None = None) -> None:
+    def send_error(
+        self, code: int, message: str | None = None, explain: str | None = None, error: str | None = None
+    ) -> None:
         """Answer ``code`` as JSON ``{"error": error, "message": ...}`` and close the connection (the stdlib answers HTML)."""
         if code >= 500 and code != 500:
             code = 400  # 501 (method), 505 (HTTP version): the client's request is at fault
@@ -309,7 +339,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         hosts = self.headers.get_all("Host") or []
         if len(hosts) > 1 or (hosts and not _valid_host(hosts[0].strip(" \t"))):
             shown = ", ".join(repr(h[:80]) for h in hosts)
-            self.send_error(400, error="bad_host", explain=f"Host header {shown} is not one valid host[:port]; send e.g. 'Host: 127.0.0.1:8000'")
+            self.send_error(
+                400,
+                error="bad_host",
+                explain=f"Host header {shown} is not one valid host[:port]; send e.g. 'Host: 127.0.0.1:8000'",
+            )
             return
         body = _Body(self.rfile, length or 0, self._continue if self._expecting else None)
         response = _Response(self, body)
@@ -354,20 +388,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         framed two ways is how requests are smuggled past proxies.
         """
         if self.headers.get_all("Transfer-Encoding"):
-            self.send_error(411, explain="send the body with a Content-Length header, without Transfer-Encoding (chunked bodies are not accepted)")
+            self.send_error(
+                411,
+                explain="send the body with a Content-Length header, without Transfer-Encoding (chunked bodies are not accepted)",
+            )
             return False
         values = self.headers.get_all("Content-Length") or []
         if len(values) > 1:
-            self.send_error(400, explain=f"{len(values)} Content-Length headers; send exactly one", error="bad_content_length")
+            self.send_error(
+                400, explain=f"{len(values)} Content-Length headers; send exactly one", error="bad_content_length"
+            )
             return False
         if not values:
             return None
         value = values[0].strip(" \t")
         if not (value.isascii() and value.isdigit()):
-            self.send_error(400, explain=f"Content-Length {value[:40]!r} is not a number of bytes; send one decimal integer, e.g. Content-Length: 1024", error="bad_content_length")
+            self.send_error(
+                400,
+                explain=f"Content-Length {value[:40]!r} is not a number of bytes; send one decimal integer, e.g. Content-Length: 1024",
+                error="bad_content_length",
+            )
             return False
         if len(value) > 19:
-            self.send_error(413, explain=f"Content-Length of {len(value)} digits is beyond any body this device accepts")
+            self.send_error(
+                413, explain=f"Content-Length of {len(value)} digits is beyond any body this device accepts"
+            )
             return False
         return int(value)
 
@@ -397,17 +442,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (OSError, ValueError):
             pass  # the client went away or stayed silent: close anyway
 
-    def _environ(self, body: "_Body", length: int | None) -> dict[str, Any]:
+    def _environ(self, body: _Body, length: int | None) -> dict[str, Any]:
         path, _, query = self.path.partition("?")
         if not path.startswith("/"):
             if _ABSOLUTE.match(path):  # absolute-form target: http://host:port/path
                 authority_and_path = path.split("://", 1)[1]
                 slash = authority_and_path.find("/")
-                authority, path = (authority_and_path[:slash], authority_and_path[slash:]) if slash >= 0 else (authority_and_path, "/")
+                authority, path = (
+                    (authority_and_path[:slash], authority_and_path[slash:])
+                    if slash >= 0
+                    else (authority_and_path, "/")
+                )
                 if not _valid_host(authority):
-                    raise _BadTarget(f"request target {self.path[:80]!r} has no valid host[:port]; send e.g. 'GET /info HTTP/1.1'")
+                    raise _BadTarget(
+                        f"request target {self.path[:80]!r} has no valid host[:port]; send e.g. 'GET /info HTTP/1.1'"
+                    )
             elif path != "*":
-                raise _BadTarget(f"request target {self.path[:80]!r} is neither a path nor an absolute URL; send e.g. 'GET /info HTTP/1.1'")
+                raise _BadTarget(
+                    f"request target {self.path[:80]!r} is neither a path nor an absolute URL; send e.g. 'GET /info HTTP/1.1'"
+                )
         host, port = self.server.server_name, self.server.server_port
         environ: dict[str, Any] = {
             "REQUEST_METHOD": self.command,

@@ -19,24 +19,41 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
-from . import hookspecs
 from ..errors import AdapterNotFound, PluginError
 from ..protocol import FedData
+from . import hookspecs
 
 __all__ = [
-    "Adapter", "Transport", "adapters", "loaded", "adapter_for", "describe", "describe_transports", "plugin_manager", "remote", "reset", "transports", "transport_for",
+    "Adapter",
+    "Transport",
+    "adapters",
+    "loaded",
+    "adapter_for",
+    "describe",
+    "describe_transports",
+    "plugin_manager",
+    "remote",
+    "reset",
+    "transports",
+    "transport_for",
     "ENTRY_POINT_GROUP",
 ]
 
 logger = logging.getLogger("fedsync.plugins")
 
 ENTRY_POINT_GROUP = "fedsync"
-DEFAULT_PLUGINS = ("fedsync.data.arrays", "fedsync.data.bundle", "fedsync.transports.remote", "fedsync.transports.local")
+DEFAULT_PLUGINS = (
+    "fedsync.data.arrays",
+    "fedsync.data.bundle",
+    "fedsync.transports.remote",
+    "fedsync.transports.local",
+)
 """Built-in plugin modules: the core dogfoods its own hook."""
 
 EXTRAS = {"torch": "torch", "keras": "keras"}
@@ -121,7 +138,9 @@ class _Registry:
                 if entry_point.dist is not None and entry_point.dist.name != first:
                     logger.warning(
                         "fedsync plugin %r of %s is shadowed by the one of %s, found first on sys.path",
-                        entry_point.name, entry_point.dist.name, first,
+                        entry_point.name,
+                        entry_point.dist.name,
+                        first,
                     )
                 continue  # first on sys.path wins, as for imports
             try:
@@ -163,7 +182,6 @@ class _Registry:
             others = [other.plugin for other in impls if other.plugin_name != plugin]
             manager.subset_hook_caller("register_adapters", remove_plugins=others)(register=register)
         return found
-
 
     def _collect_transports(self, manager: pluggy.PluginManager) -> dict[str, Transport]:
         found: dict[str, Transport] = {}
@@ -252,7 +270,9 @@ def adapter_for(specs: str) -> type[FedData]:
             hint = f"pip install 'fedsync[{EXTRAS[token]}]'"
         else:
             hint = f"install the package that provides the {token!r} adapter (it registers through the 'fedsync' entry-point group)"
-        raise AdapterNotFound(f"no adapter for specs {specs!r} (token {token!r}); installed: {installed}. To fix: {hint}")
+        raise AdapterNotFound(
+            f"no adapter for specs {specs!r} (token {token!r}); installed: {installed}. To fix: {hint}"
+        )
     return adapter.cls
 
 
@@ -303,5 +323,3 @@ def reset() -> None:
         _registry.adapters = {}
         _registry.sources = {}
         _registry.transports = {}
-
-

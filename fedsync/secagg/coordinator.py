@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
-from ..wire import codec
+from .._util.workers import concurrently
 from ..errors import RemoteTimeout, RoundFailed, failure_reason
+from ..wire import codec
 from ..wire.metrics import MAX_SAMPLES
 from ..wire.replies import ReplyStream
 from ..wire.transfer import STALL, Deadline, round_grace
-from .._util.workers import concurrently
 from . import keys as _keys
 from .device import MASKED_KEY, MASKED_NAME, SIGNED_ENTRY
 from .settings import MAX_DEVICES, MIN_THRESHOLD, SecAgg, threshold_range
@@ -55,11 +56,15 @@ def checked(settings: Any, data: Any) -> SecAgg | None:
     if settings is None:
         return None
     if not isinstance(settings, SecAgg):
-        raise TypeError(f"secure_aggregation must be a fedsync.secagg.SecAgg, e.g. SecAgg(threshold=3), got {type(settings).__name__}")
+        raise TypeError(
+            f"secure_aggregation must be a fedsync.secagg.SecAgg, e.g. SecAgg(threshold=3), got {type(settings).__name__}"
+        )
     from ..data.arrays import FedArrays
 
     if not isinstance(data, FedArrays):
-        raise TypeError(f"secure aggregation sums array updates: data must be a FedArrays (or FedTorch, FedKeras), got {type(data).__name__}")
+        raise TypeError(
+            f"secure aggregation sums array updates: data must be a FedArrays (or FedTorch, FedKeras), got {type(data).__name__}"
+        )
     if data.strategy.accumulator(data.get_arrays()) is None:
         raise ValueError(
             f"secure aggregation gives the coordinator only the sum of the updates, but {type(data.strategy).__name__} needs each "
@@ -67,7 +72,9 @@ def checked(settings: Any, data: Any) -> SecAgg | None:
             "FedAdam, FedYogi or FedAdagrad, or local DP on the devices (fedsync.privacy.LocalDP)"
         )
     if data.wire_dtype is not None:
-        raise ValueError(f"secure aggregation sends masked 64-bit integers, not wire_dtype {data.wire_dtype!r}; drop wire_dtype on both sides")
+        raise ValueError(
+            f"secure aggregation sends masked 64-bit integers, not wire_dtype {data.wire_dtype!r}; drop wire_dtype on both sides"
+        )
     return settings
 
 
@@ -75,7 +82,14 @@ class SecureRound:
     """One round's secure aggregation, after its setup phases (:func:`start`)."""
 
     def __init__(self, settings: SecAgg, data: Any, rep: int, deadline: Deadline, result: Any, workers: int) -> None:
-        self.settings, self.data, self.rep, self.deadline, self.result, self.workers = settings, data, rep, deadline, result, workers
+        self.settings, self.data, self.rep, self.deadline, self.result, self.workers = (
+            settings,
+            data,
+            rep,
+            deadline,
+            result,
+            workers,
+        )
         self.ids: dict[str, int] = {}
         self.remotes: list[Any] = []
         self.by_id: dict[int, Any] = {}
@@ -90,7 +104,10 @@ class SecureRound:
     def setup(self, remotes: list[Any]) -> None:
         count = len(remotes)
         if count > MAX_DEVICES:
-            raise RoundFailed(f"round {self.rep}: secure aggregation takes at most {MAX_DEVICES} devices a round, {count} were sampled; lower fraction", self.result.failures)
+            raise RoundFailed(
+                f"round {self.rep}: secure aggregation takes at most {MAX_DEVICES} devices a round, {count} were sampled; lower fraction",
+                self.result.failures,
+            )
         self.threshold = self.settings.threshold_for(count)
         self.ids = {r.url: i + 1 for i, r in enumerate(remotes)}
         self.by_id = {i + 1: r for i, r in enumerate(remotes)}
@@ -107,7 +124,20 @@ class SecureRound:
             raise RoundFailed(f"round {self.rep}: {exc}", self.result.failures) from None
         del bound
         s = self.settings
-        answers = self._phase("keys", {u: {"devices": count, "id": u, "threshold": self.threshold, "clip": s.clip, "scale": s.scale, "max_samples": s.max_samples} for u in self.by_id})
+        answers = self._phase(
+            "keys",
+            {
+                u: {
+                    "devices": count,
+                    "id": u,
+                    "threshold": self.threshold,
+                    "clip": s.clip,
+                    "scale": s.scale,
+                    "max_samples": s.max_samples,
+                }
+                for u in self.by_id
+            },
+        )
         for u, answer in answers.items():
             self._keep(u, answer, self._keys_answer)
         self._drop_repeated_keys()
@@ -135,7 +165,13 @@ class SecureRound:
 
         pending, ready, disputes = list(self.participants), [], []
         while pending:
-            inbox = {u: {"participants": self.participants, "shares": {str(v): sent[v][u] for v in self.participants if v != u}} for u in pending}
+            inbox = {
+                u: {
+                    "participants": self.participants,
+                    "shares": {str(v): sent[v][u] for v in self.participants if v != u},
+                }
+                for u in pending
+            }
             accusations: dict[int, list[int]] = {}
             for u, answer in self._phase("inbox", inbox).items():
                 senders = self._accused(u, answer)
@@ -149,7 +185,10 @@ class SecureRound:
             for u in dropped:
                 self.result.failures[self.by_id[u].url] = self._blame(u, disputes)
             self.participants = [u for u in self.participants if u not in dropped]
-            self._enough("the inbox phase (after dropping the devices whose shares did not decrypt, or their accusers)", self.participants)
+            self._enough(
+                "the inbox phase (after dropping the devices whose shares did not decrypt, or their accusers)",
+                self.participants,
+            )
             # Everyone still in gets the smaller list: those that kept the first inbox take it as a subset of it.
             pending, ready = [u for u in [*ready, *accusations] if u not in dropped], []
         return ready
@@ -161,7 +200,13 @@ class SecureRound:
             return []
         senders = detail.get("senders")
         others = set(self.participants) - {u}
-        if not isinstance(senders, list) or not senders or len(senders) > len(others) or not all(type(v) is int and v in others for v in senders) or len(set(senders)) != len(senders):
+        if (
+            not isinstance(senders, list)
+            or not senders
+            or len(senders) > len(others)
+            or not all(type(v) is int and v in others for v in senders)
+            or len(set(senders)) != len(senders)
+        ):
             return []  # a refusal without a usable list: that device's own failure (recorded by _keep)
         return sorted(senders)
 
@@ -180,7 +225,9 @@ class SecureRound:
 
     def _keys_answer(self, u: int, answer: Any) -> bool:
         if not isinstance(answer, dict) or set(answer) not in ({"c", "s", "commitment"}, SIGNED_ENTRY):
-            raise ValueError('the keys phase must answer {"c": base64, "s": base64, "commitment": base64}, signed: with "signature" and "certificate" too')
+            raise ValueError(
+                'the keys phase must answer {"c": base64, "s": base64, "commitment": base64}, signed: with "signature" and "certificate" too'
+            )
         entry: dict[str, Any] = {k: _keys.unb64(answer[k], _keys.KEY_BYTES, k) for k in ("c", "s", "commitment")}
         for k in ("c", "s"):
             try:
@@ -200,15 +247,24 @@ class SecureRound:
         signature = decode_b64(answer["signature"], MAX_SIGNATURE, "signature")
         der = decode_b64(answer["certificate"], MAX_CERTIFICATE, "certificate")
         peer = peer_of_unverified(der)
-        if not peer.verifies(signature, keys_message(self.rep, u, len(self.by_id), self.threshold, entry["c"], entry["s"], entry["commitment"])):
-            raise ValueError(f"the keys signature does not verify with its own certificate ({peer.name}); its peers would refuse it")
+        if not peer.verifies(
+            signature,
+            keys_message(self.rep, u, len(self.by_id), self.threshold, entry["c"], entry["s"], entry["commitment"]),
+        ):
+            raise ValueError(
+                f"the keys signature does not verify with its own certificate ({peer.name}); its peers would refuse it"
+            )
         return {"signature": answer["signature"], "certificate": answer["certificate"], "peer": peer}
 
     @staticmethod
     def _entry(public: dict[str, Any]) -> dict[str, str]:
         entry = {"c": _keys.b64(public["c"]), "s": _keys.b64(public["s"])}
         if "signature" in public:  # relayed as signed: peers check it against their CA
-            entry.update(commitment=_keys.b64(public["commitment"]), signature=public["signature"], certificate=public["certificate"])
+            entry.update(
+                commitment=_keys.b64(public["commitment"]),
+                signature=public["signature"],
+                certificate=public["certificate"],
+            )
         return entry
 
     def _drop_repeated_keys(self) -> None:
@@ -226,14 +282,18 @@ class SecureRound:
         for u in sorted({u for ids in holders.values() if len(ids) > 1 for u in ids}):
             others = sorted({v for ids in holders.values() if u in ids and len(ids) > 1 for v in ids} - {u})
             also = f"device(s) {self._named(others)} answered it too" if others else "it answered it as both c and s"
-            self.result.failures[self.by_id[u].url] = f"RemoteError: the secure-aggregation keys phase answered a public key that is not fresh: {also}"
+            self.result.failures[self.by_id[u].url] = (
+                f"RemoteError: the secure-aggregation keys phase answered a public key that is not fresh: {also}"
+            )
             del self.public[u]
 
     def _shares_answer(self, u: int, answer: Any) -> dict[int, str]:
         shares = answer.get("shares") if isinstance(answer, dict) else None
         expected = {str(v) for v in self.public if v != u}
         if not isinstance(shares, dict) or set(shares) != expected:
-            raise ValueError(f"the shares phase must answer one encrypted share for each other device {sorted(expected, key=int)}")
+            raise ValueError(
+                f"the shares phase must answer one encrypted share for each other device {sorted(expected, key=int)}"
+            )
         for v, text in shares.items():
             _keys.unb64(text, _keys.CIPHERTEXT_BYTES, f"shares[{v!r}]")
         return {int(v): text for v, text in shares.items()}
@@ -270,7 +330,9 @@ class SecureRound:
         survivors = sorted(self.ids[r.url] for r in kept)
         dropped = [u for u in self.participants if u not in survivors]
         if len(survivors) < self.threshold:
-            self._fail(f"only {len(survivors)} masked result(s) arrived, fewer than the threshold {self.threshold}; dropped: {self._named(dropped)}")
+            self._fail(
+                f"only {len(survivors)} masked result(s) arrived, fewer than the threshold {self.threshold}; dropped: {self._named(dropped)}"
+            )
         # Collection may end at the round's deadline (a device that never answered): the
         # survivors still get the round's grace period to reveal their shares.
         self.deadline = Deadline.within(max(self.deadline.left(), self.grace))
@@ -279,15 +341,26 @@ class SecureRound:
             signatures = self._consistency(survivors)
             bodies = {int(u): {**bodies[int(u)], "signatures": signatures} for u in signatures}
         answers = self._phase("unmask", bodies)
-        revealed = {u: a for u, a in ((u, self._keep(u, a, lambda u, a: self._unmask_answer(a, survivors, dropped))) for u, a in answers.items()) if a is not None}
+        revealed = {
+            u: a
+            for u, a in (
+                (u, self._keep(u, a, lambda u, a: self._unmask_answer(a, survivors, dropped)))
+                for u, a in answers.items()
+            )
+            if a is not None
+        }
         if len(revealed) < self.threshold:
-            self._fail(f"only {len(revealed)} device(s) answered the unmask phase, fewer than the threshold {self.threshold}")
+            self._fail(
+                f"only {len(revealed)} device(s) answered the unmask phase, fewer than the threshold {self.threshold}"
+            )
         masks = self._masks(revealed, survivors, dropped)
         from .masking import apply_masks, decode_sum
 
         apply_masks(total, masks)
         try:
-            merged, samples = decode_sum(total, layout, self.data.get_arrays(), self.settings.scale, self.settings.bound(len(survivors)))
+            merged, samples = decode_sum(
+                total, layout, self.data.get_arrays(), self.settings.scale, self.settings.bound(len(survivors))
+            )
         except ValueError as exc:
             self._fail(str(exc))
         del total
@@ -296,7 +369,13 @@ class SecureRound:
         metadata = {SAMPLES_KEY: str(min(samples, MAX_SAMPLES)), METRICS_KEY: "{}", SPECS_KEY: self.data.specs(rep)}
         self.data.merge([codec.encode(merged, metadata)], rep)
         self.result.samples = samples
-        logger.info("round %d: securely aggregated %d device(s) (%d dropped), %d samples", rep, len(survivors), len(dropped), samples)
+        logger.info(
+            "round %d: securely aggregated %d device(s) (%d dropped), %d samples",
+            rep,
+            len(survivors),
+            len(dropped),
+            samples,
+        )
 
     def _consistency(self, survivors: list[int]) -> dict[str, str]:
         """Bonawitz et al. 2017, round 3: every survivor signs the survivor list; the valid signatures, by id."""
@@ -311,9 +390,15 @@ class SecureRound:
             return text
 
         answers = self._phase("consistency", {u: {"survivors": survivors} for u in survivors})
-        signatures = {str(u): text for u, text in ((u, self._keep(u, a, check)) for u, a in sorted(answers.items())) if text is not None}
+        signatures = {
+            str(u): text
+            for u, text in ((u, self._keep(u, a, check)) for u, a in sorted(answers.items()))
+            if text is not None
+        }
         if len(signatures) < self.threshold:
-            self._fail(f"only {len(signatures)} survivor(s) signed the survivor list in the consistency phase, fewer than the threshold {self.threshold}")
+            self._fail(
+                f"only {len(signatures)} survivor(s) signed the survivor list in the consistency phase, fewer than the threshold {self.threshold}"
+            )
         return signatures
 
     def _fold(self, reply: ReplyStream, total: np.ndarray, size: int) -> None:
@@ -326,7 +411,9 @@ class SecureRound:
                 or tensors[0].shape != (size,) or header.metadata.get(MASKED_KEY) != "v1"
             ):  # fmt: skip
                 shown = [(t.name[:40], t.dtype.name, t.shape[:4]) for t in tensors[:3]]
-                raise ValueError(f"not a masked reply: expected one uint64 array {MASKED_NAME!r} of {size} elements and metadata {MASKED_KEY!r}: 'v1', got {shown}")
+                raise ValueError(
+                    f"not a masked reply: expected one uint64 array {MASKED_NAME!r} of {size} elements and metadata {MASKED_KEY!r}: 'v1', got {shown}"
+                )
             buffer = memoryview(np.empty(_PIECE, np.uint8))
             for _, first, values in codec.read_pieces(reply.readinto, header, buffer):
                 folded = True
@@ -349,13 +436,21 @@ class SecureRound:
                 return total, kept
 
     def _unmask_answer(self, answer: Any, survivors: list[int], dropped: list[int]) -> dict[str, dict[int, bytes]]:
-        if not isinstance(answer, dict) or set(answer) != {"b", "s"} or not all(isinstance(answer[k], dict) for k in "bs"):
+        if (
+            not isinstance(answer, dict)
+            or set(answer) != {"b", "s"}
+            or not all(isinstance(answer[k], dict) for k in "bs")
+        ):
             raise ValueError('the unmask phase must answer {"b": {id: base64}, "s": {id: base64}}')
         if set(answer["b"]) != {str(u) for u in survivors} or set(answer["s"]) != {str(v) for v in dropped}:
-            raise ValueError("the unmask phase must answer a share of b for each survivor and of s_sk for each dropped device")
+            raise ValueError(
+                "the unmask phase must answer a share of b for each survivor and of s_sk for each dropped device"
+            )
         return {k: {int(i): _keys.unb64(t, _keys.KEY_BYTES, f"{k}[{i!r}]") for i, t in answer[k].items()} for k in "bs"}
 
-    def _masks(self, revealed: dict[int, dict[str, dict[int, bytes]]], survivors: list[int], dropped: list[int]) -> list[tuple[bytes, int]]:
+    def _masks(
+        self, revealed: dict[int, dict[str, dict[int, bytes]]], survivors: list[int], dropped: list[int]
+    ) -> list[tuple[bytes, int]]:
         """The masks to subtract: each survivor's PRG(b), and each survivor's pairwise mask with each dropped device."""
         from . import shamir
 
@@ -372,7 +467,9 @@ class SecureRound:
             try:
                 secret, false = shamir.recover(shares, self.threshold, check, seed=self.rep)
             except shamir.Unrecoverable as exc:
-                self._fail(f"cannot rebuild device {owner}'s {'self-mask seed b' if kind == 'b' else 'mask key s_sk'}: {exc}")
+                self._fail(
+                    f"cannot rebuild device {owner}'s {'self-mask seed b' if kind == 'b' else 'mask key s_sk'}: {exc}"
+                )
             for r in false:
                 liars[r] = f"revealed a false share of device {owner}'s {kind} (it fails the commitment)"
             return secret
@@ -387,7 +484,9 @@ class SecureRound:
                 masks.append((_keys.agree(pair, self.public[u]["s"], "mask", self.rep), -1 if u < v else 1))
         for r, why in liars.items():
             url = self.by_id[r].url
-            self.result.failures[url] = f"SecAggFalseShare: {why}; its shares were left out (its own update is in the sum)"
+            self.result.failures[url] = (
+                f"SecAggFalseShare: {why}; its shares were left out (its own update is in the sum)"
+            )
             logger.warning("round %d: %s %s", self.rep, url, why)
         return masks
 
@@ -401,7 +500,9 @@ class SecureRound:
             remote = self.by_id[u]
             wait = min(remote.timeout, self.deadline.left())
             if wait <= 0:
-                raise RemoteTimeout(remote.url, f"the round's deadline passed before the secure-aggregation {phase} phase")
+                raise RemoteTimeout(
+                    remote.url, f"the round's deadline passed before the secure-aggregation {phase} phase"
+                )
             if not hasattr(remote, "_json"):
                 raise TypeError(f"its transport ({type(remote).__name__}) does not carry secure aggregation's phases")
             body = json.dumps(bodies[u]).encode("utf-8")
@@ -410,14 +511,18 @@ class SecureRound:
                 data=body, headers={"Content-Type": "application/json"}, timeout=wait,
             )  # fmt: skip
 
-        answers = concurrently({str(u): (lambda u=u: call(u)) for u in bodies}, self.workers, wait=max(0.0, left) + STALL)
+        answers = concurrently(
+            {str(u): (lambda u=u: call(u)) for u in bodies}, self.workers, wait=max(0.0, left) + STALL
+        )
         return {int(k): v for k, v in answers.items()}
 
     def _keep(self, u: int, answer: Any, check: Any) -> Any:
         """``check(u, answer)``'s value, or ``None`` with the device's failure recorded."""
         url = self.by_id[u].url
         if isinstance(answer, TimeoutError) and not isinstance(answer, RemoteTimeout):
-            self.result.failures[url] = "RemoteTimeout: no answer in the secure-aggregation phase before the round's deadline"
+            self.result.failures[url] = (
+                "RemoteTimeout: no answer in the secure-aggregation phase before the round's deadline"
+            )
             return None
         if isinstance(answer, BaseException):
             self.result.failures[url] = failure_reason(answer)
@@ -431,7 +536,9 @@ class SecureRound:
     def _enough(self, phase: str, ids: Iterable[int] | None = None) -> None:
         count = len(list(self.public) if ids is None else list(ids))
         if count < self.threshold:
-            self._fail(f"only {count} device(s) completed {phase}, fewer than the secure-aggregation threshold {self.threshold}")
+            self._fail(
+                f"only {count} device(s) completed {phase}, fewer than the secure-aggregation threshold {self.threshold}"
+            )
 
     def _named(self, ids: list[int]) -> str:
         return ", ".join(self.by_id[u].url for u in ids) or "none"
@@ -439,7 +546,9 @@ class SecureRound:
     def _fail(self, why: str) -> None:
         if self.merging:  # Federated's round adds "round N" and every failure to what the merge raises
             raise RoundFailed(f"secure aggregation failed: {why}; the coordinator's data is unchanged")
-        raise RoundFailed(f"round {self.rep} failed: {why}; the coordinator's data is unchanged", dict(self.result.failures))
+        raise RoundFailed(
+            f"round {self.rep} failed: {why}; the coordinator's data is unchanged", dict(self.result.failures)
+        )
 
 
 class _Spoiled(Exception):
@@ -448,7 +557,9 @@ class _Spoiled(Exception):
         self.reason, self.spoiled = reason, spoiled
 
 
-def start(settings: SecAgg | None, alg: Any, remotes: list[Any], rep: int, deadline: Deadline, result: Any) -> tuple[SecureRound | None, list[Any]]:
+def start(
+    settings: SecAgg | None, alg: Any, remotes: list[Any], rep: int, deadline: Deadline, result: Any
+) -> tuple[SecureRound | None, list[Any]]:
     """Run the keys, shares and inbox phases: the round, and the devices to submit to (``(None, remotes)`` when off).
 
     Raises:

@@ -33,12 +33,21 @@ from typing import Any
 
 import numpy as np
 
-from ..wire.codec import Payload, encode_payload
 from ..device._state import ApiError
+from ..wire.codec import Payload, encode_payload
 from . import keys as _keys
 from .settings import MAX_DEVICES, MIN_THRESHOLD, checked_bound, threshold_range
 
-__all__ = ["Session", "BadShares", "answer", "session_for_submit", "MASKED_NAME", "MASKED_KEY", "MAX_BODY", "SIGNED_ENTRY"]
+__all__ = [
+    "Session",
+    "BadShares",
+    "answer",
+    "session_for_submit",
+    "MASKED_NAME",
+    "MASKED_KEY",
+    "MAX_BODY",
+    "SIGNED_ENTRY",
+]
 
 MAX_BODY = 1 << 20
 """The largest phase request body, in bytes (n = MAX_DEVICES fits with room)."""
@@ -54,7 +63,17 @@ SIGNED_ENTRY = {"c", "s", "commitment", "signature", "certificate"}
 class Session:
     """One repetition's secrets and progress on a device (one at a time per FedData)."""
 
-    def __init__(self, rep: int, me: int, devices: int, threshold: int, clip: float, scale: int, max_samples: int, identity: Any = None) -> None:
+    def __init__(
+        self,
+        rep: int,
+        me: int,
+        devices: int,
+        threshold: int,
+        clip: float,
+        scale: int,
+        max_samples: int,
+        identity: Any = None,
+    ) -> None:
         self.rep, self.me, self.devices, self.threshold = rep, me, devices, threshold
         self.clip, self.scale, self.max_samples = clip, scale, max_samples
         self.c = _keys.KeyPair()
@@ -73,7 +92,11 @@ class Session:
     # -- phases -------------------------------------------------------------------
 
     def keys_answer(self) -> dict[str, Any]:
-        answer = {"c": _keys.b64(self.c.public), "s": _keys.b64(self.s.public), "commitment": _keys.b64(_keys.commitment(self.b))}
+        answer = {
+            "c": _keys.b64(self.c.public),
+            "s": _keys.b64(self.s.public),
+            "commitment": _keys.b64(_keys.commitment(self.b)),
+        }
         if self.identity is not None:
             message = self._keys_message(self.me, self.c.public, self.s.public, _keys.commitment(self.b))
             answer["signature"] = _keys.b64(self.identity.sign(message))
@@ -95,22 +118,39 @@ class Session:
         for name, entry in table.items():
             peer = _device_id(name, self.devices, "keys")
             if not isinstance(entry, dict) or set(entry) not in ({"c", "s"}, SIGNED_ENTRY):
-                raise _bad(f"keys[{name!r}] must be an object {{\"c\": base64, \"s\": base64}}, signed: with \"commitment\", \"signature\", \"certificate\" too")
-            public[peer] = (_unb64(entry["c"], _keys.KEY_BYTES, f"keys[{name!r}].c"), _unb64(entry["s"], _keys.KEY_BYTES, f"keys[{name!r}].s"))
+                raise _bad(
+                    f'keys[{name!r}] must be an object {{"c": base64, "s": base64}}, signed: with "commitment", "signature", "certificate" too'
+                )
+            public[peer] = (
+                _unb64(entry["c"], _keys.KEY_BYTES, f"keys[{name!r}].c"),
+                _unb64(entry["s"], _keys.KEY_BYTES, f"keys[{name!r}].s"),
+            )
             if set(entry) == SIGNED_ENTRY:
                 signed[peer] = entry
         if public.get(self.me) != (self.c.public, self.s.public):
-            raise ApiError(400, "secagg_bad_keys", f"keys must list this device ({self.me}) with the public keys it answered in the keys phase")
+            raise ApiError(
+                400,
+                "secagg_bad_keys",
+                f"keys must list this device ({self.me}) with the public keys it answered in the keys phase",
+            )
         peers = self._verified(public, signed) if self.identity is not None else {}
         every = [key for pair in public.values() for key in pair]
-        if len(set(every)) != len(every):  # fresh keys never repeat (Bonawitz et al. 2017, round 1): a repeat is a replay or a forgery
-            raise ApiError(400, "secagg_bad_keys", "keys lists one public key twice (for two devices, or as both c and s); every device's keys are fresh and distinct")
+        if len(set(every)) != len(
+            every
+        ):  # fresh keys never repeat (Bonawitz et al. 2017, round 1): a repeat is a replay or a forgery
+            raise ApiError(
+                400,
+                "secagg_bad_keys",
+                "keys lists one public key twice (for two devices, or as both c and s); every device's keys are fresh and distinct",
+            )
         for peer, (_, s_public) in public.items():  # checked now: masking uses them only after training
             if peer != self.me:
                 try:
                     _keys.agree(self.s, s_public, "mask", self.rep)
                 except ValueError:
-                    raise ApiError(400, "secagg_bad_keys", f"device {peer}'s public key s is not a usable X25519 key") from None
+                    raise ApiError(
+                        400, "secagg_bad_keys", f"device {peer}'s public key s is not a usable X25519 key"
+                    ) from None
         b_shares = _split(self.b, self.threshold, self.devices)
         s_shares = _split(self.s.secret(), self.threshold, self.devices)
         out: dict[str, str] = {}
@@ -120,7 +160,9 @@ class Session:
             try:
                 key = _keys.agree(self.c, c_public, "share", self.rep)
             except ValueError:
-                raise ApiError(400, "secagg_bad_keys", f"device {peer}'s public key c is not a usable X25519 key") from None
+                raise ApiError(
+                    400, "secagg_bad_keys", f"device {peer}'s public key c is not a usable X25519 key"
+                ) from None
             blob = _keys.encrypt_share(key, self.rep, self.me, peer, b_shares[peer] + s_shares[peer])
             out[str(peer)] = _keys.b64(blob)
         self.public, self.peers = public, peers
@@ -134,7 +176,11 @@ class Session:
 
         unsigned = sorted(set(public) - set(signed))
         if unsigned:
-            raise ApiError(400, "secagg_unsigned_peer", f"device(s) {unsigned} sent unsigned keys; this device takes only keys signed with a device certificate of its peer CA (serve peer_ca on every device)")
+            raise ApiError(
+                400,
+                "secagg_unsigned_peer",
+                f"device(s) {unsigned} sent unsigned keys; this device takes only keys signed with a device certificate of its peer CA (serve peer_ca on every device)",
+            )
         peers: dict[int, Any] = {}
         for peer, entry in sorted(signed.items()):
             try:
@@ -145,13 +191,19 @@ class Session:
                 raise _bad(str(exc)) from None
             if peer == self.me:
                 if commitment != _keys.commitment(self.b) or der != self.identity.certificate_der:
-                    raise ApiError(400, "secagg_bad_keys", f"keys must list this device ({self.me}) with the commitment and certificate it answered")
+                    raise ApiError(
+                        400,
+                        "secagg_bad_keys",
+                        f"keys must list this device ({self.me}) with the commitment and certificate it answered",
+                    )
                 peers[peer] = self.identity.me
                 continue
             try:
                 certified = self.identity.verify_peer(der)
             except ValueError as exc:
-                raise ApiError(400, "secagg_bad_certificate", f"device {peer}'s certificate is refused: {exc}") from None
+                raise ApiError(
+                    400, "secagg_bad_certificate", f"device {peer}'s certificate is refused: {exc}"
+                ) from None
             if not certified.verifies(signature, self._keys_message(peer, *public[peer], commitment)):
                 raise ApiError(
                     400, "secagg_bad_signature",
@@ -163,7 +215,11 @@ class Session:
         for peer, certified in sorted(peers.items()):
             other = holders.setdefault(certified.key_bytes(), peer)
             if other != peer:  # one certified key is one device; a device signs one id per repetition
-                raise ApiError(400, "secagg_bad_certificate", f"devices {other} and {peer} present the same certified key ({certified.name}); one device cannot take two ids")
+                raise ApiError(
+                    400,
+                    "secagg_bad_certificate",
+                    f"devices {other} and {peer} present the same certified key ({certified.name}); one device cannot take two ids",
+                )
         return peers
 
     def inbox(self, body: Any, unsubmitted: Any = contextlib.nullcontext) -> dict[str, Any]:
@@ -180,15 +236,27 @@ class Session:
         """
         participants = _id_list(body, "participants", self.devices)
         if not set(participants) <= set(self.public) or self.me not in participants:
-            raise _bad(f"participants must include this device ({self.me}) and only devices of the shares phase {sorted(self.public)}")
+            raise _bad(
+                f"participants must include this device ({self.me}) and only devices of the shares phase {sorted(self.public)}"
+            )
         if self.stage == "ready" and not set(participants) <= set(self.participants):
-            raise ApiError(409, "secagg_inconsistent", f"a second inbox may only drop participants of the first {self.participants}, got {participants}")
+            raise ApiError(
+                409,
+                "secagg_inconsistent",
+                f"a second inbox may only drop participants of the first {self.participants}, got {participants}",
+            )
         if len(participants) < self.threshold:
-            raise ApiError(409, "secagg_too_few", f"{len(participants)} participants are fewer than the threshold {self.threshold}; this round cannot complete")
+            raise ApiError(
+                409,
+                "secagg_too_few",
+                f"{len(participants)} participants are fewer than the threshold {self.threshold}; this round cannot complete",
+            )
         sent = _field(body, "shares", dict)
         expected = {str(p) for p in participants if p != self.me}
         if set(sent) != expected:
-            raise _bad(f"shares must hold exactly one ciphertext from each other participant {sorted(expected, key=int)}")
+            raise _bad(
+                f"shares must hold exactly one ciphertext from each other participant {sorted(expected, key=int)}"
+            )
         held = {self.me: self.held[self.me]}
         failed: list[int] = []
         for name, text in sent.items():
@@ -209,20 +277,32 @@ class Session:
 
     def _survivors(self, body: Any, phase: str) -> list[int]:
         if self.stage != "masked":
-            raise ApiError(409, "secagg_out_of_order", f"{phase} comes after this device's masked result for repetition {self.rep}; it is at the {self.stage} phase")
+            raise ApiError(
+                409,
+                "secagg_out_of_order",
+                f"{phase} comes after this device's masked result for repetition {self.rep}; it is at the {self.stage} phase",
+            )
         survivors = _id_list(body, "survivors", self.devices)
         if not set(survivors) <= set(self.participants):
             raise _bad(f"survivors must be participants {self.participants}")
         if self.me not in survivors:
             raise _bad(f"survivors must include this device ({self.me}): it sent its masked result")
         if len(survivors) < self.threshold:
-            raise ApiError(409, "secagg_too_few", f"{len(survivors)} survivors are fewer than the threshold {self.threshold}: revealing shares now could unmask one device")
+            raise ApiError(
+                409,
+                "secagg_too_few",
+                f"{len(survivors)} survivors are fewer than the threshold {self.threshold}: revealing shares now could unmask one device",
+            )
         return survivors
 
     def consistency(self, body: Any) -> dict[str, Any]:
         """Sign the survivor list (Bonawitz et al. 2017, round 3): one list per repetition, never two."""
         if self.identity is None:
-            raise ApiError(409, "secagg_unsigned", "this device does not sign (it was served without peer_ca); the consistency phase is for signed rounds")
+            raise ApiError(
+                409,
+                "secagg_unsigned",
+                "this device does not sign (it was served without peer_ca); the consistency phase is for signed rounds",
+            )
         survivors = self._survivors(body, "consistency")
         if self.signed is not None and self.signed != survivors:
             raise ApiError(
@@ -240,7 +320,11 @@ class Session:
 
         if self.signed != survivors:
             shown = "no list yet" if self.signed is None else f"{self.signed}"
-            raise ApiError(409, "secagg_inconsistent", f"unmask must name the survivors this device signed in the consistency phase ({shown}), got {survivors}")
+            raise ApiError(
+                409,
+                "secagg_inconsistent",
+                f"unmask must name the survivors this device signed in the consistency phase ({shown}), got {survivors}",
+            )
         relayed = _field(body, "signatures", dict)
         if len(relayed) > len(survivors):
             raise _bad(f"signatures holds {len(relayed)} entries; at most one per survivor ({len(survivors)})")
@@ -254,7 +338,11 @@ class Session:
             except ValueError as exc:
                 raise _bad(str(exc)) from None
             if not self.peers[peer].verifies(signature, survivors_message(self.rep, self.public[peer][1], survivors)):
-                raise ApiError(400, "secagg_bad_signature", f"device {peer}'s consistency signature ({self.peers[peer].name}) does not verify over the survivors {survivors}")
+                raise ApiError(
+                    400,
+                    "secagg_bad_signature",
+                    f"device {peer}'s consistency signature ({self.peers[peer].name}) does not verify over the survivors {survivors}",
+                )
             valid.append(peer)
         if len(valid) < self.threshold:
             raise ApiError(
@@ -271,7 +359,9 @@ class Session:
         if self.identity is not None:
             self._check_signatures(body, survivors)
         # The rule that keeps one device's update hidden: never both secrets of the same peer.
-        both = [p for p in survivors if self.revealed.get(p) == "s"] + [p for p in dropped if self.revealed.get(p) == "b"]
+        both = [p for p in survivors if self.revealed.get(p) == "s"] + [
+            p for p in dropped if self.revealed.get(p) == "b"
+        ]
         if both:
             raise ApiError(
                 409, "secagg_both_shares",
@@ -282,7 +372,10 @@ class Session:
             self.revealed[p] = "b"
         for p in dropped:
             self.revealed[p] = "s"
-        return {"b": {str(p): _keys.b64(self.held[p][0]) for p in survivors}, "s": {str(p): _keys.b64(self.held[p][1]) for p in dropped}}
+        return {
+            "b": {str(p): _keys.b64(self.held[p][0]) for p in survivors},
+            "s": {str(p): _keys.b64(self.held[p][1]) for p in dropped},
+        }
 
     # -- the masked result ----------------------------------------------------------
 
@@ -296,7 +389,9 @@ class Session:
 
         samples = fed.samples
         if isinstance(samples, bool) or not isinstance(samples, int) or not 0 <= samples <= self.max_samples:
-            raise ValueError(f"train reported {samples!r} samples; secure aggregation takes 0 to max_samples ({self.max_samples}): raise SecAgg(max_samples=...) on the coordinator")
+            raise ValueError(
+                f"train reported {samples!r} samples; secure aggregation takes 0 to max_samples ({self.max_samples}): raise SecAgg(max_samples=...) on the coordinator"
+            )
         received, _, _ = fed._decode(encoding)
         layout = fed.layout()
         trained = {name: np.asarray(a) for name, a in fed.get_arrays().items()}
@@ -342,12 +437,18 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
     from ..data.arrays import FedArrays
 
     if not isinstance(device.fed, FedArrays):
-        raise ApiError(501, "not_supported", f"secure aggregation needs an array FedData (FedArrays, FedTorch, FedKeras); this device serves {type(device.fed).__name__}")
+        raise ApiError(
+            501,
+            "not_supported",
+            f"secure aggregation needs an array FedData (FedArrays, FedTorch, FedKeras); this device serves {type(device.fed).__name__}",
+        )
     try:
-        import cryptography  # noqa: F401
         import Crypto  # noqa: F401
+        import cryptography  # noqa: F401
     except ImportError:
-        raise ApiError(501, "not_supported", "this device cannot do secure aggregation: pip install 'fedsync[secagg]' on it") from None
+        raise ApiError(
+            501, "not_supported", "this device cannot do secure aggregation: pip install 'fedsync[secagg]' on it"
+        ) from None
     request = _parsed(body)
     with device.state_lock:
         job = device.job
@@ -357,15 +458,25 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
         if phase == "keys":
             if rep <= device.last_repetition or (session is not None and rep <= session.rep):
                 last = max(device.last_repetition, session.rep if session is not None else 0)
-                raise ApiError(409, "stale_repetition", f"repetition {rep} is not above this device's last repetition {last}; start keys at {last + 1} or later")
+                raise ApiError(
+                    409,
+                    "stale_repetition",
+                    f"repetition {rep} is not above this device's last repetition {last}; start keys at {last + 1} or later",
+                )
             device.secagg = _new_session(rep, request, getattr(device, "secagg_identity", None))
             return device.secagg.keys_answer()
         if session is None or session.rep != rep:
-            raise ApiError(409, "secagg_out_of_order", f"no keys phase for repetition {rep} here; run {rep}/secagg/keys first")
+            raise ApiError(
+                409, "secagg_out_of_order", f"no keys phase for repetition {rep} here; run {rep}/secagg/keys first"
+            )
     with session.lock:  # the phases' crypto runs outside the device's lock
         wanted = {"shares": ("keys",), "inbox": ("shares", "ready")}.get(phase)
         if wanted is not None and session.stage not in wanted:
-            raise ApiError(409, "secagg_out_of_order", f"{phase} follows the {wanted[0]} phase; this device is at the {session.stage} phase of repetition {rep}")
+            raise ApiError(
+                409,
+                "secagg_out_of_order",
+                f"{phase} follows the {wanted[0]} phase; this device is at the {session.stage} phase of repetition {rep}",
+            )
         if phase == "inbox":
             return session.inbox(request, lambda: _unsubmitted(device, rep))
         return getattr(session, phase)(request)
@@ -376,7 +487,11 @@ def _unsubmitted(device: Any, rep: int) -> Any:
     """Hold the device's lock while an inbox is kept: refused once ``rep`` was submitted (``start`` sets it under this lock)."""
     with device.state_lock:
         if device.last_repetition >= rep:
-            raise ApiError(409, "secagg_out_of_order", f"repetition {rep} was submitted already: its masks depend on the inbox it had; no inbox now")
+            raise ApiError(
+                409,
+                "secagg_out_of_order",
+                f"repetition {rep} was submitted already: its masks depend on the inbox it had; no inbox now",
+            )
         yield
 
 
@@ -385,7 +500,11 @@ def session_for_submit(device: Any, rep: int, required: bool) -> Session | None:
     session = device.secagg
     if session is not None and session.rep == rep:
         if session.stage != "ready":
-            raise ApiError(409, "secagg_out_of_order", f"repetition {rep} began secure aggregation but is at its {session.stage} phase; submit follows the inbox phase")
+            raise ApiError(
+                409,
+                "secagg_out_of_order",
+                f"repetition {rep} began secure aggregation but is at its {session.stage} phase; submit follows the inbox phase",
+            )
         return session
     if required:
         raise ApiError(
@@ -405,7 +524,11 @@ def _new_session(rep: int, body: Any, identity: Any = None) -> Session:
     devices = _int(body["devices"], MIN_THRESHOLD, MAX_DEVICES, "devices")
     me = _int(body["id"], 1, devices, "id")
     # Refused here, not trusted to the coordinator: a t of n/2 or less would let it unmask one device.
-    threshold = _int(body["threshold"], *threshold_range(devices), f"threshold (a majority of the {devices} devices, at least {MIN_THRESHOLD})")
+    threshold = _int(
+        body["threshold"],
+        *threshold_range(devices),
+        f"threshold (a majority of the {devices} devices, at least {MIN_THRESHOLD})",
+    )
     clip = body["clip"]
     if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < math.inf:
         raise _bad(f"clip must be a positive finite number, got {_shown(clip)}")
@@ -442,7 +565,14 @@ def _id_list(body: Any, name: str, devices: int, empty: bool = False) -> list[in
 
 
 def _device_id(name: str, devices: int, what: str) -> int:
-    if not (isinstance(name, str) and name.isascii() and name.isdigit() and len(name) <= 5 and 1 <= int(name) <= devices and str(int(name)) == name):
+    if not (
+        isinstance(name, str)
+        and name.isascii()
+        and name.isdigit()
+        and len(name) <= 5
+        and 1 <= int(name) <= devices
+        and str(int(name)) == name
+    ):
         raise _bad(f"{what} keys must be device ids 1 to {devices} as decimal strings, got {_shown(name)}")
     return int(name)
 

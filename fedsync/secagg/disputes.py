@@ -22,12 +22,14 @@ round's earlier ones too), ties going to an accused sender, then the lowest id. 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 __all__ = ["resolve"]
 
 
-def resolve(accusations: dict[int, Iterable[int]], earlier: Iterable[tuple[int, int]] = ()) -> tuple[list[int], list[tuple[int, int]]]:
+def resolve(
+    accusations: dict[int, Iterable[int]], earlier: Iterable[tuple[int, int]] = ()
+) -> tuple[list[int], list[tuple[int, int]]]:
     """The devices to drop, in order, and the round's disputes so far.
 
     Args:
@@ -39,7 +41,9 @@ def resolve(accusations: dict[int, Iterable[int]], earlier: Iterable[tuple[int, 
         ``(dropped, disputes)``: at least one id when ``accusations`` names any sender;
         ``disputes`` is ``earlier`` plus the new ones, for the next call.
     """
-    disputes = list(dict.fromkeys([*earlier, *((a, s) for a, senders in sorted(accusations.items()) for s in senders if s != a)]))
+    disputes = list(
+        dict.fromkeys([*earlier, *((a, s) for a, senders in sorted(accusations.items()) for s in senders if s != a)])
+    )
     open_ = {(a, s) for a, senders in accusations.items() for s in senders if s != a}
     counterparts: dict[int, set[int]] = {}
     for a, s in disputes:

@@ -34,9 +34,21 @@ import datetime
 import ipaddress
 import os
 import struct
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["Identity", "Peer", "keys_message", "survivors_message", "verifies", "peer_of_unverified", "encode_b64", "decode_b64", "MAX_CERTIFICATE", "MAX_SIGNATURE"]
+__all__ = [
+    "Identity",
+    "Peer",
+    "keys_message",
+    "survivors_message",
+    "verifies",
+    "peer_of_unverified",
+    "encode_b64",
+    "decode_b64",
+    "MAX_CERTIFICATE",
+    "MAX_SIGNATURE",
+]
 
 MAX_CERTIFICATE = 4096
 """The largest device certificate (DER bytes) relayed in the keys phase (``fedsync certs`` makes ~400)."""
@@ -47,7 +59,9 @@ _KEYS_TAG = b"fedsync-secagg-v1 keys\x00"
 _SURVIVORS_TAG = b"fedsync-secagg-v1 survivors\x00"
 
 
-def keys_message(rep: int, me: int, devices: int, threshold: int, c_public: bytes, s_public: bytes, commitment: bytes) -> bytes:
+def keys_message(
+    rep: int, me: int, devices: int, threshold: int, c_public: bytes, s_public: bytes, commitment: bytes
+) -> bytes:
     """The bytes a device signs for its keys answer (see the module's layout)."""
     return _KEYS_TAG + struct.pack(">QHHH", rep, me, devices, threshold) + c_public + s_public + commitment
 
@@ -55,7 +69,13 @@ def keys_message(rep: int, me: int, devices: int, threshold: int, c_public: byte
 def survivors_message(rep: int, s_public: bytes, survivors: Iterable[int]) -> bytes:
     """The bytes a device signs in the consistency phase: ``rep``, its fresh ``s_pk`` and the sorted survivors."""
     ids = sorted(survivors)
-    return _SURVIVORS_TAG + struct.pack(">Q", rep) + s_public + struct.pack(">H", len(ids)) + b"".join(struct.pack(">H", u) for u in ids)
+    return (
+        _SURVIVORS_TAG
+        + struct.pack(">Q", rep)
+        + s_public
+        + struct.pack(">H", len(ids))
+        + b"".join(struct.pack(">H", u) for u in ids)
+    )
 
 
 class Peer:
@@ -100,25 +120,37 @@ class Identity:
             from cryptography.hazmat.primitives.asymmetric import ec
             from cryptography.x509 import verification
         except ImportError:
-            raise ImportError("signed secure aggregation needs the cryptography package: pip install 'fedsync[secagg]'") from None
+            raise ImportError(
+                "signed secure aggregation needs the cryptography package: pip install 'fedsync[secagg]'"
+            ) from None
         try:
             roots = x509.load_pem_x509_certificates(open(peer_ca, "rb").read())
         except ValueError as exc:
-            raise ValueError(f"peer_ca {os.fspath(peer_ca)!r} holds no PEM certificate ({exc}); give the ca.pem made by `fedsync certs init`") from None
+            raise ValueError(
+                f"peer_ca {os.fspath(peer_ca)!r} holds no PEM certificate ({exc}); give the ca.pem made by `fedsync certs init`"
+            ) from None
         self.store = verification.Store(roots)
         try:
             certificate = x509.load_pem_x509_certificates(open(certfile, "rb").read())[0]
             key = serialization.load_pem_private_key(open(keyfile, "rb").read(), password=None)
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"cannot load the device certificate {os.fspath(certfile)!r} and key {os.fspath(keyfile)!r} for signing ({exc})") from None
+            raise ValueError(
+                f"cannot load the device certificate {os.fspath(certfile)!r} and key {os.fspath(keyfile)!r} for signing ({exc})"
+            ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-            raise ValueError(f"signed secure aggregation needs an ECDSA P-256 device key (as `fedsync certs device` makes); {os.fspath(keyfile)!r} holds {type(key).__name__}")
+            raise ValueError(
+                f"signed secure aggregation needs an ECDSA P-256 device key (as `fedsync certs device` makes); {os.fspath(keyfile)!r} holds {type(key).__name__}"
+            )
         if key.public_key().public_numbers() != certificate.public_key().public_numbers():
-            raise ValueError(f"the key {os.fspath(keyfile)!r} does not belong to the certificate {os.fspath(certfile)!r}")
+            raise ValueError(
+                f"the key {os.fspath(keyfile)!r} does not belong to the certificate {os.fspath(certfile)!r}"
+            )
         self.key = key
         self.certificate_der = certificate.public_bytes(serialization.Encoding.DER)
         if len(self.certificate_der) > MAX_CERTIFICATE:
-            raise ValueError(f"the device certificate is {len(self.certificate_der)} bytes (DER); peers take at most {MAX_CERTIFICATE}")
+            raise ValueError(
+                f"the device certificate is {len(self.certificate_der)} bytes (DER); peers take at most {MAX_CERTIFICATE}"
+            )
         try:
             self.me = self.verify_peer(self.certificate_der)
         except ValueError as exc:
@@ -147,13 +179,22 @@ class Identity:
             # The verifier checks the name against the certificate's own first subjectAltName:
             # the name is for messages (the coordinator chooses which device is which id), the
             # rest (chain, validity, constraints, serverAuth) is what the CA vouches for.
-            verifier = verification.PolicyBuilder().store(self.store).time(datetime.datetime.now(datetime.timezone.utc)).build_server_verifier(subject)
+            verifier = (
+                verification.PolicyBuilder()
+                .store(self.store)
+                .time(datetime.datetime.now(datetime.timezone.utc))
+                .build_server_verifier(subject)
+            )
             verifier.verify(certificate, [])
         except verification.VerificationError as exc:
-            raise ValueError(f"certificate {_name_of(certificate)} does not verify against the peer CA: {exc}") from None
+            raise ValueError(
+                f"certificate {_name_of(certificate)} does not verify against the peer CA: {exc}"
+            ) from None
         usage = _extension(certificate, x509.KeyUsage)
         if usage is None or not usage.digital_signature:
-            raise ValueError(f"certificate {_name_of(certificate)} does not allow digitalSignature (key usage); a device certificate signs its keys")
+            raise ValueError(
+                f"certificate {_name_of(certificate)} does not allow digitalSignature (key usage); a device certificate signs its keys"
+            )
         return Peer(certificate)
 
 
@@ -194,7 +235,9 @@ def _p256_certificate(der: bytes) -> Any:
         raise ValueError(f"not a DER X.509 certificate ({exc})") from None
     key = _public_key(certificate)
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise ValueError(f"certificate {_name_of(certificate)} holds a {type(key).__name__}; device keys are ECDSA P-256")
+        raise ValueError(
+            f"certificate {_name_of(certificate)} holds a {type(key).__name__}; device keys are ECDSA P-256"
+        )
     return certificate
 
 
@@ -222,14 +265,18 @@ def _first_name(certificate: Any) -> Any:
 
     names = _extension(certificate, x509.SubjectAlternativeName)
     if names is None:
-        raise ValueError(f"certificate {_name_of(certificate)} has no subjectAltName; device certificates name their host (`fedsync certs device --host`)")
+        raise ValueError(
+            f"certificate {_name_of(certificate)} has no subjectAltName; device certificates name their host (`fedsync certs device --host`)"
+        )
     for address in names.get_values_for_type(x509.IPAddress):
         if isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
             return verification.IPAddress(address)
     for dns in names.get_values_for_type(x509.DNSName):
         if "*" not in dns:
             return verification.DNSName(dns)
-    raise ValueError(f"certificate {_name_of(certificate)} names no single host (an IP address or a DNS name without '*')")
+    raise ValueError(
+        f"certificate {_name_of(certificate)} names no single host (an IP address or a DNS name without '*')"
+    )
 
 
 def _name_of(certificate: Any) -> str:
@@ -244,7 +291,11 @@ def _name_of(certificate: Any) -> str:
         alt = _extension(certificate, x509.SubjectAlternativeName)
     except ValueError:
         alt = None
-    names = [] if alt is None else [str(n) for n in alt.get_values_for_type(x509.IPAddress)] + list(alt.get_values_for_type(x509.DNSName))
+    names = (
+        []
+        if alt is None
+        else [str(n) for n in alt.get_values_for_type(x509.IPAddress)] + list(alt.get_values_for_type(x509.DNSName))
+    )
     text = f"CN={common[0] if common else '?'}" + (f" ({', '.join(names[:3])})" if names else "")
     # Peer-chosen text in an error message: printable characters only, bounded.
     return _shown("".join(c if c.isprintable() else "?" for c in text[:200]), quote=False)

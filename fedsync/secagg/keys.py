@@ -21,7 +21,20 @@ import hashlib
 import os
 from typing import Any
 
-__all__ = ["KEY_BYTES", "CIPHERTEXT_BYTES", "SHARE_PLAINTEXT", "KeyPair", "derive", "agree", "encrypt_share", "decrypt_share", "b64", "unb64", "commitment", "public_of"]
+__all__ = [
+    "KEY_BYTES",
+    "CIPHERTEXT_BYTES",
+    "SHARE_PLAINTEXT",
+    "KeyPair",
+    "derive",
+    "agree",
+    "encrypt_share",
+    "decrypt_share",
+    "b64",
+    "unb64",
+    "commitment",
+    "public_of",
+]
 
 KEY_BYTES = 32
 """Bytes of an X25519 key, a seed, a derived key."""
@@ -37,7 +50,9 @@ def _need() -> Any:
     try:
         from cryptography.hazmat.primitives.asymmetric import x25519
     except ImportError:
-        raise ImportError("secure aggregation needs the 'cryptography' and 'pycryptodome' packages: pip install 'fedsync[secagg]'") from None
+        raise ImportError(
+            "secure aggregation needs the 'cryptography' and 'pycryptodome' packages: pip install 'fedsync[secagg]'"
+        ) from None
     return x25519
 
 
@@ -53,10 +68,12 @@ class KeyPair:
         """The private key's 32 raw bytes (what is secret-shared for ``s``)."""
         from cryptography.hazmat.primitives import serialization
 
-        return self.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        return self.private.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
 
     @classmethod
-    def from_secret(cls, raw: bytes) -> "KeyPair":
+    def from_secret(cls, raw: bytes) -> KeyPair:
         """The key pair of 32 raw private bytes (a reconstructed ``s_sk``)."""
         return cls(_need().X25519PrivateKey.from_private_bytes(raw))
 
@@ -113,7 +130,9 @@ def decrypt_share(key: bytes, rep: int, sender: int, receiver: int, blob: bytes)
     try:
         plain = AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], _associated(rep, sender, receiver))
     except InvalidTag:
-        raise ValueError(f"the share from device {sender} does not decrypt (altered, or not for repetition {rep} and device {receiver})") from None
+        raise ValueError(
+            f"the share from device {sender} does not decrypt (altered, or not for repetition {rep} and device {receiver})"
+        ) from None
     if len(plain) != SHARE_PLAINTEXT:
         raise ValueError(f"the share from device {sender} holds {len(plain)} bytes; expected {SHARE_PLAINTEXT}")
     return plain

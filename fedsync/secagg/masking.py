@@ -17,7 +17,7 @@ numpy's uint64 arithmetic wraps modulo 2**64, which is the ring. Keystreams are 
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -47,7 +47,9 @@ def length_of(layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> int:
     return sum(int(np.prod(shape, dtype=np.int64)) for shape, _ in layout.values())
 
 
-def input_vector(trained: Mapping[str, np.ndarray], received: Mapping[str, np.ndarray], samples: int, clip: float, scale: int) -> np.ndarray:
+def input_vector(
+    trained: Mapping[str, np.ndarray], received: Mapping[str, np.ndarray], samples: int, clip: float, scale: int
+) -> np.ndarray:
     """The unmasked input vector (``L + 1`` uint64) of a device's update; see the module's layout.
 
     Raises:
@@ -61,7 +63,9 @@ def input_vector(trained: Mapping[str, np.ndarray], received: Mapping[str, np.nd
         for first in range(0, flat.size, CHUNK):
             update = flat[first : first + CHUNK].astype(np.float64) - before[first : first + CHUNK].astype(np.float64)
             if not np.isfinite(update).all():
-                raise ValueError(f"the update of array {name!r} holds NaN or infinity; secure aggregation cannot mask it")
+                raise ValueError(
+                    f"the update of array {name!r} holds NaN or infinity; secure aggregation cannot mask it"
+                )
             q = np.rint(np.clip(update, -clip, clip) * scale).astype(np.int64) * np.int64(samples)
             out[offset + first : offset + first + q.size] = q.view(np.uint64)
         offset += flat.size
@@ -78,7 +82,13 @@ def apply_masks(vector: np.ndarray, masks: Iterable[tuple[bytes, int]]) -> None:
             (np.add if sign > 0 else np.subtract)(part, stream.take(part.size), out=part)
 
 
-def decode_sum(total: np.ndarray, layout: Mapping[str, tuple[tuple[int, ...], np.dtype]], current: Mapping[str, np.ndarray], scale: int, bound: int) -> tuple[dict[str, np.ndarray], int]:
+def decode_sum(
+    total: np.ndarray,
+    layout: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+    current: Mapping[str, np.ndarray],
+    scale: int,
+    bound: int,
+) -> tuple[dict[str, np.ndarray], int]:
     """The unmasked sum as new arrays ``current + sum(n_k * update_k) / sum(n_k)``, and ``sum(n_k)``.
 
     ``bound``: the largest ``|n_k * q|`` summed over the devices (:meth:`SecAgg.bound`);
@@ -90,7 +100,9 @@ def decode_sum(total: np.ndarray, layout: Mapping[str, tuple[tuple[int, ...], np
     """
     samples = int(total[-1])
     if not 0 < samples <= bound:
-        raise ValueError(f"the unmasked sample count is {samples}; expected 1 to {bound}: every device reported 0 samples, or the masks did not cancel")
+        raise ValueError(
+            f"the unmasked sample count is {samples}; expected 1 to {bound}: every device reported 0 samples, or the masks did not cancel"
+        )
     merged: dict[str, np.ndarray] = {}
     offset = 0
     for name, (shape, dtype) in layout.items():
@@ -99,7 +111,9 @@ def decode_sum(total: np.ndarray, layout: Mapping[str, tuple[tuple[int, ...], np
         for first in range(0, size, CHUNK):
             q = total[offset + first : offset + min(size, first + CHUNK)].view(np.int64)
             if q.size and (int(q.max()) > bound or int(q.min()) < -bound):
-                raise ValueError(f"array {name!r}: an unmasked element is past the bound {bound}: the masks did not cancel")
+                raise ValueError(
+                    f"array {name!r}: an unmasked element is past the bound {bound}: the masks did not cancel"
+                )
             out[first : first + q.size] = q / (float(scale) * samples)
         before = current[name].reshape(-1).astype(np.float64)
         new = before + out

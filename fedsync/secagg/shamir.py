@@ -12,8 +12,8 @@ reveals a false share is found and left out (:func:`recover`).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from itertools import combinations
-from typing import Callable
 
 __all__ = ["split", "combine", "recover", "Unrecoverable"]
 
@@ -26,7 +26,9 @@ def _shamir():
     try:
         from Crypto.Protocol.SecretSharing import Shamir
     except ImportError:
-        raise ImportError("secure aggregation needs the 'pycryptodome' package: pip install 'fedsync[secagg]'") from None
+        raise ImportError(
+            "secure aggregation needs the 'pycryptodome' package: pip install 'fedsync[secagg]'"
+        ) from None
     return Shamir
 
 
@@ -52,7 +54,9 @@ class Unrecoverable(ValueError):
     """No ``threshold`` of the given shares rebuild a secret that passes its check."""
 
 
-def recover(shares: dict[int, bytes], threshold: int, check: Callable[[bytes], bool], seed: int = 0) -> tuple[bytes, list[int]]:
+def recover(
+    shares: dict[int, bytes], threshold: int, check: Callable[[bytes], bool], seed: int = 0
+) -> tuple[bytes, list[int]]:
     """The secret whose ``check`` passes, and the indices whose shares are false.
 
     Tries the ``threshold`` lowest indices, then other subsets (all of them when there
@@ -73,7 +77,9 @@ def recover(shares: dict[int, bytes], threshold: int, check: Callable[[bytes], b
             good = subset
             break
     if good is None:
-        raise Unrecoverable(f"no {threshold} of the {len(indices)} shares from devices {indices} rebuild a secret that matches its commitment")
+        raise Unrecoverable(
+            f"no {threshold} of the {len(indices)} shares from devices {indices} rebuild a secret that matches its commitment"
+        )
     base = [(i, shares[i]) for i in good[: threshold - 1]]
     false = [i for i in indices if i not in good and not check(combine([*base, (i, shares[i])]))]
     return secret, false

@@ -23,8 +23,19 @@ from .optimizers import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from .robust import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 __all__ = [
-    "Strategy", "Accumulator", "WeightedSum", "FedAvg",
-    "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad",
-    "FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan",
-    "DPFixedClipping", "DPAdaptiveClipping",
+    "Strategy",
+    "Accumulator",
+    "WeightedSum",
+    "FedAvg",
+    "FedAvgM",
+    "FedAdam",
+    "FedYogi",
+    "FedAdagrad",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
+    "MultiKrum",
+    "Bulyan",
+    "DPFixedClipping",
+    "DPAdaptiveClipping",
 ]

@@ -10,7 +10,7 @@ one reply at a time.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -66,7 +66,9 @@ class Strategy:
         """
         return {}
 
-    def check_state(self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    def check_state(
+        self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]
+    ) -> None:
         """Check ``state`` (e.g. read from a checkpoint) fits this strategy and a model of ``layout``.
 
         Raises:
@@ -75,7 +77,9 @@ class Strategy:
         if state:
             raise ValueError(f"{type(self).__name__} keeps no state between rounds, but got {sorted(state)[:5]}")
 
-    def load_state(self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    def load_state(
+        self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]
+    ) -> None:
         """Replace the strategy's state with ``state``, checked first with :meth:`check_state`."""
         self.check_state(state, layout)
 
@@ -131,7 +135,9 @@ class WeightedSum(Accumulator):
     def add(self, name: str, first: int, values: np.ndarray, samples: int) -> None:
         """Fold elements ``[first, first + len(values))`` of the reply begun with :meth:`start`."""
         if samples != self._samples:
-            raise ValueError(f"add() got {samples} samples for a reply started with {self._samples}; call start(samples) first")
+            raise ValueError(
+                f"add() got {samples} samples for a reply started with {self._samples}; call start(samples) first"
+            )
         flat = values.reshape(-1)
         if samples == 0 or flat.size == 0:
             return

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -82,12 +82,20 @@ class DPFixedClipping(Strategy):
     """
 
     def __init__(
-        self, strategy: Strategy | None = None, *, noise_multiplier: float, clipping_norm: float,
-        num_sampled_clients: int, delta: float = 1e-5, seed: int | None = None,
+        self,
+        strategy: Strategy | None = None,
+        *,
+        noise_multiplier: float,
+        clipping_norm: float,
+        num_sampled_clients: int,
+        delta: float = 1e-5,
+        seed: int | None = None,
     ) -> None:
         self.strategy = FedAvg() if strategy is None else strategy
         if not isinstance(self.strategy, Strategy) or isinstance(self.strategy, DPFixedClipping):
-            raise ValueError(f"strategy must be a fedsync strategy and not itself a DP wrapper, got {type(self.strategy).__name__}")
+            raise ValueError(
+                f"strategy must be a fedsync strategy and not itself a DP wrapper, got {type(self.strategy).__name__}"
+            )
         from .robust import _EveryReply
 
         if isinstance(self.strategy, _EveryReply):
@@ -98,13 +106,17 @@ class DPFixedClipping(Strategy):
         self.noise_multiplier = checked_positive("noise_multiplier", noise_multiplier, zero=True)
         self.clipping_norm = checked_positive("clipping_norm", clipping_norm)
         if isinstance(num_sampled_clients, bool) or not isinstance(num_sampled_clients, int) or num_sampled_clients < 1:
-            raise ValueError(f"num_sampled_clients must be an integer >= 1 (the devices sampled per round), got {num_sampled_clients!r}")
+            raise ValueError(
+                f"num_sampled_clients must be an integer >= 1 (the devices sampled per round), got {num_sampled_clients!r}"
+            )
         self.num_sampled_clients = num_sampled_clients
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
             raise ValueError(f"delta must be a number in (0, 1), e.g. 1e-5 (below 1/number of devices), got {delta!r}")
         self.delta = float(delta)
         if importlib.util.find_spec("dp_accounting") is None:  # fail here, not after the first round merged
-            raise ModuleNotFoundError("central DP reports the privacy spent (ε) with Google's dp-accounting: pip install 'fedsync[dp]'")
+            raise ModuleNotFoundError(
+                "central DP reports the privacy spent (ε) with Google's dp-accounting: pip install 'fedsync[dp]'"
+            )
         self.rng = np.random.default_rng(seed)
         self.last_round: dict[str, float] | None = None
 
@@ -126,7 +138,10 @@ class DPFixedClipping(Strategy):
         """
         clip = self.clipping_norm
         floats = [name for name, a in current.items() if np.asarray(a).dtype.kind == "f"]
-        sums = {name: np.zeros(np.size(current[name]), _accumulator_dtype(np.asarray(current[name]).dtype)) for name in floats}
+        sums = {
+            name: np.zeros(np.size(current[name]), _accumulator_dtype(np.asarray(current[name]).dtype))
+            for name in floats
+        }
         reference = {name: current[name] for name in floats}
         norms: list[float] = []
         replies = iter(results)
@@ -169,8 +184,10 @@ class DPFixedClipping(Strategy):
             privatized[name] = acc.astype(a.dtype, copy=False).reshape(a.shape)
             del sums[name]  # the privatized array owns the memory now
         self.last_round = {
-            "replies": len(norms), "clipped": sum(1 for v in norms if not v <= clip),
-            "clipping_norm": clip, "noise_std": std / n,
+            "replies": len(norms),
+            "clipped": sum(1 for v in norms if not v <= clip),
+            "clipping_norm": clip,
+            "noise_std": std / n,
         }
         return self.strategy.aggregate(current, [(privatized, 1)])
 
@@ -179,10 +196,14 @@ class DPFixedClipping(Strategy):
     def state(self) -> dict[str, np.ndarray]:
         return self.strategy.state()
 
-    def check_state(self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    def check_state(
+        self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]
+    ) -> None:
         self.strategy.check_state(state, layout)
 
-    def load_state(self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    def load_state(
+        self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]
+    ) -> None:
         self.strategy.load_state(state, layout)
 
 
@@ -211,13 +232,25 @@ class DPAdaptiveClipping(DPFixedClipping):
     """
 
     def __init__(
-        self, strategy: Strategy | None = None, *, noise_multiplier: float, num_sampled_clients: int,
-        initial_clipping_norm: float = 0.1, target_clipped_quantile: float = 0.5, clip_norm_lr: float = 0.2,
-        clipped_count_stddev: float | None = None, delta: float = 1e-5, seed: int | None = None,
+        self,
+        strategy: Strategy | None = None,
+        *,
+        noise_multiplier: float,
+        num_sampled_clients: int,
+        initial_clipping_norm: float = 0.1,
+        target_clipped_quantile: float = 0.5,
+        clip_norm_lr: float = 0.2,
+        clipped_count_stddev: float | None = None,
+        delta: float = 1e-5,
+        seed: int | None = None,
     ) -> None:
         super().__init__(
-            strategy, noise_multiplier=noise_multiplier, clipping_norm=initial_clipping_norm,
-            num_sampled_clients=num_sampled_clients, delta=delta, seed=seed,
+            strategy,
+            noise_multiplier=noise_multiplier,
+            clipping_norm=initial_clipping_norm,
+            num_sampled_clients=num_sampled_clients,
+            delta=delta,
+            seed=seed,
         )
         gamma = checked_positive("target_clipped_quantile", target_clipped_quantile, zero=True)
         if gamma > 1:
@@ -264,15 +297,26 @@ class DPAdaptiveClipping(DPFixedClipping):
     def state(self) -> dict[str, np.ndarray]:
         return {**self.strategy.state(), _STATE: np.array(self.clipping_norm, np.float64)}
 
-    def check_state(self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    def check_state(
+        self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]
+    ) -> None:
         if not state:
             return
         norm = state.get(_STATE)
-        if not isinstance(norm, np.ndarray) or norm.shape != () or norm.dtype != np.float64 or not (math.isfinite(float(norm)) and float(norm) > 0):
-            raise ValueError(f"{type(self).__name__} state {_STATE!r} must be a positive finite float64 scalar, got {norm!r}"[:300])
+        if (
+            not isinstance(norm, np.ndarray)
+            or norm.shape != ()
+            or norm.dtype != np.float64
+            or not (math.isfinite(float(norm)) and float(norm) > 0)
+        ):
+            raise ValueError(
+                f"{type(self).__name__} state {_STATE!r} must be a positive finite float64 scalar, got {norm!r}"[:300]
+            )
         self.strategy.check_state({k: v for k, v in state.items() if k != _STATE}, layout)
 
-    def load_state(self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    def load_state(
+        self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]
+    ) -> None:
         self.check_state(state, layout)
         if state:
             self.strategy.load_state({k: v for k, v in state.items() if k != _STATE}, layout)

@@ -18,7 +18,7 @@ round (:class:`~fedsync.errors.RoundFailed`) with the model and the state unchan
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -30,7 +30,9 @@ __all__ = ["FedAvgM", "FedAdam", "FedYogi", "FedAdagrad"]
 Layout = Mapping[str, "tuple[tuple[int, ...], np.dtype]"]
 
 
-def _rate(name: str, value: float, *, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> float:
+def _rate(
+    name: str, value: float, *, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False
+) -> float:
     """``value`` as a float inside the given interval, or a ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -46,7 +48,7 @@ def _rate(name: str, value: float, *, low: float, high: float = math.inf, low_op
 class _ServerStep(WeightedSum):
     """FedAvg's running mean; :meth:`result` then takes the strategy's server step from ``current``."""
 
-    def __init__(self, current: Arrays, strategy: "_ServerOptimizer") -> None:
+    def __init__(self, current: Arrays, strategy: _ServerOptimizer) -> None:
         super().__init__(current)
         self._current = current
         self._strategy = strategy
@@ -73,7 +75,9 @@ class _ServerOptimizer(FedAvg):
         """Every element's value in ``slot`` before the first round."""
         return 0.0
 
-    def _update(self, x: np.ndarray, mean: np.ndarray, slots: list[np.ndarray], fresh: bool) -> tuple[list[np.ndarray], np.ndarray]:
+    def _update(
+        self, x: np.ndarray, mean: np.ndarray, slots: list[np.ndarray], fresh: bool
+    ) -> tuple[list[np.ndarray], np.ndarray]:
         """New values of the state ``slots`` and of the model, for one chunk (new arrays, inputs unchanged)."""
         raise NotImplementedError
 
@@ -103,7 +107,9 @@ class _ServerOptimizer(FedAvg):
         self._state = state
         return merged
 
-    def _apply(self, current: Arrays, acc: WeightedSum, state: dict[str, np.ndarray], floats: list[str], fresh: bool) -> None:
+    def _apply(
+        self, current: Arrays, acc: WeightedSum, state: dict[str, np.ndarray], floats: list[str], fresh: bool
+    ) -> None:
         """Check the step is finite everywhere, then write the new model into ``acc.sums`` and the new ``state``."""
         for write in (False, True):  # check everything first: a failed step changes nothing
             for name in floats:
@@ -112,7 +118,9 @@ class _ServerOptimizer(FedAvg):
                 slots = [state[f"{slot}/{name}"].reshape(-1) for slot in self._slots]
                 for first in range(0, x.size, _CHUNK):
                     end = min(first + _CHUNK, x.size)
-                    new_slots, new_x = self._update(x[first:end].astype(mean.dtype), mean[first:end], [s[first:end] for s in slots], fresh)
+                    new_slots, new_x = self._update(
+                        x[first:end].astype(mean.dtype), mean[first:end], [s[first:end] for s in slots], fresh
+                    )
                     if not write:
                         if not all(np.isfinite(a).all() for a in (new_x, *new_slots)):
                             raise RoundFailed(
@@ -141,7 +149,9 @@ class _ServerOptimizer(FedAvg):
         }
         if state.keys() != expected.keys():
             missing, unknown = sorted(expected.keys() - state.keys())[:5], sorted(state.keys() - expected.keys())[:5]
-            raise ValueError(f"{type(self).__name__} state does not fit the model: missing {missing}, unexpected {unknown}")
+            raise ValueError(
+                f"{type(self).__name__} state does not fit the model: missing {missing}, unexpected {unknown}"
+            )
         for key, array in state.items():
             shape, dtype = expected[key]
             if not isinstance(array, np.ndarray) or array.shape != shape or array.dtype != dtype:
@@ -150,7 +160,9 @@ class _ServerOptimizer(FedAvg):
             if not np.isfinite(array).all():
                 raise ValueError(f"{type(self).__name__} state {key!r} holds NaN or infinity")
             if key.startswith("v/") and (array < 0).any():
-                raise ValueError(f"{type(self).__name__} state {key!r} holds negative values; a second moment is never negative")
+                raise ValueError(
+                    f"{type(self).__name__} state {key!r} holds negative values; a second moment is never negative"
+                )
 
     def load_state(self, state: Mapping[str, np.ndarray], layout: Layout) -> None:
         self.check_state(state, layout)
@@ -188,7 +200,9 @@ class FedAvgM(_ServerOptimizer):
     def _identity(self) -> bool:
         return self.server_momentum == 0.0 and self.server_learning_rate == 1.0
 
-    def _update(self, x: np.ndarray, mean: np.ndarray, slots: list[np.ndarray], fresh: bool) -> tuple[list[np.ndarray], np.ndarray]:
+    def _update(
+        self, x: np.ndarray, mean: np.ndarray, slots: list[np.ndarray], fresh: bool
+    ) -> tuple[list[np.ndarray], np.ndarray]:
         g = x - mean
         if self._slots:
             g = g if fresh else self.server_momentum * slots[0] + g
@@ -216,7 +230,9 @@ class _FedOpt(_ServerOptimizer):
     def _second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _update(self, x: np.ndarray, mean: np.ndarray, slots: list[np.ndarray], fresh: bool) -> tuple[list[np.ndarray], np.ndarray]:
+    def _update(
+        self, x: np.ndarray, mean: np.ndarray, slots: list[np.ndarray], fresh: bool
+    ) -> tuple[list[np.ndarray], np.ndarray]:
         m, v = slots
         delta = mean - x
         m = self.beta_1 * m + (1.0 - self.beta_1) * delta
@@ -256,7 +272,9 @@ _FEDOPT_DOC = """
 
 
 class FedAdam(_FedOpt):
-    def __init__(self, *, eta: float = 1e-1, eta_l: float = 1e-1, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-9) -> None:
+    def __init__(
+        self, *, eta: float = 1e-1, eta_l: float = 1e-1, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-9
+    ) -> None:
         super().__init__(eta, eta_l, beta_1, beta_2, tau)
 
     def _second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -264,7 +282,9 @@ class FedAdam(_FedOpt):
 
 
 class FedYogi(_FedOpt):
-    def __init__(self, *, eta: float = 1e-2, eta_l: float = 0.0316, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-3) -> None:
+    def __init__(
+        self, *, eta: float = 1e-2, eta_l: float = 0.0316, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-3
+    ) -> None:
         super().__init__(eta, eta_l, beta_1, beta_2, tau)
 
     def _second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -282,12 +302,17 @@ class FedAdagrad(_FedOpt):
 
 _CITE = 'Reddi et al. 2021, "Adaptive Federated Optimization", ICLR, arXiv:2003.00295, Algorithm 2'
 FedAdam.__doc__ = f"FedAdam: Adam as the server optimizer ({_CITE})." + _FEDOPT_DOC.format(
-    v="v = beta_2 * v + (1 - beta_2) * Δ²        (v starts at tau²)", beta_2_use="",
-    defaults=": eta=0.1, eta_l=0.1, beta_1=0.9, beta_2=0.99, tau=1e-9")
+    v="v = beta_2 * v + (1 - beta_2) * Δ²        (v starts at tau²)",
+    beta_2_use="",
+    defaults=": eta=0.1, eta_l=0.1, beta_1=0.9, beta_2=0.99, tau=1e-9",
+)
 FedYogi.__doc__ = f"FedYogi: Yogi as the server optimizer ({_CITE})." + _FEDOPT_DOC.format(
-    v="v = v - (1 - beta_2) * Δ² * sign(v - Δ²)  (v starts at tau²)", beta_2_use="",
-    defaults=": eta=0.01, eta_l=0.0316, beta_1=0.9, beta_2=0.99, tau=1e-3")
+    v="v = v - (1 - beta_2) * Δ² * sign(v - Δ²)  (v starts at tau²)",
+    beta_2_use="",
+    defaults=": eta=0.01, eta_l=0.0316, beta_1=0.9, beta_2=0.99, tau=1e-3",
+)
 FedAdagrad.__doc__ = f"FedAdagrad: Adagrad as the server optimizer ({_CITE})." + _FEDOPT_DOC.format(
     v="v = v + Δ²                                 (v starts at tau²)",
     beta_2_use="; FedAdagrad has none (takes no beta_2)",
-    defaults=": eta=0.1, eta_l=0.1, tau=1e-9; beta_1=0.0 is the value Flower fixes (it takes no beta_1)")
+    defaults=": eta=0.1, eta_l=0.1, tau=1e-9; beta_1=0.0 is the value Flower fixes (it takes no beta_1)",
+)

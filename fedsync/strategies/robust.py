@@ -18,8 +18,8 @@ either; Krum's and Bulyan's distances use the floating arrays only.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from fractions import Fraction
-from typing import Iterable
 
 import numpy as np
 
@@ -260,7 +260,10 @@ _KRUM = """(Blanchard, El Mhamdi, Guerraoui and Stainer 2017, "Machine Learning 
 
 
 class Krum(_KrumFamily):
-    __doc__ = "Krum " + _KRUM + """The result is the reply with the lowest score
+    __doc__ = (
+        "Krum "
+        + _KRUM
+        + """The result is the reply with the lowest score
     (the first one on a tie), its floating arrays copied exactly.
 
     Args:
@@ -270,7 +273,9 @@ class Krum(_KrumFamily):
         spill_bytes: RAM budget for the replies, see below.
 
     Sample weights: ignored (as the paper and Flower). Defends against: up to ``f``
-    Byzantine replies, whatever they hold.""" + _MEMORY
+    Byzantine replies, whatever they hold."""
+        + _MEMORY
+    )
 
     def __init__(self, *, num_malicious_clients: int = 0, spill_bytes: int | None = None) -> None:
         super().__init__(num_malicious_clients, spill_bytes)
@@ -281,7 +286,10 @@ class Krum(_KrumFamily):
 
 
 class MultiKrum(_KrumFamily):
-    __doc__ = "MultiKrum " + _KRUM + """The result is the plain mean of the
+    __doc__ = (
+        "MultiKrum "
+        + _KRUM
+        + """The result is the plain mean of the
     ``m = num_clients_to_keep`` replies with the lowest scores (section 5 of the paper:
     ``(1/m) * sum``; ties go to the earlier reply), in float64.
 
@@ -295,11 +303,17 @@ class MultiKrum(_KrumFamily):
 
     Sample weights: ignored, as the paper's mean (Flower's MultiKrum weighs the kept
     replies by their sample counts; docs/strategies.md). Defends against: up to ``f``
-    Byzantine replies, averaging more honest ones than Krum.""" + _MEMORY
+    Byzantine replies, averaging more honest ones than Krum."""
+        + _MEMORY
+    )
 
-    def __init__(self, *, num_malicious_clients: int = 0, num_clients_to_keep: int | None = None, spill_bytes: int | None = None) -> None:
+    def __init__(
+        self, *, num_malicious_clients: int = 0, num_clients_to_keep: int | None = None, spill_bytes: int | None = None
+    ) -> None:
         super().__init__(num_malicious_clients, spill_bytes)
-        self.num_clients_to_keep = None if num_clients_to_keep is None else _count("num_clients_to_keep", num_clients_to_keep, 1)
+        self.num_clients_to_keep = (
+            None if num_clients_to_keep is None else _count("num_clients_to_keep", num_clients_to_keep, 1)
+        )
 
     def check_count(self, n: int) -> None:
         super().check_count(n)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, BinaryIO, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -85,7 +86,7 @@ class ReplyStore:
         self._end = 0
         self._dirty = False
 
-    def __enter__(self) -> "ReplyStore":
+    def __enter__(self) -> ReplyStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -11,7 +11,8 @@ import importlib
 import os
 import runpy
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["locate", "load", "WORKER_RUN_NAME"]
 
@@ -47,12 +48,14 @@ def locate(device_fn: Any, *, script: bool = True, how: str = HOW) -> tuple[str 
             raise ValueError(f"device_fn given by name is 'module:function', got {device_fn[:200]!r}; {how}")
         return module, None, name
     if not callable(device_fn):
-        raise TypeError(f"device_fn must be a function device_fn(device_id) -> FedData or its name, got {type(device_fn).__name__}")
+        raise TypeError(
+            f"device_fn must be a function device_fn(device_id) -> FedData or its name, got {type(device_fn).__name__}"
+        )
     module, name = getattr(device_fn, "__module__", None), getattr(device_fn, "__qualname__", None)
     if module == WORKER_RUN_NAME:
         raise RuntimeError(
             "run_simulation ran again while a worker process loaded your script to find device_fn: "
-            "put the script's work under `if __name__ == \"__main__\":` (as with multiprocessing), "
+            'put the script\'s work under `if __name__ == "__main__":` (as with multiprocessing), '
             "so that loading it only defines device_fn"
         )
     if not isinstance(module, str) or not isinstance(name, str) or "<" in name:
@@ -64,13 +67,19 @@ def locate(device_fn: Any, *, script: bool = True, how: str = HOW) -> tuple[str 
     for part in name.split("."):
         target = getattr(target, part, None)
     if target is not device_fn:
-        raise ValueError(f"device_fn {module}:{name} does not lead back to the function given (was it replaced or decorated?); {how}")
+        raise ValueError(
+            f"device_fn {module}:{name} does not lead back to the function given (was it replaced or decorated?); {how}"
+        )
     if module == "__main__":
         path = getattr(sys.modules["__main__"], "__file__", None)
         if not script:
-            raise ValueError(f"device_fn {name} is defined in the script being run (__main__), which other machines cannot import; {how}")
+            raise ValueError(
+                f"device_fn {name} is defined in the script being run (__main__), which other machines cannot import; {how}"
+            )
         if not isinstance(path, str):
-            raise ValueError(f"device_fn was defined in an interactive session, which a worker process cannot import; {how}")
+            raise ValueError(
+                f"device_fn was defined in an interactive session, which a worker process cannot import; {how}"
+            )
         return None, os.path.abspath(path), name
     return module, None, name
 
@@ -97,5 +106,7 @@ def load(name: str, module: str | None = None, path: str | None = None) -> Calla
         for part in name.split("."):
             target = getattr(target, part)
     if not callable(target):
-        raise TypeError(f"{module or path}:{name} is a {type(target).__name__}, not a function device_fn(device_id) -> FedData")
+        raise TypeError(
+            f"{module or path}:{name} is a {type(target).__name__}, not a function device_fn(device_id) -> FedData"
+        )
     return target  # type: ignore[no-any-return]

@@ -30,23 +30,32 @@ import io
 import math
 import os
 import threading
-from typing import Any, Callable, Mapping, Union
+from collections.abc import Callable, Mapping
+from typing import Any, Union
 from urllib.parse import urlencode
 
 import requests
 from requests.structures import CaseInsensitiveDict
 from werkzeug.test import EnvironBuilder
 
-from ..wire.config import Config
 from ..device._state import Device, Job
 from ..errors import RemoteError, RemoteTimeout
 from ..plugins.hookspecs import RegisterTransport, hookimpl
 from ..protocol import FedData
+from ..wire.config import Config
 from .remote import MAX_REPLY, Remote
 
 __all__ = [
-    "LocalRemote", "TrainingPool", "register_device", "unregister_device", "DeviceSource",
-    "app_response", "call_app", "MemoryBody", "request_bytes", "timeout_seconds",
+    "LocalRemote",
+    "TrainingPool",
+    "register_device",
+    "unregister_device",
+    "DeviceSource",
+    "app_response",
+    "call_app",
+    "MemoryBody",
+    "request_bytes",
+    "timeout_seconds",
 ]
 
 DeviceSource = Union[FedData, Callable[[], FedData]]
@@ -64,9 +73,13 @@ def register_device(name: str, device: DeviceSource) -> str:
         TypeError: ``device`` is neither a FedData nor callable.
     """
     if not isinstance(name, str) or not name or "/" in name:
-        raise ValueError(f"a local device name is a non-empty word without '/', got {name!r}; e.g. register_device('a', fed)")
+        raise ValueError(
+            f"a local device name is a non-empty word without '/', got {name!r}; e.g. register_device('a', fed)"
+        )
     if not (isinstance(device, FedData) or callable(device)):
-        raise TypeError(f"register_device({name!r}, ...) takes a FedData or a function returning one, got {type(device).__name__}")
+        raise TypeError(
+            f"register_device({name!r}, ...) takes a FedData or a function returning one, got {type(device).__name__}"
+        )
     with _devices_lock:
         if name in _devices:
             raise ValueError(f"local device {name!r} is already registered; unregister_device({name!r}) first")
@@ -140,17 +153,21 @@ class LocalRemote(Remote):
         max_content_length: int | None = None,
     ) -> None:
         # Remote.__init__ is not called: it builds an HTTP session, which has no use here.
-        if not isinstance(url, str) or not url.startswith("local://") or not url[len("local://"):].strip("/"):
-            raise ValueError(f"LocalRemote URL must be local://NAME, got {url!r}; e.g. LocalRemote('local://a', device=fed)")
+        if not isinstance(url, str) or not url.startswith("local://") or not url[len("local://") :].strip("/"):
+            raise ValueError(
+                f"LocalRemote URL must be local://NAME, got {url!r}; e.g. LocalRemote('local://a', device=fed)"
+            )
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.url = url.rstrip("/")
-        self.name = self.url[len("local://"):]
+        self.name = self.url[len("local://") :]
         if device is None:
             with _devices_lock:
                 device = _devices.get(self.name)
             if device is None:
-                raise ValueError(f"no local device named {self.name!r}; register it first: fedsync.transports.local.register_device({self.name!r}, fed)")
+                raise ValueError(
+                    f"no local device named {self.name!r}; register it first: fedsync.transports.local.register_device({self.name!r}, fed)"
+                )
         self.timeout = float(timeout)
         self.max_reply = int(max_reply)
         self.max_content_length = max_content_length
@@ -253,7 +270,12 @@ class LocalRemote(Remote):
 def _environ(method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
     """The WSGI environ of one request, as a server would build it from the wire."""
     builder = EnvironBuilder(
-        path=path, method=method, headers=dict(headers), query_string=query, input_stream=io.BytesIO(body), content_length=len(body),
+        path=path,
+        method=method,
+        headers=dict(headers),
+        query_string=query,
+        input_stream=io.BytesIO(body),
+        content_length=len(body),
     )
     environ = builder.get_environ()
     builder.close()
@@ -285,7 +307,9 @@ def app_response(url: str, status: int, headers: list[tuple[str, str]], content:
     response = requests.Response()
     response.status_code = status
     response.headers = CaseInsensitiveDict(headers)
-    response.headers.setdefault("Content-Length", str(len(memoryview(content).cast("B"))))  # as a server's chunked body reads
+    response.headers.setdefault(
+        "Content-Length", str(len(memoryview(content).cast("B")))
+    )  # as a server's chunked body reads
     response.raw = MemoryBody(content)
     response.url = url
     return response

@@ -15,22 +15,31 @@ import json
 import math
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from ..errors import (
+    PayloadRejected,
+    RemoteBusy,
+    RemoteError,
+    RemoteTimeout,
+    RemoteUnavailable,
+    SpecsMismatch,
+    TrainingFailed,
+)
+from ..plugins.hookspecs import RegisterTransport, hookimpl
+from ..protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, Encoding
 from ..wire.codec import Payload, read_exactly
 from ..wire.config import CONFIG_HEADER, encode_config
-from ..errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RemoteUnavailable, SpecsMismatch, TrainingFailed
-from ..plugins.hookspecs import RegisterTransport, hookimpl
 from ..wire.metrics import checked_metrics, checked_samples
-from ..protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, Encoding
 from ..wire.replies import ReplyStream
-from ..wire.tokens import checked_token
 from ..wire.shapes import DeviceInfo, EvaluationAnswer
+from ..wire.tokens import checked_token
 from ..wire.transfer import Deadline, content_length, read_capped
 
 __all__ = ["Remote", "MAX_REPLY", "MAX_JSON", "MAX_ERROR_BODY", "MAX_SPECS", "size"]
@@ -56,7 +65,9 @@ def _environment_token() -> str | None:
     try:
         return checked_token(token)
     except ValueError as exc:
-        raise ValueError(f"bad token in $FEDSYNC_TOKEN: {exc}; fix or unset the variable, or pass Remote(url, token=...)") from None
+        raise ValueError(
+            f"bad token in $FEDSYNC_TOKEN: {exc}; fix or unset the variable, or pass Remote(url, token=...)"
+        ) from None
 
 
 class Remote:
@@ -101,7 +112,9 @@ class Remote:
         max_reply: int = MAX_REPLY,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"Remote URL must start with http:// or https://, got {url!r}; e.g. Remote('http://127.0.0.1:8000')")
+            raise ValueError(
+                f"Remote URL must start with http:// or https://, got {url!r}; e.g. Remote('http://127.0.0.1:8000')"
+            )
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.url = url.rstrip("/")
@@ -124,7 +137,9 @@ class Remote:
         if cert is not None:
             for path in (cert,) if isinstance(cert, (str, os.PathLike)) else cert:
                 if not os.path.isfile(path):
-                    raise FileNotFoundError(f"client certificate file {os.fspath(path)!r} not found; make one with `fedsync certs coordinator DIR`")
+                    raise FileNotFoundError(
+                        f"client certificate file {os.fspath(path)!r} not found; make one with `fedsync certs coordinator DIR`"
+                    )
             self.session.cert = cert if isinstance(cert, str) else tuple(os.fspath(p) for p in cert)
 
     def __repr__(self) -> str:
@@ -154,7 +169,9 @@ class Remote:
         if not isinstance(info, dict) or not isinstance(info.get("specs"), str):
             raise RemoteError(self.url, "/info answered no specs; is this a fedsync device?")
         if not 0 < len(info["specs"]) <= MAX_SPECS:
-            raise RemoteError(self.url, f"/info answered specs of {len(info['specs'])} characters; expected 1 to {MAX_SPECS}")
+            raise RemoteError(
+                self.url, f"/info answered specs of {len(info['specs'])} characters; expected 1 to {MAX_SPECS}"
+            )
         repetition = info.get("repetition", 0)
         if isinstance(repetition, bool) or not isinstance(repetition, int) or not 0 <= repetition <= MAX_REPETITION:
             shown = _shown(repetition)
@@ -162,7 +179,13 @@ class Remote:
         return info
 
     def submit(
-        self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None, config: Mapping[str, Any] | None = None
+        self,
+        repetition: int,
+        payload: Encoding,
+        specs: str,
+        *,
+        timeout: float | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         """Hand the device ``payload`` for ``repetition``; returns once it accepted (202).
 
@@ -209,7 +232,13 @@ class Remote:
         return self.result(repetition, 0.0) is not None
 
     def result(
-        self, repetition: int, wait: float, *, timeout: float | None = None, as_view: bool = False, deadline: Deadline | None = None
+        self,
+        repetition: int,
+        wait: float,
+        *,
+        timeout: float | None = None,
+        as_view: bool = False,
+        deadline: Deadline | None = None,
     ) -> Encoding | None:
         """Long-poll up to ``wait`` seconds; the device's payload, or ``None`` if still working.
 
@@ -230,13 +259,25 @@ class Remote:
         if response is None:
             return None
         if "Content-Length" not in response.headers:  # streamed without a length: read up to max_reply
-            body = read_capped(response, self.max_reply, deadline, self.url, limit="max_reply", advice="; raise it with Remote(url, max_reply=...)")
+            body = read_capped(
+                response,
+                self.max_reply,
+                deadline,
+                self.url,
+                limit="max_reply",
+                advice="; raise it with Remote(url, max_reply=...)",
+            )
             return self._decoded(body, str(response.headers.get("Content-Type", "")))
         stream = self._stream(repetition, response, timeout, deadline)
         return self.download(stream, as_view=as_view)
 
     def open_result(
-        self, repetition: int, wait: float = 0.0, *, timeout: float | None = None, deadline: Deadline | float | None = None
+        self,
+        repetition: int,
+        wait: float = 0.0,
+        *,
+        timeout: float | None = None,
+        deadline: Deadline | float | None = None,
     ) -> ReplyStream | None:
         """Long-poll up to ``wait`` seconds; the result as a :class:`~fedsync.wire.replies.ReplyStream`
         whose body is not read yet, or ``None`` if the device is still working.
@@ -260,14 +301,19 @@ class Remote:
         response = self._result_response(repetition, wait, timeout)
         return None if response is None else self._stream(repetition, response, timeout, deadline)
 
-    def _stream(self, repetition: int, response: requests.Response, timeout: float | None, deadline: Deadline) -> ReplyStream:
+    def _stream(
+        self, repetition: int, response: requests.Response, timeout: float | None, deadline: Deadline
+    ) -> ReplyStream:
         """A result's answer as a :class:`ReplyStream` (which can ask for it again)."""
 
         def sized(response: requests.Response) -> tuple[requests.Response, int]:
             length = content_length(response.headers.get("Content-Length"))
             if length is None:
                 response.close()
-                raise RemoteError(self.url, "sent its result without a valid Content-Length (decimal digits); a fedsync device sends one")
+                raise RemoteError(
+                    self.url,
+                    "sent its result without a valid Content-Length (decimal digits); a fedsync device sends one",
+                )
             return response, length
 
         def open_again() -> tuple[requests.Response, int]:
@@ -290,7 +336,8 @@ class Remote:
         try:
             if len(stream) > self.max_reply:
                 raise RemoteError(
-                    self.url, f"announced a result of {len(stream)} bytes, over max_reply ({self.max_reply}); raise it with Remote(url, max_reply=...)"
+                    self.url,
+                    f"announced a result of {len(stream)} bytes, over max_reply ({self.max_reply}); raise it with Remote(url, max_reply=...)",
                 )
             if as_view and not with_text:
                 return stream.read_all()
@@ -309,7 +356,13 @@ class Remote:
         return bytes(body)
 
     def evaluate(
-        self, repetition: int, payload: Encoding, specs: str, *, timeout: float | None = None, deadline: Deadline | None = None,
+        self,
+        repetition: int,
+        payload: Encoding,
+        specs: str,
+        *,
+        timeout: float | None = None,
+        deadline: Deadline | None = None,
         config: Mapping[str, Any] | None = None,
     ) -> EvaluationAnswer:
         """Ask the device to evaluate ``payload`` on its data: ``{"samples": n, "metrics": {...}}``.
@@ -330,8 +383,13 @@ class Remote:
         body, mimetype = _body(payload)
         deadline = deadline or Deadline.within(timeout or self.timeout)
         answer = self._json(
-            "POST", f"/{repetition}/evaluate", deadline, what="the evaluation",
-            data=body, headers=_headers(specs, mimetype, config), timeout=timeout or self.timeout,
+            "POST",
+            f"/{repetition}/evaluate",
+            deadline,
+            what="the evaluation",
+            data=body,
+            headers=_headers(specs, mimetype, config),
+            timeout=timeout or self.timeout,
         )
         try:
             if not isinstance(answer, dict):
@@ -341,14 +399,16 @@ class Remote:
             samples = checked_samples(answer.get("samples"), "samples")
             metrics = checked_metrics(answer.get("metrics"), "metrics")
         except ValueError as exc:
-            raise RemoteError(self.url, f"evaluation answered no valid samples and metrics: {self.scrub(str(exc))}") from None
+            raise RemoteError(
+                self.url, f"evaluation answered no valid samples and metrics: {self.scrub(str(exc))}"
+            ) from None
         return {"samples": samples, "metrics": metrics}
 
     def close(self) -> None:
         """Release the session's connections."""
         self.session.close()
 
-    def __enter__(self) -> "Remote":
+    def __enter__(self) -> Remote:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -377,18 +437,26 @@ class Remote:
             return None
         if response.status_code != 200:
             response.close()
-            raise RemoteError(self.url, f"answered HTTP {response.status_code} to a result request; expected 200 or 202")
+            raise RemoteError(
+                self.url, f"answered HTTP {response.status_code} to a result request; expected 200 or 202"
+            )
         answered = response.headers.get(REPETITION_HEADER)
         if answered is not None and answered != str(repetition):
             response.close()
             raise RemoteError(self.url, f"answered repetition {_shown(answered)} instead of {repetition}")
         return response
 
-    def _poll(self, method: str, repetition: int, wait: float, timeout: float | None, **kwargs: Any) -> requests.Response:
+    def _poll(
+        self, method: str, repetition: int, wait: float, timeout: float | None, **kwargs: Any
+    ) -> requests.Response:
         """A long-poll of ``{rep}/result``: the read timeout covers the wait."""
         read_timeout = timeout if timeout is not None else wait + self.timeout
         return self._request(
-            method, f"/{repetition}/result", params={"wait": f"{wait:.3f}"}, timeout=(min(self.timeout, read_timeout), read_timeout), **kwargs
+            method,
+            f"/{repetition}/result",
+            params={"wait": f"{wait:.3f}"},
+            timeout=(min(self.timeout, read_timeout), read_timeout),
+            **kwargs,
         )
 
     def _request(self, method: str, path: str, check: bool = True, **kwargs: Any) -> requests.Response:
@@ -406,9 +474,14 @@ class Remote:
                     if self.session.cert
                     else "(if it requires a client certificate, pass cert=(certfile, keyfile) signed by its CA)"
                 )
-                raise RemoteUnavailable(self.url, f"TLS handshake refused: the device closed the connection {hint}: {detail}") from None
+                raise RemoteUnavailable(
+                    self.url, f"TLS handshake refused: the device closed the connection {hint}: {detail}"
+                ) from None
             if "CERTIFICATE_VERIFY_FAILED" in detail or "certificate verify failed" in detail.lower():
-                raise RemoteUnavailable(self.url, f"TLS certificate not trusted (pass verify=CA_BUNDLE, the device's certificate or its CA): {detail}") from None
+                raise RemoteUnavailable(
+                    self.url,
+                    f"TLS certificate not trusted (pass verify=CA_BUNDLE, the device's certificate or its CA): {detail}",
+                ) from None
             raise RemoteUnavailable(self.url, f"TLS handshake failed: {detail}") from None
         except requests.exceptions.ConnectTimeout as exc:
             raise RemoteTimeout(self.url, f"timed out connecting ({self._short(exc)})") from None
@@ -449,7 +522,9 @@ class Remote:
         if code == "tls_required":  # a plain-HTTP URL for a device that serves HTTPS
             raise RemoteUnavailable(self.url, message)
         if status in (400, 411, 413):
-            error: Exception = PayloadRejected(f"{self.url}: device rejected the payload ({status} {code}): {message}", url=self.url)
+            error: Exception = PayloadRejected(
+                f"{self.url}: device rejected the payload ({status} {code}): {message}", url=self.url
+            )
         else:
             error = RemoteError(self.url, f"HTTP {status} {code}: {message}")
         # The refusal's JSON object (at most MAX_ERROR_BODY bytes), for callers that read more than the
@@ -490,7 +565,9 @@ def _malformed(exc: BaseException) -> bool:
         return False
     cause = reason.args[1]
     # RemoteDisconnected and IncompleteRead are a device that went away, not bad HTTP.
-    return isinstance(cause, http.client.HTTPException) and not isinstance(cause, (ConnectionError, http.client.IncompleteRead))
+    return isinstance(cause, http.client.HTTPException) and not isinstance(
+        cause, (ConnectionError, http.client.IncompleteRead)
+    )
 
 
 def _shown(value: Any) -> str:
@@ -511,9 +588,25 @@ def _raise_if_refused_certificate(url: str, detail: str) -> None:
     """A device requiring client certificates (mutual TLS) refused ours, or got none: say which."""
     lowered = detail.lower()
     if "certificate required" in lowered or "certificate_required" in lowered:
-        raise RemoteUnavailable(url, f"TLS handshake refused: the device requires a client certificate (pass cert=(certfile, keyfile) signed by its CA): {detail}")
-    if any(alert in lowered for alert in ("unknown ca", "unknown_ca", "bad certificate", "bad_certificate", "certificate unknown", "certificate_unknown")):
-        raise RemoteUnavailable(url, f"TLS handshake refused: the device does not trust this coordinator's certificate (is it signed by the CA the device was given as client_ca?): {detail}")
+        raise RemoteUnavailable(
+            url,
+            f"TLS handshake refused: the device requires a client certificate (pass cert=(certfile, keyfile) signed by its CA): {detail}",
+        )
+    if any(
+        alert in lowered
+        for alert in (
+            "unknown ca",
+            "unknown_ca",
+            "bad certificate",
+            "bad_certificate",
+            "certificate unknown",
+            "certificate_unknown",
+        )
+    ):
+        raise RemoteUnavailable(
+            url,
+            f"TLS handshake refused: the device does not trust this coordinator's certificate (is it signed by the CA the device was given as client_ca?): {detail}",
+        )
 
 
 @hookimpl

@@ -21,8 +21,9 @@ import datetime
 import ipaddress
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["init_ca", "issue_device", "issue_coordinator", "CA_DAYS", "LEAF_DAYS"]
 
@@ -63,8 +64,15 @@ def init_ca(folder: str | os.PathLike, *, name: str = "fedsync CA", days: int = 
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -89,21 +97,30 @@ def issue_device(
         FileExistsError: the certificate exists already.
     """
     if not hosts:
-        raise ValueError("a device certificate needs at least one host, e.g. --host 192.0.2.10 --host device1.example.org")
+        raise ValueError(
+            "a device certificate needs at least one host, e.g. --host 192.0.2.10 --host device1.example.org"
+        )
     x509, *_ = _crypto()
     names: list[Any] = []
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
-            if not re.fullmatch(r"(?=.{1,253}$)([A-Za-z0-9*]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", host):
-                raise ValueError(f"host {host!r} is neither an IP address nor a DNS name; e.g. 192.0.2.10 or device1.example.org") from None
+            if not re.fullmatch(
+                r"(?=.{1,253}$)([A-Za-z0-9*]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
+                host,
+            ):
+                raise ValueError(
+                    f"host {host!r} is neither an IP address nor a DNS name; e.g. 192.0.2.10 or device1.example.org"
+                ) from None
             names.append(x509.DNSName(host))
     label = _checked_name(name or hosts[0].replace(":", "-"))
     return _issue(Path(folder), f"device-{label}", hosts[0], names, server=True, days=days)
 
 
-def issue_coordinator(folder: str | os.PathLike, *, name: str = "coordinator", days: int = LEAF_DAYS) -> tuple[Path, Path]:
+def issue_coordinator(
+    folder: str | os.PathLike, *, name: str = "coordinator", days: int = LEAF_DAYS
+) -> tuple[Path, Path]:
     """A coordinator's client certificate, signed by the CA in ``folder``.
 
     Returns:
@@ -117,7 +134,9 @@ def issue_coordinator(folder: str | os.PathLike, *, name: str = "coordinator", d
     return _issue(Path(folder), f"coordinator-{label}", label, [], server=False, days=days)
 
 
-def _issue(folder: Path, stem: str, common_name: str, names: list[Any], *, server: bool, days: int) -> tuple[Path, Path]:
+def _issue(
+    folder: Path, stem: str, common_name: str, names: list[Any], *, server: bool, days: int
+) -> tuple[Path, Path]:
     x509, hashes, serialization, ec, NameOID, ExtendedKeyUsageOID = _crypto()
     ca_cert_path, ca_key_path = folder / "ca.pem", folder / "ca-key.pem"
     if not ca_cert_path.is_file() or not ca_key_path.is_file():
@@ -139,8 +158,15 @@ def _issue(folder: Path, stem: str, common_name: str, names: list[Any], *, serve
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=False, crl_sign=False, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -170,14 +196,18 @@ def _crypto() -> tuple[Any, ...]:
 
 def _checked_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"certificate name {name!r} must be a word of letters, digits, '.', '_' or '-' (at most 63), e.g. 'device1'")
+        raise ValueError(
+            f"certificate name {name!r} must be a word of letters, digits, '.', '_' or '-' (at most 63), e.g. 'device1'"
+        )
     return name
 
 
 def _refuse_existing(*paths: Path) -> None:
     for path in paths:
         if path.exists():
-            raise FileExistsError(f"{path} exists already; fedsync never overwrites keys: remove it, or pick another --name")
+            raise FileExistsError(
+                f"{path} exists already; fedsync never overwrites keys: remove it, or pick another --name"
+            )
 
 
 def _now() -> datetime.datetime:
@@ -188,7 +218,9 @@ def _write(folder: Path, cert_path: Path, key_path: Path, cert: Any, key: Any) -
     from cryptography.hazmat.primitives import serialization
 
     folder.mkdir(parents=True, exist_ok=True)
-    key_bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     # The key file is created 0600: it is never readable by others, not even for a moment.
     descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as f:

@@ -24,16 +24,28 @@ import json
 import math
 import reprlib
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..errors import CodecError
 
 __all__ = [
-    "HEADER_LIMIT", "MAX_TENSORS", "MAX_METADATA", "Payload", "encode_payload", "encode_frames", "encode", "payload_size", "read_exactly",
-    "decode", "Header", "Tensor", "read_header", "read_pieces",
+    "HEADER_LIMIT",
+    "MAX_TENSORS",
+    "MAX_METADATA",
+    "Payload",
+    "encode_payload",
+    "encode_frames",
+    "encode",
+    "payload_size",
+    "read_exactly",
+    "decode",
+    "Header",
+    "Tensor",
+    "read_header",
+    "read_pieces",
 ]
 
 HEADER_LIMIT = 8 * 1024 * 1024
@@ -119,9 +131,7 @@ def encode_frames(
     return [_header_frame(header), *frames]
 
 
-def encode(
-    arrays: Mapping[str, Any] | Sequence[Any], metadata: Mapping[str, str] | None = None
-) -> bytes:
+def encode(arrays: Mapping[str, Any] | Sequence[Any], metadata: Mapping[str, str] | None = None) -> bytes:
     """Encode arrays into one immutable ``bytes`` object (see :func:`encode_frames`)."""
     # bytes.join sums the frame sizes, allocates once and memcpy's each buffer:
     # a single copy, and the result is bytes (safetensors.numpy.load rejects bytearray).
@@ -192,8 +202,7 @@ def _named_arrays(arrays: Mapping[str, Any] | Sequence[Any]) -> list[tuple[str, 
         items = [(str(index), value) for index, value in enumerate(arrays)]
     else:
         raise CodecError(
-            "arrays must be a mapping of name -> array or a list/tuple of arrays, "
-            f"got {type(arrays).__name__}"
+            f"arrays must be a mapping of name -> array or a list/tuple of arrays, got {type(arrays).__name__}"
         )
     return [(_checked_name(name), _wire_array(name, value)) for name, value in items]
 
@@ -213,9 +222,7 @@ def _wire_array(name: str, value: Any) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise CodecError(f"array {name!r} is not convertible to a numpy array: {exc}") from exc
     if (array.dtype.kind, array.dtype.itemsize) not in _CODES or array.dtype.fields:
-        raise CodecError(
-            f"array {name!r} has unsupported dtype {array.dtype}; supported: {_SUPPORTED}"
-        )
+        raise CodecError(f"array {name!r} has unsupported dtype {array.dtype}; supported: {_SUPPORTED}")
     # np.ascontiguousarray would turn 0-d arrays into 1-d ones; asarray(order="C") does not.
     return np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
 
@@ -233,14 +240,18 @@ def _header_frame(header: dict[str, Any]) -> bytes:
         raise CodecError(f"names and metadata must be valid Unicode text: {exc}") from exc
     size = len(text) + (-len(text) % 8)
     if size > HEADER_LIMIT:
-        raise CodecError(f"header is {size} bytes, more than HEADER_LIMIT ({HEADER_LIMIT}); raise fedsync.wire.codec.HEADER_LIMIT for a model of that many tensors")
+        raise CodecError(
+            f"header is {size} bytes, more than HEADER_LIMIT ({HEADER_LIMIT}); raise fedsync.wire.codec.HEADER_LIMIT for a model of that many tensors"
+        )
     return _LENGTH.pack(size) + text.ljust(size, b" ")
 
 
 # ----------------------------------------------------------------- decoding
 
 
-def decode(buffer: bytes | bytearray | memoryview, *, limit: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def decode(
+    buffer: bytes | bytearray | memoryview, *, limit: int | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Decode a payload into (arrays viewing ``buffer`` without copying, metadata).
 
     ``limit``: the largest header accepted, in bytes (default :data:`HEADER_LIMIT`).
@@ -260,9 +271,7 @@ def _byte_view(buffer: Any) -> memoryview:
     try:
         view = memoryview(buffer)
     except TypeError as exc:
-        raise CodecError(
-            f"expected bytes, bytearray or memoryview, got {type(buffer).__name__}"
-        ) from exc
+        raise CodecError(f"expected bytes, bytearray or memoryview, got {type(buffer).__name__}") from exc
     if not view.c_contiguous:
         raise CodecError("buffer must be contiguous")
     if view.ndim == 1 and view.format == "B":
@@ -316,7 +325,9 @@ def read_pieces(
         itemsize = tensor.dtype.itemsize
         per_piece = len(buffer) // itemsize
         if per_piece < 1:
-            raise CodecError(f"buffer of {len(buffer)} bytes cannot hold one {tensor.dtype} element; give read_pieces a buffer of at least 8 bytes")
+            raise CodecError(
+                f"buffer of {len(buffer)} bytes cannot hold one {tensor.dtype} element; give read_pieces a buffer of at least 8 bytes"
+            )
         count = (tensor.end - tensor.begin) // itemsize
         for first in range(0, count, per_piece):
             piece = _read_into(readinto, buffer[: min(per_piece, count - first) * itemsize])
@@ -352,18 +363,16 @@ def _layout(raw_header: memoryview, data_size: int) -> tuple[list[Tensor], dict[
 
 def _header_length(prefix: memoryview, payload_size: int, limit: int | None = None) -> int:
     if payload_size < _LENGTH.size or len(prefix) < _LENGTH.size:
-        raise CodecError(
-            f"payload is {payload_size} bytes, shorter than the 8-byte header length prefix"
-        )
+        raise CodecError(f"payload is {payload_size} bytes, shorter than the 8-byte header length prefix")
     (length,) = _LENGTH.unpack(prefix[: _LENGTH.size])
     if limit is None and length > HEADER_LIMIT:
-        raise CodecError(f"header length {length} exceeds HEADER_LIMIT ({HEADER_LIMIT}); raise fedsync.wire.codec.HEADER_LIMIT for a model of that many tensors")
+        raise CodecError(
+            f"header length {length} exceeds HEADER_LIMIT ({HEADER_LIMIT}); raise fedsync.wire.codec.HEADER_LIMIT for a model of that many tensors"
+        )
     if limit is not None and length > limit:
         raise CodecError(f"header length {length} exceeds the {limit} bytes a payload of this model's layout can need")
     if length > payload_size - _LENGTH.size:
-        raise CodecError(
-            f"header length {length} exceeds the {payload_size - _LENGTH.size} bytes that follow"
-        )
+        raise CodecError(f"header length {length} exceeds the {payload_size - _LENGTH.size} bytes that follow")
     return length
 
 
@@ -399,9 +408,7 @@ def _checked_metadata(metadata: Any, what: str) -> dict[str, str]:
         raise CodecError(f"{what} must be a mapping of str -> str, got {type(metadata).__name__}")
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
-            raise CodecError(
-                f"{what} must map str -> str, got {_repr.repr(key)}: {_repr.repr(value)}"
-            )
+            raise CodecError(f"{what} must map str -> str, got {_repr.repr(key)}: {_repr.repr(value)}")
     return dict(metadata)
 
 
@@ -493,7 +500,6 @@ def _check_coverage(tensors: list[Tensor], data_size: int) -> list[Tensor]:
         position = tensor.end
     if position != data_size:
         raise CodecError(
-            f"data section is {data_size} bytes but the tensors cover only {position}; "
-            "expected no trailing bytes"
+            f"data section is {data_size} bytes but the tensors cover only {position}; expected no trailing bytes"
         )
     return ordered

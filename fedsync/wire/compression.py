@@ -26,7 +26,8 @@ its specs.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,9 @@ def pack(arrays: Mapping[str, np.ndarray], wire_dtype: str) -> tuple[dict[str, n
             packed[name] = a
             continue
         if not np.isfinite(a).all():
-            raise ValueError(f"array {name!r} contains NaN or infinity, which a payload never carries; check the training that produced it")
+            raise ValueError(
+                f"array {name!r} contains NaN or infinity, which a payload never carries; check the training that produced it"
+            )
         if wire_dtype == "float16":
             peak = float(np.abs(a).max()) if a.size else 0.0
             if peak > _FLOAT16_MAX:
@@ -107,7 +110,9 @@ def unpack(
         if target.kind != "f":
             raise PayloadRejected(f"array {name!r} is {target.name} here; only floating arrays are packed")
         if kind != wire_dtype:
-            raise PayloadRejected(f"array {name!r} travels as {kind!r} but this FedData expects wire_dtype {wire_dtype!r}")
+            raise PayloadRejected(
+                f"array {name!r} travels as {kind!r} but this FedData expects wire_dtype {wire_dtype!r}"
+            )
         if kind == "float16" and a.dtype == np.float16:
             out[name] = a.astype(target)
         elif kind == "bfloat16" and a.dtype == np.uint16:
@@ -118,7 +123,9 @@ def unpack(
             # unpacks finite; a -128 under the largest scale overflows, which the NaN/inf scan refuses.
             largest = float(np.finfo(target).max) / 127
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= largest:
-                raise PayloadRejected(f"array {name!r}: int8 scale must be a number in (0, {largest:g}], got {_short(scale)}")
+                raise PayloadRejected(
+                    f"array {name!r}: int8 scale must be a number in (0, {largest:g}], got {_short(scale)}"
+                )
             out[name] = _scaled(a, float(scale), target)
         else:
             raise PayloadRejected(f"array {name!r}: {kind!r} cannot be carried as {a.dtype.name}")

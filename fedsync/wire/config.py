@@ -19,7 +19,8 @@ import inspect
 import json
 import math
 import numbers
-from typing import Any, Callable, Mapping, Union
+from collections.abc import Callable, Mapping
+from typing import Any, Union
 
 __all__ = [
     "CONFIG_HEADER",
@@ -68,13 +69,17 @@ def checked_config(value: Any, what: str = "config") -> Config:
         TypeError: ``value`` is not a mapping.
     """
     if not isinstance(value, Mapping):
-        raise TypeError(f"{what} must be a dict of names to str, bool, int or float values, got {type(value).__name__}; e.g. {_EXAMPLE}")
+        raise TypeError(
+            f"{what} must be a dict of names to str, bool, int or float values, got {type(value).__name__}; e.g. {_EXAMPLE}"
+        )
     if len(value) > MAX_CONFIG_KEYS:
         raise ValueError(f"{what} has {len(value)} keys, more than MAX_CONFIG_KEYS ({MAX_CONFIG_KEYS}); send fewer")
     clean: Config = {}
     for key, item in value.items():
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_CONFIG_KEY or not key.isprintable():
-            raise ValueError(f"{what}: key {_shown(key)} must be a string of 1 to {MAX_CONFIG_KEY} printable characters")
+            raise ValueError(
+                f"{what}: key {_shown(key)} must be a string of 1 to {MAX_CONFIG_KEY} printable characters"
+            )
         clean[key] = _scalar(item, f"{what}[{key!r}]")
     return clean
 
@@ -87,14 +92,18 @@ def _scalar(item: Any, what: str) -> Scalar:
     if isinstance(item, numbers.Integral):
         number = int(item)
         if not -_LARGEST_INT <= number <= _LARGEST_INT:
-            raise ValueError(f"{what} = {_shown(item)}: integers must lie in [-2**53, 2**53] (exact in every JSON reader)")
+            raise ValueError(
+                f"{what} = {_shown(item)}: integers must lie in [-2**53, 2**53] (exact in every JSON reader)"
+            )
         return number
     if isinstance(item, numbers.Real):
         number = float(item)
         if not math.isfinite(number):
             raise ValueError(f"{what} = {_shown(item)}: numbers must be finite")
         return number
-    raise ValueError(f"{what} is a {type(item).__name__} ({_shown(item)}); values must be str, bool, int or float, e.g. {_EXAMPLE}")
+    raise ValueError(
+        f"{what} is a {type(item).__name__} ({_shown(item)}); values must be str, bool, int or float, e.g. {_EXAMPLE}"
+    )
 
 
 def encode_config(config: Mapping[str, Any]) -> str:
@@ -106,7 +115,9 @@ def encode_config(config: Mapping[str, Any]) -> str:
     """
     text = json.dumps(checked_config(config), ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     if len(text) > MAX_CONFIG_BYTES:
-        raise ValueError(f"config is {len(text)} bytes as JSON, over MAX_CONFIG_BYTES ({MAX_CONFIG_BYTES}); send shorter values")
+        raise ValueError(
+            f"config is {len(text)} bytes as JSON, over MAX_CONFIG_BYTES ({MAX_CONFIG_BYTES}); send shorter values"
+        )
     return text
 
 
@@ -144,7 +155,9 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         raise _Refused(f"has a duplicate key {_shown(next(k for k in keys if keys.count(k) > 1))}")
     for key, value in pairs:
         if isinstance(value, (dict, list)) or value is None:
-            raise _Refused(f"key {_shown(key)} holds {type(value).__name__ if value is not None else 'null'}; values must be strings, numbers or booleans")
+            raise _Refused(
+                f"key {_shown(key)} holds {type(value).__name__ if value is not None else 'null'}; values must be strings, numbers or booleans"
+            )
     return dict(pairs)
 
 

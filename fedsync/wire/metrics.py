@@ -9,7 +9,8 @@ broken device cannot overflow a sum or turn an average into NaN.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "MAX_SAMPLES",
@@ -99,7 +100,9 @@ def weighted_means(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     names = sorted({name for r in records if r["samples"] > 0 for name in r["metrics"]})
     means = {}
     for name in names:
-        pairs = [(float(r["metrics"][name]), int(r["samples"])) for r in records if r["samples"] > 0 and name in r["metrics"]]
+        pairs = [
+            (float(r["metrics"][name]), int(r["samples"])) for r in records if r["samples"] > 0 and name in r["metrics"]
+        ]
         weight = sum(s for _, s in pairs)
         # Weights as fractions of the total keep each product within the values' range, but
         # the rounded fractions may add up to a little over 1: values near float's maximum

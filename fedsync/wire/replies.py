@@ -19,10 +19,11 @@ objects, so their methods are part of the FedData contract.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .codec import read_exactly
 from ..errors import RemoteError, RemoteUnavailable
+from .codec import read_exactly
 from .transfer import Deadline, read_some
 
 __all__ = ["ReplyStream"]
@@ -41,7 +42,7 @@ class ReplyStream:
         rejected: ``None``, or why the merge refused the reply.
     """
 
-    def __init__(self, url: str, opened: "tuple[Any, int]", open_again: Opener, deadline: Deadline) -> None:
+    def __init__(self, url: str, opened: tuple[Any, int], open_again: Opener, deadline: Deadline) -> None:
         self.url = url
         self.rejected: str | None = None
         self.content_type = ""
@@ -64,7 +65,9 @@ class ReplyStream:
         the round's deadline (or stalls in its grace period).
         """
         if self._response is None:
-            raise RemoteError(self.url, "this reply was closed before it was read; read each reply before asking for the next")
+            raise RemoteError(
+                self.url, "this reply was closed before it was read; read each reply before asking for the next"
+            )
         wanted = min(len(view), self.length - self._read)
         if wanted <= 0:
             return 0
@@ -84,7 +87,7 @@ class ReplyStream:
         self.rejected = reason
         self.close()
 
-    def reopen(self) -> "ReplyStream":
+    def reopen(self) -> ReplyStream:
         """Ask the device for the same result again and read it from the start."""
         self.close()
         self._response, length = self._open()

@@ -61,9 +61,11 @@ class Deadline:
     expired: str = LATE
 
     @classmethod
-    def within(cls, seconds: float) -> "Deadline":
+    def within(cls, seconds: float) -> Deadline:
         """A deadline ``seconds`` from now, without grace (for one request's answer)."""
-        return cls(time.monotonic() + seconds, 0.0, expired=f"timed out: the answer was still arriving after {seconds:g}s")
+        return cls(
+            time.monotonic() + seconds, 0.0, expired=f"timed out: the answer was still arriving after {seconds:g}s"
+        )
 
     def left(self) -> float:
         """Seconds until ``at`` (negative once it passed)."""
@@ -128,7 +130,9 @@ def read_some(response: Any, view: memoryview, deadline: Deadline, url: str) -> 
             raise RemoteTimeout(url, deadline.expired) from None
         raise RemoteTimeout(url, f"the answer stopped arriving for {wait:.1f}s") from None
     except Exception as exc:  # urllib3, http.client and ssl raise several types for a lost connection
-        raise RemoteUnavailable(url, f"connection lost while reading the answer ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise RemoteUnavailable(
+            url, f"connection lost while reading the answer ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
 
 
 def _readinto1(source: Any, view: memoryview) -> int:
@@ -164,7 +168,14 @@ def release(response: Any) -> None:
 
 
 def read_capped(
-    response: Any, cap: int, deadline: Deadline, url: str, *, truncate: bool = False, limit: str = "the limit", advice: str = ""
+    response: Any,
+    cap: int,
+    deadline: Deadline,
+    url: str,
+    *,
+    truncate: bool = False,
+    limit: str = "the limit",
+    advice: str = "",
 ) -> bytes:
     """The body of ``response``, at most ``cap`` bytes, read under ``deadline``; the response is then released.
 

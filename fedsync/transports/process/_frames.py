@@ -44,7 +44,9 @@ def write_frame(stream: BinaryIO, header: dict[str, Any], body: bytes | bytearra
     stream.flush()
 
 
-def read_frame(stream: BinaryIO, max_body: int, max_header: int = MAX_HEADER) -> tuple[dict[str, Any], bytearray] | None:
+def read_frame(
+    stream: BinaryIO, max_body: int, max_header: int = MAX_HEADER
+) -> tuple[dict[str, Any], bytearray] | None:
     """The next frame as ``(header, body)``; ``None`` at a clean end of stream (before a frame).
 
     Raises:

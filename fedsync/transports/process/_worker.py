@@ -27,13 +27,14 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
-from .. import device_functions
-from ._frames import FrameError, read_frame, write_frame
-from ...errors import RemoteError, RemoteTimeout
-from ..local import LocalRemote, TrainingPool
 from ...device.app import DEFAULT_MAX_CONTENT_LENGTH
+from ...errors import RemoteError, RemoteTimeout
+from .. import device_functions
+from ..local import LocalRemote, TrainingPool
+from ._frames import FrameError, read_frame, write_frame
 
 __all__ = ["main"]
 
@@ -58,8 +59,11 @@ class _Worker:
         remote = self.devices.get(device_id)
         if remote is None:
             remote = LocalRemote(
-                f"local://device-{device_id}", device=functools.partial(self.device_fn, device_id), pool=self.pool,
-                timeout=3600, max_content_length=self.max_content_length,
+                f"local://device-{device_id}",
+                device=functools.partial(self.device_fn, device_id),
+                pool=self.pool,
+                timeout=3600,
+                max_content_length=self.max_content_length,
             )
             self.devices[device_id] = remote
         return remote
@@ -70,8 +74,12 @@ class _Worker:
         try:
             remote = header["remote"]
             status, headers, content = remote._exchange(
-                str(header["method"]), str(header["path"]), str(header.get("query", "")),
-                {str(k): str(v) for k, v in dict(header.get("headers") or {}).items()}, body, float(header["timeout"]),
+                str(header["method"]),
+                str(header["path"]),
+                str(header.get("query", "")),
+                {str(k): str(v) for k, v in dict(header.get("headers") or {}).items()},
+                body,
+                float(header["timeout"]),
             )
             reply: dict[str, Any] = {"id": request_id, "status": status, "headers": headers}
         except RemoteTimeout as exc:
@@ -79,7 +87,10 @@ class _Worker:
         except RemoteError as exc:
             reply, content = {"id": request_id, "error": exc.reason}, b""
         except Exception as exc:  # a bug here must not kill the other devices of this process
-            reply, content = {"id": request_id, "error": f"the worker process failed: {type(exc).__name__}: {str(exc)[:500]}"}, b""
+            reply, content = (
+                {"id": request_id, "error": f"the worker process failed: {type(exc).__name__}: {str(exc)[:500]}"},
+                b"",
+            )
         del body
         with self.write_lock:
             write_frame(self.out, reply, content)
@@ -104,7 +115,10 @@ class _Worker:
 
 def main(argv: list[str] | None = None) -> None:
     """The worker's entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m fedsync.transports.process._worker", description="A fedsync simulation worker (started by run_simulation).")
+    parser = argparse.ArgumentParser(
+        prog="python -m fedsync.transports.process._worker",
+        description="A fedsync simulation worker (started by run_simulation).",
+    )
     parser.add_argument("--name", required=True, help="device_fn's qualified name")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--module", help="the module defining device_fn")

@@ -30,14 +30,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .. import device_functions
-from ._frames import MAX_HEADER, FrameError, frame_head, read_frame
+from ...device.app import DEFAULT_MAX_CONTENT_LENGTH
 from ...errors import RemoteError, RemoteTimeout
+from .. import device_functions
 from ..local import LocalRemote
 from ..remote import MAX_REPLY
-from ...device.app import DEFAULT_MAX_CONTENT_LENGTH
+from ._frames import MAX_HEADER, FrameError, frame_head, read_frame
 
 __all__ = ["ProcessPool", "ProcessRemote", "process_remotes"]
 
@@ -74,7 +75,9 @@ class _Process:
         self.load = 0  # devices placed here (the pool's lock guards it)
         threading.Thread(target=self._read, name=f"fedsync-worker-{self.proc.pid}", daemon=True).start()
 
-    def call(self, url: str, header: dict[str, Any], body: bytes, timeout: float) -> tuple[int, list[tuple[str, str]], bytes]:
+    def call(
+        self, url: str, header: dict[str, Any], body: bytes, timeout: float
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         """Send one request; the worker's answer, checked.
 
         Raises:
@@ -136,7 +139,9 @@ class _Process:
         """Kill the process; its requests fail with ``reason``."""
         with self.lock:
             if self.dead is None:
-                self.dead = f"its worker process (pid {self.proc.pid}) was stopped: {reason}; the device's state was lost"
+                self.dead = (
+                    f"its worker process (pid {self.proc.pid}) was stopped: {reason}; the device's state was lost"
+                )
         try:
             self.proc.kill()
         except OSError:
@@ -176,7 +181,11 @@ class _Process:
         except subprocess.TimeoutExpired:  # it closed its stdout but lives on: end it
             self.proc.kill()
             code = self.proc.wait()
-        how = broken or (f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else f"exited with code {code}")
+        how = broken or (
+            f"was killed by {signal.Signals(-code).name}"
+            if code < 0 and -code in signal.valid_signals()
+            else f"exited with code {code}"
+        )
         with self.lock:
             if self.dead is None:
                 self.dead = f"its worker process (pid {self.proc.pid}) {how}; the device's state was lost"
@@ -224,7 +233,9 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview, deadline: float, s
         sent[0] += count
 
 
-def _checked_answer(url: str, header: dict[str, Any], body: bytes | bytearray) -> tuple[int, list[tuple[str, str]], bytes]:
+def _checked_answer(
+    url: str, header: dict[str, Any], body: bytes | bytearray
+) -> tuple[int, list[tuple[str, str]], bytes]:
     """A worker's answer as ``(status, headers, body)``, every field checked; else RemoteError/RemoteTimeout."""
     error = header.get("error")
     if error is not None:
@@ -234,12 +245,26 @@ def _checked_answer(url: str, header: dict[str, Any], body: bytes | bytearray) -
         raise RemoteError(url, reason)
     status, headers = header.get("status"), header.get("headers")
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-        raise RemoteError(url, f"its worker process answered status {str(status)[:40]!r}, expected an HTTP status 100-599")
-    if not isinstance(headers, list) or len(headers) > MAX_ANSWER_HEADERS or not all(
-        isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair) for pair in headers
+        raise RemoteError(
+            url, f"its worker process answered status {str(status)[:40]!r}, expected an HTTP status 100-599"
+        )
+    if (
+        not isinstance(headers, list)
+        or len(headers) > MAX_ANSWER_HEADERS
+        or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)
+            for pair in headers
+        )
     ):
-        raise RemoteError(url, f"its worker process answered malformed headers (expected at most {MAX_ANSWER_HEADERS} [name, value] pairs of strings)")
-    return status, [(name, value) for name, value in headers], bytes(body) if isinstance(body, bytearray) and len(body) < 4096 else body  # type: ignore[return-value]
+        raise RemoteError(
+            url,
+            f"its worker process answered malformed headers (expected at most {MAX_ANSWER_HEADERS} [name, value] pairs of strings)",
+        )
+    return (
+        status,
+        [(name, value) for name, value in headers],
+        bytes(body) if isinstance(body, bytearray) and len(body) < 4096 else body,
+    )  # type: ignore[return-value]
 
 
 class ProcessPool:
@@ -282,7 +307,9 @@ class ProcessPool:
         for process in self._processes:
             if not process.ready.wait(max(0.0, deadline - time.monotonic())):
                 self.close()
-                raise TimeoutError(f"the simulation's worker processes did not start within {start_timeout:g} s (importing {self.argv[-1]})")
+                raise TimeoutError(
+                    f"the simulation's worker processes did not start within {start_timeout:g} s (importing {self.argv[-1]})"
+                )
             why = process.start_error or process.dead
             if why is not None:
                 self.close()
@@ -326,7 +353,7 @@ class ProcessPool:
         for process in processes:
             process.close(wait)
 
-    def __enter__(self) -> "ProcessPool":
+    def __enter__(self) -> ProcessPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -336,7 +363,9 @@ class ProcessPool:
 def _worker_environment() -> dict[str, str]:
     """This environment, with this process's import path, and one BLAS/OpenMP thread per worker unless set."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path if isinstance(p, str))
+    env["PYTHONPATH"] = os.pathsep.join(
+        os.path.abspath(p) if p else os.getcwd() for p in sys.path if isinstance(p, str)
+    )
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(name, "1")  # the pool runs one worker per core
     return env
@@ -356,7 +385,9 @@ class ProcessRemote(LocalRemote):
         timeout, max_reply: as for :class:`~fedsync.transports.local.LocalRemote`.
     """
 
-    def __init__(self, url: str, device_id: int, processes: ProcessPool, *, timeout: float = 30.0, max_reply: int = MAX_REPLY) -> None:
+    def __init__(
+        self, url: str, device_id: int, processes: ProcessPool, *, timeout: float = 30.0, max_reply: int = MAX_REPLY
+    ) -> None:
         super().__init__(url, device=_in_a_worker, timeout=timeout, max_reply=max_reply)
         self.device_id = device_id
         self._processes = processes
@@ -383,7 +414,14 @@ class ProcessRemote(LocalRemote):
                 except RuntimeError as exc:
                     raise RemoteError(self.url, str(exc)) from None
             process = self._process
-        request = {"device": self.device_id, "method": method, "path": path, "query": query, "headers": headers, "timeout": timeout}
+        request = {
+            "device": self.device_id,
+            "method": method,
+            "path": path,
+            "query": query,
+            "headers": headers,
+            "timeout": timeout,
+        }
         return process.call(self.url, request, body, timeout)
 
     def release(self) -> None:
