@@ -295,6 +295,8 @@ class DeviceApp:
                 404,
             )
         except HTTPException as exc:  # any other routing error: still the client's request at fault
+            # A fallback whose code is werkzeug's name for the exception, outside ErrorCode: the url
+            # map (no redirects) answers a client's paths and methods with the two above.
             code = exc.code if exc.code is not None and 400 <= exc.code < 500 else 400
             return json_response({"error": exc.name.lower().replace(" ", "_"), "message": exc.description}, code)
         finally:
