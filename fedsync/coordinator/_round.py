@@ -25,7 +25,7 @@ from ..wire.replies import ReplyStream
 from ..wire.transfer import LATE, Deadline
 from .history import RoundResult
 
-__all__ = ["exact_share", "scrub_failures", "scrubbed", "gather_reasons", "format_metrics"]
+__all__ = ["exact_share", "sample_size", "scrub_failures", "scrubbed", "gather_reasons", "format_metrics"]
 
 
 def exact_share(fraction: Any, count: int) -> int:
@@ -35,6 +35,16 @@ def exact_share(fraction: Any, count: int) -> int:
     """
     share = Fraction(str(fraction)) * count
     return -(-share.numerator // share.denominator)
+
+
+def sample_size(share: Fraction, devices: int, min_results: int | None) -> int:
+    """How many of ``devices`` remotes a round samples: ``ceil(share * devices)``, at least 1 and ``min_results``.
+
+    At most ``devices``. ``Federated.sample`` draws this many; the ε of a round under
+    central DP (``fedsync.coordinator._privacy``) takes ``sample_size / devices`` as its
+    sampling rate, so both read this one function.
+    """
+    return min(devices, max(1, exact_share(share, devices), min_results or 1))
 
 
 def scrub_failures(failures: dict[str, str], remotes: Iterable[Any]) -> dict[str, str]:

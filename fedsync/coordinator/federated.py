@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from .. import plugins
 from ..errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch
-from ..privacy import coordinator_privacy
 from ..protocol import MAX_REPETITION, Encoding, FedData
 from ..secagg import coordinator as secure_rounds
 from ..transports.remote import MAX_REPLY, Remote
@@ -35,6 +34,7 @@ from ..wire.replies import ReplyStream
 from ..wire.transfer import STALL, Deadline, round_grace
 from . import checkpoint as checkpoint_io
 from . import server_eval
+from ._privacy import coordinator_privacy
 from ._round import (
     _Budget,
     _close,
@@ -42,9 +42,9 @@ from ._round import (
     _mismatch_message,
     _reason,
     _Round,
-    exact_share,
     format_metrics,
     gather_reasons,
+    sample_size,
     scrub_failures,
     scrubbed,
 )
@@ -222,12 +222,17 @@ class Federated:
         # The dashboard (fedsync.dashboard.app) is imported only when asked for.
         self.dashboard = None if dashboard is None else _dashboard_module().start(self, dashboard)
 
+    @property
+    def share(self) -> Fraction:
+        """``fraction`` as the exact fraction read from its decimal text (``0.14`` is 7/50), read-only."""
+        return self._share
+
     # -- rounds --------------------------------------------------------------------
 
     def sample(self) -> list[Remote]:
         """The remotes taking part in the next round (reproducible with ``seed``)."""
-        count = max(1, exact_share(self._share, len(self.remotes)), self.min_results or 1)
-        if count >= len(self.remotes):
+        count = sample_size(self._share, len(self.remotes), self.min_results)
+        if count == len(self.remotes):
             return list(self.remotes)
         chosen = set(self._rng.sample(range(len(self.remotes)), count))
         return [r for i, r in enumerate(self.remotes) if i in chosen]
@@ -457,7 +462,7 @@ class Federated:
             result.server_evaluation = server_eval.evaluate_on_server(self.evaluate_fn, self.data, result.repetition)
 
     def _record(self, result: RoundResult) -> None:
-        result.privacy = coordinator_privacy(self)  # ε so far, under central DP (fedsync.privacy)
+        result.privacy = coordinator_privacy(self)  # ε so far, under central DP (coordinator/_privacy.py)
         self.history.append(result)
         if self.checkpoint is not None:
             checkpoint_io.save(self.checkpoint, self.data, result.repetition, self.history)
