@@ -1,6 +1,7 @@
 """The coordinator side: the :class:`Federated` round over :class:`~fedsync.transports.remote.Remote` devices.
 
-The HTTP transport lives in :mod:`fedsync.transports.remote`; ``Remote`` is re-exported here.
+The HTTP transport lives in :mod:`fedsync.transports.remote`, the ``fit`` callbacks in
+:mod:`fedsync.coordinator.callbacks`; import them from there (or from :mod:`fedsync`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .. import plugins
 from ..errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch
 from ..protocol import MAX_REPETITION, Encoding, FedData
 from ..secagg import coordinator as secure_rounds
-from ..transports.remote import MAX_REPLY, Remote
+from ..transports.remote import Remote
 from ..transports.remote import size as _size
 from ..wire.config import Config, ConfigSource, round_config
 from ..wire.metrics import weighted_means
@@ -48,7 +49,6 @@ from ._round import (
     scrub_failures,
     scrubbed,
 )
-from .callbacks import EarlyStopping
 from .history import EvaluationResult, History, RoundResult
 
 
@@ -58,7 +58,7 @@ def _dashboard_module() -> Any:  # imported lazily: the dashboard imports this m
 
 from .._util.workers import Workers, concurrently
 
-__all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping", "MAX_REPLY"]
+__all__ = ["Federated", "DOWNLOAD_BUDGET", "WORKERS", "SHARED_POLL", "STREAMS", "HANDSHAKE_SHARE"]
 
 logger = logging.getLogger("fedsync")
 
@@ -342,7 +342,7 @@ class Federated:
             rounds: the total number of rounds of the run.
             evaluate_every: run :meth:`evaluate` after every n-th round (0: never).
             callbacks: ``callback(alg, result)`` after each round; returning ``True``
-                stops early (see :class:`EarlyStopping`).
+                stops early (see :class:`~fedsync.coordinator.callbacks.EarlyStopping`).
             progress: show a progress bar; default: when stderr is a terminal.
 
         Returns:
