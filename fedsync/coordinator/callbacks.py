@@ -21,7 +21,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .history import RoundResult, write_atomically
+from .._util.files import write_atomically
+from .history import RoundResult
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ The HTTP transport lives in :mod:`fedsync.transports.remote`, the ``fit`` callba
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import numbers
@@ -24,6 +23,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .. import plugins
+from .._util.workers import Workers, concurrently
+from ..dashboard import app as dashboard_app
 from ..errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch
 from ..protocol import MAX_REPETITION, Encoding, FedData
 from ..secagg import coordinator as secure_rounds
@@ -50,13 +51,6 @@ from ._round import (
     scrubbed,
 )
 from .history import EvaluationResult, History, RoundResult
-
-
-def _dashboard_module() -> Any:  # imported lazily: the dashboard imports this module
-    return importlib.import_module("fedsync.dashboard.app")
-
-
-from .._util.workers import Workers, concurrently
 
 __all__ = ["Federated", "DOWNLOAD_BUDGET", "WORKERS", "SHARED_POLL", "STREAMS", "HANDSHAKE_SHARE"]
 
@@ -219,8 +213,7 @@ class Federated:
                     self.repetition,
                     len(self.history),
                 )
-        # The dashboard (fedsync.dashboard.app) is imported only when asked for.
-        self.dashboard = None if dashboard is None else _dashboard_module().start(self, dashboard)
+        self.dashboard = None if dashboard is None else dashboard_app.start(self, dashboard)
 
     @property
     def share(self) -> Fraction:
@@ -354,7 +347,7 @@ class Federated:
         if progress is None:
             progress = sys.stderr.isatty()
         if self.dashboard is not None or self.checkpoint is not None:
-            _dashboard_module().fit_started(self, rounds)  # the plan, for the dashboard and checkpoint watchers
+            dashboard_app.fit_started(self, rounds)  # the plan, for the dashboard and checkpoint watchers
         with tqdm(
             total=rounds, initial=min(len(self.history), rounds), disable=not progress, unit="round", desc="fedsync"
         ) as bar:
