@@ -25,11 +25,10 @@ from tqdm.auto import tqdm
 from .. import plugins
 from .._util.workers import Workers, concurrently
 from ..dashboard import app as dashboard_app
-from ..errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch
+from ..errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch, failure_reason
 from ..protocol import MAX_REPETITION, Encoding, FedData
 from ..secagg import coordinator as secure_rounds
-from ..transports.remote import Remote
-from ..transports.remote import size as _size
+from ..transports.remote import Remote, size
 from ..wire.config import Config, ConfigSource, round_config
 from ..wire.metrics import weighted_means
 from ..wire.replies import ReplyStream
@@ -38,14 +37,13 @@ from . import checkpoint as checkpoint_io
 from . import server_eval
 from ._privacy import coordinator_privacy
 from ._round import (
-    _Budget,
-    _close,
-    _close_waiting,
-    _mismatch_message,
-    _reason,
-    _Round,
+    Budget,
+    Round,
+    close_reply,
+    close_waiting,
     format_metrics,
     gather_reasons,
+    mismatch_message,
     sample_size,
     scrub_failures,
     scrubbed,
@@ -304,11 +302,11 @@ class Federated:
         result = EvaluationResult(repetition=rep, failures=failures)
         for url, answer in answers.items():
             if isinstance(answer, RemoteError):
-                result.failures[url] = _reason(answer)
+                result.failures[url] = failure_reason(answer)
             elif isinstance(answer, TimeoutError):
                 result.failures[url] = f"RemoteTimeout: no evaluation answer within the timeout of {self.timeout:g}s"
             elif isinstance(answer, BaseException):
-                result.failures[url] = _reason(answer)
+                result.failures[url] = failure_reason(answer)
             else:
                 result.devices[url] = answer
         records = list(result.devices.values())
@@ -402,7 +400,7 @@ class Federated:
         )  # its key phases, if on
         workers = Workers(min(self.workers, len(remotes)), name=f"fedsync-round-{rep}")
         streams = self.data.accepts_streams
-        state = _Round(
+        state = Round(
             rep=rep,
             specs=specs,
             payload=payload,
@@ -410,7 +408,7 @@ class Federated:
             timeout=self.timeout,
             cancel=threading.Event(),
             slots=threading.Semaphore(self.downloads or (STREAMS if streams else self.workers)),
-            budget=_Budget(DOWNLOAD_BUDGET),
+            budget=Budget(DOWNLOAD_BUDGET),
             arrivals=queue.Queue(),
             workers=workers,
             wait=self.poll if len(remotes) <= workers.size else min(self.poll, SHARED_POLL),
@@ -419,7 +417,7 @@ class Federated:
             workers.submit(self._submit, state, remote, config)
         try:
             (self.data.merge if secure is None else secure.merge)(
-                self._collect(state, remotes, needed, result, _size(payload)), rep
+                self._collect(state, remotes, needed, result, size(payload)), rep
             )
         except RoundFailed as exc:  # the merge found the round unusable: say who took part
             message = exc.message if exc.message.startswith(f"round {rep} ") else f"round {rep}: {exc.message}"
@@ -436,7 +434,7 @@ class Federated:
         finally:
             state.cancel.set()
             workers.close()
-            _close_waiting(state.arrivals)
+            close_waiting(state.arrivals)
         report = getattr(self.data, "last_merge", None)
         if isinstance(report, dict) and len(report.get("devices", ())) == len(result.answered):
             result.samples = report.get("samples")
@@ -491,7 +489,7 @@ class Federated:
             if isinstance(info, (RemoteTimeout, TimeoutError)):
                 failures[remote.url] = f"RemoteTimeout: did not answer the handshake within {limits[remote.url]:.3g}s"
             elif isinstance(info, BaseException):
-                failures[remote.url] = _reason(info)
+                failures[remote.url] = failure_reason(info)
             elif info.get("repetition", 0) >= MAX_REPETITION:
                 failures[remote.url] = (
                     f"RemoteError: reports repetition {info['repetition']}, the last allowed (2**53): it accepts no further round"
@@ -507,7 +505,7 @@ class Federated:
                 continue
             if info["specs"] != expected:
                 summary = self.data.summary(max(self.repetition, highest) + 1)
-                mismatches[remote.url] = remote.scrub(_mismatch_message(remote.url, expected, info, summary))
+                mismatches[remote.url] = remote.scrub(mismatch_message(remote.url, expected, info, summary))
             else:
                 self._known.add(remote.url)
         if mismatches and not any(r.url in self._known for r in remotes):
@@ -530,7 +528,7 @@ class Federated:
     # frees it after folding the reply in), and, for whole replies, until the round's
     # byte ``budget`` has room for its Content-Length.
 
-    def _submit(self, state: _Round, remote: Remote, config: Config) -> None:
+    def _submit(self, state: Round, remote: Remote, config: Config) -> None:
         state.phase[remote.url] = "sending"
         try:
             left = state.deadline.left()
@@ -547,7 +545,7 @@ class Federated:
         state.phase[remote.url] = "training"
         state.workers.submit(self._poll, state, remote)  # behind the other submissions
 
-    def _poll(self, state: _Round, remote: Remote) -> None:
+    def _poll(self, state: Round, remote: Remote) -> None:
         """One long-poll; queues the next one behind the other devices' unless the result is ready."""
         reply: ReplyStream | None = None
         try:
@@ -566,15 +564,15 @@ class Federated:
                 return
             state.phase[remote.url] = "answered"
             if not state.download_slot():
-                _close(reply)
+                close_reply(reply)
                 return
         except Exception as exc:
-            _close(reply)
+            close_reply(reply)
             state.arrivals.put((remote, exc, 0))
             return
         self._deliver(state, remote, reply)
 
-    def _deliver(self, state: _Round, remote: Remote, stream: ReplyStream) -> None:
+    def _deliver(self, state: Round, remote: Remote, stream: ReplyStream) -> None:
         """Holding a download slot: hand a stream over, or download a whole reply within the budget and check it."""
         held = 0
         try:
@@ -583,7 +581,7 @@ class Federated:
                 return
             taken = state.budget.acquire(len(stream), state.cancel)
             if taken is None:
-                _close(stream)
+                close_reply(stream)
                 state.slots.release()
                 return
             held = taken
@@ -594,13 +592,13 @@ class Federated:
                 raise PayloadRejected(f"reply rejected: {exc}") from None
             state.arrivals.put((remote, reply, held))
         except Exception as exc:
-            _close(stream)
+            close_reply(stream)
             state.budget.release(held)
             state.slots.release()
             state.arrivals.put((remote, exc, 0))
 
     def _collect(
-        self, state: _Round, remotes: list[Remote], needed: int, result: RoundResult, sent: int
+        self, state: Round, remotes: list[Remote], needed: int, result: RoundResult, sent: int
     ) -> Iterator[Encoding]:
         """Yield replies in arrival order; raise RoundFailed once the quorum is out of reach.
 
@@ -629,7 +627,7 @@ class Federated:
                 break
             pending.discard(remote.url)
             if isinstance(reply, BaseException):
-                result.failures[remote.url] = _reason(reply)
+                result.failures[remote.url] = failure_reason(reply)
                 if not isinstance(reply, RemoteBusy):
                     self._known.discard(remote.url)  # re-handshake: it may have restarted
                 if len(result.answered) + len(pending) < needed:
@@ -638,7 +636,7 @@ class Federated:
                 continue
             result.answered.append(remote.url)
             result.bytes_sent += sent
-            result.bytes_received += _size(reply)
+            result.bytes_received += size(reply)
             if isinstance(reply, ReplyStream):
                 streams.append(reply)
             state.merging = remote.url
@@ -646,7 +644,7 @@ class Federated:
                 yield reply
             finally:
                 state.merging = None
-                _close(reply)
+                close_reply(reply)
                 del reply  # before its bytes go back to the budget: a kept reference would outlive the count
                 state.budget.release(held)
                 state.slots.release()  # folded in: the next reply may download

@@ -50,7 +50,8 @@ import numpy as np
 
 from ..errors import RoundFailed
 from ..privacy import CHUNK, checked_positive, clip_factor, update_norm
-from .base import Arrays, FedAvg, Strategy, _accumulator_dtype
+from .base import Arrays, FedAvg, Strategy, accumulator_dtype
+from .robust import EveryReply
 
 __all__ = ["DPFixedClipping", "DPAdaptiveClipping"]
 
@@ -96,9 +97,7 @@ class DPFixedClipping(Strategy):
             raise ValueError(
                 f"strategy must be a fedsync strategy and not itself a DP wrapper, got {type(self.strategy).__name__}"
             )
-        from .robust import _EveryReply
-
-        if isinstance(self.strategy, _EveryReply):
+        if isinstance(self.strategy, EveryReply):
             raise ValueError(
                 f"{type(self.strategy).__name__} needs every device's reply, but central DP merges only their noised sum; "
                 "use FedAvg or a server optimizer here, or keep the robust strategy and add LocalDP on the devices"
@@ -139,7 +138,7 @@ class DPFixedClipping(Strategy):
         clip = self.clipping_norm
         floats = [name for name, a in current.items() if np.asarray(a).dtype.kind == "f"]
         sums = {
-            name: np.zeros(np.size(current[name]), _accumulator_dtype(np.asarray(current[name]).dtype))
+            name: np.zeros(np.size(current[name]), accumulator_dtype(np.asarray(current[name]).dtype))
             for name in floats
         }
         reference = {name: current[name] for name in floats}
