@@ -113,7 +113,7 @@ class Federated:
             devices take turns: each long-poll then waits at most
             ``SHARED_POLL`` seconds before the next device's turn.
         dashboard: a TCP port on 127.0.0.1 where a live page of this run is
-            served (``0``: any free port; ``alg.dashboard.url`` says which) until
+            served (``0``: any free port; ``federated.dashboard.url`` says which) until
             :meth:`close`. See docs/dashboard.md.
         config: the configuration sent to the devices each round (Flower's
             ``on_fit_config_fn``): a dict, or ``config(server_round) -> dict``;
@@ -332,12 +332,12 @@ class Federated:
         Args:
             rounds: the total number of rounds of the run.
             evaluate_every: run :meth:`evaluate` after every n-th round (0: never).
-            callbacks: ``callback(alg, result)`` after each round; returning ``True``
+            callbacks: ``callback(federated, result)`` after each round; returning ``True``
                 stops early (see :class:`~fedsync.coordinator.callbacks.EarlyStopping`).
             progress: show a progress bar; default: when stderr is a terminal.
 
         Returns:
-            The :class:`History` of every round, also kept as ``alg.history``.
+            The :class:`History` of every round, also kept as ``federated.history``.
 
         Raises:
             SpecsMismatch, RoundFailed: as :meth:`round`.

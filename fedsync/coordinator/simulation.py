@@ -158,11 +158,11 @@ def run_simulation(
             for remote in remotes:
                 remote.release()  # a device's state exists only while it is sampled
 
-    def release(alg: Federated, result: RoundResult) -> None:
+    def release(federated: Federated, result: RoundResult) -> None:
         release_all()
 
     try:
-        alg = Federated(
+        federated = Federated(
             data,
             remotes,
             fraction=fraction,
@@ -173,7 +173,7 @@ def run_simulation(
             config=config,
             evaluate_fn=evaluate_fn,
         )
-        return alg.fit(rounds, callbacks=[release, *callbacks], progress=progress)
+        return federated.fit(rounds, callbacks=[release, *callbacks], progress=progress)
     finally:
         release_all()
         close()
