@@ -156,7 +156,10 @@ class LocalDP:
         return out
 
     def epsilon(self, delta: float, rounds: int) -> float:
-        """ε of this device's replies over ``rounds`` rounds at ``delta`` (RDP accountant, no sampling amplification)."""
+        """ε of this device's replies over ``rounds`` rounds at ``delta``.
+
+        By the RDP accountant, without sampling amplification (every round counts in full).
+        """
         return epsilon(self.noise_multiplier, [(Fraction(1), rounds)], delta)
 
 
@@ -267,7 +270,8 @@ def checked_privacy(row: Any, what: str) -> dict[str, Any]:
             or (low_open and value == low)
         ):
             raise ValueError(
-                f"{what}: privacy {key} must be a finite number in {'(' if low_open else '['}{low}, {high}], got {str(value)[:40]}"
+                f"{what}: privacy {key} must be a finite number in {'(' if low_open else '['}{low}, {high}], got "
+                f"{str(value)[:40]}"
             )
 
     number("epsilon", 0.0, math.inf, none=True)

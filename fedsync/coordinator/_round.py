@@ -196,11 +196,12 @@ def first_difference(ours: Any, theirs: Any) -> str | None:
     try:
         mine = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in ours["weights"]]
         other = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in theirs["weights"]]
-        for a, b in zip(mine, other):
+        for a, b in zip(mine, other, strict=False):  # unequal lengths are named below
             if a != b:
                 if a[0] != b[0]:
                     return f"expected weight {a[0]!r}, device has {clipped(b[0])}"
-                return f"{a[0]}: expected {a[1]} {a[2]}, device has {clipped(b[1], 80)} {clipped(b[2], 40) if not isinstance(b[2], str) or len(b[2]) > 40 else b[2]}"
+                dtype = clipped(b[2], 40) if not isinstance(b[2], str) or len(b[2]) > 40 else b[2]
+                return f"{a[0]}: expected {a[1]} {a[2]}, device has {clipped(b[1], 80)} {dtype}"
         if len(mine) != len(other):
             return f"expected {len(mine)} weights, device has {len(other)}"
     except Exception:  # a device's summary is free-form JSON: no diff rather than an error

@@ -219,7 +219,8 @@ class CSVLogger:
             return ["round", "repetition"], []
         if fields[:2] != ["round", "repetition"]:
             raise ValueError(
-                f"{self.path} exists and is not a CSVLogger file (its first columns are {fields[:2]}); pass another path"
+                f"{self.path} exists and is not a CSVLogger file (its first columns are {fields[:2]}); pass "
+                "another path"
             )
         return fields, rows
 

@@ -178,8 +178,8 @@ def _strategy_state(folder: Path, where: Path, meta: dict[str, Any], data: FedDa
         if strategy is None or saved != type(strategy).__name__:
             mine = type(strategy).__name__ if strategy is not None else f"a {type(data).__name__} without a strategy"
             raise CheckpointError(
-                f"checkpoint {folder} holds the state of strategy {str(saved)[:80]!r} but this coordinator merges with {mine}; "
-                "use the same strategy, or another checkpoint folder"
+                f"checkpoint {folder} holds the state of strategy {str(saved)[:80]!r} but this coordinator merges "
+                f"with {mine}; use the same strategy, or another checkpoint folder"
             )
         strategy.check_state(arrays, data.layout())  # type: ignore[attr-defined]
     except CheckpointError:
@@ -217,7 +217,8 @@ def _read_pointer(folder: Path) -> dict[str, Any] | None:
         missing, unknown = sorted(_KEYS - meta.keys()), sorted(str(k)[:40] for k in meta.keys() - _KEYS - _OPTIONAL)
         raise _damaged(
             folder,
-            f"{POINTER} lacks {missing} or has unknown keys {unknown}; expected exactly {sorted(_KEYS)}, and {sorted(_OPTIONAL)} with a strategy state",
+            f"{POINTER} lacks {missing} or has unknown keys {unknown}; expected exactly {sorted(_KEYS)}, and "
+            f"{sorted(_OPTIONAL)} with a strategy state",
         )
     repetition = meta["repetition"]
     if type(repetition) is not int or not 0 <= repetition <= MAX_REPETITION:
@@ -225,7 +226,8 @@ def _read_pointer(folder: Path) -> dict[str, Any] | None:
     if meta["folder"] != _round_name(repetition):
         raise _damaged(
             folder,
-            f"folder {str(meta['folder'])[:80]!r} is not {_round_name(repetition)!r}, the folder of repetition {repetition}",
+            f"folder {str(meta['folder'])[:80]!r} is not {_round_name(repetition)!r}, the folder of repetition "
+            f"{repetition}",
         )
     if meta["state"] not in STATES:
         raise _damaged(folder, f"state {str(meta['state'])[:80]!r} is not one of {list(STATES)}")

@@ -121,7 +121,8 @@ class Federated:
         evaluate_fn: ``evaluate_fn(model, server_round) -> metrics``, run on the
             coordinator after every ``evaluate_fn_every``-th round; recorded in
             ``RoundResult.server_evaluation`` (see :mod:`fedsync.coordinator.server_eval`).
-        secure_aggregation: a :class:`fedsync.secagg.SecAgg`: the coordinator learns only the sum of the updates (docs/privacy.md).
+        secure_aggregation: a :class:`fedsync.secagg.SecAgg`: the coordinator learns only the sum of the
+            updates (docs/privacy.md).
     """
 
     def __init__(
@@ -145,7 +146,8 @@ class Federated:
     ) -> None:
         if not isinstance(data, FedData):
             raise TypeError(
-                f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), remotes=[...])"
+                f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), "
+                "remotes=[...])"
             )
         # A URL string is built by the transport registered for its scheme (fedsync.plugins).
         self.remotes = [plugins.remote(r) if isinstance(r, str) else r for r in remotes]
@@ -170,7 +172,8 @@ class Federated:
             or not 1 <= min_results <= len(self.remotes)
         ):
             raise ValueError(
-                f"min_results must be an integer between 1 and the number of remotes ({len(self.remotes)}), got {min_results!r}"
+                f"min_results must be an integer between 1 and the number of remotes ({len(self.remotes)}), got "
+                f"{min_results!r}"
             )
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -190,7 +193,8 @@ class Federated:
             round_config(config, 1)  # a bad dict fails here, not at the first round
         if evaluate_fn is not None and not callable(evaluate_fn):
             raise TypeError(
-                f"evaluate_fn must be a function evaluate_fn(model, server_round) -> metrics, got {type(evaluate_fn).__name__}"
+                "evaluate_fn must be a function evaluate_fn(model, server_round) -> metrics, got "
+                f"{type(evaluate_fn).__name__}"
             )
         self.config = config
         self.secure_aggregation = secure_rounds.checked(secure_aggregation, data)
@@ -376,7 +380,8 @@ class Federated:
         try:
             result = self._run_round()
         except RoundFailed as exc:
-            raise scrubbed(exc, self.remotes)
+            scrubbed(exc, self.remotes)  # in place: the same exception goes on
+            raise
         scrub_failures(result.failures, self.remotes)
         return result
 
@@ -439,7 +444,7 @@ class Federated:
         if isinstance(report, dict) and len(report.get("devices", ())) == len(result.answered):
             result.samples = report.get("samples")
             result.metrics = dict(report.get("metrics", {}))
-            result.devices = dict(zip(result.answered, report["devices"]))
+            result.devices = dict(zip(result.answered, report["devices"], strict=False))  # lengths compared above
         result.seconds = time.monotonic() - started
         return result
 
@@ -492,7 +497,8 @@ class Federated:
                 failures[remote.url] = failure_reason(info)
             elif info.get("repetition", 0) >= MAX_REPETITION:
                 failures[remote.url] = (
-                    f"RemoteError: reports repetition {info['repetition']}, the last allowed (2**53): it accepts no further round"
+                    f"RemoteError: reports repetition {info['repetition']}, the last allowed (2**53): it accepts "
+                    "no further round"
                 )
             else:
                 answered[remote.url] = info

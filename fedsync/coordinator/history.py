@@ -172,7 +172,7 @@ class History:
         if not isinstance(document, dict) or document.keys() != {"rounds"} or not isinstance(document["rounds"], list):
             raise ValueError('history must be a JSON object {"rounds": [...]}')
         rounds = [RoundResult.from_dict(row) for row in document["rounds"]]
-        for before, after in zip(rounds, rounds[1:]):
+        for before, after in zip(rounds, rounds[1:], strict=False):  # each round and the next
             if after.repetition <= before.repetition:
                 raise ValueError(
                     f"history's repetitions must increase, got {before.repetition} then {after.repetition}"

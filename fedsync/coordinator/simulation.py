@@ -122,7 +122,8 @@ def run_simulation(
         raise ValueError("ray_address and backend_config are for backend='ray'; pass backend='ray' or drop them")
     if backend == "ray" and workers is not None:
         raise ValueError(
-            "workers is for backend='local'; with backend='ray', backend_config={'num_cpus': ..., 'actors': ...} sets how many devices train at once"
+            "workers is for backend='local'; with backend='ray', backend_config={'num_cpus': ..., 'actors': ...} "
+            "sets how many devices train at once"
         )
     if backend == "ray" and worker_kind != "threads":
         raise ValueError("worker_kind is for backend='local'; Ray actors are processes already")

@@ -292,10 +292,11 @@ class LiveRun:
             self._history, self._converted = history, []
         for result in results[len(self._converted) :]:
             self._converted.append(_round(asdict(result)) or {})
+        federated = self.federated
         return RunView(
-            source=self.source, rounds=list(self._converted), repetition=self.federated.repetition, planned=self.planned,
+            source=self.source, rounds=list(self._converted), repetition=federated.repetition, planned=self.planned,
             elapsed=time.monotonic() - (self.started if self.started is not None else self.created), updated_ago=0.0,
-            devices=[r.url for r in self.federated.remotes], config=configuration(self.federated),
+            devices=[r.url for r in federated.remotes], config=configuration(federated),
         )  # fmt: skip
 
 
@@ -347,10 +348,11 @@ class FolderRun:
                         raise
                     time.sleep(0.05)
             started = _num(run.get("started"))
+            devices = run.get("devices")
             self._last = RunView(
                 source=self.source, folder=str(self.folder), rounds=rounds, repetition=repetition,
                 planned=_count(run.get("rounds")), config=_scalars(run.get("config")),
-                devices=[public_url(u) for u in run.get("devices", [])[:10_000]] if isinstance(run.get("devices"), list) else [],
+                devices=[public_url(u) for u in devices[:10_000]] if isinstance(devices, list) else [],
                 elapsed=max(0.0, stat.st_mtime - started) if started is not None else _busy(rounds),
             )  # fmt: skip
             self._key = key

@@ -50,7 +50,8 @@ class FedBundle(FedData):
         super().__init__()
         if not isinstance(parts, Mapping) or not parts:
             raise TypeError(
-                "FedBundle takes a non-empty dict of FedData, e.g. FedBundle({'model': fed, 'threshold': FedFloat(0.5)})"
+                "FedBundle takes a non-empty dict of FedData, e.g. "
+                "FedBundle({'model': fed, 'threshold': FedFloat(0.5)})"
             )
         for name, part in parts.items():
             if not isinstance(name, str) or not name:

@@ -99,14 +99,16 @@ class DPFixedClipping(Strategy):
             )
         if isinstance(self.strategy, EveryReply):
             raise ValueError(
-                f"{type(self.strategy).__name__} needs every device's reply, but central DP merges only their noised sum; "
-                "use FedAvg or a server optimizer here, or keep the robust strategy and add LocalDP on the devices"
+                f"{type(self.strategy).__name__} needs every device's reply, but central DP merges only their "
+                "noised sum; use FedAvg or a server optimizer here, or keep the robust strategy and add LocalDP "
+                "on the devices"
             )
         self.noise_multiplier = checked_positive("noise_multiplier", noise_multiplier, zero=True)
         self.clipping_norm = checked_positive("clipping_norm", clipping_norm)
         if isinstance(num_sampled_clients, bool) or not isinstance(num_sampled_clients, int) or num_sampled_clients < 1:
             raise ValueError(
-                f"num_sampled_clients must be an integer >= 1 (the devices sampled per round), got {num_sampled_clients!r}"
+                "num_sampled_clients must be an integer >= 1 (the devices sampled per round), got "
+                f"{num_sampled_clients!r}"
             )
         self.num_sampled_clients = num_sampled_clients
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:

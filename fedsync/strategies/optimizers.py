@@ -125,17 +125,21 @@ class _ServerOptimizer(FedAvg):
                         if not all(np.isfinite(a).all() for a in (new_x, *new_slots)):
                             raise RoundFailed(
                                 f"{type(self).__name__}'s server step on array {name!r} overflows (NaN or infinity); "
-                                "the model and the optimizer state were left unchanged. Lower eta or the devices' learning rate"
+                                "the model and the optimizer state were left unchanged. Lower eta or the devices' "
+                                "learning rate"
                             )
                         continue
-                    for target, value in zip(slots, new_slots):
+                    for target, value in zip(slots, new_slots, strict=False):
                         target[first:end] = value
                     mean[first:end] = new_x
 
     # -- state for checkpoints -------------------------------------------------------------
 
     def state(self) -> dict[str, np.ndarray]:
-        """``"<slot>/<array name>"`` -> that array's state (shape of the array, float32 or float64); empty before the first round."""
+        """``"<slot>/<array name>"`` -> that array's state (shape of the array, float32 or float64).
+
+        Empty before the first round.
+        """
         return dict(self._state)
 
     def check_state(self, state: Mapping[str, np.ndarray], layout: Layout) -> None:
