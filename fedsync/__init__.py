@@ -5,7 +5,8 @@ rounds with :class:`Federated` over :class:`Remote` devices.
 """
 
 from ._version import __version__
-from .coordinator.federated import EarlyStopping, Federated, Remote
+from .coordinator.callbacks import EarlyStopping
+from .coordinator.federated import Federated
 from .coordinator.history import EvaluationResult, History, RoundResult, ServerEvaluation
 from .data.arrays import FedArrays
 from .data.bundle import FedBundle
@@ -14,6 +15,7 @@ from .errors import FedSyncError, RoundFailed, SpecsMismatch
 from .plugins.hookspecs import hookimpl
 from .protocol import FIRST, FedData
 from .strategies import FedAvg
+from .transports.remote import Remote
 
 __all__ = [
     "__version__",

@@ -13,6 +13,9 @@
 
 Central DP (the coordinator clips and noises the sum) lives in
 :mod:`fedsync.strategies.dp`; docs/privacy.md says what each one defends against.
+The ε of a coordinator's run is computed by the coordinator
+(``fedsync.coordinator._privacy``) from :func:`round_privacy`: this module is
+the math only, and imports nothing of fedsync.
 
 Noise comes from a :class:`numpy.random.Generator`. ``seed=None`` (the default)
 seeds it from the operating system's entropy (``np.random.default_rng()``), as
@@ -40,7 +43,6 @@ __all__ = [
     "checked_positive",
     "PRIVACY_KEYS",
     "CHUNK",
-    "coordinator_privacy",
 ]
 
 CHUNK = 1 << 18  # elements handled at a time: bounded scratch memory
@@ -154,7 +156,10 @@ class LocalDP:
         return out
 
     def epsilon(self, delta: float, rounds: int) -> float:
-        """ε of this device's replies over ``rounds`` rounds at ``delta`` (RDP accountant, no sampling amplification)."""
+        """ε of this device's replies over ``rounds`` rounds at ``delta``.
+
+        By the RDP accountant, without sampling amplification (every round counts in full).
+        """
         return epsilon(self.noise_multiplier, [(Fraction(1), rounds)], delta)
 
 
@@ -265,7 +270,8 @@ def checked_privacy(row: Any, what: str) -> dict[str, Any]:
             or (low_open and value == low)
         ):
             raise ValueError(
-                f"{what}: privacy {key} must be a finite number in {'(' if low_open else '['}{low}, {high}], got {str(value)[:40]}"
+                f"{what}: privacy {key} must be a finite number in {'(' if low_open else '['}{low}, {high}], got "
+                f"{str(value)[:40]}"
             )
 
     number("epsilon", 0.0, math.inf, none=True)
@@ -276,35 +282,3 @@ def checked_privacy(row: Any, what: str) -> dict[str, Any]:
     if type(rounds) is not int or not 1 <= rounds <= 2**31:
         raise ValueError(f"{what}: privacy rounds must be an integer >= 1, got {str(rounds)[:40]}")
     return dict(row)
-
-
-def coordinator_privacy(fed: Any) -> dict[str, Any] | None:
-    """The ``privacy`` entry of the round ``fed`` (a :class:`fedsync.Federated`) just merged, or ``None`` without central DP.
-
-    The sampling rate is the share of remotes each round samples,
-    ``q = ceil(fraction * len(remotes)) / len(remotes)`` (``min_results`` may raise it),
-    exact: it is ``fraction`` itself when ``fraction * len(remotes)`` is whole. The
-    accountant treats it as Poisson sampling at rate ``q``; fedsync samples a fixed
-    number of devices without replacement, for which that is the usual
-    approximation (as in McMahan et al. 2018), not a proof.
-    """
-    from .coordinator._round import exact_share
-    from .strategies.dp import DPFixedClipping
-
-    strategy = getattr(fed.data, "strategy", None)
-    if not isinstance(strategy, DPFixedClipping):
-        return None
-    n = len(fed.remotes)
-    count = min(n, max(1, exact_share(fed._share, n), fed.min_results or 1))
-    if count != strategy.num_sampled_clients:
-        logging.getLogger("fedsync").warning(
-            "%s(num_sampled_clients=%d) but the coordinator samples %d of %d devices a round: the mean is divided by %d",
-            type(strategy).__name__,
-            strategy.num_sampled_clients,
-            count,
-            n,
-            strategy.num_sampled_clients,
-        )
-    return round_privacy(
-        [r.privacy for r in fed.history], strategy.noise_multiplier, Fraction(count, n), strategy.delta
-    )

@@ -52,8 +52,8 @@ def add_info_command(commands: Any) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from ..coordinator.federated import Remote
     from ..errors import RemoteError, RemoteTimeout, RemoteUnavailable
+    from ..transports.remote import Remote
 
     url = args.url if "://" in args.url else f"http://{args.url}"
     url = url.rstrip("/")
@@ -96,8 +96,8 @@ def _run_info(args: argparse.Namespace) -> int:
 
 def _device_infos(remote: Any) -> dict[str, dict[str, Any]]:
     """``{"": info}`` for a single FedData, ``{name: info}`` for a device serving several."""
-    from ..coordinator.federated import Remote
     from ..errors import RemoteError
+    from ..transports.remote import Remote
 
     try:
         return {"": remote.info()}

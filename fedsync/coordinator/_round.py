@@ -25,7 +25,19 @@ from ..wire.replies import ReplyStream
 from ..wire.transfer import LATE, Deadline
 from .history import RoundResult
 
-__all__ = ["exact_share", "scrub_failures", "scrubbed", "gather_reasons", "format_metrics"]
+__all__ = [
+    "exact_share",
+    "sample_size",
+    "scrub_failures",
+    "scrubbed",
+    "Budget",
+    "Round",
+    "close_reply",
+    "close_waiting",
+    "mismatch_message",
+    "gather_reasons",
+    "format_metrics",
+]
 
 
 def exact_share(fraction: Any, count: int) -> int:
@@ -35,6 +47,16 @@ def exact_share(fraction: Any, count: int) -> int:
     """
     share = Fraction(str(fraction)) * count
     return -(-share.numerator // share.denominator)
+
+
+def sample_size(share: Fraction, devices: int, min_results: int | None) -> int:
+    """How many of ``devices`` remotes a round samples: ``ceil(share * devices)``, at least 1 and ``min_results``.
+
+    At most ``devices``. ``Federated.sample`` draws this many; the ε of a round under
+    central DP (``fedsync.coordinator._privacy``) takes ``sample_size / devices`` as its
+    sampling rate, so both read this one function.
+    """
+    return min(devices, max(1, exact_share(share, devices), min_results or 1))
 
 
 def scrub_failures(failures: dict[str, str], remotes: Iterable[Any]) -> dict[str, str]:
@@ -60,7 +82,7 @@ def scrubbed(exc: RoundFailed, remotes: Iterable[Any]) -> RoundFailed:
     return exc
 
 
-class _Budget:
+class Budget:
     """Bytes of whole replies held at once; a request over the total waits for all of it."""
 
     def __init__(self, total: int) -> None:
@@ -87,7 +109,7 @@ class _Budget:
 
 
 @dataclass
-class _Round:
+class Round:
     """What a round's per-device steps share."""
 
     rep: int
@@ -97,7 +119,7 @@ class _Round:
     timeout: float
     cancel: threading.Event
     slots: threading.Semaphore
-    budget: _Budget
+    budget: Budget
     arrivals: queue.Queue
     """``(remote, reply or exception, budget bytes held)`` as each device's part ends."""
     workers: Workers
@@ -135,47 +157,51 @@ class _Round:
         return f"RemoteTimeout: no result for repetition {self.rep} within the round's timeout of {self.timeout:g}s"
 
 
-def _close(reply: Any) -> None:
+def close_reply(reply: Any) -> None:
+    """Close ``reply`` if it is a :class:`~fedsync.wire.replies.ReplyStream` (a whole reply needs nothing)."""
     if isinstance(reply, ReplyStream):
         reply.close()
 
 
-def _close_waiting(arrivals: queue.Queue) -> None:
+def close_waiting(arrivals: queue.Queue) -> None:
     """Close replies opened for a round that no longer wants them."""
     while True:
         try:
             _, reply, _ = arrivals.get_nowait()
         except queue.Empty:
             return
-        _close(reply)
+        close_reply(reply)
 
 
-_reason = failure_reason
+def mismatch_message(url: str, expected: str, info: dict[str, Any], summary: dict[str, Any] | None) -> str:
+    """What ``SpecsMismatch`` says of device ``url``, whose ``/info`` answered other specs than ``expected``.
 
-
-def _mismatch_message(url: str, expected: str, info: dict[str, Any], summary: dict[str, Any] | None) -> str:
-    message = f"{url} holds specs {_clipped(info['specs'])} but the coordinator's are {expected!r}"
-    diff = _first_difference(summary, info.get("summary"))
+    ``summary``: the coordinator's own ``FedData.summary``; the first weight whose name,
+    shape or dtype differs from the device's is named when both summaries list weights.
+    """
+    message = f"{url} holds specs {clipped(info['specs'])} but the coordinator's are {expected!r}"
+    diff = first_difference(summary, info.get("summary"))
     if diff:
         message += f"; first difference: {diff}"
     return message + ". Declare the same FedData (same architecture) on both sides; nothing was sent."
 
 
-def _clipped(value: Any, limit: int = 200) -> str:
+def clipped(value: Any, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _first_difference(ours: Any, theirs: Any) -> str | None:
+def first_difference(ours: Any, theirs: Any) -> str | None:
     """The first weight whose name, shape or dtype differs between two summaries (the device's may be anything)."""
     try:
         mine = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in ours["weights"]]
         other = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in theirs["weights"]]
-        for a, b in zip(mine, other):
+        for a, b in zip(mine, other, strict=False):  # unequal lengths are named below
             if a != b:
                 if a[0] != b[0]:
-                    return f"expected weight {a[0]!r}, device has {_clipped(b[0])}"
-                return f"{a[0]}: expected {a[1]} {a[2]}, device has {_clipped(b[1], 80)} {_clipped(b[2], 40) if not isinstance(b[2], str) or len(b[2]) > 40 else b[2]}"
+                    return f"expected weight {a[0]!r}, device has {clipped(b[0])}"
+                dtype = clipped(b[2], 40) if not isinstance(b[2], str) or len(b[2]) > 40 else b[2]
+                return f"{a[0]}: expected {a[1]} {a[2]}, device has {clipped(b[1], 80)} {dtype}"
         if len(mine) != len(other):
             return f"expected {len(mine)} weights, device has {len(other)}"
     except Exception:  # a device's summary is free-form JSON: no diff rather than an error
@@ -183,7 +209,7 @@ def _first_difference(ours: Any, theirs: Any) -> str | None:
     return None
 
 
-def gather_reasons(state: _Round, pending: set[str], result: RoundResult, grace: float = 2.0) -> None:
+def gather_reasons(state: Round, pending: set[str], result: RoundResult, grace: float = 2.0) -> None:
     """The round has failed: wait briefly (never past its deadline) so the error can say why the others failed too."""
     until = min(state.deadline.at, time.monotonic() + grace)
     while pending:
@@ -193,9 +219,9 @@ def gather_reasons(state: _Round, pending: set[str], result: RoundResult, grace:
             break
         pending.discard(remote.url)
         if isinstance(reply, BaseException):
-            result.failures[remote.url] = _reason(reply)
+            result.failures[remote.url] = failure_reason(reply)
         else:
-            _close(reply)
+            close_reply(reply)
             state.budget.release(held)
             state.slots.release()
             result.failures[remote.url] = "answered, but the round had already failed"

@@ -1,14 +1,14 @@
 """``fit`` callbacks that log each round where people already look: TensorBoard, CSV, MLflow.
 
-A callback is ``callback(alg, result)``, called by :meth:`~fedsync.Federated.fit`
+A callback is ``callback(federated, result)``, called by :meth:`~fedsync.Federated.fit`
 after each merged round (returning ``True`` stops the run). The round's number is
-its position in ``alg.history`` (1 for the first, counting rounds restored from a
+its position in ``federated.history`` (1 for the first, counting rounds restored from a
 checkpoint), so a resumed run continues its curves. Each writer library is
 imported when the callback is created, never by ``import fedsync``::
 
     from fedsync.coordinator.callbacks import CSVLogger, EarlyStopping, TensorBoard
 
-    alg.fit(50, evaluate_every=5, callbacks=[TensorBoard("runs/exp1"), CSVLogger("runs/exp1.csv")])
+    federated.fit(50, evaluate_every=5, callbacks=[TensorBoard("runs/exp1"), CSVLogger("runs/exp1.csv")])
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .history import RoundResult, write_atomically
+from .._util.files import write_atomically
+from .history import RoundResult
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class EarlyStopping:
         measured = result.evaluation if self.source == "evaluation" else result.server_evaluation
         return None if measured is None else measured.metrics
 
-    def __call__(self, alg: Federated, result: RoundResult) -> bool:
+    def __call__(self, federated: Federated, result: RoundResult) -> bool:
         source = self._measured(result)
         if source is None:
             return False
@@ -153,8 +154,8 @@ class TensorBoard:
         self.logdir = Path(logdir)
         self.writer = SummaryWriter(logdir=str(self.logdir))
 
-    def __call__(self, alg: Federated, result: RoundResult) -> None:
-        step = len(alg.history)
+    def __call__(self, federated: Federated, result: RoundResult) -> None:
+        step = len(federated.history)
         for tag, value in round_scalars(result).items():
             self.writer.add_scalar(tag, value, step)
         self.writer.flush()
@@ -187,8 +188,8 @@ class CSVLogger:
         self._fields: list[str] | None = None
         self._rows: list[dict[str, str]] = []
 
-    def __call__(self, alg: Federated, result: RoundResult) -> None:
-        number = len(alg.history)
+    def __call__(self, federated: Federated, result: RoundResult) -> None:
+        number = len(federated.history)
         row = {"round": str(number), "repetition": str(result.repetition)}
         row.update({tag: _cell(value) for tag, value in round_scalars(result).items()})
         rewrite = False
@@ -218,7 +219,8 @@ class CSVLogger:
             return ["round", "repetition"], []
         if fields[:2] != ["round", "repetition"]:
             raise ValueError(
-                f"{self.path} exists and is not a CSVLogger file (its first columns are {fields[:2]}); pass another path"
+                f"{self.path} exists and is not a CSVLogger file (its first columns are {fields[:2]}); pass "
+                "another path"
             )
         return fields, rows
 
@@ -269,11 +271,11 @@ class MLflow:
         self.run_name = run_name
         self._started = False
 
-    def __call__(self, alg: Federated, result: RoundResult) -> None:
+    def __call__(self, federated: Federated, result: RoundResult) -> None:
         if self.mlflow.active_run() is None:
             self.mlflow.start_run(run_name=self.run_name)
             self._started = True
-        self.mlflow.log_metrics(round_scalars(result), step=len(alg.history))
+        self.mlflow.log_metrics(round_scalars(result), step=len(federated.history))
 
     def close(self) -> None:
         """End the MLflow run this callback started, if any."""

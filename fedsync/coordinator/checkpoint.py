@@ -42,15 +42,14 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .._util.files import write_atomically
+from ..data.snapshot import restore, strategy_of
 from ..errors import CheckpointError
 from ..protocol import MAX_REPETITION, FedData
-from ..strategies import FedAvg, Strategy
 from ..wire import codec
-from .history import History, write_atomically
+from .history import History
 
-__all__ = ["save", "load", "CheckpointError", "Snapshot"]
+__all__ = ["save", "load", "CheckpointError"]
 
 POINTER = "checkpoint.json"
 STATES = ("state.safetensors", "state.txt")
@@ -150,7 +149,7 @@ def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
     try:
         encoding: Any = raw.decode("utf-8") if meta["state"] == STATES[1] else raw
         data.check(encoding, repetition)
-        _restore(data, encoding, repetition)
+        restore(data, encoding, repetition)
     except (ValueError, RuntimeError) as exc:  # RoundFailed is a RuntimeError
         raise _damaged(folder, f"its state does not restore: {exc}") from None
     if strategy_state is not None:
@@ -158,14 +157,9 @@ def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
     return repetition, history
 
 
-def _strategy_of(data: FedData) -> Strategy | None:
-    strategy = getattr(data, "strategy", None)
-    return strategy if isinstance(strategy, Strategy) else None
-
-
 def _strategy_bytes(data: FedData) -> bytes | None:
     """The strategy's state as a safetensors file, or ``None`` when it keeps none."""
-    strategy = _strategy_of(data)
+    strategy = strategy_of(data)
     state = strategy.state() if strategy is not None else {}
     if not state:
         return None
@@ -177,15 +171,15 @@ def _strategy_state(folder: Path, where: Path, meta: dict[str, Any], data: FedDa
     if "strategy_sha256" not in meta:
         return None  # a strategy with state then starts afresh, as in a new run
     raw = _read_checked(folder, where / STRATEGY, meta["strategy_sha256"])
-    strategy = _strategy_of(data)
+    strategy = strategy_of(data)
     try:
         arrays, metadata = codec.decode(raw, limit=len(raw))
         saved = metadata.get(STRATEGY_KEY)
         if strategy is None or saved != type(strategy).__name__:
             mine = type(strategy).__name__ if strategy is not None else f"a {type(data).__name__} without a strategy"
             raise CheckpointError(
-                f"checkpoint {folder} holds the state of strategy {str(saved)[:80]!r} but this coordinator merges with {mine}; "
-                "use the same strategy, or another checkpoint folder"
+                f"checkpoint {folder} holds the state of strategy {str(saved)[:80]!r} but this coordinator merges "
+                f"with {mine}; use the same strategy, or another checkpoint folder"
             )
         strategy.check_state(arrays, data.layout())  # type: ignore[attr-defined]
     except CheckpointError:
@@ -193,46 +187,6 @@ def _strategy_state(folder: Path, where: Path, meta: dict[str, Any], data: FedDa
     except ValueError as exc:
         raise _damaged(folder, f"its strategy state does not fit: {exc}") from None
     return arrays
-
-
-class Snapshot:
-    """A FedData's coordinator state held in memory, to put back if a later step fails.
-
-    What a checkpoint saves, without the disk: the FedData's ``serialize(repetition)``
-    (copied, so later writes to the model do not reach it) and its strategy's state.
-    Costs one copy of the model. :class:`fedsync.data.bundle.FedBundle` uses it so that a
-    part's failed merge leaves the parts merged before it unchanged too.
-    """
-
-    def __init__(self, data: FedData, repetition: int) -> None:
-        self.data, self.repetition = data, repetition
-        encoding = data.serialize(repetition)
-        self.encoding = encoding if isinstance(encoding, str) else bytes(encoding)
-        strategy = _strategy_of(data)
-        self.strategy_state = {k: np.array(v, copy=True) for k, v in strategy.state().items()} if strategy else {}
-        self.attributes = {k: getattr(data, k) for k in ("samples", "metrics", "last_merge") if hasattr(data, k)}
-
-    def restore(self) -> None:
-        """Put the state back (the merge of the saved payload under FedAvg, as a checkpoint restores)."""
-        _restore(self.data, self.encoding, self.repetition)
-        strategy = _strategy_of(self.data)
-        if strategy is not None and self.strategy_state:
-            strategy.load_state(self.strategy_state, self.data.layout())  # type: ignore[attr-defined]
-        for name, value in self.attributes.items():
-            setattr(self.data, name, value)
-
-
-def _restore(data: FedData, encoding: Any, repetition: int) -> None:
-    """Put the saved state back: the merge of one payload, under FedAvg, is that payload."""
-    strategy = _strategy_of(data)
-    if strategy is None:
-        data.merge([encoding], repetition)
-        return
-    data.strategy = FedAvg()  # type: ignore[attr-defined]
-    try:
-        data.merge([encoding], repetition)
-    finally:
-        data.strategy = strategy  # type: ignore[attr-defined]
 
 
 def _round_name(repetition: int) -> str:
@@ -263,7 +217,8 @@ def _read_pointer(folder: Path) -> dict[str, Any] | None:
         missing, unknown = sorted(_KEYS - meta.keys()), sorted(str(k)[:40] for k in meta.keys() - _KEYS - _OPTIONAL)
         raise _damaged(
             folder,
-            f"{POINTER} lacks {missing} or has unknown keys {unknown}; expected exactly {sorted(_KEYS)}, and {sorted(_OPTIONAL)} with a strategy state",
+            f"{POINTER} lacks {missing} or has unknown keys {unknown}; expected exactly {sorted(_KEYS)}, and "
+            f"{sorted(_OPTIONAL)} with a strategy state",
         )
     repetition = meta["repetition"]
     if type(repetition) is not int or not 0 <= repetition <= MAX_REPETITION:
@@ -271,7 +226,8 @@ def _read_pointer(folder: Path) -> dict[str, Any] | None:
     if meta["folder"] != _round_name(repetition):
         raise _damaged(
             folder,
-            f"folder {str(meta['folder'])[:80]!r} is not {_round_name(repetition)!r}, the folder of repetition {repetition}",
+            f"folder {str(meta['folder'])[:80]!r} is not {_round_name(repetition)!r}, the folder of repetition "
+            f"{repetition}",
         )
     if meta["state"] not in STATES:
         raise _damaged(folder, f"state {str(meta['state'])[:80]!r} is not one of {list(STATES)}")

@@ -1,11 +1,11 @@
 """The coordinator side: the :class:`Federated` round over :class:`~fedsync.transports.remote.Remote` devices.
 
-The HTTP transport lives in :mod:`fedsync.transports.remote`; ``Remote`` is re-exported here.
+The HTTP transport lives in :mod:`fedsync.transports.remote`, the ``fit`` callbacks in
+:mod:`fedsync.coordinator.callbacks`; import them from there (or from :mod:`fedsync`).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import numbers
@@ -23,42 +23,34 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .. import plugins
-from ..errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch
-from ..privacy import coordinator_privacy
+from .._util.workers import Workers, concurrently
+from ..dashboard import app as dashboard_app
+from ..errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch, failure_reason
 from ..protocol import MAX_REPETITION, Encoding, FedData
 from ..secagg import coordinator as secure_rounds
-from ..transports.remote import MAX_REPLY, Remote
-from ..transports.remote import size as _size
+from ..transports.remote import Remote, size
 from ..wire.config import Config, ConfigSource, round_config
 from ..wire.metrics import weighted_means
 from ..wire.replies import ReplyStream
 from ..wire.transfer import STALL, Deadline, round_grace
 from . import checkpoint as checkpoint_io
 from . import server_eval
+from ._privacy import coordinator_privacy
 from ._round import (
-    _Budget,
-    _close,
-    _close_waiting,
-    _mismatch_message,
-    _reason,
-    _Round,
-    exact_share,
+    Budget,
+    Round,
+    close_reply,
+    close_waiting,
     format_metrics,
     gather_reasons,
+    mismatch_message,
+    sample_size,
     scrub_failures,
     scrubbed,
 )
-from .callbacks import EarlyStopping
 from .history import EvaluationResult, History, RoundResult
 
-
-def _dashboard_module() -> Any:  # imported lazily: the dashboard imports this module
-    return importlib.import_module("fedsync.dashboard.app")
-
-
-from .._util.workers import Workers, concurrently
-
-__all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping", "MAX_REPLY"]
+__all__ = ["Federated", "DOWNLOAD_BUDGET", "WORKERS", "SHARED_POLL", "STREAMS", "HANDSHAKE_SHARE"]
 
 logger = logging.getLogger("fedsync")
 
@@ -121,7 +113,7 @@ class Federated:
             devices take turns: each long-poll then waits at most
             ``SHARED_POLL`` seconds before the next device's turn.
         dashboard: a TCP port on 127.0.0.1 where a live page of this run is
-            served (``0``: any free port; ``alg.dashboard.url`` says which) until
+            served (``0``: any free port; ``federated.dashboard.url`` says which) until
             :meth:`close`. See docs/dashboard.md.
         config: the configuration sent to the devices each round (Flower's
             ``on_fit_config_fn``): a dict, or ``config(server_round) -> dict``;
@@ -129,7 +121,8 @@ class Federated:
         evaluate_fn: ``evaluate_fn(model, server_round) -> metrics``, run on the
             coordinator after every ``evaluate_fn_every``-th round; recorded in
             ``RoundResult.server_evaluation`` (see :mod:`fedsync.coordinator.server_eval`).
-        secure_aggregation: a :class:`fedsync.secagg.SecAgg`: the coordinator learns only the sum of the updates (docs/privacy.md).
+        secure_aggregation: a :class:`fedsync.secagg.SecAgg`: the coordinator learns only the sum of the
+            updates (docs/privacy.md).
     """
 
     def __init__(
@@ -153,7 +146,8 @@ class Federated:
     ) -> None:
         if not isinstance(data, FedData):
             raise TypeError(
-                f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), remotes=[...])"
+                f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), "
+                "remotes=[...])"
             )
         # A URL string is built by the transport registered for its scheme (fedsync.plugins).
         self.remotes = [plugins.remote(r) if isinstance(r, str) else r for r in remotes]
@@ -178,7 +172,8 @@ class Federated:
             or not 1 <= min_results <= len(self.remotes)
         ):
             raise ValueError(
-                f"min_results must be an integer between 1 and the number of remotes ({len(self.remotes)}), got {min_results!r}"
+                f"min_results must be an integer between 1 and the number of remotes ({len(self.remotes)}), got "
+                f"{min_results!r}"
             )
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -198,7 +193,8 @@ class Federated:
             round_config(config, 1)  # a bad dict fails here, not at the first round
         if evaluate_fn is not None and not callable(evaluate_fn):
             raise TypeError(
-                f"evaluate_fn must be a function evaluate_fn(model, server_round) -> metrics, got {type(evaluate_fn).__name__}"
+                "evaluate_fn must be a function evaluate_fn(model, server_round) -> metrics, got "
+                f"{type(evaluate_fn).__name__}"
             )
         self.config = config
         self.secure_aggregation = secure_rounds.checked(secure_aggregation, data)
@@ -219,15 +215,19 @@ class Federated:
                     self.repetition,
                     len(self.history),
                 )
-        # The dashboard (fedsync.dashboard.app) is imported only when asked for.
-        self.dashboard = None if dashboard is None else _dashboard_module().start(self, dashboard)
+        self.dashboard = None if dashboard is None else dashboard_app.start(self, dashboard)
+
+    @property
+    def share(self) -> Fraction:
+        """``fraction`` as the exact fraction read from its decimal text (``0.14`` is 7/50), read-only."""
+        return self._share
 
     # -- rounds --------------------------------------------------------------------
 
     def sample(self) -> list[Remote]:
         """The remotes taking part in the next round (reproducible with ``seed``)."""
-        count = max(1, exact_share(self._share, len(self.remotes)), self.min_results or 1)
-        if count >= len(self.remotes):
+        count = sample_size(self._share, len(self.remotes), self.min_results)
+        if count == len(self.remotes):
             return list(self.remotes)
         chosen = set(self._rng.sample(range(len(self.remotes)), count))
         return [r for i, r in enumerate(self.remotes) if i in chosen]
@@ -306,11 +306,11 @@ class Federated:
         result = EvaluationResult(repetition=rep, failures=failures)
         for url, answer in answers.items():
             if isinstance(answer, RemoteError):
-                result.failures[url] = _reason(answer)
+                result.failures[url] = failure_reason(answer)
             elif isinstance(answer, TimeoutError):
                 result.failures[url] = f"RemoteTimeout: no evaluation answer within the timeout of {self.timeout:g}s"
             elif isinstance(answer, BaseException):
-                result.failures[url] = _reason(answer)
+                result.failures[url] = failure_reason(answer)
             else:
                 result.devices[url] = answer
         records = list(result.devices.values())
@@ -336,12 +336,12 @@ class Federated:
         Args:
             rounds: the total number of rounds of the run.
             evaluate_every: run :meth:`evaluate` after every n-th round (0: never).
-            callbacks: ``callback(alg, result)`` after each round; returning ``True``
-                stops early (see :class:`EarlyStopping`).
+            callbacks: ``callback(federated, result)`` after each round; returning ``True``
+                stops early (see :class:`~fedsync.coordinator.callbacks.EarlyStopping`).
             progress: show a progress bar; default: when stderr is a terminal.
 
         Returns:
-            The :class:`History` of every round, also kept as ``alg.history``.
+            The :class:`History` of every round, also kept as ``federated.history``.
 
         Raises:
             SpecsMismatch, RoundFailed: as :meth:`round`.
@@ -349,7 +349,7 @@ class Federated:
         if progress is None:
             progress = sys.stderr.isatty()
         if self.dashboard is not None or self.checkpoint is not None:
-            _dashboard_module().fit_started(self, rounds)  # the plan, for the dashboard and checkpoint watchers
+            dashboard_app.fit_started(self, rounds)  # the plan, for the dashboard and checkpoint watchers
         with tqdm(
             total=rounds, initial=min(len(self.history), rounds), disable=not progress, unit="round", desc="fedsync"
         ) as bar:
@@ -380,7 +380,8 @@ class Federated:
         try:
             result = self._run_round()
         except RoundFailed as exc:
-            raise scrubbed(exc, self.remotes)
+            scrubbed(exc, self.remotes)  # in place: the same exception goes on
+            raise
         scrub_failures(result.failures, self.remotes)
         return result
 
@@ -404,7 +405,7 @@ class Federated:
         )  # its key phases, if on
         workers = Workers(min(self.workers, len(remotes)), name=f"fedsync-round-{rep}")
         streams = self.data.accepts_streams
-        state = _Round(
+        state = Round(
             rep=rep,
             specs=specs,
             payload=payload,
@@ -412,7 +413,7 @@ class Federated:
             timeout=self.timeout,
             cancel=threading.Event(),
             slots=threading.Semaphore(self.downloads or (STREAMS if streams else self.workers)),
-            budget=_Budget(DOWNLOAD_BUDGET),
+            budget=Budget(DOWNLOAD_BUDGET),
             arrivals=queue.Queue(),
             workers=workers,
             wait=self.poll if len(remotes) <= workers.size else min(self.poll, SHARED_POLL),
@@ -421,7 +422,7 @@ class Federated:
             workers.submit(self._submit, state, remote, config)
         try:
             (self.data.merge if secure is None else secure.merge)(
-                self._collect(state, remotes, needed, result, _size(payload)), rep
+                self._collect(state, remotes, needed, result, size(payload)), rep
             )
         except RoundFailed as exc:  # the merge found the round unusable: say who took part
             message = exc.message if exc.message.startswith(f"round {rep} ") else f"round {rep}: {exc.message}"
@@ -438,12 +439,12 @@ class Federated:
         finally:
             state.cancel.set()
             workers.close()
-            _close_waiting(state.arrivals)
+            close_waiting(state.arrivals)
         report = getattr(self.data, "last_merge", None)
         if isinstance(report, dict) and len(report.get("devices", ())) == len(result.answered):
             result.samples = report.get("samples")
             result.metrics = dict(report.get("metrics", {}))
-            result.devices = dict(zip(result.answered, report["devices"]))
+            result.devices = dict(zip(result.answered, report["devices"], strict=False))  # lengths compared above
         result.seconds = time.monotonic() - started
         return result
 
@@ -457,7 +458,7 @@ class Federated:
             result.server_evaluation = server_eval.evaluate_on_server(self.evaluate_fn, self.data, result.repetition)
 
     def _record(self, result: RoundResult) -> None:
-        result.privacy = coordinator_privacy(self)  # ε so far, under central DP (fedsync.privacy)
+        result.privacy = coordinator_privacy(self)  # ε so far, under central DP (coordinator/_privacy.py)
         self.history.append(result)
         if self.checkpoint is not None:
             checkpoint_io.save(self.checkpoint, self.data, result.repetition, self.history)
@@ -493,10 +494,11 @@ class Federated:
             if isinstance(info, (RemoteTimeout, TimeoutError)):
                 failures[remote.url] = f"RemoteTimeout: did not answer the handshake within {limits[remote.url]:.3g}s"
             elif isinstance(info, BaseException):
-                failures[remote.url] = _reason(info)
+                failures[remote.url] = failure_reason(info)
             elif info.get("repetition", 0) >= MAX_REPETITION:
                 failures[remote.url] = (
-                    f"RemoteError: reports repetition {info['repetition']}, the last allowed (2**53): it accepts no further round"
+                    f"RemoteError: reports repetition {info['repetition']}, the last allowed (2**53): it accepts "
+                    "no further round"
                 )
             else:
                 answered[remote.url] = info
@@ -509,7 +511,7 @@ class Federated:
                 continue
             if info["specs"] != expected:
                 summary = self.data.summary(max(self.repetition, highest) + 1)
-                mismatches[remote.url] = remote.scrub(_mismatch_message(remote.url, expected, info, summary))
+                mismatches[remote.url] = remote.scrub(mismatch_message(remote.url, expected, info, summary))
             else:
                 self._known.add(remote.url)
         if mismatches and not any(r.url in self._known for r in remotes):
@@ -532,7 +534,7 @@ class Federated:
     # frees it after folding the reply in), and, for whole replies, until the round's
     # byte ``budget`` has room for its Content-Length.
 
-    def _submit(self, state: _Round, remote: Remote, config: Config) -> None:
+    def _submit(self, state: Round, remote: Remote, config: Config) -> None:
         state.phase[remote.url] = "sending"
         try:
             left = state.deadline.left()
@@ -549,7 +551,7 @@ class Federated:
         state.phase[remote.url] = "training"
         state.workers.submit(self._poll, state, remote)  # behind the other submissions
 
-    def _poll(self, state: _Round, remote: Remote) -> None:
+    def _poll(self, state: Round, remote: Remote) -> None:
         """One long-poll; queues the next one behind the other devices' unless the result is ready."""
         reply: ReplyStream | None = None
         try:
@@ -568,15 +570,15 @@ class Federated:
                 return
             state.phase[remote.url] = "answered"
             if not state.download_slot():
-                _close(reply)
+                close_reply(reply)
                 return
         except Exception as exc:
-            _close(reply)
+            close_reply(reply)
             state.arrivals.put((remote, exc, 0))
             return
         self._deliver(state, remote, reply)
 
-    def _deliver(self, state: _Round, remote: Remote, stream: ReplyStream) -> None:
+    def _deliver(self, state: Round, remote: Remote, stream: ReplyStream) -> None:
         """Holding a download slot: hand a stream over, or download a whole reply within the budget and check it."""
         held = 0
         try:
@@ -585,7 +587,7 @@ class Federated:
                 return
             taken = state.budget.acquire(len(stream), state.cancel)
             if taken is None:
-                _close(stream)
+                close_reply(stream)
                 state.slots.release()
                 return
             held = taken
@@ -596,13 +598,13 @@ class Federated:
                 raise PayloadRejected(f"reply rejected: {exc}") from None
             state.arrivals.put((remote, reply, held))
         except Exception as exc:
-            _close(stream)
+            close_reply(stream)
             state.budget.release(held)
             state.slots.release()
             state.arrivals.put((remote, exc, 0))
 
     def _collect(
-        self, state: _Round, remotes: list[Remote], needed: int, result: RoundResult, sent: int
+        self, state: Round, remotes: list[Remote], needed: int, result: RoundResult, sent: int
     ) -> Iterator[Encoding]:
         """Yield replies in arrival order; raise RoundFailed once the quorum is out of reach.
 
@@ -631,7 +633,7 @@ class Federated:
                 break
             pending.discard(remote.url)
             if isinstance(reply, BaseException):
-                result.failures[remote.url] = _reason(reply)
+                result.failures[remote.url] = failure_reason(reply)
                 if not isinstance(reply, RemoteBusy):
                     self._known.discard(remote.url)  # re-handshake: it may have restarted
                 if len(result.answered) + len(pending) < needed:
@@ -640,7 +642,7 @@ class Federated:
                 continue
             result.answered.append(remote.url)
             result.bytes_sent += sent
-            result.bytes_received += _size(reply)
+            result.bytes_received += size(reply)
             if isinstance(reply, ReplyStream):
                 streams.append(reply)
             state.merging = remote.url
@@ -648,7 +650,7 @@ class Federated:
                 yield reply
             finally:
                 state.merging = None
-                _close(reply)
+                close_reply(reply)
                 del reply  # before its bytes go back to the budget: a kept reference would outlive the count
                 state.budget.release(held)
                 state.slots.release()  # folded in: the next reply may download

@@ -10,12 +10,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .._util.files import write_atomically
 from ..privacy import checked_privacy
 from ..protocol import MAX_REPETITION
 from ..wire.metrics import MAX_SAMPLES, checked_metrics
 from ..wire.shapes import DeviceReport
 
-__all__ = ["RoundResult", "EvaluationResult", "ServerEvaluation", "History", "write_atomically", "MAX_ERROR"]
+__all__ = ["RoundResult", "EvaluationResult", "ServerEvaluation", "History", "MAX_ERROR"]
 
 MAX_ERROR = 2000
 """The longest error text a server evaluation records, in characters."""
@@ -171,7 +172,7 @@ class History:
         if not isinstance(document, dict) or document.keys() != {"rounds"} or not isinstance(document["rounds"], list):
             raise ValueError('history must be a JSON object {"rounds": [...]}')
         rounds = [RoundResult.from_dict(row) for row in document["rounds"]]
-        for before, after in zip(rounds, rounds[1:]):
+        for before, after in zip(rounds, rounds[1:], strict=False):  # each round and the next
             if after.repetition <= before.repetition:
                 raise ValueError(
                     f"history's repetitions must increase, got {before.repetition} then {after.repetition}"
@@ -264,14 +265,3 @@ def _integer(value: Any, what: str, largest: int) -> int:
 def _strings(value: Any, what: str) -> None:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{what} must be a list of device URLs (strings)")
-
-
-def write_atomically(path: Path, data: bytes | bytearray | memoryview) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -122,7 +122,8 @@ def run_simulation(
         raise ValueError("ray_address and backend_config are for backend='ray'; pass backend='ray' or drop them")
     if backend == "ray" and workers is not None:
         raise ValueError(
-            "workers is for backend='local'; with backend='ray', backend_config={'num_cpus': ..., 'actors': ...} sets how many devices train at once"
+            "workers is for backend='local'; with backend='ray', backend_config={'num_cpus': ..., 'actors': ...} "
+            "sets how many devices train at once"
         )
     if backend == "ray" and worker_kind != "threads":
         raise ValueError("worker_kind is for backend='local'; Ray actors are processes already")
@@ -158,11 +159,11 @@ def run_simulation(
             for remote in remotes:
                 remote.release()  # a device's state exists only while it is sampled
 
-    def release(alg: Federated, result: RoundResult) -> None:
+    def release(federated: Federated, result: RoundResult) -> None:
         release_all()
 
     try:
-        alg = Federated(
+        federated = Federated(
             data,
             remotes,
             fraction=fraction,
@@ -173,7 +174,7 @@ def run_simulation(
             config=config,
             evaluate_fn=evaluate_fn,
         )
-        return alg.fit(rounds, callbacks=[release, *callbacks], progress=progress)
+        return federated.fit(rounds, callbacks=[release, *callbacks], progress=progress)
     finally:
         release_all()
         close()

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..coordinator.history import write_atomically
+from .._util.files import write_atomically
+from ..gateway.server import KeepAliveServer
 
 __all__ = ["Dashboard", "LiveRun", "FolderRun", "serve_dashboard", "RUN_FILE"]
 
@@ -151,14 +152,14 @@ def _scalars(value: Any) -> dict[str, Any]:
     return out
 
 
-def configuration(alg: Any) -> dict[str, Any]:
+def configuration(federated: Any) -> dict[str, Any]:
     """What a run is configured with: quorum, timeout, FedData type and strategy."""
-    config: dict[str, Any] = {"data": type(alg.data).__name__, "devices": len(alg.remotes)}
+    config: dict[str, Any] = {"data": type(federated.data).__name__, "devices": len(federated.remotes)}
     for name in ("fraction", "min_results", "timeout", "poll", "downloads", "workers"):
-        config[name] = getattr(alg, name, None)
-    if getattr(alg, "checkpoint", None) is not None:
-        config["checkpoint"] = str(alg.checkpoint)
-    strategy = getattr(alg, "strategy", None) or getattr(alg.data, "strategy", None)
+        config[name] = getattr(federated, name, None)
+    if getattr(federated, "checkpoint", None) is not None:
+        config["checkpoint"] = str(federated.checkpoint)
+    strategy = getattr(federated, "strategy", None) or getattr(federated.data, "strategy", None)
     if strategy is not None:
         params = (
             {k: v for k, v in vars(strategy).items() if not k.startswith("_")} if hasattr(strategy, "__dict__") else {}
@@ -168,7 +169,7 @@ def configuration(alg: Any) -> dict[str, Any]:
 
 
 @dataclass
-class Snapshot:
+class RunView:
     """What is known of a run at one moment."""
 
     source: str
@@ -188,7 +189,7 @@ def _busy(rounds: list[dict[str, Any]]) -> float:
     return sum((r["seconds"] or 0.0) + ((r["evaluation"] or {}).get("seconds") or 0.0) for r in rounds)
 
 
-def run_view(s: Snapshot) -> dict[str, Any]:
+def run_view(s: RunView) -> dict[str, Any]:
     """``/api/run``."""
     done = len(s.rounds)
     recent = [(r["seconds"] or 0.0) + ((r["evaluation"] or {}).get("seconds") or 0.0) for r in s.rounds[-_RECENT:]]
@@ -203,7 +204,7 @@ def run_view(s: Snapshot) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def history_view(s: Snapshot) -> dict[str, Any]:
+def history_view(s: RunView) -> dict[str, Any]:
     """``/api/history``: per round, for the charts."""
     training: dict[str, None] = {}
     evaluation: dict[str, None] = {}
@@ -226,7 +227,7 @@ def history_view(s: Snapshot) -> dict[str, Any]:
     return {"rounds": rows, "metrics": names}
 
 
-def devices_view(s: Snapshot) -> dict[str, Any]:
+def devices_view(s: RunView) -> dict[str, Any]:
     """``/api/devices``: one row per device, derived from the rounds."""
     rows: dict[str, dict[str, Any]] = {}
 
@@ -270,8 +271,8 @@ class LiveRun:
 
     source = "live"
 
-    def __init__(self, alg: Any) -> None:
-        self.alg = alg
+    def __init__(self, federated: Any) -> None:
+        self.federated = federated
         self.created = time.monotonic()
         self.started: float | None = None
         self.planned: int | None = None
@@ -284,17 +285,18 @@ class LiveRun:
         if self.started is None:
             self.started = time.monotonic()
 
-    def snapshot(self) -> Snapshot:
-        history = self.alg.history
+    def snapshot(self) -> RunView:
+        history = self.federated.history
         results = list(history.rounds)  # appended by the coordinator's thread; a copy is consistent
         if history is not self._history or len(results) < len(self._converted):
             self._history, self._converted = history, []
         for result in results[len(self._converted) :]:
             self._converted.append(_round(asdict(result)) or {})
-        return Snapshot(
-            source=self.source, rounds=list(self._converted), repetition=self.alg.repetition, planned=self.planned,
+        federated = self.federated
+        return RunView(
+            source=self.source, rounds=list(self._converted), repetition=federated.repetition, planned=self.planned,
             elapsed=time.monotonic() - (self.started if self.started is not None else self.created), updated_ago=0.0,
-            devices=[r.url for r in self.alg.remotes], config=configuration(self.alg),
+            devices=[r.url for r in federated.remotes], config=configuration(federated),
         )  # fmt: skip
 
 
@@ -316,9 +318,9 @@ class FolderRun:
         self.folder = Path(folder)
         self._lock = threading.Lock()
         self._key: Any = None
-        self._last = Snapshot(source=self.source, folder=str(self.folder), note="no checkpoint written yet")
+        self._last = RunView(source=self.source, folder=str(self.folder), note="no checkpoint written yet")
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> RunView:
         with self._lock:
             try:
                 self._reload()
@@ -346,10 +348,11 @@ class FolderRun:
                         raise
                     time.sleep(0.05)
             started = _num(run.get("started"))
-            self._last = Snapshot(
+            devices = run.get("devices")
+            self._last = RunView(
                 source=self.source, folder=str(self.folder), rounds=rounds, repetition=repetition,
                 planned=_count(run.get("rounds")), config=_scalars(run.get("config")),
-                devices=[public_url(u) for u in run.get("devices", [])[:10_000]] if isinstance(run.get("devices"), list) else [],
+                devices=[public_url(u) for u in devices[:10_000]] if isinstance(devices, list) else [],
                 elapsed=max(0.0, stat.st_mtime - started) if started is not None else _busy(rounds),
             )  # fmt: skip
             self._key = key
@@ -377,25 +380,25 @@ class FolderRun:
         return dict(run) if isinstance(run, Mapping) else {}
 
 
-def write_run_info(alg: Any, rounds: int) -> None:
-    """Write :data:`RUN_FILE` into ``alg``'s checkpoint folder, for ``fedsync dashboard DIR``."""
+def write_run_info(federated: Any, rounds: int) -> None:
+    """Write :data:`RUN_FILE` into ``federated``'s checkpoint folder, for ``fedsync dashboard DIR``."""
     info = {
         "format": 1, "rounds": int(rounds), "started": time.time(),
-        "devices": [public_url(r.url) for r in alg.remotes], "config": configuration(alg),
+        "devices": [public_url(r.url) for r in federated.remotes], "config": configuration(federated),
     }  # fmt: skip
     try:
-        write_atomically(Path(alg.checkpoint) / RUN_FILE, json.dumps(info).encode("utf-8"))
+        write_atomically(Path(federated.checkpoint) / RUN_FILE, json.dumps(info).encode("utf-8"))
     except OSError as exc:  # the run matters more than what a watcher sees of it
-        logger.warning("could not write %s: %s", Path(alg.checkpoint) / RUN_FILE, exc)
+        logger.warning("could not write %s: %s", Path(federated.checkpoint) / RUN_FILE, exc)
 
 
-def fit_started(alg: Any, rounds: int) -> None:
+def fit_started(federated: Any, rounds: int) -> None:
     """Called by ``Federated.fit``: tell the dashboard and the checkpoint folder the plan."""
-    dashboard = getattr(alg, "dashboard", None)
+    dashboard = getattr(federated, "dashboard", None)
     if isinstance(dashboard, Dashboard) and isinstance(dashboard.run, LiveRun):
         dashboard.run.fit_started(rounds)
-    if getattr(alg, "checkpoint", None) is not None:
-        write_run_info(alg, rounds)
+    if getattr(federated, "checkpoint", None) is not None:
+        write_run_info(federated, rounds)
 
 
 # -- the web app and its server ---------------------------------------------------------
@@ -489,8 +492,6 @@ class Dashboard:
     """
 
     def __init__(self, run: LiveRun | FolderRun, host: str = "127.0.0.1", port: int = 0) -> None:
-        from ..gateway.server import KeepAliveServer
-
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"the dashboard's port must be an integer in 0..65535 (0: any free port), got {port!r}")
         self.run = run
@@ -534,8 +535,8 @@ def serve_dashboard(source: Any, host: str = "127.0.0.1", port: int = 0) -> Dash
     return Dashboard(LiveRun(source), host, port)
 
 
-def start(alg: Any, port: int) -> Dashboard:
+def start(federated: Any, port: int) -> Dashboard:
     """Called by ``Federated(..., dashboard=PORT)``: serve this run on 127.0.0.1."""
-    dashboard = Dashboard(LiveRun(alg), "127.0.0.1", 0 if port is True else port)
+    dashboard = Dashboard(LiveRun(federated), "127.0.0.1", 0 if port is True else port)
     print(f"fedsync dashboard: {dashboard.url}/", file=sys.stderr, flush=True)
     return dashboard

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from ..coordinator.checkpoint import Snapshot
 from ..errors import PayloadRejected
 from ..plugins.hookspecs import RegisterAdapter, hookimpl
 from ..protocol import FedData
 from ..wire import codec
 from .arrays import fingerprint
+from .snapshot import Snapshot
 
 __all__ = ["FedBundle"]
 
@@ -50,7 +50,8 @@ class FedBundle(FedData):
         super().__init__()
         if not isinstance(parts, Mapping) or not parts:
             raise TypeError(
-                "FedBundle takes a non-empty dict of FedData, e.g. FedBundle({'model': fed, 'threshold': FedFloat(0.5)})"
+                "FedBundle takes a non-empty dict of FedData, e.g. "
+                "FedBundle({'model': fed, 'threshold': FedFloat(0.5)})"
             )
         for name, part in parts.items():
             if not isinstance(name, str) or not name:
@@ -108,7 +109,7 @@ class FedBundle(FedData):
         """Merge each part's share of the replies; all parts change, or none.
 
         Holds every reply until the last one arrives, and one copy of each part's
-        state while merging (:class:`fedsync.coordinator.checkpoint.Snapshot`).
+        state while merging (:class:`fedsync.data.snapshot.Snapshot`).
 
         Raises:
             PayloadRejected: a reply is not a valid bundle payload; nothing changed.

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import RoundFailed
 from ..wire.metrics import checked_samples
 
-__all__ = ["Strategy", "Accumulator", "WeightedSum", "FedAvg", "fold_whole", "Arrays"]
+__all__ = ["Strategy", "Accumulator", "WeightedSum", "FedAvg", "fold_whole", "Arrays", "CHUNK", "accumulator_dtype"]
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -84,15 +84,20 @@ class Strategy:
         self.check_state(state, layout)
 
 
-def _accumulator_dtype(dtype: np.dtype) -> np.dtype:
-    # float16/float32 average in float32 (one model copy, as the design's memory goal asks);
-    # integers and booleans sum exactly, in int64 while that cannot overflow.
+def accumulator_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype a running merge of arrays of ``dtype`` is kept in.
+
+    float16/float32 average in float32 (one model copy, as the design's memory goal asks);
+    float64 stays float64; integers and booleans sum exactly, in int64 (``WeightedSum``
+    moves to Python ints once that could overflow).
+    """
     if dtype.kind == "f":
         return np.result_type(dtype, np.float32)
     return np.dtype(np.int64)
 
 
-_CHUNK = 1 << 18
+CHUNK = 1 << 18
+"""Elements a merge handles at a time: its scratch buffers hold this many, whatever the model's size."""
 _INT64_LIMIT = 2**63  # an integer sum that may reach this moves to Python ints
 
 
@@ -112,7 +117,7 @@ class WeightedSum(Accumulator):
 
     def __init__(self, current: Arrays) -> None:
         self.layout = {name: (a.shape, a.dtype) for name, a in current.items()}
-        self.sums = {name: np.zeros(a.size, _accumulator_dtype(a.dtype)) for name, a in current.items()}
+        self.sums = {name: np.zeros(a.size, accumulator_dtype(a.dtype)) for name, a in current.items()}
         self.total = 0
         """Samples of the replies started so far."""
         self._samples = 0
@@ -121,6 +126,11 @@ class WeightedSum(Accumulator):
         self._settled = {name: 0 for name, (_, dtype) in self.layout.items() if dtype.kind != "f"}
         self._peaks = dict.fromkeys(self._settled, 0)
         self._scratch: dict[np.dtype, np.ndarray] = {}
+
+    @property
+    def samples(self) -> int:
+        """Samples of the reply being added (the last :meth:`start`, checked); 0 before the first."""
+        return self._samples
 
     def start(self, samples: int) -> None:
         """Begin a reply of ``samples`` samples (checked: an integer in ``[0, MAX_SAMPLES]``)."""
@@ -149,7 +159,7 @@ class WeightedSum(Accumulator):
     def _buffer(self, dtype: np.dtype) -> np.ndarray:
         buffer = self._scratch.get(dtype)
         if buffer is None:
-            buffer = self._scratch[dtype] = np.empty(_CHUNK, dtype)
+            buffer = self._scratch[dtype] = np.empty(CHUNK, dtype)
         return buffer
 
     def _add_floats(self, acc: np.ndarray, first: int, flat: np.ndarray) -> None:
@@ -160,9 +170,9 @@ class WeightedSum(Accumulator):
             return
         buffer = self._buffer(acc.dtype)
         keep = 1.0 - self._weight
-        for start in range(0, flat.size, _CHUNK):
-            part = buffer[: min(_CHUNK, flat.size - start)]
-            np.multiply(flat[start : start + _CHUNK], self._weight, out=part, casting="same_kind")
+        for start in range(0, flat.size, CHUNK):
+            part = buffer[: min(CHUNK, flat.size - start)]
+            np.multiply(flat[start : start + CHUNK], self._weight, out=part, casting="same_kind")
             mean = target[start : start + part.size]
             mean *= keep
             mean += part
@@ -181,10 +191,10 @@ class WeightedSum(Accumulator):
             target += flat.astype(object) * self._samples
             return
         buffer = self._buffer(acc.dtype)
-        for start in range(0, flat.size, _CHUNK):
-            part = buffer[: min(_CHUNK, flat.size - start)]
+        for start in range(0, flat.size, CHUNK):
+            part = buffer[: min(CHUNK, flat.size - start)]
             # |value| * samples < 2**63 (the bound above), and uint64 values below 2**63 cast exactly.
-            np.multiply(flat[start : start + _CHUNK], self._samples, out=part, dtype=np.int64, casting="unsafe")
+            np.multiply(flat[start : start + CHUNK], self._samples, out=part, dtype=np.int64, casting="unsafe")
             target[start : start + part.size] += part
 
     def result(self, total: int) -> dict[str, np.ndarray]:
@@ -254,7 +264,7 @@ def fold_whole(accumulator: WeightedSum, results: Iterable[tuple[Arrays, int]]) 
         arrays, samples = result
         del result  # hold no reply while asking for the next: it may not download before
         accumulator.start(samples)
-        if accumulator._samples > 0:
+        if accumulator.samples > 0:
             for name in accumulator.sums:
                 accumulator.add(name, 0, np.asarray(arrays[name]), samples)
         del arrays

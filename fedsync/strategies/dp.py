@@ -50,7 +50,8 @@ import numpy as np
 
 from ..errors import RoundFailed
 from ..privacy import CHUNK, checked_positive, clip_factor, update_norm
-from .base import Arrays, FedAvg, Strategy, _accumulator_dtype
+from .base import Arrays, FedAvg, Strategy, accumulator_dtype
+from .robust import EveryReply
 
 __all__ = ["DPFixedClipping", "DPAdaptiveClipping"]
 
@@ -96,18 +97,18 @@ class DPFixedClipping(Strategy):
             raise ValueError(
                 f"strategy must be a fedsync strategy and not itself a DP wrapper, got {type(self.strategy).__name__}"
             )
-        from .robust import _EveryReply
-
-        if isinstance(self.strategy, _EveryReply):
+        if isinstance(self.strategy, EveryReply):
             raise ValueError(
-                f"{type(self.strategy).__name__} needs every device's reply, but central DP merges only their noised sum; "
-                "use FedAvg or a server optimizer here, or keep the robust strategy and add LocalDP on the devices"
+                f"{type(self.strategy).__name__} needs every device's reply, but central DP merges only their "
+                "noised sum; use FedAvg or a server optimizer here, or keep the robust strategy and add LocalDP "
+                "on the devices"
             )
         self.noise_multiplier = checked_positive("noise_multiplier", noise_multiplier, zero=True)
         self.clipping_norm = checked_positive("clipping_norm", clipping_norm)
         if isinstance(num_sampled_clients, bool) or not isinstance(num_sampled_clients, int) or num_sampled_clients < 1:
             raise ValueError(
-                f"num_sampled_clients must be an integer >= 1 (the devices sampled per round), got {num_sampled_clients!r}"
+                "num_sampled_clients must be an integer >= 1 (the devices sampled per round), got "
+                f"{num_sampled_clients!r}"
             )
         self.num_sampled_clients = num_sampled_clients
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
@@ -139,7 +140,7 @@ class DPFixedClipping(Strategy):
         clip = self.clipping_norm
         floats = [name for name, a in current.items() if np.asarray(a).dtype.kind == "f"]
         sums = {
-            name: np.zeros(np.size(current[name]), _accumulator_dtype(np.asarray(current[name]).dtype))
+            name: np.zeros(np.size(current[name]), accumulator_dtype(np.asarray(current[name]).dtype))
             for name in floats
         }
         reference = {name: current[name] for name in floats}

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import RoundFailed
-from .base import _CHUNK, Arrays, FedAvg, WeightedSum, _accumulator_dtype
+from .base import CHUNK, Arrays, FedAvg, WeightedSum, accumulator_dtype
 
 __all__ = ["FedAvgM", "FedAdam", "FedYogi", "FedAdagrad"]
 
@@ -96,7 +96,7 @@ class _ServerOptimizer(FedAvg):
             for slot in self._slots:
                 key = f"{slot}/{name}"
                 if fresh:
-                    state[key] = np.full(shape, self._initial(slot), _accumulator_dtype(dtype))
+                    state[key] = np.full(shape, self._initial(slot), accumulator_dtype(dtype))
                 else:
                     state[key] = self._state[key]
         with np.errstate(over="ignore", invalid="ignore"):  # found and reported by the check below
@@ -116,8 +116,8 @@ class _ServerOptimizer(FedAvg):
                 x = np.asarray(current[name]).reshape(-1)
                 mean = acc.sums[name]
                 slots = [state[f"{slot}/{name}"].reshape(-1) for slot in self._slots]
-                for first in range(0, x.size, _CHUNK):
-                    end = min(first + _CHUNK, x.size)
+                for first in range(0, x.size, CHUNK):
+                    end = min(first + CHUNK, x.size)
                     new_slots, new_x = self._update(
                         x[first:end].astype(mean.dtype), mean[first:end], [s[first:end] for s in slots], fresh
                     )
@@ -125,24 +125,28 @@ class _ServerOptimizer(FedAvg):
                         if not all(np.isfinite(a).all() for a in (new_x, *new_slots)):
                             raise RoundFailed(
                                 f"{type(self).__name__}'s server step on array {name!r} overflows (NaN or infinity); "
-                                "the model and the optimizer state were left unchanged. Lower eta or the devices' learning rate"
+                                "the model and the optimizer state were left unchanged. Lower eta or the devices' "
+                                "learning rate"
                             )
                         continue
-                    for target, value in zip(slots, new_slots):
+                    for target, value in zip(slots, new_slots, strict=False):
                         target[first:end] = value
                     mean[first:end] = new_x
 
     # -- state for checkpoints -------------------------------------------------------------
 
     def state(self) -> dict[str, np.ndarray]:
-        """``"<slot>/<array name>"`` -> that array's state (shape of the array, float32 or float64); empty before the first round."""
+        """``"<slot>/<array name>"`` -> that array's state (shape of the array, float32 or float64).
+
+        Empty before the first round.
+        """
         return dict(self._state)
 
     def check_state(self, state: Mapping[str, np.ndarray], layout: Layout) -> None:
         if not state:
             return
         expected = {
-            f"{slot}/{name}": (tuple(shape), _accumulator_dtype(np.dtype(dtype)))
+            f"{slot}/{name}": (tuple(shape), accumulator_dtype(np.dtype(dtype)))
             for name, (shape, dtype) in layout.items()
             if np.dtype(dtype).kind == "f"
             for slot in self._slots

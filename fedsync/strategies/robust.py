@@ -27,7 +27,7 @@ from ..errors import RoundFailed
 from .base import Arrays, Strategy
 from .store import ReplyStore, checked_spill_bytes, default_spill_bytes
 
-__all__ = ["FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan"]
+__all__ = ["FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan", "EveryReply"]
 
 
 def _count(name: str, value: object, low: int) -> int:
@@ -63,7 +63,7 @@ def _mean(rows: np.ndarray) -> np.ndarray:
     return rows[0] + (rows - rows[0]).mean(axis=0)
 
 
-class _EveryReply(Strategy):
+class EveryReply(Strategy):
     """A strategy over every reply at once: store them, then combine a chunk of coordinates at a time."""
 
     def __init__(self, spill_bytes: int | None) -> None:
@@ -145,7 +145,7 @@ _MEMORY = """
     model and a (replies x chunk) float64 matrix of about 32 MiB."""
 
 
-class FedMedian(_EveryReply):
+class FedMedian(EveryReply):
     """Coordinate-wise median (Yin, Chen, Ramchandran and Bartlett 2018, "Byzantine-Robust
     Distributed Learning: Towards Optimal Statistical Rates", ICML, arXiv:1803.01498).
 
@@ -169,7 +169,7 @@ class FedMedian(_EveryReply):
         return np.median(rows.astype(np.result_type(rows.dtype, np.float32), copy=False), axis=0)
 
 
-class FedTrimmedAvg(_EveryReply):
+class FedTrimmedAvg(EveryReply):
     """Coordinate-wise trimmed mean (Yin, Chen, Ramchandran and Bartlett 2018, "Byzantine-Robust
     Distributed Learning: Towards Optimal Statistical Rates", ICML, arXiv:1803.01498).
 
@@ -232,7 +232,7 @@ def _scores(d: np.ndarray, members: list[int], f: int) -> list[float]:
     return scores
 
 
-class _KrumFamily(_EveryReply):
+class _KrumFamily(EveryReply):
     """Combines whole replies picked by their distances: floating arrays are the picked replies' mean."""
 
     def __init__(self, num_malicious_clients: int, spill_bytes: int | None) -> None:

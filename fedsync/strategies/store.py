@@ -30,7 +30,10 @@ _WORK = 1 << 25  # bytes of a (replies, chunk) matrix in float64
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available now: ``MemAvailable`` of /proc/meminfo, else ``os.sysconf``; ``None`` if neither says."""
+    """Bytes of memory available now: ``MemAvailable`` of /proc/meminfo, else ``os.sysconf``.
+
+    ``None`` if neither says.
+    """
     try:
         with open("/proc/meminfo", "rb") as f:
             for line in f.read(1 << 16).splitlines():
@@ -127,7 +130,10 @@ class ReplyStore:
         return offsets
 
     def rows(self, name: str, first: int, end: int, which: list[int] | None = None) -> np.ndarray:
-        """Elements ``[first, end)`` of array ``name`` of each reply (or of ``which`` ones): a new ``(replies, end - first)`` array."""
+        """Elements ``[first, end)`` of array ``name`` of each reply (or of ``which`` ones).
+
+        Returns a new ``(replies, end - first)`` array.
+        """
         _, dtype = self.layout[name]
         indices = range(len(self)) if which is None else which
         out = np.empty((len(indices), end - first), dtype)
@@ -148,7 +154,10 @@ class ReplyStore:
         return out
 
     def chunks(self, name: str, replies: int | None = None) -> Iterator[tuple[int, int]]:
-        """``(first, end)`` coordinate ranges of array ``name`` small enough for a ``(replies, chunk)`` float64 matrix."""
+        """``(first, end)`` coordinate ranges of array ``name``.
+
+        Each small enough for a ``(replies, chunk)`` float64 matrix.
+        """
         shape, _ = self.layout[name]
         size = int(np.prod(shape, dtype=np.int64))
         step = max(1024, _WORK // (8 * max(1, replies if replies is not None else len(self))))

@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-import fedsync.coordinator.federated
+import fedsync.client
 from fedsync import FedArrays, Federated
 from fedsync.coordinator.callbacks import CSVLogger, EarlyStopping, MLflow, TensorBoard
 
@@ -19,7 +19,7 @@ def weights():
 
 
 def test_early_stopping_is_the_same_class_from_both_places():
-    assert EarlyStopping is fedsync.coordinator.federated.EarlyStopping is fedsync.EarlyStopping
+    assert EarlyStopping is fedsync.client.EarlyStopping is fedsync.EarlyStopping
 
 
 def test_tensorboard_scalars_read_back_with_tensorboards_reader(devices, tmp_path, monkeypatch):

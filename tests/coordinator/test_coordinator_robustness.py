@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from fedsync import FedArrays, Federated, Remote
-from fedsync.coordinator.federated import exact_share
+from fedsync.coordinator._round import exact_share
 from fedsync.errors import RemoteError, RemoteUnavailable, RoundFailed, SpecsMismatch
 from tests.conftest import ROOT, DeviceProcess, stop_all, tls_files
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from fedsync import FedArrays, Federated, History, strategies
+from fedsync.coordinator._privacy import coordinator_privacy
 from fedsync.coordinator.history import RoundResult
-from fedsync.privacy import LocalDP, coordinator_privacy, epsilon, round_privacy, update_norm
+from fedsync.privacy import LocalDP, epsilon, round_privacy, update_norm
 
 dp_accounting = pytest.importorskip("dp_accounting")
 

@@ -172,3 +172,26 @@ def test_the_real_machines_instructions_as_written(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert final_accuracy(done.stdout) >= 0.85
     assert "401" in (tmp_path / "refused.log").read_text()
+
+
+def test_a_command_run_as_a_newcomer_leaves_no_process_behind(tmp_path):
+    """A device started in the background through the ``fedsync``/``python`` shell functions is stopped with the command."""
+    pid_file = tmp_path / "pid"
+    script = (
+        f"python -c 'import os, time; open(\"{pid_file}\", \"w\").write(str(os.getpid())); time.sleep(120)' >/dev/null 2>&1 &\n"
+        f"for i in $(seq 100); do [ -s {pid_file} ] && break; sleep 0.1; done\n"
+        "kill $!  # stops the subshell the function runs in, not the python under it\n"
+    )
+    done = readme.shell(script, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return  # gone
+        if state == "Z":
+            return  # dead, waiting for init to reap it
+        time.sleep(0.1)
+    pytest.fail(f"process {pid} started by the command still runs after it")

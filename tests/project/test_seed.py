@@ -1,7 +1,7 @@
 """The seed README's API, as written, across real device processes."""
 
 import fedsync
-from fedsync.coordinator.federated import Federated, Remote
+from fedsync.client import Federated, Remote
 from fedsync.data import FIRST, FedData
 from tests.support.seed_fedfloat import FedFloat
 

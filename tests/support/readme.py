@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,23 @@ def shell(command: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
     )
     full_env = dict(os.environ, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), full_env.get("PYTHONPATH")) if p)
-    return subprocess.run(
-        ["bash", "-c", prelude + command], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    # In a session of its own, so that whatever the command leaves behind is stopped with it: a device started
+    # in the background through the ``fedsync`` function runs under a subshell that ``kill $!`` stops alone.
+    process = subprocess.Popen(
+        ["bash", "-c", prelude + command],
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # nothing of the command's is left
+        process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

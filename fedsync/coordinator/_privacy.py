@@ -1,0 +1,60 @@
+"""The privacy a coordinator's run has spent: ε after each round merged under central DP.
+
+:mod:`fedsync.privacy` holds the accountant's math; this module reads what it needs
+from the :class:`~fedsync.coordinator.federated.Federated` running the round: its
+strategy, its sample size and the ``privacy`` entries of its history.
+
+Internal: called by :meth:`Federated.round <fedsync.coordinator.federated.Federated.round>`;
+its names may change without notice.
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+from ..privacy import round_privacy
+from ..strategies.dp import DPFixedClipping
+from ._round import sample_size
+
+if TYPE_CHECKING:
+    from .federated import Federated
+
+__all__ = ["coordinator_privacy"]
+
+logger = logging.getLogger("fedsync")
+
+
+def coordinator_privacy(federated: Federated) -> dict[str, Any] | None:
+    """The ``privacy`` entry of the round ``federated`` just merged, or ``None`` without central DP.
+
+    The sampling rate is the share of remotes each round samples,
+    ``q = ceil(fraction * len(remotes)) / len(remotes)`` (``min_results`` may raise it;
+    :func:`~fedsync.coordinator._round.sample_size`, the count ``Federated.sample`` draws),
+    exact: it is ``fraction`` itself when ``fraction * len(remotes)`` is whole. The
+    accountant treats it as Poisson sampling at rate ``q``; fedsync samples a fixed
+    number of devices without replacement, for which that is the usual
+    approximation (as in McMahan et al. 2018), not a proof.
+
+    Raises:
+        ModuleNotFoundError: central DP is on and dp-accounting is not installed.
+    """
+    strategy = getattr(federated.data, "strategy", None)
+    if not isinstance(strategy, DPFixedClipping):
+        return None
+    n = len(federated.remotes)
+    count = sample_size(federated.share, n, federated.min_results)
+    if count != strategy.num_sampled_clients:
+        logger.warning(
+            "%s(num_sampled_clients=%d) but the coordinator samples %d of %d devices a round: "
+            "the mean is divided by %d",
+            type(strategy).__name__,
+            strategy.num_sampled_clients,
+            count,
+            n,
+            strategy.num_sampled_clients,
+        )
+    return round_privacy(
+        [r.privacy for r in federated.history], strategy.noise_multiplier, Fraction(count, n), strategy.delta
+    )
