@@ -10,7 +10,7 @@ from .coordinator.federated import Federated
 from .coordinator.history import EvaluationResult, History, RoundResult, ServerEvaluation
 from .data.arrays import FedArrays
 from .data.bundle import FedBundle
-from .device.app import serve
+from .device import serve
 from .errors import FedSyncError, RoundFailed, SpecsMismatch
 from .plugins.hookspecs import hookimpl
 from .protocol import FIRST, FedData

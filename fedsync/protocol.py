@@ -10,21 +10,12 @@ came back. ``FedData`` says *what* is exchanged and *how* it merges;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Union
 
 from .wire.codec import Payload
 
-__all__ = ["FedData", "FIRST", "MAX_REPETITION", "Encoding", "SPECS_HEADER", "REPETITION_HEADER", "MAX_PAYLOAD"]
-
-SPECS_HEADER = "X-Fedsync-Specs"
-"""HTTP header carrying the specs of a payload (submissions, evaluations, results)."""
-
-REPETITION_HEADER = "X-Fedsync-Repetition"
-"""HTTP header carrying the repetition a result belongs to."""
-
-MAX_PAYLOAD = 2 * 1024**3
-"""The default largest payload, in bytes: what a device accepts and a coordinator downloads (2 GiB)."""
+__all__ = ["FedData", "FIRST", "MAX_REPETITION", "Encoding"]
 
 FIRST = 1
 """The repetition number of the first round. Repetitions only grow."""
@@ -127,15 +118,15 @@ class FedData:
         return None
 
     def app(self, *, token: str | None = None, max_content_length: int | None = None) -> Any:
-        """A WSGI application serving this FedData: ``fedsync.device.app.DeviceApp(fed, ...)`` (see :func:`fedsync.serve`)."""
-        # The protocol layer never names the server (no import cycle): fedsync.device.app
-        # installs its DeviceApp here when it is imported, which `import fedsync` does.
-        if _app_factory is None:
-            raise RuntimeError(
-                "fed.app() needs fedsync.device.app: `import fedsync.device.app` first, or use fedsync.device.app.DeviceApp(fed)"
-            )
-        return _app_factory(self, token=token, max_content_length=max_content_length)
+        """A WSGI application serving this FedData: ``fedsync.device.app.DeviceApp(fed, ...)``.
 
+        :func:`fedsync.serve` runs the same application on fedsync's server.
 
-_app_factory: Callable[..., Any] | None = None
-"""What :meth:`FedData.app` builds; set by :mod:`fedsync.device.app` at its import."""
+        Raises:
+            ValueError: a bad ``token`` or ``max_content_length`` (see :class:`~fedsync.device.app.DeviceApp`).
+        """
+        # The one entry point from the contract to the device, imported here rather than at the top:
+        # the device imports this module (a real cycle), and the contract needs no server to be declared.
+        from .device.app import DeviceApp
+
+        return DeviceApp(self, token=token, max_content_length=max_content_length)

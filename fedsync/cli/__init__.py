@@ -300,8 +300,9 @@ def _ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | 
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from ..device.app import checked_token, serve
+    from ..device import serve
     from ..protocol import FedData
+    from ..wire.tokens import checked_token
 
     try:
         token = checked_token(args.token)  # before importing the user's module: fail fast

@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from ..device.app import serve
+from ..device import serve
 from .data import load_shard
 from .models import choose_backend
 

@@ -2,3 +2,8 @@
 
 The original README calls it a *server*. :func:`fedsync.serve` is the entry point.
 """
+
+from .app import DeviceApp
+from .serving import RunningServer, serve
+
+__all__ = ["DeviceApp", "RunningServer", "serve"]

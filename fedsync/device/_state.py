@@ -11,70 +11,50 @@ rules keep every reply an exact snapshot of what repetition ``r`` produced
   owned copy, if it still views live memory; a later download, or the same
   reply read again, then serves exactly the trained bytes.
 
-One lock (``Device.lock``) orders these decisions; nothing waits on another
-request's progress while holding it.
+One lock (``Device.state_lock``) orders these decisions; nothing waits on another
+request's progress while holding it. How a reply's bytes reach the connection is
+:mod:`fedsync.device._reply`'s business, not this module's.
 
 Internal: the device side of :func:`fedsync.serve`; its names may change without notice.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from werkzeug.exceptions import HTTPException
-from werkzeug.wrappers import Response
 
 from .._version import PROTOCOL_VERSION, __version__
 from ..protocol import MAX_REPETITION, Encoding, FedData
-from ..wire.codec import Payload
+from ..secagg.device import session_for_submit
 from ..wire.config import Config, takes_extra
+from ..wire.http import ApiError, ErrorCode
 from ..wire.shapes import DeviceInfo
+from ._reply import download, once, owned_copy, response_body
 
-__all__ = ["ApiError", "Device", "Job", "json_response", "checked_repetition"]
+__all__ = ["Device", "Job", "checked_repetition"]
 
 logger = logging.getLogger("fedsync.device.app")
-
-CHUNK = 1 << 20
-
-
-class ApiError(HTTPException):
-    """An HTTP error answered as JSON ``{"error": code, "message": text}``."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.code = status
-        self.error = error
-        self.message = message
-
-    def get_response(self, environ: Any = None, scope: Any = None) -> Response:
-        return json_response({"error": self.error, "message": self.message}, self.code)
-
-
-def json_response(obj: Any, status: int = 200) -> Response:
-    return Response(json.dumps(obj), status=status, mimetype="application/json")
 
 
 def checked_repetition(rep: int) -> int:
     """``rep`` if at most :data:`MAX_REPETITION`, else a ``400 bad_repetition`` ApiError."""
     if rep > MAX_REPETITION:
         raise ApiError(
-            400, "bad_repetition", f"repetition {rep} is above the largest accepted, 2**53 ({MAX_REPETITION}); "
+            400, ErrorCode.BAD_REPETITION, f"repetition {rep} is above the largest accepted, 2**53 ({MAX_REPETITION}); "
             "repetitions count rounds from 1",
         )  # fmt: skip
     return rep
 
 
 def _busy_downloading() -> ApiError:
-    return ApiError(409, "busy", "a result is being downloaded; try again when it is read")
+    return ApiError(409, ErrorCode.BUSY, "a result is being downloaded; try again when it is read")
 
 
 @dataclass
@@ -99,10 +79,10 @@ class Job:
 class Device:
     """The device-side state of one FedData: its last repetition and current job.
 
-    ``lock`` guards ``job``, ``last_repetition`` and ``downloads`` (downloads
-    in flight that read live model memory). ``working`` is held by whatever
-    writes the model (a training job or an evaluation); ``receiving`` by the
-    one request whose body is being read, so a device holds at most one
+    ``state_lock`` guards ``job``, ``last_repetition``, ``downloads`` (downloads
+    in flight that read live model memory) and ``secagg``. ``busy`` is held by
+    whatever writes the model (a training job or an evaluation); ``receiving`` by
+    the one request whose body is being read, so a device holds at most one
     incoming payload per FedData, whatever peers send at once.
     """
 
@@ -188,7 +168,7 @@ class Device:
         if repetition <= self.last_repetition:
             raise ApiError(
                 409,
-                "stale_repetition",
+                ErrorCode.STALE_REPETITION,
                 f"repetition {repetition} is not above this device's last repetition "
                 f"{self.last_repetition}; submit repetition {self.last_repetition + 1} or later",
             )
@@ -196,7 +176,7 @@ class Device:
         if job is not None and not job.done.is_set():
             raise ApiError(
                 409,
-                "busy",
+                ErrorCode.BUSY,
                 f"still working on repetition {job.repetition}; try again when its result has been collected",
             )
         self._ensure_writable()
@@ -206,12 +186,12 @@ class Device:
         with self.state_lock:
             job = self.job
             if job is not None and not job.done.is_set():
-                raise ApiError(409, "busy", f"training repetition {job.repetition}; try again when it is done")
+                raise ApiError(409, ErrorCode.BUSY, f"training repetition {job.repetition}; try again when it is done")
             self._ensure_writable()
 
     def _ensure_writable(self) -> None:
         if self.busy.locked():
-            raise ApiError(409, "busy", "evaluating the global model; try again in a moment")
+            raise ApiError(409, ErrorCode.BUSY, "evaluating the global model; try again in a moment")
         if self.downloads:
             raise _busy_downloading()
 
@@ -222,20 +202,18 @@ class Device:
         it (an exception's traceback included) are gone.
         """
         if not self.receiving.acquire(blocking=False):
-            raise ApiError(409, "busy", "receiving another payload; try again when it is handed over")
+            raise ApiError(409, ErrorCode.BUSY, "receiving another payload; try again when it is handed over")
         return self.receiving
 
     # -- writes to the model ------------------------------------------------------
 
     def start(self, encoding: Any, repetition: int, config: Config | None = None) -> Job:
         """Accept a checked payload (and checked config) and work on it in a background thread."""
-        from ..secagg.device import session_for_submit
-
         with self.state_lock:
             self._ensure_can_accept(repetition)
             secagg = session_for_submit(self, repetition, self.secagg_required)
             if not self.busy.acquire(blocking=False):
-                raise ApiError(409, "busy", "evaluating the global model; try again in a moment")
+                raise ApiError(409, ErrorCode.BUSY, "evaluating the global model; try again in a moment")
             job = Job(repetition, secagg=secagg)
             self.job = job
             self.last_repetition = repetition
@@ -260,7 +238,7 @@ class Device:
                     result = job.secagg.mask(self.fed, encoding, job.repetition)
             else:
                 result = self.fed.serialize(job.repetition)
-            _body(result)  # fail here, with the device's message, rather than while answering
+            response_body(result)  # fail here, with the device's message, rather than while answering
             job.result = result
             job.owned = isinstance(result, (str, bytes))
             self.rounds_served += 1
@@ -283,16 +261,16 @@ class Device:
         with self.state_lock:
             job = self.job
             if job is not None and not job.done.is_set():
-                raise ApiError(409, "busy", f"training repetition {job.repetition}; try again when it is done")
+                raise ApiError(409, ErrorCode.BUSY, f"training repetition {job.repetition}; try again when it is done")
             if self.downloads:
                 raise _busy_downloading()
             if not self.busy.acquire(blocking=False):
-                raise ApiError(409, "busy", "training or evaluating already; try again when it is done")
+                raise ApiError(409, ErrorCode.BUSY, "training or evaluating already; try again when it is done")
             try:
                 if job is not None and job.result is not None and not job.owned:
                     # Copy-on-write: evaluate writes the model, which the result views.
                     # Under the lock, so no download can start reading live memory meanwhile.
-                    job.result, job.owned = _owned_copy(job.result), True
+                    job.result, job.owned = owned_copy(job.result), True
             except BaseException:
                 self.busy.release()
                 raise
@@ -301,10 +279,10 @@ class Device:
                 return self.fed.evaluate(encoding, repetition, config or {})
             return self.fed.evaluate(encoding, repetition)
         except NotImplementedError as exc:
-            raise ApiError(501, "not_supported", str(exc)) from None
+            raise ApiError(501, ErrorCode.NOT_SUPPORTED, str(exc)) from None
         except Exception as exc:  # user code: report its message, keep serving
             logger.exception("evaluation failed")
-            raise ApiError(500, "evaluation_failed", f"{type(exc).__name__}: {exc}") from None
+            raise ApiError(500, ErrorCode.EVALUATION_FAILED, f"{type(exc).__name__}: {exc}") from None
         finally:
             self.busy.release()
 
@@ -313,178 +291,25 @@ class Device:
     def open_download(self, job: Job, sock: socket.socket | None) -> tuple[Any, str, int]:
         """The body of ``job``'s result, its mimetype and length; counted while it reads live memory.
 
+        ``sock``: the connection the body may be written to directly (:mod:`fedsync.device._reply`).
+
         Raises ``404 unknown_repetition`` if a newer submission replaced ``job``.
         """
         with self.state_lock:
             if self.job is not job:
                 current = self.job.repetition if self.job is not None else "none"
                 raise ApiError(
-                    404, "unknown_repetition", f"repetition {job.repetition} was replaced (current: {current})"
+                    404, ErrorCode.UNKNOWN_REPETITION, f"repetition {job.repetition} was replaced (current: {current})"
                 )
             result, owned = job.result, job.owned
             if not owned:
                 self.downloads += 1
-        release = None if owned else _once(self._download_done)
-        try:
-            body, mimetype, length = _body(result, sock, release)
-        except BaseException:
-            if release is not None:
-                release()
-            raise
-        return _Download(body, release), mimetype, length
+        release = None if owned else once(self._download_done)
+        return download(result, sock, release)
 
     def _download_done(self) -> None:
         with self.state_lock:
             self.downloads -= 1
-
-
-class _Download:
-    """A result's body as a WSGI iterable; ``release`` runs once when it ends, however it ends.
-
-    The server calls ``close`` after the last piece or when the client went
-    away (PEP 3333); ``__del__`` covers servers that forget.
-    """
-
-    def __init__(self, body: Any, release: Callable[[], None] | None) -> None:
-        self._body = body
-        self._pieces: Iterator[bytes] | None = None
-        self._release = release
-
-    def __iter__(self) -> _Download:
-        return self
-
-    def __next__(self) -> bytes:
-        if self._pieces is None:
-            body = self._body
-            self._pieces = iter([body] if isinstance(body, (bytes, bytearray)) else body)
-        try:
-            return next(self._pieces)
-        except StopIteration:
-            self.close()  # the last byte left this process's model memory
-            raise
-
-    def close(self) -> None:
-        release, self._release = self._release, None
-        pieces, self._pieces = self._pieces, None
-        self._body = b""
-        try:
-            close = getattr(pieces, "close", None)
-            if close is not None:
-                close()
-        finally:
-            if release is not None:
-                release()
-
-    def __del__(self) -> None:
-        self.close()
-
-
-def _once(function: Callable[[], None]) -> Callable[[], None]:
-    """``function``, run at most once however often the result is called (from any thread)."""
-    lock = threading.Lock()
-    pending = [function]
-
-    def run() -> None:
-        with lock:
-            todo = pending.pop() if pending else None
-        if todo is not None:
-            todo()
-
-    return run
-
-
-def _owned_copy(result: Encoding) -> Encoding:
-    """A copy of ``result`` that shares no memory with the model."""
-    if isinstance(result, (str, bytes)):
-        return result
-    if isinstance(result, Payload):
-        buffer = np.empty(len(result), np.uint8)
-        frames: list[memoryview | bytes] = []
-        offset = 0
-        for frame in result.frames:
-            view = memoryview(frame).cast("B")
-            buffer[offset : offset + len(view)] = np.frombuffer(view, np.uint8)
-            frames.append(memoryview(buffer)[offset : offset + len(view)])
-            offset += len(view)
-        return Payload(frames)
-    return bytes(memoryview(result).cast("B"))
-
-
-def _body(
-    encoding: Encoding, sock: socket.socket | None = None, before_last: Callable[[], None] | None = None
-) -> tuple[Any, str, int]:
-    """The response body, its mimetype and its length, without copying the payload.
-
-    ``sock``: the connection's socket, which fedsync's server puts in the
-    environ (``gateway.SOCKET_KEY``); a :class:`Payload` is then written to it
-    directly (see :func:`_frames_to`).
-    """
-    if isinstance(encoding, str):
-        data = encoding.encode("utf-8")
-        return data, "text/plain", len(data)
-    if isinstance(encoding, bytes):
-        return encoding, "application/octet-stream", len(encoding)
-    if isinstance(encoding, (bytearray, memoryview)):
-        encoding = Payload([memoryview(encoding).cast("B")])
-    if isinstance(encoding, Payload):
-        # WSGI servers write bytes only; small chunks cost less than joining the whole
-        # payload into one fresh model-sized buffer (page faults, measured).
-        body = _frames_to(sock, encoding, before_last) if sock is not None else _chunks(encoding, before_last)
-        return body, "application/octet-stream", len(encoding)
-    raise TypeError(
-        f"serialize() must return str or bytes, got {type(encoding).__name__}; "
-        "e.g. return str(self.value) or codec.encode(arrays)"
-    )
-
-
-TAIL = 1 << 16
-"""Bytes at the end of a reply sent from a copy, after the reply stops reading live memory."""
-
-
-def _frames_to(sock: socket.socket, payload: Payload, before_last: Callable[[], None] | None = None) -> Iterator[bytes]:
-    """Write a payload's frames to the connection itself, without copying them.
-
-    WSGI servers write only ``bytes``, so :func:`_chunks` copies each piece
-    of a model into one (about 20% of a device's CPU per round, measured with
-    perf). fedsync's server (:mod:`fedsync.gateway.server`) sends the status line and
-    headers (Content-Length included) on the first ``write``, even of ``b""``,
-    on its unbuffered connection; the frames then follow on the same socket.
-
-    ``before_last`` runs once the live memory was read, before the last
-    ``TAIL`` bytes (sent from a copy) leave: a client that has the whole reply
-    and at once asks the device to write its model finds it released.
-    """
-    yield b""
-    cut = len(payload) - TAIL
-    offset = 0
-    tail: list[bytes] = []
-    for frame in payload:
-        view = memoryview(frame).cast("B")
-        head = max(0, min(len(view), cut - offset))
-        if head:
-            sock.sendall(view[:head])
-        if head < len(view):
-            tail.append(bytes(view[head:]))
-        offset += len(view)
-    if before_last is not None:
-        before_last()
-    for piece in tail:
-        sock.sendall(piece)
-
-
-def _chunks(payload: Payload, before_last: Callable[[], None] | None = None) -> Iterator[bytes]:
-    """The payload as 1 MiB ``bytes`` copies; ``before_last`` runs before the last one is handed over."""
-    pending: bytes | None = None
-    for frame in payload:
-        view = memoryview(frame).cast("B")
-        for start in range(0, len(view), CHUNK):
-            if pending is not None:
-                yield pending
-            pending = bytes(view[start : start + CHUNK])
-    if before_last is not None:
-        before_last()
-    if pending is not None:
-        yield pending
 
 
 def _samples(fed: FedData) -> int | None:

@@ -1,14 +1,22 @@
 """The device side: a WSGI app (werkzeug routing) serving one or more FedData over HTTP.
 
-``serve`` runs it on :class:`fedsync.gateway.server.KeepAliveServer`, which keeps
-HTTP/1.1 connections open between a round's requests.
+:func:`fedsync.device.serving.serve` runs it on :class:`fedsync.gateway.server.KeepAliveServer`,
+which keeps HTTP/1.1 connections open between a round's requests.
 
-Routes (protocol v1, see ``docs/protocol.md``), under each FedData's base
-(``""`` for a single FedData, ``/<name>`` for each entry of a dict):
+Routes (protocol v1, :data:`fedsync.wire.http.ROUTES`, see ``docs/protocol.md``), under each
+FedData's base (``""`` for a single FedData, ``/<name>`` for each entry of a dict):
 
-- ``GET  {base}/info``                 handshake
-- ``POST {base}/{rep}/submit``         hand the device a payload for repetition ``rep``
-- ``GET  {base}/{rep}/result?wait=S``  long-poll for the device's payload
+- ``GET  {base}/``                          the status page, for people
+- ``GET  {base}/info``                      handshake
+- ``POST {base}/{rep}/submit``              hand the device a payload for repetition ``rep``
+- ``GET  {base}/{rep}/result?wait=S``       long-poll for the device's payload (``HEAD``: is it ready?)
+- ``POST {base}/{rep}/evaluate``            evaluate a payload on local data, without training
+- ``POST {base}/{rep}/secagg/{phase}``      secure aggregation's phases (:mod:`fedsync.secagg.device`)
+
+and, at the root of a device serving named bases only:
+
+- ``GET  /info``                            the bases, as JSON
+- ``GET  /``                                the bases, as a page
 """
 
 from __future__ import annotations
@@ -16,9 +24,6 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
-import os
-import socket
-import ssl
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -27,33 +32,37 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from .. import protocol as _protocol
 from .._version import PROTOCOL_VERSION, __version__
-from ..gateway.server import MAX_CONNECTIONS, SOCKET_KEY, KeepAliveServer
-from ..protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, FedData
+from ..gateway.server import SOCKET_KEY
+from ..protocol import MAX_REPETITION, FedData
 from ..secagg.device import MAX_BODY as SECAGG_MAX_BODY
 from ..secagg.device import answer as secagg_answer
 from ..secagg.device import session_for_submit
 from ..wire.codec import read_exactly
-from ..wire.config import CONFIG_HEADER, Config, decode_config
+from ..wire.config import Config, decode_config
+from ..wire.http import (
+    CONFIG_HEADER,
+    INDEX_ROUTES,
+    MAX_PAYLOAD,
+    MAX_WAIT,
+    REPETITION_HEADER,
+    ROUTES,
+    SECAGG_PHASES,
+    SPECS_HEADER,
+    ApiError,
+    ErrorCode,
+    json_response,
+)
 from ..wire.tokens import checked_token
-from ._state import ApiError, Device, checked_repetition, json_response
+from ._state import Device, checked_repetition
 from ._status import render_index, render_locked, render_status
 
-__all__ = ["DeviceApp", "RunningServer", "serve", "checked_token", "SPECS_HEADER", "DEFAULT_MAX_CONTENT_LENGTH"]
+__all__ = ["DeviceApp", "DEFAULT_MAX_CONTENT_LENGTH"]
 
 logger = logging.getLogger("fedsync.device.app")
 
 DEFAULT_MAX_CONTENT_LENGTH = MAX_PAYLOAD
 """The largest payload a device accepts unless ``max_content_length`` says otherwise, in bytes."""
-MAX_WAIT = 60.0
-"""The longest a single result long-poll is held open, in seconds."""
-
-STOP_POLL = 0.05
-"""How often, in seconds, the accepting loop checks for a stop request: a device stops (and frees
-its port) this soon after ``close()`` or SIGTERM (socketserver's default, 0.5 s, made stopping slow)."""
-
-_json = json_response
 
 
 class _Repetition(BaseConverter):
@@ -116,7 +125,9 @@ class DeviceApp:
     # -- routes ------------------------------------------------------------------
 
     def on_index(self, request: Request) -> Response:
-        return _json({"protocol": PROTOCOL_VERSION, "fedsync": __version__, "bases": [b[1:] for b in self.devices]})
+        return json_response(
+            {"protocol": PROTOCOL_VERSION, "fedsync": __version__, "bases": [b[1:] for b in self.devices]}
+        )
 
     def on_index_page(self, request: Request) -> Response:
         return Response(render_index([b[1:] for b in self.devices]), mimetype="text/html")
@@ -127,7 +138,7 @@ class DeviceApp:
         return Response(render_status(device.info(), title), mimetype="text/html")
 
     def on_info(self, request: Request, base: str) -> Response:
-        return _json(self.devices[base].info())
+        return json_response(self.devices[base].info())
 
     def on_submit(self, request: Request, base: str, rep: int) -> Response:
         device = self.devices[base]
@@ -141,7 +152,7 @@ class DeviceApp:
         device.ensure_can_accept(rep)  # again, now that no other body can arrive: read none in vain
         encoding = self._checked_payload(request, device, rep, length, for_training=True)
         job = device.start(encoding, rep, config)
-        return _json({"repetition": job.repetition, "state": "training"}, 202)
+        return json_response({"repetition": job.repetition, "state": "training"}, 202)
 
     def on_evaluate(self, request: Request, base: str, rep: int) -> Response:
         device = self.devices[base]
@@ -154,7 +165,7 @@ class DeviceApp:
         device.ensure_can_evaluate()  # again, now that no other body can arrive
         encoding = self._checked_payload(request, device, rep, length)
         samples, metrics = device.evaluate(encoding, rep, config)
-        return _json({"repetition": rep, "samples": samples, "metrics": metrics})
+        return json_response({"repetition": rep, "samples": samples, "metrics": metrics})
 
     def on_secagg(self, request: Request, base: str, rep: int, phase: str) -> Response:
         """A secure-aggregation phase (fedsync.secagg.device): a bounded JSON body in, JSON out."""
@@ -162,25 +173,25 @@ class DeviceApp:
         length = self._checked_length(request, limit=SECAGG_MAX_BODY)
         _hold(request, self.devices[base].take_receiving())
         body = _read_payload(request, length)
-        return _json(secagg_answer(self.devices[base], rep, phase, bytes(body)))
+        return json_response(secagg_answer(self.devices[base], rep, phase, bytes(body)))
 
     def _checked_length(self, request: Request, limit: int | None = None) -> int:
         """The request's Content-Length, checked against the limit before any byte of the body is read."""
         raw = request.headers.get("Content-Length")
         if raw is None or not raw.strip():
-            raise ApiError(411, "length_required", "send the payload with a Content-Length header")
+            raise ApiError(411, ErrorCode.LENGTH_REQUIRED, "send the payload with a Content-Length header")
         raw = raw.strip()
         if not (raw.isascii() and raw.isdigit()):
             raise ApiError(
                 400,
-                "bad_content_length",
+                ErrorCode.BAD_CONTENT_LENGTH,
                 f"Content-Length {raw[:40]!r} is not a number of bytes; send one decimal integer",
             )
         limit = self.max_content_length if limit is None else limit
         if len(raw) > 19 or int(raw) > limit:
             raise ApiError(
                 413,
-                "too_large",
+                ErrorCode.TOO_LARGE,
                 f"payload of {raw[:40]} bytes exceeds this device's limit of {limit}; "
                 "start the device with a larger max_content_length",
             )
@@ -190,12 +201,12 @@ class DeviceApp:
     def _check_specs(request: Request, device: Device, rep: int) -> None:
         specs = request.headers.get(SPECS_HEADER)
         if specs is None:
-            raise ApiError(400, "missing_specs", f"send the FedData's specs in the {SPECS_HEADER} header")
+            raise ApiError(400, ErrorCode.MISSING_SPECS, f"send the FedData's specs in the {SPECS_HEADER} header")
         expected = device.fed.specs(rep)
         if specs != expected:
             raise ApiError(
                 409,
-                "specs_mismatch",
+                ErrorCode.SPECS_MISMATCH,
                 f"payload specs {specs[:200]!r} do not match this device's {expected!r}; "
                 "declare the same FedData (same architecture) on coordinator and device",
             )
@@ -209,7 +220,7 @@ class DeviceApp:
         try:
             device.fed.check(encoding, rep)
         except ValueError as exc:
-            raise ApiError(400, "malformed_payload", f"payload rejected: {exc}") from None
+            raise ApiError(400, ErrorCode.MALFORMED_PAYLOAD, f"payload rejected: {exc}") from None
         return encoding
 
     def on_result(self, request: Request, base: str, rep: int) -> Response:
@@ -218,12 +229,12 @@ class DeviceApp:
         job = device.job
         if job is None or job.repetition != rep:
             known = "none" if job is None else str(job.repetition)
-            raise ApiError(404, "unknown_repetition", f"no work for repetition {rep} here (current: {known})")
+            raise ApiError(404, ErrorCode.UNKNOWN_REPETITION, f"no work for repetition {rep} here (current: {known})")
         wait = _wait(request.args.get("wait", "0"))
         if not job.done.wait(min(wait, MAX_WAIT)):
-            return _json({"repetition": rep, "state": "training"}, 202)
+            return json_response({"repetition": rep, "state": "training"}, 202)
         if job.error is not None:
-            raise ApiError(500, "training_failed", job.error)
+            raise ApiError(500, ErrorCode.TRAINING_FAILED, job.error)
         if request.method == "HEAD":
             # A readiness check: do not build the body just to throw it away.
             return Response(status=200, headers={REPETITION_HEADER: str(rep)})
@@ -255,7 +266,9 @@ class DeviceApp:
                     return Response(
                         render_locked(), status=401, mimetype="text/html", headers={"Cache-Control": "no-store"}
                     )
-                raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>' with the device's token")
+                raise ApiError(
+                    401, ErrorCode.UNAUTHORIZED, "send 'Authorization: Bearer <token>' with the device's token"
+                )
             # Routed on the path alone: the Host header plays no part (it is the client's to garble).
             adapter = self.url_map.bind("device", url_scheme="http")
             endpoint, values = adapter.match(request.path, _method(request.environ.get("REQUEST_METHOD", "")))
@@ -265,25 +278,27 @@ class DeviceApp:
         except MethodNotAllowed as exc:
             allowed = " or ".join(m for m in ("GET", "HEAD", "POST") if m in (exc.valid_methods or ()))
             method = request.environ.get("REQUEST_METHOD", "")
-            return _json(
+            return json_response(
                 {
-                    "error": "method_not_allowed",
+                    "error": ErrorCode.METHOD_NOT_ALLOWED,
                     "message": f"{method[:20]!r} is not allowed on {request.path[:200]!r}; use {allowed} (methods are case-sensitive)",
                 },
                 405,
             )
         except NotFound:
             routes = ", ".join(f"{base}/info" for base in self.devices)
-            return _json(
+            return json_response(
                 {
-                    "error": "not_found",
+                    "error": ErrorCode.NOT_FOUND,
                     "message": f"no route {request.path[:200]!r} here; this device serves {routes} and {{base}}/{{rep}}/submit|result|evaluate",
                 },
                 404,
             )
         except HTTPException as exc:  # any other routing error: still the client's request at fault
+            # A fallback whose code is werkzeug's name for the exception, outside ErrorCode: the url
+            # map (no redirects) answers a client's paths and methods with the two above.
             code = exc.code if exc.code is not None and 400 <= exc.code < 500 else 400
-            return _json({"error": exc.name.lower().replace(" ", "_"), "message": exc.description}, code)
+            return json_response({"error": exc.name.lower().replace(" ", "_"), "message": exc.description}, code)
         finally:
             # Only now: an error's traceback, freed with it above, may reference the payload.
             for lock in held:
@@ -309,23 +324,18 @@ def _url_map(bases: tuple[str, ...]) -> Map:
     for base in bases:
         defaults = {"base": base}
         rules += [
-            Rule(f"{base}/", endpoint="status", methods=["GET"], defaults=defaults),
-            Rule(f"{base}/info", endpoint="info", methods=["GET"], defaults=defaults),
-            Rule(f"{base}/<rep:rep>/submit", endpoint="submit", methods=["POST"], defaults=defaults),
-            Rule(f"{base}/<rep:rep>/result", endpoint="result", methods=["GET"], defaults=defaults),
-            Rule(f"{base}/<rep:rep>/evaluate", endpoint="evaluate", methods=["POST"], defaults=defaults),
-            Rule(
-                f"{base}/<rep:rep>/secagg/<any(keys,shares,inbox,consistency,unmask):phase>",
-                endpoint="secagg",
-                methods=["POST"],
-                defaults=defaults,
-            ),
+            Rule(base + _rule_path(route.path), endpoint=route.endpoint, methods=[route.method], defaults=defaults)
+            for route in ROUTES
         ]
     if "" not in bases:
-        rules.append(Rule("/info", endpoint="index", methods=["GET"]))
-        rules.append(Rule("/", endpoint="index_page", methods=["GET"]))
+        rules += [Rule(route.path, endpoint=route.endpoint, methods=[route.method]) for route in INDEX_ROUTES]
     # No redirects: a redirect's Location would be built from the client's Host header.
     return Map(rules, converters={"rep": _Repetition}, strict_slashes=False, merge_slashes=False)
+
+
+def _rule_path(path: str) -> str:
+    """A :class:`fedsync.wire.http.Route` path as a werkzeug rule: ``{rep}`` and ``{phase}`` become converters."""
+    return path.format(rep="<rep:rep>", phase=f"<any({','.join(SECAGG_PHASES)}):phase>")
 
 
 _HELD = "fedsync.held"
@@ -355,7 +365,7 @@ def _checked_config(request: Request) -> Config:
         return decode_config(raw)
     except ValueError as exc:
         raise ApiError(
-            400, "bad_config", f"{CONFIG_HEADER} rejected: {exc}; send a JSON object of at most 64 keys "
+            400, ErrorCode.BAD_CONFIG, f"{CONFIG_HEADER} rejected: {exc}; send a JSON object of at most 64 keys "
             'mapped to strings, numbers or booleans, e.g. {"lr": 0.01, "epochs": 1}',
         ) from None  # fmt: skip
 
@@ -367,9 +377,9 @@ def _wait(raw: str) -> float:
             raise ValueError
         wait = float(raw)
     except ValueError:
-        raise ApiError(400, "bad_wait", "wait must be a number of seconds, e.g. ?wait=10") from None
+        raise ApiError(400, ErrorCode.BAD_WAIT, "wait must be a number of seconds, e.g. ?wait=10") from None
     if not 0 <= wait < float("inf"):
-        raise ApiError(400, "bad_wait", "wait must be a number of seconds >= 0, e.g. ?wait=10")
+        raise ApiError(400, ErrorCode.BAD_WAIT, "wait must be a number of seconds >= 0, e.g. ?wait=10")
     return wait
 
 
@@ -386,212 +396,10 @@ def _read_payload(request: Request, length: int, as_view: bool = False, into: An
     binary_view = as_view and request.mimetype != "text/plain"
     buffer = read_exactly(stream.readinto, length, as_view=binary_view, into=into if binary_view else None)
     if len(buffer) != length:
-        raise ApiError(400, "truncated", f"payload ended after {len(buffer)} of {length} bytes")
+        raise ApiError(400, ErrorCode.TRUNCATED, f"payload ended after {len(buffer)} of {length} bytes")
     if request.mimetype == "text/plain":
         try:
             return buffer.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ApiError(400, "malformed_payload", f"text/plain payload is not UTF-8: {exc}") from None
+            raise ApiError(400, ErrorCode.MALFORMED_PAYLOAD, f"text/plain payload is not UTF-8: {exc}") from None
     return buffer
-
-
-class RunningServer:
-    """A device server running in a background thread; a context manager."""
-
-    def __init__(self, server: KeepAliveServer, app: DeviceApp) -> None:
-        self.server = server
-        self.app = app
-        self.host = server.server_address[0]
-        self.port = server.socket.getsockname()[1]
-        self.url = f"{'https' if server.ssl_context else 'http'}://{self.host}:{self.port}"
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": STOP_POLL}, name="fedsync-serve", daemon=True
-        )
-        self._thread.start()
-
-    def join(self, timeout: float | None = None) -> None:
-        """Block until the server stops (or ``timeout`` seconds pass)."""
-        self._thread.join(timeout)
-
-    def close(self) -> None:
-        """Stop serving and release the port."""
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> RunningServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-# FedData.app() builds a DeviceApp without protocol.py importing this module (no cycle).
-_protocol._app_factory = DeviceApp
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket, or an OSError naming the address.
-
-    Binding here gives the caller an error to catch with the address in it
-    (werkzeug's make_server, used before, printed and called sys.exit(1)).
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(128)
-    except socket.gaierror as exc:
-        sock.close()
-        raise OSError(
-            exc.errno,
-            f"cannot listen on {host}:{port}: unknown host ({exc.strerror}); use an address of this machine, e.g. 127.0.0.1",
-        ) from None
-    except OSError as exc:
-        sock.close()
-        raise OSError(
-            exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}; try another port, or port=0 for any free one"
-        ) from None
-    except (UnicodeError, OverflowError) as exc:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {exc}") from None
-    return sock
-
-
-def serve(
-    data: FedData | Mapping[str, FedData],
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    *,
-    block: bool = True,
-    token: str | None = None,
-    max_content_length: int | None = None,
-    ssl_context: Any = None,
-    client_ca: str | os.PathLike | None = None,
-    max_connections: int = MAX_CONNECTIONS,
-    secure_aggregation: str | None = None,
-    peer_ca: str | os.PathLike | None = None,
-) -> RunningServer | None:
-    """Serve a FedData (or a dict ``{name: FedData}``) over HTTP.
-
-    Args:
-        data: what this device holds; a dict mounts each FedData under ``/<name>/``.
-        host: interface to listen on; the default only accepts local connections.
-        port: TCP port; ``0`` picks a free one (read it back from ``.url``).
-        block: ``True`` serves until interrupted (Ctrl-C) and returns ``None``;
-            ``False`` serves in a background thread and returns a
-            :class:`RunningServer` with ``.url`` and ``.close()``.
-        token: if set, requests must carry ``Authorization: Bearer <token>``;
-            surrounding whitespace is stripped (a token read from a file ends
-            with a newline).
-        max_content_length: the largest payload accepted, in bytes (default 2 GiB).
-        ssl_context: serve HTTPS: an ``ssl.SSLContext`` or a ``(certfile, keyfile)`` pair.
-        client_ca: mutual TLS: a CA certificate file (PEM); only coordinators presenting
-            a certificate signed by it complete the TLS handshake (``Remote(url,
-            cert=(certfile, keyfile))``); others are refused before any HTTP is read.
-            Needs ``ssl_context``. ``fedsync certs`` makes the CA and certificates.
-        max_connections: connections open at once (a thread each, default 128); one
-            more is answered ``503 too_many_connections`` and closed.
-        secure_aggregation: ``"required"``: take part only in rounds that ran secure
-            aggregation's key phases (``Federated(secure_aggregation=SecAgg())``); a plain
-            submission is refused (409). Default: answer both kinds (docs/privacy.md).
-        peer_ca: signed secure aggregation (against a coordinator that forges keys or
-            views): the CA (PEM) whose *device* certificates this device believes. The
-            device signs its keys and survivor list with the key of ``ssl_context``'s
-            certificate (ECDSA P-256), refuses peers whose keys are not signed by a
-            device certificate of this CA, and reveals shares only after ``t`` survivors
-            signed the same survivor list (:mod:`fedsync.secagg.identity`). Separate
-            from ``client_ca`` (who may drive this device): give a CA the coordinator's
-            operator cannot issue device certificates from, or the same file when one
-            CA does both. Needs ``ssl_context=(certfile, keyfile)``.
-
-    Raises:
-        ValueError: an empty or whitespace-only token, or one with control or
-            non-ASCII characters (see :func:`checked_token`); a bad
-            ``max_content_length`` or ``max_connections``; a bad dict of FedData.
-        OSError: the address cannot be listened on (it names the address), or
-            ``client_ca`` cannot be read as a CA certificate.
-        ValueError: ``peer_ca`` without ``ssl_context=(certfile, keyfile)``, or a device
-            certificate that is not ECDSA P-256 or does not verify against ``peer_ca``.
-    """
-    app = DeviceApp(data, token=token, max_content_length=max_content_length, secure_aggregation=secure_aggregation)
-    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-        raise ValueError(f"max_connections must be a positive integer, got {max_connections!r}")
-    if peer_ca is not None:
-        _sign_with(app, ssl_context, peer_ca)
-    ssl_context = _tls_context(ssl_context, client_ca)
-    if not _loopback(host) and (token is None or ssl_context is None):
-        missing = " and ".join(w for w, absent in (("a token", token is None), ("TLS", ssl_context is None)) if absent)
-        logger.warning(
-            "serving on %s without %s: anyone who reaches this address can %s (docs/security.md: bind to 127.0.0.1, "
-            "or pass token= and ssl_context=)",
-            host,
-            missing,
-            "submit payloads and read results" if token is None else "read the token and the weights on the network",
-        )
-    sock = _listen(host, port)
-    try:
-        server = KeepAliveServer(sock, app, ssl_context=ssl_context, max_connections=max_connections)
-    except BaseException:
-        sock.close()
-        raise
-    if not block:
-        return RunningServer(server, app)
-    logger.info(
-        "fedsync device serving on %s://%s:%d", "https" if ssl_context else "http", host, server.socket.getsockname()[1]
-    )
-    try:
-        server.serve_forever(poll_interval=STOP_POLL)
-    except KeyboardInterrupt:
-        logger.info("fedsync device stopped (Ctrl-C); port %d released", server.socket.getsockname()[1])
-    finally:
-        server.server_close()
-    return None
-
-
-def _sign_with(app: DeviceApp, ssl_context: Any, peer_ca: str | os.PathLike) -> None:
-    """Give every FedData of ``app`` the identity that signs its secure-aggregation views (fedsync.secagg.identity)."""
-    if not (isinstance(ssl_context, tuple) and len(ssl_context) == 2):
-        raise ValueError(
-            "peer_ca needs ssl_context=(certfile, keyfile) (fedsync serve --certfile/--keyfile): the device signs with its certificate's key"
-        )
-    from ..secagg.identity import Identity
-
-    identity = Identity(ssl_context[0], ssl_context[1], peer_ca)
-    for device in app.devices.values():
-        device.secagg_identity = identity
-
-
-def _tls_context(ssl_context: Any, client_ca: str | os.PathLike | None) -> Any:
-    """``ssl_context`` as an :class:`ssl.SSLContext` that, with ``client_ca``, requires client certificates."""
-    if client_ca is None:
-        return ssl_context
-    if ssl_context is None:
-        raise ValueError(
-            "client_ca needs TLS: pass ssl_context=(certfile, keyfile) too (fedsync serve --certfile/--keyfile)"
-        )
-    if isinstance(ssl_context, tuple):
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(*ssl_context)
-        ssl_context = context
-    try:
-        ssl_context.load_verify_locations(cafile=os.fspath(client_ca))
-    except (ssl.SSLError, OSError) as exc:
-        raise OSError(
-            f"cannot load the client CA {os.fspath(client_ca)!r} ({exc}); give the PEM file made by `fedsync certs init`"
-        ) from None
-    ssl_context.verify_mode = ssl.CERT_REQUIRED
-    return ssl_context
-
-
-def _loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve anywhere

@@ -33,6 +33,8 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..wire.http import ErrorCode
+
 __all__ = [
     "KeepAliveServer",
     "SOCKET_KEY",
@@ -70,13 +72,13 @@ _HOST = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?
 _ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 _ERRORS = {
-    400: "bad_request",
-    405: "method_not_allowed",
-    411: "length_required",
-    413: "too_large",
-    414: "uri_too_long",
-    431: "headers_too_large",
-    500: "internal_error",
+    400: ErrorCode.BAD_REQUEST,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    411: ErrorCode.LENGTH_REQUIRED,
+    413: ErrorCode.TOO_LARGE,
+    414: ErrorCode.URI_TOO_LONG,
+    431: ErrorCode.HEADERS_TOO_LARGE,
+    500: ErrorCode.INTERNAL_ERROR,
 }
 _ADVICE = {
     400: "send a well-formed HTTP/1.1 request, e.g. 'GET /info HTTP/1.1'",
@@ -92,7 +94,7 @@ MAX_CONNECTIONS = 128
 """Connections a device keeps open at once, by default (a thread each)."""
 
 
-def _canned(status: str, error: str, message: str, extra: str = "") -> bytes:
+def _canned(status: str, error: ErrorCode, message: str, extra: str = "") -> bytes:
     """A whole JSON error answer, written by the server itself where no handler runs."""
     body = json.dumps({"error": error, "message": message}).encode()
     head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
@@ -101,7 +103,7 @@ def _canned(status: str, error: str, message: str, extra: str = "") -> bytes:
 
 _TOO_MANY = _canned(
     "503 Service Unavailable",
-    "too_many_connections",
+    ErrorCode.TOO_MANY_CONNECTIONS,
     "this device has too many connections open; close idle ones, or retry later",
     "Retry-After: 1\r\n",
 )
@@ -197,7 +199,7 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 _PLAIN_HTTP_TO_TLS = _canned(
     "400 Bad Request",
-    "tls_required",
+    ErrorCode.TLS_REQUIRED,
     "this device serves HTTPS, and this request came as plain HTTP: use an https:// URL",
 )
 
@@ -300,7 +302,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return True
 
     def send_error(
-        self, code: int, message: str | None = None, explain: str | None = None, error: str | None = None
+        self, code: int, message: str | None = None, explain: str | None = None, error: ErrorCode | None = None
     ) -> None:
         """Answer ``code`` as JSON ``{"error": error, "message": ...}`` and close the connection (the stdlib answers HTML)."""
         if code >= 500 and code != 500:
@@ -317,7 +319,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             text = explain
         else:
             text = f"{message} ({explain}); {advice}"
-        body = json.dumps({"error": error or _ERRORS.get(code, "bad_request"), "message": text}).encode("utf-8")
+        body = json.dumps({"error": error or _ERRORS.get(code, ErrorCode.BAD_REQUEST), "message": text}).encode("utf-8")
         self.log_error("code %d, message %s", code, text)
         self.close_connection = True
         self.send_response(code, reason)
@@ -341,7 +343,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             shown = ", ".join(repr(h[:80]) for h in hosts)
             self.send_error(
                 400,
-                error="bad_host",
+                error=ErrorCode.BAD_HOST,
                 explain=f"Host header {shown} is not one valid host[:port]; send e.g. 'Host: 127.0.0.1:8000'",
             )
             return
@@ -350,7 +352,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             environ = self._environ(body, length)
         except _BadTarget as exc:
-            self.send_error(400, explain=str(exc), error="bad_target")
+            self.send_error(400, explain=str(exc), error=ErrorCode.BAD_TARGET)
             return
         try:
             result = self.server.app(environ, response.start)
@@ -396,7 +398,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         values = self.headers.get_all("Content-Length") or []
         if len(values) > 1:
             self.send_error(
-                400, explain=f"{len(values)} Content-Length headers; send exactly one", error="bad_content_length"
+                400,
+                explain=f"{len(values)} Content-Length headers; send exactly one",
+                error=ErrorCode.BAD_CONTENT_LENGTH,
             )
             return False
         if not values:
@@ -406,7 +410,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(
                 400,
                 explain=f"Content-Length {value[:40]!r} is not a number of bytes; send one decimal integer, e.g. Content-Length: 1024",
-                error="bad_content_length",
+                error=ErrorCode.BAD_CONTENT_LENGTH,
             )
             return False
         if len(value) > 19:

@@ -31,6 +31,7 @@ import numpy as np
 from .._util.workers import concurrently
 from ..errors import RemoteTimeout, RoundFailed, failure_reason
 from ..wire import codec
+from ..wire.http import ErrorCode
 from ..wire.metrics import MAX_SAMPLES
 from ..wire.replies import ReplyStream
 from ..wire.transfer import STALL, Deadline, round_grace
@@ -196,7 +197,7 @@ class SecureRound:
     def _accused(self, u: int, answer: Any) -> list[int]:
         """The senders a ``secagg_bad_share`` refusal names, checked; ``[]`` for any other answer."""
         detail = getattr(answer, "detail", None) if isinstance(answer, BaseException) else None
-        if not isinstance(detail, dict) or detail.get("error") != "secagg_bad_share":
+        if not isinstance(detail, dict) or detail.get("error") != ErrorCode.SECAGG_BAD_SHARE:
             return []
         senders = detail.get("senders")
         others = set(self.participants) - {u}

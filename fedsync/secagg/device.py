@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ..device._state import ApiError
 from ..wire.codec import Payload, encode_payload
+from ..wire.http import ApiError, ErrorCode, json_response
 from . import keys as _keys
 from .settings import MAX_DEVICES, MIN_THRESHOLD, checked_bound, threshold_range
 
@@ -55,7 +55,6 @@ MASKED_NAME = "secagg"
 """The one tensor of a masked reply: uint64, shape ``[L + 1]``."""
 MASKED_KEY = "fedsync.secagg"
 """Metadata key of a masked reply; its value is ``"v1"``."""
-PHASES = ("keys", "shares", "inbox", "consistency", "unmask")
 SIGNED_ENTRY = {"c", "s", "commitment", "signature", "certificate"}
 """A signed peer's entry in the shares phase's key table."""
 
@@ -130,7 +129,7 @@ class Session:
         if public.get(self.me) != (self.c.public, self.s.public):
             raise ApiError(
                 400,
-                "secagg_bad_keys",
+                ErrorCode.SECAGG_BAD_KEYS,
                 f"keys must list this device ({self.me}) with the public keys it answered in the keys phase",
             )
         peers = self._verified(public, signed) if self.identity is not None else {}
@@ -140,7 +139,7 @@ class Session:
         ):  # fresh keys never repeat (Bonawitz et al. 2017, round 1): a repeat is a replay or a forgery
             raise ApiError(
                 400,
-                "secagg_bad_keys",
+                ErrorCode.SECAGG_BAD_KEYS,
                 "keys lists one public key twice (for two devices, or as both c and s); every device's keys are fresh and distinct",
             )
         for peer, (_, s_public) in public.items():  # checked now: masking uses them only after training
@@ -149,7 +148,7 @@ class Session:
                     _keys.agree(self.s, s_public, "mask", self.rep)
                 except ValueError:
                     raise ApiError(
-                        400, "secagg_bad_keys", f"device {peer}'s public key s is not a usable X25519 key"
+                        400, ErrorCode.SECAGG_BAD_KEYS, f"device {peer}'s public key s is not a usable X25519 key"
                     ) from None
         b_shares = _split(self.b, self.threshold, self.devices)
         s_shares = _split(self.s.secret(), self.threshold, self.devices)
@@ -161,7 +160,7 @@ class Session:
                 key = _keys.agree(self.c, c_public, "share", self.rep)
             except ValueError:
                 raise ApiError(
-                    400, "secagg_bad_keys", f"device {peer}'s public key c is not a usable X25519 key"
+                    400, ErrorCode.SECAGG_BAD_KEYS, f"device {peer}'s public key c is not a usable X25519 key"
                 ) from None
             blob = _keys.encrypt_share(key, self.rep, self.me, peer, b_shares[peer] + s_shares[peer])
             out[str(peer)] = _keys.b64(blob)
@@ -178,7 +177,7 @@ class Session:
         if unsigned:
             raise ApiError(
                 400,
-                "secagg_unsigned_peer",
+                ErrorCode.SECAGG_UNSIGNED_PEER,
                 f"device(s) {unsigned} sent unsigned keys; this device takes only keys signed with a device certificate of its peer CA (serve peer_ca on every device)",
             )
         peers: dict[int, Any] = {}
@@ -193,7 +192,7 @@ class Session:
                 if commitment != _keys.commitment(self.b) or der != self.identity.certificate_der:
                     raise ApiError(
                         400,
-                        "secagg_bad_keys",
+                        ErrorCode.SECAGG_BAD_KEYS,
                         f"keys must list this device ({self.me}) with the commitment and certificate it answered",
                     )
                 peers[peer] = self.identity.me
@@ -202,11 +201,11 @@ class Session:
                 certified = self.identity.verify_peer(der)
             except ValueError as exc:
                 raise ApiError(
-                    400, "secagg_bad_certificate", f"device {peer}'s certificate is refused: {exc}"
+                    400, ErrorCode.SECAGG_BAD_CERTIFICATE, f"device {peer}'s certificate is refused: {exc}"
                 ) from None
             if not certified.verifies(signature, self._keys_message(peer, *public[peer], commitment)):
                 raise ApiError(
-                    400, "secagg_bad_signature",
+                    400, ErrorCode.SECAGG_BAD_SIGNATURE,
                     f"device {peer}'s keys signature ({certified.name}) does not verify over repetition {self.rep}, n = {self.devices}, "
                     f"t = {self.threshold} and its keys: the keys were changed in transit, or the device was told another n or t",
                 )  # fmt: skip
@@ -217,7 +216,7 @@ class Session:
             if other != peer:  # one certified key is one device; a device signs one id per repetition
                 raise ApiError(
                     400,
-                    "secagg_bad_certificate",
+                    ErrorCode.SECAGG_BAD_CERTIFICATE,
                     f"devices {other} and {peer} present the same certified key ({certified.name}); one device cannot take two ids",
                 )
         return peers
@@ -242,13 +241,13 @@ class Session:
         if self.stage == "ready" and not set(participants) <= set(self.participants):
             raise ApiError(
                 409,
-                "secagg_inconsistent",
+                ErrorCode.SECAGG_INCONSISTENT,
                 f"a second inbox may only drop participants of the first {self.participants}, got {participants}",
             )
         if len(participants) < self.threshold:
             raise ApiError(
                 409,
-                "secagg_too_few",
+                ErrorCode.SECAGG_TOO_FEW,
                 f"{len(participants)} participants are fewer than the threshold {self.threshold}; this round cannot complete",
             )
         sent = _field(body, "shares", dict)
@@ -279,7 +278,7 @@ class Session:
         if self.stage != "masked":
             raise ApiError(
                 409,
-                "secagg_out_of_order",
+                ErrorCode.SECAGG_OUT_OF_ORDER,
                 f"{phase} comes after this device's masked result for repetition {self.rep}; it is at the {self.stage} phase",
             )
         survivors = _id_list(body, "survivors", self.devices)
@@ -290,7 +289,7 @@ class Session:
         if len(survivors) < self.threshold:
             raise ApiError(
                 409,
-                "secagg_too_few",
+                ErrorCode.SECAGG_TOO_FEW,
                 f"{len(survivors)} survivors are fewer than the threshold {self.threshold}: revealing shares now could unmask one device",
             )
         return survivors
@@ -300,13 +299,13 @@ class Session:
         if self.identity is None:
             raise ApiError(
                 409,
-                "secagg_unsigned",
+                ErrorCode.SECAGG_UNSIGNED,
                 "this device does not sign (it was served without peer_ca); the consistency phase is for signed rounds",
             )
         survivors = self._survivors(body, "consistency")
         if self.signed is not None and self.signed != survivors:
             raise ApiError(
-                409, "secagg_inconsistent",
+                409, ErrorCode.SECAGG_INCONSISTENT,
                 f"this device signed the survivors {self.signed} for repetition {self.rep} already; it signs one list per repetition, not {survivors}",
             )  # fmt: skip
         from .identity import survivors_message
@@ -322,7 +321,7 @@ class Session:
             shown = "no list yet" if self.signed is None else f"{self.signed}"
             raise ApiError(
                 409,
-                "secagg_inconsistent",
+                ErrorCode.SECAGG_INCONSISTENT,
                 f"unmask must name the survivors this device signed in the consistency phase ({shown}), got {survivors}",
             )
         relayed = _field(body, "signatures", dict)
@@ -340,13 +339,13 @@ class Session:
             if not self.peers[peer].verifies(signature, survivors_message(self.rep, self.public[peer][1], survivors)):
                 raise ApiError(
                     400,
-                    "secagg_bad_signature",
+                    ErrorCode.SECAGG_BAD_SIGNATURE,
                     f"device {peer}'s consistency signature ({self.peers[peer].name}) does not verify over the survivors {survivors}",
                 )
             valid.append(peer)
         if len(valid) < self.threshold:
             raise ApiError(
-                409, "secagg_inconsistent",
+                409, ErrorCode.SECAGG_INCONSISTENT,
                 f"only {len(valid)} survivor(s) {sorted(valid)} signed the survivors {survivors}; this device reveals shares only when at least "
                 f"the threshold {self.threshold} did (else survivors may have been shown different lists)",
             )  # fmt: skip
@@ -364,7 +363,7 @@ class Session:
         ]
         if both:
             raise ApiError(
-                409, "secagg_both_shares",
+                409, ErrorCode.SECAGG_BOTH_SHARES,
                 f"device(s) {sorted(both)} were already named the other way in this repetition; a device never reveals shares "
                 "of both b and s_sk of one peer (that would unmask its update)",
             )  # fmt: skip
@@ -412,15 +411,13 @@ class BadShares(ApiError):
 
     def __init__(self, senders: list[int], rep: int, me: int) -> None:
         super().__init__(
-            400, "secagg_bad_share",
+            400, ErrorCode.SECAGG_BAD_SHARE,
             f"the share(s) that device(s) {senders} sent device {me} for repetition {rep} do not decrypt (AES-GCM authentication "
             "fails): those senders answered the shares phase with garbage, or the ciphertexts were altered; drop them and deliver the inbox again",
         )  # fmt: skip
         self.senders = senders
 
     def get_response(self, environ: Any = None, scope: Any = None) -> Any:
-        from ..device._state import json_response
-
         return json_response({"error": self.error, "message": self.message, "senders": self.senders}, self.code)
 
 
@@ -439,7 +436,7 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
     if not isinstance(device.fed, FedArrays):
         raise ApiError(
             501,
-            "not_supported",
+            ErrorCode.NOT_SUPPORTED,
             f"secure aggregation needs an array FedData (FedArrays, FedTorch, FedKeras); this device serves {type(device.fed).__name__}",
         )
     try:
@@ -447,34 +444,38 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
         import cryptography  # noqa: F401
     except ImportError:
         raise ApiError(
-            501, "not_supported", "this device cannot do secure aggregation: pip install 'fedsync[secagg]' on it"
+            501,
+            ErrorCode.NOT_SUPPORTED,
+            "this device cannot do secure aggregation: pip install 'fedsync[secagg]' on it",
         ) from None
     request = _parsed(body)
     with device.state_lock:
         job = device.job
         if job is not None and not job.done.is_set() and phase not in ("consistency", "unmask"):
-            raise ApiError(409, "busy", f"training repetition {job.repetition}; try again when it is done")
+            raise ApiError(409, ErrorCode.BUSY, f"training repetition {job.repetition}; try again when it is done")
         session = device.secagg
         if phase == "keys":
             if rep <= device.last_repetition or (session is not None and rep <= session.rep):
                 last = max(device.last_repetition, session.rep if session is not None else 0)
                 raise ApiError(
                     409,
-                    "stale_repetition",
+                    ErrorCode.STALE_REPETITION,
                     f"repetition {rep} is not above this device's last repetition {last}; start keys at {last + 1} or later",
                 )
             device.secagg = _new_session(rep, request, getattr(device, "secagg_identity", None))
             return device.secagg.keys_answer()
         if session is None or session.rep != rep:
             raise ApiError(
-                409, "secagg_out_of_order", f"no keys phase for repetition {rep} here; run {rep}/secagg/keys first"
+                409,
+                ErrorCode.SECAGG_OUT_OF_ORDER,
+                f"no keys phase for repetition {rep} here; run {rep}/secagg/keys first",
             )
     with session.lock:  # the phases' crypto runs outside the device's lock
         wanted = {"shares": ("keys",), "inbox": ("shares", "ready")}.get(phase)
         if wanted is not None and session.stage not in wanted:
             raise ApiError(
                 409,
-                "secagg_out_of_order",
+                ErrorCode.SECAGG_OUT_OF_ORDER,
                 f"{phase} follows the {wanted[0]} phase; this device is at the {session.stage} phase of repetition {rep}",
             )
         if phase == "inbox":
@@ -489,7 +490,7 @@ def _unsubmitted(device: Any, rep: int) -> Any:
         if device.last_repetition >= rep:
             raise ApiError(
                 409,
-                "secagg_out_of_order",
+                ErrorCode.SECAGG_OUT_OF_ORDER,
                 f"repetition {rep} was submitted already: its masks depend on the inbox it had; no inbox now",
             )
         yield
@@ -502,13 +503,13 @@ def session_for_submit(device: Any, rep: int, required: bool) -> Session | None:
         if session.stage != "ready":
             raise ApiError(
                 409,
-                "secagg_out_of_order",
+                ErrorCode.SECAGG_OUT_OF_ORDER,
                 f"repetition {rep} began secure aggregation but is at its {session.stage} phase; submit follows the inbox phase",
             )
         return session
     if required:
         raise ApiError(
-            409, "secure_aggregation_required",
+            409, ErrorCode.SECURE_AGGREGATION_REQUIRED,
             f"this device takes part only in securely aggregated rounds; repetition {rep} did not run its keys, shares and inbox "
             "phases: use Federated(..., secure_aggregation=SecAgg())",
         )  # fmt: skip
@@ -597,7 +598,7 @@ def _split(secret: bytes, threshold: int, devices: int) -> dict[int, bytes]:
 
 
 def _bad(message: str) -> ApiError:
-    return ApiError(400, "secagg_malformed", message)
+    return ApiError(400, ErrorCode.SECAGG_MALFORMED, message)
 
 
 def _shown(value: Any) -> str:

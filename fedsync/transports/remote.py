@@ -33,9 +33,10 @@ from ..errors import (
     TrainingFailed,
 )
 from ..plugins.hookspecs import RegisterTransport, hookimpl
-from ..protocol import MAX_PAYLOAD, MAX_REPETITION, REPETITION_HEADER, SPECS_HEADER, Encoding
+from ..protocol import MAX_REPETITION, Encoding
 from ..wire.codec import Payload, read_exactly
-from ..wire.config import CONFIG_HEADER, encode_config
+from ..wire.config import encode_config
+from ..wire.http import CONFIG_HEADER, MAX_PAYLOAD, REPETITION_HEADER, SPECS_HEADER, ErrorCode
 from ..wire.metrics import checked_metrics, checked_samples
 from ..wire.replies import ReplyStream
 from ..wire.shapes import DeviceInfo, EvaluationAnswer
@@ -513,13 +514,13 @@ class Remote:
         except RemoteError as exc:
             code, message = "http_error", f"HTTP {status} (its message could not be read: {exc.reason})"
         message = self.scrub(message)
-        if code == "specs_mismatch":
+        if code == ErrorCode.SPECS_MISMATCH:
             raise SpecsMismatch(f"{self.url}: {message}", url=self.url)
-        if code == "busy":
+        if code == ErrorCode.BUSY:
             raise RemoteBusy(self.url, message)
-        if code == "training_failed":
+        if code == ErrorCode.TRAINING_FAILED:
             raise TrainingFailed(self.url, f"training failed on the device: {message}")
-        if code == "tls_required":  # a plain-HTTP URL for a device that serves HTTPS
+        if code == ErrorCode.TLS_REQUIRED:  # a plain-HTTP URL for a device that serves HTTPS
             raise RemoteUnavailable(self.url, message)
         if status in (400, 411, 413):
             error: Exception = PayloadRejected(

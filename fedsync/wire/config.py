@@ -3,8 +3,9 @@
 ``Federated(..., config=...)`` computes a small dict for each round: a learning
 rate schedule, local epochs, FedProx's ``mu``. It travels with the submission
 (and the evaluation) as compact JSON in the ``X-Fedsync-Config`` header
-(docs/protocol.md), is checked on the device before the body is read, and
-reaches ``train(model, config)`` when ``train`` takes a second argument.
+(:data:`fedsync.wire.http.CONFIG_HEADER`, docs/protocol.md), is checked on the
+device before the body is read, and reaches ``train(model, config)`` when
+``train`` takes a second argument.
 
 A configuration is a JSON object of at most :data:`MAX_CONFIG_KEYS` keys of 1 to
 :data:`MAX_CONFIG_KEY` characters, each mapped to a string, a boolean, an integer
@@ -23,7 +24,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Union
 
 __all__ = [
-    "CONFIG_HEADER",
     "MAX_CONFIG_BYTES",
     "MAX_CONFIG_KEYS",
     "MAX_CONFIG_KEY",
@@ -35,9 +35,6 @@ __all__ = [
     "round_config",
     "takes_extra",
 ]
-
-CONFIG_HEADER = "X-Fedsync-Config"
-"""HTTP header carrying a round's configuration (submissions and evaluations)."""
 
 MAX_CONFIG_BYTES = 8192
 """The longest configuration, in bytes of its header value (compact ASCII JSON)."""

@@ -14,7 +14,7 @@ from werkzeug.test import Client
 import fedsync
 from fedsync import FedArrays
 from fedsync.wire import codec
-from fedsync.device.app import SPECS_HEADER
+from fedsync.wire.http import SPECS_HEADER
 from tests.conftest import tls_files
 from tests.support.seed_fedfloat import FedFloat
 

@@ -10,7 +10,7 @@ import numpy as np
 import requests
 
 from fedsync import FedArrays
-from fedsync.device.app import SPECS_HEADER
+from fedsync.wire.http import SPECS_HEADER
 from tests.device import test_device_robustness as robust
 
 GOOD = "good"

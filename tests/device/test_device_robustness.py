@@ -27,7 +27,7 @@ import requests
 import fedsync
 from fedsync import FedArrays
 from fedsync.wire import codec
-from fedsync.device.app import SPECS_HEADER
+from fedsync.wire.http import SPECS_HEADER
 from tests.conftest import ROOT, start_device
 from tests.support.devices.basic import pattern
 from tests.support.seed_fedfloat import FedFloat

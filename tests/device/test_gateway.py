@@ -12,7 +12,7 @@ import pytest
 import fedsync
 from fedsync import FedArrays
 from fedsync.gateway import server as gateway
-from fedsync.device.app import SPECS_HEADER
+from fedsync.wire.http import SPECS_HEADER
 from tests.conftest import tls_files
 from tests.support.seed_fedfloat import FedFloat
 

@@ -11,7 +11,7 @@ def test_public_names():
     assert fedsync.FIRST == FIRST
     assert fedsync.FedData is FedData
     assert fedsync.Federated is Federated and fedsync.Remote is Remote
-    assert fedsync.serve is fedsync.device.app.serve
+    assert fedsync.serve is fedsync.device.serving.serve
 
 
 def test_fedfloat_seed_example_over_http(devices):

@@ -22,8 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsync import FedArrays, FedAvg, Federated
-from fedsync.wire.config import CONFIG_HEADER, MAX_CONFIG_BYTES, checked_config, decode_config, encode_config, round_config, takes_extra
-from fedsync.device.app import SPECS_HEADER
+from fedsync.wire.config import MAX_CONFIG_BYTES, checked_config, decode_config, encode_config, round_config, takes_extra
+from fedsync.wire.http import CONFIG_HEADER, SPECS_HEADER
 from tests.support.devices.config import ConfiguredFloat, mirrored
 from tests.support.seed_fedfloat import FedFloat
 

@@ -1,0 +1,172 @@
+"""Run a device: :func:`serve` listens and answers a FedData's routes until stopped.
+
+The app is :class:`fedsync.device.app.DeviceApp`; the server under it is the gateway's
+:class:`~fedsync.gateway.server.KeepAliveServer`, on a socket and TLS context from
+:mod:`fedsync.gateway.listen`. :func:`fedsync.serve` is this module's :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from ..gateway.listen import listen, loopback, tls_context
+from ..gateway.server import MAX_CONNECTIONS, KeepAliveServer
+from ..protocol import FedData
+from ..secagg.identity import Identity
+from .app import DeviceApp
+
+__all__ = ["serve", "RunningServer", "STOP_POLL"]
+
+# The device's one logger name (the app and the gateway log under it too): users filter on it.
+logger = logging.getLogger("fedsync.device.app")
+
+STOP_POLL = 0.05
+"""How often, in seconds, the accepting loop checks for a stop request: a device stops (and frees
+its port) this soon after ``close()`` or SIGTERM (socketserver's default, 0.5 s, made stopping slow)."""
+
+
+class RunningServer:
+    """A device server running in a background thread; a context manager.
+
+    ``url`` is where it answers (``http://`` or ``https://``, the port it listens on); ``close()``
+    stops it and frees the port.
+    """
+
+    def __init__(self, server: KeepAliveServer, app: DeviceApp) -> None:
+        self.server = server
+        self.app = app
+        self.host = server.server_address[0]
+        self.port = server.socket.getsockname()[1]
+        self.url = f"{'https' if server.ssl_context else 'http'}://{self.host}:{self.port}"
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": STOP_POLL}, name="fedsync-serve", daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Block until the server stops (or ``timeout`` seconds pass)."""
+        self._thread.join(timeout)
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve(
+    data: FedData | Mapping[str, FedData],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    block: bool = True,
+    token: str | None = None,
+    max_content_length: int | None = None,
+    ssl_context: Any = None,
+    client_ca: str | os.PathLike | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    secure_aggregation: str | None = None,
+    peer_ca: str | os.PathLike | None = None,
+) -> RunningServer | None:
+    """Serve a FedData (or a dict ``{name: FedData}``) over HTTP.
+
+    Args:
+        data: what this device holds; a dict mounts each FedData under ``/<name>/``.
+        host: interface to listen on; the default only accepts local connections.
+        port: TCP port; ``0`` picks a free one (read it back from ``.url``).
+        block: ``True`` serves until interrupted (Ctrl-C) and returns ``None``;
+            ``False`` serves in a background thread and returns a
+            :class:`RunningServer` with ``.url`` and ``.close()``.
+        token: if set, requests must carry ``Authorization: Bearer <token>``;
+            surrounding whitespace is stripped (a token read from a file ends
+            with a newline).
+        max_content_length: the largest payload accepted, in bytes (default 2 GiB).
+        ssl_context: serve HTTPS: an ``ssl.SSLContext`` or a ``(certfile, keyfile)`` pair.
+        client_ca: mutual TLS: a CA certificate file (PEM); only coordinators presenting
+            a certificate signed by it complete the TLS handshake (``Remote(url,
+            cert=(certfile, keyfile))``); others are refused before any HTTP is read.
+            Needs ``ssl_context``. ``fedsync certs`` makes the CA and certificates.
+        max_connections: connections open at once (a thread each, default 128); one
+            more is answered ``503 too_many_connections`` and closed.
+        secure_aggregation: ``"required"``: take part only in rounds that ran secure
+            aggregation's key phases (``Federated(secure_aggregation=SecAgg())``); a plain
+            submission is refused (409). Default: answer both kinds (docs/privacy.md).
+        peer_ca: signed secure aggregation (against a coordinator that forges keys or
+            views): the CA (PEM) whose *device* certificates this device believes. The
+            device signs its keys and survivor list with the key of ``ssl_context``'s
+            certificate (ECDSA P-256), refuses peers whose keys are not signed by a
+            device certificate of this CA, and reveals shares only after ``t`` survivors
+            signed the same survivor list (:mod:`fedsync.secagg.identity`). Separate
+            from ``client_ca`` (who may drive this device): give a CA the coordinator's
+            operator cannot issue device certificates from, or the same file when one
+            CA does both. Needs ``ssl_context=(certfile, keyfile)``.
+
+    Raises:
+        ValueError: an empty or whitespace-only token, or one with control or
+            non-ASCII characters (see :func:`checked_token`); a bad
+            ``max_content_length`` or ``max_connections``; a bad dict of FedData.
+        OSError: the address cannot be listened on (it names the address), or
+            ``client_ca`` cannot be read as a CA certificate.
+        ValueError: ``peer_ca`` without ``ssl_context=(certfile, keyfile)``, or a device
+            certificate that is not ECDSA P-256 or does not verify against ``peer_ca``.
+    """
+    app = DeviceApp(data, token=token, max_content_length=max_content_length, secure_aggregation=secure_aggregation)
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+        raise ValueError(f"max_connections must be a positive integer, got {max_connections!r}")
+    if peer_ca is not None:
+        _sign_with(app, ssl_context, peer_ca)
+    ssl_context = tls_context(ssl_context, client_ca)
+    if not loopback(host) and (token is None or ssl_context is None):
+        missing = " and ".join(w for w, absent in (("a token", token is None), ("TLS", ssl_context is None)) if absent)
+        logger.warning(
+            "serving on %s without %s: anyone who reaches this address can %s (docs/security.md: bind to 127.0.0.1, "
+            "or pass token= and ssl_context=)",
+            host,
+            missing,
+            "submit payloads and read results" if token is None else "read the token and the weights on the network",
+        )
+    sock = listen(host, port)
+    try:
+        server = KeepAliveServer(sock, app, ssl_context=ssl_context, max_connections=max_connections)
+    except BaseException:
+        sock.close()
+        raise
+    if not block:
+        return RunningServer(server, app)
+    logger.info(
+        "fedsync device serving on %s://%s:%d", "https" if ssl_context else "http", host, server.socket.getsockname()[1]
+    )
+    try:
+        server.serve_forever(poll_interval=STOP_POLL)
+    except KeyboardInterrupt:
+        logger.info("fedsync device stopped (Ctrl-C); port %d released", server.socket.getsockname()[1])
+    finally:
+        server.server_close()
+    return None
+
+
+def _sign_with(app: DeviceApp, ssl_context: Any, peer_ca: str | os.PathLike) -> None:
+    """Give every FedData of ``app`` the identity that signs its secure-aggregation views (fedsync.secagg.identity).
+
+    Raises:
+        ValueError: ``ssl_context`` is not a ``(certfile, keyfile)`` pair, or the certificate does not
+            suit signing (see :class:`fedsync.secagg.identity.Identity`).
+    """
+    if not (isinstance(ssl_context, tuple) and len(ssl_context) == 2):
+        raise ValueError(
+            "peer_ca needs ssl_context=(certfile, keyfile) (fedsync serve --certfile/--keyfile): "
+            "the device signs with its certificate's key"
+        )
+    identity = Identity(ssl_context[0], ssl_context[1], peer_ca)
+    for device in app.devices.values():
+        device.secagg_identity = identity
