@@ -122,3 +122,19 @@ def test_a_transport_error_is_that_devices_failure_alone(how):
     assert np.all(alg.data.get_arrays()["w"] == 1.0)  # the broken device's weights never reached the model
     assert BROKEN[how] in result.failures[f"broken://{how}"]
     assert time.monotonic() - started < 3 + 10 + 5  # the round's deadline and grace, not the broken device's whim
+
+
+@pytest.mark.parametrize("doc, heading", [("plugins.md", "### `register_transports`"), ("simulation.md", "## Simulate over a transport of your own")])
+def test_the_docs_transport_snippets_run_and_print_what_they_say(doc, heading, tmp_path):
+    """A transport written as the docs show runs a round; the snippet prints what its last comment says."""
+    import os
+    import re
+
+    text = (ROOT / "docs" / doc).read_text()
+    code = re.search(r"```python\n(.*?)```", text[text.index(heading):], re.S).group(1)
+    expected = code.rstrip().splitlines()[-1].split("  # ", 1)[1]
+    (tmp_path / "snippet.py").write_text(code)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    ran = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip().splitlines()[-1] == expected
