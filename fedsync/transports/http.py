@@ -97,7 +97,7 @@ class HTTPTransport(Transport):
                         f"client certificate file {os.fspath(path)!r} not found; "
                         "make one with `fedsync certs coordinator DIR`"
                     )
-            self.session.cert = cert if isinstance(cert, str) else tuple(os.fspath(p) for p in cert)
+            self.session.cert = cert if isinstance(cert, str) else (os.fspath(cert[0]), os.fspath(cert[1]))
 
     def __repr__(self) -> str:
         return f"HTTPTransport({self.url!r})"
@@ -120,11 +120,12 @@ class HTTPTransport(Transport):
             RemoteTimeout: no connection or no answer in time.
             RemoteError: malformed HTTP, or another ``requests`` error.
         """
+        data: Any = body  # a Payload: requests writes its frames to the socket as they are, with its len()
         try:
             response = self.session.request(
                 method,
                 self.url + target,
-                data=body,
+                data=data,
                 headers=headers,
                 timeout=(min(self.timeout, timeout), timeout),
                 verify=self.verify,
