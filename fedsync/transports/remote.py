@@ -129,8 +129,7 @@ class Remote:
             transport = HTTPTransport(
                 self.url, timeout=self.timeout, token=token, retries=retries, verify=verify, cert=cert
             )
-        #: What carries this remote's requests.
-        self.transport = transport
+        self.transport = transport  # what carries this remote's requests
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -400,11 +399,9 @@ class Remote:
     ) -> Any:
         """POST ``body`` to ``target`` (e.g. ``"/3/secagg/keys"``); the device's JSON answer, parsed.
 
-        For the protocol's JSON exchanges beyond a round's (secure aggregation's
-        phases, ``fedsync info``). ``headers`` default to ``Content-Type:
-        application/json``; ``what`` names the exchange in errors; the answer
-        is read before ``deadline``, and its head awaited at most ``timeout``
-        seconds (default: what ``deadline`` leaves, at most :attr:`timeout`).
+        For JSON exchanges beyond a round's (secure aggregation's phases). ``headers`` default to
+        ``Content-Type: application/json``; ``what`` names the exchange in errors. The answer is read
+        before ``deadline``; its head is awaited ``timeout`` seconds (default: what ``deadline`` leaves).
 
         Raises:
             SpecsMismatch, RemoteBusy, PayloadRejected, TrainingFailed: the device's
@@ -507,11 +504,8 @@ class Remote:
         )
 
     def _readable(self, answer: Answer, deadline: Deadline) -> Any:
-        """``answer`` as :mod:`fedsync.wire.transfer`'s readers and :class:`ReplyStream` read it.
-
-        An HTTP answer is its ``requests.Response``: read straight from the socket into the
-        caller's buffer (no copy). Any other is read through its ``readinto``.
-        """
+        """``answer`` as :mod:`fedsync.wire.transfer`'s readers and :class:`ReplyStream` read it: an HTTP
+        answer's ``requests.Response`` (its socket read into the caller's buffer, no copy), else via ``readinto``."""
         if isinstance(answer, HTTPAnswer):
             return answer.response
         return _AnswerBody(answer, deadline)
