@@ -1,6 +1,6 @@
 """The actor side: a :class:`DeviceHost` runs in a Ray actor and serves the devices given to it.
 
-Each device is a :class:`fedsync.transports.local.LocalRemote` inside the actor: built by
+Each device is a :class:`fedsync.transports.local.LocalTransport` inside the actor: built by
 ``device_fn(device_id)`` on its first request, answering through its own
 :class:`fedsync.device.app.DeviceApp` (the application ``serve`` runs), so every
 check a device makes over HTTP it makes here. Training runs on the actor's
@@ -91,7 +91,7 @@ class DeviceHost:
 
     def _device(self, device: int) -> Any:
         from fedsync.errors import RemoteError
-        from fedsync.transports.local import LocalRemote
+        from fedsync.transports.local import LocalTransport
 
         with self.lock:
             remote = self.devices.get(device)
@@ -112,8 +112,8 @@ class DeviceHost:
                         "install its package on the workers or ship it with runtime_env",
                     ) from None
             function = self._function
-            remote = LocalRemote(
-                f"local://device-{device}", device=lambda: function(device), pool=self.pool,
+            remote = LocalTransport(
+                f"local://device-{device}", lambda: function(device), pool=self.pool,
                 max_content_length=self.max_content_length,
             )  # fmt: skip
             self.devices[device] = remote

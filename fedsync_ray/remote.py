@@ -1,9 +1,9 @@
 """The coordinator side: :class:`RayRemote`, a device reached as ``ray://ACTOR/device-ID``.
 
-It is the HTTP :class:`fedsync.transports.remote.Remote` with ``_request`` answered by a
-Ray actor (:class:`fedsync_ray.host.DeviceHost`) instead of a socket, as
-:class:`fedsync.transports.local.LocalRemote` answers it in-process: the same codec, the
-same checks of every answer, the same errors. Each call is bounded by its
+It is a :class:`fedsync.transports.remote.Remote` over a :class:`RayTransport`, whose
+requests a Ray actor (:class:`fedsync_ray.host.DeviceHost`) answers instead of a socket,
+as :class:`fedsync.transports.local.LocalTransport` answers them in-process: the same codec,
+the same checks of every answer, the same errors. Each call is bounded by its
 timeout (``ray.get(..., timeout=...)``); an actor that died or does not answer
 in time is this device's failure (``RemoteUnavailable``, ``RemoteTimeout``).
 
@@ -20,15 +20,12 @@ import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode
-
-import requests
 
 from fedsync.errors import RemoteError, RemoteTimeout, RemoteUnavailable
-from fedsync.transports.local import app_response, request_bytes, timeout_seconds
+from fedsync.transports.base import Body, BytesAnswer, Transport, body_bytes
 from fedsync.transports.remote import MAX_REPLY, Remote
 
-__all__ = ["RayRemote", "NAMESPACE", "url_parts"]
+__all__ = ["RayRemote", "RayTransport", "NAMESPACE", "url_parts"]
 
 NAMESPACE = "fedsync"
 """The Ray namespace of fedsync's device actors (``ray://ACTOR/...`` names an actor in it)."""
@@ -47,70 +44,60 @@ def url_parts(url: str) -> tuple[str, int]:
     found = _URL.match(url.rstrip("/")) if isinstance(url, str) else None
     if found is None:
         raise ValueError(
-            f"a Ray device URL is ray://ACTOR/device-ID (ACTOR a fedsync device actor, ID an integer), got {str(url)[:200]!r}; "
+            "a Ray device URL is ray://ACTOR/device-ID (ACTOR a fedsync device actor, ID an integer), "
+            f"got {str(url)[:200]!r}; "
             "e.g. 'ray://sim-0/device-17', as RayDevices(...).urls lists them"
         )
     return found.group(1), int(found.group(2))
 
 
-class RayRemote(Remote):
-    """A simulated device in a Ray actor, reached as ``ray://ACTOR/device-ID``.
+class RayTransport(Transport):
+    """Requests answered by a device in a Ray actor (:class:`fedsync_ray.host.DeviceHost`).
 
     Args:
-        url: ``"ray://ACTOR/device-ID"``: device ``ID`` of the fedsync device actor
-            named ``ACTOR`` in Ray namespace ``"fedsync"`` (started by
-            :class:`fedsync_ray.RayDevices`).
-        timeout: seconds for each answer (as for :class:`fedsync.transports.remote.Remote`).
-        max_reply: the largest result, in bytes, downloaded whole.
-        actor: the actor's handle; default: looked up by name in the connected Ray.
-
-    Raises:
-        ValueError: a malformed URL, a bad timeout, Ray not connected, or no such actor.
-        ImportError: ray is not installed (``pip install 'fedsync[ray]'``).
+        url: ``"ray://ACTOR/device-ID"`` (named in errors).
+        actor: the actor's handle.
+        device: the device's id in that actor.
     """
 
-    def __init__(self, url: str, *, timeout: float = 30.0, max_reply: int = MAX_REPLY, actor: Any = None) -> None:
-        # Remote.__init__ is not called: it builds an HTTP session, which has no use here.
-        self.actor_name, self.device = url_parts(url)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self.url = url.rstrip("/")
-        self.timeout = float(timeout)
-        self.max_reply = int(max_reply)
-        self._token = None
-        self.session = None
-        self.verify = True
-        self.actor = actor if actor is not None else _actor(self.actor_name)
+    def __init__(self, url: str, actor: Any, device: int) -> None:
+        self.url = url
+        self.actor = actor
+        self.device = device
+        self.actor_name = url_parts(url)[0]
 
     def __repr__(self) -> str:
-        return f"RayRemote({self.url!r})"
+        return f"RayTransport({self.url!r})"
 
-    def close(self) -> None:
-        """Nothing to release here: the device's state belongs to its actor (:meth:`RayDevices.release`)."""
+    def request(
+        self, method: str, target: str, *, headers: Mapping[str, str], body: Body | None = None, timeout: float
+    ) -> BytesAnswer:
+        """The actor's answer, checked (:meth:`checked`); its body stays in the object store until read.
 
-    def _request(self, method: str, path: str, check: bool = True, **kwargs: Any) -> requests.Response:
-        """Answer a request through the device's actor, as an unread ``requests.Response``."""
+        Raises:
+            RemoteUnavailable: the actor died or cannot take requests.
+            RemoteTimeout: no answer within ``timeout`` seconds (the request is cancelled, best effort).
+            RemoteError: the actor failed the request, or answered what is not an answer.
+        """
         import ray
 
-        params: Mapping[str, str] = kwargs.get("params") or {}
-        data = kwargs.get("data")
-        body = _shared(data) if data is not None else None
-        wait = timeout_seconds(kwargs.get("timeout"), self.timeout)
-        headers = {str(k): str(v) for k, v in (kwargs.get("headers") or {}).items()}
+        path, _, query = target.partition("?")
+        shared = _shared(body) if body is not None else None
+        fields = {str(k): str(v) for k, v in headers.items()}
         try:
-            reference = self.actor.request.remote(self.device, method, path, headers, urlencode(params), body)
+            reference = self.actor.request.remote(self.device, method, path, fields, query, shared)
         except ray.exceptions.RayError as exc:
             raise RemoteUnavailable(
                 self.url, f"its Ray actor {self.actor_name!r} cannot take requests: {_first_line(exc)}"
             ) from None
         try:
-            answer = ray.get(reference, timeout=wait)
+            answer = ray.get(reference, timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             try:
                 ray.cancel(reference)  # best effort: the actor may already be running it
             except Exception:  # noqa: BLE001 - the timeout is what this device's failure says
                 pass
-            raise RemoteTimeout(self.url, f"timed out: no answer from its Ray actor within {wait:.3g}s") from None
+            raise RemoteTimeout(self.url, f"timed out: no answer from its Ray actor within {timeout:.3g}s") from None
         except ray.exceptions.RayActorError as exc:
             raise RemoteUnavailable(
                 self.url, f"its Ray actor {self.actor_name!r} died or is unreachable: {_first_line(exc)}"
@@ -119,15 +106,15 @@ class RayRemote(Remote):
             raise RemoteError(
                 self.url, f"its Ray actor {self.actor_name!r} failed the request: {_first_line(exc)}"
             ) from None
-        status, answer_headers, content = self._checked(answer)
-        response = app_response(self.url + path, status, answer_headers, content)
-        if check and status >= 400:
-            with response:
-                self._raise_for(response)
-        return response
+        return BytesAnswer(*self.checked(answer))
 
-    def _checked(self, answer: Any) -> tuple[int, list[tuple[str, str]], memoryview]:
-        """The actor's answer, every part checked: it came from another process."""
+    def checked(self, answer: Any) -> tuple[int, list[tuple[str, str]], memoryview]:
+        """The actor's answer ``(status, headers, body, error)`` as ``(status, headers, body)``, every part
+        checked: it came from another process.
+
+        Raises:
+            RemoteError: the actor reported an error, or a part is malformed (the message says which).
+        """
         import numpy as np
 
         if not isinstance(answer, tuple) or len(answer) != 4:
@@ -146,10 +133,7 @@ class RayRemote(Remote):
             raise RemoteError(
                 self.url, f"its Ray actor answered status {str(status)[:40]!r}; expected an HTTP status in [100, 599]"
             )
-        if (
-            not isinstance(headers, list) or len(headers) > _MAX_HEADERS
-            or not all(isinstance(h, tuple) and len(h) == 2 and all(isinstance(p, str) and len(p) <= _MAX_HEADER for p in h) for h in headers)
-        ):  # fmt: skip
+        if not _well_formed(headers):
             raise RemoteError(
                 self.url, f"its Ray actor answered malformed headers; expected at most {_MAX_HEADERS} (str, str) pairs"
             )
@@ -163,9 +147,69 @@ class RayRemote(Remote):
         if len(lengths) > 1 or (lengths and lengths[0] != str(body.size)):
             raise RemoteError(
                 self.url,
-                f"its Ray actor answered Content-Length {[v[:40] for v in lengths[:2]]} for a body of {body.size} bytes; they must agree",
+                f"its Ray actor answered Content-Length {[v[:40] for v in lengths[:2]]} for a body of "
+                f"{body.size} bytes; they must agree",
             )
         return status, headers, memoryview(body)
+
+
+class RayRemote(Remote):
+    """A simulated device in a Ray actor, reached as ``ray://ACTOR/device-ID``.
+
+    A :class:`fedsync.transports.remote.Remote` over a :class:`RayTransport`.
+
+    Args:
+        url: ``"ray://ACTOR/device-ID"``: device ``ID`` of the fedsync device actor
+            named ``ACTOR`` in Ray namespace ``"fedsync"`` (started by
+            :class:`fedsync_ray.RayDevices`).
+        timeout: seconds for each answer (as for :class:`fedsync.transports.remote.Remote`).
+        max_reply: the largest result, in bytes, downloaded whole.
+        actor: the actor's handle; default: looked up by name in the connected Ray.
+
+    Raises:
+        ValueError: a malformed URL, a bad timeout, Ray not connected, or no such actor.
+        ImportError: ray is not installed (``pip install 'fedsync[ray]'``).
+    """
+
+    transport: RayTransport
+
+    def __init__(self, url: str, *, timeout: float = 30.0, max_reply: int = MAX_REPLY, actor: Any = None) -> None:
+        actor_name, device = url_parts(url)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        url = url.rstrip("/")
+        transport = RayTransport(url, actor if actor is not None else _actor(actor_name), device)
+        super().__init__(url, timeout=timeout, max_reply=max_reply, transport=transport)
+
+    @property
+    def actor_name(self) -> str:
+        """The name of the device's actor."""
+        return self.transport.actor_name
+
+    @property
+    def device(self) -> int:
+        """The device's id in its actor."""
+        return self.transport.device
+
+    @property
+    def actor(self) -> Any:
+        """The device's actor handle."""
+        return self.transport.actor
+
+    def close(self) -> None:
+        """Nothing to release here: the device's state belongs to its actor (:meth:`RayDevices.release`)."""
+
+
+def _well_formed(headers: Any) -> bool:
+    """At most ``_MAX_HEADERS`` ``(str, str)`` pairs, each part at most ``_MAX_HEADER`` characters."""
+    return (
+        isinstance(headers, list)
+        and len(headers) <= _MAX_HEADERS
+        and all(
+            isinstance(h, tuple) and len(h) == 2 and all(isinstance(p, str) and len(p) <= _MAX_HEADER for p in h)
+            for h in headers
+        )
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -219,14 +263,15 @@ class _Shared:
 
 
 def _shared(data: Any) -> Any:
-    """The request body as an object-store reference to a numpy ``uint8`` buffer, shared while ``data`` is the same object."""
+    """The request body as an object-store reference to a numpy ``uint8`` buffer,
+    shared while ``data`` is the same object."""
     import numpy as np
     import ray
 
     with _Shared.lock:
         if _Shared.source is not None and _Shared.source() is data:
             return _Shared.reference
-    body = request_bytes(data)
+    body = body_bytes(data)
     reference = ray.put(np.frombuffer(body, np.uint8))
     try:
         source = weakref.ref(data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +66,18 @@ def _run_info(args: argparse.Namespace) -> int:
             f"--cafile {args.cafile!r} is not a file; give the PEM certificate the device serves with, or its CA"
         )
     cert = (args.cert, args.key) if args.key else args.cert
+
+    def connect(url: str) -> Remote:
+        """A remote for ``url`` with this command's token, TLS files and timeout."""
+        return Remote(url, timeout=args.timeout, token=args.token, retries=0, verify=args.cafile or True, cert=cert)
+
     try:
-        # verify goes to Remote itself: it passes verify= on every request, which would override the session's.
-        remote = Remote(url, timeout=args.timeout, token=args.token, retries=0, verify=args.cafile or True, cert=cert)
+        remote = connect(url)
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
     with remote:
         try:
-            infos = _device_infos(remote)
+            infos = _device_infos(remote, connect)
         except RemoteUnavailable as exc:
             if not exc.reason.startswith("cannot connect"):  # TLS and HTTP failures say what they are
                 raise CommandError(_as_flags(remote.scrub(str(exc)))) from None
@@ -94,10 +98,10 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device_infos(remote: Any) -> dict[str, dict[str, Any]]:
-    """``{"": info}`` for a single FedData, ``{name: info}`` for a device serving several."""
+def _device_infos(remote: Any, connect: Callable[[str], Any]) -> dict[str, dict[str, Any]]:
+    """``{"": info}`` for a single FedData, ``{name: info}`` for a device serving several
+    (each reached with ``connect(url)``, as ``remote`` was)."""
     from ..errors import RemoteError
-    from ..transports.remote import Remote
 
     try:
         return {"": remote.info()}
@@ -108,7 +112,7 @@ def _device_infos(remote: Any) -> dict[str, dict[str, Any]]:
     from ..wire.transfer import Deadline
 
     deadline = Deadline.within(remote.timeout)  # the index and every base's handshake together
-    index = remote._json("GET", "/info", deadline, what="/info")  # bounded in size and time
+    index = remote.get_json("/info", deadline=deadline, what="/info")  # bounded in size and time
     bases = index.get("bases") if isinstance(index, dict) else None
     if not bases or not isinstance(bases, list):
         raise RemoteError(remote.url, "/info answered no specs and no bases; is this a fedsync device?")
@@ -122,9 +126,7 @@ def _device_infos(remote: Any) -> dict[str, dict[str, Any]]:
         )
     infos = {}
     for base in bases:
-        with Remote(f"{remote.url}/{base}", timeout=remote.timeout, retries=0, verify=remote.verify) as sub:
-            sub.session.headers.update(remote.session.headers)
-            sub.session.cert = remote.session.cert
+        with connect(f"{remote.url}/{base}") as sub:
             infos[base] = sub.info(deadline=deadline)
     return infos
 

@@ -312,7 +312,8 @@ def transport_for(url: str) -> Callable[..., Any]:
 
 
 def remote(url: str, **options: Any) -> Any:
-    """The remote for ``url``, built by its scheme's transport: ``transport_for(url)(url, **options)``."""
+    """The remote for ``url``, built by its scheme's transport: ``transport_for(url)(url, **options)``
+    (a :class:`fedsync.transports.remote.Remote` over that transport; see :func:`hookspecs.register_transports`)."""
     return transport_for(url)(url, **options)
 
 

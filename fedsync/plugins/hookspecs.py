@@ -58,64 +58,55 @@ def register_adapters(register: RegisterAdapter) -> None:
 def register_transports(register: RegisterTransport) -> None:
     """Register transports by URL scheme: how the coordinator reaches a device.
 
-    Call ``register(scheme, factory)`` once per scheme. ``scheme`` is a
-    lowercase URL scheme (``[a-z][a-z0-9+.-]*``, e.g. ``"http"``,
-    ``"local"``); ``factory(url, **options) -> remote`` builds the remote of one
-    device from its URL (``options``: what the caller passed, e.g. ``timeout``).
-    ``Federated(data, ["http://...", "local://a"])`` builds each remote given as
-    a string through :func:`fedsync.plugins.transport_for`. Registering a scheme
-    another plugin already registered is an error naming both plugins. fedsync's
-    own ``http``/``https`` (:mod:`fedsync.transports.remote`) and ``local``
-    (:mod:`fedsync.transports.local`) register through this hook.
+    **What to register.** Call ``register(scheme, factory)`` once per scheme.
+    ``scheme`` is a lowercase URL scheme (``[a-z][a-z0-9+.-]*``, e.g. ``"grpc"``);
+    registering one another plugin registered (``http`` included) is an error
+    naming both plugins. ``Federated(data, ["grpc://a", "http://b"])`` builds each
+    remote given as a string with :func:`fedsync.plugins.remote`, i.e.
+    ``factory(url, **options)``, where ``options`` are what the caller passed
+    (often none; ``timeout=`` and ``max_reply=`` are common).
 
-    **The remote contract.** The round (:class:`fedsync.Federated`) talks to a
-    remote only through the members below; the answers must be checked by
-    the remote before they are returned (a bad one raises, naming the device).
-    Errors are :class:`fedsync.errors.RemoteError` subclasses, built as
-    ``RemoteError(url, reason)``; any error is that device's failure, never the
-    round's. :class:`fedsync.transports.remote.Remote` is the reference implementation.
+    **What the factory returns: a** :class:`fedsync.transports.remote.Remote` **over
+    your transport**, ``Remote(url, transport=MyTransport(url), **options)``. The
+    ``Remote`` speaks fedsync's protocol (routes, headers, long-polls, error codes,
+    every check of an answer, secure aggregation's phases); your transport only
+    moves requests and answers. fedsync's own ``http``/``https``
+    (:mod:`fedsync.transports.http`), ``local`` (:mod:`fedsync.transports.local`) and
+    ``fedsync_ray``'s ``ray`` are built this way.
 
-    - ``url: str``: the device's identity, unique in a run (failures and
-      history are keyed by it). ``timeout: float``: seconds for one answer.
-    - ``info(*, deadline) -> dict``: the handshake, answered before
-      ``deadline`` (a :class:`fedsync.wire.transfer.Deadline`): at least ``specs``
-      (a str of 1 to 4096 characters) and ``repetition`` (the last one the
-      device accepted, an int in ``[0, 2**53]``). Raises ``RemoteTimeout`` late,
-      ``RemoteError`` for a malformed answer.
-    - ``submit(repetition, payload, specs, *, timeout, config) -> None``: hand
-      the device the coordinator's payload (``str``, bytes-like or
-      :class:`fedsync.wire.codec.Payload`; ``config`` a dict of the round's
-      configuration, or ``None``); returns once the device accepted it (its
-      training continues), within ``timeout`` seconds. Raises
-      ``SpecsMismatch``, ``PayloadRejected`` (the device's ``check`` refused it),
-      ``RemoteBusy``, ``RemoteTimeout``, ``RemoteUnavailable``.
-    - ``open_result(repetition, wait, *, timeout, deadline) -> ReplyStream | None``:
-      wait up to ``wait`` seconds for the result (``timeout`` bounds the whole
-      call); ``None`` while the device is still training, else a
-      :class:`fedsync.wire.replies.ReplyStream` whose body is read later, each read
-      before ``deadline``. Raises ``TrainingFailed`` (the device's training
-      raised), ``RemoteError`` for a wrong repetition or length.
-    - ``download(stream, *, as_view=False) -> str | bytes | memoryview``: read an
-      opened result whole (``str`` for ``text/plain``); refuses one over the
-      remote's ``max_reply`` bytes before reading it, and closes the stream.
-    - ``evaluate(repetition, payload, specs, *, timeout, deadline, config) -> dict``:
-      ``{"samples": int, "metrics": {name: finite float}}`` measured on the
-      device's data, before ``deadline``.
-    - ``scrub(text) -> str``: ``text`` without any credential of this remote
-      (applied to every failure message and history entry).
-    - ``close() -> None``: release connections (or in-process state).
+    **The transport contract** (:mod:`fedsync.transports.base`, one page): subclass
+    :class:`~fedsync.transports.base.Transport` and implement
 
-    Secure aggregation (:mod:`fedsync.secagg`) sends its extra phases through the
-    reference implementation's JSON request (``Remote._json``, built on ``_request``):
-    a transport that subclasses :class:`fedsync.transports.remote.Remote` and overrides only
-    ``_request`` (as ``local://``, the worker processes and ``ray://`` do) carries them;
-    any other transport fails each device's secure round with an error naming it.
+    - ``request(method, target, *, headers, body, timeout) -> Answer``: send one
+      request (``target`` is the path and query below the device's URL, e.g.
+      ``"/3/result?wait=1.500"``; ``body`` is ``None``, bytes-like, or an iterable of
+      frames, see :data:`~fedsync.transports.base.Body`). Return the answer once its
+      status and headers are there, within ``timeout`` seconds (a long-poll's wait is
+      included in it); any status is an answer (the ``Remote`` reads a 409's reason).
+      The same transport is called from several threads at once.
+    - ``close()``: release connections; optional.
 
-    Keep this cheap: import heavy libraries (ray, grpc) inside the factory.
+    and return an :class:`~fedsync.transports.base.Answer`: ``status`` (int),
+    ``headers`` (a mapping whose lookups ignore case; a result must carry
+    ``Content-Length``), ``readinto(view, deadline) -> int`` (at most ``len(view)``
+    bytes, 0 at the end, never waiting past ``deadline.read_wait()`` seconds: a
+    :class:`fedsync.wire.transfer.Deadline`) and ``close()``. A body already in memory
+    is a :class:`~fedsync.transports.base.BytesAnswer`; a Payload that must be one
+    buffer is :func:`~fedsync.transports.base.body_bytes`.
+
+    **Errors to raise**, built as ``RemoteError(url, reason)`` (:mod:`fedsync.errors`):
+    ``RemoteUnavailable`` when the device cannot be reached or the connection is lost,
+    ``RemoteTimeout`` when it does not answer in time (from ``request`` past
+    ``timeout``, from ``readinto`` past the deadline), ``RemoteError`` for anything
+    else that is the device's fault. Whatever a transport raises (or an answer that
+    breaks a check: a body over a limit, a wrong length) fails that device alone,
+    never the round. Put no credential in a message, or override ``Transport.scrub``.
+
+    Keep registering cheap: import heavy libraries (ray, grpc) inside the factory.
 
     Example::
 
         @fedsync.hookimpl
         def register_transports(register):
-            register("grpc", lambda url, **options: GrpcRemote(url, **options))
+            register("grpc", lambda url, **options: Remote(url, transport=GrpcTransport(url), **options))
     """

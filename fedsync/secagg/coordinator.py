@@ -504,12 +504,12 @@ class SecureRound:
                 raise RemoteTimeout(
                     remote.url, f"the round's deadline passed before the secure-aggregation {phase} phase"
                 )
-            if not hasattr(remote, "_json"):
+            if not hasattr(remote, "post_json"):
                 raise TypeError(f"its transport ({type(remote).__name__}) does not carry secure aggregation's phases")
             body = json.dumps(bodies[u]).encode("utf-8")
-            return remote._json(
-                "POST", f"/{self.rep}/secagg/{phase}", Deadline.within(wait), what=f"the secure-aggregation {phase} phase",
-                data=body, headers={"Content-Type": "application/json"}, timeout=wait,
+            return remote.post_json(
+                f"/{self.rep}/secagg/{phase}", body, deadline=Deadline.within(wait),
+                what=f"the secure-aggregation {phase} phase", timeout=wait,
             )  # fmt: skip
 
         answers = concurrently(

@@ -1,9 +1,10 @@
 """The in-process transport: ``local://NAME`` remotes whose device runs in this process.
 
-A :class:`LocalRemote` is the HTTP :class:`~fedsync.transports.remote.Remote` with the
-network taken out: each request is built as a WSGI environ and handed to the
-device's own :class:`~fedsync.device.app.DeviceApp` (the application ``serve``
-runs), and the answer comes back as bytes. So a simulated device goes through
+A :class:`LocalRemote` is a :class:`~fedsync.transports.remote.Remote` over a
+:class:`LocalTransport`, which takes the network out: each request is built as a
+WSGI environ and handed to the device's own :class:`~fedsync.device.app.DeviceApp`
+(the application ``serve`` runs), and the answer comes back as bytes
+(a :class:`~fedsync.transports.base.BytesAnswer`). So a simulated device goes through
 exactly the production path: the payload is serialized to bytes by the same
 codec, the device checks specs, size bounds, the payload (``check``), the
 config and the snapshot rules, and the coordinator checks every answer with the
@@ -27,38 +28,33 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import math
 import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Union
-from urllib.parse import urlencode
+from typing import Any
 
-import requests
-from requests.structures import CaseInsensitiveDict
 from werkzeug.test import EnvironBuilder
 
 from ..device._state import Device, Job
+from ..device.app import DeviceApp
 from ..errors import RemoteError, RemoteTimeout
 from ..plugins.hookspecs import RegisterTransport, hookimpl
 from ..protocol import FedData
 from ..wire.config import Config
+from .base import Body, BytesAnswer, Transport, body_bytes
 from .remote import MAX_REPLY, Remote
 
 __all__ = [
     "LocalRemote",
+    "LocalTransport",
     "TrainingPool",
     "register_device",
     "unregister_device",
     "DeviceSource",
-    "app_response",
     "call_app",
-    "MemoryBody",
-    "request_bytes",
-    "timeout_seconds",
 ]
 
-DeviceSource = Union[FedData, Callable[[], FedData]]
+DeviceSource = FedData | Callable[[], FedData]
 """A device: its FedData, or a function building it when the device is first used."""
 
 _devices: dict[str, DeviceSource] = {}
@@ -125,8 +121,110 @@ def default_pool() -> TrainingPool:
         return _default_pool
 
 
+class LocalTransport(Transport):
+    """Requests answered by a device's own WSGI application in this process (``local://NAME``).
+
+    Args:
+        url: the device's URL (named in errors).
+        device: the device's FedData, or a function building it when first used
+            (then dropped by :meth:`release`).
+        pool: where training runs (default: :func:`default_pool`).
+        max_content_length: the device's largest accepted payload (as ``serve``).
+    """
+
+    def __init__(
+        self, url: str, device: DeviceSource, *, pool: TrainingPool | None = None, max_content_length: int | None = None
+    ) -> None:
+        self.url = url
+        self.source = device
+        self.pool = pool
+        self.max_content_length = max_content_length
+        self.device_app: Any = None
+        self.lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalTransport({self.url!r})"
+
+    @property
+    def materialized(self) -> bool:
+        """Whether the device's state exists now."""
+        return self.device_app is not None
+
+    def app(self) -> Any:
+        """The device's :class:`~fedsync.device.app.DeviceApp`, built on first use.
+
+        Raises:
+            RemoteError: the device function raised, or returned no FedData (that device's failure).
+        """
+        with self.lock:
+            if self.device_app is None:
+                self.device_app = self.build()
+            return self.device_app
+
+    def build(self) -> Any:
+        """A new :class:`~fedsync.device.app.DeviceApp` for the device, training on the pool.
+
+        Raises:
+            RemoteError: the device function raised, or returned no FedData.
+        """
+        source = self.source
+        if isinstance(source, FedData):
+            fed = source
+        else:
+            try:
+                fed = source()
+            except Exception as exc:  # user code: this device's failure alone
+                raise RemoteError(self.url, f"device_fn raised {type(exc).__name__}: {str(exc)[:500]}") from None
+            if not isinstance(fed, FedData):
+                raise RemoteError(self.url, f"device_fn returned {type(fed).__name__}, expected a FedData")
+        app = DeviceApp(fed, max_content_length=self.max_content_length)
+        pool = self.pool or default_pool()
+        app.devices = {base: _PooledDevice(device.fed, pool) for base, device in app.devices.items()}
+        return app
+
+    def release(self) -> None:
+        """Drop the device's state if it was built by a function (it is built again when next used)."""
+        if not isinstance(self.source, FedData):
+            with self.lock:
+                self.device_app = None
+
+    def close(self) -> None:
+        """Drop the device's state (as :meth:`release`)."""
+        self.release()
+
+    def request(
+        self, method: str, target: str, *, headers: Mapping[str, str], body: Body | None = None, timeout: float
+    ) -> BytesAnswer:
+        """The device application's answer (see :meth:`call`), its body in memory."""
+        return BytesAnswer(*self.call(method, target, headers, body_bytes(body), timeout))
+
+    def call(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes, timeout: float
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One request answered by the device's application: status, headers, whole body.
+
+        An evaluation runs in the request (as on a device), off this thread, bounded by ``timeout`` seconds.
+
+        Raises:
+            RemoteError: the device could not be built.
+            RemoteTimeout: an evaluation gave no answer within ``timeout`` seconds.
+        """
+        path, _, query = target.partition("?")
+        environ = _environ(method, path, query, headers, body)
+        app = self.app()
+        if method == "POST" and path.endswith("/evaluate"):
+            future = (self.pool or default_pool()).executor.submit(call_app, app, environ)
+            try:
+                return future.result(timeout=timeout)
+            except concurrent.futures.TimeoutError:
+                raise RemoteTimeout(self.url, "timed out: no answer within the timeout") from None
+        return call_app(app, environ)
+
+
 class LocalRemote(Remote):
     """A device in this process, reached as ``local://NAME`` through its WSGI application.
+
+    A :class:`~fedsync.transports.remote.Remote` over a :class:`LocalTransport`.
 
     Args:
         url: ``"local://NAME"``.
@@ -142,6 +240,8 @@ class LocalRemote(Remote):
             registered under NAME.
     """
 
+    transport: LocalTransport
+
     def __init__(
         self,
         url: str,
@@ -152,119 +252,35 @@ class LocalRemote(Remote):
         max_reply: int = MAX_REPLY,
         max_content_length: int | None = None,
     ) -> None:
-        # Remote.__init__ is not called: it builds an HTTP session, which has no use here.
         if not isinstance(url, str) or not url.startswith("local://") or not url[len("local://") :].strip("/"):
             raise ValueError(
                 f"LocalRemote URL must be local://NAME, got {url!r}; e.g. LocalRemote('local://a', device=fed)"
             )
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self.url = url.rstrip("/")
-        self.name = self.url[len("local://") :]
+        url = url.rstrip("/")
+        self.name = url[len("local://") :]
         if device is None:
             with _devices_lock:
                 device = _devices.get(self.name)
             if device is None:
                 raise ValueError(
-                    f"no local device named {self.name!r}; register it first: fedsync.transports.local.register_device({self.name!r}, fed)"
+                    f"no local device named {self.name!r}; register it first: "
+                    f"fedsync.transports.local.register_device({self.name!r}, fed)"
                 )
-        self.timeout = float(timeout)
-        self.max_reply = int(max_reply)
-        self.max_content_length = max_content_length
-        self._token = None
-        self.session = None
-        self.verify = True
-        self._source = device
-        self._pool = pool
-        self._app: Any = None
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"LocalRemote({self.url!r})"
+        transport = LocalTransport(url, device, pool=pool, max_content_length=max_content_length)
+        super().__init__(url, timeout=timeout, max_reply=max_reply, transport=transport)
 
     @property
     def materialized(self) -> bool:
         """Whether the device's state exists now."""
-        return self._app is not None
+        return self.transport.materialized
 
     def app(self) -> Any:
-        """The device's :class:`~fedsync.device.app.DeviceApp`, built on first use.
-
-        Raises:
-            RemoteError: the device function raised, or returned no FedData (that device's failure).
-        """
-        with self._lock:
-            if self._app is None:
-                self._app = self._build()
-            return self._app
-
-    def _build(self) -> Any:
-        from ..device.app import DeviceApp
-
-        source = self._source
-        if isinstance(source, FedData):
-            fed = source
-        else:
-            try:
-                fed = source()
-            except Exception as exc:  # user code: this device's failure alone
-                raise RemoteError(self.url, f"device_fn raised {type(exc).__name__}: {str(exc)[:500]}") from None
-            if not isinstance(fed, FedData):
-                raise RemoteError(self.url, f"device_fn returned {type(fed).__name__}, expected a FedData")
-        app = DeviceApp(fed, max_content_length=self.max_content_length)
-        pool = self._pool or default_pool()
-        app.devices = {base: _PooledDevice(device.fed, pool) for base, device in app.devices.items()}
-        return app
+        """The device's :class:`~fedsync.device.app.DeviceApp`, built on first use (see :meth:`LocalTransport.app`)."""
+        return self.transport.app()
 
     def release(self) -> None:
         """Drop the device's state if it was built by a function (it is built again when next used)."""
-        if not isinstance(self._source, FedData):
-            with self._lock:
-                self._app = None
-
-    def close(self) -> None:
-        """Drop the device's state (as :meth:`release`)."""
-        self.release()
-
-    # -- the one method of Remote that touches the network ---------------------------
-
-    def _request(self, method: str, path: str, check: bool = True, **kwargs: Any) -> requests.Response:
-        """Answer a request with the device's WSGI application, as an unread ``requests.Response``."""
-        params: Mapping[str, str] = kwargs.get("params") or {}
-        data = kwargs.get("data")
-        body = request_bytes(data) if data is not None else b""
-        headers = {str(k): str(v) for k, v in (kwargs.get("headers") or {}).items()}
-        status, answer_headers, content = self._exchange(
-            method, path, urlencode(params), headers, body, timeout_seconds(kwargs.get("timeout"), self.timeout)
-        )
-        response = app_response(self.url + path, status, answer_headers, content)
-        if check and status >= 400:
-            with response:
-                self._raise_for(response)
-        return response
-
-    def _exchange(
-        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes, timeout: float
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        """One request answered by the device's application: status, headers, whole body.
-
-        Where the device runs is this method's business (a worker process in
-        :mod:`fedsync.transports.process.pool`).
-
-        Raises:
-            RemoteError: the device could not be built.
-            RemoteTimeout: an evaluation gave no answer within ``timeout`` seconds.
-        """
-        environ = _environ(method, path, query, headers, body)
-        app = self.app()
-        if method == "POST" and path.endswith("/evaluate"):
-            # Evaluation runs in the request (as on a device): bound it by the timeout, off this thread.
-            future = (self._pool or default_pool()).executor.submit(call_app, app, environ)
-            try:
-                return future.result(timeout=timeout)
-            except concurrent.futures.TimeoutError:
-                raise RemoteTimeout(self.url, "timed out: no answer within the timeout") from None
-        return call_app(app, environ)
+        self.transport.release()
 
 
 def _environ(method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
@@ -298,61 +314,6 @@ def call_app(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[str, st
         if close is not None:
             close()  # the device's download ends here: it may write its model again
     return int(started["status"].split(" ", 1)[0]), list(started["headers"]), content
-
-
-def app_response(url: str, status: int, headers: list[tuple[str, str]], content: Any) -> requests.Response:
-    """An application's answer (status, headers, bytes-like body) as the unread ``requests.Response``
-    a :class:`~fedsync.transports.remote.Remote` hands the round: for transports whose device answers in
-    memory or in another process (``local://``, the worker processes, ``ray://``)."""
-    response = requests.Response()
-    response.status_code = status
-    response.headers = CaseInsensitiveDict(headers)
-    response.headers.setdefault(
-        "Content-Length", str(len(memoryview(content).cast("B")))
-    )  # as a server's chunked body reads
-    response.raw = MemoryBody(content)
-    response.url = url
-    return response
-
-
-class MemoryBody:
-    """A response body read from memory: what ``transfer.read_some`` reads when there is no socket."""
-
-    def __init__(self, content: Any) -> None:
-        # A view, not io.BytesIO (which copies a memoryview): a Ray reply stays in the object store.
-        self._view: memoryview | None = memoryview(content).cast("B")
-        self._at = 0
-
-    def read(self, n: int | None = -1, **_: Any) -> bytes:
-        if self._view is None:
-            return b""
-        end = len(self._view) if n is None or n < 0 else min(len(self._view), self._at + n)
-        piece, self._at = bytes(self._view[self._at : end]), end
-        return piece
-
-    def stream(self, chunk: int = 65536, **_: Any) -> Any:
-        while piece := self.read(chunk):
-            yield piece
-
-    def release_conn(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._view = None
-
-
-def request_bytes(data: Any) -> bytes:
-    """A request body as bytes: a :class:`~fedsync.wire.codec.Payload`'s frames joined, as they go over a socket."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
-    return b"".join(bytes(memoryview(frame).cast("B")) for frame in data)
-
-
-def timeout_seconds(timeout: Any, default: float) -> float:
-    """Seconds from a ``requests``-style ``timeout`` (a number, or ``(connect, read)``), else ``default``."""
-    if isinstance(timeout, tuple):
-        timeout = timeout[-1]
-    return float(timeout) if isinstance(timeout, (int, float)) else default
 
 
 class _PooledDevice(Device):

@@ -1,4 +1,8 @@
-"""A device as the coordinator sees it: :class:`Remote`, the HTTP transport of a round.
+"""A device as the coordinator sees it: :class:`Remote`, fedsync's protocol over a transport.
+
+A :class:`Remote` knows the routes, the headers and every check of an answer; the bytes travel
+through its :class:`~fedsync.transports.base.Transport`: HTTP (:mod:`fedsync.transports.http`,
+what ``Remote(url)`` builds), or any other (``Remote(url, transport=...)``).
 
 Everything a device answers is checked before use: JSON answers are read up
 to ``MAX_JSON`` bytes, error bodies up to ``MAX_ERROR_BODY``, headers must be
@@ -10,24 +14,16 @@ text carries the token.
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
-
-import requests
-import urllib3.exceptions
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from ..errors import (
     PayloadRejected,
     RemoteBusy,
     RemoteError,
-    RemoteTimeout,
     RemoteUnavailable,
     SpecsMismatch,
     TrainingFailed,
@@ -42,6 +38,8 @@ from ..wire.replies import ReplyStream
 from ..wire.shapes import DeviceInfo, EvaluationAnswer
 from ..wire.tokens import checked_token
 from ..wire.transfer import Deadline, content_length, read_capped
+from .base import Answer, Body, Transport
+from .http import HTTPAnswer, HTTPTransport
 
 __all__ = ["Remote", "MAX_REPLY", "MAX_JSON", "MAX_ERROR_BODY", "MAX_SPECS", "size"]
 
@@ -57,8 +55,6 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_SPECS = 4096
 """The longest specs string, in characters, a device may report."""
 
-_BEARER = re.compile(r"(?i)(bearer)(\s+)\S+")
-
 
 def _environment_token() -> str | None:
     """``$FEDSYNC_TOKEN`` checked like a given token, or ``None`` when it is not set."""
@@ -72,15 +68,16 @@ def _environment_token() -> str | None:
 
 
 class Remote:
-    """A device as seen from the coordinator: its URL and one HTTP session.
+    """A device as seen from the coordinator: its URL, fedsync's protocol, and a transport.
 
-    Every call has a timeout; connection errors are retried with backoff
+    Every call has a timeout; over HTTP, connection errors are retried with backoff
     (``retries`` times), other errors are not. Use it as a context manager, or
     call :meth:`close`, to release its connections.
 
     Args:
         url: the device's base URL, e.g. ``"http://127.0.0.1:8000"`` (or with a
-            named base: ``"http://host:8000/model"``).
+            named base: ``"http://host:8000/model"``); with ``transport``, any URL
+            naming the device (failures and history are keyed by it).
         timeout: seconds for connecting and for each answer.
         token: sent as ``Authorization: Bearer <token>`` (see ``serve(token=...)``);
             surrounding whitespace is stripped (a token read from a file). ``None``
@@ -93,11 +90,15 @@ class Remote:
             ``serve(..., client_ca=...)``. ``fedsync certs coordinator`` makes one.
         max_reply: the largest result, in bytes, downloaded whole (FedData that read
             replies as streams check their size against the model instead).
+        transport: the :class:`~fedsync.transports.base.Transport` that carries the
+            requests; ``None`` (the default) builds an
+            :class:`~fedsync.transports.http.HTTPTransport` from ``url``, ``timeout``,
+            ``token``, ``retries``, ``verify`` and ``cert`` (which configure HTTP only).
 
     Raises:
-        ValueError: a URL that is not http(s), a timeout that is not positive, or an
-            empty token or one with control or non-ASCII characters (not shown),
-            given or from ``$FEDSYNC_TOKEN``.
+        ValueError: a URL that is not http(s) (without ``transport``), a timeout that is
+            not positive, or an empty token or one with control or non-ASCII characters
+            (not shown), given or from ``$FEDSYNC_TOKEN``.
         FileNotFoundError: a ``cert`` file that does not exist.
     """
 
@@ -111,46 +112,32 @@ class Remote:
         verify: bool | str = True,
         cert: str | tuple[str, str] | None = None,
         max_reply: int = MAX_REPLY,
+        transport: Transport | None = None,
     ) -> None:
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        if transport is None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
             raise ValueError(
                 f"Remote URL must start with http:// or https://, got {url!r}; e.g. Remote('http://127.0.0.1:8000')"
             )
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"Remote URL must be a non-empty string, got {url!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.url = url.rstrip("/")
         self.timeout = float(timeout)
         self.max_reply = int(max_reply)
-        self._token = checked_token(token) if token is not None else _environment_token()
-        self.session = requests.Session()
-        retry = Retry(total=retries, connect=retries, read=0, status=0, other=0, backoff_factor=0.1)
-        self.session.mount("http://", HTTPAdapter(max_retries=retry))
-        self.session.mount("https://", HTTPAdapter(max_retries=retry))
-        if self._token is not None:
-            self.session.headers["Authorization"] = f"Bearer {self._token}"
-        # Proxies and the CA bundle from the environment are resolved once here:
-        # requests would look them up again on every request (about 0.7 ms each).
-        self.session.proxies.update(requests.utils.get_environ_proxies(self.url))
-        if verify is True:
-            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        self.session.trust_env = False
-        self.verify = verify
-        if cert is not None:
-            for path in (cert,) if isinstance(cert, (str, os.PathLike)) else cert:
-                if not os.path.isfile(path):
-                    raise FileNotFoundError(
-                        f"client certificate file {os.fspath(path)!r} not found; make one with `fedsync certs coordinator DIR`"
-                    )
-            self.session.cert = cert if isinstance(cert, str) else tuple(os.fspath(p) for p in cert)
+        if transport is None:
+            token = checked_token(token) if token is not None else _environment_token()
+            transport = HTTPTransport(
+                self.url, timeout=self.timeout, token=token, retries=retries, verify=verify, cert=cert
+            )
+        self.transport = transport  # what carries this remote's requests
 
     def __repr__(self) -> str:
-        return f"Remote({self.url!r})"
+        return f"{type(self).__name__}({self.url!r})"
 
     def scrub(self, text: str) -> str:
         """``text`` without the token or any ``Bearer`` credential (for error messages)."""
-        if self._token:
-            text = text.replace(self._token, "[token]")
-        return _BEARER.sub(r"\1\2[redacted]", text)
+        return self.transport.scrub(text)
 
     # -- calls -----------------------------------------------------------------
 
@@ -162,11 +149,11 @@ class Remote:
         Raises:
             RemoteUnavailable: the device cannot be reached (refused, reset, TLS refused).
             RemoteTimeout: no answer within the timeout.
-            RemoteError: an answer that is not a fedsync handshake: no specs string (of at most ``MAX_SPECS`` characters), or a
-                ``repetition`` that is not an integer in ``[0, MAX_REPETITION]``.
+            RemoteError: an answer that is not a fedsync handshake: no specs string (of at most
+                ``MAX_SPECS`` characters), or a ``repetition`` that is not an integer in ``[0, MAX_REPETITION]``.
         """
         deadline = deadline or Deadline.within(self.timeout)
-        info = self._json("GET", "/info", deadline, what="/info")
+        info = self.get_json("/info", deadline=deadline, what="/info")
         if not isinstance(info, dict) or not isinstance(info.get("specs"), str):
             raise RemoteError(self.url, "/info answered no specs; is this a fedsync device?")
         if not 0 < len(info["specs"]) <= MAX_SPECS:
@@ -201,16 +188,14 @@ class Remote:
             RemoteTimeout: no answer within the timeout.
             RemoteError: any other refusal, e.g. 409 ``stale_repetition``.
         """
-        body, mimetype = _body(payload)
-        response = self._request(
-            "POST",
-            f"/{repetition}/submit",
-            data=body,
-            headers=_headers(specs, mimetype, config),
-            timeout=timeout or self.timeout,
+        body, mimetype = _request_body(payload)
+        wait = timeout or self.timeout
+        answer = self.request(
+            "POST", f"/{repetition}/submit", headers=_headers(specs, mimetype, config), body=body, timeout=wait
         )
         # Its JSON says nothing the status did not; read (bounded) so the connection is reused.
-        read_capped(response, MAX_JSON, Deadline.within(timeout or self.timeout), self.url, truncate=True)
+        deadline = Deadline.within(wait)
+        read_capped(self._readable(answer, deadline), MAX_JSON, deadline, self.url, truncate=True)
 
     def ready(self, repetition: int, wait: float, *, timeout: float | None = None) -> bool:
         """Long-poll up to ``wait`` seconds for the result without downloading it.
@@ -223,11 +208,11 @@ class Remote:
             RemoteTimeout: no answer within the timeout.
             RemoteError: any other error answer (e.g. 404 ``unknown_repetition``).
         """
-        response = self._poll("HEAD", repetition, wait, timeout, check=False)
-        response.close()
-        if response.status_code == 200:
+        answer = self._poll("HEAD", repetition, wait, timeout, check=False)
+        answer.close()
+        if answer.status == 200:
             return True
-        if response.status_code == 202:
+        if answer.status == 202:
             return False
         # A HEAD answer has no body: ask again with GET, which carries the device's message.
         return self.result(repetition, 0.0) is not None
@@ -256,20 +241,20 @@ class Remote:
         """
         if deadline is None:
             deadline = Deadline.within(wait + (timeout if timeout is not None else self.timeout))
-        response = self._result_response(repetition, wait, timeout)
-        if response is None:
+        answer = self._result_answer(repetition, wait, timeout)
+        if answer is None:
             return None
-        if "Content-Length" not in response.headers:  # streamed without a length: read up to max_reply
+        if "Content-Length" not in answer.headers:  # streamed without a length: read up to max_reply
             body = read_capped(
-                response,
+                self._readable(answer, deadline),
                 self.max_reply,
                 deadline,
                 self.url,
                 limit="max_reply",
                 advice="; raise it with Remote(url, max_reply=...)",
             )
-            return self._decoded(body, str(response.headers.get("Content-Type", "")))
-        stream = self._stream(repetition, response, timeout, deadline)
+            return self._decoded(body, str(answer.headers.get("Content-Type", "")))
+        stream = self._stream(repetition, answer, timeout, deadline)
         return self.download(stream, as_view=as_view)
 
     def open_result(
@@ -299,32 +284,30 @@ class Remote:
             default = Deadline.within(wait + (timeout if timeout is not None else self.timeout))
             deadline = default if deadline is None else Deadline(float(deadline))
 
-        response = self._result_response(repetition, wait, timeout)
-        return None if response is None else self._stream(repetition, response, timeout, deadline)
+        answer = self._result_answer(repetition, wait, timeout)
+        return None if answer is None else self._stream(repetition, answer, timeout, deadline)
 
-    def _stream(
-        self, repetition: int, response: requests.Response, timeout: float | None, deadline: Deadline
-    ) -> ReplyStream:
+    def _stream(self, repetition: int, answer: Answer, timeout: float | None, deadline: Deadline) -> ReplyStream:
         """A result's answer as a :class:`ReplyStream` (which can ask for it again)."""
 
-        def sized(response: requests.Response) -> tuple[requests.Response, int]:
-            length = content_length(response.headers.get("Content-Length"))
+        def sized(answer: Answer) -> tuple[Any, int]:
+            length = content_length(answer.headers.get("Content-Length"))
             if length is None:
-                response.close()
+                answer.close()
                 raise RemoteError(
                     self.url,
                     "sent its result without a valid Content-Length (decimal digits); a fedsync device sends one",
                 )
-            return response, length
+            return self._readable(answer, deadline), length
 
-        def open_again() -> tuple[requests.Response, int]:
-            again = self._result_response(repetition, 0.0, deadline.request_timeout(self.timeout))
+        def open_again() -> tuple[Any, int]:
+            again = self._result_answer(repetition, 0.0, deadline.request_timeout(self.timeout))
             if again is None:
                 raise RemoteError(self.url, f"no longer has the result of repetition {repetition}")
             return sized(again)
 
-        stream = ReplyStream(self.url, sized(response), open_again, deadline)
-        stream.content_type = str(response.headers.get("Content-Type", ""))
+        stream = ReplyStream(self.url, sized(answer), open_again, deadline)
+        stream.content_type = str(answer.headers.get("Content-Type", ""))
         return stream
 
     def download(self, stream: ReplyStream, *, as_view: bool = False) -> Encoding:
@@ -338,7 +321,8 @@ class Remote:
             if len(stream) > self.max_reply:
                 raise RemoteError(
                     self.url,
-                    f"announced a result of {len(stream)} bytes, over max_reply ({self.max_reply}); raise it with Remote(url, max_reply=...)",
+                    f"announced a result of {len(stream)} bytes, over max_reply ({self.max_reply}); "
+                    "raise it with Remote(url, max_reply=...)",
                 )
             if as_view and not with_text:
                 return stream.read_all()
@@ -381,14 +365,13 @@ class Remote:
                 a sample count in ``[0, 2**53]`` and finite metrics, or did not arrive
                 before ``deadline``.
         """
-        body, mimetype = _body(payload)
+        body, mimetype = _request_body(payload)
         deadline = deadline or Deadline.within(timeout or self.timeout)
-        answer = self._json(
-            "POST",
+        answer = self.post_json(
             f"/{repetition}/evaluate",
-            deadline,
+            body,
+            deadline=deadline,
             what="the evaluation",
-            data=body,
             headers=_headers(specs, mimetype, config),
             timeout=timeout or self.timeout,
         )
@@ -405,9 +388,67 @@ class Remote:
             ) from None
         return {"samples": samples, "metrics": metrics}
 
+    def post_json(
+        self,
+        target: str,
+        body: Body,
+        *,
+        deadline: Deadline,
+        what: str,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """POST ``body`` to ``target`` (e.g. ``"/3/secagg/keys"``); the device's JSON answer, parsed.
+
+        For JSON exchanges beyond a round's (secure aggregation's phases). ``headers`` default to
+        ``Content-Type: application/json``; ``what`` names the exchange in errors. The answer is read
+        before ``deadline``; its head is awaited ``timeout`` seconds (default: what ``deadline`` leaves).
+
+        Raises:
+            SpecsMismatch, RemoteBusy, PayloadRejected, TrainingFailed: the device's
+                refusal, as for :meth:`submit` (the error's ``detail`` holds its JSON object).
+            RemoteUnavailable, RemoteTimeout: as for :meth:`info`.
+            RemoteError: another refusal, a status other than 200, an answer over
+                ``MAX_JSON`` bytes, or one that is not JSON.
+        """
+        if headers is None:
+            headers = {"Content-Type": "application/json"}
+        return self._json("POST", target, deadline, what=what, headers=headers, body=body, timeout=timeout)
+
+    def get_json(self, target: str, *, deadline: Deadline, what: str) -> Any:
+        """GET ``target`` (e.g. ``"/info"``); the device's JSON answer, parsed, read before ``deadline``.
+
+        Raises:
+            RemoteUnavailable, RemoteTimeout, RemoteError: as for :meth:`post_json`.
+        """
+        return self._json("GET", target, deadline, what=what, headers={})
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        *,
+        headers: Mapping[str, str],
+        body: Body | None = None,
+        timeout: float,
+        check: bool = True,
+    ) -> Answer:
+        """One request through the transport; with ``check``, an error status raises the device's refusal.
+
+        Raises:
+            SpecsMismatch, RemoteBusy, TrainingFailed, PayloadRejected, RemoteError: the device's
+                refusal (with ``check``), named by its error code.
+            RemoteUnavailable, RemoteTimeout, RemoteError: from the transport.
+        """
+        answer = self.transport.request(method, target, headers=headers, body=body, timeout=timeout)
+        if check and answer.status >= 400:
+            with answer:
+                self._raise_for(answer)
+        return answer
+
     def close(self) -> None:
-        """Release the session's connections."""
-        self.session.close()
+        """Release the transport's connections (or in-process state)."""
+        self.transport.close()
 
     def __enter__(self) -> Remote:
         return self
@@ -417,96 +458,65 @@ class Remote:
 
     # -- plumbing ----------------------------------------------------------------
 
-    def _json(self, method: str, path: str, deadline: Deadline, *, what: str, **kwargs: Any) -> Any:
+    def _json(
+        self,
+        method: str,
+        target: str,
+        deadline: Deadline,
+        *,
+        what: str,
+        headers: Mapping[str, str],
+        body: Body | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """A JSON answer of at most ``MAX_JSON`` bytes, read before ``deadline``."""
-        kwargs.setdefault("timeout", deadline.request_timeout(self.timeout))
-        response = self._request(method, path, stream=True, **kwargs)
-        if response.status_code != 200:
-            response.close()
-            raise RemoteError(self.url, f"{what} answered HTTP {response.status_code}; expected 200")
-        body = read_capped(response, MAX_JSON, deadline, self.url)
+        if timeout is None:
+            timeout = deadline.request_timeout(self.timeout)
+        answer = self.request(method, target, headers=headers, body=body, timeout=timeout)
+        if answer.status != 200:
+            answer.close()
+            raise RemoteError(self.url, f"{what} answered HTTP {answer.status}; expected 200")
+        body = read_capped(self._readable(answer, deadline), MAX_JSON, deadline, self.url)
         try:
             return json.loads(body)
         except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             raise RemoteError(self.url, f"{what} did not answer JSON: {self.scrub(repr(body[:200]))}") from None
 
-    def _result_response(self, repetition: int, wait: float, timeout: float | None) -> requests.Response | None:
+    def _result_answer(self, repetition: int, wait: float, timeout: float | None) -> Answer | None:
         """``GET {rep}/result?wait=``, its body unread; ``None`` while the device is still working."""
-        response = self._poll("GET", repetition, wait, timeout, stream=True)
-        if response.status_code == 202:
-            response.close()
+        answer = self._poll("GET", repetition, wait, timeout)
+        if answer.status == 202:
+            answer.close()
             return None
-        if response.status_code != 200:
-            response.close()
-            raise RemoteError(
-                self.url, f"answered HTTP {response.status_code} to a result request; expected 200 or 202"
-            )
-        answered = response.headers.get(REPETITION_HEADER)
+        if answer.status != 200:
+            answer.close()
+            raise RemoteError(self.url, f"answered HTTP {answer.status} to a result request; expected 200 or 202")
+        answered = answer.headers.get(REPETITION_HEADER)
         if answered is not None and answered != str(repetition):
-            response.close()
+            answer.close()
             raise RemoteError(self.url, f"answered repetition {_shown(answered)} instead of {repetition}")
-        return response
+        return answer
 
-    def _poll(
-        self, method: str, repetition: int, wait: float, timeout: float | None, **kwargs: Any
-    ) -> requests.Response:
-        """A long-poll of ``{rep}/result``: the read timeout covers the wait."""
+    def _poll(self, method: str, repetition: int, wait: float, timeout: float | None, check: bool = True) -> Answer:
+        """A long-poll of ``{rep}/result``: the timeout covers the wait."""
         read_timeout = timeout if timeout is not None else wait + self.timeout
-        return self._request(
-            method,
-            f"/{repetition}/result",
-            params={"wait": f"{wait:.3f}"},
-            timeout=(min(self.timeout, read_timeout), read_timeout),
-            **kwargs,
+        return self.request(
+            method, f"/{repetition}/result?wait={wait:.3f}", headers={}, timeout=read_timeout, check=check
         )
 
-    def _request(self, method: str, path: str, check: bool = True, **kwargs: Any) -> requests.Response:
-        # Bodies are read here, bounded, never by requests (which reads them whole).
-        kwargs.setdefault("stream", True)
-        kwargs.setdefault("allow_redirects", False)  # a device has no business sending the token elsewhere
-        try:
-            response = self.session.request(method, self.url + path, verify=self.verify, **kwargs)
-        except requests.exceptions.SSLError as exc:
-            detail = self._short(exc)
-            _raise_if_refused_certificate(self.url, detail)
-            if "EOF" in detail or "reset" in detail.lower():  # a device refusing a client certificate may just hang up
-                hint = (
-                    "on this coordinator's certificate (is it signed by the CA the device was given as client_ca?)"
-                    if self.session.cert
-                    else "(if it requires a client certificate, pass cert=(certfile, keyfile) signed by its CA)"
-                )
-                raise RemoteUnavailable(
-                    self.url, f"TLS handshake refused: the device closed the connection {hint}: {detail}"
-                ) from None
-            if "CERTIFICATE_VERIFY_FAILED" in detail or "certificate verify failed" in detail.lower():
-                raise RemoteUnavailable(
-                    self.url,
-                    f"TLS certificate not trusted (pass verify=CA_BUNDLE, the device's certificate or its CA): {detail}",
-                ) from None
-            raise RemoteUnavailable(self.url, f"TLS handshake failed: {detail}") from None
-        except requests.exceptions.ConnectTimeout as exc:
-            raise RemoteTimeout(self.url, f"timed out connecting ({self._short(exc)})") from None
-        except requests.exceptions.Timeout as exc:
-            raise RemoteTimeout(self.url, f"timed out: no answer within the timeout ({self._short(exc)})") from None
-        except requests.exceptions.ConnectionError as exc:
-            _raise_if_refused_certificate(self.url, self._short(exc))
-            if _timed_out(exc):  # a read timeout that exhausted the retries arrives as a ConnectionError
-                raise RemoteTimeout(self.url, f"timed out: no answer within the timeout ({self._short(exc)})") from None
-            if _malformed(exc):  # it connected and answered, but not HTTP a client can read
-                raise RemoteError(self.url, f"answered malformed HTTP ({self._short(exc)})") from None
-            raise RemoteUnavailable(self.url, f"cannot connect: is the device running? ({self._short(exc)})") from None
-        except requests.exceptions.RequestException as exc:
-            raise RemoteError(self.url, self._short(exc)) from None
-        if check and response.status_code >= 400:
-            with response:
-                self._raise_for(response)
-        return response
+    def _readable(self, answer: Answer, deadline: Deadline) -> Any:
+        """``answer`` as :mod:`fedsync.wire.transfer`'s readers and :class:`ReplyStream` read it: an HTTP
+        answer's ``requests.Response`` (its socket read into the caller's buffer, no copy), else via ``readinto``."""
+        if isinstance(answer, HTTPAnswer):
+            return answer.response
+        return _AnswerBody(answer, deadline)
 
-    def _raise_for(self, response: requests.Response) -> None:
-        status = response.status_code
+    def _raise_for(self, answer: Answer) -> None:
+        status = answer.status
         try:
             # At most MAX_ERROR_BODY bytes, read within the timeout: the message is for people.
-            text = read_capped(response, MAX_ERROR_BODY, Deadline.within(self.timeout), self.url, truncate=True)
+            deadline = Deadline.within(self.timeout)
+            text = read_capped(self._readable(answer, deadline), MAX_ERROR_BODY, deadline, self.url, truncate=True)
             detail = json.loads(text)
             code, message = str(detail["error"])[:100], str(detail["message"])[:2000]
         except (ValueError, KeyError, TypeError, RecursionError):
@@ -533,12 +543,29 @@ class Remote:
         error.detail = detail if code != "http_error" and isinstance(detail, dict) else None  # type: ignore[attr-defined]
         raise error
 
-    def _short(self, exc: BaseException) -> str:
-        text = self.scrub(str(exc))
-        return text if len(text) < 300 else text[:300] + "..."
+
+class _AnswerBody:
+    """An :class:`Answer` in the shape :mod:`fedsync.wire.transfer` and :class:`ReplyStream` read
+    (a ``requests``-like response with no socket): each ``read`` is one ``readinto`` under ``deadline``."""
+
+    def __init__(self, answer: Answer, deadline: Deadline) -> None:
+        self.answer = answer
+        self.headers = answer.headers
+        self.deadline = deadline
+        self.raw = self  # what wire.transfer reads and releases
+
+    def read(self, n: int = -1, **_: Any) -> memoryview:
+        piece = memoryview(bytearray(max(n, 0)))
+        return piece[: self.answer.readinto(piece, self.deadline)]
+
+    def release_conn(self) -> None:
+        self.answer.close()
+
+    def close(self) -> None:
+        self.answer.close()
 
 
-def _body(payload: Encoding) -> tuple[Any, str]:
+def _request_body(payload: Encoding) -> tuple[Body, str]:
     if isinstance(payload, str):
         return payload.encode("utf-8"), "text/plain; charset=utf-8"
     return payload, "application/octet-stream"
@@ -549,26 +576,6 @@ def _headers(specs: str, mimetype: str, config: Mapping[str, Any] | None) -> dic
     if config:
         headers[CONFIG_HEADER] = encode_config(config)
     return headers
-
-
-def _timed_out(exc: BaseException) -> bool:
-    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
-    if isinstance(reason, urllib3.exceptions.NewConnectionError):  # refused: a ConnectTimeoutError by inheritance only
-        return False
-    return isinstance(reason, (urllib3.exceptions.TimeoutError, TimeoutError))
-
-
-def _malformed(exc: BaseException) -> bool:
-    """A connection error that is a malformed answer (a status line or headers http.client refused)."""
-    reason = exc.args[0] if exc.args else None
-    reason = getattr(reason, "reason", reason)  # MaxRetryError wraps the ProtocolError
-    if not isinstance(reason, urllib3.exceptions.ProtocolError) or len(reason.args) < 2:
-        return False
-    cause = reason.args[1]
-    # RemoteDisconnected and IncompleteRead are a device that went away, not bad HTTP.
-    return isinstance(cause, http.client.HTTPException) and not isinstance(
-        cause, (ConnectionError, http.client.IncompleteRead)
-    )
 
 
 def _shown(value: Any) -> str:
@@ -583,31 +590,6 @@ def size(payload: Encoding) -> int:
     if isinstance(payload, (Payload, ReplyStream)):
         return len(payload)
     return memoryview(payload).nbytes
-
-
-def _raise_if_refused_certificate(url: str, detail: str) -> None:
-    """A device requiring client certificates (mutual TLS) refused ours, or got none: say which."""
-    lowered = detail.lower()
-    if "certificate required" in lowered or "certificate_required" in lowered:
-        raise RemoteUnavailable(
-            url,
-            f"TLS handshake refused: the device requires a client certificate (pass cert=(certfile, keyfile) signed by its CA): {detail}",
-        )
-    if any(
-        alert in lowered
-        for alert in (
-            "unknown ca",
-            "unknown_ca",
-            "bad certificate",
-            "bad_certificate",
-            "certificate unknown",
-            "certificate_unknown",
-        )
-    ):
-        raise RemoteUnavailable(
-            url,
-            f"TLS handshake refused: the device does not trust this coordinator's certificate (is it signed by the CA the device was given as client_ca?): {detail}",
-        )
 
 
 @hookimpl

@@ -223,22 +223,24 @@ def test_a_broken_actor_answer_is_this_devices_error(answer, reason):
 
     remote = RayRemote("ray://sim-x/device-3", actor=object())
     with pytest.raises(RemoteError, match=reason) as raised:
-        remote._checked(answer)
+        remote.transport.checked(answer)
     assert "ray://sim-x/device-3" in str(raised.value)
-    assert remote._checked((200, [("Content-Length", "2")], BODY, ""))[0] == 200  # and a good one passes
+    assert remote.transport.checked((200, [("Content-Length", "2")], BODY, ""))[0] == 200  # and a good one passes
 
 
 def test_a_reply_read_from_memory_is_not_copied_whole():
     """A Ray result is read out of the object store a piece at a time, never copied whole into the heap."""
     import tracemalloc
 
-    from fedsync.transports.local import MemoryBody
+    from fedsync.transports.base import BytesAnswer
+    from fedsync.wire.transfer import NEVER
 
     content = np.zeros(32 << 20, np.uint8)
     tracemalloc.start()
     try:
-        body = MemoryBody(memoryview(content))
-        pieces = sum(len(body.read(1 << 20)) for _ in range(40))
+        body = BytesAnswer(200, [], memoryview(content))
+        piece = memoryview(bytearray(1 << 20))
+        pieces = sum(body.readinto(piece, NEVER) for _ in range(40))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -21,10 +21,10 @@ def test_a_remote_sends_the_environment_token_to_a_device_that_requires_it(monke
 
 def test_a_given_token_wins_over_the_environment(monkeypatch):
     monkeypatch.setenv("FEDSYNC_TOKEN", "from-env")
-    assert Remote("http://127.0.0.1:1", token="given").session.headers["Authorization"] == "Bearer given"
-    assert Remote("http://127.0.0.1:1").session.headers["Authorization"] == "Bearer from-env"
+    assert Remote("http://127.0.0.1:1", token="given").transport.session.headers["Authorization"] == "Bearer given"
+    assert Remote("http://127.0.0.1:1").transport.session.headers["Authorization"] == "Bearer from-env"
     monkeypatch.delenv("FEDSYNC_TOKEN")
-    assert "Authorization" not in Remote("http://127.0.0.1:1").session.headers
+    assert "Authorization" not in Remote("http://127.0.0.1:1").transport.session.headers
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "sec\x07ret", "sécret"])

@@ -7,7 +7,7 @@ on its stdin, writing the answers as frames on its stdout:
 
 - ``{"id", "device", "method", "path", "query", "headers", "timeout"}`` + body:
   the request is answered by that device's own WSGI application (a
-  :class:`~fedsync.transports.local.LocalRemote` built from ``device_fn(device)`` on first
+  :class:`~fedsync.transports.local.LocalTransport` built from ``device_fn(device)`` on first
   use), exactly as in-process; the answer is ``{"id", "status", "headers"}`` +
   body, or ``{"id", "error", "timeout"}`` when the device could not answer.
 - ``{"op": "release", "device"}``: drop that device's state.
@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 from ...device.app import DEFAULT_MAX_CONTENT_LENGTH
 from ...errors import RemoteError, RemoteTimeout
 from .. import device_functions
-from ..local import LocalRemote, TrainingPool
+from ..local import LocalTransport, TrainingPool
 from ._frames import FrameError, read_frame, write_frame
 
 __all__ = ["main"]
@@ -51,32 +51,31 @@ class _Worker:
         self.write_lock = threading.Lock()
         self.max_content_length = max_content_length
         self.pool = TrainingPool(1)
-        self.devices: dict[int, LocalRemote] = {}
+        self.devices: dict[int, LocalTransport] = {}
         self.requests = concurrent.futures.ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="fedsync-worker")
 
-    def device(self, device_id: int) -> LocalRemote:
-        """The device's in-process remote; its FedData is built on its first request (not here, on the reader)."""
-        remote = self.devices.get(device_id)
-        if remote is None:
-            remote = LocalRemote(
+    def device(self, device_id: int) -> LocalTransport:
+        """The device's in-process transport; its FedData is built on its first request (not here, on the reader)."""
+        transport = self.devices.get(device_id)
+        if transport is None:
+            transport = LocalTransport(
                 f"local://device-{device_id}",
-                device=functools.partial(self.device_fn, device_id),
+                functools.partial(self.device_fn, device_id),
                 pool=self.pool,
-                timeout=3600,
                 max_content_length=self.max_content_length,
             )
-            self.devices[device_id] = remote
-        return remote
+            self.devices[device_id] = transport
+        return transport
 
     def handle(self, header: dict[str, Any], body: bytes) -> None:
         """The answer to one request: the device's, or why it could not answer."""
         request_id = header.get("id")
         try:
-            remote = header["remote"]
-            status, headers, content = remote._exchange(
+            transport = header["transport"]
+            query = str(header.get("query", ""))
+            status, headers, content = transport.call(
                 str(header["method"]),
-                str(header["path"]),
-                str(header.get("query", "")),
+                str(header["path"]) + (f"?{query}" if query else ""),
                 {str(k): str(v) for k, v in dict(header.get("headers") or {}).items()},
                 body,
                 float(header["timeout"]),
@@ -109,7 +108,7 @@ class _Worker:
                 # On the reader, in pipe order: a later request for this device builds it afresh.
                 self.devices.pop(device_id, None)
                 continue
-            header["remote"] = self.device(device_id)
+            header["transport"] = self.device(device_id)
             self.requests.submit(self.handle, header, body)
 
 

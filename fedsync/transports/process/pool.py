@@ -5,8 +5,8 @@ Python holds the GIL, so threads take turns; processes train side by side.
 A :class:`ProcessPool` runs ``workers`` processes (``python -m
 fedsync.transports.process._worker``), each importing ``device_fn`` *by name* (a
 module-level function: ``"module:function"``) and holding the devices sampled
-onto it. A :class:`ProcessRemote` is a :class:`~fedsync.transports.local.LocalRemote`
-whose requests go, as raw bytes in length-prefixed frames over a pipe
+onto it. A :class:`ProcessRemote` is a :class:`~fedsync.transports.remote.Remote` over a
+:class:`ProcessTransport`, whose requests go, as raw bytes in length-prefixed frames over a pipe
 (:mod:`fedsync.transports.process._frames`), to the device's WSGI application in its worker: the
 same round, codec and checks as in-process and over HTTP. Nothing is pickled.
 
@@ -30,17 +30,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...device.app import DEFAULT_MAX_CONTENT_LENGTH
 from ...errors import RemoteError, RemoteTimeout
 from .. import device_functions
-from ..local import LocalRemote
-from ..remote import MAX_REPLY
+from ..base import Body, BytesAnswer, Transport, body_bytes
+from ..remote import MAX_REPLY, Remote
 from ._frames import MAX_HEADER, FrameError, frame_head, read_frame
 
-__all__ = ["ProcessPool", "ProcessRemote", "process_remotes"]
+__all__ = ["ProcessPool", "ProcessRemote", "ProcessTransport", "process_remotes"]
 
 MAX_ANSWER_HEADERS = 100
 """The most HTTP headers an answer may carry (a device sends about five)."""
@@ -371,66 +371,94 @@ def _worker_environment() -> dict[str, str]:
     return env
 
 
-def _in_a_worker() -> Any:
-    raise RuntimeError("a ProcessRemote's device is built in its worker process, not here")
+class ProcessTransport(Transport):
+    """Requests to device ``device_id``, answered in one of a :class:`ProcessPool`'s workers.
+
+    The device is placed on the least loaded worker by its first request and stays
+    there until :meth:`release`.
+    """
+
+    def __init__(self, url: str, device_id: int, processes: ProcessPool) -> None:
+        self.url = url
+        self.device_id = device_id
+        self.processes = processes
+        self.process: _Process | None = None
+        self.lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ProcessTransport({self.url!r})"
+
+    def request(
+        self, method: str, target: str, *, headers: Mapping[str, str], body: Body | None = None, timeout: float
+    ) -> BytesAnswer:
+        """The device's answer from its worker, every field checked (see :meth:`_Process.call`)."""
+        with self.lock:
+            if self.process is None:
+                try:
+                    self.process = self.processes.place()
+                except RuntimeError as exc:
+                    raise RemoteError(self.url, str(exc)) from None
+            process = self.process
+        path, _, query = target.partition("?")
+        request = {
+            "device": self.device_id,
+            "method": method,
+            "path": path,
+            "query": query,
+            "headers": {str(k): str(v) for k, v in headers.items()},
+            "timeout": timeout,
+        }
+        return BytesAnswer(*process.call(self.url, request, body_bytes(body), timeout))
+
+    def release(self) -> None:
+        """Drop the device's state in its worker (it is built again when next used)."""
+        with self.lock:
+            process, self.process = self.process, None
+        if process is not None:
+            self.processes.unplace(process)
+            process.release(self.device_id)
 
 
-class ProcessRemote(LocalRemote):
+class ProcessRemote(Remote):
     """A device built by ``device_fn(device_id)`` in one of a :class:`ProcessPool`'s workers (``local://NAME``).
+
+    A :class:`~fedsync.transports.remote.Remote` over a :class:`ProcessTransport`.
 
     Args:
         url: ``"local://NAME"``.
         device_id: the argument given to ``device_fn`` in the worker.
         processes: the pool it runs on.
         timeout, max_reply: as for :class:`~fedsync.transports.local.LocalRemote`.
+
+    Raises:
+        ValueError: not a ``local://`` URL, or a bad timeout.
     """
+
+    transport: ProcessTransport
 
     def __init__(
         self, url: str, device_id: int, processes: ProcessPool, *, timeout: float = 30.0, max_reply: int = MAX_REPLY
     ) -> None:
-        super().__init__(url, device=_in_a_worker, timeout=timeout, max_reply=max_reply)
-        self.device_id = device_id
-        self._processes = processes
-        self._process: _Process | None = None
+        if not isinstance(url, str) or not url.startswith("local://") or not url[len("local://") :].strip("/"):
+            raise ValueError(f"ProcessRemote URL must be local://NAME, got {url!r}")
+        url = url.rstrip("/")
+        self.name = url[len("local://") :]
+        transport = ProcessTransport(url, device_id, processes)
+        super().__init__(url, timeout=timeout, max_reply=max_reply, transport=transport)
 
-    def __repr__(self) -> str:
-        return f"ProcessRemote({self.url!r})"
+    @property
+    def device_id(self) -> int:
+        """The argument given to ``device_fn`` in the worker."""
+        return self.transport.device_id
 
     @property
     def materialized(self) -> bool:
         """Whether the device is placed on a worker (its state may exist there)."""
-        return self._process is not None
-
-    def app(self) -> Any:
-        raise RuntimeError(f"{self.url} runs in a worker process; its application is not in this one")
-
-    def _exchange(
-        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes, timeout: float
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        with self._lock:
-            if self._process is None:
-                try:
-                    self._process = self._processes.place()
-                except RuntimeError as exc:
-                    raise RemoteError(self.url, str(exc)) from None
-            process = self._process
-        request = {
-            "device": self.device_id,
-            "method": method,
-            "path": path,
-            "query": query,
-            "headers": headers,
-            "timeout": timeout,
-        }
-        return process.call(self.url, request, body, timeout)
+        return self.transport.process is not None
 
     def release(self) -> None:
         """Drop the device's state in its worker (it is built again when next used)."""
-        with self._lock:
-            process, self._process = self._process, None
-        if process is not None:
-            self._processes.unplace(process)
-            process.release(self.device_id)
+        self.transport.release()
 
 
 def process_remotes(processes: ProcessPool, num_devices: int, *, timeout: float = 30.0) -> list[ProcessRemote]:
