@@ -192,7 +192,10 @@ def _add_serve(commands: Any) -> None:
     )
     parser.add_argument(
         "--peer-ca", metavar="PEM",
-        help="signed secure aggregation: sign this device's keys with --certfile's key and believe only peers whose device certificate this CA signed",
+        help=(
+            "signed secure aggregation: sign this device's keys with --certfile's "
+            "key and believe only peers whose device certificate this CA signed"
+        ),
     )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     parser.set_defaults(run=_run_serve)
@@ -314,7 +317,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             f"{args.target} is a {type(data).__name__}, not a FedData or a dict of them; "
             "e.g. in device.py: data = fedsync.FedArrays(weights, train)"
         )
-    context = _ssl_context(args.certfile, args.keyfile)
+    context: ssl.SSLContext | tuple[str, str] | None = _ssl_context(args.certfile, args.keyfile)
     if args.client_ca is not None and not Path(args.client_ca).is_file():
         raise UsageError(f"client CA file not found: {args.client_ca}; make one with: fedsync certs init DIR")
     if args.peer_ca is not None:
@@ -322,12 +325,11 @@ def _run_serve(args: argparse.Namespace) -> int:
             raise UsageError(f"peer CA file not found: {args.peer_ca}; make one with: fedsync certs init DIR")
         if context is None:
             raise UsageError(
-                "--peer-ca needs --certfile and --keyfile: the device signs its secure-aggregation keys with its certificate's key"
+                "--peer-ca needs --certfile and --keyfile: the device signs "
+                "its secure-aggregation keys with its certificate's key"
             )
-        context = (
-            args.certfile,
-            args.keyfile or args.certfile,
-        )  # checked above; serve() also needs the files to sign with
+        # checked above; serve() also needs the files to sign with
+        context = (args.certfile, args.keyfile or args.certfile)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -352,6 +354,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise CommandError(_bind_error(exc, args.host, args.port)) from None
     except ValueError as exc:  # e.g. a negative --max-content-length
         raise UsageError(str(exc)) from None
+    assert server is not None  # serve(block=False) returns the running server; None only when it blocks
     url = server.url
     print(f"serving {url}", flush=True)
     if isinstance(data, Mapping):
@@ -404,7 +407,8 @@ FEDSYNC_LOAD_PLUGINS (comma-separated entry-point names) limits which load.
 
 def _add_plugins(commands: Any) -> None:
     parser = commands.add_parser(
-        "plugins", help="list the installed adapters and transports", description=PLUGINS_HELP, formatter_class=_Formatter,
+        "plugins", help="list the installed adapters and transports", description=PLUGINS_HELP,
+        formatter_class=_Formatter,
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(run=_run_plugins)
@@ -433,7 +437,8 @@ def _run_plugins(args: argparse.Namespace) -> int:
     schemes = [
         {
             "scheme": t["scheme"],
-            "class": f"{getattr(t['factory'], '__module__', '?')}.{getattr(t['factory'], '__qualname__', repr(t['factory']))}",
+            "class": f"{getattr(t['factory'], '__module__', '?')}."
+            f"{getattr(t['factory'], '__qualname__', repr(t['factory']))}",
             "plugin": t["plugin"],
             "package": f"{t['package']} {t['version']}" if t.get("package") else "-",
         }

@@ -62,7 +62,8 @@ def add_certs_command(commands: Any) -> None:
                 cert, key = certs.issue_device(args.folder, args.host, name=args.name)
                 print(f"device certificate: {cert}\ndevice key: {key}")
                 print(
-                    f"serve with: fedsync serve MODULE:ATTR --certfile {cert} --keyfile {key} --client-ca {args.folder.rstrip('/')}/ca.pem"
+                    f"serve with: fedsync serve MODULE:ATTR --certfile {cert} "
+                    f"--keyfile {key} --client-ca {args.folder.rstrip('/')}/ca.pem"
                 )
             else:
                 cert, key = certs.issue_coordinator(args.folder, name=args.name)

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import PayloadRejected
 
@@ -28,9 +29,10 @@ def without_addresses(text: str) -> str:
     return _ADDRESS.sub("", text)
 
 
-def check_fit(arrays: Mapping[str, object], shapes: Mapping[str, tuple[int, ...]], what: str) -> None:
+def check_fit(arrays: Mapping[str, npt.ArrayLike], shapes: Mapping[str, tuple[int, ...]], what: str) -> None:
     """Check ``arrays`` has exactly the names of ``shapes`` and each its shape, before anything is written.
 
+    ``arrays``: anything ``np.shape`` reads (numpy arrays, framework tensors), by name.
     ``what`` names the model's entries in messages, e.g. ``"tensor"`` or ``"weight"``.
 
     Raises:

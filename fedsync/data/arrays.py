@@ -24,7 +24,7 @@ from ..wire import codec, compression
 from ..wire.config import Config, takes_extra
 from ..wire.metrics import MAX_SAMPLES, checked_metrics, checked_samples, parse_counted, weighted_means
 from ..wire.replies import ReplyStream
-from ..wire.shapes import MergeReport
+from ..wire.shapes import DeviceReport, MergeReport
 from . import proximal
 
 __all__ = ["FedArrays", "fingerprint", "TrainResult", "SAMPLES_KEY", "METRICS_KEY", "SPECS_KEY"]
@@ -119,6 +119,7 @@ class FedArrays(FedData):
             raise TypeError(
                 f"evaluate must be a function evaluate(model) -> samples or (samples, metrics), got {evaluate!r}"
             )
+        items: list[tuple[str | int, object]]
         if isinstance(arrays, Mapping):
             items = list(arrays.items())
         elif isinstance(arrays, (list, tuple)):
@@ -306,17 +307,18 @@ class FedArrays(FedData):
                 )
         self.set_arrays(merged)
         del merged
-        devices = [{"samples": samples, "metrics": metrics} for samples, metrics in kept]
-        self.last_merge = {
+        devices: list[DeviceReport] = [{"samples": samples, "metrics": metrics} for samples, metrics in kept]
+        report: MergeReport = {
             "samples": sum(d["samples"] for d in devices),
             "metrics": weighted_means(devices),
             "devices": devices,
         }
+        self.last_merge = report
         # The merged arrays stand for every sample behind them: a checkpoint restored
         # with merge([saved]) then weighs correctly.
         # Capped: the payload carries it, and peers accept at most MAX_SAMPLES.
-        self.samples = min(self.last_merge["samples"], MAX_SAMPLES)
-        self.metrics = self.last_merge["metrics"]
+        self.samples = min(report["samples"], MAX_SAMPLES)
+        self.metrics = report["metrics"]
 
     def _fold(
         self, encodings: Iterable[Any], accumulator: Accumulator
@@ -387,7 +389,7 @@ class FedArrays(FedData):
             # piece is added, spoils it (the kept replies are summed again without this one).
             folded = True
             accumulator.start(samples)
-            buffer = memoryview(np.empty(_PIECE, np.uint8))
+            buffer = np.empty(_PIECE, np.uint8).data
             for name, first, values in codec.read_pieces(encoding.readinto, header, buffer):
                 if values.dtype.kind == "f" and not np.isfinite(values).all():
                     raise PayloadRejected(f"array {name!r} contains NaN or infinity")

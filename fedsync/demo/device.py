@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return len(shard.y), {"loss": loss, "accuracy": accuracy}
 
     server = serve(backend.fed(backend.build(args.seed), train), host=args.host, port=0, block=False)
+    assert server is not None  # serve(block=False) returns the running server; None only when it blocks
     print(f"READY {server.url} {os.getpid()}", flush=True)
     # Nobody reads our stdout after READY: anything a framework prints later goes to the log.
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

@@ -91,13 +91,14 @@ class Fleet:
     def wait_ready(self, timeout: float = 180.0) -> list[str]:
         """Wait until every device serves; their URLs."""
         deadline = time.monotonic() + timeout
-        waiting = {d.process.stdout: d for d in self.devices}
+        waiting = {stream: d for d in self.devices if (stream := d.process.stdout) is not None}  # always a pipe
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 slow = next(iter(waiting.values()))
                 raise DemoError(
-                    f"device {slow.index} (pid {slow.pid}) did not start within {timeout:g}s; its log:\n{slow.log_tail()}"
+                    f"device {slow.index} (pid {slow.pid}) did not start "
+                    f"within {timeout:g}s; its log:\n{slow.log_tail()}"
                 )
             ready, _, _ = select.select(list(waiting), [], [], remaining)
             for stream in ready:

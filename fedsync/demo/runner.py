@@ -123,7 +123,8 @@ def run(config: DemoConfig, out: TextIO | None = None) -> dict[str, Any]:
     except RoundFailed as exc:
         needs = str(exc).split(";")[0]
         raise DemoError(
-            f"--strategy {config.strategy} cannot run on {config.devices} devices: {needs}; pass more --devices, or another --strategy"
+            f"--strategy {config.strategy} cannot run on {config.devices} "
+            f"devices: {needs}; pass more --devices, or another --strategy"
         ) from None
     backend_cls = backend_class(config.adapter)
     split = load_split(config.devices, config.alpha, config.seed)
@@ -151,7 +152,8 @@ def _run(
     )
     if config.adapter == "auto":
         say(
-            f"adapter: {backend_cls.name}, picked by --adapter auto as the fastest installed; {_others(backend_cls.name)}"
+            f"adapter: {backend_cls.name}, picked by --adapter auto "
+            f"as the fastest installed; {_others(backend_cls.name)}"
         )
     say(
         f"data: scikit-learn digits, {len(split.y_test)} held out for testing, the rest split non-IID "
@@ -170,7 +172,7 @@ def _run(
         data.strategy = strategy
         urls = fleet.wait_ready()
         say(f"devices ready in {time.monotonic() - started:.1f}s:")
-        for device, shard in zip(fleet.devices, split.shards):
+        for device, shard in zip(fleet.devices, split.shards, strict=True):  # one device per shard
             counts = shard.label_counts()
             say(device_line(device.index, device.url, device.pid, counts))
             device_rows.append({"url": device.url, "pid": device.pid, "samples": len(shard.y), "labels": counts})
@@ -188,7 +190,8 @@ def _run(
     epochs = config.rounds * config.local_epochs
     say()
     say(
-        f"training the baselines, the same model for {epochs} epochs: on all data pooled, then on each device's alone ..."
+        f"training the baselines, the same model for {epochs} "
+        "epochs: on all data pooled, then on each device's alone ..."
     )
     progress.step("baseline: central")
     central = _train_alone(backend, split, split.pooled(), epochs, config.seed)

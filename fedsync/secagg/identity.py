@@ -127,7 +127,8 @@ class Identity:
             roots = x509.load_pem_x509_certificates(open(peer_ca, "rb").read())
         except ValueError as exc:
             raise ValueError(
-                f"peer_ca {os.fspath(peer_ca)!r} holds no PEM certificate ({exc}); give the ca.pem made by `fedsync certs init`"
+                f"peer_ca {os.fspath(peer_ca)!r} holds no PEM certificate "
+                f"({exc}); give the ca.pem made by `fedsync certs init`"
             ) from None
         self.store = verification.Store(roots)
         try:
@@ -135,13 +136,18 @@ class Identity:
             key = serialization.load_pem_private_key(open(keyfile, "rb").read(), password=None)
         except (ValueError, TypeError) as exc:
             raise ValueError(
-                f"cannot load the device certificate {os.fspath(certfile)!r} and key {os.fspath(keyfile)!r} for signing ({exc})"
+                f"cannot load the device certificate {os.fspath(certfile)!r} "
+                f"and key {os.fspath(keyfile)!r} for signing ({exc})"
             ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
             raise ValueError(
-                f"signed secure aggregation needs an ECDSA P-256 device key (as `fedsync certs device` makes); {os.fspath(keyfile)!r} holds {type(key).__name__}"
+                "signed secure aggregation needs an ECDSA P-256 device key "
+                f"(as `fedsync certs device` makes); {os.fspath(keyfile)!r} holds {type(key).__name__}"
             )
-        if key.public_key().public_numbers() != certificate.public_key().public_numbers():
+        certified = certificate.public_key()
+        if not isinstance(certified, ec.EllipticCurvePublicKey) or (
+            key.public_key().public_numbers() != certified.public_numbers()
+        ):
             raise ValueError(
                 f"the key {os.fspath(keyfile)!r} does not belong to the certificate {os.fspath(certfile)!r}"
             )
@@ -149,7 +155,8 @@ class Identity:
         self.certificate_der = certificate.public_bytes(serialization.Encoding.DER)
         if len(self.certificate_der) > MAX_CERTIFICATE:
             raise ValueError(
-                f"the device certificate is {len(self.certificate_der)} bytes (DER); peers take at most {MAX_CERTIFICATE}"
+                f"the device certificate is {len(self.certificate_der)} "
+                f"bytes (DER); peers take at most {MAX_CERTIFICATE}"
             )
         try:
             self.me = self.verify_peer(self.certificate_der)
@@ -193,7 +200,8 @@ class Identity:
         usage = _extension(certificate, x509.KeyUsage)
         if usage is None or not usage.digital_signature:
             raise ValueError(
-                f"certificate {_name_of(certificate)} does not allow digitalSignature (key usage); a device certificate signs its keys"
+                f"certificate {_name_of(certificate)} does not allow "
+                "digitalSignature (key usage); a device certificate signs its keys"
             )
         return Peer(certificate)
 
@@ -266,7 +274,8 @@ def _first_name(certificate: Any) -> Any:
     names = _extension(certificate, x509.SubjectAlternativeName)
     if names is None:
         raise ValueError(
-            f"certificate {_name_of(certificate)} has no subjectAltName; device certificates name their host (`fedsync certs device --host`)"
+            f"certificate {_name_of(certificate)} has no subjectAltName; device "
+            "certificates name their host (`fedsync certs device --host`)"
         )
     for address in names.get_values_for_type(x509.IPAddress):
         if isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
@@ -309,7 +318,11 @@ def _public_key(certificate: Any) -> Any:
 
 
 def _extension(certificate: Any, kind: Any) -> Any:
-    """The value of ``certificate``'s extension ``kind``, ``None`` if absent; ValueError if its extensions do not parse."""
+    """The value of ``certificate``'s extension ``kind``, ``None`` if absent.
+
+    Raises:
+        ValueError: the certificate's extensions do not parse.
+    """
     from cryptography import x509
 
     try:

@@ -131,7 +131,8 @@ def decrypt_share(key: bytes, rep: int, sender: int, receiver: int, blob: bytes)
         plain = AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], _associated(rep, sender, receiver))
     except InvalidTag:
         raise ValueError(
-            f"the share from device {sender} does not decrypt (altered, or not for repetition {rep} and device {receiver})"
+            f"the share from device {sender} does not decrypt (altered, "
+            f"or not for repetition {rep} and device {receiver})"
         ) from None
     if len(plain) != SHARE_PLAINTEXT:
         raise ValueError(f"the share from device {sender} holds {len(plain)} bytes; expected {SHARE_PLAINTEXT}")

@@ -75,10 +75,10 @@ def input_vector(
 
 def apply_masks(vector: np.ndarray, masks: Iterable[tuple[bytes, int]]) -> None:
     """Add ``sign * PRG(key)`` to ``vector`` in place (mod 2**64) for each ``(key, sign)``, sign ±1."""
-    masks = [(Stream(key), sign) for key, sign in masks]
+    streams = [(Stream(key), sign) for key, sign in masks]
     for first in range(0, vector.size, CHUNK):
         part = vector[first : first + CHUNK]
-        for stream, sign in masks:
+        for stream, sign in streams:
             (np.add if sign > 0 else np.subtract)(part, stream.take(part.size), out=part)
 
 
@@ -101,7 +101,8 @@ def decode_sum(
     samples = int(total[-1])
     if not 0 < samples <= bound:
         raise ValueError(
-            f"the unmasked sample count is {samples}; expected 1 to {bound}: every device reported 0 samples, or the masks did not cancel"
+            f"the unmasked sample count is {samples}; expected 1 to {bound}: "
+            "every device reported 0 samples, or the masks did not cancel"
         )
     merged: dict[str, np.ndarray] = {}
     offset = 0

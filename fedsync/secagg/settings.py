@@ -59,7 +59,8 @@ class SecAgg:
             or not MIN_THRESHOLD <= self.threshold <= MAX_DEVICES
         ):
             raise ValueError(
-                f"threshold must be an integer from {MIN_THRESHOLD} to {MAX_DEVICES} (or None: a majority), got {self.threshold!r}"
+                f"threshold must be an integer from {MIN_THRESHOLD} to "
+                f"{MAX_DEVICES} (or None: a majority), got {self.threshold!r}"
             )
         if isinstance(self.clip, bool) or not isinstance(self.clip, (int, float)) or not 0 < self.clip < math.inf:
             raise ValueError(f"clip must be a positive finite number (the largest |update element|), got {self.clip!r}")
@@ -83,7 +84,9 @@ class SecAgg:
 
 
 def threshold_range(devices: int) -> tuple[int, int]:
-    """The ``t`` a device accepts in a round of ``devices`` devices: a majority, at least :data:`MIN_THRESHOLD`, at most ``devices``.
+    """The ``t`` a device accepts in a round of ``devices`` devices.
+
+    At least a majority and :data:`MIN_THRESHOLD`, at most ``devices``.
 
     A majority, because two disjoint groups of ``t`` devices would otherwise exist: a
     coordinator could tell one group that device ``u`` survived (shares of ``b_u``) and the

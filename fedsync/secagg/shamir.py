@@ -39,7 +39,7 @@ def split(secret: bytes, threshold: int, count: int) -> dict[int, bytes]:
     shamir = _shamir()
     low = shamir.split(threshold, count, secret[:HALF])
     high = shamir.split(threshold, count, secret[HALF:])
-    return {i: a + b for (i, a), (j, b) in zip(low, high) if i == j}
+    return {i: a + b for (i, a), (j, b) in zip(low, high, strict=True) if i == j}  # count shares each
 
 
 def combine(shares: list[tuple[int, bytes]]) -> bytes:
@@ -78,7 +78,8 @@ def recover(
             break
     if good is None:
         raise Unrecoverable(
-            f"no {threshold} of the {len(indices)} shares from devices {indices} rebuild a secret that matches its commitment"
+            f"no {threshold} of the {len(indices)} shares from devices "
+            f"{indices} rebuild a secret that matches its commitment"
         )
     base = [(i, shares[i]) for i in good[: threshold - 1]]
     false = [i for i in indices if i not in good and not check(combine([*base, (i, shares[i])]))]
@@ -88,7 +89,7 @@ def recover(
 def _subsets(indices: list[int], size: int, seed: int):
     yield tuple(indices[:size])
     everything = combinations(indices, size)
-    first = [s for _, s in zip(range(ATTEMPTS + 1), everything)]
+    first = [s for _, s in zip(range(ATTEMPTS + 1), everything, strict=False)]  # at most ATTEMPTS + 1, on purpose
     if len(first) <= ATTEMPTS:  # few enough to try them all
         yield from first[1:]
         return

@@ -25,7 +25,7 @@ import math
 import reprlib
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
 
@@ -169,6 +169,18 @@ def encode_payload(arrays: Mapping[str, Any] | Sequence[Any], metadata: Mapping[
     return Payload(encode_frames(arrays, metadata))
 
 
+@overload
+def read_exactly(
+    readinto: Callable[[memoryview], int | None], length: int, *, as_view: Literal[True], into: np.ndarray | None = None
+) -> memoryview: ...
+
+
+@overload
+def read_exactly(
+    readinto: Callable[[memoryview], int | None], length: int, *, as_view: bool = False, into: np.ndarray | None = None
+) -> bytearray | memoryview: ...
+
+
 def read_exactly(
     readinto: Callable[[memoryview], int | None], length: int, *, as_view: bool = False, into: np.ndarray | None = None
 ) -> bytearray | memoryview:
@@ -178,11 +190,9 @@ def read_exactly(
     fewer page faults than a zero-filled bytearray) and returns a memoryview;
     ``into`` (a uint8 array of ``length`` bytes) is filled instead of a new one.
     """
-    if into is not None:
-        as_view = True
-    else:
-        into = np.empty(length, np.uint8) if as_view else None
-    buffer: bytearray | memoryview = memoryview(into) if as_view else bytearray(length)
+    if into is None and as_view:
+        into = np.empty(length, np.uint8)
+    buffer: bytearray | memoryview = into.data if into is not None else bytearray(length)
     view = memoryview(buffer)
     got = 0
     while got < length and (n := readinto(view[got:])):
@@ -230,7 +240,7 @@ def _wire_array(name: str, value: Any) -> np.ndarray:
 def _raw_bytes(array: np.ndarray) -> memoryview:
     # memoryview(array).cast("B") fails on some 0-d and empty shapes; a flat uint8
     # view of a contiguous array is always possible and still shares its memory.
-    return memoryview(array.reshape(-1).view(np.uint8))
+    return array.reshape(-1).view(np.uint8).data
 
 
 def _header_frame(header: dict[str, Any]) -> bytes:
@@ -241,7 +251,8 @@ def _header_frame(header: dict[str, Any]) -> bytes:
     size = len(text) + (-len(text) % 8)
     if size > HEADER_LIMIT:
         raise CodecError(
-            f"header is {size} bytes, more than HEADER_LIMIT ({HEADER_LIMIT}); raise fedsync.wire.codec.HEADER_LIMIT for a model of that many tensors"
+            f"header is {size} bytes, more than HEADER_LIMIT ({HEADER_LIMIT}); "
+            "raise fedsync.wire.codec.HEADER_LIMIT for a model of that many tensors"
         )
     return _LENGTH.pack(size) + text.ljust(size, b" ")
 
@@ -326,7 +337,8 @@ def read_pieces(
         per_piece = len(buffer) // itemsize
         if per_piece < 1:
             raise CodecError(
-                f"buffer of {len(buffer)} bytes cannot hold one {tensor.dtype} element; give read_pieces a buffer of at least 8 bytes"
+                f"buffer of {len(buffer)} bytes cannot hold one {tensor.dtype} "
+                "element; give read_pieces a buffer of at least 8 bytes"
             )
         count = (tensor.end - tensor.begin) // itemsize
         for first in range(0, count, per_piece):
@@ -367,7 +379,8 @@ def _header_length(prefix: memoryview, payload_size: int, limit: int | None = No
     (length,) = _LENGTH.unpack(prefix[: _LENGTH.size])
     if limit is None and length > HEADER_LIMIT:
         raise CodecError(
-            f"header length {length} exceeds HEADER_LIMIT ({HEADER_LIMIT}); raise fedsync.wire.codec.HEADER_LIMIT for a model of that many tensors"
+            f"header length {length} exceeds HEADER_LIMIT ({HEADER_LIMIT}); raise "
+            "fedsync.wire.codec.HEADER_LIMIT for a model of that many tensors"
         )
     if limit is not None and length > limit:
         raise CodecError(f"header length {length} exceeds the {limit} bytes a payload of this model's layout can need")

@@ -64,7 +64,8 @@ def pack(arrays: Mapping[str, np.ndarray], wire_dtype: str) -> tuple[dict[str, n
             continue
         if not np.isfinite(a).all():
             raise ValueError(
-                f"array {name!r} contains NaN or infinity, which a payload never carries; check the training that produced it"
+                f"array {name!r} contains NaN or infinity, which a payload "
+                "never carries; check the training that produced it"
             )
         if wire_dtype == "float16":
             peak = float(np.abs(a).max()) if a.size else 0.0

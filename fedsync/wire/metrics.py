@@ -124,7 +124,8 @@ def parse_counted(value: Any, what: str = "train(model)") -> tuple[int, dict[str
         TypeError: ``value`` is not a sample count, optionally with a dict of metrics.
         ValueError: the count is over ``MAX_SAMPLES`` or a metric is not a finite number.
     """
-    returned, metrics = value, {}
+    returned = value
+    metrics: Any = {}  # checked below: a Mapping of finite numbers, or TypeError
     if isinstance(value, tuple) and len(value) == 2:
         value, metrics = value
     is_count = isinstance(value, int) or type(value).__name__.startswith(("int", "uint"))

@@ -161,7 +161,7 @@ def release(response: Any) -> None:
     """Done with ``response``: its connection back to the pool if the body was read to its end, else closed."""
     raw = getattr(response, "raw", None)
     source = getattr(raw, "_fp", None)
-    if source is not None and source.isclosed() and hasattr(raw, "release_conn"):
+    if raw is not None and source is not None and source.isclosed() and hasattr(raw, "release_conn"):
         raw.release_conn()
     else:
         response.close()
