@@ -7,7 +7,6 @@ The HTTP transport lives in :mod:`fedsync.transports.remote`, the ``fit`` callba
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import os
 import queue
@@ -23,6 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .. import plugins
+from .._util.checks import at_least_one, is_int, positive_seconds
 from .._util.workers import Workers, concurrently
 from ..dashboard import app as dashboard_app
 from ..errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch, failure_reason
@@ -166,29 +166,20 @@ class Federated:
             share = None
         if share is None or not 0 < share <= 1:
             raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
-        if min_results is not None and (
-            isinstance(min_results, bool)
-            or not isinstance(min_results, int)
-            or not 1 <= min_results <= len(self.remotes)
-        ):
+        if min_results is not None and (not is_int(min_results) or not 1 <= min_results <= len(self.remotes)):
             raise ValueError(
                 f"min_results must be an integer between 1 and the number of remotes ({len(self.remotes)}), got "
                 f"{min_results!r}"
             )
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        positive_seconds("timeout", timeout)
         self.data = data
         self.fraction = float(fraction)
         self._share = share
         self.min_results = min_results
         self.timeout = float(timeout)
         self.poll = float(poll)
-        if downloads is not None and (isinstance(downloads, bool) or not isinstance(downloads, int) or downloads < 1):
-            raise ValueError(f"downloads must be at least 1 (an integer), got {downloads!r}")
-        self.downloads = downloads
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be at least 1 (an integer), got {workers!r}")
-        self.workers = int(workers)
+        self.downloads = None if downloads is None else at_least_one("downloads", downloads)
+        self.workers = int(at_least_one("workers", workers))
         if config is not None and not callable(config):
             round_config(config, 1)  # a bad dict fails here, not at the first round
         if evaluate_fn is not None and not callable(evaluate_fn):

@@ -18,6 +18,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .._util.checks import positive_int
 from ..protocol import FedData
 from ..transports import device_functions
 from ..transports.local import LocalRemote, TrainingPool
@@ -40,8 +41,7 @@ def local_remotes(
     """
     if not callable(device_fn):
         raise TypeError(f"device_fn must be a function device_fn(device_id) -> FedData, got {type(device_fn).__name__}")
-    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
-        raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+    positive_int("num_devices", num_devices)
     return [
         LocalRemote(f"local://device-{i}", device=functools.partial(device_fn, i), pool=pool, timeout=timeout)
         for i in range(num_devices)
@@ -143,8 +143,7 @@ def run_simulation(
     else:
         pool: TrainingPool | ProcessPool
         if worker_kind == "processes":
-            if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
-                raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+            positive_int("num_devices", num_devices)
             pool = ProcessPool(device_fn, workers)
             remotes = process_remotes(pool, num_devices, timeout=timeout)
         else:

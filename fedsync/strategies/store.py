@@ -20,6 +20,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .._util.checks import is_int
+
 __all__ = ["ReplyStore", "default_spill_bytes", "SPILL_SHARE", "checked_spill_bytes"]
 
 SPILL_SHARE = 4
@@ -58,7 +60,7 @@ def checked_spill_bytes(value: Any) -> int | None:
     """``spill_bytes`` as given to a strategy: ``None`` (the default) or an integer >= 0."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_int(value) or value < 0:
         raise ValueError(f"spill_bytes must be None (a share of available memory) or an integer >= 0, got {value!r}")
     return value
 
