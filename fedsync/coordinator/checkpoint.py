@@ -82,6 +82,7 @@ def save(folder: str | Path, data: FedData, repetition: int, history: History) -
         last = history[-1].repetition if len(history) else None
         raise CheckpointError(f"the history must end with repetition {repetition}, but its last round is {last}")
     payload = data.serialize(repetition)
+    encoding: str | bytes
     if isinstance(payload, str):
         state, encoding, raw = STATES[1], payload, payload.encode("utf-8")
     else:

@@ -22,7 +22,8 @@ from .._util.checks import positive_int
 from ..protocol import FedData
 from ..transports import device_functions
 from ..transports.local import LocalRemote, TrainingPool
-from ..transports.process.pool import ProcessPool, process_remotes
+from ..transports.process.pool import ProcessPool, ProcessRemote, process_remotes
+from ..transports.remote import Remote
 from ..wire.config import ConfigSource
 from .federated import Federated
 from .history import History, RoundResult
@@ -133,6 +134,7 @@ def run_simulation(
                 f"strategy= needs a FedData with a strategy (FedArrays or an adapter), got {type(data).__name__}"
             )
         data.strategy = strategy
+    remotes: Sequence[Remote]
     if backend == "ray":
         from fedsync_ray import RayDevices  # this distribution's Ray plugin; it imports ray itself
 
@@ -142,20 +144,21 @@ def run_simulation(
         remotes, slots, release_all, close = on_ray.remotes, len(on_ray.actors), on_ray.release, on_ray.close
     else:
         pool: TrainingPool | ProcessPool
+        simulated: Sequence[LocalRemote | ProcessRemote]
         if worker_kind == "processes":
             positive_int("num_devices", num_devices)
             pool = ProcessPool(device_fn, workers)
-            remotes = process_remotes(pool, num_devices, timeout=timeout)
+            simulated = process_remotes(pool, num_devices, timeout=timeout)
         else:
             if isinstance(device_fn, str):
                 module, _, name = device_functions.locate(device_fn)
                 device_fn = device_functions.load(name, module)
             pool = TrainingPool(workers)
-            remotes = local_remotes(device_fn, num_devices, pool=pool, timeout=timeout)
-        slots, close = pool.workers, pool.close
+            simulated = local_remotes(device_fn, num_devices, pool=pool, timeout=timeout)
+        remotes, slots, close = simulated, pool.workers, pool.close
 
         def release_all() -> None:
-            for remote in remotes:
+            for remote in simulated:
                 remote.release()  # a device's state exists only while it is sampled
 
     def release(federated: Federated, result: RoundResult) -> None:

@@ -112,7 +112,9 @@ def _round(row: Any) -> dict[str, Any] | None:
         return None
     answered = row.get("answered")
     answered = [public_url(u) for u in answered] if isinstance(answered, list) else []
-    devices = row.get("devices") if isinstance(row.get("devices"), Mapping) else {}
+    devices = row.get("devices")
+    if not isinstance(devices, Mapping):
+        devices = {}
     evaluation = row.get("evaluation")
     if isinstance(evaluation, Mapping):
         evaluation = {

@@ -126,7 +126,7 @@ class ReplyStore:
         for name in self.layout:
             flat = np.ascontiguousarray(arrays[name]).reshape(-1)
             offsets[name] = self._end
-            self._file.write(memoryview(flat.view(np.uint8)))
+            self._file.write(flat.view(np.uint8).data)  # its bytes, not a copy
             self._end += flat.nbytes
         self._dirty = True
         return offsets
@@ -149,8 +149,10 @@ class ReplyStore:
                 continue
             if end == first:
                 continue
-            offset = self._offsets[index][name] + first * dtype.itemsize  # type: ignore[index]
-            window = np.memmap(self._file, dtype=dtype, mode="r", offset=offset, shape=(end - first,))
+            spilled, file = self._offsets[index], self._file
+            assert spilled is not None and file is not None  # a reply not kept in RAM went to the spill file
+            offset = spilled[name] + first * dtype.itemsize
+            window = np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=(end - first,))
             out[row] = window
             del window  # unmapped now: the pages leave this process's resident memory
         return out
