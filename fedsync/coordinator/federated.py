@@ -30,6 +30,7 @@ from ..dashboard import app as dashboard_app
 from ..errors import RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch, failure_reason
 from ..protocol import MAX_REPETITION, FedData
 from ..secagg import coordinator as secure_rounds
+from ..secagg.settings import SecAgg
 from ..transports.remote import Remote, size
 from ..wire.config import Config, ConfigSource, round_config
 from ..wire.metrics import weighted_means
@@ -188,7 +189,7 @@ class Federated:
                 f"{type(evaluate_fn).__name__}"
             )
         self.config: ConfigSource = config
-        self.secure_aggregation: secure_rounds.SecAgg | None = secure_rounds.checked(secure_aggregation, data)
+        self.secure_aggregation: SecAgg | None = secure_rounds.checked(secure_aggregation, data)
         self.evaluate_fn: server_eval.EvaluateFn | None = evaluate_fn
         self.evaluate_fn_every: int = server_eval.checked_every(evaluate_fn_every)
         self.repetition: int = 0

@@ -167,6 +167,7 @@ class History:
                 (:meth:`RoundResult.from_dict`), or repetitions do not increase.
         """
         try:
+            # Not _util.json.loads_strict: a history has always accepted a key given twice (the last wins).
             document = json.loads(text, parse_constant=_no_constant)
         except RecursionError:
             raise ValueError("history JSON is nested too deeply") from None

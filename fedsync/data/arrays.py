@@ -524,6 +524,7 @@ class FedArrays(FedData):
         try:
             samples = checked_samples(metadata.get(SAMPLES_KEY, "0"), f"payload metadata {SAMPLES_KEY!r}")
             try:
+                # Not _util.json.loads_strict: a metric named twice has always been accepted (the last wins).
                 metrics = json.loads(metadata.get(METRICS_KEY, "{}"), parse_constant=_no_constant)
             except (ValueError, RecursionError):
                 raise ValueError(
