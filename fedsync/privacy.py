@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from ._util.checks import is_int, is_number
+
 __all__ = [
     "LocalDP",
     "update_norm",
@@ -52,13 +54,7 @@ PRIVACY_KEYS = ("epsilon", "delta", "noise_multiplier", "sampling_rate", "rounds
 
 def checked_positive(name: str, value: Any, *, zero: bool = False) -> float:
     """``value`` as a finite float > 0 (>= 0 with ``zero``), or a ValueError naming ``name``."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not zero)
-    ):
+    if not is_number(value) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         raise ValueError(f"{name} must be a finite number {'>=' if zero else '>'} 0, got {value!r}")
     return float(value)
 
@@ -187,7 +183,7 @@ def _account(runs: Iterable[tuple[float, Fraction | float, int]], delta: float) 
         raise ModuleNotFoundError(
             "reporting the privacy spent (ε) needs Google's dp-accounting: pip install 'fedsync[dp]'"
         ) from exc
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+    if not is_number(delta) or not 0 < delta < 1:
         raise ValueError(f"delta must be a number in (0, 1), e.g. 1e-5 (below 1/number of devices), got {delta!r}")
     accountant = rdp.RdpAccountant()
     # dp-accounting logs (through absl) each fractional RDP order whose series does not
@@ -207,7 +203,7 @@ def _compose(
 ) -> float:
     for sigma, q, count in runs:
         q = float(q)
-        if not 0 < q <= 1 or isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        if not 0 < q <= 1 or not is_int(count) or count < 0:
             raise ValueError(f"each round needs a sampling rate in (0, 1] and a count >= 0, got {q!r}, {count!r}")
         if sigma == 0:
             return math.inf
@@ -262,8 +258,7 @@ def checked_privacy(row: Any, what: str) -> dict[str, Any]:
         if none and value is None:
             return
         if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
+            not is_number(value)
             or not math.isfinite(value)
             or value > high
             or value < low

@@ -11,7 +11,7 @@ came back. ``FedData`` says *what* is exchanged and *how* it merges;
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 from .wire.codec import Payload
 
@@ -28,7 +28,7 @@ a round a second for 285 million years. Anything above it, or not an integer,
 is refused before use.
 """
 
-Encoding = Union[str, bytes, bytearray, memoryview, Payload]
+Encoding: TypeAlias = str | bytes | bytearray | memoryview | Payload
 """What ``serialize`` returns and ``receive``/``merge`` are handed.
 
 A ``str`` travels as UTF-8 ``text/plain`` and arrives as ``str``; anything

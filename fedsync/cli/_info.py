@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .._util.checks import is_number
+from .._util.json import shown
 from ._common import CommandError, Formatter, UsageError
 
 __all__ = ["add_info_command", "INFO_HELP"]
@@ -135,14 +137,6 @@ MAX_BASES = 256
 """The most named bases ``fedsync info`` asks a device about."""
 
 
-def _shown(value: Any, limit: int = 200) -> str:
-    """A device's value as one printable line: control characters escaped (no terminal
-    escape sequences from a device), clipped to ``limit`` characters."""
-    text = value if isinstance(value, str) else repr(value)
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _parameters(weights: list[Any]) -> str:
     """The number of parameters a device's summary lists, or ``?`` when its shapes are not lists of sizes."""
     total = 0
@@ -162,33 +156,37 @@ def _format_info(url: str, info: Mapping[str, Any]) -> str:
     # Every value but the URL is the device's: shown as printable, clipped text, whatever its type.
     rows = [
         ("device", url),
-        ("state", _shown(info.get("state", "?"))),
-        ("specs", _shown(info.get("specs", "?"))),
-        ("type", _shown(info.get("type", "?"))),
+        ("state", shown(info.get("state", "?"), 200, quote=False)),
+        ("specs", shown(info.get("specs", "?"), 200, quote=False)),
+        ("type", shown(info.get("type", "?"), 200, quote=False)),
         (
             "repetition",
-            f"{_shown(info.get('repetition', '?'))} (the last one it accepted; a coordinator continues above it)",
+            f"{shown(info.get('repetition', '?'), 200, quote=False)} "
+            "(the last one it accepted; a coordinator continues above it)",
         ),
-        ("rounds served", _shown(info.get("rounds_served", "?"))),
+        ("rounds served", shown(info.get("rounds_served", "?"), 200, quote=False)),
+        ("last training", f"{seconds:.2f}s" if is_number(seconds) else "-"),
         (
-            "last training",
-            f"{seconds:.2f}s" if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else "-",
+            "protocol",
+            f"{shown(info.get('protocol', '?'), 20, quote=False)} "
+            f"(fedsync {shown(info.get('fedsync', '?'), 40, quote=False)})",
         ),
-        ("protocol", f"{_shown(info.get('protocol', '?'), 20)} (fedsync {_shown(info.get('fedsync', '?'), 40)})"),
     ]
     if info.get("last_error"):
-        rows.append(("last error", _shown(info["last_error"], 2000)))
+        rows.append(("last error", shown(info["last_error"], 2000, quote=False)))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     weights = (info.get("summary") or {}).get("weights") if isinstance(info.get("summary"), dict) else None
     if weights and isinstance(weights, list):
         lines.append(f"{'weights':<{width}}  {len(weights)} arrays, {_parameters(weights)} parameters")
         listed = [w if isinstance(w, dict) else {"name": w} for w in weights[:MAX_WEIGHTS_SHOWN]]
-        name_width = max(len(_shown(w.get("name", ""), 80)) for w in listed)
+        name_width = max(len(shown(w.get("name", ""), 80, quote=False)) for w in listed)
         for w in listed:
-            shape = _shown(tuple(w["shape"]) if isinstance(w.get("shape"), list) else w.get("shape", ""), 80)
+            dims = tuple(w["shape"]) if isinstance(w.get("shape"), list) else w.get("shape", "")
+            shape = shown(dims, 80, quote=False)
             lines.append(
-                f"{'':<{width}}    {_shown(w.get('name'), 80):<{name_width}}  {shape:<14} {_shown(w.get('dtype', ''), 40)}"
+                f"{'':<{width}}    {shown(w.get('name'), 80, quote=False):<{name_width}}  {shape:<14} "
+                f"{shown(w.get('dtype', ''), 40, quote=False)}"
             )
         if len(weights) > MAX_WEIGHTS_SHOWN:
             lines.append(f"{'':<{width}}    ... and {len(weights) - MAX_WEIGHTS_SHOWN} more (see --json)")

@@ -1,8 +1,9 @@
 """The privacy a coordinator's run has spent: ε after each round merged under central DP.
 
 :mod:`fedsync.privacy` holds the accountant's math; this module reads what it needs
-from the :class:`~fedsync.coordinator.federated.Federated` running the round: its
-strategy, its sample size and the ``privacy`` entries of its history.
+from the coordinator running the round (a :class:`Run`, which
+:class:`~fedsync.coordinator.federated.Federated` is): its strategy, its sample size
+and the ``privacy`` entries of its history.
 
 Internal: called by :meth:`Federated.round <fedsync.coordinator.federated.Federated.round>`;
 its names may change without notice.
@@ -11,22 +12,45 @@ its names may change without notice.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sized
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..privacy import round_privacy
 from ..strategies.dp import DPFixedClipping
 from ._round import sample_size
+from .history import RoundResult
 
-if TYPE_CHECKING:
-    from .federated import Federated
-
-__all__ = ["coordinator_privacy"]
+__all__ = ["Run", "coordinator_privacy"]
 
 logger = logging.getLogger("fedsync")
 
 
-def coordinator_privacy(federated: Federated) -> dict[str, Any] | None:
+class Run(Protocol):
+    """What the ε of a run reads from the coordinator running it (a ``Federated``), read-only."""
+
+    @property
+    def data(self) -> Any:
+        """The coordinator's FedData; central DP is on when its ``strategy`` is a ``DPFixedClipping``."""
+
+    @property
+    def remotes(self) -> Sized:
+        """The devices a round samples from."""
+
+    @property
+    def share(self) -> Fraction:
+        """The exact share of ``remotes`` a round samples."""
+
+    @property
+    def min_results(self) -> int | None:
+        """The quorum, which may raise the sample size."""
+
+    @property
+    def history(self) -> Iterable[RoundResult]:
+        """The rounds merged so far, the one just merged last."""
+
+
+def coordinator_privacy(federated: Run) -> dict[str, Any] | None:
     """The ``privacy`` entry of the round ``federated`` just merged, or ``None`` without central DP.
 
     The sampling rate is the share of remotes each round samples,

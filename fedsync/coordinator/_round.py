@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from .._util.json import shown
 from .._util.workers import Workers
 from ..errors import RoundFailed, failure_reason
 from ..protocol import Encoding
@@ -179,16 +180,11 @@ def mismatch_message(url: str, expected: str, info: dict[str, Any], summary: dic
     ``summary``: the coordinator's own ``FedData.summary``; the first weight whose name,
     shape or dtype differs from the device's is named when both summaries list weights.
     """
-    message = f"{url} holds specs {clipped(info['specs'])} but the coordinator's are {expected!r}"
+    message = f"{url} holds specs {shown(info['specs'], 200)} but the coordinator's are {expected!r}"
     diff = first_difference(summary, info.get("summary"))
     if diff:
         message += f"; first difference: {diff}"
     return message + ". Declare the same FedData (same architecture) on both sides; nothing was sent."
-
-
-def clipped(value: Any, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def first_difference(ours: Any, theirs: Any) -> str | None:
@@ -199,9 +195,9 @@ def first_difference(ours: Any, theirs: Any) -> str | None:
         for a, b in zip(mine, other, strict=False):  # unequal lengths are named below
             if a != b:
                 if a[0] != b[0]:
-                    return f"expected weight {a[0]!r}, device has {clipped(b[0])}"
-                dtype = clipped(b[2], 40) if not isinstance(b[2], str) or len(b[2]) > 40 else b[2]
-                return f"{a[0]}: expected {a[1]} {a[2]}, device has {clipped(b[1], 80)} {dtype}"
+                    return f"expected weight {a[0]!r}, device has {shown(b[0], 200)}"
+                dtype = shown(b[2], 40) if not isinstance(b[2], str) or len(b[2]) > 40 else b[2]
+                return f"{a[0]}: expected {a[1]} {a[2]}, device has {shown(b[1], 80)} {dtype}"
         if len(mine) != len(other):
             return f"expected {len(mine)} weights, device has {len(other)}"
     except Exception:  # a device's summary is free-form JSON: no diff rather than an error

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._util.checks import is_int
 from .._util.files import write_atomically
 from .history import RoundResult
 
@@ -65,7 +66,7 @@ class EarlyStopping:
             source = "evaluation" if evaluation else "train"
         if source not in self.SOURCES:
             raise ValueError(f"source must be one of {', '.join(map(repr, self.SOURCES))}, got {source!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        if not is_int(patience) or patience < 1:
             raise ValueError(
                 f"patience must be a positive integer (measurements without improvement), got {patience!r}"
             )

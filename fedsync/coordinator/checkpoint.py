@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .._util.files import write_atomically
+from .._util.json import loads_strict
 from ..data.snapshot import restore, strategy_of
 from ..errors import CheckpointError
 from ..protocol import MAX_REPETITION, FedData
@@ -81,6 +82,7 @@ def save(folder: str | Path, data: FedData, repetition: int, history: History) -
         last = history[-1].repetition if len(history) else None
         raise CheckpointError(f"the history must end with repetition {repetition}, but its last round is {last}")
     payload = data.serialize(repetition)
+    encoding: str | bytes
     if isinstance(payload, str):
         state, encoding, raw = STATES[1], payload, payload.encode("utf-8")
     else:
@@ -208,7 +210,7 @@ def _read_pointer(folder: Path) -> dict[str, Any] | None:
     if len(text) > _POINTER_LIMIT:
         raise _damaged(folder, f"{POINTER} is over {_POINTER_LIMIT} bytes")
     try:
-        meta = json.loads(text.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        meta = loads_strict(text.decode("utf-8"), duplicate=_twice, constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         raise _damaged(folder, f"{POINTER} is not JSON ({exc})") from None
     if not isinstance(meta, dict):
@@ -294,14 +296,6 @@ def _open_regular(folder: Path, path: Path) -> Any:
         raise
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object's pairs as a dict; a key given twice is refused (parsers disagree on which wins)."""
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"a key appears twice: {sorted({k for k in keys if keys.count(k) > 1})[0][:40]!r}")
-    return dict(pairs)
-
-
 def _remove_old_rounds(folder: Path, keep: str) -> None:
     """Delete the folders of earlier rounds: only ``round-NNNNNN`` folders directly inside ``folder``."""
     for child in folder.iterdir():
@@ -309,5 +303,11 @@ def _remove_old_rounds(folder: Path, keep: str) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number a checkpoint holds")
+def _twice(key: str) -> ValueError:
+    """A key given twice in ``checkpoint.json`` (parsers disagree on which one wins)."""
+    return ValueError(f"a key appears twice: {key[:40]!r}")
+
+
+def _no_constant(name: str) -> ValueError:
+    """``NaN`` or an infinity in ``checkpoint.json``."""
+    return ValueError(f"{name} is not a number a checkpoint holds")

@@ -1,13 +1,14 @@
 """The coordinator side: the :class:`Federated` round over :class:`~fedsync.transports.remote.Remote` devices.
 
-The HTTP transport lives in :mod:`fedsync.transports.remote`, the ``fit`` callbacks in
-:mod:`fedsync.coordinator.callbacks`; import them from there (or from :mod:`fedsync`).
+``Remote`` lives in :mod:`fedsync.transports.remote` (the HTTP transport under it in
+:mod:`fedsync.transports.http`), the ``fit`` callbacks in :mod:`fedsync.coordinator.callbacks`;
+import them from there (or from :mod:`fedsync`). One device's part of a round (submit, long-poll,
+download, hand to the merge) is in :mod:`fedsync.coordinator._pipeline`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import os
 import queue
@@ -15,7 +16,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -23,26 +24,26 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .. import plugins
+from .._util.checks import at_least_one, is_int, positive_seconds
 from .._util.workers import Workers, concurrently
 from ..dashboard import app as dashboard_app
-from ..errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch, failure_reason
-from ..protocol import MAX_REPETITION, Encoding, FedData
+from ..errors import RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch, failure_reason
+from ..protocol import MAX_REPETITION, FedData
 from ..secagg import coordinator as secure_rounds
+from ..secagg.settings import SecAgg
 from ..transports.remote import Remote, size
 from ..wire.config import Config, ConfigSource, round_config
 from ..wire.metrics import weighted_means
-from ..wire.replies import ReplyStream
 from ..wire.transfer import STALL, Deadline, round_grace
 from . import checkpoint as checkpoint_io
 from . import server_eval
+from ._pipeline import collect, submit
 from ._privacy import coordinator_privacy
 from ._round import (
     Budget,
     Round,
-    close_reply,
     close_waiting,
     format_metrics,
-    gather_reasons,
     mismatch_message,
     sample_size,
     scrub_failures,
@@ -150,7 +151,7 @@ class Federated:
                 "remotes=[...])"
             )
         # A URL string is built by the transport registered for its scheme (fedsync.plugins).
-        self.remotes = [plugins.remote(r) if isinstance(r, str) else r for r in remotes]
+        self.remotes: list[Remote] = [plugins.remote(r) if isinstance(r, str) else r for r in remotes]
         if not self.remotes:
             raise ValueError("Federated needs at least one remote, e.g. remotes=[Remote('http://127.0.0.1:8000')]")
         urls = [r.url for r in self.remotes]
@@ -166,29 +167,20 @@ class Federated:
             share = None
         if share is None or not 0 < share <= 1:
             raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
-        if min_results is not None and (
-            isinstance(min_results, bool)
-            or not isinstance(min_results, int)
-            or not 1 <= min_results <= len(self.remotes)
-        ):
+        if min_results is not None and (not is_int(min_results) or not 1 <= min_results <= len(self.remotes)):
             raise ValueError(
                 f"min_results must be an integer between 1 and the number of remotes ({len(self.remotes)}), got "
                 f"{min_results!r}"
             )
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self.data = data
-        self.fraction = float(fraction)
-        self._share = share
-        self.min_results = min_results
-        self.timeout = float(timeout)
-        self.poll = float(poll)
-        if downloads is not None and (isinstance(downloads, bool) or not isinstance(downloads, int) or downloads < 1):
-            raise ValueError(f"downloads must be at least 1 (an integer), got {downloads!r}")
-        self.downloads = downloads
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be at least 1 (an integer), got {workers!r}")
-        self.workers = int(workers)
+        positive_seconds("timeout", timeout)
+        self.data: FedData = data
+        self.fraction: float = float(fraction)
+        self._share: Fraction = share
+        self.min_results: int | None = min_results
+        self.timeout: float = float(timeout)
+        self.poll: float = float(poll)
+        self.downloads: int | None = None if downloads is None else at_least_one("downloads", downloads)
+        self.workers: int = int(at_least_one("workers", workers))
         if config is not None and not callable(config):
             round_config(config, 1)  # a bad dict fails here, not at the first round
         if evaluate_fn is not None and not callable(evaluate_fn):
@@ -196,15 +188,15 @@ class Federated:
                 "evaluate_fn must be a function evaluate_fn(model, server_round) -> metrics, got "
                 f"{type(evaluate_fn).__name__}"
             )
-        self.config = config
-        self.secure_aggregation = secure_rounds.checked(secure_aggregation, data)
-        self.evaluate_fn = evaluate_fn
-        self.evaluate_fn_every = server_eval.checked_every(evaluate_fn_every)
-        self.repetition = 0
-        self.history = History()
-        self._rng = random.Random(seed)
-        self._known: set[str] = set()
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.config: ConfigSource = config
+        self.secure_aggregation: SecAgg | None = secure_rounds.checked(secure_aggregation, data)
+        self.evaluate_fn: server_eval.EvaluateFn | None = evaluate_fn
+        self.evaluate_fn_every: int = server_eval.checked_every(evaluate_fn_every)
+        self.repetition: int = 0
+        self.history: History = History()
+        self._rng: random.Random = random.Random(seed)
+        self._known: set[str] = set()  # the devices whose handshake holds: a round asks the others for /info
+        self.checkpoint: Path | None = Path(checkpoint) if checkpoint is not None else None
         if self.checkpoint is not None:
             restored = checkpoint_io.load(self.checkpoint, data)
             if restored is not None:
@@ -215,7 +207,9 @@ class Federated:
                     self.repetition,
                     len(self.history),
                 )
-        self.dashboard = None if dashboard is None else dashboard_app.start(self, dashboard)
+        self.dashboard: dashboard_app.Dashboard | None = (
+            None if dashboard is None else dashboard_app.start(self, dashboard)
+        )
 
     @property
     def share(self) -> Fraction:
@@ -286,22 +280,20 @@ class Federated:
         rep = max(self.repetition, 1)
         config = self._round_config(rep)
         specs, payload = self.data.specs(rep), self.data.serialize(rep)
+
+        def evaluation(remote: Remote) -> Callable[[], Any]:
+            """``remote``'s evaluation, its timeout read from the deadline when it starts."""
+            return lambda: remote.evaluate(
+                rep,
+                payload,
+                specs,
+                timeout=deadline.request_timeout(remote.timeout),
+                deadline=deadline,
+                config=config,
+            )
+
         answers = concurrently(
-            {
-                r.url: (
-                    lambda r=r: r.evaluate(
-                        rep,
-                        payload,
-                        specs,
-                        timeout=deadline.request_timeout(r.timeout),
-                        deadline=deadline,
-                        config=config,
-                    )
-                )
-                for r in remotes
-            },
-            self.workers,
-            wait=max(0.0, deadline.left()) + STALL,
+            {r.url: evaluation(r) for r in remotes}, self.workers, wait=max(0.0, deadline.left()) + STALL
         )
         result = EvaluationResult(repetition=rep, failures=failures)
         for url, answer in answers.items():
@@ -419,10 +411,10 @@ class Federated:
             wait=self.poll if len(remotes) <= workers.size else min(self.poll, SHARED_POLL),
         )
         for remote in remotes:
-            workers.submit(self._submit, state, remote, config)
+            workers.submit(submit, self.data, state, remote, config)
         try:
             (self.data.merge if secure is None else secure.merge)(
-                self._collect(state, remotes, needed, result, size(payload)), rep
+                collect(state, remotes, needed, result, size(payload), self._known), rep
             )
         except RoundFailed as exc:  # the merge found the round unusable: say who took part
             message = exc.message if exc.message.startswith(f"round {rep} ") else f"round {rep}: {exc.message}"
@@ -483,10 +475,13 @@ class Federated:
         unknown = [r for r in remotes if r.url not in self._known]
         left = max(0.0, deadline.left())
         limits = {r.url: max(0.05, min(r.timeout, HANDSHAKE_SHARE * left)) for r in unknown}
+
+        def handshake(remote: Remote) -> Callable[[], Any]:
+            """``remote``'s ``/info``, its deadline starting when the call does."""
+            return lambda: remote.info(deadline=Deadline.within(limits[remote.url]))
+
         infos = concurrently(
-            {r.url: (lambda r=r: r.info(deadline=Deadline.within(limits[r.url]))) for r in unknown},
-            self.workers,
-            wait=max(limits.values(), default=0.0) + 0.2,
+            {r.url: handshake(r) for r in unknown}, self.workers, wait=max(limits.values(), default=0.0) + 0.2
         )
         answered: dict[str, dict[str, Any]] = {}
         for remote in unknown:
@@ -523,147 +518,6 @@ class Federated:
         ]
         self.repetition = max([self.repetition, *matching])
         return [r for r in remotes if r.url in self._known]
-
-    # -- one device's part of a round: steps run by the round's workers ---------------
-    #
-    # _submit, then _poll until the result is ready, then _deliver it to ``arrivals``
-    # (where _collect hands it to the merge). Every step ends by queuing the next or by
-    # putting the device's reply or error in ``arrivals``, except when the round is over.
-    # The long-poll that finds a reply ready brings its headers; its body waits unread
-    # in the socket until one of the round's download ``slots`` is free (the merge
-    # frees it after folding the reply in), and, for whole replies, until the round's
-    # byte ``budget`` has room for its Content-Length.
-
-    def _submit(self, state: Round, remote: Remote, config: Config) -> None:
-        state.phase[remote.url] = "sending"
-        try:
-            left = state.deadline.left()
-            if left <= 0:
-                raise RemoteTimeout(remote.url, "nothing was sent to it: the round's deadline passed before its turn")
-            wait = max(0.1, min(remote.timeout, left))
-            try:
-                remote.submit(state.rep, state.payload, state.specs, timeout=wait, config=config)
-            except RemoteTimeout:
-                raise RemoteTimeout(remote.url, f"did not accept the payload within {wait:.3g}s") from None
-        except Exception as exc:
-            state.arrivals.put((remote, exc, 0))
-            return
-        state.phase[remote.url] = "training"
-        state.workers.submit(self._poll, state, remote)  # behind the other submissions
-
-    def _poll(self, state: Round, remote: Remote) -> None:
-        """One long-poll; queues the next one behind the other devices' unless the result is ready."""
-        reply: ReplyStream | None = None
-        try:
-            if state.cancel.is_set():
-                return
-            left = state.deadline.left()
-            if left <= 0:
-                raise RemoteTimeout(
-                    remote.url, f"no result for repetition {state.rep} within the round's timeout of {state.timeout:g}s"
-                )
-            wait = min(state.wait, left)
-            timeout = min(wait + remote.timeout, left + STALL)
-            reply = remote.open_result(state.rep, wait, timeout=timeout, deadline=state.deadline)
-            if reply is None:
-                state.workers.submit(self._poll, state, remote)
-                return
-            state.phase[remote.url] = "answered"
-            if not state.download_slot():
-                close_reply(reply)
-                return
-        except Exception as exc:
-            close_reply(reply)
-            state.arrivals.put((remote, exc, 0))
-            return
-        self._deliver(state, remote, reply)
-
-    def _deliver(self, state: Round, remote: Remote, stream: ReplyStream) -> None:
-        """Holding a download slot: hand a stream over, or download a whole reply within the budget and check it."""
-        held = 0
-        try:
-            if self.data.accepts_streams:  # a stream is checked by the merge as it reads
-                state.arrivals.put((remote, stream, 0))
-                return
-            taken = state.budget.acquire(len(stream), state.cancel)
-            if taken is None:
-                close_reply(stream)
-                state.slots.release()
-                return
-            held = taken
-            reply = remote.download(stream, as_view=self.data.accepts_views)
-            try:
-                self.data.check(reply, state.rep)
-            except ValueError as exc:
-                raise PayloadRejected(f"reply rejected: {exc}") from None
-            state.arrivals.put((remote, reply, held))
-        except Exception as exc:
-            close_reply(stream)
-            state.budget.release(held)
-            state.slots.release()
-            state.arrivals.put((remote, exc, 0))
-
-    def _collect(
-        self, state: Round, remotes: list[Remote], needed: int, result: RoundResult, sent: int
-    ) -> Iterator[Encoding]:
-        """Yield replies in arrival order; raise RoundFailed once the quorum is out of reach.
-
-        Streamed replies the merge rejected (:meth:`ReplyStream.reject`) move from
-        ``answered`` to ``failures`` when the merge asks for the next one.
-        """
-        pending = {r.url for r in remotes}
-        streams: list[ReplyStream] = []
-        # Past the deadline, replies in their grace period may still arrive.
-        until = state.deadline.at + state.deadline.grace + STALL + 1.0
-
-        def settle() -> bool:
-            """Count rejected streams as failures; ``False`` once the quorum is out of reach."""
-            for stream in [s for s in streams if s.rejected is not None]:
-                streams.remove(stream)
-                result.answered.remove(stream.url)
-                result.failures[stream.url] = f"PayloadRejected: reply rejected: {stream.rejected}"
-            return len(result.answered) + len(pending) >= needed
-
-        while pending:
-            try:
-                remote, reply, held = state.arrivals.get(timeout=max(0.0, until - time.monotonic()))
-            except queue.Empty:
-                for url in sorted(pending):
-                    result.failures[url] = state.overdue(url)
-                break
-            pending.discard(remote.url)
-            if isinstance(reply, BaseException):
-                result.failures[remote.url] = failure_reason(reply)
-                if not isinstance(reply, RemoteBusy):
-                    self._known.discard(remote.url)  # re-handshake: it may have restarted
-                if len(result.answered) + len(pending) < needed:
-                    gather_reasons(state, pending, result)
-                    break
-                continue
-            result.answered.append(remote.url)
-            result.bytes_sent += sent
-            result.bytes_received += size(reply)
-            if isinstance(reply, ReplyStream):
-                streams.append(reply)
-            state.merging = remote.url
-            try:
-                yield reply
-            finally:
-                state.merging = None
-                close_reply(reply)
-                del reply  # before its bytes go back to the budget: a kept reference would outlive the count
-                state.budget.release(held)
-                state.slots.release()  # folded in: the next reply may download
-            if not settle():
-                gather_reasons(state, pending, result)
-                break
-        settle()
-        if len(result.answered) < needed:
-            raise RoundFailed(
-                f"round {state.rep} failed: {len(result.answered)} of {needed} required devices answered; "
-                "the coordinator's data is unchanged",
-                result.failures,
-            )
 
     # -- lifetime --------------------------------------------------------------------
 

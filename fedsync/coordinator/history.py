@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .._util.checks import is_number
 from .._util.files import write_atomically
 from ..privacy import checked_privacy
 from ..protocol import MAX_REPETITION
@@ -166,6 +167,7 @@ class History:
                 (:meth:`RoundResult.from_dict`), or repetitions do not increase.
         """
         try:
+            # Not _util.json.loads_strict: a history has always accepted a key given twice (the last wins).
             document = json.loads(text, parse_constant=_no_constant)
         except RecursionError:
             raise ValueError("history JSON is nested too deeply") from None
@@ -222,7 +224,7 @@ def _known_keys(cls: type, row: Any, what: str, kind: str, prefix: str = "") -> 
 
 
 def _seconds(seconds: Any, what: str) -> None:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+    if not is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{what}: seconds must be a finite non-negative number, got {str(seconds)[:40]}")
 
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._util.checks import is_int
 from ..data.arrays import FedArrays
 from ..wire.metrics import checked_metrics
 from .history import MAX_ERROR, ServerEvaluation
@@ -40,7 +41,7 @@ def checked_every(every: Any) -> int:
     Raises:
         ValueError: not an integer >= 1.
     """
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    if not is_int(every) or every < 1:
         raise ValueError(f"evaluate_fn_every must be an integer >= 1 (1: after every round), got {every!r}")
     return every
 

@@ -18,10 +18,12 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .._util.checks import positive_int
 from ..protocol import FedData
 from ..transports import device_functions
 from ..transports.local import LocalRemote, TrainingPool
-from ..transports.process.pool import ProcessPool, process_remotes
+from ..transports.process.pool import ProcessPool, ProcessRemote, process_remotes
+from ..transports.remote import Remote
 from ..wire.config import ConfigSource
 from .federated import Federated
 from .history import History, RoundResult
@@ -40,8 +42,7 @@ def local_remotes(
     """
     if not callable(device_fn):
         raise TypeError(f"device_fn must be a function device_fn(device_id) -> FedData, got {type(device_fn).__name__}")
-    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
-        raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+    positive_int("num_devices", num_devices)
     return [
         LocalRemote(f"local://device-{i}", device=functools.partial(device_fn, i), pool=pool, timeout=timeout)
         for i in range(num_devices)
@@ -133,6 +134,7 @@ def run_simulation(
                 f"strategy= needs a FedData with a strategy (FedArrays or an adapter), got {type(data).__name__}"
             )
         data.strategy = strategy
+    remotes: Sequence[Remote]
     if backend == "ray":
         from fedsync_ray import RayDevices  # this distribution's Ray plugin; it imports ray itself
 
@@ -142,21 +144,21 @@ def run_simulation(
         remotes, slots, release_all, close = on_ray.remotes, len(on_ray.actors), on_ray.release, on_ray.close
     else:
         pool: TrainingPool | ProcessPool
+        simulated: Sequence[LocalRemote | ProcessRemote]
         if worker_kind == "processes":
-            if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
-                raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+            positive_int("num_devices", num_devices)
             pool = ProcessPool(device_fn, workers)
-            remotes = process_remotes(pool, num_devices, timeout=timeout)
+            simulated = process_remotes(pool, num_devices, timeout=timeout)
         else:
             if isinstance(device_fn, str):
                 module, _, name = device_functions.locate(device_fn)
                 device_fn = device_functions.load(name, module)
             pool = TrainingPool(workers)
-            remotes = local_remotes(device_fn, num_devices, pool=pool, timeout=timeout)
-        slots, close = pool.workers, pool.close
+            simulated = local_remotes(device_fn, num_devices, pool=pool, timeout=timeout)
+        remotes, slots, close = simulated, pool.workers, pool.close
 
         def release_all() -> None:
-            for remote in remotes:
+            for remote in simulated:
                 remote.release()  # a device's state exists only while it is sampled
 
     def release(federated: Federated, result: RoundResult) -> None:

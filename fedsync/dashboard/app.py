@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .._util.checks import is_int, is_number
 from .._util.files import write_atomically
 from ..gateway.server import KeepAliveServer
 
@@ -56,14 +57,14 @@ _RECENT = 10  # rounds whose mean duration gives the ETA
 
 
 def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return None
     value = float(value)
     return value if math.isfinite(value) else None
 
 
 def _count(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**53:
+    if not is_int(value) or not 0 <= value <= 2**53:
         return None
     return value
 
@@ -111,7 +112,9 @@ def _round(row: Any) -> dict[str, Any] | None:
         return None
     answered = row.get("answered")
     answered = [public_url(u) for u in answered] if isinstance(answered, list) else []
-    devices = row.get("devices") if isinstance(row.get("devices"), Mapping) else {}
+    devices = row.get("devices")
+    if not isinstance(devices, Mapping):
+        devices = {}
     evaluation = row.get("evaluation")
     if isinstance(evaluation, Mapping):
         evaluation = {
@@ -492,7 +495,7 @@ class Dashboard:
     """
 
     def __init__(self, run: LiveRun | FolderRun, host: str = "127.0.0.1", port: int = 0) -> None:
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        if not is_int(port) or not 0 <= port <= 65535:
             raise ValueError(f"the dashboard's port must be an integer in 0..65535 (0: any free port), got {port!r}")
         self.run = run
         local = host in _LOCAL_NAMES

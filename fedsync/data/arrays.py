@@ -16,6 +16,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from .._util.json import shown
 from ..errors import PayloadRejected, RemoteError, RoundFailed, failure_reason
 from ..plugins.hookspecs import RegisterAdapter, hookimpl
 from ..protocol import FedData
@@ -523,10 +524,11 @@ class FedArrays(FedData):
         try:
             samples = checked_samples(metadata.get(SAMPLES_KEY, "0"), f"payload metadata {SAMPLES_KEY!r}")
             try:
+                # Not _util.json.loads_strict: a metric named twice has always been accepted (the last wins).
                 metrics = json.loads(metadata.get(METRICS_KEY, "{}"), parse_constant=_no_constant)
             except (ValueError, RecursionError):
                 raise ValueError(
-                    f"payload metadata {METRICS_KEY!r} is not JSON: {_short(metadata.get(METRICS_KEY))}"
+                    f"payload metadata {METRICS_KEY!r} is not JSON: {shown(metadata.get(METRICS_KEY), 60)}"
                 ) from None
             return samples, checked_metrics(metrics, f"payload metadata {METRICS_KEY!r}")
         except ValueError as exc:
@@ -550,11 +552,6 @@ def _finite(a: np.ndarray) -> bool:
 
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a finite number")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def _add_whole(accumulator: Accumulator, arrays: Mapping[str, np.ndarray], samples: int) -> int:

@@ -10,7 +10,7 @@ decode as any array payload.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -99,11 +99,12 @@ class FedBundle(FedData):
 
         self.check(encoding, repetition)
         for name, part_encoding in self._split(encoding, repetition).items():
-            part = self.parts[name]
-            if takes_extra(part.receive, 2):
-                part.receive(part_encoding, repetition, config or {})
+            # FedData.receive takes (encoding, repetition); a part's own may take the config third.
+            receive: Callable[..., None] = self.parts[name].receive
+            if takes_extra(receive, 2):
+                receive(part_encoding, repetition, config or {})
             else:
-                part.receive(part_encoding, repetition)
+                receive(part_encoding, repetition)
 
     def merge(self, encodings: Iterable[Any], repetition: int) -> None:
         """Merge each part's share of the replies; all parts change, or none.

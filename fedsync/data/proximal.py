@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .._util.json import shown
+
 __all__ = ["snapshot", "checked_mu", "numpy_term", "NO_GLOBAL"]
 
 NO_GLOBAL = (
@@ -46,9 +48,8 @@ def checked_mu(mu: Any) -> float:
         or not isinstance(mu, (int, float, np.integer, np.floating))
         or not (math.isfinite(float(mu)) and mu >= 0)
     ):
-        shown = repr(mu) if len(repr(mu)) <= 40 else repr(mu)[:40] + "..."
         raise ValueError(
-            f"mu must be a finite number >= 0, got {shown}; e.g. fed.proximal_term(config.get('mu', 0.01))"
+            f"mu must be a finite number >= 0, got {shown(mu, 40)}; e.g. fed.proximal_term(config.get('mu', 0.01))"
         )
     return float(mu)
 

@@ -48,6 +48,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from .._util.checks import is_int, is_number
 from ..errors import RoundFailed
 from ..privacy import CHUNK, checked_positive, clip_factor, update_norm
 from .base import Arrays, FedAvg, Strategy, accumulator_dtype
@@ -105,13 +106,13 @@ class DPFixedClipping(Strategy):
             )
         self.noise_multiplier = checked_positive("noise_multiplier", noise_multiplier, zero=True)
         self.clipping_norm = checked_positive("clipping_norm", clipping_norm)
-        if isinstance(num_sampled_clients, bool) or not isinstance(num_sampled_clients, int) or num_sampled_clients < 1:
+        if not is_int(num_sampled_clients) or num_sampled_clients < 1:
             raise ValueError(
                 "num_sampled_clients must be an integer >= 1 (the devices sampled per round), got "
                 f"{num_sampled_clients!r}"
             )
         self.num_sampled_clients = num_sampled_clients
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+        if not is_number(delta) or not 0 < delta < 1:
             raise ValueError(f"delta must be a number in (0, 1), e.g. 1e-5 (below 1/number of devices), got {delta!r}")
         self.delta = float(delta)
         if importlib.util.find_spec("dp_accounting") is None:  # fail here, not after the first round merged

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._util.checks import is_number
 from ..errors import RoundFailed
 from .base import CHUNK, Arrays, FedAvg, WeightedSum, accumulator_dtype
 
@@ -34,7 +35,7 @@ def _rate(
     name: str, value: float, *, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False
 ) -> float:
     """``value`` as a float inside the given interval, or a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     value = float(value)
     below = value <= low if low_open else value < low

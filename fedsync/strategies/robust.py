@@ -23,6 +23,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from .._util.checks import is_int, is_number
 from ..errors import RoundFailed
 from .base import Arrays, Strategy
 from .store import ReplyStore, checked_spill_bytes, default_spill_bytes
@@ -31,7 +32,7 @@ __all__ = ["FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan", "EveryRe
 
 
 def _count(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not is_int(value) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     return value
 
@@ -189,7 +190,7 @@ class FedTrimmedAvg(EveryReply):
 
     def __init__(self, *, beta: float = 0.2, spill_bytes: int | None = None) -> None:
         super().__init__(spill_bytes)
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 0.5:
+        if not is_number(beta) or not 0 <= beta < 0.5:
             raise ValueError(f"beta must be a number in [0, 0.5), the fraction cut from each end; got {beta!r}")
         self.beta = beta
 

@@ -20,6 +20,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .._util.checks import is_int
+
 __all__ = ["ReplyStore", "default_spill_bytes", "SPILL_SHARE", "checked_spill_bytes"]
 
 SPILL_SHARE = 4
@@ -58,7 +60,7 @@ def checked_spill_bytes(value: Any) -> int | None:
     """``spill_bytes`` as given to a strategy: ``None`` (the default) or an integer >= 0."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_int(value) or value < 0:
         raise ValueError(f"spill_bytes must be None (a share of available memory) or an integer >= 0, got {value!r}")
     return value
 
@@ -124,7 +126,7 @@ class ReplyStore:
         for name in self.layout:
             flat = np.ascontiguousarray(arrays[name]).reshape(-1)
             offsets[name] = self._end
-            self._file.write(memoryview(flat.view(np.uint8)))
+            self._file.write(flat.view(np.uint8).data)  # its bytes, not a copy
             self._end += flat.nbytes
         self._dirty = True
         return offsets
@@ -147,8 +149,10 @@ class ReplyStore:
                 continue
             if end == first:
                 continue
-            offset = self._offsets[index][name] + first * dtype.itemsize  # type: ignore[index]
-            window = np.memmap(self._file, dtype=dtype, mode="r", offset=offset, shape=(end - first,))
+            spilled, file = self._offsets[index], self._file
+            assert spilled is not None and file is not None  # a reply not kept in RAM went to the spill file
+            offset = spilled[name] + first * dtype.itemsize
+            window = np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=(end - first,))
             out[row] = window
             del window  # unmapped now: the pages leave this process's resident memory
         return out
