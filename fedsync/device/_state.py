@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .._util.checks import is_int
 from .._version import PROTOCOL_VERSION, __version__
 from ..protocol import MAX_REPETITION, Encoding, FedData
 from ..secagg.device import session_for_submit
@@ -314,4 +315,4 @@ class Device:
 
 def _samples(fed: FedData) -> int | None:
     samples = getattr(fed, "samples", None)
-    return samples if isinstance(samples, int) and not isinstance(samples, bool) else None
+    return samples if is_int(samples) else None

@@ -32,6 +32,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from .._util.checks import is_int
 from .._version import PROTOCOL_VERSION, __version__
 from ..gateway.server import SOCKET_KEY
 from ..protocol import MAX_REPETITION, FedData
@@ -113,9 +114,7 @@ class DeviceApp:
             self.devices = {"": Device(data)}
         for device in self.devices.values():
             device.secagg_required = secure_aggregation == "required"
-        if max_content_length is not None and (
-            not isinstance(max_content_length, int) or isinstance(max_content_length, bool) or max_content_length < 0
-        ):
+        if max_content_length is not None and (not is_int(max_content_length) or max_content_length < 0):
             raise ValueError(
                 f"max_content_length must be a number of bytes >= 0 (0 or None: the default, 2 GiB), got {max_content_length!r}"
             )

@@ -33,6 +33,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._util.checks import positive_int
 from ..wire.http import ErrorCode
 
 __all__ = [
@@ -130,9 +131,7 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def __init__(
         self, sock: socket.socket, app: WSGIApp, ssl_context: Any = None, max_connections: int = MAX_CONNECTIONS
     ) -> None:
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-            raise ValueError(f"max_connections must be a positive integer, got {max_connections!r}")
-        self.max_connections = max_connections
+        self.max_connections = positive_int("max_connections", max_connections)
         self.address_family = sock.family
         address = sock.getsockname()
         super().__init__(address[:2], _Handler, bind_and_activate=False)

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from .._util.checks import is_int, is_number
+from .._util.json import shown
 from ..wire.codec import Payload, encode_payload
 from ..wire.http import ApiError, ErrorCode, json_response
 from . import keys as _keys
@@ -387,7 +389,7 @@ class Session:
         from . import masking
 
         samples = fed.samples
-        if isinstance(samples, bool) or not isinstance(samples, int) or not 0 <= samples <= self.max_samples:
+        if not is_int(samples) or not 0 <= samples <= self.max_samples:
             raise ValueError(
                 f"train reported {samples!r} samples; secure aggregation takes 0 to max_samples ({self.max_samples}): raise SecAgg(max_samples=...) on the coordinator"
             )
@@ -531,8 +533,8 @@ def _new_session(rep: int, body: Any, identity: Any = None) -> Session:
         f"threshold (a majority of the {devices} devices, at least {MIN_THRESHOLD})",
     )
     clip = body["clip"]
-    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < math.inf:
-        raise _bad(f"clip must be a positive finite number, got {_shown(clip)}")
+    if not is_number(clip) or not 0 < clip < math.inf:
+        raise _bad(f"clip must be a positive finite number, got {shown(clip)}")
     scale = _int(body["scale"], 1, 2**52, "scale")
     max_samples = _int(body["max_samples"], 1, 2**53, "max_samples")
     try:
@@ -546,7 +548,7 @@ def _parsed(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (ValueError, RecursionError):
-        raise _bad(f"the body is not JSON: {_shown(body[:60])}") from None
+        raise _bad(f"the body is not JSON: {shown(body[:60])}") from None
 
 
 def _field(body: Any, name: str, kind: type) -> Any:
@@ -574,13 +576,13 @@ def _device_id(name: str, devices: int, what: str) -> int:
         and 1 <= int(name) <= devices
         and str(int(name)) == name
     ):
-        raise _bad(f"{what} keys must be device ids 1 to {devices} as decimal strings, got {_shown(name)}")
+        raise _bad(f"{what} keys must be device ids 1 to {devices} as decimal strings, got {shown(name)}")
     return int(name)
 
 
 def _int(value: Any, low: int, high: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _bad(f"{what} must be an integer from {low} to {high}, got {_shown(value)}")
+    if not is_int(value) or not low <= value <= high:
+        raise _bad(f"{what} must be an integer from {low} to {high}, got {shown(value)}")
     return value
 
 
@@ -599,8 +601,3 @@ def _split(secret: bytes, threshold: int, devices: int) -> dict[int, bytes]:
 
 def _bad(message: str) -> ApiError:
     return ApiError(400, ErrorCode.SECAGG_MALFORMED, message)
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:60] + "..."
