@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["render_status", "render_index", "render_locked", "TOKEN_KEY"]
@@ -81,7 +82,7 @@ def _value(key: str, value: Any) -> str:
     return html.escape(str(value))
 
 
-def render_status(info: dict[str, Any], title: str) -> str:
+def render_status(info: Mapping[str, Any], title: str) -> str:
     """The status page of one FedData, from its ``/info`` answer."""
     rows = "\n".join(
         f'<tr><th>{label}</th><td id="{key}">{_value(key, info.get(key))}</td></tr>' for key, label in _FIELDS

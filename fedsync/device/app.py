@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import functools
 import hmac
+import io
 import logging
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
@@ -391,14 +392,15 @@ def _read_payload(request: Request, length: int, as_view: bool = False, into: An
     # Content-Length is known and checked, so read the server's input directly: it fills
     # our buffer from the socket, where werkzeug's LimitedStream would add a copy.
     raw = request.environ["wsgi.input"]
-    stream = raw if hasattr(raw, "readinto") else request.stream
+    # werkzeug types its stream IO[bytes]; it is a LimitedStream (an io.RawIOBase) or a BytesIO.
+    stream = raw if hasattr(raw, "readinto") else cast("io.RawIOBase | io.BufferedIOBase", request.stream)
     binary_view = as_view and request.mimetype != "text/plain"
     buffer = read_exactly(stream.readinto, length, as_view=binary_view, into=into if binary_view else None)
     if len(buffer) != length:
         raise ApiError(400, ErrorCode.TRUNCATED, f"payload ended after {len(buffer)} of {length} bytes")
     if request.mimetype == "text/plain":
         try:
-            return buffer.decode("utf-8")
+            return str(buffer, "utf-8")  # a bytearray, or a view of one
         except UnicodeDecodeError as exc:
             raise ApiError(400, ErrorCode.MALFORMED_PAYLOAD, f"text/plain payload is not UTF-8: {exc}") from None
     return buffer

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import io
 import json
 import logging
 import re
@@ -31,7 +32,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from .._util.checks import positive_int
 from ..wire.http import ErrorCode
@@ -127,6 +128,7 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    server_address: tuple[str, int]  # an IP socket's (host, port), from its getsockname()
 
     def __init__(
         self, sock: socket.socket, app: WSGIApp, ssl_context: Any = None, max_connections: int = MAX_CONNECTIONS
@@ -267,7 +269,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         words = self.raw_requestline.rstrip(b"\r\n").split()
-        self.command, self.request_version = None, "HTTP/1.1"  # errors below are answered in HTTP/1.1
+        self.command, self.request_version = "", "HTTP/1.1"  # no method yet; errors below are answered in HTTP/1.1
         self.requestline = self.raw_requestline.rstrip(b"\r\n").decode("latin-1")
         if words and _TOKEN.fullmatch(words[0]):
             self.command = words[0].decode("latin-1")  # an error answer to HEAD has no body
@@ -285,7 +287,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
             return False
         # The stdlib parses the version and the headers; the budget bounds the headers' total size.
-        rfile, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)
+        # A cast, not a wrapper class: the stdlib's header parser only calls readline (http.client.parse_headers).
+        rfile, self.rfile = self.rfile, cast(io.BufferedIOBase, _HeaderBudget(self.rfile, MAX_HEADER_BYTES))
         try:
             if not super().parse_request():
                 return False
@@ -600,13 +603,13 @@ class _Response:
         if self.status is None:
             raise AssertionError("the WSGI app wrote before start_response")
         if not self.headers_sent:
-            self._send_headers()
+            self._send_headers(self.status)
         if data and self.handler.command != "HEAD":
             self.handler.wfile.write(data)
 
-    def _send_headers(self) -> None:
+    def _send_headers(self, status: str) -> None:
         handler = self.handler
-        code, _, reason = self.status.partition(" ")
+        code, _, reason = status.partition(" ")
         handler.send_response(int(code), reason)
         names = set()
         for name, value in self.headers:

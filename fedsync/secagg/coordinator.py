@@ -21,10 +21,11 @@ the consistency phase (the paper's round 3) and relays the signatures in ``unmas
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -95,7 +96,8 @@ class SecureRound:
         self.remotes: list[Any] = []
         self.by_id: dict[int, Any] = {}
         self.threshold = 0
-        self.public: dict[int, dict[str, bytes]] = {}  # U1: id -> c, s, commitment
+        # U1: id -> c, s, commitment (bytes); signed, also signature, certificate (base64) and peer (identity.Peer)
+        self.public: dict[int, dict[str, Any]] = {}
         self.participants: list[int] = []  # U2
         self.merging = False  # in the merge, Federated names the round and its failures itself
         self.grace = 0.0  # seconds the unmask phase gets past a deadline reached while collecting (set by start)
@@ -164,7 +166,8 @@ class SecureRound:
         delivery after the first follows the drop of at least one participant."""
         from .disputes import resolve
 
-        pending, ready, disputes = list(self.participants), [], []
+        pending, ready = list(self.participants), []
+        disputes: list[tuple[int, int]] = []
         while pending:
             inbox = {
                 u: {
@@ -388,7 +391,7 @@ class SecureRound:
             text = answer.get("signature") if isinstance(answer, dict) and set(answer) == {"signature"} else None
             if not self.public[u]["peer"].verifies(decode_b64(text, MAX_SIGNATURE, "signature"), message(u)):
                 raise ValueError("its consistency signature does not verify over the survivor list")
-            return text
+            return cast(str, text)  # decode_b64 refused anything but a base64 str
 
         answers = self._phase("consistency", {u: {"survivors": survivors} for u in survivors})
         signatures = {
@@ -415,7 +418,7 @@ class SecureRound:
                 raise ValueError(
                     f"not a masked reply: expected one uint64 array {MASKED_NAME!r} of {size} elements and metadata {MASKED_KEY!r}: 'v1', got {shown}"
                 )
-            buffer = memoryview(np.empty(_PIECE, np.uint8))
+            buffer = np.empty(_PIECE, np.uint8).data  # a memoryview of it
             for _, first, values in codec.read_pieces(reply.readinto, header, buffer):
                 folded = True
                 part = total[first : first + values.size]
@@ -513,7 +516,7 @@ class SecureRound:
             )  # fmt: skip
 
         answers = concurrently(
-            {str(u): (lambda u=u: call(u)) for u in bodies}, self.workers, wait=max(0.0, left) + STALL
+            {str(u): functools.partial(call, u) for u in bodies}, self.workers, wait=max(0.0, left) + STALL
         )
         return {int(k): v for k, v in answers.items()}
 

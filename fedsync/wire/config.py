@@ -94,10 +94,10 @@ def _scalar(item: Any, what: str) -> Scalar:
             )
         return number
     if isinstance(item, numbers.Real):
-        number = float(item)
-        if not math.isfinite(number):
+        real = float(item)
+        if not math.isfinite(real):
             raise ValueError(f"{what} = {shown(item)}: numbers must be finite")
-        return number
+        return real
     raise ValueError(
         f"{what} is a {type(item).__name__} ({shown(item)}); values must be str, bool, int or float, e.g. {_EXAMPLE}"
     )
