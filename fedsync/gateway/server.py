@@ -36,6 +36,7 @@ from typing import Any, cast
 
 from .._util.checks import positive_int
 from ..wire.http import ErrorCode
+from ._wsgi import RequestBody, Response
 
 __all__ = [
     "KeepAliveServer",
@@ -298,7 +299,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return True
 
     def handle_expect_100(self) -> bool:
-        # "100 Continue" only once the app starts reading the body (_Body): a request
+        # "100 Continue" only once the app starts reading the body (RequestBody): a request
         # refused unread (busy, too large, unauthorized) never asks the client for its body.
         self._expecting = True
         return True
@@ -349,8 +350,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 explain=f"Host header {shown} is not one valid host[:port]; send e.g. 'Host: 127.0.0.1:8000'",
             )
             return
-        body = _Body(self.rfile, length or 0, self._continue if self._expecting else None)
-        response = _Response(self, body)
+        body = RequestBody(self.rfile, length or 0, self._continue if self._expecting else None)
+        response = Response(self, body)
         try:
             environ = self._environ(body, length)
         except _BadTarget as exc:
@@ -448,7 +449,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (OSError, ValueError):
             pass  # the client went away or stayed silent: close anyway
 
-    def _environ(self, body: _Body, length: int | None) -> dict[str, Any]:
+    def _environ(self, body: RequestBody, length: int | None) -> dict[str, Any]:
         path, _, query = self.path.partition("?")
         if not path.startswith("/"):
             if _ABSOLUTE.match(path):  # absolute-form target: http://host:port/path
@@ -538,88 +539,3 @@ class _HeaderBudget:
         if self._budget < 0:
             raise http.client.LineTooLong(f"headers (over {MAX_HEADER_BYTES} bytes in all)")
         return line
-
-
-class _Body:
-    """``wsgi.input``: the request body, never read past its Content-Length.
-
-    ``on_first_read``: sends the "100 Continue" a client may wait for before its body.
-    """
-
-    def __init__(self, rfile: Any, length: int, on_first_read: Callable[[], None] | None = None) -> None:
-        self._rfile = rfile
-        self.remaining = length
-        self._on_first_read = on_first_read
-
-    def _starting(self) -> None:
-        if self._on_first_read is not None and self.remaining:
-            on_first_read, self._on_first_read = self._on_first_read, None
-            on_first_read()
-
-    def read(self, size: int = -1) -> bytes:
-        self._starting()
-        size = self.remaining if size is None or size < 0 else min(size, self.remaining)
-        data = self._rfile.read(size) if size else b""
-        self.remaining -= len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        self._starting()
-        view = memoryview(buffer).cast("B")[: self.remaining]
-        n = self._rfile.readinto(view) if len(view) else 0
-        self.remaining -= n
-        return n
-
-    def readline(self, size: int = -1) -> bytes:
-        self._starting()
-        size = self.remaining if size is None or size < 0 else min(size, self.remaining)
-        data = self._rfile.readline(size) if size else b""
-        self.remaining -= len(data)
-        return data
-
-    def __iter__(self) -> Any:
-        while line := self.readline():
-            yield line
-
-
-class _Response:
-    """The WSGI ``start_response`` and ``write`` of one request."""
-
-    def __init__(self, handler: _Handler, body: _Body) -> None:
-        self.handler = handler
-        self.body = body
-        self.status: str | None = None
-        self.headers: list[tuple[str, str]] = []
-        self.headers_sent = False
-        self.keeps_connection = True
-
-    def start(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
-        if exc_info is not None and self.headers_sent:
-            raise exc_info[1].with_traceback(exc_info[2])
-        self.status, self.headers = status, list(headers)
-        return self.write
-
-    def write(self, data: bytes) -> None:
-        if self.status is None:
-            raise AssertionError("the WSGI app wrote before start_response")
-        if not self.headers_sent:
-            self._send_headers(self.status)
-        if data and self.handler.command != "HEAD":
-            self.handler.wfile.write(data)
-
-    def _send_headers(self, status: str) -> None:
-        handler = self.handler
-        code, _, reason = status.partition(" ")
-        handler.send_response(int(code), reason)
-        names = set()
-        for name, value in self.headers:
-            handler.send_header(name, value)
-            names.add(name.lower())
-        no_body = handler.command == "HEAD" or int(code) in (204, 304) or 100 <= int(code) < 200
-        # Without a length the body ends when the connection does; a request body the
-        # app left unread would be taken for the next request.
-        if ("content-length" not in names and not no_body) or self.body.remaining:
-            handler.send_header("Connection", "close")
-            self.keeps_connection = False
-        handler.end_headers()
-        self.headers_sent = True

@@ -25,7 +25,6 @@ error and changes nothing. Phases run strictly in order, once each.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import threading
@@ -38,6 +37,7 @@ from .._util.json import shown
 from ..wire.codec import Payload, encode_payload
 from ..wire.http import ApiError, ErrorCode, json_response
 from . import keys as _keys
+from ._bodies import bounded_int, device_id, id_list, malformed, member, parsed, unb64
 from .settings import MAX_DEVICES, MIN_THRESHOLD, checked_bound, threshold_range
 
 __all__ = [
@@ -111,20 +111,22 @@ class Session:
         return keys_message(self.rep, peer, self.devices, self.threshold, c_public, s_public, commitment)
 
     def shares(self, body: Any) -> dict[str, Any]:
-        table = _field(body, "keys", dict)
+        table = member(body, "keys", dict)
         if not self.threshold <= len(table) <= self.devices:
-            raise _bad(f"keys lists {len(table)} devices; expected {self.threshold} (the threshold) to {self.devices}")
+            raise malformed(
+                f"keys lists {len(table)} devices; expected {self.threshold} (the threshold) to {self.devices}"
+            )
         public: dict[int, tuple[bytes, bytes]] = {}
         signed: dict[int, dict[str, Any]] = {}
         for name, entry in table.items():
-            peer = _device_id(name, self.devices, "keys")
+            peer = device_id(name, self.devices, "keys")
             if not isinstance(entry, dict) or set(entry) not in ({"c", "s"}, SIGNED_ENTRY):
-                raise _bad(
+                raise malformed(
                     f'keys[{name!r}] must be an object {{"c": base64, "s": base64}}, signed: with "commitment", "signature", "certificate" too'
                 )
             public[peer] = (
-                _unb64(entry["c"], _keys.KEY_BYTES, f"keys[{name!r}].c"),
-                _unb64(entry["s"], _keys.KEY_BYTES, f"keys[{name!r}].s"),
+                unb64(entry["c"], _keys.KEY_BYTES, f"keys[{name!r}].c"),
+                unb64(entry["s"], _keys.KEY_BYTES, f"keys[{name!r}].s"),
             )
             if set(entry) == SIGNED_ENTRY:
                 signed[peer] = entry
@@ -189,7 +191,7 @@ class Session:
                 signature = decode_b64(entry["signature"], MAX_SIGNATURE, f"keys[{str(peer)!r}].signature")
                 der = decode_b64(entry["certificate"], MAX_CERTIFICATE, f"keys[{str(peer)!r}].certificate")
             except ValueError as exc:
-                raise _bad(str(exc)) from None
+                raise malformed(str(exc)) from None
             if peer == self.me:
                 if commitment != _keys.commitment(self.b) or der != self.identity.certificate_der:
                     raise ApiError(
@@ -235,9 +237,9 @@ class Session:
             ApiError: 400 ``secagg_bad_share`` with ``senders``, the ids whose ciphertexts do
                 not decrypt (AES-GCM fails): nothing is kept, the senders are to blame.
         """
-        participants = _id_list(body, "participants", self.devices)
+        participants = id_list(body, "participants", self.devices)
         if not set(participants) <= set(self.public) or self.me not in participants:
-            raise _bad(
+            raise malformed(
                 f"participants must include this device ({self.me}) and only devices of the shares phase {sorted(self.public)}"
             )
         if self.stage == "ready" and not set(participants) <= set(self.participants):
@@ -252,17 +254,17 @@ class Session:
                 ErrorCode.SECAGG_TOO_FEW,
                 f"{len(participants)} participants are fewer than the threshold {self.threshold}; this round cannot complete",
             )
-        sent = _field(body, "shares", dict)
+        sent = member(body, "shares", dict)
         expected = {str(p) for p in participants if p != self.me}
         if set(sent) != expected:
-            raise _bad(
+            raise malformed(
                 f"shares must hold exactly one ciphertext from each other participant {sorted(expected, key=int)}"
             )
         held = {self.me: self.held[self.me]}
         failed: list[int] = []
         for name, text in sent.items():
             peer = int(name)
-            blob = _unb64(text, _keys.CIPHERTEXT_BYTES, f"shares[{name!r}]")
+            blob = unb64(text, _keys.CIPHERTEXT_BYTES, f"shares[{name!r}]")
             key = _keys.agree(self.c, self.public[peer][0], "share", self.rep)
             try:
                 plain = _keys.decrypt_share(key, self.rep, peer, self.me, blob)
@@ -283,11 +285,11 @@ class Session:
                 ErrorCode.SECAGG_OUT_OF_ORDER,
                 f"{phase} comes after this device's masked result for repetition {self.rep}; it is at the {self.stage} phase",
             )
-        survivors = _id_list(body, "survivors", self.devices)
+        survivors = id_list(body, "survivors", self.devices)
         if not set(survivors) <= set(self.participants):
-            raise _bad(f"survivors must be participants {self.participants}")
+            raise malformed(f"survivors must be participants {self.participants}")
         if self.me not in survivors:
-            raise _bad(f"survivors must include this device ({self.me}): it sent its masked result")
+            raise malformed(f"survivors must include this device ({self.me}): it sent its masked result")
         if len(survivors) < self.threshold:
             raise ApiError(
                 409,
@@ -320,24 +322,24 @@ class Session:
         from .identity import MAX_SIGNATURE, decode_b64, survivors_message
 
         if self.signed != survivors:
-            shown = "no list yet" if self.signed is None else f"{self.signed}"
+            listed = "no list yet" if self.signed is None else f"{self.signed}"
             raise ApiError(
                 409,
                 ErrorCode.SECAGG_INCONSISTENT,
-                f"unmask must name the survivors this device signed in the consistency phase ({shown}), got {survivors}",
+                f"unmask must name the survivors this device signed in the consistency phase ({listed}), got {survivors}",
             )
-        relayed = _field(body, "signatures", dict)
+        relayed = member(body, "signatures", dict)
         if len(relayed) > len(survivors):
-            raise _bad(f"signatures holds {len(relayed)} entries; at most one per survivor ({len(survivors)})")
+            raise malformed(f"signatures holds {len(relayed)} entries; at most one per survivor ({len(survivors)})")
         valid = []
         for name, text in relayed.items():
-            peer = _device_id(name, self.devices, "signatures")
+            peer = device_id(name, self.devices, "signatures")
             if peer not in survivors:
-                raise _bad(f"signatures names device {peer}, not a survivor {survivors}")
+                raise malformed(f"signatures names device {peer}, not a survivor {survivors}")
             try:
                 signature = decode_b64(text, MAX_SIGNATURE, f"signatures[{name!r}]")
             except ValueError as exc:
-                raise _bad(str(exc)) from None
+                raise malformed(str(exc)) from None
             if not self.peers[peer].verifies(signature, survivors_message(self.rep, self.public[peer][1], survivors)):
                 raise ApiError(
                     400,
@@ -354,9 +356,9 @@ class Session:
 
     def unmask(self, body: Any) -> dict[str, Any]:
         survivors = self._survivors(body, "unmask")
-        dropped = _id_list(body, "dropped", self.devices, empty=True)
+        dropped = id_list(body, "dropped", self.devices, empty=True)
         if set(survivors) & set(dropped) or set(survivors) | set(dropped) != set(self.participants):
-            raise _bad(f"survivors and dropped must split the participants {self.participants} between them")
+            raise malformed(f"survivors and dropped must split the participants {self.participants} between them")
         if self.identity is not None:
             self._check_signatures(body, survivors)
         # The rule that keeps one device's update hidden: never both secrets of the same peer.
@@ -450,7 +452,7 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
             ErrorCode.NOT_SUPPORTED,
             "this device cannot do secure aggregation: pip install 'fedsync[secagg]' on it",
         ) from None
-    request = _parsed(body)
+    request = parsed(body)
     with device.state_lock:
         job = device.job
         if job is not None and not job.done.is_set() and phase not in ("consistency", "unmask"):
@@ -523,81 +525,28 @@ def session_for_submit(device: Any, rep: int, required: bool) -> Session | None:
 
 def _new_session(rep: int, body: Any, identity: Any = None) -> Session:
     if not isinstance(body, dict) or set(body) != {"devices", "id", "threshold", "clip", "scale", "max_samples"}:
-        raise _bad('keys takes {"devices": n, "id": i, "threshold": t, "clip": c, "scale": s, "max_samples": m}')
-    devices = _int(body["devices"], MIN_THRESHOLD, MAX_DEVICES, "devices")
-    me = _int(body["id"], 1, devices, "id")
+        raise malformed('keys takes {"devices": n, "id": i, "threshold": t, "clip": c, "scale": s, "max_samples": m}')
+    devices = bounded_int(body["devices"], MIN_THRESHOLD, MAX_DEVICES, "devices")
+    me = bounded_int(body["id"], 1, devices, "id")
     # Refused here, not trusted to the coordinator: a t of n/2 or less would let it unmask one device.
-    threshold = _int(
+    threshold = bounded_int(
         body["threshold"],
         *threshold_range(devices),
         f"threshold (a majority of the {devices} devices, at least {MIN_THRESHOLD})",
     )
     clip = body["clip"]
     if not is_number(clip) or not 0 < clip < math.inf:
-        raise _bad(f"clip must be a positive finite number, got {shown(clip)}")
-    scale = _int(body["scale"], 1, 2**52, "scale")
-    max_samples = _int(body["max_samples"], 1, 2**53, "max_samples")
+        raise malformed(f"clip must be a positive finite number, got {shown(clip)}")
+    scale = bounded_int(body["scale"], 1, 2**52, "scale")
+    max_samples = bounded_int(body["max_samples"], 1, 2**53, "max_samples")
     try:
         checked_bound(float(clip), scale, max_samples, devices)
     except ValueError as exc:
-        raise _bad(str(exc)) from None
+        raise malformed(str(exc)) from None
     return Session(rep, me, devices, threshold, float(clip), scale, max_samples, identity)
-
-
-def _parsed(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise _bad(f"the body is not JSON: {shown(body[:60])}") from None
-
-
-def _field(body: Any, name: str, kind: type) -> Any:
-    if not isinstance(body, dict) or not isinstance(body.get(name), kind):
-        raise _bad(f"the body must be a JSON object with {name!r} a{'n object' if kind is dict else ' list'}")
-    return body[name]
-
-
-def _id_list(body: Any, name: str, devices: int, empty: bool = False) -> list[int]:
-    values = _field(body, name, list)
-    if len(values) > devices or (not values and not empty):
-        raise _bad(f"{name} lists {len(values)} devices; expected 1 to {devices}")
-    ids = [_int(v, 1, devices, f"{name} entry") for v in values]
-    if len(set(ids)) != len(ids):
-        raise _bad(f"{name} lists a device twice")
-    return sorted(ids)
-
-
-def _device_id(name: str, devices: int, what: str) -> int:
-    if not (
-        isinstance(name, str)
-        and name.isascii()
-        and name.isdigit()
-        and len(name) <= 5
-        and 1 <= int(name) <= devices
-        and str(int(name)) == name
-    ):
-        raise _bad(f"{what} keys must be device ids 1 to {devices} as decimal strings, got {shown(name)}")
-    return int(name)
-
-
-def _int(value: Any, low: int, high: int, what: str) -> int:
-    if not is_int(value) or not low <= value <= high:
-        raise _bad(f"{what} must be an integer from {low} to {high}, got {shown(value)}")
-    return value
-
-
-def _unb64(text: Any, size: int, what: str) -> bytes:
-    try:
-        return _keys.unb64(text, size, what)
-    except ValueError as exc:
-        raise _bad(str(exc)) from None
 
 
 def _split(secret: bytes, threshold: int, devices: int) -> dict[int, bytes]:
     from . import shamir
 
     return shamir.split(secret, threshold, devices)
-
-
-def _bad(message: str) -> ApiError:
-    return ApiError(400, ErrorCode.SECAGG_MALFORMED, message)
