@@ -117,7 +117,8 @@ class DeviceApp:
             device.secagg_required = secure_aggregation == "required"
         if max_content_length is not None and (not is_int(max_content_length) or max_content_length < 0):
             raise ValueError(
-                f"max_content_length must be a number of bytes >= 0 (0 or None: the default, 2 GiB), got {max_content_length!r}"
+                "max_content_length must be a number of bytes >= 0 (0 or None: the default, 2 GiB), got "
+                f"{max_content_length!r}"
             )
         self.max_content_length = max_content_length or DEFAULT_MAX_CONTENT_LENGTH
         self.url_map = _url_map(tuple(self.devices))
@@ -281,7 +282,10 @@ class DeviceApp:
             return json_response(
                 {
                     "error": ErrorCode.METHOD_NOT_ALLOWED,
-                    "message": f"{method[:20]!r} is not allowed on {request.path[:200]!r}; use {allowed} (methods are case-sensitive)",
+                    "message": (
+                        f"{method[:20]!r} is not allowed on {request.path[:200]!r}; use {allowed} "
+                        "(methods are case-sensitive)"
+                    ),
                 },
                 405,
             )
@@ -290,7 +294,10 @@ class DeviceApp:
             return json_response(
                 {
                     "error": ErrorCode.NOT_FOUND,
-                    "message": f"no route {request.path[:200]!r} here; this device serves {routes} and {{base}}/{{rep}}/submit|result|evaluate",
+                    "message": (
+                        f"no route {request.path[:200]!r} here; this device serves {routes} and "
+                        "{base}/{rep}/submit|result|evaluate"
+                    ),
                 },
                 404,
             )

@@ -100,7 +100,10 @@ MAX_CONNECTIONS = 128
 def _canned(status: str, error: ErrorCode, message: str, extra: str = "") -> bytes:
     """A whole JSON error answer, written by the server itself where no handler runs."""
     body = json.dumps({"error": error, "message": message}).encode()
-    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
@@ -307,7 +310,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def send_error(
         self, code: int, message: str | None = None, explain: str | None = None, error: ErrorCode | None = None
     ) -> None:
-        """Answer ``code`` as JSON ``{"error": error, "message": ...}`` and close the connection (the stdlib answers HTML)."""
+        """Answer ``code`` as JSON ``{"error": error, "message": ...}`` and close the connection.
+
+        The stdlib's own send_error answers HTML.
+        """
         if code >= 500 and code != 500:
             code = 400  # 501 (method), 505 (HTTP version): the client's request is at fault
         if not str(self.request_version).startswith("HTTP/1."):
@@ -395,7 +401,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get_all("Transfer-Encoding"):
             self.send_error(
                 411,
-                explain="send the body with a Content-Length header, without Transfer-Encoding (chunked bodies are not accepted)",
+                explain=(
+                    "send the body with a Content-Length header, without Transfer-Encoding "
+                    "(chunked bodies are not accepted)"
+                ),
             )
             return False
         values = self.headers.get_all("Content-Length") or []
@@ -412,7 +421,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not (value.isascii() and value.isdigit()):
             self.send_error(
                 400,
-                explain=f"Content-Length {value[:40]!r} is not a number of bytes; send one decimal integer, e.g. Content-Length: 1024",
+                explain=(
+                    f"Content-Length {value[:40]!r} is not a number of bytes; send one decimal integer, "
+                    "e.g. Content-Length: 1024"
+                ),
                 error=ErrorCode.BAD_CONTENT_LENGTH,
             )
             return False
@@ -466,7 +478,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     )
             elif path != "*":
                 raise _BadTarget(
-                    f"request target {self.path[:80]!r} is neither a path nor an absolute URL; send e.g. 'GET /info HTTP/1.1'"
+                    f"request target {self.path[:80]!r} is neither a path nor an absolute URL; send e.g. 'GET /info "
+                    "HTTP/1.1'"
                 )
         host, port = self.server.server_name, self.server.server_port
         environ: dict[str, Any] = {

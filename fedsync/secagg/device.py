@@ -122,7 +122,8 @@ class Session:
             peer = device_id(name, self.devices, "keys")
             if not isinstance(entry, dict) or set(entry) not in ({"c", "s"}, SIGNED_ENTRY):
                 raise malformed(
-                    f'keys[{name!r}] must be an object {{"c": base64, "s": base64}}, signed: with "commitment", "signature", "certificate" too'
+                    f'keys[{name!r}] must be an object {{"c": base64, "s": base64}}, signed: with "commitment", '
+                    '"signature", "certificate" too'
                 )
             public[peer] = (
                 unb64(entry["c"], _keys.KEY_BYTES, f"keys[{name!r}].c"),
@@ -144,7 +145,8 @@ class Session:
             raise ApiError(
                 400,
                 ErrorCode.SECAGG_BAD_KEYS,
-                "keys lists one public key twice (for two devices, or as both c and s); every device's keys are fresh and distinct",
+                "keys lists one public key twice (for two devices, or as both c and s); every device's keys are fresh "
+                "and distinct",
             )
         for peer, (_, s_public) in public.items():  # checked now: masking uses them only after training
             if peer != self.me:
@@ -174,7 +176,10 @@ class Session:
         return {"shares": out}
 
     def _verified(self, public: dict[int, tuple[bytes, bytes]], signed: dict[int, dict[str, Any]]) -> dict[int, Any]:
-        """Each peer's certificate checked against the peer CA and its keys signature (Bonawitz et al. 2017, round 1, active variant)."""
+        """Each peer's certificate checked against the peer CA, and its keys signature.
+
+        Bonawitz et al. 2017, round 1, the active-adversary variant.
+        """
         from .identity import MAX_CERTIFICATE, MAX_SIGNATURE, decode_b64
 
         unsigned = sorted(set(public) - set(signed))
@@ -182,7 +187,8 @@ class Session:
             raise ApiError(
                 400,
                 ErrorCode.SECAGG_UNSIGNED_PEER,
-                f"device(s) {unsigned} sent unsigned keys; this device takes only keys signed with a device certificate of its peer CA (serve peer_ca on every device)",
+                f"device(s) {unsigned} sent unsigned keys; this device takes only keys signed with a device "
+                "certificate of its peer CA (serve peer_ca on every device)",
             )
         peers: dict[int, Any] = {}
         for peer, entry in sorted(signed.items()):
@@ -210,8 +216,9 @@ class Session:
             if not certified.verifies(signature, self._keys_message(peer, *public[peer], commitment)):
                 raise ApiError(
                     400, ErrorCode.SECAGG_BAD_SIGNATURE,
-                    f"device {peer}'s keys signature ({certified.name}) does not verify over repetition {self.rep}, n = {self.devices}, "
-                    f"t = {self.threshold} and its keys: the keys were changed in transit, or the device was told another n or t",
+                    f"device {peer}'s keys signature ({certified.name}) does not verify over repetition {self.rep}, n "
+                    f"= {self.devices}, t = {self.threshold} and its keys: the keys were changed in transit, or the "
+                    "device was told another n or t",
                 )  # fmt: skip
             peers[peer] = certified
         holders: dict[bytes, int] = {}
@@ -221,7 +228,8 @@ class Session:
                 raise ApiError(
                     400,
                     ErrorCode.SECAGG_BAD_CERTIFICATE,
-                    f"devices {other} and {peer} present the same certified key ({certified.name}); one device cannot take two ids",
+                    f"devices {other} and {peer} present the same certified key ({certified.name}); one device cannot "
+                    "take two ids",
                 )
         return peers
 
@@ -240,7 +248,8 @@ class Session:
         participants = id_list(body, "participants", self.devices)
         if not set(participants) <= set(self.public) or self.me not in participants:
             raise malformed(
-                f"participants must include this device ({self.me}) and only devices of the shares phase {sorted(self.public)}"
+                f"participants must include this device ({self.me}) and only devices of the shares phase "
+                f"{sorted(self.public)}"
             )
         if self.stage == "ready" and not set(participants) <= set(self.participants):
             raise ApiError(
@@ -252,7 +261,8 @@ class Session:
             raise ApiError(
                 409,
                 ErrorCode.SECAGG_TOO_FEW,
-                f"{len(participants)} participants are fewer than the threshold {self.threshold}; this round cannot complete",
+                f"{len(participants)} participants are fewer than the threshold {self.threshold}; this round cannot "
+                "complete",
             )
         sent = member(body, "shares", dict)
         expected = {str(p) for p in participants if p != self.me}
@@ -283,7 +293,8 @@ class Session:
             raise ApiError(
                 409,
                 ErrorCode.SECAGG_OUT_OF_ORDER,
-                f"{phase} comes after this device's masked result for repetition {self.rep}; it is at the {self.stage} phase",
+                f"{phase} comes after this device's masked result for repetition {self.rep}; it is at the {self.stage} "
+                "phase",
             )
         survivors = id_list(body, "survivors", self.devices)
         if not set(survivors) <= set(self.participants):
@@ -294,7 +305,8 @@ class Session:
             raise ApiError(
                 409,
                 ErrorCode.SECAGG_TOO_FEW,
-                f"{len(survivors)} survivors are fewer than the threshold {self.threshold}: revealing shares now could unmask one device",
+                f"{len(survivors)} survivors are fewer than the threshold {self.threshold}: revealing shares now could "
+                "unmask one device",
             )
         return survivors
 
@@ -310,7 +322,8 @@ class Session:
         if self.signed is not None and self.signed != survivors:
             raise ApiError(
                 409, ErrorCode.SECAGG_INCONSISTENT,
-                f"this device signed the survivors {self.signed} for repetition {self.rep} already; it signs one list per repetition, not {survivors}",
+                f"this device signed the survivors {self.signed} for repetition {self.rep} already; it signs one list "
+                f"per repetition, not {survivors}",
             )  # fmt: skip
         from .identity import survivors_message
 
@@ -326,7 +339,8 @@ class Session:
             raise ApiError(
                 409,
                 ErrorCode.SECAGG_INCONSISTENT,
-                f"unmask must name the survivors this device signed in the consistency phase ({listed}), got {survivors}",
+                f"unmask must name the survivors this device signed in the consistency phase ({listed}), got "
+                f"{survivors}",
             )
         relayed = member(body, "signatures", dict)
         if len(relayed) > len(survivors):
@@ -344,14 +358,16 @@ class Session:
                 raise ApiError(
                     400,
                     ErrorCode.SECAGG_BAD_SIGNATURE,
-                    f"device {peer}'s consistency signature ({self.peers[peer].name}) does not verify over the survivors {survivors}",
+                    f"device {peer}'s consistency signature ({self.peers[peer].name}) does not verify over the "
+                    f"survivors {survivors}",
                 )
             valid.append(peer)
         if len(valid) < self.threshold:
             raise ApiError(
                 409, ErrorCode.SECAGG_INCONSISTENT,
-                f"only {len(valid)} survivor(s) {sorted(valid)} signed the survivors {survivors}; this device reveals shares only when at least "
-                f"the threshold {self.threshold} did (else survivors may have been shown different lists)",
+                f"only {len(valid)} survivor(s) {sorted(valid)} signed the survivors {survivors}; this device reveals "
+                f"shares only when at least the threshold {self.threshold} did (else survivors may have been shown "
+                "different lists)",
             )  # fmt: skip
 
     def unmask(self, body: Any) -> dict[str, Any]:
@@ -368,8 +384,8 @@ class Session:
         if both:
             raise ApiError(
                 409, ErrorCode.SECAGG_BOTH_SHARES,
-                f"device(s) {sorted(both)} were already named the other way in this repetition; a device never reveals shares "
-                "of both b and s_sk of one peer (that would unmask its update)",
+                f"device(s) {sorted(both)} were already named the other way in this repetition; a device never reveals "
+                "shares of both b and s_sk of one peer (that would unmask its update)",
             )  # fmt: skip
         for p in survivors:
             self.revealed[p] = "b"
@@ -393,7 +409,8 @@ class Session:
         samples = fed.samples
         if not is_int(samples) or not 0 <= samples <= self.max_samples:
             raise ValueError(
-                f"train reported {samples!r} samples; secure aggregation takes 0 to max_samples ({self.max_samples}): raise SecAgg(max_samples=...) on the coordinator"
+                f"train reported {samples!r} samples; secure aggregation takes 0 to max_samples ({self.max_samples}): "
+                "raise SecAgg(max_samples=...) on the coordinator"
             )
         received, _, _ = fed._decode(encoding)
         layout = fed.layout()
@@ -416,8 +433,9 @@ class BadShares(ApiError):
     def __init__(self, senders: list[int], rep: int, me: int) -> None:
         super().__init__(
             400, ErrorCode.SECAGG_BAD_SHARE,
-            f"the share(s) that device(s) {senders} sent device {me} for repetition {rep} do not decrypt (AES-GCM authentication "
-            "fails): those senders answered the shares phase with garbage, or the ciphertexts were altered; drop them and deliver the inbox again",
+            f"the share(s) that device(s) {senders} sent device {me} for repetition {rep} do not decrypt (AES-GCM "
+            "authentication fails): those senders answered the shares phase with garbage, or the ciphertexts were "
+            "altered; drop them and deliver the inbox again",
         )  # fmt: skip
         self.senders = senders
 
@@ -441,7 +459,8 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
         raise ApiError(
             501,
             ErrorCode.NOT_SUPPORTED,
-            f"secure aggregation needs an array FedData (FedArrays, FedTorch, FedKeras); this device serves {type(device.fed).__name__}",
+            "secure aggregation needs an array FedData (FedArrays, FedTorch, FedKeras); this device serves "
+            f"{type(device.fed).__name__}",
         )
     try:
         import Crypto  # noqa: F401
@@ -464,7 +483,8 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
                 raise ApiError(
                     409,
                     ErrorCode.STALE_REPETITION,
-                    f"repetition {rep} is not above this device's last repetition {last}; start keys at {last + 1} or later",
+                    f"repetition {rep} is not above this device's last repetition {last}; start keys at {last + 1} or "
+                    "later",
                 )
             device.secagg = _new_session(rep, request, getattr(device, "secagg_identity", None))
             return device.secagg.keys_answer()
@@ -480,7 +500,8 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
             raise ApiError(
                 409,
                 ErrorCode.SECAGG_OUT_OF_ORDER,
-                f"{phase} follows the {wanted[0]} phase; this device is at the {session.stage} phase of repetition {rep}",
+                f"{phase} follows the {wanted[0]} phase; this device is at the {session.stage} phase of repetition "
+                f"{rep}",
             )
         if phase == "inbox":
             return session.inbox(request, lambda: _unsubmitted(device, rep))
@@ -489,7 +510,10 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _unsubmitted(device: Any, rep: int) -> Any:
-    """Hold the device's lock while an inbox is kept: refused once ``rep`` was submitted (``start`` sets it under this lock)."""
+    """Hold the device's lock while an inbox is kept: refused once ``rep`` was submitted.
+
+    ``start`` sets the device's last repetition under this lock.
+    """
     with device.state_lock:
         if device.last_repetition >= rep:
             raise ApiError(
@@ -501,21 +525,26 @@ def _unsubmitted(device: Any, rep: int) -> Any:
 
 
 def session_for_submit(device: Any, rep: int, required: bool) -> Session | None:
-    """The session that must mask ``rep``'s result, ``None`` for a plain round; ApiError if the submission must be refused."""
+    """The session that must mask ``rep``'s result, ``None`` for a plain round.
+
+    Raises:
+        ApiError: the submission must be refused (409: secure aggregation begun but unfinished, or required).
+    """
     session = device.secagg
     if session is not None and session.rep == rep:
         if session.stage != "ready":
             raise ApiError(
                 409,
                 ErrorCode.SECAGG_OUT_OF_ORDER,
-                f"repetition {rep} began secure aggregation but is at its {session.stage} phase; submit follows the inbox phase",
+                f"repetition {rep} began secure aggregation but is at its {session.stage} phase; submit follows the "
+                "inbox phase",
             )
         return session
     if required:
         raise ApiError(
             409, ErrorCode.SECURE_AGGREGATION_REQUIRED,
-            f"this device takes part only in securely aggregated rounds; repetition {rep} did not run its keys, shares and inbox "
-            "phases: use Federated(..., secure_aggregation=SecAgg())",
+            f"this device takes part only in securely aggregated rounds; repetition {rep} did not run its keys, shares "
+            "and inbox phases: use Federated(..., secure_aggregation=SecAgg())",
         )  # fmt: skip
     return None
 

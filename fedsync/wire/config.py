@@ -21,7 +21,7 @@ import json
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 from .._util.json import first_duplicate, shown
 
@@ -49,9 +49,9 @@ MAX_CONFIG_KEY = 64
 
 _LARGEST_INT = 2**53  # exact in float64, so JSON readers in any language agree on it
 
-Scalar = Union[str, bool, int, float]
+Scalar = str | bool | int | float
 Config = dict[str, Scalar]
-ConfigSource = Union[Mapping[str, Any], Callable[[int], Mapping[str, Any]], None]
+ConfigSource = Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None
 """What ``Federated(config=...)`` takes: a dict, a function of the round number, or ``None``."""
 
 _EXAMPLE = '{"lr": 0.01, "epochs": 1, "mu": 0.1, "optimizer": "sgd", "shuffle": true}'
@@ -69,7 +69,8 @@ def checked_config(value: Any, what: str = "config") -> Config:
     """
     if not isinstance(value, Mapping):
         raise TypeError(
-            f"{what} must be a dict of names to str, bool, int or float values, got {type(value).__name__}; e.g. {_EXAMPLE}"
+            f"{what} must be a dict of names to str, bool, int or float values, got {type(value).__name__}; e.g. "
+            f"{_EXAMPLE}"
         )
     if len(value) > MAX_CONFIG_KEYS:
         raise ValueError(f"{what} has {len(value)} keys, more than MAX_CONFIG_KEYS ({MAX_CONFIG_KEYS}); send fewer")
@@ -153,7 +154,8 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         if isinstance(value, (dict, list)) or value is None:
             raise _Refused(
-                f"key {shown(key)} holds {type(value).__name__ if value is not None else 'null'}; values must be strings, numbers or booleans"
+                f"key {shown(key)} holds {type(value).__name__ if value is not None else 'null'}; values must be "
+                "strings, numbers or booleans"
             )
     return dict(pairs)
 

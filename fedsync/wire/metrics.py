@@ -132,8 +132,8 @@ def parse_counted(value: Any, what: str = "train(model)") -> tuple[int, dict[str
     is_count = is_int(value) or type(value).__name__.startswith(("int", "uint"))  # a numpy integer too
     if not is_count or int(value) < 0 or not isinstance(metrics, Mapping):
         raise TypeError(
-            f"{what} must return the number of samples it used, e.g. `return x.shape[0]`, "
-            f"or that number with a dict of metrics, e.g. `return len(x), {{'loss': 0.12}}`; it returned {shown(returned, 80)}"
+            f"{what} must return the number of samples it used, e.g. `return x.shape[0]`, or that number with a dict "
+            f"of metrics, e.g. `return len(x), {{'loss': 0.12}}`; it returned {shown(returned, 80)}"
         )
     samples = checked_samples(value, f"{what}'s sample count")
     try:
