@@ -1,4 +1,4 @@
-"""A threaded HTTP/1.1 server for a device's WSGI app that keeps connections open.
+"""A threaded HTTP/1.1 server for a WSGI app that keeps connections open: the device's, the dashboard's.
 
 werkzeug's development server closes every connection (it sends
 ``Connection: close`` and drains the socket after each response), so each
@@ -12,8 +12,9 @@ Between requests an idle connection is closed after ``IDLE_TIMEOUT`` seconds;
 while a request is handled, after ``REQUEST_TIMEOUT`` seconds without progress
 (long: a reply may wait, unread, until the coordinator's merge takes it).
 
-Internal: :func:`fedsync.serve` is the public way to run a device; this module's names may
-change without notice (fedsync's public surface is ``fedsync.__all__``).
+Public for code that extends fedsync (docs/modules.md): :class:`KeepAliveServer` and the limits
+in ``__all__``; to run a device, :func:`fedsync.serve` is the way. One request's WSGI body and
+``start_response`` are :mod:`fedsync.gateway._wsgi`'s.
 """
 
 from __future__ import annotations

@@ -423,7 +423,7 @@ class Session:
             if peer != self.me:
                 masks.append((_keys.agree(self.s, self.public[peer][1], "mask", rep), 1 if self.me < peer else -1))
         masking.apply_masks(vector, masks)
-        self.stage = "masked"  # under Device.state_lock: Device._work takes it
+        self.stage = "masked"  # under this session's lock: Device._work takes it
         return encode_payload({MASKED_NAME: vector}, {MASKED_KEY: "v1"})
 
 
@@ -512,7 +512,7 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
 def _unsubmitted(device: Any, rep: int) -> Any:
     """Hold the device's lock while an inbox is kept: refused once ``rep`` was submitted.
 
-    ``start`` sets the device's last repetition under this lock.
+    ``Device.start`` (:mod:`fedsync.device._state`) sets the device's last repetition under this lock.
     """
     with device.state_lock:
         if device.last_repetition >= rep:
