@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -55,7 +54,7 @@ class Download:
     away (PEP 3333); ``__del__`` covers servers that forget.
     """
 
-    def __init__(self, body: Any, release: Callable[[], None] | None) -> None:
+    def __init__(self, body: bytes | Iterable[bytes], release: Callable[[], None] | None) -> None:
         self._body = body
         self._pieces: Iterator[bytes] | None = None
         self._release = release
@@ -64,11 +63,12 @@ class Download:
         return self
 
     def __next__(self) -> bytes:
-        if self._pieces is None:
+        pieces = self._pieces
+        if pieces is None:
             body = self._body
-            self._pieces = iter([body] if isinstance(body, (bytes, bytearray)) else body)
+            pieces = self._pieces = iter([body] if isinstance(body, (bytes, bytearray)) else body)
         try:
-            return next(self._pieces)
+            return next(pieces)
         except StopIteration:
             self.close()  # the last byte left this process's model memory
             raise
@@ -114,7 +114,7 @@ def owned_copy(result: Encoding) -> Encoding:
         for frame in result.frames:
             view = memoryview(frame).cast("B")
             buffer[offset : offset + len(view)] = np.frombuffer(view, np.uint8)
-            frames.append(memoryview(buffer)[offset : offset + len(view)])
+            frames.append(buffer.data[offset : offset + len(view)])
             offset += len(view)
         return Payload(frames)
     return bytes(memoryview(result).cast("B"))
@@ -122,7 +122,7 @@ def owned_copy(result: Encoding) -> Encoding:
 
 def response_body(
     encoding: Encoding, sock: socket.socket | None = None, before_last: Callable[[], None] | None = None
-) -> tuple[Any, str, int]:
+) -> tuple[bytes | Iterator[bytes], str, int]:
     """The response body, its mimetype and its length, without copying the payload.
 
     ``sock``: the connection's socket, which fedsync's server puts in the

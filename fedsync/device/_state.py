@@ -25,11 +25,13 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .._util.checks import is_int
 from .._version import PROTOCOL_VERSION, __version__
 from ..protocol import MAX_REPETITION, Encoding, FedData
 from ..secagg.device import session_for_submit
@@ -229,10 +231,12 @@ class Device:
 
     def _work(self, job: Job, encoding: Any, config: Config) -> None:
         try:
+            # The contract's receive takes (encoding, repetition); takes_extra found whether this one takes config too.
+            receive: Callable[..., None] = self.fed.receive
             if self._receive_config:
-                self.fed.receive(encoding, job.repetition, config)
+                receive(encoding, job.repetition, config)
             else:
-                self.fed.receive(encoding, job.repetition)
+                receive(encoding, job.repetition)
             if job.secagg is not None:  # secure aggregation: the reply is masked (fedsync.secagg.device)
                 with job.secagg.lock:
                     result = job.secagg.mask(self.fed, encoding, job.repetition)
@@ -275,9 +279,11 @@ class Device:
                 self.busy.release()
                 raise
         try:
+            # As receive: evaluate(encoding, repetition), with config when takes_extra found it takes one.
+            evaluate: Callable[..., tuple[int, dict[str, float]]] = self.fed.evaluate
             if self._evaluate_config:
-                return self.fed.evaluate(encoding, repetition, config or {})
-            return self.fed.evaluate(encoding, repetition)
+                return evaluate(encoding, repetition, config or {})
+            return evaluate(encoding, repetition)
         except NotImplementedError as exc:
             raise ApiError(501, ErrorCode.NOT_SUPPORTED, str(exc)) from None
         except Exception as exc:  # user code: report its message, keep serving
@@ -302,6 +308,8 @@ class Device:
                     404, ErrorCode.UNKNOWN_REPETITION, f"repetition {job.repetition} was replaced (current: {current})"
                 )
             result, owned = job.result, job.owned
+            if result is None:  # a job done without an error has its result (_work sets one or the other)
+                raise AssertionError(f"repetition {job.repetition} has no result to download")
             if not owned:
                 self.downloads += 1
         release = None if owned else once(self._download_done)
@@ -314,4 +322,4 @@ class Device:
 
 def _samples(fed: FedData) -> int | None:
     samples = getattr(fed, "samples", None)
-    return samples if isinstance(samples, int) and not isinstance(samples, bool) else None
+    return samples if is_int(samples) else None

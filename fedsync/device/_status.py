@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["render_status", "render_index", "render_locked", "TOKEN_KEY"]
@@ -27,9 +28,11 @@ h1{font-size:1.3rem;margin:0 0 .2rem}.sub{color:#5b6670;margin:0 0 1.2rem}
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #e3e7eb}
 th{width:13rem;color:#5b6670;font-weight:500}code{font-size:.9em;word-break:break-all}
 .state{display:inline-block;padding:.05rem .55rem;border-radius:1rem;font-weight:600}
-.idle{background:#e6f4ea;color:#1e6b34}.training{background:#fff4d6;color:#7a5800}.failed{background:#fde7e7;color:#9b1c1c}
+.idle{background:#e6f4ea;color:#1e6b34}.training{background:#fff4d6;color:#7a5800}\
+.failed{background:#fde7e7;color:#9b1c1c}
 footer{margin-top:1.2rem;color:#8a949c;font-size:.85rem}
-form{display:flex;gap:.5rem;margin:1rem 0}input{flex:1;font:inherit;padding:.35rem .5rem}button{font:inherit;padding:.35rem .9rem}
+form{display:flex;gap:.5rem;margin:1rem 0}\
+input{flex:1;font:inherit;padding:.35rem .5rem}button{font:inherit;padding:.35rem .9rem}
 #message{color:#9b1c1c;min-height:1.4em}[hidden]{display:none!important}
 """
 
@@ -81,7 +84,7 @@ def _value(key: str, value: Any) -> str:
     return html.escape(str(value))
 
 
-def render_status(info: dict[str, Any], title: str) -> str:
+def render_status(info: Mapping[str, Any], title: str) -> str:
     """The status page of one FedData, from its ``/info`` answer."""
     rows = "\n".join(
         f'<tr><th>{label}</th><td id="{key}">{_value(key, info.get(key))}</td></tr>' for key, label in _FIELDS
@@ -101,7 +104,8 @@ def render_index(bases: list[str]) -> str:
     items = "\n".join(f'<li><a href="{html.escape(b)}/">{html.escape(b)}</a></li>' for b in bases)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fedsync device</title><style>{_STYLE}</style></head>
-<body><h1>fedsync device</h1><p class="sub">This device serves {len(bases)} FedData:</p><ul>{items}</ul></body></html>"""
+<body><h1>fedsync device</h1>\
+<p class="sub">This device serves {len(bases)} FedData:</p><ul>{items}</ul></body></html>"""
 
 
 # Everything the locked page shows comes from /info, fetched with the token and
@@ -121,7 +125,8 @@ function cell(key, value){
   if (value === null || value === undefined) value = "-";
   if (key === "last_seconds" && typeof value === "number") value = value.toFixed(3);
   td.textContent = "";
-  if (key === "state"){ const s = document.createElement("span"); s.className = "state " + value; s.textContent = value; td.appendChild(s); }
+  if (key === "state"){ const s = document.createElement("span"); s.className = "state " + value; \
+s.textContent = value; td.appendChild(s); }
   else td.textContent = String(value);
 }
 function show(info){
@@ -129,7 +134,8 @@ function show(info){
     const list = document.getElementById("bases"); list.textContent = "";
     for (const name of info.bases){
       const li = document.createElement("li"), a = document.createElement("a");
-      a.href = encodeURIComponent(String(name)) + "/"; a.textContent = String(name); li.appendChild(a); list.appendChild(li);
+      a.href = encodeURIComponent(String(name)) + "/"; a.textContent = String(name); \
+li.appendChild(a); list.appendChild(li);
     }
     document.getElementById("index").hidden = false;
   } else {
@@ -147,7 +153,8 @@ async function load(token){
     sessionStorage.removeItem(KEY); clearInterval(timer); timer = null;
     form.hidden = false; message.textContent = "The device refused this token."; return false;
   }
-  if (!answer.ok){ message.textContent = "Nothing is served at " + base() + " (HTTP " + answer.status + ")."; return false; }
+  if (!answer.ok){ message.textContent = "Nothing is served at " + base() + " (HTTP " + answer.status + ")."; \
+return false; }
   sessionStorage.setItem(KEY, token);
   form.hidden = true; message.textContent = "";
   show(await answer.json());
@@ -176,7 +183,8 @@ def render_locked() -> str:
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer"><title>fedsync device</title><style>{_STYLE}</style></head>
 <body><h1 id="heading">fedsync device</h1>
-<form id="unlock" autocomplete="off"><input id="token" type="password" aria-label="token" placeholder="this device's token" autofocus>
+<form id="unlock" autocomplete="off">\
+<input id="token" type="password" aria-label="token" placeholder="this device's token" autofocus>
 <button type="submit">Show status</button></form>
 <p id="message">This device requires a token: type it to see its status. It stays in this tab, never in a URL.</p>
 <div id="device" hidden><table>{rows}</table></div>

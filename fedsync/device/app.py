@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import functools
 import hmac
+import io
 import logging
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from .._util.checks import is_int
 from .._version import PROTOCOL_VERSION, __version__
 from ..gateway.server import SOCKET_KEY
 from ..protocol import MAX_REPETITION, FedData
@@ -113,11 +115,10 @@ class DeviceApp:
             self.devices = {"": Device(data)}
         for device in self.devices.values():
             device.secagg_required = secure_aggregation == "required"
-        if max_content_length is not None and (
-            not isinstance(max_content_length, int) or isinstance(max_content_length, bool) or max_content_length < 0
-        ):
+        if max_content_length is not None and (not is_int(max_content_length) or max_content_length < 0):
             raise ValueError(
-                f"max_content_length must be a number of bytes >= 0 (0 or None: the default, 2 GiB), got {max_content_length!r}"
+                "max_content_length must be a number of bytes >= 0 (0 or None: the default, 2 GiB), got "
+                f"{max_content_length!r}"
             )
         self.max_content_length = max_content_length or DEFAULT_MAX_CONTENT_LENGTH
         self.url_map = _url_map(tuple(self.devices))
@@ -281,7 +282,10 @@ class DeviceApp:
             return json_response(
                 {
                     "error": ErrorCode.METHOD_NOT_ALLOWED,
-                    "message": f"{method[:20]!r} is not allowed on {request.path[:200]!r}; use {allowed} (methods are case-sensitive)",
+                    "message": (
+                        f"{method[:20]!r} is not allowed on {request.path[:200]!r}; use {allowed} "
+                        "(methods are case-sensitive)"
+                    ),
                 },
                 405,
             )
@@ -290,7 +294,10 @@ class DeviceApp:
             return json_response(
                 {
                     "error": ErrorCode.NOT_FOUND,
-                    "message": f"no route {request.path[:200]!r} here; this device serves {routes} and {{base}}/{{rep}}/submit|result|evaluate",
+                    "message": (
+                        f"no route {request.path[:200]!r} here; this device serves {routes} and "
+                        "{base}/{rep}/submit|result|evaluate"
+                    ),
                 },
                 404,
             )
@@ -392,14 +399,15 @@ def _read_payload(request: Request, length: int, as_view: bool = False, into: An
     # Content-Length is known and checked, so read the server's input directly: it fills
     # our buffer from the socket, where werkzeug's LimitedStream would add a copy.
     raw = request.environ["wsgi.input"]
-    stream = raw if hasattr(raw, "readinto") else request.stream
+    # werkzeug types its stream IO[bytes]; it is a LimitedStream (an io.RawIOBase) or a BytesIO.
+    stream = raw if hasattr(raw, "readinto") else cast("io.RawIOBase | io.BufferedIOBase", request.stream)
     binary_view = as_view and request.mimetype != "text/plain"
     buffer = read_exactly(stream.readinto, length, as_view=binary_view, into=into if binary_view else None)
     if len(buffer) != length:
         raise ApiError(400, ErrorCode.TRUNCATED, f"payload ended after {len(buffer)} of {length} bytes")
     if request.mimetype == "text/plain":
         try:
-            return buffer.decode("utf-8")
+            return str(buffer, "utf-8")  # a bytearray, or a view of one
         except UnicodeDecodeError as exc:
             raise ApiError(400, ErrorCode.MALFORMED_PAYLOAD, f"text/plain payload is not UTF-8: {exc}") from None
     return buffer

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from .._util.checks import positive_int
 from ..gateway.listen import listen, loopback, tls_context
 from ..gateway.server import MAX_CONNECTIONS, KeepAliveServer
 from ..protocol import FedData
@@ -121,8 +122,7 @@ def serve(
             certificate that is not ECDSA P-256 or does not verify against ``peer_ca``.
     """
     app = DeviceApp(data, token=token, max_content_length=max_content_length, secure_aggregation=secure_aggregation)
-    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-        raise ValueError(f"max_connections must be a positive integer, got {max_connections!r}")
+    positive_int("max_connections", max_connections)
     if peer_ca is not None:
         _sign_with(app, ssl_context, peer_ca)
     ssl_context = tls_context(ssl_context, client_ca)

@@ -1,4 +1,4 @@
-"""A threaded HTTP/1.1 server for a device's WSGI app that keeps connections open.
+"""A threaded HTTP/1.1 server for a WSGI app that keeps connections open: the device's, the dashboard's.
 
 werkzeug's development server closes every connection (it sends
 ``Connection: close`` and drains the socket after each response), so each
@@ -12,14 +12,16 @@ Between requests an idle connection is closed after ``IDLE_TIMEOUT`` seconds;
 while a request is handled, after ``REQUEST_TIMEOUT`` seconds without progress
 (long: a reply may wait, unread, until the coordinator's merge takes it).
 
-Internal: :func:`fedsync.serve` is the public way to run a device; this module's names may
-change without notice (fedsync's public surface is ``fedsync.__all__``).
+Public for code that extends fedsync (docs/modules.md): :class:`KeepAliveServer` and the limits
+in ``__all__``; to run a device, :func:`fedsync.serve` is the way. One request's WSGI body and
+``start_response`` are :mod:`fedsync.gateway._wsgi`'s.
 """
 
 from __future__ import annotations
 
 import http.client
 import http.server
+import io
 import json
 import logging
 import re
@@ -31,9 +33,11 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
+from .._util.checks import positive_int
 from ..wire.http import ErrorCode
+from ._wsgi import RequestBody, Response
 
 __all__ = [
     "KeepAliveServer",
@@ -97,7 +101,10 @@ MAX_CONNECTIONS = 128
 def _canned(status: str, error: ErrorCode, message: str, extra: str = "") -> bytes:
     """A whole JSON error answer, written by the server itself where no handler runs."""
     body = json.dumps({"error": error, "message": message}).encode()
-    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
@@ -126,13 +133,12 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    server_address: tuple[str, int]  # an IP socket's (host, port), from its getsockname()
 
     def __init__(
         self, sock: socket.socket, app: WSGIApp, ssl_context: Any = None, max_connections: int = MAX_CONNECTIONS
     ) -> None:
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-            raise ValueError(f"max_connections must be a positive integer, got {max_connections!r}")
-        self.max_connections = max_connections
+        self.max_connections = positive_int("max_connections", max_connections)
         self.address_family = sock.family
         address = sock.getsockname()
         super().__init__(address[:2], _Handler, bind_and_activate=False)
@@ -268,7 +274,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         words = self.raw_requestline.rstrip(b"\r\n").split()
-        self.command, self.request_version = None, "HTTP/1.1"  # errors below are answered in HTTP/1.1
+        self.command, self.request_version = "", "HTTP/1.1"  # no method yet; errors below are answered in HTTP/1.1
         self.requestline = self.raw_requestline.rstrip(b"\r\n").decode("latin-1")
         if words and _TOKEN.fullmatch(words[0]):
             self.command = words[0].decode("latin-1")  # an error answer to HEAD has no body
@@ -286,7 +292,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
             return False
         # The stdlib parses the version and the headers; the budget bounds the headers' total size.
-        rfile, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)
+        # A cast, not a wrapper class: the stdlib's header parser only calls readline (http.client.parse_headers).
+        rfile, self.rfile = self.rfile, cast(io.BufferedIOBase, _HeaderBudget(self.rfile, MAX_HEADER_BYTES))
         try:
             if not super().parse_request():
                 return False
@@ -296,7 +303,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return True
 
     def handle_expect_100(self) -> bool:
-        # "100 Continue" only once the app starts reading the body (_Body): a request
+        # "100 Continue" only once the app starts reading the body (RequestBody): a request
         # refused unread (busy, too large, unauthorized) never asks the client for its body.
         self._expecting = True
         return True
@@ -304,7 +311,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def send_error(
         self, code: int, message: str | None = None, explain: str | None = None, error: ErrorCode | None = None
     ) -> None:
-        """Answer ``code`` as JSON ``{"error": error, "message": ...}`` and close the connection (the stdlib answers HTML)."""
+        """Answer ``code`` as JSON ``{"error": error, "message": ...}`` and close the connection.
+
+        The stdlib's own send_error answers HTML.
+        """
         if code >= 500 and code != 500:
             code = 400  # 501 (method), 505 (HTTP version): the client's request is at fault
         if not str(self.request_version).startswith("HTTP/1."):
@@ -347,8 +357,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 explain=f"Host header {shown} is not one valid host[:port]; send e.g. 'Host: 127.0.0.1:8000'",
             )
             return
-        body = _Body(self.rfile, length or 0, self._continue if self._expecting else None)
-        response = _Response(self, body)
+        body = RequestBody(self.rfile, length or 0, self._continue if self._expecting else None)
+        response = Response(self, body)
         try:
             environ = self._environ(body, length)
         except _BadTarget as exc:
@@ -392,7 +402,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get_all("Transfer-Encoding"):
             self.send_error(
                 411,
-                explain="send the body with a Content-Length header, without Transfer-Encoding (chunked bodies are not accepted)",
+                explain=(
+                    "send the body with a Content-Length header, without Transfer-Encoding "
+                    "(chunked bodies are not accepted)"
+                ),
             )
             return False
         values = self.headers.get_all("Content-Length") or []
@@ -409,7 +422,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not (value.isascii() and value.isdigit()):
             self.send_error(
                 400,
-                explain=f"Content-Length {value[:40]!r} is not a number of bytes; send one decimal integer, e.g. Content-Length: 1024",
+                explain=(
+                    f"Content-Length {value[:40]!r} is not a number of bytes; send one decimal integer, "
+                    "e.g. Content-Length: 1024"
+                ),
                 error=ErrorCode.BAD_CONTENT_LENGTH,
             )
             return False
@@ -446,7 +462,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (OSError, ValueError):
             pass  # the client went away or stayed silent: close anyway
 
-    def _environ(self, body: _Body, length: int | None) -> dict[str, Any]:
+    def _environ(self, body: RequestBody, length: int | None) -> dict[str, Any]:
         path, _, query = self.path.partition("?")
         if not path.startswith("/"):
             if _ABSOLUTE.match(path):  # absolute-form target: http://host:port/path
@@ -463,7 +479,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     )
             elif path != "*":
                 raise _BadTarget(
-                    f"request target {self.path[:80]!r} is neither a path nor an absolute URL; send e.g. 'GET /info HTTP/1.1'"
+                    f"request target {self.path[:80]!r} is neither a path nor an absolute URL; send e.g. 'GET /info "
+                    "HTTP/1.1'"
                 )
         host, port = self.server.server_name, self.server.server_port
         environ: dict[str, Any] = {
@@ -536,88 +553,3 @@ class _HeaderBudget:
         if self._budget < 0:
             raise http.client.LineTooLong(f"headers (over {MAX_HEADER_BYTES} bytes in all)")
         return line
-
-
-class _Body:
-    """``wsgi.input``: the request body, never read past its Content-Length.
-
-    ``on_first_read``: sends the "100 Continue" a client may wait for before its body.
-    """
-
-    def __init__(self, rfile: Any, length: int, on_first_read: Callable[[], None] | None = None) -> None:
-        self._rfile = rfile
-        self.remaining = length
-        self._on_first_read = on_first_read
-
-    def _starting(self) -> None:
-        if self._on_first_read is not None and self.remaining:
-            on_first_read, self._on_first_read = self._on_first_read, None
-            on_first_read()
-
-    def read(self, size: int = -1) -> bytes:
-        self._starting()
-        size = self.remaining if size is None or size < 0 else min(size, self.remaining)
-        data = self._rfile.read(size) if size else b""
-        self.remaining -= len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        self._starting()
-        view = memoryview(buffer).cast("B")[: self.remaining]
-        n = self._rfile.readinto(view) if len(view) else 0
-        self.remaining -= n
-        return n
-
-    def readline(self, size: int = -1) -> bytes:
-        self._starting()
-        size = self.remaining if size is None or size < 0 else min(size, self.remaining)
-        data = self._rfile.readline(size) if size else b""
-        self.remaining -= len(data)
-        return data
-
-    def __iter__(self) -> Any:
-        while line := self.readline():
-            yield line
-
-
-class _Response:
-    """The WSGI ``start_response`` and ``write`` of one request."""
-
-    def __init__(self, handler: _Handler, body: _Body) -> None:
-        self.handler = handler
-        self.body = body
-        self.status: str | None = None
-        self.headers: list[tuple[str, str]] = []
-        self.headers_sent = False
-        self.keeps_connection = True
-
-    def start(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
-        if exc_info is not None and self.headers_sent:
-            raise exc_info[1].with_traceback(exc_info[2])
-        self.status, self.headers = status, list(headers)
-        return self.write
-
-    def write(self, data: bytes) -> None:
-        if self.status is None:
-            raise AssertionError("the WSGI app wrote before start_response")
-        if not self.headers_sent:
-            self._send_headers()
-        if data and self.handler.command != "HEAD":
-            self.handler.wfile.write(data)
-
-    def _send_headers(self) -> None:
-        handler = self.handler
-        code, _, reason = self.status.partition(" ")
-        handler.send_response(int(code), reason)
-        names = set()
-        for name, value in self.headers:
-            handler.send_header(name, value)
-            names.add(name.lower())
-        no_body = handler.command == "HEAD" or int(code) in (204, 304) or 100 <= int(code) < 200
-        # Without a length the body ends when the connection does; a request body the
-        # app left unread would be taken for the next request.
-        if ("content-length" not in names and not no_body) or self.body.remaining:
-            handler.send_header("Connection", "close")
-            self.keeps_connection = False
-        handler.end_headers()
-        self.headers_sent = True

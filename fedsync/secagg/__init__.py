@@ -7,7 +7,9 @@ serve an array FedData answer its phases (``pip install 'fedsync[secagg]'`` on b
 Modules, one job each: :mod:`.settings` (:class:`SecAgg`, the overflow bound),
 :mod:`.keys` (X25519, HKDF-SHA256, AES-GCM), :mod:`.shamir` (checked Shamir sharing),
 :mod:`.masking` (fixed point and ChaCha20 masks in the ring mod 2**64), :mod:`.device`
-(the device's phases), :mod:`.coordinator` (the round's phases and the streaming sum), :mod:`.disputes` (whom to drop for undecryptable shares),
+(the device's phases; :mod:`._bodies` checks their JSON bodies), :mod:`.coordinator` (the round's
+phases and the streaming sum),
+:mod:`.disputes` (whom to drop for undecryptable shares),
 :mod:`.identity` (signed rounds: device certificates, ECDSA signatures, the consistency check).
 """
 

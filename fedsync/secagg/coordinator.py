@@ -21,10 +21,11 @@ the consistency phase (the paper's round 3) and relays the signatures in ``unmas
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -58,23 +59,27 @@ def checked(settings: Any, data: Any) -> SecAgg | None:
         return None
     if not isinstance(settings, SecAgg):
         raise TypeError(
-            f"secure_aggregation must be a fedsync.secagg.SecAgg, e.g. SecAgg(threshold=3), got {type(settings).__name__}"
+            "secure_aggregation must be a fedsync.secagg.SecAgg, e.g. SecAgg(threshold=3), got "
+            f"{type(settings).__name__}"
         )
     from ..data.arrays import FedArrays
 
     if not isinstance(data, FedArrays):
         raise TypeError(
-            f"secure aggregation sums array updates: data must be a FedArrays (or FedTorch, FedKeras), got {type(data).__name__}"
+            "secure aggregation sums array updates: data must be a FedArrays (or FedTorch, FedKeras), got "
+            f"{type(data).__name__}"
         )
     if data.strategy.accumulator(data.get_arrays()) is None:
         raise ValueError(
-            f"secure aggregation gives the coordinator only the sum of the updates, but {type(data.strategy).__name__} needs each "
-            "device's own update (median, trimmed mean, Krum, Bulyan, central DP clipping are incompatible); use FedAvg, FedAvgM, "
-            "FedAdam, FedYogi or FedAdagrad, or local DP on the devices (fedsync.privacy.LocalDP)"
+            f"secure aggregation gives the coordinator only the sum of the updates, but {type(data.strategy).__name__} "
+            "needs each device's own update (median, trimmed mean, Krum, Bulyan, central DP clipping are "
+            "incompatible); use FedAvg, FedAvgM, FedAdam, FedYogi or FedAdagrad, or local DP on the devices "
+            "(fedsync.privacy.LocalDP)"
         )
     if data.wire_dtype is not None:
         raise ValueError(
-            f"secure aggregation sends masked 64-bit integers, not wire_dtype {data.wire_dtype!r}; drop wire_dtype on both sides"
+            f"secure aggregation sends masked 64-bit integers, not wire_dtype {data.wire_dtype!r}; drop wire_dtype on "
+            "both sides"
         )
     return settings
 
@@ -95,7 +100,8 @@ class SecureRound:
         self.remotes: list[Any] = []
         self.by_id: dict[int, Any] = {}
         self.threshold = 0
-        self.public: dict[int, dict[str, bytes]] = {}  # U1: id -> c, s, commitment
+        # U1: id -> c, s, commitment (bytes); signed, also signature, certificate (base64) and peer (identity.Peer)
+        self.public: dict[int, dict[str, Any]] = {}
         self.participants: list[int] = []  # U2
         self.merging = False  # in the merge, Federated names the round and its failures itself
         self.grace = 0.0  # seconds the unmask phase gets past a deadline reached while collecting (set by start)
@@ -106,7 +112,8 @@ class SecureRound:
         count = len(remotes)
         if count > MAX_DEVICES:
             raise RoundFailed(
-                f"round {self.rep}: secure aggregation takes at most {MAX_DEVICES} devices a round, {count} were sampled; lower fraction",
+                f"round {self.rep}: secure aggregation takes at most {MAX_DEVICES} devices a round, {count} were "
+                "sampled; lower fraction",
                 self.result.failures,
             )
         self.threshold = self.settings.threshold_for(count)
@@ -116,8 +123,9 @@ class SecureRound:
             self._fail(f"{count} device(s) reachable, fewer than the secure-aggregation threshold {self.threshold}")
         if self.threshold < threshold_range(count)[0]:  # the devices would refuse it: say why once, here
             self._fail(
-                f"threshold {self.threshold} is not a majority of the {count} reachable devices (devices take t > n/2 and t >= {MIN_THRESHOLD}, "
-                "so no two disjoint groups of t can unmask one device); use SecAgg() (a majority) or a larger threshold"
+                f"threshold {self.threshold} is not a majority of the {count} reachable devices (devices take t > n/2 "
+                f"and t >= {MIN_THRESHOLD}, so no two disjoint groups of t can unmask one device); use SecAgg() (a "
+                "majority) or a larger threshold"
             )
         try:
             bound = self.settings.bound(count)
@@ -164,7 +172,8 @@ class SecureRound:
         delivery after the first follows the drop of at least one participant."""
         from .disputes import resolve
 
-        pending, ready, disputes = list(self.participants), [], []
+        pending, ready = list(self.participants), []
+        disputes: list[tuple[int, int]] = []
         while pending:
             inbox = {
                 u: {
@@ -216,18 +225,20 @@ class SecureRound:
         accused = sorted(s for a, s in disputes if a == u)
         if len(accusers) >= len(accused):
             return (
-                f"SecAggBadShare: device(s) {self._named(accusers)} could not decrypt the share(s) it sent them (AES-GCM fails); "
-                "it was dropped before training and the others' inbox delivered again without it"
+                f"SecAggBadShare: device(s) {self._named(accusers)} could not decrypt the share(s) it sent them "
+                "(AES-GCM fails); it was dropped before training and the others' inbox delivered again without it"
             )  # fmt: skip
         return (
-            f"SecAggAccusation: it claimed the shares of {len(accused)} device(s) ({self._named(accused)}) do not decrypt, more disputes "
-            "than any device it accused; it was dropped before training and its accusations set aside"
+            f"SecAggAccusation: it claimed the shares of {len(accused)} device(s) ({self._named(accused)}) do not "
+            "decrypt, more disputes than any device it accused; it was dropped before training and its accusations "
+            "set aside"
         )  # fmt: skip
 
     def _keys_answer(self, u: int, answer: Any) -> bool:
         if not isinstance(answer, dict) or set(answer) not in ({"c", "s", "commitment"}, SIGNED_ENTRY):
             raise ValueError(
-                'the keys phase must answer {"c": base64, "s": base64, "commitment": base64}, signed: with "signature" and "certificate" too'
+                'the keys phase must answer {"c": base64, "s": base64, "commitment": base64}, signed: with '
+                '"signature" and "certificate" too'
             )
         entry: dict[str, Any] = {k: _keys.unb64(answer[k], _keys.KEY_BYTES, k) for k in ("c", "s", "commitment")}
         for k in ("c", "s"):
@@ -332,7 +343,8 @@ class SecureRound:
         dropped = [u for u in self.participants if u not in survivors]
         if len(survivors) < self.threshold:
             self._fail(
-                f"only {len(survivors)} masked result(s) arrived, fewer than the threshold {self.threshold}; dropped: {self._named(dropped)}"
+                f"only {len(survivors)} masked result(s) arrived, fewer than the threshold {self.threshold}; dropped: "
+                f"{self._named(dropped)}"
             )
         # Collection may end at the round's deadline (a device that never answered): the
         # survivors still get the round's grace period to reveal their shares.
@@ -388,7 +400,7 @@ class SecureRound:
             text = answer.get("signature") if isinstance(answer, dict) and set(answer) == {"signature"} else None
             if not self.public[u]["peer"].verifies(decode_b64(text, MAX_SIGNATURE, "signature"), message(u)):
                 raise ValueError("its consistency signature does not verify over the survivor list")
-            return text
+            return cast(str, text)  # decode_b64 refused anything but a base64 str
 
         answers = self._phase("consistency", {u: {"survivors": survivors} for u in survivors})
         signatures = {
@@ -398,7 +410,8 @@ class SecureRound:
         }
         if len(signatures) < self.threshold:
             self._fail(
-                f"only {len(signatures)} survivor(s) signed the survivor list in the consistency phase, fewer than the threshold {self.threshold}"
+                f"only {len(signatures)} survivor(s) signed the survivor list in the consistency phase, fewer than the "
+                f"threshold {self.threshold}"
             )
         return signatures
 
@@ -413,9 +426,10 @@ class SecureRound:
             ):  # fmt: skip
                 shown = [(t.name[:40], t.dtype.name, t.shape[:4]) for t in tensors[:3]]
                 raise ValueError(
-                    f"not a masked reply: expected one uint64 array {MASKED_NAME!r} of {size} elements and metadata {MASKED_KEY!r}: 'v1', got {shown}"
+                    f"not a masked reply: expected one uint64 array {MASKED_NAME!r} of {size} elements and metadata "
+                    f"{MASKED_KEY!r}: 'v1', got {shown}"
                 )
-            buffer = memoryview(np.empty(_PIECE, np.uint8))
+            buffer = np.empty(_PIECE, np.uint8).data  # a memoryview of it
             for _, first, values in codec.read_pieces(reply.readinto, header, buffer):
                 folded = True
                 part = total[first : first + values.size]
@@ -461,8 +475,8 @@ class SecureRound:
         def rebuild(owner: int, kind: str, check: Any) -> bytes:
             if self.deadline.left() <= 0:  # CPU-bound, but a round never runs on past its time
                 self._fail(
-                    f"rebuilding the masks of {len(survivors)} survivor(s) and {len(dropped)} dropped device(s) took past the round's time; "
-                    "sample fewer devices a round (fraction) or give the round a longer timeout"
+                    f"rebuilding the masks of {len(survivors)} survivor(s) and {len(dropped)} dropped device(s) took "
+                    "past the round's time; sample fewer devices a round (fraction) or give the round a longer timeout"
                 )
             shares = {r: answer[kind][owner] for r, answer in revealed.items()}
             try:
@@ -513,7 +527,7 @@ class SecureRound:
             )  # fmt: skip
 
         answers = concurrently(
-            {str(u): (lambda u=u: call(u)) for u in bodies}, self.workers, wait=max(0.0, left) + STALL
+            {str(u): functools.partial(call, u) for u in bodies}, self.workers, wait=max(0.0, left) + STALL
         )
         return {int(k): v for k, v in answers.items()}
 
@@ -538,7 +552,8 @@ class SecureRound:
         count = len(list(self.public) if ids is None else list(ids))
         if count < self.threshold:
             self._fail(
-                f"only {count} device(s) completed {phase}, fewer than the secure-aggregation threshold {self.threshold}"
+                f"only {count} device(s) completed {phase}, fewer than the secure-aggregation threshold "
+                f"{self.threshold}"
             )
 
     def _named(self, ids: list[int]) -> str:

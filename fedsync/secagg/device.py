@@ -25,7 +25,6 @@ error and changes nothing. Phases run strictly in order, once each.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import threading
@@ -33,9 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from .._util.checks import is_int, is_number
+from .._util.json import shown
 from ..wire.codec import Payload, encode_payload
 from ..wire.http import ApiError, ErrorCode, json_response
 from . import keys as _keys
+from ._bodies import bounded_int, device_id, id_list, malformed, member, parsed, unb64
 from .settings import MAX_DEVICES, MIN_THRESHOLD, checked_bound, threshold_range
 
 __all__ = [
@@ -109,20 +111,23 @@ class Session:
         return keys_message(self.rep, peer, self.devices, self.threshold, c_public, s_public, commitment)
 
     def shares(self, body: Any) -> dict[str, Any]:
-        table = _field(body, "keys", dict)
+        table = member(body, "keys", dict)
         if not self.threshold <= len(table) <= self.devices:
-            raise _bad(f"keys lists {len(table)} devices; expected {self.threshold} (the threshold) to {self.devices}")
+            raise malformed(
+                f"keys lists {len(table)} devices; expected {self.threshold} (the threshold) to {self.devices}"
+            )
         public: dict[int, tuple[bytes, bytes]] = {}
         signed: dict[int, dict[str, Any]] = {}
         for name, entry in table.items():
-            peer = _device_id(name, self.devices, "keys")
+            peer = device_id(name, self.devices, "keys")
             if not isinstance(entry, dict) or set(entry) not in ({"c", "s"}, SIGNED_ENTRY):
-                raise _bad(
-                    f'keys[{name!r}] must be an object {{"c": base64, "s": base64}}, signed: with "commitment", "signature", "certificate" too'
+                raise malformed(
+                    f'keys[{name!r}] must be an object {{"c": base64, "s": base64}}, signed: with "commitment", '
+                    '"signature", "certificate" too'
                 )
             public[peer] = (
-                _unb64(entry["c"], _keys.KEY_BYTES, f"keys[{name!r}].c"),
-                _unb64(entry["s"], _keys.KEY_BYTES, f"keys[{name!r}].s"),
+                unb64(entry["c"], _keys.KEY_BYTES, f"keys[{name!r}].c"),
+                unb64(entry["s"], _keys.KEY_BYTES, f"keys[{name!r}].s"),
             )
             if set(entry) == SIGNED_ENTRY:
                 signed[peer] = entry
@@ -140,7 +145,8 @@ class Session:
             raise ApiError(
                 400,
                 ErrorCode.SECAGG_BAD_KEYS,
-                "keys lists one public key twice (for two devices, or as both c and s); every device's keys are fresh and distinct",
+                "keys lists one public key twice (for two devices, or as both c and s); every device's keys are fresh "
+                "and distinct",
             )
         for peer, (_, s_public) in public.items():  # checked now: masking uses them only after training
             if peer != self.me:
@@ -170,7 +176,10 @@ class Session:
         return {"shares": out}
 
     def _verified(self, public: dict[int, tuple[bytes, bytes]], signed: dict[int, dict[str, Any]]) -> dict[int, Any]:
-        """Each peer's certificate checked against the peer CA and its keys signature (Bonawitz et al. 2017, round 1, active variant)."""
+        """Each peer's certificate checked against the peer CA, and its keys signature.
+
+        Bonawitz et al. 2017, round 1, the active-adversary variant.
+        """
         from .identity import MAX_CERTIFICATE, MAX_SIGNATURE, decode_b64
 
         unsigned = sorted(set(public) - set(signed))
@@ -178,7 +187,8 @@ class Session:
             raise ApiError(
                 400,
                 ErrorCode.SECAGG_UNSIGNED_PEER,
-                f"device(s) {unsigned} sent unsigned keys; this device takes only keys signed with a device certificate of its peer CA (serve peer_ca on every device)",
+                f"device(s) {unsigned} sent unsigned keys; this device takes only keys signed with a device "
+                "certificate of its peer CA (serve peer_ca on every device)",
             )
         peers: dict[int, Any] = {}
         for peer, entry in sorted(signed.items()):
@@ -187,7 +197,7 @@ class Session:
                 signature = decode_b64(entry["signature"], MAX_SIGNATURE, f"keys[{str(peer)!r}].signature")
                 der = decode_b64(entry["certificate"], MAX_CERTIFICATE, f"keys[{str(peer)!r}].certificate")
             except ValueError as exc:
-                raise _bad(str(exc)) from None
+                raise malformed(str(exc)) from None
             if peer == self.me:
                 if commitment != _keys.commitment(self.b) or der != self.identity.certificate_der:
                     raise ApiError(
@@ -206,8 +216,9 @@ class Session:
             if not certified.verifies(signature, self._keys_message(peer, *public[peer], commitment)):
                 raise ApiError(
                     400, ErrorCode.SECAGG_BAD_SIGNATURE,
-                    f"device {peer}'s keys signature ({certified.name}) does not verify over repetition {self.rep}, n = {self.devices}, "
-                    f"t = {self.threshold} and its keys: the keys were changed in transit, or the device was told another n or t",
+                    f"device {peer}'s keys signature ({certified.name}) does not verify over repetition {self.rep}, n "
+                    f"= {self.devices}, t = {self.threshold} and its keys: the keys were changed in transit, or the "
+                    "device was told another n or t",
                 )  # fmt: skip
             peers[peer] = certified
         holders: dict[bytes, int] = {}
@@ -217,7 +228,8 @@ class Session:
                 raise ApiError(
                     400,
                     ErrorCode.SECAGG_BAD_CERTIFICATE,
-                    f"devices {other} and {peer} present the same certified key ({certified.name}); one device cannot take two ids",
+                    f"devices {other} and {peer} present the same certified key ({certified.name}); one device cannot "
+                    "take two ids",
                 )
         return peers
 
@@ -233,10 +245,11 @@ class Session:
             ApiError: 400 ``secagg_bad_share`` with ``senders``, the ids whose ciphertexts do
                 not decrypt (AES-GCM fails): nothing is kept, the senders are to blame.
         """
-        participants = _id_list(body, "participants", self.devices)
+        participants = id_list(body, "participants", self.devices)
         if not set(participants) <= set(self.public) or self.me not in participants:
-            raise _bad(
-                f"participants must include this device ({self.me}) and only devices of the shares phase {sorted(self.public)}"
+            raise malformed(
+                f"participants must include this device ({self.me}) and only devices of the shares phase "
+                f"{sorted(self.public)}"
             )
         if self.stage == "ready" and not set(participants) <= set(self.participants):
             raise ApiError(
@@ -248,19 +261,20 @@ class Session:
             raise ApiError(
                 409,
                 ErrorCode.SECAGG_TOO_FEW,
-                f"{len(participants)} participants are fewer than the threshold {self.threshold}; this round cannot complete",
+                f"{len(participants)} participants are fewer than the threshold {self.threshold}; this round cannot "
+                "complete",
             )
-        sent = _field(body, "shares", dict)
+        sent = member(body, "shares", dict)
         expected = {str(p) for p in participants if p != self.me}
         if set(sent) != expected:
-            raise _bad(
+            raise malformed(
                 f"shares must hold exactly one ciphertext from each other participant {sorted(expected, key=int)}"
             )
         held = {self.me: self.held[self.me]}
         failed: list[int] = []
         for name, text in sent.items():
             peer = int(name)
-            blob = _unb64(text, _keys.CIPHERTEXT_BYTES, f"shares[{name!r}]")
+            blob = unb64(text, _keys.CIPHERTEXT_BYTES, f"shares[{name!r}]")
             key = _keys.agree(self.c, self.public[peer][0], "share", self.rep)
             try:
                 plain = _keys.decrypt_share(key, self.rep, peer, self.me, blob)
@@ -279,18 +293,20 @@ class Session:
             raise ApiError(
                 409,
                 ErrorCode.SECAGG_OUT_OF_ORDER,
-                f"{phase} comes after this device's masked result for repetition {self.rep}; it is at the {self.stage} phase",
+                f"{phase} comes after this device's masked result for repetition {self.rep}; it is at the {self.stage} "
+                "phase",
             )
-        survivors = _id_list(body, "survivors", self.devices)
+        survivors = id_list(body, "survivors", self.devices)
         if not set(survivors) <= set(self.participants):
-            raise _bad(f"survivors must be participants {self.participants}")
+            raise malformed(f"survivors must be participants {self.participants}")
         if self.me not in survivors:
-            raise _bad(f"survivors must include this device ({self.me}): it sent its masked result")
+            raise malformed(f"survivors must include this device ({self.me}): it sent its masked result")
         if len(survivors) < self.threshold:
             raise ApiError(
                 409,
                 ErrorCode.SECAGG_TOO_FEW,
-                f"{len(survivors)} survivors are fewer than the threshold {self.threshold}: revealing shares now could unmask one device",
+                f"{len(survivors)} survivors are fewer than the threshold {self.threshold}: revealing shares now could "
+                "unmask one device",
             )
         return survivors
 
@@ -306,7 +322,8 @@ class Session:
         if self.signed is not None and self.signed != survivors:
             raise ApiError(
                 409, ErrorCode.SECAGG_INCONSISTENT,
-                f"this device signed the survivors {self.signed} for repetition {self.rep} already; it signs one list per repetition, not {survivors}",
+                f"this device signed the survivors {self.signed} for repetition {self.rep} already; it signs one list "
+                f"per repetition, not {survivors}",
             )  # fmt: skip
         from .identity import survivors_message
 
@@ -318,43 +335,46 @@ class Session:
         from .identity import MAX_SIGNATURE, decode_b64, survivors_message
 
         if self.signed != survivors:
-            shown = "no list yet" if self.signed is None else f"{self.signed}"
+            listed = "no list yet" if self.signed is None else f"{self.signed}"
             raise ApiError(
                 409,
                 ErrorCode.SECAGG_INCONSISTENT,
-                f"unmask must name the survivors this device signed in the consistency phase ({shown}), got {survivors}",
+                f"unmask must name the survivors this device signed in the consistency phase ({listed}), got "
+                f"{survivors}",
             )
-        relayed = _field(body, "signatures", dict)
+        relayed = member(body, "signatures", dict)
         if len(relayed) > len(survivors):
-            raise _bad(f"signatures holds {len(relayed)} entries; at most one per survivor ({len(survivors)})")
+            raise malformed(f"signatures holds {len(relayed)} entries; at most one per survivor ({len(survivors)})")
         valid = []
         for name, text in relayed.items():
-            peer = _device_id(name, self.devices, "signatures")
+            peer = device_id(name, self.devices, "signatures")
             if peer not in survivors:
-                raise _bad(f"signatures names device {peer}, not a survivor {survivors}")
+                raise malformed(f"signatures names device {peer}, not a survivor {survivors}")
             try:
                 signature = decode_b64(text, MAX_SIGNATURE, f"signatures[{name!r}]")
             except ValueError as exc:
-                raise _bad(str(exc)) from None
+                raise malformed(str(exc)) from None
             if not self.peers[peer].verifies(signature, survivors_message(self.rep, self.public[peer][1], survivors)):
                 raise ApiError(
                     400,
                     ErrorCode.SECAGG_BAD_SIGNATURE,
-                    f"device {peer}'s consistency signature ({self.peers[peer].name}) does not verify over the survivors {survivors}",
+                    f"device {peer}'s consistency signature ({self.peers[peer].name}) does not verify over the "
+                    f"survivors {survivors}",
                 )
             valid.append(peer)
         if len(valid) < self.threshold:
             raise ApiError(
                 409, ErrorCode.SECAGG_INCONSISTENT,
-                f"only {len(valid)} survivor(s) {sorted(valid)} signed the survivors {survivors}; this device reveals shares only when at least "
-                f"the threshold {self.threshold} did (else survivors may have been shown different lists)",
+                f"only {len(valid)} survivor(s) {sorted(valid)} signed the survivors {survivors}; this device reveals "
+                f"shares only when at least the threshold {self.threshold} did (else survivors may have been shown "
+                "different lists)",
             )  # fmt: skip
 
     def unmask(self, body: Any) -> dict[str, Any]:
         survivors = self._survivors(body, "unmask")
-        dropped = _id_list(body, "dropped", self.devices, empty=True)
+        dropped = id_list(body, "dropped", self.devices, empty=True)
         if set(survivors) & set(dropped) or set(survivors) | set(dropped) != set(self.participants):
-            raise _bad(f"survivors and dropped must split the participants {self.participants} between them")
+            raise malformed(f"survivors and dropped must split the participants {self.participants} between them")
         if self.identity is not None:
             self._check_signatures(body, survivors)
         # The rule that keeps one device's update hidden: never both secrets of the same peer.
@@ -364,8 +384,8 @@ class Session:
         if both:
             raise ApiError(
                 409, ErrorCode.SECAGG_BOTH_SHARES,
-                f"device(s) {sorted(both)} were already named the other way in this repetition; a device never reveals shares "
-                "of both b and s_sk of one peer (that would unmask its update)",
+                f"device(s) {sorted(both)} were already named the other way in this repetition; a device never reveals "
+                "shares of both b and s_sk of one peer (that would unmask its update)",
             )  # fmt: skip
         for p in survivors:
             self.revealed[p] = "b"
@@ -387,9 +407,10 @@ class Session:
         from . import masking
 
         samples = fed.samples
-        if isinstance(samples, bool) or not isinstance(samples, int) or not 0 <= samples <= self.max_samples:
+        if not is_int(samples) or not 0 <= samples <= self.max_samples:
             raise ValueError(
-                f"train reported {samples!r} samples; secure aggregation takes 0 to max_samples ({self.max_samples}): raise SecAgg(max_samples=...) on the coordinator"
+                f"train reported {samples!r} samples; secure aggregation takes 0 to max_samples ({self.max_samples}): "
+                "raise SecAgg(max_samples=...) on the coordinator"
             )
         received, _, _ = fed._decode(encoding)
         layout = fed.layout()
@@ -402,7 +423,7 @@ class Session:
             if peer != self.me:
                 masks.append((_keys.agree(self.s, self.public[peer][1], "mask", rep), 1 if self.me < peer else -1))
         masking.apply_masks(vector, masks)
-        self.stage = "masked"  # under Device.state_lock: Device._work takes it
+        self.stage = "masked"  # under this session's lock: Device._work takes it
         return encode_payload({MASKED_NAME: vector}, {MASKED_KEY: "v1"})
 
 
@@ -412,8 +433,9 @@ class BadShares(ApiError):
     def __init__(self, senders: list[int], rep: int, me: int) -> None:
         super().__init__(
             400, ErrorCode.SECAGG_BAD_SHARE,
-            f"the share(s) that device(s) {senders} sent device {me} for repetition {rep} do not decrypt (AES-GCM authentication "
-            "fails): those senders answered the shares phase with garbage, or the ciphertexts were altered; drop them and deliver the inbox again",
+            f"the share(s) that device(s) {senders} sent device {me} for repetition {rep} do not decrypt (AES-GCM "
+            "authentication fails): those senders answered the shares phase with garbage, or the ciphertexts were "
+            "altered; drop them and deliver the inbox again",
         )  # fmt: skip
         self.senders = senders
 
@@ -437,7 +459,8 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
         raise ApiError(
             501,
             ErrorCode.NOT_SUPPORTED,
-            f"secure aggregation needs an array FedData (FedArrays, FedTorch, FedKeras); this device serves {type(device.fed).__name__}",
+            "secure aggregation needs an array FedData (FedArrays, FedTorch, FedKeras); this device serves "
+            f"{type(device.fed).__name__}",
         )
     try:
         import Crypto  # noqa: F401
@@ -448,7 +471,7 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
             ErrorCode.NOT_SUPPORTED,
             "this device cannot do secure aggregation: pip install 'fedsync[secagg]' on it",
         ) from None
-    request = _parsed(body)
+    request = parsed(body)
     with device.state_lock:
         job = device.job
         if job is not None and not job.done.is_set() and phase not in ("consistency", "unmask"):
@@ -460,7 +483,8 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
                 raise ApiError(
                     409,
                     ErrorCode.STALE_REPETITION,
-                    f"repetition {rep} is not above this device's last repetition {last}; start keys at {last + 1} or later",
+                    f"repetition {rep} is not above this device's last repetition {last}; start keys at {last + 1} or "
+                    "later",
                 )
             device.secagg = _new_session(rep, request, getattr(device, "secagg_identity", None))
             return device.secagg.keys_answer()
@@ -476,7 +500,8 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
             raise ApiError(
                 409,
                 ErrorCode.SECAGG_OUT_OF_ORDER,
-                f"{phase} follows the {wanted[0]} phase; this device is at the {session.stage} phase of repetition {rep}",
+                f"{phase} follows the {wanted[0]} phase; this device is at the {session.stage} phase of repetition "
+                f"{rep}",
             )
         if phase == "inbox":
             return session.inbox(request, lambda: _unsubmitted(device, rep))
@@ -485,7 +510,10 @@ def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _unsubmitted(device: Any, rep: int) -> Any:
-    """Hold the device's lock while an inbox is kept: refused once ``rep`` was submitted (``start`` sets it under this lock)."""
+    """Hold the device's lock while an inbox is kept: refused once ``rep`` was submitted.
+
+    ``Device.start`` (:mod:`fedsync.device._state`) sets the device's last repetition under this lock.
+    """
     with device.state_lock:
         if device.last_repetition >= rep:
             raise ApiError(
@@ -497,21 +525,26 @@ def _unsubmitted(device: Any, rep: int) -> Any:
 
 
 def session_for_submit(device: Any, rep: int, required: bool) -> Session | None:
-    """The session that must mask ``rep``'s result, ``None`` for a plain round; ApiError if the submission must be refused."""
+    """The session that must mask ``rep``'s result, ``None`` for a plain round.
+
+    Raises:
+        ApiError: the submission must be refused (409: secure aggregation begun but unfinished, or required).
+    """
     session = device.secagg
     if session is not None and session.rep == rep:
         if session.stage != "ready":
             raise ApiError(
                 409,
                 ErrorCode.SECAGG_OUT_OF_ORDER,
-                f"repetition {rep} began secure aggregation but is at its {session.stage} phase; submit follows the inbox phase",
+                f"repetition {rep} began secure aggregation but is at its {session.stage} phase; submit follows the "
+                "inbox phase",
             )
         return session
     if required:
         raise ApiError(
             409, ErrorCode.SECURE_AGGREGATION_REQUIRED,
-            f"this device takes part only in securely aggregated rounds; repetition {rep} did not run its keys, shares and inbox "
-            "phases: use Federated(..., secure_aggregation=SecAgg())",
+            f"this device takes part only in securely aggregated rounds; repetition {rep} did not run its keys, shares "
+            "and inbox phases: use Federated(..., secure_aggregation=SecAgg())",
         )  # fmt: skip
     return None
 
@@ -521,86 +554,28 @@ def session_for_submit(device: Any, rep: int, required: bool) -> Session | None:
 
 def _new_session(rep: int, body: Any, identity: Any = None) -> Session:
     if not isinstance(body, dict) or set(body) != {"devices", "id", "threshold", "clip", "scale", "max_samples"}:
-        raise _bad('keys takes {"devices": n, "id": i, "threshold": t, "clip": c, "scale": s, "max_samples": m}')
-    devices = _int(body["devices"], MIN_THRESHOLD, MAX_DEVICES, "devices")
-    me = _int(body["id"], 1, devices, "id")
+        raise malformed('keys takes {"devices": n, "id": i, "threshold": t, "clip": c, "scale": s, "max_samples": m}')
+    devices = bounded_int(body["devices"], MIN_THRESHOLD, MAX_DEVICES, "devices")
+    me = bounded_int(body["id"], 1, devices, "id")
     # Refused here, not trusted to the coordinator: a t of n/2 or less would let it unmask one device.
-    threshold = _int(
+    threshold = bounded_int(
         body["threshold"],
         *threshold_range(devices),
         f"threshold (a majority of the {devices} devices, at least {MIN_THRESHOLD})",
     )
     clip = body["clip"]
-    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < math.inf:
-        raise _bad(f"clip must be a positive finite number, got {_shown(clip)}")
-    scale = _int(body["scale"], 1, 2**52, "scale")
-    max_samples = _int(body["max_samples"], 1, 2**53, "max_samples")
+    if not is_number(clip) or not 0 < clip < math.inf:
+        raise malformed(f"clip must be a positive finite number, got {shown(clip)}")
+    scale = bounded_int(body["scale"], 1, 2**52, "scale")
+    max_samples = bounded_int(body["max_samples"], 1, 2**53, "max_samples")
     try:
         checked_bound(float(clip), scale, max_samples, devices)
     except ValueError as exc:
-        raise _bad(str(exc)) from None
+        raise malformed(str(exc)) from None
     return Session(rep, me, devices, threshold, float(clip), scale, max_samples, identity)
-
-
-def _parsed(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise _bad(f"the body is not JSON: {_shown(body[:60])}") from None
-
-
-def _field(body: Any, name: str, kind: type) -> Any:
-    if not isinstance(body, dict) or not isinstance(body.get(name), kind):
-        raise _bad(f"the body must be a JSON object with {name!r} a{'n object' if kind is dict else ' list'}")
-    return body[name]
-
-
-def _id_list(body: Any, name: str, devices: int, empty: bool = False) -> list[int]:
-    values = _field(body, name, list)
-    if len(values) > devices or (not values and not empty):
-        raise _bad(f"{name} lists {len(values)} devices; expected 1 to {devices}")
-    ids = [_int(v, 1, devices, f"{name} entry") for v in values]
-    if len(set(ids)) != len(ids):
-        raise _bad(f"{name} lists a device twice")
-    return sorted(ids)
-
-
-def _device_id(name: str, devices: int, what: str) -> int:
-    if not (
-        isinstance(name, str)
-        and name.isascii()
-        and name.isdigit()
-        and len(name) <= 5
-        and 1 <= int(name) <= devices
-        and str(int(name)) == name
-    ):
-        raise _bad(f"{what} keys must be device ids 1 to {devices} as decimal strings, got {_shown(name)}")
-    return int(name)
-
-
-def _int(value: Any, low: int, high: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _bad(f"{what} must be an integer from {low} to {high}, got {_shown(value)}")
-    return value
-
-
-def _unb64(text: Any, size: int, what: str) -> bytes:
-    try:
-        return _keys.unb64(text, size, what)
-    except ValueError as exc:
-        raise _bad(str(exc)) from None
 
 
 def _split(secret: bytes, threshold: int, devices: int) -> dict[int, bytes]:
     from . import shamir
 
     return shamir.split(secret, threshold, devices)
-
-
-def _bad(message: str) -> ApiError:
-    return ApiError(400, ErrorCode.SECAGG_MALFORMED, message)
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:60] + "..."

@@ -22,13 +22,13 @@ round's earlier ones too), ties going to an accused sender, then the lowest id. 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 __all__ = ["resolve"]
 
 
 def resolve(
-    accusations: dict[int, Iterable[int]], earlier: Iterable[tuple[int, int]] = ()
+    accusations: Mapping[int, Collection[int]], earlier: Iterable[tuple[int, int]] = ()
 ) -> tuple[list[int], list[tuple[int, int]]]:
     """The devices to drop, in order, and the round's disputes so far.
 

@@ -37,6 +37,8 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
+from .._util.json import shown
+
 __all__ = [
     "Identity",
     "Peer",
@@ -257,11 +259,11 @@ def encode_b64(raw: bytes) -> str:
 def decode_b64(text: Any, limit: int, what: str) -> bytes:
     """``text`` decoded from base64: 1 to ``limit`` bytes; else ValueError naming ``what``."""
     if not isinstance(text, str) or not text or len(text) > 4 * (limit // 3 + 1):
-        raise ValueError(f"{what} must be a base64 string of at most {limit} bytes, got {_shown(text)}")
+        raise ValueError(f"{what} must be a base64 string of at most {limit} bytes, got {shown(text, 80)}")
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise ValueError(f"{what} is not valid base64: {_shown(text)}") from None
+        raise ValueError(f"{what} is not valid base64: {shown(text, 80)}") from None
     if not 0 < len(raw) <= limit:
         raise ValueError(f"{what} decodes to {len(raw)} bytes; expected 1 to {limit}")
     return raw
@@ -307,7 +309,7 @@ def _name_of(certificate: Any) -> str:
     )
     text = f"CN={common[0] if common else '?'}" + (f" ({', '.join(names[:3])})" if names else "")
     # Peer-chosen text in an error message: printable characters only, bounded.
-    return _shown("".join(c if c.isprintable() else "?" for c in text[:200]), quote=False)
+    return shown("".join(c if c.isprintable() else "?" for c in text[:200]), 80, quote=False)
 
 
 def _public_key(certificate: Any) -> Any:
@@ -331,8 +333,3 @@ def _extension(certificate: Any, kind: Any) -> Any:
         return None
     except Exception as exc:  # DuplicateExtension, UnsupportedGeneralNameType, ...: not ValueError subclasses
         raise ValueError(f"its extensions do not parse ({type(exc).__name__})") from None
-
-
-def _shown(value: Any, quote: bool = True) -> str:
-    text = repr(value) if quote else str(value)
-    return text if len(text) <= 80 else text[:80] + "..."

@@ -21,6 +21,8 @@ import hashlib
 import os
 from typing import Any
 
+from .._util.json import shown
+
 __all__ = [
     "KEY_BYTES",
     "CIPHERTEXT_BYTES",
@@ -152,16 +154,11 @@ def b64(raw: bytes) -> str:
 def unb64(text: Any, size: int, what: str) -> bytes:
     """``text`` decoded from base64, which must give exactly ``size`` bytes; else ValueError naming ``what``."""
     if not isinstance(text, str) or len(text) > 4 * (size // 3 + 1):
-        raise ValueError(f"{what} must be a base64 string of {size} bytes, got {_shown(text)}")
+        raise ValueError(f"{what} must be a base64 string of {size} bytes, got {shown(text)}")
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise ValueError(f"{what} is not valid base64: {_shown(text)}") from None
+        raise ValueError(f"{what} is not valid base64: {shown(text)}") from None
     if len(raw) != size:
         raise ValueError(f"{what} decodes to {len(raw)} bytes; expected {size}")
     return raw
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:60] + "..."

@@ -91,7 +91,7 @@ def decode_sum(
 ) -> tuple[dict[str, np.ndarray], int]:
     """The unmasked sum as new arrays ``current + sum(n_k * update_k) / sum(n_k)``, and ``sum(n_k)``.
 
-    ``bound``: the largest ``|n_k * q|`` summed over the devices (:meth:`SecAgg.bound`);
+    ``bound``: the largest ``|n_k * q|`` summed over the devices (:meth:`.settings.SecAgg.bound`);
     an element past it means the masks did not cancel (a device sent a false mask or
     share), which is refused rather than merged.
 

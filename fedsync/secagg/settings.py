@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .._util.checks import is_int, is_number
 from ..wire.metrics import MAX_SAMPLES
 
 __all__ = ["SecAgg", "MAX_DEVICES", "MIN_THRESHOLD", "RING", "checked_bound", "threshold_range"]
@@ -54,23 +55,17 @@ class SecAgg:
 
     def __post_init__(self) -> None:
         if self.threshold is not None and (
-            isinstance(self.threshold, bool)
-            or not isinstance(self.threshold, int)
-            or not MIN_THRESHOLD <= self.threshold <= MAX_DEVICES
+            not is_int(self.threshold) or not MIN_THRESHOLD <= self.threshold <= MAX_DEVICES
         ):
             raise ValueError(
                 f"threshold must be an integer from {MIN_THRESHOLD} to "
                 f"{MAX_DEVICES} (or None: a majority), got {self.threshold!r}"
             )
-        if isinstance(self.clip, bool) or not isinstance(self.clip, (int, float)) or not 0 < self.clip < math.inf:
+        if not is_number(self.clip) or not 0 < self.clip < math.inf:
             raise ValueError(f"clip must be a positive finite number (the largest |update element|), got {self.clip!r}")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or not 1 <= self.scale <= 2**52:
+        if not is_int(self.scale) or not 1 <= self.scale <= 2**52:
             raise ValueError(f"scale must be an integer from 1 to 2**52, e.g. 2**20, got {self.scale!r}")
-        if (
-            isinstance(self.max_samples, bool)
-            or not isinstance(self.max_samples, int)
-            or not 1 <= self.max_samples <= MAX_SAMPLES
-        ):
+        if not is_int(self.max_samples) or not 1 <= self.max_samples <= MAX_SAMPLES:
             raise ValueError(f"max_samples must be an integer from 1 to {MAX_SAMPLES}, got {self.max_samples!r}")
         self.bound(2)
 

@@ -29,6 +29,7 @@ from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
 
+from .._util.json import first_duplicate
 from ..errors import CodecError
 
 __all__ = [
@@ -408,12 +409,10 @@ def _parse_header(raw: memoryview) -> dict[str, Any]:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise CodecError(f"header has duplicate key {_repr.repr(key)}; keys must be unique")
-        result[key] = value
-    return result
+    key = first_duplicate(pairs)
+    if key is not None:
+        raise CodecError(f"header has duplicate key {_repr.repr(key)}; keys must be unique")
+    return dict(pairs)
 
 
 def _checked_metadata(metadata: Any, what: str) -> dict[str, str]:

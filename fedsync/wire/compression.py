@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .._util.checks import is_number
+from .._util.json import shown
 from ..errors import PayloadRejected
 
 __all__ = ["WIRE_DTYPES", "WIRE_KEY", "pack", "unpack", "check_wire_dtype"]
@@ -105,7 +107,7 @@ def unpack(
         keys = _SPEC_KEYS.get(kind, {"as"}) if isinstance(kind, str) else {"as"}
         if not isinstance(kind, str) or set(spec) != keys:
             raise PayloadRejected(
-                f"array {name!r}: wire metadata {_short(spec)} must have exactly the keys {sorted(keys)}, "
+                f"array {name!r}: wire metadata {shown(spec)} must have exactly the keys {sorted(keys)}, "
                 f"'as' naming one of {', '.join(WIRE_DTYPES)}"
             )
         if target.kind != "f":
@@ -123,9 +125,9 @@ def unpack(
             # pack writes |int8| <= 127, so an honest scale is at most the dtype's max / 127 and
             # unpacks finite; a -128 under the largest scale overflows, which the NaN/inf scan refuses.
             largest = float(np.finfo(target).max) / 127
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= largest:
+            if not is_number(scale) or not 0 < scale <= largest:
                 raise PayloadRejected(
-                    f"array {name!r}: int8 scale must be a number in (0, {largest:g}], got {_short(scale)}"
+                    f"array {name!r}: int8 scale must be a number in (0, {largest:g}], got {shown(scale)}"
                 )
             out[name] = _scaled(a, float(scale), target)
         else:
@@ -134,11 +136,6 @@ def unpack(
 
 
 _SPEC_KEYS = {"float16": {"as"}, "bfloat16": {"as"}, "int8": {"as", "scale"}}
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def _scaled(a: np.ndarray, scale: float, target: np.dtype) -> np.ndarray:

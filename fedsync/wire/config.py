@@ -21,7 +21,9 @@ import json
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
+
+from .._util.json import first_duplicate, shown
 
 __all__ = [
     "MAX_CONFIG_BYTES",
@@ -47,9 +49,9 @@ MAX_CONFIG_KEY = 64
 
 _LARGEST_INT = 2**53  # exact in float64, so JSON readers in any language agree on it
 
-Scalar = Union[str, bool, int, float]
+Scalar = str | bool | int | float
 Config = dict[str, Scalar]
-ConfigSource = Union[Mapping[str, Any], Callable[[int], Mapping[str, Any]], None]
+ConfigSource = Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None
 """What ``Federated(config=...)`` takes: a dict, a function of the round number, or ``None``."""
 
 _EXAMPLE = '{"lr": 0.01, "epochs": 1, "mu": 0.1, "optimizer": "sgd", "shuffle": true}'
@@ -67,16 +69,15 @@ def checked_config(value: Any, what: str = "config") -> Config:
     """
     if not isinstance(value, Mapping):
         raise TypeError(
-            f"{what} must be a dict of names to str, bool, int or float values, got {type(value).__name__}; e.g. {_EXAMPLE}"
+            f"{what} must be a dict of names to str, bool, int or float values, got {type(value).__name__}; e.g. "
+            f"{_EXAMPLE}"
         )
     if len(value) > MAX_CONFIG_KEYS:
         raise ValueError(f"{what} has {len(value)} keys, more than MAX_CONFIG_KEYS ({MAX_CONFIG_KEYS}); send fewer")
     clean: Config = {}
     for key, item in value.items():
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_CONFIG_KEY or not key.isprintable():
-            raise ValueError(
-                f"{what}: key {_shown(key)} must be a string of 1 to {MAX_CONFIG_KEY} printable characters"
-            )
+            raise ValueError(f"{what}: key {shown(key)} must be a string of 1 to {MAX_CONFIG_KEY} printable characters")
         clean[key] = _scalar(item, f"{what}[{key!r}]")
     return clean
 
@@ -90,16 +91,16 @@ def _scalar(item: Any, what: str) -> Scalar:
         number = int(item)
         if not -_LARGEST_INT <= number <= _LARGEST_INT:
             raise ValueError(
-                f"{what} = {_shown(item)}: integers must lie in [-2**53, 2**53] (exact in every JSON reader)"
+                f"{what} = {shown(item)}: integers must lie in [-2**53, 2**53] (exact in every JSON reader)"
             )
         return number
     if isinstance(item, numbers.Real):
-        number = float(item)
-        if not math.isfinite(number):
-            raise ValueError(f"{what} = {_shown(item)}: numbers must be finite")
-        return number
+        real = float(item)
+        if not math.isfinite(real):
+            raise ValueError(f"{what} = {shown(item)}: numbers must be finite")
+        return real
     raise ValueError(
-        f"{what} is a {type(item).__name__} ({_shown(item)}); values must be str, bool, int or float, e.g. {_EXAMPLE}"
+        f"{what} is a {type(item).__name__} ({shown(item)}); values must be str, bool, int or float, e.g. {_EXAMPLE}"
     )
 
 
@@ -147,13 +148,14 @@ def decode_config(text: str) -> Config:
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise _Refused(f"has a duplicate key {_shown(next(k for k in keys if keys.count(k) > 1))}")
+    duplicate = first_duplicate(pairs)
+    if duplicate is not None:
+        raise _Refused(f"has a duplicate key {shown(duplicate)}")
     for key, value in pairs:
         if isinstance(value, (dict, list)) or value is None:
             raise _Refused(
-                f"key {_shown(key)} holds {type(value).__name__ if value is not None else 'null'}; values must be strings, numbers or booleans"
+                f"key {shown(key)} holds {type(value).__name__ if value is not None else 'null'}; values must be "
+                "strings, numbers or booleans"
             )
     return dict(pairs)
 
@@ -219,8 +221,3 @@ def takes_extra(function: Callable[..., Any], given: int, name: str = "config") 
         extra = positional[given]
         return extra.default is inspect.Parameter.empty or extra.name == name
     return any(p.kind is p.VAR_POSITIONAL for p in parameters)
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:60] + "..."

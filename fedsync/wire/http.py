@@ -99,8 +99,11 @@ class ErrorCode(str, Enum):
     so answers stay byte-identical to the literals they replace.
     """
 
-    __str__ = str.__str__
-    __format__ = str.__format__
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
 
     # The gateway (HTTP/1.1 framing), before any route runs.
     BAD_REQUEST = "bad_request"

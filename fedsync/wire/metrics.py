@@ -12,6 +12,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._util.checks import is_int, is_number
+from .._util.json import shown
+
 __all__ = [
     "MAX_SAMPLES",
     "MAX_METRICS",
@@ -48,11 +51,10 @@ def checked_samples(value: Any, what: str = "samples") -> int:
     if isinstance(value, str):
         if 0 < len(value) <= 17 and value.isascii() and value.isdigit():
             count = int(value)
-    elif not isinstance(value, bool) and (isinstance(value, int) or type(value).__name__.startswith(("int", "uint"))):
+    elif is_int(value) or type(value).__name__.startswith(("int", "uint")):  # a numpy integer too
         count = int(value)
     if count is None or not 0 <= count <= MAX_SAMPLES:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
-        raise ValueError(f"{what} must be a whole number of samples in [0, 2**53], got {shown}")
+        raise ValueError(f"{what} must be a whole number of samples in [0, 2**53], got {shown(value, 40)}")
     return count
 
 
@@ -75,15 +77,14 @@ def checked_metrics(value: Any, what: str = "metrics", *, strict: bool = True) -
         label = str(name)
         if not label or len(label) > MAX_METRIC_NAME:
             raise ValueError(f"{what}: metric names must have 1 to {MAX_METRIC_NAME} characters, got {label[:40]!r}")
-        if strict and (isinstance(number, bool) or not isinstance(number, (int, float))):
+        if strict and not is_number(number):
             raise ValueError(f"{what}: metric {label!r} must be a number, got {type(number).__name__}")
         try:
             converted = float(number)
         except (TypeError, ValueError, OverflowError):
             converted = math.nan
         if not math.isfinite(converted):
-            shown = repr(number) if len(repr(number)) <= 40 else repr(number)[:40] + "..."
-            raise ValueError(f"{what}: metric {label!r} must be a finite number, got {shown}")
+            raise ValueError(f"{what}: metric {label!r} must be a finite number, got {shown(number, 40)}")
         clean[label] = converted
     return clean
 
@@ -128,12 +129,11 @@ def parse_counted(value: Any, what: str = "train(model)") -> tuple[int, dict[str
     metrics: Any = {}  # checked below: a Mapping of finite numbers, or TypeError
     if isinstance(value, tuple) and len(value) == 2:
         value, metrics = value
-    is_count = isinstance(value, int) or type(value).__name__.startswith(("int", "uint"))
-    if isinstance(value, bool) or not is_count or int(value) < 0 or not isinstance(metrics, Mapping):
-        shown = repr(returned) if len(repr(returned)) <= 80 else repr(returned)[:80] + "..."
+    is_count = is_int(value) or type(value).__name__.startswith(("int", "uint"))  # a numpy integer too
+    if not is_count or int(value) < 0 or not isinstance(metrics, Mapping):
         raise TypeError(
-            f"{what} must return the number of samples it used, e.g. `return x.shape[0]`, "
-            f"or that number with a dict of metrics, e.g. `return len(x), {{'loss': 0.12}}`; it returned {shown}"
+            f"{what} must return the number of samples it used, e.g. `return x.shape[0]`, or that number with a dict "
+            f"of metrics, e.g. `return len(x), {{'loss': 0.12}}`; it returned {shown(returned, 80)}"
         )
     samples = checked_samples(value, f"{what}'s sample count")
     try:

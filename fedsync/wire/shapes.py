@@ -15,7 +15,10 @@ __all__ = ["DeviceInfo", "EvaluationAnswer", "DeviceReport", "MergeReport"]
 
 class _DeviceInfoChecked(TypedDict):
     specs: str
-    """The device's FedData architecture text, 1 to 4096 characters (checked by :meth:`Remote.info`)."""
+    """The device's FedData architecture text, 1 to 4096 characters.
+
+    Checked by :meth:`fedsync.transports.remote.Remote.info`.
+    """
     repetition: int
     """The last repetition the device accepted, an integer in ``[0, 2**53]`` (checked); 0 before any."""
 
@@ -58,7 +61,8 @@ class EvaluationAnswer(TypedDict):
 
 
 class DeviceReport(TypedDict):
-    """One device's row in :attr:`RoundResult.devices` and :attr:`EvaluationResult.devices`."""
+    """One device's row in :attr:`fedsync.coordinator.history.RoundResult.devices` and
+    :attr:`~fedsync.coordinator.history.EvaluationResult.devices`."""
 
     samples: int
     """Examples behind the device's reply (training) or evaluation, an integer in ``[0, 2**53]``."""
