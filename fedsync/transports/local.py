@@ -35,6 +35,7 @@ from typing import Any
 
 from werkzeug.test import EnvironBuilder
 
+from .._util.checks import at_least_one
 from ..device._state import Device, Job
 from ..device.app import DeviceApp
 from ..errors import RemoteError, RemoteTimeout
@@ -98,9 +99,7 @@ class TrainingPool:
 
     def __init__(self, workers: int | None = None) -> None:
         workers = (os.cpu_count() or 1) if workers is None else workers
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be at least 1 (an integer), got {workers!r}")
-        self.workers = workers
+        self.workers = at_least_one("workers", workers)
         self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="fedsync-local")
 
     def close(self) -> None:

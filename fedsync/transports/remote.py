@@ -15,11 +15,12 @@ text carries the token.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
+from .._util.checks import is_int, positive_seconds
+from .._util.json import shown
 from ..errors import (
     PayloadRejected,
     RemoteBusy,
@@ -120,10 +121,8 @@ class Remote:
             )
         if not isinstance(url, str) or not url:
             raise ValueError(f"Remote URL must be a non-empty string, got {url!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.url = url.rstrip("/")
-        self.timeout = float(timeout)
+        self.timeout = float(positive_seconds("timeout", timeout))
         self.max_reply = int(max_reply)
         if transport is None:
             token = checked_token(token) if token is not None else _environment_token()
@@ -161,9 +160,9 @@ class Remote:
                 self.url, f"/info answered specs of {len(info['specs'])} characters; expected 1 to {MAX_SPECS}"
             )
         repetition = info.get("repetition", 0)
-        if isinstance(repetition, bool) or not isinstance(repetition, int) or not 0 <= repetition <= MAX_REPETITION:
-            shown = _shown(repetition)
-            raise RemoteError(self.url, f"/info answered repetition {shown}; expected an integer in [0, 2**53]")
+        if not is_int(repetition) or not 0 <= repetition <= MAX_REPETITION:
+            clipped = shown(repetition, 40)
+            raise RemoteError(self.url, f"/info answered repetition {clipped}; expected an integer in [0, 2**53]")
         return info
 
     def submit(
@@ -379,7 +378,7 @@ class Remote:
             if not isinstance(answer, dict):
                 raise ValueError(f"expected a JSON object, got {type(answer).__name__}")
             if not isinstance(answer.get("samples"), int):  # JSON carries a count as a number, not text
-                raise ValueError(f"samples must be a whole number, got {_shown(answer.get('samples'))}")
+                raise ValueError(f"samples must be a whole number, got {shown(answer.get('samples'), 40)}")
             samples = checked_samples(answer.get("samples"), "samples")
             metrics = checked_metrics(answer.get("metrics"), "metrics")
         except ValueError as exc:
@@ -494,7 +493,7 @@ class Remote:
         answered = answer.headers.get(REPETITION_HEADER)
         if answered is not None and answered != str(repetition):
             answer.close()
-            raise RemoteError(self.url, f"answered repetition {_shown(answered)} instead of {repetition}")
+            raise RemoteError(self.url, f"answered repetition {shown(answered, 40)} instead of {repetition}")
         return answer
 
     def _poll(self, method: str, repetition: int, wait: float, timeout: float | None, check: bool = True) -> Answer:
@@ -576,11 +575,6 @@ def _headers(specs: str, mimetype: str, config: Mapping[str, Any] | None) -> dic
     if config:
         headers[CONFIG_HEADER] = encode_config(config)
     return headers
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def size(payload: Encoding) -> int:

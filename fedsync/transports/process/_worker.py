@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from ..._util.checks import is_int
 from ...device.app import DEFAULT_MAX_CONTENT_LENGTH
 from ...errors import RemoteError, RemoteTimeout
 from .. import device_functions
@@ -102,7 +103,7 @@ class _Worker:
                 return
             header, body = frame
             device_id = header.get("device")
-            if isinstance(device_id, bool) or not isinstance(device_id, int):
+            if not is_int(device_id):
                 raise FrameError(f"a frame names device {device_id!r}, expected an integer")
             if header.get("op") == "release":
                 # On the reader, in pipe order: a later request for this device builds it afresh.

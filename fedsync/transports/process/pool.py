@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..._util.checks import at_least_one, is_int, positive_int
 from ...device.app import DEFAULT_MAX_CONTENT_LENGTH
 from ...errors import RemoteError, RemoteTimeout
 from .. import device_functions
@@ -244,7 +245,7 @@ def _checked_answer(
             raise RemoteTimeout(url, reason)
         raise RemoteError(url, reason)
     status, headers = header.get("status"), header.get("headers")
-    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+    if not is_int(status) or not 100 <= status <= 599:
         raise RemoteError(
             url, f"its worker process answered status {str(status)[:40]!r}, expected an HTTP status 100-599"
         )
@@ -291,9 +292,7 @@ class ProcessPool:
     ) -> None:  # fmt: skip
         module, path, name = device_functions.locate(device_fn)
         workers = (os.cpu_count() or 1) if workers is None else workers
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be at least 1 (an integer), got {workers!r}")
-        self.workers = workers
+        self.workers = at_least_one("workers", workers)
         self.argv = [sys.executable, "-m", "fedsync.transports.process._worker", "--name", name]
         self.argv += ["--module", module] if module is not None else ["--path", path or ""]
         if max_content_length is not None:
@@ -467,6 +466,5 @@ def process_remotes(processes: ProcessPool, num_devices: int, *, timeout: float 
     Raises:
         ValueError: ``num_devices`` is not a positive integer.
     """
-    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
-        raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+    positive_int("num_devices", num_devices)
     return [ProcessRemote(f"local://device-{i}", i, processes, timeout=timeout) for i in range(num_devices)]
