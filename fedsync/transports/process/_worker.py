@@ -35,7 +35,7 @@ from ...device.app import DEFAULT_MAX_CONTENT_LENGTH
 from ...errors import RemoteError, RemoteTimeout
 from .. import device_functions
 from ..local import LocalTransport, TrainingPool
-from ._frames import FrameError, read_frame, write_frame
+from ._frames import FrameError, Readable, read_frame, write_frame
 
 __all__ = ["main"]
 
@@ -68,7 +68,7 @@ class _Worker:
             self.devices[device_id] = transport
         return transport
 
-    def handle(self, header: dict[str, Any], body: bytes) -> None:
+    def handle(self, header: dict[str, Any], body: bytes | bytearray) -> None:
         """The answer to one request: the device's, or why it could not answer."""
         request_id = header.get("id")
         try:
@@ -95,7 +95,7 @@ class _Worker:
         with self.write_lock:
             write_frame(self.out, reply, content)
 
-    def serve(self, inp: BinaryIO) -> None:
+    def serve(self, inp: Readable) -> None:
         """Answer frames until the coordinator closes the pipe."""
         while True:
             frame = read_frame(inp, max_body=(self.max_content_length or DEFAULT_MAX_CONTENT_LENGTH) + (1 << 16))
