@@ -4,7 +4,7 @@ Registers the ``ray`` transport through fedsync's ``register_transports`` hook
 (entry point ``ray = "fedsync_ray"``). Importing this package does not import
 ray; starting devices (:class:`RayDevices`) or building a :class:`RayRemote`
 does (``pip install 'fedsync[ray]'``). ``run_simulation(..., backend="ray")``
-uses it through :meth:`RayRemote.start_devices`. See docs/simulation.md.
+starts its devices with :class:`RayDevices`. See docs/simulation.md.
 
 Ray pickles its own messages (cloudpickle) between the processes of a cluster:
 run it only among machines you trust. What fedsync sends is kept plain: str,

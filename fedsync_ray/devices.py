@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -58,11 +59,11 @@ def connect(address: str | None = None) -> bool:
                 include_dashboard=False,
                 _node_ip_address="127.0.0.1",
                 namespace=NAMESPACE,
-                logging_level="warning",
+                logging_level=logging.WARNING,
                 log_to_driver=False,
             )
     else:
-        ray.init(address=address, namespace=NAMESPACE, logging_level="warning", log_to_driver=False)
+        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
     return True
 
 
@@ -72,7 +73,8 @@ def _checked_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     if not isinstance(config, Mapping) or set(config) - set(BACKEND_CONFIG):
         unknown = sorted(set(config) - set(BACKEND_CONFIG)) if isinstance(config, Mapping) else config
         raise ValueError(
-            f"backend_config takes the keys {sorted(BACKEND_CONFIG)}, got {unknown!r}; e.g. {{'num_cpus': 1, 'num_gpus': 0}}"
+            f"backend_config takes the keys {sorted(BACKEND_CONFIG)}, got {unknown!r}; "
+            "e.g. {'num_cpus': 1, 'num_gpus': 0}"
         )
     merged = {**BACKEND_CONFIG, **config}
     for key in ("num_cpus", "num_gpus"):
@@ -147,7 +149,8 @@ class RayDevices:
             host = ray.remote(DeviceHost)
             self.actors = [
                 host.options(
-                    name=f"{self.name}-{k}", namespace=NAMESPACE, num_cpus=config["num_cpus"], num_gpus=config["num_gpus"],
+                    name=f"{self.name}-{k}", namespace=NAMESPACE,
+                    num_cpus=config["num_cpus"], num_gpus=config["num_gpus"],
                     max_concurrency=MAX_CONCURRENCY, max_restarts=0,
                 ).remote(path, num_devices, workers, max_content_length)
                 for k in range(count)
@@ -156,8 +159,9 @@ class RayDevices:
                 ray.get([actor.pid.remote() for actor in self.actors], timeout=STARTUP)
             except ray.exceptions.GetTimeoutError:
                 raise RuntimeError(
-                    f"{count} Ray device actors of {config['num_cpus']} CPU(s) and {config['num_gpus']} GPU(s) did not start in {STARTUP:.0f}s; "
-                    f"the cluster has {ray.cluster_resources()}: lower backend_config['actors'] or the resources per actor"
+                    f"{count} Ray device actors of {config['num_cpus']} CPU(s) and {config['num_gpus']} GPU(s) "
+                    f"did not start in {STARTUP:.0f}s; the cluster has {ray.cluster_resources()}: "
+                    "lower backend_config['actors'] or the resources per actor"
                 ) from None
             self.remotes = [
                 RayRemote(

@@ -24,7 +24,8 @@ from .paths import resolve
 __all__ = ["DeviceHost", "Answer"]
 
 Answer = tuple[int, list[tuple[str, str]], Any, str]
-"""``(status, headers, body, error)``: what :meth:`DeviceHost.request` returns; ``error`` is non-empty (and ``status`` 0) when the device could not be built; ``body`` is a numpy ``uint8`` array."""
+"""``(status, headers, body, error)``: what :meth:`DeviceHost.request` returns; ``error`` is non-empty (and
+``status`` 0) when the device could not be built; ``body`` is a numpy ``uint8`` array."""
 
 
 class DeviceHost:
@@ -61,6 +62,7 @@ class DeviceHost:
         device cannot be built (``device_fn`` failed to import or raised).
         """
         import numpy as np
+        from werkzeug.datastructures import Headers
         from werkzeug.test import EnvironBuilder
 
         from fedsync.errors import RemoteError
@@ -73,7 +75,7 @@ class DeviceHost:
             return 0, [], empty, exc.reason
         data = memoryview(body).cast("B") if body is not None else b""
         builder = EnvironBuilder(
-            path=path, method=method, headers=headers, query_string=query,
+            path=path, method=method, headers=Headers(headers), query_string=query,
             input_stream=io.BytesIO(data), content_length=len(data),
         )  # fmt: skip
         environ = builder.get_environ()
@@ -108,7 +110,8 @@ class DeviceHost:
                 except Exception as exc:  # the actor's environment: every device's failure, with the reason
                     raise RemoteError(
                         f"device-{device}",
-                        f"the Ray actor cannot import device_fn {self.device_fn!r} ({type(exc).__name__}: {str(exc)[:300]}); "
+                        f"the Ray actor cannot import device_fn {self.device_fn!r} "
+                        f"({type(exc).__name__}: {str(exc)[:300]}); "
                         "install its package on the workers or ship it with runtime_env",
                     ) from None
             function = self._function

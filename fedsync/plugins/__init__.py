@@ -197,7 +197,8 @@ class _Registry:
                     )
                 if not callable(factory):
                     raise PluginError(
-                        f"plugin {_plugin!r}: register({scheme!r}, {factory!r}) needs a factory(url, **options) -> remote, "
+                        f"plugin {_plugin!r}: register({scheme!r}, {factory!r}) needs a factory(url, **options) "
+                        "-> remote, "
                         "e.g. register('grpc', GrpcRemote)"
                     )
                 if scheme in found:
@@ -269,7 +270,10 @@ def adapter_for(specs: str) -> type[FedData]:
         if token in EXTRAS:
             hint = f"pip install 'fedsync[{EXTRAS[token]}]'"
         else:
-            hint = f"install the package that provides the {token!r} adapter (it registers through the 'fedsync' entry-point group)"
+            hint = (
+                f"install the package that provides the {token!r} adapter "
+                "(it registers through the 'fedsync' entry-point group)"
+            )
         raise AdapterNotFound(
             f"no adapter for specs {specs!r} (token {token!r}); installed: {installed}. To fix: {hint}"
         )
@@ -287,7 +291,8 @@ def describe_transports() -> list[dict[str, Any]]:
     _registry.load()
     return [
         {"scheme": t.scheme, "factory": t.factory, "plugin": t.plugin,
-         "package": _registry.sources.get(t.plugin, (None, None))[0], "version": _registry.sources.get(t.plugin, (None, None))[1]}
+         "package": _registry.sources.get(t.plugin, (None, None))[0],
+         "version": _registry.sources.get(t.plugin, (None, None))[1]}
         for t in sorted(_registry.transports.values(), key=lambda t: t.scheme)
     ]  # fmt: skip
 

@@ -124,7 +124,9 @@ class BytesAnswer(Answer):
     ``Content-Length`` is set to its size unless ``headers`` carry one.
     """
 
-    def __init__(self, status: int, headers: Iterable[tuple[str, str]], content: bytes | memoryview) -> None:
+    def __init__(
+        self, status: int, headers: Iterable[tuple[str, str]], content: bytes | bytearray | memoryview
+    ) -> None:
         self.status = status
         self.body: memoryview | None = memoryview(content).cast("B")
         pairs = list(headers)

@@ -42,6 +42,8 @@ def locate(device_fn: Any, *, script: bool = True, how: str = HOW) -> tuple[str 
         TypeError: ``device_fn`` is neither callable nor a string.
         RuntimeError: called from a script a worker process is loading (no ``__main__`` guard).
     """
+    module: str | None  # where the name leads: a module's name, or an attribute read off any callable
+    name: str | None
     if isinstance(device_fn, str):
         module, sep, name = device_fn.partition(":")
         if not sep or not all(part.isidentifier() for part in [*module.split("."), *name.split(".")]):
@@ -74,7 +76,8 @@ def locate(device_fn: Any, *, script: bool = True, how: str = HOW) -> tuple[str 
         path = getattr(sys.modules["__main__"], "__file__", None)
         if not script:
             raise ValueError(
-                f"device_fn {name} is defined in the script being run (__main__), which other machines cannot import; {how}"
+                f"device_fn {name} is defined in the script being run (__main__), which other machines cannot "
+                f"import; {how}"
             )
         if not isinstance(path, str):
             raise ValueError(
@@ -109,4 +112,4 @@ def load(name: str, module: str | None = None, path: str | None = None) -> Calla
         raise TypeError(
             f"{module or path}:{name} is a {type(target).__name__}, not a function device_fn(device_id) -> FedData"
         )
-    return target  # type: ignore[no-any-return]
+    return target

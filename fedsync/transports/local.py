@@ -33,8 +33,10 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from werkzeug.datastructures import Headers
 from werkzeug.test import EnvironBuilder
 
+from .._util.checks import at_least_one
 from ..device._state import Device, Job
 from ..device.app import DeviceApp
 from ..errors import RemoteError, RemoteTimeout
@@ -98,9 +100,7 @@ class TrainingPool:
 
     def __init__(self, workers: int | None = None) -> None:
         workers = (os.cpu_count() or 1) if workers is None else workers
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be at least 1 (an integer), got {workers!r}")
-        self.workers = workers
+        self.workers = at_least_one("workers", workers)
         self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="fedsync-local")
 
     def close(self) -> None:
@@ -199,7 +199,7 @@ class LocalTransport(Transport):
         return BytesAnswer(*self.call(method, target, headers, body_bytes(body), timeout))
 
     def call(
-        self, method: str, target: str, headers: Mapping[str, str], body: bytes, timeout: float
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes | bytearray, timeout: float
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         """One request answered by the device's application: status, headers, whole body.
 
@@ -283,12 +283,12 @@ class LocalRemote(Remote):
         self.transport.release()
 
 
-def _environ(method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+def _environ(method: str, path: str, query: str, headers: Mapping[str, str], body: bytes | bytearray) -> dict[str, Any]:
     """The WSGI environ of one request, as a server would build it from the wire."""
     builder = EnvironBuilder(
         path=path,
         method=method,
-        headers=dict(headers),
+        headers=Headers(headers),
         query_string=query,
         input_stream=io.BytesIO(body),
         content_length=len(body),

@@ -76,9 +76,14 @@ class Broken(Transport):
             return answer
         if self.how == "raises":
             return Raising(answer)
-        if self.how == "over-the-limit":  # says the model's size, sends more
+        if self.how == "over-the-limit":  # a body longer than the model's payload, and a Content-Length that says so
             content = bytes(answer.body) + b"\0" * 64
             return BytesAnswer(200, [("Content-Length", str(len(content)))], content)
+        if self.how == "short":  # says the model's size, ends halfway: the Remote counts what arrives
+            content = bytes(answer.body)
+            return BytesAnswer(200, [("Content-Length", str(len(content)))], content[: len(content) // 2])
+        if self.how == "bad-length":  # a Content-Length that is not decimal digits: the Remote refuses it
+            return BytesAnswer(200, [("Content-Length", f"{len(answer.body)} bytes")], bytes(answer.body))
         if self.how == "stalls":
             return Stalling(answer)
         raise AssertionError(self.how)
@@ -89,7 +94,8 @@ class Raising(Answer):
         self.status, self.headers = answer.status, answer.headers
 
     def readinto(self, view, deadline):
-        raise ValueError("a bug in a third party's answer")
+        # Not a ValueError (the merge refuses those itself): the transport seam must contain any exception.
+        raise RuntimeError("a bug in a third party's answer")
 
 
 class Stalling(Answer):
@@ -104,8 +110,10 @@ class Stalling(Answer):
 
 
 BROKEN = {
-    "raises": "ValueError: a bug in a third party's answer",
+    "raises": "RuntimeError: a bug in a third party's answer",
     "over-the-limit": "expected no trailing bytes",
+    "short": "result ended after",
+    "bad-length": "without a valid Content-Length",
     "stalls": "RemoteTimeout: late",
     "huge-handshake": f"more than the limit ({MAX_JSON})",
 }

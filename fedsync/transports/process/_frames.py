@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
-__all__ = ["FrameError", "frame_head", "read_frame", "write_frame", "MAX_HEADER"]
+__all__ = ["FrameError", "Readable", "frame_head", "read_frame", "write_frame", "MAX_HEADER"]
 
 _PREFIX = struct.Struct("!IQ")
 MAX_HEADER = 16 << 20
 """The longest header accepted, in bytes (a request's HTTP headers, specs included)."""
+
+
+class Readable(Protocol):
+    """What frames are read from: a binary stream that fills the caller's buffer (a pipe's
+    ``io.BufferedReader``, an ``io.BytesIO``). ``typing.BinaryIO`` declares no ``readinto``."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 class FrameError(ValueError):
@@ -45,7 +52,7 @@ def write_frame(stream: BinaryIO, header: dict[str, Any], body: bytes | bytearra
 
 
 def read_frame(
-    stream: BinaryIO, max_body: int, max_header: int = MAX_HEADER
+    stream: Readable, max_body: int, max_header: int = MAX_HEADER
 ) -> tuple[dict[str, Any], bytearray] | None:
     """The next frame as ``(header, body)``; ``None`` at a clean end of stream (before a frame).
 
@@ -77,13 +84,13 @@ def read_frame(
     return header, body
 
 
-def _read(stream: BinaryIO, n: int) -> bytearray:
+def _read(stream: Readable, n: int) -> bytearray:
     """Up to ``n`` bytes: fewer only at the end of the stream."""
     buffer = bytearray(n)
     view = memoryview(buffer)
     got = 0
     while got < n:
-        count = stream.readinto(view[got:])  # type: ignore[attr-defined]
+        count = stream.readinto(view[got:])
         if not count:
             break
         got += count

@@ -30,11 +30,12 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from ..._util.checks import is_int
 from ...device.app import DEFAULT_MAX_CONTENT_LENGTH
 from ...errors import RemoteError, RemoteTimeout
 from .. import device_functions
 from ..local import LocalTransport, TrainingPool
-from ._frames import FrameError, read_frame, write_frame
+from ._frames import FrameError, Readable, read_frame, write_frame
 
 __all__ = ["main"]
 
@@ -67,7 +68,7 @@ class _Worker:
             self.devices[device_id] = transport
         return transport
 
-    def handle(self, header: dict[str, Any], body: bytes) -> None:
+    def handle(self, header: dict[str, Any], body: bytes | bytearray) -> None:
         """The answer to one request: the device's, or why it could not answer."""
         request_id = header.get("id")
         try:
@@ -94,7 +95,7 @@ class _Worker:
         with self.write_lock:
             write_frame(self.out, reply, content)
 
-    def serve(self, inp: BinaryIO) -> None:
+    def serve(self, inp: Readable) -> None:
         """Answer frames until the coordinator closes the pipe."""
         while True:
             frame = read_frame(inp, max_body=(self.max_content_length or DEFAULT_MAX_CONTENT_LENGTH) + (1 << 16))
@@ -102,7 +103,7 @@ class _Worker:
                 return
             header, body = frame
             device_id = header.get("device")
-            if isinstance(device_id, bool) or not isinstance(device_id, int):
+            if not is_int(device_id):
                 raise FrameError(f"a frame names device {device_id!r}, expected an integer")
             if header.get("op") == "release":
                 # On the reader, in pipe order: a later request for this device builds it afresh.

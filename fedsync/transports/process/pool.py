@@ -22,6 +22,7 @@ same round, codec and checks as in-process and over HTTP. Nothing is pickled.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import select
@@ -33,6 +34,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..._util.checks import at_least_one, is_int, positive_int
 from ...device.app import DEFAULT_MAX_CONTENT_LENGTH
 from ...errors import RemoteError, RemoteTimeout
 from .. import device_functions
@@ -61,8 +63,11 @@ class _Process:
 
     def __init__(self, argv: list[str], env: dict[str, str], max_body: int) -> None:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.fd = self.proc.stdin.fileno()
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        # Pipes, and with Popen's default buffering the answers' end is a BufferedReader (it has readinto).
+        assert stdin is not None and isinstance(stdout, io.BufferedReader)
+        self.stdin, self.stdout = stdin, stdout
+        self.fd = stdin.fileno()
         os.set_blocking(self.fd, False)  # writes wait in poll(), bounded by the request's deadline
         self.max_body = max_body
         self.lock = threading.Lock()  # guards pending, dead
@@ -77,7 +82,7 @@ class _Process:
 
     def call(
         self, url: str, header: dict[str, Any], body: bytes, timeout: float
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
+    ) -> tuple[int, list[tuple[str, str]], bytes | bytearray]:
         """Send one request; the worker's answer, checked.
 
         Raises:
@@ -149,12 +154,10 @@ class _Process:
 
     def _read(self) -> None:
         """The reader thread: answers to their requests, until the pipe ends."""
-        stdout = self.proc.stdout
-        assert stdout is not None
         broken: str | None = None
         try:
             while True:
-                frame = read_frame(stdout, max_body=self.max_body, max_header=MAX_HEADER)
+                frame = read_frame(self.stdout, max_body=self.max_body, max_header=MAX_HEADER)
                 if frame is None:
                     break
                 header, body = frame
@@ -196,10 +199,11 @@ class _Process:
         self.ready.set()
 
     def close(self, wait: float) -> None:
-        """Close the pipe (the worker exits when it reads its end), then kill it if it has not within ``wait`` seconds."""
+        """Close the pipe (the worker exits when it reads its end), then kill it if it has not within ``wait``
+        seconds."""
         with self.write_lock:
             try:
-                self.proc.stdin.close()  # type: ignore[union-attr]
+                self.stdin.close()
             except OSError:
                 pass
         try:
@@ -235,7 +239,7 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview, deadline: float, s
 
 def _checked_answer(
     url: str, header: dict[str, Any], body: bytes | bytearray
-) -> tuple[int, list[tuple[str, str]], bytes]:
+) -> tuple[int, list[tuple[str, str]], bytes | bytearray]:
     """A worker's answer as ``(status, headers, body)``, every field checked; else RemoteError/RemoteTimeout."""
     error = header.get("error")
     if error is not None:
@@ -244,7 +248,7 @@ def _checked_answer(
             raise RemoteTimeout(url, reason)
         raise RemoteError(url, reason)
     status, headers = header.get("status"), header.get("headers")
-    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+    if not is_int(status) or not 100 <= status <= 599:
         raise RemoteError(
             url, f"its worker process answered status {str(status)[:40]!r}, expected an HTTP status 100-599"
         )
@@ -258,13 +262,14 @@ def _checked_answer(
     ):
         raise RemoteError(
             url,
-            f"its worker process answered malformed headers (expected at most {MAX_ANSWER_HEADERS} [name, value] pairs of strings)",
+            f"its worker process answered malformed headers (expected at most {MAX_ANSWER_HEADERS} [name, value] "
+            "pairs of strings)",
         )
     return (
         status,
         [(name, value) for name, value in headers],
         bytes(body) if isinstance(body, bytearray) and len(body) < 4096 else body,
-    )  # type: ignore[return-value]
+    )
 
 
 class ProcessPool:
@@ -291,9 +296,7 @@ class ProcessPool:
     ) -> None:  # fmt: skip
         module, path, name = device_functions.locate(device_fn)
         workers = (os.cpu_count() or 1) if workers is None else workers
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be at least 1 (an integer), got {workers!r}")
-        self.workers = workers
+        self.workers = at_least_one("workers", workers)
         self.argv = [sys.executable, "-m", "fedsync.transports.process._worker", "--name", name]
         self.argv += ["--module", module] if module is not None else ["--path", path or ""]
         if max_content_length is not None:
@@ -308,7 +311,8 @@ class ProcessPool:
             if not process.ready.wait(max(0.0, deadline - time.monotonic())):
                 self.close()
                 raise TimeoutError(
-                    f"the simulation's worker processes did not start within {start_timeout:g} s (importing {self.argv[-1]})"
+                    f"the simulation's worker processes did not start within {start_timeout:g} s "
+                    f"(importing {self.argv[-1]})"
                 )
             why = process.start_error or process.dead
             if why is not None:
@@ -467,6 +471,5 @@ def process_remotes(processes: ProcessPool, num_devices: int, *, timeout: float 
     Raises:
         ValueError: ``num_devices`` is not a positive integer.
     """
-    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
-        raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+    positive_int("num_devices", num_devices)
     return [ProcessRemote(f"local://device-{i}", i, processes, timeout=timeout) for i in range(num_devices)]
