@@ -25,7 +25,7 @@ from .._util.checks import is_int
 from .._util.files import write_atomically
 from .history import RoundResult
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("fedsync.callbacks")  # the name users configure; not the module path, which may move
 
 if TYPE_CHECKING:
     from .federated import Federated

@@ -40,7 +40,7 @@ from ..gateway.server import KeepAliveServer
 
 __all__ = ["Dashboard", "LiveRun", "FolderRun", "serve_dashboard", "RUN_FILE"]
 
-logger = logging.getLogger("fedsync.dashboard.app")
+logger = logging.getLogger("fedsync.dashboard")
 
 RUN_FILE = "run.json"
 """Written by ``fit`` into a checkpoint folder: planned rounds, start time and configuration."""

@@ -31,7 +31,7 @@ from . import proximal
 __all__ = ["FedArrays", "fingerprint", "TrainResult", "SAMPLES_KEY", "METRICS_KEY", "SPECS_KEY"]
 
 SAMPLES_KEY = "fedsync.samples"
-METRICS_KEY = "fedsync.wire.metrics"
+METRICS_KEY = "fedsync.metrics"
 SPECS_KEY = "fedsync.specs"
 
 _PIECE = 1 << 20  # bytes of a reply read and folded at a time

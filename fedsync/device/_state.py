@@ -42,7 +42,7 @@ from ._reply import download, once, owned_copy, response_body
 
 __all__ = ["Device", "Job", "checked_repetition"]
 
-logger = logging.getLogger("fedsync.device.app")
+logger = logging.getLogger("fedsync.server")
 
 
 def checked_repetition(rep: int) -> int:

@@ -61,7 +61,7 @@ from ._status import render_index, render_locked, render_status
 
 __all__ = ["DeviceApp", "DEFAULT_MAX_CONTENT_LENGTH"]
 
-logger = logging.getLogger("fedsync.device.app")
+logger = logging.getLogger("fedsync.server")
 
 DEFAULT_MAX_CONTENT_LENGTH = MAX_PAYLOAD
 """The largest payload a device accepts unless ``max_content_length`` says otherwise, in bytes."""

@@ -23,7 +23,7 @@ from .app import DeviceApp
 __all__ = ["serve", "RunningServer", "STOP_POLL"]
 
 # The device's one logger name (the app and the gateway log under it too): users filter on it.
-logger = logging.getLogger("fedsync.device.app")
+logger = logging.getLogger("fedsync.server")
 
 STOP_POLL = 0.05
 """How often, in seconds, the accepting loop checks for a stop request: a device stops (and frees

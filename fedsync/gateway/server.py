@@ -49,7 +49,7 @@ __all__ = [
     "MAX_CONNECTIONS",
 ]
 
-logger = logging.getLogger("fedsync.device.app")
+logger = logging.getLogger("fedsync.server")
 
 SOCKET_KEY = "fedsync.socket"
 """WSGI environ key of the connection's socket (for writing large bodies without a copy)."""

@@ -131,9 +131,9 @@ def test_early_stopping_watches_the_servers_evaluate_fn_and_stops_a_real_fit():
 def test_early_stopping_warns_once_when_its_metric_is_never_measured(caplog):
     stop = EarlyStopping("accuracy", patience=1, source="evaluation")
     rounds = [RoundResult(repetition=i, evaluation=EvaluationResult(repetition=i, metrics={"loss": 0.3})) for i in (1, 2)]
-    with caplog.at_level("WARNING", logger="fedsync.coordinator.callbacks"):
+    with caplog.at_level("WARNING", logger="fedsync.callbacks"):
         assert [stop(None, r) for r in rounds] == [False, False]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "fedsync.coordinator.callbacks"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fedsync.callbacks"]
     assert warnings == [
         "EarlyStopping('accuracy') found no 'accuracy' in round 1's evaluation metrics (found: loss); it cannot stop this run "
         "until that metric is measured. Check the name, or pass source='evaluation', 'server' or 'train'"

@@ -335,13 +335,13 @@ def test_serving_beyond_loopback_without_a_token_and_tls_warns(token, caplog):
     198.51.100.1 (TEST-NET-2) is no interface here: the warning comes first, then listening fails,
     so no test server ever listens beyond 127.0.0.1.
     """
-    with caplog.at_level("WARNING", logger="fedsync.device.app"), pytest.raises(OSError):
+    with caplog.at_level("WARNING", logger="fedsync.server"), pytest.raises(OSError):
         fedsync.serve(FedFloat(1.0), host="198.51.100.1", port=0, block=False, token=token)
-    messages = [r.getMessage() for r in caplog.records if r.name == "fedsync.device.app"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "fedsync.server"]
     assert len(messages) == 1 and messages[0].startswith("serving on 198.51.100.1 without " + ("a token and TLS" if token is None else "TLS")), messages
 
 
 def test_serving_on_loopback_does_not_warn(caplog):
-    with caplog.at_level("WARNING", logger="fedsync.device.app"):
+    with caplog.at_level("WARNING", logger="fedsync.server"):
         fedsync.serve(FedFloat(1.0), host="127.0.0.1", port=0, block=False).close()
-    assert [r.getMessage() for r in caplog.records if r.name == "fedsync.device.app"] == []
+    assert [r.getMessage() for r in caplog.records if r.name == "fedsync.server"] == []

@@ -221,7 +221,7 @@ def test_a_sample_count_out_of_range_is_rejected_before_any_arithmetic(samples):
 )
 def test_metrics_that_are_not_finite_numbers_are_rejected(metrics):
     data = FedArrays(weights())
-    with pytest.raises(PayloadRejected, match="fedsync.wire.metrics"):
+    with pytest.raises(PayloadRejected, match="fedsync.metrics"):
         data.merge([reply(weights(), 5, metrics)], 1)
     assert data.last_merge is None
 
@@ -424,7 +424,7 @@ def test_devices_reporting_absurd_numbers_fail_alone_and_the_round_merges_the_re
     bad = {
         devices("tests.support.devices.merge:forged", 100.0, "1" + "0" * 40).url: "fedsync.samples",
         devices("tests.support.devices.merge:forged", 100.0, "1" + "0" * 400).url: "fedsync.samples",
-        devices("tests.support.devices.merge:forged", 100.0, "3", '{"loss": ' + "9" * 400 + "}").url: "fedsync.wire.metrics",
+        devices("tests.support.devices.merge:forged", 100.0, "3", '{"loss": ' + "9" * 400 + "}").url: "fedsync.metrics",
         devices("tests.support.devices.merge:padded", 100.0, 3, 4).url: "can need",
     }
     zero = devices("tests.support.devices.merge:forged", float("nan"), "0", '{"loss": 1000}')
