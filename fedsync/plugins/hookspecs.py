@@ -64,7 +64,11 @@ def register_transports(register: RegisterTransport) -> None:
     naming both plugins. ``Federated(data, ["grpc://a", "http://b"])`` builds each
     remote given as a string with :func:`fedsync.plugins.remote`, i.e.
     ``factory(url, **options)``, where ``options`` are what the caller passed
-    (often none; ``timeout=`` and ``max_reply=`` are common).
+    (``Federated`` passes none; ``timeout=`` and ``max_reply=`` are common). A URL
+    your transport cannot read raises ``ValueError`` from the factory, as the built-in
+    factories do (``Remote`` for a URL that is not ``http(s)://``, ``LocalRemote`` for
+    one not ``local://NAME``, ``fedsync_ray``'s for one not ``ray://ACTOR/device-ID``);
+    it surfaces from ``Federated(...)`` itself, before any round.
 
     **What the factory returns: a** :class:`fedsync.transports.remote.Remote` **over
     your transport**, ``Remote(url, transport=MyTransport(url), **options)``. The
@@ -72,35 +76,70 @@ def register_transports(register: RegisterTransport) -> None:
     every check of an answer, secure aggregation's phases); your transport only
     moves requests and answers. fedsync's own ``http``/``https``
     (:mod:`fedsync.transports.http`), ``local`` (:mod:`fedsync.transports.local`) and
-    ``fedsync_ray``'s ``ray`` are built this way.
+    ``fedsync_ray``'s ``ray`` are built this way. With a transport, ``Remote`` uses
+    neither ``token`` nor ``$FEDSYNC_TOKEN`` (they configure HTTP only): a transport that
+    authenticates takes its token itself.
 
-    **The transport contract** (:mod:`fedsync.transports.base`, one page): subclass
+    **The transport contract** (:mod:`fedsync.transports.base`, whose
+    ``Transport.request`` docstring holds every rule below in full): subclass
     :class:`~fedsync.transports.base.Transport` and implement
 
     - ``request(method, target, *, headers, body, timeout) -> Answer``: send one
-      request (``target`` is the path and query below the device's URL, e.g.
-      ``"/3/result?wait=1.500"``; ``body`` is ``None``, bytes-like, or an iterable of
-      frames, see :data:`~fedsync.transports.base.Body`). Return the answer once its
-      status and headers are there, within ``timeout`` seconds (a long-poll's wait is
-      included in it); any status is an answer (the ``Remote`` reads a 409's reason).
-      The same transport is called from several threads at once.
+      request and return the answer once its status and headers are there; any
+      status is an answer (the ``Remote`` reads a 409's reason).
+
+      - ``method``: ``GET``, ``POST``, or ``HEAD`` (only ``Remote.ready`` sends it).
+      - ``target``: the path and query below the device's URL, e.g.
+        ``"/3/result?wait=1.500"``. Put the URL's own path in front of it: a device
+        serving ``serve({"model": ...})`` is ``http://host:port/model``, and the
+        HTTP transport requests ``/model/3/result?...`` (``url + target``).
+      - ``headers``: only the protocol's (``X-Fedsync-Specs``, ``Content-Type``,
+        ``X-Fedsync-Config``; none for ``GET``/``HEAD``). An HTTP transport adds
+        ``Host``, ``Content-Length`` for every body, and ``Authorization: Bearer``
+        if it has a token; devices refuse ``Transfer-Encoding``.
+      - ``body``: ``None``, bytes-like, or an iterable of frames (a
+        :class:`~fedsync.wire.codec.Payload`), see
+        :data:`~fedsync.transports.base.Body`. Count its bytes with
+        ``memoryview(body).nbytes`` (a ``memoryview``'s ``len()`` counts items) or
+        a ``Payload``'s ``len()``, which is its ``.nbytes``.
+      - ``timeout``: no single wait for the device (connecting, sending a piece of
+        the body, the status line and headers) may last longer than ``timeout``
+        seconds; a long-poll's wait is inside it. That is what the HTTP transport
+        does (per socket wait, not in total); bounding the whole request, body
+        included, is stricter and allowed. Past it: ``RemoteTimeout``.
+      - Threads: it is called from several threads at once, and a request may start
+        while an earlier answer's body is still unread. A transport may pool
+        connections: reuse one only after its answer was read to its end, was framed
+        by ``Content-Length`` and did not say ``Connection: close``.
+
     - ``close()``: release connections; optional.
 
     and return an :class:`~fedsync.transports.base.Answer`: ``status`` (int),
-    ``headers`` (a mapping whose lookups ignore case; a result must carry
+    ``headers`` (a mapping whose lookups ignore case, e.g.
+    :class:`~fedsync.transports.base.Headers`; a result must carry
     ``Content-Length``), ``readinto(view, deadline) -> int`` (at most ``len(view)``
-    bytes, 0 at the end, never waiting past ``deadline.read_wait()`` seconds: a
-    :class:`fedsync.wire.transfer.Deadline`) and ``close()``. A body already in memory
-    is a :class:`~fedsync.transports.base.BytesAnswer`; a Payload that must be one
+    bytes, one ``recv``, 0 at the end, never waiting past ``deadline.read_wait()``
+    seconds: a float, never ``None``, zero or less once the time is up, then raise
+    ``RemoteTimeout(url, deadline.expired)``; see
+    :class:`fedsync.wire.transfer.Deadline`) and ``close()``. An answer to ``HEAD``,
+    or with status 204 or 304, has no body. A body already in memory is a
+    :class:`~fedsync.transports.base.BytesAnswer`; a Payload that must be one
     buffer is :func:`~fedsync.transports.base.body_bytes`.
+
+    **Answers from a fedsync device** are HTTP/1.1 (docs/protocol.md, "Connections"):
+    every body framed by one ``Content-Length``, never chunked, the connection kept
+    alive unless the answer says ``Connection: close``. Bound what you read: the HTTP
+    transport refuses a status or header line over 64 KiB and more than 100 header
+    lines (the device's own bounds on a request are 100 lines, 64 KiB in all).
 
     **Errors to raise**, built as ``RemoteError(url, reason)`` (:mod:`fedsync.errors`):
     ``RemoteUnavailable`` when the device cannot be reached or the connection is lost,
     ``RemoteTimeout`` when it does not answer in time (from ``request`` past
     ``timeout``, from ``readinto`` past the deadline), ``RemoteError`` for anything
-    else that is the device's fault. Whatever a transport raises (or an answer that
-    breaks a check: a body over a limit, a wrong length) fails that device alone,
-    never the round. Put no credential in a message, or override ``Transport.scrub``.
+    else that is the device's fault (malformed HTTP, an answer over your bounds).
+    Whatever a transport raises (or an answer that breaks a check: a body over a
+    limit, a wrong length) fails that device alone, never the round. Put no
+    credential in a message, or override ``Transport.scrub``.
 
     Keep registering cheap: import heavy libraries (ray, grpc) inside the factory.
 

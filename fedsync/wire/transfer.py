@@ -50,9 +50,30 @@ def round_grace(timeout: float) -> float:
 
 @dataclass(frozen=True)
 class Deadline:
-    """When reading must stop: ``at`` (a ``time.monotonic()`` value), plus ``grace`` seconds for a flowing reply.
+    """When reading an answer's body must stop; what a transport's ``Answer.readinto`` is handed.
 
-    ``expired`` is the reason given when a read runs out of time.
+    Attributes:
+        at: the deadline, a ``time.monotonic()`` value (seconds).
+        grace: seconds past ``at`` during which a reply that keeps flowing is still read
+            (0 for one request's answer; a round's grace is :func:`round_grace`).
+        stall: the longest wait, in seconds, for each read once ``at`` is near or past (``STALL``).
+        expired: the reason, a sentence, to raise as ``RemoteTimeout(url, deadline.expired)``
+            when a read runs out of time: :data:`LATE` for a round's deadline, ``"timed out:
+            the answer was still arriving after 5s"`` for ``Deadline.within(5)``.
+
+    A transport reads it through :meth:`read_wait`, called just before each wait of its
+    socket (or queue, or pipe): a ``float`` of seconds, never ``None``. While ``at`` is more
+    than ``stall`` seconds away it is the time left until ``at``; then ``stall``, but never
+    past ``at + grace``. Zero or less means reading is over: raise
+    ``RemoteTimeout(url, deadline.expired)`` without waiting (fedsync's own reader checks
+    this before each ``readinto`` too, and reports a timeout with ``expired``). It is
+    ``math.inf`` only for a deadline at infinity (:data:`NEVER`), which fedsync never hands
+    to a transport; ``socket.settimeout`` refuses ``inf`` (``OverflowError``).
+
+    To build one in a test: ``Deadline.within(2.0)`` (2 s from now, no grace),
+    ``Deadline(time.monotonic() + 2.0, grace=1.0)`` (a round's shape), or an expired one,
+    ``Deadline(time.monotonic() - 1.0)``, whose ``read_wait()`` is below zero. It is
+    immutable (a frozen dataclass): one can be shared by every reader of a round.
     """
 
     at: float
@@ -72,8 +93,9 @@ class Deadline:
         return self.at - time.monotonic()
 
     def read_wait(self) -> float:
-        """Seconds the next socket read may wait: until ``at``, or ``stall`` once it is near or
-        past, never past the grace period. Zero or less: reading is over."""
+        """Seconds (a ``float``, never ``None``) the next socket read may wait: until ``at``, or
+        ``stall`` once it is near or past, never past the grace period. Zero or less: reading is
+        over (raise ``RemoteTimeout(url, self.expired)``)."""
         now = time.monotonic()
         return min(max(self.at - now, self.stall), self.at + self.grace - now)
 
