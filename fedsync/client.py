@@ -1,12 +1,11 @@
 """The seed's import path for the coordinator: ``from fedsync.client import Federated, Remote``.
 
 The coordinator lives in :mod:`fedsync.coordinator` and the HTTP transport in :mod:`fedsync.transports`;
-this module only names them where the original README's code finds them.
+this module only names the two classes where the original README's code finds them. Everything else is
+imported from its home (or from :mod:`fedsync`'s short list).
 """
 
-from .coordinator.callbacks import EarlyStopping
 from .coordinator.federated import Federated
-from .coordinator.history import EvaluationResult, History, RoundResult
-from .transports.remote import MAX_REPLY, Remote
+from .transports.remote import Remote
 
-__all__ = ["Remote", "Federated", "RoundResult", "EvaluationResult", "History", "EarlyStopping", "MAX_REPLY"]
+__all__ = ["Federated", "Remote"]

@@ -7,7 +7,7 @@ Subcommands:
 - ``fedsync info URL``          show a device's handshake
 - ``fedsync plugins``           list the installed adapters and transports
 - ``fedsync dashboard DIR``     a live page of a run, from its checkpoint folder
-- ``fedsync certs KIND DIR``    a CA and certificates for mutual TLS (_cli_certs.py)
+- ``fedsync certs KIND DIR``    a CA and certificates for mutual TLS (cli/_certs.py)
 
 Exit codes: 0 success, 1 the command failed (unreachable device, failed
 round, port in use), 2 bad usage (unknown option, module or attribute),

@@ -392,9 +392,16 @@ class Federated:
             raise RoundFailed(f"round {rep}: only {len(remotes)} of {needed} required devices are reachable", failures)
         specs = self.data.specs(rep)
         payload = self.data.serialize(rep)
-        secure, remotes = secure_rounds.start(
-            self.secure_aggregation, self, remotes, rep, deadline, result
-        )  # its key phases, if on
+        secure, remotes = secure_rounds.start(  # its key phases, if on
+            self.secure_aggregation,
+            self.data,
+            remotes,
+            rep,
+            deadline,
+            result,
+            workers=self.workers,
+            timeout=self.timeout,
+        )
         workers = Workers(min(self.workers, len(remotes)), name=f"fedsync-round-{rep}")
         streams = self.data.accepts_streams
         state = Round(

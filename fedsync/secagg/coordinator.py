@@ -574,16 +574,30 @@ class _Spoiled(Exception):
 
 
 def start(
-    settings: SecAgg | None, alg: Any, remotes: list[Any], rep: int, deadline: Deadline, result: Any
+    settings: SecAgg | None,
+    data: Any,
+    remotes: list[Any],
+    rep: int,
+    deadline: Deadline,
+    result: Any,
+    *,
+    workers: int,
+    timeout: float,
 ) -> tuple[SecureRound | None, list[Any]]:
     """Run the keys, shares and inbox phases: the round, and the devices to submit to (``(None, remotes)`` when off).
+
+    Args:
+        data: the coordinator's FedData (a :class:`~fedsync.data.arrays.FedArrays`), merged into at the end.
+        remotes: the devices that passed the handshake, each a :class:`~fedsync.transports.remote.Remote`.
+        result: the round's :class:`~fedsync.coordinator.history.RoundResult`; failures are recorded in it.
+        workers: the most device calls at once; timeout: the round's timeout in seconds (its grace follows it).
 
     Raises:
         RoundFailed: fewer than the threshold completed a phase, or the overflow bound fails.
     """
     if settings is None:
         return None, remotes
-    secure = SecureRound(settings, alg.data, rep, deadline, result, alg.workers)
-    secure.grace = round_grace(alg.timeout)
+    secure = SecureRound(settings, data, rep, deadline, result, workers)
+    secure.grace = round_grace(timeout)
     secure.setup(remotes)
     return secure, secure.remotes

@@ -1,6 +1,7 @@
 """The seed README's API, as written, across real device processes."""
 
 import fedsync
+import fedsync.client
 from fedsync.client import Federated, Remote
 from fedsync.data import FIRST, FedData
 from tests.support.seed_fedfloat import FedFloat
@@ -11,6 +12,7 @@ def test_public_names():
     assert fedsync.FIRST == FIRST
     assert fedsync.FedData is FedData
     assert fedsync.Federated is Federated and fedsync.Remote is Remote
+    assert fedsync.client.__all__ == ["Federated", "Remote"]  # the seed's path, not a second home for the rest
     assert fedsync.serve is fedsync.device.serving.serve
 
 
