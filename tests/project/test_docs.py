@@ -2,6 +2,7 @@
 
 import ast
 import dataclasses
+import importlib
 import inspect
 import os
 import re
@@ -44,7 +45,11 @@ def own_docstring(name: str) -> str | None:
         for statement, following in zip(body, body[1:]):
             targets = statement.targets if isinstance(statement, ast.Assign) else [getattr(statement, "target", None)]
             if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-                if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
+                if (
+                    isinstance(following, ast.Expr)
+                    and isinstance(following.value, ast.Constant)
+                    and isinstance(following.value.value, str)
+                ):
                     return following.value.value
     return None
 
@@ -89,7 +94,9 @@ def test_custom_data_snippets_print_what_the_readme_shows(tmp_path):
     code = "\n".join(readme.blocks(text, "python"))  # the class, then the scripts using it
     shown = "".join(readme.blocks(text, "text"))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == shown
     assert "(examples/custom_fedfloat/)" in text
@@ -112,7 +119,63 @@ def test_every_history_field_has_its_own_docstring():
         assert [f.target.id for f in seen] == [f.name for f in dataclasses.fields(getattr(fedsync, name))]
         for field, after in zip(body, body[1:] + [None]):
             if isinstance(field, ast.AnnAssign):
-                documented = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and str(after.value.value).strip()
+                documented = (
+                    isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant)
+                    and str(after.value.value).strip()
+                )
                 if not documented:
                     undocumented.append(f"{name}.{field.target.id}")
     assert undocumented == []
+
+
+# Names that look like modules but are keys of a payload's or a file's metadata (docs/protocol.md).
+METADATA_KEYS = {"fedsync.samples", "fedsync.metrics", "fedsync.specs", "fedsync.parts", "fedsync.adapter"}
+DOTTED = re.compile(r"\b(fedsync(?:_ray|_torch|_keras)?(?:\.[A-Za-z_]\w*)+)")
+FROM_IMPORT = re.compile(r"from\s+(fedsync[\w.]*)\s+import\s+\(?([\w\s,]+)")
+
+
+def _unresolved(name: str) -> str | None:
+    """Why ``name`` (``package.module.attribute...``) does not resolve, or None when it does."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:i])
+        try:
+            target = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                continue  # a shorter prefix may be the module
+            raise
+        for attribute in parts[i:]:
+            if not hasattr(target, attribute):
+                return f"{module_name} has no {'.'.join(parts[i:])}"
+            target = getattr(target, attribute)
+        return None
+    return "no such module"
+
+
+def named_in_prose(path: Path) -> dict[str, int]:
+    """Every ``fedsync...`` dotted name and ``from fedsync... import X`` in ``path``, with its first line."""
+    found: dict[str, int] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        names = {m.group(1) for m in DOTTED.finditer(line) if not re.search(r"\.(py|md|toml|json|js)$", m.group(1))}
+        for m in FROM_IMPORT.finditer(line):
+            names |= {f"{m.group(1)}.{n}" for n in re.split(r"[\s,]+", m.group(2)) if n and n != "as"}
+        for name in names - METADATA_KEYS:
+            found.setdefault(name, number)
+    return found
+
+
+def test_every_module_and_name_the_docs_mention_exists():
+    """A module moved or a class renamed leaves no stale path in README, docs/ or examples/ (prose included)."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "examples").rglob("*.py"))]
+    files += sorted((ROOT / "examples").rglob("*.md"))
+    checked, stale = 0, []
+    for path in files:
+        for name, line in named_in_prose(path).items():
+            checked += 1
+            why = _unresolved(name)
+            if why:
+                stale.append(f"{path.relative_to(ROOT)}:{line} {name}: {why}")
+    assert checked > 100  # the scan read the docs at all
+    assert not stale, "\n".join(stale)
