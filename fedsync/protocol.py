@@ -116,17 +116,3 @@ class FedData:
     def summary(self, repetition: int) -> dict[str, Any] | None:
         """A JSON-able description for ``/info``; ``None`` when there is nothing to say."""
         return None
-
-    def app(self, *, token: str | None = None, max_content_length: int | None = None) -> Any:
-        """A WSGI application serving this FedData: ``fedsync.device.app.DeviceApp(fed, ...)``.
-
-        :func:`fedsync.serve` runs the same application on fedsync's server.
-
-        Raises:
-            ValueError: a bad ``token`` or ``max_content_length`` (see :class:`~fedsync.device.app.DeviceApp`).
-        """
-        # The one entry point from the contract to the device, imported here rather than at the top:
-        # the device imports this module (a real cycle), and the contract needs no server to be declared.
-        from .device.app import DeviceApp
-
-        return DeviceApp(self, token=token, max_content_length=max_content_length)

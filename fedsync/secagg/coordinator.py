@@ -586,11 +586,8 @@ def start(
 ) -> tuple[SecureRound | None, list[Any]]:
     """Run the keys, shares and inbox phases: the round, and the devices to submit to (``(None, remotes)`` when off).
 
-    Args:
-        data: the coordinator's FedData (a :class:`~fedsync.data.arrays.FedArrays`), merged into at the end.
-        remotes: the devices that passed the handshake, each a :class:`~fedsync.transports.remote.Remote`.
-        result: the round's :class:`~fedsync.coordinator.history.RoundResult`; failures are recorded in it.
-        workers: the most device calls at once; timeout: the round's timeout in seconds (its grace follows it).
+    ``data`` is the coordinator's FedArrays, ``remotes`` the devices that passed the handshake, ``result`` the
+    round's RoundResult (failures go in it), ``workers`` the most calls at once, ``timeout`` the round's, in seconds.
 
     Raises:
         RoundFailed: fewer than the threshold completed a phase, or the overflow bound fails.

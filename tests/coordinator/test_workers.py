@@ -8,6 +8,7 @@ from werkzeug.serving import make_server
 
 from fedsync import Federated
 from fedsync._util.workers import Workers, concurrently
+from fedsync.device import DeviceApp
 from tests.support.seed_fedfloat import FedFloat
 
 
@@ -105,7 +106,7 @@ def test_round_with_more_devices_than_workers_submits_to_all_before_fetching():
             assert log["all_submitted"].wait(10)
             super().receive(encoding, repetition)
 
-    servers = [make_server("127.0.0.1", 0, Recording(Waiting(float(v)).app(), log), threaded=True) for v in range(5)]
+    servers = [make_server("127.0.0.1", 0, Recording(DeviceApp(Waiting(float(v))), log), threaded=True) for v in range(5)]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -13,6 +13,7 @@ from werkzeug.test import Client
 
 import fedsync
 from fedsync import FedArrays
+from fedsync.device import DeviceApp
 from fedsync.wire import codec
 from fedsync.wire.http import SPECS_HEADER
 from tests.conftest import tls_files
@@ -32,7 +33,7 @@ def make_device(**kwargs):
     data = FedArrays({"w": np.zeros((2, 3), np.float32)}, train)
     data.release = release
     data.done = done
-    return data, Client(data.app(**kwargs))
+    return data, Client(DeviceApp(data, **kwargs))
 
 
 def submit(client, data, rep=1, body=None, specs=None, **kwargs):
@@ -243,14 +244,14 @@ def test_token_is_required_when_set():
 
 
 def test_text_payload_must_be_utf8():
-    client = Client(FedFloat(1.5).app())
+    client = Client(DeviceApp(FedFloat(1.5)))
     response = client.post("/2/submit", data=b"\xff\xfe", headers={SPECS_HEADER: "Float"}, content_type="text/plain")
     assert response.status_code == 400 and "UTF-8" in response.json["message"]
     assert client.get("/info").json["repetition"] == 0
 
 
 def test_several_fed_data_under_named_bases():
-    app = FedFloat(1.0).app()
+    app = DeviceApp(FedFloat(1.0))
     assert app.devices.keys() == {""}
     server = fedsync.serve({"model": FedArrays([np.zeros(2)]), "threshold": FedFloat(0.5)}, port=0, block=False)
     with server:

@@ -26,6 +26,7 @@ import requests
 
 import fedsync
 from fedsync import FedArrays
+from fedsync.device import DeviceApp
 from fedsync.wire import codec
 from fedsync.wire.http import SPECS_HEADER
 from tests.conftest import ROOT, start_device
@@ -453,7 +454,7 @@ def test_an_empty_or_unprintable_token_is_refused_at_start_up(token):
     with pytest.raises(ValueError, match="token"):
         fedsync.serve(FedFloat(1.0), port=0, block=False, token=token)
     with pytest.raises(ValueError, match="token"):
-        FedFloat(1.0).app(token=token)
+        DeviceApp(FedFloat(1.0), token=token)
 
 
 def test_a_token_read_from_a_file_is_stripped(devices):
@@ -487,7 +488,7 @@ def test_tokens_are_compared_in_constant_time(monkeypatch):
     monkeypatch.setattr(server.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or original(a, b))
     from werkzeug.test import Client
 
-    client = Client(FedFloat(1.0).app(token="s3cret"))
+    client = Client(DeviceApp(FedFloat(1.0), token="s3cret"))
     assert client.get("/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert calls == [(b"wrong", b"s3cret"), (b"s3cret", b"s3cret")]

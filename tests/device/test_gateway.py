@@ -11,6 +11,7 @@ import pytest
 
 import fedsync
 from fedsync import FedArrays
+from fedsync.device import DeviceApp
 from fedsync.gateway import server as gateway
 from fedsync.wire.http import SPECS_HEADER
 from tests.conftest import tls_files
@@ -93,7 +94,7 @@ def test_rounds_reuse_one_connection_per_device():
         return 1
 
     device = FedArrays({"w": np.zeros(300_000, np.float32)}, train)  # streamed, 1.2 MB
-    app = device.app()
+    app = DeviceApp(device)
 
     def recording(environ, start_response):  # which client connection each request came on
         ports.append(environ["REMOTE_PORT"])

@@ -12,6 +12,7 @@ from werkzeug.test import Client
 
 import fedsync
 from fedsync import FedArrays, Federated
+from fedsync.device import DeviceApp
 from tests.support.browser import Browser
 from tests.support.seed_fedfloat import FedFloat
 
@@ -77,13 +78,13 @@ def test_status_page_shows_the_device_state():
 
 
 def test_status_page_escapes_what_it_shows():
-    text = Client(Sneaky(1.0).app()).get("/").text
+    text = Client(DeviceApp(Sneaky(1.0))).get("/").text
     assert "<script>alert(1)</script>" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
 
 
 def test_named_bases_each_have_a_page_and_the_root_lists_them():
-    client = Client(fedsync.FedArrays([np.zeros(1)]).app())
+    client = Client(DeviceApp(fedsync.FedArrays([np.zeros(1)])))
     assert client.get("/").status_code == 200
     app = fedsync.device.app.DeviceApp({"model": FedArrays([np.zeros(1)]), "threshold": FedFloat(0.5)})
     client = Client(app)

@@ -10,8 +10,7 @@ loading user code by name); they load by name on purpose and are no part of the 
 layer's type in an annotation (a hook spec naming ``Federated``) without running a line of it; but two modules that
 name each other, even only for the type checker, cannot be read or checked one before the other, so a cycle through
 a ``TYPE_CHECKING`` import is a cycle. (A ``TYPE_CHECKING`` import that closes a cycle is exactly the pattern that
-hides one from the interpreter while it stays in the design.) The one kind of import left out of the cycle check is
-an allowed entry point (``ENTRY_POINTS``): a call-time import that reaches up on purpose, each with its reason.
+hides one from the interpreter while it stays in the design.)
 
 The checks take a root directory, and the ``test_*_fails_*`` tests below run each of them on a small broken tree
 written to ``tmp_path``: a check that cannot fail is a defect.
@@ -59,10 +58,6 @@ ENTRY_POINTS: dict[tuple[str, str], str] = {
     ("fedsync.demo.__main__", "fedsync.cli"): (
         "`python -m fedsync.demo` is `fedsync demo`: the entry point runs the CLI, which imports demo/; "
         "nothing else in demo/ imports the CLI"
-    ),
-    ("fedsync.protocol", "fedsync.device"): (
-        "`FedData.app()` builds a device app for a FedData: a lazy import inside that one method, the entry "
-        "from the contract to the device that serves it (it replaces an import-time monkeypatch)"
     ),
 }
 """The only upward imports: ``(importer module, imported layer entry): why it is an entry point``."""
@@ -232,17 +227,9 @@ def shortest_cycles(found: list[Import], component: list[str]) -> list[list[str]
     return sorted(result, key=lambda cycle: (len(cycle), cycle))
 
 
-def is_entry_point(edge: Import) -> bool:
-    """``edge`` is an import ENTRY_POINTS allows."""
-    target = layer_entry(edge.target)
-    return target is not None and (edge.importer, target) in ENTRY_POINTS
-
-
 def cycle_problems(root: Path) -> list[str]:
     """One text per cycle: its modules in order, and the imports that tie each step (file:line, names)."""
-    # An allowed entry point is a call-time import by design (``FedData.app()`` reaching the device it builds):
-    # it closes no cycle at import, and the layers it crosses are checked by ENTRY_POINTS' reasons instead.
-    found = [edge for edge in imports(root) if not is_entry_point(edge)]
+    found = imports(root)
     problems = []
     for component in cycles(found):
         for cycle in shortest_cycles(found, component):
@@ -402,26 +389,14 @@ def test_an_upward_import_fails_and_an_entry_point_does_not(tmp_path: Path) -> N
     assert problems[1].startswith(
         "fedsync/wire/codec.py:5 fedsync.wire.codec (fedsync.wire) imports fedsync.device.app"
     )
-    assert problems[2:] == [
-        "ENTRY_POINTS allows ('fedsync.protocol', 'fedsync.device'), but no such import exists: remove it"
-    ]
-
-
-def test_a_cycle_only_through_an_entry_point_is_not_reported_and_others_still_are(tmp_path: Path) -> None:
-    root = write(
-        tmp_path,
-        {
-            "fedsync/__init__.py": "",
-            "fedsync/protocol.py": "def app():\n    from .device.app import DeviceApp\n",
-            "fedsync/device/__init__.py": "",
-            "fedsync/device/app.py": "from ..protocol import app\n",
-            "fedsync/wire/__init__.py": "",
-            "fedsync/wire/a.py": "from . import b\n",
-            "fedsync/wire/b.py": "from . import a\n",
-        },
-    )
-    (problem,) = cycle_problems(root)
-    assert problem.startswith("cycle: fedsync.wire.a -> fedsync.wire.b -> fedsync.wire.a")
+    assert problems[2:] == []  # demo/__main__ -> cli is the allowed entry point
+    ENTRY_POINTS[("fedsync.wire.codec", "fedsync.cli")] = "planted"
+    try:
+        assert upward_problems(root)[2:] == [
+            "ENTRY_POINTS allows ('fedsync.wire.codec', 'fedsync.cli'), but no such import exists: remove it"
+        ]
+    finally:
+        del ENTRY_POINTS[("fedsync.wire.codec", "fedsync.cli")]
 
 
 def test_a_module_in_no_layer_fails(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ pytest.importorskip("Crypto")
 
 import fedsync  # noqa: E402
 from fedsync import FedArrays, Federated, Remote
+from fedsync.device import DeviceApp  # noqa: E402
 from fedsync.wire import codec  # noqa: E402
 from fedsync.errors import RoundFailed  # noqa: E402
 from fedsync.secagg import SecAgg  # noqa: E402
@@ -327,7 +328,7 @@ def hostile():
     servers = []
 
     def start(fed, rewrite):
-        inner = fed.app()
+        inner = DeviceApp(fed)
 
         @Request.application
         def app(request):

@@ -19,6 +19,7 @@ import numpy as np
 from werkzeug.test import Client
 
 from fedsync import FedArrays
+from fedsync.device import DeviceApp
 from fedsync.wire import codec
 from tests.support.seed_fedfloat import FedFloat
 
@@ -52,7 +53,7 @@ class HostileDevice:
     def __init__(self, scenario: str, options: dict[str, Any]) -> None:
         self.scenario, self.options = scenario, options
         data = base_data(options.get("kind", "arrays"), float(options.get("value", 1.0)), int(options.get("samples", 10)))
-        self.app = data.app()
+        self.app = DeviceApp(data)
 
     def real(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
         response = Client(self.app).open(target, method=method, headers=headers, data=body)

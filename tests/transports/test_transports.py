@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fedsync import FedArrays, Federated, Remote, plugins
+from fedsync.device import DeviceApp
 from fedsync.errors import PluginError, RoundFailed
 from fedsync.transports.local import LocalRemote, register_device, unregister_device
 from tests.support.devices.basic import constant, linreg
@@ -151,7 +152,7 @@ def test_the_protocol_layer_never_names_the_server_and_fed_app_still_works():
     tree = ast.parse(Path(fedsync.protocol.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not any(module and "server" in module for module in imported), imported
-    app = Picky(1.0).app()
+    app = DeviceApp(Picky(1.0))
     assert type(app).__name__ == "DeviceApp" and app.devices[""].fed.value == 1.0
 
 
