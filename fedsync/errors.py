@@ -7,6 +7,8 @@ callers can catch either, as with ``requests``.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "FedSyncError",
     "CodecError",
@@ -37,11 +39,13 @@ class PayloadRejected(FedSyncError, ValueError):
     """A well-formed payload that does not fit the FedData receiving it.
 
     ``url``: the device that refused it, when a :class:`fedsync.Remote` raised it (else ``None``).
+    ``detail``: as :attr:`RemoteError.detail`, when a device's refusal was read (else ``None``).
     """
 
     def __init__(self, message: str, url: str | None = None) -> None:
         super().__init__(message)
         self.url = url
+        self.detail: dict[str, Any] | None = None
 
 
 class SpecsMismatch(FedSyncError, ValueError):
@@ -56,12 +60,19 @@ class SpecsMismatch(FedSyncError, ValueError):
 
 
 class RemoteError(FedSyncError, OSError):
-    """Talking to a remote device failed. ``url`` names the device."""
+    """Talking to a remote device failed. ``url`` names the device.
+
+    ``detail``: the JSON object of the device's refusal (at most 64 KiB, strict JSON with an
+    ``"error"`` code and a ``"message"``), for callers that read more than the message (secure
+    aggregation's ``"senders"``); ``None`` when the device answered no such object, or when this
+    error was not a refusal. Unchecked beyond that: check any other field before use.
+    """
 
     def __init__(self, url: str, message: str) -> None:
         super().__init__(f"{url}: {message}")
         self.url = url
         self.reason = message
+        self.detail: dict[str, Any] | None = None
 
 
 class RemoteUnavailable(RemoteError, ConnectionError):

@@ -9,6 +9,7 @@ download, hand to the merge) is in :mod:`fedsync.coordinator._pipeline`.
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import os
 import queue
@@ -24,7 +25,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .. import plugins
-from .._util.checks import at_least_one, is_int, positive_seconds
+from .._util.checks import at_least_one, is_int, is_number, positive_seconds
 from .._util.workers import Workers, concurrently
 from ..dashboard import app as dashboard_app
 from ..errors import RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch, failure_reason
@@ -98,7 +99,7 @@ class Federated:
         checkpoint: a folder; after every merged round the state, history and
             repetition are written there atomically, and a new ``Federated`` with
             the same folder resumes from them.
-        poll: the longest single long-poll, in seconds; it bounds how quickly an
+        poll: the longest single long-poll, in seconds (finite, above 0); it bounds how quickly an
             abandoned round releases its threads.
         downloads: how many replies may be handed over at once, waiting to be
             merged. A FedData that reads replies as streams (``accepts_streams``:
@@ -178,6 +179,8 @@ class Federated:
         self._share: Fraction = share
         self.min_results: int | None = min_results
         self.timeout: float = float(timeout)
+        if not is_number(poll) or not 0 < poll < math.inf:
+            raise ValueError(f"poll must be a positive number of seconds, got {poll!r}; e.g. poll=10.0 (the default)")
         self.poll: float = float(poll)
         self.downloads: int | None = None if downloads is None else at_least_one("downloads", downloads)
         self.workers: int = int(at_least_one("workers", workers))

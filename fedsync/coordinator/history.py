@@ -12,6 +12,7 @@ from typing import Any
 
 from .._util.checks import is_number
 from .._util.files import write_atomically
+from .._util.json import loads_strict, shown
 from ..privacy import checked_privacy
 from ..protocol import MAX_REPETITION
 from ..wire.metrics import MAX_SAMPLES, checked_metrics
@@ -163,12 +164,15 @@ class History:
         """The History that :meth:`to_json` wrote.
 
         Raises:
-            ValueError: ``text`` is not that JSON, a round is malformed
-                (:meth:`RoundResult.from_dict`), or repetitions do not increase.
+            ValueError: ``text`` is not that JSON (strict: a key given twice or ``NaN`` is refused),
+                a round is malformed (:meth:`RoundResult.from_dict`), or repetitions do not increase.
         """
         try:
-            # Not _util.json.loads_strict: a history has always accepted a key given twice (the last wins).
-            document = json.loads(text, parse_constant=_no_constant)
+            document = loads_strict(
+                text,
+                duplicate=lambda key: ValueError(f"history has the key {shown(key)} twice; keys must be unique"),
+                constant=lambda name: ValueError(f"history holds {name}, not a finite number"),
+            )
         except RecursionError:
             raise ValueError("history JSON is nested too deeply") from None
         if not isinstance(document, dict) or document.keys() != {"rounds"} or not isinstance(document["rounds"], list):
@@ -191,10 +195,6 @@ class History:
 
     def __repr__(self) -> str:
         return f"History({len(self.rounds)} rounds)"
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"history holds {name}, not a finite number")
 
 
 def _fields(cls: type, row: Any, what: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .._util.checks import is_int, is_number
 from .._util.files import write_atomically
+from .._util.json import loads_strict, shown
 from ..gateway.server import KeepAliveServer
 
 __all__ = ["Dashboard", "LiveRun", "FolderRun", "serve_dashboard", "RUN_FILE"]
@@ -304,12 +305,16 @@ class LiveRun:
 
 
 def _read_json(path: Path) -> Any:
-    """Parsed JSON of a small file; raises ValueError or OSError."""
+    """Parsed strict JSON of a small file (a key given twice or NaN is refused); raises ValueError or OSError."""
     with open(path, "rb") as f:
         raw = f.read(MAX_FILE + 1)
     if len(raw) > MAX_FILE:
         raise ValueError(f"{path} is over {MAX_FILE} bytes")
-    return json.loads(raw)
+    return loads_strict(
+        raw,
+        duplicate=lambda key: ValueError(f"{path.name} has the key {shown(key)} twice; keys must be unique"),
+        constant=lambda name: ValueError(f"{path.name} holds {name}, not a finite number"),
+    )
 
 
 class FolderRun:

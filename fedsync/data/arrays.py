@@ -16,7 +16,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .._util.json import shown
+from .._util.json import loads_strict, shown
 from ..errors import PayloadRejected, RemoteError, RoundFailed, failure_reason
 from ..plugins.hookspecs import RegisterAdapter, hookimpl
 from ..protocol import FedData
@@ -519,13 +519,23 @@ class FedArrays(FedData):
 
         Raises:
             PayloadRejected: samples not a whole number in ``[0, MAX_SAMPLES]``, or
-                metrics not a JSON object of at most ``MAX_METRICS`` finite numbers.
+                metrics not a strict JSON object (unique keys, no ``NaN``) of at most
+                ``MAX_METRICS`` finite numbers.
         """
         try:
             samples = checked_samples(metadata.get(SAMPLES_KEY, "0"), f"payload metadata {SAMPLES_KEY!r}")
             try:
-                # Not _util.json.loads_strict: a metric named twice has always been accepted (the last wins).
-                metrics = json.loads(metadata.get(METRICS_KEY, "{}"), parse_constant=_no_constant)
+                metrics = loads_strict(
+                    metadata.get(METRICS_KEY, "{}"),
+                    duplicate=lambda key: PayloadRejected(
+                        f"payload metadata {METRICS_KEY!r} names the key {shown(key)} twice"
+                    ),
+                    constant=lambda name: PayloadRejected(
+                        f"payload metadata {METRICS_KEY!r} holds {name}, not a finite number"
+                    ),
+                )
+            except PayloadRejected:
+                raise  # to the outer handler, which adds the example
             except (ValueError, RecursionError):
                 raise ValueError(
                     f"payload metadata {METRICS_KEY!r} is not JSON: {shown(metadata.get(METRICS_KEY), 60)}"
@@ -548,10 +558,6 @@ def _finite(a: np.ndarray) -> bool:
         return True
     flat = a.reshape(-1)
     return all(np.isfinite(flat[i : i + _PIECE]).all() for i in range(0, flat.size, _PIECE))
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a finite number")
 
 
 def _add_whole(accumulator: Accumulator, arrays: Mapping[str, np.ndarray], samples: int) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .._util.json import loads_strict, shown
 from ..errors import PayloadRejected
 from ..plugins.hookspecs import RegisterAdapter, hookimpl
 from ..protocol import FedData
@@ -140,7 +141,17 @@ class FedBundle(FedData):
             raise PayloadRejected("FedBundle expects a binary payload, got text")
         arrays, metadata = codec.decode(encoding)
         try:
-            kinds = json.loads(metadata[PARTS_KEY])
+            kinds = loads_strict(
+                metadata[PARTS_KEY],
+                duplicate=lambda key: PayloadRejected(
+                    f"bundle payload's {PARTS_KEY!r} metadata names the key {shown(key)} twice"
+                ),
+                constant=lambda name: PayloadRejected(
+                    f"bundle payload's {PARTS_KEY!r} metadata holds {name}, not a finite number"
+                ),
+            )
+        except PayloadRejected:
+            raise
         except (KeyError, ValueError, RecursionError):
             kinds = None
         # A real check, not an assert: `python -O` removes asserts.

@@ -8,11 +8,10 @@ Internal: its names may change without notice.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .._util.checks import is_int
-from .._util.json import shown
+from .._util.json import loads_strict, shown
 from ..wire.http import ApiError, ErrorCode
 from . import keys
 
@@ -23,9 +22,13 @@ def malformed(message: str) -> ApiError:
 
 
 def parsed(body: bytes) -> Any:
-    """``body`` as JSON (any value: the phase checks its shape)."""
+    """``body`` as strict JSON (any value: the phase checks its shape); a key given twice or ``NaN`` is refused."""
     try:
-        return json.loads(body)
+        return loads_strict(
+            body,
+            duplicate=lambda key: malformed(f"the body has the key {shown(key)} twice; keys must be unique"),
+            constant=lambda name: malformed(f"the body holds {name}, not a finite number"),
+        )
     except (ValueError, RecursionError):
         raise malformed(f"the body is not JSON: {shown(body[:60])}") from None
 

@@ -5,7 +5,8 @@ through its :class:`~fedsync.transports.base.Transport`: HTTP (:mod:`fedsync.tra
 what ``Remote(url)`` builds), or any other (``Remote(url, transport=...)``).
 
 Everything a device answers is checked before use: JSON answers are read up
-to ``MAX_JSON`` bytes, error bodies up to ``MAX_ERROR_BODY``, headers must be
+to ``MAX_JSON`` bytes as strict JSON (unique keys, no ``NaN``/``Infinity``),
+error bodies up to ``MAX_ERROR_BODY``, headers must be
 well-formed, and numbers are bounded (``MAX_REPETITION``, ``MAX_SAMPLES``,
 finite metrics). A bad answer raises a :class:`~fedsync.errors.RemoteError`
 naming the device, which a round records as that device's failure. No error
@@ -14,7 +15,6 @@ text carries the token.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any, cast
@@ -39,6 +39,7 @@ from ..wire.replies import ReplyStream
 from ..wire.shapes import DeviceInfo, EvaluationAnswer
 from ..wire.tokens import checked_token
 from ..wire.transfer import Deadline, content_length, read_capped
+from ._answers import Refused, parsed, refusal
 from .base import Answer, Body, Transport
 from .http import HTTPAnswer, HTTPTransport
 
@@ -84,13 +85,13 @@ class Remote:
             surrounding whitespace is stripped (a token read from a file). ``None``
             (the default) takes ``$FEDSYNC_TOKEN`` if it is set, as ``fedsync serve``
             and ``fedsync info`` do, so one exported variable serves both sides.
-        retries: connection attempts retried with backoff.
+        retries: connection attempts retried with backoff (an integer >= 0).
         verify: TLS verification for ``https://``: ``True``, ``False`` or a CA bundle path.
         cert: mutual TLS: this coordinator's client certificate, as a ``(certfile, keyfile)``
             pair of PEM files (or one file holding both), for devices started with
             ``serve(..., client_ca=...)``. ``fedsync certs coordinator`` makes one.
-        max_reply: the largest result, in bytes, downloaded whole (FedData that read
-            replies as streams check their size against the model instead).
+        max_reply: the largest result, in bytes (a positive integer), downloaded whole
+            (FedData that read replies as streams check their size against the model instead).
         transport: the :class:`~fedsync.transports.base.Transport` that carries the
             requests; ``None`` (the default) builds an
             :class:`~fedsync.transports.http.HTTPTransport` from ``url``, ``timeout``,
@@ -98,8 +99,9 @@ class Remote:
 
     Raises:
         ValueError: a URL that is not http(s) (without ``transport``), a timeout that is
-            not positive, or an empty token or one with control or non-ASCII characters
-            (not shown), given or from ``$FEDSYNC_TOKEN``.
+            not positive, ``max_reply`` not a positive integer, ``retries`` not an integer >= 0,
+            or an empty token or one with control or non-ASCII characters (not shown), given or
+            from ``$FEDSYNC_TOKEN``.
         FileNotFoundError: a ``cert`` file that does not exist.
     """
 
@@ -123,7 +125,13 @@ class Remote:
             raise ValueError(f"Remote URL must be a non-empty string, got {url!r}")
         self.url = url.rstrip("/")
         self.timeout = float(positive_seconds("timeout", timeout))
-        self.max_reply = int(max_reply)
+        if not is_int(max_reply) or max_reply < 1:
+            raise ValueError(
+                f"max_reply must be a positive integer number of bytes, got {shown(max_reply)}; e.g. 2**30"
+            )
+        if not is_int(retries) or retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {shown(retries)}; e.g. Remote(url, retries=3)")
+        self.max_reply = max_reply
         if transport is None:
             token = checked_token(token) if token is not None else _environment_token()
             transport = HTTPTransport(
@@ -468,7 +476,7 @@ class Remote:
         body: Body | None = None,
         timeout: float | None = None,
     ) -> Any:
-        """A JSON answer of at most ``MAX_JSON`` bytes, read before ``deadline``."""
+        """A strict JSON answer (see ``_answers``) of at most ``MAX_JSON`` bytes, read before ``deadline``."""
         if timeout is None:
             timeout = deadline.request_timeout(self.timeout)
         answer = self.request(method, target, headers=headers, body=body, timeout=timeout)
@@ -477,7 +485,9 @@ class Remote:
             raise RemoteError(self.url, f"{what} answered HTTP {answer.status}; expected 200")
         body = read_capped(self._readable(answer, deadline), MAX_JSON, deadline, self.url)
         try:
-            return json.loads(body)
+            return parsed(body)
+        except Refused as exc:
+            raise RemoteError(self.url, self.scrub(f"{what} answered {exc}")) from None
         except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             raise RemoteError(self.url, f"{what} did not answer JSON: {self.scrub(repr(body[:200]))}") from None
 
@@ -516,12 +526,9 @@ class Remote:
             # At most MAX_ERROR_BODY bytes, read within the timeout: the message is for people.
             deadline = Deadline.within(self.timeout)
             text = read_capped(self._readable(answer, deadline), MAX_ERROR_BODY, deadline, self.url, truncate=True)
-            detail = json.loads(text)
-            code, message = str(detail["error"])[:100], str(detail["message"])[:2000]
-        except (ValueError, KeyError, TypeError, RecursionError):
-            code, message = "http_error", f"HTTP {status}: {text[:200]!r}"
+            code, message, detail = refusal(status, text)
         except RemoteError as exc:
-            code, message = "http_error", f"HTTP {status} (its message could not be read: {exc.reason})"
+            code, message, detail = "http_error", f"HTTP {status} (its message could not be read: {exc.reason})", None
         message = self.scrub(message)
         if code == ErrorCode.SPECS_MISMATCH:
             raise SpecsMismatch(f"{self.url}: {message}", url=self.url)
@@ -532,15 +539,14 @@ class Remote:
         if code == ErrorCode.TLS_REQUIRED:  # a plain-HTTP URL for a device that serves HTTPS
             raise RemoteUnavailable(self.url, message)
         if status in (400, 411, 413):
-            error: Exception = PayloadRejected(
+            error: RemoteError | PayloadRejected = PayloadRejected(
                 f"{self.url}: device rejected the payload ({status} {code}): {message}", url=self.url
             )
         else:
             error = RemoteError(self.url, f"HTTP {status} {code}: {message}")
         # The refusal's JSON object (at most MAX_ERROR_BODY bytes), for callers that read more than the
         # message, e.g. secure aggregation's "senders" (fedsync.secagg.coordinator); unchecked: check before use.
-        # The ignore: errors.py declares no `detail`; it is set here, on these two errors only, for that reader.
-        error.detail = detail if code != "http_error" and isinstance(detail, dict) else None  # type: ignore[attr-defined]
+        error.detail = detail if code != "http_error" and isinstance(detail, dict) else None
         raise error
 
 

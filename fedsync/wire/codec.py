@@ -13,6 +13,7 @@ A payload is::
 Supported dtypes: F64 F32 F16 I64 I32 I16 I8 U64 U32 U16 U8 BOOL. Files written
 from these bytes load with the ``safetensors`` package, and its output decodes here.
 
+The header is strict JSON: a key given twice or ``NaN``/``Infinity`` is refused.
 :func:`decode` trusts nothing: any malformed input raises :class:`CodecError`
 (a ``ValueError``) naming what is wrong, and the arrays it returns are views into
 the given buffer, not copies.
@@ -29,7 +30,7 @@ from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
 
-from .._util.json import first_duplicate
+from .._util.json import loads_strict
 from ..errors import CodecError
 
 __all__ = [
@@ -396,7 +397,11 @@ def _parse_header(raw: memoryview) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise CodecError(f"header is not valid UTF-8: {exc}") from exc
     try:
-        header = json.loads(text, object_pairs_hook=_unique_keys)
+        header = loads_strict(
+            text,
+            duplicate=lambda key: CodecError(f"header has duplicate key {_repr.repr(key)}; keys must be unique"),
+            constant=lambda name: CodecError(f"header holds {name}, not a finite number"),
+        )
     except CodecError:
         raise
     except RecursionError as exc:
@@ -406,13 +411,6 @@ def _parse_header(raw: memoryview) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise CodecError(f"header must be a JSON object, got {type(header).__name__}")
     return header
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    key = first_duplicate(pairs)
-    if key is not None:
-        raise CodecError(f"header has duplicate key {_repr.repr(key)}; keys must be unique")
-    return dict(pairs)
 
 
 def _checked_metadata(metadata: Any, what: str) -> dict[str, str]:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._util.checks import is_number
-from .._util.json import shown
+from .._util.json import loads_strict, shown
 from ..errors import PayloadRejected
 
 __all__ = ["WIRE_DTYPES", "WIRE_KEY", "pack", "unpack", "check_wire_dtype"]
@@ -93,7 +93,13 @@ def unpack(
 ) -> dict[str, np.ndarray]:
     """The arrays in the ``expected`` dtypes (by name); raises PayloadRejected for a format not agreed on."""
     try:
-        how = json.loads(wire)
+        how = loads_strict(
+            wire,
+            duplicate=lambda key: PayloadRejected(f"payload metadata {WIRE_KEY!r} names the key {shown(key)} twice"),
+            constant=lambda name: PayloadRejected(f"payload metadata {WIRE_KEY!r} holds {name}, not a finite number"),
+        )
+    except PayloadRejected:
+        raise
     except (ValueError, RecursionError):
         how = None
     # A real check, not an assert: `python -O` removes asserts.

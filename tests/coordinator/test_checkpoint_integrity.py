@@ -147,8 +147,9 @@ def test_a_changed_history_is_refused(run, device):
         ('"loss": 2.0', '"loss": Infinity', "NaN|Infinity"),
         ('"answered": [', '"answered": [1, ', "answered must be a list"),
         ('"rounds": [', '"rounds": [7, ', "must be a JSON object"),
+        ('"repetition": 2', '"repetition": 5, "repetition": 2', "the key 'repetition' twice"),
     ],
-    ids=["nan-seconds", "unknown-key", "decreasing", "string-samples", "infinite-metric", "answered-type", "row-type"],
+    ids=["nan-seconds", "unknown-key", "decreasing", "string-samples", "infinite-metric", "answered-type", "row-type", "key-twice"],
 )
 def test_a_malformed_history_is_refused_even_with_its_checksum_redone(run, device, old, new, cause):
     history = run / "round-000003" / "history.json"

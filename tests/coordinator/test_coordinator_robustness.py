@@ -303,7 +303,8 @@ _INFO = '"protocol": 1, "fedsync": "0.1.0", "specs": "arrays:sha256:1", "repetit
     "body, shown",
     [
         ('{' + _INFO + ', "summary": {"weights": [{"name": "w", "shape": ["abc"], "dtype": "f"}]}}', "1 arrays, ? parameters"),
-        ('{' + _INFO + ', "summary": {"weights": [{"name": "w", "shape": [Infinity]}]}}', "1 arrays, ? parameters"),
+        # Infinity is not JSON: the whole answer is refused, naming where it was (it was shown as "?" before).
+        ('{' + _INFO + ', "summary": {"weights": [{"name": "w", "shape": [Infinity]}]}}', "/info answered Infinity for the key 'shape'"),
         ('{' + _INFO + ', "summary": {"weights": [{"name": "w", "shape": [' + ", ".join(["9" * 4000] * 4) + "]}]}}", "1 arrays, ? parameters"),
         ('{' + _INFO + ', "summary": {"weights": ["a", 7]}}', "2 arrays, ? parameters"),
         ('{"protocol": 1, "specs": "a:b", "repetition": 0, "state": "\\u001b[2J\\u001b]0;title\\u0007"}', "state          \\x1b[2J\\x1b]0;title\\x07"),

@@ -3,7 +3,8 @@
 Each request is parsed by hand and answered by a real fedsync device app (run
 in-process through ``werkzeug.test.Client``) unless the scenario answers it
 itself: huge bodies, drip-fed replies, bad ``/info`` values, bad evaluation
-answers, echoed credentials. Started as a subprocess by ``tests/support/run_hostile.py``.
+answers, refusals with a crafted JSON body, replies with crafted metadata, echoed
+credentials. Started as a subprocess by ``tests/support/run_hostile.py``.
 """
 
 from __future__ import annotations
@@ -112,6 +113,14 @@ class HostileDevice:
             if real.status == 200:
                 real.headers.update(o["headers"])
             return real
+        if s == "refuse" and path.endswith("/submit"):  # refuses the submission with this status and JSON text
+            return Answer(int(o["status"]), {"Content-Type": "application/json"}, o["body"].encode())
+        if s == "reply" and path.endswith("/result") and method == "GET":  # its real reply with metadata overridden
+            real = self.real(method, target, headers, body)
+            if real.status != 200:
+                return real
+            arrays, metadata = codec.decode(real.body)
+            return Answer(200, real.headers, codec.encode(dict(arrays), {**metadata, **o["metadata"]}))
         if s == "drip" and path.endswith("/result") and method == "GET":
             real = self.real(method, target, headers, body)
             if real.status != 200:

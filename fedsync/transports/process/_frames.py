@@ -1,7 +1,7 @@
 """Length-prefixed frames over a pipe: a JSON header and raw bytes, no pickle.
 
 A frame is ``!IQ`` (the header's length, the body's length), the header as
-UTF-8 JSON (an object) and the body. Both lengths are checked against the
+UTF-8 JSON (an object, strict: unique keys, no ``NaN``/``Infinity``) and the body. Both lengths are checked against the
 reader's limits before anything is allocated, so a broken or hostile peer
 costs at most those limits. Used between a simulation's coordinator and its
 worker processes (:mod:`fedsync.transports.process.pool`, :mod:`fedsync.transports.process._worker`).
@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import struct
 from typing import Any, BinaryIO, Protocol
+
+from ..._util.json import loads_strict, shown
 
 __all__ = ["FrameError", "Readable", "frame_head", "read_frame", "write_frame", "MAX_HEADER"]
 
@@ -58,7 +60,8 @@ def read_frame(
 
     Raises:
         FrameError: a length above ``max_header``/``max_body``, a stream that ends
-            inside a frame, or a header that is not a JSON object.
+            inside a frame, or a header that is not a JSON object (or has a key twice,
+            or ``NaN``/``Infinity``).
         OSError: reading the pipe failed.
     """
     prefix = _read(stream, _PREFIX.size)
@@ -76,7 +79,13 @@ def read_frame(
     if len(raw) < header_length or len(body) < body_length:
         raise FrameError("the stream ended inside a frame")
     try:
-        header = json.loads(raw)
+        header = loads_strict(
+            bytes(raw),
+            duplicate=lambda key: FrameError(f"a frame header has the key {shown(key)} twice; keys must be unique"),
+            constant=lambda name: FrameError(f"a frame header holds {name}, not a finite number"),
+        )
+    except FrameError:
+        raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FrameError(f"a frame header is not JSON: {str(exc)[:200]}") from None
     if not isinstance(header, dict):

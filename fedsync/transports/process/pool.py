@@ -168,7 +168,8 @@ class _Process:
                     continue
                 request_id = header.get("id")
                 with self.lock:
-                    pending = self.pending.pop(request_id, None) if isinstance(request_id, int) else None
+                    # is_int: JSON `true` is no request id, though True == 1 as a dict key.
+                    pending = self.pending.pop(request_id, None) if is_int(request_id) else None
                 if pending is not None:
                     pending.header, pending.body = header, body
                     pending.done.set()
