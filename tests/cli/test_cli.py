@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,67 +14,9 @@ import pytest
 import requests
 
 from fedsync.cli import main
+from tests.support.cli import fedsync_command
 
 ROOT = Path(__file__).resolve().parents[2]
-
-# Import what fedsync.wire.certs uses now: `workdir` swaps sys.modules, which cryptography's native modules do not survive.
-import cryptography.hazmat.primitives.asymmetric.ec  # noqa: E402,F401
-import cryptography.hazmat.primitives.serialization  # noqa: E402,F401
-import cryptography.x509.oid  # noqa: E402,F401
-
-DEVICE_FILE = """\
-import numpy as np
-import fedsync
-
-def train(model):
-    model["w"] += 1.0
-    return 3
-
-data = fedsync.FedArrays({"w": np.zeros((2, 3), np.float32)}, train)
-both = {"model": data, "threshold": fedsync.FedArrays({"t": np.zeros(1)}, train)}
-not_fed = 42
-"""
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A folder holding the user's device.py, as the current directory; sys.path restored afterwards."""
-    (tmp_path / "device.py").write_text(DEVICE_FILE)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setattr(sys, "modules", dict(sys.modules))
-    return tmp_path
-
-
-def fedsync_command(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "fedsync", *args], cwd=cwd, env=env, text=True, **kwargs)
-
-
-def read_line(stream, timeout: float = 30.0) -> str:
-    ready, _, _ = select.select([stream], [], [], timeout)
-    assert ready, f"no output within {timeout}s"
-    return stream.readline()
-
-
-@pytest.fixture
-def serve(workdir):
-    """Start `fedsync serve ARGS` in a subprocess; returns (process, url). Stopped afterwards."""
-    started = []
-
-    def start(*args: str) -> tuple[subprocess.Popen, str]:
-        process = fedsync_command("serve", *args, "--port", "0", cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        started.append(process)
-        line = read_line(process.stdout)
-        assert line.startswith("serving "), (line, process.stderr.read() if process.poll() is not None else "")
-        return process, line.split()[1]
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-
 
 def free_port() -> int:
     with socket.socket() as s:

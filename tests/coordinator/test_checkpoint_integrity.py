@@ -22,7 +22,7 @@ from fedsync import FedArrays, Federated, History, RoundResult
 from fedsync.coordinator import checkpoint
 from fedsync.coordinator.checkpoint import CheckpointError
 from fedsync.protocol import MAX_REPETITION
-from tests.conftest import start_device
+from tests.support.processes import start_device
 from tests.support.devices.merge import weights
 
 

@@ -22,7 +22,7 @@ import pytest
 from fedsync import FedArrays, Federated, Remote
 from fedsync.coordinator._round import exact_share
 from fedsync.errors import RemoteError, RemoteUnavailable, RoundFailed, SpecsMismatch
-from tests.conftest import ROOT, DeviceProcess, stop_all, tls_files
+from tests.support.processes import ROOT, DeviceProcess, stop_all, tls_files
 
 MIB = 1024 * 1024
 

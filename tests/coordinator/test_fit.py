@@ -16,7 +16,7 @@ from fedsync.wire import codec
 from fedsync.coordinator.checkpoint import CheckpointError
 from fedsync.errors import RoundFailed
 from tests.support.seed_fedfloat import FedFloat
-from tests.conftest import rounds_done
+from tests.support.processes import rounds_done
 
 ROOT = Path(__file__).resolve().parents[2]
 

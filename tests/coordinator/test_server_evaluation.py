@@ -21,7 +21,7 @@ from fedsync import FedArrays, Federated, History
 from fedsync.coordinator.history import RoundResult, ServerEvaluation
 from tests.support.devices.basic import linear_regression_data
 from tests.support.seed_fedfloat import FedFloat
-from tests.dashboard.test_dashboard import CHROMIUM, chromium, needs_browser
+from tests.support.browser import CHROMIUM, chromium, needs_browser
 
 X_HELD, Y_HELD = linear_regression_data(seed=99, n=50)  # the coordinator's own data, on no device
 

@@ -5,11 +5,9 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +16,9 @@ import requests
 
 from fedsync import FedArrays, Federated, Remote
 from fedsync.dashboard.app import FolderRun, serve_dashboard
+from tests.support.browser import CHROMIUM, chromium, needs_browser
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-headless-shell") or shutil.which("chromium-browser")
-needs_browser = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("CI"),
-    reason="chromium is not installed (apt-get install chromium-headless-shell) - dashboard not checked in a browser",
-)
-
-
 def weights():
     """The coordinator's side of tests/support/devices/basic.py's ``constant`` and ``evaluating``."""
     return FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)})
@@ -170,15 +162,6 @@ def test_fedsync_dashboard_command_serves_a_folder(devices, tmp_path):
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     assert process.returncode == 0
-
-
-def chromium(url, tmp_path, *extra):
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--window-size=1100,1400",
-    ]  # fmt: skip
-    return subprocess.run([CHROMIUM, *flags, *extra, url], capture_output=True, text=True, timeout=180).stdout
 
 
 def cell(dom, url, name):

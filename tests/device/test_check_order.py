@@ -11,7 +11,7 @@ import requests
 
 from fedsync import FedArrays
 from fedsync.wire.http import SPECS_HEADER
-from tests.device import test_device_robustness as robust
+from tests.support import device_http as robust
 
 GOOD = "good"
 

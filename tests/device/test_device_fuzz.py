@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import fedsync
 from fedsync import FedArrays, Remote
 from fedsync.wire.http import SPECS_HEADER
-from tests.conftest import start_device
+from tests.support.processes import start_device
 
 SPECS = FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}).specs(1)
 BASES = [[""], ["/weights", "/extra"], [""]]  # of the fuzzed devices, in order

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -29,70 +28,13 @@ from fedsync import FedArrays
 from fedsync.device import DeviceApp
 from fedsync.wire import codec
 from fedsync.wire.http import SPECS_HEADER
-from tests.conftest import ROOT, start_device
+from tests.support.device_http import address, arrays_payload, assert_json_error, exchange, post, state, until_not_busy, wait_ready
+from tests.support.processes import ROOT, start_device
 from tests.support.devices.basic import pattern
 from tests.support.seed_fedfloat import FedFloat
 
 BIG = 1 << 24  # float32 values: a 64 MiB reply, far more than loopback's socket buffers hold
 MiB = 1 << 20
-
-
-# -- helpers ---------------------------------------------------------------------------
-
-
-def address(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return parts.hostname, parts.port
-
-
-def exchange(url: str, request: bytes, method: str = "GET", timeout: float = 15.0) -> tuple[int, dict[str, str], bytes]:
-    """Send raw bytes as one request; the answer's status, headers and body."""
-    with socket.create_connection(address(url), timeout=timeout) as sock:
-        sock.sendall(request)
-        response = http.client.HTTPResponse(sock, method=method)
-        response.begin()
-        body = response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
-
-
-def assert_json_error(status: int, headers: dict[str, str], body: bytes, request: bytes) -> dict:
-    assert 400 <= status < 500, (status, request[:200], body[:300])
-    assert headers.get("content-type", "").startswith("application/json"), (request[:200], headers, body[:300])
-    answer = json.loads(body)
-    assert isinstance(answer.get("error"), str) and answer["error"], (request[:200], answer)
-    assert isinstance(answer.get("message"), str) and answer["message"], (request[:200], answer)
-    return answer
-
-
-def state(url: str, **kwargs) -> tuple:
-    info = requests.get(f"{url}/info", timeout=10, **kwargs).json()
-    return info["repetition"], info["state"], info["rounds_served"]
-
-
-def arrays_payload(n: int, value: float) -> tuple[bytes, str]:
-    """A coordinator's payload for a ``{"w": n float32}`` model, and its specs."""
-    data = FedArrays({"w": np.full(n, value, np.float32)})
-    return bytes(data.serialize(1)), data.specs(1)
-
-
-def post(url: str, path: str, body: bytes, specs: str, **kwargs) -> requests.Response:
-    headers = {SPECS_HEADER: specs, "Content-Type": "application/octet-stream", **kwargs.pop("headers", {})}
-    return requests.post(f"{url}{path}", data=body, headers=headers, timeout=60, **kwargs)
-
-
-def wait_ready(url: str, rep: int) -> None:
-    response = requests.head(f"{url}/{rep}/result", params={"wait": "30"}, timeout=60)
-    assert response.status_code == 200, response.status_code
-
-
-def until_not_busy(send, seconds: float = 10.0) -> requests.Response:
-    """``send()`` again while the device answers 409 busy (a download's last bytes may still be leaving it)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        response = send()
-        if response.status_code != 409 or time.monotonic() > deadline:
-            return response
-        time.sleep(0.05)
 
 
 # -- kind 1: a reply is a snapshot ----------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 import fedsync
 from fedsync import FedArrays, Federated, plugins
 from fedsync.errors import AdapterNotFound, FedSyncError, PluginError
+from tests.support.distributions import make_distribution
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "tests" / "support" / "plugins" / "fedsync-sample"
@@ -22,17 +23,6 @@ def fresh_registry():
     plugins.reset()
     yield
     plugins.reset()
-
-
-def make_distribution(folder: Path, name: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
-    """A real (unzipped) distribution on ``folder``: its own dist-info and entry points."""
-    dist_info = folder / f"{name.replace('-', '_')}-1.0.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    lines = "".join(f"{key} = {value}\n" for key, value in entry_points.items())
-    (dist_info / "entry_points.txt").write_text(f"[fedsync]\n{lines}")
-    for module, source in modules.items():
-        (folder / f"{module}.py").write_text(textwrap.dedent(source))
 
 
 ADAPTER_SOURCE = """

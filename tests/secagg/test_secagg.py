@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -16,30 +13,15 @@ pytest.importorskip("Crypto")
 
 import fedsync  # noqa: E402
 from fedsync import FedArrays, Federated, Remote
-from fedsync.device import DeviceApp  # noqa: E402
 from fedsync.wire import codec  # noqa: E402
 from fedsync.errors import RoundFailed  # noqa: E402
 from fedsync.secagg import SecAgg  # noqa: E402
 from fedsync.secagg import shamir  # noqa: E402
 from fedsync.strategies import FedMedian  # noqa: E402
 from tests.support.devices.secagg import model, noisy, update  # noqa: E402
+from tests.support.secagg import assert_within_quantization, fedavg, keys_body, post, submit_and_wait  # noqa: E402
 
 D = "tests.support.devices.secagg:"
-
-
-def fedavg(parts: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.ndarray]:
-    """Sample-weighted mean of trained weights (global zeros + update), float64 then float32."""
-    total = sum(n for _, n in parts)
-    return {name: (sum(n * u[name].astype(np.float64) for u, n in parts) / total).astype(np.float32) for name in parts[0][0]}
-
-
-def assert_within_quantization(got: dict[str, np.ndarray], want: dict[str, np.ndarray], scale: int) -> None:
-    """|got - want| <= 0.5/scale (rounding to the fixed point; the weighted mean of errors of at most
-    0.5/scale each) + one float32 ulp of the value (both sides round to float32 once)."""
-    for name in want:
-        bound = 0.5 / scale + np.spacing(np.abs(want[name]))
-        error = np.abs(got[name].astype(np.float64) - want[name].astype(np.float64))
-        assert (error <= bound).all(), f"{name}: error {error.max()} past the quantization bound"
 
 
 @pytest.mark.slow  # three device processes (about 4 s); the fast tier runs secure rounds in-process and over in-process HTTP
@@ -152,29 +134,6 @@ def test_a_device_revealing_false_shares_is_detected(devices):
 # -- in-process devices over real HTTP: the phases' rules -----------------------------------------------
 
 
-@pytest.fixture
-def served():
-    servers = []
-
-    def start(fed, **options):
-        server = fedsync.serve(fed, port=0, block=False, **options)
-        servers.append(server)
-        return server.url
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-def post(url: str, rep: int, phase: str, body) -> requests.Response:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return requests.post(f"{url}/{rep}/secagg/{phase}", data=data, headers={"Content-Type": "application/json"}, timeout=10)
-
-
-def keys_body(me: int, devices: int = 3, threshold: int = 3) -> dict:
-    return {"devices": devices, "id": me, "threshold": threshold, "clip": 1.0, "scale": 2**20, "max_samples": 1000}
-
-
 def run_phases(urls: list[str], rep: int, threshold: int = 3) -> None:
     """The coordinator's keys, shares and inbox phases, by hand."""
     answers = {i + 1: post(u, rep, "keys", keys_body(i + 1, len(urls), threshold)).json() for i, u in enumerate(urls)}
@@ -184,14 +143,6 @@ def run_phases(urls: list[str], rep: int, threshold: int = 3) -> None:
     for i, u in enumerate(urls, 1):
         response = post(u, rep, "inbox", {"participants": ids, "shares": {str(v): sent[v][str(i)] for v in ids if v != i}})
         assert response.status_code == 200, response.text
-
-
-def submit_and_wait(url: str, rep: int, coordinator: FedArrays) -> None:
-    remote = Remote(url)
-    remote.submit(rep, coordinator.serialize(rep), coordinator.specs(rep))
-    deadline = time.monotonic() + 20
-    while not remote.ready(rep, 1.0):
-        assert time.monotonic() < deadline
 
 
 def test_a_device_never_reveals_both_shares_of_one_peer(served):
@@ -316,37 +267,6 @@ def test_checked_reconstruction_names_a_false_share():
 
 
 # -- hostile devices against the coordinator, and the coordinator's own choices ---------------------
-
-
-@pytest.fixture
-def hostile():
-    """Start an in-process device over real HTTP whose secure-aggregation answers ``rewrite(phase, answer)`` alters."""
-    from werkzeug.serving import make_server
-    from werkzeug.test import Client
-    from werkzeug.wrappers import Request, Response
-
-    servers = []
-
-    def start(fed, rewrite):
-        inner = DeviceApp(fed)
-
-        @Request.application
-        def app(request):
-            answer = Client(inner).open(request.full_path.rstrip("?"), method=request.method, headers=list(request.headers), data=request.get_data())
-            phase = request.path.rsplit("/", 1)[-1] if "/secagg/" in request.path else None
-            if phase is None or answer.status_code != 200:
-                return Response(answer.get_data(), answer.status_code, [(k, v) for k, v in answer.headers if k.lower() != "content-length"])
-            return Response(json.dumps(rewrite(phase, answer.get_json())), 200, mimetype="application/json")
-
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 COPIED = base64.b64encode(b"\x09" + bytes(31)).decode()  # the X25519 base point: a valid key two copycats answer alike

@@ -25,7 +25,7 @@ from fedsync.errors import RoundFailed  # noqa: E402
 from fedsync.secagg import SecAgg  # noqa: E402
 from fedsync.secagg.disputes import resolve  # noqa: E402
 from tests.support.devices.secagg import model, noisy, update  # noqa: E402
-from tests.secagg.test_secagg import assert_within_quantization, fedavg, hostile, keys_body, post, served, submit_and_wait  # noqa: E402,F401
+from tests.support.secagg import assert_within_quantization, fedavg, keys_body, post, submit_and_wait  # noqa: E402
 
 D = "tests.support.devices.secagg:"
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,8 +22,7 @@ from fedsync.errors import RoundFailed  # noqa: E402
 from fedsync.secagg import SecAgg  # noqa: E402
 from fedsync.secagg import coordinator as secagg_coordinator  # noqa: E402
 from fedsync.secagg import identity, keys  # noqa: E402
-from tests.conftest import start_device, stop_all, tls_files  # noqa: E402
-from tests.cli.test_cli import workdir  # noqa: E402, F401  (fixture)
+from tests.support.processes import start_device, stop_all, tls_files  # noqa: E402
 from tests.support.devices.secagg import model, noisy  # noqa: E402
 
 D = "tests.support.devices.secagg:"

@@ -26,7 +26,7 @@ from fedsync.coordinator.history import History, RoundResult
 from fedsync.strategies import Bulyan, FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, FedYogi, Krum, MultiKrum
 from fedsync.strategies.robust import integer_median
 from fedsync.strategies.store import ReplyStore, default_spill_bytes
-from tests.conftest import rounds_done
+from tests.support.processes import rounds_done
 
 ROOT = Path(__file__).resolve().parents[2]
 

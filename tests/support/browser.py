@@ -5,6 +5,9 @@ descriptor 3 and write answers to 4, as NUL-terminated JSON: no websocket
 client and no browser download (Playwright, Selenium) needed. A test loads a
 page, types into it as a person would (``Input.insertText``), presses keys,
 and reads the page back.
+
+``chromium(url, ...)`` is the simpler way, one command per page load (``--dump-dom``, ``--screenshot``);
+``needs_browser`` skips a test where no Chromium is installed, except in CI.
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-headless-shell") or shutil.which("chromium-browser")
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"),
+    reason="chromium is not installed (apt-get install chromium-headless-shell) - dashboard not checked in a browser",
+)
 
 
 def _above_four(fd: int) -> int:
@@ -156,3 +165,13 @@ class Browser:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def chromium(url: str, tmp_path: Path, *extra: str) -> str:
+    """Chromium's output for one page load, run as a command (``--dump-dom``, ``--screenshot=FILE``): no DevTools."""
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--window-size=1100,1400",
+    ]  # fmt: skip
+    return subprocess.run([CHROMIUM, *flags, *extra, url], capture_output=True, text=True, timeout=180).stdout

@@ -15,7 +15,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from fedsync import FedArrays, Federated, Remote
 from fedsync.cli import main
 from fedsync.errors import RemoteUnavailable, RoundFailed
-from tests.cli.test_cli import serve, workdir  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -126,7 +125,7 @@ def test_plain_http_to_a_tls_device_is_told_to_use_https(tmp_path):
     import fedsync
     from fedsync import Remote
     from fedsync.errors import RemoteError
-    from tests.conftest import tls_files
+    from tests.support.processes import tls_files
     from tests.support.seed_fedfloat import FedFloat
 
     cert, key, ca = tls_files(tmp_path)

@@ -17,7 +17,7 @@ from fedsync.errors import RemoteTimeout
 from fedsync.transports.local import LocalRemote
 from fedsync.coordinator.simulation import run_simulation
 from tests.support.devices.ray_devices import SHARDS, shard
-from tests.plugins.test_plugins import make_distribution
+from tests.support.distributions import make_distribution
 
 
 def model() -> FedArrays:

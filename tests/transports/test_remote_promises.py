@@ -10,7 +10,7 @@ import fedsync
 from fedsync import Federated, Remote
 from fedsync.errors import RemoteError, RemoteUnavailable
 from tests.support import hostile
-from tests.conftest import tls_files
+from tests.support.processes import tls_files
 from tests.support.seed_fedfloat import FedFloat
 
 

@@ -12,7 +12,7 @@ from fedsync.errors import PluginError, RoundFailed
 from fedsync.transports.local import LocalRemote, register_device, unregister_device
 from tests.support.devices.basic import constant, linreg
 from tests.support.devices.transports import Picky
-from tests.plugins.test_plugins import make_distribution
+from tests.support.distributions import make_distribution
 
 LOOP_TRANSPORT = """
     import fedsync

@@ -1,4 +1,4 @@
-"""Keras devices for ``tests/plugins/test_keras.py``: ``devices("tests.support.devices.keras_models:digits", "A")``.
+"""Keras devices for ``tests/fedsync_keras/test_adapter.py``: ``devices("tests.support.devices.keras_models:digits", "A")``.
 
 Device processes train on one core each: the tests start several at once on a
 shared machine, and TensorFlow would otherwise spawn a thread pool per core.

@@ -19,7 +19,7 @@ import fedsync.plugins.hookspecs  # noqa: E402
 from fedsync import FIRST, Federated, Remote  # noqa: E402
 from fedsync.errors import PayloadRejected, SpecsMismatch  # noqa: E402
 from fedsync_torch import FedTorch  # noqa: E402
-from tests.conftest import ROOT  # noqa: E402
+from tests.support.processes import ROOT  # noqa: E402
 from tests.support.devices.torch_models import MAJORITY, digits_split, mlp, with_batchnorm  # noqa: E402
 
 torch.set_num_threads(1)

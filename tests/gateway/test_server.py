@@ -14,7 +14,7 @@ from fedsync import FedArrays
 from fedsync.device import DeviceApp
 from fedsync.gateway import server as gateway
 from fedsync.wire.http import SPECS_HEADER
-from tests.conftest import tls_files
+from tests.support.processes import tls_files
 from tests.support.seed_fedfloat import FedFloat
 
 

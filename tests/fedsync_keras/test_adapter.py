@@ -15,7 +15,7 @@ import pytest
 from fedsync import Federated, Remote
 from fedsync.errors import PayloadRejected, SpecsMismatch
 from fedsync_keras import FedKeras
-from tests.conftest import ROOT, start_device
+from tests.support.processes import ROOT, start_device
 from tests.support.devices.keras_models import digits_model, digits_split, small_model
 
 # keras is imported by the tests that use it, so collecting the suite does not load TensorFlow.
