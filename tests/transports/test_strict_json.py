@@ -20,7 +20,7 @@ from fedsync.transports.base import BytesAnswer, Transport
 from fedsync.transports.process._frames import FrameError, read_frame
 from fedsync.transports.process.pool import _Process
 from fedsync.wire.transfer import Deadline
-from tests.conftest import ROOT
+from tests.support.processes import ROOT
 from tests.support import hostile
 
 
