@@ -219,6 +219,20 @@ class LocalTransport(Transport):
                 raise RemoteTimeout(self.url, "timed out: no answer within the timeout") from None
         return call_app(app, environ)
 
+    def respond(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes | bytearray | memoryview
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One request answered by the device's application in this thread: status, headers, whole body.
+
+        ``target`` is the path and query (``"/3/result?wait=0.000"``); the request reaches the
+        application as a WSGI environ built as a server builds it from the wire.
+
+        Raises:
+            RemoteError: the device could not be built.
+        """
+        path, _, query = target.partition("?")
+        return call_app(self.app(), _environ(method, path, query, headers, body))
+
 
 class LocalRemote(Remote):
     """A device in this process, reached as ``local://NAME`` through its WSGI application.
@@ -282,7 +296,9 @@ class LocalRemote(Remote):
         self.transport.release()
 
 
-def _environ(method: str, path: str, query: str, headers: Mapping[str, str], body: bytes | bytearray) -> dict[str, Any]:
+def _environ(
+    method: str, path: str, query: str, headers: Mapping[str, str], body: bytes | bytearray | memoryview
+) -> dict[str, Any]:
     """The WSGI environ of one request, as a server would build it from the wire."""
     builder = EnvironBuilder(
         path=path,
