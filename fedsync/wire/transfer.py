@@ -1,11 +1,12 @@
-"""Reading an HTTP answer's body under a deadline and a size cap.
+"""Reading an answer's body under a deadline and a size cap.
 
 ``requests`` bounds each socket read by its timeout, not a whole body: a
 device that sends one byte a second keeps a reader waiting for ever, and
 ``response.json()`` or ``.text`` holds whatever size the device sends. Every
-body the coordinator reads passes through :func:`read_some` (at most one
-``recv``, which waits no longer than the :class:`Deadline` allows) and, when
-read whole, :func:`read_capped` (at most a given number of bytes).
+body the coordinator reads passes through :func:`read_some` (one ``readinto`` of
+the answer: over HTTP at most one ``recv``, which waits no longer than the
+:class:`Deadline` allows) and, when read whole, :func:`read_capped` (at most a
+given number of bytes). They read any :class:`Readable`: every transport's answer.
 
 The deadline rule, for a round's replies: until the round's deadline a read
 may wait until the deadline; after it, a reply whose device answered in time
@@ -14,7 +15,7 @@ seconds) and within the grace period (``grace`` seconds past the deadline).
 A reply that stops flowing then is dropped and its device named late.
 
 Public on purpose (docs/modules.md): the transport contract (:mod:`fedsync.plugins.hookspecs`) hands every
-remote a :class:`Deadline`, and a third-party transport honours it with these reads.
+remote a :class:`Deadline`, which a third-party transport's answers honour in ``readinto``.
 """
 
 from __future__ import annotations
