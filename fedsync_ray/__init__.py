@@ -14,10 +14,7 @@ path, never as pickled code.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from fedsync.plugins.hookspecs import hookimpl
+from fedsync.plugins.hookspecs import RegisterTransport, hookimpl
 
 from .devices import BACKEND_CONFIG, RayDevices, connect
 from .paths import device_fn_path
@@ -27,6 +24,6 @@ __all__ = ["RayDevices", "RayRemote", "BACKEND_CONFIG", "NAMESPACE", "connect", 
 
 
 @hookimpl
-def register_transports(register: Callable[[str, Callable[..., Any]], None]) -> None:
+def register_transports(register: RegisterTransport) -> None:
     """Register :class:`RayRemote` for ``ray://`` URLs."""
     register("ray", RayRemote)

@@ -14,12 +14,14 @@ again a ``uint8`` buffer. ``device_fn`` arrives as an import path.
 
 from __future__ import annotations
 
-import io
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .paths import resolve
+
+if TYPE_CHECKING:
+    from fedsync.transports.local import LocalTransport
 
 __all__ = ["DeviceHost", "Answer"]
 
@@ -46,7 +48,7 @@ class DeviceHost:
         self.num_devices = int(num_devices)
         self.pool = TrainingPool(int(workers))
         self.max_content_length = max_content_length
-        self.devices: dict[int, Any] = {}
+        self.devices: dict[int, LocalTransport] = {}
         self.lock = threading.Lock()
         self._function: Any = None
 
@@ -55,32 +57,23 @@ class DeviceHost:
         return os.getpid()
 
     def request(self, device: int, method: str, path: str, headers: dict[str, str], query: str, body: Any) -> Answer:
-        """Answer one request to ``device`` through its WSGI application.
+        """Answer one request to ``device`` through its WSGI application (:meth:`LocalTransport.respond`).
 
         ``body`` is bytes-like (a read-only numpy view out of the object store).
         Returns ``(status, headers, body, "")``, or ``(0, [], empty, reason)`` when the
         device cannot be built (``device_fn`` failed to import or raised).
         """
         import numpy as np
-        from werkzeug.datastructures import Headers
-        from werkzeug.test import EnvironBuilder
 
         from fedsync.errors import RemoteError
-        from fedsync.transports.local import call_app
 
         empty = np.zeros(0, np.uint8)
+        data = memoryview(body).cast("B") if body is not None else b""
+        target = f"{path}?{query}" if query else path
         try:
-            app = self._device(device).app()
+            status, answer_headers, content = self._device(device).respond(method, target, headers, data)
         except RemoteError as exc:
             return 0, [], empty, exc.reason
-        data = memoryview(body).cast("B") if body is not None else b""
-        builder = EnvironBuilder(
-            path=path, method=method, headers=Headers(headers), query_string=query,
-            input_stream=io.BytesIO(data), content_length=len(data),
-        )  # fmt: skip
-        environ = builder.get_environ()
-        builder.close()
-        status, answer_headers, content = call_app(app, environ)
         return status, [(str(k), str(v)) for k, v in answer_headers], np.frombuffer(content, np.uint8), ""
 
     def release(self) -> int:
@@ -91,7 +84,7 @@ class DeviceHost:
             remote.release()
         return len(devices)
 
-    def _device(self, device: int) -> Any:
+    def _device(self, device: int) -> LocalTransport:
         from fedsync.errors import RemoteError
         from fedsync.transports.local import LocalTransport
 

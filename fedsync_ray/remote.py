@@ -14,7 +14,6 @@ come back as buffers read zero-copy from the store.
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 import weakref
@@ -175,8 +174,6 @@ class RayRemote(Remote):
 
     def __init__(self, url: str, *, timeout: float = 30.0, max_reply: int = MAX_REPLY, actor: Any = None) -> None:
         actor_name, device = url_parts(url)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         url = url.rstrip("/")
         transport = RayTransport(url, actor if actor is not None else _actor(actor_name), device)
         super().__init__(url, timeout=timeout, max_reply=max_reply, transport=transport)

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,15 +87,21 @@ class Device:
     whatever writes the model (a training job or an evaluation); ``receiving`` by
     the one request whose body is being read, so a device holds at most one
     incoming payload per FedData, whatever peers send at once.
+
+    ``executor``: where training jobs run; ``None`` (the default), a thread each. A simulation's
+    devices share a bounded pool (:class:`fedsync.transports.local.TrainingPool`), set here
+    before the first submission. A job its executor refuses (shut down) fails with
+    ``RuntimeError: the simulation's training pool is closed``.
     """
 
-    def __init__(self, fed: FedData) -> None:
+    def __init__(self, fed: FedData, *, executor: Executor | None = None) -> None:
         if not isinstance(fed, FedData):
             raise TypeError(
                 f"serve() takes a FedData or a dict of them, got {type(fed).__name__}; "
                 "e.g. serve(FedKeras(model, train)) or serve({'model': fed})"
             )
         self.fed = fed
+        self.executor = executor
         # Guards the state below (repetition, job, downloads, the secagg session). Reentrant:
         # a download dropped unfinished releases its count from __del__, which the garbage
         # collector may run in a thread that already holds the lock.
@@ -223,11 +230,18 @@ class Device:
         return job
 
     def _launch(self, job: Job, encoding: Any, config: Config) -> None:
-        """Run :meth:`_work` for ``job`` in the background: on a thread of its own here
-        (a simulation's devices share a pool: :mod:`fedsync.transports.local`)."""
-        threading.Thread(
-            target=self._work, args=(job, encoding, config), name=f"fedsync-job-{job.repetition}", daemon=True
-        ).start()
+        """Run :meth:`_work` for ``job`` in the background: on ``executor``, else on a thread of its own."""
+        if self.executor is None:
+            threading.Thread(
+                target=self._work, args=(job, encoding, config), name=f"fedsync-job-{job.repetition}", daemon=True
+            ).start()
+            return
+        try:
+            self.executor.submit(self._work, job, encoding, config)
+        except RuntimeError:  # the executor was shut down: this job's failure
+            job.error = "RuntimeError: the simulation's training pool is closed"
+            self.busy.release()
+            job.done.set()
 
     def _work(self, job: Job, encoding: Any, config: Config) -> None:
         try:

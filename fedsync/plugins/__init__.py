@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -29,9 +29,13 @@ from ..errors import AdapterNotFound, PluginError
 from ..protocol import FedData
 from . import hookspecs
 
+if TYPE_CHECKING:
+    from ..transports.remote import Remote
+
 __all__ = [
     "Adapter",
-    "Transport",
+    "TransportEntry",
+    "RemoteFactory",
     "adapters",
     "loaded",
     "adapter_for",
@@ -63,12 +67,17 @@ _TOKEN = re.compile(r"^[a-z0-9_.-]+$")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
 
 
+RemoteFactory = Callable[..., "Remote"]
+"""A registered transport's factory: ``factory(url, **options)``, the
+:class:`~fedsync.transports.remote.Remote` of the device at ``url`` (``Remote`` itself for ``http``)."""
+
+
 @dataclass(frozen=True)
-class Transport:
-    """One registered transport: ``factory(url, **options) -> remote`` for URLs of ``scheme``."""
+class TransportEntry:
+    """One registered transport: ``factory(url, **options) -> Remote`` for URLs of ``scheme``, and its plugin."""
 
     scheme: str
-    factory: Callable[..., Any]
+    factory: RemoteFactory
     plugin: str
 
 
@@ -108,7 +117,7 @@ class _Registry:
         self.manager: pluggy.PluginManager | None = None
         self.adapters: dict[str, Adapter] = {}
         self.sources: dict[str, tuple[str | None, str | None]] = {}
-        self.transports: dict[str, Transport] = {}
+        self.transports: dict[str, TransportEntry] = {}
 
     def load(self) -> pluggy.PluginManager:
         with self.lock:
@@ -183,13 +192,13 @@ class _Registry:
             manager.subset_hook_caller("register_adapters", remove_plugins=others)(register=register)
         return found
 
-    def _collect_transports(self, manager: pluggy.PluginManager) -> dict[str, Transport]:
-        found: dict[str, Transport] = {}
+    def _collect_transports(self, manager: pluggy.PluginManager) -> dict[str, TransportEntry]:
+        found: dict[str, TransportEntry] = {}
         impls = manager.hook.register_transports.get_hookimpls()
         for impl in impls:
             plugin = impl.plugin_name
 
-            def register(scheme: str, factory: Callable[..., Any], _plugin: str = plugin) -> None:
+            def register(scheme: str, factory: RemoteFactory, _plugin: str = plugin) -> None:
                 if not isinstance(scheme, str) or not _SCHEME.match(scheme):
                     raise PluginError(
                         f"plugin {_plugin!r}: register_transports(register) called register({scheme!r}, ...); "
@@ -206,7 +215,7 @@ class _Registry:
                         f"transport scheme {scheme!r} is registered by both plugin {found[scheme].plugin!r} "
                         f"and plugin {_plugin!r}; uninstall one, or limit loading with FEDSYNC_LOAD_PLUGINS"
                     )
-                found[scheme] = Transport(scheme, factory, _plugin)
+                found[scheme] = TransportEntry(scheme, factory, _plugin)
 
             others = [other.plugin for other in impls if other.plugin_name != plugin]
             manager.subset_hook_caller("register_transports", remove_plugins=others)(register=register)
@@ -280,7 +289,7 @@ def adapter_for(specs: str) -> type[FedData]:
     return adapter.cls
 
 
-def transports() -> dict[str, Callable[..., Any]]:
+def transports() -> dict[str, RemoteFactory]:
     """Every registered transport factory by URL scheme, e.g. ``{"http": Remote, "local": LocalRemote}``."""
     _registry.load()
     return {scheme: transport.factory for scheme, transport in _registry.transports.items()}
@@ -297,7 +306,7 @@ def describe_transports() -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def transport_for(url: str) -> Callable[..., Any]:
+def transport_for(url: str) -> RemoteFactory:
     """The factory ``factory(url, **options) -> remote`` for ``url``'s scheme.
 
     Raises:
@@ -316,7 +325,7 @@ def transport_for(url: str) -> Callable[..., Any]:
     return transport.factory
 
 
-def remote(url: str, **options: Any) -> Any:
+def remote(url: str, **options: Any) -> Remote:
     """The remote for ``url``, built by its scheme's transport: ``transport_for(url)(url, **options)``
     (a :class:`fedsync.transports.remote.Remote` over that transport; see :func:`hookspecs.register_transports`)."""
     return transport_for(url)(url, **options)

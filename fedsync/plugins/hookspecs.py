@@ -9,7 +9,7 @@ arguments, so specs can grow without breaking plugins.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -21,7 +21,9 @@ __all__ = ["hookspec", "hookimpl", "register_adapters", "register_transports", "
 RegisterAdapter = Callable[[str, "type[FedData]"], None]
 """The ``register`` callback :func:`register_adapters` is given: ``register(token, FedDataSubclass)``."""
 
-RegisterTransport = Callable[[str, Callable[..., Any]], None]
+# The factory returns a fedsync.transports.remote.Remote (fedsync.plugins.RemoteFactory), typed object here:
+# transports/remote.py registers through this hook, so naming Remote here would close an import cycle.
+RegisterTransport = Callable[[str, Callable[..., object]], None]
 """The ``register`` callback :func:`register_transports` is given: ``register(scheme, factory)``."""
 
 hookspec = pluggy.HookspecMarker("fedsync")

@@ -1,8 +1,8 @@
 """The HTTP transport: one ``requests`` session per device, retries, TLS, and errors named for people.
 
 :class:`HTTPTransport` is what ``Remote("http://...")`` talks through. Bodies are never read by
-``requests`` (which reads them whole): an :class:`HTTPAnswer` is read from its socket with
-:func:`fedsync.wire.transfer.read_some`, one ``recv`` at a time into the caller's buffer, and a
+``requests`` (which reads them whole): an :class:`HTTPAnswer` reads its socket itself
+(:meth:`HTTPAnswer.readinto`), one ``recv`` at a time into the caller's buffer, and a
 request body that is a :class:`~fedsync.wire.codec.Payload` goes out frame by frame, without a copy.
 """
 
@@ -19,7 +19,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from ..errors import RemoteError, RemoteTimeout, RemoteUnavailable
-from ..wire.transfer import Deadline, read_some
+from ..wire.transfer import Deadline
 from .base import Answer, Body, Transport, redact_bearer
 
 __all__ = ["HTTPTransport", "HTTPAnswer"]
@@ -28,9 +28,13 @@ __all__ = ["HTTPTransport", "HTTPAnswer"]
 class HTTPAnswer(Answer):
     """An HTTP answer, its body unread on the socket.
 
+    Its body is read past ``requests`` and urllib3 (which would read it whole, or copy it):
+    straight from http.client's response into the caller's buffer, one ``recv`` at a time,
+    each waiting no longer than the :class:`~fedsync.wire.transfer.Deadline` allows.
+
     Attributes:
-        response: the ``requests.Response`` (opened with ``stream=True``), for
-            :mod:`fedsync.wire.transfer`'s readers, which read its socket directly.
+        response: the ``requests.Response``, opened with ``stream=True``.
+        url: the device's URL, named in errors.
     """
 
     def __init__(self, response: requests.Response, url: str) -> None:
@@ -40,12 +44,77 @@ class HTTPAnswer(Answer):
         self.url = url
 
     def readinto(self, view: memoryview, deadline: Deadline) -> int:
-        """At most one ``recv`` into ``view``, waiting at most ``deadline.read_wait()`` (see ``read_some``)."""
-        return read_some(self.response, view, deadline, self.url)
+        """Read at most ``len(view)`` bytes of the body into ``view`` with at most one ``recv``.
+
+        The socket waits no longer than ``deadline.read_wait()``. Returns 0 at the
+        body's end (or when ``view`` is empty); a connection that ends before the
+        announced length also returns 0 (the caller knows the length).
+
+        Raises:
+            RemoteTimeout: nothing arrived in time (``deadline.expired`` says why).
+            RemoteUnavailable: the connection failed.
+        """
+        if not len(view):
+            return 0
+        wait = deadline.read_wait()
+        if wait <= 0:
+            raise RemoteTimeout(self.url, deadline.expired)
+        raw = self.response.raw
+        source = getattr(raw, "_fp", None)  # http.client's response: fills our buffer directly
+        sock = _socket(raw)
+        try:
+            if sock is not None:
+                sock.settimeout(wait)
+            if source is None:  # not http.client underneath: urllib3's own read
+                data = raw.read(len(view))
+                view[: len(data)] = data
+                return len(data)
+            return _readinto1(source, view)
+        except TimeoutError:
+            if deadline.left() <= 0 or deadline.grace <= 0:
+                raise RemoteTimeout(self.url, deadline.expired) from None
+            raise RemoteTimeout(self.url, f"the answer stopped arriving for {wait:.1f}s") from None
+        except Exception as exc:  # urllib3, http.client and ssl raise several types for a lost connection
+            raise RemoteUnavailable(
+                self.url, f"connection lost while reading the answer ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from None
 
     def close(self) -> None:
-        """Close the connection (a body read to its end was already released to the pool)."""
-        self.response.close()
+        """Release the connection: back to the pool if the body was read to its end, else closed."""
+        raw = self.response.raw
+        source = getattr(raw, "_fp", None)
+        if raw is not None and source is not None and source.isclosed() and hasattr(raw, "release_conn"):
+            raw.release_conn()
+        else:
+            self.response.close()
+
+
+def _socket(raw: Any) -> Any:
+    """The socket under urllib3's response ``raw`` (``None`` once its connection is released)."""
+    connection = getattr(raw, "_connection", None) or getattr(raw, "connection", None)
+    return getattr(connection, "sock", None)
+
+
+def _readinto1(source: http.client.HTTPResponse, view: memoryview) -> int:
+    """http.client's ``HTTPResponse.readinto`` with one ``recv`` at most (it loops until ``view`` is full)."""
+    if source.fp is None:
+        return 0
+    if source.chunked or source.length is None:
+        data = source.read1(len(view))
+        view[: len(data)] = data
+        return len(data)
+    wanted = min(len(view), source.length)
+    if wanted <= 0:
+        source.readinto(memoryview(bytearray(0)))  # at the end: http.client releases the connection
+        return 0
+    n = source.fp.readinto1(view[:wanted])
+    if n:
+        source.length -= n
+        if not source.length:
+            # An empty read at length 0 is how http.client marks the body done,
+            # so the kept-alive connection can return to the pool.
+            source.readinto(memoryview(bytearray(0)))
+    return n
 
 
 class HTTPTransport(Transport):

@@ -37,12 +37,10 @@ from werkzeug.datastructures import Headers
 from werkzeug.test import EnvironBuilder
 
 from .._util.checks import at_least_one
-from ..device._state import Device, Job
 from ..device.app import DeviceApp
 from ..errors import RemoteError, RemoteTimeout
 from ..plugins.hookspecs import RegisterTransport, hookimpl
 from ..protocol import FedData
-from ..wire.config import Config
 from .base import Body, BytesAnswer, Transport, body_bytes
 from .remote import MAX_REPLY, Remote
 
@@ -179,7 +177,8 @@ class LocalTransport(Transport):
                 raise RemoteError(self.url, f"device_fn returned {type(fed).__name__}, expected a FedData")
         app = DeviceApp(fed, max_content_length=self.max_content_length)
         pool = self.pool or default_pool()
-        app.devices = {base: _PooledDevice(device.fed, pool) for base, device in app.devices.items()}
+        for device in app.devices.values():
+            device.executor = pool.executor  # trains on the shared pool, not on a thread of its own
         return app
 
     def release(self) -> None:
@@ -219,6 +218,20 @@ class LocalTransport(Transport):
             except concurrent.futures.TimeoutError:
                 raise RemoteTimeout(self.url, "timed out: no answer within the timeout") from None
         return call_app(app, environ)
+
+    def respond(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes | bytearray | memoryview
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One request answered by the device's application in this thread: status, headers, whole body.
+
+        ``target`` is the path and query (``"/3/result?wait=0.000"``); the request reaches the
+        application as a WSGI environ built as a server builds it from the wire.
+
+        Raises:
+            RemoteError: the device could not be built.
+        """
+        path, _, query = target.partition("?")
+        return call_app(self.app(), _environ(method, path, query, headers, body))
 
 
 class LocalRemote(Remote):
@@ -283,7 +296,9 @@ class LocalRemote(Remote):
         self.transport.release()
 
 
-def _environ(method: str, path: str, query: str, headers: Mapping[str, str], body: bytes | bytearray) -> dict[str, Any]:
+def _environ(
+    method: str, path: str, query: str, headers: Mapping[str, str], body: bytes | bytearray | memoryview
+) -> dict[str, Any]:
     """The WSGI environ of one request, as a server would build it from the wire."""
     builder = EnvironBuilder(
         path=path,
@@ -314,24 +329,6 @@ def call_app(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[str, st
         if close is not None:
             close()  # the device's download ends here: it may write its model again
     return int(started["status"].split(" ", 1)[0]), list(started["headers"]), content
-
-
-class _PooledDevice(Device):
-    """A :class:`~fedsync.device._state.Device` whose training jobs run on a shared pool, not on a thread each."""
-
-    def __init__(self, fed: FedData, pool: TrainingPool) -> None:
-        super().__init__(fed)
-        self.pool = pool
-
-    def _launch(self, job: Job, encoding: Any, config: Config) -> None:
-        # An override, not a method patched on the instance: that closure would be a reference
-        # cycle, freed only by the cyclic collector, and a dropped device's data with it.
-        try:
-            self.pool.executor.submit(self._work, job, encoding, config)
-        except RuntimeError:  # the pool was closed: this device's failure
-            job.error = "RuntimeError: the simulation's training pool is closed"
-            self.busy.release()
-            job.done.set()
 
 
 @hookimpl

@@ -41,7 +41,7 @@ from ..wire.tokens import checked_token
 from ..wire.transfer import Deadline, content_length, read_capped
 from ._answers import Refused, parsed, refusal
 from .base import Answer, Body, Transport
-from .http import HTTPAnswer, HTTPTransport
+from .http import HTTPTransport
 
 __all__ = ["Remote", "MAX_REPLY", "MAX_JSON", "MAX_ERROR_BODY", "MAX_SPECS", "size"]
 
@@ -202,7 +202,7 @@ class Remote:
         )
         # Its JSON says nothing the status did not; read (bounded) so the connection is reused.
         deadline = Deadline.within(wait)
-        read_capped(self._readable(answer, deadline), MAX_JSON, deadline, self.url, truncate=True)
+        read_capped(answer, MAX_JSON, deadline, self.url, truncate=True)
 
     def ready(self, repetition: int, wait: float, *, timeout: float | None = None) -> bool:
         """Long-poll up to ``wait`` seconds for the result without downloading it.
@@ -253,7 +253,7 @@ class Remote:
             return None
         if "Content-Length" not in answer.headers:  # streamed without a length: read up to max_reply
             body = read_capped(
-                self._readable(answer, deadline),
+                answer,
                 self.max_reply,
                 deadline,
                 self.url,
@@ -297,7 +297,7 @@ class Remote:
     def _stream(self, repetition: int, answer: Answer, timeout: float | None, deadline: Deadline) -> ReplyStream:
         """A result's answer as a :class:`ReplyStream` (which can ask for it again)."""
 
-        def sized(answer: Answer) -> tuple[Any, int]:
+        def sized(answer: Answer) -> tuple[Answer, int]:
             length = content_length(answer.headers.get("Content-Length"))
             if length is None:
                 answer.close()
@@ -305,9 +305,9 @@ class Remote:
                     self.url,
                     "sent its result without a valid Content-Length (decimal digits); a fedsync device sends one",
                 )
-            return self._readable(answer, deadline), length
+            return answer, length
 
-        def open_again() -> tuple[Any, int]:
+        def open_again() -> tuple[Answer, int]:
             again = self._result_answer(repetition, 0.0, deadline.request_timeout(self.timeout))
             if again is None:
                 raise RemoteError(self.url, f"no longer has the result of repetition {repetition}")
@@ -483,7 +483,7 @@ class Remote:
         if answer.status != 200:
             answer.close()
             raise RemoteError(self.url, f"{what} answered HTTP {answer.status}; expected 200")
-        body = read_capped(self._readable(answer, deadline), MAX_JSON, deadline, self.url)
+        body = read_capped(answer, MAX_JSON, deadline, self.url)
         try:
             return parsed(body)
         except Refused as exc:
@@ -513,19 +513,12 @@ class Remote:
             method, f"/{repetition}/result?wait={wait:.3f}", headers={}, timeout=read_timeout, check=check
         )
 
-    def _readable(self, answer: Answer, deadline: Deadline) -> Any:
-        """``answer`` as :mod:`fedsync.wire.transfer`'s readers and :class:`ReplyStream` read it: an HTTP
-        answer's ``requests.Response`` (its socket read into the caller's buffer, no copy), else via ``readinto``."""
-        if isinstance(answer, HTTPAnswer):
-            return answer.response
-        return _AnswerBody(answer, deadline)
-
     def _raise_for(self, answer: Answer) -> None:
         status = answer.status
         try:
             # At most MAX_ERROR_BODY bytes, read within the timeout: the message is for people.
             deadline = Deadline.within(self.timeout)
-            text = read_capped(self._readable(answer, deadline), MAX_ERROR_BODY, deadline, self.url, truncate=True)
+            text = read_capped(answer, MAX_ERROR_BODY, deadline, self.url, truncate=True)
             code, message, detail = refusal(status, text)
         except RemoteError as exc:
             code, message, detail = "http_error", f"HTTP {status} (its message could not be read: {exc.reason})", None
@@ -548,27 +541,6 @@ class Remote:
         # message, e.g. secure aggregation's "senders" (fedsync.secagg.coordinator); unchecked: check before use.
         error.detail = detail if code != "http_error" and isinstance(detail, dict) else None
         raise error
-
-
-class _AnswerBody:
-    """An :class:`Answer` in the shape :mod:`fedsync.wire.transfer` and :class:`ReplyStream` read
-    (a ``requests``-like response with no socket): each ``read`` is one ``readinto`` under ``deadline``."""
-
-    def __init__(self, answer: Answer, deadline: Deadline) -> None:
-        self.answer = answer
-        self.headers = answer.headers
-        self.deadline = deadline
-        self.raw = self  # what wire.transfer reads and releases
-
-    def read(self, n: int = -1, **_: Any) -> memoryview:
-        piece = memoryview(bytearray(max(n, 0)))
-        return piece[: self.answer.readinto(piece, self.deadline)]
-
-    def release_conn(self) -> None:
-        self.answer.close()
-
-    def close(self) -> None:
-        self.answer.close()
 
 
 def _request_body(payload: Encoding) -> tuple[Body, str]:

@@ -20,16 +20,15 @@ objects, so their methods are part of the FedData contract.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from ..errors import RemoteError, RemoteUnavailable
 from .codec import read_exactly
-from .transfer import Deadline, read_some
+from .transfer import Deadline, Readable, read_some
 
 __all__ = ["ReplyStream"]
 
-Opener = Callable[[], "tuple[Any, int]"]
-"""Requests the result again: ``(response, content_length)``."""
+Opener = Callable[[], "tuple[Readable, int]"]
+"""Requests the result again: ``(answer, content_length)``, the answer's body unread."""
 
 
 class ReplyStream:
@@ -42,11 +41,12 @@ class ReplyStream:
         rejected: ``None``, or why the merge refused the reply.
     """
 
-    def __init__(self, url: str, opened: tuple[Any, int], open_again: Opener, deadline: Deadline) -> None:
+    def __init__(self, url: str, opened: tuple[Readable, int], open_again: Opener, deadline: Deadline) -> None:
         self.url = url
         self.rejected: str | None = None
         self.content_type = ""
-        self._response, self.length = opened
+        self._answer: Readable | None
+        self._answer, self.length = opened
         self._open = open_again
         self._deadline = deadline
         self._read = 0
@@ -64,14 +64,14 @@ class ReplyStream:
         early and :class:`~fedsync.errors.RemoteTimeout` when it stops arriving at
         the round's deadline (or stalls in its grace period).
         """
-        if self._response is None:
+        if self._answer is None:
             raise RemoteError(
                 self.url, "this reply was closed before it was read; read each reply before asking for the next"
             )
         wanted = min(len(view), self.length - self._read)
         if wanted <= 0:
             return 0
-        n = read_some(self._response, view[:wanted], self._deadline, self.url)
+        n = read_some(self._answer, view[:wanted], self._deadline, self.url)
         if not n:
             raise RemoteUnavailable(self.url, f"result ended after {self._read} of {self.length} bytes")
         self._read += n
@@ -90,21 +90,16 @@ class ReplyStream:
     def reopen(self) -> ReplyStream:
         """Ask the device for the same result again and read it from the start."""
         self.close()
-        self._response, length = self._open()
+        answer, length = self._open()
+        self._answer = answer
         if length != self.length:
-            self._response.close()
+            answer.close()
             raise RemoteError(self.url, f"sent {length} bytes for a result it sent as {self.length} before")
         self._read = 0
         return self
 
     def close(self) -> None:
         """Release the connection: back to the pool when the reply was read in full, else closed."""
-        response, self._response = self._response, None
-        if response is None:
-            return
-        source = getattr(response.raw, "_fp", None)
-        if self._read == self.length and (source is None or source.isclosed()):
-            # http.client saw the whole body, so the kept-alive connection is clean.
-            response.raw.release_conn()
-        else:
-            response.close()
+        answer, self._answer = self._answer, None
+        if answer is not None:
+            answer.close()  # the answer's contract: released if its body was read to its end

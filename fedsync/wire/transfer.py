@@ -1,11 +1,12 @@
-"""Reading an HTTP answer's body under a deadline and a size cap.
+"""Reading an answer's body under a deadline and a size cap.
 
 ``requests`` bounds each socket read by its timeout, not a whole body: a
 device that sends one byte a second keeps a reader waiting for ever, and
 ``response.json()`` or ``.text`` holds whatever size the device sends. Every
-body the coordinator reads passes through :func:`read_some` (at most one
-``recv``, which waits no longer than the :class:`Deadline` allows) and, when
-read whole, :func:`read_capped` (at most a given number of bytes).
+body the coordinator reads passes through :func:`read_some` (one ``readinto`` of
+the answer: over HTTP at most one ``recv``, which waits no longer than the
+:class:`Deadline` allows) and, when read whole, :func:`read_capped` (at most a
+given number of bytes). They read any :class:`Readable`: every transport's answer.
 
 The deadline rule, for a round's replies: until the round's deadline a read
 may wait until the deadline; after it, a reply whose device answered in time
@@ -14,19 +15,30 @@ seconds) and within the grace period (``grace`` seconds past the deadline).
 A reply that stops flowing then is dropped and its device named late.
 
 Public on purpose (docs/modules.md): the transport contract (:mod:`fedsync.plugins.hookspecs`) hands every
-remote a :class:`Deadline`, and a third-party transport honours it with these reads.
+remote a :class:`Deadline`, which a third-party transport's answers honour in ``readinto``.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import RemoteError, RemoteTimeout, RemoteUnavailable
 
-__all__ = ["Deadline", "LATE", "STALL", "read_some", "read_capped", "release", "content_length", "round_grace", "NEVER"]
+__all__ = [
+    "Deadline",
+    "LATE",
+    "STALL",
+    "Readable",
+    "read_some",
+    "read_capped",
+    "content_length",
+    "round_grace",
+    "NEVER",
+]
 
 STALL = 1.0
 """Seconds a reply may pause once its round's deadline has passed, before it is dropped as late."""
@@ -114,18 +126,30 @@ def content_length(value: Any) -> int | None:
     return None
 
 
-def _socket(response: Any) -> Any:
-    raw = getattr(response, "raw", response)
-    connection = getattr(raw, "_connection", None) or getattr(raw, "connection", None)
-    return getattr(connection, "sock", None)
+class Readable(Protocol):
+    """What the bounded reads take: an answer of the transport contract, seen from the wire's layer.
+
+    Any :class:`fedsync.transports.base.Answer` is one: ``headers`` (lookups ignore case),
+    ``readinto(view, deadline)`` (at most ``len(view)`` bytes, one wait of at most
+    ``deadline.read_wait()`` seconds, 0 at the end) and ``close()`` (which releases the
+    connection to its pool when the body was read to its end).
+    """
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def readinto(self, view: memoryview, deadline: Deadline) -> int: ...
+
+    def close(self) -> None: ...
 
 
-def read_some(response: Any, view: memoryview, deadline: Deadline, url: str) -> int:
-    """Read at most ``len(view)`` bytes of ``response``'s body with at most one ``recv``.
+def read_some(answer: Readable, view: memoryview, deadline: Deadline, url: str) -> int:
+    """Read at most ``len(view)`` bytes of ``answer``'s body: one ``answer.readinto``, straight into ``view``.
 
-    The socket waits no longer than ``deadline.read_wait()``. Returns 0 at the
-    body's end (or when ``view`` is empty); a connection that ends before the
-    announced length also returns 0 (the caller knows the length).
+    The read waits no longer than ``deadline.read_wait()`` (the answer's contract). Returns 0 at the
+    body's end (or when ``view`` is empty); a connection that ends before the announced length
+    also returns 0 (the caller knows the length). Whatever else the answer raises is named as the
+    errors below, for device ``url``: a transport's bug fails that device, never the round.
 
     Raises:
         RemoteTimeout: nothing arrived in time (``deadline.expired`` says why).
@@ -136,61 +160,22 @@ def read_some(response: Any, view: memoryview, deadline: Deadline, url: str) -> 
     wait = deadline.read_wait()
     if wait <= 0:
         raise RemoteTimeout(url, deadline.expired)
-    raw = getattr(response, "raw", response)
-    source = getattr(raw, "_fp", None)  # http.client's response: fills our buffer directly
-    sock = _socket(response)
     try:
-        if sock is not None:
-            sock.settimeout(wait)
-        if source is None:  # not http.client underneath: urllib3's own read
-            data = raw.read(len(view))
-            view[: len(data)] = data
-            return len(data)
-        return _readinto1(source, view)
+        return answer.readinto(view, deadline)
+    except RemoteUnavailable:  # already named by the answer (an HTTP answer's lost connection)
+        raise
     except TimeoutError:
         if deadline.left() <= 0 or deadline.grace <= 0:
             raise RemoteTimeout(url, deadline.expired) from None
         raise RemoteTimeout(url, f"the answer stopped arriving for {wait:.1f}s") from None
-    except Exception as exc:  # urllib3, http.client and ssl raise several types for a lost connection
+    except Exception as exc:  # a third party's answer may raise anything: this device's failure
         raise RemoteUnavailable(
             url, f"connection lost while reading the answer ({type(exc).__name__}: {str(exc)[:200]})"
         ) from None
 
 
-def _readinto1(source: Any, view: memoryview) -> int:
-    """http.client's ``HTTPResponse.readinto`` with one ``recv`` at most (it loops until ``view`` is full)."""
-    if source.fp is None:
-        return 0
-    if source.chunked or source.length is None:
-        data = source.read1(len(view))
-        view[: len(data)] = data
-        return len(data)
-    wanted = min(len(view), source.length)
-    if wanted <= 0:
-        source.readinto(memoryview(bytearray(0)))  # at the end: http.client releases the connection
-        return 0
-    n = source.fp.readinto1(view[:wanted])
-    if n:
-        source.length -= n
-        if not source.length:
-            # An empty read at length 0 is how http.client marks the body done,
-            # so the kept-alive connection can return to the pool.
-            source.readinto(memoryview(bytearray(0)))
-    return n
-
-
-def release(response: Any) -> None:
-    """Done with ``response``: its connection back to the pool if the body was read to its end, else closed."""
-    raw = getattr(response, "raw", None)
-    source = getattr(raw, "_fp", None)
-    if raw is not None and source is not None and source.isclosed() and hasattr(raw, "release_conn"):
-        raw.release_conn()
-    else:
-        response.close()
-
-
 def read_capped(
-    response: Any,
+    answer: Readable,
     cap: int,
     deadline: Deadline,
     url: str,
@@ -199,7 +184,7 @@ def read_capped(
     limit: str = "the limit",
     advice: str = "",
 ) -> bytes:
-    """The body of ``response``, at most ``cap`` bytes, read under ``deadline``; the response is then released.
+    """The body of ``answer``, at most ``cap`` bytes, read under ``deadline``; the answer is then closed.
 
     A body announced or found longer than ``cap`` raises :class:`RemoteError`
     (naming ``limit``, then ``advice``), or with ``truncate`` is cut at ``cap``
@@ -209,14 +194,13 @@ def read_capped(
         RemoteError: over ``cap`` bytes (without ``truncate``); RemoteTimeout,
             RemoteUnavailable: as :func:`read_some`.
     """
-    headers = getattr(response, "headers", {})
-    announced = headers.get("Content-Length")
+    announced = answer.headers.get("Content-Length")
     length = content_length(announced)
     if announced is not None and length is None:
-        response.close()
+        answer.close()
         raise RemoteError(url, f"answered with an invalid Content-Length {announced[:40]!r}; expected decimal digits")
     if length is not None and length > cap and not truncate:
-        response.close()
+        answer.close()
         raise RemoteError(url, f"announced {length} bytes, more than {limit} ({cap}) bytes{advice}")
     buffer = bytearray(min(cap, length) if length is not None else min(cap, 1 << 16) + 1)
     got = 0
@@ -226,20 +210,20 @@ def read_capped(
                 if length is not None or got > cap:
                     break
                 buffer.extend(bytes(min(len(buffer), cap + 1 - len(buffer))))
-            n = read_some(response, memoryview(buffer)[got:], deadline, url)
+            n = read_some(answer, memoryview(buffer)[got:], deadline, url)
             if not n:
                 break
             got += n
     except RemoteError:
-        response.close()
+        answer.close()
         raise
     if got > cap:
         if not truncate:
-            response.close()
+            answer.close()
             raise RemoteError(url, f"sent more than {limit} ({cap}) bytes{advice}")
         got = cap
     if length is not None and got < length and got < cap:
-        response.close()
+        answer.close()
         raise RemoteUnavailable(url, f"the answer ended after {got} of {length} bytes")
-    release(response)  # closed if its rest was never read: the connection cannot be reused
+    answer.close()  # released to its pool if read to its end; closed if its rest was never read
     return bytes(buffer[:got])

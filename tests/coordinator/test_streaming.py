@@ -70,6 +70,7 @@ def test_reopen_refuses_a_result_of_another_length(devices):
     import requests
 
     from fedsync.errors import RemoteError
+    from fedsync.transports.http import HTTPAnswer
     from fedsync.wire.replies import ReplyStream
     from fedsync.wire.transfer import Deadline
 
@@ -81,7 +82,7 @@ def test_reopen_refuses_a_result_of_another_length(devices):
     def get(url):
         response = requests.get(f"{url}/1/result", params={"wait": "30"}, stream=True, timeout=60)
         assert response.status_code == 200
-        return response, int(response.headers["Content-Length"])
+        return HTTPAnswer(response, url), int(response.headers["Content-Length"])
 
     stream = ReplyStream(first.url, get(first.url), lambda: get(other.url), Deadline.within(60))  # "the device" restarted as another
     whole = stream.read_all()

@@ -45,7 +45,7 @@ def merge_one_array(dtype, replies: list[tuple[object, int]], shape=(3,)) -> np.
 
 
 class Response:
-    """What ``ReplyStream`` reads from (a ``requests`` response's ``raw``), over bytes in memory.
+    """What ``ReplyStream`` reads from (an answer of the transport contract), over bytes in memory.
 
     Only to count the bytes the merge reads before refusing a reply; rounds over
     real HTTP are below.
@@ -53,8 +53,10 @@ class Response:
 
     def __init__(self, body: bytes) -> None:
         self.raw = io.BytesIO(body)
-        self.raw.release_conn = lambda: None
         self.closed = False
+
+    def readinto(self, view, deadline) -> int:
+        return self.raw.readinto(view)
 
     def close(self) -> None:
         self.closed = True
