@@ -544,9 +544,15 @@ class Remote:
 
 
 def _request_body(payload: Encoding) -> tuple[Body, str]:
+    """The body every transport is handed: text as UTF-8, any other buffer as bytes (``len`` is its size)."""
     if isinstance(payload, str):
         return payload.encode("utf-8"), "text/plain; charset=utf-8"
-    return payload, "application/octet-stream"
+    if isinstance(payload, (bytes, bytearray, Payload)):
+        return payload, "application/octet-stream"
+    # A buffer of wider items (a float32 memoryview, an array): a byte view of it, not a copy, so that a
+    # transport's len() (requests' Content-Length, a pipe frame's head) counts bytes, as the device reads them.
+    view = memoryview(payload)
+    return (view.cast("B") if view.c_contiguous else view.tobytes()), "application/octet-stream"
 
 
 def _headers(specs: str, mimetype: str, config: Mapping[str, Any] | None) -> dict[str, str]:
