@@ -35,9 +35,9 @@ def constant(value: float) -> FedArrays:
 @pytest.mark.parametrize(
     "metrics, why",
     [
-        ('{"loss": 0.5, "loss": 9.0}', "payload metadata 'fedsync.wire.metrics' names the key 'loss' twice"),
-        ('{"loss": NaN}', "payload metadata 'fedsync.wire.metrics' holds NaN, not a finite number"),
-        ('{"loss": -Infinity}', "payload metadata 'fedsync.wire.metrics' holds -Infinity, not a finite number"),
+        ('{"loss": 0.5, "loss": 9.0}', "payload metadata 'fedsync.metrics' names the key 'loss' twice"),
+        ('{"loss": NaN}', "payload metadata 'fedsync.metrics' holds NaN, not a finite number"),
+        ('{"loss": -Infinity}', "payload metadata 'fedsync.metrics' holds -Infinity, not a finite number"),
     ],
     ids=["twice", "nan", "-infinity"],
 )
