@@ -109,6 +109,7 @@ def run_coordinator(checkpoint, rounds, out, urls):
     return subprocess.Popen([sys.executable, "-m", "tests.support.run_coordinator", str(checkpoint), str(rounds), str(out), *urls], cwd=ROOT, env=env)
 
 
+@pytest.mark.slow  # waits out deadlines or kills processes: full suite only (fast tier < 90 s)
 def test_coordinator_killed_mid_run_resumes_to_the_same_model(devices, tmp_path):
     shards = [(0, 40, -1.0), (1, 120, 0.0)]
     urls = [devices("linreg", seed, n, shift).url for seed, n, shift in shards]

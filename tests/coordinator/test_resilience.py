@@ -25,6 +25,7 @@ def wait_until_idle(url, seconds=30):
     raise AssertionError(f"{url} still training after {seconds}s")
 
 
+@pytest.mark.slow  # waits out deadlines or kills processes: full suite only (fast tier < 90 s)
 def test_quorum_met_with_one_device_killed(devices):
     a, b, c = (devices("constant", v, 10) for v in (1.0, 2.0, 6.0))
     data = weights()
@@ -37,6 +38,7 @@ def test_quorum_met_with_one_device_killed(devices):
     assert np.all(data.model["w"] == 1.5)
 
 
+@pytest.mark.slow  # waits out deadlines or kills processes: full suite only (fast tier < 90 s)
 def test_quorum_missed_lists_every_device_and_keeps_the_model(devices):
     a, b, c = (devices("constant", v, 10) for v in (1.0, 2.0, 6.0))
     data = weights()
@@ -92,6 +94,7 @@ def test_late_result_is_dropped_and_the_late_device_rejoins(devices):
     assert np.all(data.model["w"] == 5.0)
 
 
+@pytest.mark.slow  # waits out deadlines or kills processes: full suite only (fast tier < 90 s)
 def test_device_restarted_mid_run_rejoins_at_the_next_round(devices):
     steady = devices("constant", 1.0, 10)
     flaky = devices("constant", 3.0, 10)

@@ -59,6 +59,7 @@ def test_specs_mismatch_names_device_and_both_specs_before_sending(devices):
     assert Remote(device.url).info()["repetition"] == 0
 
 
+@pytest.mark.slow  # waits out deadlines or kills processes: full suite only (fast tier < 90 s)
 def test_killed_device_is_named_within_timeout(devices):
     alive = devices("slow", 0.0)
     doomed = devices("slow", 3.0)
@@ -150,6 +151,7 @@ def test_minimum_results_merge_without_a_dead_device(devices):
     assert np.all(data.model["w"] == 2.0)
 
 
+@pytest.mark.slow  # waits out deadlines or kills processes: full suite only (fast tier < 90 s)
 def test_coordinator_holds_at_most_downloads_replies_at_once(devices):
     downloaded = []
     lock = threading.Lock()

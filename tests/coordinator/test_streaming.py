@@ -48,6 +48,7 @@ def test_rejections_that_break_the_quorum_fail_the_round_and_keep_the_model(devi
     assert np.all(data.model["big"] == 0.0) and np.all(data.model["last"] == 0.0)
 
 
+@pytest.mark.slow  # waits out deadlines or kills processes: full suite only (fast tier < 90 s)
 def test_a_kept_reply_that_fails_when_read_again_is_dropped_too_and_the_sum_restarts(devices):
     """The restart path: a spoiled reply forces the kept ones to be read again, and one of those fails then."""
     fickle = devices("tests.support.devices.basic:cut_when_read_again", 1.0, 10)

@@ -201,6 +201,7 @@ def answers(url: str, request: bytes) -> list[tuple[int, dict, bytes]]:
     return parsed
 
 
+@pytest.mark.slow  # waits out deadlines or kills processes: full suite only (fast tier < 90 s)
 @settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(which=st.integers(0, 2), data=st.data())
 def test_random_http_gets_no_5xx_no_traceback_and_changes_nothing(fuzzed, which, data):

@@ -201,6 +201,7 @@ def test_weight_names_are_positions_in_nested_and_functional_models():
     assert FedKeras(declare(swap=True), None).specs(1) != data.specs(1)  # same weights, other wiring
 
 
+@pytest.mark.slow  # waits out deadlines or kills processes: full suite only (fast tier < 90 s)
 def test_set_arrays_keeps_dtypes_and_a_model_without_weights_is_refused():
     import keras
 

@@ -162,6 +162,7 @@ def scripted_worker(header: str) -> _Process:
     ],
     ids=["id-true", "status-twice", "nan"],
 )
+@pytest.mark.slow  # waits out deadlines or kills processes: full suite only (fast tier < 90 s)
 def test_a_worker_frame_with_a_bool_id_a_key_twice_or_a_constant_is_never_taken_as_an_answer(header, why):
     worker = scripted_worker(header)
     try:

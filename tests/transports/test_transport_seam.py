@@ -119,6 +119,7 @@ BROKEN = {
 }
 
 
+@pytest.mark.slow  # waits out deadlines or kills processes: full suite only (fast tier < 90 s)
 @pytest.mark.parametrize("how", sorted(BROKEN))
 def test_a_transport_error_is_that_devices_failure_alone(how):
     healthy = LocalRemote("local://healthy", device=constant(1.0, 10))

@@ -37,7 +37,7 @@ class _Forged(FedArrays):
 
 
 def forged(value: float, samples: str, metrics: str = "{}") -> FedArrays:
-    """Replies ``value`` everywhere with ``fedsync.samples`` = ``samples`` and ``fedsync.wire.metrics`` = ``metrics``."""
+    """Replies ``value`` everywhere with ``fedsync.samples`` = ``samples`` and ``fedsync.metrics`` = ``metrics``."""
     return _Forged(weights(), value, {SAMPLES_KEY: samples, METRICS_KEY: metrics})
 
 
