@@ -12,7 +12,7 @@ import pytest
 import fedsync
 from fedsync import FedArrays, Federated, plugins
 from fedsync.errors import AdapterNotFound, FedSyncError, PluginError
-from tests.support.distributions import make_distribution
+from tests.support.distributions import make_distribution, pip_install
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "tests" / "support" / "plugins" / "fedsync-sample"
@@ -136,14 +136,7 @@ def test_plugins_load_lazily_and_import_no_framework():
 @pytest.fixture(scope="module")
 def sample_install(tmp_path_factory):
     """``pip install`` the sample third-party adapter package into its own folder."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), str(SAMPLE)],
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    return target
+    return pip_install(SAMPLE, tmp_path_factory.mktemp("site"))
 
 
 def test_third_party_adapter_distribution_runs_a_round(sample_install, devices, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -15,3 +17,26 @@ def make_distribution(folder: Path, name: str, entry_points: dict[str, str], mod
     (dist_info / "entry_points.txt").write_text(f"[fedsync]\n{lines}")
     for module, source in modules.items():
         (folder / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+def pip_install(package: Path, target: Path) -> Path:
+    """``pip install`` the package folder ``package`` (no dependencies, no index) into ``target``; ``target``."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(package),
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    return target

@@ -15,6 +15,7 @@ from fedsync.transports.base import Answer, BytesAnswer, Transport
 from fedsync.transports.local import LocalRemote, LocalTransport
 from fedsync.transports.remote import MAX_JSON
 from tests.support.devices.basic import constant
+from tests.support.distributions import pip_install
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "tests" / "support" / "plugins" / "fedsync-transport-sample"
@@ -30,14 +31,7 @@ def fresh_registry():
 @pytest.fixture(scope="module")
 def transport_install(tmp_path_factory):
     """``pip install`` the sample third-party transport package into its own folder."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), str(SAMPLE)],
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    return target
+    return pip_install(SAMPLE, tmp_path_factory.mktemp("site"))
 
 
 def zeros() -> FedArrays:
