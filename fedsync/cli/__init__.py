@@ -244,7 +244,7 @@ def _import(module_name: str, cwd: str) -> ModuleType:
             raise UsageError(f"{module_name!r} cannot be imported as a Python module; give a .py file")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # classes defined in it must find their module (dataclasses, pickling)
-        _run_user_code(module_name, lambda: spec.loader.exec_module(module))  # type: ignore[union-attr]
+        _run_user_code(module_name, lambda: spec.loader.exec_module(module))  # type: ignore[union-attr]  # a .py file spec always has a loader
         return module
     try:
         found = importlib.util.find_spec(module_name)

@@ -155,7 +155,7 @@ def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
     except (ValueError, RuntimeError) as exc:  # RoundFailed is a RuntimeError
         raise _damaged(folder, f"its state does not restore: {exc}") from None
     if strategy_state is not None:
-        data.strategy.load_state(strategy_state, data.layout())  # type: ignore[attr-defined]
+        data.strategy.load_state(strategy_state, data.layout())  # type: ignore[attr-defined]  # FedData has no strategy; only array kinds, which strategy_of found
     return repetition, history
 
 
@@ -183,7 +183,7 @@ def _strategy_state(folder: Path, where: Path, meta: dict[str, Any], data: FedDa
                 f"checkpoint {folder} holds the state of strategy {str(saved)[:80]!r} but this coordinator merges "
                 f"with {mine}; use the same strategy, or another checkpoint folder"
             )
-        strategy.check_state(arrays, data.layout())  # type: ignore[attr-defined]
+        strategy.check_state(arrays, data.layout())  # type: ignore[attr-defined]  # FedData has no strategy; only array kinds, which strategy_of found
     except CheckpointError:
         raise
     except ValueError as exc:

@@ -46,7 +46,7 @@ class Snapshot:
         restore(self.data, self.encoding, self.repetition)
         strategy = strategy_of(self.data)
         if strategy is not None and self.strategy_state:
-            strategy.load_state(self.strategy_state, self.data.layout())  # type: ignore[attr-defined]
+            strategy.load_state(self.strategy_state, self.data.layout())  # type: ignore[attr-defined]  # an array kind: it has a strategy
         for name, value in self.attributes.items():
             setattr(self.data, name, value)
 
@@ -65,8 +65,8 @@ def restore(data: FedData, encoding: Any, repetition: int) -> None:
     if strategy is None:
         data.merge([encoding], repetition)
         return
-    data.strategy = FedAvg()  # type: ignore[attr-defined]
+    data.strategy = FedAvg()  # type: ignore[attr-defined]  # an array kind (strategy_of checked it)
     try:
         data.merge([encoding], repetition)
     finally:
-        data.strategy = strategy  # type: ignore[attr-defined]
+        data.strategy = strategy  # type: ignore[attr-defined]  # an array kind (strategy_of checked it)
