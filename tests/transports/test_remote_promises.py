@@ -10,6 +10,7 @@ import fedsync
 from fedsync import Federated, Remote
 from fedsync.errors import RemoteError, RemoteUnavailable
 from tests.support import hostile
+from tests.support.devices.basic import setting, zeros
 from tests.support.processes import tls_files
 from tests.support.seed_fedfloat import FedFloat
 
@@ -106,23 +107,10 @@ def test_a_text_result_that_is_not_utf8_is_that_devices_failure():
     assert "sent a text/plain result that is not UTF-8" in result.failures[bad_url]
 
 
-def weights() -> fedsync.FedArrays:
-    return fedsync.FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)})
-
-
-def constant(value: float) -> fedsync.FedArrays:
-    def train(model):
-        for a in model.values():
-            a[...] = value
-        return 10
-
-    return fedsync.FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}, train)
-
-
 def test_a_reply_for_another_repetition_is_that_devices_failure():
-    data = weights()
+    data = zeros()
     # well-formed, but not this round's repetition
-    result, healthy_url, bad_url = round_beside_a_hostile_device(constant(2.0), data, "header", {"headers": {"X-Fedsync-Repetition": "2"}})
+    result, healthy_url, bad_url = round_beside_a_hostile_device(setting(2.0), data, "header", {"headers": {"X-Fedsync-Repetition": "2"}})
     assert result.answered == [healthy_url] and list(result.failures) == [bad_url]
     assert "answered repetition '2' instead of 1" in result.failures[bad_url]
     assert np.all(data.model["w"] == 2.0)
@@ -133,7 +121,7 @@ def test_a_negative_sample_count_from_an_evaluation_is_that_devices_failure():
     url = f"http://127.0.0.1:{bad.server_address[1]}"
     try:
         with pytest.raises(RemoteError, match=r"evaluation answered no valid samples and metrics: samples .*-1"):
-            Remote(url).evaluate(1, weights().serialize(1), weights().specs(1))
+            Remote(url).evaluate(1, zeros().serialize(1), zeros().specs(1))
     finally:
         bad.shutdown()
         bad.server_close()

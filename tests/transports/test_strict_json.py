@@ -22,19 +22,7 @@ from fedsync.transports.process.pool import _Process
 from fedsync.wire.transfer import Deadline
 from tests.support.processes import ROOT
 from tests.support import hostile
-
-
-def weights() -> fedsync.FedArrays:
-    return fedsync.FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)})
-
-
-def constant(value: float) -> fedsync.FedArrays:
-    def train(model):
-        for a in model.values():
-            a[...] = value
-        return 10
-
-    return fedsync.FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}, train)
+from tests.support.devices.basic import setting, zeros
 
 
 def hostile_url(server) -> str:
@@ -51,9 +39,9 @@ def hostile_url(server) -> str:
     ids=["duplicate", "nan", "-infinity"],
 )
 def test_an_info_answer_with_a_key_twice_or_a_constant_is_that_devices_failure(repetition, why):
-    healthy = fedsync.serve(constant(2.0), port=0, block=False)
+    healthy = fedsync.serve(setting(2.0), port=0, block=False)
     bad = hostile.serve("info", {"repetition": repetition})
-    data = weights()
+    data = zeros()
     try:
         with Federated(data, [healthy.url, hostile_url(bad)], min_results=1, timeout=20) as alg:
             result = alg.round()
@@ -83,7 +71,7 @@ def test_an_evaluation_answer_with_a_key_twice_or_a_constant_is_refused(answer, 
     bad = hostile.serve("eval", {"answer": answer})
     try:
         with pytest.raises(RemoteError) as refused:
-            Remote(hostile_url(bad)).evaluate(1, weights().serialize(1), weights().specs(1))
+            Remote(hostile_url(bad)).evaluate(1, zeros().serialize(1), zeros().specs(1))
         assert why in str(refused.value)
     finally:
         bad.shutdown()
@@ -101,7 +89,7 @@ def test_an_evaluation_answer_with_a_key_twice_or_a_constant_is_refused(answer, 
 )
 def test_a_refusal_whose_body_is_not_strict_json_is_read_as_a_plain_http_error(status, body, why):
     bad = hostile.serve("refuse", {"status": status, "body": body})
-    data = weights()
+    data = zeros()
     try:
         with pytest.raises((RemoteError, PayloadRejected)) as refused:
             Remote(hostile_url(bad)).submit(1, data.serialize(1), data.specs(1))

@@ -16,6 +16,22 @@ def fedfloat(value: float) -> FedFloat:
     return FedFloat(value)
 
 
+def zeros() -> FedArrays:
+    """The coordinator's side of :func:`constant` and :func:`setting`: the same layout, all zeros."""
+    return FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)})
+
+
+def setting(value: float) -> FedArrays:
+    """A model whose training sets every weight to ``value`` and reports 10 samples, no metrics."""
+
+    def train(model):
+        for a in model.values():
+            a[...] = value
+        return 10
+
+    return FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}, train)
+
+
 def constant(value: float, samples: int) -> FedArrays:
     """A model whose training sets every weight to ``value`` and reports ``samples``."""
     weights = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
