@@ -67,6 +67,7 @@ def coordinator(options: dict) -> dict:
 # -- kind 3: a misbehaving device is that device's failure ----------------------------
 
 
+@pytest.mark.slow  # a device process per case (12 cases): full suite only (fast tier < 90 s)
 @pytest.mark.parametrize("repetition", ["Infinity", '"abc"', "null", "1e400", "-1", "true", "1.5", "9007199254740993", "1" * 400])
 def test_bad_info_repetition_is_that_devices_failure(devices, spawn, repetition):
     healthy = devices("constant", 2.0, 10)
@@ -95,6 +96,7 @@ def test_bad_info_repetition_is_that_devices_failure(devices, spawn, repetition)
         ("[" * 100000, "JSON"),
     ],
 )
+@pytest.mark.slow  # a device process per case (12 cases): full suite only (fast tier < 90 s)
 def test_bad_evaluation_answer_is_that_devices_failure(devices, spawn, answer, why):
     healthy = devices("evaluating", 1.0, 10, 4, 0.75)
     bad = spawn("hostile", "eval", {"answer": answer})

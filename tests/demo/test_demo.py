@@ -113,6 +113,7 @@ def check_loading_snippet(adapter: str, cwd: Path) -> None:
     "options, devices, rounds",
     [pytest.param("", 4, 20, id="as-written", marks=pytest.mark.slow), pytest.param(" --devices 2 --rounds 3", 2, 3, id="shorter")],
 )
+@pytest.mark.slow  # starts processes that run a whole command: full suite only (fast tier < 90 s)
 def test_the_readme_demo_command_then_loading_its_model(tmp_path, options, devices, rounds):
     """`fedsync demo` as the README's first command runs it (without the install), then the README's numpy snippet.
 

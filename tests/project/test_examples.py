@@ -64,6 +64,7 @@ def test_quickstart():
     assert abs(float(federated) - float(central)) < 0.02
 
 
+@pytest.mark.slow  # starts processes that run a whole command: full suite only (fast tier < 90 s)
 @pytest.mark.parametrize("token", [None, TOKEN])
 def test_custom_fedfloat_example(token):
     """With FEDSYNC_TOKEN exported, the devices require it and the coordinator's Remote sends it."""

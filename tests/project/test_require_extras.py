@@ -16,6 +16,7 @@ def test_probe_missing_extra():
     pytest.importorskip("tensorboardX_probe_that_is_never_installed")
 
 
+@pytest.mark.slow  # starts processes that run a whole command: full suite only (fast tier < 90 s)
 @pytest.mark.parametrize("required, outcome", [("1", "1 failed"), ("", "1 skipped")])
 def test_a_skip_for_a_missing_extra_fails_when_extras_are_required(required, outcome):
     env = dict(os.environ, FEDSYNC_PROBE="1", FEDSYNC_REQUIRE_EXTRAS=required)

@@ -501,6 +501,7 @@ def test_a_fedadam_coordinator_killed_mid_run_resumes_to_the_same_model(devices,
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.slow  # starts processes that run a whole command: full suite only (fast tier < 90 s)
 def test_one_byzantine_device_ruins_fedavg_but_not_the_robust_strategies(devices):
     honest = [devices("tests.support.devices.strategies:honest", 1.0 + 0.05 * i, 10 + i, i).url for i in range(4)]
     byzantine = devices("tests.support.devices.strategies:scaled", 1.0, 1e6, 10).url
