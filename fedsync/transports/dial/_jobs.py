@@ -354,8 +354,8 @@ class Hub:
                 left = end - time.monotonic()
                 if left <= 0:
                     if not job.fetched:
-                        raise RemoteTimeout(job.url, f"{job.name} did not fetch the request within {timeout:g} s")
-                    raise RemoteTimeout(job.url, f"{job.name} did not answer within {timeout:g} s")
+                        raise RemoteTimeout(job.url, f"{job.name} did not fetch the request within {timeout:.3g} s")
+                    raise RemoteTimeout(job.url, f"{job.name} did not answer within {timeout:.3g} s")
                 job.cond.wait(left)
 
     def drop(self, job: Job) -> None:

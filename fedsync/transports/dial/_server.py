@@ -62,6 +62,9 @@ MAX_HEADERS = 100
 MAX_CONNECTIONS = 10_000
 """The default most connections open at once."""
 
+REFUSE_LINGER = 0.5
+"""Seconds a refused connection (over the cap) is kept open for its answer to leave before it is closed."""
+
 MAX_BASES = 64
 MAX_SPECS = 4096
 _DIGITS = re.compile(r"^\d{1,19}$")
@@ -76,6 +79,12 @@ def error(status: int, code: ErrorCode, message: str, headers: dict[str, str] | 
     """The JSON error answer ``{"error": code, "message": message}``."""
     body = json.dumps({"error": code, "message": message})
     return web.Response(text=body, status=status, content_type="application/json", headers=headers)
+
+
+def closing(response: web.Response) -> web.Response:
+    """``response``, after which the connection closes (its request's body was not read whole)."""
+    response.force_close()
+    return response
 
 
 def _canned_503() -> bytes:
@@ -96,7 +105,17 @@ class _Refuse(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
         transport.write(_canned_503())
-        transport.close()
+        # Closed a moment later, its request read and dropped: closing with it unread would reset the
+        # connection, and the client would see a reset instead of the answer.
+        asyncio.get_running_loop().call_later(REFUSE_LINGER, transport.close)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        pass  # dropped
+
+    def eof_received(self) -> bool:
+        self.transport.close()
+        return False
 
 
 def identity_matches(peercert: Any, name: str) -> bool:
@@ -246,9 +265,7 @@ class Routes:
         try:
             text = await asyncio.wait_for(request.content.readexactly(length), STALL)
         except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, web.HTTPException):
-            if request.transport is not None:
-                request.transport.close()
-            return error(400, ErrorCode.TRUNCATED, f"the registration did not arrive whole within {STALL:g} s")
+            return closing(error(400, ErrorCode.TRUNCATED, f"the registration did not arrive whole within {STALL:g} s"))
         try:
             body = checked_registration(text)
         except (ValueError, RecursionError) as exc:
@@ -374,11 +391,8 @@ class Routes:
             try:
                 chunk = await asyncio.wait_for(request.content.readany(), STALL)
             except asyncio.TimeoutError:
-                if request.transport is not None:
-                    request.transport.close()
-                return error(
-                    400, ErrorCode.TRUNCATED, f"the answer stalled {STALL:g} s; resume from HEAD's Upload-Offset"
-                )
+                message = f"the answer stalled {STALL:g} s; resume from HEAD's Upload-Offset"
+                return closing(error(400, ErrorCode.TRUNCATED, message))
             except (ConnectionError, web.HTTPException, OSError, ValueError):
                 return error(400, ErrorCode.TRUNCATED, "the connection broke; resume from HEAD's Upload-Offset")
             if not chunk:
@@ -386,12 +400,10 @@ class Routes:
             try:
                 await pipe.put(chunk, generation)
             except Superseded:
-                if request.transport is not None:
-                    request.transport.close()
                 if pipe.closed:
-                    return error(404, ErrorCode.UNKNOWN_JOB, "the coordinator no longer waits for this answer")
-                return error(409, ErrorCode.OFFSET_MISMATCH, "a newer upload of this answer took over",
-                             {"Upload-Offset": str(pipe.received)})  # fmt: skip
+                    return closing(error(404, ErrorCode.UNKNOWN_JOB, "the coordinator no longer waits for this answer"))
+                message = "a newer upload of this answer took over"
+                return closing(error(409, ErrorCode.OFFSET_MISMATCH, message, {"Upload-Offset": str(pipe.received)}))
             self.hub.answered(job, len(chunk))
             left -= len(chunk)
         return None

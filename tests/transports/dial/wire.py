@@ -129,7 +129,8 @@ class WireDevice:
             if vanish:
                 self.stopped.set()
                 return
-            offset = int(self.http.head(route, headers=self.headers(), timeout=10).headers["Upload-Offset"])
+            held = self.http.head(route, headers=self.headers(), timeout=10)
+            offset = int(held.headers["Upload-Offset"]) if held.status_code == 204 else 0  # 404: none started
         else:
             offset = 0
         for _ in range(10):
