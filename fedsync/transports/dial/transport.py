@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...plugins.hookspecs import RegisterTransport, hookimpl
 from ...wire.transfer import Deadline
@@ -22,10 +22,7 @@ from ..base import Answer, Body, Headers, Transport
 from ..remote import MAX_REPLY, Remote
 from ._jobs import Hub, Job
 
-if TYPE_CHECKING:
-    from .listener import Listener
-
-__all__ = ["DialTransport", "DialAnswer", "dial_remote", "NAME"]
+__all__ = ["DialTransport", "DialAnswer", "dial_remote", "NAME", "running", "split"]
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 """A device name: 1-64 characters of ``[A-Za-z0-9._-]``, not starting with ``.`` or ``-``."""
@@ -33,11 +30,11 @@ NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 _HOP_BY_HOP = {"connection", "transfer-encoding", "keep-alive", "content-length"}
 _NO_BODY = {204, 304}
 
-_running: list[Listener] = []
+_running: list[Any] = []  # the running Listeners (typed loosely: listener.py imports this module)
 _running_lock = threading.Lock()
 
 
-def running(listener: Listener, on: bool) -> None:
+def running(listener: Any, on: bool) -> None:
     """Note ``listener`` as running in this process (or no longer): what ``dial://NAME`` URLs are resolved against."""
     with _running_lock:
         if on:
