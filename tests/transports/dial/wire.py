@@ -77,7 +77,7 @@ class WireDevice:
             if self.stopped.is_set():
                 return
             try:
-                response = self.http.get(self.route("next"), params={"wait": "1"}, headers=self.headers(), timeout=10)
+                response = self.http.get(self.route("next"), params={"wait": "0.25"}, headers=self.headers(), timeout=10)
             except requests.RequestException as exc:
                 self.errors.append(f"next: {exc}")
                 continue
