@@ -57,6 +57,7 @@ DEFAULT_PLUGINS = (
     "fedsync.data.bundle",
     "fedsync.transports.remote",
     "fedsync.transports.local",
+    "fedsync.transports.dial.transport",
 )
 """Built-in plugin modules: the core dogfoods its own hook."""
 

@@ -149,6 +149,16 @@ class ErrorCode(str, Enum):
     SECAGG_BAD_SIGNATURE = "secagg_bad_signature"
     SECAGG_INCONSISTENT = "secagg_inconsistent"
     SECAGG_UNSIGNED = "secagg_unsigned"
+    # The dial-out listener (fedsync.transports.dial): devices that dial in to the coordinator.
+    NOT_ALLOWED = "not_allowed"
+    IDENTITY_MISMATCH = "identity_mismatch"
+    STALE_SESSION = "stale_session"
+    UNKNOWN_JOB = "unknown_job"
+    BAD_RANGE = "bad_range"
+    OFFSET_MISMATCH = "offset_mismatch"
+    ANSWER_CHANGED = "answer_changed"
+    BAD_REGISTRATION = "bad_registration"
+    BAD_ANSWER = "bad_answer"
 
 
 class ApiError(HTTPException):
