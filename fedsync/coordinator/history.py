@@ -11,17 +11,27 @@ from pathlib import Path
 from typing import Any
 
 from .._util.checks import is_number
-from .._util.files import write_atomically
-from .._util.json import loads_strict, shown
+from .._util.files import read_regular, write_atomically
+from .._util.json import check_density, loads_strict, shown
 from ..privacy import checked_privacy
 from ..protocol import MAX_REPETITION
 from ..wire.metrics import MAX_SAMPLES, checked_metrics
 from ..wire.shapes import DeviceReport
 
-__all__ = ["RoundResult", "EvaluationResult", "ServerEvaluation", "History", "MAX_ERROR"]
+__all__ = ["RoundResult", "EvaluationResult", "ServerEvaluation", "History", "MAX_ERROR", "MAX_HISTORY_BYTES"]
 
 MAX_ERROR = 2000
 """The longest error text a server evaluation records, in characters."""
+
+MAX_HISTORY_BYTES = 256 << 20
+"""The largest ``history.json`` that :meth:`History.load` and a checkpoint resume read, in bytes (256 MiB).
+
+Reading one takes at most about 20 times its size in memory (``docs/security.md``); fedsync writes
+about 300 bytes per round plus 100 per device in it, so this is some 100,000 rounds of 10 devices."""
+
+MIN_ROUND_BYTES = 128
+"""A history holds at most one round per this many bytes: fedsync writes over 250 per round (all its
+fields, indented), and each round costs about 1 KB once read, so denser files are refused unread."""
 
 
 @dataclass
@@ -167,6 +177,7 @@ class History:
             ValueError: ``text`` is not that JSON (strict: a key given twice or ``NaN`` is refused),
                 a round is malformed (:meth:`RoundResult.from_dict`), or repetitions do not increase.
         """
+        check_density(text, "history JSON")
         try:
             document = loads_strict(
                 text,
@@ -177,7 +188,17 @@ class History:
             raise ValueError("history JSON is nested too deeply") from None
         if not isinstance(document, dict) or document.keys() != {"rounds"} or not isinstance(document["rounds"], list):
             raise ValueError('history must be a JSON object {"rounds": [...]}')
-        rounds = [RoundResult.from_dict(row) for row in document["rounds"]]
+        rows = document["rounds"]
+        if len(rows) > len(text) // MIN_ROUND_BYTES + 64:
+            raise ValueError(
+                f"history JSON holds {len(rows)} rounds in {len(text)} characters, more than one per "
+                f"{MIN_ROUND_BYTES}: not a history fedsync writes, and holding its rounds would take over 20 times "
+                "its size in memory; refusing it"
+            )
+        del document
+        for index, row in enumerate(rows):  # each parsed row replaced by its round: they are never all held twice
+            rows[index] = RoundResult.from_dict(row)
+        rounds: list[RoundResult] = rows
         for before, after in zip(rounds, rounds[1:], strict=False):  # each round and the next
             if after.repetition <= before.repetition:
                 raise ValueError(
@@ -191,7 +212,18 @@ class History:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> History:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        """The History saved at ``path`` by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: there is none.
+            ValueError: naming ``path``: over :data:`MAX_HISTORY_BYTES`, not a regular file
+                (a link, FIFO or device), not UTF-8, or malformed (:meth:`from_json`).
+        """
+        raw = read_regular(path, MAX_HISTORY_BYTES)
+        try:
+            return cls.from_json(raw.decode("utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError too
+            raise ValueError(f"{path} is not a history: {exc}") from None
 
     def __repr__(self) -> str:
         return f"History({len(self.rounds)} rounds)"
