@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,16 @@ from ..protocol import MAX_REPETITION
 from ..wire.metrics import MAX_SAMPLES, checked_metrics
 from ..wire.shapes import DeviceReport
 
-__all__ = ["RoundResult", "EvaluationResult", "ServerEvaluation", "History", "MAX_ERROR", "MAX_HISTORY_BYTES"]
+__all__ = [
+    "RoundResult",
+    "EvaluationResult",
+    "ServerEvaluation",
+    "History",
+    "MAX_ERROR",
+    "MAX_HISTORY_BYTES",
+    "scrub_result",
+    "scrub_names",
+]
 
 MAX_ERROR = 2000
 """The longest error text a server evaluation records, in characters."""
@@ -227,6 +236,46 @@ class History:
 
     def __repr__(self) -> str:
         return f"History({len(self.rounds)} rounds)"
+
+
+def scrub_result(result: RoundResult | EvaluationResult, scrub: Callable[[str], str]) -> None:
+    """Remove credentials from every string a device sent into ``result``, in place, before it is saved or shown.
+
+    ``scrub`` removes every credential the coordinator knows (each remote's ``scrub``, see
+    ``fedsync.coordinator._round.scrub_failures``). A device can name a metric after the token it
+    was sent, or echo it in any string of its report: the metric names (merged and its own), the
+    string entries of its record, failure reasons and a federated evaluation's. Device URLs are
+    the coordinator's own and stay as they are. Each distinct string is scrubbed once.
+    """
+    seen: dict[str, str] = {}
+
+    def clean(text: str) -> str:
+        if text not in seen:
+            seen[text] = scrub(text)
+        return seen[text]
+
+    def names(metrics: dict[str, Any]) -> dict[str, Any]:
+        return {clean(name): value for name, value in metrics.items()}
+
+    result.metrics = names(result.metrics)
+    for url, reason in result.failures.items():
+        result.failures[url] = clean(reason)
+    for url, record in result.devices.items():
+        clean_record: dict[str, Any] = {
+            key: clean(value) if isinstance(value, str) else value for key, value in record.items()
+        }
+        if isinstance(clean_record.get("metrics"), dict):
+            clean_record["metrics"] = names(clean_record["metrics"])
+        result.devices[url] = clean_record  # type: ignore[assignment]  # the same DeviceReport, strings scrubbed
+    if isinstance(result, RoundResult) and result.evaluation is not None:
+        scrub_result(result.evaluation, scrub)
+
+
+def scrub_names(metrics: Any, scrub: Callable[[str], str]) -> Any:
+    """``metrics`` (a dict of metric names) with credentials removed from its names; anything else as it is."""
+    if not isinstance(metrics, dict):
+        return metrics
+    return {scrub(name) if isinstance(name, str) else name: value for name, value in metrics.items()}
 
 
 def _fields(cls: type, row: Any, what: str) -> dict[str, Any]:
