@@ -209,6 +209,21 @@ def history_view(s: RunView) -> dict[str, Any]:
     return {"rounds": rows, "metrics": names}
 
 
+_POOL = re.compile(r"\s*\(?\bHTTPS?ConnectionPool\(.*", re.S)
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^\"')\]\n]+)")
+_SUMMARY = 160  # characters of the one line shown for a failure
+
+
+def summary(reason: str) -> str:
+    """One line of a failure's reason for the page: the first line, without urllib3's connection-pool
+    chain (its innermost cause, e.g. ``Connection refused``, kept), at most 160 characters."""
+    text = reason.strip().split("\n", 1)[0]
+    if _POOL.search(text):
+        causes = _ERRNO.findall(text)
+        text = _POOL.sub("", text).rstrip(" :(") + (f" ({causes[-1].strip()})" if causes else "")
+    return text if len(text) <= _SUMMARY else text[: _SUMMARY - 1] + "\u2026"
+
+
 def devices_view(s: RunView) -> dict[str, Any]:
     """``/api/devices``: one row per device, derived from the rounds."""
     rows: dict[str, dict[str, Any]] = {}
@@ -236,9 +251,11 @@ def devices_view(s: RunView) -> dict[str, Any]:
             d["sampled"] += 1
             d["failed"] += 1
             d["state"] = "failed"
-            d["last_failure"] = {"round": number, "during": "training", "reason": reason}
+            d["last_failure"] = {"round": number, "during": "training", "reason": reason, "summary": summary(reason)}
         for url, reason in ((r["evaluation"] or {}).get("failures") or {}).items():
-            row(url)["last_failure"] = {"round": number, "during": "evaluation", "reason": reason}
+            row(url)["last_failure"] = {
+                "round": number, "during": "evaluation", "reason": reason, "summary": summary(reason),
+            }  # fmt: skip
     for d in rows.values():
         seconds = d.pop("_seconds")
         d["seconds_per_round"] = sum(seconds) / len(seconds) if seconds else None
