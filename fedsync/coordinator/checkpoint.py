@@ -48,7 +48,7 @@ from ..data.snapshot import restore, strategy_of
 from ..errors import CheckpointError
 from ..protocol import MAX_REPETITION, FedData
 from ..wire import codec
-from .history import History
+from .history import MAX_HISTORY_BYTES, History
 
 __all__ = ["save", "load", "CheckpointError"]
 
@@ -62,8 +62,15 @@ _OPTIONAL = frozenset({"strategy_sha256"})
 _ROUND = re.compile(r"round-[0-9]{6,16}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _POINTER_LIMIT = 1 << 16  # bytes: checkpoint.json holds a few short fields
-HISTORY_LIMIT = 1 << 30
-"""The largest ``history.json`` a checkpoint loads, in bytes (a row per round and device)."""
+HISTORY_LIMIT = MAX_HISTORY_BYTES
+"""The largest ``history.json`` a checkpoint loads, in bytes (a row per round and device): 256 MiB."""
+STATE_SLACK = 1 << 20
+"""Bytes a saved state (and strategy) file may have beyond what this coordinator's own state takes
+(its metadata: metrics, specs). A larger file is refused before it is read: whatever a checkpoint
+holds, a resume takes at most about 20 times the size of the files it reads, and its state files
+at most a few times the model's size."""
+STRATEGY_COPIES = 8
+"""A strategy's saved state holds at most this many copies of the model (FedAdam and FedYogi hold two)."""
 
 
 def save(folder: str | Path, data: FedData, repetition: int, history: History) -> None:
@@ -132,7 +139,8 @@ def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
         return None
     repetition = meta["repetition"]
     where = folder / meta["folder"]
-    raw = _read_checked(folder, where / meta["state"], meta["state_sha256"])
+    own = _own_size(data, repetition)
+    raw = _read_checked(folder, where / meta["state"], meta["state_sha256"], limit=own + STATE_SLACK)
     history_raw = _read_checked(folder, where / HISTORY, meta["history_sha256"], limit=HISTORY_LIMIT)
     try:
         history = History.from_json(history_raw.decode("utf-8"))
@@ -147,7 +155,7 @@ def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
             f"checkpoint {folder} holds specs {meta['specs'][:200]!r} but this FedData's are {expected!r}; "
             "use another checkpoint folder or the same declaration"
         )
-    strategy_state = _strategy_state(folder, where, meta, data)
+    strategy_state = _strategy_state(folder, where, meta, data, limit=STRATEGY_COPIES * own + STATE_SLACK)
     try:
         encoding: Any = raw.decode("utf-8") if meta["state"] == STATES[1] else raw
         data.check(encoding, repetition)
@@ -168,11 +176,14 @@ def _strategy_bytes(data: FedData) -> bytes | None:
     return bytes(codec.encode_payload(state, {STRATEGY_KEY: type(strategy).__name__}))
 
 
-def _strategy_state(folder: Path, where: Path, meta: dict[str, Any], data: FedData) -> dict[str, Any] | None:
-    """The saved strategy state, checked against ``data``'s strategy and layout; ``None`` if none was saved."""
+def _strategy_state(
+    folder: Path, where: Path, meta: dict[str, Any], data: FedData, limit: int
+) -> dict[str, Any] | None:
+    """The saved strategy state (a file of at most ``limit`` bytes), checked against ``data``'s strategy and
+    layout; ``None`` if none was saved."""
     if "strategy_sha256" not in meta:
         return None  # a strategy with state then starts afresh, as in a new run
-    raw = _read_checked(folder, where / STRATEGY, meta["strategy_sha256"])
+    raw = _read_checked(folder, where / STRATEGY, meta["strategy_sha256"], limit=limit)
     strategy = strategy_of(data)
     try:
         arrays, metadata = codec.decode(raw, limit=len(raw))
@@ -189,6 +200,16 @@ def _strategy_state(folder: Path, where: Path, meta: dict[str, Any], data: FedDa
     except ValueError as exc:
         raise _damaged(folder, f"its strategy state does not fit: {exc}") from None
     return arrays
+
+
+def _own_size(data: FedData, repetition: int) -> int:
+    """Bytes of ``data``'s own state now: what a saved state of the same model takes, up to its metadata."""
+    payload = data.serialize(repetition)
+    if isinstance(payload, str):
+        return len(payload.encode("utf-8"))
+    if isinstance(payload, codec.Payload):
+        return payload.nbytes  # its frames, not copied
+    return memoryview(payload).nbytes
 
 
 def _round_name(repetition: int) -> str:
@@ -254,14 +275,21 @@ def _read_checked(folder: Path, path: Path, sha256: str, limit: int | None = Non
         with _open_regular(folder, path) as f:
             size = os.fstat(f.fileno()).st_size
             if limit is not None and size > limit:
-                raise _damaged(folder, f"{path} is {size} bytes, over the {limit} a checkpoint's history may take")
-            digest = hashlib.sha256()
-            while piece := f.read(_HASH_PIECE):
+                raise _damaged(
+                    folder,
+                    f"{path} is {size} bytes, over the {limit} such a file of this coordinator's checkpoint may take "
+                    f"(its history {HISTORY_LIMIT}; its state this model's size plus {STATE_SLACK})",
+                )
+            digest, hashed = hashlib.sha256(), 0
+            while hashed <= size and (piece := f.read(_HASH_PIECE)):  # a file that grows is refused below
                 digest.update(piece)
+                hashed += len(piece)
             if not hmac.compare_digest(digest.hexdigest(), sha256):
                 raise _damaged(folder, f"{path} does not match the sha256 in {POINTER}: it was changed or corrupted")
             f.seek(0)
-            raw = f.read()
+            raw = f.read(size + 1)
+            if len(raw) != size:  # it grew or shrank between fstat and now
+                raise _damaged(folder, f"{path} changed while it was read")
     except FileNotFoundError as exc:
         raise _damaged(folder, f"{path} cannot be read ({exc.strerror or exc})") from None
     except OSError as exc:

@@ -50,7 +50,7 @@ from ._round import (
     scrub_failures,
     scrubbed,
 )
-from .history import EvaluationResult, History, RoundResult
+from .history import EvaluationResult, History, RoundResult, scrub_names, scrub_result
 
 __all__ = ["Federated", "DOWNLOAD_BUDGET", "WORKERS", "SHARED_POLL", "STREAMS", "HANDSHAKE_SHARE"]
 
@@ -313,6 +313,7 @@ class Federated:
         result.metrics = weighted_means(records)
         result.seconds = time.monotonic() - started
         scrub_failures(result.failures, self.remotes)
+        scrub_result(result, self._scrub)  # metric names and strings a device sent (#22)
         if not records:
             raise RoundFailed(f"evaluation after repetition {rep}: no device answered", result.failures)
         logger.info("evaluation after round %d: %s", rep, format_metrics(result.metrics))
@@ -378,7 +379,17 @@ class Federated:
             scrubbed(exc, self.remotes)  # in place: the same exception goes on
             raise
         scrub_failures(result.failures, self.remotes)
+        scrub_result(result, self._scrub)  # a metric named after the token (#22)
+        metrics = getattr(self.data, "metrics", None)  # saved in the state file, sent in the next round
+        if isinstance(metrics, dict):
+            self.data.metrics = scrub_names(metrics, self._scrub)  # type: ignore[attr-defined]  # checked above
         return result
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without any remote's credential."""
+        for remote in self.remotes:
+            text = remote.scrub(text)
+        return text
 
     def _run_round(self) -> RoundResult:
         started = time.monotonic()

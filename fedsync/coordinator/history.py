@@ -5,23 +5,42 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .._util.checks import is_number
-from .._util.files import write_atomically
-from .._util.json import loads_strict, shown
+from .._util.files import read_regular, write_atomically
+from .._util.json import check_density, loads_strict, shown
 from ..privacy import checked_privacy
 from ..protocol import MAX_REPETITION
 from ..wire.metrics import MAX_SAMPLES, checked_metrics
 from ..wire.shapes import DeviceReport
 
-__all__ = ["RoundResult", "EvaluationResult", "ServerEvaluation", "History", "MAX_ERROR"]
+__all__ = [
+    "RoundResult",
+    "EvaluationResult",
+    "ServerEvaluation",
+    "History",
+    "MAX_ERROR",
+    "MAX_HISTORY_BYTES",
+    "scrub_result",
+    "scrub_names",
+]
 
 MAX_ERROR = 2000
 """The longest error text a server evaluation records, in characters."""
+
+MAX_HISTORY_BYTES = 256 << 20
+"""The largest ``history.json`` that :meth:`History.load` and a checkpoint resume read, in bytes (256 MiB).
+
+Reading one takes at most about 20 times its size in memory (``docs/security.md``); fedsync writes
+about 300 bytes per round plus 100 per device in it, so this is some 100,000 rounds of 10 devices."""
+
+MIN_ROUND_BYTES = 128
+"""A history holds at most one round per this many bytes: fedsync writes over 250 per round (all its
+fields, indented), and each round costs about 1 KB once read, so denser files are refused unread."""
 
 
 @dataclass
@@ -167,6 +186,7 @@ class History:
             ValueError: ``text`` is not that JSON (strict: a key given twice or ``NaN`` is refused),
                 a round is malformed (:meth:`RoundResult.from_dict`), or repetitions do not increase.
         """
+        check_density(text, "history JSON")
         try:
             document = loads_strict(
                 text,
@@ -177,7 +197,17 @@ class History:
             raise ValueError("history JSON is nested too deeply") from None
         if not isinstance(document, dict) or document.keys() != {"rounds"} or not isinstance(document["rounds"], list):
             raise ValueError('history must be a JSON object {"rounds": [...]}')
-        rounds = [RoundResult.from_dict(row) for row in document["rounds"]]
+        rows = document["rounds"]
+        if len(rows) > len(text) // MIN_ROUND_BYTES + 64:
+            raise ValueError(
+                f"history JSON holds {len(rows)} rounds in {len(text)} characters, more than one per "
+                f"{MIN_ROUND_BYTES}: not a history fedsync writes, and holding its rounds would take over 20 times "
+                "its size in memory; refusing it"
+            )
+        del document
+        for index, row in enumerate(rows):  # each parsed row replaced by its round: they are never all held twice
+            rows[index] = RoundResult.from_dict(row)
+        rounds: list[RoundResult] = rows
         for before, after in zip(rounds, rounds[1:], strict=False):  # each round and the next
             if after.repetition <= before.repetition:
                 raise ValueError(
@@ -191,10 +221,61 @@ class History:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> History:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        """The History saved at ``path`` by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: there is none.
+            ValueError: naming ``path``: over :data:`MAX_HISTORY_BYTES`, not a regular file
+                (a link, FIFO or device), not UTF-8, or malformed (:meth:`from_json`).
+        """
+        raw = read_regular(path, MAX_HISTORY_BYTES)
+        try:
+            return cls.from_json(raw.decode("utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError too
+            raise ValueError(f"{path} is not a history: {exc}") from None
 
     def __repr__(self) -> str:
         return f"History({len(self.rounds)} rounds)"
+
+
+def scrub_result(result: RoundResult | EvaluationResult, scrub: Callable[[str], str]) -> None:
+    """Remove credentials from every string a device sent into ``result``, in place, before it is saved or shown.
+
+    ``scrub`` removes every credential the coordinator knows (each remote's ``scrub``, see
+    ``fedsync.coordinator._round.scrub_failures``). A device can name a metric after the token it
+    was sent, or echo it in any string of its report: the metric names (merged and its own), the
+    string entries of its record, failure reasons and a federated evaluation's. Device URLs are
+    the coordinator's own and stay as they are. Each distinct string is scrubbed once.
+    """
+    seen: dict[str, str] = {}
+
+    def clean(text: str) -> str:
+        if text not in seen:
+            seen[text] = scrub(text)
+        return seen[text]
+
+    def names(metrics: dict[str, Any]) -> dict[str, Any]:
+        return {clean(name): value for name, value in metrics.items()}
+
+    result.metrics = names(result.metrics)
+    for url, reason in result.failures.items():
+        result.failures[url] = clean(reason)
+    for url, record in result.devices.items():
+        clean_record: dict[str, Any] = {
+            key: clean(value) if isinstance(value, str) else value for key, value in record.items()
+        }
+        if isinstance(clean_record.get("metrics"), dict):
+            clean_record["metrics"] = names(clean_record["metrics"])
+        result.devices[url] = clean_record  # type: ignore[assignment]  # the same DeviceReport, strings scrubbed
+    if isinstance(result, RoundResult) and result.evaluation is not None:
+        scrub_result(result.evaluation, scrub)
+
+
+def scrub_names(metrics: Any, scrub: Callable[[str], str]) -> Any:
+    """``metrics`` (a dict of metric names) with credentials removed from its names; anything else as it is."""
+    if not isinstance(metrics, dict):
+        return metrics
+    return {scrub(name) if isinstance(name, str) else name: value for name, value in metrics.items()}
 
 
 def _fields(cls: type, row: Any, what: str) -> dict[str, Any]:

@@ -18,6 +18,8 @@ never as an error page. Tokens are never shown; credentials in URLs are removed.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import math
@@ -28,16 +30,30 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from .._util.checks import is_int, is_number
-from .._util.files import write_atomically
-from .._util.json import loads_strict, shown
+from .._util.checks import is_int
+from .._util.files import read_inside, write_atomically
+from .._util.json import check_density, loads_strict, shown
 from ..gateway.server import KeepAliveServer
+from .views import (
+    RunView,
+    _busy,
+    _count,
+    _num,
+    _round,
+    _scalars,
+    _text,
+    configuration,
+    devices_view,
+    history_view,
+    public_url,
+    run_view,
+)
 
 __all__ = ["Dashboard", "LiveRun", "FolderRun", "serve_dashboard", "RUN_FILE"]
 
@@ -46,225 +62,20 @@ logger = logging.getLogger("fedsync.dashboard")
 RUN_FILE = "run.json"
 """Written by ``fit`` into a checkpoint folder: planned rounds, start time and configuration."""
 
-MAX_FILE = 256 * 1024 * 1024
-"""Largest checkpoint file the dashboard reads, in bytes."""
+MAX_FILE = 256 << 20
+"""Largest ``history.json`` the dashboard reads, in bytes (as ``fedsync.coordinator.history.MAX_HISTORY_BYTES``).
 
-_MAX_TEXT = 2000  # characters of one shown string (a failure reason, a URL)
-_MAX_NAMES = 200  # metrics per round, configuration entries
-_RECENT = 10  # rounds whose mean duration gives the ETA
+Reading a run's files takes at most about 20 times their size in memory (``docs/dashboard.md``)."""
 
+MAX_POINTER = 1 << 16
+"""Largest ``checkpoint.json`` the dashboard reads, in bytes (it holds a few short fields)."""
 
-# -- what the page shows: plain dicts built from untrusted input ------------------------
+MAX_RUN_FILE = 4 << 20
+"""Largest :data:`RUN_FILE` the dashboard reads, in bytes (the device URLs and the configuration)."""
 
-
-def _num(value: Any) -> float | None:
-    if not is_number(value):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _count(value: Any) -> int | None:
-    if not is_int(value) or not 0 <= value <= 2**53:
-        return None
-    return value
-
-
-def _text(value: Any) -> str:
-    text = str(value)[:_MAX_TEXT]
-    # Credentials never reach the page, whatever a reason or URL carried.
-    text = re.sub(r"(\w+://)[^/\s@]+@", r"\1", text)
-    return re.sub(r"(?i)(bearer|token)(\s*[=:]?\s*)\S+", r"\1\2***", text)
-
-
-def public_url(url: Any) -> str:
-    """``url`` without user, password, query or fragment."""
-    try:
-        parts = urlsplit(str(url)[:_MAX_TEXT])
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    except ValueError:
-        return _text(url)
-
-
-def _metrics(value: Any) -> dict[str, float]:
-    if not isinstance(value, Mapping):
-        return {}
-    out: dict[str, float] = {}
-    for name, number in list(value.items())[:_MAX_NAMES]:
-        number = _num(number)
-        if number is not None:
-            out[_text(name)[:200]] = number
-    return out
-
-
-def _failures(value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        return {}
-    return {public_url(url): _text(reason) for url, reason in value.items()}
-
-
-def _round(row: Any) -> dict[str, Any] | None:
-    """One round of a History (``asdict`` form), checked; ``None`` if it is not one."""
-    if not isinstance(row, Mapping):
-        return None
-    answered = row.get("answered")
-    answered = [public_url(u) for u in answered] if isinstance(answered, list) else []
-    devices = row.get("devices")
-    if not isinstance(devices, Mapping):
-        devices = {}
-    evaluation = row.get("evaluation")
-    if isinstance(evaluation, Mapping):
-        evaluation = {
-            "metrics": _metrics(evaluation.get("metrics")),
-            "seconds": _num(evaluation.get("seconds")),
-            "failures": _failures(evaluation.get("failures")),
-        }
-    else:
-        evaluation = None
-    server = row.get("server_evaluation")  # Federated(evaluate_fn=...)'s metrics
-    return {
-        "repetition": _count(row.get("repetition")),
-        "seconds": _num(row.get("seconds")),
-        "samples": _count(row.get("samples")),
-        "answered": answered,
-        "failures": _failures(row.get("failures")),
-        "metrics": _metrics(row.get("metrics")),
-        "evaluation": evaluation,
-        "server": _metrics(server.get("metrics")) if isinstance(server, Mapping) else None,
-        "device_samples": {
-            public_url(url): _count(d.get("samples")) for url, d in devices.items() if isinstance(d, Mapping)
-        },
-    }
-
-
-def _scalars(value: Any) -> dict[str, Any]:
-    """A configuration mapping reduced to shown scalars."""
-    if not isinstance(value, Mapping):
-        return {}
-    out: dict[str, Any] = {}
-    for key, item in list(value.items())[:_MAX_NAMES]:
-        if item is None or isinstance(item, bool) or _num(item) is not None:
-            out[_text(key)[:200]] = item
-        elif isinstance(item, str):
-            out[_text(key)[:200]] = _text(item)[:200]
-        elif isinstance(item, Mapping):
-            out[_text(key)[:200]] = _scalars(item)
-    return out
-
-
-def configuration(federated: Any) -> dict[str, Any]:
-    """What a run is configured with: quorum, timeout, FedData type and strategy."""
-    config: dict[str, Any] = {"data": type(federated.data).__name__, "devices": len(federated.remotes)}
-    for name in ("fraction", "min_results", "timeout", "poll", "downloads", "workers"):
-        config[name] = getattr(federated, name, None)
-    if getattr(federated, "checkpoint", None) is not None:
-        config["checkpoint"] = str(federated.checkpoint)
-    strategy = getattr(federated, "strategy", None) or getattr(federated.data, "strategy", None)
-    if strategy is not None:
-        params = (
-            {k: v for k, v in vars(strategy).items() if not k.startswith("_")} if hasattr(strategy, "__dict__") else {}
-        )
-        config["strategy"] = {"name": type(strategy).__name__, **_scalars(params)}
-    return _scalars(config)
-
-
-@dataclass
-class RunView:
-    """What is known of a run at one moment."""
-
-    source: str
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    repetition: int | None = None
-    planned: int | None = None
-    elapsed: float | None = None
-    updated_ago: float | None = None
-    devices: list[str] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-    folder: str | None = None
-    note: str | None = None
-
-
-def _busy(rounds: list[dict[str, Any]]) -> float:
-    """Seconds spent in rounds and evaluations: the elapsed time when no start time is known."""
-    return sum((r["seconds"] or 0.0) + ((r["evaluation"] or {}).get("seconds") or 0.0) for r in rounds)
-
-
-def run_view(s: RunView) -> dict[str, Any]:
-    """``/api/run``."""
-    done = len(s.rounds)
-    recent = [(r["seconds"] or 0.0) + ((r["evaluation"] or {}).get("seconds") or 0.0) for r in s.rounds[-_RECENT:]]
-    per_round = sum(recent) / len(recent) if recent else None
-    to_go = max(0, s.planned - done) if s.planned is not None else None
-    eta = to_go * per_round if to_go is not None and per_round is not None else None
-    return {
-        "source": s.source, "folder": s.folder, "repetition": s.repetition,
-        "rounds_done": done, "rounds_planned": s.planned, "rounds_to_go": to_go,
-        "finished": to_go == 0, "elapsed_seconds": s.elapsed, "seconds_per_round": per_round,
-        "eta_seconds": eta, "updated_seconds_ago": s.updated_ago, "note": s.note, "config": s.config,
-    }  # fmt: skip
-
-
-def history_view(s: RunView) -> dict[str, Any]:
-    """``/api/history``: per round, for the charts."""
-    training: dict[str, None] = {}
-    evaluation: dict[str, None] = {}
-    server: dict[str, None] = {}
-    rows = []
-    for number, r in enumerate(s.rounds, 1):
-        training.update(dict.fromkeys(r["metrics"]))
-        if r["evaluation"] is not None:
-            evaluation.update(dict.fromkeys(r["evaluation"]["metrics"]))
-        server.update(dict.fromkeys(r["server"] or {}))
-        rows.append({
-            "round": number, "repetition": r["repetition"], "seconds": r["seconds"], "samples": r["samples"],
-            "answered": len(r["answered"]), "failed": len(r["failures"]), "metrics": r["metrics"],
-            "evaluation": r["evaluation"]["metrics"] if r["evaluation"] is not None else None,
-            "server": r["server"],
-        })  # fmt: skip
-    names = {"training": list(training), "evaluation": list(evaluation)}
-    if server:  # only runs with evaluate_fn: readers of the two series above see no change
-        names["server"] = list(server)
-    return {"rounds": rows, "metrics": names}
-
-
-def devices_view(s: RunView) -> dict[str, Any]:
-    """``/api/devices``: one row per device, derived from the rounds."""
-    rows: dict[str, dict[str, Any]] = {}
-
-    def row(url: str) -> dict[str, Any]:
-        if url not in rows:
-            rows[url] = {"url": url, "state": "not sampled yet", "samples": None, "seconds_per_round": None,
-                         "sampled": 0, "answered": 0, "failed": 0, "last_failure": None, "_seconds": []}  # fmt: skip
-        return rows[url]
-
-    for url in s.devices:
-        row(public_url(url))
-    for number, r in enumerate(s.rounds, 1):
-        for url in r["answered"]:
-            d = row(url)
-            d["sampled"] += 1
-            d["answered"] += 1
-            d["state"] = "answered"
-            if r["seconds"] is not None:
-                d["_seconds"].append(r["seconds"])
-            if r["device_samples"].get(url) is not None:
-                d["samples"] = r["device_samples"][url]
-        for url, reason in r["failures"].items():
-            d = row(url)
-            d["sampled"] += 1
-            d["failed"] += 1
-            d["state"] = "failed"
-            d["last_failure"] = {"round": number, "during": "training", "reason": reason}
-        for url, reason in ((r["evaluation"] or {}).get("failures") or {}).items():
-            row(url)["last_failure"] = {"round": number, "during": "evaluation", "reason": reason}
-    for d in rows.values():
-        seconds = d.pop("_seconds")
-        d["seconds_per_round"] = sum(seconds) / len(seconds) if seconds else None
-    return {"devices": list(rows.values())}
+MIN_ROUND_BYTES = 64
+"""``history.json`` holds at most one round per this many bytes (fedsync writes over 250): each round
+costs about 1 KB once read, so a denser file is refused before its rounds are built."""
 
 
 # -- the sources ------------------------------------------------------------------------
@@ -304,17 +115,35 @@ class LiveRun:
         )  # fmt: skip
 
 
-def _read_json(path: Path) -> Any:
-    """Parsed strict JSON of a small file (a key given twice or NaN is refused); raises ValueError or OSError."""
-    with open(path, "rb") as f:
-        raw = f.read(MAX_FILE + 1)
-    if len(raw) > MAX_FILE:
-        raise ValueError(f"{path} is over {MAX_FILE} bytes")
-    return loads_strict(
-        raw,
-        duplicate=lambda key: ValueError(f"{path.name} has the key {shown(key)} twice; keys must be unique"),
-        constant=lambda name: ValueError(f"{path.name} holds {name}, not a finite number"),
-    )
+def _read_json(folder: Path, relative: str, limit: int) -> tuple[int, Any]:
+    """The size in bytes and the parsed strict JSON of ``folder / relative`` (a key twice or NaN is refused).
+
+    The file must be a regular file inside ``folder`` (no symbolic link anywhere on the way, no
+    FIFO or device: it is opened without blocking) of at most ``limit`` bytes, and dense enough
+    in JSON values to parse in a bounded multiple of its size (:func:`check_density`).
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        ValueError: naming the file and the cause (``FileRefused`` for the file itself).
+        OSError: it cannot be read.
+    """
+    raw = read_inside(folder, relative, limit)
+    name = Path(relative).name
+    check_density(raw, name)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{name} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    size = len(raw)
+    del raw  # the parse holds the text, not the bytes as well
+    try:
+        return size, loads_strict(
+            text,
+            duplicate=lambda key: ValueError(f"{name} has the key {shown(key)} twice; keys must be unique"),
+            constant=lambda constant: ValueError(f"{name} holds {constant}, not a finite number"),
+        )
+    except RecursionError:
+        raise ValueError(f"{name} is nested too deeply") from None
 
 
 class FolderRun:
@@ -349,13 +178,15 @@ class FolderRun:
         if key != self._key:
             for attempt in range(3):  # the run may replace the round's folder between two reads
                 try:
-                    rounds, repetition = self._read_rounds(pointer_path)
+                    rounds, repetition = self._read_rounds()
                     break
                 except FileNotFoundError:
                     if attempt == 2:
                         raise
                     time.sleep(0.05)
             started = _num(run.get("started"))
+            if started is not None and not 0 <= started <= stat.st_mtime:  # not a start time of this file's run
+                started = None
             devices = run.get("devices")
             self._last = RunView(
                 source=self.source, folder=str(self.folder), rounds=rounds, repetition=repetition,
@@ -366,23 +197,34 @@ class FolderRun:
             self._key = key
         self._last.updated_ago = max(0.0, time.time() - stat.st_mtime)
 
-    def _read_rounds(self, pointer_path: Path) -> tuple[list[dict[str, Any]], int | None]:
-        pointer = _read_json(pointer_path)
+    def _read_rounds(self) -> tuple[list[dict[str, Any]], int | None]:
+        _, pointer = _read_json(self.folder, "checkpoint.json", MAX_POINTER)
         if not isinstance(pointer, Mapping):
             raise ValueError("checkpoint.json is not an object")
         name = pointer.get("folder")
         if not isinstance(name, str) or not re.fullmatch(r"[\w][\w.-]*", name) or ".." in name:
             raise ValueError(f"checkpoint.json names no round folder: {_text(name)[:100]!r}")
-        history = _read_json(self.folder / name / "history.json")
-        rows = history.get("rounds") if isinstance(history, Mapping) else None
+        size, history = _read_json(self.folder, f"{name}/history.json", MAX_FILE)
+        rows = history.pop("rounds", None) if isinstance(history, dict) else None
         if not isinstance(rows, list):
             raise ValueError("history.json holds no rounds")
-        rounds = [r for r in map(_round, rows) if r is not None]
+        del history
+        if len(rows) > size // MIN_ROUND_BYTES + 64:
+            raise ValueError(
+                f"history.json holds {len(rows)} rounds in {size} bytes, more than one per {MIN_ROUND_BYTES}: "
+                "not a history fedsync writes, and showing it would take over 20 times its size in memory"
+            )
+        rounds = []
+        for index, row in enumerate(rows):  # each parsed row freed once converted: never both held whole
+            rows[index] = None
+            shown_round = _round(row)
+            if shown_round is not None:
+                rounds.append(shown_round)
         return rounds, _count(pointer.get("repetition"))
 
     def _run_info(self) -> dict[str, Any]:
         try:
-            run = _read_json(self.folder / RUN_FILE)
+            _, run = _read_json(self.folder, RUN_FILE, MAX_RUN_FILE)
         except (OSError, ValueError):
             return {}
         return dict(run) if isinstance(run, Mapping) else {}
@@ -429,14 +271,42 @@ def render_page() -> str:
     return page
 
 
+def content_policy(page: str) -> str:
+    """The page's Content-Security-Policy: its own inline scripts and styles by sha256, nothing else.
+
+    A script that reaches the page any other way (markup in a device's text that escaped
+    ``textContent``) has no matching hash and does not run. uPlot styles its elements through
+    the DOM (``element.style``), which a policy does not restrict.
+    """
+
+    def hashes(tag: str) -> str:
+        found = re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(c.encode()).digest()).decode()}'" for c in found)
+
+    return (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+
 _LOCAL_NAMES = {"127.0.0.1", "localhost", "::1"}
 _SECURITY = [
-    ("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-     "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
     ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
     ("Cache-Control", "no-store"),
 ]  # fmt: skip
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite number (a sum or product of large saved ones) shown as unknown (``None``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 class DashboardApp:
@@ -445,11 +315,14 @@ class DashboardApp:
     def __init__(self, run: LiveRun | FolderRun, local_only: bool = True) -> None:
         self.run = run
         self.local_only = local_only
-        self._page: bytes | None = None
+        page = render_page()
+        self._page = page.encode("utf-8")
+        self._policy = content_policy(page)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         status, ctype, body = self._answer(environ)
-        start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body))), *_SECURITY])
+        headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), *_SECURITY]
+        start_response(status, [*headers, ("Content-Security-Policy", self._policy)])
         return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
 
     def _answer(self, environ: dict[str, Any]) -> tuple[str, str, bytes]:
@@ -460,12 +333,10 @@ class DashboardApp:
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain", b"only GET\n"
         if path == "/":
-            if self._page is None:
-                self._page = render_page().encode("utf-8")
             return "200 OK", "text/html; charset=utf-8", self._page
         views = {"/api/run": run_view, "/api/history": history_view, "/api/devices": devices_view}
         if path in views:
-            data = views[path](self.run.snapshot())
+            data = _finite(views[path](self.run.snapshot()))
             return "200 OK", "application/json", json.dumps(data, allow_nan=False).encode("utf-8")
         return (
             "404 Not Found",

@@ -232,7 +232,7 @@ def test_a_duplicated_pointer_key_is_refused(run, device):
         resume(run, device)
 
 
-@pytest.mark.parametrize("grown, cause", [(1 << 24, "does not match the sha256"), (1 << 40, "over the 1073741824")])
+@pytest.mark.parametrize("grown, cause", [(1 << 24, "does not match the sha256"), (1 << 40, f"over the {checkpoint.HISTORY_LIMIT}")])
 def test_a_grown_history_is_refused_without_reading_it_whole(run, device, grown, cause):
     history = run / "round-000003" / "history.json"
     with open(history, "ab") as f:

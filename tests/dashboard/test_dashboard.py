@@ -167,7 +167,7 @@ def test_fedsync_dashboard_command_serves_a_folder(devices, tmp_path):
 def cell(dom, url, name):
     row = re.search(r'<tr data-url="%s">(.*?)</tr>' % re.escape(url), dom, re.S)
     assert row, f"no row for {url} in the page"
-    return re.search(r'<td class="[^"]*\b%s\b[^"]*">(.*?)</td>' % name, row.group(1), re.S).group(1)
+    return re.search(r'<td class="[^"]*\b%s\b[^"]*"[^>]*>(.*?)</td>' % name, row.group(1), re.S).group(1)
 
 
 @needs_browser

@@ -44,7 +44,19 @@ function chartWidth(wrap) {
   return Math.max(280, (wrap.clientWidth || 440) - 12);
 }
 
-function drawChart(container, title, x, series) {
+// A metric's axis always spans a visible range (a constant accuracy gets ticks around it, not one);
+// durations start at zero, so that noise of a few milliseconds does not look like spikes.
+function metricRange(u, min, max) {
+  if (min === null || max === null) return [0, 1];
+  const pad = max > min ? (max - min) * 0.1 : Math.max(Math.abs(max) * 0.05, 0.01);
+  return [min - pad, max + pad];
+}
+
+function secondsRange(u, min, max) {
+  return [0, max !== null && max > 0 ? max * 1.1 : 1];
+}
+
+function drawChart(container, title, x, series, range) {
   const signature = series.map((s) => s.label).join("+");
   let chart = charts.get(title);
   if (chart && chart.signature !== signature) {  // evaluation began: the chart gains a series
@@ -60,7 +72,7 @@ function drawChart(container, title, x, series) {
     container.appendChild(wrap);
     const opts = {
       width: chartWidth(wrap), height: 200,
-      scales: {x: {time: false}},
+      scales: {x: {time: false}, y: {range: range}},
       axes: [{label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]}, {size: 60}],
       series: [{label: "round"}].concat(series.map((s) => ({
         label: s.label, stroke: COLORS[s.label] || COLORS.seconds, width: 2, spanGaps: true, points: {show: true, size: 5},
@@ -90,9 +102,9 @@ function showCharts(history) {
       series.push({label: "evaluation", values: rounds.map((r) => (r.evaluation && name in r.evaluation ? r.evaluation[name] : null))});
     if (server.includes(name))
       series.push({label: "server", values: rounds.map((r) => (r.server && name in r.server ? r.server[name] : null))});
-    drawChart(container, name, x, series);
+    drawChart(container, name, x, series, metricRange);
   }
-  drawChart(container, "round seconds", x, [{label: "seconds", values: rounds.map((r) => r.seconds)}]);
+  drawChart(container, "round seconds", x, [{label: "seconds", values: rounds.map((r) => r.seconds)}], secondsRange);
 }
 
 function showDevices(answer) {
@@ -108,7 +120,10 @@ function showDevices(answer) {
     tr.appendChild(el("td", "n sampled", d.sampled));
     tr.appendChild(el("td", "n answered", d.answered));
     const f = d.last_failure;
-    tr.appendChild(el("td", "last_failure", f ? "round " + f.round + (f.during === "evaluation" ? " (evaluation)" : "") + ": " + f.reason : "-"));
+    // One clear line; the device's whole text on hover (and in the history).
+    const failure = el("td", "last_failure", f ? "round " + f.round + (f.during === "evaluation" ? " (evaluation)" : "") + ": " + (f.summary || f.reason) : "-");
+    if (f) failure.title = f.reason;
+    tr.appendChild(failure);
     return tr;
   });
   $("devices").tBodies[0].replaceChildren(...rows);
