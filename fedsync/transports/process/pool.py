@@ -174,8 +174,8 @@ class _Process:
                     pending.header, pending.body = header, body
                     pending.done.set()
                 del frame, body
-        except (FrameError, OSError) as exc:
-            broken = f"sent a malformed frame ({str(exc)[:300]})"
+        except (FrameError, OSError, MemoryError) as exc:
+            broken = f"sent a malformed frame ({type(exc).__name__}: {str(exc)[:300]})"
             self.proc.kill()
         self._died(broken)
 
