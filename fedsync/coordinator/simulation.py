@@ -14,7 +14,7 @@ clients): keep what must persist in the data ``device_fn`` reads.
 A hung call (``device_fn``, ``train`` or an evaluation that never returns) is its
 device's failure at the round's deadline, and gives its slot back after the round:
 a worker process is killed and replaced; a thread cannot be stopped, so another thread
-takes its place (bounded, with a ``RuntimeWarning``: :mod:`fedsync.transports.process.hung`).
+takes its place (bounded, with a ``RuntimeWarning``: :mod:`fedsync.transports.process._hung`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .._util.checks import positive_int
 from ..protocol import FedData
 from ..transports import device_functions
 from ..transports.local import LocalRemote, LocalTransport, TrainingPool
-from ..transports.process.hung import OnceAtATime, ReplaceablePool, owners, still_running
+from ..transports.process._hung import OnceAtATime, ReplaceablePool, owners, still_running
 from ..transports.process.pool import ProcessPool, ProcessRemote, process_remotes
 from ..transports.remote import Remote
 from ..wire.config import ConfigSource

@@ -144,7 +144,7 @@ def test_a_worker_whose_training_hangs_is_killed_and_replaced(tmp_path, monkeypa
 
 
 def test_a_replaced_thread_is_bounded_and_warns():
-    from fedsync.transports.process.hung import ReplaceableExecutor
+    from fedsync.transports.process._hung import ReplaceableExecutor
 
     executor = ReplaceableExecutor(1, max_replaced=1)
     owner = object()

@@ -39,7 +39,7 @@ from ...errors import RemoteError, RemoteTimeout
 from .. import device_functions
 from ..local import LocalTransport, TrainingPool
 from ._frames import FrameError, Readable, read_frame, write_frame
-from .hung import still_running
+from ._hung import still_running
 
 __all__ = ["main"]
 
