@@ -11,7 +11,7 @@ on its stdin, writing the answers as frames on its stdout:
   use), exactly as in-process; the answer is ``{"id", "status", "headers"}`` +
   body, or ``{"id", "error", "timeout"}`` when the device could not answer.
 - ``{"op": "release", "device", "id"}``: drop that device's state; the answer is
-  ``{"id", "released": true, "busy"}``, ``busy`` saying whether anything of the device
+  ``{"id", "released": true, "running"}``, ``running`` saying whether anything of the device
   (``device_fn``, a training, an evaluation) still ran: after its round, that is a hung
   call, and the pool kills this process and starts another (a thread cannot be stopped).
 
@@ -112,10 +112,10 @@ class _Worker:
             if header.get("op") == "release":
                 # On the reader, in pipe order: a later request for this device builds it afresh.
                 transport = self.devices.pop(device_id, None)
-                busy = transport is not None and still_running(transport)
+                running = transport is not None and still_running(transport)
                 if "id" in header:
                     with self.write_lock:
-                        write_frame(self.out, {"id": header["id"], "released": True, "busy": busy})
+                        write_frame(self.out, {"id": header["id"], "released": True, "running": running})
                 continue
             header["transport"] = self.device(device_id)
             self.requests.submit(self.handle, header, body)

@@ -143,7 +143,7 @@ class _Process:
             return  # it died meanwhile: the pool replaces it
         if not answered:
             self.kill(f"it did not answer the release of {url} within {RELEASE_TIMEOUT:g} s")
-        elif pending.header.get("busy") is not False:
+        elif pending.header.get("running") is not False:
             self.kill(
                 f"{url}'s device_fn, training or evaluation still ran after its round (a hung call), holding the "
                 "worker's training slot; a new worker takes its place"
