@@ -27,6 +27,14 @@ __all__ = ["FedKeras"]
 _COUNTER = re.compile(r"_\d+$")
 _AUTO_VARIABLE = re.compile(r"variable(_\d+)?")
 
+# Weight dtypes the codec carries as they are.
+_NATIVE = frozenset(
+    {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"}
+)
+# bfloat16 travels and merges as float32 (exact) and is cast back when assigned, as FedTorch does: numpy has no
+# bfloat16 of its own, and a uint16 view of its bits would average bit patterns.
+_UPCAST = frozenset({"bfloat16"})
+
 
 class FedKeras(FedArrays):
     """A Keras 3 model whose weights are trained on devices and merged by FedAvg.
@@ -47,9 +55,14 @@ class FedKeras(FedArrays):
             FedAvg by default), ``wire_dtype`` (``"float16"``, ``"bfloat16"`` or
             ``"int8"`` on the wire, both ways).
 
+    bfloat16 weights travel and merge as float32 (exact) and are cast back into
+    bfloat16 when assigned; the specs still record ``bfloat16``, so a bfloat16 and
+    a float32 model do not match (as :class:`fedsync_torch.FedTorch`).
+
     Raises:
         TypeError: ``model`` is not a Keras model, ``train`` or ``evaluate`` is
-            not callable, or an unknown keyword.
+            not callable, an unknown keyword, or a weight of a dtype fedsync
+            cannot exchange (float8, strings, ...).
         ValueError: the model has no weights yet, or an unknown ``wire_dtype``.
 
     Example::
@@ -93,6 +106,18 @@ class FedKeras(FedArrays):
         # variables, so hand the base nothing and keep the model for train(model).
         super().__init__({}, train, **options)
         self.model = model
+        unsupported = [
+            (name, _dtype_name(v.dtype))
+            for name, v in self._variables()
+            if _dtype_name(v.dtype) not in _NATIVE | _UPCAST
+        ]
+        if unsupported:
+            name, dtype = unsupported[0]
+            raise TypeError(
+                f"weight {name!r} has dtype {dtype}, which FedKeras cannot exchange ({len(unsupported)} such weights); "
+                f"supported: {', '.join(sorted(_NATIVE | _UPCAST))}. Declare the model with one of them, "
+                "e.g. keras.layers.Dense(10, dtype='float32')"
+            )
         self._global_tensors: tuple[Any, list[tuple[Any, Any]]] | None = None
 
     def proximal_term(self, mu: float) -> Any:
@@ -145,11 +170,18 @@ class FedKeras(FedArrays):
         """The model's weights as numpy arrays, by position-based names."""
         import keras
 
-        return {name: np.asarray(keras.ops.convert_to_numpy(v)) for name, v in self._variables()}
+        arrays = {}
+        for name, v in self._variables():
+            array = np.asarray(keras.ops.convert_to_numpy(v))
+            arrays[name] = array.astype(np.float32) if _dtype_name(v.dtype) in _UPCAST else array
+        return arrays
 
     def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """Shapes and dtypes read off the variables, without converting their values."""
-        return {name: (tuple(v.shape), np.dtype(v.dtype)) for name, v in self._variables()}
+        """Shapes and dtypes as exchanged (bfloat16 as float32), read off the variables without converting them."""
+        return {
+            name: (tuple(v.shape), np.dtype("float32" if _dtype_name(v.dtype) in _UPCAST else _dtype_name(v.dtype)))
+            for name, v in self._variables()
+        }
 
     def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Assign ``arrays`` to the model's weights, each keeping its dtype.

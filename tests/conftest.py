@@ -6,8 +6,10 @@ Helpers (not fixtures) live in tests/support/: ``processes`` (start_device, tls_
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,52 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"FEDSYNC_REQUIRE_EXTRAS=1: skipped for a missing required package ({', '.join(missing)}): {reason}"
 
 
+SUITE_MARK = "FEDSYNC_TEST_SUITE_RUN"
+"""An environment variable every process this test process starts inherits: how leftovers are found."""
+
+
+def _marked_processes(mark: str) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of the live processes (not zombies) whose environment holds ``mark``, but this one."""
+    found = []
+    needle = f"{SUITE_MARK}={mark}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found.append((int(entry.name), command))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_suite():
+    """Fail the run if a process started by a test (marked through its inherited environment) is still alive.
+
+    Tests stop every process they start, descendants included (process groups or sessions); a
+    ``fedsync serve`` left behind costs hundreds of megabytes until the machine restarts. Leftovers
+    are reported by command line, then killed so the machine is clean. Processes started with an
+    environment of their own (``env={...}`` without this variable) are not seen.
+    """
+    if not Path("/proc/self/environ").exists():
+        yield
+        return
+    mark = f"{os.getpid()}-{os.urandom(4).hex()}"
+    os.environ[SUITE_MARK] = mark
+    yield
+    deadline = time.monotonic() + 15.0  # processes being stopped right now (a Ray node shutting down) get time
+    while (left := _marked_processes(mark)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if left:
+        listed = "\n".join(f"  pid {pid}: {command}" for pid, command in left[:20])
+        pytest.fail(f"{len(left)} processes started by the tests were still running at the end (now killed):\n{listed}")

@@ -10,18 +10,24 @@ the round; between rounds a device costs one small :class:`~fedsync.transports.l
 (its URL and ``device_fn``), so 10,000 devices cost a few megabytes plus the
 sampled ones. A device keeps no state across rounds (as Flower's ``client_fn``
 clients): keep what must persist in the data ``device_fn`` reads.
+
+A hung call (``device_fn``, ``train`` or an evaluation that never returns) is its
+device's failure at the round's deadline, and gives its slot back after the round:
+a worker process is killed and replaced; a thread cannot be stopped, so another thread
+takes its place (bounded, with a ``RuntimeWarning``: :mod:`fedsync.transports.process._hung`).
 """
 
 from __future__ import annotations
 
-import functools
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._util.checks import positive_int
 from ..protocol import FedData
 from ..transports import device_functions
-from ..transports.local import LocalRemote, TrainingPool
+from ..transports.local import LocalRemote, LocalTransport, TrainingPool
+from ..transports.process._hung import OnceAtATime, ReplaceablePool, owners, still_running
 from ..transports.process.pool import ProcessPool, ProcessRemote, process_remotes
 from ..transports.remote import Remote
 from ..wire.config import ConfigSource
@@ -44,9 +50,31 @@ def local_remotes(
         raise TypeError(f"device_fn must be a function device_fn(device_id) -> FedData, got {type(device_fn).__name__}")
     positive_int("num_devices", num_devices)
     return [
-        LocalRemote(f"local://device-{i}", device=functools.partial(device_fn, i), pool=pool, timeout=timeout)
+        LocalRemote(f"local://device-{i}", device=OnceAtATime(device_fn, i), pool=pool, timeout=timeout)
         for i in range(num_devices)
     ]
+
+
+def _release_local(remote: LocalRemote, pool: ReplaceablePool) -> None:
+    """Drop a device's state after its round; what still runs of it is hung: its slot is given back."""
+    transport = remote.transport
+    if still_running(transport):
+        if transport.device_app is None:
+            # device_fn holds the transport's lock for good: the device gets a fresh transport (OnceAtATime
+            # refuses to call device_fn again while the hung call lasts, so no thread more hangs).
+            warnings.warn(
+                f"{remote.url}: device_fn has not returned after its round (hung?); a thread cannot be stopped, "
+                "so it is left running and the device fails until it returns; worker_kind='processes' kills a hung "
+                "worker instead",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            remote.transport = LocalTransport(
+                remote.url, transport.source, pool=pool, max_content_length=transport.max_content_length
+            )
+            return
+        pool.executor.replace(owners(transport), f"{remote.url}'s training or evaluation")
+    remote.release()
 
 
 def run_simulation(
@@ -90,7 +118,9 @@ def run_simulation(
             holds the GIL (pure Python): ``workers`` processes, each importing
             ``device_fn`` by name, so it must be a module-level function or its
             name ``"module:function"`` (:mod:`fedsync.transports.process.pool`). A worker
-            that dies is its devices' failure that round; it is replaced.
+            that dies is its devices' failure that round; it is replaced. A call that
+            hangs is its device's failure at the deadline; after the round its worker
+            process is killed and replaced, or (threads) another thread takes its slot.
         progress: a progress bar as with ``fit()`` (default: when stderr is a terminal).
         callbacks: as for :meth:`fedsync.Federated.fit`.
         backend: ``"local"`` (threads in this process) or ``"ray"``: devices in a
@@ -145,6 +175,7 @@ def run_simulation(
     else:
         pool: TrainingPool | ProcessPool
         simulated: Sequence[LocalRemote | ProcessRemote]
+        local: list[LocalRemote] = []
         if worker_kind == "processes":
             positive_int("num_devices", num_devices)
             pool = ProcessPool(device_fn, workers)
@@ -153,13 +184,17 @@ def run_simulation(
             if isinstance(device_fn, str):
                 module, _, name = device_functions.locate(device_fn)
                 device_fn = device_functions.load(name, module)
-            pool = TrainingPool(workers)
-            simulated = local_remotes(device_fn, num_devices, pool=pool, timeout=timeout)
+            pool = threads = ReplaceablePool(workers)
+            simulated = local = local_remotes(device_fn, num_devices, pool=pool, timeout=timeout)
         remotes, slots, close = simulated, pool.workers, pool.close
 
         def release_all() -> None:
-            for remote in simulated:
-                remote.release()  # a device's state exists only while it is sampled
+            # A device's state exists only while it is sampled; what of it still runs is hung (its round is over).
+            for remote in local:
+                _release_local(remote, threads)
+            if not local:
+                for other in simulated:
+                    other.release()
 
     def release(federated: Federated, result: RoundResult) -> None:
         release_all()

@@ -2,8 +2,9 @@
 
 A frame is ``!IQ`` (the header's length, the body's length), the header as
 UTF-8 JSON (an object, strict: unique keys, no ``NaN``/``Infinity``) and the body. Both lengths are checked against the
-reader's limits before anything is allocated, so a broken or hostile peer
-costs at most those limits. Used between a simulation's coordinator and its
+reader's limits before anything is allocated, and a frame's buffer grows with the bytes that arrive (at most twice
+what arrived, never what was only announced), so a broken or hostile peer costs at most those limits, and a frame
+that announces 2 GiB and sends 10 bytes costs about a megabyte. Used between a simulation's coordinator and its
 worker processes (:mod:`fedsync.transports.process.pool`, :mod:`fedsync.transports.process._worker`).
 
 Internal: its names may change without notice.
@@ -93,17 +94,25 @@ def read_frame(
     return header, body
 
 
+FIRST_CHUNK = 1 << 20
+"""The buffer first allocated for a frame's part, in bytes; it doubles as bytes arrive, up to the announced length."""
+
+
 def _read(stream: Readable, n: int) -> bytearray:
-    """Up to ``n`` bytes: fewer only at the end of the stream."""
-    buffer = bytearray(n)
-    view = memoryview(buffer)
+    """Up to ``n`` bytes: fewer only at the end of the stream.
+
+    The buffer grows with what arrives (doubling), so an announced length costs memory only once its bytes come.
+    """
+    buffer = bytearray(min(n, FIRST_CHUNK))
     got = 0
     while got < n:
-        count = stream.readinto(view[got:])
+        if got == len(buffer):
+            buffer += bytes(min(n - got, len(buffer)))  # zero pages from calloc: cheap until written
+        with memoryview(buffer) as view:
+            count = stream.readinto(view[got:])
         if not count:
             break
         got += count
-    del view
-    if got < n:
+    if got < len(buffer):
         del buffer[got:]
     return buffer

@@ -10,7 +10,10 @@ on its stdin, writing the answers as frames on its stdout:
   :class:`~fedsync.transports.local.LocalTransport` built from ``device_fn(device)`` on first
   use), exactly as in-process; the answer is ``{"id", "status", "headers"}`` +
   body, or ``{"id", "error", "timeout"}`` when the device could not answer.
-- ``{"op": "release", "device"}``: drop that device's state.
+- ``{"op": "release", "device", "id"}``: drop that device's state; the answer is
+  ``{"id", "released": true, "running"}``, ``running`` saying whether anything of the device
+  (``device_fn``, a training, an evaluation) still ran: after its round, that is a hung
+  call, and the pool kills this process and starts another (a thread cannot be stopped).
 
 Devices train one at a time in this process (one core each; the pool runs
 several processes). Nothing is pickled. The user code's prints go to stderr:
@@ -36,6 +39,7 @@ from ...errors import RemoteError, RemoteTimeout
 from .. import device_functions
 from ..local import LocalTransport, TrainingPool
 from ._frames import FrameError, Readable, read_frame, write_frame
+from ._hung import still_running
 
 __all__ = ["main"]
 
@@ -107,7 +111,11 @@ class _Worker:
                 raise FrameError(f"a frame names device {device_id!r}, expected an integer")
             if header.get("op") == "release":
                 # On the reader, in pipe order: a later request for this device builds it afresh.
-                self.devices.pop(device_id, None)
+                transport = self.devices.pop(device_id, None)
+                running = transport is not None and still_running(transport)
+                if "id" in header:
+                    with self.write_lock:
+                        write_frame(self.out, {"id": header["id"], "released": True, "running": running})
                 continue
             header["transport"] = self.device(device_id)
             self.requests.submit(self.handle, header, body)

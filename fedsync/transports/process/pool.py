@@ -16,6 +16,9 @@ same round, codec and checks as in-process and over HTTP. Nothing is pickled.
 - A worker that dies (killed, out of memory) fails the requests of its
   devices, each named by its URL (that round's failures); its devices' state
   is lost, and the pool starts a replacement for the devices placed next.
+- A device whose work (``device_fn``, ``train``, an evaluation) still runs when it is
+  released (after its round) holds its worker's one training slot for good: the worker
+  is killed (its other devices were released too, or fail by name) and replaced.
 - Every answer is checked (frame lengths, JSON, status, headers) before use,
   and nothing waits past its timeout, writing to a worker included.
 """
@@ -43,6 +46,9 @@ from ..remote import MAX_REPLY, Remote
 from ._frames import MAX_HEADER, FrameError, frame_head, read_frame
 
 __all__ = ["ProcessPool", "ProcessRemote", "ProcessTransport", "process_remotes"]
+
+RELEASE_TIMEOUT = 2.0
+"""Seconds a worker has to answer a device's release (it answers on its reader thread, at once)."""
 
 MAX_ANSWER_HEADERS = 100
 """The most HTTP headers an answer may carry (a device sends about five)."""
@@ -115,13 +121,33 @@ class _Process:
             raise RemoteError(url, pending.lost)
         return _checked_answer(url, pending.header, pending.body)
 
-    def release(self, device_id: int) -> None:
-        """Tell the worker to drop a device's state (if it is alive; best effort, bounded)."""
-        if self.dead is None:
-            try:
-                self._send(frame_head({"op": "release", "device": device_id}, 0), b"", time.monotonic() + 1.0)
-            except OSError:
-                pass  # a worker gone or stuck holds no state worth freeing
+    def release(self, device_id: int, url: str) -> None:
+        """Tell the worker to drop a device's state (if it is alive; bounded); kill the worker if the device's
+        work still runs (a hung call: its round is over) or the worker does not answer within
+        :data:`RELEASE_TIMEOUT` seconds."""
+        if self.dead is not None:
+            return
+        deadline = time.monotonic() + RELEASE_TIMEOUT
+        pending = _Pending()
+        with self.lock:
+            request_id = next(self.ids)
+            self.pending[request_id] = pending
+        try:
+            self._send(frame_head({"op": "release", "device": device_id, "id": request_id}, 0), b"", deadline)
+            answered = pending.done.wait(max(0.0, deadline - time.monotonic()))
+        except OSError:  # TimeoutError included: a worker that takes no request is stuck
+            answered = False
+        with self.lock:
+            self.pending.pop(request_id, None)
+        if pending.lost is not None:
+            return  # it died meanwhile: the pool replaces it
+        if not answered:
+            self.kill(f"it did not answer the release of {url} within {RELEASE_TIMEOUT:g} s")
+        elif pending.header.get("running") is not False:
+            self.kill(
+                f"{url}'s device_fn, training or evaluation still ran after its round (a hung call), holding the "
+                "worker's training slot; a new worker takes its place"
+            )
 
     def _send(self, head: bytes, body: bytes, deadline: float) -> None:
         if not self.write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
@@ -174,8 +200,8 @@ class _Process:
                     pending.header, pending.body = header, body
                     pending.done.set()
                 del frame, body
-        except (FrameError, OSError) as exc:
-            broken = f"sent a malformed frame ({str(exc)[:300]})"
+        except (FrameError, OSError, MemoryError) as exc:
+            broken = f"sent a malformed frame ({type(exc).__name__}: {str(exc)[:300]})"
             self.proc.kill()
         self._died(broken)
 
@@ -421,7 +447,7 @@ class ProcessTransport(Transport):
             process, self.process = self.process, None
         if process is not None:
             self.processes.unplace(process)
-            process.release(self.device_id)
+            process.release(self.device_id, self.url)
 
 
 class ProcessRemote(Remote):
