@@ -242,9 +242,13 @@ class Federated:
         The deadline (``timeout`` seconds after the round starts) bounds every
         wait. A reply still arriving then is read on only while it keeps flowing
         (each read returns within ``transfer.STALL`` seconds) and within a grace
-        period of ``min(10 s, 10% of timeout)``; so is a reply whose device
-        answered in time but which waited for the merge. One that stalls is
-        dropped and its device named late.
+        period of ``min(10 s, 10% of timeout)``. A reply whose device answered in
+        time but which waits for the merge (or a download slot) while another is
+        read is bounded by itself: if its reading starts past the deadline, it has
+        ``transfer.STALL`` seconds (or the rest of the grace period, if longer),
+        ample for bytes that already arrived; so a reply trickling in just faster
+        than the stall limit is the only one late. One that stalls is dropped and
+        its device named late.
 
         Raises:
             SpecsMismatch: no reachable sampled device holds the coordinator's
