@@ -39,7 +39,7 @@ from ..wire.transfer import STALL, Deadline, round_grace
 from . import checkpoint as checkpoint_io
 from . import server_eval
 from ._pipeline import collect, submit
-from ._privacy import coordinator_privacy
+from ._privacy import check_central_dp, coordinator_privacy
 from ._round import (
     Budget,
     Round,
@@ -125,6 +125,11 @@ class Federated:
             ``RoundResult.server_evaluation`` (see :mod:`fedsync.coordinator.server_eval`).
         secure_aggregation: a :class:`fedsync.secagg.SecAgg`: the coordinator learns only the sum of the
             updates (docs/privacy.md).
+
+    Raises:
+        TypeError, ValueError: an argument out of range, named; central DP (a ``DPFixedClipping``
+            strategy) over a model with running statistics (BatchNorm) raises
+            :class:`fedsync.privacy.RunningStatistics` naming the layer (docs/privacy.md).
     """
 
     def __init__(
@@ -193,6 +198,7 @@ class Federated:
             )
         self.config: ConfigSource = config
         self.secure_aggregation: SecAgg | None = secure_rounds.checked(secure_aggregation, data)
+        check_central_dp(data)  # BatchNorm's running statistics: refused before any round (docs/privacy.md)
         self.evaluate_fn: server_eval.EvaluateFn | None = evaluate_fn
         self.evaluate_fn_every: int = server_eval.checked_every(evaluate_fn_every)
         self.repetition: int = 0
