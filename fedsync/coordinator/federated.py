@@ -156,6 +156,11 @@ class Federated:
                 f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), "
                 "remotes=[...])"
             )
+        if isinstance(remotes, (str, bytes)):
+            raise TypeError(
+                f"remotes must be a list of devices, got {type(remotes).__name__} {str(remotes)[:80]!r}; "
+                "e.g. Federated(data, ['http://10.0.0.5:8000']) (a list, even of one URL)"
+            )
         # A URL string is built by the transport registered for its scheme (fedsync.plugins).
         self.remotes: list[Remote] = [plugins.remote(r) if isinstance(r, str) else r for r in remotes]
         if not self.remotes:
@@ -353,6 +358,16 @@ class Federated:
         """
         if progress is None:
             progress = sys.stderr.isatty()
+        if len(self.history) >= rounds:
+            logger.warning(
+                "nothing to run: %s already holds %d merged rounds and fit(%d) asks for %d in all; pass a larger "
+                "number of rounds to continue, or another checkpoint folder to start over",
+                self.checkpoint if self.checkpoint is not None else "this coordinator",
+                len(self.history),
+                rounds,
+                rounds,
+            )
+            return self.history
         if self.dashboard is not None or self.checkpoint is not None:
             dashboard_app.fit_started(self, rounds)  # the plan, for the dashboard and checkpoint watchers
         with tqdm(
@@ -371,9 +386,14 @@ class Federated:
                 bar.update(1)
                 shown = result.evaluation.metrics if result.evaluation else result.metrics
                 bar.set_postfix({k: f"{v:.4g}" for k, v in list(shown.items())[:3]}, refresh=False)
+                for url, why in result.failures.items():  # visible on the console, not only in the history
+                    logger.warning("round %d of %d: %s failed: %s", len(self.history), rounds, url, why)
                 stop = [callback(self, result) for callback in callbacks]
                 if any(s is True for s in stop):
-                    logger.info("stopped early after round %d", result.repetition)
+                    who = ", ".join(type(c).__name__ for c, s in zip(callbacks, stop, strict=True) if s is True)
+                    logger.warning(
+                        "stopped early after round %d of %d: %s asked to stop", len(self.history), rounds, who
+                    )
                     break
         return self.history
 
@@ -402,7 +422,12 @@ class Federated:
         self.repetition = rep  # devices that accepted rep refuse it again, whatever happens next
         result = RoundResult(repetition=rep, failures=failures)
         if len(remotes) < needed:
-            raise RoundFailed(f"round {rep}: only {len(remotes)} of {needed} required devices are reachable", failures)
+            # Lead with a device holding another architecture: the cause people can act on.
+            cause = next((why for why in failures.values() if why.startswith("SpecsMismatch: ")), None)
+            lead = f"{cause.removeprefix('SpecsMismatch: ')}\nSo " if cause else ""
+            raise RoundFailed(
+                f"round {rep}: {lead}only {len(remotes)} of {needed} required devices are reachable", failures
+            )
         specs = self.data.specs(rep)
         payload = self.data.serialize(rep)
         secure, remotes = secure_rounds.start(  # its key phases, if on
