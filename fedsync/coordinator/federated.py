@@ -277,6 +277,9 @@ class Federated:
         """Evaluate the current global state on the sampled devices, without training.
 
         Devices need an ``evaluate`` callback; metrics are averaged by sample count.
+        Under ``secure_aggregation`` the result (and the history) keeps only the
+        aggregate: ``devices`` is empty. Evaluation answers are not masked, so the
+        coordinator's process still receives each one (docs/privacy.md).
         The whole evaluation, handshake included, takes at most ``timeout`` seconds.
 
         A device that fails (unreachable, busy, another specs, no evaluate
@@ -326,6 +329,9 @@ class Federated:
         records = list(result.devices.values())
         result.samples = sum(r["samples"] for r in records)
         result.metrics = weighted_means(records)
+        if self.secure_aggregation is not None:
+            # Evaluation is not masked: keep only the aggregate, never per-device values (docs/privacy.md).
+            result.devices = {}
         result.seconds = time.monotonic() - started
         scrub_failures(result.failures, self.remotes)
         if not records:
