@@ -10,6 +10,11 @@ real HTTP; the trickler is ``tests/support/hostile.py``'s ``drip`` scenario.
 
 from __future__ import annotations
 
+import json
+import os
+import select
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -17,7 +22,28 @@ import pytest
 
 from fedsync import FedArrays, Federated
 from fedsync.strategies import FedAvg, FedMedian, FedTrimmedAvg, Krum
-from tests.coordinator.test_coordinator_robustness import spawn  # noqa: F401  (a fixture)
+from tests.support.processes import ROOT, DeviceProcess, stop_all
+
+
+@pytest.fixture
+def spawn():
+    """``spawn("hostile", scenario, {options})``: a misbehaving device process (tests/support/hostile.py)."""
+    started: list[DeviceProcess] = []
+
+    def start(command: str, scenario: str, options: dict) -> DeviceProcess:
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+        args = [sys.executable, "-m", "tests.support.run_hostile", command, scenario, json.dumps(options)]
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, cwd=ROOT, env=env, text=True)
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        line = process.stdout.readline() if ready else ""
+        device = DeviceProcess(process, line.split()[1] if line.startswith("READY ") else "")
+        started.append(device)
+        if not device.url:
+            raise RuntimeError(f"{command} {scenario} did not start (exit code {process.poll()})")
+        return device
+
+    yield start
+    stop_all(started)
 
 
 def honest(value: float, samples: int, delay: float) -> FedArrays:
@@ -50,7 +76,7 @@ def declaration(strategy) -> FedArrays:
 
 @pytest.mark.slow  # each case waits out a 4 s deadline and its grace: the full suite runs it
 @pytest.mark.parametrize("strategy", [FedAvg, FedMedian, FedTrimmedAvg, lambda: Krum(num_malicious_clients=0)])
-def test_a_trickling_reply_cannot_make_the_honest_replies_late(devices, spawn, strategy):  # noqa: F811
+def test_a_trickling_reply_cannot_make_the_honest_replies_late(devices, spawn, strategy):
     # Honest devices answer 1 s in: the trickler's reply reaches the merge first and holds it.
     good = [devices("tests.coordinator.test_trickling_reply:honest", 2.0, 10, 1.0) for _ in range(3)]
     trickler = spawn("hostile", "drip", {"value": 9.0, "every": 0.5, "half_at_once": True})
@@ -68,7 +94,7 @@ def test_a_trickling_reply_cannot_make_the_honest_replies_late(devices, spawn, s
 
 
 @pytest.mark.slow  # waits out a 3 s deadline and its grace: the full suite runs it
-def test_whole_replies_downloaded_one_at_a_time_are_not_made_late_either(devices, spawn):  # noqa: F811
+def test_whole_replies_downloaded_one_at_a_time_are_not_made_late_either(devices, spawn):
     from tests.support.seed_fedfloat import FedFloat
 
     # downloads=1: one whole reply downloads at a time, so the trickler's download holds the others'.
