@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from typing import Any
@@ -37,6 +38,9 @@ from ._util.checks import is_int, is_number
 
 __all__ = [
     "LocalDP",
+    "RunningStatistics",
+    "refuse_running_statistics",
+    "running_statistics",
     "update_norm",
     "clip_factor",
     "epsilon",
@@ -57,6 +61,45 @@ def checked_positive(name: str, value: Any, *, zero: bool = False) -> float:
     if not is_number(value) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         raise ValueError(f"{name} must be a finite number {'>=' if zero else '>'} 0, got {value!r}")
     return float(value)
+
+
+_RUNNING = re.compile(r"(?:^|[./])(running_mean|running_var|moving_mean|moving_variance)(?::\d+)?$")
+"""A normalization layer's running statistics by their torch state-dict or Keras variable name."""
+
+
+class RunningStatistics(ValueError):
+    """DP was asked to privatize a normalization layer's running statistics (BatchNorm's), which it refuses."""
+
+
+def running_statistics(names: Iterable[str]) -> list[str]:
+    """The names among ``names`` that are a normalization layer's running statistics.
+
+    torch's ``<layer>.running_mean`` / ``<layer>.running_var`` (BatchNorm, InstanceNorm with
+    ``track_running_stats``) and Keras's ``<layer>/moving_mean`` / ``<layer>/moving_variance``.
+    """
+    return [name for name in names if _RUNNING.search(name)]
+
+
+def refuse_running_statistics(names: Iterable[str], what: str) -> None:
+    """Raise :class:`RunningStatistics` (a ``ValueError``) naming the layers if ``names`` hold running statistics.
+
+    DP (``what``: central or local) privatizes the floating weights that train. A running
+    mean or variance is a statistic of the training data, not a weight: noised, a variance
+    turns negative (NaN outputs in eval mode); left out, it would either stay at its initial
+    value (a wrong model in eval mode) or travel without noise, outside the guarantee. So it is
+    refused, as Opacus refuses BatchNorm.
+    """
+    found = running_statistics(names)
+    if not found:
+        return
+    layers = sorted({_RUNNING.sub("", name) or name for name in found})
+    shown = ", ".join(repr(layer) for layer in layers[:5]) + (f" and {len(layers) - 5} more" if len(layers) > 5 else "")
+    raise RunningStatistics(
+        f"{what} noises the floating weights that train, but layer {shown} keeps running statistics of "
+        f"the data ({found[0]!r}): noised they go negative (NaN outputs in eval mode), unnoised they leak. "
+        "Replace BatchNorm by GroupNorm or LayerNorm (Opacus's ModuleValidator.fix(model) does it for torch), "
+        "or build it with track_running_stats=False (torch); see docs/privacy.md"
+    )
 
 
 def _floats(arrays: Mapping[str, np.ndarray]) -> list[str]:
@@ -129,7 +172,10 @@ class LocalDP:
 
         Raises:
             ValueError: ``global_arrays`` lacks a floating array of ``arrays``.
+            RunningStatistics: ``arrays`` hold a normalization layer's running statistics
+                (:func:`refuse_running_statistics`).
         """
+        refuse_running_statistics(_floats(arrays), "local DP")
         missing = [name for name in _floats(arrays) if name not in global_arrays]
         if missing:
             raise ValueError(f"local DP needs this round's global value of every floating array; missing {missing[:5]}")

@@ -24,7 +24,7 @@ from ..transports.remote import Remote, size
 from ..wire.config import Config
 from ..wire.replies import ReplyStream
 from ..wire.transfer import STALL
-from ._round import Round, close_reply, gather_reasons
+from ._round import ReplyDeadline, Round, close_reply, gather_reasons
 from .history import RoundResult
 
 __all__ = ["submit", "poll", "deliver", "collect"]
@@ -62,7 +62,8 @@ def poll(data: FedData, state: Round, remote: Remote) -> None:
             )
         wait = min(state.wait, left)
         timeout = min(wait + remote.timeout, left + STALL)
-        reply = remote.open_result(state.rep, wait, timeout=timeout, deadline=state.deadline)
+        window = state.windows[remote.url] = ReplyDeadline.of(state.deadline)
+        reply = remote.open_result(state.rep, wait, timeout=timeout, deadline=window)
         if reply is None:
             state.workers.submit(poll, data, state, remote)
             return
@@ -90,6 +91,7 @@ def deliver(data: FedData, state: Round, remote: Remote, stream: ReplyStream) ->
             state.slots.release()
             return
         held = taken
+        state.windows[remote.url].start()
         reply = remote.download(stream, as_view=data.accepts_views)
         try:
             data.check(reply, state.rep)
@@ -147,6 +149,7 @@ def collect(
         result.bytes_received += size(reply)
         if isinstance(reply, ReplyStream):
             streams.append(reply)
+            state.windows[remote.url].start()
         state.merging = remote.url
         try:
             yield reply
@@ -156,6 +159,8 @@ def collect(
             del reply  # before its bytes go back to the budget: a kept reference would outlive the count
             state.budget.release(held)
             state.slots.release()  # folded in: the next reply may download
+        # Replies that answered in time may still wait for a download slot: each has its own window.
+        until = max(until, time.monotonic() + STALL + 1.0)
         if not settle():
             gather_reasons(state, pending, result)
             break

@@ -16,12 +16,14 @@ from collections.abc import Iterable, Sized
 from fractions import Fraction
 from typing import Any, Protocol
 
-from ..privacy import round_privacy
+import numpy as np
+
+from ..privacy import refuse_running_statistics, round_privacy
 from ..strategies.dp import DPFixedClipping
 from ._round import sample_size
 from .history import RoundResult
 
-__all__ = ["Run", "coordinator_privacy"]
+__all__ = ["Run", "coordinator_privacy", "check_central_dp"]
 
 logger = logging.getLogger("fedsync")
 
@@ -48,6 +50,19 @@ class Run(Protocol):
     @property
     def history(self) -> Iterable[RoundResult]:
         """The rounds merged so far, the one just merged last."""
+
+
+def check_central_dp(data: Any) -> None:
+    """Refuse central DP over a model with running statistics (BatchNorm's), before any round.
+
+    Raises:
+        RunningStatistics: a ``ValueError`` naming the layer and what to do instead
+            (:func:`fedsync.privacy.refuse_running_statistics`).
+    """
+    if not isinstance(getattr(data, "strategy", None), DPFixedClipping) or not callable(getattr(data, "layout", None)):
+        return
+    floats = [name for name, (_, dtype) in data.layout().items() if np.dtype(dtype).kind == "f"]
+    refuse_running_statistics(floats, "central DP")
 
 
 def coordinator_privacy(federated: Run) -> dict[str, Any] | None:

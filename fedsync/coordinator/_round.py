@@ -33,6 +33,7 @@ __all__ = [
     "scrubbed",
     "Budget",
     "Round",
+    "ReplyDeadline",
     "close_reply",
     "close_waiting",
     "mismatch_message",
@@ -109,6 +110,50 @@ class Budget:
                 self._changed.notify_all()
 
 
+@dataclass(frozen=True)
+class ReplyDeadline(Deadline):
+    """The round's :class:`Deadline` as one reply sees it: the same until the reply's reading starts.
+
+    The merge reads replies one at a time, so a reply that answered in time may wait
+    for it while another reply is read through the deadline and its grace period (a
+    device that trickles its reply just faster than ``stall`` does). A reply whose
+    reading starts (:meth:`start`) after the round's deadline therefore gets its own
+    window of ``stall`` seconds from then (or what is left of the round's grace, if
+    longer): ample to read bytes that already arrived, too short for a reply still
+    trickling in. Each reply is bounded: by the round's deadline and grace if read
+    in time, else by ``stall`` seconds; the round's wait past its deadline is at most
+    the grace plus ``stall`` per reply that answered in time.
+    """
+
+    started: list[float] = field(default_factory=list, compare=False)
+    """When reading started (one ``time.monotonic()`` value, once :meth:`start` was called)."""
+
+    @classmethod
+    def of(cls, deadline: Deadline) -> ReplyDeadline:
+        """A reply's view of the round's ``deadline``."""
+        return cls(deadline.at, deadline.grace, deadline.stall, deadline.expired)
+
+    def start(self) -> None:
+        """Reading this reply starts now (the first call counts)."""
+        if not self.started:
+            self.started.append(time.monotonic())
+
+    def _end(self) -> float:
+        end = self.at + self.grace
+        if self.started and self.started[0] > self.at:
+            end = max(end, self.started[0] + self.stall)
+        return end
+
+    def read_wait(self) -> float:
+        """As :meth:`Deadline.read_wait`, the grace period ending at the reply's own window if later."""
+        now = time.monotonic()
+        return min(max(self.at - now, self.stall), self._end() - now)
+
+    def request_timeout(self, longest: float) -> float:
+        """As :meth:`Deadline.request_timeout`, within the reply's own window."""
+        return max(0.05, min(longest, self._end() - time.monotonic()))
+
+
 @dataclass
 class Round:
     """What a round's per-device steps share."""
@@ -130,6 +175,8 @@ class Round:
     """The device whose reply the merge holds (handed over, not yet released)."""
     phase: dict[str, str] = field(default_factory=dict)
     """Each device's step: ``queued``, ``sending``, ``training``, ``answered``: what a timeout means for it."""
+    windows: dict[str, ReplyDeadline] = field(default_factory=dict)
+    """Each device's view of the deadline for reading its reply (its long-poll's)."""
 
     def download_slot(self) -> bool:
         """Wait for a download slot; ``False`` if the round ended meanwhile."""

@@ -18,6 +18,8 @@ import io
 import logging
 import math
 import os
+import secrets
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,14 +113,18 @@ class EarlyStopping:
 
 
 def round_scalars(result: RoundResult) -> dict[str, float]:
-    """A round's numbers by tag: ``train/<metric>``, ``eval/<metric>``, ``round/seconds``,
+    """A round's numbers by tag: ``train/<metric>``, ``eval/<metric>`` (the devices' evaluation),
+    ``server/<metric>`` (``Federated(evaluate_fn=...)`` on the coordinator), ``round/seconds``,
     ``round/devices_answered``, ``round/devices_failed``, ``round/samples``,
-    ``round/bytes_sent``, ``round/bytes_received`` and ``eval/seconds`` (seconds of wall
-    time, bytes as sent and received by the coordinator)."""
+    ``round/bytes_sent``, ``round/bytes_received``, ``eval/seconds`` and ``server/seconds``
+    (seconds of wall time, bytes as sent and received by the coordinator)."""
     scalars: dict[str, float] = {f"train/{name}": value for name, value in result.metrics.items()}
     if result.evaluation is not None:
         scalars.update({f"eval/{name}": value for name, value in result.evaluation.metrics.items()})
         scalars["eval/seconds"] = result.evaluation.seconds
+    if result.server_evaluation is not None:
+        scalars.update({f"server/{name}": value for name, value in result.server_evaluation.metrics.items()})
+        scalars["server/seconds"] = result.server_evaluation.seconds
     scalars["round/seconds"] = result.seconds
     scalars["round/devices_answered"] = len(result.answered)
     scalars["round/devices_failed"] = len(result.failures)
@@ -140,8 +146,9 @@ class TensorBoard:
     """Writes every round's scalars (see :func:`round_scalars`) as TensorBoard events.
 
     Uses ``tensorboardX`` (``pip install 'fedsync[tensorboard]'``); view with
-    ``tensorboard --logdir LOGDIR``. The step is the round's number. Events are
-    flushed after every round; :meth:`close` (or ``with``) releases the file.
+    ``tensorboard --logdir LOGDIR``. The step is the round's number. A round's events
+    are on disk (written and flushed) when the callback returns, so a crash loses no
+    round that finished; :meth:`close` (or ``with``) releases the file.
 
     Args:
         logdir: the folder of the event files; a resumed run adds a file beside the old ones.
@@ -149,21 +156,34 @@ class TensorBoard:
 
     def __init__(self, logdir: str | os.PathLike) -> None:
         try:
-            from tensorboardX import SummaryWriter
+            import tensorboardX  # noqa: F401  (first: a package set to None in sys.modules is refused here)
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto.event_pb2 import Event
+            from tensorboardX.summary import scalar
         except ImportError:
             raise _missing("TensorBoard", "tensorboardX", "tensorboard") from None
         self.logdir = Path(logdir)
-        self.writer = SummaryWriter(logdir=str(self.logdir))
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        # tensorboardX's SummaryWriter queues events for a thread whose flush() does not drain
+        # the queue (after fit(3) the file held rounds 1-2): write synchronously instead.
+        unique = f".{os.getpid()}.{secrets.token_hex(4)}"  # its file name has whole seconds: two runs in one second
+        self._events: EventsWriter | None = EventsWriter(str(self.logdir / "events"), unique)
+        self._event, self._scalar = Event, scalar
 
     def __call__(self, federated: Federated, result: RoundResult) -> None:
+        if self._events is None:
+            raise ValueError(f"TensorBoard({str(self.logdir)!r}) was closed; create a new one for another run")
         step = len(federated.history)
+        now = time.time()
         for tag, value in round_scalars(result).items():
-            self.writer.add_scalar(tag, value, step)
-        self.writer.flush()
+            self._events.write_event(self._event(wall_time=now, step=step, summary=self._scalar(tag, value)))
+        self._events.flush()
 
     def close(self) -> None:
-        """Flush and close the event file."""
-        self.writer.close()
+        """Flush and close the event file (a second call does nothing)."""
+        events, self._events = self._events, None
+        if events is not None:
+            events.close()
 
     def __enter__(self) -> TensorBoard:
         return self

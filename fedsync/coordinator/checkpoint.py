@@ -15,7 +15,8 @@ written then renamed), and older round folders are removed only after, so a
 crash at any moment leaves a consistent checkpoint: the old one or the new one.
 
 The strategy file holds the arrays of ``strategy.state()`` and, in its metadata,
-the strategy's class name. Restoring puts the saved model back as it was (the
+the strategy's identity (``strategy.identity()``: its class name, with any strategy it
+wraps, ``DPFixedClipping(FedAdam)``). Restoring puts the saved model back as it was (the
 merge of that one payload under FedAvg, whatever the run's strategy: a server
 optimizer must not step, nor Krum refuse a single reply), then the strategy's
 state, checked by ``strategy.check_state`` before anything changes.
@@ -173,7 +174,13 @@ def _strategy_bytes(data: FedData) -> bytes | None:
     state = strategy.state() if strategy is not None else {}
     if not state:
         return None
-    return bytes(codec.encode_payload(state, {STRATEGY_KEY: type(strategy).__name__}))
+    return bytes(codec.encode_payload(state, {STRATEGY_KEY: _identity(strategy)}))
+
+
+def _identity(strategy: Any) -> str:
+    """The strategy's full identity, wrapped strategies included (``Strategy.identity``)."""
+    identity = getattr(strategy, "identity", None)
+    return identity() if callable(identity) else type(strategy).__name__
 
 
 def _strategy_state(
@@ -188,8 +195,8 @@ def _strategy_state(
     try:
         arrays, metadata = codec.decode(raw, limit=len(raw))
         saved = metadata.get(STRATEGY_KEY)
-        if strategy is None or saved != type(strategy).__name__:
-            mine = type(strategy).__name__ if strategy is not None else f"a {type(data).__name__} without a strategy"
+        if strategy is None or saved != _identity(strategy):
+            mine = _identity(strategy) if strategy is not None else f"a {type(data).__name__} without a strategy"
             raise CheckpointError(
                 f"checkpoint {folder} holds the state of strategy {str(saved)[:80]!r} but this coordinator merges "
                 f"with {mine}; use the same strategy, or another checkpoint folder"

@@ -39,7 +39,7 @@ from ..wire.transfer import STALL, Deadline, round_grace
 from . import checkpoint as checkpoint_io
 from . import server_eval
 from ._pipeline import collect, submit
-from ._privacy import coordinator_privacy
+from ._privacy import check_central_dp, coordinator_privacy
 from ._round import (
     Budget,
     Round,
@@ -125,6 +125,11 @@ class Federated:
             ``RoundResult.server_evaluation`` (see :mod:`fedsync.coordinator.server_eval`).
         secure_aggregation: a :class:`fedsync.secagg.SecAgg`: the coordinator learns only the sum of the
             updates (docs/privacy.md).
+
+    Raises:
+        TypeError, ValueError: an argument out of range, named; central DP (a ``DPFixedClipping``
+            strategy) over a model with running statistics (BatchNorm) raises
+            :class:`fedsync.privacy.RunningStatistics` naming the layer (docs/privacy.md).
     """
 
     def __init__(
@@ -150,6 +155,11 @@ class Federated:
             raise TypeError(
                 f"data must be a FedData, got {type(data).__name__}; e.g. Federated(data=FedKeras(model, None), "
                 "remotes=[...])"
+            )
+        if isinstance(remotes, (str, bytes)):
+            raise TypeError(
+                f"remotes must be a list of devices, got {type(remotes).__name__} {str(remotes)[:80]!r}; "
+                "e.g. Federated(data, ['http://10.0.0.5:8000']) (a list, even of one URL)"
             )
         # A URL string is built by the transport registered for its scheme (fedsync.plugins).
         self.remotes: list[Remote] = [plugins.remote(r) if isinstance(r, str) else r for r in remotes]
@@ -193,6 +203,7 @@ class Federated:
             )
         self.config: ConfigSource = config
         self.secure_aggregation: SecAgg | None = secure_rounds.checked(secure_aggregation, data)
+        check_central_dp(data)  # BatchNorm's running statistics: refused before any round (docs/privacy.md)
         self.evaluate_fn: server_eval.EvaluateFn | None = evaluate_fn
         self.evaluate_fn_every: int = server_eval.checked_every(evaluate_fn_every)
         self.repetition: int = 0
@@ -242,9 +253,13 @@ class Federated:
         The deadline (``timeout`` seconds after the round starts) bounds every
         wait. A reply still arriving then is read on only while it keeps flowing
         (each read returns within ``transfer.STALL`` seconds) and within a grace
-        period of ``min(10 s, 10% of timeout)``; so is a reply whose device
-        answered in time but which waited for the merge. One that stalls is
-        dropped and its device named late.
+        period of ``min(10 s, 10% of timeout)``. A reply whose device answered in
+        time but which waits for the merge (or a download slot) while another is
+        read is bounded by itself: if its reading starts past the deadline, it has
+        ``transfer.STALL`` seconds (or the rest of the grace period, if longer),
+        ample for bytes that already arrived; so a reply trickling in just faster
+        than the stall limit is the only one late. One that stalls is dropped and
+        its device named late.
 
         Raises:
             SpecsMismatch: no reachable sampled device holds the coordinator's
@@ -262,6 +277,9 @@ class Federated:
         """Evaluate the current global state on the sampled devices, without training.
 
         Devices need an ``evaluate`` callback; metrics are averaged by sample count.
+        Under ``secure_aggregation`` the result (and the history) keeps only the
+        aggregate: ``devices`` is empty. Evaluation answers are not masked, so the
+        coordinator's process still receives each one (docs/privacy.md).
         The whole evaluation, handshake included, takes at most ``timeout`` seconds.
 
         A device that fails (unreachable, busy, another specs, no evaluate
@@ -311,6 +329,9 @@ class Federated:
         records = list(result.devices.values())
         result.samples = sum(r["samples"] for r in records)
         result.metrics = weighted_means(records)
+        if self.secure_aggregation is not None:
+            # Evaluation is not masked: keep only the aggregate, never per-device values (docs/privacy.md).
+            result.devices = {}
         result.seconds = time.monotonic() - started
         scrub_failures(result.failures, self.remotes)
         scrub_result(result, self._scrub)  # metric names and strings a device sent (#22)
@@ -344,6 +365,16 @@ class Federated:
         """
         if progress is None:
             progress = sys.stderr.isatty()
+        if len(self.history) >= rounds:
+            logger.warning(
+                "nothing to run: %s already holds %d merged rounds and fit(%d) asks for %d in all; pass a larger "
+                "number of rounds to continue, or another checkpoint folder to start over",
+                self.checkpoint if self.checkpoint is not None else "this coordinator",
+                len(self.history),
+                rounds,
+                rounds,
+            )
+            return self.history
         if self.dashboard is not None or self.checkpoint is not None:
             dashboard_app.fit_started(self, rounds)  # the plan, for the dashboard and checkpoint watchers
         with tqdm(
@@ -362,9 +393,14 @@ class Federated:
                 bar.update(1)
                 shown = result.evaluation.metrics if result.evaluation else result.metrics
                 bar.set_postfix({k: f"{v:.4g}" for k, v in list(shown.items())[:3]}, refresh=False)
+                for url, why in result.failures.items():  # visible on the console, not only in the history
+                    logger.warning("round %d of %d: %s failed: %s", len(self.history), rounds, url, why)
                 stop = [callback(self, result) for callback in callbacks]
                 if any(s is True for s in stop):
-                    logger.info("stopped early after round %d", result.repetition)
+                    who = ", ".join(type(c).__name__ for c, s in zip(callbacks, stop, strict=True) if s is True)
+                    logger.warning(
+                        "stopped early after round %d of %d: %s asked to stop", len(self.history), rounds, who
+                    )
                     break
         return self.history
 
@@ -403,7 +439,12 @@ class Federated:
         self.repetition = rep  # devices that accepted rep refuse it again, whatever happens next
         result = RoundResult(repetition=rep, failures=failures)
         if len(remotes) < needed:
-            raise RoundFailed(f"round {rep}: only {len(remotes)} of {needed} required devices are reachable", failures)
+            # Lead with a device holding another architecture: the cause people can act on.
+            cause = next((why for why in failures.values() if why.startswith("SpecsMismatch: ")), None)
+            lead = f"{cause.removeprefix('SpecsMismatch: ')}\nSo " if cause else ""
+            raise RoundFailed(
+                f"round {rep}: {lead}only {len(remotes)} of {needed} required devices are reachable", failures
+            )
         specs = self.data.specs(rep)
         payload = self.data.serialize(rep)
         secure, remotes = secure_rounds.start(  # its key phases, if on

@@ -58,6 +58,15 @@ class Strategy:
         """A fresh :class:`Accumulator` over ``current``'s layout, or ``None`` to get whole replies."""
         return None
 
+    def identity(self) -> str:
+        """What a checkpoint records of this strategy: its class name, with every strategy it holds.
+
+        ``"FedAdam"``; a wrapper names what it wraps, ``"DPFixedClipping(FedAdam)"``, found in its
+        attributes, so a resume under another wrapped strategy is refused as an unwrapped one is.
+        """
+        inner = [v.identity() for v in vars(self).values() if isinstance(v, Strategy)]
+        return f"{type(self).__name__}({', '.join(inner)})" if inner else type(self).__name__
+
     def state(self) -> dict[str, np.ndarray]:
         """The strategy's own state between rounds (a server optimizer's moments), by name; empty if none.
 

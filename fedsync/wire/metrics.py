@@ -121,6 +121,9 @@ def weighted_means(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 def parse_counted(value: Any, what: str = "train(model)") -> tuple[int, dict[str, float]]:
     """``n`` or ``(n, metrics)`` as returned by a train or evaluate callback.
 
+    With ``n == 0`` the metrics are ignored (returned empty), whatever their values: they
+    weigh nothing in any mean, and a metric of no samples is often NaN (flwrlabs/flower#7693).
+
     Raises:
         TypeError: ``value`` is not a sample count, optionally with a dict of metrics.
         ValueError: the count is over ``MAX_SAMPLES`` or a metric is not a finite number.
@@ -136,6 +139,8 @@ def parse_counted(value: Any, what: str = "train(model)") -> tuple[int, dict[str
             f"of metrics, e.g. `return len(x), {{'loss': 0.12}}`; it returned {shown(returned, 80)}"
         )
     samples = checked_samples(value, f"{what}'s sample count")
+    if samples == 0:
+        return 0, {}  # they weigh nothing (and the mean of an empty split is NaN): ignored, not refused
     try:
         clean = checked_metrics(metrics, f"{what}'s metrics", strict=False)
     except ValueError as exc:

@@ -126,7 +126,8 @@ class HostileDevice:
             if real.status != 200:
                 return real
             every = float(o.get("every", 2.0))
-            return Answer(200, {**real.headers, "Content-Length": str(len(real.body))}, write=lambda sock: drip(sock, real.body, every))
+            head = len(real.body) // 2 if o.get("half_at_once") else 0  # then a byte every `every` s: a trickle
+            return Answer(200, {**real.headers, "Content-Length": str(len(real.body))}, write=lambda sock: drip(sock, real.body, every, head))
         return self.real(method, target, headers, body)
 
 
@@ -149,8 +150,9 @@ def send_text(sock: socket.socket, size: int) -> None:
     send_blank(sock, size - 3)
 
 
-def drip(sock: socket.socket, body: bytes, every: float) -> None:
-    for index in range(len(body)):
+def drip(sock: socket.socket, body: bytes, every: float, head: int = 0) -> None:
+    sock.sendall(body[:head])
+    for index in range(head, len(body)):
         sock.sendall(body[index : index + 1])
         time.sleep(every)
 
