@@ -149,6 +149,7 @@ class ErrorCode(str, Enum):
     SECAGG_BAD_SIGNATURE = "secagg_bad_signature"
     SECAGG_INCONSISTENT = "secagg_inconsistent"
     SECAGG_UNSIGNED = "secagg_unsigned"
+    REQUEST_TIMEOUT = "request_timeout"
 
 
 class ApiError(HTTPException):
