@@ -163,14 +163,10 @@ class FedArrays(FedData):
         return {name: (a.shape, a.dtype) for name, a in self.get_arrays().items()}
 
     def max_payload(self, repetition: int) -> int:
-        """The largest payload of this model, in bytes (the contract's :meth:`FedData.max_payload`).
-
-        The 8-byte length prefix, the largest header :meth:`check` accepts (padded to 8 bytes) and
-        every array's bytes in its own dtype (packing as ``wire_dtype`` only makes them smaller).
-        """
-        layout = self.layout()
+        """The largest payload of this model in bytes: 8-byte prefix, largest header ``check`` takes, arrays."""
+        layout = self.layout()  # in their own dtypes: packing as wire_dtype only makes them smaller
         data = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in layout.values())
-        return 8 + self._header_limit(layout) + 7 + data
+        return 15 + self._header_limit(layout) + data
 
     def architecture(self) -> Any:
         """A JSON-able description hashed into the specs; by default the weights' layout."""

@@ -390,19 +390,22 @@ def _rule_path(path: str) -> str:
 
 
 def _unauthorized(request: Request) -> ApiError:
-    """The ``401`` for a request without the device's token: its token is missing, or it was refused."""
+    """The ``401`` for a request without the device's token: its token is missing, or it was refused.
+
+    The messages never put a word after "Bearer": a coordinator redacts whatever follows it.
+    """
     if not request.headers.get("Authorization", "").strip():
         return ApiError(
             401,
             ErrorCode.UNAUTHORIZED,
-            "the device's token is missing: this device requires a token; send 'Authorization: Bearer <token>' "
-            "with it (Federated(..., token=...), fedsync serve --token)",
+            "token missing: this device requires a token and the request carried none; send the device's token "
+            "in an Authorization header of scheme Bearer: Remote(url, token=...) or $FEDSYNC_TOKEN",
         )
     return ApiError(
         401,
         ErrorCode.UNAUTHORIZED,
-        "the token sent was refused: the Authorization header is not 'Bearer <token>' with this device's token; "
-        "send the token the device was started with",
+        "token refused: the Authorization header does not carry this device's token (or its scheme is not "
+        "Bearer); send the token the device was started with (fedsync serve --token, $FEDSYNC_TOKEN)",
     )
 
 

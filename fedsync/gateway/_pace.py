@@ -16,14 +16,17 @@ Internal: its names may change without notice.
 
 from __future__ import annotations
 
+import http.client
 import io
+import select
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TimedReader", "Slots"]
+__all__ = ["TimedReader", "Slots", "HeaderBudget", "handshake"]
 
 
 class TimedReader(io.RawIOBase):
@@ -167,3 +170,39 @@ class Slots:
         """The connections holding a slot now."""
         with self._lock:
             return list(self._open)
+
+
+def handshake(tls: ssl.SSLSocket, deadline: float) -> None:
+    """Run ``tls``'s server handshake, over by ``deadline`` (a peer sending its hello byte by byte included)."""
+    tls.setblocking(False)
+    wanted: tuple[list[ssl.SSLSocket], list[ssl.SSLSocket]]
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                wanted = ([tls], [])
+            except ssl.SSLWantWriteError:
+                wanted = ([], [tls])
+            left = deadline - time.monotonic()
+            if left <= 0 or not any(select.select(*wanted, [], left)[:2]):
+                raise TimeoutError("no TLS handshake by the connection's head deadline")
+    finally:
+        tls.setblocking(True)
+
+
+class HeaderBudget:
+    """The connection's input while headers are parsed: at most ``budget`` bytes in all."""
+
+    def __init__(self, rfile: Any, budget: int) -> None:
+        self._rfile = rfile
+        self._budget = self._limit = budget
+
+    def readline(self, limit: int = -1) -> bytes:
+        allowed = self._budget + 1 if limit is None or limit < 0 else min(limit, self._budget + 1)
+        line = self._rfile.readline(allowed)
+        self._budget -= len(line)
+        if self._budget < 0:
+            raise http.client.LineTooLong(f"headers (over {self._limit} bytes in all)")
+        return line

@@ -33,7 +33,6 @@ import io
 import json
 import logging
 import re
-import select
 import socket
 import socketserver
 import ssl
@@ -45,7 +44,7 @@ from typing import Any, cast
 
 from .._util.checks import positive_int
 from ..wire.http import ErrorCode
-from ._pace import Slots, TimedReader
+from ._pace import HeaderBudget, Slots, TimedReader, handshake
 from ._wsgi import RequestBody, Response
 
 __all__ = [
@@ -263,7 +262,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         head_deadline = time.monotonic() + HEAD_TIMEOUT  # the first request's head: the handshake counts
         if isinstance(self.request, ssl.SSLSocket):
             try:
-                _handshake(self.request, head_deadline)  # a failure ends this connection only (handle_error)
+                handshake(self.request, head_deadline)  # a failure ends this connection only (handle_error)
             except ssl.SSLError as exc:
                 if exc.reason == "HTTP_REQUEST":  # plain HTTP sent to this TLS port: say so, as nginx does
                     _send_plain(self.request, _PLAIN_HTTP_TO_TLS)
@@ -334,7 +333,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return False
         # The stdlib parses the version and the headers; the budget bounds the headers' total size.
         # A cast, not a wrapper class: the stdlib's header parser only calls readline (http.client.parse_headers).
-        rfile, self.rfile = self.rfile, cast(io.BufferedIOBase, _HeaderBudget(self.rfile, MAX_HEADER_BYTES))
+        rfile, self.rfile = self.rfile, cast(io.BufferedIOBase, HeaderBudget(self.rfile, MAX_HEADER_BYTES))
         try:
             if not super().parse_request():
                 return False
@@ -580,25 +579,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return environ
 
 
-def _handshake(tls: ssl.SSLSocket, deadline: float) -> None:
-    """Run ``tls``'s server handshake, over by ``deadline`` (a peer sending its hello byte by byte included)."""
-    tls.setblocking(False)
-    try:
-        while True:
-            try:
-                tls.do_handshake()
-                return
-            except ssl.SSLWantReadError:
-                wanted = ([tls], [])
-            except ssl.SSLWantWriteError:
-                wanted = ([], [tls])
-            left = deadline - time.monotonic()
-            if left <= 0 or not any(select.select(*wanted, [], left)[:2]):
-                raise TimeoutError(f"no TLS handshake within {HEAD_TIMEOUT:g} s")
-    finally:
-        tls.setblocking(True)
-
-
 def _valid_host(value: str) -> bool:
     """``host[:port]`` as a Host header or an absolute URL carries it (RFC 9110 7.2).
 
@@ -618,19 +598,3 @@ def _valid_host(value: str) -> bool:
 
 class _BadTarget(ValueError):
     """A request target that is neither a path nor an absolute URL."""
-
-
-class _HeaderBudget:
-    """The connection's input while headers are parsed: at most ``budget`` bytes in all."""
-
-    def __init__(self, rfile: Any, budget: int) -> None:
-        self._rfile = rfile
-        self._budget = budget
-
-    def readline(self, limit: int = -1) -> bytes:
-        allowed = self._budget + 1 if limit is None or limit < 0 else min(limit, self._budget + 1)
-        line = self._rfile.readline(allowed)
-        self._budget -= len(line)
-        if self._budget < 0:
-            raise http.client.LineTooLong(f"headers (over {MAX_HEADER_BYTES} bytes in all)")
-        return line
