@@ -162,6 +162,12 @@ class FedArrays(FedData):
         """Each array's shape and dtype as exchanged; adapters whose ``get_arrays`` copies override it."""
         return {name: (a.shape, a.dtype) for name, a in self.get_arrays().items()}
 
+    def max_payload(self, repetition: int) -> int:
+        """The largest payload of this model in bytes: 8-byte prefix, largest header ``check`` takes, arrays."""
+        layout = self.layout()  # in their own dtypes: packing as wire_dtype only makes them smaller
+        data = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in layout.values())
+        return 15 + self._header_limit(layout) + data
+
     def architecture(self) -> Any:
         """A JSON-able description hashed into the specs; by default the weights' layout."""
         return self.summary(0)["weights"]

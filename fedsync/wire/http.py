@@ -159,6 +159,7 @@ class ErrorCode(str, Enum):
     ANSWER_CHANGED = "answer_changed"
     BAD_REGISTRATION = "bad_registration"
     BAD_ANSWER = "bad_answer"
+    REQUEST_TIMEOUT = "request_timeout"
 
 
 class ApiError(HTTPException):
