@@ -77,6 +77,7 @@ ROUTES = (
     Route("status", "GET", "/"),
     Route("info", "GET", "/info"),
     Route("submit", "POST", "/{rep}/submit"),
+    Route("submit_offset", "HEAD", "/{rep}/submit"),
     Route("result", "GET", "/{rep}/result"),
     Route("evaluate", "POST", "/{rep}/evaluate"),
     Route("secagg", "POST", "/{rep}/secagg/{phase}"),
@@ -149,6 +150,12 @@ class ErrorCode(str, Enum):
     SECAGG_BAD_SIGNATURE = "secagg_bad_signature"
     SECAGG_INCONSISTENT = "secagg_inconsistent"
     SECAGG_UNSIGNED = "secagg_unsigned"
+    # The device: transfers that resume (docs/protocol.md, "Transfers that resume").
+    BAD_RANGE = "bad_range"
+    BAD_UPLOAD_OFFSET = "bad_upload_offset"
+    UNKNOWN_UPLOAD = "unknown_upload"
+    OFFSET_MISMATCH = "offset_mismatch"
+    UPLOAD_CHANGED = "upload_changed"
 
 
 class ApiError(HTTPException):
