@@ -25,16 +25,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..errors import PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, RemoteUnavailable
 from ..wire.codec import Payload
 from ..wire.http import REPETITION_HEADER, ErrorCode
 from ..wire.transfer import Deadline, content_length
 from .base import Answer, Body
-
-if TYPE_CHECKING:
-    from .remote import Remote
 
 __all__ = ["ResumingAnswer", "Resumes", "submit_resuming", "MAX_RESUMES", "UPLOAD_OFFSET", "UPLOAD_LENGTH"]
 
@@ -53,6 +50,26 @@ PIECE = 1 << 20
 
 UPLOAD_OFFSET = "Upload-Offset"
 UPLOAD_LENGTH = "Upload-Length"
+
+
+class Requester(Protocol):
+    """What :func:`submit_resuming` needs of a :class:`~fedsync.transports.remote.Remote` (which imports us)."""
+
+    url: str
+    resumes: Resumes
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        *,
+        headers: Mapping[str, str],
+        body: Body | None = None,
+        timeout: float,
+        check: bool = True,
+    ) -> Answer: ...
+
+    def scrub(self, text: str) -> str: ...
 
 
 class Resumes:
@@ -224,7 +241,7 @@ def _code(exc: Exception) -> str | None:
 
 
 def submit_resuming(
-    remote: Remote,
+    remote: Requester,
     repetition: int,
     headers: Mapping[str, str],
     body: Body,
@@ -290,7 +307,7 @@ def _resumable(exc: Exception, handed: int, resumed: int) -> bool:
     return not isinstance(exc, RemoteTimeout) and _code(exc) in (ErrorCode.TRUNCATED, ErrorCode.OFFSET_MISMATCH)
 
 
-def _held(remote: Remote, target: str, total: int, timeout: float) -> int | None:
+def _held(remote: Requester, target: str, total: int, timeout: float) -> int | None:
     """``HEAD {rep}/submit``: the bytes of this submission the device holds; ``None`` when it holds none."""
     answer = remote.request("HEAD", target, headers={}, timeout=timeout, check=False)
     answer.close()
