@@ -45,7 +45,7 @@ BACKOFF = 0.1
 
 MAX_BACKOFF = 2.0
 
-PIECE = 1 << 20
+PIECE = 1 << 18
 """Bytes of the pieces a resumable body is handed to its transport in (what bounds the count of bytes re-sent)."""
 
 UPLOAD_OFFSET = "Upload-Offset"
@@ -206,10 +206,10 @@ class ResumingAnswer(Answer):
 
 
 class Sending(Payload):
-    """A body from byte ``offset`` on, handed out in pieces of at most ``PIECE`` bytes; ``handed`` counts those sent.
+    """A body from byte ``offset`` on, handed out in pieces of at most ``PIECE`` bytes; ``handed`` counts them.
 
-    A piece counts once the transport asks for the next one (it took this one whole): bytes the kernel still
-    buffered at a break count as sent, a piece cut part-way does not."""
+    A piece counts as it is handed to the transport: bytes the kernel still buffered at a break, and the
+    piece being sent, count as sent (an upper bound, over by at most the send buffer and one piece)."""
 
     def __init__(self, frames: list[memoryview], offset: int) -> None:
         rest: list[memoryview | bytes] = []
@@ -225,8 +225,8 @@ class Sending(Payload):
             view = memoryview(frame)
             for start in range(0, len(view), PIECE):
                 piece = view[start : start + PIECE]
+                self.handed += len(piece)  # handed over: an upper bound of what left (by at most one piece)
                 yield piece
-                self.handed += len(piece)  # once the transport took it whole (the kernel's buffer included)
 
 
 def _frames(body: Body) -> list[memoryview]:
