@@ -101,9 +101,7 @@ def test_rejected_submission_changes_nothing(case, status, error, fragment):
     elif case == "nan":
         response = submit(client, data, body=nan.serialize(1))
     elif case == "text_for_arrays":
-        response = client.post(
-            "/1/submit", data="1.5", headers={SPECS_HEADER: data.specs(1)}, content_type="text/plain"
-        )
+        response = client.post("/1/submit", data="1.5", headers={SPECS_HEADER: data.specs(1)}, content_type="text/plain")
     elif case == "missing_specs":
         response = client.post("/1/submit", data=good, content_type="application/octet-stream")
     elif case == "wrong_specs":
@@ -186,9 +184,7 @@ def test_a_long_wait_is_capped_at_max_wait(monkeypatch):
 
 def evaluate(client, data, rep=1, body=None):
     body = bytes(data.serialize(rep) if body is None else body)
-    return client.post(
-        f"/{rep}/evaluate", data=body, headers={SPECS_HEADER: data.specs(rep)}, content_type="application/octet-stream"
-    )
+    return client.post(f"/{rep}/evaluate", data=body, headers={SPECS_HEADER: data.specs(rep)}, content_type="application/octet-stream")
 
 
 def test_evaluate_while_training_is_busy_and_changes_nothing():
@@ -235,9 +231,7 @@ def test_unknown_routes_and_methods_answer_json():
     assert missing.status_code == 404 and missing.json["error"] == "not_found"
     wrong = client.get("/1/submit")
     assert wrong.status_code == 405 and wrong.json["error"] == "method_not_allowed"
-    assert (
-        "'GET' is not allowed on '/1/submit'; use HEAD or POST" in wrong.json["message"]
-    )  # HEAD: a held upload's offset
+    assert "'GET' is not allowed on '/1/submit'; use HEAD or POST" in wrong.json["message"]
 
 
 def test_token_is_required_when_set():
@@ -283,9 +277,7 @@ def test_tls_and_token_end_to_end(tmp_path):
         assert server.url.startswith("https://")
         with pytest.raises(fedsync.errors.RemoteError, match="unauthorized"):
             fedsync.Remote(server.url, verify=ca).info()
-        with fedsync.Federated(
-            data=FedFloat(0.0), remotes=[fedsync.Remote(server.url, token="s3cret", verify=ca)]
-        ) as alg:
+        with fedsync.Federated(data=FedFloat(0.0), remotes=[fedsync.Remote(server.url, token="s3cret", verify=ca)]) as alg:
             alg.round()
         assert alg.data.value == 3.0
 
@@ -347,9 +339,7 @@ def test_serving_beyond_loopback_without_a_token_and_tls_warns(token, caplog):
     with caplog.at_level("WARNING", logger="fedsync.server"), pytest.raises(OSError):
         fedsync.serve(FedFloat(1.0), host="198.51.100.1", port=0, block=False, token=token)
     messages = [r.getMessage() for r in caplog.records if r.name == "fedsync.server"]
-    assert len(messages) == 1 and messages[0].startswith(
-        "serving on 198.51.100.1 without " + ("a token and TLS" if token is None else "TLS")
-    ), messages
+    assert len(messages) == 1 and messages[0].startswith("serving on 198.51.100.1 without " + ("a token and TLS" if token is None else "TLS")), messages
 
 
 def test_serving_on_loopback_does_not_warn(caplog):
