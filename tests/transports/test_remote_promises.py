@@ -103,9 +103,7 @@ def round_beside_a_hostile_device(healthy_fed, data, kind: str, params: dict):
 
 def test_a_text_result_that_is_not_utf8_is_that_devices_failure():
     data = FedFloat(0.0)
-    result, healthy_url, bad_url = round_beside_a_hostile_device(
-        FedFloat(2.0), data, "text", {"kind": "fedfloat", "hex": "ff fe 31 2e 30"}
-    )
+    result, healthy_url, bad_url = round_beside_a_hostile_device(FedFloat(2.0), data, "text", {"kind": "fedfloat", "hex": "ff fe 31 2e 30"})
     assert result.answered == [healthy_url] and data.value == 2.0
     assert list(result.failures) == [bad_url]
     assert "sent a text/plain result that is not UTF-8" in result.failures[bad_url]
@@ -114,9 +112,7 @@ def test_a_text_result_that_is_not_utf8_is_that_devices_failure():
 def test_a_reply_for_another_repetition_is_that_devices_failure():
     data = zeros()
     # well-formed, but not this round's repetition
-    result, healthy_url, bad_url = round_beside_a_hostile_device(
-        setting(2.0), data, "header", {"headers": {"X-Fedsync-Repetition": "2"}}
-    )
+    result, healthy_url, bad_url = round_beside_a_hostile_device(setting(2.0), data, "header", {"headers": {"X-Fedsync-Repetition": "2"}})
     assert result.answered == [healthy_url] and list(result.failures) == [bad_url]
     assert "answered repetition '2' instead of 1" in result.failures[bad_url]
     assert np.all(data.model["w"] == 2.0)
