@@ -29,6 +29,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
+import numpy as np
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.wrappers import Request, Response
@@ -56,7 +57,8 @@ from ..wire.http import (
     json_response,
 )
 from ..wire.tokens import checked_token
-from ._state import Device, checked_repetition
+from ._resume import UPLOAD_LENGTH, UPLOAD_OFFSET, check_resumable, range_start, received, sent, upload_number
+from ._state import Device, PartialUpload, checked_repetition
 from ._status import content_security_policy, render_index, render_locked, render_status
 
 __all__ = ["DeviceApp", "DEFAULT_MAX_CONTENT_LENGTH"]
@@ -144,6 +146,8 @@ class DeviceApp:
     def on_submit(self, request: Request, base: str, rep: int) -> Response:
         device = self.devices[base]
         checked_repetition(rep)
+        if UPLOAD_OFFSET in request.headers:
+            return self._resumed_submit(request, device, rep)
         device.ensure_can_accept(rep)
         session_for_submit(device, rep, device.secagg_required)  # refused before any body is read
         length = self._checked_length(request)
@@ -151,7 +155,51 @@ class DeviceApp:
         config = _checked_config(request)
         _hold(request, device.take_receiving())  # one payload in memory at a time, the others 409 unread
         device.ensure_can_accept(rep)  # again, now that no other body can arrive: read none in vain
-        encoding = self._checked_payload(request, device, rep, length, for_training=True)
+        device.drop_upload()  # a fresh submission replaces a broken one (its buffer may serve this one)
+        binary = device.fed.accepts_views and request.mimetype != "text/plain"
+        reused = device.payload_buffer(length) if binary else None
+        buffer = (reused if reused is not None else np.empty(length, np.uint8)) if binary else bytearray(length)
+        del reused
+        partial = PartialUpload(rep, length, sent(request), buffer)
+        device.begin_upload(partial)
+        del buffer
+        encoding = received(request, device, partial)
+        job = device.start(encoding, rep, config)
+        return json_response({"repetition": job.repetition, "state": "training"}, 202)
+
+    def on_submit_offset(self, request: Request, base: str, rep: int) -> Response:
+        """``HEAD {rep}/submit``: how many bytes of a broken submission the device holds (``Upload-Offset``)."""
+        checked_repetition(rep)
+        partial = self.devices[base].upload_for(rep)
+        headers = {
+            UPLOAD_OFFSET: str(partial.received),
+            UPLOAD_LENGTH: str(partial.length),
+            "Cache-Control": "no-store",
+        }
+        return Response(status=204, headers=headers)
+
+    def _resumed_submit(self, request: Request, device: Device, rep: int) -> Response:
+        """``POST {rep}/submit`` with ``Upload-Offset: N``: the rest of a broken submission, from byte N."""
+        offset = upload_number(request, UPLOAD_OFFSET)
+        total = upload_number(request, UPLOAD_LENGTH)
+        length = self._checked_length(request)
+        if offset > total or length != total - offset:
+            raise ApiError(
+                400,
+                ErrorCode.BAD_UPLOAD_OFFSET,
+                f"Upload-Offset {offset} with Upload-Length {total} leaves {max(0, total - offset)} bytes to send, "
+                f"but Content-Length is {length}; send the rest of the payload, from the offset HEAD answered",
+            )
+        device.ensure_can_accept(rep)
+        session_for_submit(device, rep, device.secagg_required)
+        self._check_specs(request, device, rep)
+        config = _checked_config(request)
+        check_resumable(device.upload_for(rep), request, offset, total)  # before taking the one receiving slot
+        _hold(request, device.take_receiving())
+        device.ensure_can_accept(rep)
+        # Again, now that this request holds the one receiving slot: it may have moved meanwhile.
+        partial = device.resume_upload(rep, lambda held: check_resumable(held, request, offset, total))
+        encoding = received(request, device, partial)
         job = device.start(encoding, rep, config)
         return json_response({"repetition": job.repetition, "state": "training"}, 202)
 
@@ -265,10 +313,14 @@ class DeviceApp:
         if request.method == "HEAD":
             # A readiness check: do not build the body just to throw it away.
             return Response(status=200, headers={REPETITION_HEADER: str(rep)})
+        first = range_start(request.headers.get("Range"))  # a resumed download: bytes=N- (None: the whole)
         headers = {SPECS_HEADER: device.fed.specs(rep), REPETITION_HEADER: str(rep)}  # before counting a download
-        body, mimetype, length = device.open_download(job, request.environ.get(SOCKET_KEY))
-        response = Response(body, status=200, mimetype=mimetype, headers=headers, direct_passthrough=True)
-        response.content_length = length
+        body, mimetype, length = device.open_download(job, request.environ.get(SOCKET_KEY), first or 0)
+        status = 200
+        if first is not None:
+            status, headers["Content-Range"] = 206, f"bytes {first}-{length - 1}/{length}"
+        response = Response(body, status=status, mimetype=mimetype, headers=headers, direct_passthrough=True)
+        response.content_length = length - (first or 0)
         return response
 
     # -- WSGI ----------------------------------------------------------------------

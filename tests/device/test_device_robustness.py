@@ -335,7 +335,8 @@ def test_every_method_on_every_route_answers_4xx_json_or_serves(device_log, meth
         assert headers["content-type"].startswith("application/json"), (method, route, headers)
         if method != "HEAD":  # a HEAD answer never has a body
             assert_json_error(status, headers, body, request)
-        expected = 404 if route == "/nowhere" else 405 if method != "HEAD" or route in ("/1/submit", "/1/evaluate") else 404
+        # HEAD /1/submit is a route: the offset of a broken submission (404 unknown_upload when none is held).
+        expected = 404 if route == "/nowhere" else 405 if method != "HEAD" or route == "/1/evaluate" else 404
         assert status == expected, (method, route, status, body)
     assert state(device_log.url) == before
     assert "Traceback" not in device_log.log_text()
