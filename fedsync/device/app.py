@@ -151,6 +151,7 @@ class DeviceApp:
         device.ensure_can_accept(rep)
         session_for_submit(device, rep, device.secagg_required)  # refused before any body is read
         length = self._checked_length(request)
+        _check_size(device, rep, length)
         self._check_specs(request, device, rep)
         config = _checked_config(request)
         _hold(request, device.take_receiving())  # one payload in memory at a time, the others 409 unread
@@ -190,6 +191,7 @@ class DeviceApp:
                 f"Upload-Offset {offset} with Upload-Length {total} leaves {max(0, total - offset)} bytes to send, "
                 f"but Content-Length is {length}; send the rest of the payload, from the offset HEAD answered",
             )
+        _check_size(device, rep, total)
         device.ensure_can_accept(rep)
         session_for_submit(device, rep, device.secagg_required)
         self._check_specs(request, device, rep)
@@ -218,6 +220,7 @@ class DeviceApp:
             )
         device.ensure_can_evaluate()
         length = self._checked_length(request)
+        _check_size(device, rep, length)  # 413 before the specs, as on submit (docs/protocol.md's order)
         self._check_specs(request, device, rep)
         config = _checked_config(request)
         _hold(request, device.take_receiving())
@@ -275,23 +278,14 @@ class DeviceApp:
             )
 
     @staticmethod
-    def _checked_payload(request: Request, device: Device, rep: int, length: int, for_training: bool = False) -> Any:
+    def _checked_payload(request: Request, device: Device, rep: int, length: int) -> Any:
         """Read the body (``length`` bytes) and run the FedData's own check; the payload, or an ApiError.
 
         A body larger than the FedData's :meth:`~fedsync.protocol.FedData.max_payload` is
         refused ``413 too_large`` from its Content-Length alone, before any byte is read.
         """
-        largest = _max_payload(device.fed, rep)
-        if largest is not None and length > largest:
-            raise ApiError(
-                413,
-                ErrorCode.TOO_LARGE,
-                f"payload of {length} bytes is larger than any payload of this device's model ({largest} bytes at "
-                "most); send this FedData's own payload (same architecture on coordinator and device)",
-            )
-        reuse = device.payload_buffer(length) if device.fed.accepts_views and for_training else None
-        encoding = _read_payload(request, length, as_view=device.fed.accepts_views, into=reuse)
-        del reuse  # the spare buffer is the device's to reuse next round only if nothing else refers to it
+        _check_size(device, rep, length)
+        encoding = _read_payload(request, length, as_view=device.fed.accepts_views)
         try:
             device.fed.check(encoding, rep)
         except ValueError as exc:
@@ -483,6 +477,19 @@ def _protect(response: Response) -> None:
         response.headers["Content-Security-Policy"] = content_security_policy(response.get_data(as_text=True))
     else:
         response.headers["Content-Security-Policy"] = _API_POLICY
+
+
+def _check_size(device: Device, rep: int, length: int) -> None:
+    """Refuse ``413 too_large`` a payload of ``length`` bytes above the FedData's
+    :meth:`~fedsync.protocol.FedData.max_payload`, from its Content-Length alone (before any byte is read)."""
+    largest = _max_payload(device.fed, rep)
+    if largest is not None and length > largest:
+        raise ApiError(
+            413,
+            ErrorCode.TOO_LARGE,
+            f"payload of {length} bytes is larger than any payload of this device's model ({largest} bytes at "
+            "most); send this FedData's own payload (same architecture on coordinator and device)",
+        )
 
 
 def _max_payload(fed: FedData, rep: int) -> int | None:
