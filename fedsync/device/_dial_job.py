@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import http.client
 import logging
+import socket
 import threading
 import urllib.parse
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,8 @@ from typing import Any
 import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .._util.json import shown
 from .._version import __version__
@@ -85,7 +89,9 @@ class Connection:
         self.base = f"{url}{DIAL_PREFIX}/{urllib.parse.quote(name)}"
         self.session: str | None = None
         self.http = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2 * MAX_JOBS + 2, max_retries=0)
+        self._live: weakref.WeakSet[HTTPConnection] = weakref.WeakSet()
+        self.aborted = False
+        adapter = _TrackingAdapter(self, pool_connections=1, pool_maxsize=2 * MAX_JOBS + 2, max_retries=0)
         self.http.mount("http://", adapter)
         self.http.mount("https://", adapter)
         self.http.trust_env = False  # a proxy or netrc from the environment must not see the token
@@ -135,8 +141,57 @@ class Connection:
             raise DialRefused(refusal(response.status_code, code, message, self.url, self.name))
         return response
 
+    def abort(self) -> None:
+        """Cut every open connection, a long-poll in flight included (its thread then sees the dialer closing).
+
+        Connections opened after it are cut at once: a poll starting just now cannot hold ``close()`` up.
+        """
+        self.aborted = True
+        for connection in list(self._live):
+            sock = getattr(connection, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # closed already
+
     def close(self) -> None:
         self.http.close()
+
+
+class _TrackingAdapter(HTTPAdapter):
+    """requests' adapter, with connections that record themselves in their owner once connected (for ``abort``)."""
+
+    def __init__(self, owner: Connection, **kwargs: Any) -> None:
+        self._owner = owner
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        owner = self._owner
+
+        def opened(connection: HTTPConnection) -> None:
+            owner._live.add(connection)
+            if owner.aborted:
+                raise ConnectionAbortedError("the dialer is closing")
+
+        class Tracked(HTTPConnection):
+            def connect(self) -> None:
+                super().connect()
+                opened(self)
+
+        class TrackedTLS(HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                opened(self)
+
+        class Pool(HTTPConnectionPool):
+            ConnectionCls = Tracked
+
+        class TLSPool(HTTPSConnectionPool):
+            ConnectionCls = TrackedTLS
+
+        self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": TLSPool}
 
 
 def refusal(status: int, code: str, message: str, url: str, name: str) -> str:

@@ -132,13 +132,14 @@ class RunningDialer:
         self._poller.join(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop polling and wait up to ``timeout`` s for running jobs; a long-poll in flight ends by itself."""
+        """Stop polling, give running jobs up to ``timeout`` s to finish, then cut every connection left."""
         self._stopping.set()
-        self._poller.join(timeout)
         with self._lock:
             workers = list(self._workers)
         for worker in workers:
             worker.join(timeout)
+        self.connection.abort()  # the long-poll in flight, and any job past its time
+        self._poller.join(timeout)
         self.connection.close()
 
     def __enter__(self) -> RunningDialer:

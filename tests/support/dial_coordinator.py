@@ -34,7 +34,7 @@ class TestJob:
     """One request sent to a dialed-in device, and what came back."""
 
     id: str
-    spec: dict[str, Any]  # the JSON ``next`` answers (may be malformed on purpose)
+    spec: dict[str, Any] | bytes  # what ``next`` answers: a JSON object, or raw bytes (malformed on purpose)
     body: bytes = b""
     status: int | None = None
     headers: dict[str, str] | None = None
@@ -48,6 +48,7 @@ class TestJob:
     heads: int = 0  # HEAD .../answer requests
     cut_body_at: float | None = None
     cut_answer_at: float | None = None
+    lie: dict[str, str] = field(default_factory=dict)  # headers that override the body answer's true ones
 
     def json(self) -> Any:
         return json.loads(bytes(self.answer))
@@ -160,18 +161,19 @@ class DialCoordinator:
         body: bytes = b"",
         headers: dict[str, str] | None = None,
         *,
-        spec: dict[str, Any] | None = None,
+        spec: dict[str, Any] | bytes | None = None,
         cut_body_at: float | None = None,
         cut_answer_at: float | None = None,
+        lie: dict[str, str] | None = None,
     ) -> TestJob:
         """Queue a job for ``name`` (``spec``: the raw JSON ``next`` answers, to send a malformed one)."""
         job_id = uuid.uuid4().hex
         raw = spec if spec is not None else {
             "job": job_id, "method": method, "target": target, "headers": headers or {}, "length": len(body)
         }  # fmt: skip
-        if spec is not None and isinstance(spec.get("job"), str):
+        if isinstance(spec, dict) and isinstance(spec.get("job"), str):
             job_id = spec["job"]
-        job = TestJob(job_id, raw, body, cut_body_at=cut_body_at, cut_answer_at=cut_answer_at)
+        job = TestJob(job_id, raw, body, cut_body_at=cut_body_at, cut_answer_at=cut_answer_at, lie=dict(lie or {}))
         with self._lock:
             self.jobs[job_id] = job
         self.queues[name].put(job)
@@ -244,7 +246,8 @@ class DialCoordinator:
             job = self.queues[name].get(timeout=wait)
         except queue.Empty:
             return Response(status=204)
-        return Response(json.dumps(job.spec), 200, mimetype="application/json")
+        raw = job.spec if isinstance(job.spec, bytes) else json.dumps(job.spec)
+        return Response(raw, 200, mimetype="application/json")
 
     def _body(self, request: Request, job: TestJob, environ: dict[str, Any]) -> Response:
         length = len(job.body)
@@ -273,6 +276,7 @@ class DialCoordinator:
         headers = {"Content-Length": str(len(data))}
         if start:
             headers["Content-Range"] = f"bytes {start}-{length - 1}/{length}"
+        headers.update(job.lie)
         return Response(pieces(), 206 if start else 200, headers, mimetype="application/octet-stream")
 
     def _upload(self, request: Request, job: TestJob, environ: dict[str, Any]) -> Response:
