@@ -179,8 +179,8 @@ def serve(
         # The caller holds the server's .url: logged only, a library does not print on its caller's behalf.
         logger.info("fedsync device serving on %s", url)
         return RunningServer(server, app)
-    _announce(f"fedsync device serving on {url}")
-    try:
+    try:  # Ctrl-C right after the announcement is still a quiet stop
+        _announce(f"fedsync device serving on {url}")
         server.serve_forever(poll_interval=STOP_POLL)
     except KeyboardInterrupt:
         logger.info("fedsync device stopped (Ctrl-C); port %d released", server.socket.getsockname()[1])
@@ -238,8 +238,8 @@ def _dial(
     if not block:
         logger.info("fedsync device dialing %s as %s", dialer.url, dialer.name)
         return dialer
-    _announce(f"fedsync device dialing {dialer.url} as {dialer.name}")
     try:
+        _announce(f"fedsync device dialing {dialer.url} as {dialer.name}")
         dialer.join()
     except KeyboardInterrupt:
         logger.info("fedsync device stopped (Ctrl-C)")
