@@ -47,7 +47,7 @@ from ._dial_wire import (
 
 __all__ = ["run_job", "error_answer"]
 
-logger = logging.getLogger("fedsync.dial")
+logger = logging.getLogger("fedsync.server.dial")
 
 App = Callable[[dict[str, Any], Any], Iterable[bytes]]
 

@@ -53,7 +53,7 @@ __all__ = [
     "IO_TIMEOUT",
 ]
 
-logger = logging.getLogger("fedsync.dial")
+logger = logging.getLogger("fedsync.server.dial")
 
 MAX_JOBS = 4
 """Jobs a device runs at once (the coordinator may have two requests in flight for one device, e.g. a result's

@@ -39,7 +39,7 @@ from .app import DeviceApp
 
 __all__ = ["RunningDialer", "DialRefused", "MAX_JOBS", "POLL_MARGIN"]
 
-logger = logging.getLogger("fedsync.dial")
+logger = logging.getLogger("fedsync.server.dial")
 
 POLL_MARGIN = 15.0
 """Seconds a ``next`` long-poll may run past its ``wait`` before the dialer takes the connection for lost."""

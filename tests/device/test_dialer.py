@@ -88,7 +88,7 @@ def test_a_head_job_uploads_no_body(coordinator):
 
 
 def test_a_download_cut_at_half_resumes_with_a_range(coordinator, caplog):
-    caplog.set_level(logging.INFO, logger="fedsync.dial")
+    caplog.set_level(logging.INFO, logger="fedsync.server.dial")
     size = 400_000  # 1.6 MB: bigger than the answer kept in memory
     weights = np.random.default_rng(0).standard_normal(size).astype(np.float32)
     with dialer(coordinator, trained(size)):
@@ -104,7 +104,7 @@ def test_a_download_cut_at_half_resumes_with_a_range(coordinator, caplog):
 
 @pytest.mark.parametrize("size", [6, 400_000], ids=["small-answer-resent-from-memory", "large-answer-run-again"])
 def test_an_upload_cut_at_half_resumes_from_the_listeners_offset(coordinator, caplog, size):
-    caplog.set_level(logging.INFO, logger="fedsync.dial")
+    caplog.set_level(logging.INFO, logger="fedsync.server.dial")
     weights = np.random.default_rng(1).standard_normal(size).astype(np.float32)
     with dialer(coordinator, trained(size)):
         coordinator.wait_registered("site-a")
@@ -152,7 +152,7 @@ def test_a_listener_that_lies_about_the_body_is_not_believed(coordinator, cut, l
 
 
 def test_reconnects_by_itself_when_the_coordinator_restarts(coordinator, caplog):
-    caplog.set_level(logging.INFO, logger="fedsync.dial")
+    caplog.set_level(logging.INFO, logger="fedsync.server.dial")
     with dialer(coordinator, trained(6)) as running:
         coordinator.wait_registered("site-a")
         coordinator.restart(down=1.0)
@@ -166,7 +166,7 @@ def test_reconnects_by_itself_when_the_coordinator_restarts(coordinator, caplog)
 
 
 def test_a_stale_session_registers_again(coordinator, caplog):
-    caplog.set_level(logging.INFO, logger="fedsync.dial")
+    caplog.set_level(logging.INFO, logger="fedsync.server.dial")
     with dialer(coordinator, trained(6)):
         coordinator.wait_registered("site-a")
         coordinator.stale_next = 1
@@ -191,7 +191,7 @@ def test_a_refused_device_stops_with_a_clear_error(coordinator, caplog, name, to
         message = str(running.error)
         assert f"refused {name!r} ({status}" in message and says in message
         assert token not in message
-        errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "fedsync.dial"]
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "fedsync.server.dial"]
         assert len(errors) == 1 and message in errors[0].getMessage()
         assert not running.connected
     finally:
