@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .._util.json import shown
+from ..wire.http import ErrorCode
 from ._dial_job import (
     BROKEN,
     CHUNK,
@@ -84,10 +85,10 @@ def run_job(
             raise
         except OSError as exc:  # the body's download gave up: what a device says of a body that ended early
             logger.warning("job %s (%s %s): %s", job.id, job.method, shown(job.target, 80), exc)
-            answer = error_answer(400, "truncated", f"the device could not download the request body: {exc}")
+            answer = error_answer(400, ErrorCode.TRUNCATED, f"the device could not download the request body: {exc}")
         except Exception as exc:
             logger.exception("job %s (%s %s): the device app raised", job.id, job.method, shown(job.target, 80))
-            answer = error_answer(500, "internal_error", f"the device failed: {type(exc).__name__}: {exc}")
+            answer = error_answer(500, ErrorCode.INTERNAL_ERROR, f"the device failed: {type(exc).__name__}: {exc}")
     finally:
         body.close()
     rerun = None

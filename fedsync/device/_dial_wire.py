@@ -16,6 +16,7 @@ from typing import Any
 
 from .._util.json import loads_strict, shown
 from ..errors import FedSyncError
+from ..wire.http import ErrorCode
 
 __all__ = [
     "DIAL_PREFIX",
@@ -86,7 +87,7 @@ class ListenerError(Exception):
 class BadJob(ListenerError):
     """A job whose fields fail their checks; ``status`` and ``code`` are the error answer the device sends back."""
 
-    def __init__(self, message: str, status: int = 400, code: str = "bad_request") -> None:
+    def __init__(self, message: str, status: int = 400, code: str = ErrorCode.BAD_REQUEST) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -201,7 +202,7 @@ def check_job(job: Job, max_length: int) -> Job:
             f"job body of {length} bytes exceeds this device's limit of {max_length}; "
             "start the device with a larger max_content_length",
             413,
-            "too_large",
+            ErrorCode.TOO_LARGE,
         )
     if length and job.method != "POST":
         raise BadJob(f"a {job.method} job carries no body, got length {length}")
