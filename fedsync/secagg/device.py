@@ -25,20 +25,18 @@ error and changes nothing. Phases run strictly in order, once each.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import threading
 from typing import Any
 
 import numpy as np
 
-from .._util.checks import is_int, is_number
-from .._util.json import shown
+from .._util.checks import is_int
 from ..wire.codec import Payload, encode_payload
 from ..wire.http import ApiError, ErrorCode, json_response
 from . import keys as _keys
 from ._bodies import bounded_int, device_id, id_list, malformed, member, parsed, unb64
-from .settings import MAX_DEVICES, MIN_THRESHOLD, checked_bound, threshold_range
+from .settings import MAX_DEVICES, MAX_SCALE, MIN_THRESHOLD, checked_bound, checked_clip, threshold_range
 
 __all__ = [
     "Session",
@@ -563,16 +561,17 @@ def _new_session(rep: int, body: Any, identity: Any = None) -> Session:
         *threshold_range(devices),
         f"threshold (a majority of the {devices} devices, at least {MIN_THRESHOLD})",
     )
-    clip = body["clip"]
-    if not is_number(clip) or not 0 < clip < math.inf:
-        raise malformed(f"clip must be a positive finite number, got {shown(clip)}")
-    scale = bounded_int(body["scale"], 1, 2**52, "scale")
-    max_samples = bounded_int(body["max_samples"], 1, 2**53, "max_samples")
-    try:
-        checked_bound(float(clip), scale, max_samples, devices)
+    try:  # clip first: a huge one must be refused before any arithmetic with it can overflow
+        clip = checked_clip(body["clip"])
     except ValueError as exc:
         raise malformed(str(exc)) from None
-    return Session(rep, me, devices, threshold, float(clip), scale, max_samples, identity)
+    scale = bounded_int(body["scale"], 1, MAX_SCALE, "scale")
+    max_samples = bounded_int(body["max_samples"], 1, 2**53, "max_samples")
+    try:
+        checked_bound(clip, scale, max_samples, devices)
+    except ValueError as exc:
+        raise malformed(str(exc)) from None
+    return Session(rep, me, devices, threshold, clip, scale, max_samples, identity)
 
 
 def _split(secret: bytes, threshold: int, devices: int) -> dict[int, bytes]:

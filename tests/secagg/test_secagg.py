@@ -165,6 +165,10 @@ HOSTILE_KEYS = [
     {**keys_body(1), "scale": 2**40, "max_samples": 2**30}, {**keys_body(1), "devices": 10**9}, {**keys_body(1), "extra": 1},
     # A coordinator's choices that would let it unmask one device: t <= n/2, or a sum of fewer than 3 devices.
     {**keys_body(1), "threshold": 2}, {**keys_body(1, devices=6), "threshold": 3}, keys_body(1, devices=2, threshold=2),
+    # Numbers that overflow arithmetic (issue #22): refused as 400, never an OverflowError's 500.
+    {**keys_body(1), "clip": 1e300}, {**keys_body(1), "clip": 10**400}, {**keys_body(1), "clip": 1.7e308},
+    {**keys_body(1), "clip": True}, {**keys_body(1), "scale": 10**400}, {**keys_body(1), "max_samples": 10**400},
+    {**keys_body(1), "devices": 10**400}, {**keys_body(1), "threshold": 10**400}, {**keys_body(1), "id": -(10**400)},
 ]
 
 
@@ -251,6 +255,14 @@ def test_strategies_that_need_each_update_are_refused():
         Federated(FedArrays(model(), wire_dtype="float16"), ["http://127.0.0.1:9"], secure_aggregation=SecAgg())
     with pytest.raises(ValueError, match="overflow"):
         SecAgg(clip=1.0, scale=2**40, max_samples=2**30)
+
+
+@pytest.mark.parametrize("options", [{"clip": 1e300}, {"clip": 10**400}, {"clip": 1.7e308}, {"clip": True},
+                                     {"clip": float("nan")}, {"scale": 10**400}, {"max_samples": 10**400},
+                                     {"threshold": 10**400}, {"scale": 2.0}])  # fmt: skip
+def test_every_secagg_parameter_out_of_range_is_a_value_error(options):
+    with pytest.raises(ValueError, match="must be|overflow"):
+        SecAgg(**options)
 
 
 def test_checked_reconstruction_names_a_false_share():
