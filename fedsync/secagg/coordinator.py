@@ -480,7 +480,7 @@ class SecureRound:
                 )
             shares = {r: answer[kind][owner] for r, answer in revealed.items()}
             try:
-                secret, false = shamir.recover(shares, self.threshold, check, seed=self.rep)
+                secret, false = shamir.recover(shares, self.threshold, check, seed=self.rep, suspects=liars)
             except shamir.Unrecoverable as exc:
                 self._fail(
                     f"cannot rebuild device {owner}'s {'self-mask seed b' if kind == 'b' else 'mask key s_sk'}: {exc}"

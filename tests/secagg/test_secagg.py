@@ -278,6 +278,38 @@ def test_checked_reconstruction_names_a_false_share():
         shamir.recover({i: shares[i] for i in (1, 2, 3)}, 3, lambda s: s == secret)
 
 
+def _lied(liars, n=12, t=7):
+    import hashlib
+    import os
+
+    secret = os.urandom(32)
+    shares = shamir.split(secret, t, n)
+    for i in liars:
+        shares[i] = os.urandom(32)
+    commitment = hashlib.sha256(secret).digest()
+    return secret, shares, lambda s: hashlib.sha256(s).digest() == commitment
+
+
+def test_recovery_finds_the_honest_shares_whenever_threshold_of_them_remain():
+    """12 devices, t = 7, five reveal random shares: the 7 honest ones are found (issue #22), not 1 in 792 tries."""
+    secret, shares, check = _lied([6, 7, 8, 9, 10])
+    assert shamir.recover(shares, 7, check) == (secret, [6, 7, 8, 9, 10])
+    # Known liars (the coordinator's suspects from an earlier secret) are avoided from the first subset on.
+    secret, shares, check = _lied([1, 2, 3, 4, 5])
+    tried = []
+    found = shamir.recover(shares, 7, lambda s: tried.append(s) or check(s), suspects=[1, 2, 3, 4, 5])
+    assert found == (secret, [1, 2, 3, 4, 5]) and len(tried) == 1 + 5  # one subset, then one test per other share
+
+
+@pytest.mark.slow  # 792 reconstructions, twice (about 7 s)
+def test_recovery_of_the_issues_case_searches_every_subset():
+    secret, shares, check = _lied([1, 2, 3, 4, 5])
+    assert shamir.recover(shares, 7, check) == (secret, [1, 2, 3, 4, 5])
+    secret, shares, check = _lied([1, 2, 3, 4, 5, 6])  # only 6 honest shares: no subset can pass
+    with pytest.raises(shamir.Unrecoverable, match="every one of the 792 subsets was tried"):
+        shamir.recover(shares, 7, check)
+
+
 # -- hostile devices against the coordinator, and the coordinator's own choices ---------------------
 
 
