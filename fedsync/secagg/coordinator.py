@@ -38,7 +38,7 @@ from ..wire.replies import ReplyStream
 from ..wire.transfer import STALL, Deadline, round_grace
 from . import keys as _keys
 from .device import MASKED_KEY, MASKED_NAME, SIGNED_ENTRY
-from .settings import MAX_DEVICES, MIN_THRESHOLD, SecAgg, threshold_range
+from .settings import MAX_DEVICES, MIN_THRESHOLD, PHASE_SHARE, SecAgg, threshold_range
 
 __all__ = ["SecureRound", "start", "checked"]
 
@@ -88,14 +88,8 @@ class SecureRound:
     """One round's secure aggregation, after its setup phases (:func:`start`)."""
 
     def __init__(self, settings: SecAgg, data: Any, rep: int, deadline: Deadline, result: Any, workers: int) -> None:
-        self.settings, self.data, self.rep, self.deadline, self.result, self.workers = (
-            settings,
-            data,
-            rep,
-            deadline,
-            result,
-            workers,
-        )
+        self.settings, self.data, self.rep, self.deadline = settings, data, rep, deadline
+        self.result, self.workers = result, workers
         self.ids: dict[str, int] = {}
         self.remotes: list[Any] = []
         self.by_id: dict[int, Any] = {}
@@ -508,12 +502,17 @@ class SecureRound:
     # -- plumbing ---------------------------------------------------------------------
 
     def _phase(self, phase: str, bodies: dict[int, Any]) -> dict[int, Any]:
-        """POST ``{rep}/secagg/{phase}`` to each device, concurrently; answers or exceptions by id."""
-        left = self.deadline.left()
+        """POST ``{rep}/secagg/{phase}`` to each device, concurrently; answers or exceptions by id.
+
+        Each call waits at most ``min(remote.timeout, PHASE_SHARE[phase] * time left)``, as the
+        handshake does: a device that never answers is dropped and the round goes on.
+        """
+        left = max(0.0, PHASE_SHARE[phase] * self.deadline.left())
+        end = Deadline.within(left)
 
         def call(u: int) -> Any:
             remote = self.by_id[u]
-            wait = min(remote.timeout, self.deadline.left())
+            wait = min(remote.timeout, end.left())
             if wait <= 0:
                 raise RemoteTimeout(
                     remote.url, f"the round's deadline passed before the secure-aggregation {phase} phase"
@@ -535,9 +534,7 @@ class SecureRound:
         """``check(u, answer)``'s value, or ``None`` with the device's failure recorded."""
         url = self.by_id[u].url
         if isinstance(answer, TimeoutError) and not isinstance(answer, RemoteTimeout):
-            self.result.failures[url] = (
-                "RemoteTimeout: no answer in the secure-aggregation phase before the round's deadline"
-            )
+            self.result.failures[url] = "RemoteTimeout: no answer in a secure-aggregation phase within its time"
             return None
         if isinstance(answer, BaseException):
             self.result.failures[url] = failure_reason(answer)

@@ -14,6 +14,7 @@ __all__ = [
     "MIN_THRESHOLD",
     "MAX_CLIP",
     "MAX_SCALE",
+    "PHASE_SHARE",
     "RING",
     "checked_bound",
     "checked_clip",
@@ -33,6 +34,10 @@ MAX_CLIP = 2**62
 """The largest ``clip``: past it, even ``scale = 1`` and one sample overflow the ring's 63 bits."""
 MAX_SCALE = 2**52
 """The largest fixed-point ``scale``."""
+PHASE_SHARE = {"keys": 0.25, "shares": 0.25, "inbox": 0.25, "consistency": 0.5, "unmask": 0.5}
+"""The part of the round's time left one phase waits for a device (as the handshake's ``HANDSHAKE_SHARE``), so
+a silent device is dropped and the round goes on: after three setup phases that each lost a device, training
+still has (3/4)**3 of the time; unmask and consistency leave half of theirs to rebuild the masks."""
 
 
 @dataclass(frozen=True)
