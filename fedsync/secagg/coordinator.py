@@ -37,7 +37,7 @@ from ..wire.metrics import MAX_SAMPLES
 from ..wire.replies import ReplyStream
 from ..wire.transfer import STALL, Deadline, round_grace
 from . import keys as _keys
-from .device import MASKED_KEY, MASKED_NAME, SIGNED_ENTRY
+from .device import MASKED_KEY, MASKED_NAME, MASKED_VERSION, SIGNED_ENTRY
 from .settings import MAX_DEVICES, MIN_THRESHOLD, PHASE_SHARE, SecAgg, threshold_range
 
 __all__ = ["SecureRound", "start", "checked"]
@@ -315,9 +315,10 @@ class SecureRound:
         """
         self.merging = True
         layout = self.data.layout()
-        from .masking import length_of
+        from .masking import digit_width, length_of
 
-        size = length_of(layout) + 1
+        width = digit_width(self.settings.max_samples, len(self.by_id))  # the devices' n of the keys phase
+        size = length_of(layout, width) + 1
         total = np.zeros(size, np.uint64)
         kept: list[ReplyStream] = []
         for reply in replies:
@@ -366,7 +367,7 @@ class SecureRound:
         apply_masks(total, masks)
         try:
             merged, samples = decode_sum(
-                total, layout, self.data.get_arrays(), self.settings.scale, self.settings.bound(len(survivors))
+                total, layout, self.data.get_arrays(), self.settings.scale, self.settings.bound(len(survivors)), width
             )
         except ValueError as exc:
             self._fail(str(exc))
@@ -416,12 +417,12 @@ class SecureRound:
             tensors = header.tensors
             if (
                 len(tensors) != 1 or tensors[0].name != MASKED_NAME or tensors[0].dtype != np.dtype("<u8")
-                or tensors[0].shape != (size,) or header.metadata.get(MASKED_KEY) != "v1"
+                or tensors[0].shape != (size,) or header.metadata.get(MASKED_KEY) != MASKED_VERSION
             ):  # fmt: skip
                 shown = [(t.name[:40], t.dtype.name, t.shape[:4]) for t in tensors[:3]]
                 raise ValueError(
                     f"not a masked reply: expected one uint64 array {MASKED_NAME!r} of {size} elements and metadata "
-                    f"{MASKED_KEY!r}: 'v1', got {shown}"
+                    f"{MASKED_KEY!r}: {MASKED_VERSION!r} (a device of another fedsync version?), got {shown}"
                 )
             buffer = np.empty(_PIECE, np.uint8).data  # a memoryview of it
             for _, first, values in codec.read_pieces(reply.readinto, header, buffer):

@@ -45,6 +45,7 @@ __all__ = [
     "session_for_submit",
     "MASKED_NAME",
     "MASKED_KEY",
+    "MASKED_VERSION",
     "MAX_BODY",
     "SIGNED_ENTRY",
 ]
@@ -52,9 +53,11 @@ __all__ = [
 MAX_BODY = 1 << 20
 """The largest phase request body, in bytes (n = MAX_DEVICES fits with room)."""
 MASKED_NAME = "secagg"
-"""The one tensor of a masked reply: uint64, shape ``[L + 1]``."""
+"""The one tensor of a masked reply: uint64, shape ``[length_of(layout, width) + 1]`` (:mod:`.masking`)."""
 MASKED_KEY = "fedsync.secagg"
-"""Metadata key of a masked reply; its value is ``"v1"``."""
+"""Metadata key of a masked reply; its value is :data:`MASKED_VERSION`."""
+MASKED_VERSION = "v2"
+"""v2: integer and boolean arrays travel as exact digits (:mod:`.masking`); v1 clipped and scaled them."""
 SIGNED_ENTRY = {"c", "s", "commitment", "signature", "certificate"}
 """A signed peer's entry in the shares phase's key table."""
 
@@ -415,14 +418,15 @@ class Session:
         trained = {name: np.asarray(a) for name, a in fed.get_arrays().items()}
         if list(trained) != list(layout):
             raise ValueError("the model's arrays changed names during training")
-        vector = masking.input_vector(trained, received, samples, self.clip, self.scale)
+        width = masking.digit_width(self.max_samples, self.devices)
+        vector = masking.input_vector(trained, received, samples, self.clip, self.scale, width)
         masks: list[tuple[bytes, int]] = [(_keys.derive(self.b, "self", rep), 1)]
         for peer in self.participants:
             if peer != self.me:
                 masks.append((_keys.agree(self.s, self.public[peer][1], "mask", rep), 1 if self.me < peer else -1))
         masking.apply_masks(vector, masks)
         self.stage = "masked"  # under this session's lock: Device._work takes it
-        return encode_payload({MASKED_NAME: vector}, {MASKED_KEY: "v1"})
+        return encode_payload({MASKED_NAME: vector}, {MASKED_KEY: MASKED_VERSION})
 
 
 class BadShares(ApiError):

@@ -17,7 +17,17 @@ import numpy as np
 from ..errors import RoundFailed
 from ..wire.metrics import checked_samples
 
-__all__ = ["Strategy", "Accumulator", "WeightedSum", "FedAvg", "fold_whole", "Arrays", "CHUNK", "accumulator_dtype"]
+__all__ = [
+    "Strategy",
+    "Accumulator",
+    "WeightedSum",
+    "FedAvg",
+    "fold_whole",
+    "Arrays",
+    "CHUNK",
+    "accumulator_dtype",
+    "rounded_mean",
+]
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -218,12 +228,12 @@ class WeightedSum(Accumulator):
             elif dtype.kind == "b":
                 merged[name] = (acc >= total - acc).reshape(shape)  # 2 * sum >= total, without overflow
             else:
-                merged[name] = _rounded_mean(acc, total).astype(dtype).reshape(shape)
+                merged[name] = rounded_mean(acc, total).astype(dtype).reshape(shape)
         return merged
 
 
-def _rounded_mean(sums: np.ndarray, total: int) -> np.ndarray:
-    """``sums / total`` rounded half to even, exactly (``total`` > 0)."""
+def rounded_mean(sums: np.ndarray, total: int) -> np.ndarray:
+    """``sums / total`` rounded half to even, exactly (``total`` > 0; ``sums`` int64, or Python ints as ``object``)."""
     if sums.dtype != object and total >= _INT64_LIMIT:
         sums = sums.astype(object)
     divisor = total if sums.dtype == object else np.int64(total)

@@ -41,7 +41,7 @@ def test_secure_round_equals_fedavg_and_a_masked_reply_looks_uniform(devices):
     # What the coordinator downloaded from the constant device: its reply, read again.
     body = requests.get(f"{urls[2]}/{result.repetition}/result", timeout=10).content
     arrays, metadata = codec.decode(body)
-    assert list(arrays) == ["secagg"] and metadata == {"fedsync.secagg": "v1"} and arrays["secagg"].dtype == np.uint64
+    assert list(arrays) == ["secagg"] and metadata == {"fedsync.secagg": "v2"} and arrays["secagg"].dtype == np.uint64
     # Unmasked, every element of the constant device's update would be the same; masked, the
     # top 4 bits must look uniform: chi-square, 15 degrees of freedom, refused at p = 1e-6.
     from scipy.stats import chi2
@@ -348,3 +348,50 @@ def test_a_threshold_that_is_not_a_majority_is_refused_before_any_device_is_aske
     finally:
         for name in names:
             unregister_device(name)
+
+
+# -- integer arrays stay exact (issue #22): as plain FedAvg, whatever clip and scale ------------------
+
+
+INTEGERS = {  # per device (seed 1, 2, 3): counters, a 2**62 buffer, extremes of each dtype, masks
+    "num_batches_tracked": lambda s: np.array(6 * s, np.int64),
+    "big": lambda s: np.array([2**62 + 3, -(2**63) + s, 2**63 - 1 - s], np.int64),
+    "u64": lambda s: np.array([2**64 - 1, 2**63 + s, 0], np.uint64),
+    "i8": lambda s: np.array([-128, 127, 3 * s - 5], np.int8),
+    "flag": lambda s: np.array([s == 1, s < 3, True, False]),
+}
+
+
+def _with_integers(seed: int, samples: int) -> FedArrays:
+    def train(weights):
+        weights["w"] += np.float32(0.01 * seed)
+        for name, value in INTEGERS.items():
+            weights[name][...] = value(seed)
+        return samples
+
+    return FedArrays(_integer_model(), train)
+
+
+def _integer_model():
+    return {"w": np.zeros(4, np.float32), **{name: np.zeros_like(value(1)) for name, value in INTEGERS.items()}}
+
+
+@pytest.mark.parametrize("options", [{}, {"clip": 1e-3, "scale": 1}, {"clip": 1.0, "scale": 1, "max_samples": 2**53}])
+def test_integer_and_boolean_arrays_merge_exactly_as_plain_fedavg(options):
+    from fedsync.transports.local import register_device, unregister_device
+
+    names = [f"secagg-int-{i}" for i in range(3)]
+    urls = [register_device(name, _with_integers(seed, 10 * seed + 1)) for name, seed in zip(names, (1, 2, 3))]
+    try:
+        plain = FedArrays(_integer_model())
+        Federated(plain, urls, timeout=30).round()
+        secure = FedArrays(_integer_model())
+        with Federated(secure, urls, timeout=30, secure_aggregation=SecAgg(**options)) as alg:
+            assert alg.round().samples == 63
+    finally:
+        for name in names:
+            unregister_device(name)
+    for name in INTEGERS:
+        got, want = secure.model[name], plain.model[name]
+        assert got.dtype == want.dtype and np.array_equal(got, want), (name, got, want)
+    assert int(secure.model["num_batches_tracked"]) == 14  # (6*11 + 12*21 + 18*31) / 63 = 13.9
