@@ -144,7 +144,7 @@ def upload(
                     response.close()
                     return True
                 code = getattr(response, "_fedsync_error", ("", ""))[0]
-                if response.status_code == 409 and code == "offset_mismatch":
+                if response.status_code == 409 and code == ErrorCode.OFFSET_MISMATCH:
                     held = digits(response.headers.get(UPLOAD_OFFSET), "the listener's Upload-Offset", answer.length)
                     logger.info("job %s: the listener holds %d bytes of the answer, not %d", job.id, held, offset)
                     failures += 1

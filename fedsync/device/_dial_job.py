@@ -27,6 +27,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .._util.json import shown
 from .._version import __version__
+from ..wire.http import ErrorCode
 from ._dial_wire import (
     DIAL_PREFIX,
     MAX_JSON,
@@ -133,7 +134,7 @@ class Connection:
         )
         if response.status_code in (401, 403, 409):
             code, message = error_of(read_bounded(response))
-            if response.status_code == 409 and code != "stale_session":
+            if response.status_code == 409 and code != ErrorCode.STALE_SESSION:
                 response._fedsync_error = (code, message)  # type: ignore[attr-defined]  # read by the caller
                 return response
             if response.status_code == 409:
