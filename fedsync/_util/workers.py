@@ -18,9 +18,40 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Workers", "concurrently"]
+__all__ = ["Workers", "concurrently", "STOP", "take"]
 
 logger = logging.getLogger("fedsync")
+
+STOP = threading.Event()
+"""Set while a Ctrl-C waits to be raised (``fedsync.coordinator._interrupt`` defers it).
+
+The coordinator's waits on its threads (:func:`take`, :func:`concurrently`) raise
+:class:`KeyboardInterrupt` within :data:`STOP_CHECK` seconds of it: from fedsync's own
+code, never from inside a lock's wait (an interrupt there can leave ``queue``'s lock
+released twice: ``RuntimeError: release unlocked lock``).
+"""
+
+STOP_CHECK = 0.25
+"""The longest a wait on the coordinator's threads goes without looking at :data:`STOP`, in seconds."""
+
+
+def take(tasks: queue.Queue, timeout: float | None) -> Any:
+    """``tasks.get(timeout=timeout)`` that raises :class:`KeyboardInterrupt` once :data:`STOP` is set.
+
+    Raises:
+        queue.Empty: nothing arrived within ``timeout`` seconds (``None``: wait without end).
+        KeyboardInterrupt: :data:`STOP` was set (a deferred Ctrl-C) before anything arrived.
+    """
+    end = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    while True:
+        if STOP.is_set():
+            raise KeyboardInterrupt
+        left = STOP_CHECK if end is None else min(STOP_CHECK, end - time.monotonic())
+        try:
+            return tasks.get(timeout=max(0.0, left))
+        except queue.Empty:
+            if end is not None and time.monotonic() >= end:
+                raise
 
 
 class Workers:
@@ -74,6 +105,9 @@ def concurrently(calls: dict[str, Callable[[], Any]], limit: int, wait: float | 
     Returns when every call has returned, or after ``wait`` seconds: a call still
     running then is left to end on its own (give each call its own timeout) and
     its key maps to a :class:`TimeoutError`.
+
+    Raises:
+        KeyboardInterrupt: :data:`STOP` was set (a deferred Ctrl-C); calls still running end on their own.
     """
     if not calls:
         return {}
@@ -92,7 +126,7 @@ def concurrently(calls: dict[str, Callable[[], Any]], limit: int, wait: float | 
             workers.submit(run, key, fn)
         while len(results) < len(calls):
             try:
-                key, value = done.get(timeout=None if end is None else max(0.0, end - time.monotonic()))
+                key, value = take(done, None if end is None else max(0.0, end - time.monotonic()))
             except queue.Empty:
                 break
             results[key] = value

@@ -18,13 +18,14 @@ import queue
 import time
 from collections.abc import Iterator
 
+from .._util.workers import take
 from ..errors import PayloadRejected, RemoteBusy, RemoteTimeout, RoundFailed, failure_reason
 from ..protocol import Encoding, FedData
 from ..transports.remote import Remote, size
 from ..wire.config import Config
 from ..wire.replies import ReplyStream
 from ..wire.transfer import STALL
-from ._round import ReplyDeadline, Round, close_reply, gather_reasons
+from ._round import ReplyDeadline, Round, close_reply, gather_reasons, round_name
 from .history import RoundResult
 
 __all__ = ["submit", "poll", "deliver", "collect"]
@@ -130,7 +131,7 @@ def collect(
 
     while pending:
         try:
-            remote, reply, held = state.arrivals.get(timeout=max(0.0, until - time.monotonic()))
+            remote, reply, held = take(state.arrivals, max(0.0, until - time.monotonic()))
         except queue.Empty:
             for url in sorted(pending):
                 result.failures[url] = state.overdue(url)
@@ -167,7 +168,7 @@ def collect(
     settle()
     if len(result.answered) < needed:
         raise RoundFailed(
-            f"round {state.rep} failed: {len(result.answered)} of {needed} required devices answered; "
-            "the coordinator's data is unchanged",
+            f"{round_name(state.number, state.rep)} failed: {len(result.answered)} of {needed} required devices "
+            "answered; the coordinator's data is unchanged",
             result.failures,
         )

@@ -19,7 +19,7 @@ from fractions import Fraction
 from typing import Any
 
 from .._util.json import shown
-from .._util.workers import Workers
+from .._util.workers import Workers, take
 from ..errors import RoundFailed, failure_reason
 from ..protocol import Encoding
 from ..wire.replies import ReplyStream
@@ -39,7 +39,24 @@ __all__ = [
     "mismatch_message",
     "gather_reasons",
     "format_metrics",
+    "round_name",
+    "evaluation_name",
 ]
+
+
+def round_name(number: int, rep: int) -> str:
+    """A round as people count it in this run (its place in the history), with the protocol's repetition if it differs.
+
+    Repetitions also count failed rounds and follow the devices (a fresh ``fit(3)``
+    against devices that ran before starts above their last repetition), so a person's
+    "round 3" may be repetition 10: ``"round 3 (repetition 10)"``.
+    """
+    return f"round {number}" if number == rep else f"round {number} (repetition {rep})"
+
+
+def evaluation_name(merged: int) -> str:
+    """An evaluation of the model after ``merged`` rounds of this run, as messages name it."""
+    return f"the evaluation after round {merged}" if merged else "the evaluation of the initial model"
 
 
 def exact_share(fraction: Any, count: int) -> int:
@@ -159,6 +176,8 @@ class Round:
     """What a round's per-device steps share."""
 
     rep: int
+    number: int
+    """The round as people count it (:func:`round_name`)."""
     specs: str
     payload: Encoding
     deadline: Deadline
@@ -257,7 +276,7 @@ def gather_reasons(state: Round, pending: set[str], result: RoundResult, grace: 
     until = min(state.deadline.at, time.monotonic() + grace)
     while pending:
         try:
-            remote, reply, held = state.arrivals.get(timeout=max(0.0, until - time.monotonic()))
+            remote, reply, held = take(state.arrivals, max(0.0, until - time.monotonic()))
         except queue.Empty:
             break
         pending.discard(remote.url)

@@ -98,7 +98,7 @@ class EarlyStopping:
                     "until that metric is measured. Check the name, or pass source='evaluation', 'server' or 'train'",
                     self.metric,
                     self.metric,
-                    result.repetition,
+                    len(federated.history) if hasattr(federated, "history") else result.repetition,  # as people count
                     self.source,
                     found,
                 )

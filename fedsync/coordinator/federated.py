@@ -38,14 +38,17 @@ from ..wire.metrics import weighted_means
 from ..wire.transfer import STALL, Deadline, round_grace
 from . import checkpoint as checkpoint_io
 from . import server_eval
+from ._interrupt import stoppable
 from ._pipeline import collect, submit
 from ._privacy import check_central_dp, coordinator_privacy
 from ._round import (
     Budget,
     Round,
     close_waiting,
+    evaluation_name,
     format_metrics,
     mismatch_message,
+    round_name,
     sample_size,
     scrub_failures,
     scrubbed,
@@ -210,17 +213,14 @@ class Federated:
         self.history: History = History()
         self._rng: random.Random = random.Random(seed)
         self._known: set[str] = set()  # the devices whose handshake holds: a round asks the others for /info
+        self._unrecorded: int = 0  # 1 while a merged round waits for _record: its evaluation names it
         self.checkpoint: Path | None = Path(checkpoint) if checkpoint is not None else None
         if self.checkpoint is not None:
             restored = checkpoint_io.load(self.checkpoint, data)
             if restored is not None:
                 self.repetition, self.history = restored
-                logger.info(
-                    "resumed from %s after repetition %d (%d rounds done)",
-                    self.checkpoint,
-                    self.repetition,
-                    len(self.history),
-                )
+                done = len(self.history)
+                logger.info("resumed from %s: %d rounds done (repetition %d)", checkpoint, done, self.repetition)
         self.dashboard: dashboard_app.Dashboard | None = (
             None if dashboard is None else dashboard_app.start(self, dashboard)
         )
@@ -240,6 +240,7 @@ class Federated:
         chosen = set(self._rng.sample(range(len(self.remotes)), count))
         return [r for i, r in enumerate(self.remotes) if i in chosen]
 
+    @stoppable(lambda self: f"round {len(self.history) + 1}")
     def round(self) -> RoundResult:
         """Run one synchronized round: handshake, send, train on devices, collect, merge.
 
@@ -273,6 +274,7 @@ class Federated:
         self._record(result)
         return result
 
+    @stoppable(lambda self: evaluation_name(len(self.history) + self._unrecorded))
     def evaluate(self) -> EvaluationResult:
         """Evaluate the current global state on the sampled devices, without training.
 
@@ -298,7 +300,7 @@ class Federated:
         )
         failures: dict[str, str] = {}
         remotes = self._handshake(self.sample(), failures, deadline)
-        rep = max(self.repetition, 1)
+        rep, what = max(self.repetition, 1), evaluation_name(len(self.history) + self._unrecorded)
         config = self._round_config(rep)
         specs, payload = self.data.specs(rep), self.data.serialize(rep)
 
@@ -336,10 +338,11 @@ class Federated:
         scrub_failures(result.failures, self.remotes)
         scrub_result(result, self._scrub)  # metric names and strings a device sent (#22)
         if not records:
-            raise RoundFailed(f"evaluation after repetition {rep}: no device answered", result.failures)
-        logger.info("evaluation after round %d: %s", rep, format_metrics(result.metrics))
+            raise RoundFailed(f"{what}: no device answered", result.failures)
+        logger.info("%s: %s", what.capitalize(), format_metrics(result.metrics))
         return result
 
+    @stoppable(lambda self, rounds, *_, **__: f"round {len(self.history) + 1} of {rounds}")
     def fit(
         self,
         rounds: int,
@@ -369,10 +372,7 @@ class Federated:
             logger.warning(
                 "nothing to run: %s already holds %d merged rounds and fit(%d) asks for %d in all; pass a larger "
                 "number of rounds to continue, or another checkpoint folder to start over",
-                self.checkpoint if self.checkpoint is not None else "this coordinator",
-                len(self.history),
-                rounds,
-                rounds,
+                *(self.checkpoint or "this coordinator", len(self.history), rounds, rounds),
             )
             return self.history
         if self.dashboard is not None or self.checkpoint is not None:
@@ -386,7 +386,7 @@ class Federated:
                     try:
                         result.evaluation = self.evaluate()
                     except RoundFailed as exc:  # the merged round is kept all the same
-                        logger.warning("evaluation after round %d failed: %s", result.repetition, exc)
+                        logger.warning("evaluation after round %d of %d failed: %s", len(self.history) + 1, rounds, exc)
                         result.evaluation = EvaluationResult(repetition=result.repetition, failures=exc.failures)
                 self._evaluate_on_server(result)
                 self._record(result)
@@ -414,6 +414,7 @@ class Federated:
         except RoundFailed as exc:
             scrubbed(exc, self.remotes)  # in place: the same exception goes on
             raise
+        self._unrecorded = 1
         scrub_failures(result.failures, self.remotes)
         scrub_result(result, self._scrub)  # a metric named after the token (#22)
         metrics = getattr(self.data, "metrics", None)  # saved in the state file, sent in the next round
@@ -435,6 +436,7 @@ class Federated:
         needed = min(self.min_results or len(sampled), len(sampled))
         remotes = self._handshake(sampled, failures, deadline)
         rep = self.repetition + 1
+        name = round_name(len(self.history) + 1, rep)  # as people count rounds; the repetition if it differs
         config = self._round_config(rep)  # a bad config raises here, before anything is sent
         self.repetition = rep  # devices that accepted rep refuse it again, whatever happens next
         result = RoundResult(repetition=rep, failures=failures)
@@ -442,9 +444,7 @@ class Federated:
             # Lead with a device holding another architecture: the cause people can act on.
             cause = next((why for why in failures.values() if why.startswith("SpecsMismatch: ")), None)
             lead = f"{cause.removeprefix('SpecsMismatch: ')}\nSo " if cause else ""
-            raise RoundFailed(
-                f"round {rep}: {lead}only {len(remotes)} of {needed} required devices are reachable", failures
-            )
+            raise RoundFailed(f"{name}: {lead}only {len(remotes)} of {needed} required devices are reachable", failures)
         specs = self.data.specs(rep)
         payload = self.data.serialize(rep)
         secure, remotes = secure_rounds.start(  # its key phases, if on
@@ -458,15 +458,15 @@ class Federated:
             timeout=self.timeout,
         )
         workers = Workers(min(self.workers, len(remotes)), name=f"fedsync-round-{rep}")
-        streams = self.data.accepts_streams
         state = Round(
             rep=rep,
+            number=len(self.history) + 1,
             specs=specs,
             payload=payload,
             deadline=deadline,
             timeout=self.timeout,
             cancel=threading.Event(),
-            slots=threading.Semaphore(self.downloads or (STREAMS if streams else self.workers)),
+            slots=threading.Semaphore(self.downloads or (STREAMS if self.data.accepts_streams else self.workers)),
             budget=Budget(DOWNLOAD_BUDGET),
             arrivals=queue.Queue(),
             workers=workers,
@@ -479,7 +479,8 @@ class Federated:
                 collect(state, remotes, needed, result, size(payload), self._known), rep
             )
         except RoundFailed as exc:  # the merge found the round unusable: say who took part
-            message = exc.message if exc.message.startswith(f"round {rep} ") else f"round {rep}: {exc.message}"
+            message = exc.message if exc.message.startswith(f"{name} ") else f"{name}: {exc.message}"
+            message = message.replace(f"{name}: round {rep}: ", f"{name}: ", 1)  # secure aggregation's own name
             raise RoundFailed(message, {**exc.failures, **result.failures}) from None
         except Exception as exc:
             if state.merging is None:  # not while folding a reply: the merge's own error
@@ -488,7 +489,7 @@ class Federated:
             why = f"the merge raised {type(exc).__name__}: {str(exc)[:300]} on its reply"
             failures = {**result.failures, state.merging: why}
             raise RoundFailed(
-                f"round {rep} failed: {why} ({state.merging}); the coordinator's data is unchanged", failures
+                f"{name} failed: {why} ({state.merging}); the coordinator's data is unchanged", failures
             ) from exc
         finally:
             state.cancel.set()
@@ -508,17 +509,19 @@ class Federated:
 
     def _evaluate_on_server(self, result: RoundResult) -> None:
         """``evaluate_fn`` on the merged model after every ``evaluate_fn_every``-th round (counting restored ones)."""
-        if self.evaluate_fn is not None and (len(self.history) + 1) % self.evaluate_fn_every == 0:
-            result.server_evaluation = server_eval.evaluate_on_server(self.evaluate_fn, self.data, result.repetition)
+        if self.evaluate_fn is not None and (number := len(self.history) + 1) % self.evaluate_fn_every == 0:
+            run = server_eval.evaluate_on_server
+            result.server_evaluation = run(self.evaluate_fn, self.data, result.repetition, number=number)
 
     def _record(self, result: RoundResult) -> None:
         result.privacy = coordinator_privacy(self)  # ε so far, under central DP (coordinator/_privacy.py)
         self.history.append(result)
+        self._unrecorded = 0
         if self.checkpoint is not None:
             checkpoint_io.save(self.checkpoint, self.data, result.repetition, self.history)
         logger.info(
-            "round %d: %d device(s), %d failed, %s samples, %s, %.2fs",
-            result.repetition,
+            "%s: %d device(s), %d failed, %s samples, %s, %.2fs",
+            round_name(len(self.history), result.repetition),
             len(result.answered),
             len(result.failures),
             result.samples,

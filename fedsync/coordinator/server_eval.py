@@ -51,20 +51,26 @@ def model_of(data: Any) -> Any:
     return data.model if isinstance(data, FedArrays) else data
 
 
-def evaluate_on_server(evaluate_fn: EvaluateFn, data: Any, repetition: int) -> ServerEvaluation:
-    """Run ``evaluate_fn(model_of(data), repetition)`` and record what it gave; never raises ``Exception``."""
+def evaluate_on_server(
+    evaluate_fn: EvaluateFn, data: Any, repetition: int, *, number: int | None = None
+) -> ServerEvaluation:
+    """Run ``evaluate_fn(model_of(data), repetition)`` and record what it gave; never raises ``Exception``.
+
+    ``number``: the round as people count it in this run, for the log (default: ``repetition``).
+    """
+    named = f"round {number if number is not None else repetition}"
     started = time.monotonic()
     result = ServerEvaluation(repetition=repetition)
     try:
         result.metrics = _metrics(evaluate_fn(model_of(data), repetition))
     except Exception as exc:  # user code: the merged round must not be lost to it
-        logger.exception("server-side evaluate_fn failed after round %d; the round is kept", repetition)
+        logger.exception("server-side evaluate_fn failed after %s; the round is kept", named)
         result.error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
     result.seconds = time.monotonic() - started
     if result.error is None:
         logger.info(
-            "server evaluation after round %d: %s",
-            repetition,
+            "server evaluation after %s: %s",
+            named,
             ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()),
         )
     return result

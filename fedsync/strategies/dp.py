@@ -50,7 +50,7 @@ import numpy as np
 
 from .._util.checks import is_int, is_number
 from ..errors import RoundFailed
-from ..privacy import CHUNK, checked_positive, clip_factor, scaled_update, update_norm
+from ..privacy import CHUNK, checked_positive, clip_factor, refuse_running_statistics, scaled_update, update_norm
 from .base import Arrays, FedAvg, Strategy, accumulator_dtype
 from .robust import EveryReply
 
@@ -137,7 +137,10 @@ class DPFixedClipping(Strategy):
 
         Raises:
             RoundFailed: no reply (with samples) arrived; nothing changes.
+            RunningStatistics: ``current`` holds running statistics (BatchNorm's), before any reply is read:
+                also when this strategy is nested in another or used without ``Federated``.
         """
+        refuse_running_statistics(current.keys(), "central DP")
         clip = self.clipping_norm
         floats = [name for name, a in current.items() if np.asarray(a).dtype.kind == "f"]
         sums = {

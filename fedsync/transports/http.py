@@ -8,8 +8,12 @@ request body that is a :class:`~fedsync.wire.codec.Payload` goes out frame by fr
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
+import re
+import socket
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -219,20 +223,22 @@ class HTTPTransport(Transport):
                     "TLS certificate not trusted (pass verify=CA_BUNDLE, the device's certificate or its CA): "
                     f"{detail}",
                 ) from None
-            raise RemoteUnavailable(self.url, f"TLS handshake failed: {detail}") from None
+            raise RemoteUnavailable(self.url, self.scrub(connection_cause(exc))) from None
         except requests.exceptions.ConnectTimeout as exc:
-            raise RemoteTimeout(self.url, f"timed out connecting ({self.short(exc)})") from None
-        except requests.exceptions.Timeout as exc:
-            raise RemoteTimeout(self.url, f"timed out: no answer within the timeout ({self.short(exc)})") from None
+            raise RemoteTimeout(self.url, f"cannot connect: {self.scrub(connection_cause(exc))}") from None
+        except requests.exceptions.Timeout:
+            raise RemoteTimeout(self.url, f"timed out: no answer within {timeout:g}s") from None
         except requests.exceptions.ConnectionError as exc:
             raise_if_refused_certificate(self.url, self.short(exc))
             if timed_out(exc):  # a read timeout that exhausted the retries arrives as a ConnectionError
-                raise RemoteTimeout(self.url, f"timed out: no answer within the timeout ({self.short(exc)})") from None
+                raise RemoteTimeout(self.url, f"timed out: no answer within {timeout:g}s") from None
             if malformed(exc):  # it connected and answered, but not HTTP a client can read
                 raise RemoteError(self.url, f"answered malformed HTTP ({self.short(exc)})") from None
             if "Connection aborted" in str(exc):  # urllib3's words for a connection lost mid-request
-                raise RemoteUnavailable(self.url, f"connection lost during the request ({self.short(exc)})") from None
-            raise RemoteUnavailable(self.url, f"cannot connect: is the device running? ({self.short(exc)})") from None
+                raise RemoteUnavailable(
+                    self.url, f"connection lost during the request: {self.scrub(connection_cause(exc))}"
+                ) from None
+            raise RemoteUnavailable(self.url, f"cannot connect: {self.scrub(connection_cause(exc))}") from None
         except requests.exceptions.RequestException as exc:
             raise RemoteError(self.url, self.short(exc)) from None
         return HTTPAnswer(response, self.url)
@@ -245,6 +251,53 @@ class HTTPTransport(Transport):
         """``exc``'s text, scrubbed, at most about 300 characters."""
         text = self.scrub(str(exc))
         return text if len(text) < 300 else text[:300] + "..."
+
+
+def connection_cause(exc: BaseException) -> str:
+    """Why a connection failed, on one line: refused, reset, timed out, DNS, unreachable, TLS, with its detail.
+
+    Walks ``exc``'s wrapped errors (``requests`` wraps urllib3's ``MaxRetryError``,
+    which wraps ``NewConnectionError``, caused by the socket's ``OSError``) rather
+    than quoting their six nested reprs. E.g. ``"connection refused (is the device
+    running?)"``, ``"DNS lookup of 'h' failed (Name or service not known)"``.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 12 and all(current is not seen for seen in chain):
+        chain.append(current)
+        inner = getattr(current, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((a for a in current.args if isinstance(a, BaseException)), None)
+        current = inner or current.__cause__ or current.__context__
+    for error in chain:
+        if isinstance(error, urllib3.exceptions.NameResolutionError | socket.gaierror):
+            host = getattr(getattr(error, "conn", None), "host", None)
+            why = re.search(r"\[Errno -?\d+\] ([^)\"']+)", str(error))
+            what = f" of {host!r}" if host else ""
+            return f"DNS lookup{what} failed ({why.group(1) if why else 'the name does not resolve'})"
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused (is the device running, on this host and port?)"
+        if isinstance(error, ConnectionResetError):
+            return "connection reset by the device (did it stop or restart?)"
+        if isinstance(error, http.client.RemoteDisconnected):
+            return "the device closed the connection without answering (did it stop or restart?)"
+        if isinstance(error, urllib3.exceptions.SSLError | ssl.SSLError):
+            return f"TLS handshake failed: {_one_line(chain[-1])}"
+        if isinstance(error, OSError) and error.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return f"{(error.strerror or 'unreachable').lower()} (is the address right?)"
+    # urllib3's NewConnectionError (a refusal) is a ConnectTimeoutError by inheritance only.
+    if any(isinstance(e, urllib3.exceptions.TimeoutError | TimeoutError) for e in chain) and not any(
+        isinstance(e, urllib3.exceptions.NewConnectionError) for e in chain
+    ):
+        return "timed out (is the address right, and does a firewall let it through?)"
+    return _one_line(chain[-1])
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's text without urllib3's object reprs and pool prefixes, on one line, at most 200 characters."""
+    text = re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>: |\w+Connection(Pool)?\(host=[^)]*\): ", "", str(error))
+    text = " ".join(text.split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def timed_out(exc: BaseException) -> bool:
