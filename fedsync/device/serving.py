@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._util.checks import positive_int
@@ -78,6 +78,7 @@ def serve(
     max_connections: int = MAX_CONNECTIONS,
     secure_aggregation: str | None = None,
     peer_ca: str | os.PathLike | None = None,
+    crl: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> RunningServer | None:
     """Serve a FedData (or a dict ``{name: FedData}``) over HTTP.
 
@@ -111,6 +112,11 @@ def serve(
             from ``client_ca`` (who may drive this device): give a CA the coordinator's
             operator cannot issue device certificates from, or the same file when one
             CA does both. Needs ``ssl_context=(certfile, keyfile)``.
+        crl: the certificate revocation list(s) (PEM) of ``client_ca``'s and ``peer_ca``'s CAs
+            (``fedsync certs revoke``): a revoked coordinator is refused in the TLS handshake, a
+            revoked device's keys in signed secure aggregation. Checked at start: a list that is
+            missing, unreadable, not signed by its CA or past its next update stops the start
+            (fail closed); one list per CA when the two differ. Read once: restart to load a renewed list.
 
     Raises:
         ValueError: an empty or whitespace-only token, or one with control or
@@ -119,13 +125,16 @@ def serve(
         OSError: the address cannot be listened on (it names the address), or
             ``client_ca`` cannot be read as a CA certificate.
         ValueError: ``peer_ca`` without ``ssl_context=(certfile, keyfile)``, or a device
-            certificate that is not ECDSA P-256 or does not verify against ``peer_ca``.
+            certificate that is not ECDSA P-256 or does not verify against ``peer_ca``; a
+            ``crl`` refused, or given without ``client_ca`` or ``peer_ca``.
     """
     app = DeviceApp(data, token=token, max_content_length=max_content_length, secure_aggregation=secure_aggregation)
     positive_int("max_connections", max_connections)
+    if crl is not None:
+        _check_crl(crl, client_ca, peer_ca)
     if peer_ca is not None:
-        _sign_with(app, ssl_context, peer_ca)
-    ssl_context = tls_context(ssl_context, client_ca)
+        _sign_with(app, ssl_context, peer_ca, crl)
+    ssl_context = tls_context(ssl_context, client_ca, crl if client_ca is not None else None)
     if not loopback(host) and (token is None or ssl_context is None):
         missing = " and ".join(w for w, absent in (("a token", token is None), ("TLS", ssl_context is None)) if absent)
         logger.warning(
@@ -155,7 +164,21 @@ def serve(
     return None
 
 
-def _sign_with(app: DeviceApp, ssl_context: Any, peer_ca: str | os.PathLike) -> None:
+def _check_crl(crl: Any, client_ca: Any, peer_ca: Any) -> None:
+    """Refuse a ``crl`` nothing would check: without a CA, or a list of neither CA (a mistake, not a no-op)."""
+    from ..wire.certs import unused_crls
+
+    if client_ca is None and peer_ca is None:
+        raise ValueError("crl needs client_ca or peer_ca: a revocation list belongs to the CA it revokes for")
+    unused = unused_crls(crl, [client_ca, peer_ca])
+    if unused:
+        raise ValueError(
+            f"the revocation list(s) {[str(p) for p in unused]} belong to neither client_ca nor peer_ca: "
+            "give the crl.pem of the CA folder whose ca.pem you pass"
+        )
+
+
+def _sign_with(app: DeviceApp, ssl_context: Any, peer_ca: str | os.PathLike, crl: Any = None) -> None:
     """Give every FedData of ``app`` the identity that signs its secure-aggregation views (fedsync.secagg.identity).
 
     Raises:
@@ -167,6 +190,6 @@ def _sign_with(app: DeviceApp, ssl_context: Any, peer_ca: str | os.PathLike) -> 
             "peer_ca needs ssl_context=(certfile, keyfile) (fedsync serve --certfile/--keyfile): "
             "the device signs with its certificate's key"
         )
-    identity = Identity(ssl_context[0], ssl_context[1], peer_ca)
+    identity = Identity(ssl_context[0], ssl_context[1], peer_ca, crl)
     for device in app.devices.values():
         device.secagg_identity = identity
