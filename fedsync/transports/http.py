@@ -290,6 +290,12 @@ def raise_if_refused_certificate(url: str, detail: str) -> None:
             "TLS handshake refused: the device requires a client certificate "
             f"(pass cert=(certfile, keyfile) signed by its CA): {detail}",
         )
+    if "certificate revoked" in lowered or "certificate_revoked" in lowered:
+        raise RemoteUnavailable(
+            url,
+            "TLS handshake refused: the device's revocation list (serve crl=) revokes this coordinator's "
+            f"certificate; issue a new one (fedsync certs coordinator DIR --name NEW): {detail}",
+        )
     if any(alert in lowered for alert in CERTIFICATE_ALERTS):
         raise RemoteUnavailable(
             url,
