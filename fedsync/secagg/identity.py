@@ -6,8 +6,9 @@ A device served with ``serve(..., ssl_context=(certfile, keyfile), peer_ca="ca.p
 ECDSA P-256 key (SHA-256, DER signatures; ``cryptography``, never by hand), and it believes a
 peer's keys only when the peer's certificate chains to ``peer_ca`` (validity, basic
 constraints, key usage ``digitalSignature``, extended key usage ``serverAuth``: a *device*
-certificate; a coordinator's ``clientAuth`` certificate from the same CA is refused) and its
-signature verifies.
+certificate; a coordinator's ``clientAuth`` certificate from the same CA is refused), is not
+revoked by the CA's revocation list when one is given (``serve(..., crl=...)``,
+:func:`fedsync.wire.certs.crls_for`), and its signature verifies.
 
 **Identity.** A device is its certified key: the CA vouches that whoever signs with a device
 certificate's key is one device. The coordinator still numbers the round's devices; a
