@@ -117,3 +117,24 @@ def test_the_dial_out_listener_refuses_a_revoked_client_certificate_in_the_hands
             requests.get(f"{listener.url}/dial/1/poll", cert=pki["leaked"], verify=pki["ca"], timeout=10)
         answered = requests.get(f"{listener.url}/dial/1/poll", cert=pki["good"], verify=pki["ca"], timeout=10)
         assert 200 <= answered.status_code < 500  # past TLS: HTTP answers, whatever it thinks of the request
+
+
+def test_a_coordinator_with_the_list_refuses_a_device_whose_certificate_is_revoked(pki, tmp_path):
+    """A leaked device key lets its holder pose as that device: Remote(crl=) refuses it in the handshake."""
+    folder = pki["folder"]
+    leaked_device = tuple(map(str, certs.issue_device(folder, ["127.0.0.1"], name="stolen")))
+    certs.revoke(folder, ["device-stolen"])
+    servers = [fedsync.serve(setting(1.0), port=0, block=False, ssl_context=pair) for pair in (pki["device"], leaked_device)]
+    try:
+        honest, impostor = (server.url for server in servers)
+        with pytest.raises(RemoteUnavailable, match="TLS certificate revoked: the device's certificate is on the revocation list"):
+            Remote(impostor, verify=pki["ca"], crl=pki["crl"], retries=0, timeout=10).info()
+        assert Remote(impostor, verify=pki["ca"], retries=0, timeout=10).info()  # what the list changes
+        assert Remote(honest, verify=pki["ca"], crl=pki["crl"], retries=0, timeout=10).info()
+    finally:
+        for server in servers:
+            server.close()
+    with pytest.raises(ValueError, match="crl needs verify=CA_FILE"):
+        Remote(honest, crl=pki["crl"])
+    with pytest.raises(ValueError, match="expired on"):
+        Remote(honest, verify=pki["ca"], crl=expired_crl(pki, tmp_path / "expired.pem"))
