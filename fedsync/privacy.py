@@ -43,6 +43,7 @@ __all__ = [
     "running_statistics",
     "update_norm",
     "clip_factor",
+    "scaled_update",
     "epsilon",
     "round_privacy",
     "checked_privacy",
@@ -113,14 +114,38 @@ def update_norm(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.nda
     Integer and boolean arrays are not part of the update (DP leaves them at
     ``reference``'s values, see :class:`LocalDP` and :mod:`fedsync.strategies.dp`).
     """
+    norm = _norm(arrays, reference, 0)
+    if math.isinf(norm):  # float64 values whose squares overflow: measured scaled, so a finite update has a finite norm
+        norm = math.ldexp(_norm(arrays, reference, -600), 600)
+    return norm
+
+
+def _norm(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], shift: int) -> float:
     total = 0.0
-    for name in _floats(reference):
-        x = np.asarray(arrays[name]).reshape(-1)
-        g = np.asarray(reference[name]).reshape(-1)
-        for first in range(0, x.size, CHUNK):
-            d = x[first : first + CHUNK].astype(np.float64) - g[first : first + CHUNK]
-            total += float(np.dot(d, d))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name in _floats(reference):
+            x = np.asarray(arrays[name]).reshape(-1)
+            g = np.asarray(reference[name]).reshape(-1)
+            for first in range(0, x.size, CHUNK):
+                d = scaled_update(x[first : first + CHUNK], g[first : first + CHUNK], math.ldexp(1.0, shift))
+                total += float(np.dot(d, d))
     return math.sqrt(total)
+
+
+def scaled_update(x: np.ndarray, g: np.ndarray, factor: float) -> np.ndarray:
+    """``(x - g) * factor`` in float64 (``factor`` <= 1), finite whenever the result is.
+
+    A difference past float64's range (values near 1.8e308 of opposite signs) is taken
+    halved, ``(x/2 - g/2) * (2 * factor)``; every other element as written.
+    """
+    x64, g64 = x.astype(np.float64, copy=False), g.astype(np.float64, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = x64 - g64
+    wide = ~np.isfinite(d)
+    d *= factor
+    if wide.any():
+        d[wide] = (x64[wide] * 0.5 - g64[wide] * 0.5) * (2 * factor)
+    return d
 
 
 def clip_factor(norm: float, clipping_norm: float) -> float:
@@ -190,7 +215,7 @@ class LocalDP:
             new = np.empty(x.size, np.asarray(arrays[name]).dtype)
             for first in range(0, x.size, CHUNK):
                 end = min(first + CHUNK, x.size)
-                d = (x[first:end].astype(np.float64) - flat_g[first:end]) * factor
+                d = scaled_update(x[first:end], flat_g[first:end], factor)
                 if std > 0:
                     d += self.rng.normal(0.0, std, end - first)
                 new[first:end] = flat_g[first:end] + d

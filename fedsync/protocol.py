@@ -116,3 +116,12 @@ class FedData:
     def summary(self, repetition: int) -> dict[str, Any] | None:
         """A JSON-able description for ``/info``; ``None`` when there is nothing to say."""
         return None
+
+    def max_payload(self, repetition: int) -> int | None:
+        """The largest payload, in bytes, this FedData can accept for ``repetition``; ``None``: no bound known.
+
+        Optional. A device refuses a submission or evaluation whose ``Content-Length`` is larger
+        with ``413 too_large`` before reading a byte of it, instead of reading it whole and then
+        finding it malformed. An array FedData knows its bound from its arrays' shapes and dtypes.
+        """
+        return None

@@ -101,6 +101,7 @@ class FedTorch(FedArrays):
         super().__init__({}, train, **options)
         self.model = model
         self._global_tensors: tuple[Any, dict[str, torch.Tensor]] | None = None
+        self._state()  # a dtype no payload carries (complex, float8) is refused now, not at the first send
 
     def proximal_term(self, mu: float) -> torch.Tensor:
         """FedProx's ``mu/2 * ||w - w_global||^2`` as a scalar tensor to add to the loss.

@@ -38,6 +38,7 @@ from ._certs import CRL_HELP
 from ._common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, CommandError, UsageError
 from ._common import Formatter as _Formatter
 from ._process import say_how_to_stop, sigterm_as_exit, stdout_to_devnull
+from ._serve import DIAL_EXAMPLES, add_dial_arguments, dials, run_dial
 
 __all__ = ["main", "build_parser", "load_target", "UsageError", "CommandError"]
 
@@ -128,7 +129,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- serve
 
 
-SERVE_HELP = """\
+SERVE_HELP = (
+    """\
 Serve a FedData, or a dict {name: FedData}, defined in your own code.
 
 TARGET is MODULE:ATTR. MODULE is a file path (device.py, examples/device.py)
@@ -149,6 +151,8 @@ examples:
 The token can also come from the FEDSYNC_TOKEN environment variable, which
 keeps it out of your shell history and the process list.
 """
+    + DIAL_EXAMPLES
+)
 
 
 def _add_serve(commands: Any) -> None:
@@ -200,6 +204,7 @@ def _add_serve(commands: Any) -> None:
     )  # fmt: skip
     parser.add_argument("--crl", metavar="PEM", action="append", help=CRL_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    add_dial_arguments(parser)
     parser.set_defaults(run=_run_serve)
 
 
@@ -319,6 +324,8 @@ def _run_serve(args: argparse.Namespace) -> int:
             f"{args.target} is a {type(data).__name__}, not a FedData or a dict of them; "
             "e.g. in device.py: data = fedsync.FedArrays(weights, train)"
         )
+    if dials(args):
+        return run_dial(args, data, token)
     context: ssl.SSLContext | tuple[str, str] | None = _ssl_context(args.certfile, args.keyfile)
     if args.client_ca is not None and not Path(args.client_ca).is_file():
         raise UsageError(f"client CA file not found: {args.client_ca}; make one with: fedsync certs init DIR")

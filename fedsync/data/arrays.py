@@ -130,6 +130,12 @@ class FedArrays(FedData):
         for name, a in items:
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"array {name!r} is a {type(a).__name__}, not a numpy array; wrap it with np.asarray")
+            if not codec.carries(a.dtype):
+                # Refused here, not at the first round's send: the same kind as FedKeras' bfloat16.
+                raise TypeError(
+                    f"array {name!r} has dtype {a.dtype}, which a payload cannot carry; supported: "
+                    f"{', '.join(codec.SUPPORTED_DTYPES)}. Convert it, e.g. a.astype(np.float32)"
+                )
         self.model: Any = arrays
         self.train = train
         self.evaluate_fn = evaluate
@@ -161,6 +167,12 @@ class FedArrays(FedData):
     def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Each array's shape and dtype as exchanged; adapters whose ``get_arrays`` copies override it."""
         return {name: (a.shape, a.dtype) for name, a in self.get_arrays().items()}
+
+    def max_payload(self, repetition: int) -> int:
+        """The largest payload of this model in bytes: 8-byte prefix, largest header ``check`` takes, arrays."""
+        layout = self.layout()  # in their own dtypes: packing as wire_dtype only makes them smaller
+        data = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in layout.values())
+        return 15 + self._header_limit(layout) + data
 
     def architecture(self) -> Any:
         """A JSON-able description hashed into the specs; by default the weights' layout."""

@@ -21,25 +21,26 @@ import numpy as np
 from ..protocol import Encoding
 from ..wire.codec import Payload
 
-__all__ = ["Download", "download", "once", "owned_copy", "response_body"]
+__all__ = ["Download", "download", "once", "owned_copy", "response_body", "reply_length", "from_offset"]
 
 CHUNK = 1 << 20
 """Bytes of each copy a reply is sent in when the connection's socket is not at hand."""
 
 
 def download(
-    encoding: Encoding, sock: socket.socket | None, release: Callable[[], None] | None
+    encoding: Encoding, sock: socket.socket | None, release: Callable[[], None] | None, offset: int = 0
 ) -> tuple[Download, str, int]:
-    """The WSGI body of a result, its mimetype and its length in bytes.
+    """The WSGI body of a result from byte ``offset`` on, its mimetype and its whole length in bytes.
 
     ``release`` runs once when the body no longer reads ``encoding``'s memory (or at once,
-    if building the body fails).
+    if building the body fails). ``offset`` (a resumed download's ``Range: bytes=N-``) must be
+    below the length: the caller checks it with :func:`reply_length` first.
 
     Raises:
         TypeError: ``encoding`` is not an :data:`~fedsync.protocol.Encoding`.
     """
     try:
-        body, mimetype, length = response_body(encoding, sock, release)
+        body, mimetype, length = response_body(encoding, sock, release, offset)
     except BaseException:
         if release is not None:
             release()
@@ -120,29 +121,56 @@ def owned_copy(result: Encoding) -> Encoding:
     return bytes(memoryview(result).cast("B"))
 
 
+def reply_length(encoding: Encoding) -> int:
+    """The size in bytes of the reply ``encoding`` is served as (a ``str`` as UTF-8)."""
+    if isinstance(encoding, str):
+        return len(encoding.encode("utf-8"))
+    if isinstance(encoding, Payload):
+        return len(encoding)
+    return memoryview(encoding).nbytes
+
+
+def from_offset(payload: Payload, offset: int) -> Payload:
+    """``payload`` without its first ``offset`` bytes: views of its frames, nothing copied."""
+    frames: list[memoryview | bytes] = []
+    for frame in payload:
+        view = memoryview(frame).cast("B")
+        if offset >= len(view):
+            offset -= len(view)
+            continue
+        frames.append(view[offset:])
+        offset = 0
+    return Payload(frames)
+
+
 def response_body(
-    encoding: Encoding, sock: socket.socket | None = None, before_last: Callable[[], None] | None = None
+    encoding: Encoding,
+    sock: socket.socket | None = None,
+    before_last: Callable[[], None] | None = None,
+    offset: int = 0,
 ) -> tuple[bytes | Iterator[bytes], str, int]:
-    """The response body, its mimetype and its length, without copying the payload.
+    """The response body from byte ``offset`` on, its mimetype and the whole reply's length, without copying it.
 
     ``sock``: the connection's socket, which fedsync's server puts in the
     environ (:data:`fedsync.gateway.server.SOCKET_KEY`); a :class:`Payload` is then
-    written to it directly (see :func:`frames_to`).
+    written to it directly (see :func:`frames_to`). ``offset``: where a resumed download
+    starts (``Range: bytes=N-``); the body then holds the whole length minus ``offset`` bytes.
 
     Raises:
         TypeError: ``encoding`` is not a ``str``, bytes-like or a :class:`Payload`.
     """
     if isinstance(encoding, str):
         data = encoding.encode("utf-8")
-        return data, "text/plain", len(data)
-    if isinstance(encoding, bytes):
+        return data[offset:], "text/plain", len(data)  # text replies are small: the slice's copy is cheap
+    if isinstance(encoding, bytes) and not offset:
         return encoding, "application/octet-stream", len(encoding)
-    if isinstance(encoding, (bytearray, memoryview)):
+    if isinstance(encoding, (bytes, bytearray, memoryview)):
         encoding = Payload([memoryview(encoding).cast("B")])
     if isinstance(encoding, Payload):
+        part = from_offset(encoding, offset) if offset else encoding
         # WSGI servers write bytes only; small chunks cost less than joining the whole
         # payload into one fresh model-sized buffer (page faults, measured).
-        body = frames_to(sock, encoding, before_last) if sock is not None else chunks(encoding, before_last)
+        body = frames_to(sock, part, before_last) if sock is not None else chunks(part, before_last)
         return body, "application/octet-stream", len(encoding)
     raise TypeError(
         f"serialize() must return str or bytes, got {type(encoding).__name__}; "

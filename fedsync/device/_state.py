@@ -39,9 +39,9 @@ from ..secagg.device import session_for_submit
 from ..wire.config import Config, takes_extra
 from ..wire.http import ApiError, ErrorCode
 from ..wire.shapes import DeviceInfo
-from ._reply import download, once, owned_copy, response_body
+from ._reply import download, once, owned_copy, reply_length, response_body
 
-__all__ = ["Device", "Job", "checked_repetition"]
+__all__ = ["Device", "Job", "PartialUpload", "HeadedError", "checked_repetition", "PARTIAL_KEEP"]
 
 logger = logging.getLogger("fedsync.server")
 
@@ -54,6 +54,47 @@ def checked_repetition(rep: int) -> int:
             "repetitions count rounds from 1",
         )  # fmt: skip
     return rep
+
+
+PARTIAL_KEEP = 300.0
+"""Seconds a broken submission's bytes are kept for its resumption, after its last byte arrived.
+
+A coordinator resumes at once (``HEAD`` then ``POST`` within its submission's timeout, 30 s by
+default); the device does not know the round's deadline, so it keeps the bytes a few such timeouts."""
+
+
+class HeadedError(ApiError):
+    """An :class:`ApiError` answered with extra headers (``Upload-Offset``, ``Content-Range``)."""
+
+    def __init__(self, status: int, error: ErrorCode, message: str, headers: dict[str, str]) -> None:
+        super().__init__(status, error, message)
+        self.extra = headers
+
+    def get_response(self, environ: Any = None, scope: Any = None) -> Any:
+        response = super().get_response(environ, scope)
+        response.headers.update(self.extra)
+        return response
+
+
+@dataclass
+class PartialUpload:
+    """A submission's body as far as it arrived: what a resumed ``POST`` continues (docs/protocol.md).
+
+    ``buffer`` holds ``length`` bytes, the first ``received`` of them filled; ``sent`` the first try's
+    headers (specs, config, content type) that a resumption must repeat; ``reading``: a request is
+    filling it now; ``at``: ``time.monotonic()`` of its last byte.
+    """
+
+    repetition: int
+    length: int
+    sent: tuple[str | None, ...]
+    buffer: Any
+    received: int = 0
+    reading: bool = True
+    at: float = field(default_factory=time.monotonic)
+
+    def expired(self, now: float) -> bool:
+        return not self.reading and now - self.at > PARTIAL_KEEP
 
 
 def _busy_downloading() -> ApiError:
@@ -113,6 +154,9 @@ class Device:
         self.secagg_required = False  # serve(secure_aggregation="required"): refuse plain rounds
         self.secagg_identity: Any = None  # serve(peer_ca=...): signs and checks secure aggregation's views
         self.downloads = 0
+        # The one submission whose body is arriving or broke part-way (state_lock): it is this
+        # FedData's one incoming payload, replaced by the next fresh submission, gone after PARTIAL_KEEP s.
+        self.partial: PartialUpload | None = None
         self.busy = threading.Lock()  # held by a training job or an evaluation
         self.receiving = threading.Lock()  # held while one payload is read and handed over
         self._spare: np.ndarray | None = None  # the last payload's buffer, for the next one
@@ -214,6 +258,61 @@ class Device:
             raise ApiError(409, ErrorCode.BUSY, "receiving another payload; try again when it is handed over")
         return self.receiving
 
+    # -- submissions that resume (docs/protocol.md, "Transfers that resume") ------------
+
+    def begin_upload(self, partial: PartialUpload) -> None:
+        """Hold ``partial`` as the submission being received (the caller holds ``receiving``)."""
+        with self.state_lock:
+            self._drop_partial()
+            self.partial = partial
+
+    def upload_for(self, repetition: int) -> PartialUpload:
+        """The submission of ``repetition`` that is arriving or broke part-way; else ``404 unknown_upload``."""
+        with self.state_lock:
+            return self._upload_for(repetition)
+
+    def resume_upload(self, repetition: int, check: Callable[[PartialUpload], None]) -> PartialUpload:
+        """The broken submission of ``repetition``, marked as read again once ``check`` (which raises) passed it."""
+        with self.state_lock:
+            partial = self._upload_for(repetition)
+            check(partial)
+            partial.reading = True
+            return partial
+
+    def _upload_for(self, repetition: int) -> PartialUpload:
+        partial = self.partial
+        if partial is not None and partial.expired(time.monotonic()):
+            self._drop_partial()
+            partial = None
+        if partial is None or partial.repetition != repetition:
+            held = "none" if partial is None else f"repetition {partial.repetition}"
+            raise ApiError(
+                404,
+                ErrorCode.UNKNOWN_UPLOAD,
+                f"no broken submission of repetition {repetition} is held here (held: {held}); "
+                "send the whole payload again without Upload-Offset",
+            )
+        return partial
+
+    def end_upload(self, partial: PartialUpload, complete: bool) -> None:
+        """The request reading ``partial`` ended: forget it once ``complete``, else keep it for a resumption."""
+        with self.state_lock:
+            partial.reading = False
+            partial.at = time.monotonic()
+            if complete and self.partial is partial:
+                self.partial = None
+
+    def drop_upload(self) -> None:
+        """Forget a broken submission (a fresh one replaces it); its buffer may serve the next payload."""
+        with self.state_lock:
+            self._drop_partial()
+
+    def _drop_partial(self) -> None:
+        partial, self.partial = self.partial, None
+        if partial is not None and isinstance(partial.buffer, np.ndarray):
+            with self._spare_lock:
+                self._spare = partial.buffer
+
     # -- writes to the model ------------------------------------------------------
 
     def start(self, encoding: Any, repetition: int, config: Config | None = None) -> Job:
@@ -308,12 +407,14 @@ class Device:
 
     # -- reads of the result --------------------------------------------------------
 
-    def open_download(self, job: Job, sock: socket.socket | None) -> tuple[Any, str, int]:
-        """The body of ``job``'s result, its mimetype and length; counted while it reads live memory.
+    def open_download(self, job: Job, sock: socket.socket | None, offset: int = 0) -> tuple[Any, str, int]:
+        """The body of ``job``'s result from byte ``offset`` on, its mimetype and whole length; counted
+        while it reads live memory.
 
         ``sock``: the connection the body may be written to directly (:mod:`fedsync.device._reply`).
 
-        Raises ``404 unknown_repetition`` if a newer submission replaced ``job``.
+        Raises ``404 unknown_repetition`` if a newer submission replaced ``job``, ``416 bad_range``
+        (with ``Content-Range: bytes */L``) if ``offset`` is not below the result's length ``L``.
         """
         with self.state_lock:
             if self.job is not job:
@@ -324,10 +425,20 @@ class Device:
             result, owned = job.result, job.owned
             if result is None:  # a job done without an error has its result (_work sets one or the other)
                 raise AssertionError(f"repetition {job.repetition} has no result to download")
+            if offset:
+                length = reply_length(result)
+                if offset >= length:
+                    raise HeadedError(
+                        416,
+                        ErrorCode.BAD_RANGE,
+                        f"Range starts at byte {offset}, past the result's {length} bytes; ask for bytes=N- "
+                        f"with N below {length}",
+                        {"Content-Range": f"bytes */{length}"},
+                    )
             if not owned:
                 self.downloads += 1
         release = None if owned else once(self._download_done)
-        return download(result, sock, release)
+        return download(result, sock, release, offset)
 
     def _download_done(self) -> None:
         with self.state_lock:

@@ -29,13 +29,14 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
+import numpy as np
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from .._util.checks import is_int
 from .._version import PROTOCOL_VERSION, __version__
-from ..gateway.server import SOCKET_KEY
+from ..gateway.server import SOCKET_KEY, TRUST_KEY
 from ..protocol import MAX_REPETITION, FedData
 from ..secagg.device import MAX_BODY as SECAGG_MAX_BODY
 from ..secagg.device import answer as secagg_answer
@@ -56,8 +57,9 @@ from ..wire.http import (
     json_response,
 )
 from ..wire.tokens import checked_token
-from ._state import Device, checked_repetition
-from ._status import render_index, render_locked, render_status
+from ._resume import UPLOAD_LENGTH, UPLOAD_OFFSET, check_resumable, range_start, received, sent, upload_number
+from ._state import Device, PartialUpload, checked_repetition
+from ._status import content_security_policy, render_index, render_locked, render_status
 
 __all__ = ["DeviceApp", "DEFAULT_MAX_CONTENT_LENGTH"]
 
@@ -144,22 +146,81 @@ class DeviceApp:
     def on_submit(self, request: Request, base: str, rep: int) -> Response:
         device = self.devices[base]
         checked_repetition(rep)
+        if UPLOAD_OFFSET in request.headers:
+            return self._resumed_submit(request, device, rep)
         device.ensure_can_accept(rep)
         session_for_submit(device, rep, device.secagg_required)  # refused before any body is read
         length = self._checked_length(request)
+        _check_size(device, rep, length)
         self._check_specs(request, device, rep)
         config = _checked_config(request)
         _hold(request, device.take_receiving())  # one payload in memory at a time, the others 409 unread
         device.ensure_can_accept(rep)  # again, now that no other body can arrive: read none in vain
-        encoding = self._checked_payload(request, device, rep, length, for_training=True)
+        device.drop_upload()  # a fresh submission replaces a broken one (its buffer may serve this one)
+        binary = device.fed.accepts_views and request.mimetype != "text/plain"
+        reused = device.payload_buffer(length) if binary else None
+        buffer = (reused if reused is not None else np.empty(length, np.uint8)) if binary else bytearray(length)
+        del reused
+        partial = PartialUpload(rep, length, sent(request), buffer)
+        device.begin_upload(partial)
+        del buffer
+        encoding = received(request, device, partial)
+        job = device.start(encoding, rep, config)
+        return json_response({"repetition": job.repetition, "state": "training"}, 202)
+
+    def on_submit_offset(self, request: Request, base: str, rep: int) -> Response:
+        """``HEAD {rep}/submit``: how many bytes of a broken submission the device holds (``Upload-Offset``)."""
+        checked_repetition(rep)
+        partial = self.devices[base].upload_for(rep)
+        headers = {
+            UPLOAD_OFFSET: str(partial.received),
+            UPLOAD_LENGTH: str(partial.length),
+            "Cache-Control": "no-store",
+        }
+        return Response(status=204, headers=headers)
+
+    def _resumed_submit(self, request: Request, device: Device, rep: int) -> Response:
+        """``POST {rep}/submit`` with ``Upload-Offset: N``: the rest of a broken submission, from byte N."""
+        offset = upload_number(request, UPLOAD_OFFSET)
+        total = upload_number(request, UPLOAD_LENGTH)
+        length = self._checked_length(request)
+        if offset > total or length != total - offset:
+            raise ApiError(
+                400,
+                ErrorCode.BAD_UPLOAD_OFFSET,
+                f"Upload-Offset {offset} with Upload-Length {total} leaves {max(0, total - offset)} bytes to send, "
+                f"but Content-Length is {length}; send the rest of the payload, from the offset HEAD answered",
+            )
+        _check_size(device, rep, total)
+        device.ensure_can_accept(rep)
+        session_for_submit(device, rep, device.secagg_required)
+        self._check_specs(request, device, rep)
+        config = _checked_config(request)
+        check_resumable(device.upload_for(rep), request, offset, total)  # before taking the one receiving slot
+        _hold(request, device.take_receiving())
+        device.ensure_can_accept(rep)
+        # Again, now that this request holds the one receiving slot: it may have moved meanwhile.
+        partial = device.resume_upload(rep, lambda held: check_resumable(held, request, offset, total))
+        encoding = received(request, device, partial)
         job = device.start(encoding, rep, config)
         return json_response({"repetition": job.repetition, "state": "training"}, 202)
 
     def on_evaluate(self, request: Request, base: str, rep: int) -> Response:
         device = self.devices[base]
         checked_repetition(rep)
+        if device.secagg_required:
+            # An evaluation's answer is this device's own sample count and metrics, in the clear:
+            # a device that takes part only in securely aggregated rounds shows neither.
+            raise ApiError(
+                409,
+                ErrorCode.SECURE_AGGREGATION_REQUIRED,
+                "this device takes part only in securely aggregated rounds, and a plain evaluation would show the "
+                "coordinator its own sample count and metrics; evaluate on devices served without "
+                "secure_aggregation='required', or with Federated(..., evaluate_fn=...) on the coordinator",
+            )
         device.ensure_can_evaluate()
         length = self._checked_length(request)
+        _check_size(device, rep, length)  # 413 before the specs, as on submit (docs/protocol.md's order)
         self._check_specs(request, device, rep)
         config = _checked_config(request)
         _hold(request, device.take_receiving())
@@ -169,10 +230,14 @@ class DeviceApp:
         return json_response({"repetition": rep, "samples": samples, "metrics": metrics})
 
     def on_secagg(self, request: Request, base: str, rep: int, phase: str) -> Response:
-        """A secure-aggregation phase (fedsync.secagg.device): a bounded JSON body in, JSON out."""
+        """A secure-aggregation phase (fedsync.secagg.device): a bounded JSON body in, JSON out.
+
+        The body is read before anything of the device is taken: a peer trickling it holds no
+        lock an honest request needs. Memory stays bounded by connections x ``SECAGG_MAX_BODY``
+        (the gateway also ends a body slower than its minimum rate).
+        """
         checked_repetition(rep)
         length = self._checked_length(request, limit=SECAGG_MAX_BODY)
-        _hold(request, self.devices[base].take_receiving())
         body = _read_payload(request, length)
         return json_response(secagg_answer(self.devices[base], rep, phase, bytes(body)))
 
@@ -213,11 +278,14 @@ class DeviceApp:
             )
 
     @staticmethod
-    def _checked_payload(request: Request, device: Device, rep: int, length: int, for_training: bool = False) -> Any:
-        """Read the body (``length`` bytes) and run the FedData's own check; the payload, or an ApiError."""
-        reuse = device.payload_buffer(length) if device.fed.accepts_views and for_training else None
-        encoding = _read_payload(request, length, as_view=device.fed.accepts_views, into=reuse)
-        del reuse  # the spare buffer is the device's to reuse next round only if nothing else refers to it
+    def _checked_payload(request: Request, device: Device, rep: int, length: int) -> Any:
+        """Read the body (``length`` bytes) and run the FedData's own check; the payload, or an ApiError.
+
+        A body larger than the FedData's :meth:`~fedsync.protocol.FedData.max_payload` is
+        refused ``413 too_large`` from its Content-Length alone, before any byte is read.
+        """
+        _check_size(device, rep, length)
+        encoding = _read_payload(request, length, as_view=device.fed.accepts_views)
         try:
             device.fed.check(encoding, rep)
         except ValueError as exc:
@@ -239,10 +307,14 @@ class DeviceApp:
         if request.method == "HEAD":
             # A readiness check: do not build the body just to throw it away.
             return Response(status=200, headers={REPETITION_HEADER: str(rep)})
+        first = range_start(request.headers.get("Range"))  # a resumed download: bytes=N- (None: the whole)
         headers = {SPECS_HEADER: device.fed.specs(rep), REPETITION_HEADER: str(rep)}  # before counting a download
-        body, mimetype, length = device.open_download(job, request.environ.get(SOCKET_KEY))
-        response = Response(body, status=200, mimetype=mimetype, headers=headers, direct_passthrough=True)
-        response.content_length = length
+        body, mimetype, length = device.open_download(job, request.environ.get(SOCKET_KEY), first or 0)
+        status = 200
+        if first is not None:
+            status, headers["Content-Range"] = 206, f"bytes {first}-{length - 1}/{length}"
+        response = Response(body, status=status, mimetype=mimetype, headers=headers, direct_passthrough=True)
+        response.content_length = length - (first or 0)
         return response
 
     # -- WSGI ----------------------------------------------------------------------
@@ -257,6 +329,7 @@ class DeviceApp:
         return same and scheme.lower() == "bearer"
 
     def dispatch(self, request: Request) -> Response:
+        """The answer to ``request``; any exception but the connection's own becomes ``500 internal_error``."""
         held: list[threading.Lock] = []
         request.environ[_HELD] = held
         try:
@@ -267,9 +340,10 @@ class DeviceApp:
                     return Response(
                         render_locked(), status=401, mimetype="text/html", headers={"Cache-Control": "no-store"}
                     )
-                raise ApiError(
-                    401, ErrorCode.UNAUTHORIZED, "send 'Authorization: Bearer <token>' with the device's token"
-                )
+                raise _unauthorized(request)
+            trust = request.environ.get(TRUST_KEY)
+            if trust is not None:  # the gateway keeps this connection's slot when strangers fill the others
+                trust()
             # Routed on the path alone: the Host header plays no part (it is the client's to garble).
             adapter = self.url_map.bind("device", url_scheme="http")
             endpoint, values = adapter.match(request.path, _method(request.environ.get("REQUEST_METHOD", "")))
@@ -306,6 +380,20 @@ class DeviceApp:
             # map (no redirects) answers a client's paths and methods with the two above.
             code = exc.code if exc.code is not None and 400 <= exc.code < 500 else 400
             return json_response({"error": exc.name.lower().replace(" ", "_"), "message": exc.description}, code)
+        except (ConnectionError, TimeoutError):
+            raise  # the connection's own failure (or a body too slow): the gateway ends it, nothing to answer
+        except Exception:
+            # A fault of this device, not of the request: a JSON answer on a connection that stays
+            # usable, never a dropped one (which a coordinator can only report as unreachable).
+            logger.exception("error answering %s %s", request.method, request.path[:200])
+            return json_response(
+                {
+                    "error": ErrorCode.INTERNAL_ERROR,
+                    "message": "the device failed answering this request (a bug of the device; its log has the "
+                    "traceback); retry, or report it",
+                },
+                500,
+            )
         finally:
             # Only now: an error's traceback, freed with it above, may reference the payload.
             for lock in held:
@@ -313,7 +401,9 @@ class DeviceApp:
 
     def wsgi_app(self, environ: Any, start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
-        return self.dispatch(request)(environ, start_response)
+        response = self.dispatch(request)
+        _protect(response)
+        return response(environ, start_response)
 
     def __call__(self, environ: Any, start_response: Any) -> Iterable[bytes]:
         return self.wsgi_app(environ, start_response)
@@ -343,6 +433,72 @@ def _url_map(bases: tuple[str, ...]) -> Map:
 def _rule_path(path: str) -> str:
     """A :class:`fedsync.wire.http.Route` path as a werkzeug rule: ``{rep}`` and ``{phase}`` become converters."""
     return path.format(rep="<rep:rep>", phase=f"<any({','.join(SECAGG_PHASES)}):phase>")
+
+
+def _unauthorized(request: Request) -> ApiError:
+    """The ``401`` for a request without the device's token: its token is missing, or it was refused.
+
+    The messages never put a word after "Bearer": a coordinator redacts whatever follows it.
+    """
+    if not request.headers.get("Authorization", "").strip():
+        return ApiError(
+            401,
+            ErrorCode.UNAUTHORIZED,
+            "token missing: this device requires a token and the request carried none; send the device's token "
+            "in an Authorization header of scheme Bearer: Remote(url, token=...) or $FEDSYNC_TOKEN",
+        )
+    return ApiError(
+        401,
+        ErrorCode.UNAUTHORIZED,
+        "token refused: the Authorization header does not carry this device's token (or its scheme is not "
+        "Bearer); send the token the device was started with (fedsync serve --token, $FEDSYNC_TOKEN)",
+    )
+
+
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+_API_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+"""The Content-Security-Policy of an answer that is not a page (JSON, payloads): it may run and embed nothing."""
+
+
+def _protect(response: Response) -> None:
+    """Add the headers that keep a browser from sniffing, framing or leaking an answer of this device.
+
+    A page gets a policy allowing its own inline script and style by hash (:func:`content_security_policy`).
+    """
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if "Content-Security-Policy" in response.headers:
+        return
+    if response.mimetype == "text/html" and not response.direct_passthrough:
+        response.headers["Content-Security-Policy"] = content_security_policy(response.get_data(as_text=True))
+    else:
+        response.headers["Content-Security-Policy"] = _API_POLICY
+
+
+def _check_size(device: Device, rep: int, length: int) -> None:
+    """Refuse ``413 too_large`` a payload of ``length`` bytes above the FedData's
+    :meth:`~fedsync.protocol.FedData.max_payload`, from its Content-Length alone (before any byte is read)."""
+    largest = _max_payload(device.fed, rep)
+    if largest is not None and length > largest:
+        raise ApiError(
+            413,
+            ErrorCode.TOO_LARGE,
+            f"payload of {length} bytes is larger than any payload of this device's model ({largest} bytes at "
+            "most); send this FedData's own payload (same architecture on coordinator and device)",
+        )
+
+
+def _max_payload(fed: FedData, rep: int) -> int | None:
+    """The FedData's :meth:`~fedsync.protocol.FedData.max_payload`, or ``None`` when it names no valid bound."""
+    method = getattr(fed, "max_payload", None)
+    if method is None:
+        return None
+    largest = method(rep)
+    return largest if is_int(largest) and largest >= 0 else None
 
 
 _HELD = "fedsync.held"

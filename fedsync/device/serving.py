@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,8 +21,9 @@ from ..gateway.server import MAX_CONNECTIONS, KeepAliveServer
 from ..protocol import FedData
 from ..secagg.identity import Identity
 from .app import DeviceApp
+from .dialer import RunningDialer
 
-__all__ = ["serve", "RunningServer", "STOP_POLL"]
+__all__ = ["serve", "RunningServer", "RunningDialer", "STOP_POLL"]
 
 # The device's one logger name (the app and the gateway log under it too): users filter on it.
 logger = logging.getLogger("fedsync.server")
@@ -78,9 +81,18 @@ def serve(
     max_connections: int = MAX_CONNECTIONS,
     secure_aggregation: str | None = None,
     peer_ca: str | os.PathLike | None = None,
+    connect: str | None = None,
+    name: str | None = None,
+    verify: bool | str | os.PathLike = True,
+    cert: tuple[str, str] | str | None = None,
     crl: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-) -> RunningServer | None:
-    """Serve a FedData (or a dict ``{name: FedData}``) over HTTP.
+) -> RunningServer | RunningDialer | None:
+    """Serve a FedData (or a dict ``{name: FedData}``) over HTTP, listening, or dialing out with ``connect``.
+
+    Listening (the default), the device answers a coordinator that connects to it. With ``connect=URL``
+    it opens outgoing connections only, to a coordinator's listener (a device behind NAT or a firewall,
+    ``docs/dial-out.md``): it registers as ``name`` with ``token``, fetches the coordinator's requests
+    and answers them, and reconnects by itself when the coordinator restarts or the network drops.
 
     Args:
         data: what this device holds; a dict mounts each FedData under ``/<name>/``.
@@ -111,12 +123,23 @@ def serve(
             signed the same survivor list (:mod:`fedsync.secagg.identity`). Separate
             from ``client_ca`` (who may drive this device): give a CA the coordinator's
             operator cannot issue device certificates from, or the same file when one
-            CA does both. Needs ``ssl_context=(certfile, keyfile)``.
+            CA does both. Needs ``ssl_context=(certfile, keyfile)`` (dialing out: ``cert=``).
+        connect: dial out to this listener URL (``http://`` or ``https://host:port``) instead of
+            listening; ``host``, ``port``, ``ssl_context``, ``client_ca`` and ``max_connections`` then do
+            not apply. ``block=False`` returns a :class:`~fedsync.device.dialer.RunningDialer`; ``block=True``
+            dials until Ctrl-C, or raises :class:`~fedsync.device.dialer.DialRefused` when the listener
+            refuses this device (401 a wrong token, 403 a name not on its allow-list).
+        name: dialing out: this device's name on the listener's allow-list (1-64 of ``[A-Za-z0-9._-]``).
+        verify: dialing out over HTTPS: ``True`` (the system's CAs), the coordinator's CA file, or ``False``.
+        cert: dialing out with mutual TLS: ``(certfile, keyfile)``; its identity (CN or a DNS name) is ``name``.
         crl: the certificate revocation list(s) (PEM) of ``client_ca``'s and ``peer_ca``'s CAs
             (``fedsync certs revoke``): a revoked coordinator is refused in the TLS handshake, a
             revoked device's keys in signed secure aggregation. Checked at start: a list that is
             missing, unreadable, not signed by its CA or past its next update stops the start
             (fail closed); one list per CA when the two differ. Read once: restart to load a renewed list.
+
+    Where it serves or dials is logged at INFO on ``fedsync.server``; a blocking call also prints it
+    to stderr when logging is not set up to show INFO (a script's ``fedsync.serve(model)`` says where it is).
 
     Raises:
         ValueError: an empty or whitespace-only token, or one with control or
@@ -127,7 +150,19 @@ def serve(
         ValueError: ``peer_ca`` without ``ssl_context=(certfile, keyfile)``, or a device
             certificate that is not ECDSA P-256 or does not verify against ``peer_ca``; a
             ``crl`` refused, or given without ``client_ca`` or ``peer_ca``.
+        ValueError: dialing out, a bad ``connect`` URL, ``name``, ``token``, ``verify`` or ``cert``,
+            or a listening-only option (``host``, ``port``, ``ssl_context``, ...) given with ``connect``.
+        DialRefused: ``block=True`` and the listener refused this device (a PermissionError).
     """
+    if connect is not None and crl is not None:  # never ignored: a device dialing out does not check lists yet
+        raise ValueError("crl= is for a listening device (client_ca, peer_ca); with connect= it is not supported yet")
+    if connect is not None:
+        return _dial(data, connect, name, token, verify, cert, block, max_content_length, secure_aggregation, peer_ca,
+                     listening={"ssl_context": ssl_context, "client_ca": client_ca,
+                                "max_connections": max_connections != MAX_CONNECTIONS,
+                                "host": host != "127.0.0.1", "port": port != 8000})  # fmt: skip
+    if name is not None or cert is not None or verify is not True:
+        raise ValueError("name=, verify= and cert= are for dialing out: pass connect='https://coordinator:9000' too")
     app = DeviceApp(data, token=token, max_content_length=max_content_length, secure_aggregation=secure_aggregation)
     positive_int("max_connections", max_connections)
     if crl is not None:
@@ -150,17 +185,79 @@ def serve(
     except BaseException:
         sock.close()
         raise
+    url = f"{'https' if ssl_context else 'http'}://{host}:{server.socket.getsockname()[1]}"
     if not block:
+        # The caller holds the server's .url: logged only, a library does not print on its caller's behalf.
+        logger.info("fedsync device serving on %s", url)
         return RunningServer(server, app)
-    logger.info(
-        "fedsync device serving on %s://%s:%d", "https" if ssl_context else "http", host, server.socket.getsockname()[1]
-    )
-    try:
+    try:  # Ctrl-C right after the announcement is still a quiet stop
+        _announce(f"fedsync device serving on {url}")
         server.serve_forever(poll_interval=STOP_POLL)
     except KeyboardInterrupt:
         logger.info("fedsync device stopped (Ctrl-C); port %d released", server.socket.getsockname()[1])
     finally:
         server.server_close()
+    return None
+
+
+def _announce(line: str) -> None:
+    """Log ``line`` at INFO; print it to stderr too when logging would not show it (nothing configured).
+
+    stderr, not stdout: a script's stdout is its own output (``fedsync serve`` prints its URL on
+    stdout itself, with logging configured, so it is not said twice).
+    """
+    logger.info("%s", line)
+    if not (logger.isEnabledFor(logging.INFO) and logger.hasHandlers()):
+        print(f"{line} (Ctrl-C stops)", file=sys.stderr, flush=True)
+
+
+def _dial(
+    data: FedData | Mapping[str, FedData],
+    connect: str,
+    name: str | None,
+    token: str | None,
+    verify: bool | str | os.PathLike,
+    cert: tuple[str, str] | str | None,
+    block: bool,
+    max_content_length: int | None,
+    secure_aggregation: str | None,
+    peer_ca: str | os.PathLike | None,
+    listening: dict[str, Any],
+) -> RunningDialer | None:
+    """``serve(..., connect=URL)``: the device dials the listener at ``connect`` (see :func:`serve`)."""
+    given = [option for option, value in listening.items() if value not in (None, False)]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for a listening device; a device that dials "
+            "out (connect=) listens on nothing: pass verify= (the coordinator's CA) and cert= (mutual TLS) instead"
+        )
+    if name is None:
+        raise ValueError(
+            "connect= needs name=: the name this device has on the coordinator's allow-list, e.g. 'site-a'"
+        )
+    # No token on the app: the listener authenticated the coordinator; the device trusts the listener by TLS.
+    app = DeviceApp(data, max_content_length=max_content_length, secure_aggregation=secure_aggregation)
+    if peer_ca is not None:
+        _sign_with(app, tuple(cert) if isinstance(cert, list) else cert, peer_ca)
+    if token is None:
+        raise ValueError(f"connect= needs token=: the token the coordinator's listener holds for {name!r}")
+    if urllib.parse.urlsplit(connect.strip() if isinstance(connect, str) else "").scheme == "http":
+        logger.warning(
+            "dialing %s without TLS: the token and the weights cross the network in the clear (use https://)", connect
+        )
+    dialer = RunningDialer(app, connect, name, token, verify=verify, cert=cert)
+    if not block:
+        logger.info("fedsync device dialing %s as %s", dialer.url, dialer.name)
+        return dialer
+    try:
+        _announce(f"fedsync device dialing {dialer.url} as {dialer.name}")
+        dialer.join()
+    except KeyboardInterrupt:
+        logger.info("fedsync device stopped (Ctrl-C)")
+    finally:
+        dialer.close()
+    if dialer.error is not None:
+        raise dialer.error
     return None
 
 

@@ -98,5 +98,9 @@ class Response:
         if ("content-length" not in names and not no_body) or self.body.remaining:
             handler.send_header("Connection", "close")
             self.keeps_connection = False
+        elif handler.request_version == "HTTP/1.0" and not handler.close_connection and "connection" not in names:
+            # HTTP/1.0 closes after each answer unless the server says it keeps the connection
+            # (the client asked with "Connection: keep-alive"; the stdlib then kept it open).
+            handler.send_header("Connection", "keep-alive")
         handler.end_headers()
         self.headers_sent = True

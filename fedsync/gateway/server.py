@@ -10,7 +10,14 @@ client wants it and every request body was read in full; otherwise it closes.
 
 Between requests an idle connection is closed after ``IDLE_TIMEOUT`` seconds;
 while a request is handled, after ``REQUEST_TIMEOUT`` seconds without progress
-(long: a reply may wait, unread, until the coordinator's merge takes it).
+(long: a reply may wait, unread, until the coordinator's merge takes it). A slow
+peer holds nothing for long (docs/protocol.md, "Connections"): a request head must
+be complete ``HEAD_TIMEOUT`` seconds after its first byte (after the connection is
+accepted, for its first request; the TLS handshake included), a request body must
+arrive at ``MIN_BODY_RATE`` bytes per second on average after ``BODY_GRACE``
+seconds (else ``408 request_timeout``), and when all ``max_connections`` slots are
+taken, a newcomer takes the slot of the longest-waiting connection that has not
+authenticated (:data:`TRUST_KEY`) and has no request being answered.
 
 Public for code that extends fedsync (docs/modules.md): :class:`KeepAliveServer` and the limits
 in ``__all__``; to run a device, :func:`fedsync.serve` is the way. One request's WSGI body and
@@ -19,6 +26,7 @@ in ``__all__``; to run a device, :func:`fedsync.serve` is the way. One request's
 
 from __future__ import annotations
 
+import functools
 import http.client
 import http.server
 import io
@@ -29,7 +37,6 @@ import socket
 import socketserver
 import ssl
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -37,12 +44,17 @@ from typing import Any, cast
 
 from .._util.checks import positive_int
 from ..wire.http import ErrorCode
+from ._pace import HeaderBudget, Slots, TimedReader, handshake
 from ._wsgi import RequestBody, Response
 
 __all__ = [
     "KeepAliveServer",
     "SOCKET_KEY",
+    "TRUST_KEY",
     "IDLE_TIMEOUT",
+    "HEAD_TIMEOUT",
+    "BODY_GRACE",
+    "MIN_BODY_RATE",
     "REQUEST_TIMEOUT",
     "MAX_REQUEST_LINE",
     "MAX_HEADER_BYTES",
@@ -54,8 +66,24 @@ logger = logging.getLogger("fedsync.server")
 SOCKET_KEY = "fedsync.socket"
 """WSGI environ key of the connection's socket (for writing large bodies without a copy)."""
 
+TRUST_KEY = "fedsync.trust"
+"""WSGI environ key of a callable the app calls once the request authenticated (its token was right).
+
+From then on the connection keeps its slot when strangers fill the others (:class:`KeepAliveServer`).
+An app that never calls it leaves its connections strangers: still served, but replaceable while idle.
+"""
+
 IDLE_TIMEOUT = 120.0
 """Seconds an open connection may wait for its next request."""
+
+HEAD_TIMEOUT = 10.0
+"""Seconds from a request's first byte (from the accept, for a connection's first request) to its complete head."""
+
+BODY_GRACE = 10.0
+"""Seconds a request body may take before :data:`MIN_BODY_RATE` applies."""
+
+MIN_BODY_RATE = 16 * 1024
+"""Bytes per second a request body must arrive at, on average, after :data:`BODY_GRACE`; slower gets ``408``."""
 
 REQUEST_TIMEOUT = 3600.0
 """Seconds a request's body or answer may make no progress before the connection is dropped."""
@@ -79,6 +107,7 @@ _ERRORS = {
     400: ErrorCode.BAD_REQUEST,
     405: ErrorCode.METHOD_NOT_ALLOWED,
     411: ErrorCode.LENGTH_REQUIRED,
+    408: ErrorCode.REQUEST_TIMEOUT,
     413: ErrorCode.TOO_LARGE,
     414: ErrorCode.URI_TOO_LONG,
     431: ErrorCode.HEADERS_TOO_LARGE,
@@ -86,6 +115,7 @@ _ERRORS = {
 }
 _ADVICE = {
     400: "send a well-formed HTTP/1.1 request, e.g. 'GET /info HTTP/1.1'",
+    408: f"send the body at {MIN_BODY_RATE // 1024} KiB/s or faster",
     411: "send the body with a Content-Length header",
     414: f"keep the request line under {MAX_REQUEST_LINE} bytes",
     431: f"send at most 100 header lines, {MAX_HEADER_BYTES} bytes in all",
@@ -123,9 +153,12 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         sock: a bound, listening TCP socket; the server owns it from now on.
         app: the WSGI application.
         ssl_context: an :class:`ssl.SSLContext`, or a ``(certfile, keyfile)`` pair, for HTTPS.
-        max_connections: connections open at once (each has a thread); one more is
-            answered ``503 too_many_connections`` (plain HTTP) or closed (TLS) at once,
-            so threads and memory stay bounded whatever peers open.
+        max_connections: connections open at once (each has a thread), so threads and
+            memory stay bounded whatever peers open. When all are taken, a newcomer takes
+            the slot of the longest-open stranger (a connection that has not authenticated,
+            see :data:`TRUST_KEY`, and has no request being answered), which is closed; with
+            no stranger to replace, it is answered ``503 too_many_connections`` (plain HTTP)
+            or closed (TLS) at once.
 
     Raises:
         ValueError: ``max_connections`` is not a positive integer.
@@ -157,14 +190,12 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         )
         self.server_name, self.server_port = str(address[0]), int(address[1])
         self.app = app
-        self._connections: set[socket.socket] = set()
-        self._lock = threading.Lock()
+        self.slots = Slots(self.max_connections)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse a connection beyond ``max_connections`` (called on the accepting thread)."""
-        with self._lock:
-            if len(self._connections) < self.max_connections:
-                return True
+        """Give the connection a slot, or refuse it beyond ``max_connections`` (called on the accepting thread)."""
+        if self.slots.admit(request):
+            return True
         logger.warning(
             "refused a connection from %s: %d connections are open (max_connections)",
             client_address,
@@ -178,29 +209,25 @@ class KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
                 pass
         return False  # socketserver then closes it
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
     def shutdown_request(self, request: Any) -> None:
-        with self._lock:
-            self._connections.discard(request)
+        self.slots.discard(request)
         super().shutdown_request(request)
 
     def server_close(self) -> None:
         """Stop listening and end the open connections: a closed device answers nobody."""
         super().server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
+        for connection in self.slots.connections():
             try:
                 connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.debug("connection from %s failed", client_address, exc_info=True)
+        kind = sys.exc_info()[0]
+        if kind is not None and issubclass(kind, (OSError, ValueError)):  # the peer's socket or TLS: its business
+            logger.debug("connection from %s failed", client_address, exc_info=True)
+        else:  # a fault of this server: say so (each handler path answers its errors itself)
+            logger.error("connection from %s failed", client_address, exc_info=True)
 
 
 _PLAIN_HTTP_TO_TLS = _canned(
@@ -232,22 +259,35 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: KeepAliveServer
 
     def setup(self) -> None:
+        head_deadline = time.monotonic() + HEAD_TIMEOUT  # the first request's head: the handshake counts
         if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(IDLE_TIMEOUT)
             try:
-                self.request.do_handshake()  # a failure ends this connection only (handle_error)
+                handshake(self.request, head_deadline)  # a failure ends this connection only (handle_error)
             except ssl.SSLError as exc:
                 if exc.reason == "HTTP_REQUEST":  # plain HTTP sent to this TLS port: say so, as nginx does
                     _send_plain(self.request, _PLAIN_HTTP_TO_TLS)
                 raise
+            if self.request.getpeercert():  # a client certificate the CA vouched for: mutual TLS
+                self.server.slots.trust(self.request)
         super().setup()
+        # Every read of the connection ends by its deadline (TimedReader); the stdlib's own
+        # makefile() would wait IDLE_TIMEOUT per read, restarted by every trickled byte.
+        self.reader = TimedReader(self.connection, IDLE_TIMEOUT)
+        self.reader.deadline = head_deadline
+        self.rfile = self._input = io.BufferedReader(self.reader)
+        self._first = True
         if self.connection.family in (socket.AF_INET, socket.AF_INET6):
             # A response's headers and body are separate writes: without this the
             # body would wait for the client's delayed ACK.
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def handle_one_request(self) -> None:
-        self.connection.settimeout(IDLE_TIMEOUT)  # waiting for the next request
+        self.server.slots.busy(self.connection, False)  # between requests: a stranger's slot can be taken
+        self.reader.idle = IDLE_TIMEOUT  # waiting for the next request
+        self.reader.unpace()
+        if not self._first:
+            self.reader.arm(HEAD_TIMEOUT)  # its head must be whole HEAD_TIMEOUT after its first byte
+        self._first = False
         self._expecting = False
         try:
             line = self.rfile.readline(MAX_REQUEST_LINE + 1)
@@ -293,13 +333,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return False
         # The stdlib parses the version and the headers; the budget bounds the headers' total size.
         # A cast, not a wrapper class: the stdlib's header parser only calls readline (http.client.parse_headers).
-        rfile, self.rfile = self.rfile, cast(io.BufferedIOBase, _HeaderBudget(self.rfile, MAX_HEADER_BYTES))
+        rfile, self.rfile = self.rfile, cast(io.BufferedIOBase, HeaderBudget(self.rfile, MAX_HEADER_BYTES))
         try:
             if not super().parse_request():
                 return False
         finally:
             self.rfile = rfile
-        self.connection.settimeout(REQUEST_TIMEOUT)  # a request arrived
+        self.server.slots.busy(self.connection, True)
+        if not self.server.slots.holds(self.connection):
+            self.close_connection = True  # a newcomer took this stranger's slot as its head arrived
+            return False
+        self.reader.deadline = None  # a request arrived
+        self.reader.idle = REQUEST_TIMEOUT
         return True
 
     def handle_expect_100(self) -> bool:
@@ -357,7 +402,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 explain=f"Host header {shown} is not one valid host[:port]; send e.g. 'Host: 127.0.0.1:8000'",
             )
             return
-        body = RequestBody(self.rfile, length or 0, self._continue if self._expecting else None)
+        body = RequestBody(self.rfile, length or 0, self._body_starts)
         response = Response(self, body)
         try:
             environ = self._environ(body, length)
@@ -374,7 +419,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
-        except (ConnectionError, TimeoutError):
+        except TimeoutError:
+            self.close_connection = True
+            if body.remaining and not response.headers_sent:  # the body came too slowly: say so, and close
+                self.send_error(
+                    408,
+                    explain=(
+                        f"the request body arrived slower than {MIN_BODY_RATE // 1024} KiB/s on average after "
+                        f"{BODY_GRACE:g} s ({body.remaining} of {length} bytes missing); send it at that rate or faster"
+                    ),
+                )
+            return
+        except ConnectionError:
             self.close_connection = True
             return
         except Exception:
@@ -388,10 +444,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if body.remaining and not self._expecting:  # (a client waiting for "100 Continue" sends nothing)
                 self._linger(body.remaining)
 
-    def _continue(self) -> None:
-        """Send the "100 Continue" a client that sent ``Expect: 100-continue`` waits for."""
-        self._expecting = False
-        self.wfile.write(f"{self.protocol_version} 100 Continue\r\n\r\n".encode("latin-1"))
+    def _body_starts(self) -> None:
+        """The app reads the body: send the "100 Continue" a client may wait for, and hold the body to its pace."""
+        if self._expecting:
+            self._expecting = False
+            self.wfile.write(f"{self.protocol_version} 100 Continue\r\n\r\n".encode("latin-1"))
+        self.reader.pace(BODY_GRACE, MIN_BODY_RATE)
 
     def _content_length(self) -> int | None | bool:
         """The body's length (``None``: no Content-Length), or ``False`` once an error was answered.
@@ -452,9 +510,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         deadline = time.monotonic() + LINGER_SECONDS
         scratch = memoryview(bytearray(1 << 16))
         try:
-            while (unread is None or unread > 0) and (left := deadline - time.monotonic()) > 0:
-                self.connection.settimeout(left)
-                n = self.rfile.readinto(scratch if unread is None else scratch[: min(unread, len(scratch))])
+            # The connection's own input, also while the headers' budget stands in for it (a 431).
+            self.reader.unpace()
+            self.reader.deadline = deadline
+            while unread is None or unread > 0:
+                n = self._input.readinto(scratch if unread is None else scratch[: min(unread, len(scratch))])
                 if not n:
                     break
                 if unread is not None:
@@ -503,6 +563,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "wsgi.multiprocess": False,
             "wsgi.run_once": False,
             SOCKET_KEY: self.connection,
+            TRUST_KEY: functools.partial(self.server.slots.trust, self.connection),
         }
         if length is not None:
             environ["CONTENT_LENGTH"] = str(length)
@@ -537,19 +598,3 @@ def _valid_host(value: str) -> bool:
 
 class _BadTarget(ValueError):
     """A request target that is neither a path nor an absolute URL."""
-
-
-class _HeaderBudget:
-    """The connection's input while headers are parsed: at most ``budget`` bytes in all."""
-
-    def __init__(self, rfile: Any, budget: int) -> None:
-        self._rfile = rfile
-        self._budget = budget
-
-    def readline(self, limit: int = -1) -> bytes:
-        allowed = self._budget + 1 if limit is None or limit < 0 else min(limit, self._budget + 1)
-        line = self._rfile.readline(allowed)
-        self._budget -= len(line)
-        if self._budget < 0:
-            raise http.client.LineTooLong(f"headers (over {MAX_HEADER_BYTES} bytes in all)")
-        return line

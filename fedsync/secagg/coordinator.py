@@ -37,8 +37,8 @@ from ..wire.metrics import MAX_SAMPLES
 from ..wire.replies import ReplyStream
 from ..wire.transfer import STALL, Deadline, round_grace
 from . import keys as _keys
-from .device import MASKED_KEY, MASKED_NAME, SIGNED_ENTRY
-from .settings import MAX_DEVICES, MIN_THRESHOLD, SecAgg, threshold_range
+from .device import MASKED_KEY, MASKED_NAME, MASKED_VERSION, SIGNED_ENTRY
+from .settings import MAX_DEVICES, MIN_THRESHOLD, PHASE_SHARE, SecAgg, threshold_range
 
 __all__ = ["SecureRound", "start", "checked"]
 
@@ -88,14 +88,8 @@ class SecureRound:
     """One round's secure aggregation, after its setup phases (:func:`start`)."""
 
     def __init__(self, settings: SecAgg, data: Any, rep: int, deadline: Deadline, result: Any, workers: int) -> None:
-        self.settings, self.data, self.rep, self.deadline, self.result, self.workers = (
-            settings,
-            data,
-            rep,
-            deadline,
-            result,
-            workers,
-        )
+        self.settings, self.data, self.rep, self.deadline = settings, data, rep, deadline
+        self.result, self.workers = result, workers
         self.ids: dict[str, int] = {}
         self.remotes: list[Any] = []
         self.by_id: dict[int, Any] = {}
@@ -321,9 +315,10 @@ class SecureRound:
         """
         self.merging = True
         layout = self.data.layout()
-        from .masking import length_of
+        from .masking import digit_width, length_of
 
-        size = length_of(layout) + 1
+        width = digit_width(self.settings.max_samples, len(self.by_id))  # the devices' n of the keys phase
+        size = length_of(layout, width) + 1
         total = np.zeros(size, np.uint64)
         kept: list[ReplyStream] = []
         for reply in replies:
@@ -372,7 +367,7 @@ class SecureRound:
         apply_masks(total, masks)
         try:
             merged, samples = decode_sum(
-                total, layout, self.data.get_arrays(), self.settings.scale, self.settings.bound(len(survivors))
+                total, layout, self.data.get_arrays(), self.settings.scale, self.settings.bound(len(survivors)), width
             )
         except ValueError as exc:
             self._fail(str(exc))
@@ -422,12 +417,12 @@ class SecureRound:
             tensors = header.tensors
             if (
                 len(tensors) != 1 or tensors[0].name != MASKED_NAME or tensors[0].dtype != np.dtype("<u8")
-                or tensors[0].shape != (size,) or header.metadata.get(MASKED_KEY) != "v1"
+                or tensors[0].shape != (size,) or header.metadata.get(MASKED_KEY) != MASKED_VERSION
             ):  # fmt: skip
                 shown = [(t.name[:40], t.dtype.name, t.shape[:4]) for t in tensors[:3]]
                 raise ValueError(
                     f"not a masked reply: expected one uint64 array {MASKED_NAME!r} of {size} elements and metadata "
-                    f"{MASKED_KEY!r}: 'v1', got {shown}"
+                    f"{MASKED_KEY!r}: {MASKED_VERSION!r} (a device of another fedsync version?), got {shown}"
                 )
             buffer = np.empty(_PIECE, np.uint8).data  # a memoryview of it
             for _, first, values in codec.read_pieces(reply.readinto, header, buffer):
@@ -480,7 +475,7 @@ class SecureRound:
                 )
             shares = {r: answer[kind][owner] for r, answer in revealed.items()}
             try:
-                secret, false = shamir.recover(shares, self.threshold, check, seed=self.rep)
+                secret, false = shamir.recover(shares, self.threshold, check, seed=self.rep, suspects=liars)
             except shamir.Unrecoverable as exc:
                 self._fail(
                     f"cannot rebuild device {owner}'s {'self-mask seed b' if kind == 'b' else 'mask key s_sk'}: {exc}"
@@ -508,12 +503,17 @@ class SecureRound:
     # -- plumbing ---------------------------------------------------------------------
 
     def _phase(self, phase: str, bodies: dict[int, Any]) -> dict[int, Any]:
-        """POST ``{rep}/secagg/{phase}`` to each device, concurrently; answers or exceptions by id."""
-        left = self.deadline.left()
+        """POST ``{rep}/secagg/{phase}`` to each device, concurrently; answers or exceptions by id.
+
+        Each call waits at most ``min(remote.timeout, PHASE_SHARE[phase] * time left)``, as the
+        handshake does: a device that never answers is dropped and the round goes on.
+        """
+        left = max(0.0, PHASE_SHARE[phase] * self.deadline.left())
+        end = Deadline.within(left)
 
         def call(u: int) -> Any:
             remote = self.by_id[u]
-            wait = min(remote.timeout, self.deadline.left())
+            wait = min(remote.timeout, end.left())
             if wait <= 0:
                 raise RemoteTimeout(
                     remote.url, f"the round's deadline passed before the secure-aggregation {phase} phase"
@@ -535,9 +535,7 @@ class SecureRound:
         """``check(u, answer)``'s value, or ``None`` with the device's failure recorded."""
         url = self.by_id[u].url
         if isinstance(answer, TimeoutError) and not isinstance(answer, RemoteTimeout):
-            self.result.failures[url] = (
-                "RemoteTimeout: no answer in the secure-aggregation phase before the round's deadline"
-            )
+            self.result.failures[url] = "RemoteTimeout: no answer in a secure-aggregation phase within its time"
             return None
         if isinstance(answer, BaseException):
             self.result.failures[url] = failure_reason(answer)

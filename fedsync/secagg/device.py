@@ -25,20 +25,18 @@ error and changes nothing. Phases run strictly in order, once each.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import threading
 from typing import Any
 
 import numpy as np
 
-from .._util.checks import is_int, is_number
-from .._util.json import shown
+from .._util.checks import is_int
 from ..wire.codec import Payload, encode_payload
 from ..wire.http import ApiError, ErrorCode, json_response
 from . import keys as _keys
 from ._bodies import bounded_int, device_id, id_list, malformed, member, parsed, unb64
-from .settings import MAX_DEVICES, MIN_THRESHOLD, checked_bound, threshold_range
+from .settings import MAX_DEVICES, MAX_SCALE, MIN_THRESHOLD, checked_bound, checked_clip, threshold_range
 
 __all__ = [
     "Session",
@@ -47,6 +45,7 @@ __all__ = [
     "session_for_submit",
     "MASKED_NAME",
     "MASKED_KEY",
+    "MASKED_VERSION",
     "MAX_BODY",
     "SIGNED_ENTRY",
 ]
@@ -54,9 +53,11 @@ __all__ = [
 MAX_BODY = 1 << 20
 """The largest phase request body, in bytes (n = MAX_DEVICES fits with room)."""
 MASKED_NAME = "secagg"
-"""The one tensor of a masked reply: uint64, shape ``[L + 1]``."""
+"""The one tensor of a masked reply: uint64, shape ``[length_of(layout, width) + 1]`` (:mod:`.masking`)."""
 MASKED_KEY = "fedsync.secagg"
-"""Metadata key of a masked reply; its value is ``"v1"``."""
+"""Metadata key of a masked reply; its value is :data:`MASKED_VERSION`."""
+MASKED_VERSION = "v2"
+"""v2: integer and boolean arrays travel as exact digits (:mod:`.masking`); v1 clipped and scaled them."""
 SIGNED_ENTRY = {"c", "s", "commitment", "signature", "certificate"}
 """A signed peer's entry in the shares phase's key table."""
 
@@ -417,14 +418,15 @@ class Session:
         trained = {name: np.asarray(a) for name, a in fed.get_arrays().items()}
         if list(trained) != list(layout):
             raise ValueError("the model's arrays changed names during training")
-        vector = masking.input_vector(trained, received, samples, self.clip, self.scale)
+        width = masking.digit_width(self.max_samples, self.devices)
+        vector = masking.input_vector(trained, received, samples, self.clip, self.scale, width)
         masks: list[tuple[bytes, int]] = [(_keys.derive(self.b, "self", rep), 1)]
         for peer in self.participants:
             if peer != self.me:
                 masks.append((_keys.agree(self.s, self.public[peer][1], "mask", rep), 1 if self.me < peer else -1))
         masking.apply_masks(vector, masks)
         self.stage = "masked"  # under this session's lock: Device._work takes it
-        return encode_payload({MASKED_NAME: vector}, {MASKED_KEY: "v1"})
+        return encode_payload({MASKED_NAME: vector}, {MASKED_KEY: MASKED_VERSION})
 
 
 class BadShares(ApiError):
@@ -563,16 +565,17 @@ def _new_session(rep: int, body: Any, identity: Any = None) -> Session:
         *threshold_range(devices),
         f"threshold (a majority of the {devices} devices, at least {MIN_THRESHOLD})",
     )
-    clip = body["clip"]
-    if not is_number(clip) or not 0 < clip < math.inf:
-        raise malformed(f"clip must be a positive finite number, got {shown(clip)}")
-    scale = bounded_int(body["scale"], 1, 2**52, "scale")
-    max_samples = bounded_int(body["max_samples"], 1, 2**53, "max_samples")
-    try:
-        checked_bound(float(clip), scale, max_samples, devices)
+    try:  # clip first: a huge one must be refused before any arithmetic with it can overflow
+        clip = checked_clip(body["clip"])
     except ValueError as exc:
         raise malformed(str(exc)) from None
-    return Session(rep, me, devices, threshold, float(clip), scale, max_samples, identity)
+    scale = bounded_int(body["scale"], 1, MAX_SCALE, "scale")
+    max_samples = bounded_int(body["max_samples"], 1, 2**53, "max_samples")
+    try:
+        checked_bound(clip, scale, max_samples, devices)
+    except ValueError as exc:
+        raise malformed(str(exc)) from None
+    return Session(rep, me, devices, threshold, clip, scale, max_samples, identity)
 
 
 def _split(secret: bytes, threshold: int, devices: int) -> dict[int, bytes]:

@@ -8,7 +8,18 @@ from dataclasses import dataclass
 from .._util.checks import is_int, is_number
 from ..wire.metrics import MAX_SAMPLES
 
-__all__ = ["SecAgg", "MAX_DEVICES", "MIN_THRESHOLD", "RING", "checked_bound", "threshold_range"]
+__all__ = [
+    "SecAgg",
+    "MAX_DEVICES",
+    "MIN_THRESHOLD",
+    "MAX_CLIP",
+    "MAX_SCALE",
+    "PHASE_SHARE",
+    "RING",
+    "checked_bound",
+    "checked_clip",
+    "threshold_range",
+]
 
 MAX_DEVICES = 128
 """The most devices in one secure-aggregation round. Shamir sharing in GF(2^128) costs each
@@ -19,6 +30,14 @@ MIN_THRESHOLD = 3
 """The smallest ``t``: every unmasked sum covers at least 3 devices (a sum of two is either one to the other)."""
 RING = 2**64
 INT64_MAX = 2**63 - 1
+MAX_CLIP = 2**62
+"""The largest ``clip``: past it, even ``scale = 1`` and one sample overflow the ring's 63 bits."""
+MAX_SCALE = 2**52
+"""The largest fixed-point ``scale``."""
+PHASE_SHARE = {"keys": 0.25, "shares": 0.25, "inbox": 0.25, "consistency": 0.5, "unmask": 0.5}
+"""The part of the round's time left one phase waits for a device (as the handshake's ``HANDSHAKE_SHARE``), so
+a silent device is dropped and the round goes on: after three setup phases that each lost a device, training
+still has (3/4)**3 of the time; unmask and consistency leave half of theirs to rebuild the masks."""
 
 
 @dataclass(frozen=True)
@@ -61,9 +80,8 @@ class SecAgg:
                 f"threshold must be an integer from {MIN_THRESHOLD} to "
                 f"{MAX_DEVICES} (or None: a majority), got {self.threshold!r}"
             )
-        if not is_number(self.clip) or not 0 < self.clip < math.inf:
-            raise ValueError(f"clip must be a positive finite number (the largest |update element|), got {self.clip!r}")
-        if not is_int(self.scale) or not 1 <= self.scale <= 2**52:
+        checked_clip(self.clip)
+        if not is_int(self.scale) or not 1 <= self.scale <= MAX_SCALE:
             raise ValueError(f"scale must be an integer from 1 to 2**52, e.g. 2**20, got {self.scale!r}")
         if not is_int(self.max_samples) or not 1 <= self.max_samples <= MAX_SAMPLES:
             raise ValueError(f"max_samples must be an integer from 1 to {MAX_SAMPLES}, got {self.max_samples!r}")
@@ -91,8 +109,40 @@ def threshold_range(devices: int) -> tuple[int, int]:
     return max(MIN_THRESHOLD, devices // 2 + 1), devices
 
 
+def checked_clip(clip: object) -> float:
+    """``clip`` as a float, if it is a number in ``(0, MAX_CLIP]``.
+
+    Checked before any arithmetic: a clip of 1e300 or a 400-digit integer would otherwise
+    overflow (``OverflowError``) in the bound's computation instead of being refused.
+
+    Raises:
+        ValueError: not a number (bools refused), not positive, or past :data:`MAX_CLIP`.
+    """
+    if not is_number(clip) or not 0 < clip <= MAX_CLIP:
+        shown = (
+            repr(clip) if not isinstance(clip, int) or abs(clip) < 10**30 else f"an integer of {len(str(clip))} digits"
+        )
+        raise ValueError(
+            f"clip must be a number above 0 and at most 2**62 (the largest |update element|, e.g. 1.0), got {shown}"
+        )
+    return float(clip)
+
+
 def checked_bound(clip: float, scale: int, max_samples: int, devices: int) -> int:
-    """``(ceil(clip * scale) + 1) * max_samples * devices``, which must stay below 2**63 (so the sum never wraps)."""
+    """``(ceil(clip * scale) + 1) * max_samples * devices``, which must stay below 2**63 (so the sum never wraps).
+
+    Raises:
+        ValueError: a parameter out of its range (:func:`checked_clip`, ``scale`` 1 to 2**52, ``max_samples`` and
+            ``devices`` from 1), or the bound past 2**63 - 1.
+    """
+    clip = checked_clip(clip)
+    for name, value, high in (
+        ("scale", scale, MAX_SCALE),
+        ("max_samples", max_samples, 2**53),
+        ("devices", devices, MAX_DEVICES),
+    ):
+        if not is_int(value) or not 1 <= value <= high:
+            raise ValueError(f"{name} must be an integer from 1 to {high}, got {value!r}")
     bound = (math.ceil(clip * scale) + 1) * max_samples * devices
     if bound > INT64_MAX:
         raise ValueError(

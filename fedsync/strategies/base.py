@@ -16,8 +16,19 @@ import numpy as np
 
 from ..errors import RoundFailed
 from ..wire.metrics import checked_samples
+from .exact import ExactSum, exact_dtype
 
-__all__ = ["Strategy", "Accumulator", "WeightedSum", "FedAvg", "fold_whole", "Arrays", "CHUNK", "accumulator_dtype"]
+__all__ = [
+    "Strategy",
+    "Accumulator",
+    "WeightedSum",
+    "FedAvg",
+    "fold_whole",
+    "Arrays",
+    "CHUNK",
+    "accumulator_dtype",
+    "rounded_mean",
+]
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -96,7 +107,7 @@ class Strategy:
 def accumulator_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype a running merge of arrays of ``dtype`` is kept in.
 
-    float16/float32 average in float32 (one model copy, as the design's memory goal asks);
+    float16/float32 means are float32 (their sums are exact, :class:`~fedsync.strategies.exact.ExactSum`);
     float64 stays float64; integers and booleans sum exactly, in int64 (``WeightedSum``
     moves to Python ints once that could overflow).
     """
@@ -113,20 +124,30 @@ _INT64_LIMIT = 2**63  # an integer sum that may reach this moves to Python ints
 class WeightedSum(Accumulator):
     """The sample-weighted mean of every array, folded reply by reply.
 
-    Floating arrays keep a running weighted mean, ``mean += w * (x - mean)``
-    computed as ``mean * (1 - w) + x * w`` with ``w = samples / samples so far``:
-    every intermediate stays within the range of the values, so large values
-    or sample counts cannot overflow. Integer and boolean arrays keep the exact
-    sum of ``values * samples`` (int64, or Python integers once that could
-    overflow), so :meth:`result` is exact: integers are the mean rounded half
-    to even, booleans the weighted majority (a tie gives ``True``). Memory: one
-    accumulator per array plus a small scratch buffer, whatever the number of
-    replies.
+    float16 and float32 arrays keep the exact, order-independent sum of
+    ``values * samples`` (:class:`~fedsync.strategies.exact.ExactSum`, reproducible
+    summation after Demmel and Nguyen 2015), rounded once in :meth:`result`: the
+    same replies in any order give bit-identical results, and equal replies give
+    exactly their value. float64 arrays keep a running weighted mean about the
+    replies so far, ``mean += w * (x - mean)`` with ``w = samples / samples so far``
+    (``mean * (1 - w) + x * w`` where the difference would overflow): equal replies
+    give exactly their value; the order can change the last bits. Integer and
+    boolean arrays keep the exact sum of ``values * samples`` (int64, or Python
+    integers once that could overflow), so :meth:`result` is exact: integers are
+    the mean rounded half to even, booleans the weighted majority (a tie gives
+    ``True``). Memory, whatever the number of replies: 26 bytes per float16/float32
+    element (6.5 float32 model copies), one copy of each float64 or integer array,
+    and small scratch buffers.
     """
 
     def __init__(self, current: Arrays) -> None:
         self.layout = {name: (a.shape, a.dtype) for name, a in current.items()}
-        self.sums = {name: np.zeros(a.size, accumulator_dtype(a.dtype)) for name, a in current.items()}
+        self.exact = {name: ExactSum(a.size) for name, a in current.items() if exact_dtype(a.dtype)}
+        """The order-independent sums of float16/float32 arrays, until :meth:`result` turns them into ``sums``."""
+        self.sums = {
+            name: np.zeros(a.size, accumulator_dtype(a.dtype)) for name, a in current.items() if name not in self.exact
+        }
+        """Running means (float64) and exact sums (integers); after :meth:`result`, every array's merged mean."""
         self.total = 0
         """Samples of the replies started so far."""
         self._samples = 0
@@ -160,7 +181,10 @@ class WeightedSum(Accumulator):
         flat = values.reshape(-1)
         if samples == 0 or flat.size == 0:
             return
-        if self.layout[name][1].kind == "f":
+        exact = self.exact.get(name)
+        if exact is not None:
+            exact.add(first, flat, samples)
+        elif self.layout[name][1].kind == "f":
             self._add_floats(self.sums[name], first, flat)
         else:
             self._add_integers(name, first, flat)
@@ -172,18 +196,26 @@ class WeightedSum(Accumulator):
         return buffer
 
     def _add_floats(self, acc: np.ndarray, first: int, flat: np.ndarray) -> None:
-        """``mean = mean * (1 - w) + values * w``, a chunk at a time through the scratch buffer."""
+        """``mean += w * (values - mean)`` (float64), a chunk at a time through the scratch buffer.
+
+        Equal values leave the mean exactly as it is; where ``values - mean`` would
+        overflow, ``mean * (1 - w) + values * w`` (every intermediate within the values' range).
+        """
         target = acc[first : first + flat.size]
         if self._weight == 1.0:  # the first reply that counts: the mean is its values
             np.copyto(target, flat, casting="same_kind")
             return
         buffer = self._buffer(acc.dtype)
-        keep = 1.0 - self._weight
         for start in range(0, flat.size, CHUNK):
             part = buffer[: min(CHUNK, flat.size - start)]
-            np.multiply(flat[start : start + CHUNK], self._weight, out=part, casting="same_kind")
+            values = flat[start : start + CHUNK]
             mean = target[start : start + part.size]
-            mean *= keep
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.subtract(values, mean, out=part, casting="same_kind")
+            wide = ~np.isfinite(part)
+            part *= self._weight
+            if wide.any():
+                part[wide] = values[wide] * self._weight - mean[wide] * self._weight
             mean += part
 
     def _add_integers(self, name: str, first: int, flat: np.ndarray) -> None:
@@ -219,20 +251,24 @@ class WeightedSum(Accumulator):
             )
         if total != self.total:
             raise ValueError(f"result({total}) does not match the {self.total} samples of the replies started")
+        for name in list(self.exact):  # rounded once, then kept where server optimizers read the mean
+            shape, dtype = self.layout[name]
+            self.sums[name] = self.exact.pop(name).mean(total, accumulator_dtype(dtype))
         merged = {}
-        for name, acc in self.sums.items():
+        for name in self.layout:
+            acc = self.sums[name]
             shape, dtype = self.layout[name]
             if dtype.kind == "f":
                 merged[name] = acc.astype(dtype, copy=False).reshape(shape)
             elif dtype.kind == "b":
                 merged[name] = (acc >= total - acc).reshape(shape)  # 2 * sum >= total, without overflow
             else:
-                merged[name] = _rounded_mean(acc, total).astype(dtype).reshape(shape)
+                merged[name] = rounded_mean(acc, total).astype(dtype).reshape(shape)
         return merged
 
 
-def _rounded_mean(sums: np.ndarray, total: int) -> np.ndarray:
-    """``sums / total`` rounded half to even, exactly (``total`` > 0)."""
+def rounded_mean(sums: np.ndarray, total: int) -> np.ndarray:
+    """``sums / total`` rounded half to even, exactly (``total`` > 0; ``sums`` int64, or Python ints as ``object``)."""
     if sums.dtype != object and total >= _INT64_LIMIT:
         sums = sums.astype(object)
     divisor = total if sums.dtype == object else np.int64(total)
@@ -247,7 +283,9 @@ class FedAvg(Strategy):
 
     Each device's arrays weigh by the number of samples it trained on, so the
     coordinator holds one accumulator per array whatever the number of devices.
-    Floating arrays are averaged at float32 precision or better, without
+    float16/float32 arrays sum exactly and independently of the replies' order
+    (:class:`WeightedSum`, :mod:`fedsync.strategies.exact`), rounded once: equal
+    replies give exactly their value; float64 arrays keep a running mean. No
     overflow whatever the values and sample counts. Integer arrays (e.g. torch's
     ``num_batches_tracked``) take the exact weighted mean **rounded half to
     even** (2.5 -> 2, 3.5 -> 4), exact for every integer dtype and sample count;
@@ -274,7 +312,7 @@ def fold_whole(accumulator: WeightedSum, results: Iterable[tuple[Arrays, int]]) 
         del result  # hold no reply while asking for the next: it may not download before
         accumulator.start(samples)
         if accumulator.samples > 0:
-            for name in accumulator.sums:
+            for name in accumulator.layout:
                 accumulator.add(name, 0, np.asarray(arrays[name]), samples)
         del arrays
     return accumulator.result(accumulator.total)

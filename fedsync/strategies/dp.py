@@ -50,7 +50,7 @@ import numpy as np
 
 from .._util.checks import is_int, is_number
 from ..errors import RoundFailed
-from ..privacy import CHUNK, checked_positive, clip_factor, update_norm
+from ..privacy import CHUNK, checked_positive, clip_factor, scaled_update, update_norm
 from .base import Arrays, FedAvg, Strategy, accumulator_dtype
 from .robust import EveryReply
 
@@ -160,7 +160,7 @@ class DPFixedClipping(Strategy):
                     acc = sums[name]
                     for first in range(0, x.size, CHUNK):
                         end = min(first + CHUNK, x.size)
-                        acc[first:end] += (x[first:end].astype(np.float64) - g[first:end]) * factor
+                        acc[first:end] += scaled_update(x[first:end], g[first:end], factor)
             del arrays
         if not norms:
             raise RoundFailed(

@@ -119,9 +119,16 @@ class _ServerOptimizer(FedAvg):
                 slots = [state[f"{slot}/{name}"].reshape(-1) for slot in self._slots]
                 for first in range(0, x.size, CHUNK):
                     end = min(first + CHUNK, x.size)
+                    # In float64, cast back once: float32's delta * delta overflows at |delta| = 1.8e19, and
+                    # mean - x past 3.4e38, where the new model and state are finite float32 values.
                     new_slots, new_x = self._update(
-                        x[first:end].astype(mean.dtype), mean[first:end], [s[first:end] for s in slots], fresh
+                        x[first:end].astype(np.float64),
+                        mean[first:end].astype(np.float64),
+                        [s[first:end].astype(np.float64) for s in slots],
+                        fresh,
                     )
+                    new_x = new_x.astype(mean.dtype)
+                    new_slots = [a.astype(t.dtype) for a, t in zip(new_slots, slots, strict=True)]
                     if not write:
                         if not all(np.isfinite(a).all() for a in (new_x, *new_slots)):
                             raise RoundFailed(

@@ -28,7 +28,7 @@ from ..errors import RoundFailed
 from .base import Arrays, Strategy
 from .store import ReplyStore, checked_spill_bytes, default_spill_bytes
 
-__all__ = ["FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan", "EveryReply"]
+__all__ = ["FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan", "EveryReply", "float_median"]
 
 
 def _count(name: str, value: object, low: int) -> int:
@@ -59,9 +59,38 @@ def integer_median(rows: np.ndarray) -> np.ndarray:
 
 
 def _mean(rows: np.ndarray) -> np.ndarray:
-    """The mean of each column in float64, taken about the first row: equal rows give that row exactly."""
+    """The mean of each column in float64, taken about the first row: equal rows give that row exactly.
+
+    Finite rows give a finite mean: when a difference or a sum would overflow (float64
+    values near 1.8e308), the rows are scaled by a power of two first (exact but for
+    subnormals), and the mean scaled back.
+    """
     rows = rows.astype(np.float64, copy=False)
-    return rows[0] + (rows - rows[0]).mean(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = rows[0] + (rows - rows[0]).mean(axis=0)
+    if np.isfinite(mean).all() or not np.isfinite(rows).all():
+        return mean
+    shift = 2 + int(rows.shape[0]).bit_length()  # |sum of n differences| <= n * 2 * max, below max after it
+    scaled = np.ldexp(rows, -shift)
+    return np.ldexp(scaled[0] + (scaled - scaled[0]).mean(axis=0), shift)
+
+
+def float_median(rows: np.ndarray) -> np.ndarray:
+    """The median of each column of floating ``rows`` (an even count: the mean of the two middle values).
+
+    Computed in float64 (float16/float32 values sum there exactly, so the result rounds once
+    when cast back), and the two middle values' mean without overflow for float64 ones:
+    ``numpy.median`` of finite float32 values near 3e38 gives infinity.
+    """
+    rows = rows.astype(np.float64, copy=False)
+    n = rows.shape[0]
+    ordered = np.partition(rows, ((n - 1) // 2, n // 2), axis=0)
+    low, high = ordered[(n - 1) // 2], ordered[n // 2]
+    with np.errstate(over="ignore", invalid="ignore"):
+        middle = (low + high) * 0.5
+    wide = ~np.isfinite(middle) & np.isfinite(low) & np.isfinite(high)
+    middle[wide] = low[wide] * 0.5 + high[wide] * 0.5
+    return middle
 
 
 class EveryReply(Strategy):
@@ -167,7 +196,7 @@ class FedMedian(EveryReply):
         super().__init__(spill_bytes)
 
     def _reduce(self, rows: np.ndarray) -> np.ndarray:
-        return np.median(rows.astype(np.result_type(rows.dtype, np.float32), copy=False), axis=0)
+        return float_median(rows)
 
 
 class FedTrimmedAvg(EveryReply):
@@ -207,19 +236,32 @@ class FedTrimmedAvg(EveryReply):
         return _mean(rows)
 
 
-def _distances(store: ReplyStore) -> np.ndarray:
-    """Squared Euclidean distances between the replies' floating arrays: ``(n, n)`` float64."""
+_DISTANCE_SHIFT = -600
+"""Krum's distances of float64 replies too large to square are taken of the replies times 2**-600."""
+
+
+def _distances(store: ReplyStore, shift: int = 0) -> np.ndarray:
+    """Squared Euclidean distances between the replies' floating arrays: ``(n, n)`` float64.
+
+    Finite replies give finite distances: float64 values whose squares overflow are
+    measured again scaled by ``2**-600`` (the same order; only the scale differs).
+    """
     n = len(store)
     d = np.zeros((n, n))
-    for name, (_, dtype) in store.layout.items():
-        if dtype.kind != "f":
-            continue
-        for first, end in store.chunks(name):
-            rows = store.rows(name, first, end).astype(np.float64)
-            for i in range(n - 1):
-                diff = rows[i + 1 :] - rows[i]
-                d[i, i + 1 :] += np.einsum("ij,ij->i", diff, diff)
-            del rows
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, (_, dtype) in store.layout.items():
+            if dtype.kind != "f":
+                continue
+            for first, end in store.chunks(name):
+                rows = store.rows(name, first, end).astype(np.float64)
+                if shift:
+                    rows = np.ldexp(rows, shift)
+                for i in range(n - 1):
+                    diff = rows[i + 1 :] - rows[i]
+                    d[i, i + 1 :] += np.einsum("ij,ij->i", diff, diff)
+                del rows
+    if not shift and not np.isfinite(d).all():
+        return _distances(store, _DISTANCE_SHIFT)
     return d + d.T
 
 
@@ -371,6 +413,8 @@ class Bulyan(_KrumFamily):
         # rows: the theta selected replies; beta = theta - 2f of them closest to the median
         beta = len(rows) - 2 * self.num_malicious_clients
         rows = rows.astype(np.float64)
-        median = np.median(rows, axis=0)
-        closest = np.argsort(np.abs(rows - median), axis=0, kind="stable")[:beta]
+        median = float_median(rows)
+        with np.errstate(over="ignore"):  # a gap past float64's range is infinite: the farthest, as it should be
+            gaps = np.abs(rows - median)
+        closest = np.argsort(gaps, axis=0, kind="stable")[:beta]
         return _mean(np.take_along_axis(rows, closest, axis=0))

@@ -204,10 +204,12 @@ class Transport(ABC):
                 URL's path in front of ``target`` (``/model/3/result?wait=1.500``), as
                 :class:`~fedsync.transports.http.HTTPTransport` does (``url + target``; the
                 ``Remote`` strips a trailing ``/`` from its URL, a factory gets the URL as given).
-            headers: the protocol's headers, and only those: none for ``GET`` and ``HEAD``;
+            headers: the protocol's headers, and only those: none for ``GET`` and ``HEAD``
+                but ``Range: bytes=N-`` for a result resumed after a break;
                 ``X-Fedsync-Specs``, ``Content-Type`` and, when the round has a configuration,
-                ``X-Fedsync-Config`` for a submission or an evaluation; ``Content-Type:
-                application/json`` for secure aggregation's phases. Never ``Host``,
+                ``X-Fedsync-Config`` for a submission or an evaluation (plus ``Upload-Offset`` and
+                ``Upload-Length`` for a resumed submission: docs/protocol.md, "Transfers that
+                resume"); ``Content-Type: application/json`` for secure aggregation's phases. Never ``Host``,
                 ``Content-Length`` or ``Authorization``: an HTTP transport adds them, as
                 ``requests`` does for ``HTTPTransport``. ``Content-Length`` goes with every body
                 that is not ``None`` (a device answers ``411`` without it and refuses

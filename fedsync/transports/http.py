@@ -244,6 +244,8 @@ class HTTPTransport(Transport):
                 raise RemoteTimeout(self.url, f"timed out: no answer within the timeout ({self.short(exc)})") from None
             if malformed(exc):  # it connected and answered, but not HTTP a client can read
                 raise RemoteError(self.url, f"answered malformed HTTP ({self.short(exc)})") from None
+            if "Connection aborted" in str(exc):  # urllib3's words for a connection lost mid-request
+                raise RemoteUnavailable(self.url, f"connection lost during the request ({self.short(exc)})") from None
             raise RemoteUnavailable(self.url, f"cannot connect: is the device running? ({self.short(exc)})") from None
         except requests.exceptions.RequestException as exc:
             raise RemoteError(self.url, self.short(exc)) from None

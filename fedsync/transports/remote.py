@@ -40,6 +40,7 @@ from ..wire.shapes import DeviceInfo, EvaluationAnswer
 from ..wire.tokens import checked_token
 from ..wire.transfer import Deadline, content_length, read_capped
 from ._answers import Refused, parsed, refusal
+from ._resume import Resumes, ResumingAnswer, checked_resumed, submit_resuming
 from .base import Answer, Body, Transport
 from .http import HTTPTransport
 
@@ -140,6 +141,12 @@ class Remote:
                 self.url, timeout=self.timeout, token=token, retries=retries, verify=verify, cert=cert, crl=crl
             )
         self.transport = transport  # what carries this remote's requests
+        self.resumes = Resumes()  # transfers resumed after a break (fedsync.transports._resume)
+
+    @property
+    def resent_bytes(self) -> int:
+        """Bytes this remote sent or received more than once because a transfer broke and resumed."""
+        return self.resumes.resent
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -183,11 +190,14 @@ class Remote:
         *,
         timeout: float | None = None,
         config: Mapping[str, Any] | None = None,
+        deadline: Deadline | None = None,
     ) -> None:
         """Hand the device ``payload`` for ``repetition``; returns once it accepted (202).
 
         ``config``: the round's configuration (:mod:`fedsync.wire.config`), sent in the
-        ``X-Fedsync-Config`` header when not empty.
+        ``X-Fedsync-Config`` header when not empty. A body whose connection breaks part-way
+        resumes from the bytes the device holds (docs/protocol.md, "Transfers that resume"),
+        no resumption starting past ``deadline``.
 
         Raises:
             SpecsMismatch: the device holds other specs (409 ``specs_mismatch``).
@@ -199,12 +209,9 @@ class Remote:
         """
         body, mimetype = _request_body(payload)
         wait = timeout or self.timeout
-        answer = self.request(
-            "POST", f"/{repetition}/submit", headers=_headers(specs, mimetype, config), body=body, timeout=wait
-        )
+        answer = submit_resuming(self, repetition, _headers(specs, mimetype, config), body, wait, deadline)
         # Its JSON says nothing the status did not; read (bounded) so the connection is reused.
-        deadline = Deadline.within(wait)
-        read_capped(answer, MAX_JSON, deadline, self.url, truncate=True)
+        read_capped(answer, MAX_JSON, Deadline.within(wait), self.url, truncate=True)
 
     def ready(self, repetition: int, wait: float, *, timeout: float | None = None) -> bool:
         """Long-poll up to ``wait`` seconds for the result without downloading it.
@@ -307,7 +314,13 @@ class Remote:
                     self.url,
                     "sent its result without a valid Content-Length (decimal digits); a fedsync device sends one",
                 )
-            return answer, length
+            what = f"the result of repetition {repetition}"
+            return ResumingAnswer(answer, length, reopen, self.url, what, self.resumes), length
+
+        def reopen(offset: int, deadline: Deadline) -> Answer:  # the rest, after a break: Range: bytes=N-
+            timeout = deadline.request_timeout(self.timeout)
+            answer = self._poll("GET", repetition, 0.0, timeout, headers={"Range": f"bytes={offset}-"})
+            return checked_resumed(answer, repetition, self.url)
 
         def open_again() -> tuple[Answer, int]:
             again = self._result_answer(repetition, 0.0, deadline.request_timeout(self.timeout))
@@ -508,12 +521,19 @@ class Remote:
             raise RemoteError(self.url, f"answered repetition {shown(answered, 40)} instead of {repetition}")
         return answer
 
-    def _poll(self, method: str, repetition: int, wait: float, timeout: float | None, check: bool = True) -> Answer:
+    def _poll(
+        self,
+        method: str,
+        repetition: int,
+        wait: float,
+        timeout: float | None,
+        check: bool = True,
+        headers: Mapping[str, str] | None = None,
+    ) -> Answer:
         """A long-poll of ``{rep}/result``: the timeout covers the wait."""
         read_timeout = timeout if timeout is not None else wait + self.timeout
-        return self.request(
-            method, f"/{repetition}/result?wait={wait:.3f}", headers={}, timeout=read_timeout, check=check
-        )
+        target = f"/{repetition}/result?wait={wait:.3f}"
+        return self.request(method, target, headers=headers or {}, timeout=read_timeout, check=check)
 
     def _raise_for(self, answer: Answer) -> None:
         status = answer.status

@@ -87,6 +87,16 @@ _DTYPES: dict[str, np.dtype] = {
 _CODES = {(dt.kind, dt.itemsize): code for code, dt in _DTYPES.items()}
 _SUPPORTED = ", ".join(_DTYPES)
 
+
+def carries(dtype: np.dtype) -> bool:
+    """Whether a payload can hold arrays of ``dtype`` (see :data:`SUPPORTED_DTYPES`)."""
+    dtype = np.dtype(dtype)
+    return (dtype.kind, dtype.itemsize) in _CODES
+
+
+SUPPORTED_DTYPES = tuple(str(dt) for dt in _DTYPES.values())
+"""The numpy dtypes a payload carries (safetensors' F64 ... BOOL; bfloat16 travels as float32 in the adapters)."""
+
 # Messages quote untrusted values; keep them short whatever the header holds.
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 60

@@ -77,6 +77,7 @@ ROUTES = (
     Route("status", "GET", "/"),
     Route("info", "GET", "/info"),
     Route("submit", "POST", "/{rep}/submit"),
+    Route("submit_offset", "HEAD", "/{rep}/submit"),
     Route("result", "GET", "/{rep}/result"),
     Route("evaluate", "POST", "/{rep}/evaluate"),
     Route("secagg", "POST", "/{rep}/secagg/{phase}"),
@@ -154,11 +155,16 @@ class ErrorCode(str, Enum):
     IDENTITY_MISMATCH = "identity_mismatch"
     STALE_SESSION = "stale_session"
     UNKNOWN_JOB = "unknown_job"
+    # Transfers that resume (docs/protocol.md): the dial-out listener and the device both use these.
     BAD_RANGE = "bad_range"
     OFFSET_MISMATCH = "offset_mismatch"
     ANSWER_CHANGED = "answer_changed"
     BAD_REGISTRATION = "bad_registration"
     BAD_ANSWER = "bad_answer"
+    REQUEST_TIMEOUT = "request_timeout"
+    BAD_UPLOAD_OFFSET = "bad_upload_offset"
+    UNKNOWN_UPLOAD = "unknown_upload"
+    UPLOAD_CHANGED = "upload_changed"
 
 
 class ApiError(HTTPException):

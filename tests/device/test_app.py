@@ -231,7 +231,7 @@ def test_unknown_routes_and_methods_answer_json():
     assert missing.status_code == 404 and missing.json["error"] == "not_found"
     wrong = client.get("/1/submit")
     assert wrong.status_code == 405 and wrong.json["error"] == "method_not_allowed"
-    assert "'GET' is not allowed on '/1/submit'; use POST" in wrong.json["message"]
+    assert "'GET' is not allowed on '/1/submit'; use HEAD or POST" in wrong.json["message"]
 
 
 def test_token_is_required_when_set():

@@ -1,5 +1,6 @@
 """The distribution a user installs: sdist and wheel, their metadata, and a fresh virtualenv."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The fresh virtualenv must see only what was installed into it: a PYTHONPATH pointing at a checkout
+# (how tests run from a worktree) makes its pip believe fedsync is already installed.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +55,17 @@ def test_wheel_metadata_carries_entry_points_and_extras(dist):
 def test_wheel_installs_into_a_fresh_virtualenv_and_runs(dist, tmp_path):
     (wheel,) = dist.glob("*.whl")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=CLEAN_ENV)
     python, fedsync = venv / "bin" / "python", venv / "bin" / "fedsync"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600, capture_output=True)
-    help_text = subprocess.run([str(fedsync), "--help"], check=True, capture_output=True, text=True, timeout=60).stdout
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600, capture_output=True, env=CLEAN_ENV)
+    help_text = subprocess.run([str(fedsync), "--help"], check=True, capture_output=True, text=True, timeout=60, env=CLEAN_ENV).stdout
     assert "demo" in help_text and "serve" in help_text
     # The FedFloat example, outside the source tree so only the installed package can be imported.
     work = tmp_path / "work"
     shutil.copytree(ROOT / "examples" / "custom_fedfloat", work / "custom_fedfloat")
     shutil.copy(ROOT / "examples" / "run.py", work / "run.py")
-    out = subprocess.run([str(python), "run.py", "custom_fedfloat"], cwd=work, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([str(python), "run.py", "custom_fedfloat"], cwd=work, capture_output=True, text=True, timeout=300, env=CLEAN_ENV)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "round 3: value 2.0" in out.stdout
-    where = subprocess.run([str(python), "-c", "import fedsync; print(fedsync.__file__)"], cwd=work, capture_output=True, text=True, timeout=60).stdout
+    where = subprocess.run([str(python), "-c", "import fedsync; print(fedsync.__file__)"], cwd=work, capture_output=True, text=True, timeout=60, env=CLEAN_ENV).stdout
     assert str(venv) in where

@@ -41,7 +41,7 @@ def test_secure_round_equals_fedavg_and_a_masked_reply_looks_uniform(devices):
     # What the coordinator downloaded from the constant device: its reply, read again.
     body = requests.get(f"{urls[2]}/{result.repetition}/result", timeout=10).content
     arrays, metadata = codec.decode(body)
-    assert list(arrays) == ["secagg"] and metadata == {"fedsync.secagg": "v1"} and arrays["secagg"].dtype == np.uint64
+    assert list(arrays) == ["secagg"] and metadata == {"fedsync.secagg": "v2"} and arrays["secagg"].dtype == np.uint64
     # Unmasked, every element of the constant device's update would be the same; masked, the
     # top 4 bits must look uniform: chi-square, 15 degrees of freedom, refused at p = 1e-6.
     from scipy.stats import chi2
@@ -165,6 +165,10 @@ HOSTILE_KEYS = [
     {**keys_body(1), "scale": 2**40, "max_samples": 2**30}, {**keys_body(1), "devices": 10**9}, {**keys_body(1), "extra": 1},
     # A coordinator's choices that would let it unmask one device: t <= n/2, or a sum of fewer than 3 devices.
     {**keys_body(1), "threshold": 2}, {**keys_body(1, devices=6), "threshold": 3}, keys_body(1, devices=2, threshold=2),
+    # Numbers that overflow arithmetic (issue #22): refused as 400, never an OverflowError's 500.
+    {**keys_body(1), "clip": 1e300}, {**keys_body(1), "clip": 10**400}, {**keys_body(1), "clip": 1.7e308},
+    {**keys_body(1), "clip": True}, {**keys_body(1), "scale": 10**400}, {**keys_body(1), "max_samples": 10**400},
+    {**keys_body(1), "devices": 10**400}, {**keys_body(1), "threshold": 10**400}, {**keys_body(1), "id": -(10**400)},
 ]
 
 
@@ -253,6 +257,14 @@ def test_strategies_that_need_each_update_are_refused():
         SecAgg(clip=1.0, scale=2**40, max_samples=2**30)
 
 
+@pytest.mark.parametrize("options", [{"clip": 1e300}, {"clip": 10**400}, {"clip": 1.7e308}, {"clip": True},
+                                     {"clip": float("nan")}, {"scale": 10**400}, {"max_samples": 10**400},
+                                     {"threshold": 10**400}, {"scale": 2.0}])  # fmt: skip
+def test_every_secagg_parameter_out_of_range_is_a_value_error(options):
+    with pytest.raises(ValueError, match="must be|overflow"):
+        SecAgg(**options)
+
+
 def test_checked_reconstruction_names_a_false_share():
     import hashlib
     import os
@@ -264,6 +276,38 @@ def test_checked_reconstruction_names_a_false_share():
     assert found == secret and false == [2]
     with pytest.raises(shamir.Unrecoverable):
         shamir.recover({i: shares[i] for i in (1, 2, 3)}, 3, lambda s: s == secret)
+
+
+def _lied(liars, n=12, t=7):
+    import hashlib
+    import os
+
+    secret = os.urandom(32)
+    shares = shamir.split(secret, t, n)
+    for i in liars:
+        shares[i] = os.urandom(32)
+    commitment = hashlib.sha256(secret).digest()
+    return secret, shares, lambda s: hashlib.sha256(s).digest() == commitment
+
+
+def test_recovery_finds_the_honest_shares_whenever_threshold_of_them_remain():
+    """12 devices, t = 7, five reveal random shares: the 7 honest ones are found (issue #22), not 1 in 792 tries."""
+    secret, shares, check = _lied([6, 7, 8, 9, 10])
+    assert shamir.recover(shares, 7, check) == (secret, [6, 7, 8, 9, 10])
+    # Known liars (the coordinator's suspects from an earlier secret) are avoided from the first subset on.
+    secret, shares, check = _lied([1, 2, 3, 4, 5])
+    tried = []
+    found = shamir.recover(shares, 7, lambda s: tried.append(s) or check(s), suspects=[1, 2, 3, 4, 5])
+    assert found == (secret, [1, 2, 3, 4, 5]) and len(tried) == 1 + 5  # one subset, then one test per other share
+
+
+@pytest.mark.slow  # 792 reconstructions, twice (about 7 s)
+def test_recovery_of_the_issues_case_searches_every_subset():
+    secret, shares, check = _lied([1, 2, 3, 4, 5])
+    assert shamir.recover(shares, 7, check) == (secret, [1, 2, 3, 4, 5])
+    secret, shares, check = _lied([1, 2, 3, 4, 5, 6])  # only 6 honest shares: no subset can pass
+    with pytest.raises(shamir.Unrecoverable, match="every one of the 792 subsets was tried"):
+        shamir.recover(shares, 7, check)
 
 
 # -- hostile devices against the coordinator, and the coordinator's own choices ---------------------
@@ -304,3 +348,50 @@ def test_a_threshold_that_is_not_a_majority_is_refused_before_any_device_is_aske
     finally:
         for name in names:
             unregister_device(name)
+
+
+# -- integer arrays stay exact (issue #22): as plain FedAvg, whatever clip and scale ------------------
+
+
+INTEGERS = {  # per device (seed 1, 2, 3): counters, a 2**62 buffer, extremes of each dtype, masks
+    "num_batches_tracked": lambda s: np.array(6 * s, np.int64),
+    "big": lambda s: np.array([2**62 + 3, -(2**63) + s, 2**63 - 1 - s], np.int64),
+    "u64": lambda s: np.array([2**64 - 1, 2**63 + s, 0], np.uint64),
+    "i8": lambda s: np.array([-128, 127, 3 * s - 5], np.int8),
+    "flag": lambda s: np.array([s == 1, s < 3, True, False]),
+}
+
+
+def _with_integers(seed: int, samples: int) -> FedArrays:
+    def train(weights):
+        weights["w"] += np.float32(0.01 * seed)
+        for name, value in INTEGERS.items():
+            weights[name][...] = value(seed)
+        return samples
+
+    return FedArrays(_integer_model(), train)
+
+
+def _integer_model():
+    return {"w": np.zeros(4, np.float32), **{name: np.zeros_like(value(1)) for name, value in INTEGERS.items()}}
+
+
+@pytest.mark.parametrize("options", [{}, {"clip": 1e-3, "scale": 1}, {"clip": 1.0, "scale": 1, "max_samples": 2**53}])
+def test_integer_and_boolean_arrays_merge_exactly_as_plain_fedavg(options):
+    from fedsync.transports.local import register_device, unregister_device
+
+    names = [f"secagg-int-{i}" for i in range(3)]
+    urls = [register_device(name, _with_integers(seed, 10 * seed + 1)) for name, seed in zip(names, (1, 2, 3))]
+    try:
+        plain = FedArrays(_integer_model())
+        Federated(plain, urls, timeout=30).round()
+        secure = FedArrays(_integer_model())
+        with Federated(secure, urls, timeout=30, secure_aggregation=SecAgg(**options)) as alg:
+            assert alg.round().samples == 63
+    finally:
+        for name in names:
+            unregister_device(name)
+    for name in INTEGERS:
+        got, want = secure.model[name], plain.model[name]
+        assert got.dtype == want.dtype and np.array_equal(got, want), (name, got, want)
+    assert int(secure.model["num_batches_tracked"]) == 14  # (6*11 + 12*21 + 18*31) / 63 = 13.9

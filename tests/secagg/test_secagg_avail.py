@@ -176,3 +176,34 @@ def test_a_restarted_coordinator_goes_above_a_failed_setup_at_once(devices):
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == {"repetition": 2, "samples": 60, "failures": {}}
     assert np.array_equal(data.model["w"], model()["w"])  # the failed round changed nothing
+
+
+# -- a silent device in a phase: its failure alone (issue #22) --------------------------------------
+
+
+@pytest.mark.slow  # waits out a phase's share of an 8 s round (about 4 s each)
+@pytest.mark.parametrize("phase", ["keys", "unmask"])
+def test_a_device_silent_in_a_phase_is_dropped_and_the_round_goes_on(served, hostile, phase):
+    """The round's timeout (8 s) is under the remote's 30 s default: a phase waits only its share of the time left."""
+    import threading
+
+    released = threading.Event()
+
+    def silent(asked, answer):
+        if asked == phase:
+            released.wait(60)  # never answers within the round
+        return answer
+
+    honest = [served(noisy(seed, 10 * seed)) for seed in (1, 2, 3, 4)]
+    quiet = hostile(noisy(5, 50), silent)
+    data = FedArrays(model())
+    try:
+        with Federated(data, [*honest, quiet], timeout=8, min_results=3, secure_aggregation=SecAgg(scale=2**16)) as alg:
+            result = alg.round()
+    finally:
+        released.set()
+    assert list(result.failures) == [quiet] and "RemoteTimeout" in result.failures[quiet], result.failures
+    # Silent in keys: not in the round; silent in unmask: its masked result is in the sum, its seed rebuilt.
+    expected = [(update(s), 10 * s) for s in (1, 2, 3, 4)] + ([(update(5), 50)] if phase == "unmask" else [])
+    assert result.samples == sum(n for _, n in expected)
+    assert_within_quantization(data.model, fedavg(expected), 2**16)

@@ -22,7 +22,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsync import FedArrays, FedAvg, Federated
-from fedsync.wire.config import MAX_CONFIG_BYTES, checked_config, decode_config, encode_config, round_config, takes_extra
+from fedsync.wire.config import (
+    MAX_CONFIG_BYTES,
+    checked_config,
+    decode_config,
+    encode_config,
+    round_config,
+    takes_extra,
+)
 from fedsync.wire.http import CONFIG_HEADER, SPECS_HEADER
 from tests.support.devices.config import ConfiguredFloat, mirrored
 from tests.support.seed_fedfloat import FedFloat
@@ -41,7 +48,15 @@ def info(url: str) -> dict:
 
 
 def test_a_config_round_trips_exactly_through_its_header():
-    config = {"lr": 0.1 * 0.99**7, "epochs": 3, "mu": 0.0, "big": 2**53, "neg": -(2**53), "name": "adam ü ✓ \"q\"", "shuffle": False}
+    config = {
+        "lr": 0.1 * 0.99**7,
+        "epochs": 3,
+        "mu": 0.0,
+        "big": 2**53,
+        "neg": -(2**53),
+        "name": 'adam ü ✓ "q"',
+        "shuffle": False,
+    }
     text = encode_config(config)
     assert text.isascii() and "\n" not in text
     assert decode_config(text) == config
@@ -81,9 +96,25 @@ def test_too_long_a_config_is_refused_by_both_sides():
 
 @pytest.mark.parametrize(
     "text",
-    ['[1]', '"lr"', '1', '{"a": NaN}', '{"a": Infinity}', '{"a": -Infinity}', '{"a": 1, "a": 2}', '{"a": {"b": 1}}',
-     '{"a": [1]}', '{"a": null}', '{"a": 1' , '{"a": ' + "9" * 17 + '}', "[" * 5000 + "]" * 5000,
-     '{"\\u00e9": 1}'.replace("\\u00e9", "é"), '{"a": 1e999}', '{"k": 1}  x', ""],
+    [
+        "[1]",
+        '"lr"',
+        "1",
+        '{"a": NaN}',
+        '{"a": Infinity}',
+        '{"a": -Infinity}',
+        '{"a": 1, "a": 2}',
+        '{"a": {"b": 1}}',
+        '{"a": [1]}',
+        '{"a": null}',
+        '{"a": 1',
+        '{"a": ' + "9" * 17 + "}",
+        "[" * 5000 + "]" * 5000,
+        '{"\\u00e9": 1}'.replace("\\u00e9", "é"),
+        '{"a": 1e999}',
+        '{"k": 1}  x',
+        "",
+    ],
 )
 def test_a_peer_sends_a_bad_header_value(text):
     with pytest.raises(ValueError):
@@ -91,9 +122,14 @@ def test_a_peer_sends_a_bad_header_value(text):
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
-@given(st.text(max_size=200) | st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                                            max_leaves=8).map(json.dumps))
+@given(
+    st.text(max_size=200)
+    | st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=8,
+    ).map(json.dumps)
+)
 def test_any_header_value_is_either_a_valid_config_or_a_value_error(text):
     try:
         config = decode_config(text)
@@ -112,7 +148,15 @@ def test_who_gets_the_config_is_decided_by_the_signature():
     def named(model, config=None): ...
     def keyword(model, epochs=3): ...
     def varargs(*args): ...
-    assert [takes_extra(f, 1) for f in (one, two, named, keyword, varargs, lambda m: 0)] == [False, True, True, False, True, False]
+
+    assert [takes_extra(f, 1) for f in (one, two, named, keyword, varargs, lambda m: 0)] == [
+        False,
+        True,
+        True,
+        False,
+        True,
+        False,
+    ]
 
 
 def test_strategy_keys_come_first_and_the_users_win():
@@ -120,7 +164,11 @@ def test_strategy_keys_come_first_and_the_users_win():
         def configure(self, server_round):
             return {"mu": 0.01, "lr": 1.0, "round": server_round}
 
-    assert round_config(lambda rnd: {"lr": 0.1 * rnd}, 3, Proximal()) == {"mu": 0.01, "lr": pytest.approx(0.3), "round": 3}
+    assert round_config(lambda rnd: {"lr": 0.1 * rnd}, 3, Proximal()) == {
+        "mu": 0.01,
+        "lr": pytest.approx(0.3),
+        "round": 3,
+    }
     assert round_config({"lr": 0.5}, 3, FedAvg()) == {"lr": 0.5}
     assert round_config(None, 3, None) == {}
 
@@ -136,8 +184,17 @@ def test_strategy_keys_come_first_and_the_users_win():
 
 
 def test_round_config_reaches_two_argument_train_and_one_argument_train_still_works(devices):
-    two, one = devices("tests.support.devices.config:configured", 10), devices("tests.support.devices.config:one_argument", 30)
-    schedule = lambda rnd: {"lr": 0.1 * 0.99**rnd, "epochs": rnd, "optimizer": "sgd ✓", "shuffle": rnd % 2 == 0, "value": 4.0}
+    two, one = (
+        devices("tests.support.devices.config:configured", 10),
+        devices("tests.support.devices.config:one_argument", 30),
+    )
+    schedule = lambda rnd: {
+        "lr": 0.1 * 0.99**rnd,
+        "epochs": rnd,
+        "optimizer": "sgd ✓",
+        "shuffle": rnd % 2 == 0,
+        "value": 4.0,
+    }
     with Federated(weights(), [two.url, one.url], config=schedule) as alg:
         for _ in range(2):
             result = alg.round()
@@ -174,7 +231,10 @@ def test_strategy_configure_reaches_the_devices_under_the_users_keys(devices):
 
 
 def test_a_custom_fed_data_reads_the_config_through_receive(devices):
-    a, b = devices("tests.support.devices.config:configured_float"), devices("tests.support.devices.config:configured_float")
+    a, b = (
+        devices("tests.support.devices.config:configured_float"),
+        devices("tests.support.devices.config:configured_float"),
+    )
     with Federated(ConfiguredFloat(), [a.url, b.url], config=lambda rnd: {"scale": float(rnd + 1)}) as alg:
         alg.data.value = 1.5
         alg.round()
@@ -210,7 +270,12 @@ def test_a_bad_config_from_the_users_function_fails_the_round_before_anything_is
 def submit_raw(url: str, path: str, headers: dict[str, str], body: bytes, length: int) -> tuple[int, dict]:
     """POST with a Content-Length of ``length`` but only ``body`` sent: the answer must come without the rest."""
     parts = urlsplit(url)
-    lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {length}", *(f"{k}: {v}" for k, v in headers.items())]
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        f"Content-Length: {length}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     with socket.create_connection((parts.hostname, parts.port), timeout=15) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         response = http.client.HTTPResponse(sock, method="POST")
@@ -218,7 +283,15 @@ def submit_raw(url: str, path: str, headers: dict[str, str], body: bytes, length
         return response.status, json.loads(response.read())
 
 
-BAD_HEADERS = ['{"lr": NaN}', "[1,2]", '{"a": {"b": 1}}', '{"a": 1, "a": 2}', "not json", '{"é": 1}', "{" + '"k":1,' * 2000 + '"z":1}']
+BAD_HEADERS = [
+    '{"lr": NaN}',
+    "[1,2]",
+    '{"a": {"b": 1}}',
+    '{"a": 1, "a": 2}',
+    "not json",
+    '{"é": 1}',
+    "{" + '"k":1,' * 2000 + '"z":1}',
+]
 
 
 @pytest.mark.parametrize("route", ["submit", "evaluate"])
@@ -228,14 +301,21 @@ def test_the_device_refuses_a_bad_config_before_reading_the_body_and_changes_not
     specs = weights().specs(1)
     before = info(device.url)
     for bad in BAD_HEADERS:
-        # 64 MiB announced, nothing sent: the answer comes from the headers alone.
-        status, answer = submit_raw(device.url, f"/1/{route}", {SPECS_HEADER: specs, CONFIG_HEADER: bad}, b"", 1 << 26)
+        # The payload's size announced, nothing sent: the answer comes from the headers alone. (A size
+        # beyond the model's is refused 413 first, from Content-Length: docs/protocol.md's order.)
+        status, answer = submit_raw(
+            device.url, f"/1/{route}", {SPECS_HEADER: specs, CONFIG_HEADER: bad}, b"", len(payload)
+        )
         assert (status, answer["error"]) == (400, "bad_config"), (bad, answer)
         assert CONFIG_HEADER in answer["message"], answer
     after = info(device.url)
     assert (after["repetition"], after["state"], after["rounds_served"]) == (before["repetition"], "idle", 0)
     # The device is as good as new: a good config after the bad ones is taken.
-    headers = {SPECS_HEADER: specs, CONFIG_HEADER: encode_config({"value": 3.0}), "Content-Type": "application/octet-stream"}
+    headers = {
+        SPECS_HEADER: specs,
+        CONFIG_HEADER: encode_config({"value": 3.0}),
+        "Content-Type": "application/octet-stream",
+    }
     response = requests.post(f"{device.url}/1/submit", data=payload, headers=headers, timeout=30)
     assert response.status_code == 202, response.text
     result = requests.get(f"{device.url}/1/result", params={"wait": "30"}, timeout=60)
@@ -269,7 +349,9 @@ def test_round_config_reaches_train_on_torch_and_keras_devices(devices, factory)
         result = alg.round()
     assert result.devices[device.url]["metrics"] == mirrored(config)
     kernel = [a for name, a in data.get_arrays().items() if a.ndim == 2][0]
-    np.testing.assert_array_equal(kernel, np.full((1, 2) if framework.__name__ == "torch" else (2, 1), 0.75, np.float32))
+    np.testing.assert_array_equal(
+        kernel, np.full((1, 2) if framework.__name__ == "torch" else (2, 1), 0.75, np.float32)
+    )
 
 
 def test_a_bundle_hands_the_round_config_to_the_parts_that_take_one():
@@ -288,7 +370,11 @@ def test_a_bundle_hands_the_round_config_to_the_parts_that_take_one():
             seen["threshold"] = dict(config)
             super().receive(encoding, repetition)
 
-    device = FedBundle({"w": FedArrays({"w": np.zeros(2, np.float32)}, train), "t": Threshold(0.5), "plain": FedFloat(0.1)})
-    coordinator = FedBundle({"w": FedArrays({"w": np.ones(2, np.float32)}), "t": Threshold(0.7), "plain": FedFloat(0.2)})
+    device = FedBundle(
+        {"w": FedArrays({"w": np.zeros(2, np.float32)}, train), "t": Threshold(0.5), "plain": FedFloat(0.1)}
+    )
+    coordinator = FedBundle(
+        {"w": FedArrays({"w": np.ones(2, np.float32)}), "t": Threshold(0.7), "plain": FedFloat(0.2)}
+    )
     device.receive(coordinator.serialize(2), 2, {"lr": 0.5})
     assert seen == {"arrays": {"lr": 0.5}, "threshold": {"lr": 0.5}}
