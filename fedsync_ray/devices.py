@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -14,16 +15,22 @@ from typing import Any
 from fedsync.transports.remote import MAX_REPLY
 
 from .paths import device_fn_path
-from .remote import NAMESPACE, RayRemote, forget_actors
+from .remote import NAMESPACE, ActorSlot, RayRemote, forget_actors, register_slot
 
 __all__ = ["RayDevices", "BACKEND_CONFIG", "connect"]
 
-BACKEND_CONFIG: dict[str, Any] = {"num_cpus": 1, "num_gpus": 0, "actors": None}
-"""Defaults of ``backend_config``: Ray resources per device actor, and how many actors
-(``None``: as many as the cluster's CPUs hold, at most one per device)."""
+BACKEND_CONFIG: dict[str, Any] = {"num_cpus": 1, "num_gpus": 0, "memory": None, "resources": None, "actors": None}
+"""Defaults of ``backend_config``: Ray resources per device actor (``memory`` in bytes, ``resources``
+Ray's custom resources, e.g. ``{"tpu": 1}``), and how many actors (``None``: as many as the
+cluster's resources hold, at most one per device)."""
 
 MAX_CONCURRENCY = 128
 """Requests one actor answers at once (threads): long-polls of its devices wait in them."""
+
+logger = logging.getLogger("fedsync_ray")
+
+_NAME_FREED = 10.0
+"""Seconds a dead actor's name may stay taken before its replacement gives up."""
 
 STARTUP = 120.0
 """Seconds the actors have to start (import numpy and fedsync) before the pool gives up."""
@@ -67,6 +74,11 @@ def connect(address: str | None = None) -> bool:
     return True
 
 
+_STEP = 1e-4
+
+_BUILT_IN = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+
+
 def _checked_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     if config is None:
         return dict(BACKEND_CONFIG)
@@ -81,6 +93,21 @@ def _checked_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
         value = merged[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             raise ValueError(f"backend_config[{key!r}] must be a number of at least 0, got {value!r}")
+    memory = merged["memory"]
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int) or memory < 1):
+        raise ValueError(f"backend_config['memory'] must be a positive number of bytes or None, got {memory!r}")
+    custom = merged["resources"]
+    if custom is not None and (
+        not isinstance(custom, Mapping)
+        or not all(isinstance(k, str) and k and k not in _BUILT_IN for k in custom)
+        or not all(
+            not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < math.inf for v in custom.values()
+        )
+    ):
+        raise ValueError(
+            "backend_config['resources'] must map custom Ray resource names (not CPU, GPU, memory) to amounts "
+            f"of at least 0, got {str(custom)[:200]}; e.g. {{'tpu': 1}}"
+        )
     actors = merged["actors"]
     if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int) or actors < 1):
         raise ValueError(f"backend_config['actors'] must be a positive integer or None, got {actors!r}")
@@ -106,9 +133,9 @@ class RayDevices:
         timeout: seconds for each answer of a device.
         ray_address: an existing Ray cluster; ``None`` connects to the one this
             process is connected to, or starts a local Ray (127.0.0.1, no usage stats).
-        backend_config: ``{"num_cpus": 1, "num_gpus": 0}`` per actor (Ray resources;
-            a device trains on its actor's CPUs, one at a time per CPU), and
-            ``"actors"``: how many (default: the cluster's CPUs / ``num_cpus``).
+        backend_config: ``{"num_cpus": 1, "num_gpus": 0, "memory": None, "resources": None}``
+            per actor (Ray resources; a device trains on its actor's CPUs, one at a time per CPU),
+            and ``"actors"``: how many (default: as many as the cluster's resources hold).
         max_reply: the largest result, in bytes, downloaded whole.
         max_content_length: a device's largest accepted payload (as ``serve``).
 
@@ -116,8 +143,10 @@ class RayDevices:
         ValueError, TypeError: a bad argument, or a ``device_fn`` that is a lambda or
             closure (see :func:`fedsync_ray.paths.device_fn_path`).
         ImportError: ray is not installed.
-        RuntimeError: the actors did not start within ``STARTUP`` seconds (not enough
-            resources in the cluster for ``actors`` x ``num_cpus``?).
+        ValueError: the cluster lacks the resources asked for (checked at once against
+            ``ray.cluster_resources()``; the message names both).
+        RuntimeError: the actors did not start within ``STARTUP`` seconds (the cluster's
+            resources are taken by other work?).
     """
 
     def __init__(
@@ -139,22 +168,28 @@ class RayDevices:
         self.name = name or f"sim-{uuid.uuid4().hex[:8]}"
         self.started = connect(ray_address)
         self.actors: list[Any] = []
+        self.slots: list[ActorSlot] = []
         try:
             import ray
 
             from .host import DeviceHost
 
-            count = config["actors"] or _fitting(ray.cluster_resources().get("CPU", 1), config["num_cpus"], num_devices)
+            count = fitting_actors(config, num_devices, ray.cluster_resources(), _node_resources(ray))
             workers = max(1, math.ceil(config["num_cpus"]))
             host = ray.remote(DeviceHost)
-            self.actors = [
-                host.options(
+
+            def start(k: int) -> Any:
+                return host.options(
                     name=f"{self.name}-{k}", namespace=NAMESPACE,
                     num_cpus=config["num_cpus"], num_gpus=config["num_gpus"],
+                    memory=config["memory"], resources=dict(config["resources"] or {}),
                     max_concurrency=MAX_CONCURRENCY, max_restarts=0,
-                ).remote(path, num_devices, workers, max_content_length)
-                for k in range(count)
-            ]  # fmt: skip
+                ).remote(path, num_devices, workers, max_content_length)  # fmt: skip
+
+            self.slots = []
+            for k in range(count):
+                self.slots.append(ActorSlot(f"{self.name}-{k}", start(k), functools.partial(self._replace, k, start)))
+                self.actors.append(self.slots[-1].handle)
             try:
                 ray.get([actor.pid.remote() for actor in self.actors], timeout=STARTUP)
             except ray.exceptions.GetTimeoutError:
@@ -168,13 +203,38 @@ class RayDevices:
                     f"ray://{self.name}-{i % count}/device-{i}",
                     timeout=timeout,
                     max_reply=max_reply,
-                    actor=self.actors[i % count],
+                    actor=self.slots[i % count],
                 )
                 for i in range(num_devices)
             ]
+            for slot in self.slots:
+                register_slot(slot)  # a ray:// URL of this pool reaches the replacement of a dead actor too
         except BaseException:
             self.close()
             raise
+
+    def _replace(self, k: int, start: Callable[[int], Any]) -> Any:
+        """A new actor ``k`` in place of the dead one (as the process pool replaces a dead worker).
+
+        Not waited for: requests queue until it is up, each bounded by its own timeout.
+        """
+        import ray
+
+        dead = self.actors[k]
+        try:
+            ray.kill(dead, no_restart=True)  # seen dead or unreachable: make sure, and free its name
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        logger.warning("Ray device actor %s-%d died; starting a replacement for its devices", self.name, k)
+        until = time.monotonic() + _NAME_FREED
+        while True:  # the name is freed once Ray has noted the death: a moment, bounded
+            try:
+                self.actors[k] = start(k)
+                return self.actors[k]
+            except ValueError:
+                if time.monotonic() >= until:
+                    raise
+                time.sleep(0.05)
 
     @property
     def urls(self) -> list[str]:
@@ -185,12 +245,22 @@ class RayDevices:
         """Drop every device's state in every live actor (devices are built again when next used)."""
         import ray
 
-        pending = [actor.release.remote() for actor in self.actors]
+        pending = []
+        for slot in self.slots:
+            if slot.dead:
+                continue  # replaced when next used: nothing of its devices is left to drop
+            actor = slot.handle
+            try:
+                pending.append((slot, actor, actor.release.remote()))
+            except ray.exceptions.RayError:
+                slot.died(actor)
         until = time.monotonic() + STARTUP  # one deadline for all: hung actors must not add up
-        for reference in pending:
+        for slot, actor, reference in pending:
             try:
                 ray.get(reference, timeout=max(0.0, until - time.monotonic()))
-            except ray.exceptions.RayError:  # a dead actor holds nothing; its devices fail on their own
+            except ray.exceptions.RayActorError:  # a dead actor holds nothing; it is replaced when next used
+                slot.died(actor)
+            except ray.exceptions.RayError:
                 pass
 
     def close(self) -> None:
@@ -205,6 +275,8 @@ class RayDevices:
             except Exception:  # already dead, or Ray already down
                 pass
         self.actors = []
+        for slot in self.slots:
+            slot.start = None  # closed: a late request must not start an actor again
         forget_actors()
         if self.started and ray.is_initialized():
             ray.shutdown()
@@ -217,9 +289,73 @@ class RayDevices:
         self.close()
 
 
-def _fitting(cpus: float, per_actor: float, num_devices: int) -> int:
-    """How many actors of ``per_actor`` CPUs the cluster's ``cpus`` hold, at least one, at most one per device."""
-    return max(1, min(num_devices, int(cpus // per_actor)))
+def fitting_actors(
+    config: Mapping[str, Any], num_devices: int, cluster: Mapping[str, float], nodes: list[Mapping[str, float]]
+) -> int:
+    """How many device actors to start: ``config["actors"]``, or as many as ``cluster``'s resources hold
+    (at most one per device), checked against what the cluster has, at once.
+
+    Ray would wait for resources that never come (a GPU on a host with none): a request
+    that no node of the cluster can hold, or more actors than the cluster holds in all, is
+    refused before anything starts. (An autoscaling cluster's future nodes are not counted:
+    start it with the resources, or ask for what it has now.)
+
+    Args:
+        config: the checked ``backend_config``.
+        cluster: ``ray.cluster_resources()``: totals by resource name (``memory`` in bytes).
+        nodes: each live node's resources (empty: not known, only the totals are checked).
+
+    Raises:
+        ValueError: the message names what each actor asks for and what the cluster has.
+    """
+    wanted = _wanted(config)
+    actors = config["actors"]
+    has = {name: cluster.get(name, 0) for name in wanted}
+    advice = "lower backend_config's resources per actor (or 'actors'), or add them to the cluster"
+    if nodes and not any(all(node.get(n, 0) + _STEP >= amount for n, amount in wanted.items()) for node in nodes):
+        raise ValueError(
+            f"backend_config asks each Ray device actor for {_shown(wanted)}, but no node of the cluster has that "
+            f"much (the cluster has {_shown(has)} in all, over {len(nodes)} node(s)): {advice}"
+        )
+    # Ray counts resources in steps of 1e-4: 3 actors of 0.1 CPU fit in 0.3 although 3 * 0.1 > 0.3 in floats.
+    fits = min([num_devices] + [int(cluster.get(n, 0) / amount + _STEP) for n, amount in wanted.items()])
+    if actors is None:
+        if fits < 1:
+            raise ValueError(
+                f"backend_config asks each Ray device actor for {_shown(wanted)}, but the cluster has {_shown(has)}: "
+                f"{advice}"
+            )
+        return fits
+    short = {n: amount * actors for n, amount in wanted.items() if amount * actors > cluster.get(n, 0) + _STEP}
+    if short:
+        raise ValueError(
+            f"backend_config asks for {actors} Ray device actors of {_shown(wanted)} each, {_shown(short)} in all, "
+            f"but the cluster has {_shown(has)}: {advice}"
+        )
+    return int(actors)
+
+
+def _wanted(config: Mapping[str, Any]) -> dict[str, float]:
+    """What one actor asks Ray for, by Ray's resource names (only the amounts above zero)."""
+    wanted = {"CPU": config["num_cpus"], "GPU": config["num_gpus"], "memory": config["memory"] or 0}
+    wanted.update(config["resources"] or {})
+    return {name: amount for name, amount in wanted.items() if amount > 0}
+
+
+def _shown(resources: Mapping[str, float]) -> str:
+    parts = []
+    for name, amount in resources.items():
+        shown = f"{amount / 2**30:.3g} GiB" if name == "memory" else f"{amount:g}"
+        parts.append(f"{name}: {shown}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def _node_resources(ray: Any) -> list[Mapping[str, float]]:
+    """Each live node's resources (``ray.nodes()``), or ``[]`` if this Ray does not say."""
+    try:
+        return [dict(node.get("Resources") or {}) for node in ray.nodes() if node.get("Alive")]
+    except Exception:  # noqa: BLE001 - only the totals are checked then
+        return []
 
 
 @contextlib.contextmanager

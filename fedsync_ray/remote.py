@@ -17,14 +17,14 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedsync.errors import RemoteError, RemoteTimeout, RemoteUnavailable
 from fedsync.transports.base import Body, BytesAnswer, Transport, body_bytes
 from fedsync.transports.remote import MAX_REPLY, Remote
 
-__all__ = ["RayRemote", "RayTransport", "NAMESPACE", "url_parts"]
+__all__ = ["RayRemote", "RayTransport", "ActorSlot", "NAMESPACE", "url_parts"]
 
 NAMESPACE = "fedsync"
 """The Ray namespace of fedsync's device actors (``ray://ACTOR/...`` names an actor in it)."""
@@ -50,20 +50,77 @@ def url_parts(url: str) -> tuple[str, int]:
     return found.group(1), int(found.group(2))
 
 
+class ActorSlot:
+    """One device actor's place: its current handle, and a replacement once it was seen dead.
+
+    As fedsync's process pool replaces a dead worker for the devices placed next, a
+    slot replaces a dead actor for the requests sent next: the requests in flight when
+    it died fail (each its own device's failure, named by URL); later ones reach the
+    replacement, which builds its devices anew. ``start`` makes the replacement (a pool
+    that owns the actor passes it); without it, the actor is looked up again by name
+    (the pool that owns it may have replaced it).
+
+    Args:
+        name: the actor's name in namespace ``NAMESPACE``.
+        handle: its handle now.
+        start: ``start() -> handle`` of a new actor of the same name, or ``None``.
+    """
+
+    def __init__(self, name: str, handle: Any, start: Callable[[], Any] | None = None) -> None:
+        self.name = name
+        self.start = start
+        self._handle = handle
+        self._dead = False
+        self._lock = threading.Lock()
+
+    @property
+    def handle(self) -> Any:
+        """The live handle, replacing a dead actor first.
+
+        Raises:
+            ValueError: the actor is dead, this slot cannot start one, and none of its name is found.
+        """
+        with self._lock:
+            if self._dead:
+                if self.start is not None:
+                    self._handle = self.start()
+                else:
+                    self._handle = _lookup(self.name)
+                self._dead = False
+            return self._handle
+
+    def died(self, handle: Any) -> None:
+        """Note that ``handle`` was seen dead (a later request gets a replacement; a replaced one is ignored)."""
+        with self._lock:
+            if handle is self._handle:
+                self._dead = True
+
+    @property
+    def dead(self) -> bool:
+        """Whether the current handle was seen dead and not replaced yet."""
+        with self._lock:
+            return self._dead
+
+
 class RayTransport(Transport):
     """Requests answered by a device in a Ray actor (:class:`fedsync_ray.host.DeviceHost`).
 
     Args:
         url: ``"ray://ACTOR/device-ID"`` (named in errors).
-        actor: the actor's handle.
+        actor: the actor's handle, or its :class:`ActorSlot` (replaced after it dies).
         device: the device's id in that actor.
     """
 
     def __init__(self, url: str, actor: Any, device: int) -> None:
         self.url = url
-        self.actor = actor
-        self.device = device
         self.actor_name = url_parts(url)[0]
+        self.slot = actor if isinstance(actor, ActorSlot) else ActorSlot(self.actor_name, actor)
+        self.device = device
+
+    @property
+    def actor(self) -> Any:
+        """The device's actor handle now."""
+        return self.slot.handle
 
     def __repr__(self) -> str:
         return f"RayTransport({self.url!r})"
@@ -84,8 +141,15 @@ class RayTransport(Transport):
         shared = _shared(body) if body is not None else None
         fields = {str(k): str(v) for k, v in headers.items()}
         try:
-            reference = self.actor.request.remote(self.device, method, path, fields, query, shared)
+            actor = self.slot.handle
+        except Exception as exc:  # noqa: BLE001 - a replacement that cannot start is this device's failure
+            raise RemoteUnavailable(
+                self.url, f"its Ray actor {self.actor_name!r} died and could not be replaced: {_first_line(exc)}"
+            ) from None
+        try:
+            reference = actor.request.remote(self.device, method, path, fields, query, shared)
         except ray.exceptions.RayError as exc:
+            self.slot.died(actor)
             raise RemoteUnavailable(
                 self.url, f"its Ray actor {self.actor_name!r} cannot take requests: {_first_line(exc)}"
             ) from None
@@ -98,8 +162,11 @@ class RayTransport(Transport):
                 pass
             raise RemoteTimeout(self.url, f"timed out: no answer from its Ray actor within {timeout:.3g}s") from None
         except ray.exceptions.RayActorError as exc:
+            self.slot.died(actor)  # the next request, this device's or another's, reaches a replacement
             raise RemoteUnavailable(
-                self.url, f"its Ray actor {self.actor_name!r} died or is unreachable: {_first_line(exc)}"
+                self.url,
+                f"its Ray actor {self.actor_name!r} died or is unreachable (the device's state was lost; "
+                f"the actor is replaced for later requests): {_first_line(exc)}",
             ) from None
         except ray.exceptions.RayError as exc:
             raise RemoteError(
@@ -163,7 +230,7 @@ class RayRemote(Remote):
             :class:`fedsync_ray.RayDevices`).
         timeout: seconds for each answer (as for :class:`fedsync.transports.remote.Remote`).
         max_reply: the largest result, in bytes, downloaded whole.
-        actor: the actor's handle; default: looked up by name in the connected Ray.
+        actor: the actor's handle or :class:`ActorSlot`; default: looked up by name in the connected Ray.
 
     Raises:
         ValueError: a malformed URL, a bad timeout, Ray not connected, or no such actor.
@@ -175,7 +242,7 @@ class RayRemote(Remote):
     def __init__(self, url: str, *, timeout: float = 30.0, max_reply: int = MAX_REPLY, actor: Any = None) -> None:
         actor_name, device = url_parts(url)
         url = url.rstrip("/")
-        transport = RayTransport(url, actor if actor is not None else _actor(actor_name), device)
+        transport = RayTransport(url, actor if actor is not None else _slot(actor_name), device)
         super().__init__(url, timeout=timeout, max_reply=max_reply, transport=transport)
 
     @property
@@ -190,7 +257,7 @@ class RayRemote(Remote):
 
     @property
     def actor(self) -> Any:
-        """The device's actor handle."""
+        """The device's actor handle (a dead actor's replacement once one was started)."""
         return self.transport.actor
 
     def close(self) -> None:
@@ -214,12 +281,32 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
-_actors: dict[str, Any] = {}
-_actors_lock = threading.Lock()
+_slots: dict[str, ActorSlot] = {}
+_slots_lock = threading.Lock()
 
 
-def _actor(name: str) -> Any:
-    """The handle of the device actor ``name`` (looked up once per name: 10,000 URLs share a few actors)."""
+def _slot(name: str) -> ActorSlot:
+    """The slot of the device actor ``name`` (looked up once per name: 10,000 URLs share a few actors)."""
+    with _slots_lock:
+        slot = _slots.get(name)
+        if slot is None:
+            slot = _slots[name] = ActorSlot(name, _lookup(name))
+        return slot
+
+
+def register_slot(slot: ActorSlot) -> None:
+    """Make ``slot`` the one ``ray://NAME/...`` URLs reach (the pool that owns the actor registers it)."""
+    with _slots_lock:
+        _slots[slot.name] = slot
+
+
+def _lookup(name: str) -> Any:
+    """The handle of the live device actor named ``name``.
+
+    Raises:
+        ImportError: ray is not installed.
+        ValueError: Ray is not connected, or there is no such actor.
+    """
     try:
         import ray
     except ImportError:
@@ -229,24 +316,19 @@ def _actor(name: str) -> Any:
             f"ray://{name}/... needs a connected Ray: call ray.init(address=...) first, "
             "or start the devices with fedsync_ray.RayDevices(...), which connects"
         )
-    with _actors_lock:
-        actor = _actors.get(name)
-        if actor is None:
-            try:
-                actor = ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
-                raise ValueError(
-                    f"no fedsync device actor named {name!r} in Ray namespace {NAMESPACE!r}; start it with "
-                    "fedsync_ray.RayDevices(device_fn, num_devices, name=...) and use its .urls"
-                ) from None
-            _actors[name] = actor
-        return actor
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        raise ValueError(
+            f"no fedsync device actor named {name!r} in Ray namespace {NAMESPACE!r}; start it with "
+            "fedsync_ray.RayDevices(device_fn, num_devices, name=...) and use its .urls"
+        ) from None
 
 
 def forget_actors() -> None:
-    """Forget looked-up actor handles and the shared payload (after the actors were stopped, or Ray was)."""
-    with _actors_lock:
-        _actors.clear()
+    """Forget looked-up actor slots and the shared payload (after the actors were stopped, or Ray was)."""
+    with _slots_lock:
+        _slots.clear()
     with _Shared.lock:
         _Shared.source = _Shared.reference = None
 

@@ -34,6 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from .._version import __version__
+from ._certs import CRL_HELP
 from ._common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, CommandError, UsageError
 from ._common import Formatter as _Formatter
 from ._process import say_how_to_stop, sigterm_as_exit, stdout_to_devnull
@@ -201,6 +202,7 @@ def _add_serve(commands: Any) -> None:
             "key and believe only peers whose device certificate this CA signed"
         ),
     )  # fmt: skip
+    parser.add_argument("--crl", metavar="PEM", action="append", help=CRL_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     add_dial_arguments(parser)
     parser.set_defaults(run=_run_serve)
@@ -356,6 +358,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             client_ca=args.client_ca,
             secure_aggregation=args.secure_aggregation,
             peer_ca=args.peer_ca,
+            crl=args.crl,
         )
     except OSError as exc:
         raise CommandError(_bind_error(exc, args.host, args.port)) from None

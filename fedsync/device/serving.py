@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._util.checks import positive_int
@@ -85,6 +85,7 @@ def serve(
     name: str | None = None,
     verify: bool | str | os.PathLike = True,
     cert: tuple[str, str] | str | None = None,
+    crl: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> RunningServer | RunningDialer | None:
     """Serve a FedData (or a dict ``{name: FedData}``) over HTTP, listening, or dialing out with ``connect``.
 
@@ -131,6 +132,11 @@ def serve(
         name: dialing out: this device's name on the listener's allow-list (1-64 of ``[A-Za-z0-9._-]``).
         verify: dialing out over HTTPS: ``True`` (the system's CAs), the coordinator's CA file, or ``False``.
         cert: dialing out with mutual TLS: ``(certfile, keyfile)``; its identity (CN or a DNS name) is ``name``.
+        crl: the certificate revocation list(s) (PEM) of ``client_ca``'s and ``peer_ca``'s CAs
+            (``fedsync certs revoke``): a revoked coordinator is refused in the TLS handshake, a
+            revoked device's keys in signed secure aggregation. Checked at start: a list that is
+            missing, unreadable, not signed by its CA or past its next update stops the start
+            (fail closed); one list per CA when the two differ. Read once: restart to load a renewed list.
 
     Where it serves or dials is logged at INFO on ``fedsync.server``; a blocking call also prints it
     to stderr when logging is not set up to show INFO (a script's ``fedsync.serve(model)`` says where it is).
@@ -142,11 +148,14 @@ def serve(
         OSError: the address cannot be listened on (it names the address), or
             ``client_ca`` cannot be read as a CA certificate.
         ValueError: ``peer_ca`` without ``ssl_context=(certfile, keyfile)``, or a device
-            certificate that is not ECDSA P-256 or does not verify against ``peer_ca``.
+            certificate that is not ECDSA P-256 or does not verify against ``peer_ca``; a
+            ``crl`` refused, or given without ``client_ca`` or ``peer_ca``.
         ValueError: dialing out, a bad ``connect`` URL, ``name``, ``token``, ``verify`` or ``cert``,
             or a listening-only option (``host``, ``port``, ``ssl_context``, ...) given with ``connect``.
         DialRefused: ``block=True`` and the listener refused this device (a PermissionError).
     """
+    if connect is not None and crl is not None:  # never ignored: a device dialing out does not check lists yet
+        raise ValueError("crl= is for a listening device (client_ca, peer_ca); with connect= it is not supported yet")
     if connect is not None:
         return _dial(data, connect, name, token, verify, cert, block, max_content_length, secure_aggregation, peer_ca,
                      listening={"ssl_context": ssl_context, "client_ca": client_ca,
@@ -156,9 +165,11 @@ def serve(
         raise ValueError("name=, verify= and cert= are for dialing out: pass connect='https://coordinator:9000' too")
     app = DeviceApp(data, token=token, max_content_length=max_content_length, secure_aggregation=secure_aggregation)
     positive_int("max_connections", max_connections)
+    if crl is not None:
+        _check_crl(crl, client_ca, peer_ca)
     if peer_ca is not None:
-        _sign_with(app, ssl_context, peer_ca)
-    ssl_context = tls_context(ssl_context, client_ca)
+        _sign_with(app, ssl_context, peer_ca, crl)
+    ssl_context = tls_context(ssl_context, client_ca, crl if client_ca is not None else None)
     if not loopback(host) and (token is None or ssl_context is None):
         missing = " and ".join(w for w, absent in (("a token", token is None), ("TLS", ssl_context is None)) if absent)
         logger.warning(
@@ -250,7 +261,21 @@ def _dial(
     return None
 
 
-def _sign_with(app: DeviceApp, ssl_context: Any, peer_ca: str | os.PathLike) -> None:
+def _check_crl(crl: Any, client_ca: Any, peer_ca: Any) -> None:
+    """Refuse a ``crl`` nothing would check: without a CA, or a list of neither CA (a mistake, not a no-op)."""
+    from ..wire.certs import unused_crls
+
+    if client_ca is None and peer_ca is None:
+        raise ValueError("crl needs client_ca or peer_ca: a revocation list belongs to the CA it revokes for")
+    unused = unused_crls(crl, [client_ca, peer_ca])
+    if unused:
+        raise ValueError(
+            f"the revocation list(s) {[str(p) for p in unused]} belong to neither client_ca nor peer_ca: "
+            "give the crl.pem of the CA folder whose ca.pem you pass"
+        )
+
+
+def _sign_with(app: DeviceApp, ssl_context: Any, peer_ca: str | os.PathLike, crl: Any = None) -> None:
     """Give every FedData of ``app`` the identity that signs its secure-aggregation views (fedsync.secagg.identity).
 
     Raises:
@@ -262,6 +287,6 @@ def _sign_with(app: DeviceApp, ssl_context: Any, peer_ca: str | os.PathLike) -> 
             "peer_ca needs ssl_context=(certfile, keyfile) (fedsync serve --certfile/--keyfile): "
             "the device signs with its certificate's key"
         )
-    identity = Identity(ssl_context[0], ssl_context[1], peer_ca)
+    identity = Identity(ssl_context[0], ssl_context[1], peer_ca, crl)
     for device in app.devices.values():
         device.secagg_identity = identity

@@ -6,8 +6,9 @@ A device served with ``serve(..., ssl_context=(certfile, keyfile), peer_ca="ca.p
 ECDSA P-256 key (SHA-256, DER signatures; ``cryptography``, never by hand), and it believes a
 peer's keys only when the peer's certificate chains to ``peer_ca`` (validity, basic
 constraints, key usage ``digitalSignature``, extended key usage ``serverAuth``: a *device*
-certificate; a coordinator's ``clientAuth`` certificate from the same CA is refused) and its
-signature verifies.
+certificate; a coordinator's ``clientAuth`` certificate from the same CA is refused), is not
+revoked by the CA's revocation list when one is given (``serve(..., crl=...)``,
+:func:`fedsync.wire.certs.crls_for`), and its signature verifies.
 
 **Identity.** A device is its certified key: the CA vouches that whoever signs with a device
 certificate's key is one device. The coordinator still numbers the round's devices; a
@@ -34,10 +35,11 @@ import datetime
 import ipaddress
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .._util.json import shown
+from ..wire import certs
 
 __all__ = [
     "Identity",
@@ -106,16 +108,26 @@ class Identity:
         certfile: the device's certificate (PEM), as served for TLS.
         keyfile: its private key (PEM, unencrypted): ECDSA P-256, as ``fedsync certs device`` makes.
         peer_ca: the CA certificate(s) (PEM) that sign the devices of a round.
+        crl: the revocation list(s) of ``peer_ca``'s CA(s) (``fedsync certs revoke``): a device whose
+            certificate is listed there is refused as a peer, as if its certificate did not verify.
 
     Raises:
         ValueError: the key is not ECDSA P-256 or does not match the certificate, or the
-            device's own certificate does not verify against ``peer_ca`` (it would be
-            refused by every peer: the reason is given).
+            device's own certificate does not verify against ``peer_ca`` or is revoked (it
+            would be refused by every peer: the reason is given), or ``crl`` is refused
+            (not a CRL, not signed by the CA, past its next update: see
+            :func:`fedsync.wire.certs.crls_for`).
         OSError: a file cannot be read.
         ImportError: ``cryptography`` is missing.
     """
 
-    def __init__(self, certfile: str | os.PathLike, keyfile: str | os.PathLike, peer_ca: str | os.PathLike) -> None:
+    def __init__(
+        self,
+        certfile: str | os.PathLike,
+        keyfile: str | os.PathLike,
+        peer_ca: str | os.PathLike,
+        crl: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    ) -> None:
         try:
             from cryptography import x509
             from cryptography.hazmat.primitives import serialization
@@ -133,6 +145,8 @@ class Identity:
                 f"({exc}); give the ca.pem made by `fedsync certs init`"
             ) from None
         self.store = verification.Store(roots)
+        # Checked once, here (fail closed at start); is_revoked re-checks each list's next update.
+        self.crls = certs.crls_for(crl, peer_ca, "peer_ca") if crl is not None else []
         try:
             certificate = x509.load_pem_x509_certificates(open(certfile, "rb").read())[0]
             key = serialization.load_pem_private_key(open(keyfile, "rb").read(), password=None)
@@ -176,8 +190,9 @@ class Identity:
         """The :class:`Peer` of a certificate (DER) that chains to ``peer_ca`` now, as a device certificate.
 
         Raises:
-            ValueError: not a certificate, not ECDSA P-256, no subjectAltName, or refused
-                by the verifier (chain, validity, constraints, key usage, ``serverAuth``).
+            ValueError: not a certificate, not ECDSA P-256, no subjectAltName, refused
+                by the verifier (chain, validity, constraints, key usage, ``serverAuth``), or
+                revoked by ``crl`` (or ``crl`` is past its next update: every peer is refused).
         """
         from cryptography import x509
         from cryptography.x509 import verification
@@ -199,6 +214,9 @@ class Identity:
             raise ValueError(
                 f"certificate {_name_of(certificate)} does not verify against the peer CA: {exc}"
             ) from None
+        revoked = certs.is_revoked(certificate, self.crls) if self.crls else None
+        if revoked is not None:
+            raise ValueError(f"certificate {_name_of(certificate)} is refused: {revoked}")
         usage = _extension(certificate, x509.KeyUsage)
         if usage is None or not usage.digital_signature:
             raise ValueError(

@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import requests
@@ -132,9 +132,14 @@ class HTTPTransport(Transport):
         verify: TLS verification: ``True`` (``$REQUESTS_CA_BUNDLE`` or ``$CURL_CA_BUNDLE``
             if set, else the system's), ``False``, or a CA bundle path.
         cert: a client certificate for mutual TLS: ``(certfile, keyfile)`` or one PEM file.
+        crl: the revocation list(s) of ``verify``'s CA (``fedsync certs revoke``): a device whose
+            certificate is listed is refused in the TLS handshake. Needs ``verify`` to be a CA file.
 
     Raises:
         FileNotFoundError: a ``cert`` file that does not exist.
+        ValueError: ``crl`` without a CA file as ``verify``, or a list refused (not signed by that CA,
+            past its next update, ...: :func:`fedsync.wire.certs.crls_for`).
+        OSError: ``crl`` cannot be read.
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class HTTPTransport(Transport):
         retries: int = 3,
         verify: bool | str = True,
         cert: str | tuple[str, str] | None = None,
+        crl: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     ) -> None:
         self.url = url
         self.timeout = timeout
@@ -154,6 +160,8 @@ class HTTPTransport(Transport):
         retry = Retry(total=retries, connect=retries, read=0, status=0, other=0, backoff_factor=0.1)
         self.session.mount("http://", HTTPAdapter(max_retries=retry))
         self.session.mount("https://", HTTPAdapter(max_retries=retry))
+        if crl is not None:
+            self.session.mount("https://", _RevocationAdapter(_revocation_context(verify, crl), max_retries=retry))
         if token is not None:
             self.session.headers["Authorization"] = f"Bearer {token}"
         # Proxies and the CA bundle from the environment are resolved once here:
@@ -216,6 +224,11 @@ class HTTPTransport(Transport):
                 )
                 raise RemoteUnavailable(
                     self.url, f"TLS handshake refused: the device closed the connection {hint}: {detail}"
+                ) from None
+            if "verify failed: certificate revoked" in detail.lower():  # this side's check, not the device's alert
+                raise RemoteUnavailable(
+                    self.url,
+                    f"TLS certificate revoked: the device's certificate is on the revocation list (crl=): {detail}",
                 ) from None
             if "CERTIFICATE_VERIFY_FAILED" in detail or "certificate verify failed" in detail.lower():
                 raise RemoteUnavailable(
@@ -332,6 +345,39 @@ CERTIFICATE_ALERTS = (
 """TLS alerts of a device that refused this coordinator's client certificate."""
 
 
+class _RevocationAdapter(HTTPAdapter):
+    """An adapter whose connections verify with ``context`` (a CA and its revocation lists, leaf checked)."""
+
+    def __init__(self, context: ssl.SSLContext, **options: Any) -> None:
+        self._context = context
+        super().__init__(**options)
+
+    def init_poolmanager(self, *args: Any, **options: Any) -> None:
+        options["ssl_context"] = self._context
+        super().init_poolmanager(*args, **options)
+
+
+def _revocation_context(verify: Any, crl: Any) -> ssl.SSLContext:
+    """A client context trusting the CA file ``verify`` and refusing device certificates its lists revoke.
+
+    Raises:
+        ValueError, OSError: as :func:`fedsync.wire.certs.crls_for`; ``verify`` not a CA file.
+    """
+    from ..wire.certs import crls_for
+
+    if isinstance(verify, bool) or not isinstance(verify, (str, os.PathLike)):
+        raise ValueError(
+            "crl needs verify=CA_FILE (the ca.pem whose revocation list it is), got "
+            f"verify={verify!r}; e.g. Remote(url, verify='pki/ca.pem', crl='pki/crl.pem')"
+        )
+    lists = crls_for(crl, verify, "verify")
+    context = ssl.create_default_context(cafile=os.fspath(verify))
+    for path, _ in lists:
+        context.load_verify_locations(cafile=os.fspath(path))
+    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return context
+
+
 def raise_if_refused_certificate(url: str, detail: str) -> None:
     """A device requiring client certificates (mutual TLS) refused ours, or got none: say which.
 
@@ -344,6 +390,12 @@ def raise_if_refused_certificate(url: str, detail: str) -> None:
             url,
             "TLS handshake refused: the device requires a client certificate "
             f"(pass cert=(certfile, keyfile) signed by its CA): {detail}",
+        )
+    if "alert certificate revoked" in lowered or "alert_certificate_revoked" in lowered:  # the device's alert
+        raise RemoteUnavailable(
+            url,
+            "TLS handshake refused: the device's revocation list (serve crl=) revokes this coordinator's "
+            f"certificate; issue a new one (fedsync certs coordinator DIR --name NEW): {detail}",
         )
     if any(alert in lowered for alert in CERTIFICATE_ALERTS):
         raise RemoteUnavailable(

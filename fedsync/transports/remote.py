@@ -16,7 +16,7 @@ text carries the token.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from .._util.checks import is_int, positive_seconds
@@ -91,12 +91,13 @@ class Remote:
         cert: mutual TLS: this coordinator's client certificate, as a ``(certfile, keyfile)``
             pair of PEM files (or one file holding both), for devices started with
             ``serve(..., client_ca=...)``. ``fedsync certs coordinator`` makes one.
+        crl: revocation list(s) of ``verify``'s CA: revoked devices are refused (see HTTPTransport).
         max_reply: the largest result, in bytes (a positive integer), downloaded whole
             (FedData that read replies as streams check their size against the model instead).
         transport: the :class:`~fedsync.transports.base.Transport` that carries the
             requests; ``None`` (the default) builds an
             :class:`~fedsync.transports.http.HTTPTransport` from ``url``, ``timeout``,
-            ``token``, ``retries``, ``verify`` and ``cert`` (which configure HTTP only).
+            ``token``, ``retries``, ``verify``, ``cert`` and ``crl`` (which configure HTTP only).
 
     Raises:
         ValueError: a URL that is not http(s) (without ``transport``), a timeout that is
@@ -117,6 +118,7 @@ class Remote:
         cert: str | tuple[str, str] | None = None,
         max_reply: int = MAX_REPLY,
         transport: Transport | None = None,
+        crl: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     ) -> None:
         if transport is None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
             raise ValueError(
@@ -136,7 +138,7 @@ class Remote:
         if transport is None:
             token = checked_token(token) if token is not None else _environment_token()
             transport = HTTPTransport(
-                self.url, timeout=self.timeout, token=token, retries=retries, verify=verify, cert=cert
+                self.url, timeout=self.timeout, token=token, retries=retries, verify=verify, cert=cert, crl=crl
             )
         self.transport = transport  # what carries this remote's requests
         self.resumes = Resumes()  # transfers resumed after a break (fedsync.transports._resume)

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..._util.json import loads_strict, shown
@@ -82,11 +82,15 @@ class Listener:
         ssl_context: TLS: an :class:`ssl.SSLContext` or a ``(certfile, keyfile)`` pair; ``None`` for plain HTTP.
         client_ca: mutual TLS (needs ``ssl_context``): a device's certificate must verify against this CA, and
             its identity (subject CN or a DNS name) must be the name it registers under.
+        crl: the revocation list(s) of ``client_ca``'s CA (``fedsync certs revoke``): a revoked device
+            certificate is refused in the TLS handshake. Checked at start (fail closed: a list
+            missing, unreadable, not signed by the CA or past its next update is an error).
         max_connections: connections open at once; one more is answered 503 ``too_many_connections``.
 
     Raises:
         ImportError: aiohttp is missing (``pip install 'fedsync[dial]'``).
-        ValueError: a bad allow-list, or ``client_ca`` without ``ssl_context``.
+        ValueError: a bad allow-list, ``client_ca`` without ``ssl_context``, ``crl`` without
+            ``client_ca``, or a ``crl`` refused.
         OSError: the address cannot be listened on, or a TLS file cannot be read.
     """
 
@@ -99,6 +103,7 @@ class Listener:
         ssl_context: Any = None,
         client_ca: str | os.PathLike[str] | None = None,
         max_connections: int = 10_000,
+        crl: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     ) -> None:
         try:
             from . import _server
@@ -109,7 +114,7 @@ class Listener:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise ValueError(f"max_connections must be a positive integer, got {shown(max_connections)}")
         self.devices = allow_list(devices)
-        context = tls_context(ssl_context, client_ca)
+        context = tls_context(ssl_context, client_ca, crl)
         if isinstance(context, tuple):
             import ssl
 

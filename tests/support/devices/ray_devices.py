@@ -38,3 +38,21 @@ def big(device_id: int) -> FedArrays:
         return 1
 
     return FedArrays({"w": np.zeros(500_000)}, train)
+
+
+def exits_on_a_fresh_model(device_id: int) -> FedArrays:
+    """As :func:`shard`, but device 0's ``train`` kills its process (its Ray actor) while the model is all zeros."""
+    import os
+
+    data = shard(device_id)
+    if device_id != 0:
+        return data
+    train = data.train
+
+    def killing(model):
+        if not any(value.any() for value in model.values()):
+            os._exit(3)
+        return train(model)
+
+    data.train = killing
+    return data
