@@ -63,8 +63,15 @@ class GroupProc(rb.Proc):
         self.tail = deque(maxlen=30)
         env = {**os.environ, **rb.CHILD_ENV, **self.env}
         with open(self.log, "wb") as err:
-            self.popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env,
-                                          cwd=REPO, start_new_session=True)
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
+                cwd=REPO,
+                start_new_session=True,
+            )
         threading.Thread(target=self._read, daemon=True).start()
 
     def kill(self) -> None:
@@ -117,20 +124,43 @@ def secs(s: float | None) -> str:
 def run_dial(params: int, devices: int, opts, logdir: Path) -> rb.Outcome:
     """Dialed-in devices: a dial-coordinator, then ``devices`` dial-device processes connecting to it."""
     outcome = rb.Outcome("dial", params, devices)
-    common = ["--params", str(params), "--rounds", str(opts.rounds), "--budget", str(opts.budget),
-              "--timeout", str(opts.peer_timeout)]
+    common = [
+        "--params",
+        str(params),
+        "--rounds",
+        str(opts.rounds),
+        "--budget",
+        str(opts.budget),
+        "--timeout",
+        str(opts.peer_timeout),
+    ]
     deadline = time.monotonic() + opts.peer_timeout
     with rb.Group(int(opts.guard_gib * GIB), logdir) as group:
         coordinator = None
         try:
             extra = ["--profile", opts.profile] if opts.profile else []
-            coordinator = group.start("dial-coordinator", [sys.executable, str(DIAL_PEERS), "dial-coordinator",
-                                                           *common, *extra, "--devices", str(devices)])
+            coordinator = group.start(
+                "dial-coordinator",
+                [sys.executable, str(DIAL_PEERS), "dial-coordinator", *common, *extra, "--devices", str(devices)],
+            )
             start = group.expect(coordinator, deadline, "baseline")
             url = group.expect(coordinator, deadline, "ready")["ready"][0]
-            procs = [group.start(f"dial-device{i}", [sys.executable, str(DIAL_PEERS), "dial-device", *common,
-                                                     "--connect", url, "--name", f"dev{i:05d}"])
-                     for i in range(devices)]
+            procs = [
+                group.start(
+                    f"dial-device{i}",
+                    [
+                        sys.executable,
+                        str(DIAL_PEERS),
+                        "dial-device",
+                        *common,
+                        "--connect",
+                        url,
+                        "--name",
+                        f"dev{i:05d}",
+                    ],
+                )
+                for i in range(devices)
+            ]
             for proc in procs:
                 group.expect(proc, deadline, "ready")
             outcome.baseline = start["baseline"]
@@ -156,8 +186,11 @@ def part_round(opts, logdir: Path) -> tuple[str, dict]:
     dial = run_dial(params, devices, opts, logdir)
     direct = rb.run_peer("fedsync", params, devices, opts, logdir)
     raw = rb.run_peer("raw", params, devices, opts, logdir)
-    for label, o in (("dialed-in (`serve(connect=...)`, Listener)", dial), ("direct HTTP (`serve`, Remote)", direct),
-                     ("raw TCP sockets", raw)):
+    for label, o in (
+        ("dialed-in (`serve(connect=...)`, Listener)", dial),
+        ("direct HTTP (`serve`, Remote)", direct),
+        ("raw TCP sockets", raw),
+    ):
         if o.status != "ok":
             rows.append(f"| {label} | {o.status}: {o.note} | | | |")
             print(f"  {label}: {o.status}: {o.note}", flush=True)
@@ -176,10 +209,14 @@ def part_round(opts, logdir: Path) -> tuple[str, dict]:
             r = flower_deployment.run(params, devices, rounds=opts.rounds, timeout=opts.peer_timeout)
             median = statistics.median(r["round_seconds"])
             times = ", ".join(secs(t) for t in r["round_seconds"])
-            mem = (f"ServerApp {mb(r['serverapp_peak'])} = {r['serverapp_peak'] / model_bytes:.1f} copies; "
-                   f"SuperLink {mb(r['superlink_peak'])} = {r['superlink_peak'] / model_bytes:.1f} copies")
-            rows.append(f"| Flower 1.42 deployment (SuperLink + SuperNodes) | {secs(median)} | {mem} (whole peaks) | — | "
-                        f"{times} |")
+            mem = (
+                f"ServerApp {mb(r['serverapp_peak'])} = {r['serverapp_peak'] / model_bytes:.1f} copies; "
+                f"SuperLink {mb(r['superlink_peak'])} = {r['superlink_peak'] / model_bytes:.1f} copies"
+            )
+            rows.append(
+                f"| Flower 1.42 deployment (SuperLink + SuperNodes) | {secs(median)} | {mem} (whole peaks) | — | "
+                f"{times} |"
+            )
             print(f"  flower deployment: median {secs(median)} ({times}); {mem}", flush=True)
         except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
             rows.append(f"| Flower 1.42 deployment | failed: {str(exc)[:200]} | | | |")
@@ -198,11 +235,17 @@ def part_round(opts, logdir: Path) -> tuple[str, dict]:
         "",
     ]
     if ratio is not None:
-        lines.append(f"Dialed-in ÷ direct: **{ratio:.2f}×** (target: within 1.25×). Dialed-in ÷ raw sockets: "
-                     f"{dial.median / raw.median:.1f}×." if raw.median else "")
+        lines.append(
+            f"Dialed-in ÷ direct: **{ratio:.2f}×** (target: within 1.25×). Dialed-in ÷ raw sockets: "
+            f"{dial.median / raw.median:.1f}×."
+            if raw.median
+            else ""
+        )
         lines.append("")
-    lines.append("Flower's figures are whole peaks (its processes' baselines are not subtracted) and its round time "
-                 "includes its SuperNodes' polling of the SuperLink for messages.")
+    lines.append(
+        "Flower's figures are whole peaks (its processes' baselines are not subtracted) and its round time "
+        "includes its SuperNodes' polling of the SuperLink for messages."
+    )
     return "\n".join(lines) + "\n", {"dial": dial, "direct": direct, "raw": raw, "ratio": ratio}
 
 
@@ -218,18 +261,47 @@ def run_many(count: int, opts, logdir: Path) -> dict:
     out: dict = {"devices": count, "hosts": hosts, "sample": sample}
     with rb.Group(int(opts.guard_gib * GIB), logdir) as group:
         try:
-            coordinator = group.start(f"many{count}-coordinator", [
-                sys.executable, str(DIAL_PEERS), "many-coordinator", *common, "--devices", str(count),
-                "--sample", str(sample), "--rounds", str(opts.rounds), "--budget", str(opts.budget),
-                "--idle", str(opts.idle)])
+            coordinator = group.start(
+                f"many{count}-coordinator",
+                [
+                    sys.executable,
+                    str(DIAL_PEERS),
+                    "many-coordinator",
+                    *common,
+                    "--devices",
+                    str(count),
+                    "--sample",
+                    str(sample),
+                    "--rounds",
+                    str(opts.rounds),
+                    "--budget",
+                    str(opts.budget),
+                    "--idle",
+                    str(opts.idle),
+                ],
+            )
             ready = group.expect(coordinator, deadline, "ready")
             url, out["imported"], out["nofile"] = ready["ready"][0], ready["imported"], ready["nofile"]
             host_procs = []
             for h in range(hosts):
                 n = min(per_host, count - h * per_host)
-                host_procs.append(group.start(f"many{count}-host{h}", [
-                    sys.executable, str(DIAL_PEERS), "many-host", *common, "--connect", url, "--count", str(n),
-                    "--first", str(h * per_host)]))
+                host_procs.append(
+                    group.start(
+                        f"many{count}-host{h}",
+                        [
+                            sys.executable,
+                            str(DIAL_PEERS),
+                            "many-host",
+                            *common,
+                            "--connect",
+                            url,
+                            "--count",
+                            str(n),
+                            "--first",
+                            str(h * per_host),
+                        ],
+                    )
+                )
             out["register_seconds"] = group.expect(coordinator, deadline, "registered")["seconds"]
             out["idle"] = group.expect(coordinator, deadline, "idle")["idle"]
             out["hosts_rss"] = sum(proc_status(p.popen.pid).get("VmRSS", 0) for p in host_procs)
@@ -259,7 +331,8 @@ def part_many(opts, logdir: Path) -> tuple[str, list]:
         rows.append(
             f"| {r['devices']:,} | {mb(idle['rss'])} (+{mb(idle['rss'] - imported['rss'])}, {per / 1e3:.0f} kB per "
             f"device) | {idle['threads']} | {idle['tasks']:,} | {idle['fds']:,} ({idle['connections']:,} connections) "
-            f"| {secs(r['median'])} ({', '.join(secs(t) for t in r['times'])}) | {mb(r['peak'])} |")
+            f"| {secs(r['median'])} ({', '.join(secs(t) for t in r['times'])}) | {mb(r['peak'])} |"
+        )
     lines = [
         "### Many dialed-in devices: the listening side idle, and rounds of 100 sampled",
         "",
@@ -268,9 +341,10 @@ def part_many(opts, logdir: Path) -> tuple[str, list]:
         f"that device's own `DeviceApp` in a pool of 32 threads). Model: {opts.many_params:,} float32 parameters, "
         f"no-op training. The coordinator (`Listener` + `Federated(fraction=100/N)`) is one process; its figures "
         f"come from /proc/self {opts.idle:g} s after every device registered (RSS: +the growth over its RSS after "
-        f"imports, before the Listener). Threads: the whole process's (main, the listener's event loop, Python's "
-        f"own); tasks: the event loop's asyncio tasks. Round: median after a warm-up; each round samples 100 "
-        f"devices at random, so most are new to the coordinator and cost it a `GET /info` handshake first.",
+        f"imports, before the Listener). Threads: the whole process's (main, the listener's event loop, the "
+        f"benchmark's stdin watcher); tasks: the event loop's asyncio tasks. Round: median after a warm-up; "
+        f"each round samples 100 devices at random, so most are new to the coordinator and cost it a "
+        f"`GET /info` handshake first.",
         "",
         "| devices | coordinator RSS idle | threads | loop tasks | open fds | round, 100 sampled | peak RSS |",
         "|---|---|---|---|---|---|---|",
@@ -288,6 +362,7 @@ def part_resume(opts, logdir: Path) -> tuple[str, list]:
 
     size_note = ""
     params = 25_000_000 if opts.quick else 250_000_000
+
     # coordinator: model + exact accumulator (~6.5 copies) + slack; device: model, the received one, its reply.
     def need(p: int) -> float:
         return p * 4 * (9 + 4) + 1 * GIB
@@ -295,8 +370,10 @@ def part_resume(opts, logdir: Path) -> tuple[str, list]:
     available = rb.mem_available()
     if not opts.quick and need(params) + opts.guard_gib * GIB > available:
         params = 125_000_000
-        size_note = (f"Reduced from 1 GB to 512 MB: 1 GB needs ~{need(250_000_000) / GIB:.1f} GiB and "
-                     f"{available / GIB:.1f} GiB was available.")
+        size_note = (
+            f"Reduced from 1 GB to 512 MB: 1 GB needs ~{need(250_000_000) / GIB:.1f} GiB and "
+            f"{available / GIB:.1f} GiB was available."
+        )
     model_bytes = params * 4
     results = []
     for mode in ("resumed", "restarted"):
@@ -304,19 +381,38 @@ def part_resume(opts, logdir: Path) -> tuple[str, list]:
         out: dict = {"mode": mode}
         deadline = time.monotonic() + opts.peer_timeout
         with rb.Group(int(opts.guard_gib * GIB), logdir) as group:
-            device = group.start(f"resume-{mode}-device", [sys.executable, str(PEERS), "fedsync-device", "--params",
-                                                           str(params)])
+            device = group.start(
+                f"resume-{mode}-device", [sys.executable, str(PEERS), "fedsync-device", "--params", str(params)]
+            )
             try:
                 device_url = group.expect(device, deadline, "ready")["ready"][0]
                 with CuttingProxy(device_url, direction="up", after=model_bytes // 2, times=1) as proxy:
-                    argv = [sys.executable, str(DIAL_PEERS), "resume-coordinator", "--params", str(params),
-                            "--timeout", str(opts.peer_timeout), "--urls", proxy.url]
-                    coordinator = group.start(f"resume-{mode}-coordinator",
-                                              argv + (["--restart"] if mode == "restarted" else []))
+                    argv = [
+                        sys.executable,
+                        str(DIAL_PEERS),
+                        "resume-coordinator",
+                        "--params",
+                        str(params),
+                        "--timeout",
+                        str(opts.peer_timeout),
+                        "--urls",
+                        proxy.url,
+                    ]
+                    coordinator = group.start(
+                        f"resume-{mode}-coordinator", argv + (["--restart"] if mode == "restarted" else [])
+                    )
                     done = group.expect(coordinator, deadline, "done")
-                    out.update(status="ok", seconds=done["seconds"], attempts=done["attempts"], resent=done["resent"],
-                               resumes=done["resumes"], up=proxy.forwarded["up"], down=proxy.forwarded["down"],
-                               cuts=proxy.cuts, peak=done["peak"])
+                    out.update(
+                        status="ok",
+                        seconds=done["seconds"],
+                        attempts=done["attempts"],
+                        resent=done["resent"],
+                        resumes=done["resumes"],
+                        up=proxy.forwarded["up"],
+                        down=proxy.forwarded["down"],
+                        cuts=proxy.cuts,
+                        peak=done["peak"],
+                    )
             except (rb.OutOfMemoryGuard, TimeoutError, RuntimeError) as exc:
                 out.update(status="failed", note=f"{type(exc).__name__}: {exc}"[:400])
         results.append(out)
@@ -327,9 +423,11 @@ def part_resume(opts, logdir: Path) -> tuple[str, list]:
             rows.append(f"| {r['mode']} | failed: {r['note']} | | | |")
             continue
         attempts = "; ".join(f"{secs(a['seconds'])}" + (" failed" if "failed" in a else "") for a in r["attempts"])
-        rows.append(f"| {r['mode']} | {secs(r['seconds'])} ({attempts}) | {mb(r['up'])} up + {mb(r['down'])} down "
-                    f"= {(r['up'] + r['down']) / model_bytes:.2f} models | {mb(r['resent'])} in {r['resumes']} "
-                    f"resumption(s) | {r['cuts']} |")
+        rows.append(
+            f"| {r['mode']} | {secs(r['seconds'])} ({attempts}) | {mb(r['up'])} up + {mb(r['down'])} down "
+            f"= {(r['up'] + r['down']) / model_bytes:.2f} models | {mb(r['resent'])} in {r['resumes']} "
+            f"resumption(s) | {r['cuts']} |"
+        )
     lines = [
         f"### A {mb(model_bytes)} payload cut at 50 %: resumed against restarted",
         "",
@@ -358,11 +456,11 @@ def write_section(path: Path, header: str, parts: dict[str, str]) -> None:
     """Replace the Dial-out section's header and the given parts' subsections, keeping the rest of the file."""
     text = path.read_text() if path.exists() else ""
     start = text.find("\n" + SECTION + "\n")
-    before, old = (text, "") if start < 0 else (text[: start + 1], text[start + 1:])
+    before, old = (text, "") if start < 0 else (text[: start + 1], text[start + 1 :])
     after = ""
     if old:
         end = old.find("\n# ", 1)
-        old, after = (old, "") if end < 0 else (old[: end + 1], old[end + 1:])
+        old, after = (old, "") if end < 0 else (old[: end + 1], old[end + 1 :])
     kept: dict[str, str] = {}
     for chunk in old.split("\n<!-- part: ")[1:]:
         name, _, body = chunk.partition(" -->\n")
@@ -374,10 +472,15 @@ def write_section(path: Path, header: str, parts: dict[str, str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["round", "many", "resume"], action="append",
-                        help="run this part only (repeatable; default: all three)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--part",
+        choices=["round", "many", "resume"],
+        action="append",
+        help="run this part only (repeatable; default: all three)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, no Flower, nothing written")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds after the warm-up")
     parser.add_argument("--budget", type=float, default=120.0, help="no new round after this many seconds")
@@ -390,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-flower", action="store_true")
     parser.add_argument("--flower-venv", default="", help="Flower's venv (default: benchmarks/.venv-flower)")
     parser.add_argument("--profile", default="", help="cProfile the dial coordinator's first measured round here")
-    parser.add_argument("--output", default="", help="Markdown file (default: benchmarks/RESULTS.md; none with --quick)")
+    parser.add_argument(
+        "--output", default="", help="Markdown file (default: benchmarks/RESULTS.md; none with --quick)"
+    )
     parser.add_argument("--logs", default="", help="keep every process's stderr in this folder")
     opts = parser.parse_args(argv)
     opts.profile_at = None
@@ -413,24 +518,28 @@ def main(argv: list[str] | None = None) -> int:
             written[part] = runs[part](opts, logdir)[0]
             print(written[part], flush=True)
     load_end = rb.loadavg()
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    header = "\n".join([
-        f"Written by `benchmarks/dial.py` (issue #20); a part run alone (`--part`) rewrites only its own subsection.",
-        "",
-        "| machine | |",
-        "|---|---|",
-        f"| cpu | {info['cpu']} |",
-        f"| memory | {info['memory']} ({memory_start / GIB:.1f} GiB available at start) |",
-        f"| python, numpy | {info['python']}, {info['numpy']} |",
-        f"| fedsync | commit {commit}{' + uncommitted changes' if rb.dirty() else ''} |",
-        f"| flwr | {info['flwr']} |",
-        f"| date | {info['date']} |",
-        f"| load average | {load_start} at start, {load_end} at end (parts: {', '.join(parts)}) |",
-        "",
-        "The machine's 2 cores are shared with other engineers' jobs (tests, builds), so absolute times carry "
-        "their noise.",
-    ])
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    header = "\n".join(
+        [
+            "Written by `benchmarks/dial.py` (issue #20); a part run alone (`--part`) rewrites only its own "
+            "subsection.",
+            "",
+            "| machine | |",
+            "|---|---|",
+            f"| cpu | {info['cpu']} |",
+            f"| memory | {info['memory']} ({memory_start / GIB:.1f} GiB available at start) |",
+            f"| python, numpy | {info['python']}, {info['numpy']} |",
+            f"| fedsync | commit {commit}{' + uncommitted changes' if rb.dirty() else ''} |",
+            f"| flwr | {info['flwr']} |",
+            f"| date | {info['date']} |",
+            f"| load average | {load_start} at start, {load_end} at end (parts: {', '.join(parts)}) |",
+            "",
+            "The machine's 2 cores are shared with other engineers' jobs (tests, builds), so absolute times carry "
+            "their noise.",
+        ]
+    )
     output = opts.output or ("" if opts.quick else str(HERE / "RESULTS.md"))
     if output:
         write_section(Path(output), header, written)

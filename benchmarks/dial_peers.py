@@ -23,7 +23,6 @@ import io
 import json
 import os
 import resource
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,8 +52,12 @@ def proc_self() -> dict:
     """This process's RSS, peak RSS, threads and open file descriptors, from /proc/self."""
     with open("/proc/self/status") as f:
         threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
-    return {"rss": status_bytes("VmRSS"), "hwm": status_bytes("VmHWM"), "threads": threads,
-            "fds": len(os.listdir("/proc/self/fd"))}
+    return {
+        "rss": status_bytes("VmRSS"),
+        "hwm": status_bytes("VmHWM"),
+        "threads": threads,
+        "fds": len(os.listdir("/proc/self/fd")),
+    }
 
 
 def stop_on_eof() -> None:
@@ -72,8 +75,13 @@ def dial_device(args) -> None:
     def train(arrays):
         return SAMPLES
 
-    dialer = fedsync.serve(fedsync.FedArrays(model(args.params, seed=1), train), connect=args.connect,
-                           name=args.name, token=token_of(args.name), block=False)
+    dialer = fedsync.serve(
+        fedsync.FedArrays(model(args.params, seed=1), train),
+        connect=args.connect,
+        name=args.name,
+        token=token_of(args.name),
+        block=False,
+    )
     emit(ready=[args.name], pid=os.getpid())
     try:
         wait_for_stdin_eof()
@@ -143,15 +151,18 @@ def many_coordinator(args) -> None:
         data = FedArrays(model(args.params))
         rounds = Rounds(args.rounds, args.budget)
         fraction = args.sample / args.devices
-        with Federated(data, listener.remotes(timeout=args.timeout), fraction=fraction, seed=0,
-                       timeout=args.timeout) as alg:
+        with Federated(
+            data, listener.remotes(timeout=args.timeout), fraction=fraction, seed=0, timeout=args.timeout
+        ) as alg:
             while rounds.more():
                 began = time.perf_counter()
                 result = alg.round()
                 seconds = time.perf_counter() - began
                 if len(result.answered) != args.sample:
-                    raise SystemExit(f"round {result.repetition}: {len(result.answered)} of {args.sample} answered: "
-                                     f"{list(result.failures.items())[:3]}")
+                    raise SystemExit(
+                        f"round {result.repetition}: {len(result.answered)} of {args.sample} answered: "
+                        f"{list(result.failures.items())[:3]}"
+                    )
                 rounds.record(seconds)
         emit(after=proc_self())
         report_done(rounds)
@@ -172,8 +183,15 @@ def many_host(args) -> None:
 
     import fedsync
     from fedsync.device._dial_job import call_app, environ_for
-    from fedsync.device._dial_wire import (DIAL_PREFIX, HEADERS_HEADER, SESSION_HEADER, STATUS_HEADER,
-                                           UPLOAD_LENGTH, UPLOAD_OFFSET, parse_job)
+    from fedsync.device._dial_wire import (
+        DIAL_PREFIX,
+        HEADERS_HEADER,
+        SESSION_HEADER,
+        STATUS_HEADER,
+        UPLOAD_LENGTH,
+        UPLOAD_OFFSET,
+        parse_job,
+    )
     from fedsync.device.app import DeviceApp
 
     raise_nofile()
@@ -203,8 +221,14 @@ def many_host(args) -> None:
             async with http.get(f"{base}/jobs/{job.id}/body", headers=headers) as response:
                 body = await response.read()
         status, answer_headers, data = await loop.run_in_executor(pool, run_app, app, job, body)
-        head = {**headers, STATUS_HEADER: str(status), HEADERS_HEADER: json.dumps(answer_headers),
-                UPLOAD_LENGTH: str(len(data)), UPLOAD_OFFSET: "0", "Content-Type": "application/octet-stream"}
+        head = {
+            **headers,
+            STATUS_HEADER: str(status),
+            HEADERS_HEADER: json.dumps(answer_headers),
+            UPLOAD_LENGTH: str(len(data)),
+            UPLOAD_OFFSET: "0",
+            "Content-Type": "application/octet-stream",
+        }
         async with http.post(f"{base}/jobs/{job.id}/answer", headers=head, data=data) as response:
             if response.status != 204:
                 counts["errors"] += 1
@@ -214,15 +238,17 @@ def many_host(args) -> None:
     async def device(http, name: str, gate: asyncio.Semaphore, jobs: set) -> None:
         base = f"{url}{DIAL_PREFIX}/{name}"
         auth = {"Authorization": f"Bearer {token_of(name)}"}
-        registration = json.dumps({"protocol": 1, "fedsync": fedsync.__version__, "bases": [""],
-                                   "specs": {"": specs[name]}})
+        registration = json.dumps(
+            {"protocol": 1, "fedsync": fedsync.__version__, "bases": [""], "specs": {"": specs[name]}}
+        )
         session = None
         while True:
             try:
                 if session is None:
                     async with gate:
-                        async with http.post(f"{base}/register", headers={**auth, "Content-Type": "application/json"},
-                                             data=registration) as response:
+                        async with http.post(
+                            f"{base}/register", headers={**auth, "Content-Type": "application/json"}, data=registration
+                        ) as response:
                             if response.status != 200:
                                 raise RuntimeError(f"{name}: register answered {response.status}")
                             session = (await response.json())["session"]
@@ -288,18 +314,27 @@ def resume_coordinator(args) -> None:
     attempts = []
     started = time.perf_counter()
     with Federated(data, [remote], timeout=args.timeout) as alg:
-        for attempt in range(2):
+        for _attempt in range(2):
             began = time.perf_counter()
             try:
                 result = alg.round()
             except FedSyncError as exc:
-                attempts.append({"seconds": time.perf_counter() - began, "failed": f"{type(exc).__name__}: {exc}"[:300]})
+                attempts.append(
+                    {"seconds": time.perf_counter() - began, "failed": f"{type(exc).__name__}: {exc}"[:300]}
+                )
                 continue
             attempts.append({"seconds": time.perf_counter() - began, "answered": len(result.answered)})
             if result.answered:
                 break
-    emit(done=True, seconds=time.perf_counter() - started, attempts=attempts, resent=remote.resent_bytes,
-         resumes=remote.resumes.count, peak=status_bytes("VmHWM"), fedsync=fedsync.__version__)
+    emit(
+        done=True,
+        seconds=time.perf_counter() - started,
+        attempts=attempts,
+        resent=remote.resent_bytes,
+        resumes=remote.resumes.count,
+        peak=status_bytes("VmHWM"),
+        fedsync=fedsync.__version__,
+    )
 
 
 # ----------------------------------------------------------------- command line
