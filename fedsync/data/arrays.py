@@ -130,12 +130,7 @@ class FedArrays(FedData):
         for name, a in items:
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"array {name!r} is a {type(a).__name__}, not a numpy array; wrap it with np.asarray")
-            if not codec.carries(a.dtype):
-                # Refused here, not at the first round's send: the same kind as FedKeras' bfloat16.
-                raise TypeError(
-                    f"array {name!r} has dtype {a.dtype}, which a payload cannot carry; supported: "
-                    f"{', '.join(codec.SUPPORTED_DTYPES)}. Convert it, e.g. a.astype(np.float32)"
-                )
+            codec.check_carries(name, a.dtype)  # refused here, not at the first round's send
         self.model: Any = arrays
         self.train = train
         self.evaluate_fn = evaluate

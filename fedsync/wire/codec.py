@@ -97,6 +97,20 @@ def carries(dtype: np.dtype) -> bool:
 SUPPORTED_DTYPES = tuple(str(dt) for dt in _DTYPES.values())
 """The numpy dtypes a payload carries (safetensors' F64 ... BOOL; bfloat16 travels as float32 in the adapters)."""
 
+
+def check_carries(name: object, dtype: np.dtype) -> None:
+    """Refuse an array ``name`` of a ``dtype`` no payload carries, naming it and what is supported.
+
+    Raises:
+        TypeError: ``dtype`` is not one of :data:`SUPPORTED_DTYPES`.
+    """
+    if not carries(dtype):
+        raise TypeError(
+            f"array {name!r} has dtype {np.dtype(dtype)}, which a payload cannot carry; supported: "
+            f"{', '.join(SUPPORTED_DTYPES)}. Convert it, e.g. a.astype(np.float32)"
+        )
+
+
 # Messages quote untrusted values; keep them short whatever the header holds.
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 60
