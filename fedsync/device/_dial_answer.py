@@ -91,6 +91,8 @@ def run_job(
             answer = error_answer(500, ErrorCode.INTERNAL_ERROR, f"the device failed: {type(exc).__name__}: {exc}")
     finally:
         body.close()
+    if body.fatal is not None:  # refused or stale while downloading: the dialer stops or registers again
+        raise body.fatal
     rerun = None
     if job.method in ("GET", "HEAD"):
         # Idempotent: a broken upload can run the same request again and skip what the listener holds.
