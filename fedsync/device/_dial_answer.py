@@ -84,7 +84,8 @@ def run_job(
         except (DialRefused, StaleSession):
             raise
         except OSError as exc:  # the body's download gave up: what a device says of a body that ended early
-            logger.warning("job %s (%s %s): %s", job.id, job.method, shown(job.target, 80), exc)
+            if not stopping.is_set():
+                logger.warning("job %s (%s %s): %s", job.id, job.method, shown(job.target, 80), exc)
             answer = error_answer(400, ErrorCode.TRUNCATED, f"the device could not download the request body: {exc}")
         except Exception as exc:
             logger.exception("job %s (%s %s): the device app raised", job.id, job.method, shown(job.target, 80))
@@ -135,7 +136,7 @@ def upload(
     try:
         while True:
             if stopping.is_set():
-                logger.warning("job %s: the dialer is closing; its answer was not sent whole", job.id)
+                logger.info("job %s: the dialer is closing; its answer was not sent whole", job.id)
                 return False
             try:
                 data = _UploadBody(current, offset) if answer.length > offset else b""
@@ -146,7 +147,7 @@ def upload(
                     response.close()
                     return True
                 code = getattr(response, "_fedsync_error", ("", ""))[0]
-                if response.status_code == 409 and code == "offset_mismatch":
+                if response.status_code == 409 and code == ErrorCode.OFFSET_MISMATCH:
                     held = digits(response.headers.get(UPLOAD_OFFSET), "the listener's Upload-Offset", answer.length)
                     logger.info("job %s: the listener holds %d bytes of the answer, not %d", job.id, held, offset)
                     failures += 1
@@ -159,6 +160,9 @@ def upload(
             except (DialRefused, StaleSession):
                 raise
             except BROKEN as exc:
+                if stopping.is_set():  # close() cut the upload: nothing alarming to report
+                    logger.info("job %s: the dialer is closing; its answer was not sent whole", job.id)
+                    return False
                 failures += 1
                 if failures >= TRANSFER_TRIES:
                     logger.warning(

@@ -27,6 +27,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .._util.json import shown
 from .._version import __version__
+from ..wire.http import ErrorCode
 from ._dial_wire import (
     DIAL_PREFIX,
     MAX_JSON,
@@ -134,7 +135,7 @@ class Connection:
         )
         if response.status_code in (401, 403, 409):
             code, message = error_of(read_bounded(response))
-            if response.status_code == 409 and code != "stale_session":
+            if response.status_code == 409 and code != ErrorCode.STALE_SESSION:
                 response._fedsync_error = (code, message)  # type: ignore[attr-defined]  # read by the caller
                 return response
             if response.status_code == 409:
@@ -305,7 +306,9 @@ class JobBody:
             except BROKEN as exc:
                 self.close()
                 failures += 1
-                if failures >= TRANSFER_TRIES or self._stopping.is_set():
+                if self._stopping.is_set():  # close() cut the download: no warning, the job just ends
+                    raise BodyLost("the dialer is closing") from None
+                if failures >= TRANSFER_TRIES:
                     raise BodyLost(
                         f"could not download the job's body past byte {self.position} of {self.length} "
                         f"after {failures} tries: {exc}"
