@@ -5,6 +5,9 @@ Each test starts its processes and stops them all, whatever happens.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import requests
@@ -104,3 +107,35 @@ def test_a_download_and_an_upload_cut_at_half_resume_exactly(tmp_path, dialers, 
         assert stats["resumed_downloads"] >= 1 and 0 <= stats["bytes_resent"] < payload // 4
     else:
         assert stats["resumed_uploads"] >= 1 and payload <= stats["bytes_received"] < payload + payload // 4
+
+
+def test_a_device_killed_mid_upload_is_its_failure_and_the_others_merge(tmp_path, dialers):
+    n = 8 * 1024 * 1024  # 32 MiB of float32
+    with Listener("127.0.0.1", 0, devices=TOKENS) as listener:
+        # The victim's uploads cross a slow link (about 3 MB/s), so it is surely killed part-way.
+        with CuttingProxy(listener.url, direction="up", after=1 << 40, pause=0.02) as slow:
+            victim = dialers(tmp_path, slow.url, "site-a", "token-a", value=9.0, size=n)
+            dialers(tmp_path, listener.url, "site-b", "token-b", value=1.0, samples=1, size=n)
+            dialers(tmp_path, listener.url, "site-c", "token-c", value=3.0, samples=1, size=n)
+            listener.wait_for(3, timeout=60)
+            coordinator = FedArrays({"w": np.zeros(n, np.float32)})
+            remotes = listener.remotes(timeout=10)
+            killed = []
+
+            def kill_mid_upload() -> None:
+                for _ in range(6000):  # at most 60 s
+                    if listener.stats("site-a")["bytes_received"] > 2 * 1024 * 1024:
+                        victim.process.kill()
+                        killed.append(listener.stats("site-a")["bytes_received"])
+                        return
+                    time.sleep(0.01)
+
+            watcher = threading.Thread(target=kill_mid_upload, daemon=True)
+            watcher.start()
+            with Federated(data=coordinator, remotes=remotes, timeout=30, min_results=2) as alg:
+                result = alg.round()
+            watcher.join(60)
+    assert killed and killed[0] < 4 * n  # killed part-way through its 32 MiB answer
+    assert set(result.failures) == {"dial://site-a"} and result.failures["dial://site-a"], result.failures
+    assert set(result.answered) == {"dial://site-b", "dial://site-c"}
+    assert np.all(coordinator.model["w"] == 2.0)  # (1 + 3) / 2: the victim's part dropped whole
