@@ -84,13 +84,16 @@ def run_job(
         except (DialRefused, StaleSession):
             raise
         except OSError as exc:  # the body's download gave up: what a device says of a body that ended early
-            logger.warning("job %s (%s %s): %s", job.id, job.method, shown(job.target, 80), exc)
+            if not stopping.is_set():
+                logger.warning("job %s (%s %s): %s", job.id, job.method, shown(job.target, 80), exc)
             answer = error_answer(400, ErrorCode.TRUNCATED, f"the device could not download the request body: {exc}")
         except Exception as exc:
             logger.exception("job %s (%s %s): the device app raised", job.id, job.method, shown(job.target, 80))
             answer = error_answer(500, ErrorCode.INTERNAL_ERROR, f"the device failed: {type(exc).__name__}: {exc}")
     finally:
         body.close()
+    if body.fatal is not None:  # refused or stale while downloading: the dialer stops or registers again
+        raise body.fatal
     rerun = None
     if job.method in ("GET", "HEAD"):
         # Idempotent: a broken upload can run the same request again and skip what the listener holds.
@@ -133,7 +136,7 @@ def upload(
     try:
         while True:
             if stopping.is_set():
-                logger.warning("job %s: the dialer is closing; its answer was not sent whole", job.id)
+                logger.info("job %s: the dialer is closing; its answer was not sent whole", job.id)
                 return False
             try:
                 data = _UploadBody(current, offset) if answer.length > offset else b""
@@ -157,6 +160,9 @@ def upload(
             except (DialRefused, StaleSession):
                 raise
             except BROKEN as exc:
+                if stopping.is_set():  # close() cut the upload: nothing alarming to report
+                    logger.info("job %s: the dialer is closing; its answer was not sent whole", job.id)
+                    return False
                 failures += 1
                 if failures >= TRANSFER_TRIES:
                     logger.warning(

@@ -44,6 +44,7 @@ from ._dial_wire import (
 __all__ = [
     "Connection",
     "JobBody",
+    "BodyLost",
     "Answer",
     "call_app",
     "environ_for",
@@ -233,12 +234,19 @@ def unexpected(response: requests.Response, what: str) -> ListenerError:
 # -- the body of a job: wsgi.input ---------------------------------------------------------------
 
 
+class BodyLost(ConnectionError):
+    """A job's body could not be downloaded whole: the device app's input broke, as a socket's would."""
+
+
 class JobBody:
     """``wsgi.input`` of a job: ``GET .../jobs/{job}/body``, resumed with ``Range: bytes=N-`` when it breaks.
 
     Reads at most ``length`` bytes and at most :data:`CHUNK` per call (urllib3 copies what it reads),
     so the app's own buffer is the only whole copy of the body. After :data:`TRANSFER_TRIES`
-    failures in a row without a byte of progress it raises ``OSError`` (the app then fails the job).
+    failures in a row without a byte of progress it raises :class:`BodyLost`, a ``ConnectionError``:
+    the kind of failure the device app passes up as its input's own (any other exception it answers
+    ``500 internal_error``, as a bug of the device). A refusal or a stale session while downloading is
+    kept in ``fatal`` (and raised as ``BodyLost`` through the app) for :func:`run_job` to raise after.
     ``resumes``: how many times a broken download was resumed.
     """
 
@@ -253,6 +261,7 @@ class JobBody:
         self._backoff = backoff
         self._stopping = stopping
         self._response: requests.Response | None = None
+        self.fatal: DialRefused | StaleSession | None = None
 
     def _open(self) -> requests.Response:
         start = self.position
@@ -290,14 +299,17 @@ class JobBody:
                     raise ListenerError(f"the job's body ended at byte {self.position} of {self.length}")
                 self.position += got
                 return got
-            except (DialRefused, StaleSession):
+            except (DialRefused, StaleSession) as exc:
                 self.close()
-                raise
+                self.fatal = exc
+                raise BodyLost(f"the listener refused the body's download: {exc}") from None
             except BROKEN as exc:
                 self.close()
                 failures += 1
-                if failures >= TRANSFER_TRIES or self._stopping.is_set():
-                    raise OSError(
+                if self._stopping.is_set():  # close() cut the download: no warning, the job just ends
+                    raise BodyLost("the dialer is closing") from None
+                if failures >= TRANSFER_TRIES:
+                    raise BodyLost(
                         f"could not download the job's body past byte {self.position} of {self.length} "
                         f"after {failures} tries: {exc}"
                     ) from None

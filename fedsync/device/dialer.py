@@ -199,11 +199,15 @@ class RunningDialer:
                 failures += 1
                 self._lost(_reason(exc), failures)
             except Exception:  # a bug of this module's: logged, and the dialer goes on
+                if self._stopping.is_set():
+                    break
                 failures += 1
                 logger.exception("the dialer's poller failed")
                 self._stopping.wait(self.backoff(failures))
 
     def _lost(self, reason: str, failures: int) -> None:
+        if self._stopping.is_set():
+            return  # close() cut the connection: not a loss of the coordinator, nothing to report
         delay = self.backoff(failures)
         logger.warning("lost the coordinator at %s (%s); retrying in %.1f s", self.url, reason, delay)
         self._stopping.wait(delay)
@@ -264,7 +268,8 @@ class RunningDialer:
                 stopping=self._stopping,
             )
         except StaleSession:
-            logger.warning("job %s was lost: %s no longer knows this session", job.id, self.url)
+            if not self._stopping.is_set():
+                logger.warning("job %s was lost: %s no longer knows this session", job.id, self.url)
         except DialRefused as exc:
             if self.error is None:
                 self.error = exc

@@ -165,6 +165,7 @@ class ErrorCode(str, Enum):
     BAD_UPLOAD_OFFSET = "bad_upload_offset"
     UNKNOWN_UPLOAD = "unknown_upload"
     UPLOAD_CHANGED = "upload_changed"
+    LISTENER_CLOSING = "listener_closing"
 
 
 class ApiError(HTTPException):

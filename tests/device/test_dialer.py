@@ -7,8 +7,9 @@ each test arms one fault and checks the dialer's answer is exact and the dialer 
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
+import time
 
 import numpy as np
 import pytest
@@ -149,6 +150,27 @@ def test_a_listener_that_lies_about_the_body_is_not_believed(coordinator, cut, l
         assert job.status == 400 and job.json()["error"] == "truncated" and says in job.json()["message"]
         assert coordinator.run("site-a", "GET", "/info").json()["state"] == "idle"  # nothing trained, alive
         assert running.error is None
+
+
+def test_a_refusal_while_downloading_a_body_stops_the_dialer_without_answering(coordinator, caplog):
+    # The app passes up only its input's ConnectionError; a refusal met while reading the body must reach the
+    # dialer as the refusal, not become the app's 500 uploaded to a listener that refuses this device.
+    with RunningDialer(
+        DeviceApp(trained(6)), coordinator.url, "site-a", TOKEN, backoff_factor=0.5, backoff_max=1, backoff_jitter=0
+    ) as running:
+        specs = coordinator.run("site-a", "GET", "/info").json()["specs"]
+        payload = bytes(FedArrays({"w": np.ones(6, np.float32)}).serialize(1))
+        headers = {"X-Fedsync-Specs": specs, "Content-Type": "application/octet-stream"}
+        job = coordinator.send("site-a", "POST", "/1/submit", payload, headers=headers, cut_body_at=0.5)
+        for _ in range(200):  # the first download is cut; the dialer waits 1 s before resuming
+            if job.ranges:
+                break
+            time.sleep(0.01)
+        coordinator.refuse = 403
+        running.join(10)
+        assert isinstance(running.error, DialRefused) and "not_allowed" in str(running.error)
+        assert not any(path.endswith(f"/jobs/{job.id}/answer") for _, path in coordinator.requests)
+    assert "error answering" not in caplog.text  # not taken for a bug of the device's app
 
 
 def test_reconnects_by_itself_when_the_coordinator_restarts(coordinator, caplog):

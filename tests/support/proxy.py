@@ -3,7 +3,8 @@
 ``CuttingProxy(device_url, direction="down", after=K)`` forwards every connection to the device and,
 on the first connection that carries more than ``K`` bytes in ``direction`` (``"down"``: device to
 coordinator, ``"up"``: coordinator to device), forwards exactly ``K`` bytes, then closes both sides.
-``times`` connections are cut so (``None``: every one). ``forwarded`` counts the bytes that crossed
+``times`` connections are cut so (``None``: every one). ``pause`` seconds after each piece (<= 64 KiB) forwarded
+in ``direction``: a slow link. ``forwarded`` counts the bytes that crossed
 in each direction, so a test measures what a resumed transfer really cost on the wire.
 """
 
@@ -23,12 +24,14 @@ BUFFER = 1 << 16
 class CuttingProxy:
     """A proxy listening on 127.0.0.1 (``url``) for one device; a context manager, closed by :meth:`close`."""
 
-    def __init__(self, device_url: str, *, direction: str, after: int, times: int | None = 1) -> None:
+    def __init__(
+        self, device_url: str, *, direction: str, after: int, times: int | None = 1, pause: float = 0.0
+    ) -> None:
         if direction not in ("up", "down"):
             raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
         parts = urlsplit(device_url)
         self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
-        self.direction, self.after, self.times = direction, after, times
+        self.direction, self.after, self.times, self.pause = direction, after, times, pause
         self.forwarded = {"up": 0, "down": 0}
         self.cuts = 0
         self.connections = 0
@@ -105,6 +108,8 @@ class CuttingProxy:
                         counted += len(data)
                     sink.sendall(data)
                     self._count(direction, len(data))
+                    if self.pause and direction == self.direction:
+                        self._closed.wait(self.pause)
         except OSError:
             return
         finally:

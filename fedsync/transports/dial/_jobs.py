@@ -391,6 +391,8 @@ class Hub:
                 session.ended = True
         for job in jobs:
             self.fail(job, RemoteUnavailable(job.url, "the listener closed while this request was in flight"))
+        for session in sessions:  # parked long-polls return now, so the server's shutdown need not wait them out
+            session.notify()
 
     def wait_for(self, count: int, timeout: float) -> list[str]:
         """Block until ``count`` allowed devices registered; their names (allow-list order).

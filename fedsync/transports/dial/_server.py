@@ -62,6 +62,9 @@ MAX_HEADERS = 100
 MAX_CONNECTIONS = 10_000
 """The default most connections open at once."""
 
+SHUTDOWN = 1.0
+"""Seconds a closing listener lets the requests still running finish (long-polls end at once) before cutting them."""
+
 REFUSE_LINGER = 0.5
 """Seconds a refused connection (over the cap) is kept open for its answer to leave before it is closed."""
 
@@ -71,6 +74,7 @@ _DIGITS = re.compile(r"^\d{1,19}$")
 _RANGE = re.compile(r"^bytes=(\d{1,19})-$")
 _FIELD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +(\S+) *$")
+CLOSING_MESSAGE = "the listener is closing (its coordinator stops or restarts); retry in a moment"
 SESSION_HEADER = "X-Fedsync-Session"
 """The header naming a device's session on every request after its registration."""
 
@@ -215,6 +219,8 @@ class Routes:
         refusal = self.authorize(request, name)
         if refusal is not None:
             return refusal
+        if self.hub.closed:
+            return closing(error(503, ErrorCode.LISTENER_CLOSING, CLOSING_MESSAGE, {"Retry-After": "1"}))
         if endpoint == "register":
             return await self.register(request, name)
         session = self.hub.session(name, request.headers.get(SESSION_HEADER))
@@ -287,6 +293,8 @@ class Routes:
         end = loop.time() + min(wait, MAX_POLL)
         while True:
             session.wake.clear()
+            if self.hub.closed:
+                return closing(error(503, ErrorCode.LISTENER_CLOSING, CLOSING_MESSAGE, {"Retry-After": "1"}))
             if session.ended:
                 return error(409, ErrorCode.STALE_SESSION, "this session was replaced; register again")
             job = self.hub.take(session)
@@ -446,7 +454,7 @@ class Server:
         self.runner = web.AppRunner(
             app, handle_signals=False, access_log=None, handler_cancellation=True,
             keepalive_timeout=HEAD_TIMEOUT, max_line_size=MAX_FIELD, max_field_size=MAX_FIELD,
-            max_headers=MAX_HEADERS, lingering_time=2.0,
+            max_headers=MAX_HEADERS, lingering_time=2.0, shutdown_timeout=SHUTDOWN,
         )  # fmt: skip
         await self.runner.setup()
         handlers = self.runner.server
