@@ -191,6 +191,11 @@ def test_a_stale_session_registers_again(coordinator, caplog):
     caplog.set_level(logging.INFO, logger="fedsync.server.dial")
     with dialer(coordinator, trained(6)):
         coordinator.wait_registered("site-a")
+        # Once a poll came back (a second one started), the session is no longer fresh: a 409 then means
+        # the listener forgot it (restarted), not that it refused the session it just gave.
+        deadline = time.monotonic() + 15
+        while sum(path.endswith("/next") for _, path in coordinator.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
         coordinator.stale_next = 1
         coordinator.wait_registered("site-a", count=2)
         assert coordinator.run("site-a", "GET", "/info").status == 200

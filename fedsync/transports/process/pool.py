@@ -201,7 +201,9 @@ class _Process:
                     pending.done.set()
                 del frame, body
         except (FrameError, OSError, MemoryError) as exc:
-            broken = f"sent a malformed frame ({type(exc).__name__}: {str(exc)[:300]})"
+            # A FrameError's message says what was wrong; an OSError or MemoryError needs its name.
+            what = str(exc)[:300] if isinstance(exc, FrameError) else f"{type(exc).__name__}: {str(exc)[:300]}"
+            broken = f"sent a malformed frame ({what})"
             self.proc.kill()
         self._died(broken)
 
