@@ -172,11 +172,12 @@ class RayTransport(Transport):
             raise RemoteError(
                 self.url, f"its Ray actor {self.actor_name!r} failed the request: {_first_line(exc)}"
             ) from None
-        return BytesAnswer(*self.checked(answer))
+        return BytesAnswer(*self.checked(answer, method))
 
-    def checked(self, answer: Any) -> tuple[int, list[tuple[str, str]], memoryview]:
+    def checked(self, answer: Any, method: str = "GET") -> tuple[int, list[tuple[str, str]], memoryview]:
         """The actor's answer ``(status, headers, body, error)`` as ``(status, headers, body)``, every part
-        checked: it came from another process.
+        checked: it came from another process. An answer to ``HEAD`` has no body whatever its
+        ``Content-Length`` says (the :class:`~fedsync.transports.base.Answer` contract).
 
         Raises:
             RemoteError: the actor reported an error, or a part is malformed (the message says which).
@@ -210,7 +211,8 @@ class RayTransport(Transport):
             )
         # Over HTTP the socket frames the body by its Content-Length; here the body is whole, so the two must agree.
         lengths = [value for name, value in headers if name.lower() == "content-length"]
-        if len(lengths) > 1 or (lengths and lengths[0] != str(body.size)):
+        bodiless = method == "HEAD" and body.size == 0  # its Content-Length is what a GET would send
+        if not bodiless and (len(lengths) > 1 or (lengths and lengths[0] != str(body.size))):
             raise RemoteError(
                 self.url,
                 f"its Ray actor answered Content-Length {[v[:40] for v in lengths[:2]]} for a body of "
