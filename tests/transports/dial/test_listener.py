@@ -271,14 +271,38 @@ def test_hostile_requests_get_4xx_and_an_honest_round_completes(listener, dialed
             assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"], (name, answer[:300])
     assert listener.connected() == ["site-a"]  # site-b never registered
     _ranges_and_offsets_are_checked(listener, honest)
-    idle = [socket.create_connection(("127.0.0.1", int(listener.url.rsplit(":", 1)[1]))) for _ in range(500)]
+    port = int(listener.url.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(500)]
+    # While the round runs: slow heads (a byte at a time) and slow bodies (a registration trickling in).
+    stop = threading.Event()
+    slow_head = b"GET /dial/1/site-b/next HTTP/1.1\r\nHost: x\r\n" + b"X-Drip: y\r\n" * 40
+    slow_body = b"POST /dial/1/site-b/register HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: 8192\r\n\r\n" + b"{" * 200
+
+    def trickle(data: bytes, every: float) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            for index in range(len(data)):
+                if stop.is_set():
+                    return
+                try:
+                    sock.sendall(data[index : index + 1])
+                except OSError:
+                    return
+                time.sleep(every)
+
+    tricklers = [threading.Thread(target=trickle, args=(data, 0.05), daemon=True)
+                 for data in (slow_head, slow_body) for _ in range(10)]  # fmt: skip
+    for thread in tricklers:
+        thread.start()
     try:
         coordinator = FedArrays({"w": np.zeros(N, np.float32)})
         with Federated(data=coordinator, remotes=[listener.remote("site-a")], timeout=30) as alg:
             result = alg.round()
     finally:
+        stop.set()
         for sock in idle:
             sock.close()
+        for thread in tricklers:
+            thread.join(timeout=10)
     assert result.failures == {} and np.all(coordinator.model["w"] == 2.0) and honest.errors == []
 
 
