@@ -47,8 +47,9 @@ def test_a_transfer_cut_at_half_resumes_and_the_model_is_exact(devices, directio
     assert result.failures == {} and sorted(result.answered) == sorted([proxy.url, devices[1].url])
     assert np.array_equal(merged, start_values() + 2)  # (received + 1 and received + 3) / 2, every byte in place
     assert proxy.cuts == 1 and remote.resumes.count >= 1
-    # On the wire: one payload and a few headers reached the device's side, nothing twice.
-    assert proxy.forwarded[direction] < PAYLOAD + 64 * 1024
+    # On the wire: about one payload reached the device's side. Bytes still in flight at the break (in the
+    # device's socket buffers when the connection died) may cross again: well under the payload, not zero.
+    assert proxy.forwarded[direction] < PAYLOAD + PAYLOAD // 16
     what = "result" if direction == "down" else "submission"
     assert f"{proxy.url}: resumed the {what} of repetition" in caplog.text
     if direction == "down":
