@@ -95,6 +95,7 @@ class Recording:
                 log["in_flight"] -= 1
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_round_with_more_devices_than_workers_submits_to_all_before_fetching():
     log = {"lock": threading.Lock(), "events": [], "in_flight": 0, "most": 0, "devices": 5, "all_submitted": threading.Event(),
            "overlap": threading.Barrier(2, timeout=10)}

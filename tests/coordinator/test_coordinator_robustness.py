@@ -134,6 +134,7 @@ def test_device_with_other_specs_is_that_devices_failure_when_others_match(devic
         alone.round()  # no sampled device matches: a configuration error
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_round_failed_by_the_merge_names_the_rounds_failures(devices):
     class NoSamples(FedArrays):
         def merge(self, encodings, repetition):
@@ -204,6 +205,7 @@ def test_drip_fed_reply_is_dropped_as_late_and_the_healthy_one_merges(devices, s
     assert (np.all(data.model["w"] == 2.0)) if kind == "arrays" else data.value == 2.0
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_errors_say_which_kind_of_connection_failure(devices, spawn, tmp_path):
     certfile, keyfile, cafile = tls_files(tmp_path)
     secure = spawn("device", {"certfile": certfile, "keyfile": keyfile})

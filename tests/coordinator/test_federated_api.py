@@ -76,6 +76,7 @@ def test_evaluate_restores_the_devices_own_arrays_even_when_the_callback_raises(
     assert seen["w"] == 9.0 and np.all(device.model["w"] == 5.0)
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_federated_evaluation_averages_only_the_devices_that_answered(devices):
     good = [devices("evaluating", 1.0, 3, 10, 0.9), devices("evaluating", 1.0, 3, 30, 0.5)]
     with Federated(weights(), [d.url for d in good] + ["http://127.0.0.1:9"], timeout=20) as alg:

@@ -111,6 +111,7 @@ def test_device_restarted_mid_run_rejoins_at_the_next_round(devices):
     assert np.all(data.model["w"] == 2.0)
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_sampling_is_reproducible_with_a_seed(devices):
     urls = [devices("fedfloat", float(i)).url for i in range(4)]
     runs = []

@@ -139,6 +139,7 @@ def test_result_of_failed_training_is_500_with_the_device_message(devices):
     assert isinstance(caught.value, FedSyncError) and isinstance(caught.value, RemoteError)
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_minimum_results_merge_without_a_dead_device(devices):
     alive = devices("constant", 2.0, 3)
     dead = devices("constant", 9.0, 3)

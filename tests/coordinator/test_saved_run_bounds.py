@@ -81,6 +81,7 @@ def folder_with(folder: Path, history: str) -> Path:
     return folder
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 @pytest.mark.parametrize("shape", sorted(hostile_histories()))
 def test_the_dashboard_reads_a_dense_history_within_the_bound(shape, tmp_path):
     text = hostile_histories()[shape]
@@ -90,6 +91,7 @@ def test_the_dashboard_reads_a_dense_history_within_the_bound(shape, tmp_path):
     assert view.note is None or "cannot read the checkpoint" in view.note
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 @pytest.mark.parametrize("shape", sorted(hostile_histories()))
 def test_history_from_json_reads_or_refuses_a_dense_history_within_the_bound(shape):
     text = hostile_histories()[shape]

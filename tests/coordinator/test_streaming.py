@@ -23,6 +23,7 @@ from tests.support.devices.basic import big_model
         pytest.param("cut", "RemoteUnavailable", marks=pytest.mark.slow),
     ],
 )
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_reply_found_bad_while_it_streams_is_dropped_and_the_others_merge_exactly(devices, spoil, reason):
     good = [devices("tests.support.devices.basic:big_constant", 1.0, 10), devices("tests.support.devices.basic:big_constant", 3.0, 30)]
     # Slower, so the good replies are folded first; 1000 samples: any of it left in the sum shows.
@@ -37,6 +38,7 @@ def test_reply_found_bad_while_it_streams_is_dropped_and_the_others_merge_exactl
     assert result.samples == 40
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_rejections_that_break_the_quorum_fail_the_round_and_keep_the_model(devices):
     good = devices("tests.support.devices.basic:big_constant", 1.0, 10)
     bad = devices("tests.support.devices.basic:big_constant", 100.0, 1000, 0.5, "nan")

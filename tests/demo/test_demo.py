@@ -152,6 +152,7 @@ def test_auto_picks_the_fastest_backend_which_is_always_installed():
     assert backend_class("auto") is BACKENDS["numpy"]
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_the_plot_labels_the_first_and_the_last_round():
     plt = pytest.importorskip("matplotlib.pyplot")
     for last in (3, 11, 23):
@@ -178,6 +179,7 @@ def start_endless_demo(tmp_path: Path, devices: int, stderr: int) -> subprocess.
     )  # fmt: skip
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_ctrl_c_stops_every_device(tmp_path):
     demo = start_endless_demo(tmp_path, devices=3, stderr=subprocess.PIPE)
     try:
@@ -229,6 +231,7 @@ def test_a_device_that_cannot_start_is_reported_with_its_log(tmp_path):
     assert all(device.process.poll() is not None for device in fleet.devices)
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_bad_options_fail_with_one_line(tmp_path):
     result = run_demo(tmp_path, "--devices", "0", "--adapter", "numpy")
     assert result.returncode == 1

@@ -41,6 +41,7 @@ MiB = 1 << 20
 # -- kind 1: a reply is a snapshot ----------------------------------------------------------
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_writes_are_refused_while_a_reply_downloads_from_live_memory(devices):
     device = devices("patterned", BIG)
     url = device.url
@@ -85,6 +86,7 @@ def test_a_write_right_after_a_whole_download_is_never_busy(devices, n):
         assert evaluate.status_code == 200, (rep, evaluate.text)
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_a_client_leaving_mid_download_releases_the_model(devices):
     device = devices("patterned", BIG)
     payload, specs = arrays_payload(BIG, 0.0)

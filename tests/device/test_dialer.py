@@ -152,6 +152,7 @@ def test_a_listener_that_lies_about_the_body_is_not_believed(coordinator, cut, l
         assert running.error is None
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_a_refusal_while_downloading_a_body_stops_the_dialer_without_answering(coordinator, caplog):
     # The app passes up only its input's ConnectionError; a refusal met while reading the body must reach the
     # dialer as the refusal, not become the app's 500 uploaded to a listener that refuses this device.
@@ -173,6 +174,7 @@ def test_a_refusal_while_downloading_a_body_stops_the_dialer_without_answering(c
     assert "error answering" not in caplog.text  # not taken for a bug of the device's app
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_reconnects_by_itself_when_the_coordinator_restarts(coordinator, caplog):
     caplog.set_level(logging.INFO, logger="fedsync.server.dial")
     with dialer(coordinator, trained(6)) as running:
@@ -187,6 +189,7 @@ def test_reconnects_by_itself_when_the_coordinator_restarts(coordinator, caplog)
     assert sum(m == f"registered with {coordinator.url} as site-a" for m in messages) == 2
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_a_stale_session_registers_again(coordinator, caplog):
     caplog.set_level(logging.INFO, logger="fedsync.server.dial")
     with dialer(coordinator, trained(6)):
@@ -225,6 +228,7 @@ def test_a_refused_device_stops_with_a_clear_error(coordinator, caplog, name, to
         running.close()
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_a_refusal_after_registration_stops_the_dialer(coordinator):
     with dialer(coordinator, trained(6)) as running:
         coordinator.wait_registered("site-a")

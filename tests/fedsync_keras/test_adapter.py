@@ -228,6 +228,7 @@ def test_plugin_registers_keras_without_importing_it():
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_layout_matches_the_arrays_without_converting_them(monkeypatch):
     import keras
 

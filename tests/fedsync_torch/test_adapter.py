@@ -63,6 +63,7 @@ def test_non_iid_digits_reach_held_out_accuracy_within_five_rounds(devices):
 # -- merging -----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_merge_weighs_floats_by_samples_and_rounds_integer_buffers(devices):
     many, few = start_together(devices, ("tests.support.devices.torch_models:constant", 1.0, 30, 2), ("tests.support.devices.torch_models:constant", 4.0, 10, 9))
     model = with_batchnorm()
@@ -126,6 +127,7 @@ def test_specs_ignore_memory_addresses_in_module_reprs():
     assert FedTorch(Apply(), None).specs(FIRST) == FedTorch(Apply(), None).specs(FIRST)
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_coordinator_of_another_width_is_told_which_weight_differs_before_sending(devices):
     device = devices("tests.support.devices.torch_models:untrained", 64)
     data = FedTorch(mlp(32), None)
@@ -142,6 +144,7 @@ def test_coordinator_of_another_width_is_told_which_weight_differs_before_sendin
 # -- loading weights ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_loading_keeps_parameter_objects_so_an_existing_optimizer_keeps_training():
     model = mlp(16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -86,6 +86,7 @@ def test_every_error_the_gateway_answers_ends_without_a_crash(name, caplog):
 # -- item 2: a request head must be whole in time; strangers give way to newcomers --------------
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_a_request_head_trickled_a_line_at_a_time_is_cut_at_its_deadline(monkeypatch):
     monkeypatch.setattr(gateway, "HEAD_TIMEOUT", 1.0)
     with fedsync.serve(FedFloat(1.0), port=0, block=False) as server:
@@ -102,6 +103,7 @@ def test_a_request_head_trickled_a_line_at_a_time_is_cut_at_its_deadline(monkeyp
             assert cut or closed_by_peer(sock, 1.0), "the trickled head kept its connection past the head deadline"
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_a_tls_handshake_trickled_byte_by_byte_is_cut_at_its_deadline(monkeypatch, tmp_path):
     from tests.support.processes import tls_files
 

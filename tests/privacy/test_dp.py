@@ -117,6 +117,7 @@ def independent_epsilon(sigma: float, q: float, rounds: int, delta: float) -> fl
     return accountant.get_epsilon(delta)
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_epsilon_matches_dp_accounting():
     rows: list = [None]  # a round without DP costs nothing
     for k in range(1, 4):
@@ -143,6 +144,7 @@ def test_history_round_trips_privacy_and_rejects_bad_rows():
             RoundResult.from_dict({"repetition": 1, "privacy": bad})
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_round_over_devices_with_central_dp_records_epsilon(devices):
     urls = [devices("tests.support.devices.dp:moving", step, 10).url for step in (0.1, 1.0, 2.0, 5.0)]
     dp = strategies.DPFixedClipping(noise_multiplier=0.01, clipping_norm=1.0, num_sampled_clients=4, delta=1e-5, seed=0)

@@ -101,6 +101,7 @@ def run_in_terminal(argv: list[str], env: dict[str, str], timeout: float = 120) 
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_run_py_in_a_terminal_does_not_ask_to_press_ctrl_c():
     """run.py stops its devices itself; they run in their own session, where Ctrl-C cannot reach them."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")

@@ -422,6 +422,7 @@ def test_a_model_refuses_a_header_much_larger_than_its_own_but_takes_the_largest
 # -- over real devices: a bad number is that device's failure, never the round's ----
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_devices_reporting_absurd_numbers_fail_alone_and_the_round_merges_the_rest(devices):
     honest = devices("constant", 2.0, 10)
     bad = {
@@ -451,6 +452,7 @@ def test_a_round_where_every_device_reports_zero_samples_fails_as_a_round(device
     assert np.all(data.model["w"] == 0.0)
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_integer_arrays_merge_exactly_over_real_devices(devices):
     for dtype, value, samples in [("uint8", 200, 10), ("int64", 2**62 + 3, 60000)]:
         remotes = [devices("tests.support.devices.merge:integers", dtype, value, samples).url for _ in range(2)]

@@ -124,6 +124,7 @@ def federated_accuracy(wire_dtype):
             s.close()
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_accuracy_holds_within_one_point_on_digits():
     pytest.importorskip("sklearn")
     full = federated_accuracy(None)

@@ -239,6 +239,7 @@ def status_of(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_hostile_requests_get_4xx_and_an_honest_round_completes(listener, dialed):
     honest = dialed("site-a", 2.0)
     auth = f"Authorization: Bearer {TOKENS['site-b']}\r\n".encode()
@@ -328,6 +329,7 @@ def _ranges_and_offsets_are_checked(listener, honest: WireDevice) -> None:
     listener.hub.drop(job)
 
 
+@pytest.mark.slow  # over 1 s: full suite only (fast tier < 90 s)
 def test_a_slow_head_and_a_slow_body_are_cut(monkeypatch):
     monkeypatch.setattr(_server, "HEAD_TIMEOUT", 0.5)
     monkeypatch.setattr(_server, "STALL", 0.5)
