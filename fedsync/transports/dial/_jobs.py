@@ -128,13 +128,17 @@ class Pipe:
                 wait = end - time.monotonic()
             if self.failure is not None:
                 raise self.failure
-            first = self.chunks[0]
-            n = min(len(view), len(first))
-            view[:n] = first[:n]
-            if n == len(first):
-                self.chunks.popleft()
-            else:
-                self.chunks[0] = first[n:]
+            # Everything buffered that fits, not one chunk a call: fewer wake-ups of this thread and the loop's.
+            n = 0
+            while self.chunks and n < len(view):
+                first = self.chunks[0]
+                k = min(len(view) - n, len(first))
+                view[n : n + k] = first[:k]
+                n += k
+                if k == len(first):
+                    self.chunks.popleft()
+                else:
+                    self.chunks[0] = first[k:]
             self.size -= n
             self._wake_writer()
             return n

@@ -59,6 +59,11 @@ MAX_FIELD = 8190
 MAX_HEADERS = 100
 """The most header lines of one request (aiohttp answers 400 past it)."""
 
+READ_BUFFER = 256 * 1024
+"""aiohttp's read buffer per connection, in bytes (it pauses reading at twice this): 4x its default, which
+made a 10M x 8 dial-out round 10-20 % slower (more pauses and wake-ups per answer). A connection buffers at
+most ``2 * READ_BUFFER`` of a body at once, so ``max_connections`` of them at most 5 GiB at the default cap."""
+
 MAX_CONNECTIONS = 10_000
 """The default most connections open at once."""
 
@@ -397,7 +402,10 @@ class Routes:
         left = length
         while left > 0:
             try:
-                chunk = await asyncio.wait_for(request.content.readany(), STALL)
+                # What is already buffered, without a timer (wait_for makes a task per call); else wait for more.
+                chunk = request.content.read_nowait() if not request.content.at_eof() else b""
+                if not chunk and not request.content.at_eof():
+                    chunk = await asyncio.wait_for(request.content.readany(), STALL)
             except asyncio.TimeoutError:
                 message = f"the answer stalled {STALL:g} s; resume from HEAD's Upload-Offset"
                 return closing(error(400, ErrorCode.TRUNCATED, message))
@@ -453,7 +461,7 @@ class Server:
         app.router.add_route("*", "/{tail:.*}", self.routes.dispatch)
         self.runner = web.AppRunner(
             app, handle_signals=False, access_log=None, handler_cancellation=True,
-            keepalive_timeout=HEAD_TIMEOUT, max_line_size=MAX_FIELD, max_field_size=MAX_FIELD,
+            keepalive_timeout=HEAD_TIMEOUT, max_line_size=MAX_FIELD, max_field_size=MAX_FIELD, read_bufsize=READ_BUFFER,
             max_headers=MAX_HEADERS, lingering_time=2.0, shutdown_timeout=SHUTDOWN,
         )  # fmt: skip
         await self.runner.setup()
