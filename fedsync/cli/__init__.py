@@ -23,7 +23,6 @@ import gc
 import importlib
 import importlib.util
 import json
-import logging
 import os
 import ssl
 import sys
@@ -35,7 +34,7 @@ from typing import Any
 
 from .._version import __version__
 from ._certs import CRL_HELP
-from ._common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, CommandError, UsageError
+from ._common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, CommandError, UsageError, configure_logging
 from ._common import Formatter as _Formatter
 from ._process import say_how_to_stop, sigterm_as_exit, stdout_to_devnull
 from ._serve import DIAL_EXAMPLES, add_dial_arguments, dials, run_dial
@@ -339,13 +338,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             )
         # checked above; serve() also needs the files to sign with
         context = (args.certfile, args.keyfile or args.certfile)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verbose:
-        logging.getLogger("urllib3").setLevel(logging.WARNING)
+    configure_logging(args.verbose)
     try:
         server = serve(
             data,

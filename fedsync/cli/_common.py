@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 
 __all__ = [
     "EXIT_FAILED",
@@ -12,6 +14,7 @@ __all__ = [
     "CommandError",
     "UsageError",
     "Formatter",
+    "configure_logging",
 ]
 
 EXIT_FAILED = 1
@@ -40,3 +43,14 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
         if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
             return text
         return text + " (default: %(default)s)"
+
+
+def configure_logging(verbose: bool) -> None:
+    """A device command's logs on stderr: INFO (DEBUG with ``-v``), urllib3's retries only with ``-v``."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        logging.getLogger("urllib3").setLevel(logging.WARNING)

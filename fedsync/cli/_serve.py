@@ -8,12 +8,10 @@ or a refusal (exit code 2: the message says whether the token or the name was re
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_USAGE, CommandError, UsageError
+from ._common import EXIT_USAGE, CommandError, UsageError, configure_logging
 from ._process import say_how_to_stop, sigterm_as_exit
 
 __all__ = ["DIAL_EXAMPLES", "add_dial_arguments", "dials", "run_dial"]
@@ -82,13 +80,7 @@ def run_dial(args: argparse.Namespace, data: Any, token: str | None) -> int:
     if args.keyfile is not None and args.certfile is None:
         raise UsageError("--keyfile needs --certfile: give both for mutual TLS")
     cert = None if args.certfile is None else (args.certfile, args.keyfile or args.certfile)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verbose:
-        logging.getLogger("urllib3").setLevel(logging.WARNING)
+    configure_logging(args.verbose)
     try:
         dialer = serve(
             data,
