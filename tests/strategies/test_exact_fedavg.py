@@ -150,3 +150,23 @@ def test_server_optimizers_read_the_exact_mean(strategy):
         results.add(bits(merged["w"]))
     assert len(results) == 1
     assert bits(FedAvg().aggregate(current, [({"w": current["w"]}, 3)] * 3)["w"]) == bits(current["w"])
+
+
+def test_fedavg_exact_false_is_the_lean_running_mean_equal_replies_still_exact():
+    """``FedAvg(exact=False)``: one float32 copy instead of the exact sum's bins; equal replies merge exactly."""
+    from fedsync.strategies import FedAvg
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(1000).astype(np.float32)
+    current = {"w": np.zeros(1000, np.float32)}
+    lean = FedAvg(exact=False)
+    accumulator = lean.accumulator(current)
+    assert accumulator.exact == {} and accumulator.sums["w"].dtype == np.float32  # no bins: one float32 copy
+    merged = lean.aggregate(current, [({"w": x}, n) for n in (3, 10**6, 7, 1)])
+    assert merged["w"].dtype == np.float32 and np.array_equal(merged["w"], x)
+    # Different replies: within a few float32 units of the exact mean (a float32 running mean rounds each step).
+    replies = [({"w": rng.standard_normal(1000).astype(np.float32)}, n) for n in (5, 9, 2)]
+    exact = FedAvg().aggregate(current, replies)["w"]
+    assert np.allclose(lean.aggregate(current, replies)["w"], exact, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="True or False"):
+        FedAvg(exact="yes")
