@@ -152,7 +152,11 @@ def fedsync_coordinator(args) -> None:
 
     profiler = None
     report_start(args.params)
-    data = FedArrays(model(args.params))
+    # FEDSYNC_BENCH_FEDAVG=lean measures FedAvg(exact=False), the float32 running mean (docs/strategies.md).
+    lean = os.environ.get("FEDSYNC_BENCH_FEDAVG") == "lean"
+    if lean:
+        from fedsync.strategies import FedAvg
+    data = FedArrays(model(args.params), strategy=FedAvg(exact=False) if lean else None)
     remotes = [Remote(url, timeout=args.timeout) for url in args.urls]
     rounds = Rounds(args.rounds, args.budget)
     with Federated(data, remotes, timeout=args.timeout) as alg:
