@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .._util.checks import is_int, is_number
 from .._util.json import loads_strict, shown
 from ..errors import FedSyncError
 from ..wire.http import ErrorCode
@@ -147,7 +148,7 @@ def parse_registration(raw: bytes) -> tuple[str, float | None]:
     if not isinstance(session, str) or not _HEX32.fullmatch(session):
         raise ListenerError(f"the registration's session {shown(session)} is not 32 hex characters")
     wait = answer.get("wait")
-    if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 < wait < 1e6):
+    if wait is not None and (not is_number(wait) or not 0 < wait < 1e6):
         raise ListenerError(f"the registration's wait {shown(wait)} is not a number of seconds > 0")
     return session, None if wait is None else float(wait)
 
@@ -195,7 +196,7 @@ def check_job(job: Job, max_length: int) -> Job:
     if size > MAX_HEADER_BYTES:
         raise BadJob(f"job headers total {size} characters, above {MAX_HEADER_BYTES}")
     length = job.length
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+    if not is_int(length) or length < 0:
         raise BadJob(f"job length {shown(length)} is not a number of bytes >= 0")
     if length > max_length:
         raise BadJob(

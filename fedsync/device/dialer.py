@@ -21,6 +21,7 @@ from typing import Any
 
 from urllib3.util.retry import RequestHistory, Retry
 
+from .._util.checks import is_number
 from .._util.json import shown
 from .._version import PROTOCOL_VERSION, __version__
 from ..wire.tokens import checked_token
@@ -93,7 +94,7 @@ class RunningDialer:
             ("backoff_max", backoff_max),
             ("backoff_jitter", backoff_jitter),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 3600:
+            if not is_number(value) or not 0 <= value <= 3600:
                 raise ValueError(f"{what} must be a number of seconds in [0, 3600], got {shown(value)}")
         if (
             isinstance(poll_wait, bool)

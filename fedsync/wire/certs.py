@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._util.checks import is_int
+
 __all__ = [
     "init_ca",
     "issue_device",
@@ -274,7 +276,7 @@ def revoke(folder: str | os.PathLike, names: Sequence[str] = (), *, days: int = 
         ImportError: the ``cryptography`` package is missing.
     """
     x509, hashes, serialization, *_ = _crypto()
-    if isinstance(days, bool) or not isinstance(days, int) or not 0 < days <= CA_DAYS:
+    if not is_int(days) or not 0 < days <= CA_DAYS:
         raise ValueError(f"days must be an integer from 1 to {CA_DAYS}, got {days!r}")
     folder = Path(folder)
     ca_cert_path, ca_key_path = folder / "ca.pem", folder / "ca-key.pem"

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..._util.checks import is_int
 from ..._util.json import loads_strict, shown
 from ...gateway.listen import listen, tls_context
 from ...wire.tokens import checked_token
@@ -111,7 +112,7 @@ class Listener:
             raise ImportError(
                 f"the dial-out listener needs aiohttp ({exc}); install it with: pip install 'fedsync[dial]'"
             ) from None
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+        if not is_int(max_connections) or max_connections < 1:
             raise ValueError(f"max_connections must be a positive integer, got {shown(max_connections)}")
         self.devices = allow_list(devices)
         context = tls_context(ssl_context, client_ca, crl)
@@ -171,7 +172,7 @@ class Listener:
             ValueError: ``n`` is not between 1 and the allow-list's size.
             TimeoutError: fewer registered within ``timeout`` seconds (the message names the missing).
         """
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(self.devices):
+        if not is_int(n) or not 1 <= n <= len(self.devices):
             raise ValueError(f"n must be between 1 and {len(self.devices)} (the allow-list's size), got {shown(n)}")
         return self.hub.wait_for(n, timeout)
 
