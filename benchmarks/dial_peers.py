@@ -27,7 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from peers import SAMPLES, Rounds, emit, model, report_done, report_start, status_bytes, wait_for_stdin_eof
+from peers import SAMPLES, Rounds, emit, model, report_done, report_start, status_bytes, time_rounds, wait_for_stdin_eof
 
 HOST = "127.0.0.1"
 
@@ -104,24 +104,8 @@ def dial_coordinator(args) -> None:
         stop_on_eof()
         listener.wait_for(args.devices, timeout=args.timeout)
         rounds = Rounds(args.rounds, args.budget)
-        profiler = None
         with Federated(data, listener.remotes(timeout=args.timeout), timeout=args.timeout) as alg:
-            while rounds.more():
-                if args.profile and len(rounds.times) == 1:
-                    import cProfile
-
-                    profiler = cProfile.Profile()
-                    profiler.enable()
-                started = time.perf_counter()
-                result = alg.round()
-                seconds = time.perf_counter() - started
-                if profiler is not None:
-                    profiler.disable()
-                    profiler.dump_stats(args.profile)
-                    profiler = None
-                if len(result.answered) != args.devices:
-                    raise SystemExit(f"round {result.repetition}: {len(result.answered)} answered: {result.failures}")
-                rounds.record(seconds)
+            time_rounds(alg, rounds, args.devices, args.profile)
         report_done(rounds)
 
 

@@ -100,7 +100,13 @@ class Rounds:
         cpu, self.cpu = self.cpu, cpu_seconds()
         self.times.append(seconds)
         self.cpus.append(self.cpu - cpu)
-        emit(round=len(self.times), seconds=seconds, cpu=self.cpus[-1], hwm=status_bytes("VmHWM"), rss=status_bytes("VmRSS"))
+        emit(
+            round=len(self.times),
+            seconds=seconds,
+            cpu=self.cpus[-1],
+            hwm=status_bytes("VmHWM"),
+            rss=status_bytes("VmRSS"),
+        )
 
 
 def cpu_seconds() -> float:
@@ -119,8 +125,14 @@ def report_done(rounds: Rounds) -> None:
     def after_warmup(values):
         return values[1:] if len(values) > 1 else values
 
-    emit(done=True, times=rounds.times, median=statistics.median(after_warmup(rounds.times)),
-         cpu=statistics.median(after_warmup(rounds.cpus)), warmup_only=len(rounds.times) == 1, peak=status_bytes("VmHWM"))
+    emit(
+        done=True,
+        times=rounds.times,
+        median=statistics.median(after_warmup(rounds.times)),
+        cpu=statistics.median(after_warmup(rounds.cpus)),
+        warmup_only=len(rounds.times) == 1,
+        peak=status_bytes("VmHWM"),
+    )
 
 
 # ----------------------------------------------------------------- fedsync
@@ -150,7 +162,6 @@ def fedsync_coordinator(args) -> None:
     import fedsync  # noqa: F401  (imported before the baseline is read)
     from fedsync import FedArrays, Federated, Remote
 
-    profiler = None
     report_start(args.params)
     # FEDSYNC_BENCH_FEDAVG=lean measures FedAvg(exact=False), the float32 running mean (docs/strategies.md).
     lean = os.environ.get("FEDSYNC_BENCH_FEDAVG") == "lean"
@@ -160,23 +171,31 @@ def fedsync_coordinator(args) -> None:
     remotes = [Remote(url, timeout=args.timeout) for url in args.urls]
     rounds = Rounds(args.rounds, args.budget)
     with Federated(data, remotes, timeout=args.timeout) as alg:
-        while rounds.more():
-            if args.profile and len(rounds.times) == 1:
-                import cProfile
-
-                profiler = cProfile.Profile()
-                profiler.enable()
-            started = time.perf_counter()
-            result = alg.round()
-            seconds = time.perf_counter() - started
-            if profiler is not None:
-                profiler.disable()
-                profiler.dump_stats(args.profile)
-                profiler = None
-            if len(result.answered) != len(remotes):
-                raise SystemExit(f"round {result.repetition}: only {len(result.answered)} answered: {result.failures}")
-            rounds.record(seconds)
+        time_rounds(alg, rounds, len(remotes), args.profile)
     report_done(rounds)
+
+
+def time_rounds(alg, rounds: Rounds, devices: int, profile: str | None) -> None:
+    """Run and time ``alg``'s rounds until ``rounds`` has enough; cProfile the first measured one into ``profile``.
+
+    Every round must be answered by all ``devices`` (a benchmark of fewer would not be the one asked for).
+    """
+    while rounds.more():
+        profiler = None
+        if profile and len(rounds.times) == 1:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        started = time.perf_counter()
+        result = alg.round()
+        seconds = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
+        if len(result.answered) != devices:
+            raise SystemExit(f"round {result.repetition}: only {len(result.answered)} answered: {result.failures}")
+        rounds.record(seconds)
 
 
 # ----------------------------------------------------------------- raw TCP sockets: the physical limit
@@ -308,7 +327,9 @@ def pickle_coordinator(args) -> None:
         while rounds.more():
             started = time.perf_counter()
             body = _pickle_pack(list(arrays.values()))  # once for all devices (kinder than requests' json=)
-            replies = list(pool.map(lambda su: su[0].post(su[1], data=body, timeout=args.timeout).json(), zip(sessions, args.urls)))
+            replies = list(
+                pool.map(lambda su: su[0].post(su[1], data=body, timeout=args.timeout).json(), zip(sessions, args.urls))
+            )
             del body
             total = sum(r["samples"] for r in replies)
             merged = [np.zeros_like(a) for a in arrays.values()]
