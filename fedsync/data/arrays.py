@@ -16,22 +16,20 @@ from typing import Any, Union
 
 import numpy as np
 
-from .._util.json import loads_strict, shown
 from ..errors import PayloadRejected, RemoteError, RoundFailed, failure_reason
 from ..plugins.hookspecs import RegisterAdapter, hookimpl
 from ..protocol import FedData
 from ..strategies import Accumulator, FedAvg, Strategy
 from ..wire import codec, compression
 from ..wire.config import Config, takes_extra
-from ..wire.metrics import MAX_SAMPLES, checked_metrics, checked_samples, parse_counted, weighted_means
+from ..wire.metrics import MAX_SAMPLES, parse_counted, weighted_means
 from ..wire.replies import ReplyStream
+from ..wire.reports import METRICS_KEY, SAMPLES_KEY, metric_weights, read_report, report_metadata
 from ..wire.shapes import DeviceReport, MergeReport
 from . import proximal
 
 __all__ = ["FedArrays", "fingerprint", "TrainResult", "SAMPLES_KEY", "METRICS_KEY", "SPECS_KEY"]
 
-SAMPLES_KEY = "fedsync.samples"
-METRICS_KEY = "fedsync.metrics"
 SPECS_KEY = "fedsync.specs"
 
 _PIECE = 1 << 20  # bytes of a reply read and folded at a time
@@ -138,6 +136,8 @@ class FedArrays(FedData):
         self.wire_dtype = compression.check_wire_dtype(wire_dtype)
         self.samples = 0
         self.metrics: dict[str, float] = {}
+        self.metric_weights: dict[str, int] = {}  # after a merge: each metric's samples (wire/reports.py)
+        self.failures_below: dict[str, str] = {}  # set by an aggregator: who failed below it (fedsync.aggregator)
         self.last_merge: MergeReport | None = None
         self.global_arrays: dict[str, np.ndarray] | None = None
         self._received: dict[str, np.ndarray] | None = None  # this round's decoded payload, while train runs
@@ -199,16 +199,26 @@ class FedArrays(FedData):
         Raises:
             CodecError: an array of a dtype the codec cannot carry (e.g. complex).
         """
-        metadata = {
-            SAMPLES_KEY: str(self.samples),
-            METRICS_KEY: json.dumps(self.metrics),
-            SPECS_KEY: self.specs(repetition),
-        }
+        metadata = {**report_metadata(self.report()), SPECS_KEY: self.specs(repetition)}
         arrays = self.get_arrays()
         if self.wire_dtype is not None:
             arrays, metadata[compression.WIRE_KEY] = compression.pack(arrays, self.wire_dtype)
         # Views of the arrays, not a copy: they go to the socket as they are.
         return codec.encode_payload(arrays, metadata)
+
+    def report(self) -> DeviceReport:
+        """What this FedData's payload says of the samples behind it (docs/protocol.md, "Payload metadata").
+
+        ``samples`` and ``metrics``; after a merge in which some metric was reported by only some
+        devices, each metric's ``weights``; on an aggregator, the ``below`` failures it set.
+        """
+        report: DeviceReport = {"samples": self.samples, "metrics": self.metrics}
+        weights = {n: min(w, MAX_SAMPLES) for n, w in self.metric_weights.items() if n in self.metrics}
+        if self.samples > 0 and any(w != self.samples for w in weights.values()):
+            report["weights"] = weights
+        if self.failures_below:
+            report["below"] = self.failures_below
+        return report
 
     def check(self, encoding: Any, repetition: int) -> None:
         """Check a payload before anything changes: well-formed, this model's layout, all finite.
@@ -220,7 +230,7 @@ class FedArrays(FedData):
             PayloadRejected: text, other names, shapes or dtypes, not packed as
                 ``wire_dtype``, or NaN or infinity in an array.
         """
-        self._decode(encoding, finite=True)
+        self.decode(encoding, finite=True)
 
     def receive(self, encoding: Any, repetition: int, config: Config | None = None) -> None:
         """Load the coordinator's arrays **in place**, then run ``train`` (on a device).
@@ -230,7 +240,7 @@ class FedArrays(FedData):
             PayloadRejected: the payload does not fit this model; nothing changed.
             ValueError: ``train`` returned no valid ``samples`` or ``(samples, metrics)``.
         """
-        arrays, _, _ = self._decode(encoding)
+        arrays, _ = self.decode(encoding)
         self.set_arrays(arrays)
         self.global_arrays = None  # before copying: never two snapshots at once
         # Views of the payload, valid while train runs; copied only if proximal_term (or
@@ -241,6 +251,7 @@ class FedArrays(FedData):
                 self.global_weights()
             if self.train is not None:
                 self.samples, self.metrics = parse_counted(_call(self.train, self.model, config))
+                self.metric_weights = {}  # this device's own metrics: each weighs its samples
             if self.local_dp is not None:  # before the reply can leave: serialize sends these arrays
                 self.set_arrays({**arrays, **self.local_dp.apply(self.get_arrays(), self.global_weights())})
         finally:
@@ -284,7 +295,7 @@ class FedArrays(FedData):
                 f"this device's {type(self).__name__} has no evaluate callback; "
                 "pass evaluate=fn, e.g. FedArrays(arrays, train, evaluate=lambda model: (len(x), {'accuracy': ...}))"
             )
-        arrays, _, _ = self._decode(encoding)
+        arrays, _ = self.decode(encoding)
         own = {name: np.array(a, copy=True) for name, a in self.get_arrays().items()}
         self.set_arrays(arrays)
         try:
@@ -305,7 +316,7 @@ class FedArrays(FedData):
             merged, kept = self._aggregate_whole(encodings)
         else:
             accumulator, kept = self._fold(encodings, accumulator)
-            merged = accumulator.result(sum(samples for samples, _ in kept))
+            merged = accumulator.result(sum(d["samples"] for d in kept))
             del accumulator
         for name, a in merged.items():
             if not _finite(np.asarray(a)):
@@ -315,11 +326,11 @@ class FedArrays(FedData):
                 )
         self.set_arrays(merged)
         del merged
-        devices: list[DeviceReport] = [{"samples": samples, "metrics": metrics} for samples, metrics in kept]
         report: MergeReport = {
-            "samples": sum(d["samples"] for d in devices),
-            "metrics": weighted_means(devices),
-            "devices": devices,
+            "samples": sum(d["samples"] for d in kept),
+            "metrics": weighted_means(kept),
+            "devices": kept,
+            "weights": metric_weights(kept),
         }
         self.last_merge = report
         # The merged arrays stand for every sample behind them: a checkpoint restored
@@ -327,21 +338,19 @@ class FedArrays(FedData):
         # Capped: the payload carries it, and peers accept at most MAX_SAMPLES.
         self.samples = min(report["samples"], MAX_SAMPLES)
         self.metrics = report["metrics"]
+        self.metric_weights = report.get("weights", {})
 
-    def _fold(
-        self, encodings: Iterable[Any], accumulator: Accumulator
-    ) -> tuple[Accumulator, list[tuple[int, dict[str, float]]]]:
+    def _fold(self, encodings: Iterable[Any], accumulator: Accumulator) -> tuple[Accumulator, list[DeviceReport]]:
         """Fold every reply into ``accumulator`` as it streams in; drop the bad ones.
 
         A stream found bad after part of it was folded spoils the sum: it is
         started over from the replies kept so far, read again from their
         devices (:meth:`ReplyStream.reopen`).
         """
-        kept: list[tuple[Any, int, dict[str, float]]] = []
+        kept: list[tuple[Any, DeviceReport]] = []
         for encoding in encodings:
             try:
-                samples, metrics = self._fold_one(encoding, accumulator)
-                kept.append((encoding, samples, metrics))
+                kept.append((encoding, self._fold_one(encoding, accumulator)))
             except _Rejected as exc:
                 if not isinstance(encoding, ReplyStream):
                     raise PayloadRejected(exc.reason) from None
@@ -350,20 +359,17 @@ class FedArrays(FedData):
                     del accumulator
                     accumulator, kept = self._fold_again(kept)
             del encoding
-        return accumulator, [(samples, metrics) for _, samples, metrics in kept]
+        return accumulator, [report for _, report in kept]
 
-    def _fold_again(
-        self, kept: list[tuple[Any, int, dict[str, float]]]
-    ) -> tuple[Accumulator, list[tuple[Any, int, dict[str, float]]]]:
+    def _fold_again(self, kept: list[tuple[Any, DeviceReport]]) -> tuple[Accumulator, list[tuple[Any, DeviceReport]]]:
         """A fresh sum of the ``kept`` replies; any that fails now is dropped too (bounded: ``kept`` shrinks)."""
         while True:
             accumulator = self.strategy.accumulator(self.get_arrays())
             assert accumulator is not None
-            for index, (encoding, _, _) in enumerate(kept):
+            for index, (encoding, _) in enumerate(kept):
                 try:
                     source = encoding.reopen() if isinstance(encoding, ReplyStream) else encoding
-                    samples, metrics = self._fold_one(source, accumulator)
-                    kept[index] = (encoding, samples, metrics)
+                    kept[index] = (encoding, self._fold_one(source, accumulator))
                 except (_Rejected, RemoteError) as exc:
                     encoding.reject(f"when read again: {_why(exc)}")
                     kept = kept[:index] + kept[index + 1 :]
@@ -372,27 +378,26 @@ class FedArrays(FedData):
             else:
                 return accumulator, kept
 
-    def _fold_one(self, encoding: Any, accumulator: Accumulator) -> tuple[int, dict[str, float]]:
+    def _fold_one(self, encoding: Any, accumulator: Accumulator) -> DeviceReport:
         """Check one reply and fold it in; :class:`_Rejected` says if the sum was touched."""
         if not isinstance(encoding, ReplyStream):
             try:
-                arrays, samples, metrics = self._decode(encoding, finite=None)
+                arrays, report = self.decode(encoding, finite=None)
             except ValueError as exc:
                 raise _Rejected(str(exc), spoiled=False) from None
-            return _add_whole(accumulator, arrays, samples), metrics
+            return _add_whole(accumulator, arrays, report)
         folded = False
         try:
             expected = self.layout()
             header = codec.read_header(encoding.readinto, encoding.length, limit=self._header_limit(expected))
             if compression.WIRE_KEY in header.metadata:  # packed arrays unpack whole
-                arrays, samples, metrics = self._checked(
-                    header.arrays(encoding.read_all()), header.metadata, finite=None
-                )
-                return _add_whole(accumulator, arrays, samples), metrics
+                arrays, report = self._checked(header.arrays(encoding.read_all()), header.metadata, finite=None)
+                return _add_whole(accumulator, arrays, report)
             self._check_layout({t.name: (t.shape, t.dtype) for t in header.tensors}, expected)
-            samples, metrics = self._counted(header.metadata)
+            report = read_report(header.metadata)
+            samples = report["samples"]
             if samples == 0:  # weighs nothing: its values are neither read nor folded
-                return samples, metrics
+                return report
             # From here the sum counts this reply's samples: a failure, even before its first
             # piece is added, spoils it (the kept replies are summed again without this one).
             folded = True
@@ -402,17 +407,15 @@ class FedArrays(FedData):
                 if values.dtype.kind == "f" and not np.isfinite(values).all():
                     raise PayloadRejected(f"array {name!r} contains NaN or infinity")
                 accumulator.add(name, first, values, samples)
-            return samples, metrics
+            return report
         except (ValueError, RemoteError) as exc:
             raise _Rejected(_why(exc), spoiled=folded) from None
         finally:
             encoding.close()
 
-    def _aggregate_whole(
-        self, encodings: Iterable[Any]
-    ) -> tuple[dict[str, np.ndarray], list[tuple[int, dict[str, float]]]]:
+    def _aggregate_whole(self, encodings: Iterable[Any]) -> tuple[dict[str, np.ndarray], list[DeviceReport]]:
         """For strategies that need whole replies: read each, check it, hand it over."""
-        kept: list[tuple[int, dict[str, float]]] = []
+        kept: list[DeviceReport] = []
 
         def results() -> Iterator[tuple[dict[str, np.ndarray], int]]:
             # No reference to a reply may survive into the request for the next one:
@@ -421,7 +424,7 @@ class FedArrays(FedData):
             while (encoding := next(replies, None)) is not None:
                 try:
                     body = encoding.read_all() if isinstance(encoding, ReplyStream) else encoding
-                    arrays, samples, metrics = self._decode(body, finite=None)
+                    arrays, report = self.decode(body, finite=None)
                 except (ValueError, RemoteError) as exc:
                     if not isinstance(encoding, ReplyStream):
                         raise
@@ -431,19 +434,25 @@ class FedArrays(FedData):
                     if isinstance(encoding, ReplyStream):
                         encoding.close()
                 del encoding, body
-                kept.append((samples, metrics))
-                if samples > 0:  # a reply of 0 samples weighs nothing: strategies never see it
-                    yield arrays, samples
+                kept.append(report)
+                if report["samples"] > 0:  # a reply of 0 samples weighs nothing: strategies never see it
+                    yield arrays, report["samples"]
                 del arrays
 
         return self.strategy.aggregate(self.get_arrays(), results()), kept
 
     # -- validation -----------------------------------------------------------------
 
-    def _decode(
-        self, encoding: Any, *, finite: bool | None = False
-    ) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
-        """Decode a payload and check it fits this model; raises ValueError before any change.
+    def decode(self, encoding: Any, *, finite: bool | None = False) -> tuple[dict[str, np.ndarray], DeviceReport]:
+        """A payload's arrays (unpacked from ``wire_dtype``) and its report, checked against this model.
+
+        Returns ``(arrays, report)``: arrays by name, views of ``encoding`` (no copy) of this model's shapes
+        and dtypes, and the :class:`~fedsync.wire.shapes.DeviceReport` its metadata carries. Nothing changes:
+        secure aggregation's device reads the received model with it.
+
+        Raises:
+            CodecError: not a valid payload.
+            PayloadRejected: text, other names, shapes or dtypes, a bad report, or (``finite``) NaN or infinity.
 
         ``finite`` also scans every value for NaN and infinity. Only ``check`` does:
         fedsync's device and coordinator call it before ``receive``/``merge``, and a
@@ -464,21 +473,21 @@ class FedArrays(FedData):
         *,
         finite: bool | None,
         expected: Mapping[str, tuple[tuple[int, ...], np.dtype]] | None = None,
-    ) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
-        """Decoded arrays unpacked from their wire format and checked against this model."""
+    ) -> tuple[dict[str, np.ndarray], DeviceReport]:
+        """Decoded arrays unpacked from their wire format and checked against this model, with their report."""
         expected = self.layout() if expected is None else expected
-        samples, metrics = self._counted(metadata)
+        report = read_report(metadata)
         if compression.WIRE_KEY in metadata:
             dtypes = {name: np.dtype(dtype) for name, (_, dtype) in expected.items()}
             arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], self.wire_dtype, dtypes)
         self._check_layout(
             {name: (a.shape, a.dtype) for name, a in arrays.items()}, expected, packed=compression.WIRE_KEY in metadata
         )
-        if finite or (finite is None and samples > 0):
+        if finite or (finite is None and report["samples"] > 0):
             for name, a in arrays.items():
                 if a.dtype.kind == "f" and not np.isfinite(a).all():
                     raise PayloadRejected(f"array {name!r} contains NaN or infinity")
-        return arrays, samples, metrics
+        return arrays, report
 
     def _header_limit(self, expected: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> int:
         """The largest payload header, in bytes, a payload of this model can have.
@@ -520,39 +529,6 @@ class FedArrays(FedData):
                     f"payload has {tuple(shape)} {np.dtype(dtype).name}"
                 )
 
-    @staticmethod
-    def _counted(metadata: Mapping[str, str]) -> tuple[int, dict[str, float]]:
-        """The sample count and metrics a payload's metadata carries, checked before any use.
-
-        Raises:
-            PayloadRejected: samples not a whole number in ``[0, MAX_SAMPLES]``, or
-                metrics not a strict JSON object (unique keys, no ``NaN``) of at most
-                ``MAX_METRICS`` finite numbers.
-        """
-        try:
-            samples = checked_samples(metadata.get(SAMPLES_KEY, "0"), f"payload metadata {SAMPLES_KEY!r}")
-            try:
-                metrics = loads_strict(
-                    metadata.get(METRICS_KEY, "{}"),
-                    duplicate=lambda key: PayloadRejected(
-                        f"payload metadata {METRICS_KEY!r} names the key {shown(key)} twice"
-                    ),
-                    constant=lambda name: PayloadRejected(
-                        f"payload metadata {METRICS_KEY!r} holds {name}, not a finite number"
-                    ),
-                )
-            except PayloadRejected:
-                raise  # to the outer handler, which adds the example
-            except (ValueError, RecursionError):
-                raise ValueError(
-                    f"payload metadata {METRICS_KEY!r} is not JSON: {shown(metadata.get(METRICS_KEY), 60)}"
-                ) from None
-            return samples, checked_metrics(metrics, f"payload metadata {METRICS_KEY!r}")
-        except ValueError as exc:
-            raise PayloadRejected(
-                f"{exc}; expected e.g. {{{SAMPLES_KEY!r}: '60000', {METRICS_KEY!r}: '{{\"loss\": 0.12}}'}}"
-            ) from None
-
 
 def _call(function: Callable[..., Any], model: Any, config: Config | None) -> Any:
     """``function(model, config)`` if it takes a second argument, else ``function(model)``."""
@@ -567,13 +543,13 @@ def _finite(a: np.ndarray) -> bool:
     return all(np.isfinite(flat[i : i + _PIECE]).all() for i in range(0, flat.size, _PIECE))
 
 
-def _add_whole(accumulator: Accumulator, arrays: Mapping[str, np.ndarray], samples: int) -> int:
-    """Fold whole, checked arrays in; returns ``samples``."""
-    if samples > 0:
+def _add_whole(accumulator: Accumulator, arrays: Mapping[str, np.ndarray], report: DeviceReport) -> DeviceReport:
+    """Fold whole, checked arrays in; returns their ``report``."""
+    if (samples := report["samples"]) > 0:
         accumulator.start(samples)
         for name, a in arrays.items():
             accumulator.add(name, 0, a.reshape(-1), samples)
-    return samples
+    return report
 
 
 def _why(exc: Exception) -> str:

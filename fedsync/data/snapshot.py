@@ -39,7 +39,9 @@ class Snapshot:
         self.encoding = encoding if isinstance(encoding, str) else bytes(encoding)
         strategy = strategy_of(data)
         self.strategy_state = {k: np.array(v, copy=True) for k, v in strategy.state().items()} if strategy else {}
-        self.attributes = {k: getattr(data, k) for k in ("samples", "metrics", "last_merge") if hasattr(data, k)}
+        self.attributes = {
+            k: getattr(data, k) for k in ("samples", "metrics", "metric_weights", "last_merge") if hasattr(data, k)
+        }
 
     def restore(self) -> None:
         """Put the state back (the merge of the saved payload under FedAvg, as a checkpoint restores)."""

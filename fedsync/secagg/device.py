@@ -413,7 +413,7 @@ class Session:
                 f"train reported {samples!r} samples; secure aggregation takes 0 to max_samples ({self.max_samples}): "
                 "raise SecAgg(max_samples=...) on the coordinator"
             )
-        received, _, _ = fed._decode(encoding)
+        received, _ = fed.decode(encoding)
         layout = fed.layout()
         trained = {name: np.asarray(a) for name, a in fed.get_arrays().items()}
         if list(trained) != list(layout):

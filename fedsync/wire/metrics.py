@@ -94,7 +94,9 @@ def weighted_means(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
     A record with 0 samples contributes nothing, whatever its metrics. A metric
     only some devices report is averaged over those; a metric reported only by
-    devices with 0 samples is left out. Values are expected checked
+    devices with 0 samples is left out. A record's own ``"weights"`` (an aggregator's
+    reply: each metric's samples below it, :mod:`fedsync.wire.reports`) weigh its metrics
+    instead of its samples, so a tree averages as the flat round does. Values are expected checked
     (:func:`checked_metrics`): finite, so the weighted sum (``math.fsum``) is exact
     up to one rounding and cannot overflow for counts up to ``MAX_SAMPLES``.
     """
@@ -102,7 +104,9 @@ def weighted_means(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     means = {}
     for name in names:
         pairs = [
-            (float(r["metrics"][name]), int(r["samples"])) for r in records if r["samples"] > 0 and name in r["metrics"]
+            (float(r["metrics"][name]), int(r.get("weights", {}).get(name, r["samples"])))
+            for r in records
+            if r["samples"] > 0 and name in r["metrics"]
         ]
         weight = sum(s for _, s in pairs)
         # Weights as fractions of the total keep each product within the values' range, but

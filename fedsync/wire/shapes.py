@@ -49,6 +49,8 @@ class DeviceInfo(_DeviceInfoChecked, total=False):
     """The FedData's ``samples`` (training examples on the device), or ``None`` if it has none."""
     summary: Any
     """The FedData's ``summary(repetition)``: any JSON value (for FedArrays, names, shapes, dtypes)."""
+    aggregator: bool
+    """``true`` for an aggregator (a node of a tree, docs/aggregators.md); absent means ``false``."""
 
 
 class EvaluationAnswer(TypedDict):
@@ -60,14 +62,25 @@ class EvaluationAnswer(TypedDict):
     """At most 256 finite metrics by name, e.g. ``{"loss": 0.31, "accuracy": 0.9}``."""
 
 
-class DeviceReport(TypedDict):
-    """One device's row in :attr:`fedsync.coordinator.history.RoundResult.devices` and
-    :attr:`~fedsync.coordinator.history.EvaluationResult.devices`."""
-
+class _Counted(TypedDict):
     samples: int
     """Examples behind the device's reply (training) or evaluation, an integer in ``[0, 2**53]``."""
     metrics: dict[str, float]
     """The device's own finite metrics by name (unitless, as its callback returned them)."""
+
+
+class DeviceReport(_Counted, total=False):
+    """One device's row in :attr:`fedsync.coordinator.history.RoundResult.devices` and
+    :attr:`~fedsync.coordinator.history.EvaluationResult.devices`: ``samples`` and ``metrics``.
+
+    The two optional keys come only with an aggregator's reply (:mod:`fedsync.wire.reports`), and the
+    history keeps neither: failures below go to the round's ``failures``, by path.
+    """
+
+    weights: dict[str, int]
+    """Each metric's weight, the samples of the devices below that reported it."""
+    below: dict[str, str]
+    """The devices below the aggregator that failed, by path (``site-c``), with why."""
 
 
 class MergeReport(TypedDict):
@@ -79,3 +92,5 @@ class MergeReport(TypedDict):
     """Sample-weighted means of the devices' metrics (:func:`fedsync.wire.metrics.weighted_means`)."""
     devices: list[DeviceReport]
     """One row per merged reply, in the order the replies were merged."""
+    weights: dict[str, int]
+    """Each metric's weight: the samples behind the reports of it (:func:`fedsync.wire.reports.metric_weights`)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import fedsync
 from fedsync.plugins import hookspecs
+from fedsync.wire import reports
 from tests.support import readme
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,7 +131,10 @@ def test_every_history_field_has_its_own_docstring():
 
 
 # Names that look like modules but are keys of a payload's or a file's metadata (docs/protocol.md).
-METADATA_KEYS = {"fedsync.samples", "fedsync.metrics", "fedsync.specs", "fedsync.parts", "fedsync.adapter"}
+METADATA_KEYS = {"fedsync.samples", "fedsync.metrics", "fedsync.specs", "fedsync.parts", "fedsync.adapter"} | {
+    reports.WEIGHTS_KEY,  # "fedsync.metric_weights", "fedsync.failures": an aggregator's reply (#21)
+    reports.FAILURES_KEY,
+}
 DOTTED = re.compile(r"\b(fedsync(?:_ray|_torch|_keras)?(?:\.[A-Za-z_]\w*)+)")
 FROM_IMPORT = re.compile(r"from\s+(fedsync[\w.]*)\s+import\s+\(?([\w\s,]+)")
 

@@ -31,6 +31,9 @@ def test_each_shape_has_the_keys_a_device_and_a_round_really_produce():
     assert set(info) == keys(DeviceInfo)
     assert set(answer) == keys(EvaluationAnswer) and answer == {"samples": 4, "metrics": {"loss": 0.25}}
     assert set(coordinator.last_merge) == keys(MergeReport)
-    assert [set(row) for row in coordinator.last_merge["devices"]] == [keys(DeviceReport)]
-    assert set(result.devices[server.url]) == keys(DeviceReport) and set(evaluation.devices[server.url]) == keys(DeviceReport)
+    # A device's row has the required keys only: weights and failures below come with an aggregator's reply
+    # (tests/aggregator), and the history never keeps them.
+    assert DeviceReport.__required_keys__ == {"samples", "metrics"} and keys(DeviceReport) == {"samples", "metrics", "weights", "below"}
+    assert [set(row) for row in coordinator.last_merge["devices"]] == [{"samples", "metrics"}]
+    assert set(result.devices[server.url]) == {"samples", "metrics"} and set(evaluation.devices[server.url]) == {"samples", "metrics"}
     assert DeviceInfo.__required_keys__ == {"specs", "repetition"}  # what Remote.info checks
