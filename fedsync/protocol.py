@@ -84,6 +84,12 @@ class FedData:
     whole reply.
     """
 
+    aggregates: bool = False
+    """``True`` if this FedData's replies merge the replies of devices of its own (an aggregator,
+    :mod:`fedsync.aggregator`): its device says ``"aggregator": true`` in ``/info``, and a coordinator
+    whose strategy cannot merge merges (a median, Krum, central DP, secure aggregation) refuses it.
+    """
+
     def specs(self, repetition: int) -> str:
         """A string that must match between coordinator and devices."""
         raise NotImplementedError(f"{type(self).__name__} must implement specs(repetition) -> str")

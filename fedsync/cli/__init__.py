@@ -33,6 +33,7 @@ from types import ModuleType
 from typing import Any
 
 from .._version import __version__
+from ._aggregate import AGGREGATE_EXAMPLES, add_aggregate_arguments, aggregates, aggregator_for
 from ._certs import CRL_HELP
 from ._common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, CommandError, UsageError, configure_logging
 from ._common import Formatter as _Formatter
@@ -151,6 +152,7 @@ The token can also come from the FEDSYNC_TOKEN environment variable, which
 keeps it out of your shell history and the process list.
 """
     + DIAL_EXAMPLES
+    + AGGREGATE_EXAMPLES
 )
 
 
@@ -204,6 +206,7 @@ def _add_serve(commands: Any) -> None:
     parser.add_argument("--crl", metavar="PEM", action="append", help=CRL_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     add_dial_arguments(parser)
+    add_aggregate_arguments(parser)
     parser.set_defaults(run=_run_serve)
 
 
@@ -323,6 +326,8 @@ def _run_serve(args: argparse.Namespace) -> int:
             f"{args.target} is a {type(data).__name__}, not a FedData or a dict of them; "
             "e.g. in device.py: data = fedsync.FedArrays(weights, train)"
         )
+    if aggregates(args):  # a node of a tree: the declaration's round below runs when the parent's model arrives
+        data = aggregator_for(args, data)
     if dials(args):
         return run_dial(args, data, token)
     context: ssl.SSLContext | tuple[str, str] | None = _ssl_context(args.certfile, args.keyfile)

@@ -53,6 +53,7 @@ from ._round import (
     scrub_failures,
     scrubbed,
 )
+from ._tree import record_merge, tree_refusal
 from .history import EvaluationResult, History, RoundResult, scrub_names, scrub_result
 
 __all__ = ["Federated", "DOWNLOAD_BUDGET", "WORKERS", "SHARED_POLL", "STREAMS", "HANDSHAKE_SHARE"]
@@ -495,11 +496,7 @@ class Federated:
             state.cancel.set()
             workers.close()
             close_waiting(state.arrivals)
-        report = getattr(self.data, "last_merge", None)
-        if isinstance(report, dict) and len(report.get("devices", ())) == len(result.answered):
-            result.samples = report.get("samples")
-            result.metrics = dict(report.get("metrics", {}))
-            result.devices = dict(zip(result.answered, report["devices"], strict=False))  # lengths compared above
+        record_merge(result, getattr(self.data, "last_merge", None))  # with failures below aggregators, by path
         result.seconds = time.monotonic() - started
         return result
 
@@ -572,6 +569,8 @@ class Federated:
             if info["specs"] != expected:
                 summary = self.data.summary(max(self.repetition, highest) + 1)
                 mismatches[remote.url] = remote.scrub(mismatch_message(remote.url, expected, info, summary))
+            elif refused := tree_refusal(remote.url, dict(info), self.data, self.secure_aggregation):
+                failures[remote.url] = refused  # e.g. FedMedian over an aggregator (docs/aggregators.md)
             else:
                 self._known.add(remote.url)
         if mismatches and not any(r.url in self._known for r in remotes):

@@ -208,6 +208,7 @@ class Device:
             "last_seconds": job.seconds if job is not None else None,
             "samples": _samples(self.fed),
             "summary": self.fed.summary(next_rep),
+            "aggregator": self.fed.aggregates is True,
         }
 
     # -- decisions taken before any body is read ------------------------------------

@@ -61,6 +61,17 @@ class Strategy:
     replies while they download and never holds a whole one.
     """
 
+    tree_refusal: str | None = (
+        "only strategies built on the sample-weighted mean merge replies that aggregators already merged "
+        "(FedAvg, and FedAvgM, FedAdam, FedYogi, FedAdagrad on top of it)"
+    )
+    """Why this strategy cannot merge the replies of aggregators (a tree, docs/aggregators.md); ``None`` if it can.
+
+    A coordinator refuses a device whose ``/info`` says it is an aggregator, with this reason, when its
+    strategy has one. ``None`` only where the merge of aggregators' merges, each weighted by its samples,
+    equals the merge of every device's reply: the sample-weighted mean (FedAvg) and server optimizers on it.
+    """
+
     def aggregate(self, current: Arrays, results: Iterable[tuple[Arrays, int]]) -> dict[str, np.ndarray]:
         """Combine ``results`` (``(arrays, samples)`` in arrival order) into new arrays."""
         raise NotImplementedError
@@ -305,6 +316,8 @@ class FedAvg(Strategy):
         RoundFailed: from :meth:`aggregate` and ``result`` when no device
             reported any samples.
     """
+
+    tree_refusal = None  # a mean of sample-weighted means, each weighted by its samples, is the mean of all
 
     def __init__(self, exact: bool = True) -> None:
         if not isinstance(exact, bool):

@@ -83,6 +83,11 @@ class DPFixedClipping(Strategy):
         RoundFailed: from :meth:`aggregate` when no device replied with samples.
     """
 
+    tree_refusal = (
+        "central DP clips each reply to bound one device's influence, and an aggregator's reply mixes several "
+        "devices: the bound and the privacy spent would no longer hold; use LocalDP on the devices instead"
+    )
+
     def __init__(
         self,
         strategy: Strategy | None = None,

@@ -96,6 +96,8 @@ def float_median(rows: np.ndarray) -> np.ndarray:
 class EveryReply(Strategy):
     """A strategy over every reply at once: store them, then combine a chunk of coordinates at a time."""
 
+    tree_refusal = "it needs every device's own reply, and an aggregator sends one merge of several"
+
     def __init__(self, spill_bytes: int | None) -> None:
         self.spill_bytes = checked_spill_bytes(spill_bytes)
 
@@ -190,6 +192,8 @@ class FedMedian(EveryReply):
     half of the replies being arbitrary (Byzantine), coordinate by coordinate.
     """
 
+    tree_refusal = "the median of the aggregators' medians is not the median of all devices' replies"
+
     __doc__ = (__doc__ or "") + _MEMORY
 
     def __init__(self, *, spill_bytes: int | None = None) -> None:
@@ -214,6 +218,8 @@ class FedTrimmedAvg(EveryReply):
     Sample weights: ignored (as the paper and Flower). Defends against: up to
     ``k`` arbitrary values at each end of every coordinate.
     """
+
+    tree_refusal = "trimming the aggregators' means is not trimming the devices' replies: an outlier hides in its mean"
 
     __doc__ = (__doc__ or "") + _MEMORY
 
@@ -277,6 +283,8 @@ def _scores(d: np.ndarray, members: list[int], f: int) -> list[float]:
 
 class _KrumFamily(EveryReply):
     """Combines whole replies picked by their distances: floating arrays are the picked replies' mean."""
+
+    tree_refusal = "it picks replies by their distances, and an aggregator's mean hides the devices it would single out"
 
     def __init__(self, num_malicious_clients: int, spill_bytes: int | None) -> None:
         super().__init__(spill_bytes)

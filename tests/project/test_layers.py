@@ -43,6 +43,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fedsync_ray",),
     ("fedsync.dashboard",),
     ("fedsync.coordinator",),
+    ("fedsync.aggregator",),
     ("fedsync.client", "fedsync"),
     ("fedsync.demo",),
     ("fedsync.cli",),

@@ -27,7 +27,8 @@ def main() -> None:
     options = json.loads(os.environ.get("FEDSYNC_TEST_SERVE", "{}"))
     if isinstance(options.get("ssl_context"), list):
         options["ssl_context"] = tuple(options["ssl_context"])
-    server = fedsync.serve(data, host="127.0.0.1", port=port, block=False, token=os.environ.get("FEDSYNC_TEST_TOKEN"), **options)
+    where = {} if "connect" in options else {"host": "127.0.0.1", "port": port}  # a dialing device listens on nothing
+    server = fedsync.serve(data, block=False, token=os.environ.get("FEDSYNC_TEST_TOKEN"), **where, **options)
     print(f"READY {server.url}", flush=True)
     try:
         server.join()
