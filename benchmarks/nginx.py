@@ -1,4 +1,4 @@
-"""Through nginx against direct (issue #21): the same devices, reached directly and through deploy/nginx/fedsync.conf.
+"""Through nginx against direct (issue #21): the same devices, reached directly and through deploy/nginx/fedsync-proxy.conf.
 
     python benchmarks/nginx.py [--params 10000000] [--devices 8] [--rounds 5] [--quick]
 
@@ -107,7 +107,7 @@ def write_section(opts, rounds: dict, medians: dict, ratio: float) -> None:
         f"({platform.machine()}, Python {platform.python_version()}, {nginx}, {opts.workers} nginx workers). "
         f"{opts.params:,} float32 parameters x {opts.devices} `fedsync serve` device processes, no-op training; the "
         "coordinator in the benchmark's process, the direct rounds then those through nginx; median after one warm-up. "
-        "Through nginx is the shipped `deploy/nginx/fedsync.conf` (TLS at nginx, HTTP/1.1 keep-alive to the device, "
+        "Through nginx is the shipped `deploy/nginx/fedsync-proxy.conf` (TLS at nginx, HTTP/1.1 keep-alive to the device, "
         "buffering off): it adds TLS both ways and a second copy through a process on the same 2 cores.",
         "",
         "| path | median round | rounds (warm-up first) |",

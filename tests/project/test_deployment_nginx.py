@@ -1,4 +1,4 @@
-"""docs/deployment.md's reverse proxy, tested with a real nginx running deploy/nginx/fedsync.conf (issue #21).
+"""docs/deployment.md's reverse proxy, tested with a real nginx running deploy/nginx/fedsync-proxy.conf (issue #21).
 
 Real parts only: Debian's nginx terminating TLS on 127.0.0.1, the real ``fedsync serve`` command behind it (listening,
 or dialing out to a real ``Listener``), a real coordinator in this process. Each test stops every process it starts.

@@ -1,6 +1,6 @@
 """A real nginx (Debian's package) in front of fedsync, run from a temporary folder with the shipped config.
 
-:func:`proxy_config` turns ``deploy/nginx/fedsync.conf`` (the file docs/deployment.md includes verbatim) into the
+:func:`proxy_config` turns ``deploy/nginx/fedsync-proxy.conf`` (the file docs/deployment.md includes verbatim) into the
 config a test runs: the same blocks and settings, only the addresses, ports and certificate paths replaced (each
 replacement must match exactly once, so the shipped file cannot drift from what is tested). :class:`Nginx` runs it
 with ``nginx -p DIR -c DIR/nginx.conf -e DIR/error.log -g 'daemon off;'`` in a session of its own, logs every
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tests.support.processes import ROOT
 
-SHIPPED = ROOT / "deploy" / "nginx" / "fedsync.conf"
+SHIPPED = ROOT / "deploy" / "nginx" / "fedsync-proxy.conf"
 DEVICE_UPSTREAM, LISTENER_UPSTREAM = "127.0.0.1:8000", "127.0.0.1:9000"
 DEVICE_LISTEN, LISTENER_LISTEN = "listen 8443 ssl;", "listen 9443 ssl;"
 CERT, KEY = "/etc/fedsync/tls/proxy.pem", "/etc/fedsync/tls/proxy-key.pem"
@@ -129,7 +129,7 @@ class Nginx:
     def __init__(self, folder: Path, config: str, ports: list[int], workers: int = 1) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "fedsync.conf").write_text(config)
+        (folder / "fedsync-proxy.conf").write_text(config)
         # nginx started as root hands requests to workers running as nobody: they read nothing in the folder.
         user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
         temp = "".join(
@@ -139,7 +139,7 @@ class Nginx:
             f"{user}worker_processes {workers};\npid {folder}/nginx.pid;\nerror_log {folder}/error.log warn;\n"
             "events { worker_connections 1024; }\n"
             f"http {{\n    log_format fedsync '{LOG_FORMAT}';\n    access_log {folder}/access.log fedsync;\n{temp}"
-            f"    include {folder}/fedsync.conf;\n}}\n"
+            f"    include {folder}/fedsync-proxy.conf;\n}}\n"
         )
         with open(folder / "stderr.log", "w") as stderr:
             self.process = subprocess.Popen(
