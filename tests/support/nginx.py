@@ -246,11 +246,12 @@ def start_fedsync(log: Path, *args: str, device: dict | None = None, timeout: fl
     if "--connect" in args:
         return started
     deadline = time.monotonic() + timeout
-    assert process.stdout is not None
+    stdout = process.stdout
+    assert stdout is not None
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            line = process.stdout.readline() if ready else ""
+            ready, _, _ = select.select([stdout], [], [], max(0.0, deadline - time.monotonic()))
+            line = stdout.readline() if ready else ""
             if not line:
                 break
             if match := re.match(r"serving (\S+)", line):
