@@ -247,10 +247,45 @@ def mismatch_message(url: str, expected: str, info: dict[str, Any], summary: dic
     shape or dtype differs from the device's is named when both summaries list weights.
     """
     message = f"{url} holds specs {shown(info['specs'], 200)} but the coordinator's are {expected!r}"
-    diff = first_difference(summary, info.get("summary"))
+    theirs = info.get("summary")
+    diff = first_difference(summary, theirs)
     if diff:
-        message += f"; first difference: {diff}"
-    return message + ". Declare the same FedData (same architecture) on both sides; nothing was sent."
+        return f"{message}; first difference: {diff}. {_SAME_DECLARATION}"
+    ours_kind, their_kind = expected.partition(":")[0], str(info["specs"]).partition(":")[0]
+    if ours_kind != their_kind:
+        return (
+            f"{message}: another kind of FedData ({shown(their_kind, 40)} against {ours_kind!r}). Declare the "
+            "same FedData class (the same adapter) on both sides; nothing was sent."
+        )
+    wire = _field(summary, "wire_dtype"), _field(theirs, "wire_dtype")
+    if wire[0] != wire[1]:
+        return (
+            f"{message}: the same weights, but another wire format (wire_dtype {wire[0]!r} here, "
+            f"{shown(wire[1], 40)} on the device). Declare the same wire_dtype on both sides; nothing was sent."
+        )
+    if _weights(summary) is not None and _weights(summary) == _weights(theirs):
+        return (
+            f"{message}: the weights' names, shapes and dtypes are the same, so the device computed its specs by "
+            'another rule (a device in another language: docs/protocol.md, "The specs of an array model") '
+            "or from another architecture description (an adapter's). Nothing was sent."
+        )
+    return f"{message}. {_SAME_DECLARATION}"
+
+
+_SAME_DECLARATION = "Declare the same FedData (same architecture) on both sides; nothing was sent."
+
+
+def _field(summary: Any, key: str) -> Any:
+    """``summary[key]`` when ``summary`` is a dict (a device's summary is free-form JSON), else ``None``."""
+    return summary.get(key) if isinstance(summary, dict) else None
+
+
+def _weights(summary: Any) -> list[tuple[Any, Any, Any]] | None:
+    """A summary's weights as ``(name, shape, dtype)`` triples, or ``None`` when it lists none readable."""
+    try:
+        return [(w["name"], tuple(w["shape"]), w["dtype"]) for w in summary["weights"]]
+    except Exception:  # free-form JSON from a peer
+        return None
 
 
 def first_difference(ours: Any, theirs: Any) -> str | None:

@@ -176,13 +176,15 @@ class FedArrays(FedData):
     # -- the protocol ----------------------------------------------------------------
 
     def summary(self, repetition: int) -> dict[str, Any]:
-        """``{"weights": [{"name", "shape", "dtype"}, ...]}``, each array as exchanged, in order."""
-        return {
-            "weights": [
-                {"name": name, "shape": list(shape), "dtype": np.dtype(dtype).name}
-                for name, (shape, dtype) in self.layout().items()
-            ]
-        }
+        """``{"weights": [{"name", "shape", "dtype"}, ...]}``, each array as exchanged, in order.
+
+        With a ``wire_dtype``, also ``"wire_dtype"``: a mismatch then names a different wire format.
+        """
+        weights = [
+            {"name": name, "shape": list(shape), "dtype": np.dtype(dtype).name}
+            for name, (shape, dtype) in self.layout().items()
+        ]
+        return {"weights": weights, **({"wire_dtype": self.wire_dtype} if self.wire_dtype is not None else {})}
 
     def specs(self, repetition: int) -> str:
         """``<token>:sha256:<16 hex>`` of :meth:`architecture` (and ``wire_dtype`` when set)."""
