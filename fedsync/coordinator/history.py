@@ -258,8 +258,8 @@ def scrub_result(result: RoundResult | EvaluationResult, scrub: Callable[[str], 
         return {clean(name): value for name, value in metrics.items()}
 
     result.metrics = names(result.metrics)
-    for url, reason in result.failures.items():
-        result.failures[url] = clean(reason)
+    # Keys too: below an aggregator, a failure's path is text a device sent (docs/aggregators.md).
+    result.failures = {clean(key): clean(reason) for key, reason in result.failures.items()}
     for url, record in result.devices.items():
         clean_record: dict[str, Any] = {
             key: clean(value) if isinstance(value, str) else value for key, value in record.items()

@@ -21,6 +21,7 @@ __all__ = [
     "checked_samples",
     "checked_metrics",
     "weighted_means",
+    "kept_metrics",
     "parse_counted",
 ]
 
@@ -96,11 +97,12 @@ def weighted_means(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     only some devices report is averaged over those; a metric reported only by
     devices with 0 samples is left out. A record's own ``"weights"`` (an aggregator's
     reply: each metric's samples below it, :mod:`fedsync.wire.reports`) weigh its metrics
-    instead of its samples, so a tree averages as the flat round does. Values are expected checked
-    (:func:`checked_metrics`): finite, so the weighted sum (``math.fsum``) is exact
+    instead of its samples, so a tree averages as the flat round does. At most ``MAX_METRICS``
+    metrics are kept (:func:`kept_metrics`): what one device may report is what a merge may carry on.
+    Values are expected checked (:func:`checked_metrics`): finite, so the weighted sum (``math.fsum``) is exact
     up to one rounding and cannot overflow for counts up to ``MAX_SAMPLES``.
     """
-    names = sorted({name for r in records if r["samples"] > 0 for name in r["metrics"]})
+    names = kept_metrics(records)
     means = {}
     for name in names:
         pairs = [
@@ -120,6 +122,24 @@ def weighted_means(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         values = [v for v, _ in pairs]
         means[name] = min(max(mean, min(values)), max(values))
     return means
+
+
+def kept_metrics(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The names of the metrics a merge of ``records`` keeps, sorted: at most ``MAX_METRICS``.
+
+    Devices may each report 256 metrics of their own names; their merge is sent on (the coordinator's
+    next payload, an aggregator's reply), where more than 256 would be refused. Kept are the metrics with
+    the most weight behind them (a record's ``weights``, else its samples), ties broken by name; records
+    of 0 samples count for nothing.
+    """
+    totals: dict[str, int] = {}
+    for r in records:
+        if r["samples"] > 0:
+            own = r.get("weights", {})
+            for name in r["metrics"]:
+                totals[name] = totals.get(name, 0) + int(own.get(name, r["samples"]))
+    kept = sorted(totals, key=lambda name: (-totals[name], name))[:MAX_METRICS]
+    return sorted(kept)
 
 
 def parse_counted(value: Any, what: str = "train(model)") -> tuple[int, dict[str, float]]:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from .._util.checks import is_int
 from .._util.json import loads_strict, shown
 from ..errors import PayloadRejected
-from .metrics import MAX_METRICS, checked_metrics, checked_samples
+from .metrics import MAX_METRICS, checked_metrics, checked_samples, kept_metrics
 from .shapes import DeviceReport
 
 __all__ = [
@@ -51,6 +51,13 @@ MAX_PATH = 300
 """The longest path of a device below an aggregator, in characters."""
 MAX_REASON = 1000
 """The longest reason of a failure below an aggregator, in characters (longer ones are cut when written)."""
+FAILURES_BYTES = 256 * 1024
+"""The most bytes the failures below take in a reply's header, escaped as the header escapes them.
+
+A writer leaves out the failures past it (saying how many) rather than send a header its parent refuses: with
+metrics and their weights (each at most 256 names of 200 characters) it stays within the 1 MiB of metadata a
+model's payload may carry.
+"""
 
 
 def read_report(metadata: Mapping[str, str]) -> DeviceReport:
@@ -89,9 +96,28 @@ def report_metadata(report: DeviceReport) -> dict[str, str]:
     if "weights" in report:
         metadata[WEIGHTS_KEY] = json.dumps(report["weights"])
     if "below" in report:
-        kept = sorted(report["below"].items())[:MAX_FAILURES]
-        metadata[FAILURES_KEY] = json.dumps({path[:MAX_PATH]: why[:MAX_REASON] for path, why in kept})
+        metadata[FAILURES_KEY] = json.dumps(_fitting(report["below"]))
     return metadata
+
+
+def _fitting(below: Mapping[str, str]) -> dict[str, str]:
+    """The failures below, cut to ``MAX_PATH``/``MAX_REASON`` characters and to ``FAILURES_BYTES`` of header.
+
+    Sorted by path; past ``MAX_FAILURES`` entries or the byte budget, one last entry says how many were left out.
+    """
+    kept: dict[str, str] = {}
+    used = 2
+    items = sorted(below.items())
+    for index, (path, why) in enumerate(items):
+        entry = {path[:MAX_PATH]: why[:MAX_REASON]}
+        size = len(json.dumps(json.dumps(entry))) - 2  # as the header carries it: escaped twice
+        if len(kept) == MAX_FAILURES - 1 or used + size > FAILURES_BYTES - 200:
+            left = len(items) - index
+            kept["+more"] = f"{left} more device(s) below failed; left out: a reply names at most what fits its header"
+            break
+        kept.update(entry)
+        used += size
+    return kept
 
 
 def metric_weights(records: Iterable[DeviceReport]) -> dict[str, int]:
@@ -100,12 +126,15 @@ def metric_weights(records: Iterable[DeviceReport]) -> dict[str, int]:
     A record's own ``weights`` count where it has them (an aggregator's reply), else its samples; records
     of 0 samples weigh nothing. :func:`fedsync.wire.metrics.weighted_means` averages with the same weights.
     """
+    records = list(records)
+    kept = set(kept_metrics(records))  # the metrics weighted_means keeps
     totals: dict[str, int] = {}
     for record in records:
         if record["samples"] > 0:
             own = record.get("weights", {})
             for name in record["metrics"]:
-                totals[name] = totals.get(name, 0) + own.get(name, record["samples"])
+                if name in kept:
+                    totals[name] = totals.get(name, 0) + own.get(name, record["samples"])
     return dict(sorted(totals.items()))
 
 
@@ -172,4 +201,6 @@ def _failures(value: dict[str, Any]) -> dict[str, str]:
                 f"payload metadata {FAILURES_KEY!r}: the failure of {shown(path)} must be a text of at most "
                 f"{MAX_REASON} characters, got {shown(why, 40)}"
             )
-    return dict(value)
+    # A reason is shown in logs and consoles: control characters (an escape sequence, a newline that
+    # would fake a log line) are escaped, not refused, since an honest reason may span lines.
+    return {path: shown(why, 2 * MAX_REASON, quote=False) for path, why in value.items()}
