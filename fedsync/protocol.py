@@ -123,6 +123,15 @@ class FedData:
         """A JSON-able description for ``/info``; ``None`` when there is nothing to say."""
         return None
 
+    def capabilities(self) -> dict[str, Any]:
+        """What this FedData can do beyond the routes every device has, for ``/info`` (docs/protocol.md).
+
+        Optional; the default says nothing. Array FedData list the ``wire_formats`` they decode and
+        whether they ``evaluate``; a coordinator sends such a device only what it decodes, and asks
+        only devices that evaluate for an evaluation.
+        """
+        return {}
+
     def max_payload(self, repetition: int) -> int | None:
         """The largest payload, in bytes, this FedData can accept for ``repetition``; ``None``: no bound known.
 

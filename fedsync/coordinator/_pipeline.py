@@ -40,7 +40,8 @@ def submit(data: FedData, state: Round, remote: Remote, config: Config) -> None:
             raise RemoteTimeout(remote.url, "nothing was sent to it: the round's deadline passed before its turn")
         wait = max(0.1, min(remote.timeout, left))
         try:
-            remote.submit(state.rep, state.payload, state.specs, timeout=wait, config=config, deadline=state.deadline)
+            payload = state.payloads.get(remote.url, state.payload)
+            remote.submit(state.rep, payload, state.specs, timeout=wait, config=config, deadline=state.deadline)
         except RemoteTimeout:
             raise RemoteTimeout(remote.url, f"did not accept the payload within {wait:.3g}s") from None
     except Exception as exc:

@@ -84,10 +84,13 @@ def scrub_failures(failures: dict[str, str], remotes: Iterable[Any]) -> dict[str
     A hostile device can echo the token it was sent in any value it answers
     (an array or metric name, a header, a JSON field), which the texts quote.
     """
-    for url, text in failures.items():
+    cleaned = {}
+    for key, text in failures.items():  # keys too: a path below an aggregator is the device's own text
         for remote in remotes:
-            text = remote.scrub(text)
-        failures[url] = text
+            key, text = remote.scrub(key), remote.scrub(text)
+        cleaned[key] = text
+    failures.clear()
+    failures.update(cleaned)
     return failures
 
 
@@ -196,6 +199,8 @@ class Round:
     """Each device's step: ``queued``, ``sending``, ``training``, ``answered``: what a timeout means for it."""
     windows: dict[str, ReplyDeadline] = field(default_factory=dict)
     """Each device's view of the deadline for reading its reply (its long-poll's)."""
+    payloads: dict[str, Encoding] = field(default_factory=dict)
+    """The payload of each device that gets another than ``payload`` (one that cannot decode its wire format)."""
 
     def download_slot(self) -> bool:
         """Wait for a download slot; ``False`` if the round ended meanwhile."""
@@ -257,12 +262,6 @@ def mismatch_message(url: str, expected: str, info: dict[str, Any], summary: dic
             f"{message}: another kind of FedData ({shown(their_kind, 40)} against {ours_kind!r}). Declare the "
             "same FedData class (the same adapter) on both sides; nothing was sent."
         )
-    wire = _field(summary, "wire_dtype"), _field(theirs, "wire_dtype")
-    if wire[0] != wire[1]:
-        return (
-            f"{message}: the same weights, but another wire format (wire_dtype {wire[0]!r} here, "
-            f"{shown(wire[1], 40)} on the device). Declare the same wire_dtype on both sides; nothing was sent."
-        )
     if _weights(summary) is not None and _weights(summary) == _weights(theirs):
         return (
             f"{message}: the weights' names, shapes and dtypes are the same, so the device computed its specs by "
@@ -273,11 +272,6 @@ def mismatch_message(url: str, expected: str, info: dict[str, Any], summary: dic
 
 
 _SAME_DECLARATION = "Declare the same FedData (same architecture) on both sides; nothing was sent."
-
-
-def _field(summary: Any, key: str) -> Any:
-    """``summary[key]`` when ``summary`` is a dict (a device's summary is free-form JSON), else ``None``."""
-    return summary.get(key) if isinstance(summary, dict) else None
 
 
 def _weights(summary: Any) -> list[tuple[Any, Any, Any]] | None:

@@ -28,8 +28,8 @@ from .. import plugins
 from .._util.checks import at_least_one, is_int, is_number, positive_seconds
 from .._util.workers import Workers, concurrently
 from ..dashboard import app as dashboard_app
-from ..errors import RemoteError, RemoteTimeout, RoundFailed, SpecsMismatch, failure_reason
-from ..protocol import MAX_REPETITION, FedData
+from ..errors import RemoteError, RoundFailed, failure_reason
+from ..protocol import FedData
 from ..secagg import coordinator as secure_rounds
 from ..secagg.settings import SecAgg
 from ..transports.remote import Remote, size
@@ -38,6 +38,7 @@ from ..wire.metrics import weighted_means
 from ..wire.transfer import STALL, Deadline, round_grace
 from . import checkpoint as checkpoint_io
 from . import server_eval
+from ._handshake import HANDSHAKE_SHARE, Handshakes
 from ._interrupt import stoppable
 from ._pipeline import collect, submit
 from ._privacy import check_central_dp, coordinator_privacy
@@ -47,13 +48,12 @@ from ._round import (
     close_waiting,
     evaluation_name,
     format_metrics,
-    mismatch_message,
     round_name,
     sample_size,
     scrub_failures,
     scrubbed,
 )
-from ._tree import record_merge, tree_refusal
+from ._tree import record_merge
 from .history import EvaluationResult, History, RoundResult, scrub_names, scrub_result
 
 __all__ = ["Federated", "DOWNLOAD_BUDGET", "WORKERS", "SHARED_POLL", "STREAMS", "HANDSHAKE_SHARE"]
@@ -74,9 +74,6 @@ SHARED_POLL = 1.0
 
 STREAMS = 4
 """Replies handed to the merge at once for FedData that read them as streams, when ``downloads`` is not given."""
-
-HANDSHAKE_SHARE = 0.5
-"""The most of a round's remaining time the handshake may take."""
 
 
 class Federated:
@@ -213,7 +210,7 @@ class Federated:
         self.repetition: int = 0
         self.history: History = History()
         self._rng: random.Random = random.Random(seed)
-        self._known: set[str] = set()  # the devices whose handshake holds: a round asks the others for /info
+        self._handshakes: Handshakes = Handshakes()  # the devices whose handshake holds, and what each can do
         self._unrecorded: int = 0  # 1 while a merged round waits for _record: its evaluation names it
         self.checkpoint: Path | None = Path(checkpoint) if checkpoint is not None else None
         if self.checkpoint is not None:
@@ -300,16 +297,17 @@ class Federated:
             expired=f"timed out: the evaluation's answer was still arriving after {self.timeout:g}s",
         )
         failures: dict[str, str] = {}
-        remotes = self._handshake(self.sample(), failures, deadline)
+        remotes = self._handshakes.evaluating(self._handshake(self.sample(), failures, deadline), failures)
         rep, what = max(self.repetition, 1), evaluation_name(len(self.history) + self._unrecorded)
         config = self._round_config(rep)
         specs, payload = self.data.specs(rep), self.data.serialize(rep)
+        payloads = self._handshakes.payloads(self.data, remotes, rep)
 
         def evaluation(remote: Remote) -> Callable[[], Any]:
             """``remote``'s evaluation, its timeout read from the deadline when it starts."""
             return lambda: remote.evaluate(
                 rep,
-                payload,
+                payloads.get(remote.url, payload),
                 specs,
                 timeout=deadline.request_timeout(remote.timeout),
                 deadline=deadline,
@@ -472,12 +470,13 @@ class Federated:
             arrivals=queue.Queue(),
             workers=workers,
             wait=self.poll if len(remotes) <= workers.size else min(self.poll, SHARED_POLL),
+            payloads=self._handshakes.payloads(self.data, remotes, rep),  # the arrays as they are, to some devices
         )
         for remote in remotes:
             workers.submit(submit, self.data, state, remote, config)
         try:
             (self.data.merge if secure is None else secure.merge)(
-                collect(state, remotes, needed, result, size(payload), self._known), rep
+                collect(state, remotes, needed, result, size(payload), self._handshakes.known), rep
             )
         except RoundFailed as exc:  # the merge found the round unusable: say who took part
             message = exc.message if exc.message.startswith(f"{name} ") else f"{name}: {exc.message}"
@@ -527,61 +526,17 @@ class Federated:
         )
 
     def _handshake(self, remotes: list[Remote], failures: dict[str, str], deadline: Deadline) -> list[Remote]:
-        """Ask devices not yet known for ``/info``; check specs before anything is sent.
-
-        Each handshake waits at most ``min(remote.timeout, HANDSHAKE_SHARE * time left)``;
-        a device that does not answer in time, answers badly or holds other specs is
-        that device's failure. Raises :class:`SpecsMismatch` when no reachable sampled
-        device matches.
-        """
-        unknown = [r for r in remotes if r.url not in self._known]
-        left = max(0.0, deadline.left())
-        limits = {r.url: max(0.05, min(r.timeout, HANDSHAKE_SHARE * left)) for r in unknown}
-
-        def handshake(remote: Remote) -> Callable[[], Any]:
-            """``remote``'s ``/info``, its deadline starting when the call does."""
-            return lambda: remote.info(deadline=Deadline.within(limits[remote.url]))
-
-        infos = concurrently(
-            {r.url: handshake(r) for r in unknown}, self.workers, wait=max(limits.values(), default=0.0) + 0.2
+        """The sampled ``remotes`` whose handshake holds (coordinator/_handshake.py); continues above them."""
+        kept, self.repetition = self._handshakes.run(
+            self.data,
+            remotes,
+            failures,
+            deadline,
+            repetition=self.repetition,
+            workers=self.workers,
+            secure_aggregation=self.secure_aggregation,
         )
-        answered: dict[str, dict[str, Any]] = {}
-        for remote in unknown:
-            info = infos[remote.url]
-            if isinstance(info, (RemoteTimeout, TimeoutError)):
-                failures[remote.url] = f"RemoteTimeout: did not answer the handshake within {limits[remote.url]:.3g}s"
-            elif isinstance(info, BaseException):
-                failures[remote.url] = failure_reason(info)
-            elif info.get("repetition", 0) >= MAX_REPETITION:
-                failures[remote.url] = (
-                    f"RemoteError: reports repetition {info['repetition']}, the last allowed (2**53): it accepts "
-                    "no further round"
-                )
-            else:
-                answered[remote.url] = info
-        highest = max((int(i.get("repetition", 0)) for i in answered.values()), default=0)
-        expected = self.data.specs(max(self.repetition, highest) + 1)
-        mismatches: dict[str, str] = {}
-        for remote in unknown:
-            info = answered.get(remote.url)
-            if info is None:
-                continue
-            if info["specs"] != expected:
-                summary = self.data.summary(max(self.repetition, highest) + 1)
-                mismatches[remote.url] = remote.scrub(mismatch_message(remote.url, expected, info, summary))
-            elif refused := tree_refusal(remote.url, dict(info), self.data, self.secure_aggregation):
-                failures[remote.url] = refused  # e.g. FedMedian over an aggregator (docs/aggregators.md)
-            else:
-                self._known.add(remote.url)
-        if mismatches and not any(r.url in self._known for r in remotes):
-            raise SpecsMismatch("\n".join(mismatches.values()))
-        failures.update({url: f"SpecsMismatch: {message}" for url, message in mismatches.items()})
-        # Continue above every repetition a matching device already accepted.
-        matching = [
-            int(answered[r.url].get("repetition", 0)) for r in unknown if r.url in self._known and r.url in answered
-        ]
-        self.repetition = max([self.repetition, *matching])
-        return [r for r in remotes if r.url in self._known]
+        return kept
 
     # -- lifetime --------------------------------------------------------------------
 

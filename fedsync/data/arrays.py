@@ -67,10 +67,12 @@ class FedArrays(FedData):
             ``Federated.evaluate``; the device's own arrays are restored after.
             ``evaluate(model, config)`` gets the configuration too.
         strategy: how results merge; sample-weighted :class:`FedAvg` by default.
-        wire_dtype: send floating arrays as ``"float16"``, ``"bfloat16"`` (half
-            the bytes) or ``"int8"`` (a quarter), both ways; merging stays at full
-            precision. Declare the same on coordinator and devices: it is part of
-            the specs. Error bounds: :mod:`fedsync.wire.compression`.
+        wire_dtype: on the coordinator, send floating arrays as ``"float16"``,
+            ``"bfloat16"`` (half the bytes) or ``"int8"`` (a quarter); each device
+            replies in the format it received, and merging stays at full precision.
+            Not part of the specs: a device that cannot decode the format (its
+            ``/info`` does not list it) gets the arrays as they are. Error bounds:
+            :mod:`fedsync.wire.compression`.
 
     Every array adapter (``FedTorch``, ``FedKeras``) takes these same keywords
     and passes them here.
@@ -134,6 +136,7 @@ class FedArrays(FedData):
         self.evaluate_fn = evaluate
         self.strategy = strategy or FedAvg()
         self.wire_dtype = compression.check_wire_dtype(wire_dtype)
+        self.sending: str | None = self.wire_dtype  # a device replies in the format its round's payload came in
         self.samples = 0
         self.metrics: dict[str, float] = {}
         self.metric_weights: dict[str, int] = {}  # after a merge: each metric's samples (wire/reports.py)
@@ -176,35 +179,48 @@ class FedArrays(FedData):
     # -- the protocol ----------------------------------------------------------------
 
     def summary(self, repetition: int) -> dict[str, Any]:
-        """``{"weights": [{"name", "shape", "dtype"}, ...]}``, each array as exchanged, in order.
-
-        With a ``wire_dtype``, also ``"wire_dtype"``: a mismatch then names a different wire format.
-        """
-        weights = [
-            {"name": name, "shape": list(shape), "dtype": np.dtype(dtype).name}
-            for name, (shape, dtype) in self.layout().items()
-        ]
-        return {"weights": weights, **({"wire_dtype": self.wire_dtype} if self.wire_dtype is not None else {})}
+        """``{"weights": [{"name", "shape", "dtype"}, ...]}``, each array as exchanged, in order."""
+        return {
+            "weights": [
+                {"name": name, "shape": list(shape), "dtype": np.dtype(dtype).name}
+                for name, (shape, dtype) in self.layout().items()
+            ]
+        }
 
     def specs(self, repetition: int) -> str:
-        """``<token>:sha256:<16 hex>`` of :meth:`architecture` (and ``wire_dtype`` when set)."""
-        architecture = self.architecture()
-        if self.wire_dtype is not None:
-            architecture = {"architecture": architecture, "wire_dtype": self.wire_dtype}
-        return f"{self.token}:{fingerprint(architecture)}"
+        """``<token>:sha256:<16 hex>`` of :meth:`architecture` (docs/protocol.md, "The specs of an array model").
+
+        The wire format is not part of it: it is negotiated from each device's ``/info`` capabilities.
+        """
+        return f"{self.token}:{fingerprint(self.architecture())}"
+
+    def capabilities(self) -> dict[str, Any]:
+        """What ``/info`` says this FedData can do: the wire formats it decodes, and whether it evaluates."""
+        return {"wire_formats": list(compression.WIRE_DTYPES), "evaluate": self.evaluate_fn is not None}
 
     def serialize(self, repetition: int) -> codec.Payload:
-        """The arrays (packed as ``wire_dtype`` if set) with samples, metrics and specs as metadata.
+        """The arrays with samples, metrics and specs as metadata, packed in the format this side sends.
 
-        Views of the live arrays, not a copy.
+        The coordinator sends its ``wire_dtype``; a device replies in the format its round's payload came
+        in (the coordinator chose it from the device's ``/info``). Views of the live arrays, not a copy.
 
         Raises:
             CodecError: an array of a dtype the codec cannot carry (e.g. complex).
         """
+        return self.serialize_as(repetition, self.sending)
+
+    def serialize_as(self, repetition: int, wire_dtype: str | None) -> codec.Payload:
+        """:meth:`serialize` in the wire format ``wire_dtype`` (``None``: the arrays as they are, no copy).
+
+        Raises:
+            CodecError: an array of a dtype the codec cannot carry.
+            ValueError: an unknown ``wire_dtype``, or values it cannot carry (:func:`~fedsync.wire.compression.pack`).
+        """
         metadata = {**report_metadata(self.report()), SPECS_KEY: self.specs(repetition)}
         arrays = self.get_arrays()
-        if self.wire_dtype is not None:
-            arrays, metadata[compression.WIRE_KEY] = compression.pack(arrays, self.wire_dtype)
+        wire = compression.check_wire_dtype(wire_dtype)
+        if wire is not None:
+            arrays, metadata[compression.WIRE_KEY] = compression.pack(arrays, wire)
         # Views of the arrays, not a copy: they go to the socket as they are.
         return codec.encode_payload(arrays, metadata)
 
@@ -244,6 +260,8 @@ class FedArrays(FedData):
         """
         arrays, _ = self.decode(encoding)
         self.set_arrays(arrays)
+        # The reply goes back in the format the payload came in (a header read again: it is small, checked above).
+        self.sending = compression.format_of(codec.decode(encoding, limit=self._header_limit(self.layout()))[1])
         self.global_arrays = None  # before copying: never two snapshots at once
         # Views of the payload, valid while train runs; copied only if proximal_term (or
         # local DP) asks, and dropped after: the device reuses the payload's buffer next round.
@@ -481,10 +499,8 @@ class FedArrays(FedData):
         report = read_report(metadata)
         if compression.WIRE_KEY in metadata:
             dtypes = {name: np.dtype(dtype) for name, (_, dtype) in expected.items()}
-            arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], self.wire_dtype, dtypes)
-        self._check_layout(
-            {name: (a.shape, a.dtype) for name, a in arrays.items()}, expected, packed=compression.WIRE_KEY in metadata
-        )
+            arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], dtypes)
+        self._check_layout({name: (a.shape, a.dtype) for name, a in arrays.items()}, expected)
         if finite or (finite is None and report["samples"] > 0):
             for name, a in arrays.items():
                 if a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -501,24 +517,15 @@ class FedArrays(FedData):
         tensors = 0
         for name, (shape, _) in expected.items():
             quoted = len(json.dumps(name))  # escaped as the header escapes it, or more
-            tensors += quoted + 112 + 21 * len(shape)
-            if self.wire_dtype is not None:
-                tensors += 2 * quoted + 64
+            tensors += quoted + 112 + 21 * len(shape) + 2 * quoted + 64  # and its wire format's entry
         return 2 * tensors + _METADATA_ROOM
 
     def _check_layout(
         self,
         found: Mapping[str, tuple[tuple[int, ...], np.dtype]],
         expected: Mapping[str, tuple[tuple[int, ...], np.dtype]],
-        packed: bool = False,
     ) -> None:
         """Names, shapes and dtypes of a payload's arrays against this model's."""
-        if (
-            not packed
-            and self.wire_dtype is not None
-            and any(np.dtype(dtype).kind == "f" for _, dtype in found.values())
-        ):
-            raise PayloadRejected(f"payload is not packed as wire_dtype {self.wire_dtype!r}, as this FedData expects")
         if found.keys() != expected.keys():
             missing = sorted(expected.keys() - found.keys())
             extra = sorted(found.keys() - expected.keys())

@@ -36,6 +36,7 @@ from .._util.checks import is_int
 from .._version import PROTOCOL_VERSION, __version__
 from ..protocol import MAX_REPETITION, Encoding, FedData
 from ..secagg.device import session_for_submit
+from ..secagg.device import supported as secagg_supported
 from ..wire.config import Config, takes_extra
 from ..wire.http import ApiError, ErrorCode
 from ..wire.shapes import DeviceInfo
@@ -209,6 +210,8 @@ class Device:
             "samples": _samples(self.fed),
             "summary": self.fed.summary(next_rep),
             "aggregator": self.fed.aggregates is True,
+            # What the FedData says of itself wins over what the device finds (an extra installed or not).
+            "capabilities": {"secure_aggregation": secagg_supported(self.fed), **self.fed.capabilities()},
         }
 
     # -- decisions taken before any body is read ------------------------------------

@@ -25,6 +25,8 @@ error and changes nothing. Phases run strictly in order, once each.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import os
 import threading
 from typing import Any
@@ -42,6 +44,7 @@ __all__ = [
     "Session",
     "BadShares",
     "answer",
+    "supported",
     "session_for_submit",
     "MASKED_NAME",
     "MASKED_KEY",
@@ -446,6 +449,19 @@ class BadShares(ApiError):
 
 
 # -- the routes' entry points (called by fedsync.device.app) ------------------------------
+
+
+def supported(fed: Any) -> bool:
+    """Whether a device serving ``fed`` can answer secure aggregation's phases: an array FedData, with
+    the ``secagg`` extra installed (what ``/info`` says under ``capabilities``)."""
+    from ..data.arrays import FedArrays
+
+    return isinstance(fed, FedArrays) and _extra_installed()
+
+
+@functools.cache
+def _extra_installed() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("Crypto", "cryptography"))
 
 
 def answer(device: Any, rep: int, phase: str, body: bytes) -> dict[str, Any]:

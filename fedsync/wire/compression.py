@@ -18,9 +18,11 @@ wire_dtype        bytes   error after a round trip
 NaN and infinity are never packed (``pack`` raises): int8 has no way to carry
 them, and a payload holding them would be refused by its receiver anyway.
 
-Each payload says how every array was packed (metadata ``fedsync.wire``), and
-the receiver accepts only the format its own FedData declares, which is part of
-its specs.
+Each payload says how every array was packed (metadata ``fedsync.wire``), and a
+receiver decodes every format of ``WIRE_DTYPES``, whatever its own ``wire_dtype``:
+the sender chooses (the coordinator, from each device's ``/info`` capabilities;
+a device replies in the format it received), and the format is not part of the
+specs.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .._util.checks import is_number
 from .._util.json import loads_strict, shown
 from ..errors import PayloadRejected
 
-__all__ = ["WIRE_DTYPES", "WIRE_KEY", "pack", "unpack", "check_wire_dtype"]
+__all__ = ["WIRE_DTYPES", "WIRE_KEY", "pack", "unpack", "check_wire_dtype", "format_of"]
 
 WIRE_DTYPES = ("float16", "bfloat16", "int8")
 WIRE_KEY = "fedsync.wire"
@@ -88,10 +90,14 @@ def pack(arrays: Mapping[str, np.ndarray], wire_dtype: str) -> tuple[dict[str, n
     return packed, json.dumps(how)
 
 
-def unpack(
-    arrays: Mapping[str, np.ndarray], wire: str, wire_dtype: str | None, expected: Mapping[str, np.dtype]
-) -> dict[str, np.ndarray]:
-    """The arrays in the ``expected`` dtypes (by name); raises PayloadRejected for a format not agreed on."""
+def unpack(arrays: Mapping[str, np.ndarray], wire: str, expected: Mapping[str, np.dtype]) -> dict[str, np.ndarray]:
+    """The arrays in the ``expected`` dtypes (by name), unpacked as the metadata value ``wire`` says.
+
+    Raises:
+        PayloadRejected: ``wire`` is not a JSON object of objects, names an array that is not there or not
+            floating, a format not in ``WIRE_DTYPES``, an array not of its format's dtype, or an int8
+            scale that is not a number in ``(0, max / 127]``.
+    """
     try:
         how = loads_strict(
             wire,
@@ -118,10 +124,6 @@ def unpack(
             )
         if target.kind != "f":
             raise PayloadRejected(f"array {name!r} is {target.name} here; only floating arrays are packed")
-        if kind != wire_dtype:
-            raise PayloadRejected(
-                f"array {name!r} travels as {kind!r} but this FedData expects wire_dtype {wire_dtype!r}"
-            )
         if kind == "float16" and a.dtype == np.float16:
             out[name] = a.astype(target)
         elif kind == "bfloat16" and a.dtype == np.uint16:
@@ -142,6 +144,19 @@ def unpack(
 
 
 _SPEC_KEYS = {"float16": {"as"}, "bfloat16": {"as"}, "int8": {"as", "scale"}}
+
+
+def format_of(metadata: Mapping[str, str]) -> str | None:
+    """The wire format a payload's arrays came in (one of them if it mixes), ``None`` for arrays as they are.
+
+    For a payload :func:`unpack` already accepted: anything else reads as ``None``.
+    """
+    try:
+        how = json.loads(metadata[WIRE_KEY]) if WIRE_KEY in metadata else {}
+        kinds = sorted(spec["as"] for spec in how.values() if spec.get("as") in WIRE_DTYPES)
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
+        return None
+    return kinds[0] if kinds else None
 
 
 def _scaled(a: np.ndarray, scale: float, target: np.dtype) -> np.ndarray:

@@ -51,6 +51,8 @@ class DeviceInfo(_DeviceInfoChecked, total=False):
     """The FedData's ``summary(repetition)``: any JSON value (for FedArrays, names, shapes, dtypes)."""
     aggregator: bool
     """``true`` for an aggregator (a node of a tree, docs/aggregators.md); absent means ``false``."""
+    capabilities: dict[str, Any]
+    """What the device can do: ``wire_formats`` it decodes, ``evaluate``, ``secure_aggregation`` (docs/protocol.md)."""
 
 
 class EvaluationAnswer(TypedDict):

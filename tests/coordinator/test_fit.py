@@ -45,7 +45,8 @@ def test_evaluation_without_callback_is_reported_per_device(devices):
     with Federated(data=weights(), remotes=[device.url]) as alg:
         with pytest.raises(RoundFailed) as caught:
             alg.evaluate()
-    assert "not_supported" in caught.value.failures[device.url] and "evaluate" in caught.value.failures[device.url]
+    # its /info says it does not evaluate (#24): named before anything is sent
+    assert "NotSupported" in caught.value.failures[device.url] and "does not evaluate" in caught.value.failures[device.url]
 
 
 def test_fit_records_history_with_metrics_and_evaluation(devices, tmp_path):
@@ -143,6 +144,6 @@ def test_failed_evaluation_does_not_lose_the_merged_round(devices, tmp_path):
     with Federated(data=weights(), remotes=[device.url], checkpoint=tmp_path / "run") as alg:
         history = alg.fit(2, evaluate_every=1, progress=False)
     assert len(history) == 2 and np.all(alg.data.model["w"] == 2.0)
-    assert "not_supported" in history[0].evaluation.failures[device.url]
+    assert "does not evaluate" in history[0].evaluation.failures[device.url]
     assert history[0].evaluation.metrics == {}
     assert len(History.load(next((tmp_path / "run").glob("round-*")) / "history.json")) == 2

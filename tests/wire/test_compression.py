@@ -15,7 +15,7 @@ WIDE = np.concatenate([RNG.normal(0, 1, 5000), RNG.normal(0, 1e3, 500), RNG.unif
 
 def round_trip(array, wire_dtype):
     packed, how = pack({"t": array}, wire_dtype)
-    return unpack(packed, how, wire_dtype, {"t": array.dtype})["t"], packed["t"]
+    return unpack(packed, how, {"t": array.dtype})["t"], packed["t"]
 
 
 def test_float16_error_bound():
@@ -58,17 +58,27 @@ def test_payload_shrinks(wire_dtype, ratio):
     assert small <= full * ratio + 1024
 
 
-def test_wire_dtype_is_part_of_the_specs_and_enforced():
-    weights = {"w": np.ones(4, np.float32)}
-    plain, half = FedArrays(dict(weights)), FedArrays(dict(weights), wire_dtype="float16")
-    assert plain.specs(1) != half.specs(1)
-    with pytest.raises(PayloadRejected, match="wire_dtype"):
-        half.receive(plain.serialize(1), 1)
-    with pytest.raises(PayloadRejected, match="wire_dtype"):
-        half.receive(FedArrays(dict(weights), wire_dtype="int8").serialize(1), 1)
-    assert np.all(half.model["w"] == 1.0)
+def test_the_wire_format_is_not_part_of_the_specs_and_a_device_replies_in_the_format_it_received():
+    weights = {"w": np.full(4, 0.5, np.float32)}
+    plain, half, small = (FedArrays(dict(weights), lambda m: 1, wire_dtype=w) for w in (None, "float16", "int8"))
+    assert plain.specs(1) == half.specs(1) == small.specs(1)  # #24: two devices of one model, one specs
+    for device in (plain, half, small):
+        for sender in ("int8", None, "bfloat16"):
+            device.receive(FedArrays({"w": np.full(4, 0.25, np.float32)}, wire_dtype=sender).serialize(1), 1)
+            assert device.sending == sender and np.all(device.model["w"] == 0.25)
+            reply = codec.decode(device.serialize(1))[1]
+            assert ("fedsync.wire" in reply) == (sender is not None)
     with pytest.raises(ValueError, match="wire_dtype must be one of"):
         FedArrays(dict(weights), wire_dtype="float8")
+
+
+def test_an_unknown_format_is_refused_and_changes_nothing():
+    arrays, how = pack({"w": np.ones(4, np.float32)}, "float16")
+    forged = codec.encode(arrays, {"fedsync.wire": how.replace("float16", "float8")})
+    device = FedArrays({"w": np.zeros(4, np.float32)}, lambda m: 1)
+    with pytest.raises(PayloadRejected, match="float8"):
+        device.receive(forged, 1)
+    assert np.all(device.model["w"] == 0.0) and device.sending is None
 
 
 def test_forged_int8_scale_is_rejected():
