@@ -306,12 +306,23 @@ def table(opts, results: dict) -> tuple[list[str], dict]:
         f"peak RSS {ratios['peak']:.2f}× (growth over its baseline {ratios['growth']:.2f}×). "
         f"All processes' CPU (top + aggregators + devices), tree / flat: {ratios['all_cpu']:.2f}×.",
         "",
+        f"Per reply it merges, the top spends {flat['cpu_round'] / opts.devices * 1000:.1f} ms of CPU flat "
+        f"({opts.devices} replies a round) and {tree['cpu_round'] / aggregators * 1000:.1f} ms in the tree "
+        f"({aggregators}): its CPU follows the number of replies it handles, which the tree divides by "
+        f"{opts.fanout}. Its memory hardly depends on that number (each reply is folded in as it downloads), so "
+        "the tree changes it little.",
+        "",
         f"Same model both ways: the largest difference from the float64 weighted mean of the devices' values is "
         f"{check['flat_vs_expected']:.1e} (flat) and {check['tree_vs_expected']:.1e} (tree); tree against flat "
-        f"{check['tree_vs_flat']:.1e}. Failures: flat {len(flat['failures'])}, tree {len(tree['failures'])} rounds "
-        "with any.",
+        f"{check['tree_vs_flat']:.1e}. Rounds with a failure: flat {len(flat['failures'])}, tree "
+        f"{len(tree['failures'])}.",
     ]
     return lines, ratios
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def write_section(opts, lines: list[str], command: str, load: str) -> None:
@@ -319,10 +330,10 @@ def write_section(opts, lines: list[str], command: str, load: str) -> None:
         SECTION,
         "",
         f"{datetime.date.today():%Y-%m-%d}, `{command}` on {os.cpu_count()} cores shared with other jobs "
-        f"({platform.machine()}, Python {platform.python_version()}, numpy {np.__version__}; load average "
-        f"{load}). {opts.devices} device processes, {opts.params:,} float32 parameters "
-        f"({opts.params * 4 / MB:.1f} MB) in peers.py's six arrays; each device's train copies in fixed values "
-        f"and returns 10 + its index samples. Flat: one top coordinator over the {opts.devices} devices. Tree: "
+        f"({platform.machine()}, Python {platform.python_version()}, numpy {np.__version__}; load averages "
+        f"{load}, this run's own processes included). {opts.devices} device processes, {opts.params:,} float32 "
+        f"parameters ({opts.params * 4 / MB:.1f} MB) in peers.py's six arrays; each device's train copies in "
+        f"fixed values and returns 10 + its index samples. Flat: one top coordinator over the {opts.devices} devices. Tree: "
         f"{opts.devices // opts.fanout} `fedsync serve tree.py:declaration --aggregate URL,... "
         f"--aggregate-timeout {opts.aggregate_timeout:g}` processes over {opts.fanout} devices each, and a top "
         "coordinator over them. Each top coordinator is a fresh process (its own peak RSS); flat rounds first, then "
@@ -385,10 +396,10 @@ def main(argv: list[str] | None = None) -> None:
     command = "python " + " ".join(["benchmarks/tree.py", *argv])
     # SIGTERM unwinds like Ctrl-C, through benchmark()'s finally: every process group started is killed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    started = time.monotonic()
+    started, load_before = time.monotonic(), loadavg()
     with tempfile.TemporaryDirectory(prefix="fedsync-tree-bench-") as tmp:
         results = benchmark(opts, Path(tmp))
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load = f"{load_before} before, {loadavg()} after"
     lines, _ = table(opts, results)
     print(f"\n{os.cpu_count()} cores shared by all {opts.devices + opts.devices // opts.fanout + 1} processes: "
           "the top coordinator's own costs, not a wall-clock speed-up.\n", flush=True)  # fmt: skip
