@@ -1,13 +1,14 @@
 """A hostile review of the aggregator tree (#21 item 1): each test is one finding, failing today.
 
-Every test here is ``xfail(strict=True)``: it states what the project's non-negotiables ask of a tree, and fails
-until fedsync/ is fixed (then the strict xfail turns the pass into a failure: remove the mark with the fix).
+Each test states what the project's non-negotiables ask of a tree. The first three failed before the fixes of
+commit 2699c4a; the two still marked ``xfail(strict=True)`` are known gaps (docs/aggregators.md, "Known limits").
 Real HTTP: every device and aggregator is served by fedsync.serve in this process's threads, on loopback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import struct
 import threading
@@ -18,7 +19,8 @@ import pytest
 import fedsync
 from fedsync import FedArrays, Federated, Remote
 from fedsync.aggregator import Aggregator
-from fedsync.wire.reports import MAX_FAILURES, MAX_REASON
+from fedsync.wire import codec
+from fedsync.wire.reports import FAILURES_KEY, MAX_FAILURES, MAX_REASON, report_metadata
 from tests.support.devices.tree import declaration, leaf, model
 
 TOKEN = "s3cret-review-token-0123456789abcdef"
@@ -31,26 +33,31 @@ def served(*feds, token=None):
         yield [stack.enter_context(fedsync.serve(f, port=0, block=False, token=token)).url for f in feds]
 
 
+class RawFailures(FedArrays):
+    """A hostile leaf that writes its failures below itself, past what fedsync's own writer would send."""
+
+    raw: dict[str, str] = {}
+
+    def serialize(self, repetition):
+        metadata = {**report_metadata(self.report()), FAILURES_KEY: json.dumps(self.raw)}
+        return codec.encode_payload(self.get_arrays(), metadata)
+
+
 def header_bytes(fed: FedArrays) -> int:
     """The length of the header ``fed``'s reply carries (the 8-byte little-endian prefix of the payload)."""
     return struct.unpack("<Q", bytes(fed.serialize(1))[:8])[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="report_metadata (wire/reports.py:300) bounds failures below in characters, not in the header bytes "
-    "the parent accepts; the aggregator prefixes each path it forwards, so a leaf's reply just under the limit "
-    "becomes the aggregator's reply over it, and the parent rejects the whole subtree",
-)
 def test_review_a_hostile_leaf_cannot_push_its_aggregators_reply_over_the_parents_header_limit():
     # A hostile leaf fills fedsync.failures with MAX_FAILURES entries whose reasons (within MAX_REASON characters,
     # each escaped twice on the wire) bring its own header just under the model's header limit: the aggregator
     # accepts it. The aggregator then writes the same failures under "host:port/site-NNN": about 4 KiB more.
     limit = declaration()._header_limit(declaration().layout())
-    hostile = leaf(1, 5)
+    honest = leaf(1, 5)
+    hostile = RawFailures(model(), honest.train)
 
     def fill(length: int) -> int:
-        hostile.failures_below = {f"site-{i:03d}": "é" * length for i in range(MAX_FAILURES)}
+        hostile.raw = {f"site-{i:03d}": "é" * length for i in range(MAX_FAILURES)}
         return header_bytes(hostile)
 
     low, high = 1, MAX_REASON  # the longest reason that keeps the leaf's own header within the limit
@@ -68,11 +75,6 @@ def test_review_a_hostile_leaf_cannot_push_its_aggregators_reply_over_the_parent
     assert middle not in result.failures and result.samples >= 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wire/reports.py:378 checks a failure's path for control characters but not its reason: an escape "
-    "sequence or a newline reaches the top's RoundResult.failures, history and console (federated.py:398)",
-)
 def test_review_a_failure_reason_below_cannot_write_terminal_escapes_into_the_tops_logs(caplog):
     hostile = leaf(1, 5)
     forged = "\x1b[2J\x1b[1;1H\nround 1 of 1: every device answered\x07"
@@ -88,12 +90,6 @@ def test_review_a_failure_reason_below_cannot_write_terminal_escapes_into_the_to
     assert all(text.isprintable() for text in texts), [t for t in texts if not t.isprintable()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scrub_failures/scrub_result scrub failure reasons only, and record_merge (_tree.py:445) makes a "
-    "device-chosen path a key of RoundResult.failures: a device echoing its token in a path puts it in the "
-    "history, the checkpoint and the console (#22's promise)",
-)
 def test_review_a_failure_path_below_cannot_plant_the_token_in_the_history(tmp_path):
     planting = leaf(1, 5)
     planting.failures_below = {f"site-{TOKEN}": f"failed with {TOKEN}"}  # the token the coordinator sent it
