@@ -115,8 +115,13 @@ class FedData:
     def check(self, encoding: Encoding, repetition: int) -> None:
         """Raise ``ValueError`` if ``encoding`` is malformed; the default accepts everything."""
 
-    def evaluate(self, encoding: Encoding, repetition: int) -> tuple[int, dict[str, float]]:
-        """Device side: ``(samples, metrics)`` of the coordinator's state on local data; changes nothing."""
+    def evaluate(
+        self, encoding: Encoding, repetition: int
+    ) -> tuple[int, dict[str, float]] | tuple[int, dict[str, float], dict[str, int]]:
+        """Device side: ``(samples, metrics)`` of the coordinator's state on local data; changes nothing.
+
+        An aggregator answers ``(samples, metrics, weights)``: each metric's own weight below it.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not support federated evaluation")
 
     def summary(self, repetition: int) -> dict[str, Any] | None:

@@ -168,8 +168,9 @@ class Aggregator(FedData):
 
     def evaluate(
         self, encoding: Encoding, repetition: int, config: Config | None = None
-    ) -> tuple[int, dict[str, float]]:
-        """Evaluate the parent's model on the devices below: their total samples and sample-weighted metrics.
+    ) -> tuple[int, dict[str, float], dict[str, int]]:
+        """Evaluate the parent's model on the devices below: their total samples, sample-weighted metrics,
+        and each metric's own weight (the samples of the devices below that reported it).
 
         This aggregator's own model is restored after.
 
@@ -188,7 +189,7 @@ class Aggregator(FedData):
             ) from None
         finally:
             self.data.set_arrays(own)
-        return int(result.samples or 0), dict(result.metrics)
+        return int(result.samples or 0), dict(result.metrics), dict(federated.evaluation_weights)
 
     def merge(self, encodings: Iterable[Any], repetition: int) -> None:
         raise TypeError(

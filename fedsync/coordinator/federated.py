@@ -35,6 +35,7 @@ from ..secagg.settings import SecAgg
 from ..transports.remote import Remote, size
 from ..wire.config import Config, ConfigSource, round_config
 from ..wire.metrics import weighted_means
+from ..wire.reports import metric_weights
 from ..wire.transfer import STALL, Deadline, round_grace
 from . import checkpoint as checkpoint_io
 from . import server_eval
@@ -210,6 +211,7 @@ class Federated:
         self.repetition: int = 0
         self.history: History = History()
         self._rng: random.Random = random.Random(seed)
+        self.evaluation_weights: dict[str, int] = {}  # each metric's weight in the last evaluate()
         self._handshakes: Handshakes = Handshakes()  # the devices whose handshake holds, and what each can do
         self._unrecorded: int = 0  # 1 while a merged round waits for _record: its evaluation names it
         self.checkpoint: Path | None = Path(checkpoint) if checkpoint is not None else None
@@ -329,7 +331,9 @@ class Federated:
                 result.devices[url] = answer
         records = list(result.devices.values())
         result.samples = sum(r["samples"] for r in records)
-        result.metrics = weighted_means(records)
+        result.metrics = weighted_means(records)  # an aggregator's answer weighs each metric by its own weight
+        self.evaluation_weights = metric_weights(records)
+        result.devices = {url: {"samples": r["samples"], "metrics": r["metrics"]} for url, r in result.devices.items()}
         if self.secure_aggregation is not None:
             # Evaluation is not masked: keep only the aggregate, never per-device values (docs/privacy.md).
             result.devices = {}

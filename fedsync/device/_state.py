@@ -377,8 +377,12 @@ class Device:
             self.busy.release()
             job.done.set()
 
-    def evaluate(self, encoding: Any, repetition: int, config: Config | None = None) -> tuple[int, dict[str, float]]:
-        """Run the FedData's evaluation now, unless the model is being written or read."""
+    def evaluate(self, encoding: Any, repetition: int, config: Config | None = None) -> tuple[Any, ...]:
+        """Run the FedData's evaluation now, unless the model is being written or read.
+
+        Returns what the FedData's ``evaluate`` returned: ``(samples, metrics)``, or an aggregator's
+        ``(samples, metrics, weights)``.
+        """
         with self.state_lock:
             job = self.job
             if job is not None and not job.done.is_set():
@@ -397,7 +401,7 @@ class Device:
                 raise
         try:
             # As receive: evaluate(encoding, repetition), with config when takes_extra found it takes one.
-            evaluate: Callable[..., tuple[int, dict[str, float]]] = self.fed.evaluate
+            evaluate: Callable[..., tuple[Any, ...]] = self.fed.evaluate
             if self._evaluate_config:
                 return evaluate(encoding, repetition, config or {})
             return evaluate(encoding, repetition)

@@ -226,8 +226,9 @@ class DeviceApp:
         _hold(request, device.take_receiving())
         device.ensure_can_evaluate()  # again, now that no other body can arrive
         encoding = self._checked_payload(request, device, rep, length)
-        samples, metrics = device.evaluate(encoding, rep, config)
-        return json_response({"repetition": rep, "samples": samples, "metrics": metrics})
+        samples, metrics, *weights = device.evaluate(encoding, rep, config)  # an aggregator's has weights too
+        answer = {"repetition": rep, "samples": samples, "metrics": metrics}
+        return json_response({**answer, "weights": weights[0]} if weights and weights[0] else answer)
 
     def on_secagg(self, request: Request, base: str, rep: int, phase: str) -> Response:
         """A secure-aggregation phase (fedsync.secagg.device): a bounded JSON body in, JSON out.

@@ -34,8 +34,8 @@ from ..protocol import MAX_REPETITION, Encoding
 from ..wire.codec import Payload, read_exactly
 from ..wire.config import encode_config
 from ..wire.http import CONFIG_HEADER, MAX_PAYLOAD, REPETITION_HEADER, SPECS_HEADER, ErrorCode
-from ..wire.metrics import checked_metrics, checked_samples
 from ..wire.replies import ReplyStream
+from ..wire.reports import evaluation_report
 from ..wire.shapes import DeviceInfo, EvaluationAnswer
 from ..wire.tokens import checked_token
 from ..wire.transfer import Deadline, content_length, read_capped
@@ -398,17 +398,11 @@ class Remote:
             timeout=timeout or self.timeout,
         )
         try:
-            if not isinstance(answer, dict):
-                raise ValueError(f"expected a JSON object, got {type(answer).__name__}")
-            if not isinstance(answer.get("samples"), int):  # JSON carries a count as a number, not text
-                raise ValueError(f"samples must be a whole number, got {shown(answer.get('samples'), 40)}")
-            samples = checked_samples(answer.get("samples"), "samples")
-            metrics = checked_metrics(answer.get("metrics"), "metrics")
+            return evaluation_report(answer)  # an aggregator's carries each metric's weight too
         except ValueError as exc:
             raise RemoteError(
                 self.url, f"evaluation answered no valid samples and metrics: {self.scrub(str(exc))}"
             ) from None
-        return {"samples": samples, "metrics": metrics}
 
     def post_json(
         self,

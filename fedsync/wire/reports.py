@@ -24,7 +24,7 @@ from .._util.checks import is_int
 from .._util.json import loads_strict, shown
 from ..errors import PayloadRejected
 from .metrics import MAX_METRICS, checked_metrics, checked_samples, kept_metrics
-from .shapes import DeviceReport
+from .shapes import DeviceReport, EvaluationAnswer
 
 __all__ = [
     "SAMPLES_KEY",
@@ -35,6 +35,7 @@ __all__ = [
     "MAX_PATH",
     "MAX_REASON",
     "read_report",
+    "evaluation_report",
     "report_metadata",
     "metric_weights",
     "node_name",
@@ -81,9 +82,32 @@ def read_report(metadata: Mapping[str, str]) -> DeviceReport:
         ) from None
     report: DeviceReport = {"samples": samples, "metrics": metrics}
     if WEIGHTS_KEY in metadata:
-        report["weights"] = _weights(_object(metadata, WEIGHTS_KEY), samples, metrics)
+        report["weights"] = _weights(
+            _object(metadata, WEIGHTS_KEY), samples, metrics, f"payload metadata {WEIGHTS_KEY!r}"
+        )
     if FAILURES_KEY in metadata:
         report["below"] = _failures(_object(metadata, FAILURES_KEY))
+    return report
+
+
+def evaluation_report(answer: Any) -> EvaluationAnswer:
+    """An evaluation's JSON answer, checked: ``samples`` (a JSON integer), ``metrics`` and optional ``weights``.
+
+    An aggregator's answer carries each metric's own weight, as its training reply does.
+
+    Raises:
+        ValueError: naming the first field out of its bounds (as :func:`read_report` bounds them).
+    """
+    if not isinstance(answer, dict):
+        raise ValueError(f"expected a JSON object, got {type(answer).__name__}")
+    if not is_int(answer.get("samples")):  # JSON carries a count as a number, not text
+        raise ValueError(f"samples must be a whole number, got {shown(answer.get('samples'), 40)}")
+    samples = checked_samples(answer["samples"], "samples")
+    report: EvaluationAnswer = {"samples": samples, "metrics": checked_metrics(answer.get("metrics"), "metrics")}
+    if answer.get("weights") is not None:
+        if not isinstance(answer["weights"], dict):
+            raise ValueError(f"weights must be a JSON object, got {type(answer['weights']).__name__}")
+        report["weights"] = _weights(answer["weights"], samples, report["metrics"], "weights")
     return report
 
 
@@ -167,18 +191,16 @@ def _object(metadata: Mapping[str, str], key: str) -> dict[str, Any]:
     return value
 
 
-def _weights(value: dict[str, Any], samples: int, metrics: Mapping[str, float]) -> dict[str, int]:
+def _weights(value: dict[str, Any], samples: int, metrics: Mapping[str, float], what: str) -> dict[str, int]:
     if len(value) > MAX_METRICS:
-        raise PayloadRejected(f"payload metadata {WEIGHTS_KEY!r} has {len(value)} entries, more than {MAX_METRICS}")
+        raise PayloadRejected(f"{what} has {len(value)} entries, more than {MAX_METRICS}")
     weights = {}
     for name, weight in value.items():
         if name not in metrics:
-            raise PayloadRejected(
-                f"payload metadata {WEIGHTS_KEY!r} weighs the metric {shown(name)}, which the reply does not carry"
-            )
+            raise PayloadRejected(f"{what} weighs the metric {shown(name)}, which the reply does not carry")
         if not is_int(weight) or not 1 <= weight <= max(samples, 1):
             raise PayloadRejected(
-                f"payload metadata {WEIGHTS_KEY!r}: the weight of {shown(name)} must be a whole number of samples "
+                f"{what}: the weight of {shown(name)} must be a whole number of samples "
                 f"in [1, {samples}] (the reply's samples), got {shown(weight, 40)}"
             )
         weights[name] = int(weight)

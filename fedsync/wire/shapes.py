@@ -55,20 +55,19 @@ class DeviceInfo(_DeviceInfoChecked, total=False):
     """What the device can do: ``wire_formats`` it decodes, ``evaluate``, ``secure_aggregation`` (docs/protocol.md)."""
 
 
-class EvaluationAnswer(TypedDict):
-    """``POST /<rep>/evaluate``'s answer, as :meth:`fedsync.Remote.evaluate` returns it (both checked)."""
-
-    samples: int
-    """Examples the device evaluated on, an integer in ``[0, 2**53]``."""
-    metrics: dict[str, float]
-    """At most 256 finite metrics by name, e.g. ``{"loss": 0.31, "accuracy": 0.9}``."""
-
-
 class _Counted(TypedDict):
     samples: int
     """Examples behind the device's reply (training) or evaluation, an integer in ``[0, 2**53]``."""
     metrics: dict[str, float]
     """The device's own finite metrics by name (unitless, as its callback returned them)."""
+
+
+class EvaluationAnswer(_Counted, total=False):
+    """``POST /<rep>/evaluate``'s answer, as :meth:`fedsync.Remote.evaluate` returns it (checked): ``samples``
+    (examples the device evaluated on, in ``[0, 2**53]``) and ``metrics`` (at most 256 finite numbers by name)."""
+
+    weights: dict[str, int]
+    """An aggregator's answer only: each metric's weight, the samples of the devices below that reported it."""
 
 
 class DeviceReport(_Counted, total=False):

@@ -1,7 +1,7 @@
 """A hostile review of the aggregator tree (#21 item 1): each test is one finding, failing today.
 
 Each test states what the project's non-negotiables ask of a tree. The first three failed before the fixes of
-commit 2699c4a; the two still marked ``xfail(strict=True)`` are known gaps (docs/aggregators.md, "Known limits").
+commit 2699c4a, the evaluation's before its answer carried the weights; the one still marked ``xfail(strict=True)`` is a known gap (docs/aggregators.md, "Known limits").
 Real HTTP: every device and aggregator is served by fedsync.serve in this process's threads, on loopback.
 """
 
@@ -105,12 +105,6 @@ def test_review_a_failure_path_below_cannot_plant_the_token_in_the_history(tmp_p
         assert TOKEN.encode() not in data, f"the token is in the {where}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Aggregator.evaluate (aggregator/node.py:191) answers (samples, metrics) without each metric's own "
-    "weight: the top weighs a metric only some leaves report by the aggregator's total samples, unlike the flat "
-    "evaluation (and unlike the training round, which forwards fedsync.metric_weights)",
-)
 def test_review_a_federated_evaluation_through_a_tree_equals_the_flat_one():
     def evaluating(seed: int, n: int, metrics: dict[str, float]) -> FedArrays:
         data = leaf(seed, n)

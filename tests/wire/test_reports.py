@@ -24,6 +24,7 @@ from fedsync.wire.reports import (
     METRICS_KEY,
     SAMPLES_KEY,
     WEIGHTS_KEY,
+    evaluation_report,
     metric_weights,
     node_name,
     read_report,
@@ -73,6 +74,23 @@ def test_every_bad_entry_is_refused_naming_it(entries, named):
     assert next(iter(entries)) in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    "answer, named",
+    [
+        ({"samples": 10, "metrics": {"acc": 0.5}, "weights": {"acc": 11}}, "in [1, 10]"),
+        ({"samples": 10, "metrics": {"acc": 0.5}, "weights": {"f1": 3}}, "does not carry"),
+        ({"samples": 10, "metrics": {"acc": 0.5}, "weights": [3]}, "JSON object"),
+        ({"samples": "10", "metrics": {}}, "whole number"),
+        ({"samples": 10, "metrics": {"acc": float("nan")}}, "finite"),
+    ],
+)
+def test_an_evaluation_answer_is_checked_as_a_reply_is(answer, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        evaluation_report(answer)
+    good = {"samples": 10, "metrics": {"acc": 0.5}, "weights": {"acc": 4}}
+    assert evaluation_report(good) == good
+
+
 def test_metric_weights_default_to_samples_and_skip_empty_replies():
     records = [
         {"samples": 10, "metrics": {"loss": 1.0}},
@@ -85,7 +103,13 @@ def test_metric_weights_default_to_samples_and_skip_empty_replies():
 def test_writing_keeps_the_bounds_reading_checks():
     below = {f"site-{i:04d}": "y" * (MAX_REASON + 50) for i in range(MAX_FAILURES + 10)}
     report = read_report(report_metadata({"samples": 1, "metrics": {}, "below": below}))
-    assert len(report["below"]) == MAX_FAILURES and all(len(why) == MAX_REASON for why in report["below"].values())
+    kept = {path: why for path, why in report["below"].items() if path != "+more"}
+    assert len(report["below"]) <= MAX_FAILURES and all(len(why) == MAX_REASON for why in kept.values())
+    assert report["below"]["+more"].startswith(f"{len(below) - len(kept)} more device(s) below failed")
+    # non-ASCII text costs more header bytes than characters: the writer counts bytes
+    wide = {f"site-{i:04d}": "\u00e9" * MAX_REASON for i in range(MAX_FAILURES)}
+    metadata = report_metadata({"samples": 1, "metrics": {}, "below": wide})
+    assert len(json.dumps(metadata[FAILURES_KEY])) <= 256 * 1024 and "+more" in read_report(metadata)["below"]
 
 
 def test_node_names():
