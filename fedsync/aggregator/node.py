@@ -17,8 +17,9 @@ reply), not central DP or secure aggregation across levels. Both ends refuse tho
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..coordinator.federated import WORKERS, Federated
@@ -29,10 +30,14 @@ from ..strategies import FedAvg
 from ..transports.remote import Remote
 from ..wire.config import Config
 from ..wire.reports import node_name
+from ..wire.transfer import within_parent
 
 __all__ = ["Aggregator"]
 
 logger = logging.getLogger("fedsync.aggregator")
+
+MIN_ROUND = 0.5
+"""The shortest round below, in seconds, an aggregator starts: with less left of the parent's, it fails at once."""
 
 HISTORY = 100
 """Rounds below an aggregator whose results it keeps (``aggregator.federated.history``): memory stays bounded."""
@@ -103,6 +108,7 @@ class Aggregator(FedData):
                 "(docs/aggregators.md)"
             )
         self.data = data
+        self.timeout = timeout  # the round below's own; a parent's deadline may cut it (X-Fedsync-Deadline)
         self.federated = Federated(
             data,
             remotes,
@@ -130,8 +136,14 @@ class Aggregator(FedData):
         """The parent's payload, checked as the model's (names, shapes, dtypes, finite values)."""
         self.data.check(encoding, repetition)
 
-    def receive(self, encoding: Encoding, repetition: int, config: Config | None = None) -> None:
+    def receive(
+        self, encoding: Encoding, repetition: int, config: Config | None = None, *, deadline: float | None = None
+    ) -> None:
         """Load the parent's model, run one round over the devices below, and keep their merge.
+
+        ``deadline``: the seconds left in the parent's round (its ``X-Fedsync-Deadline``). The round below
+        then ends early enough for its merge to be ready within it: its timeout is the smaller of
+        ``timeout`` and :func:`~fedsync.wire.transfer.within_parent` of it.
 
         Raises:
             RoundFailed: the round below failed (too few devices answered, every device reported 0
@@ -146,7 +158,8 @@ class Aggregator(FedData):
         federated.config = dict(config) if config else None
         self.data.failures_below = {}
         try:
-            result = federated.round()
+            with self._within(deadline):
+                result = federated.round()
         except RoundFailed as exc:
             below = self._paths(exc.failures)
             raise RoundFailed(
@@ -167,7 +180,7 @@ class Aggregator(FedData):
         return self.data.serialize(repetition)
 
     def evaluate(
-        self, encoding: Encoding, repetition: int, config: Config | None = None
+        self, encoding: Encoding, repetition: int, config: Config | None = None, *, deadline: float | None = None
     ) -> tuple[int, dict[str, float], dict[str, int]]:
         """Evaluate the parent's model on the devices below: their total samples, sample-weighted metrics,
         and each metric's own weight (the samples of the devices below that reported it).
@@ -182,7 +195,8 @@ class Aggregator(FedData):
         federated = self.federated
         federated.config = dict(config) if config else None
         try:
-            result = federated.evaluate()
+            with self._within(deadline):
+                result = federated.evaluate()
         except RoundFailed as exc:
             raise RoundFailed(
                 f"no device below this aggregator answered: {exc.message}", self._paths(exc.failures)
@@ -200,6 +214,26 @@ class Aggregator(FedData):
     def close(self) -> None:
         """Close the connections to the devices below."""
         self.federated.close()
+
+    @contextlib.contextmanager
+    def _within(self, deadline: float | None) -> Iterator[None]:
+        """The round below's timeout cut to end within the parent's ``deadline`` (seconds left), for one round.
+
+        Raises:
+            RoundFailed: the parent's round leaves no time for a round below.
+        """
+        federated, own = self.federated, self.timeout
+        timeout = within_parent(own, deadline)
+        if deadline is not None and timeout < min(MIN_ROUND, own):
+            raise RoundFailed(
+                f"the parent's round has {deadline:.3g}s left, too little for a round below (it needs its grace "
+                "period and the reply's upload too); give the parent's Federated(timeout=...) more time"
+            )
+        federated.timeout = timeout
+        try:
+            yield
+        finally:
+            federated.timeout = own
 
     # -- naming ----------------------------------------------------------------------
 

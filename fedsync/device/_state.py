@@ -37,7 +37,7 @@ from .._version import PROTOCOL_VERSION, __version__
 from ..protocol import MAX_REPETITION, Encoding, FedData
 from ..secagg.device import session_for_submit
 from ..secagg.device import supported as secagg_supported
-from ..wire.config import Config, takes_extra
+from ..wire.config import Config, takes_extra, takes_keyword
 from ..wire.http import ApiError, ErrorCode
 from ..wire.shapes import DeviceInfo
 from ._reply import download, once, owned_copy, reply_length, response_body
@@ -119,6 +119,8 @@ class Job:
     seconds: float | None = None
     secagg: Any = None
     """The :class:`fedsync.secagg.device.Session` that masks this job's result, if the round runs secure aggregation."""
+    deadline: float | None = None
+    """Seconds left in the coordinator's round when the submission arrived (``X-Fedsync-Deadline``), if it said."""
 
 
 class Device:
@@ -166,6 +168,8 @@ class Device:
         # the seed's receive(encoding, repetition) keeps working as written.
         self._receive_config = takes_extra(fed.receive, 2)
         self._evaluate_config = takes_extra(fed.evaluate, 2)
+        # An aggregator's receive/evaluate also take the parent's deadline (X-Fedsync-Deadline), by keyword.
+        self._deadlines = all(takes_keyword(f, "deadline") for f in (fed.receive, fed.evaluate))
 
     def payload_buffer(self, length: int) -> np.ndarray | None:
         """The last training payload's buffer again, if it fits and nothing holds it any more.
@@ -319,14 +323,17 @@ class Device:
 
     # -- writes to the model ------------------------------------------------------
 
-    def start(self, encoding: Any, repetition: int, config: Config | None = None) -> Job:
-        """Accept a checked payload (and checked config) and work on it in a background thread."""
+    def start(self, encoding: Any, repetition: int, config: Config | None = None, deadline: float | None = None) -> Job:
+        """Accept a checked payload (and checked config) and work on it in a background thread.
+
+        ``deadline``: the seconds left in the coordinator's round (``X-Fedsync-Deadline``), for a FedData that takes it.
+        """
         with self.state_lock:
             self._ensure_can_accept(repetition)
             secagg = session_for_submit(self, repetition, self.secagg_required)
             if not self.busy.acquire(blocking=False):
                 raise ApiError(409, ErrorCode.BUSY, "evaluating the global model; try again in a moment")
-            job = Job(repetition, secagg=secagg)
+            job = Job(repetition, secagg=secagg, deadline=deadline)
             self.job = job
             self.last_repetition = repetition
         self._launch(job, encoding, config or {})
@@ -350,7 +357,10 @@ class Device:
         try:
             # The contract's receive takes (encoding, repetition); takes_extra found whether this one takes config too.
             receive: Callable[..., None] = self.fed.receive
-            if self._receive_config:
+            if self._deadlines:  # an aggregator: its round below ends within what is left of the parent's
+                left = None if job.deadline is None else job.deadline - (time.monotonic() - job.started)
+                receive(encoding, job.repetition, config, deadline=left)
+            elif self._receive_config:
                 receive(encoding, job.repetition, config)
             else:
                 receive(encoding, job.repetition)
@@ -377,7 +387,9 @@ class Device:
             self.busy.release()
             job.done.set()
 
-    def evaluate(self, encoding: Any, repetition: int, config: Config | None = None) -> tuple[Any, ...]:
+    def evaluate(
+        self, encoding: Any, repetition: int, config: Config | None = None, deadline: float | None = None
+    ) -> tuple[Any, ...]:
         """Run the FedData's evaluation now, unless the model is being written or read.
 
         Returns what the FedData's ``evaluate`` returned: ``(samples, metrics)``, or an aggregator's
@@ -402,6 +414,8 @@ class Device:
         try:
             # As receive: evaluate(encoding, repetition), with config when takes_extra found it takes one.
             evaluate: Callable[..., tuple[Any, ...]] = self.fed.evaluate
+            if self._deadlines:
+                return evaluate(encoding, repetition, config or {}, deadline=deadline)
             if self._evaluate_config:
                 return evaluate(encoding, repetition, config or {})
             return evaluate(encoding, repetition)

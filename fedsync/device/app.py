@@ -45,6 +45,7 @@ from ..wire.codec import read_exactly
 from ..wire.config import Config, decode_config
 from ..wire.http import (
     CONFIG_HEADER,
+    DEADLINE_HEADER,
     INDEX_ROUTES,
     MAX_PAYLOAD,
     MAX_WAIT,
@@ -57,6 +58,7 @@ from ..wire.http import (
     json_response,
 )
 from ..wire.tokens import checked_token
+from ..wire.transfer import parse_deadline
 from ._resume import UPLOAD_LENGTH, UPLOAD_OFFSET, check_resumable, range_start, received, sent, upload_number
 from ._state import Device, PartialUpload, checked_repetition
 from ._status import content_security_policy, render_index, render_locked, render_status
@@ -154,6 +156,7 @@ class DeviceApp:
         _check_size(device, rep, length)
         self._check_specs(request, device, rep)
         config = _checked_config(request)
+        _checked_deadline(request)  # a bad one refused before the body is read (and read again at start)
         _hold(request, device.take_receiving())  # one payload in memory at a time, the others 409 unread
         device.ensure_can_accept(rep)  # again, now that no other body can arrive: read none in vain
         device.drop_upload()  # a fresh submission replaces a broken one (its buffer may serve this one)
@@ -165,7 +168,7 @@ class DeviceApp:
         device.begin_upload(partial)
         del buffer
         encoding = received(request, device, partial)
-        job = device.start(encoding, rep, config)
+        job = device.start(encoding, rep, config, _checked_deadline(request))
         return json_response({"repetition": job.repetition, "state": "training"}, 202)
 
     def on_submit_offset(self, request: Request, base: str, rep: int) -> Response:
@@ -202,7 +205,7 @@ class DeviceApp:
         # Again, now that this request holds the one receiving slot: it may have moved meanwhile.
         partial = device.resume_upload(rep, lambda held: check_resumable(held, request, offset, total))
         encoding = received(request, device, partial)
-        job = device.start(encoding, rep, config)
+        job = device.start(encoding, rep, config, _checked_deadline(request))
         return json_response({"repetition": job.repetition, "state": "training"}, 202)
 
     def on_evaluate(self, request: Request, base: str, rep: int) -> Response:
@@ -226,7 +229,7 @@ class DeviceApp:
         _hold(request, device.take_receiving())
         device.ensure_can_evaluate()  # again, now that no other body can arrive
         encoding = self._checked_payload(request, device, rep, length)
-        samples, metrics, *weights = device.evaluate(encoding, rep, config)  # an aggregator's has weights too
+        samples, metrics, *weights = device.evaluate(encoding, rep, config, _checked_deadline(request))
         answer = {"repetition": rep, "samples": samples, "metrics": metrics}
         return json_response({**answer, "weights": weights[0]} if weights and weights[0] else answer)
 
@@ -532,6 +535,15 @@ def _checked_config(request: Request) -> Config:
             400, ErrorCode.BAD_CONFIG, f"{CONFIG_HEADER} rejected: {exc}; send a JSON object of at most 64 keys "
             'mapped to strings, numbers or booleans, e.g. {"lr": 0.01, "epochs": 1}',
         ) from None  # fmt: skip
+
+
+def _checked_deadline(request: Request) -> float | None:
+    """``X-Fedsync-Deadline`` in seconds (``None`` without one), or a ``400 bad_deadline`` ApiError."""
+    raw = request.headers.get(DEADLINE_HEADER)
+    try:
+        return None if raw is None else parse_deadline(raw)
+    except ValueError as exc:
+        raise ApiError(400, ErrorCode.BAD_DEADLINE, f"{DEADLINE_HEADER} rejected: {exc}") from None
 
 
 def _wait(raw: str) -> float:

@@ -33,12 +33,12 @@ from ..plugins.hookspecs import RegisterTransport, hookimpl
 from ..protocol import MAX_REPETITION, Encoding
 from ..wire.codec import Payload, read_exactly
 from ..wire.config import encode_config
-from ..wire.http import CONFIG_HEADER, MAX_PAYLOAD, REPETITION_HEADER, SPECS_HEADER, ErrorCode
+from ..wire.http import CONFIG_HEADER, DEADLINE_HEADER, MAX_PAYLOAD, REPETITION_HEADER, SPECS_HEADER, ErrorCode
 from ..wire.replies import ReplyStream
 from ..wire.reports import evaluation_report
 from ..wire.shapes import DeviceInfo, EvaluationAnswer
 from ..wire.tokens import checked_token
-from ..wire.transfer import Deadline, content_length, read_capped
+from ..wire.transfer import MAX_DEADLINE, Deadline, content_length, read_capped
 from ._answers import Refused, parsed, refusal
 from ._resume import Resumes, ResumingAnswer, checked_resumed, submit_resuming
 from .base import Answer, Body, Transport
@@ -209,7 +209,8 @@ class Remote:
         """
         body, mimetype = _request_body(payload)
         wait = timeout or self.timeout
-        answer = submit_resuming(self, repetition, _headers(specs, mimetype, config), body, wait, deadline)
+        headers = _headers(specs, mimetype, config, deadline)
+        answer = submit_resuming(self, repetition, headers, body, wait, deadline)
         # Its JSON says nothing the status did not; read (bounded) so the connection is reused.
         read_capped(answer, MAX_JSON, Deadline.within(wait), self.url, truncate=True)
 
@@ -394,7 +395,7 @@ class Remote:
             body,
             deadline=deadline,
             what="the evaluation",
-            headers=_headers(specs, mimetype, config),
+            headers=_headers(specs, mimetype, config, deadline),
             timeout=timeout or self.timeout,
         )
         try:
@@ -571,10 +572,12 @@ def _request_body(payload: Encoding) -> tuple[Body, str]:
     return (view.cast("B") if view.c_contiguous else view.tobytes()), "application/octet-stream"
 
 
-def _headers(specs: str, mimetype: str, config: Mapping[str, Any] | None) -> dict[str, str]:
+def _headers(specs: str, mimetype: str, config: Mapping[str, Any] | None, deadline: Deadline | None) -> dict[str, str]:
     headers = {SPECS_HEADER: specs, "Content-Type": mimetype}
     if config:
         headers[CONFIG_HEADER] = encode_config(config)
+    if deadline is not None and (left := deadline.left()) <= MAX_DEADLINE:  # an aggregator ends within it
+        headers[DEADLINE_HEADER] = f"{max(0.0, left):.3f}"
     return headers
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "decode_config",
     "round_config",
     "takes_extra",
+    "takes_keyword",
 ]
 
 MAX_CONFIG_BYTES = 8192
@@ -221,3 +222,13 @@ def takes_extra(function: Callable[..., Any], given: int, name: str = "config") 
         extra = positional[given]
         return extra.default is inspect.Parameter.empty or extra.name == name
     return any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
+def takes_keyword(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function`` has a parameter called ``name`` that can be passed by keyword (not ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # builtins and some C callables: no signature to read
+        return False
+    found = parameters.get(name)
+    return found is not None and found.kind in (found.POSITIONAL_OR_KEYWORD, found.KEYWORD_ONLY)

@@ -23,6 +23,7 @@ __all__ = [
     "SPECS_HEADER",
     "REPETITION_HEADER",
     "CONFIG_HEADER",
+    "DEADLINE_HEADER",
     "MAX_PAYLOAD",
     "MAX_WAIT",
     "SECAGG_PHASES",
@@ -41,6 +42,12 @@ SPECS_HEADER = "X-Fedsync-Specs"
 
 REPETITION_HEADER = "X-Fedsync-Repetition"
 """HTTP header carrying the repetition a result belongs to."""
+
+DEADLINE_HEADER = "X-Fedsync-Deadline"
+"""HTTP header carrying the seconds left in the coordinator's round when it sent a submission or an evaluation.
+
+Informational for a device; an aggregator ends its round below within it (docs/aggregators.md).
+"""
 
 CONFIG_HEADER = "X-Fedsync-Config"
 """HTTP header carrying a round's configuration (submissions and evaluations; :mod:`fedsync.wire.config`)."""
@@ -163,6 +170,8 @@ class ErrorCode(str, Enum):
     BAD_ANSWER = "bad_answer"
     REQUEST_TIMEOUT = "request_timeout"
     BAD_UPLOAD_OFFSET = "bad_upload_offset"
+    # A tree of aggregators (docs/aggregators.md): the parent's deadline travels down.
+    BAD_DEADLINE = "bad_deadline"
     UNKNOWN_UPLOAD = "unknown_upload"
     UPLOAD_CHANGED = "upload_changed"
     LISTENER_CLOSING = "listener_closing"

@@ -38,6 +38,9 @@ __all__ = [
     "content_length",
     "round_grace",
     "NEVER",
+    "MAX_DEADLINE",
+    "parse_deadline",
+    "within_parent",
 ]
 
 STALL = 1.0
@@ -58,6 +61,37 @@ MAX_DIGITS = 19
 def round_grace(timeout: float) -> float:
     """The grace period, in seconds, of a round whose timeout is ``timeout`` seconds."""
     return min(MAX_GRACE, GRACE_SHARE * timeout)
+
+
+MAX_DEADLINE = 10_000_000.0
+"""The most seconds ``X-Fedsync-Deadline`` may say (115 days): beyond any round."""
+
+
+def parse_deadline(raw: str) -> float:
+    """``X-Fedsync-Deadline``'s value: the seconds left in the coordinator's round, a decimal in ``[0, MAX_DEADLINE]``.
+
+    Raises:
+        ValueError: not a plain decimal number (at most 32 characters, no exponent, no sign) in range.
+    """
+    text = raw.strip()
+    digits = text.replace(".", "", 1)
+    if not 0 < len(text) <= 32 or not digits.isascii() or not digits.isdigit():
+        raise ValueError(f"expected seconds as a decimal number, e.g. 42.5; got {raw[:40]!r}")
+    seconds = float(text)
+    if not 0 <= seconds <= MAX_DEADLINE:
+        raise ValueError(f"expected at most {MAX_DEADLINE:g} seconds, got {seconds:g}")
+    return seconds
+
+
+def within_parent(own: float, left: float | None) -> float:
+    """The timeout of a round that must end within ``left`` seconds (a parent's deadline), its own being ``own``.
+
+    Its replies' grace (:func:`round_grace`), one ``STALL`` and half a second of the parent's are kept
+    aside, so the round and its merge end before the parent stops waiting. ``left=None``: ``own``.
+    """
+    if left is None:
+        return own
+    return max(0.0, min(own, left - round_grace(left) - STALL - 0.5))
 
 
 @dataclass(frozen=True)
