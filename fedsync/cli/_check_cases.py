@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..wire.http import CONFIG_HEADER, REPETITION_HEADER, SPECS_HEADER
+from ..wire.http import CONFIG_HEADER, REPETITION_HEADER, SPECS_HEADER, ErrorCode
 from . import _check_payload as payloads
 from ._check_probe import Answer, Checker
 
@@ -97,21 +97,21 @@ def tokens(c: Checker) -> None:
     if not c.token:
         c.skipped("token", "no --token given: the device's authentication is not checked", "tokens")
         return
-    c.expect_error("token missing", c.request("GET", "/info", auth=False), 401, "unauthorized", "tokens",
+    c.expect_error("token missing", c.request("GET", "/info", auth=False), 401, ErrorCode.UNAUTHORIZED, "tokens",
                    "GET /info without Authorization")  # fmt: skip
-    c.expect_error("token wrong", c.request("GET", "/info", auth=c.token + "x"), 401, "unauthorized", "tokens",
+    c.expect_error("token wrong", c.request("GET", "/info", auth=c.token + "x"), 401, ErrorCode.UNAUTHORIZED, "tokens",
                    "GET /info with another token")  # fmt: skip
     c.expect_error("token before routing", c.request("GET", "/fedsync-check/none", auth=False), 401,
-                   "unauthorized", "tokens", "an unknown route without the token")  # fmt: skip
+                   ErrorCode.UNAUTHORIZED, "tokens", "an unknown route without the token")  # fmt: skip
 
 
 def routing(c: Checker) -> None:
     """Unknown routes, wrong methods and too large repetitions, each a JSON error."""
-    c.expect_error("unknown route", c.request("GET", "/fedsync-check/no-such-route"), 404, "not_found", "errors",
-                   "GET of an unknown route")  # fmt: skip
-    c.expect_error("wrong method", c.request("PUT", "/info", body=b""), 405, "method_not_allowed", "errors",
-                   "PUT /info")  # fmt: skip
-    c.expect_error("bad repetition", c.request("GET", f"/{TOO_BIG}/result"), 400, "bad_repetition", "routes",
+    unknown = c.request("GET", "/fedsync-check/no-such-route")
+    c.expect_error("unknown route", unknown, 404, ErrorCode.NOT_FOUND, "errors", "GET of an unknown route")
+    wrong = c.request("PUT", "/info", body=b"")
+    c.expect_error("wrong method", wrong, 405, ErrorCode.METHOD_NOT_ALLOWED, "errors", "PUT /info")
+    c.expect_error("bad repetition", c.request("GET", f"/{TOO_BIG}/result"), 400, ErrorCode.BAD_REPETITION, "routes",
                    f"GET /{TOO_BIG}/result (above 2**53)")  # fmt: skip
 
 
@@ -120,18 +120,18 @@ def refusals(c: Checker, rep: int, specs: str, payload: bytes) -> None:
     binary = {"Content-Type": BINARY}
     other = "arrays:sha256:" + ("0" * 16 if not specs.endswith("0" * 16) else "1" * 16)
     sent = [
-        ("missing specs", {}, payload, 400, "missing_specs", "no X-Fedsync-Specs header"),
-        ("wrong specs", {SPECS_HEADER: other}, payload, 409, "specs_mismatch", "another model's specs"),
-        ("bad config", {SPECS_HEADER: specs, CONFIG_HEADER: "[1]"}, payload, 400, "bad_config",
+        ("missing specs", {}, payload, 400, ErrorCode.MISSING_SPECS, "no X-Fedsync-Specs header"),
+        ("wrong specs", {SPECS_HEADER: other}, payload, 409, ErrorCode.SPECS_MISMATCH, "another model's specs"),
+        ("bad config", {SPECS_HEADER: specs, CONFIG_HEADER: "[1]"}, payload, 400, ErrorCode.BAD_CONFIG,
          "X-Fedsync-Config that is not a JSON object"),
-        ("malformed payload", {SPECS_HEADER: specs}, b"\xff" * 16, 400, "malformed_payload",
+        ("malformed payload", {SPECS_HEADER: specs}, b"\xff" * 16, 400, ErrorCode.MALFORMED_PAYLOAD,
          "16 bytes that are no safetensors payload"),
     ]  # fmt: skip
     for name, headers, body, status, code, why in sent:
         answer = c.request("POST", f"/{rep}/submit", body=body, headers={**binary, **headers})
         c.expect_error(name, answer, status, code, "submit", f"POST /{rep}/submit with {why}")
     answer = c.request("GET", f"/{rep + 1}/result?wait=not-a-number")
-    c.expect_error("repetition before wait", answer, 404, "unknown_repetition", "result",
+    c.expect_error("repetition before wait", answer, 404, ErrorCode.UNKNOWN_REPETITION, "result",
                    f"GET /{rep + 1}/result?wait=not-a-number on a device not working on it")  # fmt: skip
     unchanged(c, "refusals change nothing", rep - 1)
 
@@ -217,10 +217,10 @@ def after_result(c: Checker, rep: int, specs: str, payload: bytes, first: bytes)
     else:
         c.passed("result HEAD", "200 without a body", "result")
     for raw in ("not-a-number", "-1"):
-        c.expect_error(f"bad wait {raw}", c.request("GET", f"/{rep}/result?wait={raw}"), 400, "bad_wait", "result",
-                       f"GET /{rep}/result?wait={raw}")  # fmt: skip
+        bad = c.request("GET", f"/{rep}/result?wait={raw}")
+        c.expect_error(f"bad wait {raw}", bad, 400, ErrorCode.BAD_WAIT, "result", f"GET /{rep}/result?wait={raw}")
     answer = c.request("POST", f"/{rep}/submit", body=payload, headers={"Content-Type": BINARY, SPECS_HEADER: specs})
-    c.expect_error("stale repetition", answer, 409, "stale_repetition", "submit", f"POST /{rep}/submit again")
+    c.expect_error("stale repetition", answer, 409, ErrorCode.STALE_REPETITION, "submit", f"POST /{rep}/submit again")
     unchanged(c, "repetition kept", rep)
 
 
@@ -228,7 +228,7 @@ def evaluate(c: Checker, rep: int, specs: str, payload: bytes) -> None:
     """``POST {rep}/evaluate``: 200 with samples and metrics, or 501 not_supported (SKIP)."""
     answer = c.request("POST", f"/{rep}/evaluate", body=payload, headers={"Content-Type": BINARY, SPECS_HEADER: specs})
     body = answer.json()
-    if answer.status == 501 and isinstance(body, dict) and body.get("error") == "not_supported":
+    if answer.status == 501 and isinstance(body, dict) and body.get("error") == ErrorCode.NOT_SUPPORTED:
         c.skipped("evaluate", "not supported (501 not_supported)", "evaluate")
         return
     samples = body.get("samples") if isinstance(body, dict) else None

@@ -47,13 +47,13 @@ class Outcome:
 
 @dataclass
 class Answer:
-    """What a device answered: status, headers (lower-case names), body; ``error`` when nothing came."""
+    """What a device answered: status, headers (lower-case names), body; ``failure`` when nothing came."""
 
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     seconds: float = 0.0
-    error: str | None = None
+    failure: str | None = None
 
     def json(self) -> Any:
         """The body as strict JSON, or ``None`` when it is not."""
@@ -69,8 +69,8 @@ class Answer:
 
     def shown(self) -> str:
         """The answer in a few words, for a failure's message."""
-        if self.error is not None:
-            return self.error
+        if self.failure is not None:
+            return self.failure
         text = self.body[:160].decode("utf-8", "replace").replace("\n", " ")
         return f"HTTP {self.status} {self.headers.get('content-type', '(no Content-Type)')} {text!r}"
 
@@ -118,7 +118,7 @@ class Checker:
         if token:
             sent["Authorization"] = f"Bearer {token}"
         if self.left() <= 0:
-            return Answer(error="the check's deadline passed before this request")
+            return Answer(failure="the check's deadline passed before this request")
         timeout = min(self.left(), self.timeout + wait)
         started = time.monotonic()
         try:
@@ -130,12 +130,12 @@ class Checker:
                 for piece in response.iter_content(65536):
                     content += piece
                     if len(content) > 512 * 1024 * 1024 or time.monotonic() - started > timeout:
-                        return Answer(error="an answer over 512 MiB, or slower than the request's timeout")
+                        return Answer(failure="an answer over 512 MiB, or slower than the request's timeout")
                 headers_ = {k.lower(): v for k, v in response.headers.items()}
                 return Answer(response.status_code, headers_, content, time.monotonic() - started)
         except requests.RequestException as exc:
             return Answer(
-                error=f"no answer: {type(exc).__name__}: {str(exc)[:200]}", seconds=time.monotonic() - started
+                failure=f"no answer: {type(exc).__name__}: {str(exc)[:200]}", seconds=time.monotonic() - started
             )
 
     def record(self, name: str, verdict: str, detail: str, section: str) -> bool:
@@ -160,7 +160,7 @@ class Checker:
 
     def expect_error(self, name: str, answer: Answer, status: int, code: str, section: str, why: str) -> bool:
         """A check that ``answer`` is ``status`` with the JSON error ``code`` (docs/protocol.md, "Errors")."""
-        if answer.error is not None or answer.status != status:
+        if answer.failure is not None or answer.status != status:
             return self.failed(name, f"{why}: expected {status} {code}, got {answer.shown()}", section)
         if not answer.headers.get("content-type", "").startswith("application/json"):
             return self.failed(name, f"{why}: a {status} whose body is not JSON: {answer.shown()}", "errors")
