@@ -552,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._certs import add_certs_command
 
     add_certs_command(commands)
+    from ._check import add_check_command
+
+    add_check_command(commands)
     return parser
 
 
