@@ -53,14 +53,17 @@ def weights_of(summary: Any) -> Weights | str:
     return list(weights)
 
 
-def rule_of(specs: str, weights: Weights) -> tuple[bool, str | None]:
-    """Whether ``specs`` follows the array rule for ``weights``, and the ``wire_dtype`` it implies."""
-    if specs == "arrays:" + fingerprint(weights):
-        return True, None
-    for wire_dtype in compression.WIRE_DTYPES:
-        if specs == "arrays:" + fingerprint({"architecture": weights, "wire_dtype": wire_dtype}):
-            return True, wire_dtype
-    return False, None
+def rule_of(specs: str, weights: Weights) -> bool:
+    """Whether ``specs`` follows the array rule for ``weights`` (the wire format is not part of it)."""
+    return specs == "arrays:" + fingerprint(weights)
+
+
+def wire_format_of(info: dict[str, Any]) -> str | None:
+    """The wire format to send the device: the first its ``/info`` capabilities list that fedsync knows, else none."""
+    capabilities = info.get("capabilities")
+    formats = capabilities.get("wire_formats") if isinstance(capabilities, dict) else None
+    known = [f for f in formats if f in compression.WIRE_DTYPES] if isinstance(formats, list) else []
+    return known[0] if known else None
 
 
 def why_specs_differ(specs: str, weights: Weights) -> str:
@@ -127,7 +130,7 @@ def read_reply(body: bytes, weights: Weights, wire_dtype: str | None) -> tuple[l
     if compression.WIRE_KEY in metadata:
         try:
             expected = {w["name"]: np.dtype(w["dtype"]) for w in weights}
-            arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], wire_dtype, expected)
+            arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], expected)
         except ValueError as exc:
             return [*problems, f"{compression.WIRE_KEY}: {exc}"], report
     found = {name: (list(a.shape), a.dtype.name) for name, a in arrays.items()}
