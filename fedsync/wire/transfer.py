@@ -40,6 +40,7 @@ __all__ = [
     "NEVER",
     "MAX_DEADLINE",
     "parse_deadline",
+    "parse_seconds",
     "within_parent",
 ]
 
@@ -67,20 +68,32 @@ MAX_DEADLINE = 10_000_000.0
 """The most seconds ``X-Fedsync-Deadline`` may say (115 days): beyond any round."""
 
 
-def parse_deadline(raw: str) -> float:
-    """``X-Fedsync-Deadline``'s value: the seconds left in the coordinator's round, a decimal in ``[0, MAX_DEADLINE]``.
+def parse_seconds(raw: str, most: float = MAX_DEADLINE) -> float:
+    """A number of seconds a peer wrote, as every language writes it: a plain decimal in ``[0, most]``.
+
+    ASCII digits with at most one ``.``, at most 32 characters, surrounding spaces ignored: no sign,
+    exponent, underscore, ``inf`` or ``nan`` (what Python's ``float()`` alone would also take).
 
     Raises:
-        ValueError: not a plain decimal number (at most 32 characters, no exponent, no sign) in range.
+        ValueError: anything else, naming what was expected.
     """
     text = raw.strip()
     digits = text.replace(".", "", 1)
     if not 0 < len(text) <= 32 or not digits.isascii() or not digits.isdigit():
-        raise ValueError(f"expected seconds as a decimal number, e.g. 42.5; got {raw[:40]!r}")
+        raise ValueError(f"expected seconds as a plain decimal number, e.g. 42.5; got {raw[:40]!r}")
     seconds = float(text)
-    if not 0 <= seconds <= MAX_DEADLINE:
-        raise ValueError(f"expected at most {MAX_DEADLINE:g} seconds, got {seconds:g}")
+    if not 0 <= seconds <= most:
+        raise ValueError(f"expected at most {most:g} seconds, got {seconds:g}")
     return seconds
+
+
+def parse_deadline(raw: str) -> float:
+    """``X-Fedsync-Deadline``'s value: the seconds left in the coordinator's round (:func:`parse_seconds`).
+
+    Raises:
+        ValueError: not a plain decimal number in ``[0, MAX_DEADLINE]``.
+    """
+    return parse_seconds(raw, MAX_DEADLINE)
 
 
 def within_parent(own: float, left: float | None) -> float:

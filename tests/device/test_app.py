@@ -158,7 +158,7 @@ def test_result_errors():
     data.release.set()
 
 
-@pytest.mark.parametrize("wait", ["-1", "inf", "-inf", "nan", "1e999", "soon", "", "1" * 41])
+@pytest.mark.parametrize("wait", ["-1", "inf", "-inf", "nan", "1e999", "soon", "", "1" * 41, "1_0", "1e3", "%2B5", "0x10"])
 def test_a_wait_that_is_not_a_finite_number_of_seconds_is_refused(wait):
     data, client = make_device()
     assert submit(client, data).status_code == 202
