@@ -369,11 +369,25 @@ def read_pieces(
         count = (tensor.end - tensor.begin) // itemsize
         for first in range(0, count, per_piece):
             piece = _read_into(readinto, buffer[: min(per_piece, count - first) * itemsize])
-            yield tensor.name, first, np.frombuffer(piece, tensor.dtype)
+            yield tensor.name, first, _checked_values(tensor, np.frombuffer(piece, tensor.dtype))
 
 
 def _views(tensors: list[Tensor], data: memoryview) -> dict[str, np.ndarray]:
-    return {t.name: np.frombuffer(data, t.dtype, math.prod(t.shape), t.begin).reshape(t.shape) for t in tensors}
+    return {
+        t.name: _checked_values(t, np.frombuffer(data, t.dtype, math.prod(t.shape), t.begin)).reshape(t.shape)
+        for t in tensors
+    }
+
+
+def _checked_values(tensor: Tensor, values: np.ndarray) -> np.ndarray:
+    """``values`` of ``tensor``, refused if they are not what its dtype allows: a BOOL byte is 0 or 1.
+
+    Every other dtype's every bit pattern is a value (NaN and infinity are the receiver's check).
+    """
+    if values.dtype.kind == "b" and values.size and int(values.view(np.uint8).max()) > 1:
+        bad = int(values.view(np.uint8).max())
+        raise CodecError(f"tensor {tensor.name!r} is BOOL but holds the byte {bad}: a boolean is 0 or 1")
+    return values
 
 
 def _read_into(readinto: Callable[[memoryview], int | None], view: memoryview) -> memoryview:

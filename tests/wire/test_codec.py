@@ -650,3 +650,29 @@ def test_read_pieces_with_a_buffer_smaller_than_one_element_raises_codec_error()
     header = codec.read_header(source.readinto, len(payload))
     with pytest.raises(CodecError, match="cannot hold one float64 element"):
         list(codec.read_pieces(source.readinto, header, memoryview(bytearray(4))))
+
+
+def test_a_boolean_array_holding_a_byte_other_than_0_or_1_is_refused():
+    # #24's contract review: the codec read any byte as a BOOL, and the weighted majority summed it as that
+    # byte (a 255 counting as 255 votes). A BOOL byte is 0 or 1, decoded whole or read piece by piece.
+    from fedsync.errors import CodecError
+
+    good = bytes(codec.encode({"flag": np.array([True, False])}, {}))
+    forged = bytearray(good)
+    forged[-1] = 255
+    with pytest.raises(CodecError, match="BOOL but holds the byte 255"):
+        codec.decode(bytes(forged))
+    view = memoryview(bytes(forged))
+    position = 0
+
+    def readinto(target):
+        nonlocal position
+        n = min(len(target), len(view) - position)
+        target[:n] = view[position : position + n]
+        position += n
+        return n
+
+    header = codec.read_header(readinto, len(view))
+    with pytest.raises(CodecError, match="BOOL"):
+        list(codec.read_pieces(readinto, header, memoryview(bytearray(64))))
+    assert codec.decode(good)[0]["flag"].tolist() == [True, False]

@@ -151,3 +151,4 @@ def test_a_reply_with_a_bad_report_is_that_devices_failure_alone(lie):
     assert set(result.failures) == {bad.url} and next(iter(lie)) in result.failures[bad.url]
     assert result.samples == 10 and result.metrics == {"loss": 2.0}
     np.testing.assert_array_equal(coordinator.get_arrays()["w"], np.full(4, 2.0, np.float32))
+
