@@ -22,6 +22,7 @@ from .._util.json import shown
 from .._util.workers import Workers, take
 from ..errors import RoundFailed, failure_reason
 from ..protocol import Encoding
+from ..wire.codec import SUPPORTED_DTYPES
 from ..wire.replies import ReplyStream
 from ..wire.transfer import LATE, Deadline
 from .history import RoundResult
@@ -292,6 +293,11 @@ def first_difference(ours: Any, theirs: Any) -> str | None:
                 if a[0] != b[0]:
                     return f"expected weight {a[0]!r}, device has {shown(b[0], 200)}"
                 dtype = shown(b[2], 40) if not isinstance(b[2], str) or len(b[2]) > 40 else b[2]
+                if b[2] not in SUPPORTED_DTYPES:  # not a dtype the protocol carries: say so, not "another shape"
+                    return (
+                        f"{a[0]}: the device's dtype {dtype} is none the protocol carries "
+                        f"({', '.join(SUPPORTED_DTYPES)}); expected {a[2]}"
+                    )
                 return f"{a[0]}: expected {a[1]} {a[2]}, device has {shown(b[1], 80)} {dtype}"
         if len(mine) != len(other):
             return f"expected {len(mine)} weights, device has {len(other)}"

@@ -56,3 +56,18 @@ def test_the_same_weights_hashed_by_another_rule_point_to_the_documented_rule():
 def test_another_kind_of_fed_data_is_named():
     why = mismatch(FedArrays(weights()), OtherKind(weights(), lambda m: 1))
     assert "another kind of FedData ('torch' against 'arrays')" in why
+
+
+class UnknownDtype(FedArrays):
+    """A device whose summary names a dtype the protocol does not carry (as a hand-written one might: bfloat16)."""
+
+    def summary(self, repetition):
+        return {"weights": [{"name": "w", "shape": [4], "dtype": "bfloat16"}]}
+
+    def specs(self, repetition):
+        return "arrays:sha256:00000000000000aa"
+
+
+def test_an_unknown_dtype_is_named_as_such():
+    why = mismatch(FedArrays(weights()), UnknownDtype(weights(), lambda m: 1))
+    assert "the device's dtype bfloat16 is none the protocol carries" in why and "float32" in why
