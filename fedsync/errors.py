@@ -20,6 +20,7 @@ __all__ = [
     "RemoteBusy",
     "TrainingFailed",
     "RoundFailed",
+    "EmptyRound",
     "AdapterNotFound",
     "PluginError",
     "CheckpointError",
@@ -102,6 +103,18 @@ class RoundFailed(FedSyncError, RuntimeError):
         self.failures = dict(failures or {})
         detail = "".join(f"\n  {url}: {why}" for url, why in self.failures.items())
         super().__init__(message + detail)
+
+
+class EmptyRound(RoundFailed):
+    """Every device that answered reported 0 samples: nothing to merge, the FedData unchanged.
+
+    ``reports``: each answering device's ``{"samples": 0, "metrics": {...}}``, in merge
+    order. ``Federated(empty_rounds="keep")`` records such a round and goes on.
+    """
+
+    def __init__(self, message: str, failures: dict[str, str] | None = None, reports: Any = ()) -> None:
+        super().__init__(message, failures)
+        self.reports = list(reports)
 
 
 class AdapterNotFound(FedSyncError, LookupError):

@@ -20,7 +20,7 @@ from typing import Any
 
 from .._util.json import shown
 from .._util.workers import Workers, take
-from ..errors import RoundFailed, failure_reason
+from ..errors import EmptyRound, RoundFailed, failure_reason
 from ..protocol import Encoding
 from ..wire.codec import SUPPORTED_DTYPES
 from ..wire.replies import ReplyStream
@@ -42,6 +42,7 @@ __all__ = [
     "format_metrics",
     "round_name",
     "evaluation_name",
+    "empty_round",
 ]
 
 
@@ -329,3 +330,22 @@ def gather_reasons(state: Round, pending: set[str], result: RoundResult, grace: 
 def format_metrics(metrics: dict[str, float]) -> str:
     """Metrics as one short line for the log."""
     return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no metrics"
+
+
+def empty_round(result: RoundResult, exc: EmptyRound, started: float) -> RoundResult:
+    """``result`` of a round in which every device that answered reported 0 samples, kept as empty.
+
+    The FedData is unchanged (the merge committed nothing); each answering device's report
+    (``exc.reports``, in merge order) is recorded as a merged round's would be; no metric
+    weighs anything, so ``metrics`` stays empty.
+    """
+    result.empty = True
+    result.samples = 0
+    result.failures.update(exc.failures)
+    if len(exc.reports) == len(result.answered):
+        result.devices = {
+            url: {"samples": report["samples"], "metrics": dict(report["metrics"])}
+            for url, report in zip(result.answered, exc.reports, strict=True)
+        }
+    result.seconds = time.monotonic() - started
+    return result

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import os
 import queue
 import random
@@ -28,12 +27,12 @@ from .. import plugins
 from .._util.checks import at_least_one, is_int, is_number, positive_seconds
 from .._util.workers import Workers, concurrently
 from ..dashboard import app as dashboard_app
-from ..errors import RemoteError, RoundFailed, failure_reason
+from ..errors import EmptyRound, RemoteError, RoundFailed, failure_reason
 from ..protocol import FedData
 from ..secagg import coordinator as secure_rounds
 from ..secagg.settings import SecAgg
 from ..transports.remote import Remote, size
-from ..wire.config import Config, ConfigSource, round_config
+from ..wire.config import Config, ConfigSource, per_device, round_config
 from ..wire.metrics import weighted_means
 from ..wire.reports import metric_weights
 from ..wire.transfer import STALL, Deadline, round_grace
@@ -47,13 +46,14 @@ from ._round import (
     Budget,
     Round,
     close_waiting,
+    empty_round,
     evaluation_name,
     format_metrics,
     round_name,
-    sample_size,
     scrub_failures,
     scrubbed,
 )
+from ._sampling import EMPTY_ROUNDS, Sampler, checked_sampler, checked_share, chosen, draw, evaluation_rng
 from ._tree import record_merge
 from .history import EvaluationResult, History, RoundResult, scrub_names, scrub_result
 
@@ -90,14 +90,26 @@ class Federated:
             see ``register_transports`` in docs/plugins.md) or URLs, each built by the
             transport registered for its scheme (``http://``, ``https://``, ``local://``).
         fraction: the share of remotes sampled each round: ``ceil(fraction * len(remotes))``
-            computed exactly from the decimal text (at least one, and at least ``min_results``).
+            computed exactly from the decimal text (at least one, and at least ``min_results``); default 1.
+        devices_per_round: how many remotes each round samples, instead of ``fraction``.
+        sampler: ``sampler(server_round, available, rng) -> devices`` chooses each round's devices
+            instead (``server_round``: 1, 2, ... as the history counts; ``available``: the remotes'
+            URLs; ``rng``: the coordinator's ``random.Random``, seeded by ``seed``); it returns URLs
+            from ``available``. Unknown devices, duplicates or fewer than ``min_results`` raise
+            ``ValueError`` before anything is sent. docs/simulation.md shows patterns.
         min_results: how many sampled devices must answer for a round to merge
             (default: all sampled). Below it the round raises
             :class:`~fedsync.errors.RoundFailed` and ``data`` is unchanged.
         timeout: the most seconds a round waits for devices, from the handshake to
             the last result; a device not done by then is reported by URL and its
             late result dropped (see :meth:`round` for the rule at the deadline).
-        seed: makes the sampling reproducible.
+        seed: makes the sampling reproducible; evaluation samples with a generator of its own,
+            so evaluating never changes which devices train.
+        empty_rounds: when every device that answered reported 0 samples: ``"fail"`` (raise
+            :class:`~fedsync.errors.EmptyRound`, a ``RoundFailed``) or ``"keep"`` (keep the model,
+            record the round with ``RoundResult.empty``, go on).
+        evaluate_fraction: the share of remotes :meth:`evaluate` asks (``1.0``: all); default:
+            as many as a training round samples.
         checkpoint: a folder; after every merged round the state, history and
             repetition are written there atomically, and a new ``Federated`` with
             the same folder resumes from them.
@@ -120,8 +132,9 @@ class Federated:
             served (``0``: any free port; ``federated.dashboard.url`` says which) until
             :meth:`close`. See docs/dashboard.md.
         config: the configuration sent to the devices each round (Flower's
-            ``on_fit_config_fn``): a dict, or ``config(server_round) -> dict``;
-            ``train(model, config)`` gets it. See docs/fedprox-and-config.md.
+            ``on_fit_config_fn``): a dict, ``config(server_round) -> dict``, or
+            ``config(server_round, device) -> dict`` (``device``: its URL) for each sampled device
+            (``configure_fit``); ``train(model, config)`` gets it. See docs/fedprox-and-config.md.
         evaluate_fn: ``evaluate_fn(model, server_round) -> metrics``, run on the
             coordinator after every ``evaluate_fn_every``-th round; recorded in
             ``RoundResult.server_evaluation`` (see :mod:`fedsync.coordinator.server_eval`).
@@ -139,7 +152,9 @@ class Federated:
         data: FedData,
         remotes: Sequence[Remote | str],
         *,
-        fraction: float = 1.0,
+        fraction: float | None = None,
+        devices_per_round: int | None = None,
+        sampler: Sampler | None = None,
         min_results: int | None = None,
         timeout: float = 600.0,
         seed: int | None = None,
@@ -152,6 +167,8 @@ class Federated:
         evaluate_fn: server_eval.EvaluateFn | None = None,
         evaluate_fn_every: int = 1,
         secure_aggregation: Any = None,
+        empty_rounds: str = "fail",
+        evaluate_fraction: float | None = None,
     ) -> None:
         if not isinstance(data, FedData):
             raise TypeError(
@@ -170,16 +187,14 @@ class Federated:
         urls = [r.url for r in self.remotes]
         if len(set(urls)) != len(urls):
             raise ValueError(f"the same device is listed twice: {sorted({u for u in urls if urls.count(u) > 1})}")
-        try:
-            share = (
-                Fraction(str(fraction))
-                if isinstance(fraction, numbers.Real) and not isinstance(fraction, bool)
-                else None
-            )
-        except (ValueError, ZeroDivisionError):
-            share = None
-        if share is None or not 0 < share <= 1:
-            raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
+        share = checked_share(fraction, devices_per_round, len(self.remotes))
+        self.sampler: Sampler | None = checked_sampler(sampler)
+        if empty_rounds not in EMPTY_ROUNDS:
+            raise ValueError(f"empty_rounds must be 'fail' or 'keep', got {empty_rounds!r}")
+        self.empty_rounds: str = empty_rounds
+        self._evaluate_share: Fraction | None = None
+        if evaluate_fraction is not None:
+            self._evaluate_share = checked_share(evaluate_fraction, None, len(self.remotes))
         if min_results is not None and (not is_int(min_results) or not 1 <= min_results <= len(self.remotes)):
             raise ValueError(
                 f"min_results must be an integer between 1 and the number of remotes ({len(self.remotes)}), got "
@@ -187,7 +202,7 @@ class Federated:
             )
         positive_seconds("timeout", timeout)
         self.data: FedData = data
-        self.fraction: float = float(fraction)
+        self.fraction: float = float(share)
         self._share: Fraction = share
         self.min_results: int | None = min_results
         self.timeout: float = float(timeout)
@@ -211,6 +226,7 @@ class Federated:
         self.repetition: int = 0
         self.history: History = History()
         self._rng: random.Random = random.Random(seed)
+        self._evaluation_rng: random.Random = evaluation_rng(seed)
         self.evaluation_weights: dict[str, int] = {}  # each metric's weight in the last evaluate()
         self._handshakes: Handshakes = Handshakes()  # the devices whose handshake holds, and what each can do
         self._unrecorded: int = 0  # 1 while a merged round waits for _record: its evaluation names it
@@ -233,12 +249,15 @@ class Federated:
     # -- rounds --------------------------------------------------------------------
 
     def sample(self) -> list[Remote]:
-        """The remotes taking part in the next round (reproducible with ``seed``)."""
-        count = sample_size(self._share, len(self.remotes), self.min_results)
-        if count == len(self.remotes):
-            return list(self.remotes)
-        chosen = set(self._rng.sample(range(len(self.remotes)), count))
-        return [r for i, r in enumerate(self.remotes) if i in chosen]
+        """The remotes taking part in the next round (reproducible with ``seed``): ``sampler``'s choice, if given.
+
+        Raises:
+            ValueError, TypeError: ``sampler`` answered unknown devices, duplicates or too few.
+        """
+        if self.sampler is not None:
+            needed = self.min_results or 1
+            return chosen(self.sampler, len(self.history) + 1, self.remotes, self._rng, self.data, needed)
+        return draw(self.remotes, self._share, self.min_results, self._rng)
 
     @stoppable(lambda self: f"round {len(self.history) + 1}")
     def round(self) -> RoundResult:
@@ -299,9 +318,11 @@ class Federated:
             expired=f"timed out: the evaluation's answer was still arriving after {self.timeout:g}s",
         )
         failures: dict[str, str] = {}
-        remotes = self._handshakes.evaluating(self._handshake(self.sample(), failures, deadline), failures)
+        share, least = (self._share, self.min_results) if self._evaluate_share is None else (self._evaluate_share, None)
+        asked = draw(self.remotes, share, least, self._evaluation_rng)  # its own generator: training's stays
+        remotes = self._handshakes.evaluating(self._handshake(asked, failures, deadline), failures)
         rep, what = max(self.repetition, 1), evaluation_name(len(self.history) + self._unrecorded)
-        config = self._round_config(rep)
+        configs = self._round_configs(rep, remotes)
         specs, payload = self.data.specs(rep), self.data.serialize(rep)
         payloads = self._handshakes.payloads(self.data, remotes, rep)
 
@@ -313,7 +334,7 @@ class Federated:
                 specs,
                 timeout=deadline.request_timeout(remote.timeout),
                 deadline=deadline,
-                config=config,
+                config=configs[remote.url],
             )
 
         answers = concurrently(
@@ -440,7 +461,7 @@ class Federated:
         remotes = self._handshake(sampled, failures, deadline)
         rep = self.repetition + 1
         name = round_name(len(self.history) + 1, rep)  # as people count rounds; the repetition if it differs
-        config = self._round_config(rep)  # a bad config raises here, before anything is sent
+        configs = self._round_configs(rep, remotes)  # a bad config raises here, before anything is sent
         self.repetition = rep  # devices that accepted rep refuse it again, whatever happens next
         result = RoundResult(repetition=rep, failures=failures)
         if len(remotes) < needed:
@@ -477,15 +498,18 @@ class Federated:
             payloads=self._handshakes.payloads(self.data, remotes, rep),  # the arrays as they are, to some devices
         )
         for remote in remotes:
-            workers.submit(submit, self.data, state, remote, config)
+            workers.submit(submit, self.data, state, remote, configs[remote.url])
         try:
             (self.data.merge if secure is None else secure.merge)(
                 collect(state, remotes, needed, result, size(payload), self._handshakes.known), rep
             )
         except RoundFailed as exc:  # the merge found the round unusable: say who took part
+            if isinstance(exc, EmptyRound) and self.empty_rounds == "keep":
+                return empty_round(result, exc, started)  # the model as it was, the round recorded as empty
             message = exc.message if exc.message.startswith(f"{name} ") else f"{name}: {exc.message}"
             message = message.replace(f"{name}: round {rep}: ", f"{name}: ", 1)  # secure aggregation's own name
-            raise RoundFailed(message, {**exc.failures, **result.failures}) from None
+            kind = EmptyRound if isinstance(exc, EmptyRound) else RoundFailed  # catchable as what it is
+            raise kind(message, {**exc.failures, **result.failures}) from None
         except Exception as exc:
             if state.merging is None:  # not while folding a reply: the merge's own error
                 raise
@@ -503,9 +527,13 @@ class Federated:
         result.seconds = time.monotonic() - started
         return result
 
-    def _round_config(self, rep: int) -> Config:
-        """The configuration sent with repetition ``rep`` (:func:`fedsync.wire.config.round_config`)."""
-        return round_config(self.config, rep, getattr(self.data, "strategy", None))
+    def _round_configs(self, rep: int, remotes: list[Remote]) -> dict[str, Config]:
+        """Each device's configuration for repetition ``rep`` (:func:`fedsync.wire.config.round_config`)."""
+        strategy = getattr(self.data, "strategy", None)
+        if per_device(self.config):
+            return {r.url: round_config(self.config, rep, strategy, r.url) for r in remotes}
+        config = round_config(self.config, rep, strategy)
+        return {r.url: config for r in remotes}
 
     def _evaluate_on_server(self, result: RoundResult) -> None:
         """``evaluate_fn`` on the merged model after every ``evaluate_fn_every``-th round (counting restored ones)."""

@@ -119,6 +119,9 @@ class RoundResult:
     privacy: dict[str, Any] | None = None
     """Under central DP (:mod:`fedsync.strategies.dp`), the privacy spent by every DP round so far:
     ``{"epsilon", "delta", "noise_multiplier", "sampling_rate", "rounds"}`` (:func:`fedsync.privacy.round_privacy`)."""
+    empty: bool = False
+    """Every device that answered reported 0 samples and ``Federated(empty_rounds="keep")`` kept the model
+    unchanged (``samples`` is then 0, ``devices`` the answers); ``False`` for a merged round."""
 
     @classmethod
     def from_dict(cls, row: Any) -> RoundResult:
@@ -141,6 +144,8 @@ class RoundResult:
             values["server_evaluation"] = ServerEvaluation.from_dict(values["server_evaluation"], what)
         if values.get("privacy") is not None:
             values["privacy"] = checked_privacy(values["privacy"], what)
+        if not isinstance(values.get("empty", False), bool):
+            raise ValueError(f"{what}: empty must be true or false, got {str(values['empty'])[:40]}")
         return cls(**values)
 
 

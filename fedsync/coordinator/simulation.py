@@ -31,10 +31,25 @@ from ..transports.process._hung import OnceAtATime, ReplaceablePool, owners, sti
 from ..transports.process.pool import ProcessPool, ProcessRemote, process_remotes
 from ..transports.remote import Remote
 from ..wire.config import ConfigSource
+from ._sampling import Sampler
 from .federated import Federated
 from .history import History, RoundResult
 
-__all__ = ["run_simulation", "local_remotes"]
+__all__ = ["run_simulation", "local_remotes", "device_id"]
+
+
+def device_id(url: str) -> int:
+    """The ``device_id`` a simulated device's URL names: 7 for ``local://device-7`` or ``ray://sim-ab-1/device-7``.
+
+    For a ``sampler`` or a per-device ``config`` that decides by the ``device_fn`` index.
+
+    Raises:
+        ValueError: ``url`` is not a simulated device's.
+    """
+    head, _, number = url.rpartition("/device-")
+    if not head or not number.isdigit() or not number.isascii():
+        raise ValueError(f"{url!r} is not a simulated device's URL (local://device-N or ray://.../device-N)")
+    return int(number)
 
 
 def local_remotes(
@@ -84,7 +99,9 @@ def run_simulation(
     *,
     data: FedData,
     strategy: Any = None,
-    fraction: float = 1.0,
+    fraction: float | None = None,
+    devices_per_round: int | None = None,
+    sampler: Sampler | None = None,
     min_results: int | None = None,
     timeout: float = 600.0,
     workers: int | None = None,
@@ -97,6 +114,9 @@ def run_simulation(
     backend: str = "local",
     ray_address: str | None = None,
     backend_config: Mapping[str, Any] | None = None,
+    empty_rounds: str = "fail",
+    evaluate_every: int = 0,
+    evaluate_fraction: float | None = None,
 ) -> History:
     """Run ``rounds`` federated rounds over ``num_devices`` simulated devices in this process.
 
@@ -110,8 +130,12 @@ def run_simulation(
         data: the coordinator's FedData (same specs as the devices'); it holds the
             merged model at the end.
         strategy: if given, set as ``data.strategy`` (FedArrays and the adapters).
-        fraction, min_results, timeout, seed, config, evaluate_fn: as for
-            :class:`fedsync.Federated` (``timeout``: seconds per round).
+        fraction, devices_per_round, sampler, min_results, timeout, seed, config, evaluate_fn,
+            empty_rounds, evaluate_fraction: as for :class:`fedsync.Federated` (``timeout``: seconds
+            per round). A ``sampler`` or a per-device ``config(server_round, device)`` gets the devices'
+            URLs; :func:`device_id` reads the ``device_id`` back from one.
+        evaluate_every: federated evaluation after every n-th round (0: never), as for
+            :meth:`fedsync.Federated.fit`; devices need an ``evaluate`` callback.
         workers: devices training at once (default: the CPU count).
         worker_kind: ``"threads"`` (the default: numpy's BLAS and torch release
             the GIL while computing) or ``"processes"``, for a training that
@@ -204,14 +228,18 @@ def run_simulation(
             data,
             remotes,
             fraction=fraction,
+            devices_per_round=devices_per_round,
+            sampler=sampler,
             min_results=min_results,
             timeout=timeout,
             seed=seed,
             workers=min(64, max(slots, 1) * 4),
             config=config,
             evaluate_fn=evaluate_fn,
+            empty_rounds=empty_rounds,
+            evaluate_fraction=evaluate_fraction,
         )
-        return federated.fit(rounds, callbacks=[release, *callbacks], progress=progress)
+        return federated.fit(rounds, evaluate_every=evaluate_every, callbacks=[release, *callbacks], progress=progress)
     finally:
         release_all()
         close()

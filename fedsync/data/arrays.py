@@ -16,7 +16,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..errors import PayloadRejected, RemoteError, RoundFailed, failure_reason
+from ..errors import EmptyRound, PayloadRejected, RemoteError, RoundFailed, failure_reason
 from ..plugins.hookspecs import RegisterAdapter, hookimpl
 from ..protocol import FedData
 from ..strategies import Accumulator, FedAvg, Strategy
@@ -332,10 +332,16 @@ class FedArrays(FedData):
             PayloadRejected: a payload given as bytes (not a stream) is malformed.
         """
         accumulator = self.strategy.accumulator(self.get_arrays())
+        kept: list[DeviceReport] = []
         if accumulator is None:
-            merged, kept = self._aggregate_whole(encodings)
+            try:
+                merged = self._aggregate_whole(encodings, kept)
+            except RoundFailed:
+                _empty(kept)  # the strategy found nothing to weigh: say why, without blaming train
+                raise
         else:
             accumulator, kept = self._fold(encodings, accumulator)
+            _empty(kept)
             merged = accumulator.result(sum(d["samples"] for d in kept))
             del accumulator
         for name, a in merged.items():
@@ -433,9 +439,8 @@ class FedArrays(FedData):
         finally:
             encoding.close()
 
-    def _aggregate_whole(self, encodings: Iterable[Any]) -> tuple[dict[str, np.ndarray], list[DeviceReport]]:
-        """For strategies that need whole replies: read each, check it, hand it over."""
-        kept: list[DeviceReport] = []
+    def _aggregate_whole(self, encodings: Iterable[Any], kept: list[DeviceReport]) -> dict[str, np.ndarray]:
+        """For strategies that need whole replies: read each, check it, hand it over; ``kept`` gets their reports."""
 
         def results() -> Iterator[tuple[dict[str, np.ndarray], int]]:
             # No reference to a reply may survive into the request for the next one:
@@ -459,7 +464,7 @@ class FedArrays(FedData):
                     yield arrays, report["samples"]
                 del arrays
 
-        return self.strategy.aggregate(self.get_arrays(), results()), kept
+        return self.strategy.aggregate(self.get_arrays(), results())
 
     # -- validation -----------------------------------------------------------------
 
@@ -537,6 +542,17 @@ class FedArrays(FedData):
                     f"array {name!r}: expected {tuple(want_shape)} {np.dtype(want_dtype).name}, "
                     f"payload has {tuple(shape)} {np.dtype(dtype).name}"
                 )
+
+
+def _empty(kept: list[DeviceReport]) -> None:
+    """Raise :class:`~fedsync.errors.EmptyRound` if every reply read reported 0 samples (a straggler's, on purpose)."""
+    if kept and not any(report["samples"] for report in kept):
+        raise EmptyRound(
+            f"every device that answered ({len(kept)}) reported 0 samples (a straggler dropping its work, or no "
+            "data), so there is nothing to merge and the model is unchanged; Federated(empty_rounds='keep') (also "
+            "in run_simulation) keeps the model, records the round as empty and goes on",
+            reports=kept,
+        )
 
 
 def _call(function: Callable[..., Any], model: Any, config: Config | None) -> Any:

@@ -8,10 +8,19 @@ device before the body is read, and reaches ``train(model, config)`` when
 ``train`` takes a second argument.
 
 A configuration is a JSON object of at most :data:`MAX_CONFIG_KEYS` keys of 1 to
-:data:`MAX_CONFIG_KEY` characters, each mapped to a string, a boolean, an integer
-in ``[-2**53, 2**53]`` or a finite float, at most :data:`MAX_CONFIG_BYTES` bytes
-as sent. Nothing nested: what a device cannot read at a glance does not belong
-in a header.
+:data:`MAX_CONFIG_KEY` characters, each mapped to a value: a scalar (a string, a
+boolean, an integer in ``[-2**53, 2**53]`` or a finite float), a list of at most
+:data:`MAX_CONFIG_ITEMS` scalars, or a mapping (keys as above, at most
+:data:`MAX_CONFIG_KEYS`) of scalars and lists of scalars; at most
+:data:`MAX_CONFIG_BYTES` bytes as sent. One level of mapping and no list of lists:
+a device in any language reads it without a schema, and a header stays a header
+(a device list for a straggler experiment, ``{"stragglers": [3, 17, 22]}``, or an
+optimizer's settings, ``{"optimizer": {"name": "sgd", "momentum": 0.9}}``).
+
+``Federated(config=...)`` may be a dict, ``config(server_round) -> dict``, or
+``config(server_round, device) -> dict`` for a configuration of each sampled
+device (``device``: its URL), detected by :func:`takes_extra` as ``train(model,
+config)`` is.
 """
 
 from __future__ import annotations
@@ -29,12 +38,14 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_CONFIG_KEYS",
     "MAX_CONFIG_KEY",
+    "MAX_CONFIG_ITEMS",
     "Config",
     "ConfigSource",
     "checked_config",
     "encode_config",
     "decode_config",
     "round_config",
+    "per_device",
     "takes_extra",
     "takes_keyword",
 ]
@@ -48,21 +59,26 @@ MAX_CONFIG_KEYS = 64
 MAX_CONFIG_KEY = 64
 """The longest key, in characters."""
 
+MAX_CONFIG_ITEMS = 256
+"""The most items a list value may hold."""
+
 _LARGEST_INT = 2**53  # exact in float64, so JSON readers in any language agree on it
 
 Scalar = str | bool | int | float
-Config = dict[str, Scalar]
-ConfigSource = Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None
-"""What ``Federated(config=...)`` takes: a dict, a function of the round number, or ``None``."""
+Value = Scalar | list[Scalar] | dict[str, Scalar | list[Scalar]]
+Config = dict[str, Value]
+ConfigSource = Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | Callable[[int, str], Mapping[str, Any]] | None
+"""What ``Federated(config=...)`` takes: a dict, ``config(server_round)``, ``config(server_round, device)``, or None."""
 
-_EXAMPLE = '{"lr": 0.01, "epochs": 1, "mu": 0.1, "optimizer": "sgd", "shuffle": true}'
+_EXAMPLE = '{"lr": 0.01, "epochs": 1, "optimizer": {"name": "sgd", "momentum": 0.9}, "stragglers": [3, 17]}'
 
 
 def checked_config(value: Any, what: str = "config") -> Config:
-    """``value`` as a configuration: a mapping of short string keys to scalars.
+    """``value`` as a configuration: a mapping of short string keys to values (see the module's text).
 
-    Takes Python and numpy scalars (``np.float32(0.1)`` becomes ``0.1``); numbers
-    must be finite, integers within ``[-2**53, 2**53]``.
+    Takes Python and numpy scalars (``np.float32(0.1)`` becomes ``0.1``), lists or
+    tuples of them (as lists), and one level of mapping; numbers must be finite,
+    integers within ``[-2**53, 2**53]``.
 
     Raises:
         ValueError: naming ``what``, the bad key and value, and what is accepted.
@@ -70,20 +86,41 @@ def checked_config(value: Any, what: str = "config") -> Config:
     """
     if not isinstance(value, Mapping):
         raise TypeError(
-            f"{what} must be a dict of names to str, bool, int or float values, got {type(value).__name__}; e.g. "
-            f"{_EXAMPLE}"
+            f"{what} must be a dict of names to str, bool, int or float values (or lists of them, or one level of "
+            f"dict), got {type(value).__name__}; e.g. {_EXAMPLE}"
         )
+    return {key: _value(item, f"{what}[{key!r}]", nested=True) for key, item in _items(value, what)}
+
+
+def _items(value: Mapping[Any, Any], what: str) -> list[tuple[str, Any]]:
+    """``value``'s items, each key checked; at most :data:`MAX_CONFIG_KEYS` of them."""
     if len(value) > MAX_CONFIG_KEYS:
         raise ValueError(f"{what} has {len(value)} keys, more than MAX_CONFIG_KEYS ({MAX_CONFIG_KEYS}); send fewer")
-    clean: Config = {}
-    for key, item in value.items():
+    for key in value:
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_CONFIG_KEY or not key.isprintable():
             raise ValueError(f"{what}: key {shown(key)} must be a string of 1 to {MAX_CONFIG_KEY} printable characters")
-        clean[key] = _scalar(item, f"{what}[{key!r}]")
-    return clean
+    return list(value.items())
 
 
-def _scalar(item: Any, what: str) -> Scalar:
+def _value(item: Any, what: str, *, nested: bool) -> Value:
+    """A scalar, a list of scalars, or (``nested``) a mapping of scalars and lists of scalars."""
+    if isinstance(item, (list, tuple)):
+        if len(item) > MAX_CONFIG_ITEMS:
+            raise ValueError(
+                f"{what} is a list of {len(item)} items, more than MAX_CONFIG_ITEMS ({MAX_CONFIG_ITEMS}); send fewer"
+            )
+        return [_scalar(x, f"{what}[{i}]", inner="a list") for i, x in enumerate(item)]
+    if isinstance(item, Mapping):
+        if not nested:
+            raise ValueError(
+                f"{what} is a dict inside a dict; a config holds one level of dict (of scalars and lists of "
+                f"scalars), e.g. {_EXAMPLE}"
+            )
+        return {key: _value(x, f"{what}[{key!r}]", nested=False) for key, x in _items(item, what)}  # type: ignore[misc]
+    return _scalar(item, what)
+
+
+def _scalar(item: Any, what: str, inner: str = "") -> Scalar:
     if isinstance(item, str):
         return item
     if isinstance(item, bool) or (type(item).__module__ == "numpy" and type(item).__name__ in ("bool", "bool_")):
@@ -100,8 +137,11 @@ def _scalar(item: Any, what: str) -> Scalar:
         if not math.isfinite(real):
             raise ValueError(f"{what} = {shown(item)}: numbers must be finite")
         return real
+    where = f"items of {inner}" if inner else "values"
     raise ValueError(
-        f"{what} is a {type(item).__name__} ({shown(item)}); values must be str, bool, int or float, e.g. {_EXAMPLE}"
+        f"{what} is a {type(item).__name__} ({shown(item)}); {where} must be str, bool, int or float"
+        + ("" if inner else ", a list of them or a dict of them")
+        + f", e.g. {_EXAMPLE}"
     )
 
 
@@ -125,8 +165,8 @@ def decode_config(text: str) -> Config:
 
     Raises:
         ValueError: the value is over :data:`MAX_CONFIG_BYTES`, not ASCII, not a
-            JSON object, has a duplicate key, a nested or ``null`` value, a
-            non-finite number, or breaks a bound of :func:`checked_config`.
+            JSON object, has a duplicate key, a ``null``, nesting deeper than
+            :func:`checked_config` takes, a non-finite number, or breaks a bound.
     """
     if len(text) > MAX_CONFIG_BYTES:
         raise ValueError(f"the config is {len(text)} bytes, over the {MAX_CONFIG_BYTES} accepted")
@@ -135,7 +175,7 @@ def decode_config(text: str) -> Config:
     try:
         document = json.loads(text, object_pairs_hook=_unique, parse_constant=_no_constant, parse_int=_bounded_int)
     except RecursionError:
-        raise ValueError("the config is nested too deeply; send a flat JSON object") from None
+        raise ValueError("the config is nested too deeply; a config holds one level of object") from None
     except _Refused as exc:
         raise ValueError(f"the config {exc}") from None
     except ValueError as exc:
@@ -153,11 +193,8 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if duplicate is not None:
         raise _Refused(f"has a duplicate key {shown(duplicate)}")
     for key, value in pairs:
-        if isinstance(value, (dict, list)) or value is None:
-            raise _Refused(
-                f"key {shown(key)} holds {type(value).__name__ if value is not None else 'null'}; values must be "
-                "strings, numbers or booleans"
-            )
+        if value is None:
+            raise _Refused(f"key {shown(key)} holds null; values must be strings, numbers, booleans, or lists of them")
     return dict(pairs)
 
 
@@ -176,12 +213,13 @@ def _bounded_int(digits: str) -> int:
     return int(digits)
 
 
-def round_config(source: ConfigSource, repetition: int, strategy: Any = None) -> Config:
+def round_config(source: ConfigSource, repetition: int, strategy: Any = None, device: str | None = None) -> Config:
     """The configuration of round ``repetition``: the strategy's keys, overridden by the user's.
 
-    ``source`` is ``Federated(config=...)``: ``None``, a mapping, or
-    ``source(repetition) -> mapping``. ``strategy`` may offer
-    ``configure(server_round: int) -> mapping`` (keys a strategy needs on the
+    ``source`` is ``Federated(config=...)``: ``None``, a mapping, ``source(repetition) ->
+    mapping``, or ``source(repetition, device) -> mapping`` (:func:`per_device`), called
+    with ``device``, the URL of the device the configuration is for. ``strategy`` may
+    offer ``configure(server_round: int) -> mapping`` (keys a strategy needs on the
     devices, e.g. FedProx's ``mu``); the user's keys win over the strategy's.
 
     Raises:
@@ -196,14 +234,26 @@ def round_config(source: ConfigSource, repetition: int, strategy: Any = None) ->
             merged.update(checked_config(extra, f"{type(strategy).__name__}.configure({repetition})"))
     if source is not None:
         if callable(source):
-            what = f"config({repetition})"
-            value = source(repetition)
+            function: Callable[..., Any] = source
+            if per_device(function):
+                what, value = f"config({repetition}, {device!r})", function(repetition, device)
+            else:
+                what, value = f"config({repetition})", function(repetition)
         else:
             what, value = "config", source
         merged.update(checked_config(value, f"the round's {what}"))
     if merged:
         encode_config(merged)  # fail here, naming the size, not on every device
     return merged
+
+
+def per_device(source: ConfigSource) -> bool:
+    """Whether ``Federated(config=source)`` configures each device: ``config(server_round, device)``.
+
+    Read from the signature as :func:`takes_extra` reads ``train(model, config)``: a
+    second positional parameter without a default, or one called ``device``.
+    """
+    return callable(source) and takes_extra(source, 1, "device")
 
 
 def takes_extra(function: Callable[..., Any], given: int, name: str = "config") -> bool:

@@ -68,8 +68,14 @@ def test_a_config_round_trips_exactly_through_its_header():
     [
         ({"lr": math.nan}, ["'lr'", "finite"]),
         ({"lr": math.inf}, ["'lr'", "finite"]),
-        ({"layers": [1, 2]}, ["'layers'", "list"]),
-        ({"opt": {"lr": 1}}, ["'opt'", "dict"]),
+        ({"layers": [[1, 2]]}, ["'layers'][0]", "list"]),
+        ({"opt": {"inner": {"lr": 1}}}, ["'opt']['inner']", "dict inside a dict"]),
+        ({"opt": {"lr": None}}, ["'opt']['lr']", "NoneType"]),
+        ({"ids": [1, None]}, ["'ids'][1]", "NoneType"]),
+        ({"ids": [math.nan]}, ["'ids'][0]", "finite"]),
+        ({"ids": list(range(257))}, ["'ids'", "257 items", "MAX_CONFIG_ITEMS"]),
+        ({"opt": {f"k{i}": i for i in range(65)}}, ["'opt'", "65 keys"]),
+        ({"opt": {"": 1}}, ["'opt'", "key ''"]),
         ({"none": None}, ["'none'", "NoneType"]),
         ({"n": 2**53 + 1}, ["'n'", "2**53"]),
         ({"": 1}, ["key ''"]),
@@ -104,8 +110,13 @@ def test_too_long_a_config_is_refused_by_both_sides():
         '{"a": Infinity}',
         '{"a": -Infinity}',
         '{"a": 1, "a": 2}',
-        '{"a": {"b": 1}}',
-        '{"a": [1]}',
+        '{"a": {"b": {"c": 1}}}',
+        '{"a": [[1]]}',
+        '{"a": [{"b": 1}]}',
+        '{"a": [null]}',
+        '{"a": {"b": null}}',
+        '{"a": {"b": 1, "b": 2}}',
+        '{"a": [' + ",".join(["1"] * 257) + "]}",
         '{"a": null}',
         '{"a": 1',
         '{"a": ' + "9" * 17 + "}",
@@ -136,10 +147,64 @@ def test_any_header_value_is_either_a_valid_config_or_a_value_error(text):
     except ValueError:
         return
     assert isinstance(config, dict) and len(config) <= 64
+
+    def scalar(value):
+        return isinstance(value, (str, bool, int, float)) and (not isinstance(value, float) or math.isfinite(value))
+
     for key, value in config.items():
         assert isinstance(key, str) and 1 <= len(key) <= 64
-        assert isinstance(value, (str, bool, int, float)) and (not isinstance(value, float) or math.isfinite(value))
+        if isinstance(value, dict):  # one level of mapping, of scalars and lists of scalars
+            assert len(value) <= 64
+            assert all(scalar(v) or (isinstance(v, list) and all(map(scalar, v))) for v in value.values())
+        elif isinstance(value, list):
+            assert len(value) <= 256 and all(map(scalar, value))
+        else:
+            assert scalar(value)
     assert decode_config(encode_config(config)) == config
+
+
+def test_lists_and_one_level_of_mapping_round_trip_through_the_header():
+    config = {
+        "stragglers": [3, 17, 22],
+        "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": True, "betas": [0.9, 0.999]},
+        "empty": [],
+        "none_set": {},
+        "from_tuple": (1, "a", False),
+    }
+    decoded = decode_config(encode_config(config))
+    assert decoded == {**config, "from_tuple": [1, "a", False]}
+    assert type(decoded["optimizer"]["momentum"]) is float and type(decoded["stragglers"][0]) is int
+    assert checked_config({"ids": np.arange(2).tolist(), "lr": {"a": np.float32(0.5)}}) == {
+        "ids": [0, 1],
+        "lr": {"a": 0.5},
+    }
+
+
+def test_a_per_device_config_is_told_the_device_and_read_from_the_signature():
+    from fedsync.wire.config import per_device
+
+    def fixed(server_round): ...
+    def each(server_round, device): ...
+    def named(server_round, device=None): ...
+    def defaulted(server_round, epochs=3): ...
+
+    assert [per_device(f) for f in (fixed, each, named, defaulted, {"lr": 1}, None)] == [
+        False,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+    slow = {"local://device-1"}
+
+    def epochs(server_round, device):
+        return {"epochs": 1 if device in slow else 5, "round": server_round}
+
+    assert round_config(epochs, 4, None, "local://device-1") == {"epochs": 1, "round": 4}
+    assert round_config(epochs, 4, None, "local://device-2") == {"epochs": 5, "round": 4}
+    with pytest.raises(ValueError, match=r"config\(4, 'local://device-2'\)\['bad'\]"):
+        round_config(lambda rnd, device: {"bad": None}, 4, None, "local://device-2")
 
 
 def test_who_gets_the_config_is_decided_by_the_signature():
@@ -254,8 +319,8 @@ def test_the_seed_fedfloat_ignores_a_config(devices):
 
 def test_a_bad_config_from_the_users_function_fails_the_round_before_anything_is_sent(devices):
     two = devices("tests.support.devices.config:configured", 10)
-    with Federated(weights(), [two.url], config=lambda rnd: {"lr": 0.1, "schedule": [0.1, 0.01]}) as alg:
-        with pytest.raises(ValueError, match=r"config\(1\)\['schedule'\]"):
+    with Federated(weights(), [two.url], config=lambda rnd: {"lr": 0.1, "schedule": [[0.1, 0.01]]}) as alg:
+        with pytest.raises(ValueError, match=r"config\(1\)\['schedule'\]\[0\]"):
             alg.round()
     assert info(two.url)["repetition"] == 0
     with pytest.raises(ValueError, match=r"\['lr'\].*finite"):
@@ -286,7 +351,7 @@ def submit_raw(url: str, path: str, headers: dict[str, str], body: bytes, length
 BAD_HEADERS = [
     '{"lr": NaN}',
     "[1,2]",
-    '{"a": {"b": 1}}',
+    '{"a": {"b": {"c": 1}}}',
     '{"a": 1, "a": 2}',
     "not json",
     '{"é": 1}',
