@@ -59,6 +59,9 @@ class Aggregator(FedData):
             merged reply takes to upload, or the parent drops this aggregator as late.
         min_results: how many devices below must answer (default: all sampled); below it this
             aggregator answers its parent with a failure naming each device's reason.
+        empty_rounds: when every device below reports 0 samples: ``"fail"`` (answer the parent with
+            a failure that names them) or ``"keep"`` (answer an empty reply, 0 samples, which weighs
+            nothing at the parent: use it under a parent run with ``empty_rounds="keep"``).
         fraction, seed, poll, downloads, workers: as :class:`~fedsync.Federated`'s, for the round below.
 
     The parent's per-round config (``Federated(config=...)``) is passed on to the devices below
@@ -87,6 +90,7 @@ class Aggregator(FedData):
         poll: float = 10.0,
         downloads: int | None = None,
         workers: int = WORKERS,
+        empty_rounds: str = "fail",
     ) -> None:
         super().__init__()
         if not isinstance(data, FedArrays):
@@ -119,6 +123,7 @@ class Aggregator(FedData):
             poll=poll,
             downloads=downloads,
             workers=workers,
+            empty_rounds=empty_rounds,
         )
 
     # -- the parent's side: what a device does ----------------------------------------
@@ -166,6 +171,8 @@ class Aggregator(FedData):
                 f"the round over this aggregator's {len(federated.remotes)} device(s) failed: {exc.message}", below
             ) from None
         self.data.failures_below = self._paths(result.failures)
+        if result.empty:  # empty_rounds="keep": an empty reply, weighing nothing at the parent
+            self.data.samples, self.data.metrics, self.data.metric_weights = 0, {}, {}
         del federated.history.rounds[:-HISTORY]
         logger.info(
             "repetition %d: merged %d device(s) below, %s samples, %d failed",

@@ -47,6 +47,10 @@ def add_aggregate_arguments(parser: argparse.ArgumentParser) -> None:
         help="the most seconds a round below takes (default 300); keep it below the parent's timeout",
     )  # fmt: skip
     group.add_argument("--aggregate-min", metavar="N", type=int, help="devices below that must answer (default: all)")
+    group.add_argument(
+        "--aggregate-empty", choices=("fail", "keep"), default="fail",
+        help="when every device below reports 0 samples: fail (the default), or keep: answer an empty reply",
+    )  # fmt: skip
     group.add_argument("--aggregate-listen", metavar="HOST:PORT", help="a listener for devices below that dial in")
     group.add_argument(
         "--aggregate-devices", metavar="FILE", help='the dial-in allow-list, JSON {"site-a": "token", ...}'
@@ -95,7 +99,13 @@ def aggregator_for(args: argparse.Namespace, data: Any) -> Any:
         except ValueError as exc:
             raise UsageError(f"--aggregate {url}: {exc}") from None
     try:
-        return Aggregator(data, remotes, timeout=args.aggregate_timeout, min_results=args.aggregate_min)
+        return Aggregator(
+            data,
+            remotes,
+            timeout=args.aggregate_timeout,
+            min_results=args.aggregate_min,
+            empty_rounds=args.aggregate_empty,
+        )
     except (TypeError, ValueError) as exc:
         raise UsageError(f"cannot aggregate {args.target}: {exc}") from None
 

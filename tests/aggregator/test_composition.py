@@ -138,3 +138,19 @@ def test_a_failed_round_below_leaves_the_top_unchanged():
     assert "no data today" in str(failed.value) and "TrainingFailed" in failed.value.failures[middle]
     for name, a in before.items():
         np.testing.assert_array_equal(top.get_arrays()[name], a)
+
+
+def test_an_aggregator_keeping_empty_rounds_answers_an_empty_reply_that_weighs_nothing():
+    empty = leaf(1, 10, empty=True)  # reports 0 samples: a deliberate drop
+    with served(empty, leaf(2, 30)) as urls:
+        with served(Aggregator(declaration(), urls[:1], empty_rounds="keep")) as (keeping,):
+            with served(Aggregator(declaration(), urls[:1])) as (failing,):
+                with Federated(declaration(), [keeping, urls[1]], timeout=30) as alg:
+                    kept = alg.round()
+                with Federated(declaration(), [failing, urls[1]], min_results=1, timeout=30) as alg:
+                    failed = alg.round()
+    assert kept.failures == {} and kept.samples == 30 and kept.devices[keeping]["samples"] == 0
+    assert set(failed.failures) == {failing} and failed.samples == 30
+    with served(empty) as (below,), served(Aggregator(declaration(), [below], empty_rounds="keep")) as (only,):
+        with Federated(declaration(), [only], timeout=30, empty_rounds="keep") as alg:
+            assert alg.round().empty is True  # every reply empty: the top's own policy keeps the round
