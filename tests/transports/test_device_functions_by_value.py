@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsync import FedArrays
+from fedsync import FedArrays, Federated
 from fedsync.coordinator.simulation import run_simulation
 from fedsync.transports import device_functions
 from fedsync.transports.process.pool import ProcessPool, process_remotes
-from fedsync import Federated
 from tests.support.devices.basic import linreg
 from tests.support.devices.sim import linreg_device
 
