@@ -17,9 +17,9 @@ from fedsync.errors import RemoteTimeout
 from fedsync.transports.local import LocalRemote
 from fedsync.coordinator.simulation import run_simulation
 from fedsync_ray.paths import device_fn_for_actors, load
+from tests.support.devices.by_value import adding, run_script
 from tests.support.devices.ray_devices import SHARDS, shard
 from tests.support.distributions import make_distribution
-from tests.transports.test_device_functions_by_value import adding, run_script
 
 
 def model() -> FedArrays:

@@ -6,10 +6,8 @@ only in that direction: what a worker sends back is still frames, refused when i
 
 import os
 import pickle
-import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,23 +17,12 @@ from fedsync.coordinator.simulation import run_simulation
 from fedsync.transports import device_functions
 from fedsync.transports.process.pool import ProcessPool, process_remotes
 from tests.support.devices.basic import linreg
+from tests.support.devices.by_value import adding, run_script
 from tests.support.devices.sim import linreg_device
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def linreg_model() -> FedArrays:
     return FedArrays({"w": np.zeros((3, 1)), "b": np.zeros(1)})
-
-
-def adding(values: np.ndarray, device_id: int) -> FedArrays:
-    """A device whose training adds ``values * (device_id + 1)`` to the model (1 sample)."""
-
-    def train(model):
-        model["w"] += values * (device_id + 1)
-        return 1
-
-    return FedArrays({"w": np.zeros(len(values))}, train)
 
 
 def test_a_lambda_runs_on_processes_and_merges_what_the_function_by_name_merges():
@@ -137,44 +124,6 @@ def test_a_worker_that_sends_back_a_pickle_instead_of_frames_fails_its_device_al
     assert result.answered == ["local://device-1"]
     assert "sent a malformed frame" in result.failures["local://device-0"]
     assert not planted.exists()
-
-
-SCRIPT = """\
-import json, sys
-import numpy as np
-from fedsync import FedArrays
-from fedsync.coordinator.simulation import run_simulation
-
-SHIFT = np.array([1.0, 2.0])
-
-
-def device_fn(device_id):
-    def train(model):
-        model["w"] += SHIFT * (device_id + 1)
-        return 1
-    return FedArrays({"w": np.zeros(2)}, train)
-
-
-if __name__ == "__main__":
-    data = FedArrays({"w": np.zeros(2)})
-    options = {"ray": dict(backend="ray", backend_config={"num_cpus": 1, "actors": 2})}.get(
-        sys.argv[-1], dict(workers=2, worker_kind="processes"))
-    history = run_simulation(device_fn, 3, 1, data=data, timeout=120, progress=False, **options)
-    print(json.dumps({"answered": len(history[0].answered), "w": data.get_arrays()["w"].tolist()}))
-"""
-
-
-def run_script(tmp_path: Path, how: str, backend: str) -> str:
-    """Run :data:`SCRIPT` as a file (``python script.py``) or from standard input (``python - < script.py``)."""
-    script = tmp_path / "notebook_like.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    argv = [sys.executable, str(script), backend] if how == "file" else [sys.executable, "-", backend]
-    with open(script, "rb") as stdin:
-        done = subprocess.run(argv, stdin=stdin if how == "stdin" else subprocess.DEVNULL, cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=240)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.slow  # a fresh interpreter that starts its own worker processes
