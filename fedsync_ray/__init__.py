@@ -9,7 +9,9 @@ starts its devices with :class:`RayDevices`. See docs/simulation.md.
 Ray pickles its own messages (cloudpickle) between the processes of a cluster:
 run it only among machines you trust. What fedsync sends is kept plain: str,
 int, dicts of str, and numpy ``uint8`` buffers; ``device_fn`` goes as an import
-path, never as pickled code.
+path when it has one, else serialized by the driver with Ray's cloudpickle (the
+driver's own code to its own actors); what an actor answers is plain data again,
+checked like an HTTP reply.
 """
 
 from __future__ import annotations
@@ -17,10 +19,19 @@ from __future__ import annotations
 from fedsync.plugins.hookspecs import RegisterTransport, hookimpl
 
 from .devices import BACKEND_CONFIG, RayDevices, connect
-from .paths import device_fn_path
+from .paths import device_fn_for_actors, device_fn_path
 from .remote import NAMESPACE, RayRemote
 
-__all__ = ["RayDevices", "RayRemote", "BACKEND_CONFIG", "NAMESPACE", "connect", "device_fn_path", "register_transports"]
+__all__ = [
+    "RayDevices",
+    "RayRemote",
+    "BACKEND_CONFIG",
+    "NAMESPACE",
+    "connect",
+    "device_fn_path",
+    "device_fn_for_actors",
+    "register_transports",
+]
 
 
 @hookimpl

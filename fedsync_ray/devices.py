@@ -14,7 +14,7 @@ from typing import Any
 
 from fedsync.transports.remote import MAX_REPLY
 
-from .paths import device_fn_path
+from .paths import device_fn_for_actors
 from .remote import NAMESPACE, ActorSlot, RayRemote, forget_actors, register_slot
 
 __all__ = ["RayDevices", "BACKEND_CONFIG", "connect"]
@@ -126,8 +126,10 @@ class RayDevices:
     local Ray, if this pool started it).
 
     Args:
-        device_fn: ``device_fn(device_id) -> FedData``, a module-level function or
-            its import path ``"module:function"``; the actors import it (no pickle).
+        device_fn: ``device_fn(device_id) -> FedData``: a module-level function or its import path
+            ``"module:function"``, which the actors import (no pickle), or any other function (a lambda,
+            a closure, one of a notebook or of ``__main__``), serialized by value with Ray's cloudpickle
+            (:func:`fedsync_ray.paths.device_fn_for_actors`).
         num_devices: how many devices exist.
         name: the actors' name prefix (unique in the cluster; default: random).
         timeout: seconds for each answer of a device.
@@ -140,8 +142,8 @@ class RayDevices:
         max_content_length: a device's largest accepted payload (as ``serve``).
 
     Raises:
-        ValueError, TypeError: a bad argument, or a ``device_fn`` that is a lambda or
-            closure (see :func:`fedsync_ray.paths.device_fn_path`).
+        ValueError, TypeError: a bad argument, a path that does not resolve here, or a ``device_fn``
+            capturing what cannot be serialized (see :func:`fedsync_ray.paths.device_fn_for_actors`).
         ImportError: ray is not installed.
         ValueError: the cluster lacks the resources asked for (checked at once against
             ``ray.cluster_resources()``; the message names both).
@@ -161,7 +163,7 @@ class RayDevices:
         max_reply: int = MAX_REPLY,
         max_content_length: int | None = None,
     ) -> None:
-        path = device_fn_path(device_fn)
+        path = device_fn_for_actors(device_fn)
         if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
             raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
         config = _checked_config(backend_config)

@@ -9,7 +9,8 @@ check a device makes over HTTP it makes here. Training runs on the actor's
 What crosses the process boundary is plain: the request as str/int/dict of
 str plus the body as a numpy ``uint8`` buffer (Ray's object store, read
 zero-copy), and the answer as ``(status, headers, body, error)`` with the body
-again a ``uint8`` buffer. ``device_fn`` arrives as an import path.
+again a ``uint8`` buffer. ``device_fn`` arrives as an import path, or serialized by the driver
+(``ray.cloudpickle``) when it has none: the driver's own code, never anything a device sent.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .paths import resolve
+from .paths import load
 
 if TYPE_CHECKING:
     from fedsync.transports.local import LocalTransport
@@ -34,14 +35,16 @@ class DeviceHost:
     """Devices ``0 .. num_devices-1`` of one simulation, inside one Ray actor (or in-process, for tests).
 
     Args:
-        device_fn: ``"module:qualname"`` of ``device_fn(device_id) -> FedData``,
-            imported in the actor.
+        device_fn: ``"module:qualname"`` of ``device_fn(device_id) -> FedData``, imported in the actor,
+            or the function serialized by the driver (:func:`fedsync_ray.paths.device_fn_for_actors`).
         num_devices: device ids accepted are ``range(num_devices)``.
         workers: threads training at once in this actor.
         max_content_length: a device's largest accepted payload (as ``serve``), or ``None``.
     """
 
-    def __init__(self, device_fn: str, num_devices: int, workers: int, max_content_length: int | None = None) -> None:
+    def __init__(
+        self, device_fn: str | bytes, num_devices: int, workers: int, max_content_length: int | None = None
+    ) -> None:
         from fedsync.transports.local import TrainingPool
 
         self.device_fn = device_fn
@@ -99,11 +102,12 @@ class DeviceHost:
                 )
             if self._function is None:
                 try:
-                    self._function = resolve(self.device_fn)
+                    self._function = load(self.device_fn)
                 except Exception as exc:  # the actor's environment: every device's failure, with the reason
+                    shown = "(sent by value)" if isinstance(self.device_fn, bytes) else repr(self.device_fn)
                     raise RemoteError(
                         f"device-{device}",
-                        f"the Ray actor cannot import device_fn {self.device_fn!r} "
+                        f"the Ray actor cannot load device_fn {shown} "
                         f"({type(exc).__name__}: {str(exc)[:300]}); "
                         "install its package on the workers or ship it with runtime_env",
                     ) from None

@@ -1,8 +1,11 @@
-"""``device_fn`` as an import path (``"module:qualname"``): how a device function reaches a Ray actor without pickle.
+"""How a device function reaches a Ray actor: as an import path (``"module:qualname"``), or by value.
 
-The finding and loading are :mod:`fedsync.transports.device_functions`' (shared with the local
-process workers); Ray adds that the script run as ``__main__`` cannot be imported on
-the cluster's other machines.
+A function another process can import goes as its import path (no pickling when not needed); any other
+(a lambda, a closure, a function of a notebook, of the driver's script or of a script read from standard
+input) is serialized with ``ray.cloudpickle``, Ray's own copy of cloudpickle, the way Ray ships every
+task: from the driver to the actors it starts, never back. The finding, serializing and loading are
+:mod:`fedsync.transports.device_functions`' (shared with the local process workers); Ray adds that the
+script run as ``__main__`` cannot be imported on the cluster's other machines (it goes by value).
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from typing import Any
 
 from fedsync.transports import device_functions
 
-__all__ = ["device_fn_path", "resolve"]
+__all__ = ["device_fn_path", "device_fn_for_actors", "resolve", "load", "PICKLER"]
+
+PICKLER = "ray.cloudpickle"
+"""What serializes a device function that travels by value: Ray's own cloudpickle, on every machine with Ray."""
 
 _ADVICE = (
-    "the ray backend ships device_fn to its actors as an import path, not as pickled code: define it "
-    "with `def` at the top level of a module the Ray workers can import (e.g. mypackage/devices.py) "
-    "and pass the function or the string 'mypackage.devices:device_fn'"
+    "define device_fn with `def` at the top level of a module the Ray workers can import "
+    "(e.g. mypackage/devices.py) and pass the function or the string 'mypackage.devices:device_fn'"
 )
 
 
@@ -43,6 +48,37 @@ def device_fn_path(device_fn: Callable[[int], Any] | str) -> str:
                 f"device_fn path {device_fn!r} does not resolve here ({type(exc).__name__}: {exc}); {_ADVICE}"
             ) from None
     return path
+
+
+def device_fn_for_actors(device_fn: Callable[[int], Any] | str) -> str | bytes:
+    """What the actors are given: ``device_fn``'s import path (checked to resolve here), or it serialized by value.
+
+    Args:
+        device_fn: ``device_fn(device_id) -> FedData``: any function (a lambda, a closure, one of a notebook
+            or of ``__main__`` included), or its import path ``"module:function"``.
+
+    Raises:
+        ValueError: a path that is malformed or does not resolve to a callable here.
+        TypeError: neither a function nor a string, or a function capturing what cannot be serialized
+            (a lock, an open file, a socket).
+    """
+    if isinstance(device_fn, str):
+        return device_fn_path(device_fn)
+    shipment = device_functions.ship(device_fn, script=False, pickler=PICKLER, how=_ADVICE)
+    if shipment.pickled is not None:
+        return shipment.pickled
+    return f"{shipment.module}:{shipment.name}"
+
+
+def load(device_fn: str | bytes) -> Callable[[int], Any]:
+    """In an actor: the function :func:`device_fn_for_actors` gave, imported or unpickled (the driver's bytes).
+
+    Raises:
+        ImportError, AttributeError, TypeError: as :func:`resolve`, or the function's modules are missing here.
+    """
+    if isinstance(device_fn, bytes):
+        return device_functions.unpickle(device_fn, PICKLER)
+    return resolve(device_fn)
 
 
 def resolve(path: str) -> Callable[[int], Any]:

@@ -16,6 +16,8 @@ from fedsync.cli import main
 from fedsync.errors import RemoteTimeout
 from fedsync.transports.local import LocalRemote
 from fedsync.coordinator.simulation import run_simulation
+from fedsync_ray.paths import device_fn_for_actors, load
+from tests.support.devices.by_value import adding, run_script
 from tests.support.devices.ray_devices import SHARDS, shard
 from tests.support.distributions import make_distribution
 
@@ -57,14 +59,11 @@ def ray_entry_point(tmp_path, monkeypatch):
 # -- no Ray needed: refusals happen before anything starts -------------------------------
 
 
-def test_a_lambda_or_closure_device_fn_is_refused_for_ray_with_what_to_do():
-    def nested(i):
-        return shard(i)
-
-    for device_fn in (lambda i: shard(i), nested):
-        with pytest.raises(ValueError, match="import path.*define it with `def` at the top level of a module") as caught:
-            run_simulation(device_fn, 4, 1, data=model(), backend="ray")
-        assert "'mypackage.devices:device_fn'" in str(caught.value)
+def test_a_bad_device_fn_path_or_backend_option_is_refused_for_ray_with_what_to_do():
+    # A lambda or a closure runs (sent by value): see the tests of device functions by value below.
+    with pytest.raises(ValueError, match="does not resolve here") as caught:
+        run_simulation("tests.support.devices.ray_devices:no_such_function", 4, 1, data=model(), backend="ray")
+    assert "'mypackage.devices:device_fn'" in str(caught.value)
     with pytest.raises(ValueError, match="does not resolve here"):
         run_simulation("tests.support.devices.ray_devices:no_such_function", 4, 1, data=model(), backend="ray")
     with pytest.raises(ValueError, match="backend_config takes the keys"):
@@ -376,3 +375,49 @@ def test_a_simulation_joins_an_existing_ray_cluster_by_address_and_leaves_it_run
                 continue
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+# -- device functions by value: a lambda, a closure, __main__, a script from stdin --------
+
+
+def test_a_function_by_name_goes_to_the_actors_as_its_path_and_a_lambda_as_rays_cloudpickle():
+    pytest.importorskip("ray")
+    assert device_fn_for_actors(shard) == "tests.support.devices.ray_devices:shard"
+    pickled = device_fn_for_actors(lambda i: shard(i))
+    assert isinstance(pickled, bytes) and load(pickled)(1).get_arrays()["w"].shape == (3, 1)
+
+
+def test_without_rays_cloudpickle_a_lambda_is_refused_naming_the_pip_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray.cloudpickle", None)  # as if missing: importing it raises ImportError
+    with pytest.raises(ImportError, match=r"by value.*ray.cloudpickle.*pip install 'fedsync\[ray\]'"):
+        device_fn_for_actors(lambda i: shard(i))
+    assert device_fn_for_actors(shard) == "tests.support.devices.ray_devices:shard"  # by name: no pickling
+
+
+@pytest.mark.slow
+def test_a_lambda_and_a_closure_capturing_data_run_on_ray(ray_session):
+    models = []
+    for device_fn in ("tests.support.devices.ray_devices:shard", lambda i: shard(i)):
+        run_simulation(device_fn, len(SHARDS), 1, data=(data := model()), seed=5, backend="ray", timeout=60,
+                       backend_config={"num_cpus": 1, "actors": 2}, progress=False)
+        models.append(data.get_arrays())
+    assert not np.allclose(models[0]["w"], 0.0)
+    for name in ("w", "b"):
+        np.testing.assert_array_equal(models[1][name], models[0][name])
+
+    captured = np.array([1.0, -2.0, 0.5])
+
+    def closure(device_id):
+        return adding(captured, device_id)
+
+    history = run_simulation(closure, 4, 1, data=(data := FedArrays({"w": np.zeros(3)})), backend="ray", timeout=60,
+                             backend_config={"num_cpus": 1, "actors": 2}, progress=False)
+    assert len(history[0].answered) == 4 and not history[0].failures
+    np.testing.assert_allclose(data.get_arrays()["w"], captured * 2.5)  # the mean of 1, 2, 3, 4
+
+
+@pytest.mark.slow  # a fresh interpreter that starts its own local Ray
+@pytest.mark.parametrize("how", ["file", "stdin"])
+def test_a_function_of_a_script_run_as_main_or_read_from_stdin_runs_on_ray(tmp_path, how):
+    """The driver's __main__ cannot be imported by the actors, so its function goes by value too."""
+    assert run_script(tmp_path, how, "ray") == '{"answered": 3, "w": [2.0, 4.0]}'

@@ -2,8 +2,10 @@
 
 Started by :class:`fedsync.transports.process.pool.ProcessPool`, never by hand. It
 imports ``device_fn`` by name (``M:F``, or ``--path FILE`` for a script run
-as ``__main__``), then answers requests read as frames (:mod:`fedsync.transports.process._frames`)
-on its stdin, writing the answers as frames on its stdout:
+as ``__main__``), or, with ``--pickled N``, reads it by value from the first frame on its stdin
+(``{"op": "device_fn"}`` and the N bytes cloudpickle made of it in the coordinator that started this
+process: see :func:`fedsync.transports.device_functions.ship`). It then answers requests read as frames
+(:mod:`fedsync.transports.process._frames`) on its stdin, writing the answers as frames on its stdout:
 
 - ``{"id", "device", "method", "path", "query", "headers", "timeout"}`` + body:
   the request is answered by that device's own WSGI application (a
@@ -16,7 +18,8 @@ on its stdin, writing the answers as frames on its stdout:
   call, and the pool kills this process and starts another (a thread cannot be stopped).
 
 Devices train one at a time in this process (one core each; the pool runs
-several processes). Nothing is pickled. The user code's prints go to stderr:
+several processes). Nothing else is pickled: requests and answers are JSON headers and raw bytes, and
+the coordinator never unpickles what this process sends. The user code's prints go to stderr:
 stdout carries frames only. SIGINT is ignored (the coordinator's Ctrl-C is the
 coordinator's); the worker exits when its stdin closes, whatever it is doing.
 """
@@ -131,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--module", help="the module defining device_fn")
     source.add_argument("--path", help="the script defining device_fn (when it ran as __main__)")
+    source.add_argument(
+        "--pickled", type=int, metavar="N", help="device_fn comes by value: the first frame on stdin, of N bytes"
+    )
     parser.add_argument("--max-content-length", type=int, default=None)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -142,7 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     os.close(devnull)
     os.dup2(2, 1)
     try:
-        device_fn = device_functions.load(args.name, args.module, args.path)
+        if args.pickled is not None:
+            device_fn = _by_value(inp, args.pickled)
+        else:
+            device_fn = device_functions.load(args.name, args.module, args.path)
     except Exception as exc:  # the coordinator raises it: a programming error, not a device's failure
         write_frame(out, {"ready": False, "error": f"{type(exc).__name__}: {str(exc)[:1000]}"})
         os._exit(1)
@@ -155,6 +164,14 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         sys.stderr.flush()
         os._exit(0)  # without waiting for trainings the coordinator no longer wants
+
+
+def _by_value(inp: Readable, size: int) -> Callable[[int], Any]:
+    """``device_fn`` from the first frame the coordinator wrote: exactly ``size`` bytes, as its command line said."""
+    frame = read_frame(inp, max_body=max(0, size), max_header=1024)
+    if frame is None or frame[0] != {"op": "device_fn"} or len(frame[1]) != size:
+        raise ValueError(f"the coordinator's first frame is not device_fn's {size} bytes")
+    return device_functions.unpickle(bytes(frame[1]))
 
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@ For ``run_simulation(..., worker_kind="processes")``: a training in pure
 Python holds the GIL, so threads take turns; processes train side by side.
 A :class:`ProcessPool` runs ``workers`` processes (``python -m
 fedsync.transports.process._worker``), each importing ``device_fn`` *by name* (a
-module-level function: ``"module:function"``) and holding the devices sampled
-onto it. A :class:`ProcessRemote` is a :class:`~fedsync.transports.remote.Remote` over a
+module-level function: ``"module:function"``) when it has one, else receiving it *by value*
+(a lambda, a closure, a function of a notebook or of a script read from standard input: serialized
+with cloudpickle, ``pip install 'fedsync[sim]'``, in the first frame to the worker), and holding the
+devices sampled onto it. A :class:`ProcessRemote` is a :class:`~fedsync.transports.remote.Remote` over a
 :class:`ProcessTransport`, whose requests go, as raw bytes in length-prefixed frames over a pipe
 (:mod:`fedsync.transports.process._frames`), to the device's WSGI application in its worker: the
-same round, codec and checks as in-process and over HTTP. Nothing is pickled.
+same round, codec and checks as in-process and over HTTP. Nothing else is pickled, and nothing a worker
+sends back is ever unpickled: its answers are JSON-headed frames, checked like an HTTP reply.
 
 - A device is placed on the least loaded worker when the round first talks
   to it, and stays there until :meth:`ProcessRemote.release` (after each
@@ -67,7 +70,10 @@ class _Pending:
 class _Process:
     """One worker process, the pipes to it, and the requests waiting for its answers."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], max_body: int) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], max_body: int, device_fn: bytes | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:  # fmt: skip
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
         stdin, stdout = self.proc.stdin, self.proc.stdout
         # Pipes, and with Popen's default buffering the answers' end is a BufferedReader (it has readinto).
@@ -85,6 +91,25 @@ class _Process:
         self.start_error: str | None = None
         self.load = 0  # devices placed here (the pool's lock guards it)
         threading.Thread(target=self._read, name=f"fedsync-worker-{self.proc.pid}", daemon=True).start()
+        if device_fn is not None:
+            # device_fn by value is the pipe's first frame: requests wait on the write lock until it is written,
+            # from a thread, so that workers start side by side however large the function (its closure) is.
+            self.write_lock.acquire()
+            threading.Thread(
+                target=self._send_device_fn, args=(device_fn, time.monotonic() + start_timeout),
+                name=f"fedsync-worker-{self.proc.pid}-start", daemon=True,
+            ).start()  # fmt: skip
+
+    def _send_device_fn(self, device_fn: bytes, deadline: float) -> None:
+        """Write device_fn's frame (the write lock is held for this thread), then let requests through."""
+        try:
+            self._write(frame_head({"op": "device_fn"}, len(device_fn)), device_fn, deadline)
+        except TimeoutError:
+            self.kill("it did not read device_fn before the start timeout")
+        except OSError:
+            pass  # it died: the reader names how
+        finally:
+            self.write_lock.release()
 
     def call(
         self, url: str, header: dict[str, Any], body: bytes, timeout: float
@@ -153,18 +178,22 @@ class _Process:
         if not self.write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise TimeoutError
         try:
-            if self.dead is not None:
-                raise BrokenPipeError
-            sent = [0]
-            try:
-                for chunk in (head, body):
-                    _write_all(self.fd, chunk, deadline, sent)
-            except TimeoutError:
-                if sent[0]:  # half a frame is in the pipe: the stream cannot be resynchronized
-                    self.kill("it stopped reading requests (a request was left half written at its deadline)")
-                raise
+            self._write(head, body, deadline)
         finally:
             self.write_lock.release()
+
+    def _write(self, head: bytes, body: bytes, deadline: float) -> None:
+        """Write one frame (the caller holds the write lock); a frame left half written kills the worker."""
+        if self.dead is not None:
+            raise BrokenPipeError
+        sent = [0]
+        try:
+            for chunk in (head, body):
+                _write_all(self.fd, chunk, deadline, sent)
+        except TimeoutError:
+            if sent[0]:  # half a frame is in the pipe: the stream cannot be resynchronized
+                self.kill("it stopped reading requests (a request was left half written at its deadline)")
+            raise
 
     def kill(self, reason: str) -> None:
         """Kill the process; its requests fail with ``reason``."""
@@ -302,20 +331,24 @@ def _checked_answer(
 
 
 class ProcessPool:
-    """``workers`` worker processes building devices with ``device_fn`` (given by name), shared by many remotes.
+    """``workers`` worker processes building devices with ``device_fn``, shared by many remotes.
 
     Args:
-        device_fn: a module-level function ``device_fn(device_id) -> FedData``, or
-            its name ``"module:function"`` (see :func:`fedsync.transports.device_functions.locate`).
+        device_fn: ``device_fn(device_id) -> FedData``, or its name ``"module:function"``. A module-level
+            function (or one of the script run as ``__main__``) is imported by name in the workers; any other
+            (a lambda, a closure, a function of a notebook or of a script read from standard input) is
+            serialized with cloudpickle and sent to them once each
+            (:func:`fedsync.transports.device_functions.ship`).
         workers: worker processes (default: the CPU count). Each trains one device
             at a time, with ``OMP_NUM_THREADS=1`` unless the environment sets it.
         max_content_length: a device's largest accepted payload, in bytes (as ``serve``).
         start_timeout: seconds to wait for the workers to import ``device_fn``.
 
     Raises:
-        ValueError: ``device_fn`` cannot be found by name, or a bad ``workers``.
-        TypeError: ``device_fn`` is not callable.
-        ImportError: a worker could not import ``device_fn`` (its message says why).
+        ValueError: a malformed name ``"module:function"``, or a bad ``workers``.
+        TypeError: ``device_fn`` is not callable, or captures what cannot be serialized (a lock, a socket).
+        ImportError: ``device_fn`` must go by value and cloudpickle is missing (``pip install 'fedsync[sim]'``),
+            or a worker could not load ``device_fn`` (its message says why).
         TimeoutError: the workers were not ready within ``start_timeout``.
     """
 
@@ -323,11 +356,21 @@ class ProcessPool:
         self, device_fn: Callable[[int], Any] | str, workers: int | None = None, *,
         max_content_length: int | None = None, start_timeout: float = 120.0,
     ) -> None:  # fmt: skip
-        module, path, name = device_functions.locate(device_fn)
+        shipment = device_functions.ship(device_fn)
         workers = (os.cpu_count() or 1) if workers is None else workers
         self.workers = at_least_one("workers", workers)
-        self.argv = [sys.executable, "-m", "fedsync.transports.process._worker", "--name", name]
-        self.argv += ["--module", module] if module is not None else ["--path", path or ""]
+        self.device_fn = shipment.pickled
+        self.start_timeout = start_timeout
+        self.argv = [sys.executable, "-m", "fedsync.transports.process._worker", "--name", shipment.name]
+        if shipment.pickled is not None:
+            self.argv += ["--pickled", str(len(shipment.pickled))]
+            what = f"{shipment.name} (sent by value)"
+        elif shipment.module is not None:
+            self.argv += ["--module", shipment.module]
+            what = f"{shipment.module}:{shipment.name}"
+        else:
+            self.argv += ["--path", shipment.path or ""]
+            what = f"{shipment.path}:{shipment.name}"
         if max_content_length is not None:
             self.argv += ["--max-content-length", str(int(max_content_length))]
         self.env = _worker_environment()
@@ -340,16 +383,15 @@ class ProcessPool:
             if not process.ready.wait(max(0.0, deadline - time.monotonic())):
                 self.close()
                 raise TimeoutError(
-                    f"the simulation's worker processes did not start within {start_timeout:g} s "
-                    f"(importing {self.argv[-1]})"
+                    f"the simulation's worker processes did not start within {start_timeout:g} s (loading {what})"
                 )
             why = process.start_error or process.dead
             if why is not None:
                 self.close()
-                raise ImportError(f"a simulation worker process could not load device_fn {self.argv[-1]}:{name}: {why}")
+                raise ImportError(f"a simulation worker process could not load device_fn {what}: {why}")
 
     def _spawn(self) -> _Process:
-        return _Process(self.argv, self.env, self.max_body)
+        return _Process(self.argv, self.env, self.max_body, self.device_fn, self.start_timeout)
 
     @property
     def pids(self) -> list[int]:
