@@ -140,8 +140,11 @@ def run_simulation(
         worker_kind: ``"threads"`` (the default: numpy's BLAS and torch release
             the GIL while computing) or ``"processes"``, for a training that
             holds the GIL (pure Python): ``workers`` processes, each importing
-            ``device_fn`` by name, so it must be a module-level function or its
-            name ``"module:function"`` (:mod:`fedsync.transports.process.pool`). A worker
+            ``device_fn`` by name when it has one (a module-level function, or
+            ``"module:function"``), else receiving it by value (a lambda, a closure,
+            a notebook's function: cloudpickle, ``pip install 'fedsync[sim]'``; only
+            from this process to its own workers, docs/security.md;
+            :mod:`fedsync.transports.process.pool`). A worker
             that dies is its devices' failure that round; it is replaced. A call that
             hangs is its device's failure at the deadline; after the round its worker
             process is killed and replaced, or (threads) another thread takes its slot.
@@ -150,8 +153,8 @@ def run_simulation(
         backend: ``"local"`` (threads in this process) or ``"ray"``: devices in a
             bounded pool of Ray actors (:class:`fedsync_ray.RayDevices`, ``pip install
             'fedsync[ray]'``), each device named ``ray://sim-XXXX-K/device-ID``;
-            ``device_fn`` must then be a module-level function or its import path
-            ``"module:function"`` (the actors import it: no pickle).
+            ``device_fn`` goes by its import path when it has one, else by value
+            (Ray's own cloudpickle; docs/simulation.md).
         ray_address: ``backend="ray"``: an existing cluster's address; ``None``
             starts a local Ray (127.0.0.1, usage stats off) and stops it at the end,
             unless this process is already connected to one.
@@ -165,7 +168,7 @@ def run_simulation(
     Raises:
         SpecsMismatch, RoundFailed: as :meth:`fedsync.Federated.round`.
         ValueError, TypeError: a bad argument (before anything runs), e.g. a
-            lambda as ``device_fn`` with ``backend="ray"`` or ``worker_kind="processes"``.
+            ``device_fn`` capturing something that cannot be sent to a worker (a lock).
         ImportError: ``backend="ray"`` without Ray installed, or
             ``worker_kind="processes"`` and a worker could not import ``device_fn``.
     """
