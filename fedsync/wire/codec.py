@@ -48,6 +48,9 @@ __all__ = [
     "Tensor",
     "read_header",
     "read_pieces",
+    "SUPPORTED_DTYPES",
+    "carries",
+    "check_carries",
 ]
 
 HEADER_LIMIT = 8 * 1024 * 1024
