@@ -178,3 +178,53 @@ def test_fedavg_exact_false_stays_order_dependent_as_documented():
             for order in itertools.islice(itertools.permutations(range(6)), 0, 720, 37)
         }
         assert len(results) > 1, dtype
+
+
+# -- the robust family: replies read back in a canonical order ------------------------------------------
+
+ROBUST = {
+    "FedMedian": lambda spill: FedMedian(spill_bytes=spill),
+    "FedTrimmedAvg": lambda spill: FedTrimmedAvg(beta=0.2, spill_bytes=spill),
+    "Krum": lambda spill: Krum(num_malicious_clients=1, spill_bytes=spill),
+    "MultiKrum": lambda spill: MultiKrum(num_malicious_clients=1, spill_bytes=spill),
+    "Bulyan": lambda spill: Bulyan(num_malicious_clients=1, spill_bytes=spill),
+}
+# Values with ties and signed zeros, where "the earlier reply" and a partition's choice show.
+TIED = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, 0.5, 3.0])
+
+
+@pytest.mark.parametrize("name", sorted(ROBUST))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@PROPERTY
+@given(data=st.data())
+def test_robust_strategies_give_bit_identical_results_in_any_order(name, dtype, data):
+    """FedTrimmedAvg's and MultiKrum's means of kept rows, Krum's and Bulyan's ties, the median's signed zeros:
+    each followed the arrival order before the replies were read back by digest."""
+    values = st.one_of(MODERATE, TIED, FLOAT64) if dtype == np.float64 else st.one_of(MODERATE, TIED)
+    pairs = data.draw(replies(values, dtype, min_size=7, max_size=9))
+    spill = data.draw(st.sampled_from([None, 0, SIZE * np.dtype(dtype).itemsize * 3]))  # RAM, spilled, both
+    all_orders_agree(lambda: ROBUST[name](spill), {"w": np.zeros(SIZE, dtype)}, pairs, data)
+
+
+@pytest.mark.parametrize("name", sorted(ROBUST))
+def test_a_tie_between_different_replies_is_broken_by_content_not_arrival(name):
+    """Replies on a line, evenly spaced: Krum's scores tie; each order of arrival once picked its own first."""
+    pairs = [(np.full(SIZE, v), 1) for v in (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)]
+    results = {
+        bits(merged(lambda: ROBUST[name](None), {"w": np.zeros(SIZE)}, pairs, order))
+        for order in itertools.islice(itertools.permutations(range(7)), 0, 5040, 97)
+    }
+    assert len(results) == 1
+
+
+def test_robust_results_agree_whether_replies_stay_in_ram_or_spill():
+    """The spill file holds the same bytes: every split between RAM and disk, every order, one result."""
+    rng = np.random.default_rng(5)
+    pairs = [(rng.standard_normal(SIZE), int(rng.integers(1, 100))) for _ in range(8)]
+    for name, make in ROBUST.items():
+        results = {
+            bits(merged(lambda: make(spill), {"w": np.zeros(SIZE)}, pairs, order))  # noqa: B023
+            for spill in (None, 0, SIZE * 8 * 3)
+            for order in itertools.islice(itertools.permutations(range(8)), 0, 40320, 4001)
+        }
+        assert len(results) == 1, name
