@@ -21,14 +21,14 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from .._util.checks import is_int
 
-__all__ = ["ReplyStore", "default_spill_bytes", "SPILL_SHARE", "checked_spill_bytes"]
+__all__ = ["ReplyStore", "default_spill_bytes", "SPILL_SHARE", "checked_spill_bytes", "reply_digest"]
 
 SPILL_SHARE = 4
 """The default RAM budget is 1/SPILL_SHARE of the memory available when the merge begins."""
@@ -69,6 +69,17 @@ def checked_spill_bytes(value: Any) -> int | None:
     if not is_int(value) or value < 0:
         raise ValueError(f"spill_bytes must be None (a share of available memory) or an integer >= 0, got {value!r}")
     return value
+
+
+def reply_digest(arrays: Mapping[str, np.ndarray], samples: int, names: Iterable[str]) -> bytes:
+    """sha256 of a reply: its sample count (8 bytes, little-endian), then each array's bytes, in ``names``' order.
+
+    What :meth:`ReplyStore.canonicalize` orders replies by (32 bytes).
+    """
+    digest = hashlib.sha256(int(samples).to_bytes(8, "little"))
+    for name in names:
+        digest.update(np.ascontiguousarray(arrays[name]).reshape(-1).view(np.uint8).data)
+    return digest.digest()
 
 
 class ReplyStore:
@@ -117,10 +128,7 @@ class ReplyStore:
 
     def add(self, arrays: Mapping[str, np.ndarray], samples: int) -> None:
         """Keep one reply (arrays already checked against ``layout``)."""
-        digest = hashlib.sha256(int(samples).to_bytes(8, "little"))
-        for name in self.layout:
-            digest.update(np.ascontiguousarray(arrays[name]).reshape(-1).view(np.uint8).data)
-        self.digests.append(digest.digest())
+        self.digests.append(reply_digest(arrays, samples, self.layout))
         size = sum(int(np.asarray(arrays[name]).nbytes) for name in self.layout)
         if self._held + size <= self.spill_bytes:
             self._ram.append({name: np.asarray(arrays[name]).reshape(-1) for name in self.layout})

@@ -97,7 +97,7 @@ def test_the_float64_mean_is_within_two_units_of_the_exact_mean(pairs):
     for i in range(SIZE):
         exact = sum(Fraction(float(v[i])) * n for v, n in pairs) / total
         largest = max(abs(Fraction(float(v[i]))) * n for v, n in pairs)
-        unit = Fraction(float(np.spacing(abs(float(exact))))) if exact else Fraction(0)
+        unit = Fraction(float(np.spacing(np.nextafter(abs(float(exact)), 0)))) if exact else Fraction(0)
         bound = 2 * unit + len(pairs) * largest / 2**63 / total + Fraction(2) ** -1074
         assert abs(Fraction(float(got[i])) - exact) <= bound, (i, float(exact), float(got[i]))
 
@@ -228,3 +228,44 @@ def test_robust_results_agree_whether_replies_stay_in_ram_or_spill():
             for order in itertools.islice(itertools.permutations(range(8)), 0, 40320, 4001)
         }
         assert len(results) == 1, name
+
+
+# -- central DP: an exact sum of the clipped updates, seeded noise ---------------------------------------
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed", "adaptive"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_central_dp_with_a_seed_is_bit_identical_in_any_order(adaptive, dtype):
+    """Failed before: the clipped updates were added into a running float sum in arrival order.
+
+    Two rounds, so the adaptive clipping norm the first round leaves must agree too; some replies are clipped.
+    """
+    pytest.importorskip("dp_accounting")
+    from fedsync.strategies import DPAdaptiveClipping, DPFixedClipping
+
+    def make():
+        if adaptive:
+            return DPAdaptiveClipping(
+                FedAdam(eta=0.05), noise_multiplier=0.5, num_sampled_clients=6, initial_clipping_norm=3.0, seed=11
+            )
+        return DPFixedClipping(noise_multiplier=0.5, clipping_norm=3.0, num_sampled_clients=6, seed=11)
+
+    rng = np.random.default_rng(2)
+    current = {"w": rng.standard_normal(300).astype(dtype), "steps": np.array([4], np.int64)}
+    rounds = [
+        [
+            (rng.standard_normal(300).astype(dtype) * scale, int(rng.integers(1, 50)))
+            for scale in (0.1, 0.2, 5, 9, 1, 0.3)
+        ]
+        for _ in "ab"
+    ]
+    results = set()
+    for order in itertools.islice(itertools.permutations(range(6)), 0, 720, 61):
+        strategy, model = make(), current
+        for pairs in rounds:
+            model = strategy.aggregate(
+                model, [({"w": pairs[i][0], "steps": current["steps"]}, pairs[i][1]) for i in order]
+            )
+        assert strategy.last_round["clipped"] > 0
+        results.add(bits(model) + b"".join(a.tobytes() for a in strategy.state().values()))
+    assert len(results) == 1
