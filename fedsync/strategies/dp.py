@@ -190,14 +190,14 @@ class DPFixedClipping(Strategy):
             if name not in sums:
                 privatized[name] = np.array(a, copy=True)
                 continue
-            acc, g = sums.pop(name).mean(1, np.dtype(np.float64)), a.reshape(-1)  # the sum, rounded once
-            for first in range(0, acc.size, CHUNK):
-                end = min(first + CHUNK, acc.size)
-                noisy = acc[first:end]
+            summed, g = sums.pop(name).mean(1, np.dtype(np.float64)), a.reshape(-1)  # the sum, rounded once
+            for first in range(0, summed.size, CHUNK):
+                end = min(first + CHUNK, summed.size)
+                noisy = summed[first:end]
                 if std > 0:
                     noisy += self.rng.normal(0.0, std, end - first)
-                acc[first:end] = g[first:end] + noisy / n
-            privatized[name] = acc.astype(a.dtype, copy=False).reshape(a.shape)
+                summed[first:end] = g[first:end] + noisy / n
+            privatized[name] = summed.astype(a.dtype, copy=False).reshape(a.shape)
         self.last_round = {
             "replies": len(norms),
             "clipped": sum(1 for v in norms if not v <= clip),
