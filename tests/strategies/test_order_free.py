@@ -33,7 +33,7 @@ from fedsync.strategies import (
 from fedsync.strategies.exact import ExactSum
 
 SIZE = 5
-PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 FLOAT64 = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True)
 MODERATE = st.floats(-1e6, 1e6, allow_nan=False, allow_subnormal=False)
 SAMPLES = st.one_of(st.integers(1, 1000), st.integers(1, 2**53))
