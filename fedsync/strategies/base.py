@@ -118,9 +118,9 @@ class Strategy:
 def accumulator_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype a running merge of arrays of ``dtype`` is kept in.
 
-    float16/float32 means are float32 (their sums are exact, :class:`~fedsync.strategies.exact.ExactSum`);
-    float64 stays float64; integers and booleans sum exactly, in int64 (``WeightedSum``
-    moves to Python ints once that could overflow).
+    float16/float32 means are float32, float64 ones float64 (their sums are exact,
+    :class:`~fedsync.strategies.exact.ExactSum`); integers and booleans sum exactly, in int64
+    (``WeightedSum`` moves to Python ints once that could overflow).
     """
     if dtype.kind == "f":
         return np.result_type(dtype, np.float32)
@@ -135,28 +135,27 @@ _INT64_LIMIT = 2**63  # an integer sum that may reach this moves to Python ints
 class WeightedSum(Accumulator):
     """The sample-weighted mean of every array, folded reply by reply.
 
-    float16 and float32 arrays keep the exact, order-independent sum of
-    ``values * samples`` (:class:`~fedsync.strategies.exact.ExactSum`, reproducible
-    summation after Demmel and Nguyen 2015), rounded once in :meth:`result`: the
-    same replies in any order give bit-identical results, and equal replies give
-    exactly their value. float64 arrays keep a running weighted mean about the
-    replies so far, ``mean += w * (x - mean)`` with ``w = samples / samples so far``
-    (``mean * (1 - w) + x * w`` where the difference would overflow): equal replies
-    give exactly their value; the order can change the last bits. Integer and
-    boolean arrays keep the exact sum of ``values * samples`` (int64, or Python
-    integers once that could overflow), so :meth:`result` is exact: integers are
-    the mean rounded half to even, booleans the weighted majority (a tie gives
+    Floating arrays keep the exact, order-independent sum of ``values * samples``
+    (:class:`~fedsync.strategies.exact.ExactSum`, reproducible summation after
+    Demmel and Nguyen 2015), rounded once in :meth:`result`: the same replies in any
+    order give bit-identical results, and equal replies give exactly their value.
+    Integer and boolean arrays keep the exact sum of ``values * samples`` (int64, or
+    Python integers once that could overflow), so :meth:`result` is exact: integers
+    are the mean rounded half to even, booleans the weighted majority (a tie gives
     ``True``). Memory, whatever the number of replies: 26 bytes per float16/float32
-    element (6.5 float32 model copies), one copy of each float64 or integer array,
-    and small scratch buffers. ``exact=False`` (``FedAvg(exact=False)``) keeps float16/float32
-    arrays as a float32 running mean instead, like float64 ones: one copy, equal replies still
-    exact, the order may change the last bits.
+    element (6.5 float32 model copies), 34 per float64 element (4.25 float64 copies),
+    one copy of each integer array, and small scratch buffers. ``exact=False``
+    (``FedAvg(exact=False)``) keeps floating arrays as a running mean about the replies
+    so far instead, ``mean += w * (x - mean)`` with ``w = samples / samples so far``
+    (``mean * (1 - w) + x * w`` where the difference would overflow), in float32
+    (float64 for float64 arrays): one copy, equal replies still exact, but the order
+    replies arrive in may change the last bits.
     """
 
     def __init__(self, current: Arrays, exact: bool = True) -> None:
         self.layout = {name: (a.shape, a.dtype) for name, a in current.items()}
-        self.exact = {name: ExactSum(a.size) for name, a in current.items() if exact and exact_dtype(a.dtype)}
-        """The order-independent sums of float16/float32 arrays, until :meth:`result` turns them into ``sums``."""
+        self.exact = {name: ExactSum(a.size, a.dtype) for name, a in current.items() if exact and exact_dtype(a.dtype)}
+        """The order-independent sums of floating arrays, until :meth:`result` turns them into ``sums``."""
         self.sums = {
             name: np.zeros(a.size, accumulator_dtype(a.dtype)) for name, a in current.items() if name not in self.exact
         }
@@ -296,21 +295,22 @@ class FedAvg(Strategy):
 
     Each device's arrays weigh by the number of samples it trained on, so the
     coordinator holds one accumulator per array whatever the number of devices.
-    float16/float32 arrays sum exactly and independently of the replies' order
-    (:class:`WeightedSum`, :mod:`fedsync.strategies.exact`), rounded once: equal
-    replies give exactly their value; float64 arrays keep a running mean. No
-    overflow whatever the values and sample counts. Integer arrays (e.g. torch's
+    Floating arrays (float16, float32, float64) sum exactly and independently of the
+    replies' order (:class:`WeightedSum`, :mod:`fedsync.strategies.exact`), rounded
+    once: equal replies give exactly their value. No overflow whatever the values and
+    sample counts. Integer arrays (e.g. torch's
     ``num_batches_tracked``) take the exact weighted mean **rounded half to
     even** (2.5 -> 2, 3.5 -> 4), exact for every integer dtype and sample count;
     boolean arrays take the weighted majority, and a tie gives ``True``.
     Devices reporting 0 samples do not count, whatever their values.
 
     Args:
-        exact: ``True`` (the default): float16/float32 arrays merge by the exact,
-            order-independent sum, 6.5 float32 model copies of memory and about 3x the
-            merge's CPU. ``False``: a float32 running mean, one model copy and the merge's
-            old speed; equal replies still merge to exactly their value, but the order
-            replies arrive in can change the last bits (docs/strategies.md).
+        exact: ``True`` (the default): floating arrays merge by the exact,
+            order-independent sum, 6.5 float32 (4.25 float64) model copies of memory and
+            about 3x the merge's CPU. ``False``: a running mean in the arrays' accumulator
+            dtype, one model copy and the merge's old speed; equal replies still merge to
+            exactly their value, but the order replies arrive in can change the last bits,
+            so reruns are not bit-identical (docs/strategies.md).
 
     Raises:
         RoundFailed: from :meth:`aggregate` and ``result`` when no device

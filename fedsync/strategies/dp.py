@@ -35,9 +35,16 @@ would otherwise leave without noise.
 
 Memory: the strategy takes whole replies (one at a time: each is clipped and
 added to the running sum, then released before the next downloads), so the
-coordinator holds the model, one reply and one running sum of the floating
-arrays (float32, float64 for float64 arrays), plus what the wrapped strategy
+coordinator holds the model, one reply and the exact sum of the clipped updates
+(:class:`~fedsync.strategies.exact.ExactSum` over float64 values: 34 bytes per
+floating element, 8.5 float32 model copies), plus what the wrapped strategy
 keeps; noise is drawn :data:`~fedsync.privacy.CHUNK` elements at a time.
+
+Reruns: the sum does not depend on the order replies arrive in, and the noise
+comes from ``numpy.random.default_rng(seed)`` in a fixed order (the clipped
+count's noise first, then each floating array's, a chunk at a time), so with a
+``seed`` the same replies give bit-identical results. With ``seed=None`` (OS
+entropy, for production) no two runs are alike, by design.
 """
 
 from __future__ import annotations
@@ -51,7 +58,8 @@ import numpy as np
 from .._util.checks import is_int, is_number
 from ..errors import RoundFailed
 from ..privacy import CHUNK, checked_positive, clip_factor, refuse_running_statistics, scaled_update, update_norm
-from .base import Arrays, FedAvg, Strategy, accumulator_dtype
+from .base import Arrays, FedAvg, Strategy
+from .exact import ExactSum
 from .robust import EveryReply
 
 __all__ = ["DPFixedClipping", "DPAdaptiveClipping"]
@@ -148,10 +156,8 @@ class DPFixedClipping(Strategy):
         refuse_running_statistics(current.keys(), "central DP")
         clip = self.clipping_norm
         floats = [name for name, a in current.items() if np.asarray(a).dtype.kind == "f"]
-        sums = {
-            name: np.zeros(np.size(current[name]), accumulator_dtype(np.asarray(current[name]).dtype))
-            for name in floats
-        }
+        # The clipped updates' exact sum: independent of the order replies arrive in (fedsync.strategies.exact).
+        sums = {name: ExactSum(np.size(current[name]), np.float64) for name in floats}
         reference = {name: current[name] for name in floats}
         norms: list[float] = []
         replies = iter(results)
@@ -168,7 +174,7 @@ class DPFixedClipping(Strategy):
                     acc = sums[name]
                     for first in range(0, x.size, CHUNK):
                         end = min(first + CHUNK, x.size)
-                        acc[first:end] += scaled_update(x[first:end], g[first:end], factor)
+                        acc.add(first, scaled_update(x[first:end], g[first:end], factor), 1)
             del arrays
         if not norms:
             raise RoundFailed(
@@ -184,15 +190,14 @@ class DPFixedClipping(Strategy):
             if name not in sums:
                 privatized[name] = np.array(a, copy=True)
                 continue
-            acc, g = sums[name], a.reshape(-1)
-            for first in range(0, acc.size, CHUNK):
-                end = min(first + CHUNK, acc.size)
-                noisy = acc[first:end].astype(np.float64)
+            summed, g = sums.pop(name).mean(1, np.dtype(np.float64)), a.reshape(-1)  # the sum, rounded once
+            for first in range(0, summed.size, CHUNK):
+                end = min(first + CHUNK, summed.size)
+                noisy = summed[first:end]
                 if std > 0:
                     noisy += self.rng.normal(0.0, std, end - first)
-                acc[first:end] = g[first:end] + noisy / n
-            privatized[name] = acc.astype(a.dtype, copy=False).reshape(a.shape)
-            del sums[name]  # the privatized array owns the memory now
+                summed[first:end] = g[first:end] + noisy / n
+            privatized[name] = summed.astype(a.dtype, copy=False).reshape(a.shape)
         self.last_round = {
             "replies": len(norms),
             "clipped": sum(1 for v in norms if not v <= clip),

@@ -9,6 +9,11 @@ the replies kept in RAM.
 Like their papers (and Flower), they ignore sample counts: a hostile device could
 claim any count. Replies reporting 0 samples never reach a strategy.
 
+Arrival order never matters: once every reply is stored they are read back in the
+order of their sha256 digests (:meth:`~fedsync.strategies.store.ReplyStore.canonicalize`),
+so "the earlier reply" on a tie, and the order a mean adds its kept rows in, are set
+by the replies' content: the same replies give bit-identical results on every rerun.
+
 Integer and boolean arrays (counters such as torch's ``num_batches_tracked``,
 masks) are not parameters these rules reason about: in every robust strategy they
 take the coordinate-wise **median, exact, rounded half to even** (booleans: the
@@ -122,6 +127,9 @@ class EveryReply(Strategy):
                     "train(model) must return the number of samples it trained on, e.g. `return x.shape[0]`"
                 )
             self.check_count(len(store))
+            # Read back in an order set by the replies' content: partitions, ties ("the earlier reply") and
+            # means of kept replies then give the same bits whatever order the replies arrived in.
+            store.canonicalize()
             return self._combine(store)
 
     def check_count(self, n: int) -> None:
@@ -315,7 +323,7 @@ class Krum(_KrumFamily):
         "Krum "
         + _KRUM
         + """The result is the reply with the lowest score
-    (the first one on a tie), its floating arrays copied exactly.
+    (on a tie, the first in the replies' canonical order, by digest), its floating arrays copied exactly.
 
     Args:
         num_malicious_clients: ``f``, the number of Byzantine devices to tolerate, >= 0
@@ -342,7 +350,7 @@ class MultiKrum(_KrumFamily):
         + _KRUM
         + """The result is the plain mean of the
     ``m = num_clients_to_keep`` replies with the lowest scores (section 5 of the paper:
-    ``(1/m) * sum``; ties go to the earlier reply), in float64.
+    ``(1/m) * sum``; ties go to the earlier reply in the canonical order, by digest), in float64.
 
     Args:
         num_malicious_clients: ``f`` >= 0 (Flower's name and default: 0). A round needs
@@ -386,7 +394,7 @@ class Bulyan(_KrumFamily):
     by applying Krum again and again to the replies not yet selected (each time the
     scores sum the ``max(1, remaining - f - 2)`` closest distances, as Flower); then for
     each floating coordinate take the ``beta = theta - 2f`` selected values closest to
-    their median (ties: the earlier reply) and average them (float64).
+    their median (ties: the earlier reply in the canonical order, by digest) and average them (float64).
 
     Args:
         num_malicious_clients: ``f`` >= 0 (Flower's name and default: 0). A round needs

@@ -9,20 +9,26 @@ matrix, each spilled row read through a short-lived :class:`numpy.memmap` window
 that is unmapped after the copy, so the file's pages do not stay in the
 process's resident memory. The folder and its file are deleted when the store
 closes, whatever happened (it is a context manager).
+
+Once every reply is in, :meth:`ReplyStore.canonicalize` puts them in an order that
+depends on their content alone (their sha256 digests), so a strategy reading them
+back computes the same bits whatever order they arrived in: ties, partitions and
+means of kept replies see the same rows in the same order on every rerun.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from .._util.checks import is_int
 
-__all__ = ["ReplyStore", "default_spill_bytes", "SPILL_SHARE", "checked_spill_bytes"]
+__all__ = ["ReplyStore", "default_spill_bytes", "SPILL_SHARE", "checked_spill_bytes", "reply_digest"]
 
 SPILL_SHARE = 4
 """The default RAM budget is 1/SPILL_SHARE of the memory available when the merge begins."""
@@ -65,6 +71,17 @@ def checked_spill_bytes(value: Any) -> int | None:
     return value
 
 
+def reply_digest(arrays: Mapping[str, np.ndarray], samples: int, names: Iterable[str]) -> bytes:
+    """sha256 of a reply: its sample count (8 bytes, little-endian), then each array's bytes, in ``names``' order.
+
+    What :meth:`ReplyStore.canonicalize` orders replies by (32 bytes).
+    """
+    digest = hashlib.sha256(int(samples).to_bytes(8, "little"))
+    for name in names:
+        digest.update(np.ascontiguousarray(arrays[name]).reshape(-1).view(np.uint8).data)
+    return digest.digest()
+
+
 class ReplyStore:
     """The round's replies, by arrival: ``(arrays, samples)`` each, read back by coordinate chunks.
 
@@ -74,7 +91,10 @@ class ReplyStore:
             and every one after, goes to the spill file. 0 spills every reply.
 
     Attributes:
-        samples: each stored reply's sample count, in arrival order.
+        samples: each stored reply's sample count, in arrival order (canonical order after
+            :meth:`canonicalize`).
+        digests: each stored reply's sha256 (of its sample count and its arrays' bytes, in
+            ``layout``'s order), in the same order.
         spilled: how many replies went to the spill file.
     """
 
@@ -82,6 +102,7 @@ class ReplyStore:
         self.layout = {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in layout.items()}
         self.spill_bytes = spill_bytes
         self.samples: list[int] = []
+        self.digests: list[bytes] = []
         self.spilled = 0
         self._ram: list[dict[str, np.ndarray] | None] = []
         self._offsets: list[dict[str, int] | None] = []
@@ -107,6 +128,7 @@ class ReplyStore:
 
     def add(self, arrays: Mapping[str, np.ndarray], samples: int) -> None:
         """Keep one reply (arrays already checked against ``layout``)."""
+        self.digests.append(reply_digest(arrays, samples, self.layout))
         size = sum(int(np.asarray(arrays[name]).nbytes) for name in self.layout)
         if self._held + size <= self.spill_bytes:
             self._ram.append({name: np.asarray(arrays[name]).reshape(-1) for name in self.layout})
@@ -130,6 +152,18 @@ class ReplyStore:
             self._end += flat.nbytes
         self._dirty = True
         return offsets
+
+    def canonicalize(self) -> None:
+        """Reorder the stored replies by their digests: an order set by their content, not their arrival.
+
+        Replies with equal digests hold the same bytes, so their relative order changes nothing.
+        Nothing is copied or read: only the index lists move.
+        """
+        order = sorted(range(len(self)), key=self.digests.__getitem__)
+        self._ram = [self._ram[i] for i in order]
+        self._offsets = [self._offsets[i] for i in order]
+        self.samples = [self.samples[i] for i in order]
+        self.digests = [self.digests[i] for i in order]
 
     def rows(self, name: str, first: int, end: int, which: list[int] | None = None) -> np.ndarray:
         """Elements ``[first, end)`` of array ``name`` of each reply (or of ``which`` ones).

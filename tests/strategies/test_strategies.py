@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from fedsync import FedArrays, Federated
+from fedsync.strategies.store import reply_digest
 from fedsync.wire import codec
 from fedsync.coordinator import checkpoint as checkpoint_io
 from fedsync.coordinator.checkpoint import CheckpointError
@@ -165,7 +166,10 @@ def test_robust_strategies_match_their_papers(name, seed, spill_bytes):
     make, reference = ROBUST[name]
     replies = random_replies(seed, 7 + seed)  # 0.29 * 100 would cut 28 with floats; here 7..10 replies
     got = run(make(spill_bytes=spill_bytes), current_like(replies), replies)
-    expected = reference([x for x, _ in replies])
+    # Ties go to the earlier reply in the order of their digests, not of their arrival (#23 item 4); Bulyan's
+    # repeated Krum ties whenever one closest distance scores (the two nearest replies share it).
+    canonical = sorted(replies, key=lambda pair: reply_digest(pair[0], pair[1], pair[0]))
+    expected = reference([x for x, _ in canonical])
     for k in expected:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-12, atol=1e-12)
         assert got[k].dtype == np.float64
