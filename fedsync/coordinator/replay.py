@@ -61,7 +61,7 @@ class Difference:
     """What run B holds there."""
 
     def __str__(self) -> str:
-        return f"round {self.round}: {self.field} differ: A {self.a}, B {self.b}"
+        return f"round {self.round}, {self.field}: A {self.a}, B {self.b}"
 
 
 def digest(payload: Any) -> str:
@@ -87,7 +87,7 @@ def run_record(seed: Any) -> RunRecord:
         kept = seed
     else:
         text = seed if isinstance(seed, str) else repr(seed)
-        kept = text if len(text) <= MAX_SEED else f"{text[: MAX_SEED - 72]}... sha256:{digest(text)}"
+        kept = text if len(text) <= MAX_SEED else f"{text[: MAX_SEED - 75]}... sha256:{digest(text)}"
     return RunRecord(seed=kept, evaluation_seed=_clipped(evaluation_seed(seed)), fedsync=__version__)
 
 
