@@ -27,6 +27,7 @@ __all__ = [
     "History",
     "MAX_ERROR",
     "MAX_HISTORY_BYTES",
+    "MAX_SEED",
     "scrub_result",
     "scrub_names",
 ]

@@ -37,7 +37,17 @@ from . import checkpoint as checkpoint_io
 from ._sampling import evaluation_seed
 from .history import MAX_SEED, History, RoundResult, RunRecord
 
-__all__ = ["Difference", "FIELDS", "compare_runs", "read_run", "run_notes", "digest", "run_record"]
+__all__ = [
+    "Difference",
+    "FIELDS",
+    "compare_runs",
+    "read_run",
+    "run_notes",
+    "digest",
+    "run_record",
+    "record_sent",
+    "record_model",
+]
 
 FIELDS = ("sampled", "configs", "payload_sha256", "answered", "model_sha256")
 """What :func:`compare_runs` compares in each round, in this order: the first that differs is reported.

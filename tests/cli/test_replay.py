@@ -8,7 +8,7 @@ import json
 import pytest
 
 from fedsync.cli import main
-from tests.coordinator.test_replay import simulate
+from tests.support.replay_runs import simulate
 
 
 @pytest.fixture(scope="module")

@@ -22,42 +22,7 @@ from fedsync.coordinator.history import History, RoundResult
 from fedsync.coordinator.replay import Difference, compare_runs, read_run, run_notes
 from fedsync.coordinator.simulation import device_id, run_simulation
 from fedsync.errors import CheckpointError
-from fedsync.strategies import FedAvg
-
-TRUE_W = np.array([[1.0], [2.0], [-1.0]], np.float32)
-
-
-def device_fn(index: int, shift: float = 0.0) -> FedArrays:
-    """Device ``index``: 16 examples of y = x @ TRUE_W (+ ``shift``), a gradient step per round at ``config["lr"]``."""
-    rng = np.random.default_rng(index)
-    x = rng.normal(size=(16, 3)).astype(np.float32)
-    y = x @ TRUE_W + np.float32(shift)
-
-    def train(model: dict[str, np.ndarray], config: dict[str, Any]) -> int:
-        w = model["w"]
-        grad = x.T @ (x @ w - y) / np.float32(len(x))
-        model["w"] = (w - np.float32(config["lr"]) * grad).astype(np.float32)
-        return len(x)
-
-    return FedArrays({"w": np.zeros((3, 1), np.float32)}, train)
-
-
-def simulate(folder: Path | None, *, seed: int = 7, rounds: int = 3, config: Any = None, **extra: Any) -> History:
-    """A seeded run over 8 devices, 3 sampled per round, FedAvg, each device sent its own config."""
-    return run_simulation(
-        extra.pop("device_fn", device_fn),
-        8,
-        rounds,
-        data=FedArrays({"w": np.zeros((3, 1), np.float32)}),
-        strategy=FedAvg(),
-        devices_per_round=3,
-        seed=seed,
-        config=config or (lambda server_round, device: {"lr": 0.05 + 0.01 * (device_id(device) % 3)}),
-        checkpoint=folder,
-        progress=False,
-        **extra,
-    )
-
+from tests.support.replay_runs import device_fn, simulate
 
 def test_a_run_records_what_a_replay_needs(tmp_path):
     history = simulate(tmp_path / "a")
