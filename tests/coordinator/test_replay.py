@@ -9,10 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 
 import fedsync
@@ -20,9 +17,10 @@ from fedsync import FedArrays
 from fedsync.coordinator import checkpoint
 from fedsync.coordinator.history import History, RoundResult
 from fedsync.coordinator.replay import Difference, compare_runs, read_run, run_notes
-from fedsync.coordinator.simulation import device_id, run_simulation
+from fedsync.coordinator.simulation import device_id
 from fedsync.errors import CheckpointError
 from tests.support.replay_runs import device_fn, simulate
+
 
 def test_a_run_records_what_a_replay_needs(tmp_path):
     history = simulate(tmp_path / "a")
@@ -250,3 +248,24 @@ def test_threads_and_worker_processes_record_the_same_run(tmp_path):
     simulate(tmp_path / "threads")
     simulate(tmp_path / "processes", worker_kind="processes", workers=2)
     assert compare_runs(tmp_path / "threads", tmp_path / "processes") is None
+
+
+@pytest.mark.slow
+def test_a_rerun_over_real_http_devices_matches(tmp_path):
+    from fedsync import Federated
+    from tests.support.devices.basic import zeros
+    from tests.support.processes import start_device, stop_all
+
+    started = []
+    try:
+        started += [start_device("constant", v, n) for v, n in ((1.0, 10), (2.5, 30), (-4.0, 7), (0.5, 3))]
+        urls = [d.url for d in started]
+        for folder in ("a", "b"):  # the second run's repetitions continue above the first's: not compared
+            with Federated(zeros(), urls, devices_per_round=3, seed=5, checkpoint=tmp_path / folder, timeout=60) as fed:
+                fed.fit(3, progress=False)
+        first, second = read_run(tmp_path / "a"), read_run(tmp_path / "b")
+        assert [r.repetition for r in second] != [r.repetition for r in first]
+        assert compare_runs(first, second) is None
+        assert all(len(r.sampled or []) == 3 and r.model_sha256 for r in first)
+    finally:
+        stop_all(started)
