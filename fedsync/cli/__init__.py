@@ -555,6 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._check import add_check_command
 
     add_check_command(commands)
+    from ._replay import add_replay_command
+
+    add_replay_command(commands)
     return parser
 
 

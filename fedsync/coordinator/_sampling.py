@@ -114,7 +114,12 @@ def chosen(sampler: Sampler, number: int, remotes: Sequence[Any], rng: random.Ra
 
 def evaluation_rng(seed: int | None) -> random.Random:
     """The evaluation's own generator: seeded from ``seed`` apart from training's (``None``: the OS's entropy)."""
-    return random.Random(None if seed is None else f"fedsync evaluation {seed}")
+    return random.Random(evaluation_seed(seed))
+
+
+def evaluation_seed(seed: Any) -> str | None:
+    """The seed of :func:`evaluation_rng` (``None`` when ``seed`` is), as a run's folder records it."""
+    return None if seed is None else f"fedsync evaluation {seed}"
 
 
 def draw(remotes: Sequence[Any], share: Fraction, min_results: int | None, rng: random.Random) -> list:

@@ -51,7 +51,7 @@ from ..protocol import MAX_REPETITION, FedData
 from ..wire import codec
 from .history import MAX_HISTORY_BYTES, History
 
-__all__ = ["save", "load", "CheckpointError"]
+__all__ = ["save", "load", "read_history", "CheckpointError"]
 
 POINTER = "checkpoint.json"
 STATES = ("state.safetensors", "state.txt")
@@ -142,14 +142,7 @@ def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
     where = folder / meta["folder"]
     own = _own_size(data, repetition)
     raw = _read_checked(folder, where / meta["state"], meta["state_sha256"], limit=own + STATE_SLACK)
-    history_raw = _read_checked(folder, where / HISTORY, meta["history_sha256"], limit=HISTORY_LIMIT)
-    try:
-        history = History.from_json(history_raw.decode("utf-8"))
-    except ValueError as exc:  # UnicodeDecodeError too
-        raise _damaged(folder, f"{where / HISTORY} is malformed: {exc}") from None
-    if not len(history) or history[-1].repetition != repetition:
-        last = history[-1].repetition if len(history) else None
-        raise _damaged(folder, f"{POINTER} says repetition {repetition} but the history's last round is {last}")
+    history = _history(folder, meta)
     expected = data.specs(repetition)
     if meta["specs"] != expected:
         raise CheckpointError(
@@ -166,6 +159,42 @@ def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
     if strategy_state is not None:
         data.strategy.load_state(strategy_state, data.layout())  # type: ignore[attr-defined]  # FedData has no strategy; only array kinds, which strategy_of found
     return repetition, history
+
+
+def read_history(folder: str | Path) -> History:
+    """The history saved in checkpoint ``folder``, checked as :func:`load` checks it, without a FedData.
+
+    For reading a finished run (``fedsync replay``, :mod:`fedsync.coordinator.replay`): the
+    state is not read.
+
+    Raises:
+        CheckpointError: ``folder`` holds no ``checkpoint.json``, or (naming the cause) a malformed
+            one, a history over :data:`HISTORY_LIMIT` bytes, not matching its sha256, or malformed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder; name a checkpoint folder (Federated(checkpoint=...))")
+    meta = _read_pointer(folder)
+    if meta is None:
+        raise CheckpointError(
+            f"{folder} holds no {POINTER}: not a checkpoint folder, or no round finished there; name the folder "
+            "given as Federated(checkpoint=...) or run_simulation(checkpoint=...)"
+        )
+    return _history(folder, meta)
+
+
+def _history(folder: Path, meta: dict[str, Any]) -> History:
+    """The history that the checked ``checkpoint.json`` ``meta`` points at, checked; it ends at its repetition."""
+    where, repetition = folder / meta["folder"], meta["repetition"]
+    history_raw = _read_checked(folder, where / HISTORY, meta["history_sha256"], limit=HISTORY_LIMIT)
+    try:
+        history = History.from_json(history_raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise _damaged(folder, f"{where / HISTORY} is malformed: {exc}") from None
+    if not len(history) or history[-1].repetition != repetition:
+        last = history[-1].repetition if len(history) else None
+        raise _damaged(folder, f"{POINTER} says repetition {repetition} but the history's last round is {last}")
+    return history
 
 
 def _strategy_bytes(data: FedData) -> bytes | None:

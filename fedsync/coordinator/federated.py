@@ -56,6 +56,7 @@ from ._round import (
 from ._sampling import EMPTY_ROUNDS, Sampler, checked_sampler, checked_share, chosen, draw, evaluation_rng
 from ._tree import record_merge
 from .history import EvaluationResult, History, RoundResult, scrub_names, scrub_result
+from .replay import record_model, record_sent, run_record
 
 __all__ = ["Federated", "DOWNLOAD_BUDGET", "WORKERS", "SHARED_POLL", "STREAMS", "HANDSHAKE_SHARE"]
 
@@ -237,6 +238,7 @@ class Federated:
                 self.repetition, self.history = restored
                 done = len(self.history)
                 logger.info("resumed from %s: %d rounds done (repetition %d)", checkpoint, done, self.repetition)
+        self.history.run = self.history.run or run_record(seed)  # what a replay needs (coordinator/replay.py)
         self.dashboard: dashboard_app.Dashboard | None = (
             None if dashboard is None else dashboard_app.start(self, dashboard)
         )
@@ -471,6 +473,7 @@ class Federated:
             raise RoundFailed(f"{name}: {lead}only {len(remotes)} of {needed} required devices are reachable", failures)
         specs = self.data.specs(rep)
         payload = self.data.serialize(rep)
+        record_sent(result, sampled, configs, payload)  # for a replay: who, with which config, what was sent
         secure, remotes = secure_rounds.start(  # its key phases, if on
             self.secure_aggregation,
             self.data,
@@ -543,6 +546,7 @@ class Federated:
 
     def _record(self, result: RoundResult) -> None:
         result.privacy = coordinator_privacy(self)  # ε so far, under central DP (coordinator/_privacy.py)
+        record_model(result, self.data)  # the merged state's digest, for a replay
         self.history.append(result)
         self._unrecorded = 0
         if self.checkpoint is not None:

@@ -15,16 +15,19 @@ from .._util.files import read_regular, write_atomically
 from .._util.json import check_density, loads_strict, shown
 from ..privacy import checked_privacy
 from ..protocol import MAX_REPETITION
+from ..wire.config import Config, checked_config, encode_config
 from ..wire.metrics import MAX_SAMPLES, checked_metrics
 from ..wire.shapes import DeviceReport
 
 __all__ = [
     "RoundResult",
+    "RunRecord",
     "EvaluationResult",
     "ServerEvaluation",
     "History",
     "MAX_ERROR",
     "MAX_HISTORY_BYTES",
+    "MAX_SEED",
     "scrub_result",
     "scrub_names",
 ]
@@ -37,6 +40,9 @@ MAX_HISTORY_BYTES = 256 << 20
 
 Reading one takes at most about 20 times its size in memory (``docs/security.md``); fedsync writes
 about 300 bytes per round plus 100 per device in it, so this is some 100,000 rounds of 10 devices."""
+
+MAX_SEED = 200
+"""The longest seed a history records, in characters (a longer one is recorded as its first 200 and a hash)."""
 
 MIN_ROUND_BYTES = 128
 """A history holds at most one round per this many bytes: fedsync writes over 250 per round (all its
@@ -122,6 +128,17 @@ class RoundResult:
     empty: bool = False
     """Every device that answered reported 0 samples and ``Federated(empty_rounds="keep")`` kept the model
     unchanged (``samples`` is then 0, ``devices`` the answers); ``False`` for a merged round."""
+    sampled: list[str] | None = None
+    """URLs of the devices the round sampled, in the sampler's order (before the handshake); ``None`` in a
+    history written before fedsync recorded it. What a replay compares (:mod:`fedsync.coordinator.replay`)."""
+    configs: dict[str, Config] | None = None
+    """The configuration sent to each device whose handshake held, by URL (``{}`` each when there is none)."""
+    payload_sha256: str | None = None
+    """SHA-256 (64 lowercase hex digits) of the payload the coordinator sent (its ``serialize`` output, in its
+    ``wire_dtype``; a device that cannot decode that format got the arrays as they are instead)."""
+    model_sha256: str | None = None
+    """SHA-256 of the coordinator's state after the round (its ``serialize`` output: what a checkpoint's
+    ``state_sha256`` is for that round)."""
 
     @classmethod
     def from_dict(cls, row: Any) -> RoundResult:
@@ -146,14 +163,64 @@ class RoundResult:
             values["privacy"] = checked_privacy(values["privacy"], what)
         if not isinstance(values.get("empty", False), bool):
             raise ValueError(f"{what}: empty must be true or false, got {str(values['empty'])[:40]}")
+        if values.get("sampled") is not None:
+            _strings(values["sampled"], f"{what}: sampled")
+        if values.get("configs") is not None:
+            values["configs"] = _configs(values["configs"], what)
+        for key in ("payload_sha256", "model_sha256"):
+            if values.get(key) is not None and not _is_sha256(values[key]):
+                raise ValueError(f"{what}: {key} must be null or 64 lowercase hex digits, got {shown(values[key])}")
         return cls(**values)
+
+
+@dataclass
+class RunRecord:
+    """What a run was started with, for a replay (:mod:`fedsync.coordinator.replay`): seeds and fedsync's version."""
+
+    seed: int | str | None = None
+    """``Federated(seed=...)``: an integer or a string as given (another type as its ``repr``); ``None``: unseeded,
+    sampling then drew from the OS's entropy and no rerun can repeat it."""
+    evaluation_seed: str | None = None
+    """The seed of federated evaluation's own generator (derived from ``seed``; ``None`` when unseeded)."""
+    fedsync: str = ""
+    """The fedsync version that ran it (``fedsync.__version__``)."""
+
+    @classmethod
+    def from_dict(cls, row: Any) -> RunRecord:
+        """The inverse of ``dataclasses.asdict``, checking every field.
+
+        Raises:
+            ValueError: a key that is not a field, or a value of the wrong type or length.
+        """
+        if not isinstance(row, dict) or not row.keys() <= {f.name for f in fields(cls)}:
+            keys = sorted(str(k)[:40] for k in row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(
+                f"history's run must be a JSON object of keys among seed, evaluation_seed, fedsync, got {keys}"
+            )
+        seed = row.get("seed")
+        if seed is not None and not (
+            (type(seed) is int and abs(seed) < 2**1024) or (isinstance(seed, str) and len(seed) <= MAX_SEED)
+        ):
+            raise ValueError(
+                f"history's run seed must be null, an integer or a string of at most {MAX_SEED} characters"
+            )
+        evaluation_seed, version = row.get("evaluation_seed"), row.get("fedsync", "")
+        if not (evaluation_seed is None or (isinstance(evaluation_seed, str) and len(evaluation_seed) <= 2 * MAX_SEED)):
+            raise ValueError(
+                f"history's run evaluation_seed must be null or a string of at most {2 * MAX_SEED} characters"
+            )
+        if not isinstance(version, str) or len(version) > 100:
+            raise ValueError(f"history's run fedsync must be a version string, got {shown(version)}")
+        return cls(**row)
 
 
 class History:
     """The rounds of a run, in order; saves to and loads from JSON."""
 
-    def __init__(self, rounds: list[RoundResult] | None = None) -> None:
+    def __init__(self, rounds: list[RoundResult] | None = None, run: RunRecord | None = None) -> None:
         self.rounds: list[RoundResult] = list(rounds or [])
+        self.run: RunRecord | None = run
+        """What the run was started with (seeds, fedsync's version); ``None`` in a history written before."""
 
     def append(self, result: RoundResult) -> None:
         self.rounds.append(result)
@@ -180,8 +247,12 @@ class History:
         return values
 
     def to_json(self) -> str:
-        """The rounds as JSON text, ``{"rounds": [row, ...]}``, one row per :class:`RoundResult` (its fields)."""
-        return json.dumps({"rounds": [asdict(r) for r in self.rounds]}, indent=1)
+        """The rounds as JSON text, ``{"rounds": [row, ...], "run": {...}}``, one row per :class:`RoundResult`
+        (its fields); ``run`` (a :class:`RunRecord`) only when known."""
+        document: dict[str, Any] = {"rounds": [asdict(r) for r in self.rounds]}
+        if self.run is not None:
+            document["run"] = asdict(self.run)
+        return json.dumps(document, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> History:
@@ -200,9 +271,14 @@ class History:
             )
         except RecursionError:
             raise ValueError("history JSON is nested too deeply") from None
-        if not isinstance(document, dict) or document.keys() != {"rounds"} or not isinstance(document["rounds"], list):
-            raise ValueError('history must be a JSON object {"rounds": [...]}')
+        if (
+            not isinstance(document, dict)
+            or not {"rounds"} <= document.keys() <= {"rounds", "run"}
+            or not isinstance(document["rounds"], list)
+        ):
+            raise ValueError('history must be a JSON object {"rounds": [...]} (and an optional "run": {...})')
         rows = document["rounds"]
+        run = None if document.get("run") is None else RunRecord.from_dict(document["run"])
         if len(rows) > len(text) // MIN_ROUND_BYTES + 64:
             raise ValueError(
                 f"history JSON holds {len(rows)} rounds in {len(text)} characters, more than one per "
@@ -218,7 +294,7 @@ class History:
                 raise ValueError(
                     f"history's repetitions must increase, got {before.repetition} then {after.repetition}"
                 )
-        return cls(rounds)
+        return cls(rounds, run)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON atomically (a crash leaves the old file or the new one)."""
@@ -348,6 +424,24 @@ def _integer(value: Any, what: str, largest: int) -> int:
     if type(value) is not int or not 0 <= value <= largest:
         raise ValueError(f"{what} must be an integer in [0, {largest}], got {str(value)[:40]}")
     return value
+
+
+def _configs(configs: Any, what: str) -> dict[str, Config]:
+    """Each device's configuration, by URL, checked as a device checks one (:mod:`fedsync.wire.config`)."""
+    if not isinstance(configs, dict):
+        raise ValueError(f"{what}: configs must map device URLs to configurations (JSON objects)")
+    clean = {}
+    for url, config in configs.items():
+        try:
+            clean[url] = checked_config(config, f"{what}: configs[{shown(url)}]")
+            encode_config(clean[url])  # within the size a round sends
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+    return clean
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _strings(value: Any, what: str) -> None:

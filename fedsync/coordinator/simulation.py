@@ -19,6 +19,7 @@ takes its place (bounded, with a ``RuntimeWarning``: :mod:`fedsync.transports.pr
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -117,6 +118,7 @@ def run_simulation(
     empty_rounds: str = "fail",
     evaluate_every: int = 0,
     evaluate_fraction: float | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> History:
     """Run ``rounds`` federated rounds over ``num_devices`` simulated devices in this process.
 
@@ -131,7 +133,7 @@ def run_simulation(
             merged model at the end.
         strategy: if given, set as ``data.strategy`` (FedArrays and the adapters).
         fraction, devices_per_round, sampler, min_results, timeout, seed, config, evaluate_fn,
-            empty_rounds, evaluate_fraction: as for :class:`fedsync.Federated` (``timeout``: seconds
+            empty_rounds, evaluate_fraction, checkpoint: as for :class:`fedsync.Federated` (``timeout``: seconds
             per round). A ``sampler`` or a per-device ``config(server_round, device)`` gets the devices'
             URLs; :func:`device_id` reads the ``device_id`` back from one.
         evaluate_every: federated evaluation after every n-th round (0: never), as for
@@ -241,6 +243,7 @@ def run_simulation(
             evaluate_fn=evaluate_fn,
             empty_rounds=empty_rounds,
             evaluate_fraction=evaluate_fraction,
+            checkpoint=checkpoint,
         )
         return federated.fit(rounds, evaluate_every=evaluate_every, callbacks=[release, *callbacks], progress=progress)
     finally:
