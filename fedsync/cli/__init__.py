@@ -8,6 +8,7 @@ Subcommands:
 - ``fedsync plugins``           list the installed adapters and transports
 - ``fedsync dashboard DIR``     a live page of a run, from its checkpoint folder
 - ``fedsync certs KIND DIR``    a CA and certificates for mutual TLS (cli/_certs.py)
+- ``fedsync check URL``         the protocol's checks against any device; ``fedsync replay A B`` compares two runs
 
 Exit codes: 0 success, 1 the command failed (unreachable device, failed
 round, port in use), 2 bad usage (unknown option, module or attribute),
