@@ -53,6 +53,7 @@ def test_the_evaluation_sample_is_seeded_and_as_large_as_trainings_by_default():
     assert evaluated(4) == first
 
 
+@pytest.mark.slow  # over a second: the full suite (the fast tier stays under 90 s)
 def test_over_http_an_evaluation_between_rounds_leaves_the_training_sample(devices):
     # seed 8 samples more than one device across the 3 rounds (checked below): evaluation draws in between
     urls = [devices("tests.support.devices.research:straggler", i).url for i in range(4)]

@@ -30,6 +30,7 @@ def test_merge_weighs_by_sample_count(devices):
     assert data.last_merge["metrics"] == {"loss": 1.75}
 
 
+@pytest.mark.slow  # over a second: the full suite (the fast tier stays under 90 s)
 def test_linear_regression_fedavg_converges_to_centralized_solution(devices):
     shards = [(0, 40, -1.0), (1, 120, 0.0), (2, 300, 1.5)]  # different sizes and input distributions
     remotes = [Remote(devices("linreg", seed, n, shift).url) for seed, n, shift in shards]

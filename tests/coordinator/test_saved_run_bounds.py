@@ -156,7 +156,9 @@ def replace(folder: Path, name: str, raw: bytes, key: str) -> None:
     (folder / "checkpoint.json").write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("shape", ["empty objects", "bare rounds", "dense devices"])
+@pytest.mark.parametrize(
+    "shape", ["empty objects", "bare rounds", pytest.param("dense devices", marks=pytest.mark.slow)]  # 1.5 s
+)
 def test_a_resume_refuses_a_dense_history_within_the_bound(shape, tmp_path):
     folder = saved_checkpoint(tmp_path / "run")
     text = hostile_histories()[shape].encode()

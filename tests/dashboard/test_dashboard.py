@@ -171,6 +171,7 @@ def cell(dom, url, name):
 
 
 @needs_browser
+@pytest.mark.slow  # over a second: the full suite (the fast tier stays under 90 s)
 def test_dashboard_in_headless_chromium_during_a_live_run(devices, tmp_path):
     assert CHROMIUM, "chromium is not installed: apt-get install chromium-headless-shell"
     a, b = devices("linreg", 3, 30), devices("linreg", 4, 50)

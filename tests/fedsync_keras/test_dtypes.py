@@ -35,6 +35,7 @@ def setting(value: float):
     return FedKeras(bfloat16_model(), train)
 
 
+@pytest.mark.slow  # over a second: the full suite (the fast tier stays under 90 s)
 def test_a_bfloat16_model_goes_through_a_round_and_stays_bfloat16():
     import keras
 

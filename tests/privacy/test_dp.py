@@ -172,6 +172,7 @@ def test_local_dp_clips_on_the_device(devices):
     assert fed.model["steps"] == 0  # the device's counter went back as received
 
 
+@pytest.mark.slow  # over a second: the full suite (the fast tier stays under 90 s)
 def test_the_privacy_doc_example_prints_what_it_shows():
     import os
     import re

@@ -194,7 +194,8 @@ TIED = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, 0.5, 3.0])
 
 
 @pytest.mark.parametrize("name", sorted(ROBUST))
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# float64 in the full suite: the same code path with wider values (the fast tier stays under 90 s)
+@pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=pytest.mark.slow)])
 @PROPERTY
 @given(data=st.data())
 def test_robust_strategies_give_bit_identical_results_in_any_order(name, dtype, data):
