@@ -19,7 +19,16 @@ from .._util.json import shown
 from ..strategies import DPFixedClipping
 from ._round import sample_size
 
-__all__ = ["Sampler", "EMPTY_ROUNDS", "checked_share", "checked_sampler", "chosen", "evaluation_rng", "draw"]
+__all__ = [
+    "Sampler",
+    "EMPTY_ROUNDS",
+    "checked_share",
+    "checked_sampler",
+    "chosen",
+    "evaluation_rng",
+    "round_rng",
+    "draw",
+]
 
 Sampler = Callable[[int, list[str], random.Random], Sequence[Any]]
 """``sampler(server_round, available, rng) -> devices``: ``available`` the URLs, ``rng`` the coordinator's."""
@@ -112,9 +121,18 @@ def chosen(sampler: Sampler, number: int, remotes: Sequence[Any], rng: random.Ra
     return [by_url[u] for u in urls]
 
 
-def evaluation_rng(seed: int | None) -> random.Random:
-    """The evaluation's own generator: seeded from ``seed`` apart from training's (``None``: the OS's entropy)."""
-    return random.Random(evaluation_seed(seed))
+def round_rng(seed: Any, number: int, attempt: int = 0) -> random.Random:
+    """The generator that samples round ``number`` (as people count rounds), its ``attempt``-th try.
+
+    Derived from ``seed`` and the round's number alone, not from the rounds drawn before: a run resumed
+    from its checkpoint samples round ``number`` as the uninterrupted run did. ``None``: the OS's entropy.
+    """
+    return random.Random() if seed is None else random.Random(f"fedsync round {number} try {attempt} of {seed}")
+
+
+def evaluation_rng(seed: Any, number: int = 0) -> random.Random:
+    """The generator of the evaluation after round ``number``: its own, apart from training's (``None``: entropy)."""
+    return random.Random() if seed is None else random.Random(f"{evaluation_seed(seed)} after round {number}")
 
 
 def evaluation_seed(seed: Any) -> str | None:

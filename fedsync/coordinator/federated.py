@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import queue
-import random
 import sys
 import threading
 import time
@@ -53,7 +52,7 @@ from ._round import (
     scrub_failures,
     scrubbed,
 )
-from ._sampling import EMPTY_ROUNDS, Sampler, checked_sampler, checked_share, chosen, draw, evaluation_rng
+from ._sampling import EMPTY_ROUNDS, Sampler, checked_sampler, checked_share, chosen, draw, evaluation_rng, round_rng
 from ._tree import record_merge
 from .history import EvaluationResult, History, RoundResult, scrub_names, scrub_result
 from .replay import record_model, record_sent, run_record
@@ -95,7 +94,7 @@ class Federated:
         devices_per_round: how many remotes each round samples, instead of ``fraction``.
         sampler: ``sampler(server_round, available, rng) -> devices`` chooses each round's devices
             instead (``server_round``: 1, 2, ... as the history counts; ``available``: the remotes'
-            URLs; ``rng``: the coordinator's ``random.Random``, seeded by ``seed``); it returns URLs
+            URLs; ``rng``: a ``random.Random`` seeded by ``seed`` and the round's number); it returns URLs
             from ``available``. Unknown devices, duplicates or fewer than ``min_results`` raise
             ``ValueError`` before anything is sent. docs/simulation.md shows patterns.
         min_results: how many sampled devices must answer for a round to merge
@@ -104,8 +103,9 @@ class Federated:
         timeout: the most seconds a round waits for devices, from the handshake to
             the last result; a device not done by then is reported by URL and its
             late result dropped (see :meth:`round` for the rule at the deadline).
-        seed: makes the sampling reproducible; evaluation samples with a generator of its own,
-            so evaluating never changes which devices train.
+        seed: makes the sampling reproducible: each round draws from the seed and its number, so a
+            run resumed from its checkpoint samples as the uninterrupted one; evaluation samples with a
+            generator of its own, so evaluating never changes which devices train.
         empty_rounds: when every device that answered reported 0 samples: ``"fail"`` (raise
             :class:`~fedsync.errors.EmptyRound`, a ``RoundFailed``) or ``"keep"`` (keep the model,
             record the round with ``RoundResult.empty``, go on).
@@ -226,8 +226,8 @@ class Federated:
         self.evaluate_fn_every: int = server_eval.checked_every(evaluate_fn_every)
         self.repetition: int = 0
         self.history: History = History()
-        self._rng: random.Random = random.Random(seed)
-        self._evaluation_rng: random.Random = evaluation_rng(seed)
+        self.seed = seed  # each round's draw comes from it and the round's number (resumed runs sample alike)
+        self._tries: tuple[int, int] = (0, 0)  # (round number, draws for it): a failed round retried draws anew
         self.evaluation_weights: dict[str, int] = {}  # each metric's weight in the last evaluate()
         self._handshakes: Handshakes = Handshakes()  # the devices whose handshake holds, and what each can do
         self._unrecorded: int = 0  # 1 while a merged round waits for _record: its evaluation names it
@@ -256,10 +256,12 @@ class Federated:
         Raises:
             ValueError, TypeError: ``sampler`` answered unknown devices, duplicates or too few.
         """
+        number = len(self.history) + 1
+        self._tries = (number, self._tries[1] + 1 if self._tries[0] == number else 0)
+        rng = round_rng(self.seed, number, self._tries[1])
         if self.sampler is not None:
-            needed = self.min_results or 1
-            return chosen(self.sampler, len(self.history) + 1, self.remotes, self._rng, self.data, needed)
-        return draw(self.remotes, self._share, self.min_results, self._rng)
+            return chosen(self.sampler, number, self.remotes, rng, self.data, self.min_results or 1)
+        return draw(self.remotes, self._share, self.min_results, rng)
 
     @stoppable(lambda self: f"round {len(self.history) + 1}")
     def round(self) -> RoundResult:
@@ -321,7 +323,8 @@ class Federated:
         )
         failures: dict[str, str] = {}
         share, least = (self._share, self.min_results) if self._evaluate_share is None else (self._evaluate_share, None)
-        asked = draw(self.remotes, share, least, self._evaluation_rng)  # its own generator: training's stays
+        after = len(self.history) + self._unrecorded  # its own generator: training's draws stay as they were
+        asked = draw(self.remotes, share, least, evaluation_rng(self.seed, after))
         remotes = self._handshakes.evaluating(self._handshake(asked, failures, deadline), failures)
         rep, what = max(self.repetition, 1), evaluation_name(len(self.history) + self._unrecorded)
         configs = self._round_configs(rep, remotes)

@@ -65,6 +65,8 @@ from .robust import EveryReply
 __all__ = ["DPFixedClipping", "DPAdaptiveClipping"]
 
 _STATE = "dp/clipping_norm"
+_ROUNDS = "dp/rounds"
+"""The rounds merged so far: each round's noise generator is seeded from ``seed`` and this number (checkpointed)."""
 
 
 class DPFixedClipping(Strategy):
@@ -132,7 +134,9 @@ class DPFixedClipping(Strategy):
             raise ModuleNotFoundError(
                 "central DP reports the privacy spent (ε) with Google's dp-accounting: pip install 'fedsync[dp]'"
             )
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)  # checks the seed now; each round then draws from its own
+        self.seed = seed
+        self.rounds = 0
         self.last_round: dict[str, float] | None = None
 
     def accumulator(self, current: Arrays) -> None:
@@ -154,6 +158,9 @@ class DPFixedClipping(Strategy):
                 also when this strategy is nested in another or used without ``Federated``.
         """
         refuse_running_statistics(current.keys(), "central DP")
+        # This round's noise comes from the seed and the round's number, not from the draws before it: a run
+        # resumed from its checkpoint (which saves ``rounds``) draws what the uninterrupted run drew.
+        self.rng = np.random.default_rng(None if self.seed is None else [self.seed, self.rounds])
         clip = self.clipping_norm
         floats = [name for name, a in current.items() if np.asarray(a).dtype.kind == "f"]
         # The clipped updates' exact sum: independent of the order replies arrive in (fedsync.strategies.exact).
@@ -204,22 +211,40 @@ class DPFixedClipping(Strategy):
             "clipping_norm": clip,
             "noise_std": std / n,
         }
-        return self.strategy.aggregate(current, [(privatized, 1)])
+        merged = self.strategy.aggregate(current, [(privatized, 1)])
+        self.rounds += 1  # only once the round merged: a failed one draws the same noise when tried again
+        return merged
 
     # -- state: the wrapped strategy's ----------------------------------------------------
 
     def state(self) -> dict[str, np.ndarray]:
-        return self.strategy.state()
+        return {**self.strategy.state(), _ROUNDS: np.array(self.rounds, np.int64)}
 
     def check_state(
         self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]
     ) -> None:
-        self.strategy.check_state(state, layout)
+        """The wrapped strategy's state, and ``dp/rounds`` (an int64 scalar in ``[0, 2**53]``) when present.
+
+        A checkpoint written before the rounds were counted has none: its noise then starts over.
+        """
+        rounds = state.get(_ROUNDS)
+        if rounds is not None and (
+            not isinstance(rounds, np.ndarray)
+            or rounds.shape != ()
+            or rounds.dtype != np.int64
+            or not 0 <= int(rounds) <= 2**53
+        ):
+            raise ValueError(
+                f"{type(self).__name__} state {_ROUNDS!r} must be an int64 scalar in [0, 2**53], got {rounds!r}"[:300]
+            )
+        self.strategy.check_state({k: v for k, v in state.items() if k != _ROUNDS}, layout)
 
     def load_state(
         self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]
     ) -> None:
-        self.strategy.load_state(state, layout)
+        DPFixedClipping.check_state(self, state, layout)
+        self.strategy.load_state({k: v for k, v in state.items() if k != _ROUNDS}, layout)
+        self.rounds = int(state[_ROUNDS]) if _ROUNDS in state else 0
 
 
 class DPAdaptiveClipping(DPFixedClipping):
@@ -310,7 +335,7 @@ class DPAdaptiveClipping(DPFixedClipping):
         return merged
 
     def state(self) -> dict[str, np.ndarray]:
-        return {**self.strategy.state(), _STATE: np.array(self.clipping_norm, np.float64)}
+        return {**super().state(), _STATE: np.array(self.clipping_norm, np.float64)}
 
     def check_state(
         self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]
@@ -327,12 +352,12 @@ class DPAdaptiveClipping(DPFixedClipping):
             raise ValueError(
                 f"{type(self).__name__} state {_STATE!r} must be a positive finite float64 scalar, got {norm!r}"[:300]
             )
-        self.strategy.check_state({k: v for k, v in state.items() if k != _STATE}, layout)
+        super().check_state({k: v for k, v in state.items() if k != _STATE}, layout)
 
     def load_state(
         self, state: Mapping[str, np.ndarray], layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]
     ) -> None:
         self.check_state(state, layout)
         if state:
-            self.strategy.load_state({k: v for k, v in state.items() if k != _STATE}, layout)
+            super().load_state({k: v for k, v in state.items() if k != _STATE}, layout)
             self.clipping_norm = float(state[_STATE])

@@ -78,10 +78,11 @@ def test_another_config_differs_at_its_round_naming_the_device(tmp_path):
 
 def test_other_data_differs_in_the_model_digest_first(tmp_path):
     first = simulate(None)
-    second = simulate(None, device_fn=lambda index: device_fn(index, shift=0.5 if index == 3 else 0.0))
+    changed = device_id(sorted(first[1].answered)[0])  # a device of round 2 (round 1 may not sample it)
+    second = simulate(None, device_fn=lambda index: device_fn(index, shift=0.5 if index == changed else 0.0))
     difference = compare_runs(first, second)
     assert difference is not None
-    at = next(i for i, r in enumerate(first, 1) if "local://device-3" in (r.answered or []))
+    at = next(i for i, r in enumerate(first, 1) if f"local://device-{changed}" in (r.answered or []))
     assert (difference.round, difference.field) == (at, "model_sha256")
 
 

@@ -166,3 +166,25 @@ def test_device_id_reads_a_simulated_url():
     for bad in ("http://10.0.0.5:8000", "local://device-", "local://device-7x", "device-3"):
         with pytest.raises(ValueError, match="not a simulated device"):
             device_id(bad)
+
+
+def test_a_run_resumed_from_its_checkpoint_samples_as_the_uninterrupted_run(tmp_path):
+    # Each round's draw comes from the seed and the round's number, not from the draws before it: before, a
+    # resumed coordinator started its generator over and sampled round 3 as round 1 (the replay docs said so).
+    def sampled(rounds, folder, start=None):
+        with Federated(model(), local_remotes(straggler, 8), fraction=0.25, seed=11, checkpoint=folder) as alg:
+            alg.fit(rounds, progress=False)
+            return [sorted(r.answered) for r in alg.history]
+
+    whole = sampled(4, tmp_path / "whole")
+    sampled(2, tmp_path / "cut")  # stopped after round 2, then resumed by a new coordinator
+    assert sampled(4, tmp_path / "cut") == whole
+    assert len({tuple(s) for s in whole}) > 1  # the rounds draw different devices
+
+
+def test_a_failed_round_retried_draws_anew_and_reruns_draw_alike():
+    alg = Federated(model(), local_remotes(straggler, 8), fraction=0.25, seed=5)
+    first, retry = alg.sample(), alg.sample()  # the same round number, tried twice
+    again = Federated(model(), local_remotes(straggler, 8), fraction=0.25, seed=5)
+    assert [r.url for r in again.sample()] == [r.url for r in first] and [r.url for r in again.sample()] == [r.url for r in retry]
+    assert {r.url for r in first} != {r.url for r in retry} or len(first) == 8
