@@ -27,18 +27,13 @@ from ..wire.replies import ReplyStream
 from ..wire.reports import METRICS_KEY, SAMPLES_KEY, metric_weights, read_report, report_metadata
 from ..wire.shapes import DeviceReport, MergeReport
 from . import proximal
+from .layout import Layout, check_layout, header_limit
 
 __all__ = ["FedArrays", "fingerprint", "TrainResult", "SAMPLES_KEY", "METRICS_KEY", "SPECS_KEY"]
 
 SPECS_KEY = "fedsync.specs"
 
 _PIECE = 1 << 20  # bytes of a reply read and folded at a time
-_METADATA_ROOM = 1 << 20
-"""Bytes of payload header allowed for metadata on top of the tensors' entries.
-
-Enough for the largest metrics :func:`fedsync.wire.metrics.checked_metrics` accepts
-(``MAX_METRICS`` names of ``MAX_METRIC_NAME`` characters, escaped twice).
-"""
 
 TrainResult = Union[int, "tuple[int, Mapping[str, float]]"]
 """What ``train(model)`` returns: the number of samples, optionally with metrics."""
@@ -512,36 +507,13 @@ class FedArrays(FedData):
                     raise PayloadRejected(f"array {name!r} contains NaN or infinity")
         return arrays, report
 
-    def _header_limit(self, expected: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> int:
-        """The largest payload header, in bytes, a payload of this model can have.
+    def _header_limit(self, expected: Layout) -> int:
+        """The largest payload header a payload of this model can have (:func:`~fedsync.data.layout.header_limit`)."""
+        return header_limit(expected)
 
-        Twice what the tensors' entries take (names, dtypes, shapes, offsets; and
-        again for the wire format's per-array metadata) plus room for metadata:
-        a peer cannot make this side parse a header much larger than the model's own.
-        """
-        tensors = 0
-        for name, (shape, _) in expected.items():
-            quoted = len(json.dumps(name))  # escaped as the header escapes it, or more
-            tensors += quoted + 112 + 21 * len(shape) + 2 * quoted + 64  # and its wire format's entry
-        return 2 * tensors + _METADATA_ROOM
-
-    def _check_layout(
-        self,
-        found: Mapping[str, tuple[tuple[int, ...], np.dtype]],
-        expected: Mapping[str, tuple[tuple[int, ...], np.dtype]],
-    ) -> None:
-        """Names, shapes and dtypes of a payload's arrays against this model's."""
-        if found.keys() != expected.keys():
-            missing = sorted(expected.keys() - found.keys())
-            extra = sorted(found.keys() - expected.keys())
-            raise PayloadRejected(f"payload arrays do not match the model: missing {missing}, unexpected {extra}")
-        for name, (shape, dtype) in found.items():
-            want_shape, want_dtype = expected[name]
-            if tuple(shape) != tuple(want_shape) or np.dtype(dtype) != want_dtype:
-                raise PayloadRejected(
-                    f"array {name!r}: expected {tuple(want_shape)} {np.dtype(want_dtype).name}, "
-                    f"payload has {tuple(shape)} {np.dtype(dtype).name}"
-                )
+    def _check_layout(self, found: Layout, expected: Layout) -> None:
+        """A payload's names, shapes and dtypes against this model's (:func:`~fedsync.data.layout.check_layout`)."""
+        check_layout(found, expected)
 
 
 def _empty(kept: list[DeviceReport]) -> None:
