@@ -27,6 +27,7 @@ from ..wire.replies import ReplyStream
 from ..wire.reports import METRICS_KEY, SAMPLES_KEY, metric_weights, read_report, report_metadata
 from ..wire.shapes import DeviceReport, MergeReport
 from . import proximal
+from . import state as device_state
 from .layout import Layout, check_layout, header_limit
 
 __all__ = ["FedArrays", "fingerprint", "TrainResult", "SAMPLES_KEY", "METRICS_KEY", "SPECS_KEY"]
@@ -68,6 +69,10 @@ class FedArrays(FedData):
             Not part of the specs: a device that cannot decode the format (its
             ``/info`` does not list it) gets the arrays as they are. Error bounds:
             :mod:`fedsync.wire.compression`.
+        state: this device's own arrays, e.g. ``{"c": np.zeros(...)}`` (control variates, error-feedback
+            residuals, personal layers): never sent, never written by the coordinator, and kept between
+            rounds (:meth:`device_state`; ``serve(state_dir=...)``, simulations). The dict is kept as
+            given: ``train`` updates its arrays in place, reaching them by closure or as ``fed.state``.
 
     Every array adapter (``FedTorch``, ``FedKeras``) takes these same keywords
     and passes them here.
@@ -104,6 +109,7 @@ class FedArrays(FedData):
         evaluate: Callable[[Any], TrainResult] | None = None,
         strategy: Strategy | None = None,
         wire_dtype: str | None = None,
+        state: MutableMapping[str, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         # Here, not in each adapter: every array adapter passes its keywords through.
@@ -127,6 +133,8 @@ class FedArrays(FedData):
                 raise TypeError(f"array {name!r} is a {type(a).__name__}, not a numpy array; wrap it with np.asarray")
             codec.check_carries(name, a.dtype)  # refused here, not at the first round's send
         self.model: Any = arrays
+        self.state: MutableMapping[str, np.ndarray] = {} if state is None else state
+        device_state.check_state(self.state, "state=")
         self.train = train
         self.evaluate_fn = evaluate
         self.strategy = strategy or FedAvg()
@@ -232,6 +240,14 @@ class FedArrays(FedData):
         if self.failures_below:
             report["below"] = self.failures_below
         return report
+
+    def device_state(self) -> dict[str, np.ndarray]:
+        """The ``state=`` arrays by name (the live arrays: fedsync encodes them at once)."""
+        return dict(self.state)
+
+    def load_device_state(self, state: dict[str, np.ndarray]) -> None:
+        """Copy ``state`` into the ``state=`` arrays in place; ``ValueError`` (checked first) if it does not fit."""
+        device_state.load_in_place(self.state, state)
 
     def check(self, encoding: Any, repetition: int) -> None:
         """Check a payload before anything changes: well-formed, this model's layout, all finite.
