@@ -1,0 +1,90 @@
+"""A simulated device's own state survives between the rounds it is sampled in, though its FedData is rebuilt."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from fedsync import FedArrays
+from fedsync.coordinator.simulation import run_simulation
+from fedsync.errors import RemoteError
+from fedsync.transports.local import LocalTransport
+
+
+def counting_device(device_id: int) -> FedArrays:
+    """A device counting the rounds it trained in its own state ``seen``, reported as the metric ``seen``."""
+    seen = np.zeros(2, np.int64)
+
+    def train(model: dict[str, np.ndarray]) -> tuple[int, dict[str, float]]:
+        seen[:] += 1
+        return 1, {"seen": float(seen[0])}
+
+    return FedArrays({"w": np.zeros(2)}, train, state={"seen": seen})
+
+
+def _counts(history) -> dict[str, list[float]]:
+    """Each device's reported ``seen``, in the order of the rounds it answered."""
+    counts: dict[str, list[float]] = defaultdict(list)
+    for result in history:
+        for url, report in result.devices.items():
+            counts[url].append(report["metrics"]["seen"])
+    return counts
+
+
+def _check_counted(history) -> None:
+    counts = _counts(history)
+    assert counts, "no device answered"
+    for url, seen in counts.items():
+        assert seen == [float(k) for k in range(1, len(seen) + 1)], url  # never reset to 0 between rounds
+    assert max(len(seen) for seen in counts.values()) >= 2  # some device was sampled again: the test can fail
+
+
+@pytest.mark.parametrize("kind", ["threads", pytest.param("processes", marks=pytest.mark.slow)])
+def test_state_survives_the_rounds_a_device_is_sampled_in(kind):
+    history = run_simulation(
+        counting_device, 6, 4, data=FedArrays({"w": np.zeros(2)}), fraction=0.5, seed=3,
+        workers=2, worker_kind=kind, progress=False,
+    )  # fmt: skip
+    _check_counted(history)
+
+
+def test_a_released_device_keeps_only_its_state_bytes_and_a_changed_layout_is_refused():
+    built = []
+
+    def device() -> FedArrays:
+        fed = counting_device(0) if len(built) < 2 else FedArrays({"w": np.zeros(2)}, state={"seen": np.zeros(3)})
+        built.append(fed)
+        return fed
+
+    transport = LocalTransport("local://d", device)
+    transport.app()
+    built[0].state["seen"][:] = 5
+    transport.release()
+    assert transport.device_app is None and list(transport.kept) == [""]
+    assert len(transport.kept[""]) < 1024  # the state's 16 bytes and a header, not a model
+    transport.app()
+    assert built[1].state["seen"].tolist() == [5, 5]  # restored into the FedData built afresh
+    transport.release()
+    with pytest.raises(RemoteError, match=r"refused, nothing changed.*expected \(3,\) float64"):
+        transport.app()  # device_fn's FedData changed its state's layout: that device's failure
+
+
+@pytest.mark.parametrize(
+    "entries, body",
+    [
+        ({"": 3}, b"abc"),  # not a list
+        ([["", 4]], b"abc"),  # longer than the body
+        ([["", 2]], b"abc"),  # a byte left over
+        ([["", True]], b"a"),  # a bool is no length
+        ([[7, 1]], b"a"),  # a base that is no string
+        ([["", -1]], b""),
+    ],
+)
+def test_a_malformed_kept_state_frame_is_refused(entries, body):
+    from fedsync.transports.process._frames import FrameError, pack_kept, unpack_kept
+
+    with pytest.raises(FrameError, match="kept state"):
+        unpack_kept(entries, body)
+    assert unpack_kept(*pack_kept({"": b"ab", "/m": b"c"})) == {"": b"ab", "/m": b"c"}
