@@ -425,10 +425,10 @@ def test_a_function_of_a_script_run_as_main_or_read_from_stdin_runs_on_ray(tmp_p
 
 @pytest.mark.slow
 def test_a_ray_devices_own_state_survives_the_rounds_it_is_sampled_in(ray_session):
-    from tests.transports.test_device_state_simulation import _check_counted
+    from tests.device.factories import check_counted
 
     history = run_simulation(
-        "tests.transports.test_device_state_simulation:counting_device", 6, 4, data=FedArrays({"w": np.zeros(2)}),
+        "tests.device.factories:counting_device", 6, 4, data=FedArrays({"w": np.zeros(2)}),
         fraction=0.5, seed=3, backend="ray", timeout=60, progress=False,
     )  # fmt: skip
-    _check_counted(history)  # each device counts 1, 2, 3, ... across its rounds: never rebuilt from zero
+    check_counted(history)  # each device counts 1, 2, 3, ... across its rounds: never rebuilt from zero

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import pytest
 
@@ -11,34 +9,7 @@ from fedsync import FedArrays
 from fedsync.coordinator.simulation import run_simulation
 from fedsync.errors import RemoteError
 from fedsync.transports.local import LocalTransport
-
-
-def counting_device(device_id: int) -> FedArrays:
-    """A device counting the rounds it trained in its own state ``seen``, reported as the metric ``seen``."""
-    seen = np.zeros(2, np.int64)
-
-    def train(model: dict[str, np.ndarray]) -> tuple[int, dict[str, float]]:
-        seen[:] += 1
-        return 1, {"seen": float(seen[0])}
-
-    return FedArrays({"w": np.zeros(2)}, train, state={"seen": seen})
-
-
-def _counts(history) -> dict[str, list[float]]:
-    """Each device's reported ``seen``, in the order of the rounds it answered."""
-    counts: dict[str, list[float]] = defaultdict(list)
-    for result in history:
-        for url, report in result.devices.items():
-            counts[url].append(report["metrics"]["seen"])
-    return counts
-
-
-def _check_counted(history) -> None:
-    counts = _counts(history)
-    assert counts, "no device answered"
-    for url, seen in counts.items():
-        assert seen == [float(k) for k in range(1, len(seen) + 1)], url  # never reset to 0 between rounds
-    assert max(len(seen) for seen in counts.values()) >= 2  # some device was sampled again: the test can fail
+from tests.device.factories import check_counted, counting_device
 
 
 @pytest.mark.parametrize("kind", ["threads", pytest.param("processes", marks=pytest.mark.slow)])
@@ -47,7 +18,7 @@ def test_state_survives_the_rounds_a_device_is_sampled_in(kind):
         counting_device, 6, 4, data=FedArrays({"w": np.zeros(2)}), fraction=0.5, seed=3,
         workers=2, worker_kind=kind, progress=False,
     )  # fmt: skip
-    _check_counted(history)
+    check_counted(history)
 
 
 def test_a_released_device_keeps_only_its_state_bytes_and_a_changed_layout_is_refused():
