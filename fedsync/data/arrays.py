@@ -26,9 +26,9 @@ from ..wire.metrics import MAX_SAMPLES, parse_counted, weighted_means
 from ..wire.replies import ReplyStream
 from ..wire.reports import METRICS_KEY, SAMPLES_KEY, metric_weights, read_report, report_metadata
 from ..wire.shapes import DeviceReport, MergeReport
+from . import _state as device_state
 from . import proximal
-from . import state as device_state
-from .layout import Layout, check_layout, header_limit
+from ._layout import Layout, check_layout, header_limit
 
 __all__ = ["FedArrays", "fingerprint", "TrainResult", "SAMPLES_KEY", "METRICS_KEY", "SPECS_KEY"]
 
@@ -524,11 +524,11 @@ class FedArrays(FedData):
         return arrays, report
 
     def _header_limit(self, expected: Layout) -> int:
-        """The largest payload header a payload of this model can have (:func:`~fedsync.data.layout.header_limit`)."""
+        """The largest payload header a payload of this model can have (:func:`~fedsync.data._layout.header_limit`)."""
         return header_limit(expected)
 
     def _check_layout(self, found: Layout, expected: Layout) -> None:
-        """A payload's names, shapes and dtypes against this model's (:func:`~fedsync.data.layout.check_layout`)."""
+        """A payload's names, shapes and dtypes against this model's (:func:`~fedsync.data._layout.check_layout`)."""
         check_layout(found, expected)
 
 

@@ -7,7 +7,7 @@
 - Simulations: :func:`keep_states` encodes the states of a device about to be dropped, and
   :func:`restore_states` loads them into the device built afresh when it is next sampled.
 
-Everything is the codec's safetensors layout (:mod:`fedsync.data.state`), never pickle.
+Everything is the codec's safetensors layout (:mod:`fedsync.data._state`), never pickle.
 
 Internal: its names may change without notice.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .._util.files import FileRefused, read_regular, write_atomically
-from ..data.state import encode_state, max_state_bytes, restore_state, state_of
+from ..data._state import encode_state, max_state_bytes, restore_state, state_of
 
 __all__ = ["STATE_FILE", "keep_states", "restore_states", "state_file", "use_state_dir"]
 

@@ -7,7 +7,7 @@ import pytest
 
 from fedsync import FedData
 from fedsync.data import FedArrays
-from fedsync.data.state import encode_state, max_state_bytes, restore_state
+from fedsync.data._state import encode_state, max_state_bytes, restore_state
 from fedsync.wire import codec
 
 

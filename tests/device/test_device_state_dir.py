@@ -8,7 +8,7 @@ import pytest
 import fedsync
 from fedsync import Federated
 from fedsync.data import FedArrays
-from fedsync.data.state import encode_state, restore_state
+from fedsync.data._state import encode_state, restore_state
 from fedsync.device._kept import STATE_FILE
 from tests.device.factories import counting_state
 from tests.support.processes import start_device, stop_all

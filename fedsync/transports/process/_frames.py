@@ -130,7 +130,7 @@ def pack_kept(kept: dict[str, bytes]) -> tuple[list[list[Any]], bytes]:
 def unpack_kept(entries: Any, body: bytes | bytearray | memoryview) -> dict[str, bytes]:
     """The states :func:`pack_kept` packed, checked: string bases, lengths that add up to the body's.
 
-    The bytes themselves are checked where they are loaded (:func:`fedsync.data.state.restore_state`).
+    The bytes themselves are checked where they are loaded (:func:`fedsync.data._state.restore_state`).
 
     Raises:
         FrameError: malformed entries, saying what was wrong.

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..protocol import FedData
 from ..wire import codec
-from .layout import check_layout, header_limit, layout_of
+from ._layout import check_layout, header_limit, layout_of
 
 __all__ = ["STATE_KEY", "check_state", "encode_state", "max_state_bytes", "restore_state", "state_of"]
 

@@ -1,6 +1,6 @@
 """Layout checks of named arrays: names, shapes and dtypes against what a model expects.
 
-Shared by :class:`~fedsync.data.arrays.FedArrays` (payloads) and :mod:`fedsync.data.state`
+Shared by :class:`~fedsync.data.arrays.FedArrays` (payloads) and :mod:`fedsync.data._state`
 (a device's own state): both refuse a mismatch, naming the array, before anything changes.
 """
 
