@@ -61,3 +61,8 @@ def check_counted(history: Any) -> None:
     for url, seen in counts.items():
         assert seen == [float(k) for k in range(1, len(seen) + 1)], url  # never reset to 0 between rounds
     assert max(len(seen) for seen in counts.values()) >= 2  # some device was sampled again: the test can fail
+
+
+def large_state(device_id: int) -> FedArrays:
+    """A tiny model with a 64 KiB own state: over what a worker started with ``max_content_length=4096`` takes back."""
+    return FedArrays({"w": np.zeros(2)}, lambda model: 1, state={"big": np.zeros(8192)})

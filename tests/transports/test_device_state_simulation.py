@@ -59,3 +59,18 @@ def test_a_malformed_kept_state_frame_is_refused(entries, body):
     with pytest.raises(FrameError, match="kept state"):
         unpack_kept(entries, body)
     assert unpack_kept(*pack_kept({"": b"ab", "/m": b"c"})) == {"": b"ab", "/m": b"c"}
+
+
+@pytest.mark.slow  # starts a worker process
+def test_a_state_too_large_to_travel_back_fails_that_device_by_name_instead_of_starting_it_afresh():
+    from fedsync import Federated
+    from fedsync.transports.process.pool import ProcessPool, process_remotes
+
+    with ProcessPool("tests.device.factories:large_state", 1, max_content_length=4096) as pool:
+        (remote,) = process_remotes(pool, 1)
+        with Federated(FedArrays({"w": np.zeros(2)}), [remote]) as alg:
+            alg.round()  # trains; its 64 KiB state cannot come back through a 4 KiB frame
+            remote.release()
+            with pytest.raises(Exception, match="state from its last round is lost.*max_content_length"):
+                alg.round()
+        assert len(pool.pids) == 1

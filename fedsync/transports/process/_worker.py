@@ -126,10 +126,17 @@ class _Worker:
                     transport.release()
                     kept = transport.kept
                 if "id" in header:
+                    answer = {"id": header["id"], "released": True, "running": running}
+                    size, limit = sum(map(len, kept.values())), self.max_content_length or DEFAULT_MAX_CONTENT_LENGTH
+                    if size > limit:  # a worker could not take it back (its frames' bound): that device's failure
+                        answer["kept_refused"] = (
+                            f"its own state is {size} bytes, over the {limit} bytes a worker takes in a frame; "
+                            "raise max_content_length or keep a smaller device_state()"
+                        )
+                        kept = {}
+                    entries, state = pack_kept(kept)
                     with self.write_lock:
-                        entries, state = pack_kept(kept)
-                        answer = {"id": header["id"], "released": True, "running": running, "kept": entries}
-                        write_frame(self.out, answer, state)
+                        write_frame(self.out, {**answer, "kept": entries}, state)
                 continue
             if header.get("op") == "keep":  # the device's own state, for when it is next built here
                 self.kept[device_id] = unpack_kept(header.get("kept"), body)

@@ -163,6 +163,9 @@ class _Process:
 
         Returns the device's own state the worker sent back (codec bytes by base, checked where
         loaded), or ``None`` when it sent none it could (dead, stuck, malformed).
+
+        Raises:
+            RemoteError: the worker could not send the state back (too large), naming the device.
         """
         if self.dead is not None:
             return None
@@ -183,15 +186,19 @@ class _Process:
         if not answered:
             self.kill(f"it did not answer the release of {url} within {RELEASE_TIMEOUT:g} s")
             return None
+        if pending.header.get("running") is not False:
+            self.kill(
+                f"{url}'s device_fn, training or evaluation still ran after its round (a hung call), holding the "
+                "worker's training slot; a new worker takes its place"
+            )
         try:
             kept = unpack_kept(pending.header.get("kept", []), pending.body)
         except FrameError as exc:
             self.kill(f"it answered the release of {url} with a malformed frame ({exc})")
             return None
-        if pending.header.get("running") is not False:
-            self.kill(
-                f"{url}'s device_fn, training or evaluation still ran after its round (a hung call), holding the "
-                "worker's training slot; a new worker takes its place"
+        if "kept_refused" in pending.header:  # too large to travel back: the device fails by name next time
+            raise RemoteError(
+                url, f"its state from its last round is lost: {str(pending.header['kept_refused'])[:500]}"
             )
         return kept
 
@@ -480,6 +487,7 @@ class ProcessTransport(Transport):
         self.processes = processes
         self.process: _Process | None = None
         self.kept: dict[str, bytes] = {}  # the device's own state while it is not sampled (codec bytes by base)
+        self.lost: RemoteError | None = None  # its state could not be kept: every later request fails with this
         self.lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -490,6 +498,8 @@ class ProcessTransport(Transport):
     ) -> BytesAnswer:
         """The device's answer from its worker, every field checked (see :meth:`_Process.call`)."""
         with self.lock:
+            if self.lost is not None:
+                raise self.lost
             if self.process is None:
                 try:
                     self.process = self.processes.place()
@@ -522,7 +532,12 @@ class ProcessTransport(Transport):
             process, self.process = self.process, None
         if process is not None:
             self.processes.unplace(process)
-            kept = process.release(self.device_id, self.url)
+            try:
+                kept = process.release(self.device_id, self.url)
+            except RemoteError as exc:
+                with self.lock:
+                    self.lost = exc  # its next request fails with this, rather than starting afresh unsaid
+                return
             if kept is not None:
                 with self.lock:
                     self.kept = kept
