@@ -43,8 +43,7 @@ def use_state_dir(app: Any, state_dir: str | os.PathLike[str]) -> None:
 
     Raises:
         ValueError: a state file is damaged, not a device state, of another layout, a link or not a
-            regular file, or too large for the FedData's state; it names the file and what to do.
-        OSError: a state file exists but cannot be read.
+            regular file, too large for the FedData's state, or unreadable; it names the file and what to do.
     """
     folder = Path(state_dir)
     if folder.exists() and not folder.is_dir():
@@ -60,6 +59,10 @@ def use_state_dir(app: Any, state_dir: str | os.PathLike[str]) -> None:
             logger.info("no saved state at %s: %s starts from its initial state", path, type(device.fed).__name__)
         except FileRefused as exc:
             raise ValueError(f"the device state file was refused: {exc}; move it away to start afresh") from None
+        except OSError as exc:  # a folder, no permission: named, not "Is a directory: 12"
+            raise ValueError(
+                f"the device state file {path} cannot be read ({exc.strerror or exc}); fix it or move it away"
+            ) from None
         else:
             restore_state(device.fed, data, f"the device state file {path}")
             logger.info("restored %s's device state from %s", type(device.fed).__name__, path)

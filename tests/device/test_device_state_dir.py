@@ -60,3 +60,18 @@ def test_a_damaged_or_foreign_state_file_is_refused_at_start_and_left_as_it_is(t
     fed = counting_state()
     with fedsync.serve(fed, port=0, block=False, state_dir=tmp_path):
         assert fed.state["seen"].tolist() == [4, 4]
+
+
+def test_a_state_path_that_is_a_folder_stops_the_start_naming_it(tmp_path):
+    (tmp_path / STATE_FILE).mkdir()
+    with pytest.raises(ValueError, match=f"{STATE_FILE} cannot be read"):
+        fedsync.serve(counting_state(), port=0, block=False, state_dir=tmp_path)
+
+
+def test_a_state_that_cannot_be_saved_fails_the_round_saying_where(tmp_path):
+    with fedsync.serve(counting_state(), port=0, block=False, state_dir=tmp_path) as served:
+        (tmp_path / STATE_FILE).mkdir()  # a folder where the file goes: the rename over it fails
+        with pytest.raises(Exception) as failed:
+            _rounds(served.url, 1)
+    assert "the device state could not be saved to" in str(failed.value)
+    assert str(tmp_path / STATE_FILE) in str(failed.value)
