@@ -11,9 +11,12 @@ came back. ``FedData`` says *what* is exchanged and *how* it merges;
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .wire.codec import Payload
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["FedData", "FIRST", "MAX_REPETITION", "Encoding"]
 
@@ -62,6 +65,11 @@ class FedData:
     - ``evaluate(encoding, repetition) -> (samples, metrics)``: on a device,
       measure the coordinator's state on local data without training and
       without changing the device's own state (``Federated.evaluate``).
+    - ``device_state()`` and ``load_device_state(state)``: the device's own
+      arrays that survive between rounds and never travel (control variates,
+      error-feedback residuals, personal layers); ``serve(state_dir=...)``
+      saves them after each round and restores them at start, a simulation
+      keeps them while the device is not sampled.
     """
 
     accepts_views: bool = False
@@ -145,3 +153,29 @@ class FedData:
         finding it malformed. An array FedData knows its bound from its arrays' shapes and dtypes.
         """
         return None
+
+    def device_state(self) -> dict[str, np.ndarray]:
+        """This device's own arrays that survive between rounds and are never sent; ``{}`` (the default): none.
+
+        Optional. Names to numpy arrays of a dtype the codec carries (no object or complex arrays).
+        fedsync encodes them right after it calls this (the codec's safetensors layout, never
+        pickle): after each round to ``serve(state_dir=...)``'s file, and in a simulation when
+        the device is released, so views of live arrays are fine.
+        """
+        return {}
+
+    def load_device_state(self, state: dict[str, np.ndarray]) -> None:
+        """Load a state :meth:`device_state` returned earlier (a restart, or a simulated device built again).
+
+        ``state`` has exactly the names, shapes and dtypes of ``device_state()`` now (fedsync checks
+        before calling); an override checks again and raises ``ValueError`` before changing anything.
+
+        Raises:
+            ValueError: ``state`` does not fit this FedData's state; nothing changed. The default
+                (no state) accepts only ``{}``.
+        """
+        if state:
+            raise ValueError(
+                f"{type(self).__name__} keeps no device state, but a state of {sorted(state)} was given; "
+                "implement device_state() and load_device_state() (FedArrays: state={...})"
+            )

@@ -52,6 +52,7 @@ class DeviceHost:
         self.pool = TrainingPool(int(workers))
         self.max_content_length = max_content_length
         self.devices: dict[int, LocalTransport] = {}
+        self.kept: dict[int, dict[str, bytes]] = {}  # each released device's own state (codec bytes)
         self.lock = threading.Lock()
         self._function: Any = None
 
@@ -83,8 +84,11 @@ class DeviceHost:
         """Drop every device's state (they are built again when next used); the number dropped."""
         with self.lock:
             devices, self.devices = self.devices, {}
-        for remote in devices.values():
-            remote.release()
+        for device, remote in devices.items():
+            remote.release()  # encodes the device's own state into remote.kept
+            if remote.kept:
+                with self.lock:
+                    self.kept[device] = remote.kept
         return len(devices)
 
     def _device(self, device: int) -> LocalTransport:
@@ -114,7 +118,7 @@ class DeviceHost:
             function = self._function
             remote = LocalTransport(
                 f"local://device-{device}", lambda: function(device), pool=self.pool,
-                max_content_length=self.max_content_length,
+                max_content_length=self.max_content_length, kept=self.kept.get(device),
             )  # fmt: skip
             self.devices[device] = remote
             return remote

@@ -205,6 +205,7 @@ def _add_serve(commands: Any) -> None:
         ),
     )  # fmt: skip
     parser.add_argument("--crl", metavar="PEM", action="append", help=CRL_HELP)
+    parser.add_argument("--state-dir", metavar="DIR", help="keep the device's own state here across restarts")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     add_dial_arguments(parser)
     add_aggregate_arguments(parser)
@@ -358,6 +359,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             secure_aggregation=args.secure_aggregation,
             peer_ca=args.peer_ca,
             crl=args.crl,
+            state_dir=args.state_dir,
         )
     except OSError as exc:
         raise CommandError(_bind_error(exc, args.host, args.port)) from None

@@ -85,6 +85,7 @@ def run_dial(args: argparse.Namespace, data: Any, token: str | None) -> int:
         dialer = serve(
             data,
             connect=args.connect,
+            state_dir=args.state_dir,
             name=args.name,
             token=token,
             verify=args.cafile if args.cafile is not None else True,

@@ -26,19 +26,15 @@ from ..wire.metrics import MAX_SAMPLES, parse_counted, weighted_means
 from ..wire.replies import ReplyStream
 from ..wire.reports import METRICS_KEY, SAMPLES_KEY, metric_weights, read_report, report_metadata
 from ..wire.shapes import DeviceReport, MergeReport
+from . import _state as device_state
 from . import proximal
+from ._layout import Layout, check_layout, header_limit
 
 __all__ = ["FedArrays", "fingerprint", "TrainResult", "SAMPLES_KEY", "METRICS_KEY", "SPECS_KEY"]
 
 SPECS_KEY = "fedsync.specs"
 
 _PIECE = 1 << 20  # bytes of a reply read and folded at a time
-_METADATA_ROOM = 1 << 20
-"""Bytes of payload header allowed for metadata on top of the tensors' entries.
-
-Enough for the largest metrics :func:`fedsync.wire.metrics.checked_metrics` accepts
-(``MAX_METRICS`` names of ``MAX_METRIC_NAME`` characters, escaped twice).
-"""
 
 TrainResult = Union[int, "tuple[int, Mapping[str, float]]"]
 """What ``train(model)`` returns: the number of samples, optionally with metrics."""
@@ -73,6 +69,10 @@ class FedArrays(FedData):
             Not part of the specs: a device that cannot decode the format (its
             ``/info`` does not list it) gets the arrays as they are. Error bounds:
             :mod:`fedsync.wire.compression`.
+        state: this device's own arrays, e.g. ``{"c": np.zeros(...)}`` (control variates, error-feedback
+            residuals, personal layers): never sent, never written by the coordinator, and kept between
+            rounds (:meth:`device_state`; ``serve(state_dir=...)``, simulations). The dict is kept as
+            given: ``train`` updates its arrays in place, reaching them by closure or as ``fed.state``.
 
     Every array adapter (``FedTorch``, ``FedKeras``) takes these same keywords
     and passes them here.
@@ -109,6 +109,7 @@ class FedArrays(FedData):
         evaluate: Callable[[Any], TrainResult] | None = None,
         strategy: Strategy | None = None,
         wire_dtype: str | None = None,
+        state: MutableMapping[str, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         # Here, not in each adapter: every array adapter passes its keywords through.
@@ -132,6 +133,8 @@ class FedArrays(FedData):
                 raise TypeError(f"array {name!r} is a {type(a).__name__}, not a numpy array; wrap it with np.asarray")
             codec.check_carries(name, a.dtype)  # refused here, not at the first round's send
         self.model: Any = arrays
+        self.state: MutableMapping[str, np.ndarray] = {} if state is None else state
+        device_state.check_state(self.state, "state=")
         self.train = train
         self.evaluate_fn = evaluate
         self.strategy = strategy or FedAvg()
@@ -237,6 +240,14 @@ class FedArrays(FedData):
         if self.failures_below:
             report["below"] = self.failures_below
         return report
+
+    def device_state(self) -> dict[str, np.ndarray]:
+        """The ``state=`` arrays by name (the live arrays: fedsync encodes them at once)."""
+        return dict(self.state)
+
+    def load_device_state(self, state: dict[str, np.ndarray]) -> None:
+        """Copy ``state`` into the ``state=`` arrays in place; ``ValueError`` (checked first) if it does not fit."""
+        device_state.load_in_place(self.state, state)
 
     def check(self, encoding: Any, repetition: int) -> None:
         """Check a payload before anything changes: well-formed, this model's layout, all finite.
@@ -512,36 +523,13 @@ class FedArrays(FedData):
                     raise PayloadRejected(f"array {name!r} contains NaN or infinity")
         return arrays, report
 
-    def _header_limit(self, expected: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> int:
-        """The largest payload header, in bytes, a payload of this model can have.
+    def _header_limit(self, expected: Layout) -> int:
+        """The largest payload header a payload of this model can have (:func:`~fedsync.data._layout.header_limit`)."""
+        return header_limit(expected)
 
-        Twice what the tensors' entries take (names, dtypes, shapes, offsets; and
-        again for the wire format's per-array metadata) plus room for metadata:
-        a peer cannot make this side parse a header much larger than the model's own.
-        """
-        tensors = 0
-        for name, (shape, _) in expected.items():
-            quoted = len(json.dumps(name))  # escaped as the header escapes it, or more
-            tensors += quoted + 112 + 21 * len(shape) + 2 * quoted + 64  # and its wire format's entry
-        return 2 * tensors + _METADATA_ROOM
-
-    def _check_layout(
-        self,
-        found: Mapping[str, tuple[tuple[int, ...], np.dtype]],
-        expected: Mapping[str, tuple[tuple[int, ...], np.dtype]],
-    ) -> None:
-        """Names, shapes and dtypes of a payload's arrays against this model's."""
-        if found.keys() != expected.keys():
-            missing = sorted(expected.keys() - found.keys())
-            extra = sorted(found.keys() - expected.keys())
-            raise PayloadRejected(f"payload arrays do not match the model: missing {missing}, unexpected {extra}")
-        for name, (shape, dtype) in found.items():
-            want_shape, want_dtype = expected[name]
-            if tuple(shape) != tuple(want_shape) or np.dtype(dtype) != want_dtype:
-                raise PayloadRejected(
-                    f"array {name!r}: expected {tuple(want_shape)} {np.dtype(want_dtype).name}, "
-                    f"payload has {tuple(shape)} {np.dtype(dtype).name}"
-                )
+    def _check_layout(self, found: Layout, expected: Layout) -> None:
+        """A payload's names, shapes and dtypes against this model's (:func:`~fedsync.data._layout.check_layout`)."""
+        check_layout(found, expected)
 
 
 def _empty(kept: list[DeviceReport]) -> None:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ from ..secagg.device import supported as secagg_supported
 from ..wire.config import Config, takes_extra, takes_keyword
 from ..wire.http import ApiError, ErrorCode
 from ..wire.shapes import DeviceInfo
+from ._kept import save_state
 from ._reply import download, once, owned_copy, reply_length, response_body
 
 __all__ = ["Device", "Job", "PartialUpload", "HeadedError", "checked_repetition", "PARTIAL_KEEP"]
@@ -163,6 +165,7 @@ class Device:
         self.busy = threading.Lock()  # held by a training job or an evaluation
         self.receiving = threading.Lock()  # held while one payload is read and handed over
         self._spare: np.ndarray | None = None  # the last payload's buffer, for the next one
+        self.state_path: Path | None = None  # serve(state_dir=...): where the device state is saved after each round
         self._spare_lock = threading.Lock()
         # receive/evaluate get the round's config only if they take a third argument:
         # the seed's receive(encoding, repetition) keeps working as written.
@@ -370,6 +373,8 @@ class Device:
             else:
                 result = self.fed.serialize(job.repetition)
             response_body(result)  # fail here, with the device's message, rather than while answering
+            if self.state_path is not None:  # saved before the reply is served: a restart resumes from it
+                self._save_state()
             job.result = result
             job.owned = isinstance(result, (str, bytes))
             self.rounds_served += 1
@@ -386,6 +391,14 @@ class Device:
             del spare
             self.busy.release()
             job.done.set()
+
+    def _save_state(self) -> None:
+        """Save the device state to :attr:`state_path`; a failure fails this round, saying why."""
+        assert self.state_path is not None
+        try:
+            save_state(self.fed, self.state_path)
+        except Exception as exc:
+            raise RuntimeError(f"the device state could not be saved to {self.state_path}: {exc}") from None
 
     def evaluate(
         self, encoding: Any, repetition: int, config: Config | None = None, deadline: float | None = None

@@ -20,6 +20,7 @@ from ..gateway.listen import listen, loopback, tls_context
 from ..gateway.server import MAX_CONNECTIONS, KeepAliveServer
 from ..protocol import FedData
 from ..secagg.identity import Identity
+from ._kept import use_state_dir
 from .app import DeviceApp
 from .dialer import RunningDialer
 
@@ -86,6 +87,7 @@ def serve(
     verify: bool | str | os.PathLike = True,
     cert: tuple[str, str] | str | None = None,
     crl: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    state_dir: str | os.PathLike | None = None,
 ) -> RunningServer | RunningDialer | None:
     """Serve a FedData (or a dict ``{name: FedData}``) over HTTP, listening, or dialing out with ``connect``.
 
@@ -137,6 +139,10 @@ def serve(
             revoked device's keys in signed secure aggregation. Checked at start: a list that is
             missing, unreadable, not signed by its CA or past its next update stops the start
             (fail closed); one list per CA when the two differ. Read once: restart to load a renewed list.
+        state_dir: a folder keeping each FedData's own state (:meth:`~fedsync.protocol.FedData.device_state`,
+            e.g. ``FedArrays(state=...)``) across restarts: restored from ``device_state.safetensors``
+            (``<name>.device_state.safetensors`` for a dict's) at start, saved there atomically after each
+            round before its reply is served. The codec's safetensors layout, checked before use.
 
     Where it serves or dials is logged at INFO on ``fedsync.server``; a blocking call also prints it
     to stderr when logging is not set up to show INFO (a script's ``fedsync.serve(model)`` says where it is).
@@ -150,6 +156,8 @@ def serve(
         ValueError: ``peer_ca`` without ``ssl_context=(certfile, keyfile)``, or a device
             certificate that is not ECDSA P-256 or does not verify against ``peer_ca``; a
             ``crl`` refused, or given without ``client_ca`` or ``peer_ca``.
+        ValueError: a state file in ``state_dir`` that is damaged, of another layout, or not a regular
+            file (the message names it; move it away to start afresh).
         ValueError: dialing out, a bad ``connect`` URL, ``name``, ``token``, ``verify`` or ``cert``,
             or a listening-only option (``host``, ``port``, ``ssl_context``, ...) given with ``connect``.
         DialRefused: ``block=True`` and the listener refused this device (a PermissionError).
@@ -158,12 +166,15 @@ def serve(
         raise ValueError("crl= is for a listening device (client_ca, peer_ca); with connect= it is not supported yet")
     if connect is not None:
         return _dial(data, connect, name, token, verify, cert, block, max_content_length, secure_aggregation, peer_ca,
+                     state_dir,
                      listening={"ssl_context": ssl_context, "client_ca": client_ca,
                                 "max_connections": max_connections != MAX_CONNECTIONS,
                                 "host": host != "127.0.0.1", "port": port != 8000})  # fmt: skip
     if name is not None or cert is not None or verify is not True:
         raise ValueError("name=, verify= and cert= are for dialing out: pass connect='https://coordinator:9000' too")
     app = DeviceApp(data, token=token, max_content_length=max_content_length, secure_aggregation=secure_aggregation)
+    if state_dir is not None:
+        use_state_dir(app, state_dir)
     positive_int("max_connections", max_connections)
     if crl is not None:
         _check_crl(crl, client_ca, peer_ca)
@@ -222,6 +233,7 @@ def _dial(
     max_content_length: int | None,
     secure_aggregation: str | None,
     peer_ca: str | os.PathLike | None,
+    state_dir: str | os.PathLike | None,
     listening: dict[str, Any],
 ) -> RunningDialer | None:
     """``serve(..., connect=URL)``: the device dials the listener at ``connect`` (see :func:`serve`)."""
@@ -237,6 +249,8 @@ def _dial(
         )
     # No token on the app: the listener authenticated the coordinator; the device trusts the listener by TLS.
     app = DeviceApp(data, max_content_length=max_content_length, secure_aggregation=secure_aggregation)
+    if state_dir is not None:
+        use_state_dir(app, state_dir)
     if peer_ca is not None:
         _sign_with(app, tuple(cert) if isinstance(cert, list) else cert, peer_ca)
     if token is None:

@@ -21,7 +21,10 @@ strings, e.g. mixed with ``http://`` ones in ``Federated``), or passed to
 ``LocalRemote(url, device=...)``. A device given as a *function* returning a
 FedData is built on the first request and dropped by :meth:`LocalRemote.release`
 (what :func:`fedsync.coordinator.simulation.run_simulation` does after each round), so a
-device's state exists only while it is sampled.
+device's model exists only while it is sampled. Its own state
+(:meth:`~fedsync.protocol.FedData.device_state`) is kept when it is dropped, as the codec's
+bytes (:attr:`LocalTransport.kept`: the state's size plus a small header), and loaded into the
+FedData built for its next round.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.test import EnvironBuilder
 
 from .._util.checks import at_least_one
+from ..device._kept import keep_states, restore_states
 from ..device.app import DeviceApp
 from ..errors import RemoteError, RemoteTimeout
 from ..plugins.hookspecs import RegisterTransport, hookimpl
@@ -128,12 +132,23 @@ class LocalTransport(Transport):
             (then dropped by :meth:`release`).
         pool: where training runs (default: :func:`default_pool`).
         max_content_length: the device's largest accepted payload (as ``serve``).
+        kept: the device's own state from an earlier transport of the same device (:attr:`kept`).
+
+    ``kept``: the device's own state saved when it was last dropped, by FedData base
+    (``""``, or ``"/name"``), as the codec's bytes; restored into the next FedData built.
     """
 
     def __init__(
-        self, url: str, device: DeviceSource, *, pool: TrainingPool | None = None, max_content_length: int | None = None
+        self,
+        url: str,
+        device: DeviceSource,
+        *,
+        pool: TrainingPool | None = None,
+        max_content_length: int | None = None,
+        kept: dict[str, bytes] | None = None,
     ) -> None:
         self.url = url
+        self.kept: dict[str, bytes] = dict(kept or {})
         self.source = device
         self.pool = pool
         self.max_content_length = max_content_length
@@ -163,7 +178,8 @@ class LocalTransport(Transport):
         """A new :class:`~fedsync.device.app.DeviceApp` for the device, training on the pool.
 
         Raises:
-            RemoteError: the device function raised, or returned no FedData.
+            RemoteError: the device function raised, or returned no FedData, or one whose state
+                layout no longer fits the state kept from the device's last round.
         """
         source = self.source
         if isinstance(source, FedData):
@@ -176,15 +192,25 @@ class LocalTransport(Transport):
             if not isinstance(fed, FedData):
                 raise RemoteError(self.url, f"device_fn returned {type(fed).__name__}, expected a FedData")
         app = DeviceApp(fed, max_content_length=self.max_content_length)
+        try:
+            restore_states(app, self.kept, self.url)
+        except (ValueError, TypeError) as exc:  # device_fn's FedData changed its state's layout
+            raise RemoteError(self.url, str(exc)[:1000]) from None
         pool = self.pool or default_pool()
         for device in app.devices.values():
             device.executor = pool.executor  # trains on the shared pool, not on a thread of its own
         return app
 
     def release(self) -> None:
-        """Drop the device's state if it was built by a function (it is built again when next used)."""
+        """Drop the device if it was built by a function (it is built again when next used), keeping its own state.
+
+        The state (:meth:`~fedsync.protocol.FedData.device_state`) is encoded into :attr:`kept`; a
+        FedData still training (a hung round) keeps the state kept before.
+        """
         if not isinstance(self.source, FedData):
             with self.lock:
+                if self.device_app is not None:
+                    self.kept = keep_states(self.device_app, self.kept)
                 self.device_app = None
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ KEYWORDS = {  # a value for each of FedArrays' keywords, and the attribute that 
     "evaluate": (lambda model: 1, "evaluate_fn"),
     "strategy": (FedAvg(), "strategy"),
     "wire_dtype": ("bfloat16", "wire_dtype"),
+    "state": ({"c": np.zeros(3)}, "state"),  # kept as given: train updates it in place
 }
 
 

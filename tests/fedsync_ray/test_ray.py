@@ -421,3 +421,14 @@ def test_a_lambda_and_a_closure_capturing_data_run_on_ray(ray_session):
 def test_a_function_of_a_script_run_as_main_or_read_from_stdin_runs_on_ray(tmp_path, how):
     """The driver's __main__ cannot be imported by the actors, so its function goes by value too."""
     assert run_script(tmp_path, how, "ray") == '{"answered": 3, "w": [2.0, 4.0]}'
+
+
+@pytest.mark.slow
+def test_a_ray_devices_own_state_survives_the_rounds_it_is_sampled_in(ray_session):
+    from tests.device.factories import check_counted
+
+    history = run_simulation(
+        "tests.device.factories:counting_device", 6, 4, data=FedArrays({"w": np.zeros(2)}),
+        fraction=0.5, seed=3, backend="ray", timeout=60, progress=False,
+    )  # fmt: skip
+    check_counted(history)  # each device counts 1, 2, 3, ... across its rounds: never rebuilt from zero

@@ -116,3 +116,37 @@ def _read(stream: Readable, n: int) -> bytearray:
     if got < len(buffer):
         del buffer[got:]
     return buffer
+
+
+MAX_KEPT = 1024
+"""Most FedData states one device's frame may carry (a device serves one FedData, or a dict of them)."""
+
+
+def pack_kept(kept: dict[str, bytes]) -> tuple[list[list[Any]], bytes]:
+    """A device's kept states (base -> codec bytes) as a frame's ``"kept"`` entries ``[[base, length]]`` and body."""
+    return [[base, len(data)] for base, data in kept.items()], b"".join(kept.values())
+
+
+def unpack_kept(entries: Any, body: bytes | bytearray | memoryview) -> dict[str, bytes]:
+    """The states :func:`pack_kept` packed, checked: string bases, lengths that add up to the body's.
+
+    The bytes themselves are checked where they are loaded (:func:`fedsync.data._state.restore_state`).
+
+    Raises:
+        FrameError: malformed entries, saying what was wrong.
+    """
+    if not isinstance(entries, list) or len(entries) > MAX_KEPT:
+        raise FrameError(f"a frame's kept states are not a list of at most {MAX_KEPT} [base, length] pairs")
+    kept: dict[str, bytes] = {}
+    view, at = memoryview(body), 0
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and len(entry[0]) <= 256):
+            raise FrameError(f"a kept state's entry {str(entry)[:80]!r} is not [base, length]")
+        length = entry[1]
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= len(view) - at:
+            raise FrameError(f"a kept state's length {str(length)[:40]} does not fit the frame's {len(view)} bytes")
+        kept[entry[0]] = bytes(view[at : at + length])
+        at += length
+    if at != len(view):
+        raise FrameError(f"a frame's kept states take {at} of its {len(view)} bytes")
+    return kept

@@ -41,7 +41,7 @@ from ...device.app import DEFAULT_MAX_CONTENT_LENGTH
 from ...errors import RemoteError, RemoteTimeout
 from .. import device_functions
 from ..local import LocalTransport, TrainingPool
-from ._frames import FrameError, Readable, read_frame, write_frame
+from ._frames import FrameError, Readable, pack_kept, read_frame, unpack_kept, write_frame
 from ._hung import still_running
 
 __all__ = ["main"]
@@ -60,6 +60,9 @@ class _Worker:
         self.max_content_length = max_content_length
         self.pool = TrainingPool(1)
         self.devices: dict[int, LocalTransport] = {}
+        self.kept: dict[
+            int, dict[str, bytes]
+        ] = {}  # each released device's own state (codec bytes), for its next round
         self.requests = concurrent.futures.ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="fedsync-worker")
 
     def device(self, device_id: int) -> LocalTransport:
@@ -71,6 +74,7 @@ class _Worker:
                 functools.partial(self.device_fn, device_id),
                 pool=self.pool,
                 max_content_length=self.max_content_length,
+                kept=self.kept.pop(device_id, None),
             )
             self.devices[device_id] = transport
         return transport
@@ -116,9 +120,26 @@ class _Worker:
                 # On the reader, in pipe order: a later request for this device builds it afresh.
                 transport = self.devices.pop(device_id, None)
                 running = transport is not None and still_running(transport)
+                # Its own state goes back to the coordinator, as bytes, for its next round (on any worker).
+                kept = self.kept.pop(device_id, {})
+                if transport is not None:
+                    transport.release()
+                    kept = transport.kept
                 if "id" in header:
+                    answer = {"id": header["id"], "released": True, "running": running}
+                    size, limit = sum(map(len, kept.values())), self.max_content_length or DEFAULT_MAX_CONTENT_LENGTH
+                    if size > limit:  # a worker could not take it back (its frames' bound): that device's failure
+                        answer["kept_refused"] = (
+                            f"its own state is {size} bytes, over the {limit} bytes a worker takes in a frame; "
+                            "raise max_content_length or keep a smaller device_state()"
+                        )
+                        kept = {}
+                    entries, state = pack_kept(kept)
                     with self.write_lock:
-                        write_frame(self.out, {"id": header["id"], "released": True, "running": running})
+                        write_frame(self.out, {**answer, "kept": entries}, state)
+                continue
+            if header.get("op") == "keep":  # the device's own state, for when it is next built here
+                self.kept[device_id] = unpack_kept(header.get("kept"), body)
                 continue
             header["transport"] = self.device(device_id)
             self.requests.submit(self.handle, header, body)

@@ -46,7 +46,7 @@ from ...errors import RemoteError, RemoteTimeout
 from .. import device_functions
 from ..base import Body, BytesAnswer, Transport, body_bytes
 from ..remote import MAX_REPLY, Remote
-from ._frames import MAX_HEADER, FrameError, frame_head, read_frame
+from ._frames import MAX_HEADER, FrameError, frame_head, pack_kept, read_frame, unpack_kept
 
 __all__ = ["ProcessPool", "ProcessRemote", "ProcessTransport", "process_remotes"]
 
@@ -146,12 +146,29 @@ class _Process:
             raise RemoteError(url, pending.lost)
         return _checked_answer(url, pending.header, pending.body)
 
-    def release(self, device_id: int, url: str) -> None:
-        """Tell the worker to drop a device's state (if it is alive; bounded); kill the worker if the device's
+    def keep(self, device_id: int, kept: dict[str, bytes]) -> None:
+        """Send a device's own state (codec bytes by base) ahead of its first request: loaded when it is built.
+
+        Raises:
+            OSError: the worker takes no frame in time (its requests then fail by name).
+        """
+        entries, body = pack_kept(kept)
+        head = frame_head({"op": "keep", "device": device_id, "kept": entries}, len(body))
+        self._send(head, body, time.monotonic() + RELEASE_TIMEOUT)
+
+    def release(self, device_id: int, url: str) -> dict[str, bytes] | None:
+        """Tell the worker to drop a device (if it is alive; bounded); kill the worker if the device's
         work still runs (a hung call: its round is over) or the worker does not answer within
-        :data:`RELEASE_TIMEOUT` seconds."""
+        :data:`RELEASE_TIMEOUT` seconds.
+
+        Returns the device's own state the worker sent back (codec bytes by base, checked where
+        loaded), or ``None`` when it sent none it could (dead, stuck, malformed).
+
+        Raises:
+            RemoteError: the worker could not send the state back (too large), naming the device.
+        """
         if self.dead is not None:
-            return
+            return None
         deadline = time.monotonic() + RELEASE_TIMEOUT
         pending = _Pending()
         with self.lock:
@@ -165,14 +182,25 @@ class _Process:
         with self.lock:
             self.pending.pop(request_id, None)
         if pending.lost is not None:
-            return  # it died meanwhile: the pool replaces it
+            return None  # it died meanwhile: the pool replaces it
         if not answered:
             self.kill(f"it did not answer the release of {url} within {RELEASE_TIMEOUT:g} s")
-        elif pending.header.get("running") is not False:
+            return None
+        if pending.header.get("running") is not False:
             self.kill(
                 f"{url}'s device_fn, training or evaluation still ran after its round (a hung call), holding the "
                 "worker's training slot; a new worker takes its place"
             )
+        try:
+            kept = unpack_kept(pending.header.get("kept", []), pending.body)
+        except FrameError as exc:
+            self.kill(f"it answered the release of {url} with a malformed frame ({exc})")
+            return None
+        if "kept_refused" in pending.header:  # too large to travel back: the device fails by name next time
+            raise RemoteError(
+                url, f"its state from its last round is lost: {str(pending.header['kept_refused'])[:500]}"
+            )
+        return kept
 
     def _send(self, head: bytes, body: bytes, deadline: float) -> None:
         if not self.write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
@@ -458,6 +486,8 @@ class ProcessTransport(Transport):
         self.device_id = device_id
         self.processes = processes
         self.process: _Process | None = None
+        self.kept: dict[str, bytes] = {}  # the device's own state while it is not sampled (codec bytes by base)
+        self.lost: RemoteError | None = None  # its state could not be kept: every later request fails with this
         self.lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -468,11 +498,18 @@ class ProcessTransport(Transport):
     ) -> BytesAnswer:
         """The device's answer from its worker, every field checked (see :meth:`_Process.call`)."""
         with self.lock:
+            if self.lost is not None:
+                raise self.lost
             if self.process is None:
                 try:
                     self.process = self.processes.place()
                 except RuntimeError as exc:
                     raise RemoteError(self.url, str(exc)) from None
+                if self.kept:  # ahead of the first request, in pipe order: loaded when the device is built
+                    try:
+                        self.process.keep(self.device_id, self.kept)
+                    except OSError as exc:
+                        raise RemoteError(self.url, f"its worker did not take its kept state: {exc}") from None
             process = self.process
         path, _, query = target.partition("?")
         request = {
@@ -486,12 +523,24 @@ class ProcessTransport(Transport):
         return BytesAnswer(*process.call(self.url, request, body_bytes(body), timeout))
 
     def release(self) -> None:
-        """Drop the device's state in its worker (it is built again when next used)."""
+        """Drop the device in its worker (it is built again when next used), keeping its own state here.
+
+        The state (:meth:`~fedsync.protocol.FedData.device_state`) comes back as codec bytes and is
+        held in :attr:`kept` (its size, per device) until the device's next first request, on any worker.
+        """
         with self.lock:
             process, self.process = self.process, None
         if process is not None:
             self.processes.unplace(process)
-            process.release(self.device_id, self.url)
+            try:
+                kept = process.release(self.device_id, self.url)
+            except RemoteError as exc:
+                with self.lock:
+                    self.lost = exc  # its next request fails with this, rather than starting afresh unsaid
+                return
+            if kept is not None:
+                with self.lock:
+                    self.kept = kept
 
 
 class ProcessRemote(Remote):
