@@ -241,6 +241,7 @@ data = fedsync.FedArrays({f"layer{i:04d}.weight": np.zeros(2, np.float32) for i 
 """
 
 
+@pytest.mark.slow  # about a second: the full suite (the fast tier stays under 90 s)
 def test_info_piped_to_head_stops_quietly(serve, workdir):
     """`fedsync info --json URL | head -1`: head exits after one line while info still writes (~360 kB, more than a pipe holds)."""
     (workdir / "many.py").write_text(MANY_WEIGHTS_FILE)

@@ -52,10 +52,19 @@ def test_serve_aggregate_runs_a_round_below_for_its_parent(tmp_path):
     [
         (["model.py:trains", "--aggregate", "http://127.0.0.1:9"], "does not train"),
         (["model.py:declaration", "--aggregate", " , "], "--aggregate needs the devices below"),
-        (["model.py:declaration", "--aggregate", "dial://site-a"], "--aggregate-listen HOST:PORT"),
-        (["model.py:declaration", "--aggregate", "dial://site-a", "--aggregate-listen", "9100"], "HOST:PORT"),
-        (["model.py:declaration", "--aggregate", "ftp://x"], "http:// or https://"),
-        (["model.py:declaration", "--aggregate", "http://x", "--aggregate-cafile", "nope.pem"], "not found"),
+        pytest.param(["model.py:declaration", "--aggregate", "dial://site-a"], "--aggregate-listen HOST:PORT", marks=pytest.mark.slow),
+        # the others in the full suite (a process each): the fast tier stays under 90 s
+        pytest.param(
+            ["model.py:declaration", "--aggregate", "dial://site-a", "--aggregate-listen", "9100"],
+            "HOST:PORT",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(["model.py:declaration", "--aggregate", "ftp://x"], "http:// or https://", marks=pytest.mark.slow),
+        pytest.param(
+            ["model.py:declaration", "--aggregate", "http://x", "--aggregate-cafile", "nope.pem"],
+            "not found",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_serve_aggregate_usage_errors_exit_2_naming_the_cause(tmp_path, args, says):

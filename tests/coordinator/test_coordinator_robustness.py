@@ -229,6 +229,7 @@ def test_errors_say_which_kind_of_connection_failure(devices, spawn, tmp_path):
 # -- kind 5: memory stays bounded whatever a device sends ------------------------------
 
 
+@pytest.mark.slow  # over a second: the full suite (the fast tier stays under 90 s)
 @pytest.mark.parametrize("scenario, evaluate", [("huge_info", False), ("huge_error", False), ("huge_eval", True)])
 def test_huge_answer_is_that_devices_failure_and_costs_no_memory(devices, spawn, scenario, evaluate):
     healthy = devices("evaluating", 2.0, 10, 4, 0.5)
@@ -260,6 +261,7 @@ def test_unusable_token_is_refused_without_showing_it(token):
         assert token.strip() not in str(refused.value)
 
 
+@pytest.mark.slow  # over a second: the full suite (the fast tier stays under 90 s)
 def test_token_read_from_a_file_works_and_never_leaks(spawn, tmp_path):
     token = "s3cret-token-value-42"
     device = spawn("device", {"token": token})

@@ -101,6 +101,7 @@ def test_history_from_json_reads_or_refuses_a_dense_history_within_the_bound(sha
         assert isinstance(outcome, ValueError) and "refusing it" in str(outcome), outcome
 
 
+@pytest.mark.slow  # about a second: the full suite (the fast tier stays under 90 s)
 def test_a_history_fedsync_writes_still_reads_within_the_bound(tmp_path):
     history = legit_history()
     history.save(tmp_path / "history.json")

@@ -180,6 +180,7 @@ def test_the_dashboard_serves_the_server_series(devices):
     assert [r["server"] and r["server"]["held_out"] for r in history["rounds"]] == [None, 50.0, None, 50.0]
 
 
+@pytest.mark.slow  # about a second: the full suite (the fast tier stays under 90 s)
 @needs_browser
 def test_the_page_charts_the_server_series_in_headless_chromium(devices, tmp_path):
     assert CHROMIUM, "chromium is not installed: apt-get install chromium-headless-shell"

@@ -84,6 +84,7 @@ MEMORY = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # about a second: the full suite (the fast tier stays under 90 s)
 def test_a_thousand_devices_keep_only_the_sampled_ones_in_memory():
     out = subprocess.run([sys.executable, "-c", MEMORY], capture_output=True, text=True, timeout=120, cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     assert out.returncode == 0, out.stderr[-2000:]

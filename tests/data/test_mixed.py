@@ -106,6 +106,7 @@ def test_bundle_of_torch_model_and_custom_fed_data_resolves_parts_through_the_re
     assert data["threshold"].value == pytest.approx(0.4)
 
 
+@pytest.mark.slow  # about a second: the full suite (the fast tier stays under 90 s)
 def test_bundle_with_malformed_parts_metadata_is_refused_even_under_python_dash_o():
     """The check is real code, not an assert that `python -O` would remove."""
     import subprocess

@@ -204,6 +204,7 @@ def test_ctrl_c_stops_every_device(tmp_path):
     assert demo_devices(demo.pid) == []
 
 
+@pytest.mark.slow  # about a second: the full suite (the fast tier stays under 90 s)
 def test_devices_exit_when_the_coordinator_is_killed_outright(tmp_path):
     demo = start_endless_demo(tmp_path, devices=2, stderr=subprocess.DEVNULL)
     try:

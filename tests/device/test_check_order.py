@@ -7,6 +7,7 @@ Real device processes, raw HTTP, and nothing changes on the device.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import requests
 
 from fedsync import FedArrays
@@ -42,6 +43,7 @@ def request(rep: int | str, body: bytes, specs: str, *, length: str = GOOD, spec
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body if send_body else b"")
 
 
+@pytest.mark.slow  # about a second: the full suite (the fast tier stays under 90 s)
 def test_each_check_answers_before_every_later_one(devices):
     weights = FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)})
     payload, specs = bytes(weights.serialize(2)), weights.specs(2)

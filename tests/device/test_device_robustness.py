@@ -71,6 +71,7 @@ def test_writes_are_refused_while_a_reply_downloads_from_live_memory(devices):
     assert post(url, "/2/submit", other, other_specs).status_code == 202
 
 
+@pytest.mark.slow  # about a second: the full suite (the fast tier stays under 90 s)
 @pytest.mark.parametrize("n", [1000, 1 << 20])
 def test_a_write_right_after_a_whole_download_is_never_busy(devices, n):
     """A coordinator that read the whole reply and at once asks for an evaluation (a new

@@ -52,7 +52,8 @@ def test_a_bfloat16_model_goes_through_a_round_and_stays_bfloat16():
         assert np.all(keras.ops.convert_to_numpy(weight).astype(np.float32) == 1.75)  # (1.0 + 2.5) / 2, exact
 
 
-@pytest.mark.parametrize("dtype", ["complex64", "string"])
+# complex64 builds a real Keras model (TensorFlow's first use costs ~5 s): the full suite
+@pytest.mark.parametrize("dtype", [pytest.param("complex64", marks=pytest.mark.slow), "string"])
 def test_a_weight_the_codec_cannot_carry_is_refused_when_the_adapter_is_built(dtype):
     import keras
 

@@ -199,6 +199,7 @@ def test_missing_framework_names_the_extra(tmp_path, monkeypatch, caplog):
         fedsync.data.FedKeras
 
 
+@pytest.mark.slow  # about a second: the full suite (the fast tier stays under 90 s)
 def test_trace_switch_prints_every_plugins_hook_call(tmp_path):
     """FEDSYNC_TRACE_PLUGINS=1 prints each register_adapters call, through pluggy's tracer."""
     code = "from fedsync import plugins; print(sorted(plugins.adapters()))"

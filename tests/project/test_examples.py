@@ -56,6 +56,7 @@ def test_every_example_folder_is_runnable_by_run_py_and_listed():
     }
 
 
+@pytest.mark.slow  # about a second: the full suite (the fast tier stays under 90 s)
 def test_quickstart():
     out = run("quickstart")
     assert "round 15: 3 devices, 600 samples" in out

@@ -397,6 +397,7 @@ def test_a_million_tensor_entries_are_refused_before_the_header_is_read():
     assert "can need" in reply_stream.rejected and response.raw.tell() == 8
 
 
+@pytest.mark.slow  # about a second: the full suite (the fast tier stays under 90 s)
 def test_headers_within_the_size_limit_are_bounded_in_entries():
     with pytest.raises(CodecError, match="MAX_TENSORS"):
         codec.decode(many_tensors(codec.MAX_TENSORS + 1))

@@ -235,7 +235,7 @@ def test_robust_results_agree_whether_replies_stay_in_ram_or_spill():
 
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["fixed", "adaptive"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=pytest.mark.slow)])
 def test_central_dp_with_a_seed_is_bit_identical_in_any_order(adaptive, dtype):
     """Failed before: the clipped updates were added into a running float sum in arrival order.
 

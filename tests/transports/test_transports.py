@@ -100,6 +100,7 @@ def test_federated_takes_http_and_local_remotes_together(devices):
     assert np.allclose(alg.data.get_arrays()["w"], 3.25)
 
 
+@pytest.mark.slow  # about a second: the full suite (the fast tier stays under 90 s)
 def test_the_same_seeded_training_merges_the_same_model_over_local_and_http(devices):
     shards = [(1, 40, 0.0), (2, 60, 1.0), (3, 50, -1.0)]
     http = [devices("linreg", seed, n, shift).url for seed, n, shift in shards]

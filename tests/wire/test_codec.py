@@ -565,6 +565,7 @@ plausible_entries = st.fixed_dictionaries(
     st.binary(max_size=40),
 )
 @FUZZ
+@pytest.mark.slow  # 200 examples, about 2 s: the full suite
 def test_structurally_random_headers_decode_or_raise_codec_error(header, data):
     decode_or_codec_error(raw(header, data))
 
