@@ -115,6 +115,19 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def process_cpu(pids) -> float:
+    """User + system CPU seconds used so far by the processes ``pids`` (from /proc/<pid>/stat; gone ones count 0)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def report_start(params: int) -> int:
     baseline = status_bytes("VmRSS")
     emit(baseline=baseline, hwm_before_model=status_bytes("VmHWM"), model_bytes=params * 4)

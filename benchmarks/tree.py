@@ -148,16 +148,8 @@ def processes():
 
 
 def cpu_of(procs) -> float:
-    """User + system CPU seconds used so far by ``procs`` (from /proc/<pid>/stat)."""
-    ticks = 0
-    for proc in procs:
-        try:
-            with open(f"/proc/{proc.popen.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return ticks / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds used so far by ``procs`` (peers.process_cpu of their pids)."""
+    return peers.process_cpu(proc.popen.pid for proc in procs)
 
 
 def run_top(group, name: str, urls: list[str], opts, logdir: Path, others: dict[str, list]) -> dict:

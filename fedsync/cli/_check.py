@@ -16,7 +16,7 @@ from typing import Any
 
 from ._check_cases import run_all
 from ._check_probe import DOC, SECTIONS, Checker
-from ._common import CommandError, Formatter, UsageError
+from ._common import CommandError, Formatter, UsageError, device_url
 
 __all__ = ["add_check_command", "CHECK_HELP", "run_checks"]
 
@@ -63,10 +63,7 @@ def add_check_command(commands: Any) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    url = args.url if "://" in args.url else f"http://{args.url}"
-    url = url.rstrip("/")
-    if url.endswith("/info"):
-        url = url[: -len("/info")]
+    url = device_url(args.url)
     if not (args.timeout > 0 and args.deadline > 0):
         raise UsageError("--timeout and --deadline must be positive numbers of seconds")
     if args.cafile and not Path(args.cafile).is_file():

@@ -8,6 +8,7 @@ import sys
 
 __all__ = [
     "EXIT_FAILED",
+    "device_url",
     "EXIT_USAGE",
     "EXIT_INTERRUPTED",
     "EXIT_BROKEN_PIPE",
@@ -54,3 +55,10 @@ def configure_logging(verbose: bool) -> None:
     )
     if not verbose:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def device_url(text: str) -> str:
+    """A device's base URL as a person types it: ``host:port`` gains ``http://``; a trailing ``/`` or ``/info`` goes."""
+    url = text if "://" in text else f"http://{text}"
+    url = url.rstrip("/")
+    return url[: -len("/info")] if url.endswith("/info") else url

@@ -11,7 +11,7 @@ from typing import Any
 
 from .._util.checks import is_number
 from .._util.json import shown
-from ._common import CommandError, Formatter, UsageError
+from ._common import CommandError, Formatter, UsageError, device_url
 
 __all__ = ["add_info_command", "INFO_HELP"]
 
@@ -57,10 +57,7 @@ def _run_info(args: argparse.Namespace) -> int:
     from ..errors import RemoteError, RemoteTimeout, RemoteUnavailable
     from ..transports.remote import Remote
 
-    url = args.url if "://" in args.url else f"http://{args.url}"
-    url = url.rstrip("/")
-    if url.endswith("/info"):
-        url = url[: -len("/info")]
+    url = device_url(args.url)
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     if args.cafile and not Path(args.cafile).is_file():
