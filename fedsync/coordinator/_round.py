@@ -286,9 +286,10 @@ def _weights(summary: Any) -> list[tuple[Any, Any, Any]] | None:
 
 def first_difference(ours: Any, theirs: Any) -> str | None:
     """The first weight whose name, shape or dtype differs between two summaries (the device's may be anything)."""
+    mine, other = _weights(ours), _weights(theirs)
+    if mine is None or other is None:
+        return None
     try:
-        mine = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in ours["weights"]]
-        other = [(w["name"], tuple(w["shape"]), w["dtype"]) for w in theirs["weights"]]
         for a, b in zip(mine, other, strict=False):  # unequal lengths are named below
             if a != b:
                 if a[0] != b[0]:

@@ -269,10 +269,10 @@ class FedArrays(FedData):
             PayloadRejected: the payload does not fit this model; nothing changed.
             ValueError: ``train`` returned no valid ``samples`` or ``(samples, metrics)``.
         """
-        arrays, _ = self.decode(encoding)
+        raw, metadata, expected = self._opened(encoding)
+        arrays, _ = self._checked(raw, metadata, finite=False, expected=expected)
         self.set_arrays(arrays)
-        # The reply goes back in the format the payload came in (a header read again: it is small, checked above).
-        self.sending = compression.format_of(codec.decode(encoding, limit=self._header_limit(self.layout()))[1])
+        self.sending = compression.format_of(metadata)  # the reply goes back in the format the payload came in
         self.global_arrays = None  # before copying: never two snapshots at once
         # Views of the payload, valid while train runs; copied only if proximal_term (or
         # local DP) asks, and dropped after: the device reuses the payload's buffer next round.
@@ -495,12 +495,16 @@ class FedArrays(FedData):
         second scan costs a pass over the whole model. ``None`` (merges): only
         if the payload has samples, since one without weighs nothing.
         """
+        arrays, metadata, expected = self._opened(encoding)
+        return self._checked(arrays, metadata, finite=finite, expected=expected)
+
+    def _opened(self, encoding: Any) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, Any]]:
+        """A binary payload's raw arrays and metadata (a header within this model's bound), and the layout."""
         if isinstance(encoding, str):
             raise PayloadRejected(f"{type(self).__name__} expects a binary payload, got text")
         expected = self.layout()
-        return self._checked(
-            *codec.decode(encoding, limit=self._header_limit(expected)), finite=finite, expected=expected
-        )
+        arrays, metadata = codec.decode(encoding, limit=self._header_limit(expected))
+        return arrays, metadata, expected
 
     def _checked(
         self,

@@ -9,7 +9,7 @@ broken device cannot overflow a sum or turn an average into NaN.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .._util.checks import is_int, is_number
@@ -22,6 +22,8 @@ __all__ = [
     "checked_metrics",
     "weighted_means",
     "kept_metrics",
+    "metric_totals",
+    "top_metrics",
     "parse_counted",
 ]
 
@@ -132,14 +134,26 @@ def kept_metrics(records: Sequence[Mapping[str, Any]]) -> list[str]:
     the most weight behind them (a record's ``weights``, else its samples), ties broken by name; records
     of 0 samples count for nothing.
     """
+    return top_metrics(metric_totals(records))
+
+
+def metric_totals(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Each metric's weight over ``records``: a record's own ``weights`` where it has them, else its samples.
+
+    Records of 0 samples count for nothing.
+    """
     totals: dict[str, int] = {}
     for r in records:
         if r["samples"] > 0:
             own = r.get("weights", {})
             for name in r["metrics"]:
                 totals[name] = totals.get(name, 0) + int(own.get(name, r["samples"]))
-    kept = sorted(totals, key=lambda name: (-totals[name], name))[:MAX_METRICS]
-    return sorted(kept)
+    return totals
+
+
+def top_metrics(totals: Mapping[str, int]) -> list[str]:
+    """The at most ``MAX_METRICS`` names of ``totals`` with the most weight (ties by name), sorted."""
+    return sorted(sorted(totals, key=lambda name: (-totals[name], name))[:MAX_METRICS])
 
 
 def parse_counted(value: Any, what: str = "train(model)") -> tuple[int, dict[str, float]]:

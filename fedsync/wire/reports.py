@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from .._util.checks import is_int
 from .._util.json import loads_strict, shown
 from ..errors import PayloadRejected
-from .metrics import MAX_METRICS, checked_metrics, checked_samples, kept_metrics
+from .metrics import MAX_METRICS, checked_metrics, checked_samples, metric_totals, top_metrics
 from .shapes import DeviceReport, EvaluationAnswer
 
 __all__ = [
@@ -150,16 +150,8 @@ def metric_weights(records: Iterable[DeviceReport]) -> dict[str, int]:
     A record's own ``weights`` count where it has them (an aggregator's reply), else its samples; records
     of 0 samples weigh nothing. :func:`fedsync.wire.metrics.weighted_means` averages with the same weights.
     """
-    records = list(records)
-    kept = set(kept_metrics(records))  # the metrics weighted_means keeps
-    totals: dict[str, int] = {}
-    for record in records:
-        if record["samples"] > 0:
-            own = record.get("weights", {})
-            for name in record["metrics"]:
-                if name in kept:
-                    totals[name] = totals.get(name, 0) + own.get(name, record["samples"])
-    return dict(sorted(totals.items()))
+    totals = metric_totals(records)
+    return {name: totals[name] for name in top_metrics(totals)}  # the metrics weighted_means keeps
 
 
 def node_name(url: str) -> str:
