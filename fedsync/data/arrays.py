@@ -16,25 +16,23 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..errors import EmptyRound, PayloadRejected, RemoteError, RoundFailed, failure_reason
+from ..errors import PayloadRejected, RemoteError, RoundFailed
 from ..plugins.hookspecs import RegisterAdapter, hookimpl
 from ..protocol import FedData
 from ..strategies import Accumulator, FedAvg, Strategy
 from ..wire import codec, compression
-from ..wire.config import Config, takes_extra
+from ..wire.config import Config
 from ..wire.metrics import MAX_SAMPLES, parse_counted, weighted_means
 from ..wire.replies import ReplyStream
 from ..wire.reports import METRICS_KEY, SAMPLES_KEY, metric_weights, read_report, report_metadata
 from ..wire.shapes import DeviceReport, MergeReport
+from . import _extras, _merging, proximal
 from . import _state as device_state
-from . import proximal
 from ._layout import Layout, check_layout, header_limit
 
 __all__ = ["FedArrays", "fingerprint", "TrainResult", "SAMPLES_KEY", "METRICS_KEY", "SPECS_KEY"]
 
 SPECS_KEY = "fedsync.specs"
-
-_PIECE = 1 << 20  # bytes of a reply read and folded at a time
 
 TrainResult = Union[int, "tuple[int, Mapping[str, float]]"]
 """What ``train(model)`` returns: the number of samples, optionally with metrics."""
@@ -147,6 +145,8 @@ class FedArrays(FedData):
         self.last_merge: MergeReport | None = None
         self.global_arrays: dict[str, np.ndarray] | None = None
         self._received: dict[str, np.ndarray] | None = None  # this round's decoded payload, while train runs
+        self._extras: dict[str, np.ndarray] | None = None  # the strategy's travelling arrays, made on first use
+        self.extras_written = False  # set by a strategy's device helper (scaffold.finish) during train
 
     # -- the framework-specific part: adapters override these three ----------------
 
@@ -171,13 +171,42 @@ class FedArrays(FedData):
 
     def max_payload(self, repetition: int) -> int:
         """The largest payload of this model in bytes: 8-byte prefix, largest header ``check`` takes, arrays."""
-        layout = self.layout()  # in their own dtypes: packing as wire_dtype only makes them smaller
+        layout = self._payload_layout()  # in their own dtypes: packing as wire_dtype only makes them smaller
         data = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in layout.values())
         return 15 + self._header_limit(layout) + data
 
     def architecture(self) -> Any:
         """A JSON-able description hashed into the specs; by default the weights' layout."""
         return self.summary(0)["weights"]
+
+    # -- what the payload holds: the model's arrays and the strategy's ---------------
+
+    @property
+    def extra_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays the strategy sends beside the model (SCAFFOLD's control variates), by name; ``{}`` for most.
+
+        Made, zero, on first use from :meth:`Strategy.companions <fedsync.strategies.Strategy.companions>`;
+        arrays the strategy keeps on the device (:meth:`~fedsync.strategies.Strategy.device_arrays`) are
+        added to ``state`` then. Raises ``ValueError`` if a model array has one of their names.
+        """
+        if self._extras is None:
+            self._extras = _extras.make(self)
+        return self._extras
+
+    def _payload_arrays(self) -> dict[str, np.ndarray]:
+        """What a payload of this FedData holds: the model's arrays, then the strategy's."""
+        return {**self.get_arrays(), **self.extra_arrays}
+
+    def _payload_layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        extras = {name: (a.shape, a.dtype) for name, a in self.extra_arrays.items()}
+        return {**self.layout(), **extras}
+
+    def _load_payload(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Load checked payload arrays: the model's through ``set_arrays``, the strategy's into ``extra_arrays``."""
+        extras = self.extra_arrays
+        self.set_arrays(_extras.model_part(arrays, extras) if extras else arrays)
+        for name, target in extras.items():
+            np.copyto(target, arrays[name])
 
     # -- the protocol ----------------------------------------------------------------
 
@@ -186,7 +215,7 @@ class FedArrays(FedData):
         return {
             "weights": [
                 {"name": name, "shape": list(shape), "dtype": np.dtype(dtype).name}
-                for name, (shape, dtype) in self.layout().items()
+                for name, (shape, dtype) in self._payload_layout().items()
             ]
         }
 
@@ -195,7 +224,8 @@ class FedArrays(FedData):
 
         The wire format is not part of it: it is negotiated from each device's ``/info`` capabilities.
         """
-        return f"{self.token}:{fingerprint(self.architecture())}"
+        extras = [[name, list(a.shape), a.dtype.name] for name, a in self.extra_arrays.items()]
+        return f"{self.token}:{fingerprint([self.architecture(), extras] if extras else self.architecture())}"
 
     def capabilities(self) -> dict[str, Any]:
         """What ``/info`` says this FedData can do: the wire formats it decodes, and whether it evaluates."""
@@ -220,7 +250,7 @@ class FedArrays(FedData):
             ValueError: an unknown ``wire_dtype``, or values it cannot carry (:func:`~fedsync.wire.compression.pack`).
         """
         metadata = {**report_metadata(self.report()), SPECS_KEY: self.specs(repetition)}
-        arrays = self.get_arrays()
+        arrays = self._payload_arrays()
         wire = compression.check_wire_dtype(wire_dtype)
         if wire is not None:
             arrays, metadata[compression.WIRE_KEY] = compression.pack(arrays, wire)
@@ -242,11 +272,13 @@ class FedArrays(FedData):
         return report
 
     def device_state(self) -> dict[str, np.ndarray]:
-        """The ``state=`` arrays by name (the live arrays: fedsync encodes them at once)."""
+        """The ``state=`` arrays by name, with the strategy's (SCAFFOLD's ``c_i``); live arrays, encoded at once."""
+        self.extra_arrays  # noqa: B018  # makes the strategy's device arrays, so a saved state loads before round 1
         return dict(self.state)
 
     def load_device_state(self, state: dict[str, np.ndarray]) -> None:
         """Copy ``state`` into the ``state=`` arrays in place; ``ValueError`` (checked first) if it does not fit."""
+        self.extra_arrays  # noqa: B018  # as in device_state
         device_state.load_in_place(self.state, state)
 
     def check(self, encoding: Any, repetition: int) -> None:
@@ -269,9 +301,18 @@ class FedArrays(FedData):
             PayloadRejected: the payload does not fit this model; nothing changed.
             ValueError: ``train`` returned no valid ``samples`` or ``(samples, metrics)``.
         """
+        if self.local_dp is not None and self.extra_arrays:
+            raise ValueError(
+                f"local DP clips and noises the model's update, but {type(self.strategy).__name__} also sends "
+                f"{sorted(self.extra_arrays)[:2]}, which it would leave unprotected; use FedAvg or a server "
+                "optimizer with LocalDP"
+            )
         raw, metadata, expected = self._opened(encoding)
-        arrays, _ = self._checked(raw, metadata, finite=False, expected=expected)
-        self.set_arrays(arrays)
+        payload, _ = self._checked(raw, metadata, finite=False, expected=expected)
+        self._load_payload(payload)
+        arrays = _extras.model_part(payload, self.extra_arrays)
+        del payload
+        self.extras_written = False
         self.sending = compression.format_of(metadata)  # the reply goes back in the format the payload came in
         self.global_arrays = None  # before copying: never two snapshots at once
         # Views of the payload, valid while train runs; copied only if proximal_term (or
@@ -281,8 +322,13 @@ class FedArrays(FedData):
             if self.keep_global:
                 self.global_weights()
             if self.train is not None:
-                self.samples, self.metrics = parse_counted(_call(self.train, self.model, config))
+                self.samples, self.metrics = parse_counted(_merging.call(self.train, self.model, config))
                 self.metric_weights = {}  # this device's own metrics: each weighs its samples
+                if self.extra_arrays and not self.extras_written:
+                    raise ValueError(
+                        f"{type(self.strategy).__name__} sends {sorted(self.extra_arrays)[:2]} beside the model, "
+                        f"which train writes: call {self.strategy.device_hint}"
+                    )
             if self.local_dp is not None:  # before the reply can leave: serialize sends these arrays
                 self.set_arrays({**arrays, **self.local_dp.apply(self.get_arrays(), self.global_weights())})
         finally:
@@ -326,11 +372,12 @@ class FedArrays(FedData):
                 f"this device's {type(self).__name__} has no evaluate callback; "
                 "pass evaluate=fn, e.g. FedArrays(arrays, train, evaluate=lambda model: (len(x), {'accuracy': ...}))"
             )
-        arrays, _ = self.decode(encoding)
+        payload, _ = self.decode(encoding)
+        arrays = _extras.model_part(payload, self.extra_arrays)
         own = {name: np.array(a, copy=True) for name, a in self.get_arrays().items()}
         self.set_arrays(arrays)
         try:
-            return parse_counted(_call(self.evaluate_fn, self.model, config), "evaluate(model)")
+            return parse_counted(_merging.call(self.evaluate_fn, self.model, config), "evaluate(model)")
         finally:
             self.set_arrays(own)
 
@@ -342,26 +389,26 @@ class FedArrays(FedData):
                 NaN or infinity; this FedData is then unchanged.
             PayloadRejected: a payload given as bytes (not a stream) is malformed.
         """
-        accumulator = self.strategy.accumulator(self.get_arrays())
+        accumulator = self.strategy.accumulator(self._payload_arrays())
         kept: list[DeviceReport] = []
         if accumulator is None:
             try:
                 merged = self._aggregate_whole(encodings, kept)
             except RoundFailed:
-                _empty(kept)  # the strategy found nothing to weigh: say why, without blaming train
+                _merging.empty(kept)  # the strategy found nothing to weigh: say why, without blaming train
                 raise
         else:
             accumulator, kept = self._fold(encodings, accumulator)
-            _empty(kept)
+            _merging.empty(kept)
             merged = accumulator.result(sum(d["samples"] for d in kept))
             del accumulator
         for name, a in merged.items():
-            if not _finite(np.asarray(a)):
+            if not _merging.finite(np.asarray(a)):
                 raise RoundFailed(
                     f"merged array {name!r} holds NaN or infinity, so the model was left unchanged; "
                     f"check the strategy ({type(self.strategy).__name__}) and the devices' values"
                 )
-        self.set_arrays(merged)
+        self._load_payload(merged)
         del merged
         report: MergeReport = {
             "samples": sum(d["samples"] for d in kept),
@@ -388,7 +435,7 @@ class FedArrays(FedData):
         for encoding in encodings:
             try:
                 kept.append((encoding, self._fold_one(encoding, accumulator)))
-            except _Rejected as exc:
+            except _merging.Rejected as exc:
                 if not isinstance(encoding, ReplyStream):
                     raise PayloadRejected(exc.reason) from None
                 encoding.reject(exc.reason)
@@ -401,14 +448,14 @@ class FedArrays(FedData):
     def _fold_again(self, kept: list[tuple[Any, DeviceReport]]) -> tuple[Accumulator, list[tuple[Any, DeviceReport]]]:
         """A fresh sum of the ``kept`` replies; any that fails now is dropped too (bounded: ``kept`` shrinks)."""
         while True:
-            accumulator = self.strategy.accumulator(self.get_arrays())
+            accumulator = self.strategy.accumulator(self._payload_arrays())
             assert accumulator is not None
             for index, (encoding, _) in enumerate(kept):
                 try:
                     source = encoding.reopen() if isinstance(encoding, ReplyStream) else encoding
                     kept[index] = (encoding, self._fold_one(source, accumulator))
-                except (_Rejected, RemoteError) as exc:
-                    encoding.reject(f"when read again: {_why(exc)}")
+                except (_merging.Rejected, RemoteError) as exc:
+                    encoding.reject(f"when read again: {_merging.why(exc)}")
                     kept = kept[:index] + kept[index + 1 :]
                     del accumulator  # before the next one: never two sums at once
                     break
@@ -416,20 +463,20 @@ class FedArrays(FedData):
                 return accumulator, kept
 
     def _fold_one(self, encoding: Any, accumulator: Accumulator) -> DeviceReport:
-        """Check one reply and fold it in; :class:`_Rejected` says if the sum was touched."""
+        """Check one reply and fold it in; :class:`_merging.Rejected` says if the sum was touched."""
         if not isinstance(encoding, ReplyStream):
             try:
                 arrays, report = self.decode(encoding, finite=None)
             except ValueError as exc:
-                raise _Rejected(str(exc), spoiled=False) from None
-            return _add_whole(accumulator, arrays, report)
+                raise _merging.Rejected(str(exc), spoiled=False) from None
+            return _merging.add_whole(accumulator, arrays, report)
         folded = False
         try:
-            expected = self.layout()
+            expected = self._payload_layout()
             header = codec.read_header(encoding.readinto, encoding.length, limit=self._header_limit(expected))
             if compression.WIRE_KEY in header.metadata:  # packed arrays unpack whole
                 arrays, report = self._checked(header.arrays(encoding.read_all()), header.metadata, finite=None)
-                return _add_whole(accumulator, arrays, report)
+                return _merging.add_whole(accumulator, arrays, report)
             self._check_layout({t.name: (t.shape, t.dtype) for t in header.tensors}, expected)
             report = read_report(header.metadata)
             samples = report["samples"]
@@ -439,14 +486,14 @@ class FedArrays(FedData):
             # piece is added, spoils it (the kept replies are summed again without this one).
             folded = True
             accumulator.start(samples)
-            buffer = np.empty(_PIECE, np.uint8).data
+            buffer = np.empty(_merging.PIECE, np.uint8).data
             for name, first, values in codec.read_pieces(encoding.readinto, header, buffer):
                 if values.dtype.kind == "f" and not np.isfinite(values).all():
                     raise PayloadRejected(f"array {name!r} contains NaN or infinity")
                 accumulator.add(name, first, values, samples)
             return report
         except (ValueError, RemoteError) as exc:
-            raise _Rejected(_why(exc), spoiled=folded) from None
+            raise _merging.Rejected(_merging.why(exc), spoiled=folded) from None
         finally:
             encoding.close()
 
@@ -464,7 +511,7 @@ class FedArrays(FedData):
                 except (ValueError, RemoteError) as exc:
                     if not isinstance(encoding, ReplyStream):
                         raise
-                    encoding.reject(_why(exc))
+                    encoding.reject(_merging.why(exc))
                     continue
                 finally:
                     if isinstance(encoding, ReplyStream):
@@ -475,7 +522,7 @@ class FedArrays(FedData):
                     yield arrays, report["samples"]
                 del arrays
 
-        return self.strategy.aggregate(self.get_arrays(), results())
+        return self.strategy.aggregate(self._payload_arrays(), results())
 
     # -- validation -----------------------------------------------------------------
 
@@ -502,7 +549,7 @@ class FedArrays(FedData):
         """A binary payload's raw arrays and metadata (a header within this model's bound), and the layout."""
         if isinstance(encoding, str):
             raise PayloadRejected(f"{type(self).__name__} expects a binary payload, got text")
-        expected = self.layout()
+        expected = self._payload_layout()
         arrays, metadata = codec.decode(encoding, limit=self._header_limit(expected))
         return arrays, metadata, expected
 
@@ -515,7 +562,7 @@ class FedArrays(FedData):
         expected: Mapping[str, tuple[tuple[int, ...], np.dtype]] | None = None,
     ) -> tuple[dict[str, np.ndarray], DeviceReport]:
         """Decoded arrays unpacked from their wire format and checked against this model, with their report."""
-        expected = self.layout() if expected is None else expected
+        expected = self._payload_layout() if expected is None else expected
         report = read_report(metadata)
         if compression.WIRE_KEY in metadata:
             dtypes = {name: np.dtype(dtype) for name, (_, dtype) in expected.items()}
@@ -534,56 +581,6 @@ class FedArrays(FedData):
     def _check_layout(self, found: Layout, expected: Layout) -> None:
         """A payload's names, shapes and dtypes against this model's (:func:`~fedsync.data._layout.check_layout`)."""
         check_layout(found, expected)
-
-
-def _empty(kept: list[DeviceReport]) -> None:
-    """Raise :class:`~fedsync.errors.EmptyRound` if every reply read reported 0 samples (a straggler's, on purpose)."""
-    if kept and not any(report["samples"] for report in kept):
-        raise EmptyRound(
-            f"every device that answered ({len(kept)}) reported 0 samples (a straggler dropping its work, or no "
-            "data), so there is nothing to merge and the model is unchanged; Federated(empty_rounds='keep') (also "
-            "in run_simulation) keeps the model, records the round as empty and goes on",
-            reports=kept,
-        )
-
-
-def _call(function: Callable[..., Any], model: Any, config: Config | None) -> Any:
-    """``function(model, config)`` if it takes a second argument, else ``function(model)``."""
-    return function(model, config or {}) if takes_extra(function, 1) else function(model)
-
-
-def _finite(a: np.ndarray) -> bool:
-    """No NaN or infinity in ``a``, scanned a chunk at a time (no model-sized temporary)."""
-    if a.dtype.kind != "f":
-        return True
-    flat = a.reshape(-1)
-    return all(np.isfinite(flat[i : i + _PIECE]).all() for i in range(0, flat.size, _PIECE))
-
-
-def _add_whole(accumulator: Accumulator, arrays: Mapping[str, np.ndarray], report: DeviceReport) -> DeviceReport:
-    """Fold whole, checked arrays in; returns their ``report``."""
-    if (samples := report["samples"]) > 0:
-        accumulator.start(samples)
-        for name, a in arrays.items():
-            accumulator.add(name, 0, a.reshape(-1), samples)
-    return report
-
-
-def _why(exc: Exception) -> str:
-    """Why a reply was refused: a transport error's type and reason, else the message."""
-    if isinstance(exc, _Rejected):
-        return exc.reason
-    if isinstance(exc, RemoteError):
-        return failure_reason(exc)
-    return str(exc)  # a codec's or a check's message: its type adds nothing
-
-
-class _Rejected(Exception):
-    """A reply refused during a merge; ``spoiled``: part of it was already folded into the sum."""
-
-    def __init__(self, reason: str, spoiled: bool) -> None:
-        super().__init__(reason)
-        self.reason, self.spoiled = reason, spoiled
 
 
 @hookimpl

@@ -9,6 +9,9 @@ round has arrived.
   (default), :class:`FedAvgM`, :class:`FedAdam`, :class:`FedYogi`, :class:`FedAdagrad`.
 - Every reply (kept in RAM, spilled to disk past ``spill_bytes``): :class:`FedMedian`,
   :class:`FedTrimmedAvg`, :class:`Krum`, :class:`MultiKrum`, :class:`Bulyan`.
+- Device state, streaming: :class:`Scaffold` (control variates) and :class:`FedNova` (normalized
+  averaging), with their device-side helpers in :mod:`~fedsync.strategies.scaffold` and
+  :mod:`~fedsync.strategies.fednova` (docs/strategies.md).
 - Central differential privacy around FedAvg or a server optimizer (whole replies,
   one at a time): :class:`DPFixedClipping`, :class:`DPAdaptiveClipping` (docs/privacy.md).
 
@@ -17,10 +20,13 @@ booleans the weighted majority) in streaming strategies, the exact median in
 robust ones. docs/strategies.md compares them all.
 """
 
+from . import fednova, scaffold
 from .base import Accumulator, FedAvg, Strategy, WeightedSum
 from .dp import DPAdaptiveClipping, DPFixedClipping
+from .fednova import FedNova
 from .optimizers import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from .robust import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+from .scaffold import Scaffold
 
 __all__ = [
     "Strategy",
@@ -36,6 +42,10 @@ __all__ = [
     "Krum",
     "MultiKrum",
     "Bulyan",
+    "Scaffold",
+    "FedNova",
+    "scaffold",
+    "fednova",
     "DPFixedClipping",
     "DPAdaptiveClipping",
 ]

@@ -25,12 +25,14 @@ __all__ = [
     "FedAvg",
     "fold_whole",
     "Arrays",
+    "Layout",
     "CHUNK",
     "accumulator_dtype",
     "rounded_mean",
 ]
 
 Arrays = Mapping[str, np.ndarray]
+Layout = Mapping[str, "tuple[tuple[int, ...], np.dtype]"]
 
 
 class Accumulator:
@@ -75,6 +77,28 @@ class Strategy:
     def aggregate(self, current: Arrays, results: Iterable[tuple[Arrays, int]]) -> dict[str, np.ndarray]:
         """Combine ``results`` (``(arrays, samples)`` in arrival order) into new arrays."""
         raise NotImplementedError
+
+    def companions(self, layout: Layout) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Arrays this strategy sends beside a model of ``layout``, both ways; none by default.
+
+        SCAFFOLD's control variates and FedNova's local steps travel this way
+        (:class:`~fedsync.strategies.Scaffold`, :class:`~fedsync.strategies.FedNova`). A FedArrays
+        holds them as ``fed.extra_arrays``, sends them in every payload (their names start with the
+        strategy's prefix, which no model array may use) and gives them to :meth:`aggregate` beside
+        the model's; a device's ``train`` writes them with the strategy's helper.
+        """
+        return {}
+
+    def device_arrays(self, layout: Layout) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Arrays this strategy keeps on each device between rounds (SCAFFOLD's ``c_i``); none by default.
+
+        A FedArrays adds them, zero at first, to its ``state`` (saved with the device's state:
+        ``serve(state_dir=...)``, simulations).
+        """
+        return {}
+
+    device_hint: str = ""
+    """With :meth:`companions`: what a device's ``train`` must call to write them, for the error if it did not."""
 
     def accumulator(self, current: Arrays) -> Accumulator | None:
         """A fresh :class:`Accumulator` over ``current``'s layout, or ``None`` to get whole replies."""

@@ -113,6 +113,11 @@ class DPFixedClipping(Strategy):
             raise ValueError(
                 f"strategy must be a fedsync strategy and not itself a DP wrapper, got {type(self.strategy).__name__}"
             )
+        if type(self.strategy).companions is not Strategy.companions:
+            raise ValueError(
+                f"{type(self.strategy).__name__} sends arrays beside the model (control variates, local steps), "
+                "which central DP would neither clip nor noise; use FedAvg or a server optimizer here"
+            )
         if isinstance(self.strategy, EveryReply):
             raise ValueError(
                 f"{type(self.strategy).__name__} needs every device's reply, but central DP merges only their "
