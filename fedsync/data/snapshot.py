@@ -67,6 +67,7 @@ def restore(data: FedData, encoding: Any, repetition: int) -> None:
     if strategy is None:
         data.merge([encoding], repetition)
         return
+    getattr(data, "extra_arrays", None)  # made from data's own strategy, not FedAvg's (none): the payload's layout
     data.strategy = FedAvg()  # type: ignore[attr-defined]  # an array kind (strategy_of checked it)
     try:
         data.merge([encoding], repetition)

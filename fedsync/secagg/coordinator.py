@@ -69,12 +69,8 @@ def checked(settings: Any, data: Any) -> SecAgg | None:
             "secure aggregation sums array updates: data must be a FedArrays (or FedTorch, FedKeras), got "
             f"{type(data).__name__}"
         )
-    if data.extra_arrays:
-        raise ValueError(
-            f"secure aggregation masks the model's update, but {type(data.strategy).__name__} also sends "
-            f"{sorted(data.extra_arrays)[:2]}; SCAFFOLD and FedNova under secure aggregation are not offered, "
-            "use FedAvg or a server optimizer"
-        )
+    if data.extra_arrays:  # SCAFFOLD's, FedNova's: they would travel unmasked
+        raise ValueError(f"secure aggregation masks models, not {type(data.strategy).__name__}'s arrays: not offered")
     if data.strategy.accumulator(data.get_arrays()) is None:
         raise ValueError(
             f"secure aggregation gives the coordinator only the sum of the updates, but {type(data.strategy).__name__} "

@@ -302,3 +302,16 @@ def test_a_plain_device_meeting_a_scaffold_coordinator_is_refused_before_anythin
 
     with pytest.raises(PayloadRejected, match="scaffold.c/w"):
         plain.check(coordinator.serialize(0), 0)
+
+
+def test_a_checkpoint_restores_the_coordinators_control_variate_with_the_model():
+    """The coordinator's c travels in its payload, which is what a checkpoint saves and restores."""
+    from fedsync.data.snapshot import restore
+
+    data = FedArrays({"w": np.zeros(DIM)}, strategy=Scaffold(num_devices=N))
+    run_simulation(scaffold_device, N, 2, data=data, devices_per_round=3, seed=4, progress=False)
+    fresh = FedArrays({"w": np.zeros(DIM)}, strategy=Scaffold(num_devices=N))
+    restore(fresh, data.serialize(0), 0)
+    assert np.abs(data.extra_arrays["scaffold.c/w"]).max() > 0
+    np.testing.assert_array_equal(fresh.extra_arrays["scaffold.c/w"], data.extra_arrays["scaffold.c/w"])
+    np.testing.assert_array_equal(fresh.model["w"], data.model["w"])
