@@ -21,6 +21,7 @@ __all__ = [
     "TrainingFailed",
     "RoundFailed",
     "EmptyRound",
+    "BelowQuorum",
     "AdapterNotFound",
     "PluginError",
     "CheckpointError",
@@ -115,6 +116,13 @@ class EmptyRound(RoundFailed):
     def __init__(self, message: str, failures: dict[str, str] | None = None, reports: Any = ()) -> None:
         super().__init__(message, failures)
         self.reports = list(reports)
+
+
+class BelowQuorum(RoundFailed):
+    """Fewer devices than the round's quorum (``min_results``) were reachable or answered; the FedData unchanged.
+
+    ``Federated(empty_rounds="keep")`` records such a round as empty and goes on, as for :class:`EmptyRound`.
+    """
 
 
 class AdapterNotFound(FedSyncError, LookupError):

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 
 from .._util.workers import take
-from ..errors import PayloadRejected, RemoteBusy, RemoteTimeout, RoundFailed, failure_reason
+from ..errors import BelowQuorum, PayloadRejected, RemoteBusy, RemoteTimeout, failure_reason
 from ..protocol import Encoding, FedData
 from ..transports.remote import Remote, size
 from ..wire.config import Config
@@ -168,7 +168,7 @@ def collect(
             break
     settle()
     if len(result.answered) < needed:
-        raise RoundFailed(
+        raise BelowQuorum(
             f"{round_name(state.number, state.rep)} failed: {len(result.answered)} of {needed} required devices "
             "answered; the coordinator's data is unchanged",
             result.failures,

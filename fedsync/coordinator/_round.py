@@ -333,20 +333,22 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no metrics"
 
 
-def empty_round(result: RoundResult, exc: EmptyRound, started: float) -> RoundResult:
-    """``result`` of a round in which every device that answered reported 0 samples, kept as empty.
+def empty_round(result: RoundResult, exc: RoundFailed, started: float) -> RoundResult:
+    """``result`` of a round kept as empty: every device that answered reported 0 samples, or too few answered.
 
-    The FedData is unchanged (the merge committed nothing); each answering device's report
-    (``exc.reports``, in merge order) is recorded as a merged round's would be; no metric
-    weighs anything, so ``metrics`` stays empty.
+    The FedData is unchanged (the merge committed nothing). For an :class:`EmptyRound`, each answering
+    device's report (``exc.reports``, in merge order) is recorded as a merged round's would be; below the
+    quorum (:class:`~fedsync.errors.BelowQuorum`) ``devices`` stays empty and ``failures`` says who failed.
+    No metric weighs anything, so ``metrics`` stays empty.
     """
     result.empty = True
     result.samples = 0
     result.failures.update(exc.failures)
-    if len(exc.reports) == len(result.answered):
+    reports = exc.reports if isinstance(exc, EmptyRound) else []
+    if reports and len(reports) == len(result.answered):
         result.devices = {
             url: {"samples": report["samples"], "metrics": dict(report["metrics"])}
-            for url, report in zip(result.answered, exc.reports, strict=True)
+            for url, report in zip(result.answered, reports, strict=True)
         }
     result.seconds = time.monotonic() - started
     return result

@@ -26,7 +26,7 @@ from .. import plugins
 from .._util.checks import at_least_one, is_int, is_number, positive_seconds
 from .._util.workers import Workers, concurrently
 from ..dashboard import app as dashboard_app
-from ..errors import EmptyRound, RemoteError, RoundFailed, failure_reason
+from ..errors import BelowQuorum, EmptyRound, RemoteError, RoundFailed, failure_reason
 from ..protocol import FedData
 from ..secagg import coordinator as secure_rounds
 from ..secagg.settings import SecAgg
@@ -106,9 +106,9 @@ class Federated:
         seed: makes the sampling reproducible: each round draws from the seed and its number, so a
             run resumed from its checkpoint samples as the uninterrupted one; evaluation samples with a
             generator of its own, so evaluating never changes which devices train.
-        empty_rounds: when every device that answered reported 0 samples: ``"fail"`` (raise
-            :class:`~fedsync.errors.EmptyRound`, a ``RoundFailed``) or ``"keep"`` (keep the model,
-            record the round with ``RoundResult.empty``, go on).
+        empty_rounds: when every device that answered reported 0 samples, or fewer than ``min_results``
+            answered: ``"fail"`` (raise :class:`~fedsync.errors.EmptyRound` or ``BelowQuorum``, both
+            ``RoundFailed``) or ``"keep"`` (keep the model, record the round with ``RoundResult.empty``, go on).
         evaluate_fraction: the share of remotes :meth:`evaluate` asks (``1.0``: all); default:
             as many as a training round samples.
         checkpoint: a folder; after every merged round the state, history and
@@ -473,7 +473,10 @@ class Federated:
             # Lead with a device holding another architecture: the cause people can act on.
             cause = next((why for why in failures.values() if why.startswith("SpecsMismatch: ")), None)
             lead = f"{cause.removeprefix('SpecsMismatch: ')}\nSo " if cause else ""
-            raise RoundFailed(f"{name}: {lead}only {len(remotes)} of {needed} required devices are reachable", failures)
+            exc = BelowQuorum(f"{name}: {lead}only {len(remotes)} of {needed} required devices are reachable", failures)
+            if self.empty_rounds == "keep":  # nothing was sent: the model as it was, the round recorded as empty
+                return empty_round(result, exc, started)
+            raise exc
         specs = self.data.specs(rep)
         payload = self.data.serialize(rep)
         record_sent(result, sampled, configs, payload)  # for a replay: who, with which config, what was sent
@@ -510,11 +513,11 @@ class Federated:
                 collect(state, remotes, needed, result, size(payload), self._handshakes.known), rep
             )
         except RoundFailed as exc:  # the merge found the round unusable: say who took part
-            if isinstance(exc, EmptyRound) and self.empty_rounds == "keep":
+            if isinstance(exc, (EmptyRound, BelowQuorum)) and self.empty_rounds == "keep":
                 return empty_round(result, exc, started)  # the model as it was, the round recorded as empty
             message = exc.message if exc.message.startswith(f"{name} ") else f"{name}: {exc.message}"
             message = message.replace(f"{name}: round {rep}: ", f"{name}: ", 1)  # secure aggregation's own name
-            kind = EmptyRound if isinstance(exc, EmptyRound) else RoundFailed  # catchable as what it is
+            kind = type(exc) if isinstance(exc, (EmptyRound, BelowQuorum)) else RoundFailed  # catchable as what it is
             raise kind(message, {**exc.failures, **result.failures}) from None
         except Exception as exc:
             if state.merging is None:  # not while folding a reply: the merge's own error

@@ -126,8 +126,9 @@ class RoundResult:
     """Under central DP (:mod:`fedsync.strategies.dp`), the privacy spent by every DP round so far:
     ``{"epsilon", "delta", "noise_multiplier", "sampling_rate", "rounds"}`` (:func:`fedsync.privacy.round_privacy`)."""
     empty: bool = False
-    """Every device that answered reported 0 samples and ``Federated(empty_rounds="keep")`` kept the model
-    unchanged (``samples`` is then 0, ``devices`` the answers); ``False`` for a merged round."""
+    """Every device that answered reported 0 samples, or fewer than ``min_results`` answered, and
+    ``Federated(empty_rounds="keep")`` kept the model unchanged (``samples`` is then 0, ``devices`` the
+    answers of 0 samples, ``failures`` who failed); ``False`` for a merged round."""
     sampled: list[str] | None = None
     """URLs of the devices the round sampled, in the sampler's order (before the handshake); ``None`` in a
     history written before fedsync recorded it. What a replay compares (:mod:`fedsync.coordinator.replay`)."""

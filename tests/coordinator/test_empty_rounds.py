@@ -90,3 +90,55 @@ def test_the_policy_is_checked_and_the_history_refuses_a_bad_flag():
     with pytest.raises(ValueError, match="empty must be true or false"):
         RoundResult.from_dict({"repetition": 1, "empty": "yes"})
     assert RoundResult.from_dict({"repetition": 1}).empty is False  # a history written before the field
+
+
+def failing_in_round_2(device_id: int) -> FedArrays:
+    """A device whose train raises in round 2 when it is device 0 or 1: the round falls below its quorum."""
+    calls = {"n": 0}
+
+    def train(arrays, config):
+        calls["n"] += 1
+        if config.get("fail") and device_id < 2:
+            raise RuntimeError("the device's disk is full")
+        arrays["w"] += 1.0
+        return 10
+
+    return FedArrays({"w": np.zeros(2)}, train)
+
+
+def fail_in_round_2(server_round):
+    return {"fail": server_round == 2}
+
+
+def test_below_the_quorum_keep_records_an_empty_round_with_who_failed_and_goes_on():
+    from fedsync.errors import BelowQuorum
+
+    data = FedArrays({"w": np.zeros(2)})
+    history = run_simulation(
+        failing_in_round_2, 4, 3, data=data, config=fail_in_round_2, min_results=3, empty_rounds="keep",
+        progress=False,
+    )  # fmt: skip
+    assert [r.empty for r in history] == [False, True, False]
+    assert sorted(history[1].failures) == ["local://device-0", "local://device-1"]
+    assert "disk is full" in history[1].failures["local://device-0"]
+    assert history[1].samples == 0 and history[1].devices == {}
+    np.testing.assert_array_equal(data.model["w"], [2.0, 2.0])  # rounds 1 and 3 merged, round 2 kept the model
+    with pytest.raises(BelowQuorum, match="2 of 3 required devices answered"):
+        run_simulation(
+            failing_in_round_2, 4, 3, data=FedArrays({"w": np.zeros(2)}), config=fail_in_round_2, min_results=3,
+            progress=False,
+        )  # fmt: skip
+
+
+def test_below_the_quorum_at_the_handshake_keep_records_an_empty_round_too():
+    from fedsync.transports.local import LocalRemote
+
+    def gone():
+        raise RuntimeError("this device was never built")
+
+    remotes = [LocalRemote("local://ok", device=lambda: failing_in_round_2(3)), LocalRemote("local://gone", device=gone)]
+    data = FedArrays({"w": np.zeros(2)})
+    with Federated(data, remotes, min_results=2, empty_rounds="keep", timeout=30) as alg:
+        result = alg.round()
+    assert result.empty and "local://gone" in result.failures
+    np.testing.assert_array_equal(data.model["w"], [0.0, 0.0])

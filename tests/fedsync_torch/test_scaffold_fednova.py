@@ -8,7 +8,7 @@ import pytest
 
 from fedsync.coordinator.simulation import run_simulation
 from fedsync.strategies import FedNova, Scaffold, fednova, scaffold
-from tests.strategies.test_scaffold_fednova import (
+from tests.support.devices.stateful import (
     DIM,
     LR,
     N,
@@ -37,7 +37,11 @@ def torch_device(kind: str):
         optimizer = torch.optim.SGD(net.parameters(), lr=LR)
 
         def train(module):
-            fix = {name: torch.from_numpy(a) for name, a in scaffold.correction(fed).items()} if kind == "scaffold" else {}
+            fix = (
+                {name: torch.from_numpy(a) for name, a in scaffold.correction(fed).items()}
+                if kind == "scaffold"
+                else {}
+            )
             for _ in range(local_steps(i)):
                 optimizer.zero_grad()
                 loss = 0.5 * ((module(x).squeeze(1) - y) ** 2).mean()  # its gradient: x.T @ (x @ w - y) / n

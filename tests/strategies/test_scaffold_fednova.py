@@ -12,67 +12,22 @@ import numpy as np
 import pytest
 
 from fedsync import FedArrays
-from fedsync.coordinator.simulation import device_id, run_simulation
+from fedsync.coordinator.simulation import run_simulation
 from fedsync.strategies import FedNova, Scaffold, fednova, scaffold
-
-N, DIM, LR = 6, 5, 0.05
-
-
-def device_data(i: int) -> tuple[np.ndarray, np.ndarray]:
-    """Least squares on each device's own, differently shifted data (non-IID): float64 throughout."""
-    rng = np.random.default_rng(40 + i)
-    x = rng.standard_normal((10 + 3 * i, DIM)) + i * 0.3
-    y = x @ rng.standard_normal(DIM) + i
-    return x, y
-
-
-def gradient(w: np.ndarray, i: int) -> np.ndarray:
-    x, y = device_data(i)
-    return x.T @ (x @ w - y) / len(x)
-
-
-def local_steps(i: int) -> int:
-    return 2 + i  # heterogeneous local work: what FedNova corrects
-
+from tests.support.devices.stateful import (
+    DIM,
+    N,
+    device_data,
+    fedavg_reference,
+    fedavg_weighted_reference,
+    fednova_device,
+    fednova_reference,
+    sampled_ids,
+    scaffold_device,
+    scaffold_reference,
+)
 
 # -- SCAFFOLD --------------------------------------------------------------------------------------------
-
-
-def scaffold_device(i: int) -> FedArrays:
-    strategy = Scaffold(num_devices=N)
-
-    def train(arrays):
-        fix = scaffold.correction(fed)
-        for _ in range(local_steps(i)):
-            arrays["w"] -= LR * (gradient(arrays["w"], i) + fix["w"])
-        scaffold.finish(fed, steps=local_steps(i), lr=LR)
-        return len(device_data(i)[0])
-
-    fed = FedArrays({"w": np.zeros(DIM)}, train, strategy=strategy)
-    return fed
-
-
-def scaffold_reference(sampled: list[list[int]], server_lr: float = 1.0) -> np.ndarray:
-    """Algorithm 1 (option II) of the paper, uniform means, in float64."""
-    x, c = np.zeros(DIM), np.zeros(DIM)
-    ci = [np.zeros(DIM) for _ in range(N)]
-    for devices in sampled:
-        dy, dc = [], []
-        for i in devices:
-            y = x.copy()
-            for _ in range(local_steps(i)):
-                y -= LR * (gradient(y, i) - ci[i] + c)
-            new = ci[i] - c + (x - y) / (local_steps(i) * LR)
-            dy.append(y - x)
-            dc.append(new - ci[i])
-            ci[i] = new
-        x = x + server_lr * np.mean(dy, axis=0)
-        c = c + len(devices) / N * np.mean(dc, axis=0)
-    return x
-
-
-def sampled_ids(history) -> list[list[int]]:
-    return [sorted(device_id(url) for url in r.sampled) for r in history]
 
 
 @pytest.mark.parametrize("per_round", [N, 3])
@@ -91,19 +46,6 @@ def test_scaffold_equals_the_papers_algorithm_with_state_kept_between_the_rounds
     assert np.abs(expected - fedavg_reference(sampled)).max() > 1e-3
 
 
-def fedavg_reference(sampled: list[list[int]]) -> np.ndarray:
-    x = np.zeros(DIM)
-    for devices in sampled:
-        ys = []
-        for i in devices:
-            y = x.copy()
-            for _ in range(local_steps(i)):
-                y -= LR * gradient(y, i)
-            ys.append(y)
-        x = np.mean(ys, axis=0)
-    return x
-
-
 def test_scaffold_server_learning_rate_and_the_coordinators_control_variate():
     data = FedArrays({"w": np.zeros(DIM)}, strategy=Scaffold(num_devices=N, server_lr=0.5))
     history = run_simulation(scaffold_device, N, 3, data=data, devices_per_round=4, seed=1, progress=False)
@@ -112,34 +54,6 @@ def test_scaffold_server_learning_rate_and_the_coordinators_control_variate():
 
 
 # -- FedNova ---------------------------------------------------------------------------------------------
-
-
-def fednova_device(i: int) -> FedArrays:
-    def train(arrays):
-        for _ in range(local_steps(i)):
-            arrays["w"] -= LR * gradient(arrays["w"], i)
-        fednova.finish(fed, steps=local_steps(i))
-        return len(device_data(i)[0])
-
-    fed = FedArrays({"w": np.zeros(DIM)}, train, strategy=FedNova())
-    return fed
-
-
-def fednova_reference(sampled: list[list[int]]) -> np.ndarray:
-    """x <- x - tau_eff * sum_i p_i (x - y_i) / tau_i, tau_eff = sum_i p_i tau_i, p_i by samples."""
-    x = np.zeros(DIM)
-    for devices in sampled:
-        n = np.array([len(device_data(i)[0]) for i in devices], float)
-        p = n / n.sum()
-        tau = np.array([local_steps(i) for i in devices], float)
-        d = []
-        for i in devices:
-            y = x.copy()
-            for _ in range(local_steps(i)):
-                y -= LR * gradient(y, i)
-            d.append((x - y) / local_steps(i))
-        x = x - (p @ tau) * (p @ np.array(d))
-    return x
 
 
 def test_fednova_equals_the_papers_normalized_averaging_with_devices_doing_unequal_work():
@@ -151,27 +65,12 @@ def test_fednova_equals_the_papers_normalized_averaging_with_devices_doing_unequ
     assert np.abs(expected - fedavg_weighted_reference(sampled)).max() > 1e-3  # unequal steps: not FedAvg
 
 
-def fedavg_weighted_reference(sampled: list[list[int]]) -> np.ndarray:
-    x = np.zeros(DIM)
-    for devices in sampled:
-        n = np.array([len(device_data(i)[0]) for i in devices], float)
-        ys = []
-        for i in devices:
-            y = x.copy()
-            for _ in range(local_steps(i)):
-                y -= LR * gradient(y, i)
-            ys.append(y)
-        x = (n / n.sum()) @ np.array(ys)
-    return x
-
-
 def test_fednova_with_equal_steps_is_fedavg():
     merged = {}
     for strategy in (FedNova(), None):
         coordinator = FedArrays({"w": np.zeros(DIM)}, strategy=strategy)
         replies = []
         for i in range(3):
-
             device = FedArrays({"w": np.zeros(DIM)}, strategy=strategy)
 
             def train(arrays, i=i, device=device):
