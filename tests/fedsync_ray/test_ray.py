@@ -432,3 +432,30 @@ def test_a_ray_devices_own_state_survives_the_rounds_it_is_sampled_in(ray_sessio
         fraction=0.5, seed=3, backend="ray", timeout=60, progress=False,
     )  # fmt: skip
     check_counted(history)  # each device counts 1, 2, 3, ... across its rounds: never rebuilt from zero
+
+
+@pytest.mark.slow
+def test_research_patterns_run_on_ray_as_on_threads_to_the_bit(ray_session):
+    """#23 items 1, 3, 4 and 5 on Ray: a custom sampler, per-device configs, evaluation apart from training,
+    and SCAFFOLD's device state in the actors: the same devices, configs, evaluations and weights as threads."""
+    from fedsync.strategies import Scaffold
+    from tests.support.devices.stateful import N, every_other_first, research_device, steps_by_device
+
+    runs = []
+    for backend, device_fn in (("local", research_device), ("ray", "tests.support.devices.stateful:research_device")):
+        data = FedArrays({"w": np.zeros(5)}, strategy=Scaffold(num_devices=N))
+        history = run_simulation(
+            device_fn, N, 4, data=data, sampler=every_other_first, config=steps_by_device, seed=11,
+            evaluate_every=2, evaluate_fraction=1.0, backend=backend, timeout=60, progress=False,
+        )  # fmt: skip
+        runs.append((history, data.model["w"].copy()))
+    (local, w_local), (on_ray, w_ray) = runs
+    ids = [[[u.rsplit("-", 1)[1] for u in r.sampled] for r in h] for h in (local, on_ray)]
+    assert ids[0] == ids[1] and ids[0][0] == ["0", "2", "4"]
+    assert [sorted(r.configs.values(), key=str) for r in on_ray] == [sorted(r.configs.values(), key=str) for r in local]
+    assert not any(r.failures for r in on_ray)
+    evaluated = [r for r in on_ray if r.evaluation is not None]
+    assert len(evaluated) == 2 and all(len(r.evaluation.devices) == N for r in evaluated)
+    assert [r.evaluation.metrics for r in evaluated] == [r.evaluation.metrics for r in local if r.evaluation]
+    assert np.abs(w_local).max() > 0
+    np.testing.assert_array_equal(w_ray, w_local)  # bit-identical, SCAFFOLD's c_i kept by the actors

@@ -123,3 +123,33 @@ def fedavg_weighted_reference(sampled: list[list[int]]) -> np.ndarray:
             ys.append(y)
         x = (n / n.sum()) @ np.array(ys)
     return x
+
+
+def research_device(i: int) -> FedArrays:
+    """A SCAFFOLD device taking its local steps from its own config, with a federated evaluation."""
+    x, y = device_data(i)
+
+    def train(arrays, config):
+        steps = int(config["steps"])
+        fix = scaffold.correction(fed)
+        for _ in range(steps):
+            arrays["w"] -= LR * (gradient(arrays["w"], i) + fix["w"])
+        scaffold.finish(fed, steps=steps, lr=LR)
+        return len(x)
+
+    def evaluate(arrays):
+        return len(x), {"loss": float(np.mean((x @ arrays["w"] - y) ** 2) / 2)}
+
+    fed = FedArrays({"w": np.zeros(DIM)}, train, evaluate=evaluate, strategy=Scaffold(num_devices=N))
+    return fed
+
+
+def every_other_first(server_round: int, available: list[str], rng) -> list[str]:
+    """A custom sampler: the even devices in odd rounds, then three drawn by the coordinator's generator."""
+    evens = [url for url in available if device_id(url) % 2 == 0]
+    return evens if server_round % 2 else rng.sample(available, 3)
+
+
+def steps_by_device(server_round: int, device: str) -> dict[str, int]:
+    """Per-device instructions: a straggler does one step, the others more each round."""
+    return {"steps": 1 if device_id(device) == 1 else 2 + server_round}
