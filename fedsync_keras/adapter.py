@@ -191,12 +191,31 @@ class FedKeras(FedArrays):
         and leave the model unchanged.
         """
         variables = self._variables()
+        if self.selection.part_of(arrays):  # those that travel (shared=), or the local ones of a saved state
+            variables = [(name, v) for name, v in variables if name in arrays]
         check_fit(arrays, {name: tuple(v.shape) for name, v in variables}, "weight")
         for name, v in variables:
             array = np.asarray(arrays[name])
             if array.dtype.name != _dtype_name(v.dtype):
                 array = array.astype(_dtype_name(v.dtype))
             v.assign(array)
+
+    def parameter_kinds(self) -> dict[str, str]:
+        """``"trainable"``, ``"frozen"`` (a weight of a layer set ``trainable = False``) or ``"buffer"`` (another
+        non-trainable weight: BatchNormalization's moving statistics), by name."""
+        frozen: set[int] = set()
+
+        def walk(layer: Any) -> None:
+            if not getattr(layer, "trainable", True):
+                frozen.update(id(v) for v in layer.weights)
+            for sub in _sublayers(layer):
+                walk(sub)
+
+        walk(self.model)
+        return {
+            name: "trainable" if v.trainable else "frozen" if id(v) in frozen else "buffer"
+            for name, v in self._variables()
+        }
 
     def architecture(self) -> dict[str, Any]:
         """Layer classes and configs with process-specific names normalized, plus the weights' layout."""

@@ -126,7 +126,11 @@ class FedTorch(FedArrays):
 
         mu = checked_mu(mu)
         starts = self._global_parameters()
-        terms = [((p - starts[name]) ** 2).sum() for name, p in self.model.named_parameters() if p.requires_grad]
+        terms = [
+            ((p - starts[name]) ** 2).sum()
+            for name, p in self.model.named_parameters()
+            if p.requires_grad and name in starts  # local ones (shared=) stay out: they have no global value
+        ]
         if not terms:
             return torch.zeros(())
         return (0.5 * mu) * torch.stack(terms).sum()
@@ -145,7 +149,12 @@ class FedTorch(FedArrays):
                 if name in snapshot:
                     tensors[name] = torch.from_numpy(snapshot[name]).to(device=p.device, dtype=p.dtype)
             cached = self._global_tensors = (snapshot, tensors)
-        missing = [name for name, p in self.model.named_parameters() if p.requires_grad and name not in cached[1]]
+        travel = set(self.selection.shared)
+        missing = [
+            name
+            for name, p in self.model.named_parameters()
+            if p.requires_grad and name in travel and name not in cached[1]
+        ]
         if missing:
             raise RuntimeError(
                 f"parameters {missing[:5]} have no global weights this round (not floating, or not in the state dict)"
@@ -198,6 +207,8 @@ class FedTorch(FedArrays):
         import torch
 
         state = self._state()
+        if self.selection.part_of(arrays):  # those that travel (shared=), or the local ones of a saved state
+            state = {name: tensor for name, tensor in state.items() if name in arrays}
         check_fit(arrays, {name: tuple(tensor.shape) for name, tensor in state.items()}, "tensor")
         with torch.no_grad():
             for name, tensor in state.items():
@@ -206,6 +217,14 @@ class FedTorch(FedArrays):
                     # torch warns about read-only numpy memory even though copy_ only reads it.
                     array = array.copy()
                 tensor.copy_(torch.from_numpy(array))
+
+    def parameter_kinds(self) -> dict[str, str]:
+        """``"trainable"`` (``requires_grad``), ``"frozen"`` (a parameter that does not) or ``"buffer"``, by name."""
+        parameters = dict(self.model.named_parameters(remove_duplicate=False))
+        return {
+            name: ("buffer" if name not in parameters else "trainable" if parameters[name].requires_grad else "frozen")
+            for name in self._state()
+        }
 
     def architecture(self) -> dict[str, Any]:
         """The JSON-able description hashed into the specs: module types and configs, weights."""

@@ -258,6 +258,9 @@ def mismatch_message(url: str, expected: str, info: dict[str, Any], summary: dic
     diff = first_difference(summary, theirs)
     if diff:
         return f"{message}; first difference: {diff}. {_SAME_DECLARATION}"
+    frozen = frozen_difference(summary, theirs)
+    if frozen:
+        return f"{message}: {frozen}"
     ours_kind, their_kind = expected.partition(":")[0], str(info["specs"]).partition(":")[0]
     if ours_kind != their_kind:
         return (
@@ -281,6 +284,27 @@ def _weights(summary: Any) -> list[tuple[Any, Any, Any]] | None:
     try:
         return [(w["name"], tuple(w["shape"]), w["dtype"]) for w in summary["weights"]]
     except Exception:  # free-form JSON from a peer
+        return None
+
+
+def frozen_difference(ours: Any, theirs: Any) -> str | None:
+    """What differs in the frozen part (``shared="trainable"``) when the weights that travel agree."""
+    try:
+        mine, other = ours.get("frozen"), theirs.get("frozen")
+        if mine == other or _weights(ours) != _weights(theirs):
+            return None
+        if other is None or mine is None:
+            side = "the device" if other is None else "the coordinator"
+            return (
+                f"the travelling weights agree, but {side} declares no frozen part (shared= differs); nothing was sent."
+            )
+        return (
+            f"the frozen parameters differ ({shown(other.get('sha256'), 60)} on the device, {mine.get('sha256')} here):"
+            " "
+            "another base model, or other frozen weights. When only some arrays travel, every device must load the "
+            "same base; nothing was sent."
+        )
+    except Exception:  # a device's summary is free-form JSON
         return None
 
 

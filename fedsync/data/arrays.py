@@ -26,9 +26,10 @@ from ..wire.metrics import MAX_SAMPLES, parse_counted, weighted_means
 from ..wire.replies import ReplyStream
 from ..wire.reports import METRICS_KEY, SAMPLES_KEY, metric_weights, read_report, report_metadata
 from ..wire.shapes import DeviceReport, MergeReport
-from . import _extras, _merging, proximal
+from . import _extras, _merging, _sharing, proximal
 from . import _state as device_state
 from ._layout import Layout, check_layout, header_limit
+from ._payload import PayloadParts
 
 __all__ = ["FedArrays", "fingerprint", "TrainResult", "SAMPLES_KEY", "METRICS_KEY", "SPECS_KEY"]
 
@@ -44,7 +45,7 @@ def fingerprint(architecture: Any) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-class FedArrays(FedData):
+class FedArrays(PayloadParts, FedData):
     """A FedData whose state is a list or dict of numpy arrays.
 
     Args:
@@ -108,6 +109,7 @@ class FedArrays(FedData):
         strategy: Strategy | None = None,
         wire_dtype: str | None = None,
         state: MutableMapping[str, np.ndarray] | None = None,
+        shared: _sharing.Shared = None,
     ) -> None:
         super().__init__()
         # Here, not in each adapter: every array adapter passes its keywords through.
@@ -146,6 +148,9 @@ class FedArrays(FedData):
         self.global_arrays: dict[str, np.ndarray] | None = None
         self._received: dict[str, np.ndarray] | None = None  # this round's decoded payload, while train runs
         self._extras: dict[str, np.ndarray] | None = None  # the strategy's travelling arrays, made on first use
+        self.shared = _sharing.check_shared(shared)
+        self._selection: _sharing.Selection | None = None  # which arrays travel, made on first use
+        self._frozen: str | None = None  # the frozen arrays' fingerprint, computed once
         self.extras_written = False  # set by a strategy's device helper (scaffold.finish) during train
 
     # -- the framework-specific part: adapters override these three ----------------
@@ -163,7 +168,8 @@ class FedArrays(FedData):
                 np.copyto(self.model[name], a)
         else:
             for i, target in enumerate(self.model):
-                np.copyto(target, arrays[str(i)])
+                if str(i) in arrays or not self.selection.part_of(arrays):  # all, or those that travel (shared=)
+                    np.copyto(target, arrays[str(i)])
 
     def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Each array's shape and dtype as exchanged; adapters whose ``get_arrays`` copies override it."""
@@ -176,56 +182,35 @@ class FedArrays(FedData):
         return 15 + self._header_limit(layout) + data
 
     def architecture(self) -> Any:
-        """A JSON-able description hashed into the specs; by default the weights' layout."""
-        return self.summary(0)["weights"]
-
-    # -- what the payload holds: the model's arrays and the strategy's ---------------
-
-    @property
-    def extra_arrays(self) -> dict[str, np.ndarray]:
-        """Arrays the strategy sends beside the model (SCAFFOLD's control variates), by name; ``{}`` for most.
-
-        Made, zero, on first use from :meth:`Strategy.companions <fedsync.strategies.Strategy.companions>`;
-        arrays the strategy keeps on the device (:meth:`~fedsync.strategies.Strategy.device_arrays`) are
-        added to ``state`` then. Raises ``ValueError`` if a model array has one of their names.
-        """
-        if self._extras is None:
-            self._extras = _extras.make(self)
-        return self._extras
-
-    def _payload_arrays(self) -> dict[str, np.ndarray]:
-        """What a payload of this FedData holds: the model's arrays, then the strategy's."""
-        return {**self.get_arrays(), **self.extra_arrays}
-
-    def _payload_layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        extras = {name: (a.shape, a.dtype) for name, a in self.extra_arrays.items()}
-        return {**self.layout(), **extras}
-
-    def _load_payload(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Load checked payload arrays: the model's through ``set_arrays``, the strategy's into ``extra_arrays``."""
-        extras = self.extra_arrays
-        self.set_arrays(_extras.model_part(arrays, extras) if extras else arrays)
-        for name, target in extras.items():
-            np.copyto(target, arrays[name])
+        """A JSON-able description hashed into the specs; by default the model's arrays' layout."""
+        return [
+            {"name": name, "shape": list(shape), "dtype": np.dtype(dtype).name}
+            for name, (shape, dtype) in self.layout().items()
+        ]
 
     # -- the protocol ----------------------------------------------------------------
 
     def summary(self, repetition: int) -> dict[str, Any]:
-        """``{"weights": [{"name", "shape", "dtype"}, ...]}``, each array as exchanged, in order."""
-        return {
+        """``{"weights": [{"name", "shape", "dtype"}, ...]}``, each array as exchanged, in order.
+
+        With frozen arrays (``shared="trainable"``), also ``"frozen": {"arrays": n, "sha256": ...}``.
+        """
+        summary: dict[str, Any] = {
             "weights": [
                 {"name": name, "shape": list(shape), "dtype": np.dtype(dtype).name}
                 for name, (shape, dtype) in self._payload_layout().items()
             ]
         }
+        if self.selection.frozen:
+            summary["frozen"] = {"arrays": len(self.selection.frozen), "sha256": self.frozen_fingerprint()}
+        return summary
 
     def specs(self, repetition: int) -> str:
         """``<token>:sha256:<16 hex>`` of :meth:`architecture` (docs/protocol.md, "The specs of an array model").
 
         The wire format is not part of it: it is negotiated from each device's ``/info`` capabilities.
         """
-        extras = [[name, list(a.shape), a.dtype.name] for name, a in self.extra_arrays.items()]
-        return f"{self.token}:{fingerprint([self.architecture(), extras] if extras else self.architecture())}"
+        return f"{self.token}:{fingerprint(self._specs_source(self.architecture()))}"
 
     def capabilities(self) -> dict[str, Any]:
         """What ``/info`` says this FedData can do: the wire formats it decodes, and whether it evaluates."""
@@ -270,16 +255,6 @@ class FedArrays(FedData):
         if self.failures_below:
             report["below"] = self.failures_below
         return report
-
-    def device_state(self) -> dict[str, np.ndarray]:
-        """The ``state=`` arrays by name, with the strategy's (SCAFFOLD's ``c_i``); live arrays, encoded at once."""
-        self.extra_arrays  # noqa: B018  # makes the strategy's device arrays, so a saved state loads before round 1
-        return dict(self.state)
-
-    def load_device_state(self, state: dict[str, np.ndarray]) -> None:
-        """Copy ``state`` into the ``state=`` arrays in place; ``ValueError`` (checked first) if it does not fit."""
-        self.extra_arrays  # noqa: B018  # as in device_state
-        device_state.load_in_place(self.state, state)
 
     def check(self, encoding: Any, repetition: int) -> None:
         """Check a payload before anything changes: well-formed, this model's layout, all finite.
@@ -330,7 +305,8 @@ class FedArrays(FedData):
                         f"which train writes: call {self.strategy.device_hint}"
                     )
             if self.local_dp is not None:  # before the reply can leave: serialize sends these arrays
-                self.set_arrays({**arrays, **self.local_dp.apply(self.get_arrays(), self.global_weights())})
+                trained = self._shared_part(self.get_arrays())
+                self.set_arrays({**arrays, **self.local_dp.apply(trained, self.global_weights())})
         finally:
             self._received = None
 
@@ -374,7 +350,7 @@ class FedArrays(FedData):
             )
         payload, _ = self.decode(encoding)
         arrays = _extras.model_part(payload, self.extra_arrays)
-        own = {name: np.array(a, copy=True) for name, a in self.get_arrays().items()}
+        own = {name: np.array(a, copy=True) for name, a in self.get_arrays().items() if name in arrays}
         self.set_arrays(arrays)
         try:
             return parse_counted(_merging.call(self.evaluate_fn, self.model, config), "evaluate(model)")

@@ -119,11 +119,12 @@ def test_below_the_quorum_keep_records_an_empty_round_with_who_failed_and_goes_o
         progress=False,
     )  # fmt: skip
     assert [r.empty for r in history] == [False, True, False]
-    assert sorted(history[1].failures) == ["local://device-0", "local://device-1"]
+    # 0 and 1 failed; 2 and 3, still working when the quorum went out of reach, may be named too
+    assert {"local://device-0", "local://device-1"} <= set(history[1].failures)
     assert "disk is full" in history[1].failures["local://device-0"]
     assert history[1].samples == 0 and history[1].devices == {}
     np.testing.assert_array_equal(data.model["w"], [2.0, 2.0])  # rounds 1 and 3 merged, round 2 kept the model
-    with pytest.raises(BelowQuorum, match="2 of 3 required devices answered"):
+    with pytest.raises(BelowQuorum, match=r"[0-2] of 3 required devices answered"):  # how many before it gave up
         run_simulation(
             failing_in_round_2, 4, 3, data=FedArrays({"w": np.zeros(2)}), config=fail_in_round_2, min_results=3,
             progress=False,

@@ -15,6 +15,7 @@ KEYWORDS = {  # a value for each of FedArrays' keywords, and the attribute that 
     "strategy": (FedAvg(), "strategy"),
     "wire_dtype": ("bfloat16", "wire_dtype"),
     "state": ({"c": np.zeros(3)}, "state"),  # kept as given: train updates it in place
+    "shared": ("trainable", "shared"),  # which arrays travel (#25)
 }
 
 

@@ -1,0 +1,150 @@
+"""What a FedArrays payload holds: the model's arrays that travel, then the arrays its strategy adds.
+
+A mixin of :class:`~fedsync.data.arrays.FedArrays`: the model's arrays come from the adapter's
+``get_arrays``/``set_arrays``/``layout``; which of them travel is ``shared=`` (:mod:`._sharing`);
+the strategy's travelling arrays (SCAFFOLD's control variates) are ``extra_arrays`` (:mod:`._extras`).
+A device's own state gathers ``state=``, the strategy's device arrays and the local arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import PayloadRejected
+from ..strategies import Strategy
+from . import _extras, _sharing
+from . import _state as device_state
+
+__all__ = ["PayloadParts"]
+
+
+class PayloadParts:
+    """The payload's parts, for a class with the adapter methods, ``strategy``, ``state`` and ``shared``."""
+
+    strategy: Strategy
+    state: MutableMapping[str, np.ndarray]
+    shared: _sharing.Shared
+    _extras: dict[str, np.ndarray] | None
+    _selection: _sharing.Selection | None
+    _frozen: str | None
+
+    def get_arrays(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def set_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        raise NotImplementedError
+
+    def parameter_kinds(self) -> dict[str, str]:
+        """Each array's kind for ``shared="trainable"``: ``"trainable"``, ``"frozen"`` or ``"buffer"``.
+
+        Adapters say it (torch: ``requires_grad``; Keras: ``trainable``). Numpy arrays carry no such flag.
+
+        Raises:
+            TypeError: always, here: name the arrays that travel with ``shared={"include": [...]}``.
+        """
+        raise TypeError(
+            f"{type(self).__name__}'s arrays carry no trainable flag, so shared='trainable' cannot choose; name "
+            "them: shared={'include': ['w*']} or shared={'exclude': ['head*']}"
+        )
+
+    # -- which arrays ---------------------------------------------------------------------
+
+    @property
+    def selection(self) -> _sharing.Selection:
+        """The model's array names that travel, stay frozen, stay local (``shared=``); made on first use."""
+        if self._selection is None:
+            kinds = self.parameter_kinds() if self.shared == "trainable" else None
+            self._selection = _sharing.select(list(self.layout()), self.shared, kinds)
+        return self._selection
+
+    @property
+    def extra_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays the strategy sends beside the model (SCAFFOLD's control variates), by name; ``{}`` for most.
+
+        Made, zero, on first use from :meth:`Strategy.companions <fedsync.strategies.Strategy.companions>`;
+        arrays the strategy keeps on the device (:meth:`~fedsync.strategies.Strategy.device_arrays`) are
+        added to ``state`` then. Raises ``ValueError`` if a model array has one of their names.
+        """
+        if self._extras is None:
+            self._extras = _extras.make(self)
+        return self._extras
+
+    def frozen_fingerprint(self) -> str | None:
+        """``sha256:<32 hex>`` of the frozen arrays' content (computed once), ``None`` without frozen arrays."""
+        frozen = self.selection.frozen
+        if frozen and self._frozen is None:
+            self._frozen = _sharing.frozen_digest(self.get_arrays(), frozen)
+        return self._frozen
+
+    def _shared_part(self, arrays: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of ``arrays`` (or of a layout) for the arrays that travel."""
+        chosen = self.selection
+        return dict(arrays) if chosen.everything else {name: arrays[name] for name in chosen.shared}
+
+    def _payload_arrays(self) -> dict[str, np.ndarray]:
+        """What a payload of this FedData holds: the model's arrays that travel, then the strategy's."""
+        return {**self._shared_part(self.get_arrays()), **self.extra_arrays}
+
+    def _payload_layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        extras = {name: (a.shape, a.dtype) for name, a in self.extra_arrays.items()}
+        return {**self._shared_part(self.layout()), **extras}
+
+    def _load_payload(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Load checked payload arrays: the model's through ``set_arrays``, the strategy's into ``extra_arrays``."""
+        extras = self.extra_arrays
+        self.set_arrays(_extras.model_part(arrays, extras) if extras else arrays)
+        for name, target in extras.items():
+            np.copyto(target, arrays[name])
+
+    def _specs_source(self, architecture: Any) -> Any:
+        """What the specs hash: the architecture, and when present what travels, the frozen content, the extras."""
+        parts: list[Any] = [architecture]
+        chosen = self.selection
+        if not chosen.everything:
+            parts.append(
+                {"shared": list(chosen.shared), "frozen": self.frozen_fingerprint(), "local": list(chosen.local)}
+            )
+        extras = [[name, list(a.shape), a.dtype.name] for name, a in self.extra_arrays.items()]
+        if extras:
+            parts.append(extras)
+        return parts if len(parts) > 1 else architecture
+
+    # -- the device's own state -------------------------------------------------------------
+
+    def device_state(self) -> dict[str, np.ndarray]:
+        """``state=``'s arrays, the strategy's (SCAFFOLD's ``c_i``) and the local ones (``local/<name>``).
+
+        Live arrays (or the adapter's copies), encoded at once.
+        """
+        self.extra_arrays  # noqa: B018  # makes the strategy's device arrays, so a saved state loads before round 1
+        local = self.selection.local
+        if not local:
+            return dict(self.state)
+        arrays = self.get_arrays()
+        return {**self.state, **{_sharing.LOCAL + name: arrays[name] for name in local}}
+
+    def load_device_state(self, state: dict[str, np.ndarray]) -> None:
+        """Load ``state`` (as :meth:`device_state` gives it) in place; ``ValueError`` (checked first) if it misfits."""
+        self.extra_arrays  # noqa: B018  # as in device_state
+        local = {name: state[_sharing.LOCAL + name] for name in self.selection.local if _sharing.LOCAL + name in state}
+        own = {name: a for name, a in state.items() if not name.startswith(_sharing.LOCAL)}
+        if len(local) != len(self.selection.local) or len(own) + len(local) != len(state):
+            raise PayloadRejected(
+                f"the state's local arrays {sorted(state)[:6]} are not this model's {list(self.selection.local)[:6]}"
+            )
+        layout = self.layout()
+        for name, a in local.items():
+            shape, dtype = layout[name]
+            if a.shape != tuple(shape) or a.dtype != dtype:
+                raise PayloadRejected(
+                    f"local array {name!r} of the state is {a.shape} {a.dtype}, expected {shape} {dtype}"
+                )
+        device_state.load_in_place(self.state, own)
+        if local:
+            self.set_arrays(local)
