@@ -278,10 +278,18 @@ def _final(run: dict[str, Any], key: str, rounds: int) -> float:
     return values[-1] if len(values) == rounds and math.isfinite(values[-1]) else math.nan
 
 
+def _spread(values: list[float], form: str = "{:.3f}") -> str:
+    """``mean (min-max)`` of the finite values; ``-`` when none is."""
+    shown = [v for v in values if math.isfinite(v)]
+    if not shown:
+        return "-"
+    return f"{form.format(np.mean(shown))} ({form.format(min(shown))}-{form.format(max(shown))})"
+
+
 def table(results: dict[str, Any], targets: dict[str, float], rounds: dict[str, int]) -> str:
     """A Markdown row per data set and algorithm: final accuracy, final training loss, rounds to target, seconds."""
     lines = [
-        "| data set | algorithm | test accuracy after the last round: mean (min-max) | training loss: mean "
+        "| data set | algorithm | test accuracy after the last round: mean (min-max) | training loss: mean (min-max) "
         "| rounds to target: median (per seed) | seconds per run |",
         "|---|---|---|---|---|---|",
     ]
@@ -294,12 +302,11 @@ def table(results: dict[str, Any], targets: dict[str, float], rounds: dict[str, 
             median = float(np.median([r if r is not None else math.inf for r in reached]))
             per_seed = " / ".join(str(r or "-") for r in reached)
             failed = sum(run["error"] is not None for run in runs)
-            shown = [a for a in acc if math.isfinite(a)]
-            accuracy = f"{np.mean(shown):.3f} ({min(shown):.3f}-{max(shown):.3f})" if shown else "-"
+            accuracy = _spread(acc, "{:.3f}")
             lines.append(
                 f"| {name} ({n} rounds, target {target:.0%}) | {algorithm} | {accuracy}"
                 f"{f' ({failed} run(s) failed)' if failed else ''} | "
-                f"{np.nanmean(loss) if shown else math.nan:.4f} | "
+                f"{_spread(loss)} | "
                 f"{f'{median:g}' if math.isfinite(median) else f'> {n}'} ({per_seed}) | "
                 f"{np.mean([run['seconds'] for run in runs]):.1f} |"
             )
