@@ -35,7 +35,7 @@ FedAvg (sample-weighted mean); FedProx (the device adds ``mu * (w - w_global)`` 
 coordinator FedAvg; ``mu = 1``, the value Li et al. found best on Synthetic and on MNIST among
 {0.001, 0.01, 0.1, 1}, and ``mu = 0.01``, a mild one); SCAFFOLD (``Scaffold(num_devices=N)``:
 option II, uniform means as in the paper's Algorithm 1, server lr 1); SCAFFOLD with
-sample-weighted means (``weighted=True``, to tell the control variates from the weighting);
+sample-weighted means (``total_samples=`` all devices' samples, so ``c`` stays their weighted mean);
 FedNova (``FedNova()``, plain SGD: ``a_k = K_k``).
 
 **Measured**, over the seeds (each its own split, local work and initial weights): test
@@ -185,7 +185,7 @@ def strategy_for(algorithm: str, task: Task) -> Strategy:
     if algorithm == "SCAFFOLD":
         return Scaffold(num_devices=len(task.shards))
     if algorithm == "SCAFFOLD weighted":
-        return Scaffold(num_devices=len(task.shards), weighted=True)
+        return Scaffold(num_devices=len(task.shards), total_samples=sum(len(y) for _, y in task.shards))
     if algorithm == "FedNova":
         return FedNova()
     return FedAvg()
@@ -225,7 +225,7 @@ def device_function(algorithm: str, task: Task) -> Callable[[int], FedArrays]:
             return len(y), {"local_loss": float(np.mean(losses))}
 
         # FedArrays' hint says train(model); train(model, config) is documented and works (report).
-        fed = FedArrays(initial(task), train, strategy=strategy_for(algorithm, task))  # type: ignore[arg-type]
+        fed = FedArrays(initial(task), train, strategy=strategy_for(algorithm, task))
         return fed
 
     return device_fn

@@ -86,7 +86,7 @@ class FedKeras(FedArrays):
     def __init__(
         self,
         model: keras.Model,
-        train: Callable[[Any], TrainResult] | None = None,
+        train: Callable[..., TrainResult] | None = None,
         **options: Any,
     ) -> None:
         import keras

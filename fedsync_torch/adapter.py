@@ -86,7 +86,7 @@ class FedTorch(FedArrays):
     def __init__(
         self,
         model: torch.nn.Module,
-        train: Callable[[torch.nn.Module], TrainResult] | None = None,
+        train: Callable[..., TrainResult] | None = None,
         **options: Any,
     ) -> None:
         import torch

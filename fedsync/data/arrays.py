@@ -103,9 +103,9 @@ class FedArrays(PayloadParts, FedData):
     def __init__(
         self,
         arrays: MutableMapping[str, np.ndarray] | MutableSequence[np.ndarray],
-        train: Callable[[Any], TrainResult] | None = None,
+        train: Callable[..., TrainResult] | None = None,
         *,
-        evaluate: Callable[[Any], TrainResult] | None = None,
+        evaluate: Callable[..., TrainResult] | None = None,
         strategy: Strategy | None = None,
         wire_dtype: str | None = None,
         state: MutableMapping[str, np.ndarray] | None = None,

@@ -13,7 +13,9 @@ over the sampled devices ``S`` of the ``N`` in the federation:
    (option II); the device sends ``y_i`` and ``dc_i = c_i+ - c_i`` and keeps ``c_i <- c_i+``
    in its state (``scaffold.c_i/<name>``, saved with the device's state);
 4. the coordinator: ``x <- x + server_lr * (mean(y_i) - x)`` and ``c <- c + |S|/N * mean(dc_i)``,
-   the means over the replies, uniform as in the paper (``weighted=True``: by samples).
+   the means over the replies, uniform as in the paper. With ``total_samples=n`` (the samples of
+   all N devices) both means weigh by samples and ``c <- c + sum_S n_i/n * dc_i``: ``c`` stays the
+   sample-weighted mean of every device's ``c_i``, as the uniform update keeps it their plain mean.
 
 Floating arrays are folded exactly and in any order (:class:`~fedsync.strategies.WeightedSum`),
 so reruns are bit-identical. Integer and boolean arrays take FedAvg's exact weighted mean.
@@ -64,11 +66,17 @@ class Scaffold(Strategy):
         num_devices: ``N``, the devices in the federation (not the sampled ones): the control
             variate moves by ``|S|/N`` of the replies' mean.
         server_lr: ``eta_g``, the global step size (1.0: the new model is the replies' mean).
-        weighted: ``False`` (the paper): every reply weighs the same; ``True``: by its samples.
+        total_samples: ``None`` (the paper): every reply weighs the same. Else the samples of all
+            ``N`` devices: replies weigh by their samples, and ``c`` moves by the replies' share of
+            them. (Weighing the means by samples but moving ``c`` by ``|S|/N`` breaks the invariant
+            ``c = mean(c_i)`` when devices' sizes differ, and the corrections then stop cancelling:
+            a benchmark run diverged that way, benchmarks/RESULTS.md.)
 
     Raises:
-        ValueError: ``num_devices`` not an integer >= 1, ``server_lr`` not a finite number > 0.
-        RoundFailed: from the merge, when more devices replied than ``num_devices`` or none with samples.
+        ValueError: ``num_devices`` or ``total_samples`` not an integer >= 1, ``server_lr`` not a
+            finite number > 0.
+        RoundFailed: from the merge, when more devices (or samples) replied than the federation
+            has, or none with samples.
     """
 
     tree_refusal = (
@@ -77,7 +85,7 @@ class Scaffold(Strategy):
     )
     device_hint = "scaffold.finish(fed, steps=..., lr=...) at the end of train"
 
-    def __init__(self, num_devices: int, *, server_lr: float = 1.0, weighted: bool = False) -> None:
+    def __init__(self, num_devices: int, *, server_lr: float = 1.0, total_samples: int | None = None) -> None:
         if not is_int(num_devices) or num_devices < 1:
             raise ValueError(
                 f"Scaffold(num_devices=...) is N, the number of devices in the federation, an integer >= 1; "
@@ -85,9 +93,13 @@ class Scaffold(Strategy):
             )
         if not is_number(server_lr) or not math.isfinite(server_lr) or server_lr <= 0:
             raise ValueError(f"Scaffold(server_lr=...) must be a finite number > 0, got {server_lr!r}")
-        if not isinstance(weighted, bool):
-            raise TypeError(f"Scaffold(weighted=...) takes True or False, got {weighted!r}")
-        self.num_devices, self.server_lr, self.weighted = int(num_devices), float(server_lr), weighted
+        if total_samples is not None and (not is_int(total_samples) or total_samples < 1):
+            raise ValueError(
+                f"Scaffold(total_samples=...) is the samples of all num_devices devices, an integer >= 1; "
+                f"got {total_samples!r}"
+            )
+        self.num_devices, self.server_lr = int(num_devices), float(server_lr)
+        self.total_samples = None if total_samples is None else int(total_samples)
 
     def companions(self, layout: Layout) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         return {CONTROL + name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in _floats(layout).items()}
@@ -116,7 +128,8 @@ class _ScaffoldSum(WeightedSum):
     def start(self, samples: int) -> None:
         self._given = checked_samples(samples, "a reply's sample count")
         self.replies += self._given > 0
-        super().start(self._given if self._strategy.weighted or self._given == 0 else 1)
+        weighted = self._strategy.total_samples is not None
+        super().start(self._given if weighted or self._given == 0 else 1)
 
     def add(self, name: str, first: int, values: np.ndarray, samples: int) -> None:
         if samples != self._given:
@@ -130,8 +143,14 @@ class _ScaffoldSum(WeightedSum):
                 f"{self.replies} devices replied but Scaffold(num_devices={n}) says the federation has {n}; "
                 "num_devices is the total number of devices (N in the paper), so the model was left unchanged"
             )
+        whole = self._strategy.total_samples
+        if whole is not None and self.total > whole:
+            raise RoundFailed(
+                f"the replies hold {self.total} samples but Scaffold(total_samples={whole}) says all devices hold "
+                f"{whole}; the model was left unchanged"
+            )
         merged = super().result(self.total)
-        share = self.replies / n
+        share = self.replies / n if whole is None else self.total / whole  # |S|/N, or sum_S n_i / n
         for name, array in merged.items():
             if array.dtype.kind != "f":
                 continue

@@ -40,16 +40,36 @@ def test_scaffold_equals_the_papers_algorithm_with_state_kept_between_the_rounds
     assert all(len(s) == per_round for s in sampled)
     if per_round < N:
         assert len({tuple(s) for s in sampled}) > 1  # devices sat out and came back with their own c_i
-    expected = scaffold_reference(sampled)
+    expected, _, _ = scaffold_reference(sampled)
     np.testing.assert_allclose(data.model["w"], expected, rtol=1e-12, atol=1e-12)
     # It is not FedAvg: the same run without control variates ends elsewhere.
     assert np.abs(expected - fedavg_reference(sampled)).max() > 1e-3
 
 
+def test_weighted_scaffold_keeps_c_the_sample_weighted_mean_of_every_devices_c_i():
+    """total_samples=: the means weigh by samples and c moves by the replies' share of all samples, so c stays
+    sum_i n_i/n c_i over all N devices (the invariant the corrections need), sampled or not."""
+    from tests.support.devices.stateful import TOTAL, samples
+
+    def weighted_device(i):
+        fed = scaffold_device(i)
+        fed.strategy = Scaffold(num_devices=N, total_samples=TOTAL)
+        return fed
+
+    data = FedArrays({"w": np.zeros(DIM)}, strategy=Scaffold(num_devices=N, total_samples=TOTAL))
+    history = run_simulation(weighted_device, N, 5, data=data, devices_per_round=3, seed=6, progress=False)
+    x, c, ci = scaffold_reference(sampled_ids(history), weighted=True)
+    np.testing.assert_allclose(data.model["w"], x, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(data.extra_arrays["scaffold.c/w"], c, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(c, sum(samples(i) / TOTAL * ci[i] for i in range(N)), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="total_samples"):
+        Scaffold(num_devices=N, total_samples=0)
+
+
 def test_scaffold_server_learning_rate_and_the_coordinators_control_variate():
     data = FedArrays({"w": np.zeros(DIM)}, strategy=Scaffold(num_devices=N, server_lr=0.5))
     history = run_simulation(scaffold_device, N, 3, data=data, devices_per_round=4, seed=1, progress=False)
-    np.testing.assert_allclose(data.model["w"], scaffold_reference(sampled_ids(history), 0.5), rtol=1e-12)
+    np.testing.assert_allclose(data.model["w"], scaffold_reference(sampled_ids(history), 0.5)[0], rtol=1e-12)
     assert np.abs(data.extra_arrays["scaffold.c/w"]).max() > 0  # c moved, and is what the next round sends
 
 

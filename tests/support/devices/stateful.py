@@ -47,8 +47,18 @@ def scaffold_device(i: int) -> FedArrays:
     return fed
 
 
-def scaffold_reference(sampled: list[list[int]], server_lr: float = 1.0) -> np.ndarray:
-    """Algorithm 1 (option II) of the paper, uniform means, in float64."""
+def samples(i: int) -> int:
+    return len(device_data(i)[0])
+
+
+TOTAL = sum(samples(i) for i in range(N))
+
+
+def scaffold_reference(sampled: list[list[int]], server_lr: float = 1.0, weighted: bool = False):
+    """Algorithm 1 (option II) of the paper, uniform means, in float64; returns ``(x, c, [c_i])``.
+
+    ``weighted``: the means weigh by samples and ``c`` moves by ``sum_S n_i / n * dc_i`` (n: all devices' samples).
+    """
     x, c = np.zeros(DIM), np.zeros(DIM)
     ci = [np.zeros(DIM) for _ in range(N)]
     for devices in sampled:
@@ -61,9 +71,14 @@ def scaffold_reference(sampled: list[list[int]], server_lr: float = 1.0) -> np.n
             dy.append(y - x)
             dc.append(new - ci[i])
             ci[i] = new
-        x = x + server_lr * np.mean(dy, axis=0)
-        c = c + len(devices) / N * np.mean(dc, axis=0)
-    return x
+        if weighted:
+            n = np.array([samples(i) for i in devices], float)
+            x = x + server_lr * (n / n.sum()) @ np.array(dy)
+            c = c + (n / TOTAL) @ np.array(dc)
+        else:
+            x = x + server_lr * np.mean(dy, axis=0)
+            c = c + len(devices) / N * np.mean(dc, axis=0)
+    return x, c, ci
 
 
 def sampled_ids(history) -> list[list[int]]:
