@@ -55,7 +55,7 @@ INT4_BLOCK = 64  # entries a scale, by default
 INT4_BLOCKS = (8, 4096)  # the block sizes a sender may choose and a receiver accepts, both included
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-_CHUNK_BLOCKS = 1 << 20  # entries (about) packed or unpacked at once: temporaries stay a few MiB
+_CHUNK_BLOCKS = 1 << 18  # entries (about) packed or unpacked at once: temporaries stay about 10 MiB
 
 
 def check_wire_dtype(wire_dtype: str | None) -> str | None:
