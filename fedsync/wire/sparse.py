@@ -30,7 +30,7 @@ from .._util.checks import is_int, is_number
 from .._util.json import shown
 from ..errors import PayloadRejected
 
-__all__ = ["SPARSE_FORMATS", "TOPK_VALUES", "pack_topk", "topk_count"]
+__all__ = ["SPARSE_FORMATS", "TOPK_VALUES", "pack_topk", "topk_count", "unpack_topk", "check_blob"]
 
 SPARSE_FORMATS = ("topk",)
 TOPK_VALUES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
