@@ -130,7 +130,8 @@ def read_reply(body: bytes, weights: Weights, wire_dtype: str | None) -> tuple[l
     if compression.WIRE_KEY in metadata:
         try:
             expected = {w["name"]: np.dtype(w["dtype"]) for w in weights}
-            arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], expected)
+            shapes = {w["name"]: tuple(w["shape"]) for w in weights}
+            arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], expected, shapes=shapes)
         except ValueError as exc:
             return [*problems, f"{compression.WIRE_KEY}: {exc}"], report
     found = {name: (list(a.shape), a.dtype.name) for name, a in arrays.items()}

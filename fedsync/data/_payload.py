@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import PayloadRejected
 from ..strategies import Strategy
-from . import _extras, _sharing
+from . import _extras, _sharing, _updates
 from . import _state as device_state
 
 __all__ = ["PayloadParts"]
@@ -30,6 +30,8 @@ class PayloadParts:
     _extras: dict[str, np.ndarray] | None
     _selection: _sharing.Selection | None
     _frozen: str | None
+    updates: str | None
+    _residuals: dict[str, np.ndarray] | None
 
     def get_arrays(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -74,6 +76,14 @@ class PayloadParts:
         if self._extras is None:
             self._extras = _extras.make(self)
         return self._extras
+
+    @property
+    def residuals(self) -> dict[str, np.ndarray]:
+        """Top-k's error feedback (``updates="topk"``): ``residual/<name>`` per floating array that travels."""
+        if self._residuals is None:
+            travel = self._shared_part(self.layout())
+            self._residuals = _updates.residuals(travel) if self.updates == "topk" else {}
+        return self._residuals
 
     def frozen_fingerprint(self) -> str | None:
         """``sha256:<32 hex>`` of the frozen arrays' content (computed once), ``None`` without frozen arrays."""
@@ -124,17 +134,17 @@ class PayloadParts:
         """
         self.extra_arrays  # noqa: B018  # makes the strategy's device arrays, so a saved state loads before round 1
         local = self.selection.local
-        if not local:
-            return dict(self.state)
-        arrays = self.get_arrays()
-        return {**self.state, **{_sharing.LOCAL + name: arrays[name] for name in local}}
+        arrays = self.get_arrays() if local else {}
+        return {**self.state, **self.residuals, **{_sharing.LOCAL + name: arrays[name] for name in local}}
 
     def load_device_state(self, state: dict[str, np.ndarray]) -> None:
         """Load ``state`` (as :meth:`device_state` gives it) in place; ``ValueError`` (checked first) if it misfits."""
         self.extra_arrays  # noqa: B018  # as in device_state
         local = {name: state[_sharing.LOCAL + name] for name in self.selection.local if _sharing.LOCAL + name in state}
-        own = {name: a for name, a in state.items() if not name.startswith(_sharing.LOCAL)}
-        if len(local) != len(self.selection.local) or len(own) + len(local) != len(state):
+        kept = self.residuals
+        own = {name: a for name, a in state.items() if not name.startswith(_sharing.LOCAL) and name not in kept}
+        fed = {name: a for name, a in state.items() if name in kept}
+        if len(local) != len(self.selection.local) or len(own) + len(local) + len(fed) != len(state):
             raise PayloadRejected(
                 f"the state's local arrays {sorted(state)[:6]} are not this model's {list(self.selection.local)[:6]}"
             )
@@ -145,6 +155,6 @@ class PayloadParts:
                 raise PayloadRejected(
                     f"local array {name!r} of the state is {a.shape} {a.dtype}, expected {shape} {dtype}"
                 )
-        device_state.load_in_place(self.state, own)
+        device_state.load_in_place({**self.state, **kept}, {**own, **fed})  # every layout checked before a copy
         if local:
             self.set_arrays(local)

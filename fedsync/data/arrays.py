@@ -26,7 +26,7 @@ from ..wire.metrics import MAX_SAMPLES, parse_counted, weighted_means
 from ..wire.replies import ReplyStream
 from ..wire.reports import METRICS_KEY, SAMPLES_KEY, metric_weights, read_report, report_metadata
 from ..wire.shapes import DeviceReport, MergeReport
-from . import _extras, _merging, _sharing, proximal
+from . import _extras, _merging, _sharing, _updates, proximal
 from . import _state as device_state
 from ._layout import Layout, check_layout, header_limit
 from ._payload import PayloadParts
@@ -110,6 +110,8 @@ class FedArrays(PayloadParts, FedData):
         wire_dtype: str | None = None,
         state: MutableMapping[str, np.ndarray] | None = None,
         shared: _sharing.Shared = None,
+        updates: str | None = None,
+        top_k: float | None = None,
     ) -> None:
         super().__init__()
         # Here, not in each adapter: every array adapter passes its keywords through.
@@ -149,6 +151,9 @@ class FedArrays(PayloadParts, FedData):
         self._received: dict[str, np.ndarray] | None = None  # this round's decoded payload, while train runs
         self._extras: dict[str, np.ndarray] | None = None  # the strategy's travelling arrays, made on first use
         self.shared = _sharing.check_shared(shared)
+        self.updates, self.top_k = _updates.check_updates(updates, top_k)
+        self._update: tuple[dict[str, np.ndarray], dict[str, str]] | None = None  # a device's reply, as updates
+        self._residuals: dict[str, np.ndarray] | None = None  # top-k's error feedback, made on first use
         self._selection: _sharing.Selection | None = None  # which arrays travel, made on first use
         self._frozen: str | None = None  # the frozen arrays' fingerprint, computed once
         self.extras_written = False  # set by a strategy's device helper (scaffold.finish) during train
@@ -237,6 +242,9 @@ class FedArrays(PayloadParts, FedData):
         metadata = {**report_metadata(self.report()), SPECS_KEY: self.specs(repetition)}
         arrays = self._payload_arrays()
         wire = compression.check_wire_dtype(wire_dtype)
+        if self._update is not None and wire == self.sending:  # a device's reply as updates (updates=)
+            arrays, extra = self._update
+            return codec.encode_payload(arrays, {**metadata, **extra})
         if wire is not None:
             arrays, metadata[compression.WIRE_KEY] = compression.pack(arrays, wire)
         # Views of the arrays, not a copy: they go to the socket as they are.
@@ -284,6 +292,7 @@ class FedArrays(PayloadParts, FedData):
             )
         raw, metadata, expected = self._opened(encoding)
         payload, _ = self._checked(raw, metadata, finite=False, expected=expected)
+        self._update = None
         self._load_payload(payload)
         arrays = _extras.model_part(payload, self.extra_arrays)
         del payload
@@ -294,7 +303,7 @@ class FedArrays(PayloadParts, FedData):
         # local DP) asks, and dropped after: the device reuses the payload's buffer next round.
         self._received = arrays
         try:
-            if self.keep_global:
+            if self.keep_global or self.updates:
                 self.global_weights()
             if self.train is not None:
                 self.samples, self.metrics = parse_counted(_merging.call(self.train, self.model, config))
@@ -307,6 +316,11 @@ class FedArrays(PayloadParts, FedData):
             if self.local_dp is not None:  # before the reply can leave: serialize sends these arrays
                 trained = self._shared_part(self.get_arrays())
                 self.set_arrays({**arrays, **self.local_dp.apply(trained, self.global_weights())})
+            if self.updates and self.train is not None:
+                start, trained = self.global_weights() or {}, self._shared_part(self.get_arrays())
+                self._update = _updates.reply_arrays(
+                    trained, start, self.extra_arrays, self.residuals, self.top_k, self.sending
+                )
         finally:
             self._received = None
 
@@ -442,7 +456,7 @@ class FedArrays(PayloadParts, FedData):
         """Check one reply and fold it in; :class:`_merging.Rejected` says if the sum was touched."""
         if not isinstance(encoding, ReplyStream):
             try:
-                arrays, report = self.decode(encoding, finite=None)
+                arrays, report = self.decode(encoding, finite=None, merging=True)
             except ValueError as exc:
                 raise _merging.Rejected(str(exc), spoiled=False) from None
             return _merging.add_whole(accumulator, arrays, report)
@@ -451,10 +465,13 @@ class FedArrays(PayloadParts, FedData):
             expected = self._payload_layout()
             header = codec.read_header(encoding.readinto, encoding.length, limit=self._header_limit(expected))
             if compression.WIRE_KEY in header.metadata:  # packed arrays unpack whole
-                arrays, report = self._checked(header.arrays(encoding.read_all()), header.metadata, finite=None)
+                arrays, report = self._checked(
+                    header.arrays(encoding.read_all()), header.metadata, finite=None, merging=True
+                )
                 return _merging.add_whole(accumulator, arrays, report)
             self._check_layout({t.name: (t.shape, t.dtype) for t in header.tensors}, expected)
             report = read_report(header.metadata)
+            base = self._payload_arrays() if _updates.is_delta(header.metadata) else {}
             samples = report["samples"]
             if samples == 0:  # weighs nothing: its values are neither read nor folded
                 return report
@@ -466,6 +483,8 @@ class FedArrays(PayloadParts, FedData):
             for name, first, values in codec.read_pieces(encoding.readinto, header, buffer):
                 if values.dtype.kind == "f" and not np.isfinite(values).all():
                     raise PayloadRejected(f"array {name!r} contains NaN or infinity")
+                if name in base and values.dtype.kind == "f" and name not in self.extra_arrays:  # an update
+                    values = _updates.rebuilt(name, values, base[name].reshape(-1)[first : first + values.size])
                 accumulator.add(name, first, values, samples)
             return report
         except (ValueError, RemoteError) as exc:
@@ -483,7 +502,7 @@ class FedArrays(PayloadParts, FedData):
             while (encoding := next(replies, None)) is not None:
                 try:
                     body = encoding.read_all() if isinstance(encoding, ReplyStream) else encoding
-                    arrays, report = self.decode(body, finite=None)
+                    arrays, report = self.decode(body, finite=None, merging=True)
                 except (ValueError, RemoteError) as exc:
                     if not isinstance(encoding, ReplyStream):
                         raise
@@ -502,7 +521,9 @@ class FedArrays(PayloadParts, FedData):
 
     # -- validation -----------------------------------------------------------------
 
-    def decode(self, encoding: Any, *, finite: bool | None = False) -> tuple[dict[str, np.ndarray], DeviceReport]:
+    def decode(
+        self, encoding: Any, *, finite: bool | None = False, merging: bool = False
+    ) -> tuple[dict[str, np.ndarray], DeviceReport]:
         """A payload's arrays (unpacked from ``wire_dtype``) and its report, checked against this model.
 
         Returns ``(arrays, report)``: arrays by name, views of ``encoding`` (no copy) of this model's shapes
@@ -516,10 +537,11 @@ class FedArrays(PayloadParts, FedData):
         ``finite`` also scans every value for NaN and infinity. Only ``check`` does:
         fedsync's device and coordinator call it before ``receive``/``merge``, and a
         second scan costs a pass over the whole model. ``None`` (merges): only
-        if the payload has samples, since one without weighs nothing.
+        if the payload has samples, since one without weighs nothing. ``merging``: a device's reply,
+        whose updates (``fedsync.delta``) are rebuilt into weights; elsewhere a payload of updates is refused.
         """
         arrays, metadata, expected = self._opened(encoding)
-        return self._checked(arrays, metadata, finite=finite, expected=expected)
+        return self._checked(arrays, metadata, finite=finite, expected=expected, merging=merging)
 
     def _opened(self, encoding: Any) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, Any]]:
         """A binary payload's raw arrays and metadata (a header within this model's bound), and the layout."""
@@ -536,18 +558,27 @@ class FedArrays(PayloadParts, FedData):
         *,
         finite: bool | None,
         expected: Mapping[str, tuple[tuple[int, ...], np.dtype]] | None = None,
+        merging: bool = False,
     ) -> tuple[dict[str, np.ndarray], DeviceReport]:
         """Decoded arrays unpacked from their wire format and checked against this model, with their report."""
         expected = self._payload_layout() if expected is None else expected
         report = read_report(metadata)
         if compression.WIRE_KEY in metadata:
             dtypes = {name: np.dtype(dtype) for name, (_, dtype) in expected.items()}
-            arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], dtypes)
+            shapes = {name: tuple(shape) for name, (shape, _) in expected.items()}
+            arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], dtypes, shapes=shapes)
         self._check_layout({name: (a.shape, a.dtype) for name, a in arrays.items()}, expected)
         if finite or (finite is None and report["samples"] > 0):
             for name, a in arrays.items():
                 if a.dtype.kind == "f" and not np.isfinite(a).all():
                     raise PayloadRejected(f"array {name!r} contains NaN or infinity")
+        if _updates.is_delta(metadata):
+            if not merging:
+                raise PayloadRejected(f"a payload of updates ({_updates.DELTA_KEY}) is a device's reply, not a model")
+            base = self._payload_arrays()
+            for name, a in arrays.items():
+                if a.dtype.kind == "f" and name not in self.extra_arrays:
+                    arrays[name] = _updates.rebuilt(name, a, base[name])
         return arrays, report
 
     def _header_limit(self, expected: Layout) -> int:

@@ -1,0 +1,128 @@
+"""A device's reply as its update: the trained weights minus the model it received, optionally top-k.
+
+``FedArrays(updates="delta")`` replies ``y - x`` for every floating array of the model that travels
+(the strategy's extra arrays and integer or boolean arrays still travel as values), marked with the
+metadata ``fedsync.delta = "1"``, and packed in the round's wire format like weights.
+``updates="topk"`` sends only the largest ``top_k`` share of each update's entries
+(:mod:`fedsync.wire.sparse`) with **error feedback** (Karimireddy et al. 2019, "Error Feedback Fixes
+SignSGD and other Gradient Compression Schemes", Algorithm 2; Lin et al. 2018, Deep Gradient
+Compression): the device adds what it did not send last time (its residual, ``residual/<name>`` in its
+state) before choosing, and keeps what it does not send now.
+
+The coordinator rebuilds ``x + update`` (in float64, rounded once to the array's dtype) before the
+strategy sees a reply, so every strategy merges weights as before; an update that would overflow the
+model's dtype is that device's failure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .._util.checks import is_number
+from ..errors import PayloadRejected
+from ..wire import compression, sparse
+
+__all__ = ["UPDATES", "DELTA_KEY", "RESIDUAL", "check_updates", "is_delta", "rebuilt", "reply_arrays", "residuals"]
+
+UPDATES = ("delta", "topk")
+DELTA_KEY = "fedsync.delta"
+"""Metadata of a reply whose floating model arrays are updates (value ``"1"``)."""
+RESIDUAL = "residual/"
+"""Prefix of an error-feedback residual in a device's state."""
+
+
+def check_updates(updates: Any, top_k: Any) -> tuple[str | None, float | None]:
+    """``(updates, top_k)`` checked: ``None``, ``"delta"`` or ``"topk"`` (with ``top_k`` in ``(0, 1]``, default 0.01).
+
+    Raises:
+        ValueError: another value, or a ``top_k`` without ``updates="topk"``.
+    """
+    if updates is not None and updates not in UPDATES:
+        raise ValueError(f"updates must be None (weights), 'delta' or 'topk', got {updates!r}")
+    if updates != "topk":
+        if top_k is not None:
+            raise ValueError("top_k= sparsifies updates: give updates='topk' with it")
+        return updates, None
+    top_k = 0.01 if top_k is None else top_k
+    if not is_number(top_k) or not math.isfinite(top_k) or not 0 < top_k <= 1:
+        raise ValueError(f"top_k must be a share of each update's entries in (0, 1], e.g. 0.01; got {top_k!r}")
+    return updates, float(top_k)
+
+
+def residuals(layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:
+    """Zero residuals (``residual/<name>``) for the floating arrays of ``layout``."""
+    floats = {name: (shape, np.dtype(dtype)) for name, (shape, dtype) in layout.items()}
+    return {RESIDUAL + name: np.zeros(shape, dtype) for name, (shape, dtype) in floats.items() if dtype.kind == "f"}
+
+
+def reply_arrays(
+    trained: Mapping[str, np.ndarray],
+    start: Mapping[str, np.ndarray],
+    extras: Mapping[str, np.ndarray],
+    state: Mapping[str, np.ndarray],
+    top_k: float | None,
+    wire_dtype: str | None,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The arrays and metadata of a device's reply as updates; for ``top_k``, ``state``'s residuals are updated.
+
+    ``trained``: the model's travelling arrays after ``train``; ``start``: the floating ones received;
+    ``extras``: the strategy's arrays (sent as they are). Without ``top_k`` the updates are packed in
+    ``wire_dtype`` as weights would be; with it, top-k (float16 values when ``wire_dtype`` is a 2-byte one).
+
+    Raises:
+        ValueError: an update holds NaN or infinity (nothing is sent, the residuals unchanged).
+    """
+    updates: dict[str, np.ndarray] = {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, y in trained.items():
+            if name in start:
+                delta = np.subtract(y, start[name], dtype=np.float64)
+                if top_k is not None:
+                    delta += state[RESIDUAL + name]
+                update = delta.astype(y.dtype)
+                if not np.isfinite(update).all():
+                    raise ValueError(f"the update of {name!r} is not finite in {y.dtype}; lower the learning rate")
+                updates[name] = update
+    values = {**trained, **updates}
+    metadata = {DELTA_KEY: "1"}
+    if top_k is None:
+        arrays = {**values, **extras}
+        if wire_dtype is not None:
+            arrays, metadata[compression.WIRE_KEY] = compression.pack(arrays, wire_dtype)
+        return arrays, metadata
+    kind = "float16" if wire_dtype in ("float16", "bfloat16") else "float32"
+    packed, metadata[compression.WIRE_KEY], left = sparse.pack_topk(updates, top_k, values=kind)
+    for name, rest in left.items():
+        np.copyto(state[RESIDUAL + name], rest)
+    return {**values, **packed, **extras}, metadata
+
+
+def is_delta(metadata: Mapping[str, str]) -> bool:
+    """Whether a payload's floating model arrays are updates (``fedsync.delta``), checked.
+
+    Raises:
+        PayloadRejected: the key holds anything but ``"1"``.
+    """
+    value = metadata.get(DELTA_KEY)
+    if value is None:
+        return False
+    if value != "1":
+        raise PayloadRejected(f'payload metadata {DELTA_KEY!r} must be "1" when present, got {str(value)[:40]!r}')
+    return True
+
+
+def rebuilt(name: str, update: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """``start + update`` in float64, rounded once to ``start``'s dtype, in ``start``'s shape.
+
+    Raises:
+        PayloadRejected: the sum leaves the dtype's finite range (the reply's failure alone).
+    """
+    total = np.add(np.asarray(start, np.float64).reshape(-1), np.asarray(update, np.float64).reshape(-1))
+    limit = float(np.finfo(start.dtype).max)
+    if total.size and float(np.abs(total).max()) > limit:
+        raise PayloadRejected(f"array {name!r}: the update takes the model beyond {start.dtype}'s range")
+    return total.astype(start.dtype).reshape(np.shape(start))

@@ -1,0 +1,203 @@
+"""#25 item 2 and 3: devices reply their update (``updates="delta"``) or its top-k with error feedback.
+
+The coordinator rebuilds ``x + update`` before any strategy sees a reply, so every strategy merges what it
+merged before (within float rounding), and a hostile update is that device's failure alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedsync import FedArrays
+from fedsync.coordinator.simulation import run_simulation
+from fedsync.errors import PayloadRejected
+from fedsync.strategies import FedAdam, FedAvg, FedMedian, Scaffold, scaffold
+
+DIM = 30
+
+
+def least_squares(i: int):
+    rng = np.random.default_rng(i)
+    x = rng.standard_normal((40, DIM)).astype(np.float32)
+    return x, (x @ np.linspace(-1, 1, DIM) + i).astype(np.float32)
+
+
+def device(updates=None, top_k=None, strategy=None):
+    def build(i: int) -> FedArrays:
+        x, y = least_squares(i)
+
+        def train(model):
+            for _ in range(5):
+                model["w"] -= np.float32(0.05) * x.T @ (x @ model["w"] - y) / np.float32(len(x))
+            model["n"] += 1  # an integer array: it travels as a value, never as an update
+            return len(x) + i
+
+        arrays = {"w": np.zeros(DIM, np.float32), "n": np.zeros(1, np.int64)}
+        return FedArrays(arrays, train, updates=updates, top_k=top_k, strategy=strategy)
+
+    return build
+
+
+def run(build, strategy=None, rounds=4, **options):
+    data = FedArrays({"w": np.zeros(DIM, np.float32), "n": np.zeros(1, np.int64)}, strategy=strategy)
+    history = run_simulation(build, 5, rounds, data=data, progress=False, seed=1, **options)
+    assert not any(r.failures for r in history), [r.failures for r in history]
+    return data, history
+
+
+@pytest.mark.parametrize(
+    "strategy", [FedAvg, lambda: FedAdam(eta=0.05), FedMedian], ids=["FedAvg", "FedAdam", "FedMedian"]
+)
+def test_updates_merge_to_the_model_weights_merge_to(strategy):
+    plain, _ = run(device(), strategy())
+    delta, _ = run(device("delta"), strategy())
+    np.testing.assert_allclose(delta.model["w"], plain.model["w"], rtol=1e-5, atol=1e-6)
+    assert delta.model["n"].tolist() == plain.model["n"].tolist() == [4]
+    assert not np.allclose(plain.model["w"], 0)
+
+
+def test_a_top_k_of_everything_is_the_delta_and_a_small_one_sends_fewer_bytes():
+    delta, h_delta = run(device("delta"))
+    everything, _ = run(device("topk", 1.0))
+    np.testing.assert_allclose(everything.model["w"], delta.model["w"], rtol=1e-6, atol=1e-7)
+    small, h_small = run(device("topk", 0.1), rounds=4)
+    assert h_small[-1].bytes_received < h_delta[-1].bytes_received
+    assert not np.allclose(small.model["w"], delta.model["w"])
+
+
+def test_error_feedback_sends_everything_eventually_what_is_left_stays_in_the_residual():
+    """Sent updates plus the residual add up to every update the device computed (nothing lost, nothing doubled)."""
+    from fedsync.data._updates import RESIDUAL
+
+    fed = device("topk", 0.1)(0)
+    coordinator = FedArrays({"w": np.zeros(DIM, np.float32), "n": np.zeros(1, np.int64)})
+    computed = np.zeros(DIM, np.float64)
+    sent = np.zeros(DIM, np.float64)
+    for rep in range(1, 6):
+        payload = coordinator.serialize(rep)
+        start = coordinator.model["w"].copy()
+        fed.receive(payload, rep)
+        computed += fed.model["w"].astype(np.float64) - start
+        before = coordinator.model["w"].copy()
+        coordinator.merge([fed.serialize(rep)], rep)
+        sent += coordinator.model["w"].astype(np.float64) - before
+        assert np.count_nonzero(coordinator.model["w"] - before) <= 3  # ceil(0.1 * 30)
+    np.testing.assert_allclose(sent + fed.device_state()[RESIDUAL + "w"], computed, atol=1e-5)
+
+
+def test_the_residual_is_the_devices_state_and_survives_a_rebuild():
+    from fedsync.data._state import encode_state, restore_state
+
+    fed = device("topk", 0.2)(1)
+    fed.receive(FedArrays({"w": np.zeros(DIM, np.float32), "n": np.zeros(1, np.int64)}).serialize(1), 1)
+    saved = encode_state(fed.device_state())
+    again = device("topk", 0.2)(1)
+    restore_state(again, saved)
+    np.testing.assert_array_equal(again.residuals["residual/w"], fed.residuals["residual/w"])
+    assert np.count_nonzero(again.residuals["residual/w"]) > 0
+    with pytest.raises(ValueError, match="refused, nothing changed"):  # a state of another layout is not applied
+        restore_state(
+            FedArrays({"w": np.zeros(DIM + 1, np.float32), "n": np.zeros(1, np.int64)}, updates="topk"), saved
+        )
+
+
+def test_updates_with_scaffold_keep_its_control_variates_as_values():
+    def build(updates):
+        def make(i):
+            x, y = least_squares(i)
+
+            def train(model):
+                fix = scaffold.correction(fed)
+                for _ in range(3):
+                    model["w"] -= np.float32(0.05) * (x.T @ (x @ model["w"] - y) / np.float32(len(x)) + fix["w"])
+                scaffold.finish(fed, steps=3, lr=0.05)
+                return len(x)
+
+            fed = FedArrays({"w": np.zeros(DIM, np.float32)}, train, strategy=Scaffold(num_devices=5), updates=updates)
+            return fed
+
+        return make
+
+    results = []
+    for updates in (None, "delta"):
+        data = FedArrays({"w": np.zeros(DIM, np.float32)}, strategy=Scaffold(num_devices=5))
+        run_simulation(build(updates), 5, 3, data=data, progress=False)
+        results.append((data.model["w"].copy(), data.extra_arrays["scaffold.c/w"].copy()))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda fed: fed._update[1].update({"fedsync.delta": "yes"}), 'must be "1"'),
+        (lambda fed: fed._update[0]["w"].fill(np.nan), "NaN or infinity"),
+    ],
+    ids=["bad-marker", "nan"],
+)
+def test_a_hostile_update_is_that_devices_failure_and_the_others_merge(tamper, message):
+    def build(i):
+        fed = device("delta")(i)
+        if i == 2:
+            honest = fed.receive
+
+            def receive(encoding, repetition, config=None):
+                honest(encoding, repetition, config)
+                tamper(fed)
+
+            fed.receive = receive
+        return fed
+
+    data = FedArrays({"w": np.zeros(DIM, np.float32), "n": np.zeros(1, np.int64)})
+    history = run_simulation(build, 4, 1, data=data, progress=False, min_results=3)
+    assert list(history[0].failures) == ["local://device-2"] and message in history[0].failures["local://device-2"]
+    alone = FedArrays({"w": np.zeros(DIM, np.float32), "n": np.zeros(1, np.int64)})
+    run_simulation(lambda i: device("delta")([0, 1, 3][i]), 3, 1, data=alone, progress=False)
+    np.testing.assert_allclose(data.model["w"], alone.model["w"], rtol=1e-6)
+
+
+def test_an_update_that_takes_the_model_past_its_dtype_is_refused_and_changes_nothing():
+    coordinator = FedArrays({"w": np.full(DIM, 3e38, np.float32), "n": np.zeros(1, np.int64)})
+    fed = FedArrays({"w": np.zeros(DIM, np.float32), "n": np.zeros(1, np.int64)}, lambda model: 5, updates="delta")
+    fed.receive(coordinator.serialize(1), 1)
+    fed._update[0]["w"].fill(3e38)  # finite, but 3e38 + 3e38 is not a float32
+    before = bytes(coordinator.serialize(1))
+    with pytest.raises(PayloadRejected, match="beyond float32's range"):
+        coordinator.merge([bytes(fed.serialize(1))], 1)
+    assert bytes(coordinator.serialize(1)) == before
+
+
+def test_a_coordinator_never_sends_updates_and_a_device_refuses_them():
+    fed = device("delta")(0)
+    fed.receive(FedArrays({"w": np.zeros(DIM, np.float32), "n": np.zeros(1, np.int64)}).serialize(1), 1)
+    reply = fed.serialize(1)
+    with pytest.raises(PayloadRejected, match="a device's reply, not a model"):
+        device()(1).receive(reply, 2)
+
+
+@pytest.mark.parametrize(
+    "updates, top_k, message",
+    [
+        ("deltas", None, "updates must be"),
+        (None, 0.1, "give updates='topk'"),
+        ("topk", 0, "top_k must be"),
+        ("topk", 1.5, "top_k must be"),
+    ],
+)
+def test_bad_update_options_are_refused_at_construction(updates, top_k, message):
+    with pytest.raises(ValueError, match=message):
+        FedArrays({"w": np.zeros(2)}, updates=updates, top_k=top_k)
+
+
+def test_int4_both_ways_and_delta_replies_in_int4_train_close_to_float32_in_a_seventh_of_the_bytes():
+    plain, h_plain = run(device())
+    data = FedArrays({"w": np.zeros(DIM, np.float32), "n": np.zeros(1, np.int64)}, wire_dtype="int4")
+    history = run_simulation(device("delta"), 5, 4, data=data, progress=False, seed=1)
+    assert not any(r.failures for r in history)
+    # the model is 120 bytes: headers dominate, so compare the arrays' share, not the bodies
+    np.testing.assert_allclose(data.model["w"], plain.model["w"], atol=0.05 * np.abs(plain.model["w"]).max())
+    from fedsync.wire import codec
+
+    sent, _ = codec.decode(bytes(data.serialize(1)))
+    assert sent["w"].nbytes == 4 * 1 + (DIM + 1) // 2  # one block's float32 scale, then 4-bit codes
