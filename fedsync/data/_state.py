@@ -83,11 +83,15 @@ def restore_state(fed: FedData, data: bytes | bytearray | memoryview, source: st
             layout; the message names ``source`` and the cause.
     """
     expected = layout_of(state_of(fed))
+    optional = fed.optional_state() if hasattr(fed, "optional_state") else {}  # a cached view, all or none
     try:
-        arrays, metadata = codec.decode(data, limit=header_limit(expected))
+        arrays, metadata = codec.decode(data, limit=header_limit({**expected, **optional}))
         if metadata.get(STATE_KEY) != "1":
             raise ValueError(f"it is not a device state (no {STATE_KEY!r} metadata): a model payload, or another file")
-        check_layout(layout_of(arrays), expected, what="the saved state", of=f"{type(fed).__name__}'s device state")
+        found = layout_of(arrays)
+        if set(optional) - set(expected) <= set(found):  # with its view: expect it too
+            expected = {**expected, **{name: optional[name] for name in optional if name not in expected}}
+        check_layout(found, expected, what="the saved state", of=f"{type(fed).__name__}'s device state")
     except ValueError as exc:
         raise type(exc)(f"{source} was refused, nothing changed: {exc}") from None
     fed.load_device_state({name: np.array(a, copy=True) for name, a in arrays.items()})

@@ -18,6 +18,8 @@ KEYWORDS = {  # a value for each of FedArrays' keywords, and the attribute that 
     "shared": ("trainable", "shared"),  # which arrays travel (#25)
     "updates": ("delta", "updates"),  # a device replies its update (#25)
     "top_k": (None, "top_k"),  # with updates="topk" only
+    "download": ("delta", "download"),  # the coordinator sends the model as a delta from a device's view (#25)
+    "download_top_k": (None, "download_top_k"),
 }
 
 
