@@ -177,7 +177,11 @@ class PayloadParts:
         kept = self.residuals
         own = {name: a for name, a in state.items() if not name.startswith(_sharing.LOCAL) and name not in kept}
         fed = {name: a for name, a in state.items() if name in kept}
-        if len(local) != len(self.selection.local) or len(own) + len(local) + len(fed) != len(state):
+        if (
+            len(local) != len(self.selection.local)
+            or len(own) + len(local) + len(fed) != len(state)
+            or (fed and len(fed) != len(kept))
+        ):
             raise PayloadRejected(
                 f"the state's local arrays {sorted(state)[:6]} are not this model's {list(self.selection.local)[:6]}"
             )
@@ -188,6 +192,7 @@ class PayloadParts:
                 raise PayloadRejected(
                     f"local array {name!r} of the state is {a.shape} {a.dtype}, expected {shape} {dtype}"
                 )
-        device_state.load_in_place({**self.state, **kept}, {**own, **fed})  # every layout checked before a copy
+        target = {**self.state, **{name: kept[name] for name in fed}}  # residuals absent: reset, kept as they are
+        device_state.load_in_place(target, {**own, **fed})  # every layout checked before a copy
         if local:
             self.set_arrays(local)

@@ -137,3 +137,14 @@ def test_secure_aggregation_refuses_a_download_as_delta():
 
     with pytest.raises(ValueError, match="download"):
         checked(SecAgg(threshold=3), coordinator(download="delta"))
+
+
+def test_a_view_saved_for_another_model_is_dropped_not_applied():
+    from fedsync.data._state import encode_state, restore_state
+
+    data = coordinator(download="delta")
+    device = nudging([])
+    device.receive(data.views.payload(data, None, 1, None)[0], 1)
+    other = FedArrays({"w": np.zeros(N + 1, np.float32)})
+    restore_state(other, encode_state(device.device_state()))
+    assert other.view is None  # the next download is the whole model
