@@ -39,6 +39,8 @@ class Handshakes:
         """The view each device holds, as far as the coordinator knows (``download="delta"``)."""
         self.pending: dict[str, str] = {}
         """The view each device of this round will hold once its payload is accepted."""
+        self.whole: tuple[Encoding, str] | None = None
+        """This round's whole model with a view to keep, for a device that answers ``unknown_base``."""
 
     def run(
         self,
@@ -126,16 +128,24 @@ class Handshakes:
         if plain:
             payload = data.serialize_as(repetition, None)  # type: ignore[attr-defined]  # an array FedData
             out = dict.fromkeys(plain, payload)
-        self.pending = {}
+        self.pending, self.whole = {}, None
         if getattr(data, "download", None) == "delta":
-            made: dict[str | None, tuple[Encoding, str]] = {}
+            made: dict[tuple[str | None, bool], tuple[Encoding, str]] = {}
             for remote in remotes:
-                if remote.url in out or "delta" not in self.wire_formats(remote.url):
+                formats = self.wire_formats(remote.url)
+                if remote.url in out or "delta" not in formats:
                     continue
                 base = self.held.get(remote.url)
-                if base not in made:
-                    made[base] = data.views.payload(data, base, repetition, data.download_top_k)  # type: ignore[attr-defined]
-                out[remote.url], self.pending[remote.url] = made[base]
+                base = base if base in data.views.kept else None  # type: ignore[attr-defined]  # forgotten: whole, one payload
+                sparse = data.download_top_k is not None and "topk" in formats  # type: ignore[attr-defined]
+                if (base, sparse) not in made:
+                    top_k = data.download_top_k if sparse else None  # type: ignore[attr-defined]
+                    made[base, sparse] = data.views.payload(data, base, repetition, top_k)  # type: ignore[attr-defined]
+                out[remote.url], self.pending[remote.url] = made[base, sparse]
+            if any(base is not None for base, _ in made):  # one may have lost its view: the whole model, made now
+                if (None, False) not in made:
+                    made[None, False] = data.views.payload(data, None, repetition, None)  # type: ignore[attr-defined]
+                self.whole = made[None, False]
         return out
 
     def wire_formats(self, url: str) -> list[str]:

@@ -48,10 +48,14 @@ def submit(data: FedData, state: Round, remote: Remote, config: Config) -> None:
                 if (exc.detail or {}).get("error") != ErrorCode.UNKNOWN_BASE:
                     raise
                 state.held.pop(remote.url, None)  # it restarted, or lost its view: the whole model, this round
-                state.views.pop(remote.url, None)
-                remote.submit(
-                    state.rep, state.payload, state.specs, timeout=wait, config=config, deadline=state.deadline
-                )
+                state.refused[remote.url] = size(payload)  # it crossed the wire before the refusal
+                whole, view = state.whole or (state.payload, None)
+                state.payloads[remote.url] = whole  # what the round's bytes count
+                if view is None:
+                    state.views.pop(remote.url, None)
+                else:
+                    state.views[remote.url] = view
+                remote.submit(state.rep, whole, state.specs, timeout=wait, config=config, deadline=state.deadline)
             if remote.url in state.views:
                 state.held[remote.url] = state.views[remote.url]
         except RemoteTimeout:
@@ -160,6 +164,7 @@ def collect(
             continue
         result.answered.append(remote.url)
         result.bytes_sent += size(state.payloads[remote.url]) if remote.url in state.payloads else sent
+        result.bytes_sent += state.refused.get(remote.url, 0)
         result.bytes_received += size(reply)
         if isinstance(reply, ReplyStream):
             streams.append(reply)

@@ -205,6 +205,10 @@ class Round:
     views: dict[str, str] = field(default_factory=dict)
     """The view each device will hold once its payload is accepted (``download="delta"``, docs/compression.md)."""
     held: dict[str, str] = field(default_factory=dict)
+    whole: tuple[Encoding, str] | None = None
+    """The whole model with a view to keep, and that view's id: what a device that lost its view gets."""
+    refused: dict[str, int] = field(default_factory=dict)
+    """Bytes of a payload a device refused after reading it (``unknown_base``), counted in the round's bytes."""
     """The coordinator's belief of each device's view, shared with its handshakes: updated as payloads land."""
     """The payload of each device that gets another than ``payload`` (one that cannot decode its wire format)."""
 

@@ -506,6 +506,7 @@ class Federated:
             wait=self.poll if len(remotes) <= workers.size else min(self.poll, SHARED_POLL),
             payloads=self._handshakes.payloads(self.data, remotes, rep),  # the arrays as they are, to some devices
             views=self._handshakes.pending,
+            whole=self._handshakes.whole,
             held=self._handshakes.held,
         )
         for remote in remotes:

@@ -24,10 +24,11 @@ def make(fed: Any) -> dict[str, np.ndarray]:
         ValueError: a model array already has one of their names, or ``state=`` holds one of
             the device arrays' names with another shape or dtype.
     """
-    layout = fed.layout()
+    everything = fed.layout()
+    layout = fed._shared_part(everything)  # the arrays that travel: a local layer's control variate would leak
     travelling = fed.strategy.companions(layout)
     kept = fed.strategy.device_arrays(layout)
-    clash = sorted(set(layout) & (set(travelling) | set(kept)))
+    clash = sorted(set(everything) & (set(travelling) | set(kept)))
     if clash:
         raise ValueError(
             f"{type(fed.strategy).__name__} adds arrays named {clash[:3]}, which the model already has; "

@@ -63,7 +63,10 @@ class PayloadParts:
         """The model's array names that travel, stay frozen, stay local (``shared=``); made on first use."""
         if self._selection is None:
             kinds = self.parameter_kinds() if self.shared == "trainable" else None
-            self._selection = _sharing.select(list(self.layout()), self.shared, kinds)
+            chosen = _sharing.select(list(self.layout()), self.shared, kinds)
+            if not chosen.everything:
+                _sharing.check_ties(chosen, self.get_arrays())
+            self._selection = chosen
         return self._selection
 
     @property
@@ -128,11 +131,13 @@ class PayloadParts:
 
     # -- the device's own state -------------------------------------------------------------
 
-    def _adopt_view(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Take a saved view out of ``state`` (checked: all its entries, a valid id) and hold it."""
+    def _saved_view(
+        self, state: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], tuple[str, dict[str, np.ndarray]] | None]:
+        """``state`` without its saved view, and that view (checked: all its entries, a valid id), or ``None``."""
         names = [name for name in state if name.startswith(_views.VIEW) or name == _views.VIEW_ID]
         if not names:
-            return state
+            return state, None
         optional = self.optional_state()
         if sorted(names) != sorted(optional):
             raise PayloadRejected(f"the state's view {sorted(names)[:4]} is not this model's {sorted(optional)[:4]}")
@@ -144,8 +149,7 @@ class PayloadParts:
         view = {name[len(_views.VIEW) :]: np.array(state[name], copy=True) for name in names if name != _views.VIEW_ID}
         if _views.view_id(view) != identity:
             raise PayloadRejected("the state's view does not match its id: damaged")
-        self.view = (identity, view)
-        return {name: a for name, a in state.items() if name not in names}
+        return {name: a for name, a in state.items() if name not in names}, (identity, view)
 
     def device_state(self) -> dict[str, np.ndarray]:
         """``state=``'s arrays, the strategy's (SCAFFOLD's ``c_i``) and the local ones (``local/<name>``).
@@ -172,7 +176,7 @@ class PayloadParts:
     def load_device_state(self, state: dict[str, np.ndarray]) -> None:
         """Load ``state`` (as :meth:`device_state` gives it) in place; ``ValueError`` (checked first) if it misfits."""
         self.extra_arrays  # noqa: B018  # as in device_state
-        state = self._adopt_view(state)
+        state, view = self._saved_view(state)
         local = {name: state[_sharing.LOCAL + name] for name in self.selection.local if _sharing.LOCAL + name in state}
         kept = self.residuals
         own = {name: a for name, a in state.items() if not name.startswith(_sharing.LOCAL) and name not in kept}
@@ -196,3 +200,5 @@ class PayloadParts:
         device_state.load_in_place(target, {**own, **fed})  # every layout checked before a copy
         if local:
             self.set_arrays(local)
+        if view is not None:
+            self.view = view

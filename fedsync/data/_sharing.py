@@ -116,6 +116,24 @@ def select(names: Sequence[str], shared: Shared, kinds: Mapping[str, str] | None
     return Selection(travel, (), tuple(n for n in names if n not in travel))
 
 
+def check_ties(chosen: Selection, arrays: Mapping[str, np.ndarray]) -> None:
+    """Refuse arrays that share memory (tied weights) but do not share a fate (one travels, one stays).
+
+    Raises:
+        ValueError: naming the tied arrays and where each went.
+    """
+    fate = {**dict.fromkeys(chosen.shared, "travels"), **dict.fromkeys(chosen.frozen, "frozen")}
+    fate.update(dict.fromkeys(chosen.local, "local"))
+    names = [n for n in fate if isinstance(arrays.get(n), np.ndarray) and arrays[n].size]
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if fate[a] != fate[b] and np.shares_memory(arrays[a], arrays[b]):
+                raise ValueError(
+                    f"{a!r} ({fate[a]}) and {b!r} ({fate[b]}) are the same tensor (tied weights): a coordinator's "
+                    "update of one would change the other; give both the same fate in shared="
+                )
+
+
 def frozen_digest(arrays: Mapping[str, np.ndarray], names: Sequence[str]) -> str:
     """``sha256:<32 hex>`` of the frozen arrays' names, shapes, dtypes and bytes (C order), in ``names``' order."""
     digest = hashlib.sha256()

@@ -56,15 +56,18 @@ def state_of(fed: FedData) -> dict[str, np.ndarray]:
     return check_state(fed.device_state(), f"{type(fed).__name__}.device_state()")
 
 
-def encode_state(state: Mapping[str, np.ndarray]) -> bytes:
+def encode_state(state: Mapping[str, np.ndarray], model: str | None = None) -> bytes:
     """The arrays of ``state`` as one payload (the codec's safetensors layout), marked with :data:`STATE_KEY`.
 
-    A copy: the bytes stay as they are while the live arrays change.
+    A copy: the bytes stay as they are while the live arrays change. ``model``: the specs of the model
+    the state was kept with (:func:`model_of`), saved as :data:`MODEL_KEY`: a restore into another model
+    resets the caches (residuals, a view) instead of applying them.
 
     Raises:
         TypeError: as :func:`check_state`.
     """
-    return codec.encode(check_state(state, "a device state"), {STATE_KEY: "1"})
+    metadata = {STATE_KEY: "1", **({MODEL_KEY: model} if model else {})}
+    return codec.encode(check_state(state, "a device state"), metadata)
 
 
 def max_state_bytes(state: Mapping[str, np.ndarray]) -> int:
@@ -74,9 +77,30 @@ def max_state_bytes(state: Mapping[str, np.ndarray]) -> int:
     return 15 + header_limit(layout) + data
 
 
-CACHES = ("residual/", "view")
-"""Prefixes of state entries that only save bytes (top-k's residuals, a download's view): reset, not refused,
-when saved for another model."""
+MODEL_KEY = "fedsync.state_model"
+"""Metadata of a saved device state: the specs of the model it was saved with (its caches fit only that one)."""
+
+
+def _residual(name: str) -> bool:
+    return name.startswith("residual/")
+
+
+def _view(name: str) -> bool:
+    return name.startswith("view/") or name == "view.id"
+
+
+CACHES = (_residual, _view)
+"""The groups of state entries that only save bytes (top-k's residuals, a download's view): reset, not refused,
+when saved for another model (other specs, or another layout)."""
+
+
+def model_of(fed: Any) -> str | None:
+    """The specs a device state is saved with (``fed.specs(0)``), or ``None`` if they cannot be had."""
+    try:
+        specs = fed.specs(0)
+    except Exception:  # user code: the state is then saved without them, and its caches checked by layout alone
+        return None
+    return specs if isinstance(specs, str) else None
 
 
 def restore_state(fed: FedData, data: bytes | bytearray | memoryview, source: str = "the saved state") -> None:
@@ -99,12 +123,14 @@ def restore_state(fed: FedData, data: bytes | bytearray | memoryview, source: st
         found = layout_of(arrays)
         if set(optional) - set(expected) <= set(found):  # with its view: expect it too
             expected = {**expected, **{name: optional[name] for name in optional if name not in expected}}
-        for prefix in CACHES:  # what only saves bytes or work: another layout (another model) resets it
-            theirs = {name: v for name, v in found.items() if name.startswith(prefix)}
-            ours = {name: v for name, v in expected.items() if name.startswith(prefix)}
-            if theirs != ours:
+        saved_model = metadata.get(MODEL_KEY)
+        other_model = saved_model is not None and saved_model != model_of(fed)
+        for cache in CACHES:  # what only saves bytes or work: another model resets it
+            theirs = {name: v for name, v in found.items() if cache(name)}
+            ours = {name: v for name, v in expected.items() if cache(name)}
+            if theirs != ours or (other_model and theirs):
                 if theirs:
-                    log.warning("%s: its %s... entries are another model's; starting them afresh", source, prefix)
+                    log.warning("%s: %s (a cache) is another model's; starting it afresh", source, sorted(theirs)[0])
                 arrays = {name: a for name, a in arrays.items() if name not in theirs}
                 found = {name: v for name, v in found.items() if name not in theirs}
                 expected = {name: v for name, v in expected.items() if name not in ours}

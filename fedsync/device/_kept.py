@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .._util.files import FileRefused, read_regular, write_atomically
-from ..data._state import encode_state, max_state_bytes, restore_state, state_of
+from ..data._state import encode_state, max_state_bytes, model_of, restore_state, state_of
 
 __all__ = ["STATE_FILE", "keep_states", "restore_states", "state_file", "use_state_dir"]
 
@@ -75,7 +75,7 @@ def save_state(fed: Any, path: Path) -> None:
     Raises:
         OSError: it cannot be written; TypeError: ``device_state()`` returned no dict of carried arrays.
     """
-    write_atomically(path, encode_state(state_of(fed)))
+    write_atomically(path, encode_state(state_of(fed), model_of(fed)))
 
 
 def keep_states(app: Any, previous: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -94,7 +94,7 @@ def keep_states(app: Any, previous: Mapping[str, bytes]) -> dict[str, bytes]:
         try:
             state = state_of(device.fed)
             if state:
-                kept[base] = encode_state(state)
+                kept[base] = encode_state(state, model_of(device.fed))
         except Exception:  # user code: this device keeps its last good state
             logger.exception("device_state() of %s failed; its previous state is kept", type(device.fed).__name__)
             if base in previous:

@@ -25,12 +25,6 @@ def remotes_listing(handshakes: Handshakes, formats: list[str], count: int) -> l
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review25: Handshakes.payloads keys its cache by the device's held view id, not by whether that "
-    "view is still kept, so every device holding a distinct forgotten view gets its own serialized "
-    "whole-model payload (and a decode, and a view): memory grows with the sampled devices, not MAX_VIEWS",
-)
 def test_devices_holding_forgotten_views_share_one_whole_model_payload():
     data = FedArrays({"w": np.linspace(-1, 1, 4096, dtype=np.float32)}, wire_dtype="float16", download="delta")
     handshakes = Handshakes()
@@ -50,12 +44,6 @@ def test_devices_holding_forgotten_views_share_one_whole_model_payload():
     assert len(distinct) <= _views.MAX_VIEWS + 1, f"{len(distinct)} model-sized payloads held for one round"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review25: Views.payload sends download_top_k's topk to every device listing 'delta', without "
-    "checking that it lists 'topk' (docs/protocol.md, Capabilities: a format only to a device that lists it); "
-    "such a device answers 400 and loses its round",
-)
 def test_download_top_k_goes_only_to_devices_that_decode_topk():
     data = FedArrays({"w": np.arange(200, dtype=np.float32)}, download="delta", download_top_k=0.1)
     handshakes = Handshakes()

@@ -37,12 +37,6 @@ def scaffold_device(i: int) -> FedArrays:
     return fed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review25: Scaffold with shared= neither composes nor is refused: _extras.make builds control "
-    "variates for the full layout (local layers included, which would then travel), and scaffold.finish "
-    "reads global_weights()[local name]: KeyError in every honest device's train",
-)
 def test_scaffold_with_local_layers_composes_or_is_refused_up_front():
     try:
         data = FedArrays(
@@ -58,11 +52,6 @@ def test_scaffold_with_local_layers_composes_or_is_refused_up_front():
     assert not np.allclose(data.model["w"], 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review25: FedArrays.load_device_state adopts a saved view (_payload.py _adopt_view) before "
-    "checking the rest of the state, so a state it then refuses has already replaced the device's view",
-)
 def test_a_refused_device_state_leaves_the_view_as_it_was():
     fed = FedArrays({"w": np.zeros(3, np.float32)}, lambda model: 1, state={"s": np.zeros(2)})
     saved_view = {"w": np.ones(3, np.float32)}
@@ -78,11 +67,6 @@ def test_a_refused_device_state_leaves_the_view_as_it_was():
     assert fed.view is None, "the refused state's view was adopted"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review25: restore_state's CACHES prefix is 'view', not 'view/' and 'view.id', so a user's own "
-    "state= entry named 'viewport' is dropped with another model's view and the whole state is then refused",
-)
 def test_a_state_entry_whose_name_starts_with_view_survives_the_reset_of_a_stale_view():
     from fedsync.data._state import encode_state, restore_state
 

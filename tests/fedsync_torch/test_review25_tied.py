@@ -22,11 +22,6 @@ def tied(seed: int) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review25: shared= splits a tied parameter without a word (_sharing.select works on names): the "
-    "coordinator's payload overwrites the 'local' layer, which is the same tensor as the shared one",
-)
 def test_a_local_layer_tied_to_a_shared_one_is_refused_or_left_alone():
     try:
         device = FedTorch(tied(1), lambda model: 1, shared=SHARED)
