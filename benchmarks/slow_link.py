@@ -361,11 +361,13 @@ def table(cells: list[Cell], probes: dict[float, dict], opts) -> str:
     rates = sorted({c.rate for c in cells}, reverse=True)
     peers = [p for p in ALL_PEERS if any(c.peer == p for c in cells)]
     lines = [
-        f"P = {bench.human_count(opts.params)} float32 parameters ({opts.params * 4 / MB:,.0f} MB), N = {opts.devices} devices "
+        f"P = {bench.human_count(opts.params)} float32 parameters ({opts.params * 4 / MB:,.0f} MB), "
+        f"N = {opts.devices} devices "
         "sharing one link; seconds per round (median after a warm-up), link bytes per round (both directions, "
         "veth counters) and those bytes divided by the rate (the time they take one direction after the other).",
         "",
-        "| rate (raw TCP up / down, Mbit/s) | peer | round (median) | vs Flower | payload per round | link bytes per round | link bytes ÷ rate |",
+        "| rate (raw TCP up / down, Mbit/s) | peer | round (median) | vs Flower | payload per round "
+        "| link bytes per round | link bytes ÷ rate |",
         "|---|---|---|---|---|---|---|",
     ]
     for rate in rates:
@@ -440,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown peers {sorted(unknown)}; choose from {ALL_PEERS}")
     if "flower" in peers and not Path(opts.flower_python).exists():
         print(
-            f"note: Flower skipped: {opts.flower_python} is absent; run benchmarks/setup_flower.sh or pass --flower-python",
+            f"note: Flower skipped: {opts.flower_python} is absent; "
+            "run benchmarks/setup_flower.sh or pass --flower-python",
             flush=True,
         )
         peers.remove("flower")
