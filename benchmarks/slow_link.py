@@ -3,13 +3,13 @@
     sudo python benchmarks/slow_link.py [--params 10M] [--rates 100,20] [--peers ...] [--quick]
 
 Two network namespaces, ``fsl-coord`` (the coordinator, 10.231.0.1) and ``fsl-site`` (the N devices,
-10.231.0.2), are joined by one veth pair whose two ends are each shaped by a token bucket
-(``tc qdisc add dev ... root tbf rate R burst B latency 50ms``: netem is not in this kernel). Both
-directions of the link run at R, and the N devices share it, as the machines of one site behind one
-uplink would. For each rate R (Mbit/s) the script first measures the link with a raw TCP transfer
-(about two seconds' worth each way) and prints it, then runs, for each peer, one warm-up round and up to
-``--rounds`` measured rounds of a float32 model of P parameters (six layer-like arrays, as
-benchmarks/round.py) and reports their median:
+10.231.0.2; ``--tag`` renames them so that two runs do not meet), are joined by one veth pair whose
+two ends are each shaped by a token bucket (``tc qdisc add dev ... root tbf rate R burst B latency
+50ms``: netem is not in this kernel). Both directions of the link run at R, and the N devices share it,
+as the machines of one site behind one uplink would. For each rate R (Mbit/s) the script first measures
+the link with a raw TCP transfer (about two seconds' worth each way) and prints it, then runs, for each
+peer, one warm-up round and up to ``--rounds`` measured rounds of a float32 model of P parameters (six
+layer-like arrays, as benchmarks/round.py) and reports their median:
 
 - fedsync float32, int8, int4:   ``FedArrays(model, wire_dtype=...)`` on the coordinator; devices are
                                  ``fedsync.serve(FedArrays(model, train))`` processes;
@@ -25,7 +25,9 @@ Flower's clients return the parameters they received (its cost is transport only
 Reported per cell: seconds per round (median after the warm-up), fedsync's payload bytes per round
 (``RoundResult.bytes_sent + bytes_received``: HTTP bodies), and the link bytes per measured round (both
 directions, from the coordinator's veth counters between the end of the warm-up and the end of the last
-round: TCP/IP headers, HTTP or gRPC framing included), and the floor the rate sets for those link bytes.
+round: TCP/IP headers, HTTP or gRPC framing included; read when the coordinator reports a round's end, so
+a round's share may shift a little to the next), those bytes divided by the rate (the time they take
+one direction after the other), and the CPU seconds per round of the coordinator and of all devices.
 
 Everything is torn down at the end, on failure too (processes, namespaces, the veth pair), and any
 leftover of an earlier run with the same names is removed first. Needs root (``ip netns add``); when a
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -88,9 +91,12 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def teardown() -> None:
     """Remove our namespaces (their veth ends go with them) and a veth left in the root namespace."""
-    for ns in (NS_COORD, NS_SITE):
-        run("ip", "netns", "del", ns, check=False)
-    run("ip", "link", "del", VETH_COORD, check=False)
+    try:
+        for ns in (NS_COORD, NS_SITE):
+            run("ip", "netns", "del", ns, check=False)
+        run("ip", "link", "del", VETH_COORD, check=False)
+    except FileNotFoundError:  # no iproute2: nothing of ours can exist
+        pass
 
 
 def burst_bytes(mbit: float) -> int:
@@ -259,6 +265,8 @@ class Cell:
     median: float | None = None
     payload: list[list[int]] = field(default_factory=list)  # fedsync: [sent, received] per round
     link: float | None = None  # link bytes per measured round, both directions
+    cpu_coordinator: float | None = None  # CPU seconds per measured round (median)
+    cpu_devices: float | None = None  # all device processes together, per measured round (mean)
 
     @property
     def payload_per_round(self) -> int | None:
@@ -335,14 +343,17 @@ def run_cell(peer: str, mbit: float, opts, logdir: Path) -> Cell:
                     f"{tag}-coordinator",
                     in_ns(NS_COORD, sys.executable, "fedsync-coordinator", *common, *wire_arg, "--urls", *urls),
                 )
-            before = link_bytes()
+            before, cpu = link_bytes(), group.cpu_seconds(exclude=coordinator)
             while "done" not in (message := group.expect(coordinator, deadline, "round", "done", "payload")):
                 if "payload" in message:
                     cell.payload.append(message["payload"])
                 elif message["round"] == 1:  # the warm-up is over
-                    before = link_bytes()
+                    before, cpu = link_bytes(), group.cpu_seconds(exclude=coordinator)
             cell.times, cell.median = message["times"], message["median"]
-            cell.link = (link_bytes() - before) / max(1, len(cell.times) - 1)
+            measured = max(1, len(cell.times) - 1)
+            cell.link = (link_bytes() - before) / measured
+            cell.cpu_coordinator = message["cpu"]
+            cell.cpu_devices = (group.cpu_seconds(exclude=coordinator) - cpu) / measured
         except TimeoutError as exc:
             cell.status, cell.note = "failed", f"timed out after {opts.peer_timeout:g}s ({exc})"
         except RuntimeError as exc:
@@ -367,8 +378,8 @@ def table(cells: list[Cell], probes: dict[float, dict], opts) -> str:
         "veth counters) and those bytes divided by the rate (the time they take one direction after the other).",
         "",
         "| rate (raw TCP up / down, Mbit/s) | peer | round (median) | vs Flower | payload per round "
-        "| link bytes per round | link bytes ÷ rate |",
-        "|---|---|---|---|---|---|---|",
+        "| link bytes per round | link bytes ÷ rate | CPU s/round: coordinator + devices |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for rate in rates:
         probe = probes.get(rate, {})
@@ -379,7 +390,7 @@ def table(cells: list[Cell], probes: dict[float, dict], opts) -> str:
             if c is None:
                 continue
             if c.status != "ok":
-                lines.append(f"| {head} | {LABELS[peer]} | {c.status}: {c.note} | — | — | — | — |")
+                lines.append(f"| {head} | {LABELS[peer]} | {c.status}: {c.note} | — | — | — | — | — |")
                 continue
             versus = (
                 f"{flower.median / c.median:.1f}× faster"
@@ -390,7 +401,8 @@ def table(cells: list[Cell], probes: dict[float, dict], opts) -> str:
             floor = c.link * 8 / (rate * 1e6)  # one direction after the other, as a round mostly is
             lines.append(
                 f"| {head} | {LABELS[peer]} | {bench.fmt_seconds(c.median)} | {versus} | {payload} "
-                f"| {c.link / MB:,.1f} MB | ≥ {bench.fmt_seconds(floor)} |"
+                f"| {c.link / MB:,.1f} MB | {bench.fmt_seconds(floor)} "
+                f"| {c.cpu_coordinator:.2f} + {c.cpu_devices:.2f} |"
             )
     return "\n".join(lines)
 
@@ -425,9 +437,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="smoke check: 1M parameters, 100 Mbit/s, one measured round, no Flower"
     )
+    parser.add_argument("--tag", default="fsl", help="names: namespaces TAG-coord, TAG-site; veths TAGc0, TAGs0")
     parser.add_argument("--json", default="", help="also write the cells and link checks here")
     parser.add_argument("--logs", default="", help="keep every process's stderr in this folder")
     opts = parser.parse_args(argv)
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", opts.tag):
+        parser.error(f"--tag must be 1-8 lowercase letters or digits, starting with a letter; got {opts.tag!r}")
+    global NS_COORD, NS_SITE, VETH_COORD, VETH_SITE
+    NS_COORD, NS_SITE, VETH_COORD, VETH_SITE = f"{opts.tag}-coord", f"{opts.tag}-site", f"{opts.tag}c0", f"{opts.tag}s0"
     if opts.role:
         opts.params = bench.parse_count(opts.params)
         ROLES[opts.role](opts)
@@ -489,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
                         print(
                             f"{peer:20} {rate:g} Mbit/s: median {bench.fmt_seconds(cell.median)} rounds "
                             f"[{' '.join(f'{t:.2f}' for t in cell.times)}] link {cell.link / MB:.1f} MB/round "
-                            f"payload {(cell.payload_per_round or 0) / MB:.1f} MB ({took:.0f}s)",
+                            f"payload {(cell.payload_per_round or 0) / MB:.1f} MB "
+                            f"cpu {cell.cpu_coordinator:.2f}+{cell.cpu_devices:.2f}s "
+                            f"({took:.0f}s)",
                             flush=True,
                         )
                     else:
