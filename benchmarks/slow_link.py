@@ -377,7 +377,7 @@ def table(cells: list[Cell], probes: dict[float, dict], opts) -> str:
         "sharing one link; seconds per round (median after a warm-up), link bytes per round (both directions, "
         "veth counters) and those bytes divided by the rate (the time they take one direction after the other).",
         "",
-        "| rate (raw TCP up / down, Mbit/s) | peer | round (median) | vs Flower | payload per round "
+        "| rate (raw TCP up / down, Mbit/s) | peer | round (median) | Flower ÷ this | payload per round "
         "| link bytes per round | link bytes ÷ rate | CPU s/round: coordinator + devices |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -393,9 +393,7 @@ def table(cells: list[Cell], probes: dict[float, dict], opts) -> str:
                 lines.append(f"| {head} | {LABELS[peer]} | {c.status}: {c.note} | — | — | — | — | — |")
                 continue
             versus = (
-                f"{flower.median / c.median:.1f}× faster"
-                if flower and flower.status == "ok" and peer != "flower"
-                else "—"
+                f"{flower.median / c.median:.2f}×" if flower and flower.status == "ok" and peer != "flower" else "—"
             )
             payload = f"{c.payload_per_round / MB:,.1f} MB" if c.payload_per_round else "—"
             floor = c.link * 8 / (rate * 1e6)  # one direction after the other, as a round mostly is
