@@ -121,7 +121,8 @@ def role_coordinator(args) -> None:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    peers.emit(params=total, trainable=trainable, state_bytes=state, baseline=baseline)
+    built = peers.status_bytes("VmHWM")  # the model built and wrapped, before any round
+    peers.emit(params=total, trainable=trainable, state_bytes=state, baseline=baseline, built=built)
     remotes = [Remote(url, timeout=args.timeout) for url in args.urls]
     rounds = peers.Rounds(args.rounds, args.budget)
     with Federated(data, remotes, timeout=args.timeout) as alg:
@@ -156,7 +157,8 @@ class Cell:
     median: float | None = None
     payload: list[list[int]] = field(default_factory=list)  # [sent, received] per round
     peak: int | None = None
-    baseline: int | None = None
+    baseline: int | None = None  # RSS after imports, before the model
+    built: int | None = None  # peak RSS once the model is built, before the first round
     lora_b_trained: bool | None = None
 
     @property
@@ -184,6 +186,7 @@ def run_peer(peer: str, opts, logdir: Path) -> Cell:
                 if "params" in message:
                     cell.params, cell.trainable = message["params"], message["trainable"]
                     cell.state_bytes, cell.baseline = message["state_bytes"], message["baseline"]
+                    cell.built = message["built"]
                 elif "payload" in message:
                     cell.payload.append(message["payload"])
                 else:
@@ -211,7 +214,8 @@ def table(cells: list[Cell], opts) -> str:
             "",
         ]
     lines += [
-        "| what travels | payload per round (both directions) | round (median) | coordinator peak RSS |",
+        "| what travels | payload per round (both directions) | round (median) "
+        "| coordinator peak RSS: after imports → model built → after the rounds (rounds' growth in model copies) |",
         "|---|---|---|---|",
     ]
     by = {c.peer: c for c in cells}
@@ -224,7 +228,8 @@ def table(cells: list[Cell], opts) -> str:
             continue
         lines.append(
             f"| {LABELS[peer]} | {c.bytes_per_round / MB:,.2f} MB | {bench.fmt_seconds(c.median)} "
-            f"| {c.peak / MB:,.0f} MB |"
+            f"| {c.baseline / MB:,.0f} → {c.built / MB:,.0f} → {c.peak / MB:,.0f} MB "
+            f"(+{(c.peak - c.built) / c.state_bytes:.1f}) |"
         )
     a, w = by.get("adapters"), by.get("whole")
     if a and w and a.status == w.status == "ok":
