@@ -41,6 +41,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -465,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = [float(r) for r in opts.rates.split(",") if r]
     bench.Proc.env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE)])  # the checkout's fedsync, and peers.py
 
+    # A SIGTERM (timeout, CI) unwinds like an error, so the finally below still removes the link.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         setup(rates[0])
     except (subprocess.CalledProcessError, FileNotFoundError, PermissionError) as exc:
