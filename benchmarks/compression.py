@@ -399,10 +399,11 @@ def plot(results: dict[str, Any], path: Path) -> bool:
 
     fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4.8), squeeze=False)
     for ax, (model, cells) in zip(axes[0], results.items(), strict=True):
-        for name, runs in cells.items():
+        for i, (name, runs) in enumerate(cells.items()):
             acc = np.mean([run["accuracy"] for run in runs], axis=0)
             spent = np.cumsum(np.mean([np.add(run["down"], run["up"]) for run in runs], axis=0))
-            ax.plot(spent, acc, marker=".", markersize=3, label=name, linestyle="-" if "top-k" not in name else "--")
+            style = "-" if "top-k" not in name else "--"
+            ax.plot(spent, acc, marker=".", markersize=3, label=name, linestyle=style, color=plt.cm.tab20(i % 20))
         ax.set_xscale("log")
         ax.set_title(f"{model}: digits, Dirichlet 0.1, 10 devices ({len(next(iter(cells.values())))} seeds, mean)")
         ax.set_xlabel("cumulative payload bytes, both directions (log)")
@@ -434,6 +435,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="2 rounds, 1 seed, 3 devices, no HTTP")
     parser.add_argument("--plot", type=Path, default=HERE / "compression.png")
     parser.add_argument("--json", type=Path, default=None, help="also write every number here")
+    parser.add_argument("--replot", type=Path, default=None, help="print the tables and draw the plot of a --json file")
     parser.add_argument("--host-devices", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -451,6 +453,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     if args.host_devices:
         sys.exit(host_devices(args))
+    if args.replot is not None:
+        saved = json.loads(args.replot.read_text())
+        text = table(saved["results"], args.rounds, args.target, saved["http"])
+        print(text)
+        plot(saved["results"], args.plot)
+        return {"results": saved["results"], "http": saved["http"], "table": text}
     import torch
 
     torch.set_num_threads(1)
