@@ -21,6 +21,7 @@ __all__ = [
     "TrainingFailed",
     "RoundFailed",
     "EmptyRound",
+    "UnknownBase",
     "BelowQuorum",
     "AdapterNotFound",
     "PluginError",
@@ -48,6 +49,13 @@ class PayloadRejected(FedSyncError, ValueError):
         super().__init__(message)
         self.url = url
         self.detail: dict[str, Any] | None = None
+
+
+class UnknownBase(PayloadRejected):
+    """A model sent as a delta from a view this device does not hold (``409 unknown_base``).
+
+    The coordinator then sends that device the whole model, in the same round (docs/compression.md).
+    """
 
 
 class SpecsMismatch(FedSyncError, ValueError):

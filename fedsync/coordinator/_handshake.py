@@ -35,6 +35,10 @@ class Handshakes:
         self.known: set[str] = set()
         self.capabilities: dict[str, dict[str, Any]] = {}
         """What each known device's ``/info`` said it can do (``{}``: it said nothing, an older or foreign device)."""
+        self.held: dict[str, str] = {}
+        """The view each device holds, as far as the coordinator knows (``download="delta"``)."""
+        self.pending: dict[str, str] = {}
+        """The view each device of this round will hold once its payload is accepted."""
 
     def run(
         self,
@@ -109,17 +113,30 @@ class Handshakes:
         return [r for r in remotes if r.url in self.known], max([repetition, *matching])
 
     def payloads(self, data: FedData, remotes: list[Remote], repetition: int) -> dict[str, Encoding]:
-        """The payload for each device that cannot decode the coordinator's ``wire_dtype``: the arrays as they are.
+        """Each device's payload when it is not the round's: the arrays as they are, or the model as a delta.
 
-        Empty when the coordinator has no ``wire_dtype`` or every device decodes it. The arrays go as views
-        (no copy): the fallback costs no memory, only the bytes of a larger payload to those devices.
+        A device that cannot decode the coordinator's ``wire_dtype`` gets the arrays as they are (views, no
+        copy: only the bytes of a larger payload). With ``download="delta"``, a device that decodes ``delta``
+        gets the model as a difference from the view it holds, or whole with a view to keep
+        (:mod:`fedsync.data._views`); ``pending`` says which view each will hold.
         """
         wire = getattr(data, "wire_dtype", None)
         plain = [r.url for r in remotes if wire is not None and wire not in self.wire_formats(r.url)]
-        if not plain:
-            return {}
-        payload = data.serialize_as(repetition, None)  # type: ignore[attr-defined]  # an array FedData: it has wire_dtype
-        return dict.fromkeys(plain, payload)
+        out: dict[str, Encoding] = {}
+        if plain:
+            payload = data.serialize_as(repetition, None)  # type: ignore[attr-defined]  # an array FedData
+            out = dict.fromkeys(plain, payload)
+        self.pending = {}
+        if getattr(data, "download", None) == "delta":
+            made: dict[str | None, tuple[Encoding, str]] = {}
+            for remote in remotes:
+                if remote.url in out or "delta" not in self.wire_formats(remote.url):
+                    continue
+                base = self.held.get(remote.url)
+                if base not in made:
+                    made[base] = data.views.payload(data, base, repetition, data.download_top_k)  # type: ignore[attr-defined]
+                out[remote.url], self.pending[remote.url] = made[base]
+        return out
 
     def wire_formats(self, url: str) -> list[str]:
         """The wire formats device ``url`` said it decodes (none when it said nothing)."""
@@ -143,6 +160,7 @@ class Handshakes:
         """Ask ``url`` for ``/info`` again next round (it failed: it may have restarted, or changed)."""
         self.known.discard(url)
         self.capabilities.pop(url, None)
+        self.held.pop(url, None)
 
 
 def capabilities_of(info: dict[str, Any]) -> dict[str, Any]:

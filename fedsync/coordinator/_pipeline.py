@@ -19,10 +19,11 @@ import time
 from collections.abc import Iterator
 
 from .._util.workers import take
-from ..errors import BelowQuorum, PayloadRejected, RemoteBusy, RemoteTimeout, failure_reason
+from ..errors import BelowQuorum, PayloadRejected, RemoteBusy, RemoteError, RemoteTimeout, failure_reason
 from ..protocol import Encoding, FedData
 from ..transports.remote import Remote, size
 from ..wire.config import Config
+from ..wire.http import ErrorCode
 from ..wire.replies import ReplyStream
 from ..wire.transfer import STALL
 from ._round import ReplyDeadline, Round, close_reply, gather_reasons, round_name
@@ -41,7 +42,18 @@ def submit(data: FedData, state: Round, remote: Remote, config: Config) -> None:
         wait = max(0.1, min(remote.timeout, left))
         try:
             payload = state.payloads.get(remote.url, state.payload)
-            remote.submit(state.rep, payload, state.specs, timeout=wait, config=config, deadline=state.deadline)
+            try:
+                remote.submit(state.rep, payload, state.specs, timeout=wait, config=config, deadline=state.deadline)
+            except RemoteError as exc:
+                if (exc.detail or {}).get("error") != ErrorCode.UNKNOWN_BASE:
+                    raise
+                state.held.pop(remote.url, None)  # it restarted, or lost its view: the whole model, this round
+                state.views.pop(remote.url, None)
+                remote.submit(
+                    state.rep, state.payload, state.specs, timeout=wait, config=config, deadline=state.deadline
+                )
+            if remote.url in state.views:
+                state.held[remote.url] = state.views[remote.url]
         except RemoteTimeout:
             raise RemoteTimeout(remote.url, f"did not accept the payload within {wait:.3g}s") from None
     except Exception as exc:
@@ -147,7 +159,7 @@ def collect(
                 break
             continue
         result.answered.append(remote.url)
-        result.bytes_sent += sent
+        result.bytes_sent += size(state.payloads[remote.url]) if remote.url in state.payloads else sent
         result.bytes_received += size(reply)
         if isinstance(reply, ReplyStream):
             streams.append(reply)

@@ -202,6 +202,10 @@ class Round:
     windows: dict[str, ReplyDeadline] = field(default_factory=dict)
     """Each device's view of the deadline for reading its reply (its long-poll's)."""
     payloads: dict[str, Encoding] = field(default_factory=dict)
+    views: dict[str, str] = field(default_factory=dict)
+    """The view each device will hold once its payload is accepted (``download="delta"``, docs/compression.md)."""
+    held: dict[str, str] = field(default_factory=dict)
+    """The coordinator's belief of each device's view, shared with its handshakes: updated as payloads land."""
     """The payload of each device that gets another than ``payload`` (one that cannot decode its wire format)."""
 
     def download_slot(self) -> bool:

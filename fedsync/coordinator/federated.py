@@ -505,6 +505,8 @@ class Federated:
             workers=workers,
             wait=self.poll if len(remotes) <= workers.size else min(self.poll, SHARED_POLL),
             payloads=self._handshakes.payloads(self.data, remotes, rep),  # the arrays as they are, to some devices
+            views=self._handshakes.pending,
+            held=self._handshakes.held,
         )
         for remote in remotes:
             workers.submit(submit, self.data, state, remote, configs[remote.url])

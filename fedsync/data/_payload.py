@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import PayloadRejected
 from ..strategies import Strategy
-from . import _extras, _sharing, _updates
+from . import _extras, _sharing, _updates, _views
 from . import _state as device_state
 
 __all__ = ["PayloadParts"]
@@ -32,6 +32,7 @@ class PayloadParts:
     _frozen: str | None
     updates: str | None
     _residuals: dict[str, np.ndarray] | None
+    view: tuple[str, dict[str, np.ndarray]] | None
 
     def get_arrays(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -127,6 +128,25 @@ class PayloadParts:
 
     # -- the device's own state -------------------------------------------------------------
 
+    def _adopt_view(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Take a saved view out of ``state`` (checked: all its entries, a valid id) and hold it."""
+        names = [name for name in state if name.startswith(_views.VIEW) or name == _views.VIEW_ID]
+        if not names:
+            return state
+        optional = self.optional_state()
+        if sorted(names) != sorted(optional):
+            raise PayloadRejected(f"the state's view {sorted(names)[:4]} is not this model's {sorted(optional)[:4]}")
+        for name in names:
+            shape, dtype = optional[name]
+            if state[name].shape != shape or state[name].dtype != dtype:
+                raise PayloadRejected(f"{name!r} in the state is {state[name].shape} {state[name].dtype}")
+        identity = bytes(state[_views.VIEW_ID]).decode("ascii", "replace")
+        view = {name[len(_views.VIEW) :]: np.array(state[name], copy=True) for name in names if name != _views.VIEW_ID}
+        if _views.view_id(view) != identity:
+            raise PayloadRejected("the state's view does not match its id: damaged")
+        self.view = (identity, view)
+        return {name: a for name, a in state.items() if name not in names}
+
     def device_state(self) -> dict[str, np.ndarray]:
         """``state=``'s arrays, the strategy's (SCAFFOLD's ``c_i``) and the local ones (``local/<name>``).
 
@@ -135,16 +155,33 @@ class PayloadParts:
         self.extra_arrays  # noqa: B018  # makes the strategy's device arrays, so a saved state loads before round 1
         local = self.selection.local
         arrays = self.get_arrays() if local else {}
-        return {**self.state, **self.residuals, **{_sharing.LOCAL + name: arrays[name] for name in local}}
+        state = {**self.state, **self.residuals, **{_sharing.LOCAL + name: arrays[name] for name in local}}
+        if self.view is not None:  # the model as last loaded, a base for the next download (download="delta")
+            state.update({_views.VIEW + name: a for name, a in self.view[1].items()})
+            state[_views.VIEW_ID] = np.frombuffer(self.view[0].encode(), np.uint8)
+        return state
+
+    def optional_state(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Entries a saved state may hold beyond :meth:`device_state`'s, all or none: a view (``view/<name>``)."""
+        layout = {
+            _views.VIEW + name: (tuple(shape), np.dtype(dtype))
+            for name, (shape, dtype) in self._shared_part(self.layout()).items()
+        }
+        return {**layout, _views.VIEW_ID: ((71,), np.dtype(np.uint8))}
 
     def load_device_state(self, state: dict[str, np.ndarray]) -> None:
         """Load ``state`` (as :meth:`device_state` gives it) in place; ``ValueError`` (checked first) if it misfits."""
         self.extra_arrays  # noqa: B018  # as in device_state
+        state = self._adopt_view(state)
         local = {name: state[_sharing.LOCAL + name] for name in self.selection.local if _sharing.LOCAL + name in state}
         kept = self.residuals
         own = {name: a for name, a in state.items() if not name.startswith(_sharing.LOCAL) and name not in kept}
         fed = {name: a for name, a in state.items() if name in kept}
-        if len(local) != len(self.selection.local) or len(own) + len(local) + len(fed) != len(state):
+        if (
+            len(local) != len(self.selection.local)
+            or len(own) + len(local) + len(fed) != len(state)
+            or (fed and len(fed) != len(kept))
+        ):
             raise PayloadRejected(
                 f"the state's local arrays {sorted(state)[:6]} are not this model's {list(self.selection.local)[:6]}"
             )
@@ -155,6 +192,7 @@ class PayloadParts:
                 raise PayloadRejected(
                     f"local array {name!r} of the state is {a.shape} {a.dtype}, expected {shape} {dtype}"
                 )
-        device_state.load_in_place({**self.state, **kept}, {**own, **fed})  # every layout checked before a copy
+        target = {**self.state, **{name: kept[name] for name in fed}}  # residuals absent: reset, kept as they are
+        device_state.load_in_place(target, {**own, **fed})  # every layout checked before a copy
         if local:
             self.set_arrays(local)

@@ -15,6 +15,7 @@ A state file is at most :func:`max_state_bytes` long, so a reader bounds its rea
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ import numpy as np
 from ..protocol import FedData
 from ..wire import codec
 from ._layout import check_layout, header_limit, layout_of
+
+log = logging.getLogger("fedsync.device")
 
 __all__ = ["STATE_KEY", "check_state", "encode_state", "max_state_bytes", "restore_state", "state_of"]
 
@@ -71,6 +74,11 @@ def max_state_bytes(state: Mapping[str, np.ndarray]) -> int:
     return 15 + header_limit(layout) + data
 
 
+CACHES = ("residual/", "view")
+"""Prefixes of state entries that only save bytes (top-k's residuals, a download's view): reset, not refused,
+when saved for another model."""
+
+
 def restore_state(fed: FedData, data: bytes | bytearray | memoryview, source: str = "the saved state") -> None:
     """Decode ``data`` and load it into ``fed`` with ``fed.load_device_state``; nothing changes on failure.
 
@@ -83,11 +91,24 @@ def restore_state(fed: FedData, data: bytes | bytearray | memoryview, source: st
             layout; the message names ``source`` and the cause.
     """
     expected = layout_of(state_of(fed))
+    optional = fed.optional_state() if hasattr(fed, "optional_state") else {}  # a cached view, all or none
     try:
-        arrays, metadata = codec.decode(data, limit=header_limit(expected))
+        arrays, metadata = codec.decode(data, limit=header_limit({**expected, **optional}))
         if metadata.get(STATE_KEY) != "1":
             raise ValueError(f"it is not a device state (no {STATE_KEY!r} metadata): a model payload, or another file")
-        check_layout(layout_of(arrays), expected, what="the saved state", of=f"{type(fed).__name__}'s device state")
+        found = layout_of(arrays)
+        if set(optional) - set(expected) <= set(found):  # with its view: expect it too
+            expected = {**expected, **{name: optional[name] for name in optional if name not in expected}}
+        for prefix in CACHES:  # what only saves bytes or work: another layout (another model) resets it
+            theirs = {name: v for name, v in found.items() if name.startswith(prefix)}
+            ours = {name: v for name, v in expected.items() if name.startswith(prefix)}
+            if theirs != ours:
+                if theirs:
+                    log.warning("%s: its %s... entries are another model's; starting them afresh", source, prefix)
+                arrays = {name: a for name, a in arrays.items() if name not in theirs}
+                found = {name: v for name, v in found.items() if name not in theirs}
+                expected = {name: v for name, v in expected.items() if name not in ours}
+        check_layout(found, expected, what="the saved state", of=f"{type(fed).__name__}'s device state")
     except ValueError as exc:
         raise type(exc)(f"{source} was refused, nothing changed: {exc}") from None
     fed.load_device_state({name: np.array(a, copy=True) for name, a in arrays.items()})

@@ -20,15 +20,15 @@ from ..errors import PayloadRejected, RemoteError, RoundFailed
 from ..plugins.hookspecs import RegisterAdapter, hookimpl
 from ..protocol import FedData
 from ..strategies import Accumulator, FedAvg, Strategy
-from ..wire import codec, compression
+from ..wire import codec, compression, sparse
 from ..wire.config import Config
 from ..wire.metrics import MAX_SAMPLES, parse_counted, weighted_means
 from ..wire.replies import ReplyStream
 from ..wire.reports import METRICS_KEY, SAMPLES_KEY, metric_weights, read_report, report_metadata
 from ..wire.shapes import DeviceReport, MergeReport
-from . import _extras, _merging, _sharing, _updates, proximal
+from . import _extras, _merging, _sharing, _updates, _views, proximal
 from . import _state as device_state
-from ._layout import Layout, check_layout, header_limit
+from ._decoding import Decoding
 from ._payload import PayloadParts
 
 __all__ = ["FedArrays", "fingerprint", "TrainResult", "SAMPLES_KEY", "METRICS_KEY", "SPECS_KEY"]
@@ -45,7 +45,7 @@ def fingerprint(architecture: Any) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-class FedArrays(PayloadParts, FedData):
+class FedArrays(Decoding, PayloadParts, FedData):
     """A FedData whose state is a list or dict of numpy arrays.
 
     Args:
@@ -112,6 +112,8 @@ class FedArrays(PayloadParts, FedData):
         shared: _sharing.Shared = None,
         updates: str | None = None,
         top_k: float | None = None,
+        download: str | None = None,
+        download_top_k: float | None = None,
     ) -> None:
         super().__init__()
         # Here, not in each adapter: every array adapter passes its keywords through.
@@ -154,6 +156,9 @@ class FedArrays(PayloadParts, FedData):
         self.updates, self.top_k = _updates.check_updates(updates, top_k)
         self._update: tuple[dict[str, np.ndarray], dict[str, str]] | None = None  # a device's reply, as updates
         self._residuals: dict[str, np.ndarray] | None = None  # top-k's error feedback, made on first use
+        self.download, self.download_top_k = _views.check_download(download, download_top_k)
+        self.views = _views.Views()  # the coordinator's last views (download="delta")
+        self.view: tuple[str, dict[str, np.ndarray]] | None = None  # a device's view: its id and arrays
         self._selection: _sharing.Selection | None = None  # which arrays travel, made on first use
         self._frozen: str | None = None  # the frozen arrays' fingerprint, computed once
         self.extras_written = False  # set by a strategy's device helper (scaffold.finish) during train
@@ -219,7 +224,8 @@ class FedArrays(PayloadParts, FedData):
 
     def capabilities(self) -> dict[str, Any]:
         """What ``/info`` says this FedData can do: the wire formats it decodes, and whether it evaluates."""
-        return {"wire_formats": list(compression.WIRE_DTYPES), "evaluate": self.evaluate_fn is not None}
+        formats = [*compression.WIRE_DTYPES, *sparse.SPARSE_FORMATS, "delta"]
+        return {"wire_formats": formats, "evaluate": self.evaluate_fn is not None}
 
     def serialize(self, repetition: int) -> codec.Payload:
         """The arrays with samples, metrics and specs as metadata, packed in the format this side sends.
@@ -232,19 +238,33 @@ class FedArrays(PayloadParts, FedData):
         """
         return self.serialize_as(repetition, self.sending)
 
-    def serialize_as(self, repetition: int, wire_dtype: str | None) -> codec.Payload:
+    def serialize_as(
+        self, repetition: int, wire_dtype: str | None, *, extra: Mapping[str, str] | None = None
+    ) -> codec.Payload:
         """:meth:`serialize` in the wire format ``wire_dtype`` (``None``: the arrays as they are, no copy).
 
         Raises:
             CodecError: an array of a dtype the codec cannot carry.
             ValueError: an unknown ``wire_dtype``, or values it cannot carry (:func:`~fedsync.wire.compression.pack`).
         """
-        metadata = {**report_metadata(self.report()), SPECS_KEY: self.specs(repetition)}
-        arrays = self._payload_arrays()
         wire = compression.check_wire_dtype(wire_dtype)
         if self._update is not None and wire == self.sending:  # a device's reply as updates (updates=)
-            arrays, extra = self._update
-            return codec.encode_payload(arrays, {**metadata, **extra})
+            arrays, added = self._update
+            return self.serialize_arrays(repetition, arrays, None, {**added, **(extra or {})}, extras=False)
+        return self.serialize_arrays(repetition, self._shared_part(self.get_arrays()), wire, extra)
+
+    def serialize_arrays(
+        self,
+        repetition: int,
+        arrays: Mapping[str, np.ndarray],
+        wire: str | None,
+        extra: Mapping[str, str] | None = None,
+        *,
+        extras: bool = True,
+    ) -> codec.Payload:
+        """A payload of ``arrays`` (then the strategy's, if ``extras``), packed as ``wire``, with ``extra`` metadata."""
+        metadata = {**report_metadata(self.report()), SPECS_KEY: self.specs(repetition), **(extra or {})}
+        arrays = {**arrays, **self.extra_arrays} if extras else dict(arrays)
         if wire is not None:
             arrays, metadata[compression.WIRE_KEY] = compression.pack(arrays, wire)
         # Views of the arrays, not a copy: they go to the socket as they are.
@@ -292,12 +312,16 @@ class FedArrays(PayloadParts, FedData):
             )
         raw, metadata, expected = self._opened(encoding)
         payload, _ = self._checked(raw, metadata, finite=False, expected=expected)
+        sending = _views.reply_format(metadata)  # checked before anything changes
         self._update = None
         self._load_payload(payload)
         arrays = _extras.model_part(payload, self.extra_arrays)
         del payload
+        if metadata.get(_views.VIEW_KEY) == "1":  # the coordinator may send the next model as a delta from it
+            view = {name: np.array(a, copy=True) for name, a in arrays.items()}
+            self.view = (_views.view_id(view), view)
         self.extras_written = False
-        self.sending = compression.format_of(metadata)  # the reply goes back in the format the payload came in
+        self.sending = sending  # the reply goes back in the format the payload came in
         self.global_arrays = None  # before copying: never two snapshots at once
         # Views of the payload, valid while train runs; copied only if proximal_term (or
         # local DP) asks, and dropped after: the device reuses the payload's buffer next round.
@@ -518,76 +542,6 @@ class FedArrays(PayloadParts, FedData):
                 del arrays
 
         return self.strategy.aggregate(self._payload_arrays(), results())
-
-    # -- validation -----------------------------------------------------------------
-
-    def decode(
-        self, encoding: Any, *, finite: bool | None = False, merging: bool = False
-    ) -> tuple[dict[str, np.ndarray], DeviceReport]:
-        """A payload's arrays (unpacked from ``wire_dtype``) and its report, checked against this model.
-
-        Returns ``(arrays, report)``: arrays by name, views of ``encoding`` (no copy) of this model's shapes
-        and dtypes, and the :class:`~fedsync.wire.shapes.DeviceReport` its metadata carries. Nothing changes:
-        secure aggregation's device reads the received model with it.
-
-        Raises:
-            CodecError: not a valid payload.
-            PayloadRejected: text, other names, shapes or dtypes, a bad report, or (``finite``) NaN or infinity.
-
-        ``finite`` also scans every value for NaN and infinity. Only ``check`` does:
-        fedsync's device and coordinator call it before ``receive``/``merge``, and a
-        second scan costs a pass over the whole model. ``None`` (merges): only
-        if the payload has samples, since one without weighs nothing. ``merging``: a device's reply,
-        whose updates (``fedsync.delta``) are rebuilt into weights; elsewhere a payload of updates is refused.
-        """
-        arrays, metadata, expected = self._opened(encoding)
-        return self._checked(arrays, metadata, finite=finite, expected=expected, merging=merging)
-
-    def _opened(self, encoding: Any) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, Any]]:
-        """A binary payload's raw arrays and metadata (a header within this model's bound), and the layout."""
-        if isinstance(encoding, str):
-            raise PayloadRejected(f"{type(self).__name__} expects a binary payload, got text")
-        expected = self._payload_layout()
-        arrays, metadata = codec.decode(encoding, limit=self._header_limit(expected))
-        return arrays, metadata, expected
-
-    def _checked(
-        self,
-        arrays: dict[str, np.ndarray],
-        metadata: Mapping[str, str],
-        *,
-        finite: bool | None,
-        expected: Mapping[str, tuple[tuple[int, ...], np.dtype]] | None = None,
-        merging: bool = False,
-    ) -> tuple[dict[str, np.ndarray], DeviceReport]:
-        """Decoded arrays unpacked from their wire format and checked against this model, with their report."""
-        expected = self._payload_layout() if expected is None else expected
-        report = read_report(metadata)
-        if compression.WIRE_KEY in metadata:
-            dtypes = {name: np.dtype(dtype) for name, (_, dtype) in expected.items()}
-            shapes = {name: tuple(shape) for name, (shape, _) in expected.items()}
-            arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], dtypes, shapes=shapes)
-        self._check_layout({name: (a.shape, a.dtype) for name, a in arrays.items()}, expected)
-        if finite or (finite is None and report["samples"] > 0):
-            for name, a in arrays.items():
-                if a.dtype.kind == "f" and not np.isfinite(a).all():
-                    raise PayloadRejected(f"array {name!r} contains NaN or infinity")
-        if _updates.is_delta(metadata):
-            if not merging:
-                raise PayloadRejected(f"a payload of updates ({_updates.DELTA_KEY}) is a device's reply, not a model")
-            base = self._payload_arrays()
-            for name, a in arrays.items():
-                if a.dtype.kind == "f" and name not in self.extra_arrays:
-                    arrays[name] = _updates.rebuilt(name, a, base[name])
-        return arrays, report
-
-    def _header_limit(self, expected: Layout) -> int:
-        """The largest payload header a payload of this model can have (:func:`~fedsync.data._layout.header_limit`)."""
-        return header_limit(expected)
-
-    def _check_layout(self, found: Layout, expected: Layout) -> None:
-        """A payload's names, shapes and dtypes against this model's (:func:`~fedsync.data._layout.check_layout`)."""
-        check_layout(found, expected)
 
 
 @hookimpl

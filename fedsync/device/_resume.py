@@ -19,6 +19,7 @@ from typing import Any, cast
 import numpy as np
 from werkzeug.wrappers import Request
 
+from ..errors import UnknownBase
 from ..wire.http import CONFIG_HEADER, SPECS_HEADER, ApiError, ErrorCode
 from ._state import Device, HeadedError, PartialUpload
 
@@ -123,6 +124,8 @@ def received(request: Request, device: Device, partial: PartialUpload) -> Any:
             raise ApiError(400, ErrorCode.MALFORMED_PAYLOAD, f"text/plain payload is not UTF-8: {exc}") from None
     try:
         device.fed.check(encoding, partial.repetition)
+    except UnknownBase as exc:  # the coordinator sends the whole model instead
+        raise ApiError(409, ErrorCode.UNKNOWN_BASE, str(exc)) from None
     except ValueError as exc:
         raise ApiError(400, ErrorCode.MALFORMED_PAYLOAD, f"payload rejected: {exc}") from None
     return encoding

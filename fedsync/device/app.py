@@ -36,6 +36,7 @@ from werkzeug.wrappers import Request, Response
 
 from .._util.checks import is_int
 from .._version import PROTOCOL_VERSION, __version__
+from ..errors import UnknownBase
 from ..gateway.server import SOCKET_KEY, TRUST_KEY
 from ..protocol import MAX_REPETITION, FedData
 from ..secagg.device import MAX_BODY as SECAGG_MAX_BODY
@@ -292,6 +293,8 @@ class DeviceApp:
         encoding = _read_payload(request, length, as_view=device.fed.accepts_views)
         try:
             device.fed.check(encoding, rep)
+        except UnknownBase as exc:  # the coordinator sends the whole model instead
+            raise ApiError(409, ErrorCode.UNKNOWN_BASE, str(exc)) from None
         except ValueError as exc:
             raise ApiError(400, ErrorCode.MALFORMED_PAYLOAD, f"payload rejected: {exc}") from None
         return encoding

@@ -69,8 +69,8 @@ def checked(settings: Any, data: Any) -> SecAgg | None:
             "secure aggregation sums array updates: data must be a FedArrays (or FedTorch, FedKeras), got "
             f"{type(data).__name__}"
         )
-    if data.extra_arrays or not data.selection.everything:  # SCAFFOLD's, FedNova's; shared=: whole models only
-        raise ValueError("secure aggregation masks whole models: with Scaffold, FedNova or shared= it is not offered")
+    if data.extra_arrays or not data.selection.everything or data.download:  # Scaffold, FedNova; shared=; deltas
+        raise ValueError("secure aggregation masks whole models: not offered with Scaffold, FedNova, shared=, download")
     if data.strategy.accumulator(data.get_arrays()) is None:
         raise ValueError(
             f"secure aggregation gives the coordinator only the sum of the updates, but {type(data.strategy).__name__} "

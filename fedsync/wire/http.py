@@ -141,6 +141,7 @@ class ErrorCode(str, Enum):
     BAD_WAIT = "bad_wait"
     TRUNCATED = "truncated"
     MALFORMED_PAYLOAD = "malformed_payload"
+    UNKNOWN_BASE = "unknown_base"  # 409: a model sent as a delta from a view this device does not hold (#25)
     TRAINING_FAILED = "training_failed"
     EVALUATION_FAILED = "evaluation_failed"
     NOT_SUPPORTED = "not_supported"

@@ -46,7 +46,7 @@ def device(value, samples, formats=None, evaluate=True):
 def test_a_device_that_cannot_decode_the_wire_format_gets_the_arrays_as_they_are():
     knows, plain = device(0.5, 10), device(1.0, 30, formats=[])
     with fedsync.serve(knows, port=0, block=False) as a, fedsync.serve(plain, port=0, block=False) as b:
-        assert Remote(a.url).info()["capabilities"]["wire_formats"] == ["float16", "bfloat16", "int8", "int4"]
+        assert Remote(a.url).info()["capabilities"]["wire_formats"] == ["float16", "bfloat16", "int8", "int4", "topk", "delta"]
         coordinator = FedArrays({"w": np.zeros(4, np.float32)}, wire_dtype="float16")
         with Federated(coordinator, [a.url, b.url], timeout=30) as alg:
             result = alg.round()

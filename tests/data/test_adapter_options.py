@@ -16,6 +16,10 @@ KEYWORDS = {  # a value for each of FedArrays' keywords, and the attribute that 
     "wire_dtype": ("bfloat16", "wire_dtype"),
     "state": ({"c": np.zeros(3)}, "state"),  # kept as given: train updates it in place
     "shared": ("trainable", "shared"),  # which arrays travel (#25)
+    "updates": ("delta", "updates"),  # a device replies its update (#25)
+    "top_k": (None, "top_k"),  # with updates="topk" only
+    "download": ("delta", "download"),  # the coordinator sends the model as a delta from a device's view (#25)
+    "download_top_k": (None, "download_top_k"),
 }
 
 

@@ -134,6 +134,10 @@ def test_every_history_field_has_its_own_docstring():
 METADATA_KEYS = {"fedsync.samples", "fedsync.metrics", "fedsync.specs", "fedsync.parts", "fedsync.adapter"} | {
     reports.WEIGHTS_KEY,  # "fedsync.metric_weights", "fedsync.failures": an aggregator's reply (#21)
     reports.FAILURES_KEY,
+    "fedsync.delta",  # a reply of updates (#25, fedsync/data/_updates.py DELTA_KEY)
+    "fedsync.view",  # the download as a delta (#25, fedsync/data/_views.py)
+    "fedsync.base",
+    "fedsync.reply_format",
 }
 DOTTED = re.compile(r"\b(fedsync(?:_ray|_torch|_keras)?(?:\.[A-Za-z_]\w*)+)")
 FROM_IMPORT = re.compile(r"from\s+(fedsync[\w.]*)\s+import\s+\(?([\w\s,]+)")

@@ -1,0 +1,150 @@
+"""#25 item 3, the download: the coordinator sends the model as a delta from a view the device holds.
+
+Both sides compute the same view (what the device loaded, after the lossy format) and name it by its sha256;
+a device that lost its view (a restart) answers 409 unknown_base and gets the whole model in the same round.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedsync import FedArrays, Federated
+from fedsync.coordinator.simulation import run_simulation
+from fedsync.errors import PayloadRejected, UnknownBase
+from fedsync.transports.local import LocalRemote
+from fedsync.wire import codec
+
+N = 4000
+
+
+def nudging(seen: list):
+    """A device that records the model it loaded, then moves every weight by 0.01."""
+
+    def train(model):
+        seen.append(model["w"].copy())
+        model["w"] += np.float32(0.01)
+        return 5
+
+    return FedArrays({"w": np.zeros(N, np.float32)}, train)
+
+
+def coordinator(**options) -> FedArrays:
+    return FedArrays({"w": np.random.default_rng(0).standard_normal(N).astype(np.float32)}, **options)
+
+
+def test_both_sides_hold_the_same_view_and_later_downloads_are_deltas():
+    data = coordinator(wire_dtype="int8", download="delta", download_top_k=0.05)
+    seen: list = []
+    device = nudging(seen)
+    sizes = []
+    with Federated(data, [LocalRemote("local://d", device=device)]) as alg:
+        for _ in range(4):
+            x = data.model["w"].copy()
+            result = alg.round()
+            assert not result.failures
+            sizes.append(result.bytes_sent)
+            assert alg._handshakes.held["local://d"] == device.view[0]  # the coordinator knows what it holds
+            np.testing.assert_array_equal(seen[-1], device.view[1]["w"])  # it trained from its view
+            assert np.abs(seen[-1] - x).max() <= np.abs(x).max() / 254 + 0.02  # int8 then deltas: close to x
+    assert sizes[0] > 4 * N * 0.2  # the whole model in int8
+    assert all(s < sizes[0] / 2 for s in sizes[1:])  # 5 % of the entries, 8 bytes each
+
+
+def test_the_download_as_delta_trains_what_the_whole_download_trains_within_the_formats_error():
+    runs = {}
+    for download in (None, "delta"):
+        data = coordinator(wire_dtype="int4", download=download)
+        history = run_simulation(lambda i: nudging([]), 3, 4, data=data, progress=False)  # rebuilt: the view in state
+        assert not any(r.failures for r in history)
+        runs[download] = data.model["w"].copy()
+    np.testing.assert_allclose(runs["delta"], runs[None], atol=0.3)  # int4 of a N(0, 1) model: block max / 14
+
+
+@pytest.mark.slow  # three device processes, one after another, on one port
+def test_a_restarted_device_gets_the_whole_model_in_the_same_round_and_nobody_fails():
+    from tests.support.processes import start_device, stop_all
+
+    data = FedArrays(
+        {"w": np.full((3, 2), 0.5, np.float32), "b": np.zeros(2, np.float32)}, wire_dtype="int8", download="delta"
+    )
+    first = start_device("tests.support.devices.basic:constant", 1.0, 10)
+    port = int(first.url.rsplit(":", 1)[1].rstrip("/"))
+    try:
+        with Federated(data, [first.url]) as alg:
+            assert not alg.round().failures  # whole model, the device keeps its view
+            assert alg._handshakes.held
+            stop_all([first])
+            second = start_device("tests.support.devices.basic:constant", 2.0, 10, port=port)
+            try:
+                result = alg.round()  # a delta from a view the new process never had: 409, then the whole model
+                assert not result.failures
+                np.testing.assert_allclose(data.model["w"], 2.0)
+            finally:
+                stop_all([second])
+    finally:
+        stop_all([first])
+
+
+def test_a_device_without_the_base_refuses_with_unknown_base_and_changes_nothing():
+    data = coordinator(download="delta")
+    device = nudging([])
+    payload, _ = data.views.payload(data, None, 1, None)
+    device.receive(payload, 1)
+    delta, _ = data.views.payload(data, device.view[0], 2, None)
+    stranger = nudging([])
+    with pytest.raises(UnknownBase, match="holds no view"):
+        stranger.check(delta, 2)
+    assert stranger.view is None and not stranger.model["w"].any()
+    arrays, metadata = codec.decode(bytes(delta))
+    metadata["fedsync.base"] = "sha256:zz"
+    with pytest.raises(PayloadRejected, match="64 hex digits"):
+        device.check(codec.encode(arrays, metadata), 2)
+
+
+def test_a_saved_view_comes_back_with_the_state_and_a_damaged_one_is_refused():
+    from fedsync.data._state import encode_state, restore_state
+
+    data = coordinator(download="delta")
+    device = nudging([])
+    device.receive(data.views.payload(data, None, 1, None)[0], 1)
+    saved = device.device_state()
+    fresh = nudging([])
+    restore_state(fresh, encode_state(saved))
+    assert fresh.view[0] == device.view[0]
+    damaged = dict(saved)
+    damaged["view/w"] = damaged["view/w"] + np.float32(1)
+    with pytest.raises(ValueError, match="does not match its id"):
+        restore_state(nudging([]), encode_state(damaged))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"download": "full"}, "download must be"),
+        ({"download_top_k": 0.1}, "give download='delta'"),
+        ({"download": "delta", "download_top_k": 2}, "top_k must be"),
+    ],
+)
+def test_bad_download_options_are_refused_at_construction(options, message):
+    with pytest.raises(ValueError, match=message):
+        FedArrays({"w": np.zeros(2)}, **options)
+
+
+def test_secure_aggregation_refuses_a_download_as_delta():
+    from fedsync.secagg import SecAgg
+    from fedsync.secagg.coordinator import checked
+
+    with pytest.raises(ValueError, match="download"):
+        checked(SecAgg(threshold=3), coordinator(download="delta"))
+
+
+def test_a_view_saved_for_another_model_is_dropped_not_applied():
+    from fedsync.data._state import encode_state, restore_state
+
+    data = coordinator(download="delta")
+    device = nudging([])
+    device.receive(data.views.payload(data, None, 1, None)[0], 1)
+    other = FedArrays({"w": np.zeros(N + 1, np.float32)})
+    restore_state(other, encode_state(device.device_state()))
+    assert other.view is None  # the next download is the whole model
