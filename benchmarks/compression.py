@@ -14,9 +14,9 @@ a 2x2 max-pool) and a linear layer to 10 classes (3,818 parameters). Each device
 local epochs of plain minibatch SGD (batch 32, ``--lr`` per model) each round; FedAvg.
 
 **Configurations** (``CONFIGS``): the coordinator's ``wire_dtype`` (the download, and the format a
-device replies in) and the device's ``updates=`` / ``top_k=``. float32 is what Flower sends.
-Download compression as a delta from a version the device holds is not built in fedsync
-(docs/compression.md): the download is always the whole model in the round's wire format.
+device replies in), its ``download="delta"`` (the model as its difference from the view the device
+holds, in ``wire_dtype`` or as its top ``download_top_k``; the whole model in the first round) and the
+device's ``updates=`` / ``top_k=``. float32 is what Flower sends.
 
 **Accuracy** runs use ``run_simulation`` (threads in this process: the same payloads, merges and
 device state as over HTTP); the payload bytes are ``RoundResult.bytes_sent`` (coordinator to
@@ -57,12 +57,24 @@ from fedsync.demo.data import load_split  # noqa: E402
 
 @dataclass(frozen=True)
 class Config:
-    """One configuration: the coordinator's ``wire_dtype`` and the devices' ``updates=`` / ``top_k=``."""
+    """One configuration: the coordinator's ``wire_dtype``, ``download=`` and ``download_top_k=``, and the
+    devices' ``updates=`` / ``top_k=``."""
 
     name: str
     wire_dtype: str | None = None
     updates: str | None = None
     top_k: float | None = None
+    download: str | None = None
+    download_top_k: float | None = None
+
+    def coordinator(self) -> dict[str, Any]:
+        """The coordinator's FedTorch keywords (only those set, so fedsync without ``download=`` runs the rest)."""
+        options: dict[str, Any] = {"wire_dtype": self.wire_dtype}
+        if self.download is not None:
+            options["download"] = self.download
+        if self.download_top_k is not None:
+            options["download_top_k"] = self.download_top_k
+        return options
 
 
 CONFIGS = [
@@ -80,6 +92,12 @@ CONFIGS = [
     # entries, at 8 bytes each plus headers) keeps the round within 1/8 of float32's.
     Config("top-k 3% + int4 down", "int4", "topk", 0.03),
     Config("top-k 10% + int4 down", "int4", "topk", 0.1),
+    # The download as a delta from the device's view (download="delta", main after 1babb84).
+    Config("delta int8 + delta down", "int8", "delta", download="delta"),
+    Config("delta int4 + delta down", "int4", "delta", download="delta"),
+    Config("top-k 1% + int4 delta down", "int4", "topk", 0.01, download="delta"),
+    Config("top-k 3% + int4 delta down", "int4", "topk", 0.03, download="delta"),
+    Config("top-k 3% + top-k 5% delta down", None, "topk", 0.03, download="delta", download_top_k=0.05),
 ]
 BY_NAME = {c.name: c for c in CONFIGS}
 MODELS = ("mlp", "cnn")
@@ -163,7 +181,7 @@ def simulate(model: str, config: Config, split: Any, seed: int, rounds: int, epo
     from fedsync_torch import FedTorch
 
     net = build(model, seed)
-    data = FedTorch(net, wire_dtype=config.wire_dtype)
+    data = FedTorch(net, **config.coordinator())
     started = time.monotonic()
     history = run_simulation(
         device_function(model, config, split, seed, epochs),
@@ -283,7 +301,7 @@ def over_http(model: str, config: Config, args: argparse.Namespace, seed: int) -
         if not urls:
             raise RuntimeError(f"the device process exited ({child.wait(60)}) before serving")
         counter.install()
-        with Federated(FedTorch(build(model, seed), wire_dtype=config.wire_dtype), urls, timeout=120) as alg:
+        with Federated(FedTorch(build(model, seed), **config.coordinator()), urls, timeout=120) as alg:
             for _ in range(args.http_rounds):
                 counter.take()
                 result = alg.round()
