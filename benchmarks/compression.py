@@ -98,6 +98,8 @@ CONFIGS = [
     Config("top-k 1% + int4 delta down", "int4", "topk", 0.01, download="delta"),
     Config("top-k 3% + int4 delta down", "int4", "topk", 0.03, download="delta"),
     Config("top-k 3% + top-k 5% delta down", None, "topk", 0.03, download="delta", download_top_k=0.05),
+    Config("delta int4 + top-k 2% delta down", "int4", "delta", download="delta", download_top_k=0.02),
+    Config("top-k 3% + top-k 2% delta down", None, "topk", 0.03, download="delta", download_top_k=0.02),
 ]
 BY_NAME = {c.name: c for c in CONFIGS}
 MODELS = ("mlp", "cnn")
