@@ -417,7 +417,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results) + 3.5, 4.8), squeeze=False)
     for ax, (model, cells) in zip(axes[0], results.items(), strict=True):
         for i, (name, runs) in enumerate(cells.items()):
             acc = np.mean([run["accuracy"] for run in runs], axis=0)
@@ -430,8 +430,9 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         ax.set_ylim(0.3, 1.0)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.legend(handles, labels, fontsize=8, loc="center right")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
