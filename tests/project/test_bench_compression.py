@@ -25,6 +25,7 @@ def load_benchmark():
     """
     path = list(sys.path)
     spec = importlib.util.spec_from_file_location("bench_compression", SCRIPT)
+    assert spec is not None and spec.loader is not None, SCRIPT
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     try:
