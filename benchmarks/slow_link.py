@@ -16,6 +16,9 @@ layer-like arrays, as benchmarks/round.py) and reports their median:
 - fedsync delta + int4:          the devices declare ``updates="delta"``: they reply their update in int4;
 - fedsync top-k 1% + int4:       ``updates="topk", top_k=0.01`` (error feedback on the device) with an
                                  int4 download;
+- fedsync top-k 1% both ways:    the same devices, and a coordinator with ``download="delta",
+                                 download_top_k=0.01``: the model goes down as 1 % of its difference
+                                 from the view each device holds;
 - Flower 1.42 float32:           legacy ``start_server``/``start_client`` over gRPC (benchmarks/peers.py's
                                  ``flower-server``/``flower-client``, run from ``--flower-python``).
 
@@ -64,13 +67,14 @@ RAW_PORT = 9093
 SAMPLES = 100
 MB = 1e6
 
-# name -> (coordinator wire_dtype, device updates, device top_k)
-FEDSYNC_PEERS: dict[str, tuple[str | None, str | None, float | None]] = {
-    "fedsync-float32": (None, None, None),
-    "fedsync-int8": ("int8", None, None),
-    "fedsync-int4": ("int4", None, None),
-    "fedsync-delta-int4": ("int4", "delta", None),
-    "fedsync-topk1-int4": ("int4", "topk", 0.01),
+# name -> (coordinator wire_dtype, device updates, device top_k, the download's top-k as a delta or None)
+FEDSYNC_PEERS: dict[str, tuple[str | None, str | None, float | None, float | None]] = {
+    "fedsync-float32": (None, None, None, None),
+    "fedsync-int8": ("int8", None, None, None),
+    "fedsync-int4": ("int4", None, None, None),
+    "fedsync-delta-int4": ("int4", "delta", None, None),
+    "fedsync-topk1-int4": ("int4", "topk", 0.01, None),
+    "fedsync-topk1-both": ("int4", "topk", 0.01, 0.01),
 }
 ALL_PEERS = (*FEDSYNC_PEERS, "flower")
 LABELS = {
@@ -79,6 +83,7 @@ LABELS = {
     "fedsync-int4": "fedsync int4",
     "fedsync-delta-int4": 'fedsync updates="delta" + int4',
     "fedsync-topk1-int4": 'fedsync updates="topk" 1 % + int4 download',
+    "fedsync-topk1-both": 'fedsync top-k 1 % both ways (download="delta", download_top_k=0.01)',
     "flower": "Flower 1.42 float32",
 }
 
@@ -228,7 +233,8 @@ def role_fedsync_coordinator(args) -> None:
     from fedsync import FedArrays, Federated, Remote
 
     peers.report_start(args.params)
-    data = FedArrays(peers.model(args.params), wire_dtype=args.wire_dtype or None)
+    download = {"download": "delta", "download_top_k": args.download_top_k} if args.download_top_k else {}
+    data = FedArrays(peers.model(args.params), wire_dtype=args.wire_dtype or None, **download)
     remotes = [Remote(url, timeout=args.timeout) for url in args.urls]
     rounds = peers.Rounds(args.rounds, args.budget)
     with Federated(data, remotes, timeout=args.timeout) as alg:
@@ -331,7 +337,7 @@ def run_cell(peer: str, mbit: float, opts, logdir: Path) -> Cell:
                     )
                     group.expect(device, deadline, "ready")
             else:
-                wire, updates, top_k = FEDSYNC_PEERS[peer]
+                wire, updates, top_k, down = FEDSYNC_PEERS[peer]
                 extra = (["--updates", updates] if updates else []) + (["--top-k", str(top_k)] if top_k else [])
                 urls = []
                 for i in range(opts.devices):
@@ -339,7 +345,7 @@ def run_cell(peer: str, mbit: float, opts, logdir: Path) -> Cell:
                         f"{tag}-device{i}", in_ns(NS_SITE, sys.executable, "fedsync-device", *common, *extra)
                     )
                     urls += group.expect(device, deadline, "ready")["ready"]
-                wire_arg = ["--wire-dtype", wire] if wire else []
+                wire_arg = (["--wire-dtype", wire] if wire else []) + (["--download-top-k", str(down)] if down else [])
                 coordinator = group.start(
                     f"{tag}-coordinator",
                     in_ns(NS_COORD, sys.executable, "fedsync-coordinator", *common, *wire_arg, "--urls", *urls),
@@ -415,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wire-dtype", default="", help=argparse.SUPPRESS)
     parser.add_argument("--updates", default="", help=argparse.SUPPRESS)
     parser.add_argument("--top-k", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--download-top-k", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=900.0, help=argparse.SUPPRESS)
     parser.add_argument("--params", default="10M", help="model size in float32 parameters (default 10M)")
