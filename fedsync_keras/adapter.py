@@ -52,8 +52,10 @@ class FedKeras(FedArrays):
             samples`` or ``-> (samples, metrics)``, measuring the coordinator's
             weights on this device's data for ``Federated.evaluate()``; the
             device's own weights are restored after), ``strategy`` (sample-weighted
-            FedAvg by default), ``wire_dtype`` (``"float16"``, ``"bfloat16"`` or
-            ``"int8"`` on the wire, both ways).
+            FedAvg by default), ``wire_dtype`` (``"float16"``, ``"bfloat16"``,
+            ``"int8"`` or ``"int4"`` on the wire, both ways), ``state``, ``shared`` (``"trainable"``:
+            ``trainable_weights`` travel), ``updates``, ``top_k``, ``download``, ``download_top_k``
+            (docs/compression.md).
 
     bfloat16 weights travel and merge as float32 (exact) and are cast back into
     bfloat16 when assigned; the specs still record ``bfloat16``, so a bfloat16 and

@@ -55,7 +55,9 @@ class FedTorch(FedArrays):
             weights on this device's data for ``Federated.evaluate()``; the
             device's own weights are restored after), ``strategy`` (sample-weighted
             :class:`fedsync.FedAvg` by default), ``wire_dtype`` (``"float16"``,
-            ``"bfloat16"`` or ``"int8"`` on the wire, both ways).
+            ``"bfloat16"``, ``"int8"`` or ``"int4"`` on the wire, both ways), ``state``, ``shared``
+            (``"trainable"``: only what trains travels, e.g. a PEFT model's LoRA adapters), ``updates``,
+            ``top_k``, ``download``, ``download_top_k`` (docs/compression.md).
 
     Raises:
         TypeError: ``model`` is not a ``torch.nn.Module``, ``train`` or

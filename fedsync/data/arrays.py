@@ -63,7 +63,8 @@ class FedArrays(Decoding, PayloadParts, FedData):
             ``evaluate(model, config)`` gets the configuration too.
         strategy: how results merge; sample-weighted :class:`FedAvg` by default.
         wire_dtype: on the coordinator, send floating arrays as ``"float16"``,
-            ``"bfloat16"`` (half the bytes) or ``"int8"`` (a quarter); each device
+            ``"bfloat16"`` (half the bytes), ``"int8"`` (a quarter) or ``"int4"`` (4-bit
+            blockwise, 14 %: lossy on weights, pair it with ``updates="delta"``); each device
             replies in the format it received, and merging stays at full precision.
             Not part of the specs: a device that cannot decode the format (its
             ``/info`` does not list it) gets the arrays as they are. Error bounds:
@@ -72,6 +73,16 @@ class FedArrays(Decoding, PayloadParts, FedData):
             residuals, personal layers): never sent, never written by the coordinator, and kept between
             rounds (:meth:`device_state`; ``serve(state_dir=...)``, simulations). The dict is kept as
             given: ``train`` updates its arrays in place, reaching them by closure or as ``fed.state``.
+        shared: which arrays travel: ``None`` (all), ``"trainable"`` (torch ``requires_grad``, Keras
+            ``trainable_weights``; parameters that do not train stay and are fingerprinted into the specs,
+            buffers stay local) or ``{"include": [...], "exclude": [...]}`` name patterns (the rest stay
+            local, each device's own, kept in its state). docs/compression.md.
+        updates: on a device, reply the update (``"delta"``: weights minus the model received) or its
+            largest ``top_k`` share with error feedback (``"topk"``) instead of the weights.
+        top_k: with ``updates="topk"``, the share of each update's entries sent, in ``(0, 1]`` (0.01).
+        download: on the coordinator, ``"delta"``: send each device, after the first round, the model as
+            its difference from the view the device holds (in ``wire_dtype``); ``download_top_k``: only
+            that share of the difference's largest entries.
 
     Every array adapter (``FedTorch``, ``FedKeras``) takes these same keywords
     and passes them here.
