@@ -92,6 +92,7 @@ def over_http(strategy: str, urls: list[str]) -> str:
     # FedAvg in the fast tier; the other strategies (about 1 s each) in the full suite
     [s if s == "FedAvg" else pytest.param(s, marks=pytest.mark.slow) for s in sorted(STRATEGIES)],
 )
+@pytest.mark.slow  # ~1.1 s: keeps the fast tier under 90 s
 def test_reruns_on_threads_give_the_same_weight_hash(strategy):
     hashes = {simulate(strategy, "threads") for _ in range(3)}
     assert len(hashes) == 1

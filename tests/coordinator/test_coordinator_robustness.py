@@ -107,6 +107,7 @@ def test_bad_evaluation_answer_is_that_devices_failure(devices, spawn, answer, w
     assert list(result.failures) == [bad.url] and why in result.failures[bad.url]
 
 
+@pytest.mark.slow  # ~0.8 s: keeps the fast tier under 90 s
 @pytest.mark.parametrize("headers", [{"Content-Length": "+{n}"}, {"X-Fedsync-Repetition": "01"}, {"X-Fedsync-Repetition": "1.0"}])
 def test_malformed_result_headers_are_that_devices_failure(devices, spawn, headers):
     healthy = devices("constant", 2.0, 10)
@@ -280,6 +281,7 @@ def test_token_read_from_a_file_works_and_never_leaks(spawn, tmp_path):
     assert echo.url in str(failed.value) and token not in str(failed.value)
 
 
+@pytest.mark.slow  # ~0.8 s: keeps the fast tier under 90 s
 @pytest.mark.parametrize("where", ["info", "header", "array"])
 def test_a_token_a_device_echoes_in_any_value_never_leaks(spawn, tmp_path, where):
     # The device knows the token it was sent and quotes it bare (no "Bearer"): as its

@@ -25,6 +25,7 @@ def weights():
     return FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)})
 
 
+@pytest.mark.slow  # ~0.8 s: keeps the fast tier under 90 s
 def test_evaluation_uses_the_global_model_and_weighs_by_samples(devices):
     a = devices("evaluating", 1.0, 30, 30, 0.9)
     b = devices("evaluating", 4.0, 10, 10, 0.5)

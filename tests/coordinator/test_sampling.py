@@ -109,6 +109,7 @@ def test_a_bad_sampler_answer_is_refused_before_anything_is_sent(answer, error, 
     assert built == []  # no device was even built: nothing was sent
 
 
+@pytest.mark.slow  # ~0.7 s: keeps the fast tier under 90 s
 def test_a_bad_sampler_over_http_sends_nothing(devices):
     first, second = devices("tests.support.devices.research:straggler", 1), devices("tests.support.devices.research:straggler", 2)
     with Federated(model(), [first.url, second.url], sampler=lambda r, available, rng: [*available, available[0]]) as alg:
@@ -119,6 +120,7 @@ def test_a_bad_sampler_over_http_sends_nothing(devices):
         Federated(model(), [first.url], sampler=[first.url])
 
 
+@pytest.mark.slow  # ~1.1 s: keeps the fast tier under 90 s
 def test_a_per_device_config_over_http_reaches_each_device(devices):
     ones = [devices("tests.support.devices.research:straggler", i) for i in (1, 2, 3)]
     urls = [d.url for d in ones]
@@ -131,6 +133,7 @@ def test_a_per_device_config_over_http_reaches_each_device(devices):
         assert row["metrics"]["epochs"] == epochs[url] and row["metrics"]["stragglers"] == 3.0
 
 
+@pytest.mark.slow  # ~0.7 s: keeps the fast tier under 90 s
 def test_a_bad_per_device_config_names_the_device_and_sends_nothing(devices):
     one, two = devices("tests.support.devices.research:straggler", 1), devices("tests.support.devices.research:straggler", 2)
 

@@ -40,6 +40,7 @@ def latest_history(folder) -> History:
     return History.load(sorted(folder.glob("round-*/history.json"))[-1])
 
 
+@pytest.mark.slow  # ~1.0 s: keeps the fast tier under 90 s
 def test_evaluate_fn_measures_each_merged_model_on_the_coordinators_data(devices):
     a, b = devices("linreg", 1, 40), devices("linreg", 2, 60)
     calls = []
@@ -121,6 +122,7 @@ def test_flowers_loss_and_metrics_pair_and_none(devices):
         assert alg.round().server_evaluation.metrics == {}
 
 
+@pytest.mark.slow  # ~0.8 s: keeps the fast tier under 90 s
 def test_a_custom_fed_data_is_handed_itself(devices):
     one, three = devices("fedfloat", 1.0), devices("fedfloat", 3.0)
     with Federated(FedFloat(10.0), [one.url, three.url], evaluate_fn=lambda data, rnd: {"value": data.value}) as alg:

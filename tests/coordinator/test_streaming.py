@@ -68,6 +68,7 @@ def test_a_kept_reply_that_fails_when_read_again_is_dropped_too_and_the_sum_rest
     assert result.samples == 30
 
 
+@pytest.mark.slow  # ~0.8 s: keeps the fast tier under 90 s
 def test_reopen_refuses_a_result_of_another_length(devices):
     """A device that sends a result again must send the same bytes: another length is refused, not read."""
     import requests

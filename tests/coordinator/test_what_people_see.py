@@ -49,6 +49,7 @@ def test_zero_sample_metrics_are_ignored_not_refused():
         parse_counted((0, "not a mapping"))
 
 
+@pytest.mark.slow  # ~0.8 s: keeps the fast tier under 90 s
 def test_a_zero_sample_device_with_a_nan_metric_does_not_fail_the_round(devices):
     honest = devices("slow_first", 0.0, 2.0)  # sets w to 2.0, 1 sample
     empty = devices("tests.coordinator.test_what_people_see:empty_split")
@@ -59,6 +60,7 @@ def test_a_zero_sample_device_with_a_nan_metric_does_not_fail_the_round(devices)
     assert np.all(data.model["w"] == 2.0)
 
 
+@pytest.mark.slow  # ~1.1 s: keeps the fast tier under 90 s
 def test_a_device_with_another_architecture_is_the_first_line(devices):
     good = [devices("slow_first", 0.0, 1.0) for _ in range(2)]
     wrong = devices("tests.coordinator.test_what_people_see:other_architecture")
@@ -73,6 +75,7 @@ def test_a_device_with_another_architecture_is_the_first_line(devices):
     assert "only 2 of 3 required devices are reachable" in second
 
 
+@pytest.mark.slow  # ~1.0 s: keeps the fast tier under 90 s
 def test_fit_shows_failing_devices_early_stopping_and_a_finished_run(devices, tmp_path, caplog):
     good = devices("slow_first", 0.0, 1.0)
     wrong = devices("tests.coordinator.test_what_people_see:other_architecture")

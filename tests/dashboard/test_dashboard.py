@@ -39,6 +39,7 @@ def dead_device():
     return Remote("http://127.0.0.1:9", retries=0, timeout=5)
 
 
+@pytest.mark.slow  # ~0.9 s: keeps the fast tier under 90 s
 def test_live_run_endpoints_during_and_after_the_run(devices):
     a, b = devices("constant", 1.0, 40), devices("evaluating", 2.0, 5, 10, 0.75)
     seen = {}
@@ -206,6 +207,7 @@ def test_dashboard_in_headless_chromium_escapes_what_it_shows(tmp_path):
     assert re.search(r'data-metric="loss" data-points="training:2"', dom)
 
 
+@pytest.mark.slow  # ~0.8 s: keeps the fast tier under 90 s
 def test_the_docs_snippet_runs_and_prints_what_the_docs_say(tmp_path):
     text = (ROOT / "docs" / "dashboard.md").read_text()
     code = re.search(r"```python\n(import json.*?)```", text, re.S).group(1)

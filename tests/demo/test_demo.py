@@ -223,6 +223,7 @@ def test_devices_exit_when_the_coordinator_is_killed_outright(tmp_path):
     assert demo_devices(demo.pid) == []
 
 
+@pytest.mark.slow  # ~0.7 s: keeps the fast tier under 90 s
 def test_a_device_that_cannot_start_is_reported_with_its_log(tmp_path):
     split = load_split(devices=2, alpha=0.5, seed=0)
     with Fleet(tmp_path) as fleet:

@@ -224,6 +224,7 @@ def test_random_http_gets_no_5xx_no_traceback_and_changes_nothing(fuzzed, which,
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
 
 
+@pytest.mark.slow  # ~1.1 s: keeps the fast tier under 90 s
 def test_after_the_fuzzing_every_device_completes_a_normal_round(fuzzed):
     root, named, tokened = fuzzed
     model = FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)})

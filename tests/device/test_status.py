@@ -153,6 +153,7 @@ def test_a_browser_without_the_token_gets_one_page_that_reveals_nothing():
     CHROMIUM is None and not os.environ.get("CI"),
     reason="chromium is not installed (apt-get install chromium-headless-shell) - status page not checked in a browser",
 )
+@pytest.mark.slow  # ~0.9 s: keeps the fast tier under 90 s
 def test_typing_the_token_into_the_page_in_headless_chromium(tmp_path):
     data = FedArrays({"w": np.zeros(3, np.float32)}, lambda model: 7)
     served = {"model": data, "hidden_base": FedFloat(0.5)}

@@ -139,6 +139,7 @@ def sample_install(tmp_path_factory):
     return pip_install(SAMPLE, tmp_path_factory.mktemp("site"))
 
 
+@pytest.mark.slow  # ~3.1 s: keeps the fast tier under 90 s
 def test_third_party_adapter_distribution_runs_a_round(sample_install, devices, monkeypatch):
     assert list(sample_install.glob("fedsync_sample-0.3.0.dist-info"))
     monkeypatch.syspath_prepend(str(sample_install))

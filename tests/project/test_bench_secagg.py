@@ -36,7 +36,10 @@ def load_benchmark():
     [
         ("", "{new}"),
         ("# Round benchmark results\nrows\n", "# Round benchmark results\nrows\n\n{new}"),
-        ("# Round\nr\n\n# Secure aggregation\nold\n### t\nold\n\n# Strategy convergence\ns\n", "# Round\nr\n\n{new}\n# Strategy convergence\ns\n"),
+        (
+            "# Round\nr\n\n# Secure aggregation\nold\n### t\nold\n\n# Strategy convergence\ns\n",
+            "# Round\nr\n\n{new}\n# Strategy convergence\ns\n",
+        ),
         ("# Secure aggregation\nold\n# Strategy convergence\ns\n", "{new}\n# Strategy convergence\ns\n"),
         ("# Round\nr\n# Secure aggregation\nold\n", "# Round\nr\n\n{new}"),
     ],
@@ -63,7 +66,11 @@ def test_quick_run_counts_the_bytes_each_protocol_moves(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--json", str(out), "--output", str(results), "--peer-timeout", "60"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     cells = {c["peer"]: c for c in json.loads(out.read_text())}

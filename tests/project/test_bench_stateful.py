@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "stateful.py"
@@ -36,6 +37,7 @@ ROW = re.compile(
 )
 
 
+@pytest.mark.slow  # ~1.0 s: keeps the fast tier under 90 s
 def test_quick_run_prints_a_row_per_algorithm_and_data_set_with_finite_numbers(capsys):
     bench = load_benchmark()
     assert bench.main(["--quick", "--plot", "none"]) == 0

@@ -99,7 +99,9 @@ def dockerfile_cmds(dockerfile: Path) -> list[list[str]]:
     text = dockerfile.read_text()
     cmds = [json.loads(line.removeprefix("CMD ")) for line in text.splitlines() if line.startswith("CMD ")]
     comments = " ".join(line.lstrip("# ").rstrip("\\").strip() for line in text.splitlines() if line.startswith("#"))
-    cmds += [shlex.split("fedsync " + rest) for rest in re.findall(r"fedsync-device fedsync (.*?--cafile \S+)", comments)]
+    cmds += [
+        shlex.split("fedsync " + rest) for rest in re.findall(r"fedsync-device fedsync (.*?--cafile \S+)", comments)
+    ]
     return cmds
 
 
@@ -170,7 +172,9 @@ def test_each_dockerfile_builds_and_its_command_starts(dockerfile):
     assert build.returncode == 0, build.stderr[-3000:]
     try:
         program = dockerfile_cmds(dockerfile)[0][:2]
-        run = subprocess.run([docker, "run", "--rm", tag, *program, "--help"], capture_output=True, text=True, timeout=300)
+        run = subprocess.run(
+            [docker, "run", "--rm", tag, *program, "--help"], capture_output=True, text=True, timeout=300
+        )
         assert run.returncode == 0, run.stderr[-3000:]
     finally:
         subprocess.run([docker, "rmi", "-f", tag], capture_output=True, timeout=300)

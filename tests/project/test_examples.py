@@ -157,20 +157,26 @@ def test_the_real_machines_instructions_as_written(tmp_path):
     assert export.startswith("export FEDSYNC_TOKEN=") and "--token" not in device
     ports = [free_port(), free_port()]
     devices = [
-        device.replace("DEVICE=0", f"DEVICE={i}").replace("--host 0.0.0.0 --port 8000", f"--host 127.0.0.1 --port {port}")
+        device.replace("DEVICE=0", f"DEVICE={i}").replace(
+            "--host 0.0.0.0 --port 8000", f"--host 127.0.0.1 --port {port}"
+        )
         for i, port in enumerate(ports)
     ]
-    coordinator = coordinator.replace("http://device-a:8000,http://device-b:8000", ",".join(f"http://127.0.0.1:{p}" for p in ports))
+    coordinator = coordinator.replace(
+        "http://device-a:8000,http://device-b:8000", ",".join(f"http://127.0.0.1:{p}" for p in ports)
+    )
     wait = " && ".join(f"until (exec 3<>/dev/tcp/127.0.0.1/{p}) 2>/dev/null; do sleep 0.2; done" for p in ports)
-    script = "\n".join([
-        export,
-        *(f"{d} >{tmp_path}/device{i}.log 2>&1 &" for i, d in enumerate(devices)),
-        "trap 'kill $(jobs -p) 2>/dev/null' EXIT",
-        f"timeout 120 bash -c '{wait}'",
-        # Without the token, the coordinator is refused: the devices do require it.
-        f"(unset FEDSYNC_TOKEN; {coordinator}) 2>&1 | tail -1 >{tmp_path}/refused.log",
-        coordinator,
-    ])
+    script = "\n".join(
+        [
+            export,
+            *(f"{d} >{tmp_path}/device{i}.log 2>&1 &" for i, d in enumerate(devices)),
+            "trap 'kill $(jobs -p) 2>/dev/null' EXIT",
+            f"timeout 120 bash -c '{wait}'",
+            # Without the token, the coordinator is refused: the devices do require it.
+            f"(unset FEDSYNC_TOKEN; {coordinator}) 2>&1 | tail -1 >{tmp_path}/refused.log",
+            coordinator,
+        ]
+    )
     done = readme.shell(script, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert final_accuracy(done.stdout) >= 0.85
@@ -181,7 +187,7 @@ def test_a_command_run_as_a_newcomer_leaves_no_process_behind(tmp_path):
     """A device started in the background through the ``fedsync``/``python`` shell functions is stopped with the command."""
     pid_file = tmp_path / "pid"
     script = (
-        f"python -c 'import os, time; open(\"{pid_file}\", \"w\").write(str(os.getpid())); time.sleep(120)' >/dev/null 2>&1 &\n"
+        f'python -c \'import os, time; open("{pid_file}", "w").write(str(os.getpid())); time.sleep(120)\' >/dev/null 2>&1 &\n'
         f"for i in $(seq 100); do [ -s {pid_file} ] && break; sleep 0.1; done\n"
         "kill $!  # stops the subshell the function runs in, not the python under it\n"
     )

@@ -22,6 +22,8 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("fedsync", "fedsync_keras", "fedsync_torch", "fedsync_ray")
 ADAPTER_PACKAGES = ("fedsync_keras", "fedsync_torch", "fedsync_ray")
@@ -298,6 +300,7 @@ def private_problems(root: Path) -> list[str]:
     return problems
 
 
+@pytest.mark.slow  # ~1.1 s: keeps the fast tier under 90 s
 def test_no_import_cycles() -> None:
     problems = cycle_problems(ROOT)
     assert not problems, "import cycles (open each with a move, see docs/architecture.md):\n" + "\n".join(problems)
@@ -313,6 +316,7 @@ def test_no_module_over_600_lines() -> None:
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow  # ~1.1 s: keeps the fast tier under 90 s
 def test_adapter_packages_import_only_public_fedsync() -> None:
     problems = private_problems(ROOT)
     assert not problems, "\n".join(problems)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED_FOLDERS = {"support": "helpers, not tests", "project": "the repository as a whole"}
 
@@ -82,6 +84,7 @@ def folders_without_counterpart(root: Path) -> list[str]:
 # -- the checks on this repository --------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~1.1 s: keeps the fast tier under 90 s
 def test_no_test_module_imports_a_conftest_or_another_test_module():
     assert imports_of_tests_and_conftests(ROOT) == [], (
         "move shared helpers to tests/support/, shared fixtures to a conftest.py"

@@ -47,4 +47,7 @@ def test_its_info_schema_names_every_key_a_device_answers():
     schema = DOCUMENT["components"]["schemas"]["Info"]
     assert set(info) == set(schema["properties"]) and set(schema["required"]) == {"specs", "repetition"}
     assert set(info["capabilities"]) == set(schema["properties"]["capabilities"]["properties"])
-    assert info["capabilities"]["wire_formats"] == schema["properties"]["capabilities"]["properties"]["wire_formats"]["items"]["enum"]
+    assert (
+        info["capabilities"]["wire_formats"]
+        == schema["properties"]["capabilities"]["properties"]["wire_formats"]["items"]["enum"]
+    )

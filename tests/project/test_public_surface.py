@@ -44,7 +44,9 @@ def cross_module_imports() -> set[tuple[str, str, str]]:
                     continue  # third-party, or a private module: its names are private by the module's name
                 is_package = hasattr(importlib.import_module(target), "__path__")
                 for alias in node.names:
-                    if alias.name.startswith("_") or (is_package and importlib.util.find_spec(f"{target}.{alias.name}")):
+                    if alias.name.startswith("_") or (
+                        is_package and importlib.util.find_spec(f"{target}.{alias.name}")
+                    ):
                         continue  # a private name, or a submodule
                     found.add((target, alias.name, str(path.relative_to(ROOT))))
     return found
@@ -58,7 +60,9 @@ def test_every_name_one_module_imports_from_another_is_in_its_all():
         for target, name, importer in imports
         if (target, name) not in IN_FLIGHT and name not in getattr(importlib.import_module(target), "__all__", ())
     )
-    assert not missing, f"imported across modules but not in the module's __all__ (add it, or rename it _private): {missing}"
+    assert not missing, (
+        f"imported across modules but not in the module's __all__ (add it, or rename it _private): {missing}"
+    )
     stale = IN_FLIGHT - {(target, name) for target, name, _ in imports}
     assert not stale, f"no longer imported across modules: drop from IN_FLIGHT: {stale}"
 
@@ -77,7 +81,9 @@ def test_every_name_in_all_exists(package):
 def test_checkpoint_error_lives_with_the_other_errors():
     assert "CheckpointError" in fedsync.errors.__all__
     assert fedsync.errors.CheckpointError.__module__ == "fedsync.errors"
-    assert fedsync.coordinator.checkpoint.CheckpointError is fedsync.errors.CheckpointError  # the old import path still works
+    assert (
+        fedsync.coordinator.checkpoint.CheckpointError is fedsync.errors.CheckpointError
+    )  # the old import path still works
     assert issubclass(fedsync.errors.CheckpointError, fedsync.errors.FedSyncError)
     assert issubclass(fedsync.errors.CheckpointError, ValueError)
 
@@ -130,7 +136,9 @@ def test_every_module_is_private_by_name_or_documented_as_public():
     assert {"fedsync.strategies", "fedsync.secagg", "fedsync.demo"} <= whole  # the walk read the table at all
     private = private_roots(modules)
     covered = {m for m in modules if any(m == p or m.startswith(p + ".") for p in private | whole)}
-    assert sorted(modules - covered - public) == [], "public modules missing from docs/modules.md (list them, or rename them _private)"
+    assert sorted(modules - covered - public) == [], (
+        "public modules missing from docs/modules.md (list them, or rename them _private)"
+    )
     assert sorted(public - modules) == [], "docs/modules.md lists modules that do not exist"
     assert sorted(private ^ internal) == [], "docs/modules.md's Internal section must name exactly the _private modules"
 

@@ -26,4 +26,6 @@ def test_a_skip_for_a_missing_extra_fails_when_extras_are_required(required, out
         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
     )  # fmt: skip
     assert outcome in run.stdout, run.stdout[-2000:]
-    assert ("FEDSYNC_REQUIRE_EXTRAS=1: skipped for a missing required package (tensorboardX" in run.stdout) == (required == "1")
+    assert ("FEDSYNC_REQUIRE_EXTRAS=1: skipped for a missing required package (tensorboardX" in run.stdout) == (
+        required == "1"
+    )

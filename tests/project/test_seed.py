@@ -1,5 +1,7 @@
 """The seed README's API, as written, across real device processes."""
 
+import pytest
+
 import fedsync
 import fedsync.client
 from fedsync.client import Federated, Remote
@@ -16,6 +18,7 @@ def test_public_names():
     assert fedsync.serve is fedsync.device.serving.serve
 
 
+@pytest.mark.slow  # ~0.8 s: keeps the fast tier under 90 s
 def test_fedfloat_seed_example_over_http(devices):
     one = devices("fedfloat", 1.0)
     three = devices("fedfloat", 3.0)

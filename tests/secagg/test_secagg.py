@@ -316,6 +316,7 @@ def test_recovery_of_the_issues_case_searches_every_subset():
 COPIED = base64.b64encode(b"\x09" + bytes(31)).decode()  # the X25519 base point: a valid key two copycats answer alike
 
 
+@pytest.mark.slow  # ~1.0 s: keeps the fast tier under 90 s
 def test_devices_answering_a_repeated_public_key_fail_alone(served, hostile):
     """Two devices answer the keys phase with the same key: they fail, the honest three complete the round."""
     honest = [served(noisy(seed, 10 * seed)) for seed in (1, 2, 3)]

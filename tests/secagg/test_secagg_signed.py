@@ -78,6 +78,7 @@ def phases(monkeypatch):
     return sent, rewrite, answers
 
 
+@pytest.mark.slow  # ~1.6 s: keeps the fast tier under 90 s
 def test_a_signed_round_over_mutual_tls_equals_the_unsigned_one(fleet, phases):
     sent, _, _ = phases
     signed = FedArrays(model())

@@ -124,6 +124,7 @@ def integer_rounds(draw):
     return dtype, replies
 
 
+@pytest.mark.slow  # ~0.7 s: keeps the fast tier under 90 s
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(integer_rounds())
 def test_integer_and_boolean_means_are_exact_for_every_dtype_and_count(case):

@@ -540,6 +540,7 @@ def test_one_byzantine_device_ruins_fedavg_but_not_the_robust_strategies(devices
             assert steps == 10, (name, steps)
 
 
+@pytest.mark.slow  # ~0.7 s: keeps the fast tier under 90 s
 def test_the_docs_snippet_runs_and_prints_what_the_docs_say(tmp_path):
     import re
 

@@ -25,6 +25,7 @@ def linreg_model() -> FedArrays:
     return FedArrays({"w": np.zeros((3, 1)), "b": np.zeros(1)})
 
 
+@pytest.mark.slow  # ~0.9 s: keeps the fast tier under 90 s
 def test_a_lambda_runs_on_processes_and_merges_what_the_function_by_name_merges():
     models = []
     for device_fn in (linreg_device, lambda i: linreg(i, 40)):
@@ -108,6 +109,7 @@ class _Planted:
         return os.mkdir, (self.path,)
 
 
+@pytest.mark.slow  # ~1.2 s: keeps the fast tier under 90 s
 @pytest.mark.parametrize("shape", ["a bare pickle", "a frame whose header is a pickle"])
 def test_a_worker_that_sends_back_a_pickle_instead_of_frames_fails_its_device_alone_and_nothing_is_unpickled(
     tmp_path, shape

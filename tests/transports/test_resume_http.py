@@ -39,6 +39,7 @@ def one_round(devices, proxy, **options):
     return result, coordinator.model["w"], remotes[0]
 
 
+@pytest.mark.slow  # ~1.4 s: keeps the fast tier under 90 s
 @pytest.mark.parametrize("direction", ["down", "up"])
 def test_a_transfer_cut_at_half_resumes_and_the_model_is_exact(devices, direction, caplog):
     caplog.set_level(logging.INFO, logger="fedsync")
@@ -58,6 +59,7 @@ def test_a_transfer_cut_at_half_resumes_and_the_model_is_exact(devices, directio
         assert 0 <= remote.resent_bytes < PAYLOAD // 2
 
 
+@pytest.mark.slow  # ~0.7 s: keeps the fast tier under 90 s
 @pytest.mark.parametrize("direction", ["down", "up"])
 def test_a_device_whose_connection_keeps_breaking_fails_alone(devices, direction):
     with CuttingProxy(devices[0].url, direction=direction, after=256 * 1024, times=None) as proxy:
@@ -67,6 +69,7 @@ def test_a_device_whose_connection_keeps_breaking_fails_alone(devices, direction
     assert remote.resumes.count >= 1 and proxy.cuts > 1
 
 
+@pytest.mark.slow  # ~0.8 s: keeps the fast tier under 90 s
 def test_the_next_round_after_a_resumed_one_is_whole(devices):
     with CuttingProxy(devices[0].url, direction="down", after=PAYLOAD // 3, times=1) as proxy:
         coordinator = FedArrays({"w": start_values()})

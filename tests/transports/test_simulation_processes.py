@@ -19,6 +19,7 @@ def linreg_model() -> FedArrays:
     return FedArrays({"w": np.zeros((3, 1)), "b": np.zeros(1)})
 
 
+@pytest.mark.slow  # ~0.7 s: keeps the fast tier under 90 s
 def test_a_pure_python_training_runs_on_several_processes_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv(TRACE, str(tmp_path))
     history = run_simulation(pure_python, 4, 1, data=FedArrays({"w": np.zeros(3)}), workers=2, worker_kind="processes", progress=False)
@@ -30,6 +31,7 @@ def test_a_pure_python_training_runs_on_several_processes_at_once(tmp_path, monk
     assert any(a["pid"] != b["pid"] and a["start"] < b["end"] and b["start"] < a["end"] for a in runs for b in runs)
 
 
+@pytest.mark.slow  # ~0.7 s: keeps the fast tier under 90 s
 def test_processes_give_the_same_model_as_threads_for_the_same_seed():
     models = {}
     for kind in ("threads", "processes"):

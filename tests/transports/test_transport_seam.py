@@ -38,6 +38,7 @@ def zeros() -> FedArrays:
     return FedArrays({"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)})
 
 
+@pytest.mark.slow  # ~3.2 s: keeps the fast tier under 90 s
 def test_a_transport_written_from_the_docstring_runs_a_round_against_real_devices(transport_install, devices, monkeypatch):
     assert list(transport_install.glob("fedsync_transport_sample-0.1.0.dist-info"))
     monkeypatch.syspath_prepend(str(transport_install))

@@ -160,6 +160,7 @@ def test_non_ascii_names_round_trip():
     ),
     st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
 )
+@pytest.mark.slow  # ~0.9 s: keeps the fast tier under 90 s
 @FUZZ
 def test_random_arrays_round_trip(arrays, metadata):
     decoded, decoded_metadata = decode(encode(arrays, metadata))

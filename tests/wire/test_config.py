@@ -248,6 +248,7 @@ def test_strategy_keys_come_first_and_the_users_win():
 # -- over HTTP: the config reaches train and evaluate --------------------------------------
 
 
+@pytest.mark.slow  # ~0.8 s: keeps the fast tier under 90 s
 def test_round_config_reaches_two_argument_train_and_one_argument_train_still_works(devices):
     two, one = (
         devices("tests.support.devices.config:configured", 10),
