@@ -85,8 +85,9 @@ class Decoding(PayloadParts):
             for name, a in arrays.items():
                 if a.dtype.kind == "f" and not np.isfinite(a).all():
                     raise PayloadRejected(f"array {name!r} contains NaN or infinity")
-        if not merging:
-            _views.reply_format(metadata)  # a coordinator's payload: refused here, before anything changes
+        if not merging:  # a coordinator's payload: refused here, before anything changes
+            _views.reply_format(metadata)
+            _updates.requested(metadata)
         origin = _views.base_of(metadata)
         if origin is not None:
             if merging:

@@ -32,6 +32,7 @@ class PayloadParts:
     _frozen: str | None
     updates: str | None
     _residuals: dict[str, np.ndarray] | None
+    _asked: tuple[str | None, float | None]
     view: tuple[str, dict[str, np.ndarray]] | None
 
     def get_arrays(self) -> dict[str, np.ndarray]:
@@ -84,9 +85,10 @@ class PayloadParts:
     @property
     def residuals(self) -> dict[str, np.ndarray]:
         """Top-k's error feedback (``updates="topk"``): ``residual/<name>`` per floating array that travels."""
-        if self._residuals is None:
-            travel = self._shared_part(self.layout())
-            self._residuals = _updates.residuals(travel) if self.updates == "topk" else {}
+        if self._residuals is None:  # made for a device that chose top-k, or once a coordinator asks for it
+            if self.updates != "topk" and self._asked[0] != "topk":
+                return {}
+            self._residuals = _updates.residuals(self._shared_part(self.layout()))
         return self._residuals
 
     def frozen_fingerprint(self) -> str | None:
@@ -138,7 +140,7 @@ class PayloadParts:
         names = [name for name in state if name.startswith(_views.VIEW) or name == _views.VIEW_ID]
         if not names:
             return state, None
-        optional = self.optional_state()
+        optional = {n: v for n, v in self.optional_state().items() if n.startswith(_views.VIEW) or n == _views.VIEW_ID}
         if sorted(names) != sorted(optional):
             raise PayloadRejected(f"the state's view {sorted(names)[:4]} is not this model's {sorted(optional)[:4]}")
         for name in names:
@@ -166,18 +168,22 @@ class PayloadParts:
         return state
 
     def optional_state(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """Entries a saved state may hold beyond :meth:`device_state`'s, all or none: a view (``view/<name>``)."""
-        layout = {
-            _views.VIEW + name: (tuple(shape), np.dtype(dtype))
-            for name, (shape, dtype) in self._shared_part(self.layout()).items()
+        """Entries a saved state may hold beyond :meth:`device_state`'s, each group all or none: a view
+        (``view/<name>``, ``view.id``) and top-k's residuals (``residual/<name>``) not made yet."""
+        travel = {
+            name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in self._shared_part(self.layout()).items()
         }
-        return {**layout, _views.VIEW_ID: ((71,), np.dtype(np.uint8))}
+        residuals = {_updates.RESIDUAL + n: layout for n, layout in travel.items() if layout[1].kind == "f"}
+        views = {_views.VIEW + name: layout for name, layout in travel.items()}
+        return {**views, _views.VIEW_ID: ((71,), np.dtype(np.uint8)), **residuals}
 
     def load_device_state(self, state: dict[str, np.ndarray]) -> None:
         """Load ``state`` (as :meth:`device_state` gives it) in place; ``ValueError`` (checked first) if it misfits."""
         self.extra_arrays  # noqa: B018  # as in device_state
         state, view = self._saved_view(state)
         local = {name: state[_sharing.LOCAL + name] for name in self.selection.local if _sharing.LOCAL + name in state}
+        if self._residuals is None and any(name.startswith(_updates.RESIDUAL) for name in state):
+            self._residuals = _updates.residuals(self._shared_part(self.layout()))  # a saved one, adopted below
         kept = self.residuals
         own = {name: a for name, a in state.items() if not name.startswith(_sharing.LOCAL) and name not in kept}
         fed = {name: a for name, a in state.items() if name in kept}

@@ -121,8 +121,10 @@ def restore_state(fed: FedData, data: bytes | bytearray | memoryview, source: st
         if metadata.get(STATE_KEY) != "1":
             raise ValueError(f"it is not a device state (no {STATE_KEY!r} metadata): a model payload, or another file")
         found = layout_of(arrays)
-        if set(optional) - set(expected) <= set(found):  # with its view: expect it too
-            expected = {**expected, **{name: optional[name] for name in optional if name not in expected}}
+        for cache in CACHES:  # a cache the FedData has not made yet (a view, an asked-for residual): adopt it whole
+            mine = {name: v for name, v in optional.items() if cache(name) and name not in expected}
+            if mine and all(name in found for name in mine):
+                expected = {**expected, **mine}
         saved_model = metadata.get(MODEL_KEY)
         other_model = saved_model is not None and saved_model != model_of(fed)
         for cache in CACHES:  # what only saves bytes or work: another model resets it

@@ -16,6 +16,7 @@ model's dtype is that device's failure.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -26,11 +27,26 @@ from .._util.checks import is_number
 from ..errors import PayloadRejected
 from ..wire import compression, sparse
 
-__all__ = ["UPDATES", "DELTA_KEY", "RESIDUAL", "check_updates", "is_delta", "rebuilt", "reply_arrays", "residuals"]
+__all__ = [
+    "UPDATES",
+    "DELTA_KEY",
+    "REQUEST_KEY",
+    "RESIDUAL",
+    "check_updates",
+    "is_delta",
+    "rebuilt",
+    "reply_arrays",
+    "request",
+    "requested",
+    "residuals",
+]
 
 UPDATES = ("delta", "topk")
 DELTA_KEY = "fedsync.delta"
 """Metadata of a reply whose floating model arrays are updates (value ``"1"``)."""
+REQUEST_KEY = "fedsync.updates"
+"""Coordinator payload metadata: how it asks devices that did not choose to reply (``{"as": "delta"}`` or
+``{"as": "topk", "top_k": 0.01}``, JSON); a device that chose ``updates=`` itself keeps its choice."""
 RESIDUAL = "residual/"
 """Prefix of an error-feedback residual in a device's state."""
 
@@ -51,6 +67,32 @@ def check_updates(updates: Any, top_k: Any) -> tuple[str | None, float | None]:
     if not is_number(top_k) or not math.isfinite(top_k) or not 0 < top_k <= 1:
         raise ValueError(f"top_k must be a share of each update's entries in (0, 1], e.g. 0.01; got {top_k!r}")
     return updates, float(top_k)
+
+
+def request(updates: str | None, top_k: float | None) -> dict[str, str]:
+    """The metadata a coordinator declared with ``updates=`` adds to its payloads (``{}`` without)."""
+    if updates is None:
+        return {}
+    asked: dict[str, Any] = {"as": updates, **({"top_k": top_k} if top_k is not None else {})}
+    return {REQUEST_KEY: json.dumps(asked, separators=(",", ":"))}
+
+
+def requested(metadata: Mapping[str, str]) -> tuple[str | None, float | None]:
+    """What a coordinator's payload asks a device to reply (``(None, None)``: weights), checked.
+
+    Raises:
+        PayloadRejected: not a JSON object with ``"as"`` in ``UPDATES`` (and ``top_k`` in ``(0, 1]`` for ``topk``).
+    """
+    text = metadata.get(REQUEST_KEY)
+    if text is None:
+        return None, None
+    try:
+        asked = json.loads(text) if len(text) <= 200 else None
+        if not isinstance(asked, dict) or set(asked) - {"as", "top_k"}:
+            raise ValueError("not a JSON object of 'as' and 'top_k'")
+        return check_updates(asked.get("as"), asked.get("top_k"))
+    except (ValueError, RecursionError) as exc:
+        raise PayloadRejected(f"payload metadata {REQUEST_KEY!r} is refused: {str(exc)[:120]}") from None
 
 
 def residuals(layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:

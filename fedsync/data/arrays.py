@@ -167,6 +167,7 @@ class FedArrays(Decoding, PayloadParts, FedData):
         self.updates, self.top_k = _updates.check_updates(updates, top_k)
         self._update: tuple[dict[str, np.ndarray], dict[str, str]] | None = None  # a device's reply, as updates
         self._residuals: dict[str, np.ndarray] | None = None  # top-k's error feedback, made on first use
+        self._asked: tuple[str | None, float | None] = (None, None)  # what the last payload asked a device to reply
         self.download, self.download_top_k = _views.check_download(download, download_top_k)
         self.views = _views.Views()  # the coordinator's last views (download="delta")
         self.view: tuple[str, dict[str, np.ndarray]] | None = None  # a device's view: its id and arrays
@@ -262,7 +263,8 @@ class FedArrays(Decoding, PayloadParts, FedData):
         if self._update is not None and wire == self.sending:  # a device's reply as updates (updates=)
             arrays, added = self._update
             return self.serialize_arrays(repetition, arrays, None, {**added, **(extra or {})}, extras=False)
-        return self.serialize_arrays(repetition, self._shared_part(self.get_arrays()), wire, extra)
+        asked = _updates.request(self.updates, self.top_k) if self.train is None else {}  # a coordinator asks
+        return self.serialize_arrays(repetition, self._shared_part(self.get_arrays()), wire, {**asked, **(extra or {})})
 
     def serialize_arrays(
         self,
@@ -324,6 +326,7 @@ class FedArrays(Decoding, PayloadParts, FedData):
         raw, metadata, expected = self._opened(encoding)
         payload, _ = self._checked(raw, metadata, finite=False, expected=expected)
         sending = _views.reply_format(metadata)  # checked before anything changes
+        self._asked = _updates.requested(metadata)
         self._update = None
         self._load_payload(payload)
         arrays = _extras.model_part(payload, self.extra_arrays)
@@ -338,7 +341,8 @@ class FedArrays(Decoding, PayloadParts, FedData):
         # local DP) asks, and dropped after: the device reuses the payload's buffer next round.
         self._received = arrays
         try:
-            if self.keep_global or self.updates:
+            updates, top_k = (self.updates, self.top_k) if self.updates else self._asked  # the device's choice first
+            if self.keep_global or updates:
                 self.global_weights()
             if self.train is not None:
                 self.samples, self.metrics = parse_counted(_merging.call(self.train, self.model, config))
@@ -351,10 +355,10 @@ class FedArrays(Decoding, PayloadParts, FedData):
             if self.local_dp is not None:  # before the reply can leave: serialize sends these arrays
                 trained = self._shared_part(self.get_arrays())
                 self.set_arrays({**arrays, **self.local_dp.apply(trained, self.global_weights())})
-            if self.updates and self.train is not None:
+            if updates and self.train is not None:
                 start, trained = self.global_weights() or {}, self._shared_part(self.get_arrays())
                 self._update = _updates.reply_arrays(
-                    trained, start, self.extra_arrays, self.residuals, self.top_k, self.sending
+                    trained, start, self.extra_arrays, self.residuals, top_k, self.sending
                 )
         finally:
             self._received = None

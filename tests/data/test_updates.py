@@ -200,3 +200,48 @@ def test_int4_both_ways_and_delta_replies_in_int4_train_close_to_float32_in_a_se
 
     sent, _ = codec.decode(bytes(data.serialize(1)))
     assert sent["w"].nbytes == 4 * 1 + (DIM + 1) // 2  # one block's float32 scale, then 4-bit codes
+
+
+def test_a_coordinator_declared_with_updates_asks_devices_that_did_not_choose():
+    """One place to choose a run's upload: devices without updates= follow the coordinator's request; a device that
+    chose keeps its choice; the residual of an asked top-k lives in the device's state like a declared one's."""
+    asked = FedArrays({"w": np.zeros(DIM, np.float32), "n": np.zeros(1, np.int64)}, updates="topk", top_k=0.1)
+    history = run_simulation(device(), 5, 3, data=asked, progress=False, seed=1)
+    assert not any(r.failures for r in history)
+    declared, _ = run(device("topk", 0.1), rounds=3)  # the devices choosing it themselves
+    plain, _ = run(device(), rounds=3)
+    np.testing.assert_array_equal(asked.model["w"], declared.model["w"])  # the request was followed, bit for bit
+    assert not np.allclose(asked.model["w"], plain.model["w"])
+    fed = device()(0)
+    fed.receive(asked.serialize(1), 1)
+    assert fed._update[1]["fedsync.delta"] == "1" and np.count_nonzero(fed.residuals["residual/w"]) > 0
+    assert "residual/w" in fed.device_state()
+    chose = device("delta")(0)
+    chose.receive(asked.serialize(1), 1)
+    assert "fedsync.wire" not in chose._update[1]  # its own choice: dense updates
+
+
+@pytest.mark.parametrize(
+    "value", ['{"as": "sparse"}', '{"as": "topk", "top_k": 2}', "[1]", '{"as": "delta", "x": 1}', "x" * 300]
+)
+def test_a_malformed_request_is_refused_before_anything_changes(value):
+    coordinator = FedArrays({"w": np.ones(DIM, np.float32), "n": np.zeros(1, np.int64)})
+    arrays, metadata = codec_decode(coordinator.serialize(1))
+    metadata["fedsync.updates"] = value
+    fed = device()(0)
+    with pytest.raises(PayloadRejected, match="fedsync.updates"):
+        fed.check(codec_encode(arrays, metadata), 1)
+    assert not fed.model["w"].any()
+
+
+def codec_decode(payload):
+    from fedsync.wire import codec
+
+    arrays, metadata = codec.decode(bytes(payload))
+    return dict(arrays), dict(metadata)
+
+
+def codec_encode(arrays, metadata):
+    from fedsync.wire import codec
+
+    return codec.encode(arrays, metadata)

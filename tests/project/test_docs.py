@@ -138,6 +138,7 @@ METADATA_KEYS = {"fedsync.samples", "fedsync.metrics", "fedsync.specs", "fedsync
     "fedsync.view",  # the download as a delta (#25, fedsync/data/_views.py)
     "fedsync.base",
     "fedsync.reply_format",
+    "fedsync.updates",
 }
 DOTTED = re.compile(r"\b(fedsync(?:_ray|_torch|_keras)?(?:\.[A-Za-z_]\w*)+)")
 FROM_IMPORT = re.compile(r"from\s+(fedsync[\w.]*)\s+import\s+\(?([\w\s,]+)")
