@@ -182,9 +182,9 @@ class PayloadParts:
         self.extra_arrays  # noqa: B018  # as in device_state
         state, view = self._saved_view(state)
         local = {name: state[_sharing.LOCAL + name] for name in self.selection.local if _sharing.LOCAL + name in state}
-        if self._residuals is None and any(name.startswith(_updates.RESIDUAL) for name in state):
-            self._residuals = _updates.residuals(self._shared_part(self.layout()))  # a saved one, adopted below
-        kept = self.residuals
+        kept = made = self.residuals
+        if not kept and any(name.startswith(_updates.RESIDUAL) for name in state):  # saved for an asked top-k
+            kept = made = _updates.residuals(self._shared_part(self.layout()))  # adopted once every check passed
         own = {name: a for name, a in state.items() if not name.startswith(_sharing.LOCAL) and name not in kept}
         fed = {name: a for name, a in state.items() if name in kept}
         if (
@@ -208,3 +208,5 @@ class PayloadParts:
             self.set_arrays(local)
         if view is not None:
             self.view = view
+        if made:
+            self._residuals = made

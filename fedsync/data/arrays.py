@@ -78,7 +78,8 @@ class FedArrays(Decoding, PayloadParts, FedData):
             buffers stay local) or ``{"include": [...], "exclude": [...]}`` name patterns (the rest stay
             local, each device's own, kept in its state). docs/compression.md.
         updates: on a device, reply the update (``"delta"``: weights minus the model received) or its
-            largest ``top_k`` share with error feedback (``"topk"``) instead of the weights.
+            largest ``top_k`` share with error feedback (``"topk"``) instead of the weights; on the
+            coordinator, ask it of every device that did not choose for itself.
         top_k: with ``updates="topk"``, the share of each update's entries sent, in ``(0, 1]`` (0.01).
         download: on the coordinator, ``"delta"``: send each device, after the first round, the model as
             its difference from the view the device holds (in ``wire_dtype``); ``download_top_k``: only
