@@ -61,7 +61,10 @@ def test_quick_run_moves_each_formats_bytes_through_the_shaped_link(tmp_path):
     assert 0 < probe["up"] <= 105 and 0 < probe["down"] <= 105, probe
     assert "tbf" in done.stdout and "rate 100Mbit" in done.stdout
     cells = {c["peer"]: c for c in report["cells"]}
-    assert set(cells) == {"fedsync-float32", "fedsync-int8", "fedsync-int4", "fedsync-delta-int4", "fedsync-topk1-int4"}
+    assert set(cells) == {
+        "fedsync-float32", "fedsync-int8", "fedsync-int4", "fedsync-delta-int4", "fedsync-topk1-int4",
+        "fedsync-topk1-both",
+    }  # fmt: skip
     assert all(c["status"] == "ok" and len(c["times"]) == 2 for c in cells.values()), cells
     params, devices = 1_000_000, 2
     payload = {peer: sum(c["payload"][-1]) for peer, c in cells.items()}
@@ -74,6 +77,8 @@ def test_quick_run_moves_each_formats_bytes_through_the_shaped_link(tmp_path):
     assert int4 <= payload["fedsync-delta-int4"] < int4 + header
     topk = devices * params * 0.5625 + devices * params * 0.01 * 8  # int4 down, 1 % of (index, value) up
     assert topk <= payload["fedsync-topk1-int4"] < topk + header
+    both = 2 * devices * params * 0.01 * 8  # after the warm-up, 1 % of (index, value) down as a delta, and up
+    assert both <= payload["fedsync-topk1-both"] < both + header
     # What crossed the veth is the payload plus framing; the counters are read when the coordinator reports a
     # round's end, a moment after the next one has begun, so a round's share may shift a little either way.
     for peer, c in cells.items():
