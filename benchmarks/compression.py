@@ -102,13 +102,17 @@ CONFIGS = [
     Config("top-k 3% + top-k 2% delta down", None, "topk", 0.03, download="delta", download_top_k=0.02),
 ]
 BY_NAME = {c.name: c for c in CONFIGS}
-MODELS = ("mlp", "cnn")
-LR = {"mlp": 0.3, "cnn": 0.1}
+MODELS = ("mlp", "cnn", "cnn32")
+LR = {"mlp": 0.3, "cnn": 0.1, "cnn32": 0.1}
 BATCH = 32
 
 
 def build(model: str, seed: int) -> Any:
-    """The torch model ``model`` (``"mlp"`` or ``"cnn"``) with weights drawn from ``seed``; float32."""
+    """The torch model ``model`` with weights drawn from ``seed``; float32.
+
+    ``"mlp"`` (9,610 parameters), ``"cnn"`` (3,818: 8 and 16 channels), ``"cnn32"`` (9,930: 16 and 32 channels;
+    the same CNN at the MLP's size, so a payload's fixed header bytes weigh as much on both).
+    """
     import torch
 
     torch.manual_seed(seed)
@@ -125,6 +129,17 @@ def build(model: str, seed: int) -> Any:
             nn.MaxPool2d(2),
             nn.Flatten(),
             nn.Linear(16 * 4 * 4, 10),
+        )
+    if model == "cnn32":
+        return nn.Sequential(
+            nn.Unflatten(1, (1, 8, 8)),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 4 * 4, 10),
         )
     raise ValueError(f"model must be one of {MODELS}, got {model!r}")
 
