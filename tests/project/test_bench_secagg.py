@@ -3,7 +3,6 @@ counts the bytes the protocol must move, and its report replaces only its own RE
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,23 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.benchmarks import load_benchmark as _load
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "secagg.py"
 
 
 def load_benchmark():
-    """benchmarks/secagg.py as a module, leaving this process's sys.path and sys.modules as they were."""
-    path, modules = list(sys.path), set(sys.modules)
-    spec = importlib.util.spec_from_file_location("bench_secagg", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = path
-        for name in set(sys.modules) - modules:  # its imports (benchmarks/round.py as "round")
-            del sys.modules[name]
-    return module
+    return _load("secagg")
 
 
 @pytest.mark.parametrize(

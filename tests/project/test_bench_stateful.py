@@ -3,32 +3,21 @@ prints a table row for each with finite numbers; its synthetic data set has the 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.support.benchmarks import load_benchmark as _load
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "stateful.py"
 
 
 def load_benchmark():
-    """benchmarks/stateful.py as a module, leaving this process's sys.path and sys.modules as they were."""
-    path, modules = list(sys.path), set(sys.modules)
-    spec = importlib.util.spec_from_file_location("bench_stateful", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = path
-        for name in set(sys.modules) - modules:
-            del sys.modules[name]
-    return module
+    return _load("stateful")
 
 
 ROW = re.compile(
