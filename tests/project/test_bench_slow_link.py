@@ -83,8 +83,9 @@ def test_quick_run_moves_each_formats_bytes_through_the_shaped_link(tmp_path):
     # round's end, a moment after the next one has begun, so a round's share may shift a little either way.
     for peer, c in cells.items():
         assert payload[peer] * 0.9 < c["link"] < payload[peer] * 1.1 + 100_000, (peer, c["link"], payload[peer])
-    # float32's 16 MB cannot cross a 100 Mbit/s link in under 1.28 s: the round went through the shaper.
-    assert cells["fedsync-float32"]["median"] >= 0.95 * float32 * 8 / 100e6
+    # float32's 8 MB each way cannot cross a 100 Mbit/s link in under 0.64 s: the round went through the shaper.
+    # (Not 16 MB in 1.28 s: the link is full duplex, and one device's upload may overlap another's download.)
+    assert cells["fedsync-float32"]["median"] >= 0.95 * (float32 / 2) * 8 / 100e6
     text = done.stdout
     assert "| 100 Mbit/s (" in text and 'fedsync updates="topk" 1 % + int4 download' in text
 
