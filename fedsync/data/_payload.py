@@ -137,10 +137,10 @@ class PayloadParts:
         self, state: dict[str, np.ndarray]
     ) -> tuple[dict[str, np.ndarray], tuple[str, dict[str, np.ndarray]] | None]:
         """``state`` without its saved view, and that view (checked: all its entries, a valid id), or ``None``."""
-        names = [name for name in state if name.startswith(_views.VIEW) or name == _views.VIEW_ID]
+        names = [name for name in state if _views.is_view(name)]
         if not names:
             return state, None
-        optional = {n: v for n, v in self.optional_state().items() if n.startswith(_views.VIEW) or n == _views.VIEW_ID}
+        optional = {n: v for n, v in self.optional_state().items() if _views.is_view(n)}
         if sorted(names) != sorted(optional):
             raise PayloadRejected(f"the state's view {sorted(names)[:4]} is not this model's {sorted(optional)[:4]}")
         for name in names:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Shared", "Selection", "check_shared", "select", "frozen_digest", "LOCAL"]
+__all__ = ["Shared", "Selection", "check_shared", "select", "content_digest", "frozen_digest", "LOCAL"]
 
 Shared = None | str | Mapping[str, Sequence[str]]
 """What ``FedArrays(shared=...)`` takes."""
@@ -134,13 +134,19 @@ def check_ties(chosen: Selection, arrays: Mapping[str, np.ndarray]) -> None:
                 )
 
 
-def frozen_digest(arrays: Mapping[str, np.ndarray], names: Sequence[str]) -> str:
-    """``sha256:<32 hex>`` of the frozen arrays' names, shapes, dtypes and bytes (C order), in ``names``' order."""
+def content_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """``sha256:<64 hex>`` over each array in order: its name, NUL, numpy dtype string, NUL, shape, NUL, bytes (C).
+
+    The frozen part's fingerprint and a download's view id (docs/protocol.md, "The download as a delta").
+    """
     digest = hashlib.sha256()
-    for name in names:
-        a = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}\0{list(a.shape)}\0{a.dtype.str}\0".encode())
-        flat = a.reshape(-1).view(np.uint8)
-        for first in range(0, flat.size, 1 << 24):
-            digest.update(flat[first : first + (1 << 24)].data)
-    return "sha256:" + digest.hexdigest()[:32]
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        digest.update(f"{name}\0{a.dtype.str}\0{list(a.shape)}\0".encode())
+        digest.update(a.reshape(-1).view(np.uint8).data)
+    return "sha256:" + digest.hexdigest()
+
+
+def frozen_digest(arrays: Mapping[str, np.ndarray], names: Sequence[str]) -> str:
+    """``sha256:<32 hex>``: :func:`content_digest` of the frozen arrays, in ``names``' order, shortened."""
+    return content_digest({name: arrays[name] for name in names})[: len("sha256:") + 32]

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..protocol import FedData
 from ..wire import codec
+from . import _updates, _views
 from ._layout import check_layout, header_limit, layout_of
 
 log = logging.getLogger("fedsync.device")
@@ -82,14 +83,10 @@ MODEL_KEY = "fedsync.state_model"
 
 
 def _residual(name: str) -> bool:
-    return name.startswith("residual/")
+    return name.startswith(_updates.RESIDUAL)
 
 
-def _view(name: str) -> bool:
-    return name.startswith("view/") or name == "view.id"
-
-
-CACHES = (_residual, _view)
+CACHES = (_residual, _views.is_view)
 """The groups of state entries that only save bytes (top-k's residuals, a download's view): reset, not refused,
 when saved for another model (other specs, or another layout)."""
 

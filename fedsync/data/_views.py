@@ -14,7 +14,6 @@ difference: error feedback for free. A device that does not hold ``b`` (it resta
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ import numpy as np
 from ..errors import PayloadRejected, UnknownBase
 from ..wire import compression, sparse
 from . import _updates
+from ._sharing import content_digest
 
 __all__ = ["VIEW_KEY", "BASE_KEY", "MAX_VIEWS", "VIEW", "VIEW_ID", "UnknownBase", "view_id", "base_of", "Views"]
 
@@ -41,14 +41,13 @@ VIEW_ID = "view.id"
 _ID = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-def view_id(arrays: Mapping[str, np.ndarray]) -> str:
-    """``sha256:<64 hex>`` of the arrays' names, dtypes, shapes and bytes, in order."""
-    digest = hashlib.sha256()
-    for name, a in arrays.items():
-        a = np.ascontiguousarray(a)
-        digest.update(f"{name}\0{a.dtype.str}\0{list(a.shape)}\0".encode())
-        digest.update(a.reshape(-1).view(np.uint8).data)
-    return "sha256:" + digest.hexdigest()
+view_id = content_digest
+"""A view's id: ``sha256:<64 hex>`` of its arrays (:func:`~fedsync.data._sharing.content_digest`)."""
+
+
+def is_view(name: str) -> bool:
+    """Whether a device-state entry belongs to its view (``view/<name>`` or ``view.id``)."""
+    return name.startswith(VIEW) or name == VIEW_ID
 
 
 def check_download(download: Any, top_k: Any) -> tuple[str | None, float | None]:
