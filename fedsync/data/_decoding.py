@@ -102,15 +102,11 @@ class Decoding(PayloadParts):
                         f"{'no view' if held is None else held[0][:23] + '...'}: send the whole model"
                     )
                 base_view = held[1]
-            model = {name: a for name, a in arrays.items() if name in base_view}
-            arrays = {**arrays, **_views.apply(model, base_view)}
+            arrays = _updates.added(arrays, base_view)  # the view's arrays: the model's that travel
         if _updates.is_delta(metadata):
             if not merging:
                 raise PayloadRejected(f"a payload of updates ({_updates.DELTA_KEY}) is a device's reply, not a model")
-            base = self._payload_arrays()
-            for name, a in arrays.items():
-                if a.dtype.kind == "f" and name not in self.extra_arrays:
-                    arrays[name] = _updates.rebuilt(name, a, base[name])
+            arrays = _updates.added(arrays, self._payload_arrays(), skip=self.extra_arrays)
         return arrays, report
 
     def _header_limit(self, expected: Layout) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from ..wire import compression, sparse
 
 __all__ = [
     "UPDATES",
+    "added",
     "DELTA_KEY",
     "REQUEST_KEY",
     "RESIDUAL",
@@ -155,6 +156,22 @@ def is_delta(metadata: Mapping[str, str]) -> bool:
     if value != "1":
         raise PayloadRejected(f'payload metadata {DELTA_KEY!r} must be "1" when present, got {str(value)[:40]!r}')
     return True
+
+
+def added(
+    update: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray], skip: Collection[str] = ()
+) -> dict[str, np.ndarray]:
+    """``update`` with each floating array in ``base`` (and not in ``skip``) replaced by ``base + update``.
+
+    The others (integer and boolean arrays, a strategy's extras) stay as they are: they travel as values.
+
+    Raises:
+        PayloadRejected: a sum leaves its dtype's finite range (:func:`rebuilt`).
+    """
+    return {
+        name: rebuilt(name, a, base[name]) if a.dtype.kind == "f" and name in base and name not in skip else a
+        for name, a in update.items()
+    }
 
 
 def rebuilt(name: str, update: np.ndarray, start: np.ndarray) -> np.ndarray:

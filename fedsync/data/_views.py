@@ -95,14 +95,6 @@ def base_of(metadata: Mapping[str, str]) -> str | None:
     return base
 
 
-def apply(update: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The view ``base + update`` for floating arrays (float64, rounded once), ``update``'s value for the others."""
-    return {
-        name: _updates.rebuilt(name, a, base[name]) if a.dtype.kind == "f" else np.array(a, copy=True)
-        for name, a in update.items()
-    }
-
-
 class Views:
     """The coordinator's last views, by id, oldest first; at most :data:`MAX_VIEWS` (model copies)."""
 
