@@ -129,22 +129,23 @@ class Handshakes:
             payload = data.serialize_as(repetition, None)  # type: ignore[attr-defined]  # an array FedData
             out = dict.fromkeys(plain, payload)
         self.pending, self.whole = {}, None
-        if getattr(data, "download", None) == "delta":
+        fed: Any = data  # an array FedData when it has download="delta"
+        if getattr(fed, "download", None) == "delta":
             made: dict[tuple[str | None, bool], tuple[Encoding, str]] = {}
             for remote in remotes:
                 formats = self.wire_formats(remote.url)
                 if remote.url in out or "delta" not in formats:
                     continue
                 base = self.held.get(remote.url)
-                base = base if base in data.views.kept else None  # type: ignore[attr-defined]  # forgotten: whole, one payload
-                sparse = data.download_top_k is not None and "topk" in formats  # type: ignore[attr-defined]
+                base = base if base in fed.views.kept else None  # forgotten: whole, one payload
+                sparse = fed.download_top_k is not None and "topk" in formats
                 if (base, sparse) not in made:
-                    top_k = data.download_top_k if sparse else None  # type: ignore[attr-defined]
-                    made[base, sparse] = data.views.payload(data, base, repetition, top_k)  # type: ignore[attr-defined]
+                    top_k = fed.download_top_k if sparse else None
+                    made[base, sparse] = fed.views.payload(fed, base, repetition, top_k)
                 out[remote.url], self.pending[remote.url] = made[base, sparse]
             if any(base is not None for base, _ in made):  # one may have lost its view: the whole model, made now
                 if (None, False) not in made:
-                    made[None, False] = data.views.payload(data, None, repetition, None)  # type: ignore[attr-defined]
+                    made[None, False] = fed.views.payload(fed, None, repetition, None)
                 self.whole = made[None, False]
         return out
 
