@@ -119,27 +119,17 @@ def build(model: str, seed: int) -> Any:
     nn = torch.nn
     if model == "mlp":
         return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-    if model == "cnn":
+    if model in ("cnn", "cnn32"):
+        first, second = (8, 16) if model == "cnn" else (16, 32)
         return nn.Sequential(
             nn.Unflatten(1, (1, 8, 8)),
-            nn.Conv2d(1, 8, 3, padding=1),
+            nn.Conv2d(1, first, 3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(8, 16, 3, padding=1),
+            nn.Conv2d(first, second, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(16 * 4 * 4, 10),
-        )
-    if model == "cnn32":
-        return nn.Sequential(
-            nn.Unflatten(1, (1, 8, 8)),
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(32 * 4 * 4, 10),
+            nn.Linear(second * 4 * 4, 10),
         )
     raise ValueError(f"model must be one of {MODELS}, got {model!r}")
 

@@ -24,7 +24,8 @@ data = fedsync.FedArrays({"w": np.zeros(2)}, train, state=seen)
 """
 
 
-def serve_and_train(folder, state):
+def serve_and_train(folder, state, coordinator=None):
+    """One round against ``fedsync serve device.py:data --state-dir state``, a new process each time."""
     command = fedsync_command(
         "serve", "device.py:data", "--port", "0", "--state-dir", str(state),
         cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -32,7 +33,7 @@ def serve_and_train(folder, state):
     try:
         line = read_line(command.stdout, timeout=60)
         assert line.startswith("serving "), line
-        with Federated(FedArrays({"w": np.zeros(2)}), [line.split()[1]], timeout=60) as alg:
+        with Federated(coordinator or FedArrays({"w": np.zeros(2)}), [line.split()[1]], timeout=60) as alg:
             alg.round()
     finally:
         command.kill()
@@ -87,17 +88,7 @@ def test_scaffold_control_variate_survives_a_device_restart_as_if_it_never_stopp
     state.mkdir()
     coordinator = FedArrays({"w": np.zeros(3)}, strategy=Scaffold(num_devices=2))
     for _ in range(2):  # a new device process per round: c_i comes back from the state folder
-        command = fedsync_command(
-            "serve", "device.py:data", "--port", "0", "--state-dir", str(state),
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            line = read_line(command.stdout, timeout=60)
-            with Federated(coordinator, [line.split()[1]], timeout=60) as alg:
-                alg.round()
-        finally:
-            command.kill()
-            command.wait(timeout=10)
+        serve_and_train(tmp_path, state, coordinator)
     namespace: dict = {}
     exec(compile(SCAFFOLD_DEVICE, "device.py", "exec"), namespace)  # the same device, in this process, never stopped
     steady = FedArrays({"w": np.zeros(3)}, strategy=Scaffold(num_devices=2))
