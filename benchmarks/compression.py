@@ -100,6 +100,11 @@ CONFIGS = [
     Config("top-k 3% + top-k 5% delta down", None, "topk", 0.03, download="delta", download_top_k=0.05),
     Config("delta int4 + top-k 2% delta down", "int4", "delta", download="delta", download_top_k=0.02),
     Config("top-k 3% + top-k 2% delta down", None, "topk", 0.03, download="delta", download_top_k=0.02),
+    # Sparse ternary compression (Sattler et al. 2019): each kept entry as a sign, one magnitude per array,
+    # positions as a bitmap; both ways with error feedback (main after this session's fedsync.wire.stc).
+    Config("stc 10%", None, "stc", 0.1),
+    Config("stc 10% + stc 10% down", None, "stc", 0.1, download="stc", download_top_k=0.1),
+    Config("stc 25% + stc 25% down", None, "stc", 0.25, download="stc", download_top_k=0.25),
 ]
 BY_NAME = {c.name: c for c in CONFIGS}
 MODELS = ("mlp", "cnn", "cnn32")

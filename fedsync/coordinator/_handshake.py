@@ -118,8 +118,8 @@ class Handshakes:
         """Each device's payload when it is not the round's: the arrays as they are, or the model as a delta.
 
         A device that cannot decode the coordinator's ``wire_dtype`` gets the arrays as they are (views, no
-        copy: only the bytes of a larger payload). With ``download="delta"``, a device that decodes ``delta``
-        gets the model as a difference from the view it holds, or whole with a view to keep
+        copy: only the bytes of a larger payload). With ``download="delta"`` (or ``"stc"``), a device that
+        decodes ``delta`` gets the model as a difference from the view it holds, or whole with a view to keep
         (:mod:`fedsync.data._views`); ``pending`` says which view each will hold.
         """
         wire = getattr(data, "wire_dtype", None)
@@ -130,23 +130,22 @@ class Handshakes:
             out = dict.fromkeys(plain, payload)
         self.pending, self.whole = {}, None
         fed: Any = data  # an array FedData when it has download="delta"
-        if getattr(fed, "download", None) == "delta":
-            made: dict[tuple[str | None, bool], tuple[Encoding, str]] = {}
+        if getattr(fed, "download", None) in ("delta", "stc"):
+            made: dict[tuple[str | None, str | None], tuple[Encoding, str]] = {}
             for remote in remotes:
                 formats = self.wire_formats(remote.url)
                 if remote.url in out or "delta" not in formats:
                     continue
                 base = self.held.get(remote.url)
                 base = base if base in fed.views.kept else None  # forgotten: whole, one payload
-                sparse = fed.download_top_k is not None and "topk" in formats
+                sparse = fed.views.sparse_as(fed, formats)
                 if (base, sparse) not in made:
-                    top_k = fed.download_top_k if sparse else None
-                    made[base, sparse] = fed.views.payload(fed, base, repetition, top_k)
+                    made[base, sparse] = fed.views.payload(fed, base, repetition, sparse)
                 out[remote.url], self.pending[remote.url] = made[base, sparse]
             if any(base is not None for base, _ in made):  # one may have lost its view: the whole model, made now
-                if (None, False) not in made:
-                    made[None, False] = fed.views.payload(fed, None, repetition, None)
-                self.whole = made[None, False]
+                if (None, None) not in made:
+                    made[None, None] = fed.views.payload(fed, None, repetition, None)
+                self.whole = made[None, None]
         return out
 
     def wire_formats(self, url: str) -> list[str]:

@@ -84,9 +84,9 @@ class PayloadParts:
 
     @property
     def residuals(self) -> dict[str, np.ndarray]:
-        """Top-k's error feedback (``updates="topk"``): ``residual/<name>`` per floating array that travels."""
+        """Error feedback (``updates="topk"`` or ``"stc"``): ``residual/<name>`` per floating array that travels."""
         if self._residuals is None:  # made for a device that chose top-k, or once a coordinator asks for it
-            if self.updates != "topk" and self._asked[0] != "topk":
+            if self.updates not in _updates.SPARSE and self._asked[0] not in _updates.SPARSE:
                 return {}
             self._residuals = _updates.residuals(self._shared_part(self.layout()))
         return self._residuals

@@ -7,7 +7,9 @@ metadata ``fedsync.delta = "1"``, and packed in the round's wire format like wei
 (:mod:`fedsync.wire.sparse`) with **error feedback** (Karimireddy et al. 2019, "Error Feedback Fixes
 SignSGD and other Gradient Compression Schemes", Algorithm 2; Lin et al. 2018, Deep Gradient
 Compression): the device adds what it did not send last time (its residual, ``residual/<name>`` in its
-state) before choosing, and keeps what it does not send now.
+state) before choosing, and keeps what it does not send now. ``updates="stc"`` sends the same share as
+sparse ternary compression (:mod:`fedsync.wire.stc`: each kept entry as its sign and one mean magnitude
+per array, Sattler et al. 2019), with the same error feedback.
 
 The coordinator rebuilds ``x + update`` (in float64, rounded once to the array's dtype) before the
 strategy sees a reply, so every strategy merges weights as before; an update that would overflow the
@@ -25,7 +27,7 @@ import numpy as np
 
 from .._util.checks import is_number
 from ..errors import PayloadRejected
-from ..wire import compression, sparse
+from ..wire import compression, sparse, stc
 
 __all__ = [
     "UPDATES",
@@ -42,27 +44,30 @@ __all__ = [
     "residuals",
 ]
 
-UPDATES = ("delta", "topk")
+UPDATES = ("delta", "topk", "stc")
+SPARSE = ("topk", "stc")
+"""The ``updates=`` that send a ``top_k`` share with error feedback (a residual in the device's state)."""
 DELTA_KEY = "fedsync.delta"
 """Metadata of a reply whose floating model arrays are updates (value ``"1"``)."""
 REQUEST_KEY = "fedsync.updates"
 """Coordinator payload metadata: how it asks devices that did not choose to reply (``{"as": "delta"}`` or
-``{"as": "topk", "top_k": 0.01}``, JSON); a device that chose ``updates=`` itself keeps its choice."""
+``{"as": "topk", "top_k": 0.01}``, ``"stc"`` likewise; JSON); a device that chose ``updates=`` keeps its choice."""
 RESIDUAL = "residual/"
 """Prefix of an error-feedback residual in a device's state."""
 
 
 def check_updates(updates: Any, top_k: Any) -> tuple[str | None, float | None]:
-    """``(updates, top_k)`` checked: ``None``, ``"delta"`` or ``"topk"`` (with ``top_k`` in ``(0, 1]``, default 0.01).
+    """``(updates, top_k)`` checked: ``None``, ``"delta"``, ``"topk"`` or ``"stc"`` (the last two with ``top_k`` in
+    ``(0, 1]``, default 0.01).
 
     Raises:
-        ValueError: another value, or a ``top_k`` without ``updates="topk"``.
+        ValueError: another value, or a ``top_k`` without ``updates="topk"`` or ``"stc"``.
     """
     if updates is not None and updates not in UPDATES:
-        raise ValueError(f"updates must be None (weights), 'delta' or 'topk', got {updates!r}")
-    if updates != "topk":
+        raise ValueError(f"updates must be None (weights), 'delta', 'topk' or 'stc', got {updates!r}")
+    if updates not in SPARSE:
         if top_k is not None:
-            raise ValueError("top_k= sparsifies updates: give updates='topk' with it")
+            raise ValueError("top_k= sparsifies updates: give updates='topk' or 'stc' with it")
         return updates, None
     top_k = 0.01 if top_k is None else top_k
     if not is_number(top_k) or not math.isfinite(top_k) or not 0 < top_k <= 1:
@@ -82,7 +87,8 @@ def requested(metadata: Mapping[str, str]) -> tuple[str | None, float | None]:
     """What a coordinator's payload asks a device to reply (``(None, None)``: weights), checked.
 
     Raises:
-        PayloadRejected: not a JSON object with ``"as"`` in ``UPDATES`` (and ``top_k`` in ``(0, 1]`` for ``topk``).
+        PayloadRejected: not a JSON object with ``"as"`` in ``UPDATES`` (and ``top_k`` in ``(0, 1]`` for ``topk`` and
+            ``stc``).
     """
     text = metadata.get(REQUEST_KEY)
     if text is None:
@@ -109,12 +115,14 @@ def reply_arrays(
     state: Mapping[str, np.ndarray],
     top_k: float | None,
     wire_dtype: str | None,
+    sparse_as: str = "topk",
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The arrays and metadata of a device's reply as updates; for ``top_k``, ``state``'s residuals are updated.
 
     ``trained``: the model's travelling arrays after ``train``; ``start``: the floating ones received;
     ``extras``: the strategy's arrays (sent as they are). Without ``top_k`` the updates are packed in
-    ``wire_dtype`` as weights would be; with it, top-k (float16 values when ``wire_dtype`` is a 2-byte one).
+    ``wire_dtype`` as weights would be; with it, as ``sparse_as`` says: ``"topk"`` (float16 values when
+    ``wire_dtype`` is a 2-byte one) or ``"stc"``.
 
     Raises:
         ValueError: an update holds NaN or infinity (nothing is sent, the residuals unchanged).
@@ -137,8 +145,11 @@ def reply_arrays(
         if wire_dtype is not None:
             arrays, metadata[compression.WIRE_KEY] = compression.pack(arrays, wire_dtype)
         return arrays, metadata
-    kind = "float16" if wire_dtype in ("float16", "bfloat16") else "float32"
-    packed, metadata[compression.WIRE_KEY], left = sparse.pack_topk(updates, top_k, values=kind)
+    if sparse_as == "stc":
+        packed, metadata[compression.WIRE_KEY], left = stc.pack_stc(updates, top_k)
+    else:
+        kind = "float16" if wire_dtype in ("float16", "bfloat16") else "float32"
+        packed, metadata[compression.WIRE_KEY], left = sparse.pack_topk(updates, top_k, values=kind)
     for name, rest in left.items():
         np.copyto(state[RESIDUAL + name], rest)
     return {**values, **packed, **extras}, metadata

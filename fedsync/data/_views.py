@@ -5,7 +5,8 @@ lossy wire format). ``FedArrays(download="delta")`` on the coordinator marks its
 ``fedsync.view = "1"``: a device that decodes the ``delta`` format keeps what it loads as its view,
 named by :func:`view_id`. The next round, a device the coordinator believes holds view ``b`` (one of the
 last :data:`MAX_VIEWS` it made) gets ``fedsync.base = b``: its floating model arrays hold ``x - view_b``,
-packed in the round's wire format or as top-k (``download_top_k``), and the device loads
+packed in the round's wire format, as top-k (``download_top_k``), or as sparse ternary
+(``download="stc"``, :mod:`fedsync.wire.stc`), and the device loads
 ``view_b + update`` (float64, rounded once), exactly as the coordinator computes it, which becomes
 both sides' new view. What the lossy download did not carry this round is in the next round's
 difference: error feedback for free. A device that does not hold ``b`` (it restarted) answers
@@ -22,11 +23,22 @@ from typing import Any
 import numpy as np
 
 from ..errors import PayloadRejected, UnknownBase
-from ..wire import compression, sparse
+from ..wire import compression, sparse, stc
 from . import _updates
 from ._sharing import content_digest
 
-__all__ = ["VIEW_KEY", "BASE_KEY", "MAX_VIEWS", "VIEW", "VIEW_ID", "UnknownBase", "view_id", "base_of", "Views"]
+__all__ = [
+    "VIEW_KEY",
+    "BASE_KEY",
+    "DOWNLOADS",
+    "MAX_VIEWS",
+    "VIEW",
+    "VIEW_ID",
+    "UnknownBase",
+    "view_id",
+    "base_of",
+    "Views",
+]
 
 VIEW_KEY = "fedsync.view"
 """Coordinator payload metadata ``"1"``: keep what you load as your view, a base for a later delta."""
@@ -51,19 +63,26 @@ def is_view(name: str) -> bool:
 
 
 def check_download(download: Any, top_k: Any) -> tuple[str | None, float | None]:
-    """``(download, download_top_k)`` checked: ``None`` or ``"delta"``, and a top-k share for ``"delta"`` only.
+    """``(download, download_top_k)`` checked: ``None``, ``"delta"`` (a top-k share optional) or ``"stc"``
+    (a share, default 0.01).
 
     Raises:
         ValueError: another value, naming what is accepted.
     """
-    if download not in (None, "delta"):
-        raise ValueError(f"download must be None (the whole model) or 'delta', got {download!r}")
+    if download not in DOWNLOADS:
+        raise ValueError(f"download must be None (the whole model), 'delta' or 'stc', got {download!r}")
+    if download == "stc":
+        return download, _updates.check_updates("stc", top_k)[1]
     if top_k is None:
         return download, None
     if download != "delta":
-        raise ValueError("download_top_k= sparsifies the download's delta: give download='delta' with it")
+        raise ValueError("download_top_k= sparsifies the download's delta: give download='delta' or 'stc' with it")
     return download, _updates.check_updates("topk", top_k)[1]
 
+
+DOWNLOADS = (None, "delta", "stc")
+"""The ``download=`` a coordinator takes: the whole model, or a delta from the device's view (dense or top-k;
+sparse ternary)."""
 
 REPLY_KEY = "fedsync.reply_format"
 """Coordinator payload metadata: the wire format to reply in, when the payload's own does not say (a top-k delta)."""
@@ -101,10 +120,21 @@ class Views:
     def __init__(self) -> None:
         self.kept: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
 
-    def payload(self, fed: Any, base: str | None, repetition: int, top_k: float | None) -> tuple[Any, str]:
+    @staticmethod
+    def sparse_as(fed: Any, formats: list[str]) -> str | None:
+        """How ``fed``'s delta download reaches a device decoding ``formats``: ``"stc"``, ``"topk"``, ``None`` (dense).
+
+        A device that does not list the coordinator's sparse format gets the dense delta in ``wire_dtype``.
+        """
+        wanted = "stc" if fed.download == "stc" else "topk" if fed.download_top_k is not None else None
+        return wanted if wanted in formats else None
+
+    def payload(self, fed: Any, base: str | None, repetition: int, sparse_as: str | None) -> tuple[Any, str]:
         """The payload for a device holding view ``base`` (``None``: none known), and the view it will hold.
 
-        A base this coordinator no longer keeps gets the whole model. The new view is kept.
+        ``sparse_as``: ``"topk"`` or ``"stc"`` packs the delta's ``fed.download_top_k`` share so; ``None``
+        packs it dense in ``fed.wire_dtype``. A base this coordinator no longer keeps gets the whole model.
+        The new view is kept.
         """
         model = fed._shared_part(fed.get_arrays())
         held = self.kept.get(base) if base is not None else None
@@ -117,11 +147,12 @@ class Views:
             for name, a in model.items():
                 delta[name] = np.subtract(a, held[name], dtype=np.float64).astype(a.dtype) if a.dtype.kind == "f" else a
             extra = {VIEW_KEY: "1", BASE_KEY: base}
-            if top_k is not None:
+            if sparse_as is not None:
                 if fed.wire_dtype is not None:
                     extra[REPLY_KEY] = fed.wire_dtype  # the devices reply in it, as to a payload packed in it
                 floats = {n: d for n, d in delta.items() if d.dtype.kind == "f"}
-                packed, extra[compression.WIRE_KEY], _ = sparse.pack_topk(floats, top_k)  # the rest: next round's
+                pack = stc.pack_stc if sparse_as == "stc" else sparse.pack_topk
+                packed, extra[compression.WIRE_KEY], _ = pack(floats, fed.download_top_k)  # the rest: next round's
                 delta.update(packed)
                 payload = fed.serialize_arrays(repetition, delta, None, extra)
             else:

@@ -78,12 +78,14 @@ class FedArrays(Decoding, PayloadParts, FedData):
             buffers stay local) or ``{"include": [...], "exclude": [...]}`` name patterns (the rest stay
             local, each device's own, kept in its state). docs/compression.md.
         updates: on a device, reply the update (``"delta"``: weights minus the model received) or its
-            largest ``top_k`` share with error feedback (``"topk"``) instead of the weights; on the
-            coordinator, ask it of every device that did not choose for itself.
-        top_k: with ``updates="topk"``, the share of each update's entries sent, in ``(0, 1]`` (0.01).
+            largest ``top_k`` share with error feedback (``"topk"``; ``"stc"``: each as its sign and one
+            mean magnitude per array) instead of the weights; on the coordinator, ask it of every device
+            that did not choose for itself.
+        top_k: with ``updates="topk"`` or ``"stc"``, the share of each update's entries sent, in ``(0, 1]``
+            (0.01).
         download: on the coordinator, ``"delta"``: send each device, after the first round, the model as
             its difference from the view the device holds (in ``wire_dtype``); ``download_top_k``: only
-            that share of the difference's largest entries.
+            that share of the difference's largest entries; ``"stc"``: that share as sparse ternary.
 
     Every array adapter (``FedTorch``, ``FedKeras``) takes these same keywords
     and passes them here.
@@ -359,7 +361,7 @@ class FedArrays(Decoding, PayloadParts, FedData):
             if updates and self.train is not None:
                 start, trained = self.global_weights() or {}, self._shared_part(self.get_arrays())
                 self._update = _updates.reply_arrays(
-                    trained, start, self.extra_arrays, self.residuals, top_k, self.sending
+                    trained, start, self.extra_arrays, self.residuals, top_k, self.sending, updates
                 )
         finally:
             self._received = None

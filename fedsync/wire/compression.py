@@ -21,7 +21,8 @@ wire_dtype        bytes   error after a round trip
 An int4 array travels as one 1-D ``U8`` tensor: its blocks' float32 scales, then
 its 4-bit codes two to a byte (docs/protocol.md, "Compressed payloads"), so its
 receiver must know its shape (``unpack(..., shapes=...)``). Top-k sparse updates,
-:mod:`fedsync.wire.sparse`, decode through :func:`unpack` too.
+:mod:`fedsync.wire.sparse`, and sparse ternary ones, :mod:`fedsync.wire.stc`, decode
+through :func:`unpack` too.
 
 NaN and infinity are never packed (``pack`` raises): int8 has no way to carry
 them, and a payload holding them would be refused by its receiver anyway.
@@ -46,6 +47,7 @@ from .._util.checks import is_int, is_number
 from .._util.json import loads_strict, shown
 from ..errors import PayloadRejected
 from .sparse import SPARSE_FORMATS, check_blob, unpack_topk
+from .stc import unpack_stc
 
 __all__ = ["WIRE_DTYPES", "WIRE_KEY", "INT4_BLOCK", "INT4_BLOCKS", "pack", "unpack", "check_wire_dtype", "format_of"]
 
@@ -177,10 +179,9 @@ def unpack(
                     f"array {name!r}: int8 scale must be a number in (0, {largest:g}], got {shown(scale)}"
                 )
             out[name] = _scaled(a, float(scale), target)
-        elif kind in ("int4", "topk"):
+        elif kind in _SHAPED:
             shape = _shape_of(name, kind, shapes)
-            n = math.prod(shape)
-            flat = _from_int4(name, a, spec, n, target) if kind == "int4" else unpack_topk(name, a, spec, n, target)
+            flat = _SHAPED[kind](name, a, spec, math.prod(shape), target)
             out[name] = flat.reshape(shape)
         else:
             raise PayloadRejected(f"array {name!r}: {kind!r} cannot be carried as {a.dtype.name}")
@@ -193,6 +194,7 @@ _SPEC_KEYS = {
     "int8": {"as", "scale"},
     "int4": {"as", "block"},
     "topk": {"as", "k", "values"},
+    "stc": {"as", "k"},
 }
 
 
@@ -349,3 +351,7 @@ def _from_int4(name: str, blob: np.ndarray, spec: Mapping[str, Any], n: int, tar
         # 7 * (max / 7 rounded up) may pass the dtype's max by a hair: it is the max.
         out[lo : lo + m] = np.clip(values, -most_value, most_value)
     return out
+
+
+_SHAPED = {"int4": _from_int4, "topk": unpack_topk, "stc": unpack_stc}
+"""The formats whose 1-D U8 blob needs the array's shape to be read, and their checked decoders."""

@@ -12,7 +12,7 @@ same order; its ``fedsync.wire`` entry is ``{"as": "topk", "k": k, "values": "fl
 :func:`fedsync.wire.compression.unpack` decodes it, with the formats of ``WIRE_DTYPES``, to the dense
 array of the model's shape and dtype, zeros where nothing was sent.
 
-A receiver lists ``"topk"`` (:data:`SPARSE_FORMATS`) under ``capabilities.wire_formats`` in ``/info``
+A receiver lists ``"topk"`` (one of :data:`SPARSE_FORMATS`) under ``capabilities.wire_formats`` in ``/info``
 when it can decode it. docs/protocol.md, "Compressed payloads", has the layout byte for byte.
 """
 
@@ -30,9 +30,10 @@ from .._util.checks import is_int, is_number
 from .._util.json import shown
 from ..errors import PayloadRejected
 
-__all__ = ["SPARSE_FORMATS", "TOPK_VALUES", "pack_topk", "topk_count", "unpack_topk", "check_blob"]
+__all__ = ["SPARSE_FORMATS", "TOPK_VALUES", "check_blob", "largest", "pack_topk", "topk_count", "unpack_topk"]
 
-SPARSE_FORMATS = ("topk",)
+SPARSE_FORMATS = ("topk", "stc")
+"""The sparse formats: ``topk`` here, ``stc`` (sparse ternary) in :mod:`fedsync.wire.stc`."""
 TOPK_VALUES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 _INDEX = np.dtype("<u4")
 _MOST_ELEMENTS = 2**32  # a uint32 index reaches n - 1
@@ -94,7 +95,7 @@ def pack_topk(
                 "check the training that produced it"
             )
         k = topk_count(n, fraction)
-        index = _largest(flat, k)
+        index = largest(flat, k)
         kept = flat[index]
         with np.errstate(over="ignore"):
             sent = kept.astype(value_dtype)
@@ -113,10 +114,10 @@ def pack_topk(
         packed[name] = blob
         how[name] = {"as": "topk", "k": k, "values": values}
         residuals[name] = residual.reshape(a.shape)
-    return packed, json.dumps(how), residuals
+    return packed, json.dumps(how, separators=(",", ":")), residuals
 
 
-def _largest(flat: np.ndarray, k: int) -> np.ndarray:
+def largest(flat: np.ndarray, k: int) -> np.ndarray:
     """The flat indices (int64, increasing) of the ``k`` entries of largest magnitude, ties to the lower index."""
     n = flat.size
     if k == 0:

@@ -38,7 +38,9 @@ def device(value, samples, formats=None, evaluate=True):
         model["w"][...] = value
         return samples
 
-    data = Received({"w": np.zeros(4, np.float32)}, train, evaluate=(lambda m: (samples, {"v": value})) if evaluate else None)
+    data = Received(
+        {"w": np.zeros(4, np.float32)}, train, evaluate=(lambda m: (samples, {"v": value})) if evaluate else None
+    )
     data.formats = formats
     return data
 
@@ -46,7 +48,15 @@ def device(value, samples, formats=None, evaluate=True):
 def test_a_device_that_cannot_decode_the_wire_format_gets_the_arrays_as_they_are():
     knows, plain = device(0.5, 10), device(1.0, 30, formats=[])
     with fedsync.serve(knows, port=0, block=False) as a, fedsync.serve(plain, port=0, block=False) as b:
-        assert Remote(a.url).info()["capabilities"]["wire_formats"] == ["float16", "bfloat16", "int8", "int4", "topk", "delta"]
+        assert Remote(a.url).info()["capabilities"]["wire_formats"] == [
+            "float16",
+            "bfloat16",
+            "int8",
+            "int4",
+            "topk",
+            "stc",
+            "delta",
+        ]
         coordinator = FedArrays({"w": np.zeros(4, np.float32)}, wire_dtype="float16")
         with Federated(coordinator, [a.url, b.url], timeout=30) as alg:
             result = alg.round()
@@ -56,7 +66,10 @@ def test_a_device_that_cannot_decode_the_wire_format_gets_the_arrays_as_they_are
 
 
 def test_evaluation_asks_only_devices_that_evaluate_and_names_the_others():
-    with fedsync.serve(device(0.5, 10), port=0, block=False) as a, fedsync.serve(device(1.0, 30, evaluate=False), port=0, block=False) as b:
+    with (
+        fedsync.serve(device(0.5, 10), port=0, block=False) as a,
+        fedsync.serve(device(1.0, 30, evaluate=False), port=0, block=False) as b,
+    ):
         with Federated(FedArrays({"w": np.zeros(4, np.float32)}), [a.url, b.url], timeout=30) as alg:
             alg.round()
             evaluation = alg.evaluate()
@@ -73,11 +86,15 @@ def test_secure_aggregation_refuses_a_device_that_says_it_cannot_before_any_phas
             return {**super().capabilities(), "secure_aggregation": False}  # as a device without the extra says
 
     refusing = NoSecAgg({"w": np.zeros(4, np.float32)}, lambda m: 1)
-    servers = [fedsync.serve(d, port=0, block=False) for d in (device(0.5, 10), device(1.0, 10), device(2.0, 10), refusing)]
+    servers = [
+        fedsync.serve(d, port=0, block=False) for d in (device(0.5, 10), device(1.0, 10), device(2.0, 10), refusing)
+    ]
     try:
         urls = [s.url for s in servers]
         assert Remote(urls[0]).info()["capabilities"]["secure_aggregation"] is True
-        with Federated(FedArrays({"w": np.zeros(4, np.float32)}), urls, min_results=3, timeout=30, secure_aggregation=SecAgg()) as alg:
+        with Federated(
+            FedArrays({"w": np.zeros(4, np.float32)}), urls, min_results=3, timeout=30, secure_aggregation=SecAgg()
+        ) as alg:
             result = alg.round()
         assert Remote(urls[3]).info()["repetition"] == 0  # no phase, no submission reached it
     finally:

@@ -103,10 +103,10 @@ def test_integer_arrays_travel_as_they_are():
     assert packed["steps"] is steps and set(json.loads(how)) == {"w"} and set(residuals) == {"w"}
 
 
-def test_topk_is_a_sparse_format_not_a_wire_dtype():
+def test_topk_and_stc_are_sparse_formats_not_wire_dtypes():
     from fedsync.wire.compression import WIRE_DTYPES
 
-    assert SPARSE_FORMATS == ("topk",) and "topk" not in WIRE_DTYPES
+    assert SPARSE_FORMATS == ("topk", "stc") and not set(SPARSE_FORMATS) & set(WIRE_DTYPES)
 
 
 # -- the receiver checks every blob before use -----------------------------------------
