@@ -116,7 +116,7 @@ def pack(
             scale = peak / 127.0 if peak / 127.0 > 0 else 1.0  # a subnormal peak's scale would underflow to 0
             packed[name] = np.rint(a / scale).astype(np.int8)
             how[name] = {"as": "int8", "scale": scale}
-    return packed, json.dumps(how)
+    return packed, json.dumps(how, separators=(",", ":"))
 
 
 def unpack(

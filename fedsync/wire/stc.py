@@ -133,7 +133,7 @@ def unpack_stc(name: str, blob: np.ndarray, spec: Mapping[str, Any], n: int, tar
     mu = float(blob[:4].view(_MU)[0])
     limit = float(np.finfo(target).max)
     if not 0 <= mu <= limit:  # False for NaN too
-        raise PayloadRejected(f"array {name!r}: stc mu must be a number in [0, {limit:g}], got {mu!r}")
+        raise PayloadRejected(f"array {name!r}: stc mu must be a number in [0, {limit:g}], got {mu:g}")
     end = 4 + (-(-n // 8) if positions_are_bitmap(n, k) else 4 * k)
     if positions_are_bitmap(n, k):
         bits = np.unpackbits(blob[4:end], bitorder="little")

@@ -57,3 +57,20 @@ def test_download_top_k_goes_only_to_devices_that_decode_topk():
 
     _, metadata = codec.decode(payloads.get(remote.url, data.serialize(2)))
     assert "topk" not in metadata.get("fedsync.wire", ""), "a topk payload to a device that does not list topk"
+
+
+def test_an_stc_download_goes_only_to_devices_that_decode_stc_the_others_get_the_dense_delta():
+    data = FedArrays({"w": np.arange(200, dtype=np.float32)}, download="stc", download_top_k=0.1)
+    handshakes = Handshakes()
+    knows, topk_only = remotes_listing(handshakes, ["float16", "topk", "stc", "delta"], 2)
+    handshakes.capabilities[topk_only.url] = {"wire_formats": ["float16", "topk", "delta"]}  # no "stc"
+    handshakes.payloads(data, [knows, topk_only], 1)
+    for remote in (knows, topk_only):
+        handshakes.held[remote.url] = handshakes.pending[remote.url]  # both accepted round 1's whole model
+    data.model["w"] += np.float32(0.5)
+
+    payloads = handshakes.payloads(data, [knows, topk_only], 2)
+
+    wire = {r: codec.decode(payloads[r.url])[1].get("fedsync.wire", "") for r in (knows, topk_only)}
+    assert '"as":"stc"' in wire[knows]
+    assert wire[topk_only] == "" and codec.decode(payloads[topk_only.url])[1]["fedsync.base"]  # a dense delta

@@ -51,6 +51,26 @@ def test_both_sides_hold_the_same_view_and_later_downloads_are_deltas():
     assert all(s < sizes[0] / 2 for s in sizes[1:])  # 5 % of the entries, 8 bytes each
 
 
+def test_an_stc_download_is_a_delta_both_sides_hold_and_what_it_leaves_comes_later():
+    data = coordinator(wire_dtype="float16", download="stc", download_top_k=0.05)
+    seen: list = []
+    device = nudging(seen)
+    sizes = []
+    with Federated(data, [LocalRemote("local://d", device=device)]) as alg:
+        for _ in range(6):
+            result = alg.round()
+            assert not result.failures
+            sizes.append(result.bytes_sent)
+            assert alg._handshakes.held["local://d"] == device.view[0]
+            np.testing.assert_array_equal(seen[-1], device.view[1]["w"])  # it trained from its view
+    _, metadata = codec.decode(bytes(data.views.payload(data, device.view[0], 7, "stc")[0]))
+    assert '"as":"stc"' in metadata["fedsync.wire"] and metadata["fedsync.base"] == device.view[0]
+    assert all(s < N / 4 for s in sizes[1:]) and sizes[0] > 2 * N  # a bitmap and signs; the first, float16
+    # What the download left out is still owed: the view's distance to the model does not grow with the rounds.
+    gap = np.abs(data.model["w"] - device.view[1]["w"]).max()
+    assert gap < 0.1, gap
+
+
 def test_the_download_as_delta_trains_what_the_whole_download_trains_within_the_formats_error():
     runs = {}
     for download in (None, "delta"):
@@ -124,6 +144,8 @@ def test_a_saved_view_comes_back_with_the_state_and_a_damaged_one_is_refused():
         ({"download": "full"}, "download must be"),
         ({"download_top_k": 0.1}, "give download='delta'"),
         ({"download": "delta", "download_top_k": 2}, "top_k must be"),
+        ({"download": "stc", "download_top_k": 0}, "top_k must be"),
+        ({"download": "ternary"}, "'delta' or 'stc'"),
     ],
 )
 def test_bad_download_options_are_refused_at_construction(options, message):
@@ -131,12 +153,13 @@ def test_bad_download_options_are_refused_at_construction(options, message):
         FedArrays({"w": np.zeros(2)}, **options)
 
 
-def test_secure_aggregation_refuses_a_download_as_delta():
+@pytest.mark.parametrize("download", ["delta", "stc"])
+def test_secure_aggregation_refuses_a_download_as_delta(download):
     from fedsync.secagg import SecAgg
     from fedsync.secagg.coordinator import checked
 
     with pytest.raises(ValueError, match="download"):
-        checked(SecAgg(threshold=3), coordinator(download="delta"))
+        checked(SecAgg(threshold=3), coordinator(download=download))
 
 
 def test_a_view_saved_for_another_model_is_dropped_not_applied():

@@ -66,11 +66,12 @@ def test_a_top_k_of_everything_is_the_delta_and_a_small_one_sends_fewer_bytes():
     assert not np.allclose(small.model["w"], delta.model["w"])
 
 
-def test_error_feedback_sends_everything_eventually_what_is_left_stays_in_the_residual():
+@pytest.mark.parametrize("sparse", ["topk", "stc"])
+def test_error_feedback_sends_everything_eventually_what_is_left_stays_in_the_residual(sparse):
     """Sent updates plus the residual add up to every update the device computed (nothing lost, nothing doubled)."""
     from fedsync.data._updates import RESIDUAL
 
-    fed = device("topk", 0.1)(0)
+    fed = device(sparse, 0.1)(0)
     coordinator = FedArrays({"w": np.zeros(DIM, np.float32), "n": np.zeros(1, np.int64)})
     computed = np.zeros(DIM, np.float64)
     sent = np.zeros(DIM, np.float64)
@@ -86,17 +87,18 @@ def test_error_feedback_sends_everything_eventually_what_is_left_stays_in_the_re
     np.testing.assert_allclose(sent + fed.device_state()[RESIDUAL + "w"], computed, atol=1e-5)
 
 
-def test_the_residual_is_the_devices_state_and_survives_a_rebuild():
+@pytest.mark.parametrize("sparse", ["topk", "stc"])
+def test_the_residual_is_the_devices_state_and_survives_a_rebuild(sparse):
     from fedsync.data._state import encode_state, restore_state
 
-    fed = device("topk", 0.2)(1)
+    fed = device(sparse, 0.2)(1)
     fed.receive(FedArrays({"w": np.zeros(DIM, np.float32), "n": np.zeros(1, np.int64)}).serialize(1), 1)
     saved = encode_state(fed.device_state())
-    again = device("topk", 0.2)(1)
+    again = device(sparse, 0.2)(1)
     restore_state(again, saved)
     np.testing.assert_array_equal(again.residuals["residual/w"], fed.residuals["residual/w"])
     assert np.count_nonzero(again.residuals["residual/w"]) > 0
-    other = FedArrays({"w": np.zeros(DIM + 1, np.float32), "n": np.zeros(1, np.int64)}, updates="topk")
+    other = FedArrays({"w": np.zeros(DIM + 1, np.float32), "n": np.zeros(1, np.int64)}, updates=sparse)
     restore_state(other, saved)  # the model changed: its residual is reset, never applied to another model
     assert not other.residuals["residual/w"].any()
 
@@ -182,11 +184,24 @@ def test_a_coordinator_never_sends_updates_and_a_device_refuses_them():
         (None, 0.1, "give updates='topk'"),
         ("topk", 0, "top_k must be"),
         ("topk", 1.5, "top_k must be"),
+        ("stc", 0, "top_k must be"),
+        ("ternary", None, "'delta', 'topk' or 'stc'"),
     ],
 )
 def test_bad_update_options_are_refused_at_construction(updates, top_k, message):
     with pytest.raises(ValueError, match=message):
         FedArrays({"w": np.zeros(2)}, updates=updates, top_k=top_k)
+
+
+def test_stc_trains_close_to_the_delta_in_fewer_bytes():
+    """30 weights: the header is most of either reply (benchmarks/compression.py measures a CNN's)."""
+    delta, h_delta = run(device("delta"), rounds=8)
+    stc, h_stc = run(device("stc", 0.25), rounds=8)
+    assert h_stc[-1].bytes_received < h_delta[-1].bytes_received
+    x, y = least_squares(0)
+    loss = {name: float(np.mean((x @ fed.model["w"] - y) ** 2)) for name, fed in (("delta", delta), ("stc", stc))}
+    start = float(np.mean(y**2))
+    assert loss["stc"] < start / 2 and loss["stc"] < 2 * loss["delta"], (start, loss)
 
 
 def test_int4_both_ways_and_delta_replies_in_int4_train_close_to_float32_in_a_seventh_of_the_bytes():

@@ -1,5 +1,7 @@
 """Wire compression: documented error bounds, smaller payloads, and accuracy that holds."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -83,7 +85,9 @@ def test_an_unknown_format_is_refused_and_changes_nothing():
 
 def test_forged_int8_scale_is_rejected():
     arrays, how = pack({"w": np.ones(4, np.float32)}, "int8")
-    forged = codec.encode(arrays, {"fedsync.wire": how.replace('"scale": ', '"scale": -')})
+    entry = json.loads(how)
+    entry["w"]["scale"] = -entry["w"]["scale"]
+    forged = codec.encode(arrays, {"fedsync.wire": json.dumps(entry)})
     with pytest.raises(PayloadRejected, match="scale"):
         FedArrays({"w": np.ones(4, np.float32)}, wire_dtype="int8").receive(forged, 1)
 
