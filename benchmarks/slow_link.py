@@ -19,6 +19,9 @@ layer-like arrays, as benchmarks/round.py) and reports their median:
 - fedsync top-k 1% both ways:    the same devices, and a coordinator with ``download="delta",
                                  download_top_k=0.01``: the model goes down as 1 % of its difference
                                  from the view each device holds;
+- fedsync STC 1% / 10% both ways: ``updates="stc", top_k=f`` on the devices and ``download="stc",
+                                 download_top_k=f`` on the coordinator: sparse ternary (a sign bit per
+                                 entry sent, one magnitude per array; fedsync.wire.stc) both ways;
 - Flower 1.42 float32:           legacy ``start_server``/``start_client`` over gRPC (benchmarks/peers.py's
                                  ``flower-server``/``flower-client``, run from ``--flower-python``).
 
@@ -75,6 +78,9 @@ FEDSYNC_PEERS: dict[str, tuple[str | None, str | None, float | None, float | Non
     "fedsync-delta-int4": ("int4", "delta", None, None),
     "fedsync-topk1-int4": ("int4", "topk", 0.01, None),
     "fedsync-topk1-both": ("int4", "topk", 0.01, 0.01),
+    # updates="stc" pairs with download="stc": sparse ternary both ways (fedsync.wire.stc)
+    "fedsync-stc1-both": ("int4", "stc", 0.01, 0.01),
+    "fedsync-stc10-both": ("int4", "stc", 0.1, 0.1),
 }
 ALL_PEERS = (*FEDSYNC_PEERS, "flower")
 LABELS = {
@@ -84,6 +90,8 @@ LABELS = {
     "fedsync-delta-int4": 'fedsync updates="delta" + int4',
     "fedsync-topk1-int4": 'fedsync updates="topk" 1 % + int4 download',
     "fedsync-topk1-both": 'fedsync top-k 1 % both ways (download="delta", download_top_k=0.01)',
+    "fedsync-stc1-both": 'fedsync STC 1 % both ways (updates="stc", download="stc", top-k 0.01)',
+    "fedsync-stc10-both": 'fedsync STC 10 % both ways (updates="stc", download="stc", top-k 0.1)',
     "flower": "Flower 1.42 float32",
 }
 
@@ -233,7 +241,8 @@ def role_fedsync_coordinator(args) -> None:
     from fedsync import FedArrays, Federated, Remote
 
     peers.report_start(args.params)
-    download = {"download": "delta", "download_top_k": args.download_top_k} if args.download_top_k else {}
+    how = "stc" if args.updates == "stc" else "delta"  # sparse ternary both ways, or a top-k delta download
+    download = {"download": how, "download_top_k": args.download_top_k} if args.download_top_k else {}
     data = FedArrays(peers.model(args.params), wire_dtype=args.wire_dtype or None, **download)
     remotes = [Remote(url, timeout=args.timeout) for url in args.urls]
     rounds = peers.Rounds(args.rounds, args.budget)
@@ -346,6 +355,7 @@ def run_cell(peer: str, mbit: float, opts, logdir: Path) -> Cell:
                     )
                     urls += group.expect(device, deadline, "ready")["ready"]
                 wire_arg = (["--wire-dtype", wire] if wire else []) + (["--download-top-k", str(down)] if down else [])
+                wire_arg += ["--updates", updates] if updates == "stc" else []  # the coordinator's download="stc"
                 coordinator = group.start(
                     f"{tag}-coordinator",
                     in_ns(NS_COORD, sys.executable, "fedsync-coordinator", *common, *wire_arg, "--urls", *urls),

@@ -39,7 +39,7 @@ def our_namespaces() -> set[str]:
     return {line.split()[0] for line in listed.splitlines() if line.strip()} & set(NAMESPACES)
 
 
-@pytest.mark.slow  # starts 14 processes and moves ~40 MB through a 100 Mbit/s link: about 25 s
+@pytest.mark.slow  # starts 20 processes and moves ~40 MB through a 100 Mbit/s link: about 35 s
 def test_quick_run_moves_each_formats_bytes_through_the_shaped_link(tmp_path):
     reason = why_no_namespaces()
     if reason:
@@ -63,7 +63,7 @@ def test_quick_run_moves_each_formats_bytes_through_the_shaped_link(tmp_path):
     cells = {c["peer"]: c for c in report["cells"]}
     assert set(cells) == {
         "fedsync-float32", "fedsync-int8", "fedsync-int4", "fedsync-delta-int4", "fedsync-topk1-int4",
-        "fedsync-topk1-both",
+        "fedsync-topk1-both", "fedsync-stc1-both", "fedsync-stc10-both",
     }  # fmt: skip
     assert all(c["status"] == "ok" and len(c["times"]) == 2 for c in cells.values()), cells
     params, devices = 1_000_000, 2
@@ -79,6 +79,11 @@ def test_quick_run_moves_each_formats_bytes_through_the_shaped_link(tmp_path):
     assert topk <= payload["fedsync-topk1-int4"] < topk + header
     both = 2 * devices * params * 0.01 * 8  # after the warm-up, 1 % of (index, value) down as a delta, and up
     assert both <= payload["fedsync-topk1-both"] < both + header
+    # STC: 1 % as uint32 indices and a sign bit each; 10 % as a bitmap of every entry and a sign bit each
+    stc1 = 2 * devices * params * 0.01 * (4 + 1 / 8)
+    assert stc1 <= payload["fedsync-stc1-both"] < stc1 + header
+    stc10 = 2 * devices * params * (1 / 8 + 0.1 / 8)
+    assert stc10 <= payload["fedsync-stc10-both"] < stc10 + header
     # What crossed the veth is the payload plus framing; the counters are read when the coordinator reports a
     # round's end, a moment after the next one has begun, so a round's share may shift a little either way.
     for peer, c in cells.items():

@@ -1,4 +1,4 @@
-"""int4 and topk on a 10M-entry array: temporaries bounded by a constant (int4) or a few copies (topk) (#25 item 3)."""
+"""int4, topk and stc on a 10M-entry array: temporaries bounded by a constant (int4) or a few copies (#25 item 3)."""
 
 import tracemalloc
 
@@ -39,3 +39,18 @@ def test_topk_holds_a_few_copies_of_the_array_at_most(update):
     back, peak = peak_of(lambda: unpack(packed, how, {"t": update.dtype}, shapes={"t": (N,)}))
     assert peak <= back["t"].nbytes + packed["t"].nbytes + 8 * MiB
     np.testing.assert_array_equal(back["t"] + residuals["t"], update)
+
+
+@pytest.mark.slow  # ~1.5 s each: keeps the fast tier under 90 s
+@pytest.mark.parametrize("fraction", [0.01, 0.25], ids=["indices", "bitmap"])
+def test_stc_holds_a_few_copies_of_the_array_at_most(update, fraction):
+    from fedsync.wire.stc import pack_stc
+
+    (packed, how, residuals), peak = peak_of(lambda: pack_stc({"t": update}, fraction))
+    # |x|, its partition, the residual, and a byte an entry for the bitmap; the kept entries' float64 magnitudes
+    kept = int(fraction * N)
+    assert peak <= 3 * update.nbytes + N + 8 * kept + packed["t"].nbytes + 8 * MiB, peak / MiB
+    back, peak = peak_of(lambda: unpack(packed, how, {"t": update.dtype}, shapes={"t": (N,)}))
+    # the dense result, a byte an entry for the bitmap's bits, the kept positions (int64) and their values
+    assert peak <= back["t"].nbytes + N + 16 * kept + packed["t"].nbytes + 8 * MiB, peak / MiB
+    np.testing.assert_array_equal(residuals["t"], update - back["t"])
