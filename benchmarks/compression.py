@@ -432,8 +432,11 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         for i, (name, runs) in enumerate(cells.items()):
             acc = np.mean([run["accuracy"] for run in runs], axis=0)
             spent = np.cumsum(np.mean([np.add(run["down"], run["up"]) for run in runs], axis=0))
-            style = "-" if "top-k" not in name else "--"
-            ax.plot(spent, acc, marker=".", markersize=3, label=name, linestyle=style, color=plt.cm.tab20(i % 20))
+            # float32 black and STC bold (the target's configurations), so that no colour is read twice
+            style = ":" if "stc" in name else "--" if "top-k" in name else "-"
+            color = "black" if name == "float32" else plt.cm.tab20(i % 20)
+            width = 2.5 if name == "float32" or "stc" in name else 1.2
+            ax.plot(spent, acc, marker=".", markersize=3, label=name, linestyle=style, color=color, linewidth=width)
         ax.set_xscale("log")
         ax.set_title(f"{model}: digits, Dirichlet 0.1, 10 devices ({len(next(iter(cells.values())))} seeds, mean)")
         ax.set_xlabel("cumulative payload bytes, both directions (log)")
