@@ -78,7 +78,6 @@ def test_the_doc_example_decodes_as_the_doc_says():
     assert back["t"].tolist() == [0, -1.5, 1.5, 0, 0, 0, 0, 0, 0, -1.5]
 
 
-@pytest.mark.xfail(strict=True, reason="unpack_stc expands the whole bitmap, an int64 index and the signs at once")
 def test_decoding_a_dense_bitmap_allocates_little_beyond_the_decoded_array():
     """A 2 MiB blob (every bit of an 8 Mi-entry bitmap set) decodes to a 32 MiB array: the temporaries must stay
     a bounded working set (as topk's decoder keeps them), not several times the model (a bit a byte, an int64
@@ -97,7 +96,6 @@ def test_decoding_a_dense_bitmap_allocates_little_beyond_the_decoded_array():
     assert peak < back["t"].nbytes + 16 * 2**20, f"{peak / 2**20:.0f} MiB to decode {back['t'].nbytes / 2**20:.0f} MiB"
 
 
-@pytest.mark.xfail(strict=True, reason="pack_stc casts mu to float32 unchecked: inf, and a residual of -inf")
 def test_a_float64_update_beyond_float32s_range_is_refused_by_the_sender_not_sent_as_an_infinite_mu():
     """mu travels as float32: a float64 update past 3.4e38 would send mu = inf, which every receiver refuses, and
     leave a residual of -inf that fails every later round; pack_topk refuses it with the reason, so must pack_stc."""
