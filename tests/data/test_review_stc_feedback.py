@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from fedsync import FedArrays
+from fedsync import FedArrays, Federated
 from fedsync.coordinator.simulation import run_simulation
 from fedsync.data._updates import RESIDUAL
 from fedsync.strategies import FedAdam, FedMedian, Krum, Scaffold, scaffold
@@ -107,3 +107,39 @@ def test_scaffold_with_stc_sends_its_control_variates_as_values():
     data = FedArrays({"w": np.zeros(DIM, np.float32)}, strategy=Scaffold(num_devices=5))
     history = run_simulation(make, 5, 3, data=data, progress=False)
     assert not any(r.failures for r in history) and np.abs(data.extra_arrays["scaffold.c/w"]).max() > 0
+
+
+def _three_rounds(serve_first: dict | None, serve_second: dict | None, restart: bool) -> np.ndarray:
+    """Three rounds with one device process replying stc (top_k 0.1), restarted after round 2 if ``restart``."""
+    from tests.support.processes import start_device, stop_all
+
+    factory, args = "tests.support.devices.compressing:least_squares", (0, "stc", 0.1)
+    data = FedArrays({"w": np.zeros(DIM, np.float32)})
+    first = start_device(factory, *args, serve=serve_first)
+    try:
+        with Federated(data, [first.url], timeout=60) as alg:
+            for _ in range(3 if not restart else 2):
+                assert not alg.round().failures
+        if not restart:
+            return data.model["w"].copy()
+    finally:
+        stop_all([first])
+    second = start_device(factory, *args, serve=serve_second)
+    try:
+        with Federated(data, [second.url], timeout=60) as alg:
+            assert not alg.round().failures
+    finally:
+        stop_all([second])
+    return data.model["w"].copy()
+
+
+@pytest.mark.slow  # five device processes
+def test_the_residual_survives_a_restart_with_a_state_dir_over_http(tmp_path):
+    """With serve(state_dir=...), a restarted device sends what the uninterrupted one would have, bit for bit;
+    without one it starts from a zero residual and sends something else (so the residual is what travelled)."""
+    kept = {"state_dir": str(tmp_path)}
+    uninterrupted = _three_rounds(None, None, restart=False)
+    resumed = _three_rounds(kept, kept, restart=True)
+    forgotten = _three_rounds(None, None, restart=True)
+    np.testing.assert_array_equal(resumed, uninterrupted)
+    assert not np.array_equal(forgotten, uninterrupted)
