@@ -41,6 +41,8 @@ __all__ = ["pack_stc", "positions_are_bitmap", "stc_size", "unpack_stc"]
 _MU = np.dtype("<f4")
 _INDEX = np.dtype("<u4")
 _MOST_ELEMENTS = 2**32  # a uint32 index reaches n - 1
+_MU_MAX = float(np.finfo(_MU).max)
+_CHUNK = 1 << 18  # entries decoded at once, a multiple of 8: temporaries stay a few MiB, whatever the array
 
 
 def positions_are_bitmap(n: int, k: int) -> bool:
@@ -69,8 +71,8 @@ def pack_stc(
         array's name to an array of its shape and dtype, ``x - sent`` (``x`` where nothing was sent).
 
     Raises:
-        ValueError: ``fraction`` out of range; a floating array holds NaN or infinity, or has more than
-            2**32 entries.
+        ValueError: ``fraction`` out of range; a floating array holds NaN or infinity, has more than
+            2**32 entries, or keeps entries whose mean magnitude is beyond float32's range (``mu``'s type).
     """
     topk_count(0, fraction)  # checks fraction even when no array is floating
     packed: dict[str, np.ndarray] = {}
@@ -84,7 +86,7 @@ def pack_stc(
         n = flat.size
         if n > _MOST_ELEMENTS:
             raise ValueError(f"array {name!r} has {n} entries; stc indexes at most 2**32 (uint32)")
-        if not np.isfinite(flat).all():
+        if not all(np.isfinite(flat[lo : lo + _CHUNK]).all() for lo in range(0, n, _CHUNK)):
             raise ValueError(
                 f"array {name!r} contains NaN or infinity, which a payload never carries; "
                 "check the training that produced it"
@@ -93,15 +95,19 @@ def pack_stc(
         index = index[flat[index] != 0]  # a zero is not worth its bit: it would come back as +mu
         kept = flat[index]
         k = index.size
-        mu = np.float32(np.abs(kept, dtype=np.float64).mean()) if k else np.float32(0)
+        exact = float(np.abs(kept, dtype=np.float64).mean()) if k else 0.0
+        if not exact <= _MU_MAX:  # float32 would make it inf: refused by every receiver, a residual of -inf
+            raise ValueError(
+                f"array {name!r} sends a mean magnitude of {exact:g}, beyond float32's range (stc's mu); "
+                "send it without stc"
+            )
+        mu = np.float32(exact)
         sent = np.where(kept < 0, -mu, mu).astype(flat.dtype)
         blob = np.zeros(stc_size(n, k), np.uint8)
         blob[:4].view(_MU)[0] = mu
         end = 4 + (-(-n // 8) if positions_are_bitmap(n, k) else 4 * k)
         if positions_are_bitmap(n, k):
-            bits = np.zeros(n, np.uint8)
-            bits[index] = 1
-            blob[4:end] = np.packbits(bits, bitorder="little")
+            _write_bitmap(blob[4:end], index, n)
         else:
             blob[4:end].view(_INDEX)[...] = index
         blob[end:] = np.packbits((kept < 0).astype(np.uint8), bitorder="little")
@@ -113,8 +119,20 @@ def pack_stc(
     return packed, json.dumps(how, separators=(",", ":")), residuals
 
 
+def _write_bitmap(out: np.ndarray, index: np.ndarray, n: int) -> None:
+    """Set bit ``i % 8`` of ``out[i // 8]`` for each ``i`` of ``index`` (increasing), ``_CHUNK`` entries at a time."""
+    for lo in range(0, n, _CHUNK):  # ceil(n / _CHUNK) turns; _CHUNK is a multiple of 8: whole bytes
+        first, last = np.searchsorted(index, [lo, lo + _CHUNK])
+        bits = np.zeros(min(_CHUNK, n - lo), np.uint8)
+        bits[index[first:last] - lo] = 1
+        out[lo // 8 : lo // 8 + -(-bits.size // 8)] = np.packbits(bits, bitorder="little")
+
+
 def unpack_stc(name: str, blob: np.ndarray, spec: Mapping[str, Any], n: int, target: np.dtype) -> np.ndarray:
     """The dense flat array (``n`` entries of ``target``) an ``stc`` blob stands for, checked before use.
+
+    Beside the result, the decoder's temporaries stay a few MiB whatever ``n`` and ``k`` (``_CHUNK``
+    entries at a time), so a blob costs its receiver about the dense array it stands for.
 
     Raises:
         PayloadRejected: ``k`` not an integer in ``[0, n]``; a blob whose length is not :func:`stc_size`;
@@ -135,28 +153,46 @@ def unpack_stc(name: str, blob: np.ndarray, spec: Mapping[str, Any], n: int, tar
     if not 0 <= mu <= limit:  # False for NaN too
         raise PayloadRejected(f"array {name!r}: stc mu must be a number in [0, {limit:g}], got {mu:g}")
     end = 4 + (-(-n // 8) if positions_are_bitmap(n, k) else 4 * k)
+    positions, signs = blob[4:end], blob[end:]
     if positions_are_bitmap(n, k):
-        bits = np.unpackbits(blob[4:end], bitorder="little")
-        if bits[n:].any():
+        if n % 8 and int(positions[-1]) >> (n % 8):
             raise PayloadRejected(f"array {name!r}: stc bitmap sets a bit at or beyond its {n} entries")
-        index = np.flatnonzero(bits)
-        if index.size != k:
-            raise PayloadRejected(f"array {name!r}: stc bitmap sets {index.size} bits, and k is {k}")
+        count = sum(int(np.unpackbits(positions[lo : lo + _CHUNK // 8]).sum()) for lo in range(0, end - 4, _CHUNK // 8))
+        if count != k:
+            raise PayloadRejected(f"array {name!r}: stc bitmap sets {count} bits, and k is {k}")
     else:
-        index = blob[4:end].view(_INDEX)
-        step = index[1:] <= index[:-1]
-        if step.any():
-            at = int(np.argmax(step)) + 1
-            raise PayloadRejected(
-                f"array {name!r}: stc indices must be strictly increasing, "
-                f"index {at} is {int(index[at])} after {int(index[at - 1])}"
-            )
+        index = positions.view(_INDEX)
+        for lo in range(0, max(k - 1, 0), _CHUNK):  # pairs (i, i + 1), a chunk at a time
+            step = index[lo + 1 : lo + 1 + _CHUNK] <= index[lo : lo + _CHUNK][: k - 1 - lo]
+            if step.any():
+                bad = lo + int(np.argmax(step)) + 1
+                raise PayloadRejected(
+                    f"array {name!r}: stc indices must be strictly increasing, "
+                    f"index {bad} is {int(index[bad])} after {int(index[bad - 1])}"
+                )
         if k and int(index[-1]) >= n:
             raise PayloadRejected(f"array {name!r}: stc index {int(index[-1])} is out of range for {n} entries")
-    signs = np.unpackbits(blob[end:], bitorder="little")
-    if signs[k:].any():
+    if k % 8 and int(signs[-1]) >> (k % 8):  # the length check leaves only the last byte's high bits
         raise PayloadRejected(f"array {name!r}: stc sets a sign bit at or beyond its k={k} entries")
     out = np.zeros(n, target)
     magnitude = np.asarray(mu, np.float32).astype(target)
-    out[index] = np.where(signs[:k].astype(bool), -magnitude, magnitude)
+    values = np.array([magnitude, -magnitude], target)  # by sign bit
+    if positions_are_bitmap(n, k):
+        j = 0  # kept entries before this chunk
+        for lo in range(0, n, _CHUNK):  # ceil(n / _CHUNK) turns
+            bits = np.unpackbits(positions[lo // 8 : lo // 8 + _CHUNK // 8], bitorder="little")
+            found = np.flatnonzero(bits[: n - lo])
+            found += lo
+            out[found] = values[_signs(signs, j, found.size)]
+            j += found.size
+    else:
+        for lo in range(0, k, _CHUNK):  # ceil(k / _CHUNK) turns
+            at = index[lo : lo + _CHUNK]
+            out[at] = values[_signs(signs, lo, at.size)]
     return out
+
+
+def _signs(signs: np.ndarray, first: int, count: int) -> np.ndarray:
+    """Sign bits ``first`` to ``first + count`` (exclusive) of the packed ``signs``, as 0 or 1 (uint8)."""
+    bits = np.unpackbits(signs[first // 8 : -(-(first + count) // 8)], bitorder="little")
+    return bits[first % 8 : first % 8 + count]
