@@ -80,6 +80,12 @@ class Decoding(PayloadParts):
             dtypes = {name: np.dtype(dtype) for name, (_, dtype) in expected.items()}
             shapes = {name: tuple(shape) for name, (shape, _) in expected.items()}
             arrays = compression.unpack(arrays, metadata[compression.WIRE_KEY], dtypes, shapes=shapes)
+            sparse = compression.sparse_arrays(metadata)
+            if sparse and _views.BASE_KEY not in metadata and _updates.DELTA_KEY not in metadata:
+                raise PayloadRejected(
+                    f"array {sparse[0]!r} is packed sparse (topk, stc), which carries an update or a download's "
+                    f"difference only: this payload is neither ({_updates.DELTA_KEY}, {_views.BASE_KEY})"
+                )
         self._check_layout({name: (a.shape, a.dtype) for name, a in arrays.items()}, expected)
         if finite or (finite is None and report["samples"] > 0):
             for name, a in arrays.items():

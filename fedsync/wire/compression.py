@@ -49,7 +49,17 @@ from ..errors import PayloadRejected
 from .sparse import SPARSE_FORMATS, check_blob, unpack_topk
 from .stc import unpack_stc
 
-__all__ = ["WIRE_DTYPES", "WIRE_KEY", "INT4_BLOCK", "INT4_BLOCKS", "pack", "unpack", "check_wire_dtype", "format_of"]
+__all__ = [
+    "WIRE_DTYPES",
+    "WIRE_KEY",
+    "INT4_BLOCK",
+    "INT4_BLOCKS",
+    "pack",
+    "unpack",
+    "check_wire_dtype",
+    "format_of",
+    "sparse_arrays",
+]
 
 WIRE_DTYPES = ("float16", "bfloat16", "int8", "int4")
 WIRE_KEY = "fedsync.wire"
@@ -224,6 +234,18 @@ def format_of(metadata: Mapping[str, str]) -> str | None:
     except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
         return None
     return kinds[0] if kinds else None
+
+
+def sparse_arrays(metadata: Mapping[str, str]) -> list[str]:
+    """The arrays a payload packs in a sparse format (``SPARSE_FORMATS``: ``topk``, ``stc``), sorted.
+
+    For a payload :func:`unpack` already accepted: anything else reads as none.
+    """
+    try:
+        how = json.loads(metadata[WIRE_KEY]) if WIRE_KEY in metadata else {}
+        return sorted(name for name, spec in how.items() if spec.get("as") in SPARSE_FORMATS)
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return []
 
 
 def _scaled(a: np.ndarray, scale: float, target: np.dtype) -> np.ndarray:

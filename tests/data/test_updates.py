@@ -260,3 +260,31 @@ def codec_encode(arrays, metadata):
     from fedsync.wire import codec
 
     return codec.encode(arrays, metadata)
+
+
+@pytest.mark.parametrize("sparse", ["topk", "stc"])
+def test_a_sparse_payload_that_is_neither_an_update_nor_a_downloads_difference_is_refused(sparse):
+    """topk and stc carry differences: as weights (no fedsync.delta) or as a whole model (no fedsync.base),
+    zeros would stand for every entry not sent. Refused on both sides, and nothing changes."""
+    from fedsync.wire import codec
+
+    coordinator = FedArrays({"w": np.ones(DIM, np.float32), "n": np.zeros(1, np.int64)})
+    fed = device(sparse, 0.2)(0)
+    fed.receive(coordinator.serialize(1), 1)
+    arrays, metadata = codec.decode(bytes(fed.serialize(1)))
+    del metadata["fedsync.delta"]
+    before = coordinator.model["w"].copy()
+    with pytest.raises(PayloadRejected, match=r"array 'w' is packed sparse \(topk, stc\).*neither"):
+        coordinator.merge([codec.encode(arrays, metadata)], 1)
+    np.testing.assert_array_equal(coordinator.model["w"], before)
+
+    sender = FedArrays({"w": np.ones(DIM, np.float32)}, download="stc" if sparse == "stc" else "delta",
+                       download_top_k=0.2)  # fmt: skip
+    receiver = FedArrays({"w": np.zeros(DIM, np.float32)}, lambda model: 1)
+    receiver.receive(sender.views.payload(sender, None, 1, None)[0], 1)
+    sender.model["w"] += np.float32(0.5)
+    arrays, metadata = codec.decode(bytes(sender.views.payload(sender, receiver.view[0], 2, sparse)[0]))
+    del metadata["fedsync.base"]
+    with pytest.raises(PayloadRejected, match="packed sparse"):
+        receiver.check(codec.encode(arrays, metadata), 2)
+    np.testing.assert_array_equal(receiver.model["w"], 1.0)
