@@ -6,13 +6,23 @@ Layout of a checkpoint folder::
     round-000007/history.json        the History up to that round
     round-000007/strategy.safetensors  the merge strategy's own state (a server optimizer's
                                       moments), only when it has any
+    round-000007/devices.json        a simulation's device states (SCAFFOLD's c_i, error-feedback
+                                      residuals, views): [[url, base, sha256], ...], only when any
+    device-states/<sha256>           each such state's bytes, named by their sha256 (shared by rounds:
+                                      a round writes only the states that changed)
     checkpoint.json                  {"repetition": 7, "specs": ..., "folder": "round-000007",
                                       "state": "state.safetensors", "state_sha256": ..., "history_sha256": ...,
-                                      "strategy_sha256": ... (only with a strategy file)}
+                                      "strategy_sha256": ..., "devices_sha256": ... (only with those files)}
 
 A round's files are complete before ``checkpoint.json`` points at them (each
 written then renamed), and older round folders are removed only after, so a
 crash at any moment leaves a consistent checkpoint: the old one or the new one.
+
+The devices file lists, for each simulated device that keeps a state, the file of the bytes its state
+is kept in between the rounds it sits out (``fedsync.device._kept``: the codec's layout, checked again
+when the device is next built). A state file is written before the list that names it, the list before
+``checkpoint.json``; state files no list names any more are deleted after (only 64-hex-digit names in
+``device-states``).
 
 The strategy file holds the arrays of ``strategy.state()`` and, in its metadata,
 the strategy's identity (``strategy.identity()``: its class name, with any strategy it
@@ -40,6 +50,7 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +62,17 @@ from ..protocol import MAX_REPETITION, FedData
 from ..wire import codec
 from .history import MAX_HISTORY_BYTES, History
 
-__all__ = ["save", "load", "read_history", "CheckpointError"]
+__all__ = ["save", "load", "load_devices", "read_history", "CheckpointError"]
 
 POINTER = "checkpoint.json"
 STATES = ("state.safetensors", "state.txt")
 HISTORY = "history.json"
 STRATEGY = "strategy.safetensors"
 STRATEGY_KEY = "fedsync.strategy"
+DEVICES = "devices.json"
+DEVICE_STATES = "device-states"
 _KEYS = frozenset({"repetition", "specs", "folder", "state", "state_sha256", "history_sha256"})
-_OPTIONAL = frozenset({"strategy_sha256"})
+_OPTIONAL = frozenset({"strategy_sha256", "devices_sha256"})
 _ROUND = re.compile(r"round-[0-9]{6,16}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _POINTER_LIMIT = 1 << 16  # bytes: checkpoint.json holds a few short fields
@@ -74,8 +87,18 @@ STRATEGY_COPIES = 8
 """A strategy's saved state holds at most this many copies of the model (FedAdam and FedYogi hold two)."""
 
 
-def save(folder: str | Path, data: FedData, repetition: int, history: History) -> None:
-    """Write the checkpoint of ``data`` after ``repetition`` merged.
+DeviceStates = Mapping[str, Mapping[str, bytes]]
+"""A simulation's kept device states: url to base to the codec bytes of that FedData's state."""
+
+
+def save(
+    folder: str | Path,
+    data: FedData,
+    repetition: int,
+    history: History,
+    devices: Callable[[], DeviceStates] | None = None,
+) -> None:
+    """Write the checkpoint of ``data`` after ``repetition`` merged (and ``devices()``' states, when given).
 
     Raises:
         CheckpointError: ``repetition`` is not an integer in ``[0, MAX_REPETITION]``,
@@ -121,8 +144,14 @@ def save(folder: str | Path, data: FedData, repetition: int, history: History) -
     if strategy is not None:
         write_atomically(folder / round_folder / STRATEGY, strategy)
         meta["strategy_sha256"] = hashlib.sha256(strategy).hexdigest()
+    listed = _save_device_states(folder, devices() if devices is not None else {})
+    if listed:
+        text = json.dumps(listed).encode("utf-8")
+        write_atomically(folder / round_folder / DEVICES, text)
+        meta["devices_sha256"] = hashlib.sha256(text).hexdigest()
     write_atomically(folder / POINTER, json.dumps(meta).encode("utf-8"))
     _remove_old_rounds(folder, keep=round_folder)
+    _remove_unlisted_states(folder, {digest for _, _, digest in listed})
 
 
 def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
@@ -159,6 +188,70 @@ def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
     if strategy_state is not None:
         data.strategy.load_state(strategy_state, data.layout())  # type: ignore[attr-defined]  # FedData has no strategy; only array kinds, which strategy_of found
     return repetition, history
+
+
+def load_devices(folder: str | Path, urls: Collection[str], each: int) -> dict[str, dict[str, bytes]]:
+    """The device states saved with checkpoint ``folder``'s last round, by url and base; ``{}`` if none.
+
+    ``urls``: this simulation's devices; ``each``: the most bytes one device's state may take, checked
+    before its file is read. Each state is checked again when its device is built.
+
+    Raises:
+        CheckpointError: naming the cause, for a devices list that does not match its sha256 or is not a
+            JSON list of ``[url, base, sha256]``, each url one of ``urls`` and no ``(url, base)`` twice; or a
+            state file that is missing, over ``each`` bytes, or not matching the sha256 it is named by.
+    """
+    folder = Path(folder)
+    meta = _read_pointer(folder)
+    if meta is None or "devices_sha256" not in meta:
+        return {}
+    limit = len(urls) * 1024 + (1 << 16)  # an entry of a url, a base and 64 hex digits each
+    text = _read_checked(folder, folder / meta["folder"] / DEVICES, meta["devices_sha256"], limit=limit)
+    try:
+        listed = loads_strict(text.decode("utf-8"), duplicate=_twice, constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise _damaged(folder, f"{DEVICES} is not JSON ({str(exc)[:200]})") from None
+    known = set(urls)
+    if not isinstance(listed, list) or not all(
+        isinstance(e, list) and len(e) == 3 and all(isinstance(x, str) for x in e) for e in listed
+    ):
+        raise _damaged(folder, f"{DEVICES} must be a list of [url, base, sha256] entries")
+    out: dict[str, dict[str, bytes]] = {}
+    if (folder / DEVICE_STATES).is_symlink():
+        raise _damaged(folder, f"{folder / DEVICE_STATES} is a symbolic link; a checkpoint holds only real files")
+    for url, base, digest in listed:
+        if url not in known or base in out.get(url, {}) or not _SHA256.fullmatch(digest):
+            raise _damaged(
+                folder,
+                f"{DEVICES} names device {url[:80]!r} (base {base[:40]!r}, state {digest[:70]!r}), which is not one "
+                "of this run's devices, is there twice, or is not named by 64 lowercase hex digits",
+            )
+        out.setdefault(url, {})[base] = _read_checked(folder, folder / DEVICE_STATES / digest, digest, limit=each)
+    return out
+
+
+def _save_device_states(folder: Path, states: DeviceStates) -> list[list[str]]:
+    """Each state written to ``device-states/<sha256>`` unless already there; the ``[url, base, sha256]`` list."""
+    listed = [
+        [url, base, hashlib.sha256(raw).hexdigest()] for url, kept in states.items() for base, raw in kept.items()
+    ]
+    if listed and (folder / DEVICE_STATES).is_symlink():
+        raise CheckpointError(f"{folder / DEVICE_STATES} is a symbolic link; checkpoints write only real folders")
+    for url, base, digest in listed:
+        path = folder / DEVICE_STATES / digest
+        if not path.is_file():  # unchanged since a round that wrote it: the same bytes, not written again
+            write_atomically(path, states[url][base])
+    return listed
+
+
+def _remove_unlisted_states(folder: Path, keep: set[str]) -> None:
+    """Delete state files no list names: only 64-hex-digit files directly inside ``device-states``."""
+    where = folder / DEVICE_STATES
+    if where.is_symlink() or not where.is_dir():
+        return
+    for child in where.iterdir():
+        if child.name not in keep and _SHA256.fullmatch(child.name) and not child.is_symlink() and child.is_file():
+            child.unlink(missing_ok=True)
 
 
 def read_history(folder: str | Path) -> History:

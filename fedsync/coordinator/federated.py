@@ -236,8 +236,8 @@ class Federated:
             restored = checkpoint_io.load(self.checkpoint, data)
             if restored is not None:
                 self.repetition, self.history = restored
-                done = len(self.history)
-                logger.info("resumed from %s: %d rounds done (repetition %d)", checkpoint, done, self.repetition)
+                logger.info("resumed from %s: %d rounds done (rep %d)", checkpoint, len(self.history), self.repetition)
+        self.device_states: Callable[[], checkpoint_io.DeviceStates] | None = None  # a simulation's, checkpointed
         self.history.run = self.history.run or run_record(seed)  # what a replay needs (coordinator/replay.py)
         self.dashboard: dashboard_app.Dashboard | None = (
             None if dashboard is None else dashboard_app.start(self, dashboard)
@@ -559,7 +559,7 @@ class Federated:
         self.history.append(result)
         self._unrecorded = 0
         if self.checkpoint is not None:
-            checkpoint_io.save(self.checkpoint, self.data, result.repetition, self.history)
+            checkpoint_io.save(self.checkpoint, self.data, result.repetition, self.history, self.device_states)
         logger.info(
             "%s: %d device(s), %d failed, %s samples, %s, %.2fs",
             round_name(len(self.history), result.repetition),

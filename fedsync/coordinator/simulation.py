@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._util.checks import positive_int
+from ..device.app import DEFAULT_MAX_CONTENT_LENGTH
 from ..protocol import FedData
 from ..transports import device_functions
 from ..transports.local import LocalRemote, LocalTransport, TrainingPool
@@ -32,6 +33,7 @@ from ..transports.process._hung import OnceAtATime, ReplaceablePool, owners, sti
 from ..transports.process.pool import ProcessPool, ProcessRemote, process_remotes
 from ..transports.remote import Remote
 from ..wire.config import ConfigSource
+from . import checkpoint as checkpoint_io
 from ._sampling import Sampler
 from .federated import Federated
 from .history import History, RoundResult
@@ -91,6 +93,24 @@ def _release_local(remote: LocalRemote, pool: ReplaceablePool) -> None:
             return
         pool.executor.replace(owners(transport), f"{remote.url}'s training or evaluation")
     remote.release()
+
+
+def _checkpoint_states(
+    federated: Federated,
+    checkpoint: str | os.PathLike[str],
+    simulated: Sequence[LocalRemote | ProcessRemote],
+    release_all: Callable[[], None],
+) -> None:
+    """Devices' kept states saved with each checkpoint (released first) and restored from the last one."""
+    by_url = {remote.url: remote for remote in simulated}
+    for url, kept in checkpoint_io.load_devices(os.fspath(checkpoint), by_url, DEFAULT_MAX_CONTENT_LENGTH).items():
+        by_url[url].transport.kept = kept
+
+    def states() -> checkpoint_io.DeviceStates:
+        release_all()  # the round is over: the sampled devices' states join the others'
+        return {url: remote.transport.kept for url, remote in by_url.items() if remote.transport.kept}
+
+    federated.device_states = states
 
 
 def run_simulation(
@@ -245,6 +265,8 @@ def run_simulation(
             evaluate_fraction=evaluate_fraction,
             checkpoint=checkpoint,
         )
+        if checkpoint is not None and backend != "ray":  # Ray's actors keep their devices' states themselves
+            _checkpoint_states(federated, checkpoint, simulated, release_all)
         return federated.fit(rounds, evaluate_every=evaluate_every, callbacks=[release, *callbacks], progress=progress)
     finally:
         release_all()
