@@ -177,6 +177,7 @@ class FedArrays(Decoding, PayloadParts, FedData):
         self._selection: _sharing.Selection | None = None  # which arrays travel, made on first use
         self._frozen: str | None = None  # the frozen arrays' fingerprint, computed once
         self.extras_written = False  # set by a strategy's device helper (scaffold.finish) during train
+        self._last_check: tuple[Any, dict[str, str], dict[str, np.ndarray]] | None = None  # check's, for receive
 
     # -- the framework-specific part: adapters override these three ----------------
 
@@ -310,7 +311,11 @@ class FedArrays(Decoding, PayloadParts, FedData):
             PayloadRejected: text, other names, shapes or dtypes, not packed as
                 ``wire_dtype``, or NaN or infinity in an array.
         """
-        self.decode(encoding, finite=True)
+        raw, metadata, expected = self._opened(encoding)
+        arrays, _ = self._checked(raw, metadata, finite=True, expected=expected)
+        # receive of this same payload (the next step on a device) takes these: a compressed or delta payload
+        # is unpacked once, not twice. One decoded payload held at most, and only until receive.
+        self._last_check = (encoding, metadata, arrays)
 
     def receive(self, encoding: Any, repetition: int, config: Config | None = None) -> None:
         """Load the coordinator's arrays **in place**, then run ``train`` (on a device).
@@ -326,8 +331,13 @@ class FedArrays(Decoding, PayloadParts, FedData):
                 f"{sorted(self.extra_arrays)[:2]}, which it would leave unprotected; use FedAvg or a server "
                 "optimizer with LocalDP"
             )
-        raw, metadata, expected = self._opened(encoding)
-        payload, _ = self._checked(raw, metadata, finite=False, expected=expected)
+        checked, self._last_check = self._last_check, None
+        if checked is not None and checked[0] is encoding:  # check has just read it, against this same view
+            metadata, payload = checked[1], checked[2]
+        else:
+            raw, metadata, expected = self._opened(encoding)
+            payload, _ = self._checked(raw, metadata, finite=False, expected=expected)
+        del checked
         sending = _views.reply_format(metadata)  # checked before anything changes
         self._asked = _updates.requested(metadata)
         self._update = None

@@ -171,3 +171,26 @@ def test_a_view_saved_for_another_model_is_dropped_not_applied():
     other = FedArrays({"w": np.zeros(N + 1, np.float32)})
     restore_state(other, encode_state(device.device_state()))
     assert other.view is None  # the next download is the whole model
+
+
+@pytest.mark.parametrize("download", ["delta", "stc"])
+def test_a_device_unpacks_a_payload_once_for_check_and_receive(monkeypatch, download):
+    """check (before accepting) and receive (to train) read the same payload: it is unpacked once, and
+    the device loads what a receive alone would load."""
+    from fedsync.wire import compression
+
+    data = coordinator(wire_dtype="int4", download=download, download_top_k=0.1)
+    device, alone = nudging([]), nudging([])
+    for fed in (device, alone):
+        fed.receive(data.views.payload(data, None, 1, None)[0], 1)
+    data.model["w"] += np.float32(0.25)
+    payload, _ = data.views.payload(data, device.view[0], 2, "stc" if download == "stc" else None)
+    calls = []
+    unpack = compression.unpack
+    monkeypatch.setattr(compression, "unpack", lambda *a, **k: calls.append(1) or unpack(*a, **k))
+    device.check(payload, 2)
+    device.receive(payload, 2)
+    assert len(calls) == 1
+    alone.receive(payload, 2)
+    np.testing.assert_array_equal(device.model["w"], alone.model["w"])
+    assert device.view[0] == alone.view[0] and device._last_check is None  # nothing held after receive
