@@ -54,15 +54,18 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .._util.files import write_atomically
 from .._util.json import loads_strict
 from ..data.snapshot import restore, strategy_of
 from ..errors import CheckpointError
 from ..protocol import MAX_REPETITION, FedData
 from ..wire import codec
+from ..wire.http import MAX_PAYLOAD
 from .history import MAX_HISTORY_BYTES, History
 
-__all__ = ["save", "load", "load_devices", "read_history", "CheckpointError"]
+__all__ = ["save", "load", "load_devices", "device_state_limit", "read_history", "CheckpointError"]
 
 POINTER = "checkpoint.json"
 STATES = ("state.safetensors", "state.txt")
@@ -85,6 +88,10 @@ holds, a resume takes at most about 20 times the size of the files it reads, and
 at most a few times the model's size."""
 STRATEGY_COPIES = 8
 """A strategy's saved state holds at most this many copies of the model (FedAdam and FedYogi hold two)."""
+DEVICE_STATE_COPIES = 8
+"""A simulated device's saved states, all its FedData together, hold at most this many copies of the run's model
+(SCAFFOLD's ``c_i``, a top-k residual, a download's view and local layers take at most one each), besides
+``state=``'s own arrays and :data:`STATE_SLACK`."""
 
 
 DeviceStates = Mapping[str, Mapping[str, bytes]]
@@ -193,13 +200,15 @@ def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
 def load_devices(folder: str | Path, urls: Collection[str], each: int) -> dict[str, dict[str, bytes]]:
     """The device states saved with checkpoint ``folder``'s last round, by url and base; ``{}`` if none.
 
-    ``urls``: this simulation's devices; ``each``: the most bytes one device's state may take, checked
-    before its file is read. Each state is checked again when its device is built.
+    ``urls``: this simulation's devices; ``each``: the most bytes one device's states may take, all its
+    bases together (:func:`device_state_limit`), checked before a file is read. A file listed more than
+    once is read once. Each state is checked again when its device is built.
 
     Raises:
         CheckpointError: naming the cause, for a devices list that does not match its sha256 or is not a
             JSON list of ``[url, base, sha256]``, each url one of ``urls`` and no ``(url, base)`` twice; or a
-            state file that is missing, over ``each`` bytes, or not matching the sha256 it is named by.
+            state file that is missing, not matching the sha256 it is named by, or over what is left of
+            ``each`` for its device.
     """
     folder = Path(folder)
     meta = _read_pointer(folder)
@@ -219,6 +228,8 @@ def load_devices(folder: str | Path, urls: Collection[str], each: int) -> dict[s
     out: dict[str, dict[str, bytes]] = {}
     if (folder / DEVICE_STATES).is_symlink():
         raise _damaged(folder, f"{folder / DEVICE_STATES} is a symbolic link; a checkpoint holds only real files")
+    read: dict[str, bytes] = {}  # by sha256: a file named twice is held once
+    taken: dict[str, int] = {}  # bytes of each device's states so far
     for url, base, digest in listed:
         if url not in known or base in out.get(url, {}) or not _SHA256.fullmatch(digest):
             raise _damaged(
@@ -226,8 +237,41 @@ def load_devices(folder: str | Path, urls: Collection[str], each: int) -> dict[s
                 f"{DEVICES} names device {url[:80]!r} (base {base[:40]!r}, state {digest[:70]!r}), which is not one "
                 "of this run's devices, is there twice, or is not named by 64 lowercase hex digits",
             )
-        out.setdefault(url, {})[base] = _read_checked(folder, folder / DEVICE_STATES / digest, digest, limit=each)
+        left = each - taken.get(url, 0)
+        if digest not in read:
+            share = f"{DEVICE_STATE_COPIES} copies of this run's model and a little"
+            read[digest] = _read_checked(
+                folder, folder / DEVICE_STATES / digest, digest, limit=left,
+                what=f"bytes left of the {each} that {url[:80]}'s states may take ({share})",
+            )  # fmt: skip
+        raw = read[digest]
+        if len(raw) > left:
+            raise _damaged(
+                folder,
+                f"{url[:80]}'s states take {taken.get(url, 0) + len(raw)} bytes or more, over the {each} a device's "
+                "states may take (its listed files together)",
+            )
+        taken[url] = taken.get(url, 0) + len(raw)
+        out.setdefault(url, {})[base] = raw
     return out
+
+
+def device_state_limit(data: FedData, repetition: int) -> int:
+    """The most bytes a simulated device's saved states may take, all bases together, in a run of ``data``.
+
+    :data:`DEVICE_STATE_COPIES` times the model (its whole layout, local and frozen arrays too, or its own
+    payload if larger), plus ``state=``'s arrays and :data:`STATE_SLACK`; at most what a device's request
+    may carry (2 GiB), as a worker process keeps no larger state.
+    """
+    model = _own_size(data, repetition)
+    try:
+        layout = data.layout()  # type: ignore[attr-defined]  # array kinds only; others fall back to the payload
+        model = max(model, sum(int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize for s, d in layout.values()))
+    except Exception:  # noqa: BLE001  # no layout (a scalar FedData) or user code that fails: its payload's size
+        pass
+    own = getattr(data, "state", None)
+    extra = sum(a.nbytes for a in own.values() if isinstance(a, np.ndarray)) if isinstance(own, Mapping) else 0
+    return min(MAX_PAYLOAD, DEVICE_STATE_COPIES * model + extra + STATE_SLACK)
 
 
 def _save_device_states(folder: Path, states: DeviceStates) -> list[list[str]]:
@@ -391,12 +435,12 @@ def _read_pointer(folder: Path) -> dict[str, Any] | None:
     return meta
 
 
-def _read_checked(folder: Path, path: Path, sha256: str, limit: int | None = None) -> bytes:
+def _read_checked(folder: Path, path: Path, sha256: str, limit: int | None = None, what: str | None = None) -> bytes:
     """The bytes of ``path`` (a real file inside ``folder``), if they match ``sha256``.
 
     The file is hashed a piece at a time before it is read whole: a file that grew
     (corrupted, appended to) is refused without holding it in memory. ``limit``:
-    the most bytes it may have, checked before reading any.
+    the most bytes it may have, checked before reading any (``what``: what the limit is, for the message).
     """
     if path.parent.is_symlink():
         raise _damaged(folder, f"{path.parent} is a symbolic link; a checkpoint holds only real files")
@@ -406,8 +450,12 @@ def _read_checked(folder: Path, path: Path, sha256: str, limit: int | None = Non
             if limit is not None and size > limit:
                 raise _damaged(
                     folder,
-                    f"{path} is {size} bytes, over the {limit} such a file of this coordinator's checkpoint may take "
-                    f"(its history {HISTORY_LIMIT}; its state this model's size plus {STATE_SLACK})",
+                    f"{path} is {size} bytes, over the {limit} "
+                    + (
+                        what
+                        or "such a file of this coordinator's checkpoint may take "
+                        f"(its history {HISTORY_LIMIT}; its state this model's size plus {STATE_SLACK})"
+                    ),
                 )
             digest, hashed = hashlib.sha256(), 0
             while hashed <= size and (piece := f.read(_HASH_PIECE)):  # a file that grows is refused below

@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._util.checks import positive_int
-from ..device.app import DEFAULT_MAX_CONTENT_LENGTH
 from ..protocol import FedData
 from ..transports import device_functions
 from ..transports.local import LocalRemote, LocalTransport, TrainingPool
@@ -103,7 +102,8 @@ def _checkpoint_states(
 ) -> None:
     """Devices' kept states saved with each checkpoint (released first) and restored from the last one."""
     by_url = {remote.url: remote for remote in simulated}
-    for url, kept in checkpoint_io.load_devices(os.fspath(checkpoint), by_url, DEFAULT_MAX_CONTENT_LENGTH).items():
+    each = checkpoint_io.device_state_limit(federated.data, federated.repetition)  # in proportion to the model
+    for url, kept in checkpoint_io.load_devices(os.fspath(checkpoint), by_url, each).items():
         by_url[url].transport.kept = kept
 
     def states() -> checkpoint_io.DeviceStates:

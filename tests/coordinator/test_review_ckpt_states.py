@@ -45,7 +45,6 @@ def planted(folder, raw):
     return digest
 
 
-@pytest.mark.xfail(strict=True, reason="a device's state may take 2 GiB whatever the model's size")
 def test_a_state_file_far_larger_than_the_runs_model_is_refused_before_it_is_read(tmp_path):
     """A 5-float model's device state is a few hundred bytes; a 3 MiB file is no state of this run."""
     scaffold_run(tmp_path, 2)
@@ -55,7 +54,6 @@ def test_a_state_file_far_larger_than_the_runs_model_is_refused_before_it_is_rea
         scaffold_run(tmp_path, 3)
 
 
-@pytest.mark.xfail(strict=True, reason="one file listed under many bases is read once for each")
 def test_one_file_listed_under_many_bases_of_a_device_cannot_multiply_memory(tmp_path):
     """Memory stays in proportion to the files: a device's states, all bases together, are bounded."""
     scaffold_run(tmp_path, 2)
