@@ -73,7 +73,11 @@ def local_remotes(
 
 
 def _release_local(remote: LocalRemote, pool: ReplaceablePool) -> None:
-    """Drop a device's state after its round; what still runs of it is hung: its slot is given back."""
+    """Drop a device's state after its round; what still runs of it is hung: its slot is given back.
+
+    A device whose ``device_fn`` hangs keeps the state kept from its last round (it never loaded it), in
+    the next rounds and in a checkpoint.
+    """
     transport = remote.transport
     if still_running(transport):
         if transport.device_app is None:
@@ -86,8 +90,12 @@ def _release_local(remote: LocalRemote, pool: ReplaceablePool) -> None:
                 RuntimeWarning,
                 stacklevel=2,
             )
-            remote.transport = LocalTransport(
-                remote.url, transport.source, pool=pool, max_content_length=transport.max_content_length
+            remote.transport = LocalTransport(  # with the state kept from its last round: it was not built
+                remote.url,
+                transport.source,
+                pool=pool,
+                max_content_length=transport.max_content_length,
+                kept=transport.kept,
             )
             return
         pool.executor.replace(owners(transport), f"{remote.url}'s training or evaluation")

@@ -74,7 +74,6 @@ def _hanging_once(gate: threading.Event, built: list[int]):
 
 
 @pytest.mark.slow  # waits out a 1.5 s round deadline
-@pytest.mark.xfail(strict=True, reason="a thread device whose device_fn hung gets a fresh transport without its state")
 def test_a_device_whose_device_fn_hung_keeps_its_state_in_the_checkpoint(tmp_path):
     gate, built = threading.Event(), []
     saved: dict[int, str] = {}
