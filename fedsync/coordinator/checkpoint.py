@@ -38,10 +38,15 @@ folder), both files must match their sha256, and the history must be well
 formed and end at the same repetition. The checksums detect corruption and
 edits of the files, not a forger who rewrites ``checkpoint.json`` as well.
 Only folders named ``round-NNNNNN`` inside the checkpoint folder are ever deleted.
+
+A save holds a lock on the folder (an advisory ``flock``, where the system has it) from its first write
+to its last removal: two runs given one folder by mistake save in turn, so a removal never takes a file
+another save's pointer is about to name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import hmac
@@ -50,11 +55,17 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Callable, Collection, Mapping
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from .._util.files import write_atomically
 from .._util.json import loads_strict
@@ -133,32 +144,34 @@ def save(
             f"refusing to checkpoint repetition {repetition} into {folder}: the state is not valid ({exc}); "
             "nothing was written, and the previous checkpoint stays"
         ) from None
-    round_folder = _round_name(repetition)
-    if (folder / round_folder).is_symlink():
-        raise CheckpointError(f"{folder / round_folder} is a symbolic link; checkpoints write only real folders")
-    text = history.to_json().encode("utf-8")
-    strategy = _strategy_bytes(data)
-    write_atomically(folder / round_folder / state, raw)
-    write_atomically(folder / round_folder / HISTORY, text)
-    meta = {
-        "repetition": repetition,
-        "specs": data.specs(repetition),
-        "folder": round_folder,
-        "state": state,
-        "state_sha256": hashlib.sha256(raw).hexdigest(),
-        "history_sha256": hashlib.sha256(text).hexdigest(),
-    }
-    if strategy is not None:
-        write_atomically(folder / round_folder / STRATEGY, strategy)
-        meta["strategy_sha256"] = hashlib.sha256(strategy).hexdigest()
-    listed = _save_device_states(folder, devices() if devices is not None else {})
-    if listed:
-        text = json.dumps(listed).encode("utf-8")
-        write_atomically(folder / round_folder / DEVICES, text)
-        meta["devices_sha256"] = hashlib.sha256(text).hexdigest()
-    write_atomically(folder / POINTER, json.dumps(meta).encode("utf-8"))
-    _remove_old_rounds(folder, keep=round_folder)
-    _remove_unlisted_states(folder, {digest for _, _, digest in listed})
+    folder.mkdir(parents=True, exist_ok=True)
+    with _saving(folder):  # another run's save into this folder would remove this one's files, or the reverse
+        round_folder = _round_name(repetition)
+        if (folder / round_folder).is_symlink():
+            raise CheckpointError(f"{folder / round_folder} is a symbolic link; checkpoints write only real folders")
+        text = history.to_json().encode("utf-8")
+        strategy = _strategy_bytes(data)
+        write_atomically(folder / round_folder / state, raw)
+        write_atomically(folder / round_folder / HISTORY, text)
+        meta = {
+            "repetition": repetition,
+            "specs": data.specs(repetition),
+            "folder": round_folder,
+            "state": state,
+            "state_sha256": hashlib.sha256(raw).hexdigest(),
+            "history_sha256": hashlib.sha256(text).hexdigest(),
+        }
+        if strategy is not None:
+            write_atomically(folder / round_folder / STRATEGY, strategy)
+            meta["strategy_sha256"] = hashlib.sha256(strategy).hexdigest()
+        listed = _save_device_states(folder, devices() if devices is not None else {})
+        if listed:
+            text = json.dumps(listed).encode("utf-8")
+            write_atomically(folder / round_folder / DEVICES, text)
+            meta["devices_sha256"] = hashlib.sha256(text).hexdigest()
+        write_atomically(folder / POINTER, json.dumps(meta).encode("utf-8"))
+        _remove_old_rounds(folder, keep=round_folder)
+        _remove_unlisted_states(folder, {digest for _, _, digest in listed})
 
 
 def load(folder: str | Path, data: FedData) -> tuple[int, History] | None:
@@ -477,6 +490,8 @@ def _read_checked(folder: Path, path: Path, sha256: str, limit: int | None = Non
 
 
 _HASH_PIECE = 1 << 20
+SAVE_LOCK_WAIT = 60.0
+"""Seconds a save waits for another process's save into the same folder before it fails."""
 
 
 def _open_regular(folder: Path, path: Path) -> Any:
@@ -499,6 +514,39 @@ def _open_regular(folder: Path, path: Path) -> Any:
     except BaseException:
         os.close(fd)
         raise
+
+
+@contextlib.contextmanager
+def _saving(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s save lock (an advisory ``flock`` on the folder itself) for one save.
+
+    A save removes the round folders and state files its pointer does not name: two runs given the same
+    folder would remove each other's files before their pointers move. Held in turn, every pointer names
+    files that are there. Waits at most :data:`SAVE_LOCK_WAIT` seconds (the other save then hangs).
+    """
+    if fcntl is None:  # no flock (Windows): one run per folder, as documented
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise CheckpointError(f"cannot open {folder} to save a checkpoint ({exc.strerror or exc})") from None
+    try:
+        deadline = time.monotonic() + SAVE_LOCK_WAIT
+        while True:  # bounded by the deadline
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CheckpointError(
+                        f"another process has been saving a checkpoint into {folder} for over {SAVE_LOCK_WAIT:.0f} s; "
+                        "give each run its own checkpoint folder"
+                    ) from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _remove_old_rounds(folder: Path, keep: str) -> None:
