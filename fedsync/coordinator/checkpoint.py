@@ -22,7 +22,7 @@ The devices file lists, for each simulated device that keeps a state, the file o
 is kept in between the rounds it sits out (``fedsync.device._kept``: the codec's layout, checked again
 when the device is next built). A state file is written before the list that names it, the list before
 ``checkpoint.json``; state files no list names any more are deleted after (only 64-hex-digit names in
-``device-states``).
+``device-states``, and such a name's ``.tmp`` a crash left).
 
 The strategy file holds the arrays of ``strategy.state()`` and, in its metadata,
 the strategy's identity (``strategy.identity()``: its class name, with any strategy it
@@ -302,12 +302,15 @@ def _save_device_states(folder: Path, states: DeviceStates) -> list[list[str]]:
 
 
 def _remove_unlisted_states(folder: Path, keep: set[str]) -> None:
-    """Delete state files no list names: only 64-hex-digit files directly inside ``device-states``."""
+    """Delete state files no list names: only 64-hex-digit files directly inside ``device-states``, and
+    ``<64 hex digits>.tmp`` ones a crash left half written (under the save lock, no save is writing one)."""
     where = folder / DEVICE_STATES
     if where.is_symlink() or not where.is_dir():
         return
     for child in where.iterdir():
-        if child.name not in keep and _SHA256.fullmatch(child.name) and not child.is_symlink() and child.is_file():
+        name = child.name.removesuffix(".tmp")
+        unlisted = child.name not in keep and _SHA256.fullmatch(name)
+        if unlisted and not child.is_symlink() and child.is_file():
             child.unlink(missing_ok=True)
 
 

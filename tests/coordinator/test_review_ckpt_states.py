@@ -124,7 +124,6 @@ def test_two_saves_into_one_folder_leave_a_loadable_checkpoint(tmp_path, monkeyp
     assert data.model["w"][0] == fill and states[urls[1]][""] == bytes([fill, 1]) * 50
 
 
-@pytest.mark.xfail(strict=True, reason="a crash between writing a state's temporary file and its rename leaks it")
 def test_a_state_file_half_written_by_a_crash_is_removed_by_the_next_save(tmp_path):
     scaffold_run(tmp_path, 1)
     left = tmp_path / "device-states" / (hashlib.sha256(b"x").hexdigest() + ".tmp")
