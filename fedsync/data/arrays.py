@@ -267,8 +267,7 @@ class FedArrays(Decoding, PayloadParts, FedData):
         if self._update is not None and wire == self.sending:  # a device's reply as updates (updates=)
             arrays, added = self._update
             return self.serialize_arrays(repetition, arrays, None, {**added, **(extra or {})}, extras=False)
-        asked = _updates.request(self.updates, self.top_k) if self.train is None else {}  # a coordinator asks
-        return self.serialize_arrays(repetition, self._shared_part(self.get_arrays()), wire, {**asked, **(extra or {})})
+        return self.serialize_arrays(repetition, self._shared_part(self.get_arrays()), wire, extra)
 
     def serialize_arrays(
         self,
@@ -279,8 +278,12 @@ class FedArrays(Decoding, PayloadParts, FedData):
         *,
         extras: bool = True,
     ) -> codec.Payload:
-        """A payload of ``arrays`` (then the strategy's, if ``extras``), packed as ``wire``, with ``extra`` metadata."""
-        metadata = {**report_metadata(self.report()), SPECS_KEY: self.specs(repetition), **(extra or {})}
+        """A payload of ``arrays`` (then the strategy's, if ``extras``), packed as ``wire``, with ``extra`` metadata.
+
+        A coordinator's payload, whole or a delta from a view, carries its ``updates=`` ask (``fedsync.updates``).
+        """
+        asked = _updates.request(self.updates, self.top_k) if self.train is None else {}  # every payload asks
+        metadata = {**report_metadata(self.report()), SPECS_KEY: self.specs(repetition), **asked, **(extra or {})}
         arrays = {**arrays, **self.extra_arrays} if extras else dict(arrays)
         if wire is not None:
             arrays, metadata[compression.WIRE_KEY] = compression.pack(arrays, wire)

@@ -27,7 +27,6 @@ def replies(coordinator: dict, devices: tuple) -> tuple[list[int], np.ndarray]:
     [{"download": "delta"}, {"download": "stc", "download_top_k": 0.25}, {"download": "delta", "download_top_k": 0.5}],
 )
 @pytest.mark.parametrize("asked", ["stc", "topk"])
-@pytest.mark.xfail(strict=True, reason="a delta download's payloads leave out the coordinator's ask (fedsync.updates)")
 def test_a_coordinators_ask_reaches_the_devices_in_every_round_of_a_delta_download(asked, download):
     got, model_asked = replies({"updates": asked, "top_k": 0.05, **download}, (None, None))
     declared, model_declared = replies(download, (asked, 0.05))
