@@ -40,7 +40,7 @@ class PayloadParts:
 
     @property
     def asked(self) -> tuple[str | None, float | None]:
-        """What the last payload received asked this FedData to reply: ``(updates, top_k)``, ``(None, None)`` for weights.
+        """What the last payload received asked this FedData to reply: ``(updates, top_k)`` (``None``s: weights).
 
         Set by ``receive``; an aggregator passes it on to the devices below.
         """
