@@ -316,9 +316,9 @@ class FedArrays(Decoding, PayloadParts, FedData):
         """
         raw, metadata, expected = self._opened(encoding)
         arrays, _ = self._checked(raw, metadata, finite=True, expected=expected)
-        # receive of this same payload (the next step on a device) takes these: a compressed or delta payload
-        # is unpacked once, not twice. One decoded payload held at most, and only until receive.
-        self._last_check = (encoding, metadata, arrays)
+        # receive of this same payload (the next step on a device that trains) takes these: a compressed or delta
+        # payload is unpacked once, not twice. Only there: a coordinator checks replies it never receives.
+        self._last_check = (encoding, metadata, arrays) if self.train is not None else None
 
     def receive(self, encoding: Any, repetition: int, config: Config | None = None) -> None:
         """Load the coordinator's arrays **in place**, then run ``train`` (on a device).
@@ -417,6 +417,7 @@ class FedArrays(Decoding, PayloadParts, FedData):
                 f"this device's {type(self).__name__} has no evaluate callback; "
                 "pass evaluate=fn, e.g. FedArrays(arrays, train, evaluate=lambda model: (len(x), {'accuracy': ...}))"
             )
+        self._last_check = None  # check's decode of this payload: no receive will take it
         payload, _ = self.decode(encoding)
         arrays = _extras.model_part(payload, self.extra_arrays)
         own = {name: np.array(a, copy=True) for name, a in self.get_arrays().items() if name in arrays}

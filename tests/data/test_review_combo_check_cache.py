@@ -22,7 +22,6 @@ def payload_buffer(value: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("role", ["device-evaluates", "coordinator-checks-a-reply"])
-@pytest.mark.xfail(strict=True, reason="check keeps its decoded payload until a receive that never comes")
 def test_a_payload_checked_and_not_received_is_not_kept(role):
     if role == "device-evaluates":
         fed = FedArrays(
