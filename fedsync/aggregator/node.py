@@ -112,6 +112,7 @@ class Aggregator(FedData):
                 "(docs/aggregators.md)"
             )
         self.data = data
+        self.declared = (data.updates, data.top_k)  # its own ask below; else it passes its parent's on
         self.timeout = timeout  # the round below's own; a parent's deadline may cut it (X-Fedsync-Deadline)
         self.federated = Federated(
             data,
@@ -136,6 +137,11 @@ class Aggregator(FedData):
 
     def max_payload(self, repetition: int) -> int | None:
         return self.data.max_payload(repetition)
+
+    def capabilities(self) -> dict[str, Any]:
+        """What ``/info`` says: the wire formats ``data`` decodes (a parent compresses for it as for a device), and
+        that it evaluates (over the devices below)."""
+        return {**self.data.capabilities(), "evaluate": True}
 
     def check(self, encoding: Encoding, repetition: int) -> None:
         """The parent's payload, checked as the model's (names, shapes, dtypes, finite values)."""
@@ -162,14 +168,22 @@ class Aggregator(FedData):
         federated.repetition = max(federated.repetition, repetition - 1)
         federated.config = dict(config) if config else None
         self.data.failures_below = {}
+        data = self.data
+        # The parent's updates= ask (reply stc, topk, delta) goes on to the devices below, as the flat round asks
+        # them; the aggregator replies their merge as its update. Its own declared ask wins below, as a device's does.
+        data.updates, data.top_k = self.declared if self.declared[0] else data.asked
         try:
             with self._within(deadline):
                 result = federated.round()
+            if data.asked[0] is not None:  # the parent asked for updates: the merge as its update from the model
+                data.reply_as_update()  # received, which the parent adds to its own (a delta download's distance kept)
         except RoundFailed as exc:
             below = self._paths(exc.failures)
             raise RoundFailed(
                 f"the round over this aggregator's {len(federated.remotes)} device(s) failed: {exc.message}", below
             ) from None
+        finally:
+            data.updates, data.top_k = self.declared
         self.data.failures_below = self._paths(result.failures)
         if result.empty:  # empty_rounds="keep": an empty reply, weighing nothing at the parent
             self.data.samples, self.data.metrics, self.data.metric_weights = 0, {}, {}

@@ -34,6 +34,35 @@ class PayloadParts:
     _residuals: dict[str, np.ndarray] | None
     _asked: tuple[str | None, float | None]
     view: tuple[str, dict[str, np.ndarray]] | None
+    _update: tuple[dict[str, np.ndarray], dict[str, str]] | None
+    global_arrays: dict[str, np.ndarray] | None
+    sending: str | None
+
+    @property
+    def asked(self) -> tuple[str | None, float | None]:
+        """What the last payload received asked this FedData to reply: ``(updates, top_k)`` (``None``s: weights).
+
+        Set by ``receive``; an aggregator passes it on to the devices below.
+        """
+        return self._asked
+
+    def reply_as_update(self) -> None:
+        """Reply the arrays that travel as their update from the model received this round (``fedsync.delta``).
+
+        For a FedData changed by other means than ``train`` (an aggregator's merge of the round below), when the
+        payload asked for updates: its parent then adds the update to its own model, as to a device's.
+
+        Raises:
+            RuntimeError: no model received this round was kept (the payload asked for no updates).
+            ValueError: an update is not finite in its dtype.
+        """
+        start = self.global_arrays
+        if start is None:
+            raise RuntimeError(
+                "no model received this round was kept: reply_as_update follows a payload asking updates"
+            )
+        trained = self._shared_part(self.get_arrays())
+        self._update = _updates.reply_arrays(trained, start, {}, {}, None, self.sending)
 
     def get_arrays(self) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -267,8 +267,7 @@ class FedArrays(Decoding, PayloadParts, FedData):
         if self._update is not None and wire == self.sending:  # a device's reply as updates (updates=)
             arrays, added = self._update
             return self.serialize_arrays(repetition, arrays, None, {**added, **(extra or {})}, extras=False)
-        asked = _updates.request(self.updates, self.top_k) if self.train is None else {}  # a coordinator asks
-        return self.serialize_arrays(repetition, self._shared_part(self.get_arrays()), wire, {**asked, **(extra or {})})
+        return self.serialize_arrays(repetition, self._shared_part(self.get_arrays()), wire, extra)
 
     def serialize_arrays(
         self,
@@ -279,8 +278,12 @@ class FedArrays(Decoding, PayloadParts, FedData):
         *,
         extras: bool = True,
     ) -> codec.Payload:
-        """A payload of ``arrays`` (then the strategy's, if ``extras``), packed as ``wire``, with ``extra`` metadata."""
-        metadata = {**report_metadata(self.report()), SPECS_KEY: self.specs(repetition), **(extra or {})}
+        """A payload of ``arrays`` (then the strategy's, if ``extras``), packed as ``wire``, with ``extra`` metadata.
+
+        A coordinator's payload, whole or a delta from a view, carries its ``updates=`` ask (``fedsync.updates``).
+        """
+        asked = _updates.request(self.updates, self.top_k) if self.train is None else {}  # every payload asks
+        metadata = {**report_metadata(self.report()), SPECS_KEY: self.specs(repetition), **asked, **(extra or {})}
         arrays = {**arrays, **self.extra_arrays} if extras else dict(arrays)
         if wire is not None:
             arrays, metadata[compression.WIRE_KEY] = compression.pack(arrays, wire)
@@ -313,9 +316,9 @@ class FedArrays(Decoding, PayloadParts, FedData):
         """
         raw, metadata, expected = self._opened(encoding)
         arrays, _ = self._checked(raw, metadata, finite=True, expected=expected)
-        # receive of this same payload (the next step on a device) takes these: a compressed or delta payload
-        # is unpacked once, not twice. One decoded payload held at most, and only until receive.
-        self._last_check = (encoding, metadata, arrays)
+        # receive of this same payload (the next step on a device that trains) takes these: a compressed or delta
+        # payload is unpacked once, not twice. Only there: a coordinator checks replies it never receives.
+        self._last_check = (encoding, metadata, arrays) if self.train is not None else None
 
     def receive(self, encoding: Any, repetition: int, config: Config | None = None) -> None:
         """Load the coordinator's arrays **in place**, then run ``train`` (on a device).
@@ -414,6 +417,7 @@ class FedArrays(Decoding, PayloadParts, FedData):
                 f"this device's {type(self).__name__} has no evaluate callback; "
                 "pass evaluate=fn, e.g. FedArrays(arrays, train, evaluate=lambda model: (len(x), {'accuracy': ...}))"
             )
+        self._last_check = None  # check's decode of this payload: no receive will take it
         payload, _ = self.decode(encoding)
         arrays = _extras.model_part(payload, self.extra_arrays)
         own = {name: np.array(a, copy=True) for name, a in self.get_arrays().items() if name in arrays}
