@@ -280,9 +280,12 @@ class FedArrays(Decoding, PayloadParts, FedData):
     ) -> codec.Payload:
         """A payload of ``arrays`` (then the strategy's, if ``extras``), packed as ``wire``, with ``extra`` metadata.
 
-        A coordinator's payload, whole or a delta from a view, carries its ``updates=`` ask (``fedsync.updates``).
+        A coordinator's payload, whole or a delta from a view, carries its ``updates=`` ask (``fedsync.updates``);
+        with ``download=`` and no ``updates=``, it asks ``"delta"``: a device replying weights would reply the
+        lossy view it trained from, and what the download left out would be lost.
         """
-        asked = _updates.request(self.updates, self.top_k) if self.train is None else {}  # every payload asks
+        updates = self.updates or ("delta" if self.download else None)
+        asked = _updates.request(updates, self.top_k) if self.train is None else {}  # every payload asks
         metadata = {**report_metadata(self.report()), SPECS_KEY: self.specs(repetition), **asked, **(extra or {})}
         arrays = {**arrays, **self.extra_arrays} if extras else dict(arrays)
         if wire is not None:

@@ -46,7 +46,8 @@ def test_both_sides_hold_the_same_view_and_later_downloads_are_deltas():
             sizes.append(result.bytes_sent)
             assert alg._handshakes.held["local://d"] == device.view[0]  # the coordinator knows what it holds
             np.testing.assert_array_equal(seen[-1], device.view[1]["w"])  # it trained from its view
-            assert np.abs(seen[-1] - x).max() <= np.abs(x).max() / 254 + 0.02  # int8 then deltas: close to x
+            # int8, then 5 % of each difference: the view lags the model by int8's error and the nudges not sent
+            assert np.abs(seen[-1] - x).max() <= np.abs(x).max() / 254 + 0.01 * len(sizes) + 1e-6
     assert sizes[0] > 4 * N * 0.2  # the whole model in int8
     assert all(s < sizes[0] / 2 for s in sizes[1:])  # 5 % of the entries, 8 bytes each
 
@@ -73,8 +74,8 @@ def test_an_stc_download_is_a_delta_both_sides_hold_and_what_it_leaves_comes_lat
 
 def test_the_download_as_delta_trains_what_the_whole_download_trains_within_the_formats_error():
     runs = {}
-    for download in (None, "delta"):
-        data = coordinator(wire_dtype="int4", download=download)
+    for download in (None, "delta"):  # both ask updates (download="delta" alone would): only the download differs
+        data = coordinator(wire_dtype="int4", download=download, updates="delta")
         history = run_simulation(lambda i: nudging([]), 3, 4, data=data, progress=False)  # rebuilt: the view in state
         assert not any(r.failures for r in history)
         runs[download] = data.model["w"].copy()
@@ -171,6 +172,19 @@ def test_a_view_saved_for_another_model_is_dropped_not_applied():
     other = FedArrays({"w": np.zeros(N + 1, np.float32)})
     restore_state(other, encode_state(device.device_state()))
     assert other.view is None  # the next download is the whole model
+
+
+def test_a_coordinator_with_a_delta_download_asks_for_updates_so_the_download_loses_nothing():
+    """Replying weights, a device would reply the lossy view it trained from, and what the download left out
+    would be lost; asked for updates, the coordinator adds them to its own model, which keeps it."""
+    data = coordinator(download="stc", download_top_k=0.01)  # 1 % of each difference a round
+    device = nudging([])
+    start = data.model["w"].copy()
+    with Federated(data, [LocalRemote("local://d", device=device)]) as alg:
+        for _ in range(3):
+            assert not alg.round().failures
+    np.testing.assert_allclose(data.model["w"], start + np.float32(0.03), atol=1e-5)  # every nudge kept
+    assert np.abs(device.view[1]["w"] - data.model["w"]).max() > 0.01  # though the device's view lags behind
 
 
 @pytest.mark.parametrize("download", ["delta", "stc"])
