@@ -30,7 +30,17 @@ from .._util.checks import is_int, is_number
 from .._util.json import shown
 from ..errors import PayloadRejected
 
-__all__ = ["SPARSE_FORMATS", "TOPK_VALUES", "check_blob", "largest", "pack_topk", "topk_count", "unpack_topk"]
+__all__ = [
+    "SPARSE_FORMATS",
+    "TOPK_VALUES",
+    "check_blob",
+    "check_indices",
+    "largest",
+    "pack_topk",
+    "sendable",
+    "topk_count",
+    "unpack_topk",
+]
 
 SPARSE_FORMATS = ("topk", "stc")
 """The sparse formats: ``topk`` here, ``stc`` (sparse ternary) in :mod:`fedsync.wire.stc`."""
@@ -85,15 +95,8 @@ def pack_topk(
         if a.dtype.kind != "f":
             packed[name] = a
             continue
-        flat = np.ascontiguousarray(a).reshape(-1)
+        flat = sendable(name, a, "topk")
         n = flat.size
-        if n > _MOST_ELEMENTS:
-            raise ValueError(f"array {name!r} has {n} entries; topk indexes at most 2**32 (uint32)")
-        if not all(np.isfinite(flat[lo : lo + _CHUNK]).all() for lo in range(0, n, _CHUNK)):
-            raise ValueError(
-                f"array {name!r} contains NaN or infinity, which a payload never carries; "
-                "check the training that produced it"
-            )
         k = topk_count(n, fraction)
         index = largest(flat, k)
         kept = flat[index]
@@ -115,6 +118,24 @@ def pack_topk(
         how[name] = {"as": "topk", "k": k, "values": values}
         residuals[name] = residual.reshape(a.shape)
     return packed, json.dumps(how, separators=(",", ":")), residuals
+
+
+def sendable(name: str, a: np.ndarray, kind: str) -> np.ndarray:
+    """``a`` flat (C order, a view when it can be), checked for a sparse format ``kind`` to index.
+
+    Raises:
+        ValueError: more than 2**32 entries (a uint32 index), or NaN or infinity (a payload never carries them).
+    """
+    flat = np.ascontiguousarray(a).reshape(-1)
+    n = flat.size
+    if n > _MOST_ELEMENTS:
+        raise ValueError(f"array {name!r} has {n} entries; {kind} indexes at most 2**32 (uint32)")
+    if not all(np.isfinite(flat[lo : lo + _CHUNK]).all() for lo in range(0, n, _CHUNK)):
+        raise ValueError(
+            f"array {name!r} contains NaN or infinity, which a payload never carries; "
+            "check the training that produced it"
+        )
+    return flat
 
 
 def largest(flat: np.ndarray, k: int) -> np.ndarray:
@@ -147,6 +168,25 @@ def check_blob(name: str, blob: np.ndarray, kind: str) -> np.ndarray:
     return np.ascontiguousarray(blob)
 
 
+def check_indices(name: str, index: np.ndarray, n: int, kind: str) -> None:
+    """Refuse flat ``index`` (uint32) of a ``kind`` blob unless strictly increasing and below ``n``, a chunk at a time.
+
+    Raises:
+        PayloadRejected: naming the first index out of order, or the last one if it reaches ``n``.
+    """
+    k = index.size
+    for lo in range(0, max(k - 1, 0), _CHUNK):  # pairs (i, i + 1), a chunk at a time
+        step = index[lo + 1 : lo + 1 + _CHUNK] <= index[lo : lo + _CHUNK][: k - 1 - lo]
+        if step.any():
+            at = lo + int(np.argmax(step)) + 1
+            raise PayloadRejected(
+                f"array {name!r}: {kind} indices must be strictly increasing, "
+                f"index {at} is {int(index[at])} after {int(index[at - 1])}"
+            )
+    if k and int(index[-1]) >= n:
+        raise PayloadRejected(f"array {name!r}: {kind} index {int(index[-1])} is out of range for {n} entries")
+
+
 def unpack_topk(name: str, blob: np.ndarray, spec: Mapping[str, Any], n: int, target: np.dtype) -> np.ndarray:
     """The dense flat array (``n`` entries of ``target``) a ``topk`` blob stands for, checked before use.
 
@@ -172,16 +212,7 @@ def unpack_topk(name: str, blob: np.ndarray, spec: Mapping[str, Any], n: int, ta
         )
     index = blob[: 4 * k].view(_INDEX)
     sent = blob[4 * k :].view(value_dtype)
-    for lo in range(0, max(k - 1, 0), _CHUNK):  # pairs (i, i + 1), a chunk at a time
-        step = index[lo + 1 : lo + 1 + _CHUNK] <= index[lo : lo + _CHUNK][: k - 1 - lo]
-        if step.any():
-            at = lo + int(np.argmax(step)) + 1
-            raise PayloadRejected(
-                f"array {name!r}: topk indices must be strictly increasing, "
-                f"index {at} is {int(index[at])} after {int(index[at - 1])}"
-            )
-    if k and int(index[-1]) >= n:
-        raise PayloadRejected(f"array {name!r}: topk index {int(index[-1])} is out of range for {n} entries")
+    check_indices(name, index, n, "topk")
     out = np.zeros(n, target)
     with np.errstate(over="ignore", invalid="ignore"):
         out[index] = sent

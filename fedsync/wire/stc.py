@@ -34,13 +34,12 @@ import numpy as np
 from .._util.checks import is_int
 from .._util.json import shown
 from ..errors import PayloadRejected
-from .sparse import check_blob, largest, topk_count
+from .sparse import check_blob, check_indices, largest, sendable, topk_count
 
 __all__ = ["pack_stc", "positions_are_bitmap", "stc_size", "unpack_stc"]
 
 _MU = np.dtype("<f4")
 _INDEX = np.dtype("<u4")
-_MOST_ELEMENTS = 2**32  # a uint32 index reaches n - 1
 _MU_MAX = float(np.finfo(_MU).max)
 _CHUNK = 1 << 18  # entries decoded at once, a multiple of 8: temporaries stay a few MiB, whatever the array
 
@@ -82,15 +81,8 @@ def pack_stc(
         if a.dtype.kind != "f":
             packed[name] = a
             continue
-        flat = np.ascontiguousarray(a).reshape(-1)
+        flat = sendable(name, a, "stc")
         n = flat.size
-        if n > _MOST_ELEMENTS:
-            raise ValueError(f"array {name!r} has {n} entries; stc indexes at most 2**32 (uint32)")
-        if not all(np.isfinite(flat[lo : lo + _CHUNK]).all() for lo in range(0, n, _CHUNK)):
-            raise ValueError(
-                f"array {name!r} contains NaN or infinity, which a payload never carries; "
-                "check the training that produced it"
-            )
         index = largest(flat, topk_count(n, fraction))
         index = index[flat[index] != 0]  # a zero is not worth its bit: it would come back as +mu
         kept = flat[index]
@@ -162,16 +154,7 @@ def unpack_stc(name: str, blob: np.ndarray, spec: Mapping[str, Any], n: int, tar
             raise PayloadRejected(f"array {name!r}: stc bitmap sets {count} bits, and k is {k}")
     else:
         index = positions.view(_INDEX)
-        for lo in range(0, max(k - 1, 0), _CHUNK):  # pairs (i, i + 1), a chunk at a time
-            step = index[lo + 1 : lo + 1 + _CHUNK] <= index[lo : lo + _CHUNK][: k - 1 - lo]
-            if step.any():
-                bad = lo + int(np.argmax(step)) + 1
-                raise PayloadRejected(
-                    f"array {name!r}: stc indices must be strictly increasing, "
-                    f"index {bad} is {int(index[bad])} after {int(index[bad - 1])}"
-                )
-        if k and int(index[-1]) >= n:
-            raise PayloadRejected(f"array {name!r}: stc index {int(index[-1])} is out of range for {n} entries")
+        check_indices(name, index, n, "stc")
     if k % 8 and int(signs[-1]) >> (k % 8):  # the length check leaves only the last byte's high bits
         raise PayloadRejected(f"array {name!r}: stc sets a sign bit at or beyond its k={k} entries")
     out = np.zeros(n, target)

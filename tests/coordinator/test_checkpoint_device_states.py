@@ -14,6 +14,7 @@ from fedsync.coordinator import checkpoint
 from fedsync.coordinator.simulation import run_simulation
 from fedsync.errors import CheckpointError
 from fedsync.strategies import Scaffold
+from tests.support.checkpoint_files import forged, listed
 from tests.support.devices.stateful import DIM, N, scaffold_device
 
 TOPK_DIM = 40
@@ -74,20 +75,8 @@ def test_worker_processes_resume_their_devices_states_too(tmp_path):
     np.testing.assert_array_equal(data.model["w"], unbroken.model["w"])
 
 
-def listed(folder):
-    pointer = json.loads((folder / "checkpoint.json").read_text())
-    return pointer, folder / pointer["folder"] / "devices.json"
 
 
-def forged(folder, edit):
-    """Rewrite the devices list with ``edit(entries)`` and point checkpoint.json at it (as a forger would)."""
-    pointer, path = listed(folder)
-    entries = json.loads(path.read_text())
-    text = json.dumps(edit(entries)).encode()
-    path.write_bytes(text)
-    pointer["devices_sha256"] = hashlib.sha256(text).hexdigest()
-    (folder / "checkpoint.json").write_text(json.dumps(pointer))
-    return entries
 
 
 def test_states_are_files_named_by_their_sha256_and_those_no_round_lists_are_removed(tmp_path):

@@ -16,6 +16,7 @@ from fedsync.coordinator.history import History, RoundResult
 from fedsync.coordinator.simulation import run_simulation
 from fedsync.errors import CheckpointError
 from fedsync.strategies import Scaffold
+from tests.support.checkpoint_files import forged
 from tests.support.devices.stateful import DIM, N, scaffold_device
 
 
@@ -26,16 +27,6 @@ def scaffold_run(folder, rounds, device_fn=scaffold_device, **options):
     return data, history
 
 
-def forged(folder, edit):
-    """Rewrite the devices list with ``edit(entries)`` and point checkpoint.json at it (as a forger would)."""
-    pointer = json.loads((folder / "checkpoint.json").read_text())
-    path = folder / pointer["folder"] / "devices.json"
-    entries = json.loads(path.read_text())
-    text = json.dumps(edit(entries)).encode()
-    path.write_bytes(text)
-    pointer["devices_sha256"] = hashlib.sha256(text).hexdigest()
-    (folder / "checkpoint.json").write_text(json.dumps(pointer))
-    return entries
 
 
 def planted(folder, raw):

@@ -11,7 +11,7 @@ import pytest
 from fedsync import FedArrays, Federated
 from fedsync.coordinator.simulation import run_simulation
 from fedsync.data._updates import RESIDUAL
-from fedsync.strategies import FedAdam, FedMedian, Krum, Scaffold, scaffold
+from fedsync.strategies import FedAdam, FedMedian, Krum, Scaffold
 from fedsync.wire import codec
 
 DIM = 30
@@ -87,19 +87,9 @@ def test_robust_strategies_and_server_optimizers_merge_stc_replies_and_train(str
 
 
 def test_scaffold_with_stc_sends_its_control_variates_as_values():
-    def make(i):
-        x, y = least_squares(i)
+    from tests.support.devices.compressing import scaffold_devices
 
-        def train(model):
-            fix = scaffold.correction(fed)
-            for _ in range(3):
-                model["w"] -= np.float32(0.05) * (x.T @ (x @ model["w"] - y) / np.float32(len(x)) + fix["w"])
-            scaffold.finish(fed, steps=3, lr=0.05)
-            return len(x)
-
-        fed = FedArrays({"w": np.zeros(DIM, np.float32)}, train, strategy=Scaffold(num_devices=5), updates="stc")
-        return fed
-
+    make = scaffold_devices("stc")
     fed = make(0)
     fed.receive(FedArrays({"w": np.zeros(DIM, np.float32)}, strategy=Scaffold(num_devices=5)).serialize(1), 1)
     wire = json.loads(fed._update[1]["fedsync.wire"])

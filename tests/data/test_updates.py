@@ -12,7 +12,8 @@ import pytest
 from fedsync import FedArrays
 from fedsync.coordinator.simulation import run_simulation
 from fedsync.errors import PayloadRejected
-from fedsync.strategies import FedAdam, FedAvg, FedMedian, Scaffold, scaffold
+from fedsync.strategies import FedAdam, FedAvg, FedMedian, Scaffold
+from tests.support.devices.compressing import scaffold_devices
 
 DIM = 30
 
@@ -104,26 +105,10 @@ def test_the_residual_is_the_devices_state_and_survives_a_rebuild(sparse):
 
 
 def test_updates_with_scaffold_keep_its_control_variates_as_values():
-    def build(updates):
-        def make(i):
-            x, y = least_squares(i)
-
-            def train(model):
-                fix = scaffold.correction(fed)
-                for _ in range(3):
-                    model["w"] -= np.float32(0.05) * (x.T @ (x @ model["w"] - y) / np.float32(len(x)) + fix["w"])
-                scaffold.finish(fed, steps=3, lr=0.05)
-                return len(x)
-
-            fed = FedArrays({"w": np.zeros(DIM, np.float32)}, train, strategy=Scaffold(num_devices=5), updates=updates)
-            return fed
-
-        return make
-
     results = []
     for updates in (None, "delta"):
         data = FedArrays({"w": np.zeros(DIM, np.float32)}, strategy=Scaffold(num_devices=5))
-        run_simulation(build(updates), 5, 3, data=data, progress=False)
+        run_simulation(scaffold_devices(updates), 5, 3, data=data, progress=False)
         results.append((data.model["w"].copy(), data.extra_arrays["scaffold.c/w"].copy()))
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-4, atol=1e-5)

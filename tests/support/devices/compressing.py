@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedsync import FedArrays
+from fedsync.strategies import Scaffold, scaffold
 
 DIM = 30
 
@@ -44,3 +45,22 @@ class Forging(FedArrays):
 def forging(seed: int, updates: str, top_k: float) -> FedArrays:
     honest = least_squares(seed, updates, top_k)
     return Forging(model(), honest.train, updates=updates, top_k=top_k)
+
+
+def scaffold_devices(updates: str | None):
+    """``device_fn(i)``: SCAFFOLD (5 devices) on device ``i``'s least squares, replying as ``updates`` says."""
+
+    def make(i: int) -> FedArrays:
+        x, y = data(i)
+
+        def train(m: dict[str, np.ndarray]) -> int:
+            fix = scaffold.correction(fed)
+            for _ in range(3):
+                m["w"] -= np.float32(0.05) * (x.T @ (x @ m["w"] - y) / np.float32(len(x)) + fix["w"])
+            scaffold.finish(fed, steps=3, lr=0.05)
+            return len(x)
+
+        fed = FedArrays(model(), train, strategy=Scaffold(num_devices=5), updates=updates)
+        return fed
+
+    return make
