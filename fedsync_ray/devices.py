@@ -171,6 +171,7 @@ class RayDevices:
         self.started = connect(ray_address)
         self.actors: list[Any] = []
         self.slots: list[ActorSlot] = []
+        self._kept: dict[str, dict[str, bytes]] = {}  # the devices' states as last fetched (kept) or restored
         try:
             import ray
 
@@ -237,6 +238,54 @@ class RayDevices:
                 if time.monotonic() >= until:
                     raise
                 time.sleep(0.05)
+
+    def kept(self) -> dict[str, dict[str, bytes]]:
+        """Every device's kept state, by url then base (codec bytes), for a checkpoint; call after :meth:`release`.
+
+        Only the states that changed since the last call travel from the actors; the others come from this
+        pool's copy. A dead actor's devices keep the state last fetched.
+        """
+        import ray
+
+        asked = []
+        for slot in self.slots:
+            if not slot.dead:
+                try:
+                    asked.append((slot, slot.handle, slot.handle.states.remote()))
+                except ray.exceptions.RayError:
+                    slot.died(slot.handle)
+        until = time.monotonic() + STARTUP
+        for slot, actor, reference in asked:
+            try:
+                changed = ray.get(reference, timeout=max(0.0, until - time.monotonic()))
+            except ray.exceptions.RayActorError:
+                slot.died(actor)
+                continue
+            except ray.exceptions.RayError:
+                continue
+            for device, states in changed.items():
+                self._kept[self.remotes[device].url] = states
+        return dict(self._kept)
+
+    def restore(self, kept: Mapping[str, Mapping[str, bytes]]) -> None:
+        """Give each device its ``kept`` state (by url, as :meth:`kept` returns), before any round.
+
+        Raises:
+            RuntimeError: an actor did not take its devices' states within ``STARTUP`` seconds.
+        """
+        import ray
+
+        device_of = {remote.url: i for i, remote in enumerate(self.remotes)}
+        by_actor: dict[int, dict[int, dict[str, bytes]]] = {}
+        for url, states in kept.items():
+            device = device_of[url]
+            by_actor.setdefault(device % len(self.slots), {})[device] = dict(states)
+            self._kept[url] = dict(states)
+        references = [self.slots[k].handle.restore.remote(states) for k, states in by_actor.items()]
+        try:
+            ray.get(references, timeout=STARTUP)
+        except ray.exceptions.RayError as exc:
+            raise RuntimeError(f"the Ray device actors did not take the checkpoint's device states: {exc}") from None
 
     @property
     def urls(self) -> list[str]:

@@ -53,6 +53,7 @@ class DeviceHost:
         self.max_content_length = max_content_length
         self.devices: dict[int, LocalTransport] = {}
         self.kept: dict[int, dict[str, bytes]] = {}  # each released device's own state (codec bytes)
+        self.changed: set[int] = set()  # devices whose kept state changed since :meth:`states` last gave it
         self.lock = threading.Lock()
         self._function: Any = None
 
@@ -89,7 +90,27 @@ class DeviceHost:
             if remote.kept:
                 with self.lock:
                     self.kept[device] = remote.kept
+                    self.changed.add(device)
         return len(devices)
+
+    def states(self) -> dict[int, dict[str, bytes]]:
+        """The kept states that changed since the last call, by device (a checkpoint's; codec bytes by base)."""
+        with self.lock:
+            changed, self.changed = self.changed, set()
+            return {device: self.kept[device] for device in changed if device in self.kept}
+
+    def restore(self, kept: dict[int, dict[str, bytes]]) -> int:
+        """Take ``kept`` (a checkpoint's states, by device) as the devices' states; the number taken.
+
+        Each is checked when its device is built, as any kept state (a bad one fails that device by name).
+        """
+        taken = 0
+        with self.lock:
+            for device, states in kept.items():
+                if isinstance(device, int) and 0 <= device < self.num_devices and isinstance(states, dict):
+                    self.kept[device] = {str(base): bytes(raw) for base, raw in states.items()}
+                    taken += 1
+        return taken
 
     def _device(self, device: int) -> LocalTransport:
         from fedsync.errors import RemoteError

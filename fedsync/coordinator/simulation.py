@@ -105,20 +105,41 @@ def _release_local(remote: LocalRemote, pool: ReplaceablePool) -> None:
 def _checkpoint_states(
     federated: Federated,
     checkpoint: str | os.PathLike[str],
-    simulated: Sequence[LocalRemote | ProcessRemote],
+    urls: Sequence[str],
+    kept: Callable[[], checkpoint_io.DeviceStates],
+    restore: Callable[[Mapping[str, Mapping[str, bytes]]], None],
     release_all: Callable[[], None],
 ) -> None:
-    """Devices' kept states saved with each checkpoint (released first) and restored from the last one."""
-    by_url = {remote.url: remote for remote in simulated}
+    """Devices' kept states saved with each checkpoint (released first) and restored from the last one.
+
+    ``kept()``: the devices' states by url (after ``release_all``); ``restore(states)``: gives them back.
+    The checkpoint names each device ``local://device-N`` whatever the backend: a Ray pool's URLs carry
+    a name drawn anew each run.
+    """
+    named = {url: f"local://device-{device_id(url)}" for url in urls}
+    url_of = {name: url for url, name in named.items()}
     each = checkpoint_io.device_state_limit(federated.data, federated.repetition)  # in proportion to the model
-    for url, kept in checkpoint_io.load_devices(os.fspath(checkpoint), by_url, each).items():
-        by_url[url].transport.kept = kept
+    saved = checkpoint_io.load_devices(os.fspath(checkpoint), url_of, each)
+    restore({url_of[name]: states for name, states in saved.items()})
 
     def states() -> checkpoint_io.DeviceStates:
         release_all()  # the round is over: the sampled devices' states join the others'
-        return {url: remote.transport.kept for url, remote in by_url.items() if remote.transport.kept}
+        return {named[url]: states for url, states in kept().items()}
 
     federated.device_states = states
+
+
+def _local_states(
+    simulated: Sequence[LocalRemote | ProcessRemote],
+) -> tuple[Callable[[], checkpoint_io.DeviceStates], Callable[[Mapping[str, Mapping[str, bytes]]], None]]:
+    """``kept`` and ``restore`` for devices on threads or worker processes: their transports hold the states."""
+    by_url = {remote.url: remote for remote in simulated}
+
+    def restore(states: Mapping[str, Mapping[str, bytes]]) -> None:
+        for url, kept in states.items():
+            by_url[url].transport.kept = dict(kept)
+
+    return lambda: {url: r.transport.kept for url, r in by_url.items() if r.transport.kept}, restore
 
 
 def run_simulation(
@@ -273,8 +294,12 @@ def run_simulation(
             evaluate_fraction=evaluate_fraction,
             checkpoint=checkpoint,
         )
-        if checkpoint is not None and backend != "ray":  # Ray's actors keep their devices' states themselves
-            _checkpoint_states(federated, checkpoint, simulated, release_all)
+        if checkpoint is not None:
+            urls = [remote.url for remote in remotes]
+            if backend == "ray":  # the actors keep their devices' states; the pool fetches those that changed
+                _checkpoint_states(federated, checkpoint, urls, on_ray.kept, on_ray.restore, release_all)
+            else:
+                _checkpoint_states(federated, checkpoint, urls, *_local_states(simulated), release_all)
         return federated.fit(rounds, evaluate_every=evaluate_every, callbacks=[release, *callbacks], progress=progress)
     finally:
         release_all()

@@ -77,7 +77,7 @@ def test_a_bad_device_fn_path_or_backend_option_is_refused_for_ray_with_what_to_
 def test_fedsync_plugins_lists_the_ray_transport_and_its_plugin(ray_entry_point, capsys):
     assert main(["plugins"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    transports = {line.split()[0]: line.split() for line in lines[lines.index("") + 2:]}
+    transports = {line.split()[0]: line.split() for line in lines[lines.index("") + 2 :]}
     assert transports["ray"][1:3] == ["fedsync_ray.remote.RayRemote", "ray"]
     assert transports["local"][1:3] == ["fedsync.transports.local.LocalRemote", "fedsync.transports.local"]
 
@@ -108,12 +108,16 @@ def test_a_local_ray_started_by_run_simulation_listens_on_loopback_only(tmp_path
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # fedsync_ray must set it itself
     # A stale `ray start` record naming a dead cluster must not be joined: a local Ray is started.
-    short = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's unix socket paths live under it (107 bytes at most)
+    short = Path(
+        tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    )  # Ray's unix socket paths live under it (107 bytes at most)
     (short / "ray").mkdir()
     (short / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")
     env["RAY_TMPDIR"] = str(short)
     try:
-        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path
+        )
     finally:
         shutil.rmtree(short, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -125,13 +129,19 @@ def test_a_simulation_on_ray_merges_what_the_local_one_merges(ray_session):
     models, histories = [], []
     for backend, device_fn in (("local", shard), ("ray", "tests.support.devices.ray_devices:shard")):
         data = model()
-        histories.append(run_simulation(device_fn, len(SHARDS), 3, data=data, fraction=0.5, seed=5, backend=backend, timeout=60, progress=False))
+        histories.append(
+            run_simulation(
+                device_fn, len(SHARDS), 3, data=data, fraction=0.5, seed=5, backend=backend, timeout=60, progress=False
+            )
+        )
         models.append(data.get_arrays())
     local, on_ray = histories
     assert all(url.startswith("ray://sim-") for result in on_ray for url in result.answered)
     assert [len(r.answered) for r in on_ray] == [2, 2, 2] and not any(r.failures for r in on_ray)
     # The same seeded sample: device ids agree round by round.
-    assert [sorted(u.rsplit("/", 1)[1] for u in r.answered) for r in on_ray] == [sorted(u.rsplit("//", 1)[1] for u in r.answered) for r in local]
+    assert [sorted(u.rsplit("/", 1)[1] for u in r.answered) for r in on_ray] == [
+        sorted(u.rsplit("//", 1)[1] for u in r.answered) for r in local
+    ]
     assert not np.allclose(models[0]["w"], 0.0)
     for name in ("w", "b"):
         np.testing.assert_allclose(models[1][name], models[0][name], rtol=1e-12, atol=1e-12)
@@ -161,7 +171,12 @@ def test_the_same_model_over_local_ray_and_http_devices(ray_session, ray_entry_p
 def test_a_killed_actor_and_a_raising_device_fn_fail_only_their_own_devices(ray_session):
     from fedsync_ray import RayDevices
 
-    with RayDevices("tests.support.devices.ray_devices:shard_but_3_is_missing", 4, name="failing", backend_config={"num_cpus": 1, "actors": 2}) as on_ray:
+    with RayDevices(
+        "tests.support.devices.ray_devices:shard_but_3_is_missing",
+        4,
+        name="failing",
+        backend_config={"num_cpus": 1, "actors": 2},
+    ) as on_ray:
         with Federated(model(), on_ray.remotes, timeout=60, min_results=1) as alg:
             first = alg.round()
             on_ray.release()  # as run_simulation does after each round
@@ -216,7 +231,9 @@ def test_a_resource_request_the_cluster_cannot_hold_is_refused_at_once_naming_bo
     assert fit(num_cpus=0.5) == 4
     assert fit(num_cpus=0.1, actors=20) == 20  # 20 x 0.1 is 2 CPUs in Ray's steps, not 2.0000000000000004
     assert fit(num_cpus=1, memory=2**30) == 2
-    with pytest.raises(ValueError, match=r"each Ray device actor for \{CPU: 1, GPU: 1\}.*cluster has \{CPU: 2, GPU: 0\}"):
+    with pytest.raises(
+        ValueError, match=r"each Ray device actor for \{CPU: 1, GPU: 1\}.*cluster has \{CPU: 2, GPU: 0\}"
+    ):
         fit(num_gpus=1)
     with pytest.raises(ValueError, match=r"for \{CPU: 3\}.*cluster has \{CPU: 2\}"):
         fit(num_cpus=3)
@@ -253,7 +270,9 @@ def test_an_actor_that_does_not_answer_in_time_is_that_devices_timeout(ray_sessi
 
     with RayDevices("tests.support.devices.ray_devices:sleepy", 1, name="sleepy", timeout=1.0) as on_ray:
         remote = plugins.remote(on_ray.urls[0], timeout=1.0)  # found by name, as a user's ray:// string is
-        with pytest.raises(RemoteTimeout, match="ray://sleepy-0/device-0: timed out: no answer from its Ray actor within 1s"):
+        with pytest.raises(
+            RemoteTimeout, match="ray://sleepy-0/device-0: timed out: no answer from its Ray actor within 1s"
+        ):
             remote.info()
     with pytest.raises(ValueError, match="no fedsync device actor named 'gone'"):
         plugins.remote("ray://gone/device-0")
@@ -264,7 +283,9 @@ def test_an_actor_that_does_not_answer_in_time_is_that_devices_timeout(ray_sessi
 @pytest.mark.slow
 def test_a_model_past_rays_inline_limit_crosses_the_object_store(ray_session):
     data = FedArrays({"w": np.zeros(500_000)})  # 4 MB: Ray passes it through the object store, not inline
-    history = run_simulation("tests.support.devices.ray_devices:big", 4, 2, data=data, backend="ray", timeout=60, progress=False)
+    history = run_simulation(
+        "tests.support.devices.ray_devices:big", 4, 2, data=data, backend="ray", timeout=60, progress=False
+    )
     assert not any(result.failures for result in history)
     np.testing.assert_array_equal(data.get_arrays()["w"], 5.0)  # each round adds the mean of 1, 2, 3, 4
 
@@ -331,8 +352,16 @@ def test_a_simulation_joins_an_existing_ray_cluster_by_address_and_leaves_it_run
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's unix socket paths live under it (107 bytes at most)
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "PYTHONPATH": root,
+        "OMP_NUM_THREADS": "1",
+    }
+    temp = tempfile.mkdtemp(
+        prefix="ray-", dir="/tmp"
+    )  # short: Ray's unix socket paths live under it (107 bytes at most)
     log = open(tmp_path / "head.log", "wb")
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
@@ -359,7 +388,9 @@ def test_a_simulation_joins_an_existing_ray_cluster_by_address_and_leaves_it_run
         )
         # `ray start` turns Ray's token authentication on; a driver joining must say so (the token: ~/.ray/auth_token)
         driver_env = {**env, "RAY_AUTH_MODE": "token"}
-        done = subprocess.run([sys.executable, "-c", script], env=driver_env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=driver_env, cwd=tmp_path, capture_output=True, text=True, timeout=180
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.strip().splitlines()[-1] == "[4, 4] False"  # every device answered; the driver disconnected
         assert head.poll() is None and listening()  # the cluster it joined is still running
@@ -398,8 +429,17 @@ def test_without_rays_cloudpickle_a_lambda_is_refused_naming_the_pip_command(mon
 def test_a_lambda_and_a_closure_capturing_data_run_on_ray(ray_session):
     models = []
     for device_fn in ("tests.support.devices.ray_devices:shard", lambda i: shard(i)):
-        run_simulation(device_fn, len(SHARDS), 1, data=(data := model()), seed=5, backend="ray", timeout=60,
-                       backend_config={"num_cpus": 1, "actors": 2}, progress=False)
+        run_simulation(
+            device_fn,
+            len(SHARDS),
+            1,
+            data=(data := model()),
+            seed=5,
+            backend="ray",
+            timeout=60,
+            backend_config={"num_cpus": 1, "actors": 2},
+            progress=False,
+        )
         models.append(data.get_arrays())
     assert not np.allclose(models[0]["w"], 0.0)
     for name in ("w", "b"):
@@ -410,8 +450,16 @@ def test_a_lambda_and_a_closure_capturing_data_run_on_ray(ray_session):
     def closure(device_id):
         return adding(captured, device_id)
 
-    history = run_simulation(closure, 4, 1, data=(data := FedArrays({"w": np.zeros(3)})), backend="ray", timeout=60,
-                             backend_config={"num_cpus": 1, "actors": 2}, progress=False)
+    history = run_simulation(
+        closure,
+        4,
+        1,
+        data=(data := FedArrays({"w": np.zeros(3)})),
+        backend="ray",
+        timeout=60,
+        backend_config={"num_cpus": 1, "actors": 2},
+        progress=False,
+    )
     assert len(history[0].answered) == 4 and not history[0].failures
     np.testing.assert_allclose(data.get_arrays()["w"], captured * 2.5)  # the mean of 1, 2, 3, 4
 
@@ -459,3 +507,24 @@ def test_research_patterns_run_on_ray_as_on_threads_to_the_bit(ray_session):
     assert [r.evaluation.metrics for r in evaluated] == [r.evaluation.metrics for r in local if r.evaluation]
     assert np.abs(w_local).max() > 0
     np.testing.assert_array_equal(w_ray, w_local)  # bit-identical, SCAFFOLD's c_i kept by the actors
+
+
+@pytest.mark.slow  # three Ray simulations
+def test_a_resumed_ray_simulation_gets_its_devices_states_back_from_the_checkpoint(ray_session, tmp_path):
+    """The actors hand the states that changed to the checkpoint; a resumed run gives them back: SCAFFOLD's c_i
+    survive, and the run ends bit-identical to an unbroken one on threads."""
+    from fedsync.strategies import Scaffold
+    from tests.support.devices.stateful import DIM, N, scaffold_device
+
+    def run(backend, rounds, folder):
+        data = FedArrays({"w": np.zeros(DIM)}, strategy=Scaffold(num_devices=N))
+        device_fn = "tests.support.devices.stateful:scaffold_device" if backend == "ray" else scaffold_device
+        history = run_simulation(device_fn, N, rounds, data=data, devices_per_round=2, seed=3, backend=backend,
+                                 timeout=60, progress=False, checkpoint=folder)  # fmt: skip
+        assert not any(r.failures for r in history)
+        return data.model["w"].copy()
+
+    unbroken = run("local", 4, tmp_path / "threads")
+    run("ray", 2, tmp_path / "ray")
+    assert len(list((tmp_path / "ray" / "device-states").iterdir())) >= 2  # the sampled devices' c_i
+    np.testing.assert_array_equal(run("ray", 4, tmp_path / "ray"), unbroken)
