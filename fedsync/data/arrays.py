@@ -285,7 +285,8 @@ class FedArrays(Decoding, PayloadParts, FedData):
         lossy view it trained from, and what the download left out would be lost.
         """
         updates = self.updates or ("delta" if self.download else None)
-        asked = _updates.request(updates, self.top_k) if self.train is None else {}  # every payload asks
+        replying = _updates.DELTA_KEY in (extra or {})  # an aggregator's merge as its update: a reply asks nothing
+        asked = _updates.request(updates, self.top_k) if self.train is None and not replying else {}
         metadata = {**report_metadata(self.report()), SPECS_KEY: self.specs(repetition), **asked, **(extra or {})}
         arrays = {**arrays, **self.extra_arrays} if extras else dict(arrays)
         if wire is not None:

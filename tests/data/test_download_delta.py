@@ -6,6 +6,8 @@ a device that lost its view (a restart) answers 409 unknown_base and gets the wh
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -208,3 +210,11 @@ def test_a_device_unpacks_a_payload_once_for_check_and_receive(monkeypatch, down
     alone.receive(payload, 2)
     np.testing.assert_array_equal(device.model["w"], alone.model["w"])
     assert device.view[0] == alone.view[0] and device._last_check is None  # nothing held after receive
+
+
+def test_a_coordinators_payloads_ask_for_updates_and_its_replies_as_an_aggregator_ask_nothing():
+    data = coordinator(download="delta")
+    _, metadata = codec.decode(bytes(data.serialize(1)))
+    assert json.loads(metadata["fedsync.updates"]) == {"as": "delta"}
+    reply = data.serialize_arrays(1, data._shared_part(data.get_arrays()), None, {"fedsync.delta": "1"})
+    assert "fedsync.updates" not in codec.decode(bytes(reply))[1]  # an aggregator's merge replied as an update
