@@ -31,8 +31,9 @@ Flower's clients return the parameters they received (its cost is transport only
 Reported per cell: seconds per round (median after the warm-up), fedsync's payload bytes per round
 (``RoundResult.bytes_sent + bytes_received``: HTTP bodies), and the link bytes per measured round (both
 directions, from the coordinator's veth counters between the end of the warm-up and the end of the last
-round: TCP/IP headers, HTTP or gRPC framing included; read when the coordinator reports a round's end, so
-a round's share may shift a little to the next), those bytes divided by the rate (the time they take
+round: TCP/IP headers, HTTP or gRPC framing included; fedsync's coordinator reads them itself at each
+round's end; Flower's are read when its server reports a round's end, so a round's share may shift a little
+to the next), those bytes divided by the rate (the time they take
 one direction after the other), and the CPU seconds per round of the coordinator and of all devices.
 
 Everything is torn down at the end, on failure too (processes, namespaces, the veth pair), and any
@@ -158,6 +159,17 @@ def link_bytes() -> int:
     return stats["rx"]["bytes"] + stats["tx"]["bytes"]
 
 
+def own_link_bytes() -> int | None:
+    """:func:`link_bytes`, read by a process inside the coordinator's namespace (``ip netns exec`` mounts its
+    sysfs, which shows its one veth beside ``lo``, whatever ``--tag`` named it) at the moment it asks: a
+    round's exact end; ``None`` where sysfs does not show exactly one such device."""
+    try:
+        (veth,) = [d for d in Path("/sys/class/net").iterdir() if d.name != "lo"]
+        return sum(int((veth / "statistics" / name).read_text()) for name in ("rx_bytes", "tx_bytes"))
+    except (OSError, ValueError):
+        return None
+
+
 def in_ns(ns: str, python: str, role: str, *args: str) -> list[str]:
     return ["ip", "netns", "exec", ns, python, str(Path(__file__).resolve()), "--role", role, *args]
 
@@ -253,7 +265,7 @@ def role_fedsync_coordinator(args) -> None:
             seconds = time.perf_counter() - started
             if len(result.answered) != len(remotes):
                 raise SystemExit(f"round {result.repetition}: only {len(result.answered)} answered: {result.failures}")
-            bench_emit(payload=[result.bytes_sent, result.bytes_received])
+            bench_emit(payload=[result.bytes_sent, result.bytes_received], link=own_link_bytes())
             rounds.record(seconds)
     peers.report_done(rounds)
 
@@ -281,6 +293,7 @@ class Cell:
     median: float | None = None
     payload: list[list[int]] = field(default_factory=list)  # fedsync: [sent, received] per round
     link: float | None = None  # link bytes per measured round, both directions
+    link_at_round_ends: bool = False  # read by the coordinator itself at each round's end (fedsync), not by us
     cpu_coordinator: float | None = None  # CPU seconds per measured round (median)
     cpu_devices: float | None = None  # all device processes together, per measured round (mean)
 
@@ -361,14 +374,21 @@ def run_cell(peer: str, mbit: float, opts, logdir: Path) -> Cell:
                     in_ns(NS_COORD, sys.executable, "fedsync-coordinator", *common, *wire_arg, "--urls", *urls),
                 )
             before, cpu = link_bytes(), group.cpu_seconds(exclude=coordinator)
+            ends: list[int] = []  # fedsync: the link's bytes at each round's end, read by the coordinator itself
             while "done" not in (message := group.expect(coordinator, deadline, "round", "done", "payload")):
                 if "payload" in message:
                     cell.payload.append(message["payload"])
+                    if message.get("link") is not None:
+                        ends.append(message["link"])
                 elif message["round"] == 1:  # the warm-up is over
                     before, cpu = link_bytes(), group.cpu_seconds(exclude=coordinator)
             cell.times, cell.median = message["times"], message["median"]
             measured = max(1, len(cell.times) - 1)
-            cell.link = (link_bytes() - before) / measured
+            # Read here, a round's share may shift to the next when this process reads the coordinator's
+            # messages late (a loaded machine); read by the coordinator at each round's end, it does not.
+            cell.link_at_round_ends = len(ends) == len(cell.times) and len(ends) > 1
+            exact = cell.link_at_round_ends
+            cell.link = (ends[-1] - ends[0]) / (len(ends) - 1) if exact else (link_bytes() - before) / measured
             cell.cpu_coordinator = message["cpu"]
             cell.cpu_devices = (group.cpu_seconds(exclude=coordinator) - cpu) / measured
         except TimeoutError as exc:

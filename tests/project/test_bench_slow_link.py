@@ -84,8 +84,9 @@ def test_quick_run_moves_each_formats_bytes_through_the_shaped_link(tmp_path):
     assert stc1 <= payload["fedsync-stc1-both"] < stc1 + header
     stc10 = 2 * devices * params * (1 / 8 + 0.1 / 8)
     assert stc10 <= payload["fedsync-stc10-both"] < stc10 + header
-    # What crossed the veth is the payload plus framing; the counters are read when the coordinator reports a
-    # round's end, a moment after the next one has begun, so a round's share may shift a little either way.
+    # What crossed the veth is the payload plus framing, read by fedsync's coordinator at each round's end (read
+    # by this process when the coordinator reports it, a loaded machine once shifted a whole round's share).
+    assert all(c["link_at_round_ends"] for c in cells.values()), cells
     for peer, c in cells.items():
         assert payload[peer] * 0.9 < c["link"] < payload[peer] * 1.1 + 100_000, (peer, c["link"], payload[peer])
     # float32's 8 MB each way cannot cross a 100 Mbit/s link in under 0.64 s: the round went through the shaper.
