@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from fractions import Fraction
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "TOPK_VALUES",
     "check_blob",
     "check_indices",
+    "floating",
     "largest",
     "pack_topk",
     "sendable",
@@ -91,11 +92,7 @@ def pack_topk(
     packed: dict[str, np.ndarray] = {}
     how: dict[str, dict[str, Any]] = {}
     residuals: dict[str, np.ndarray] = {}
-    for name, a in arrays.items():
-        if a.dtype.kind != "f":
-            packed[name] = a
-            continue
-        flat = sendable(name, a, "topk")
+    for name, a, flat in floating(arrays, "topk", packed):
         n = flat.size
         k = topk_count(n, fraction)
         index = largest(flat, k)
@@ -118,6 +115,18 @@ def pack_topk(
         how[name] = {"as": "topk", "k": k, "values": values}
         residuals[name] = residual.reshape(a.shape)
     return packed, json.dumps(how, separators=(",", ":")), residuals
+
+
+def floating(
+    arrays: Mapping[str, np.ndarray], kind: str, packed: dict[str, np.ndarray]
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, array, flat)`` for each floating array of ``arrays``, flat checked by :func:`sendable`; the
+    others go into ``packed`` as they are (they travel unpacked)."""
+    for name, a in arrays.items():
+        if a.dtype.kind != "f":
+            packed[name] = a
+            continue
+        yield name, a, sendable(name, a, kind)
 
 
 def sendable(name: str, a: np.ndarray, kind: str) -> np.ndarray:

@@ -34,7 +34,7 @@ import numpy as np
 from .._util.checks import is_int
 from .._util.json import shown
 from ..errors import PayloadRejected
-from .sparse import check_blob, check_indices, largest, sendable, topk_count
+from .sparse import check_blob, check_indices, floating, largest, topk_count
 
 __all__ = ["pack_stc", "positions_are_bitmap", "stc_size", "unpack_stc"]
 
@@ -77,11 +77,7 @@ def pack_stc(
     packed: dict[str, np.ndarray] = {}
     how: dict[str, dict[str, Any]] = {}
     residuals: dict[str, np.ndarray] = {}
-    for name, a in arrays.items():
-        if a.dtype.kind != "f":
-            packed[name] = a
-            continue
-        flat = sendable(name, a, "stc")
+    for name, a, flat in floating(arrays, "stc", packed):
         n = flat.size
         index = largest(flat, topk_count(n, fraction))
         index = index[flat[index] != 0]  # a zero is not worth its bit: it would come back as +mu
