@@ -126,14 +126,7 @@ def role_coordinator(args) -> None:
     remotes = [Remote(url, timeout=args.timeout) for url in args.urls]
     rounds = peers.Rounds(args.rounds, args.budget)
     with Federated(data, remotes, timeout=args.timeout) as alg:
-        while rounds.more():
-            started = time.perf_counter()
-            result = alg.round()
-            seconds = time.perf_counter() - started
-            if len(result.answered) != len(remotes):
-                raise SystemExit(f"round {result.repetition}: only {len(result.answered)} answered: {result.failures}")
-            peers.emit(payload=[result.bytes_sent, result.bytes_received])
-            rounds.record(seconds)
+        peers.time_rounds(alg, rounds, len(remotes), each=lambda r: {"payload": [r.bytes_sent, r.bytes_received]})
     lora_b = [t for n, t in model.state_dict().items() if "lora_B" in n]  # zeros until a merge moves them
     peers.emit(lora_b_trained=bool(lora_b) and all(bool(torch.any(t != 0)) for t in lora_b))
     peers.report_done(rounds)

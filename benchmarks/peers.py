@@ -188,10 +188,11 @@ def fedsync_coordinator(args) -> None:
     report_done(rounds)
 
 
-def time_rounds(alg, rounds: Rounds, devices: int, profile: str | None) -> None:
+def time_rounds(alg, rounds: Rounds, devices: int, profile: str | None = None, each=None) -> None:
     """Run and time ``alg``'s rounds until ``rounds`` has enough; cProfile the first measured one into ``profile``.
 
     Every round must be answered by all ``devices`` (a benchmark of fewer would not be the one asked for).
+    ``each(result)``: fields to :func:`emit` after each round (its payload bytes, say), before it is recorded.
     """
     while rounds.more():
         profiler = None
@@ -208,6 +209,8 @@ def time_rounds(alg, rounds: Rounds, devices: int, profile: str | None) -> None:
             profiler.dump_stats(profile)
         if len(result.answered) != devices:
             raise SystemExit(f"round {result.repetition}: only {len(result.answered)} answered: {result.failures}")
+        if each is not None:
+            emit(**each(result))
         rounds.record(seconds)
 
 

@@ -61,6 +61,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import peers  # noqa: E402  (benchmarks/peers.py: emit, Rounds, time_rounds, the model)
 import round as bench  # noqa: E402  (benchmarks/round.py: processes, guards, formatting)
 
 NS_COORD, NS_SITE = "fsl-coord", "fsl-site"
@@ -180,7 +181,7 @@ def in_ns(ns: str, python: str, role: str, *args: str) -> list[str]:
 def role_raw_server(args) -> None:
     """Receive a length and that many bytes, acknowledge, send as many back."""
     with socket.create_server((ADDR_SITE, RAW_PORT)) as server:
-        bench_emit(ready=True)
+        peers.emit(ready=True)
         conn, _ = server.accept()
         with conn:
             size = int.from_bytes(recv_exactly(conn, 8), "little")
@@ -206,7 +207,7 @@ def role_raw_client(args) -> None:
         recv_exactly(conn, size)
         down = time.perf_counter() - started
         conn.sendall(b"k")
-    bench_emit(up=size * 8 / up / 1e6, down=size * 8 / down / 1e6)
+    peers.emit(up=size * 8 / up / 1e6, down=size * 8 / down / 1e6)
 
 
 def recv_exactly(conn: socket.socket, size: int) -> bytes:
@@ -220,14 +221,8 @@ def recv_exactly(conn: socket.socket, size: int) -> bytes:
     return b"".join(parts)
 
 
-def bench_emit(**fields) -> None:
-    sys.stdout.write("@@ " + json.dumps(fields) + "\n")
-    sys.stdout.flush()
-
-
 def role_fedsync_device(args) -> None:
     import numpy as np
-    import peers
 
     import fedsync
 
@@ -240,7 +235,7 @@ def role_fedsync_device(args) -> None:
 
     data = fedsync.FedArrays(peers.model(args.params, seed=1), train, updates=args.updates or None, top_k=args.top_k)
     server = fedsync.serve(data, host=ADDR_SITE, port=0, block=False)
-    bench_emit(ready=[server.url], pid=os.getpid())
+    peers.emit(ready=[server.url], pid=os.getpid())
     try:
         peers.wait_for_stdin_eof()
     finally:
@@ -248,7 +243,6 @@ def role_fedsync_device(args) -> None:
 
 
 def role_fedsync_coordinator(args) -> None:
-    import peers
 
     from fedsync import FedArrays, Federated, Remote
 
@@ -259,14 +253,9 @@ def role_fedsync_coordinator(args) -> None:
     remotes = [Remote(url, timeout=args.timeout) for url in args.urls]
     rounds = peers.Rounds(args.rounds, args.budget)
     with Federated(data, remotes, timeout=args.timeout) as alg:
-        while rounds.more():
-            started = time.perf_counter()
-            result = alg.round()
-            seconds = time.perf_counter() - started
-            if len(result.answered) != len(remotes):
-                raise SystemExit(f"round {result.repetition}: only {len(result.answered)} answered: {result.failures}")
-            bench_emit(payload=[result.bytes_sent, result.bytes_received], link=own_link_bytes())
-            rounds.record(seconds)
+        peers.time_rounds(
+            alg, rounds, len(remotes), each=lambda r: {"payload": [r.bytes_sent, r.bytes_received], "link": own_link_bytes()}
+        )
     peers.report_done(rounds)
 
 

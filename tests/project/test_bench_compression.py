@@ -4,36 +4,18 @@ what a socket carries; one round over real HTTP is counted on the sockets."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 import socket
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "compression.py"
+from tests.support.benchmarks import load_benchmark as _load
 
 
 def load_benchmark():
-    """benchmarks/compression.py as a module, leaving this process's sys.path as it was.
-
-    The modules it imports stay loaded: dropping them (as test_bench_stateful does) would leave two copies
-    of ``requests`` in the process, and the second copy's session refuses the first one's cookie jar.
-    """
-    path = list(sys.path)
-    spec = importlib.util.spec_from_file_location("bench_compression", SCRIPT)
-    assert spec is not None and spec.loader is not None, SCRIPT
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = path
-        del sys.modules[spec.name]
-    return module
+    """benchmarks/compression.py as a module; the modules it imports stay loaded (see ``load_benchmark``)."""
+    return _load("compression", keep_imports=True)
 
 
 ROW = re.compile(

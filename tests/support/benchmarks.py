@@ -10,10 +10,12 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_benchmark(name: str) -> ModuleType:
+def load_benchmark(name: str, keep_imports: bool = False) -> ModuleType:
     """benchmarks/``name``.py as a module, leaving this process's sys.path and sys.modules as they were.
 
-    Its own imports (benchmarks/round.py as ``round``, ...) are dropped again after it ran.
+    Its own imports (benchmarks/round.py as ``round``, ...) are dropped again after it ran, unless
+    ``keep_imports``: a script that imports ``requests`` through fedsync must keep it, or a second copy of
+    ``requests`` in the process would refuse the first one's cookie jar.
     """
     path, modules = list(sys.path), set(sys.modules)
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
@@ -24,6 +26,6 @@ def load_benchmark(name: str) -> ModuleType:
         spec.loader.exec_module(module)
     finally:
         sys.path[:] = path
-        for imported in set(sys.modules) - modules:
+        for imported in set(sys.modules) - modules if not keep_imports else [spec.name]:
             del sys.modules[imported]
     return module
